@@ -1,0 +1,23 @@
+//! A random map: `A` picks k in 0..=8 and adds `M_0 … M_{k-1}` (task `M`)
+//! plus the reducer `B`, whose inputs reference every `M_i`:
+//!
+//! ```text
+//! A -> M_0 -> B
+//! A -> M_1 -> B        (k = 2)
+//! A -> B               (k = 0)
+//! ```
+//!
+//! Run: `cargo run --example random_map`, then
+//! `cargo run --bin orch -- export latest --format json`.
+//! `ORCH_EXAMPLE_K` forces k.
+use std::process::ExitCode;
+
+use orch::{Task, Workflow};
+
+fn main() -> ExitCode {
+    orch::init_tracing();
+    let mut wf = Workflow::new("random_map");
+    wf.dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/random_map"));
+    wf.node("A", Task::python("a.py")).label("pick k");
+    orch::workflow::report(wf.run())
+}

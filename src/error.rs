@@ -1,0 +1,88 @@
+//! Typed errors of the library.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// A mutation that breaks a structural rule (SPEC §4). Names the mutation
+/// and the node ids at fault.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{mutation}: {reason}")]
+pub struct StructuralError {
+    /// The mutation, e.g. ``add_edge `a` -> `b` ``.
+    pub mutation: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Errors of the orch library.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The registration batch broke a structural rule.
+    #[error("workflow `{workflow}` cannot be registered: {source}")]
+    Registration {
+        /// The workflow's name.
+        workflow: String,
+        /// The rule that was broken.
+        #[source]
+        source: StructuralError,
+    },
+    /// The SQLite store failed.
+    #[error("database {path}: {source}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database holds something this version cannot read.
+    #[error("database {path}: {message}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No run matches the given id.
+    #[error("no run `{0}` in the database")]
+    UnknownRun(String),
+    /// No node with this id in the run.
+    #[error("run `{run}` has no node `{node}`")]
+    UnknownNode {
+        /// The run id.
+        run: String,
+        /// The node id that was asked for.
+        node: String,
+    },
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Python interpreter could not be found or run.
+    #[error("Python interpreter `{interpreter}` cannot be used: {message} (install Python 3, or set ORCH_PYTHON or Workflow::python to an interpreter path)")]
+    Python {
+        /// The interpreter as configured.
+        interpreter: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

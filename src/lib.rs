@@ -1,0 +1,61 @@
+//! # orch: workflows that are Rust programs
+//!
+//! A workflow is a DAG of uniform nodes built with [`Workflow`]; every task
+//! runs as a subprocess (a Python script, a Python function, any command)
+//! that talks to the orchestrator in JSON lines over stdio and may grow the
+//! graph while it runs. Each attempt's mutations form a batch that commits
+//! atomically with its output; the whole history lives in SQLite.
+//!
+//! ```no_run
+//! use orch::{Task, Workflow};
+//!
+//! let mut wf = Workflow::new("pipeline");
+//! wf.dir("examples/static_pipeline");
+//! wf.node("extract", Task::python("step.py"));
+//! wf.node("load", Task::python("step.py")).input("rows", orch::output("extract"));
+//! let outcome = wf.run()?;
+//! assert!(outcome.succeeded());
+//! # Ok::<(), orch::Error>(())
+//! ```
+//!
+//! See `docs/protocol.md` for the task protocol and `../shared/SPEC.md`
+//! for the model.
+#![deny(missing_docs)]
+
+extern crate self as orch;
+
+pub mod error;
+pub mod executor;
+pub mod graph;
+pub mod model;
+pub mod protocol;
+mod runtime;
+pub mod state;
+pub mod store;
+pub mod time;
+pub mod workflow;
+
+pub use error::{Error, Result, StructuralError};
+pub use model::{
+    output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
+    RunStatus, Task,
+};
+pub use state::{Event, EventKind, RunExport, RunState};
+pub use store::Store;
+pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
+
+/// Installs a `tracing` subscriber that prints to stderr, filtered by
+/// `RUST_LOG` (default `info` for orch). For binaries and examples.
+///
+/// ```
+/// orch::init_tracing();
+/// ```
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("orch=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

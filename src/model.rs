@@ -1,0 +1,511 @@
+//! The uniform vocabulary of a run: tasks, mutations, node and run states.
+//!
+//! Everything here is plain data with serde: it is what the builder
+//! produces, what a task sends over the protocol and what the event log
+//! stores. The runtime knows no other structure (SPEC §2).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Cosmetic attributes of a node or an edge (`label`, `color`, `shape`,
+/// `tooltip`, …). They never change what runs.
+pub type Attrs = Map<String, Value>;
+
+/// What a node runs: a task name (used by promises and pictures) plus how
+/// to run it.
+///
+/// ```
+/// use orch::Task;
+/// let t = Task::python("m.py").named("M").retries(2);
+/// assert_eq!(t.name, "M");
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The task name. Empty means "the node id" and is filled in when the
+    /// node is added.
+    #[serde(default)]
+    pub name: String,
+    /// How the task runs.
+    #[serde(flatten)]
+    pub exec: Exec,
+    /// Seconds an attempt may run before its process group is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// How many times a failed attempt is tried again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How a task runs. Every kind runs as one subprocess per attempt that
+/// speaks the JSON-lines protocol (see `docs/protocol.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Exec {
+    /// `python3 <script>`; a relative path resolves against the workflow's
+    /// base directory.
+    Python {
+        /// Path of the script.
+        script: String,
+    },
+    /// `python3 -m orch call <module>:<function>`: the function is called
+    /// with the inputs as keyword arguments and its return value is the
+    /// output.
+    PythonFn {
+        /// Dotted module path, importable from the base directory.
+        module: String,
+        /// Function name inside the module.
+        function: String,
+    },
+    /// Any program; it receives the start message on stdin and may speak
+    /// the protocol on stdout.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+}
+
+impl Task {
+    fn with(exec: Exec) -> Task {
+        Task {
+            name: String::new(),
+            exec,
+            timeout: None,
+            retries: 0,
+        }
+    }
+
+    /// A Python script task.
+    ///
+    /// ```
+    /// let t = orch::Task::python("step.py");
+    /// assert!(matches!(t.exec, orch::Exec::Python { .. }));
+    /// ```
+    pub fn python(script: impl Into<String>) -> Task {
+        Task::with(Exec::Python {
+            script: script.into(),
+        })
+    }
+
+    /// A Python function task, given as `"package.module:function"`.
+    ///
+    /// ```
+    /// let t = orch::Task::python_fn("stats.summary:mean");
+    /// assert_eq!(t.exec, orch::Exec::PythonFn { module: "stats.summary".into(), function: "mean".into() });
+    /// ```
+    ///
+    /// # Panics
+    /// When `spec` has no `:` separating module and function; this is a
+    /// programming error in the workflow source.
+    pub fn python_fn(spec: &str) -> Task {
+        let (module, function) = spec
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("python_fn spec `{spec}` must look like `module:function`"));
+        Task::with(Exec::PythonFn {
+            module: module.to_string(),
+            function: function.to_string(),
+        })
+    }
+
+    /// A plain command task.
+    ///
+    /// ```
+    /// let t = orch::Task::command(["sh", "-c", "echo hello"]);
+    /// assert!(matches!(t.exec, orch::Exec::Command { .. }));
+    /// ```
+    pub fn command<I, S>(argv: I) -> Task
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Task::with(Exec::Command {
+            argv: argv.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Sets the task name (default: the node id).
+    pub fn named(mut self, name: impl Into<String>) -> Task {
+        self.name = name.into();
+        self
+    }
+
+    /// Kills an attempt (with its process group) after `d`.
+    pub fn timeout(mut self, d: Duration) -> Task {
+        self.timeout = Some(d.as_secs_f64());
+        self
+    }
+
+    /// Tries a failed attempt again up to `n` times.
+    pub fn retries(mut self, n: u32) -> Task {
+        self.retries = n;
+        self
+    }
+}
+
+/// Names an edge by its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EdgeRef {
+    /// Source node id.
+    pub from: String,
+    /// Target node id.
+    pub to: String,
+}
+
+/// One change to the graph. The graph only grows: there is no removal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Mutation {
+    /// Adds a node. References to outputs inside `inputs` imply edges.
+    AddNode {
+        /// Unique id within the run.
+        id: String,
+        /// What runs.
+        task: Task,
+        /// JSON inputs, possibly with `{"$output": "X"}` references.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        inputs: Value,
+        /// Cosmetic attributes.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        attrs: Attrs,
+    },
+    /// Adds the edge `from -> to`: `to` runs after `from` succeeded.
+    AddEdge {
+        /// Source node id.
+        from: String,
+        /// Target node id.
+        to: String,
+        /// Cosmetic attributes.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        attrs: Attrs,
+    },
+    /// Merges cosmetic attributes into a node (`node`) or an edge (`edge`).
+    SetAttrs {
+        /// The node, when the target is a node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// The edge, when the target is an edge.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edge: Option<EdgeRef>,
+        /// Attributes to merge (a `null` value removes the key).
+        attrs: Attrs,
+    },
+    /// Declares a promise about every future batch.
+    AddPromise {
+        /// The promise, as data.
+        promise: Value,
+    },
+}
+
+impl Mutation {
+    /// A short human description used in error messages, e.g.
+    /// `add_edge A -> B`.
+    pub fn describe(&self) -> String {
+        match self {
+            Mutation::AddNode { id, .. } => format!("add_node `{id}`"),
+            Mutation::AddEdge { from, to, .. } => format!("add_edge `{from}` -> `{to}`"),
+            Mutation::SetAttrs { node: Some(n), .. } => format!("set_attrs on node `{n}`"),
+            Mutation::SetAttrs { edge: Some(e), .. } => {
+                format!("set_attrs on edge `{}` -> `{}`", e.from, e.to)
+            }
+            Mutation::SetAttrs { .. } => "set_attrs".to_string(),
+            Mutation::AddPromise { promise } => format!("add_promise {promise}"),
+        }
+    }
+}
+
+/// Where a batch came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Origin {
+    /// The registration batch.
+    Registration,
+    /// The attempt of a node's task.
+    Attempt {
+        /// The node whose task sent the batch.
+        node: String,
+        /// The attempt number (from 1).
+        attempt: u32,
+    },
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $var),* }
+
+        impl $name {
+            /// The plain string used in exports and the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($name::$var),)*
+                    other => Err(format!("unknown {} `{other}`", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// The state of a node (SPEC §3).
+    NodeState {
+        /// Waiting for predecessors.
+        Pending => "pending",
+        /// Every predecessor succeeded; waits for a free slot.
+        Ready => "ready",
+        /// An attempt is running.
+        Running => "running",
+        /// Waiting for external input, no process held.
+        Waiting => "waiting",
+        /// Finished successfully.
+        Succeeded => "succeeded",
+        /// Failed for good (retries exhausted).
+        Failed => "failed",
+        /// Cancelled before it could finish.
+        Cancelled => "cancelled",
+    }
+}
+
+impl NodeState {
+    /// True before the node's first attempt started (`pending`, `ready`):
+    /// only such nodes may receive new edges.
+    pub fn not_started(self) -> bool {
+        matches!(self, NodeState::Pending | NodeState::Ready)
+    }
+
+    /// True for `succeeded`, `failed` and `cancelled`.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            NodeState::Succeeded | NodeState::Failed | NodeState::Cancelled
+        )
+    }
+}
+
+string_enum! {
+    /// The status of a run (SPEC §3).
+    RunStatus {
+        /// Tasks are being started.
+        Running => "running",
+        /// No new task starts; running ones finish.
+        Paused => "paused",
+        /// Every node succeeded.
+        Succeeded => "succeeded",
+        /// A node failed for good.
+        Failed => "failed",
+        /// A batch broke a promise.
+        PromiseBroken => "promise_broken",
+        /// Cancelled by a person or a program.
+        Cancelled => "cancelled",
+    }
+}
+
+impl RunStatus {
+    /// True once the run can no longer change by itself.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Running | RunStatus::Paused)
+    }
+}
+
+string_enum! {
+    /// How an attempt ended.
+    AttemptOutcome {
+        /// Exit code 0, batch committed.
+        Succeeded => "succeeded",
+        /// Non-zero exit, protocol error or rejected batch.
+        Failed => "failed",
+        /// Killed after its timeout.
+        TimedOut => "timed_out",
+        /// Killed by the orchestrator (cancel, shutdown).
+        Killed => "killed",
+    }
+}
+
+/// Builds the reference `{"$output": node}` to the output of `node`; used
+/// inside inputs, it implies the edge `node -> consumer`.
+///
+/// ```
+/// let r = orch::output("A");
+/// assert_eq!(r, serde_json::json!({"$output": "A"}));
+/// ```
+pub fn output(node: &str) -> Value {
+    serde_json::json!({ "$output": node })
+}
+
+/// Builds a reference to a part of `node`'s output, selected by a JSON
+/// pointer (RFC 6901).
+///
+/// ```
+/// let r = orch::output_at("A", "/items/0");
+/// assert_eq!(r, serde_json::json!({"$output": "A", "pointer": "/items/0"}));
+/// ```
+pub fn output_at(node: &str, pointer: &str) -> Value {
+    serde_json::json!({ "$output": node, "pointer": pointer })
+}
+
+/// One output reference found inside inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRef {
+    /// The referenced node.
+    pub node: String,
+    /// The JSON pointer into its output (empty: the whole output).
+    pub pointer: String,
+}
+
+/// Collects the output references inside `inputs`, in document order.
+///
+/// An object with the key `$output` is a reference; it may have `pointer`
+/// and nothing else. A malformed reference is an error naming it.
+pub fn output_refs(inputs: &Value) -> Result<Vec<OutputRef>, String> {
+    let mut out = Vec::new();
+    collect_refs(inputs, &mut out)?;
+    Ok(out)
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<OutputRef>) -> Result<(), String> {
+    match v {
+        Value::Object(map) => {
+            if let Some(target) = map.get("$output") {
+                let node = target
+                    .as_str()
+                    .ok_or_else(|| format!("reference {v}: `$output` must be a node id string"))?;
+                let pointer = match map.get("pointer") {
+                    None => String::new(),
+                    Some(Value::String(p)) if p.is_empty() || p.starts_with('/') => p.clone(),
+                    Some(p) => {
+                        return Err(format!(
+                            "reference {v}: `pointer` must be a JSON pointer string like \"/a/0\", got {p}"
+                        ))
+                    }
+                };
+                if let Some(extra) = map.keys().find(|k| *k != "$output" && *k != "pointer") {
+                    return Err(format!("reference {v}: unexpected key `{extra}`"));
+                }
+                out.push(OutputRef {
+                    node: node.to_string(),
+                    pointer,
+                });
+                return Ok(());
+            }
+            map.values().try_for_each(|x| collect_refs(x, out))
+        }
+        Value::Array(items) => items.iter().try_for_each(|x| collect_refs(x, out)),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces every output reference in `inputs` with the value it names.
+/// `lookup` returns the output of a node.
+pub fn resolve_refs(
+    inputs: &Value,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Value, String> {
+    match inputs {
+        Value::Object(map) if map.contains_key("$output") => {
+            let r = output_refs(inputs)?.remove(0);
+            let whole =
+                lookup(&r.node).ok_or_else(|| format!("node `{}` has no output", r.node))?;
+            if r.pointer.is_empty() {
+                Ok(whole)
+            } else {
+                whole.pointer(&r.pointer).cloned().ok_or_else(|| {
+                    format!(
+                        "output of `{}` has nothing at pointer `{}`",
+                        r.node, r.pointer
+                    )
+                })
+            }
+        }
+        Value::Object(map) => {
+            let mut out = Map::with_capacity(map.len());
+            for (k, v) in map {
+                out.insert(k.clone(), resolve_refs(v, lookup)?);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|v| resolve_refs(v, lookup))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        other => Ok(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn task_json_shape() {
+        let t = Task::python("a.py").named("A");
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            json!({"name": "A", "kind": "python", "script": "a.py"})
+        );
+        let back: Task =
+            serde_json::from_value(json!({"kind": "command", "argv": ["true"]})).unwrap();
+        assert_eq!(back.name, "");
+    }
+
+    #[test]
+    fn refs_are_found_and_resolved() {
+        let inputs = json!({"x": [output("A"), {"y": output_at("B", "/k")}], "z": 1});
+        let refs = output_refs(&inputs).unwrap();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[1].pointer, "/k");
+        let resolved = resolve_refs(&inputs, &|n| match n {
+            "A" => Some(json!(1)),
+            "B" => Some(json!({"k": "v"})),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(resolved, json!({"x": [1, {"y": "v"}], "z": 1}));
+    }
+
+    #[test]
+    fn malformed_refs_are_named() {
+        let err = output_refs(&json!({"$output": 3})).unwrap_err();
+        assert!(err.contains("must be a node id"), "{err}");
+        let err = output_refs(&json!({"$output": "A", "other": 1})).unwrap_err();
+        assert!(err.contains("unexpected key `other`"), "{err}");
+    }
+
+    #[test]
+    fn states_round_trip_as_strings() {
+        for s in [
+            "pending",
+            "ready",
+            "running",
+            "waiting",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(s.parse::<NodeState>().unwrap().as_str(), s);
+        }
+        assert_eq!(RunStatus::PromiseBroken.to_string(), "promise_broken");
+    }
+}

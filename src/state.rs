@@ -1,0 +1,390 @@
+//! The event history of a run and the state it folds into.
+//!
+//! Every change of a run is an [`Event`], appended to the store's log in
+//! the same transaction that updates the materialized tables. The live
+//! orchestrator and a rebuild from the log use the same
+//! [`RunState::apply`], so a run's state at any past event can be rebuilt
+//! (and drawn) from the log alone.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::graph::Graph;
+use crate::model::{AttemptOutcome, Attrs, Mutation, NodeState, Origin, RunStatus, Task};
+
+/// One entry of a run's append-only history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the run's history, from 1.
+    pub seq: u64,
+    /// When it was committed (RFC 3339, UTC, milliseconds).
+    pub at: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What an event says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run was created by an orchestrator process.
+    RunStarted {
+        /// The workflow's name.
+        workflow: String,
+        /// The orchestrating process.
+        orchestrator_pid: u32,
+        /// What is needed to run it again: base directory, interpreter,
+        /// parallelism.
+        config: Value,
+    },
+    /// A batch of mutations was committed.
+    BatchCommitted {
+        /// Who sent it.
+        origin: Origin,
+        /// The mutations, validated, in order.
+        mutations: Vec<Mutation>,
+    },
+    /// A node changed state.
+    NodeState {
+        /// The node id.
+        node: String,
+        /// The new state.
+        state: NodeState,
+    },
+    /// An attempt's process was started.
+    AttemptStarted {
+        /// The node id.
+        node: String,
+        /// The attempt number, from 1.
+        attempt: u32,
+        /// The process id, when a process was started.
+        pid: Option<u32>,
+    },
+    /// An attempt ended.
+    AttemptFinished {
+        /// The node id.
+        node: String,
+        /// The attempt number.
+        attempt: u32,
+        /// How it ended.
+        outcome: AttemptOutcome,
+        /// The exit code, when the process exited normally.
+        exit_code: Option<i32>,
+        /// Why it failed, when it failed.
+        error: Option<String>,
+    },
+    /// A node's output was committed (with its attempt's batch).
+    Output {
+        /// The node id.
+        node: String,
+        /// The output value.
+        value: Value,
+    },
+    /// The run changed status.
+    RunStatus {
+        /// The new status.
+        status: RunStatus,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+}
+
+/// One attempt of a node, as folded from the history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The process id, when a process was started.
+    pub pid: Option<u32>,
+    /// When it started.
+    pub started_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// How it ended.
+    pub outcome: Option<AttemptOutcome>,
+    /// The exit code, when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Per-node facts besides the graph's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeFacts {
+    /// When its first attempt started.
+    pub started_at: Option<String>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<String>,
+    /// Its attempts in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// Its committed output.
+    pub output: Option<Value>,
+}
+
+/// The state of a run: the fold of its events.
+#[derive(Clone, Debug)]
+pub struct RunState {
+    /// The run id.
+    pub run: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The run's configuration as recorded when it started.
+    pub config: Value,
+    /// Current status.
+    pub status: RunStatus,
+    /// Why the run failed, if it did.
+    pub reason: Option<String>,
+    /// The process that orchestrates (or last orchestrated) the run.
+    pub orchestrator_pid: Option<u32>,
+    /// When the run started.
+    pub created_at: Option<String>,
+    /// When the run reached a terminal status.
+    pub finished_at: Option<String>,
+    /// Nodes, edges and promises.
+    pub graph: Graph,
+    /// Per node (by position): times, attempts, output.
+    pub facts: Vec<NodeFacts>,
+    /// Promise violations (filled by the promise checker).
+    pub violations: Vec<Value>,
+    /// The last applied event's sequence number.
+    pub last_seq: u64,
+}
+
+impl RunState {
+    /// The empty state of a run before its first event.
+    pub fn new(run: &str) -> RunState {
+        RunState {
+            run: run.to_string(),
+            workflow: String::new(),
+            config: Value::Null,
+            status: RunStatus::Running,
+            reason: None,
+            orchestrator_pid: None,
+            created_at: None,
+            finished_at: None,
+            graph: Graph::new(),
+            facts: Vec::new(),
+            violations: Vec::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Folds a whole history.
+    pub fn replay<'a>(run: &str, events: impl IntoIterator<Item = &'a Event>) -> RunState {
+        let mut s = RunState::new(run);
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+
+    fn pos(&self, node: &str) -> usize {
+        self.graph
+            .position(node)
+            .unwrap_or_else(|| panic!("event names unknown node `{node}`"))
+    }
+
+    /// Applies one event. Returns the nodes whose readiness may have
+    /// changed (new nodes, targets of new edges, successors of a node that
+    /// succeeded): the scheduler re-examines exactly these.
+    pub fn apply(&mut self, e: &Event) -> Vec<usize> {
+        self.last_seq = e.seq;
+        match &e.kind {
+            EventKind::RunStarted {
+                workflow,
+                orchestrator_pid,
+                config,
+            } => {
+                self.workflow = workflow.clone();
+                self.config = config.clone();
+                self.orchestrator_pid = Some(*orchestrator_pid);
+                self.created_at.get_or_insert_with(|| e.at.clone());
+                Vec::new()
+            }
+            EventKind::BatchCommitted { mutations, .. } => {
+                let applied = self.graph.apply_unchecked(mutations);
+                self.facts.resize_with(self.graph.len(), NodeFacts::default);
+                applied.touched
+            }
+            EventKind::NodeState { node, state } => {
+                let i = self.pos(node);
+                let facts = &mut self.facts[i];
+                if *state == NodeState::Running {
+                    facts.started_at.get_or_insert_with(|| e.at.clone());
+                }
+                facts.finished_at = state.is_terminal().then(|| e.at.clone());
+                self.graph.set_state(i, *state)
+            }
+            EventKind::AttemptStarted { node, attempt, pid } => {
+                let i = self.pos(node);
+                self.facts[i].attempts.push(AttemptRecord {
+                    attempt: *attempt,
+                    pid: *pid,
+                    started_at: e.at.clone(),
+                    finished_at: None,
+                    outcome: None,
+                    exit_code: None,
+                    error: None,
+                });
+                Vec::new()
+            }
+            EventKind::AttemptFinished {
+                node,
+                attempt,
+                outcome,
+                exit_code,
+                error,
+            } => {
+                let i = self.pos(node);
+                if let Some(a) = self.facts[i]
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.attempt == *attempt)
+                {
+                    a.finished_at = Some(e.at.clone());
+                    a.outcome = Some(*outcome);
+                    a.exit_code = *exit_code;
+                    a.error = error.clone();
+                }
+                Vec::new()
+            }
+            EventKind::Output { node, value } => {
+                let i = self.pos(node);
+                self.facts[i].output = Some(value.clone());
+                Vec::new()
+            }
+            EventKind::RunStatus { status, reason } => {
+                self.status = *status;
+                if reason.is_some() {
+                    self.reason = reason.clone();
+                }
+                self.finished_at = status.is_terminal().then(|| e.at.clone());
+                Vec::new()
+            }
+        }
+    }
+
+    /// The output of a node, if committed.
+    pub fn output_of(&self, node: &str) -> Option<&Value> {
+        self.graph
+            .position(node)
+            .and_then(|i| self.facts[i].output.as_ref())
+    }
+
+    /// The run as the export format describes it.
+    pub fn export(&self) -> RunExport {
+        let g = &self.graph;
+        RunExport {
+            run: self.run.clone(),
+            workflow: self.workflow.clone(),
+            status: self.status,
+            reason: self.reason.clone(),
+            orchestrator_pid: self.orchestrator_pid,
+            created_at: self.created_at.clone(),
+            finished_at: self.finished_at.clone(),
+            event: self.last_seq,
+            nodes: g
+                .nodes()
+                .iter()
+                .zip(&self.facts)
+                .map(|(n, f)| NodeExport {
+                    id: n.id.clone(),
+                    task: n.task.clone(),
+                    state: n.state,
+                    inputs: n.inputs.clone(),
+                    attrs: n.attrs.clone(),
+                    output: f.output.clone(),
+                    started_at: f.started_at.clone(),
+                    finished_at: f.finished_at.clone(),
+                    attempts: f.attempts.clone(),
+                })
+                .collect(),
+            edges: g
+                .edges()
+                .iter()
+                .map(|e| EdgeExport {
+                    from: g.node(e.from).id.clone(),
+                    to: g.node(e.to).id.clone(),
+                    attrs: e.attrs.clone(),
+                })
+                .collect(),
+            promises: g.promises().to_vec(),
+            violations: self.violations.clone(),
+        }
+    }
+}
+
+/// The JSON export of a run (`orch export <run> --format json`).
+///
+/// Timestamps are RFC 3339 UTC with milliseconds. Nodes and edges are in
+/// insertion order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunExport {
+    /// The run id.
+    pub run: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// `running`, `paused`, `succeeded`, `failed`, `promise_broken` or
+    /// `cancelled`.
+    pub status: RunStatus,
+    /// Why the run failed, if it did.
+    pub reason: Option<String>,
+    /// The orchestrating process.
+    pub orchestrator_pid: Option<u32>,
+    /// When the run started.
+    pub created_at: Option<String>,
+    /// When the run reached a terminal status.
+    pub finished_at: Option<String>,
+    /// The last event this export includes.
+    pub event: u64,
+    /// Every node.
+    pub nodes: Vec<NodeExport>,
+    /// Every edge.
+    pub edges: Vec<EdgeExport>,
+    /// Every promise, in declaration order.
+    pub promises: Vec<Value>,
+    /// Every promise violation.
+    pub violations: Vec<Value>,
+}
+
+impl RunExport {
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&NodeExport> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// A node in the export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeExport {
+    /// The node id.
+    pub id: String,
+    /// What runs.
+    pub task: Task,
+    /// The state.
+    pub state: NodeState,
+    /// The inputs as declared (references unresolved).
+    pub inputs: Value,
+    /// Cosmetic attributes.
+    pub attrs: Attrs,
+    /// The committed output.
+    pub output: Option<Value>,
+    /// When its first attempt started.
+    pub started_at: Option<String>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<String>,
+    /// Its attempts.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// An edge in the export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeExport {
+    /// Source node id.
+    pub from: String,
+    /// Target node id.
+    pub to: String,
+    /// Cosmetic attributes.
+    pub attrs: Attrs,
+}

@@ -1,0 +1,721 @@
+//! The SQLite store: one file per workspace, WAL, an append-only event log
+//! plus materialized tables (runs, nodes, edges, attempts, outputs,
+//! promises, violations, logs).
+//!
+//! Every write is one transaction that appends events and updates the
+//! tables together, so the tables always equal the fold of the log (see
+//! [`Store::replay`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::graph::merge_attrs;
+use crate::model::{output_refs, Attrs, Mutation, RunStatus};
+use crate::state::{AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState};
+
+/// The environment variable that overrides the database path.
+pub const DB_ENV: &str = "ORCH_DB";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    orchestrator_pid INTEGER,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    config TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    run TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    PRIMARY KEY (run, id)
+);
+CREATE TABLE IF NOT EXISTS edges (
+    run TEXT NOT NULL,
+    src TEXT NOT NULL,
+    dst TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    PRIMARY KEY (run, src, dst)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    pid INTEGER,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (run, node, attempt)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run, node)
+);
+CREATE TABLE IF NOT EXISTS promises (
+    run TEXT NOT NULL,
+    promise TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_run ON promises (run);
+CREATE TABLE IF NOT EXISTS violations (
+    run TEXT NOT NULL,
+    violation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS violations_run ON violations (run);
+CREATE TABLE IF NOT EXISTS logs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
+"#;
+
+/// One line of an attempt's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// The node id.
+    pub node: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// Line number within the attempt, from 1.
+    pub line: u32,
+    /// `stdout`, `stderr` or `log` (a protocol `log` message, with its
+    /// level as a prefix).
+    pub stream: String,
+    /// The text, without the newline.
+    pub text: String,
+}
+
+/// A line of `orch runs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run id.
+    pub id: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The status.
+    pub status: String,
+    /// When it started.
+    pub created_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// How many nodes it has.
+    pub nodes: u64,
+}
+
+/// The database path: `ORCH_DB` if set, else `.orch/orch.db` under the
+/// current directory.
+///
+/// ```
+/// let p = orch::store::default_path();
+/// assert!(p.ends_with("orch.db") || std::env::var_os("ORCH_DB").is_some());
+/// ```
+pub fn default_path() -> PathBuf {
+    match std::env::var_os(DB_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(".orch").join("orch.db"),
+    }
+}
+
+/// A connection to the database file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, with its folder) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating folder {}", dir.display()), e))?;
+        }
+        Store::connect(path)
+    }
+
+    /// Opens an existing database; an error naming the path if there is
+    /// none (the CLI never creates one).
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(Error::io(
+                format!(
+                    "no orch database at {} (run a workflow first, or point {DB_ENV} or --db at one)",
+                    path.display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        Store::connect(path)
+    }
+
+    fn connect(path: PathBuf) -> Result<Store> {
+        let conn = Connection::open(&path).map_err(|source| Error::Store {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { conn, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn init(&self) -> Result<()> {
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                message: format!(
+                    "schema version {version} is newer than this orch understands ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends events (already applied to the in-memory state) and log
+    /// lines in one transaction, updating the materialized tables.
+    pub fn commit(&mut self, run: &str, events: &[Event], logs: &[LogLine]) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        for e in events {
+            write_event(&tx, run, e).map_err(wrap)?;
+        }
+        if let Some(last) = events.last() {
+            tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![run, last.seq as i64]))
+                .map_err(wrap)?;
+        }
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO logs (run, node, attempt, line, stream, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(wrap)?;
+            for l in logs {
+                ins.execute(params![run, l.node, l.attempt, l.line, l.stream, l.text])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Resolves `latest`, a full run id or a unique prefix of one.
+    pub fn resolve_run(&self, what: &str) -> Result<String> {
+        let found: Option<String> = if what == "latest" {
+            self.conn
+                .query_row(
+                    "SELECT id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?
+        } else {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT id FROM runs WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY id LIMIT 3",
+                )
+                .map_err(|e| self.err(e))?;
+            let ids: Vec<String> = stmt
+                .query_map([what], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?;
+            match ids.as_slice() {
+                [one] => Some(one.clone()),
+                many if many.iter().any(|i| i == what) => Some(what.to_string()),
+                [] => None,
+                _ => {
+                    return Err(Error::UnknownRun(format!(
+                        "{what}` is ambiguous (matches {}); give more of the id`",
+                        ids.join(", ")
+                    )))
+                }
+            }
+        };
+        found.ok_or_else(|| Error::UnknownRun(what.to_string()))
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunSummary>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, workflow, status, created_at, finished_at,
+                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id)
+                 FROM runs ORDER BY created_at DESC, rowid DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RunSummary {
+                    id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    status: r.get(2)?,
+                    created_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    nodes: r.get::<_, i64>(5)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    /// The history of a run, in order; with `upto`, only the events up to
+    /// and including that sequence number.
+    pub fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, data FROM events WHERE run = ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(u64, String, String)> = stmt
+            .query_map(params![run, upto.map_or(i64::MAX, |u| u as i64)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(seq, at, data)| {
+                let kind: EventKind = serde_json::from_str(&data).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("run {run} event {seq} does not parse: {e}"),
+                })?;
+                Ok(Event { seq, at, kind })
+            })
+            .collect()
+    }
+
+    /// Rebuilds a run's state from its event log alone.
+    pub fn replay(&self, run: &str, upto: Option<u64>) -> Result<RunState> {
+        let events = self.events(run, upto)?;
+        if events.is_empty() {
+            return Err(Error::UnknownRun(run.to_string()));
+        }
+        Ok(RunState::replay(run, &events))
+    }
+
+    /// The export of a run, read from the materialized tables.
+    pub fn export(&self, run: &str) -> Result<RunExport> {
+        self.read_export(run).map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Error::UnknownRun(run.to_string()),
+            other => self.err(other),
+        })
+    }
+
+    fn read_export(&self, run: &str) -> rusqlite::Result<RunExport> {
+        let c = &self.conn;
+        let mut ex = c.query_row(
+            "SELECT workflow, status, reason, orchestrator_pid, created_at, finished_at, last_seq FROM runs WHERE id = ?1",
+            [run],
+            |r| {
+                let status: String = r.get(1)?;
+                Ok(RunExport {
+                    run: run.to_string(),
+                    workflow: r.get(0)?,
+                    status: status.parse().unwrap_or(RunStatus::Failed),
+                    reason: r.get(2)?,
+                    orchestrator_pid: r.get(3)?,
+                    created_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    event: r.get::<_, i64>(6)? as u64,
+                    nodes: Vec::new(),
+                    edges: Vec::new(),
+                    promises: Vec::new(),
+                    violations: Vec::new(),
+                })
+            },
+        )?;
+        let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
+            Default::default();
+        let mut stmt = c.prepare(
+            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error
+             FROM attempts WHERE run = ?1 ORDER BY node, attempt",
+        )?;
+        let rows = stmt.query_map([run], |r| {
+            let outcome: Option<String> = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                AttemptRecord {
+                    attempt: r.get(1)?,
+                    pid: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    outcome: outcome.and_then(|o| o.parse().ok()),
+                    exit_code: r.get(6)?,
+                    error: r.get(7)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (node, a) = row?;
+            attempts.entry(node).or_default().push(a);
+        }
+        let mut stmt = c.prepare(
+            "SELECT n.id, n.task, n.state, n.inputs, n.attrs, o.value, n.started_at, n.finished_at
+             FROM nodes n LEFT JOIN outputs o ON o.run = n.run AND o.node = n.id
+             WHERE n.run = ?1 ORDER BY n.rowid",
+        )?;
+        let rows = stmt.query_map([run], |r| {
+            let id: String = r.get(0)?;
+            let state: String = r.get(2)?;
+            let output: Option<String> = r.get(5)?;
+            Ok(NodeExport {
+                attempts: attempts.remove(&id).unwrap_or_default(),
+                id,
+                task: json_col(r, 1)?,
+                state: state.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?,
+                inputs: json_col(r, 3)?,
+                attrs: json_col(r, 4)?,
+                output: output.map(|o| serde_json::from_str(&o).unwrap_or(Value::Null)),
+                started_at: r.get(6)?,
+                finished_at: r.get(7)?,
+            })
+        })?;
+        ex.nodes = rows.collect::<rusqlite::Result<_>>()?;
+        let mut stmt =
+            c.prepare("SELECT src, dst, attrs FROM edges WHERE run = ?1 ORDER BY rowid")?;
+        ex.edges = stmt
+            .query_map([run], |r| {
+                Ok(EdgeExport {
+                    from: r.get(0)?,
+                    to: r.get(1)?,
+                    attrs: json_col(r, 2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = c.prepare("SELECT promise FROM promises WHERE run = ?1 ORDER BY rowid")?;
+        ex.promises = stmt
+            .query_map([run], |r| json_col(r, 0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt =
+            c.prepare("SELECT violation FROM violations WHERE run = ?1 ORDER BY rowid")?;
+        ex.violations = stmt
+            .query_map([run], |r| json_col(r, 0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ex)
+    }
+
+    /// The log lines of a node's attempts (all attempts when `attempt` is
+    /// `None`), in order.
+    pub fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>> {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM nodes WHERE run = ?1 AND id = ?2)",
+                params![run, node],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Err(Error::UnknownNode {
+                run: run.to_string(),
+                node: node.to_string(),
+            });
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT attempt, line, stream, text FROM logs
+                 WHERE run = ?1 AND node = ?2 AND (?3 IS NULL OR attempt = ?3)
+                 ORDER BY attempt, line",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![run, node, attempt], |r| {
+                Ok(LogLine {
+                    node: node.to_string(),
+                    attempt: r.get(0)?,
+                    line: r.get(1)?,
+                    stream: r.get(2)?,
+                    text: r.get(3)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.
+    pub fn integrity_check(&self) -> Result<()> {
+        let res: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if res == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Corrupt {
+                path: self.path.clone(),
+                message: res,
+            })
+        }
+    }
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("orch values always serialise")
+}
+
+fn event_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::RunStarted { .. } => "run_started",
+        EventKind::BatchCommitted { .. } => "batch_committed",
+        EventKind::NodeState { .. } => "node_state",
+        EventKind::AttemptStarted { .. } => "attempt_started",
+        EventKind::AttemptFinished { .. } => "attempt_finished",
+        EventKind::Output { .. } => "output",
+        EventKind::RunStatus { .. } => "run_status",
+    }
+}
+
+/// Appends one event and applies it to the materialized tables.
+fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            run,
+            e.seq as i64,
+            e.at,
+            event_name(&e.kind),
+            to_json(&e.kind)
+        ])?;
+    match &e.kind {
+        EventKind::RunStarted {
+            workflow,
+            orchestrator_pid,
+            config,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, workflow, status, orchestrator_pid, created_at, config)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET orchestrator_pid = ?3",
+            )?
+            .execute(params![
+                run,
+                workflow,
+                orchestrator_pid,
+                e.at,
+                to_json(config)
+            ])?;
+        }
+        EventKind::BatchCommitted { mutations, .. } => {
+            for m in mutations {
+                write_mutation(tx, run, m)?;
+            }
+        }
+        EventKind::NodeState { node, state } => {
+            let running = *state == crate::NodeState::Running;
+            let terminal = state.is_terminal();
+            tx.prepare_cached(
+                "UPDATE nodes SET state = ?3,
+                    started_at = CASE WHEN ?4 THEN coalesce(started_at, ?6) ELSE started_at END,
+                    finished_at = CASE WHEN ?5 THEN ?6 ELSE NULL END
+                 WHERE run = ?1 AND id = ?2",
+            )?
+            .execute(params![run, node, state.as_str(), running, terminal, e.at])?;
+        }
+        EventKind::AttemptStarted { node, attempt, pid } => {
+            tx.prepare_cached(
+                "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![run, node, attempt, pid, e.at])?;
+        }
+        EventKind::AttemptFinished {
+            node,
+            attempt,
+            outcome,
+            exit_code,
+            error,
+        } => {
+            tx.prepare_cached(
+                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7
+                 WHERE run = ?1 AND node = ?2 AND attempt = ?3",
+            )?
+            .execute(params![
+                run,
+                node,
+                attempt,
+                e.at,
+                outcome.as_str(),
+                exit_code,
+                error
+            ])?;
+        }
+        EventKind::Output { node, value } => {
+            tx.prepare_cached(
+                "INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (run, node) DO UPDATE SET value = ?3",
+            )?
+            .execute(params![run, node, to_json(value)])?;
+        }
+        EventKind::RunStatus { status, reason } => {
+            tx.prepare_cached(
+                "UPDATE runs SET status = ?2, reason = coalesce(?3, reason),
+                    finished_at = CASE WHEN ?4 THEN ?5 ELSE NULL END
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                run,
+                status.as_str(),
+                reason,
+                status.is_terminal(),
+                e.at
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn write_mutation(tx: &Transaction<'_>, run: &str, m: &Mutation) -> rusqlite::Result<()> {
+    match m {
+        Mutation::AddNode {
+            id,
+            task,
+            inputs,
+            attrs,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            )?
+            .execute(params![run, id, to_json(task), to_json(inputs), to_json(attrs)])?;
+            let mut implied = tx.prepare_cached(
+                "INSERT OR IGNORE INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, '{}')",
+            )?;
+            for r in output_refs(inputs).unwrap_or_default() {
+                implied.execute(params![run, r.node, id])?;
+            }
+        }
+        Mutation::AddEdge { from, to, attrs } => {
+            tx.prepare_cached("INSERT INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![run, from, to, to_json(attrs)])?;
+        }
+        Mutation::SetAttrs {
+            node: Some(n),
+            attrs,
+            ..
+        } => {
+            let current: String = tx.query_row(
+                "SELECT attrs FROM nodes WHERE run = ?1 AND id = ?2",
+                params![run, n],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "UPDATE nodes SET attrs = ?3 WHERE run = ?1 AND id = ?2",
+                params![run, n, merged(&current, attrs)],
+            )?;
+        }
+        Mutation::SetAttrs {
+            edge: Some(e),
+            attrs,
+            ..
+        } => {
+            let current: String = tx.query_row(
+                "SELECT attrs FROM edges WHERE run = ?1 AND src = ?2 AND dst = ?3",
+                params![run, e.from, e.to],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "UPDATE edges SET attrs = ?4 WHERE run = ?1 AND src = ?2 AND dst = ?3",
+                params![run, e.from, e.to, merged(&current, attrs)],
+            )?;
+        }
+        Mutation::SetAttrs { .. } => {}
+        Mutation::AddPromise { promise } => {
+            tx.prepare_cached("INSERT INTO promises (run, promise) VALUES (?1, ?2)")?
+                .execute(params![run, to_json(promise)])?;
+        }
+    }
+    Ok(())
+}
+
+fn merged(current: &str, patch: &Attrs) -> String {
+    let mut attrs: Attrs = serde_json::from_str(current).unwrap_or_default();
+    merge_attrs(&mut attrs, patch);
+    to_json(&attrs)
+}

@@ -1,0 +1,97 @@
+//! Timestamps and run ids.
+//!
+//! Every timestamp orch stores or exports is RFC 3339 in UTC with
+//! millisecond precision, e.g. `2026-11-24T01:31:11.123Z`: it sorts as a
+//! string and every language parses it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, as an RFC 3339 UTC timestamp with milliseconds.
+///
+/// ```
+/// let t = orch::time::now();
+/// assert_eq!(t.len(), 24);
+/// assert!(t.ends_with('Z'));
+/// ```
+pub fn now() -> String {
+    format_millis(unix_millis())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+///
+/// ```
+/// assert_eq!(orch::time::format_millis(0), "1970-01-01T00:00:00.000Z");
+/// assert_eq!(orch::time::format_millis(1_795_311_071_123), "2026-11-22T01:31:11.123Z");
+/// ```
+pub fn format_millis(ms: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(ms / 1000);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        ms % 1000
+    )
+}
+
+/// (year, month, day, hour, minute, second) of a Unix time in seconds.
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// A new run id: `YYYYMMDD-HHMMSS-xxxxxx`, the UTC start time plus six
+/// random hex digits. Sorting ids sorts runs by start time.
+pub fn new_run_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let ms = unix_millis();
+    let (y, mo, d, h, mi, s) = civil(ms / 1000);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(ms);
+    hasher.write_u32(std::process::id());
+    let rnd = hasher.finish() & 0xff_ffff;
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{rnd:06x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leap_days_and_ends_of_years() {
+        assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_millis(1_767_225_599_999), "2025-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn run_ids_differ_and_sort_by_time() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 22);
+    }
+}

@@ -1,0 +1,312 @@
+//! The builder: a workflow is a Rust value that lists the registration
+//! batch (nodes, edges, promises) and how to run it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::model::{Attrs, Mutation, RunStatus, Task};
+
+/// A workflow: its registration batch plus run options.
+///
+/// ```no_run
+/// use orch::{Task, Workflow};
+///
+/// let mut wf = Workflow::new("hello");
+/// wf.dir("examples/static_pipeline");
+/// wf.node("start", Task::python("step.py"));
+/// wf.node("end", Task::python("step.py")).input("from", orch::output("start"));
+/// let outcome = wf.run()?;
+/// println!("run {} {}", outcome.run, outcome.status);
+/// # Ok::<(), orch::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Workflow {
+    pub(crate) name: String,
+    pub(crate) mutations: Vec<Mutation>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) db: Option<PathBuf>,
+    pub(crate) python: Option<String>,
+    pub(crate) max_parallel: usize,
+    pub(crate) default_timeout: Option<Duration>,
+}
+
+impl Workflow {
+    /// A new, empty workflow.
+    ///
+    /// ```
+    /// let wf = orch::Workflow::new("etl");
+    /// assert_eq!(wf.name(), "etl");
+    /// ```
+    pub fn new(name: impl Into<String>) -> Workflow {
+        Workflow {
+            name: name.into(),
+            mutations: Vec::new(),
+            dir: None,
+            db: None,
+            python: None,
+            max_parallel: 1,
+            default_timeout: None,
+        }
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The registration batch as built so far.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.node("a", orch::Task::python("a.py"));
+    /// assert_eq!(wf.mutations().len(), 1);
+    /// ```
+    pub fn mutations(&self) -> &[Mutation] {
+        &self.mutations
+    }
+
+    /// The base directory: tasks run there and relative script paths
+    /// resolve against it (default: the current directory).
+    pub fn dir(&mut self, dir: impl AsRef<Path>) -> &mut Workflow {
+        self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// The SQLite database file (default: `ORCH_DB`, else
+    /// `.orch/orch.db`).
+    pub fn db(&mut self, path: impl AsRef<Path>) -> &mut Workflow {
+        self.db = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The Python interpreter (default: `ORCH_PYTHON`, else `python3`).
+    /// It is resolved once per process to the real executable.
+    pub fn python(&mut self, interpreter: impl Into<String>) -> &mut Workflow {
+        self.python = Some(interpreter.into());
+        self
+    }
+
+    /// How many attempts may run at once (default 1: one at a time).
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.max_parallel(4);
+    /// ```
+    pub fn max_parallel(&mut self, n: usize) -> &mut Workflow {
+        self.max_parallel = n.max(1);
+        self
+    }
+
+    /// The timeout of attempts whose task sets none.
+    pub fn default_timeout(&mut self, d: Duration) -> &mut Workflow {
+        self.default_timeout = Some(d);
+        self
+    }
+
+    /// Adds a node. References to outputs in its inputs imply edges.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.node("a", orch::Task::python("a.py")).label("first").input("n", 3);
+    /// ```
+    pub fn node(&mut self, id: impl Into<String>, task: Task) -> NodeBuilder<'_> {
+        self.mutations.push(Mutation::AddNode {
+            id: id.into(),
+            task,
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        });
+        let at = self.mutations.len() - 1;
+        NodeBuilder { wf: self, at }
+    }
+
+    /// Adds the edge `from -> to`: `to` runs after `from` succeeded.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.node("a", orch::Task::python("a.py"));
+    /// wf.node("b", orch::Task::python("b.py"));
+    /// wf.edge("a", "b").label("then");
+    /// ```
+    pub fn edge(&mut self, from: impl Into<String>, to: impl Into<String>) -> EdgeBuilder<'_> {
+        self.mutations.push(Mutation::AddEdge {
+            from: from.into(),
+            to: to.into(),
+            attrs: Attrs::new(),
+        });
+        let at = self.mutations.len() - 1;
+        EdgeBuilder { wf: self, at }
+    }
+
+    /// Declares a promise (stored with the run; see SPEC §5).
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.promise(serde_json::json!({"static": {}}));
+    /// ```
+    pub fn promise(&mut self, promise: Value) -> &mut Workflow {
+        self.mutations.push(Mutation::AddPromise { promise });
+        self
+    }
+
+    /// Appends any mutation to the registration batch.
+    pub fn mutate(&mut self, m: Mutation) -> &mut Workflow {
+        self.mutations.push(m);
+        self
+    }
+
+    /// Registers and runs the workflow to the end, blocking the calling
+    /// thread. Inside an async context use [`Workflow::run_async`].
+    pub fn run(&self) -> Result<RunOutcome> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::io("starting the tokio runtime", e))?;
+        rt.block_on(self.run_async())
+    }
+
+    /// Registers and runs the workflow to the end.
+    pub async fn run_async(&self) -> Result<RunOutcome> {
+        crate::runtime::run(self).await
+    }
+}
+
+/// Sets up a node just added; see [`Workflow::node`].
+#[derive(Debug)]
+pub struct NodeBuilder<'a> {
+    wf: &'a mut Workflow,
+    at: usize,
+}
+
+impl NodeBuilder<'_> {
+    fn parts(&mut self) -> (&mut Value, &mut Attrs) {
+        match &mut self.wf.mutations[self.at] {
+            Mutation::AddNode { inputs, attrs, .. } => (inputs, attrs),
+            _ => unreachable!("NodeBuilder points at an add_node"),
+        }
+    }
+
+    /// Replaces the node's inputs.
+    pub fn inputs(mut self, inputs: Value) -> Self {
+        *self.parts().0 = inputs;
+        self
+    }
+
+    /// Sets one input; `value` may contain [`crate::output`] references.
+    ///
+    /// # Panics
+    /// When `value` does not serialise to JSON (a map with non-string
+    /// keys, for instance).
+    pub fn input(mut self, key: &str, value: impl Serialize) -> Self {
+        let v = serde_json::to_value(value).expect("node input serialises to JSON");
+        let inputs = self.parts().0;
+        if !inputs.is_object() {
+            *inputs = Value::Object(Default::default());
+        }
+        inputs
+            .as_object_mut()
+            .expect("inputs are an object")
+            .insert(key.to_string(), v);
+        self
+    }
+
+    /// Sets a cosmetic attribute.
+    pub fn attr(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.parts().1.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Sets the label drawn for the node.
+    pub fn label(self, label: &str) -> Self {
+        self.attr("label", label)
+    }
+
+    /// Sets the colour drawn for the node.
+    pub fn color(self, color: &str) -> Self {
+        self.attr("color", color)
+    }
+}
+
+/// Sets up an edge just added; see [`Workflow::edge`].
+#[derive(Debug)]
+pub struct EdgeBuilder<'a> {
+    wf: &'a mut Workflow,
+    at: usize,
+}
+
+impl EdgeBuilder<'_> {
+    /// Sets a cosmetic attribute.
+    pub fn attr(self, key: &str, value: impl Into<Value>) -> Self {
+        if let Mutation::AddEdge { attrs, .. } = &mut self.wf.mutations[self.at] {
+            attrs.insert(key.to_string(), value.into());
+        }
+        self
+    }
+
+    /// Sets the label drawn on the edge.
+    pub fn label(self, label: &str) -> Self {
+        self.attr("label", label)
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The run id.
+    pub run: String,
+    /// The final status.
+    pub status: RunStatus,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    /// The database holding its history.
+    pub db: PathBuf,
+}
+
+impl RunOutcome {
+    /// True when every node succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+
+    /// A process exit code for programs: 0 when the run succeeded, else 1.
+    pub fn exit_code(&self) -> i32 {
+        if self.succeeded() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Prints how a run ended (run id, status, reason, database) and turns it
+/// into a process exit code: success only when the run succeeded. For the
+/// `main` of workflow programs.
+///
+/// ```no_run
+/// use std::process::ExitCode;
+/// fn main() -> ExitCode {
+///     let mut wf = orch::Workflow::new("w");
+///     wf.node("a", orch::Task::command(["true"]));
+///     orch::workflow::report(wf.run())
+/// }
+/// ```
+pub fn report(result: Result<RunOutcome>) -> std::process::ExitCode {
+    match result {
+        Ok(outcome) => {
+            println!("run {} {}", outcome.run, outcome.status);
+            if let Some(reason) = &outcome.reason {
+                println!("reason: {reason}");
+            }
+            println!("database: {}", outcome.db.display());
+            std::process::ExitCode::from(outcome.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
