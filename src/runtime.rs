@@ -210,10 +210,6 @@ impl Runner {
         let n = self.state.graph.node(i);
         let task = n.task.clone();
         let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());
-        self.emit(EventKind::NodeState {
-            node: node.clone(),
-            state: NodeState::Running,
-        });
         let (kill_tx, kill_rx) = oneshot::channel();
         let launched = inputs.and_then(|inputs| {
             self.executor.launch(
@@ -231,6 +227,10 @@ impl Runner {
                     kill: kill_rx,
                 },
             )
+        });
+        self.emit(EventKind::NodeState {
+            node: node.clone(),
+            state: NodeState::Running,
         });
         match launched {
             Ok(pid) => {

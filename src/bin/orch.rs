@@ -1,1 +1,264 @@
-fn main() {}
+//! `orch`: inspect runs stored in an orch database.
+//!
+//! The database is found the way the library finds it: `--db`, else
+//! `ORCH_DB`, else `.orch/orch.db` under the current directory. `<run>` is a
+//! run id, a unique prefix of one, or `latest`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use orch::{RunExport, Store};
+
+#[derive(Parser)]
+#[command(name = "orch", version, about = "Inspect orch workflow runs")]
+struct Cli {
+    /// The database file (default: $ORCH_DB, else .orch/orch.db).
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List runs, newest first.
+    Runs {
+        /// Show at most this many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a run: status, nodes, failures.
+    Show {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+    },
+    /// Print the logs of a node's attempts.
+    Logs {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+        /// Node id.
+        node: String,
+        /// Only this attempt.
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
+    /// Export a run (nodes, edges, attempts, promises, violations).
+    Export {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        /// The run as it was right after registration.
+        #[arg(long, conflicts_with = "at")]
+        registered: bool,
+        /// The run as it was after this event of its history.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Print a run's event history as JSON lines.
+    Events {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// The export as pretty JSON.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return io.kind() == std::io::ErrorKind::BrokenPipe;
+    }
+    if let Some(j) = e.downcast_ref::<serde_json::Error>() {
+        return j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe);
+    }
+    false
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn run(cli: Cli) -> Res {
+    let path = cli.db.unwrap_or_else(orch::store::default_path);
+    let store = Store::open_existing(&path)?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Runs { limit } => {
+            let runs = store.runs()?;
+            if runs.is_empty() {
+                writeln!(out, "no runs in {}", path.display())?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:<15} {:>6}  {:<24}",
+                    "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED"
+                )?;
+            }
+            for r in runs.iter().take(limit) {
+                writeln!(
+                    out,
+                    "{:<24} {:<20} {:<15} {:>6}  {:<24}",
+                    r.id, r.workflow, r.status, r.nodes, r.created_at
+                )?;
+            }
+        }
+        Command::Show { run } => {
+            let id = store.resolve_run(&run)?;
+            show(&mut out, &store.export(&id)?)?;
+        }
+        Command::Logs { run, node, attempt } => {
+            let id = store.resolve_run(&run)?;
+            let export = store.export(&id)?;
+            let lines = store.logs(&id, &node, attempt)?;
+            let n = export.node(&node).expect("logs checked the node exists");
+            for a in &n.attempts {
+                if attempt.is_some_and(|x| x != a.attempt) {
+                    continue;
+                }
+                let how = match (&a.outcome, &a.error) {
+                    (Some(o), Some(e)) => format!("{o}: {e}"),
+                    (Some(o), None) => o.to_string(),
+                    (None, _) => "running".to_string(),
+                };
+                writeln!(
+                    out,
+                    "--- {node} attempt {} (pid {}, {how})",
+                    a.attempt,
+                    a.pid.map_or("-".to_string(), |p| p.to_string())
+                )?;
+                for l in lines.iter().filter(|l| l.attempt == a.attempt) {
+                    let tag = match l.stream.as_str() {
+                        "stdout" => "",
+                        "stderr" => "[stderr] ",
+                        "log" => "",
+                        _ => "[orch] ",
+                    };
+                    writeln!(out, "{tag}{}", l.text)?;
+                }
+            }
+        }
+        Command::Export {
+            run,
+            format: Format::Json,
+            registered,
+            at,
+        } => {
+            let id = store.resolve_run(&run)?;
+            let export = if registered {
+                let events = store.events(&id, None)?;
+                let upto = events
+                    .iter()
+                    .find(|e| matches!(e.kind, orch::EventKind::BatchCommitted { .. }))
+                    .map(|e| e.seq)
+                    .unwrap_or(1);
+                orch::RunState::replay(&id, events.iter().take_while(|e| e.seq <= upto)).export()
+            } else if let Some(at) = at {
+                store.replay(&id, Some(at))?.export()
+            } else {
+                store.export(&id)?
+            };
+            serde_json::to_writer_pretty(&mut out, &export)?;
+            writeln!(out)?;
+        }
+        Command::Events { run } => {
+            let id = store.resolve_run(&run)?;
+            for e in store.events(&id, None)? {
+                serde_json::to_writer(&mut out, &e)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(out: &mut impl Write, ex: &RunExport) -> Res {
+    let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_string());
+    writeln!(out, "run       {}", ex.run)?;
+    writeln!(out, "workflow  {}", ex.workflow)?;
+    writeln!(out, "status    {}", ex.status)?;
+    if let Some(r) = &ex.reason {
+        writeln!(out, "reason    {r}")?;
+    }
+    writeln!(out, "started   {}", dash(&ex.created_at))?;
+    writeln!(out, "finished  {}", dash(&ex.finished_at))?;
+    writeln!(
+        out,
+        "pid       {}",
+        ex.orchestrator_pid.map_or("-".into(), |p| p.to_string())
+    )?;
+    writeln!(
+        out,
+        "graph     {} nodes, {} edges, {} promises",
+        ex.nodes.len(),
+        ex.edges.len(),
+        ex.promises.len()
+    )?;
+    writeln!(out)?;
+    let w = ex.nodes.iter().map(|n| n.id.len()).max().unwrap_or(4).max(4);
+    let tw = ex
+        .nodes
+        .iter()
+        .map(|n| n.task.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<w$}  {:<tw$}  {:<10} {:>8}  {:<24}  {:<24}",
+        "NODE", "TASK", "STATE", "ATTEMPTS", "STARTED", "FINISHED"
+    )?;
+    for n in &ex.nodes {
+        writeln!(
+            out,
+            "{:<w$}  {:<tw$}  {:<10} {:>8}  {:<24}  {:<24}",
+            n.id,
+            n.task.name,
+            n.state.as_str(),
+            n.attempts.len(),
+            dash(&n.started_at),
+            dash(&n.finished_at)
+        )?;
+    }
+    let failed: Vec<_> = ex
+        .nodes
+        .iter()
+        .flat_map(|n| n.attempts.iter().map(move |a| (n, a)))
+        .filter(|(_, a)| a.error.is_some())
+        .collect();
+    if !failed.is_empty() {
+        writeln!(out, "\nfailed attempts:")?;
+        for (n, a) in failed {
+            writeln!(
+                out,
+                "  {} attempt {}: {}",
+                n.id,
+                a.attempt,
+                a.error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    if !ex.violations.is_empty() {
+        writeln!(out, "\nviolations:")?;
+        for v in &ex.violations {
+            writeln!(out, "  {v}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! Running tasks: protocol errors, stray prints, exit codes, timeouts,
+//! retries, task kinds, references, parallelism.
+
+use std::time::Duration;
+
+use orch::{AttemptOutcome, NodeState, RunStatus, Task};
+use serde_json::json;
+
+use crate::util::*;
+
+const NOOP: &str = "import orch\norch.start()\norch.output('ok')\n";
+
+#[test]
+fn a_malformed_protocol_line_fails_the_attempt_quoting_it() {
+    let space = Space::new();
+    space.write(
+        "bad.py",
+        "import sys\nsys.stdin.readline()\nprint('{\"orch\": 1, \"type\": \"add_node\", \"id\"', flush=True)\n",
+    );
+    space.write("noop.py", NOOP);
+    let mut wf = space.workflow("malformed");
+    wf.node("bad", Task::python("bad.py"));
+    wf.node("after", Task::python("noop.py"));
+    wf.edge("bad", "after");
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let err = ex.node("bad").unwrap().attempts[0].error.clone().unwrap();
+    assert!(err.starts_with("malformed protocol line"), "{err}");
+    assert!(err.contains(r#"{"orch": 1, "type": "add_node", "id""#), "quotes the line: {err}");
+    assert!(ex.node("after").unwrap().attempts.is_empty());
+
+    // A valid JSON line with an invalid message is malformed too.
+    space.write(
+        "bad2.py",
+        "import sys\nsys.stdin.readline()\nprint('{\"orch\":1,\"seq\":1,\"type\":\"add_edge\",\"from\":\"x\"}', flush=True)\n",
+    );
+    let mut wf = space.workflow("malformed2");
+    wf.node("bad2", Task::python("bad2.py"));
+    let (_, ex) = space.run(&wf);
+    let err = ex.node("bad2").unwrap().attempts[0].error.clone().unwrap();
+    assert!(err.contains("missing field `to`"), "{err}");
+}
+
+#[test]
+fn stray_prints_are_logs_and_do_not_break_the_run() {
+    let space = Space::new();
+    space.write(
+        "chatty.py",
+        r#"
+import os, sys, orch
+print("before start")
+ctx = orch.start()
+print("hello from print")
+print('{"not": "protocol"}')
+print("{broken json")
+sys.stderr.write("to stderr\n")
+os.system("echo from a child process")
+ctx.log("structured", level="warning")
+ctx.output({"fine": True})
+"#,
+    );
+    let mut wf = space.workflow("chatty");
+    wf.node("chatty", Task::python("chatty.py"));
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(ex.node("chatty").unwrap().output, Some(json!({"fine": true})));
+    let logs = logs_text(&space, &ex.run, "chatty");
+    for want in [
+        "before start",
+        "hello from print",
+        r#"{"not": "protocol"}"#,
+        "{broken json",
+        "to stderr",
+        "from a child process",
+        "log: [warning] structured",
+    ] {
+        assert!(logs.contains(want), "missing {want:?} in logs:\n{logs}");
+    }
+    let cli = space.cli(&["logs", "latest", "chatty"]);
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("hello from print"));
+}
+
+#[test]
+fn a_non_zero_exit_fails_the_node_and_the_run() {
+    let space = Space::new();
+    space
+        .write("boom.py", "import orch, sys\norch.start()\nprint('about to fail')\nsys.exit(3)\n")
+        .write("noop.py", NOOP);
+    let mut wf = space.workflow("boom");
+    wf.node("boom", Task::python("boom.py"));
+    wf.node("after", Task::python("noop.py"));
+    wf.node("independent", Task::python("noop.py"));
+    wf.edge("boom", "after");
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.exit_code(), 1);
+    let boom = ex.node("boom").unwrap();
+    assert_eq!(boom.state, NodeState::Failed);
+    assert_eq!(boom.attempts[0].exit_code, Some(3));
+    assert_eq!(boom.attempts[0].error.as_deref(), Some("exited with code 3"));
+    assert_eq!(ex.node("after").unwrap().state, NodeState::Pending);
+    assert!(ex.node("after").unwrap().attempts.is_empty());
+    assert!(ex.reason.unwrap().contains("exited with code 3"));
+    let show = space.cli(&["show", "latest"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("boom attempt 1: exited with code 3"), "{text}");
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    let space = Space::new();
+    space.write(
+        "hang.py",
+        r#"
+import subprocess, orch
+ctx = orch.start()
+child = subprocess.Popen(["sleep", "60"])
+with open("grandchild.pid", "w") as f:
+    f.write(str(child.pid))
+import time
+time.sleep(60)
+"#,
+    );
+    let mut wf = space.workflow("hang");
+    wf.node("hang", Task::python("hang.py").timeout(Duration::from_millis(700)));
+    let started = std::time::Instant::now();
+    let (outcome, ex) = space.run(&wf);
+    assert!(started.elapsed() < Duration::from_secs(30), "did not wait for the task");
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let a = &ex.node("hang").unwrap().attempts[0];
+    assert_eq!(a.outcome, Some(AttemptOutcome::TimedOut));
+    assert!(!alive(a.pid.unwrap()), "task process killed");
+    let grandchild: u32 = std::fs::read_to_string(space.path().join("grandchild.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The grandchild is reparented to init, which reaps it shortly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(grandchild) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(grandchild), "grandchild killed with the group");
+}
+
+#[test]
+fn retries_run_a_failed_task_again() {
+    let space = Space::new();
+    space.write(
+        "flaky.py",
+        r#"
+import os, orch
+ctx = orch.start()
+if ctx.attempt < 3:
+    ctx.add_node(f"ghost_{ctx.attempt}", script="flaky.py")
+    raise SystemExit(f"flaky attempt {ctx.attempt}")
+ctx.output({"attempt": ctx.attempt})
+"#,
+    );
+    let mut wf = space.workflow("flaky");
+    wf.node("flaky", Task::python("flaky.py").retries(2));
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded());
+    let n = ex.node("flaky").unwrap();
+    let outcomes: Vec<_> = n.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Some(AttemptOutcome::Failed), Some(AttemptOutcome::Failed), Some(AttemptOutcome::Succeeded)]
+    );
+    assert_eq!(n.output, Some(json!({"attempt": 3})));
+    assert_eq!(ex.nodes.len(), 1, "failed attempts added nothing");
+
+    // A terminal failure is not retried.
+    space.write("give_up.py", "import orch\norch.start()\norch.fail('no point', retry=False)\n");
+    let mut wf = space.workflow("give_up");
+    wf.node("give_up", Task::python("give_up.py").retries(5));
+    let (_, ex) = space.run(&wf);
+    let n = ex.node("give_up").unwrap();
+    assert_eq!(n.attempts.len(), 1);
+    assert_eq!(n.attempts[0].error.as_deref(), Some("the task failed: no point"));
+}
+
+#[test]
+fn python_functions_commands_and_references() {
+    let space = Space::new();
+    space.write(
+        "mathy.py",
+        "def add(a, b):\n    return {'sum': a + b, 'parts': [a, b]}\n",
+    );
+    space.write("echo.py", "import orch\nctx = orch.start()\norch.output(ctx.inputs)\n");
+    let mut wf = space.workflow("kinds");
+    wf.node("add", Task::python_fn("mathy:add"))
+        .input("a", 2)
+        .input("b", 3);
+    wf.node("shell", Task::command(["sh", "-c", "head -n 1 > start.json; echo shell ran"]));
+    wf.node("use", Task::python("echo.py"))
+        .input("total", orch::output_at("add", "/sum"))
+        .input("all", orch::output("add"))
+        .input("second", orch::output_at("add", "/parts/1"));
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(ex.node("add").unwrap().output, Some(json!({"sum": 5, "parts": [2, 3]})));
+    assert_eq!(
+        ex.node("use").unwrap().output,
+        Some(json!({"total": 5, "all": {"sum": 5, "parts": [2, 3]}, "second": 3}))
+    );
+    assert!(edge_set(&ex).contains(&("add".to_string(), "use".to_string())), "reference implies the edge");
+    // The command task got the start message on stdin.
+    let start: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(space.path().join("start.json")).unwrap()).unwrap();
+    assert_eq!(start["type"], "start");
+    assert_eq!(start["node"], "shell");
+    assert_eq!(start["attempt"], 1);
+    assert!(logs_text(&space, &ex.run, "shell").contains("shell ran"));
+}
+
+#[test]
+fn a_missing_script_fails_with_its_path() {
+    let space = Space::new();
+    let mut wf = space.workflow("missing");
+    wf.node("m", Task::python("does_not_exist.py"));
+    let (_, ex) = space.run(&wf);
+    let err = ex.node("m").unwrap().attempts[0].error.clone().unwrap();
+    assert!(err.contains("does_not_exist.py not found"), "{err}");
+}
+
+#[test]
+fn max_parallel_runs_attempts_side_by_side_and_keeps_edges() {
+    let space = Space::new();
+    space.write("nap.py", "import time, orch\norch.start()\ntime.sleep(1.0)\norch.output(1)\n");
+    let mut wf = space.workflow("parallel");
+    wf.max_parallel(3);
+    for i in 0..3 {
+        wf.node(format!("w{i}"), Task::python("nap.py"));
+    }
+    wf.node("join", Task::python("nap.py"));
+    for i in 0..3 {
+        wf.edge(format!("w{i}"), "join");
+    }
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded());
+    let span = |id: &str| {
+        let a = &ex.node(id).unwrap().attempts[0];
+        (a.started_at.clone(), a.finished_at.clone().unwrap())
+    };
+    let (w0, w1) = (span("w0"), span("w1"));
+    assert!(w1.0 < w0.1 && w0.0 < w1.1, "w0 and w1 overlap: {w0:?} {w1:?}");
+    let join = span("join");
+    for i in 0..3 {
+        assert!(span(&format!("w{i}")).1 <= join.0, "join starts after w{i}");
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real Python subprocesses, real SQLite files, the real
+//! example binaries and CLI. One test binary, so the suite links once.
+
+mod cli;
+mod examples;
+mod execution;
+mod python_helper;
+mod structure;
+mod util;

@@ -1,0 +1,152 @@
+//! Helpers shared by the end-to-end tests: temp workspaces with real
+//! SQLite files and real Python scripts, and paths of the built examples.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use orch::{RunExport, RunOutcome, Store, Workflow};
+
+/// A temporary folder holding task scripts and the database.
+pub struct Space {
+    pub dir: tempfile::TempDir,
+}
+
+impl Space {
+    pub fn new() -> Space {
+        Space {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("orch.db")
+    }
+
+    /// Writes a file (a task script) into the space.
+    pub fn write(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.path().join(name), text).expect("write script");
+        self
+    }
+
+    /// A workflow whose base dir and database are in this space.
+    pub fn workflow(&self, name: &str) -> Workflow {
+        let mut wf = Workflow::new(name);
+        wf.dir(self.path()).db(self.db());
+        wf
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open_existing(self.db()).expect("database exists")
+    }
+
+    /// The export of a run, from the tables; also checks that a rebuild
+    /// from the event log alone gives exactly the same.
+    pub fn export(&self, run: &str) -> RunExport {
+        let store = self.store();
+        let live = store.export(run).expect("export");
+        let rebuilt = store.replay(run, None).expect("replay").export();
+        assert_eq!(rebuilt, live, "rebuild from the event log differs from the tables");
+        store.integrity_check().expect("integrity_check ok");
+        live
+    }
+
+    /// Runs `wf` and exports the run.
+    pub fn run(&self, wf: &Workflow) -> (RunOutcome, RunExport) {
+        let outcome = wf.run().expect("run");
+        let export = self.export(&outcome.run);
+        (outcome, export)
+    }
+
+    /// Runs a built example with this space's database.
+    pub fn example(&self, name: &str, env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(example_path(name));
+        cmd.env("ORCH_DB", self.db()).current_dir(self.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("example runs")
+    }
+
+    /// The `orch` CLI with this space's database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(args)
+            .env("ORCH_DB", self.db())
+            .current_dir(self.path())
+            .output()
+            .expect("orch runs")
+    }
+}
+
+/// `target/<profile>/examples/<name>`: cargo builds examples before it
+/// runs integration tests.
+pub fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example binary {} not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The run id an example printed (`run <id> <status>`).
+pub fn printed_run(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no run line in stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_string()
+}
+
+pub fn node_ids(ex: &RunExport) -> BTreeSet<String> {
+    ex.nodes.iter().map(|n| n.id.clone()).collect()
+}
+
+pub fn edge_set(ex: &RunExport) -> BTreeSet<(String, String)> {
+    ex.edges
+        .iter()
+        .map(|e| (e.from.clone(), e.to.clone()))
+        .collect()
+}
+
+pub fn edges(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+pub fn logs_text(space: &Space, run: &str, node: &str) -> String {
+    space
+        .store()
+        .logs(run, node, None)
+        .expect("logs")
+        .iter()
+        .map(|l| format!("{}: {}\n", l.stream, l.text))
+        .collect()
+}
+
+/// True while a process with this pid exists (and is not a zombie we
+/// could still reap).
+pub fn alive(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    !status.is_empty() && !status.contains("State:\tZ")
+}
