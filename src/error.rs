@@ -48,6 +48,14 @@ pub enum Error {
     /// No run matches the given id.
     #[error("no run `{0}` in the database")]
     UnknownRun(String),
+    /// A run id prefix matches several runs.
+    #[error("run id `{prefix}` is ambiguous: it matches {matches}; give more of the id")]
+    AmbiguousRun {
+        /// The prefix given.
+        prefix: String,
+        /// Some of the runs it matches.
+        matches: String,
+    },
     /// No node with this id in the run.
     #[error("run `{run}` has no node `{node}`")]
     UnknownNode {

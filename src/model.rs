@@ -373,7 +373,7 @@ pub struct OutputRef {
     pub pointer: String,
 }
 
-/// Collects the output references inside `inputs`, in document order.
+/// Collects the output references inside `inputs` (objects in key order).
 ///
 /// An object with the key `$output` is a reference; it may have `pointer`
 /// and nothing else. A malformed reference is an error naming it.

@@ -294,10 +294,10 @@ impl Store {
                 many if many.iter().any(|i| i == what) => Some(what.to_string()),
                 [] => None,
                 _ => {
-                    return Err(Error::UnknownRun(format!(
-                        "{what}` is ambiguous (matches {}); give more of the id`",
-                        ids.join(", ")
-                    )))
+                    return Err(Error::AmbiguousRun {
+                        prefix: what.to_string(),
+                        matches: ids.join(", "),
+                    })
                 }
             }
         };

@@ -211,7 +211,13 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
         ex.promises.len()
     )?;
     writeln!(out)?;
-    let w = ex.nodes.iter().map(|n| n.id.len()).max().unwrap_or(4).max(4);
+    let w = ex
+        .nodes
+        .iter()
+        .map(|n| n.id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let tw = ex
         .nodes
         .iter()

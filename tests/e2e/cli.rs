@@ -45,13 +45,30 @@ fn runs_show_logs_and_export() {
     let export = space.cli(&["export", "latest", "--format", "json"]);
     assert!(export.status.success(), "{}", text(&export));
     let v: Value = serde_json::from_slice(&export.stdout).unwrap();
-    for key in ["run", "workflow", "status", "orchestrator_pid", "nodes", "edges", "promises", "violations"] {
+    for key in [
+        "run",
+        "workflow",
+        "status",
+        "orchestrator_pid",
+        "nodes",
+        "edges",
+        "promises",
+        "violations",
+    ] {
         assert!(v.get(key).is_some(), "export lacks `{key}`");
     }
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["orchestrator_pid"], std::process::id());
     let a = &v["nodes"][0];
-    for key in ["id", "task", "state", "attrs", "started_at", "finished_at", "attempts"] {
+    for key in [
+        "id",
+        "task",
+        "state",
+        "attrs",
+        "started_at",
+        "finished_at",
+        "attempts",
+    ] {
         assert!(a.get(key).is_some(), "node lacks `{key}`");
     }
     let attempt = &a["attempts"][0];
@@ -64,13 +81,20 @@ fn runs_show_logs_and_export() {
     assert_eq!(v["edges"][0]["to"], "b");
     assert_eq!(v["promises"][0], serde_json::json!({"static": {}}));
     let ts = a["started_at"].as_str().unwrap();
-    assert!(ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T", "{ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T",
+        "{ts}"
+    );
 
     // Any moment of history: right after registration nothing had run.
     let at = space.cli(&["export", "latest", "--registered"]);
     let reg: Value = serde_json::from_slice(&at.stdout).unwrap();
     assert_eq!(reg["status"], "running");
-    assert!(reg["nodes"].as_array().unwrap().iter().all(|n| n["attempts"].as_array().unwrap().is_empty()));
+    assert!(reg["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["attempts"].as_array().unwrap().is_empty()));
 
     let events = space.cli(&["events", "latest"]);
     let first: Value = serde_json::from_str(text(&events).lines().next().unwrap()).unwrap();
@@ -82,7 +106,11 @@ fn errors_name_what_is_missing() {
     let space = Space::new();
     let none = space.cli(&["runs"]);
     assert!(!none.status.success());
-    assert!(text(&none).contains("no orch database at"), "{}", text(&none));
+    assert!(
+        text(&none).contains("no orch database at"),
+        "{}",
+        text(&none)
+    );
 
     space.write("noop.py", "import orch\norch.start()\n");
     let mut wf = space.workflow("w");
@@ -90,7 +118,11 @@ fn errors_name_what_is_missing() {
     wf.run().unwrap();
     let unknown = space.cli(&["show", "nope"]);
     assert!(!unknown.status.success());
-    assert!(text(&unknown).contains("no run `nope`"), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("no run `nope`"),
+        "{}",
+        text(&unknown)
+    );
     let node = space.cli(&["logs", "latest", "zzz"]);
     assert!(text(&node).contains("has no node `zzz`"), "{}", text(&node));
 }

@@ -23,12 +23,17 @@ fn random_map_is_always_a_then_m_star_then_b() {
     let forced: Vec<Option<u32>> = (0..=8).map(Some).chain([None, None, None]).collect();
     for k in forced {
         let k_text = k.map(|k| k.to_string()).unwrap_or_default();
-        let env: Vec<(&str, &str)> = k.iter().map(|_| ("ORCH_EXAMPLE_K", k_text.as_str())).collect();
+        let env: Vec<(&str, &str)> = k
+            .iter()
+            .map(|_| ("ORCH_EXAMPLE_K", k_text.as_str()))
+            .collect();
         let out = space.example("random_map", &env);
         assert_ok(&out);
         let ex = space.export(&printed_run(&out));
         assert_eq!(ex.status, RunStatus::Succeeded);
-        let got_k = ex.node("A").unwrap().output.as_ref().unwrap()["k"].as_u64().unwrap() as usize;
+        let got_k = ex.node("A").unwrap().output.as_ref().unwrap()["k"]
+            .as_u64()
+            .unwrap() as usize;
         if let Some(k) = k {
             assert_eq!(got_k, k as usize);
         }
@@ -52,7 +57,10 @@ fn random_map_is_always_a_then_m_star_then_b() {
         assert_eq!(ex.node("B").unwrap().output.as_ref().unwrap()["sum"], sum);
         assert!(ex.nodes.iter().all(|n| n.state == NodeState::Succeeded));
     }
-    assert!((0..=8).all(|k| ks.contains(&k)), "every forced k was run: {ks:?}");
+    assert!(
+        (0..=8).all(|k| ks.contains(&k)),
+        "every forced k was run: {ks:?}"
+    );
 }
 
 #[test]
@@ -145,8 +153,7 @@ fn fully_dynamic_grows_two_levels_from_one_node() {
         ])
     );
     // Only the root was registered.
-    let registered = space
-        .cli(&["export", "latest", "--registered"]);
+    let registered = space.cli(&["export", "latest", "--registered"]);
     assert!(registered.status.success());
     let reg: orch::RunExport = serde_json::from_slice(&registered.stdout).unwrap();
     assert_eq!(reg.nodes.len(), 1);
@@ -155,7 +162,10 @@ fn fully_dynamic_grows_two_levels_from_one_node() {
 #[test]
 fn attempts_never_overlap_by_default() {
     let space = Space::new();
-    space.write("nap.py", "import time, orch\norch.start()\ntime.sleep(0.05)\norch.output(1)\n");
+    space.write(
+        "nap.py",
+        "import time, orch\norch.start()\ntime.sleep(0.05)\norch.output(1)\n",
+    );
     let mut wf = space.workflow("serial");
     for i in 0..5 {
         wf.node(format!("n{i}"), orch::Task::python("nap.py"));

@@ -26,7 +26,10 @@ fn a_malformed_protocol_line_fails_the_attempt_quoting_it() {
     assert_eq!(outcome.status, RunStatus::Failed);
     let err = ex.node("bad").unwrap().attempts[0].error.clone().unwrap();
     assert!(err.starts_with("malformed protocol line"), "{err}");
-    assert!(err.contains(r#"{"orch": 1, "type": "add_node", "id""#), "quotes the line: {err}");
+    assert!(
+        err.contains(r#"{"orch": 1, "type": "add_node", "id""#),
+        "quotes the line: {err}"
+    );
     assert!(ex.node("after").unwrap().attempts.is_empty());
 
     // A valid JSON line with an invalid message is malformed too.
@@ -63,7 +66,10 @@ ctx.output({"fine": True})
     wf.node("chatty", Task::python("chatty.py"));
     let (outcome, ex) = space.run(&wf);
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
-    assert_eq!(ex.node("chatty").unwrap().output, Some(json!({"fine": true})));
+    assert_eq!(
+        ex.node("chatty").unwrap().output,
+        Some(json!({"fine": true}))
+    );
     let logs = logs_text(&space, &ex.run, "chatty");
     for want in [
         "before start",
@@ -84,7 +90,10 @@ ctx.output({"fine": True})
 fn a_non_zero_exit_fails_the_node_and_the_run() {
     let space = Space::new();
     space
-        .write("boom.py", "import orch, sys\norch.start()\nprint('about to fail')\nsys.exit(3)\n")
+        .write(
+            "boom.py",
+            "import orch, sys\norch.start()\nprint('about to fail')\nsys.exit(3)\n",
+        )
         .write("noop.py", NOOP);
     let mut wf = space.workflow("boom");
     wf.node("boom", Task::python("boom.py"));
@@ -97,13 +106,19 @@ fn a_non_zero_exit_fails_the_node_and_the_run() {
     let boom = ex.node("boom").unwrap();
     assert_eq!(boom.state, NodeState::Failed);
     assert_eq!(boom.attempts[0].exit_code, Some(3));
-    assert_eq!(boom.attempts[0].error.as_deref(), Some("exited with code 3"));
+    assert_eq!(
+        boom.attempts[0].error.as_deref(),
+        Some("exited with code 3")
+    );
     assert_eq!(ex.node("after").unwrap().state, NodeState::Pending);
     assert!(ex.node("after").unwrap().attempts.is_empty());
     assert!(ex.reason.unwrap().contains("exited with code 3"));
     let show = space.cli(&["show", "latest"]);
     let text = String::from_utf8_lossy(&show.stdout);
-    assert!(text.contains("boom attempt 1: exited with code 3"), "{text}");
+    assert!(
+        text.contains("boom attempt 1: exited with code 3"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -122,10 +137,16 @@ time.sleep(60)
 "#,
     );
     let mut wf = space.workflow("hang");
-    wf.node("hang", Task::python("hang.py").timeout(Duration::from_millis(700)));
+    wf.node(
+        "hang",
+        Task::python("hang.py").timeout(Duration::from_millis(700)),
+    );
     let started = std::time::Instant::now();
     let (outcome, ex) = space.run(&wf);
-    assert!(started.elapsed() < Duration::from_secs(30), "did not wait for the task");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "did not wait for the task"
+    );
     assert_eq!(outcome.status, RunStatus::Failed);
     let a = &ex.node("hang").unwrap().attempts[0];
     assert_eq!(a.outcome, Some(AttemptOutcome::TimedOut));
@@ -164,19 +185,29 @@ ctx.output({"attempt": ctx.attempt})
     let outcomes: Vec<_> = n.attempts.iter().map(|a| a.outcome).collect();
     assert_eq!(
         outcomes,
-        [Some(AttemptOutcome::Failed), Some(AttemptOutcome::Failed), Some(AttemptOutcome::Succeeded)]
+        [
+            Some(AttemptOutcome::Failed),
+            Some(AttemptOutcome::Failed),
+            Some(AttemptOutcome::Succeeded)
+        ]
     );
     assert_eq!(n.output, Some(json!({"attempt": 3})));
     assert_eq!(ex.nodes.len(), 1, "failed attempts added nothing");
 
     // A terminal failure is not retried.
-    space.write("give_up.py", "import orch\norch.start()\norch.fail('no point', retry=False)\n");
+    space.write(
+        "give_up.py",
+        "import orch\norch.start()\norch.fail('no point', retry=False)\n",
+    );
     let mut wf = space.workflow("give_up");
     wf.node("give_up", Task::python("give_up.py").retries(5));
     let (_, ex) = space.run(&wf);
     let n = ex.node("give_up").unwrap();
     assert_eq!(n.attempts.len(), 1);
-    assert_eq!(n.attempts[0].error.as_deref(), Some("the task failed: no point"));
+    assert_eq!(
+        n.attempts[0].error.as_deref(),
+        Some("the task failed: no point")
+    );
 }
 
 #[test]
@@ -186,27 +217,40 @@ fn python_functions_commands_and_references() {
         "mathy.py",
         "def add(a, b):\n    return {'sum': a + b, 'parts': [a, b]}\n",
     );
-    space.write("echo.py", "import orch\nctx = orch.start()\norch.output(ctx.inputs)\n");
+    space.write(
+        "echo.py",
+        "import orch\nctx = orch.start()\norch.output(ctx.inputs)\n",
+    );
     let mut wf = space.workflow("kinds");
     wf.node("add", Task::python_fn("mathy:add"))
         .input("a", 2)
         .input("b", 3);
-    wf.node("shell", Task::command(["sh", "-c", "head -n 1 > start.json; echo shell ran"]));
+    wf.node(
+        "shell",
+        Task::command(["sh", "-c", "head -n 1 > start.json; echo shell ran"]),
+    );
     wf.node("use", Task::python("echo.py"))
         .input("total", orch::output_at("add", "/sum"))
         .input("all", orch::output("add"))
         .input("second", orch::output_at("add", "/parts/1"));
     let (outcome, ex) = space.run(&wf);
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
-    assert_eq!(ex.node("add").unwrap().output, Some(json!({"sum": 5, "parts": [2, 3]})));
+    assert_eq!(
+        ex.node("add").unwrap().output,
+        Some(json!({"sum": 5, "parts": [2, 3]}))
+    );
     assert_eq!(
         ex.node("use").unwrap().output,
         Some(json!({"total": 5, "all": {"sum": 5, "parts": [2, 3]}, "second": 3}))
     );
-    assert!(edge_set(&ex).contains(&("add".to_string(), "use".to_string())), "reference implies the edge");
+    assert!(
+        edge_set(&ex).contains(&("add".to_string(), "use".to_string())),
+        "reference implies the edge"
+    );
     // The command task got the start message on stdin.
     let start: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(space.path().join("start.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(space.path().join("start.json")).unwrap())
+            .unwrap();
     assert_eq!(start["type"], "start");
     assert_eq!(start["node"], "shell");
     assert_eq!(start["attempt"], 1);
@@ -226,7 +270,10 @@ fn a_missing_script_fails_with_its_path() {
 #[test]
 fn max_parallel_runs_attempts_side_by_side_and_keeps_edges() {
     let space = Space::new();
-    space.write("nap.py", "import time, orch\norch.start()\ntime.sleep(1.0)\norch.output(1)\n");
+    space.write(
+        "nap.py",
+        "import time, orch\norch.start()\ntime.sleep(1.0)\norch.output(1)\n",
+    );
     let mut wf = space.workflow("parallel");
     wf.max_parallel(3);
     for i in 0..3 {
@@ -243,7 +290,10 @@ fn max_parallel_runs_attempts_side_by_side_and_keeps_edges() {
         (a.started_at.clone(), a.finished_at.clone().unwrap())
     };
     let (w0, w1) = (span("w0"), span("w1"));
-    assert!(w1.0 < w0.1 && w0.0 < w1.1, "w0 and w1 overlap: {w0:?} {w1:?}");
+    assert!(
+        w1.0 < w0.1 && w0.0 < w1.1,
+        "w0 and w1 overlap: {w0:?} {w1:?}"
+    );
     let join = span("join");
     for i in 0..3 {
         assert!(span(&format!("w{i}")).1 <= join.0, "join starts after w{i}");

@@ -12,7 +12,9 @@ fn python_helper_unittests_pass() {
         .env("PYTHONPATH", dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{python}` (install Python 3 or set ORCH_PYTHON): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{python}` (install Python 3 or set ORCH_PYTHON): {e}")
+        });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python unittests failed:\n{stderr}");
     assert!(stderr.contains("OK"), "{stderr}");

@@ -90,14 +90,20 @@ fn duplicate_node_id_is_refused() {
 fn edge_into_a_started_node_is_refused() {
     let (err, ex) = single_error(json!([{"op": "add_edge", "from": "t", "to": "first"}]));
     assert!(err.contains("add_edge `t` -> `first`"), "{err}");
-    assert!(err.contains("node `first` already started (state succeeded)"), "{err}");
+    assert!(
+        err.contains("node `first` already started (state succeeded)"),
+        "{err}"
+    );
     assert_eq!(edge_set(&ex), registered_edges());
 }
 
 #[test]
 fn a_cycle_is_refused_and_named() {
     let (err, ex) = single_error(json!([{"op": "add_edge", "from": "q", "to": "p"}]));
-    assert!(err.contains("would close the cycle `p` -> `q` -> `p`"), "{err}");
+    assert!(
+        err.contains("would close the cycle `p` -> `q` -> `p`"),
+        "{err}"
+    );
     assert_eq!(edge_set(&ex), registered_edges());
 }
 
@@ -163,7 +169,10 @@ fn an_uncaught_error_fails_the_attempt_and_discards_its_whole_batch() {
     let t = ex.node("t").unwrap();
     assert_eq!(t.state, orch::NodeState::Failed);
     assert_eq!(t.attempts[0].exit_code, Some(1));
-    assert!(ex.node("p").unwrap().attempts.is_empty(), "nothing downstream ran");
+    assert!(
+        ex.node("p").unwrap().attempts.is_empty(),
+        "nothing downstream ran"
+    );
     let logs = logs_text(&space, &ex.run, "t");
     assert!(logs.contains("unknown node `ghost`"), "{logs}");
     assert!(ex.reason.as_deref().unwrap().contains("node `t` failed"));
@@ -180,7 +189,10 @@ fn registration_is_validated_like_any_batch() {
     wf.edge("b", "c");
     wf.edge("c", "a");
     let err = wf.run().unwrap_err().to_string();
-    assert!(err.contains("workflow `cyclic` cannot be registered"), "{err}");
+    assert!(
+        err.contains("workflow `cyclic` cannot be registered"),
+        "{err}"
+    );
     assert!(err.contains("add_edge `c` -> `a`"), "{err}");
     assert!(err.contains("`a` -> `b` -> `c` -> `a`"), "{err}");
     assert!(!space.db().exists() || space.store().runs().unwrap().is_empty());
@@ -189,7 +201,10 @@ fn registration_is_validated_like_any_batch() {
     wf.node("a", Task::python("noop.py"));
     wf.node("a", Task::python("noop.py"));
     let err = wf.run().unwrap_err().to_string();
-    assert!(err.contains("node id `a` is already used earlier in this batch"), "{err}");
+    assert!(
+        err.contains("node id `a` is already used earlier in this batch"),
+        "{err}"
+    );
 
     let mut wf = space.workflow("dangling");
     wf.node("a", Task::python("noop.py"));

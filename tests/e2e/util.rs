@@ -51,7 +51,10 @@ impl Space {
         let store = self.store();
         let live = store.export(run).expect("export");
         let rebuilt = store.replay(run, None).expect("replay").export();
-        assert_eq!(rebuilt, live, "rebuild from the event log differs from the tables");
+        assert_eq!(
+            rebuilt, live,
+            "rebuild from the event log differs from the tables"
+        );
         store.integrity_check().expect("integrity_check ok");
         live
     }
