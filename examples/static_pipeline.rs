@@ -1,5 +1,5 @@
-//! A fully static workflow: the whole DAG is registered up front and no
-//! task adds anything at run time.
+//! A fully static workflow: the whole DAG is registered up front with the
+//! promise `static`, so no task may add anything at run time.
 //!
 //! ```text
 //! start -> 1
@@ -10,7 +10,7 @@
 //! `cargo run --bin orch -- show latest`.
 use std::process::ExitCode;
 
-use orch::{Task, Workflow};
+use orch::{Promise, Task, Workflow};
 
 fn main() -> ExitCode {
     orch::init_tracing();
@@ -25,5 +25,7 @@ fn main() -> ExitCode {
     wf.edge("start", "1");
     wf.edge("start", "2");
     wf.edge("2", "end");
+    // Nothing is added at run time, and the runtime holds every task to it.
+    wf.promise(Promise::Static {});
     orch::workflow::report(wf.run())
 }

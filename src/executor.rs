@@ -44,6 +44,8 @@ pub struct AttemptSpec {
     pub task: Task,
     /// Inputs with output references resolved.
     pub inputs: Value,
+    /// The output of each direct predecessor, by node id.
+    pub upstream: serde_json::Map<String, Value>,
 }
 
 /// What an executor reports to the runtime.
@@ -361,6 +363,7 @@ async fn drive(
         spec.attempt,
         &spec.task,
         spec.inputs.clone(),
+        spec.upstream.clone(),
     );
     let _ = stdin_tx.send(start.to_line());
 
@@ -429,6 +432,10 @@ async fn drive(
                                 Body::Log { level, message } => {
                                     logs.push("log", format!("[{level}] {message}"));
                                     protocol::ack(m.seq)
+                                }
+                                Body::Rejected(e) => {
+                                    logs.push("orch", format!("rejected: {e}"));
+                                    protocol::error(m.seq, &e)
                                 }
                                 Body::Fail { message, retry } => {
                                     end.fail = Some((message, retry));

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use crate::error::StructuralError;
 use crate::model::{output_refs, Attrs, Mutation, NodeState, Task};
+use crate::promise::Promise;
+use crate::shape::{Region, RegionNode};
 
 /// A node as the runtime holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +53,7 @@ pub struct Graph {
     edge_index: HashMap<(usize, usize), usize>,
     /// Per node: predecessors that have not succeeded yet.
     unmet: Vec<u32>,
-    promises: Vec<Value>,
+    promises: Vec<Promise>,
 }
 
 /// What applying a batch touched, for the scheduler.
@@ -88,7 +90,7 @@ impl Graph {
     }
 
     /// The promises declared so far, in order.
-    pub fn promises(&self) -> &[Value] {
+    pub fn promises(&self) -> &[Promise] {
         &self.promises
     }
 
@@ -134,11 +136,17 @@ impl Graph {
     /// Validates a whole batch against this graph; returns the mutations
     /// as they will be applied (task names filled in).
     pub fn validate(&self, mutations: Vec<Mutation>) -> Result<Vec<Mutation>, StructuralError> {
+        self.stage_all(mutations).map(Staging::into_mutations)
+    }
+
+    /// Stages a whole batch against this graph (for promise checks before
+    /// it is applied).
+    pub fn stage_all(&self, mutations: Vec<Mutation>) -> Result<Staging, StructuralError> {
         let mut staging = Staging::default();
         for m in mutations {
             staging.stage(self, m)?;
         }
-        Ok(staging.into_mutations())
+        Ok(staging)
     }
 
     /// Validates a whole batch and applies it: all or nothing.
@@ -269,8 +277,12 @@ enum Ref {
 pub struct Staging {
     mutations: Vec<Mutation>,
     new_ids: HashMap<String, usize>,
+    /// (id, task name) of each new node, by `Ref::New` index.
+    new_nodes: Vec<(String, String)>,
     new_succ: HashMap<Ref, Vec<Ref>>,
-    new_edges: HashSet<(Ref, Ref)>,
+    new_pred: HashMap<Ref, Vec<Ref>>,
+    new_edges: Vec<(Ref, Ref)>,
+    new_edge_set: HashSet<(Ref, Ref)>,
 }
 
 impl Staging {
@@ -298,25 +310,128 @@ impl Staging {
     fn name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
         match r {
             Ref::Old(i) => &g.node(i).id,
-            Ref::New(k) => self
-                .new_ids
-                .iter()
-                .find(|(_, &v)| v == k)
-                .map(|(id, _)| id.as_str())
-                .unwrap_or("?"),
+            Ref::New(k) => &self.new_nodes[k].0,
         }
+    }
+
+    fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
+        match r {
+            Ref::Old(i) => &g.node(i).task.name,
+            Ref::New(k) => &self.new_nodes[k].1,
+        }
+    }
+
+    /// The (id, task name) of a node of the graph or of this batch.
+    pub fn lookup<'a>(&'a self, g: &'a Graph, id: &str) -> Option<(&'a str, &'a str)> {
+        self.resolve(g, id)
+            .map(|r| (self.name(g, r), self.task(g, r)))
+    }
+
+    /// The edges this batch adds (explicit and implied), as (from, to)
+    /// ids, in order.
+    pub fn new_edges<'a>(&'a self, g: &'a Graph) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.new_edges
+            .iter()
+            .map(move |&(a, b)| (self.name(g, a), self.name(g, b)))
+    }
+
+    /// How many edges the batch has added so far.
+    pub fn edge_count(&self) -> usize {
+        self.new_edges.len()
     }
 
     fn has_edge(&self, g: &Graph, from: Ref, to: Ref) -> bool {
         match (from, to) {
             (Ref::Old(f), Ref::Old(t)) if g.has_edge(f, t) => true,
-            _ => self.new_edges.contains(&(from, to)),
+            _ => self.new_edge_set.contains(&(from, to)),
         }
     }
 
     fn add_edge(&mut self, from: Ref, to: Ref) {
         self.new_succ.entry(from).or_default().push(to);
-        self.new_edges.insert((from, to));
+        self.new_pred.entry(to).or_default().push(from);
+        self.new_edges.push((from, to));
+        self.new_edge_set.insert((from, to));
+    }
+
+    fn succs(&self, g: &Graph, r: Ref) -> Vec<Ref> {
+        let mut out: Vec<Ref> = match r {
+            Ref::Old(i) => g.successors(i).map(Ref::Old).collect(),
+            Ref::New(_) => Vec::new(),
+        };
+        out.extend(self.new_succ.get(&r).into_iter().flatten().copied());
+        out
+    }
+
+    fn preds(&self, g: &Graph, r: Ref) -> Vec<Ref> {
+        let mut out: Vec<Ref> = match r {
+            Ref::Old(i) => g.predecessors(i).map(Ref::Old).collect(),
+            Ref::New(_) => Vec::new(),
+        };
+        out.extend(self.new_pred.get(&r).into_iter().flatten().copied());
+        out
+    }
+
+    /// The region between `from` and `to` in the graph plus this batch:
+    /// nodes that are descendants of `from` and ancestors of `to`, with
+    /// their edges and boundary wiring. Also says whether any edge of this
+    /// batch lies inside the region or on its boundary.
+    pub fn region(&self, g: &Graph, from: &str, to: &str) -> Option<(Region, bool)> {
+        let (f, t) = (self.resolve(g, from)?, self.resolve(g, to)?);
+        let mut anc: HashSet<Ref> = HashSet::new();
+        let mut stack = vec![t];
+        while let Some(v) = stack.pop() {
+            for p in self.preds(g, v) {
+                if p != f && anc.insert(p) {
+                    stack.push(p);
+                }
+            }
+        }
+        let mut inside: Vec<Ref> = Vec::new();
+        let mut seen: HashSet<Ref> = HashSet::new();
+        let mut stack = vec![f];
+        while let Some(v) = stack.pop() {
+            for s in self.succs(g, v) {
+                if s != t && anc.contains(&s) && seen.insert(s) {
+                    inside.push(s);
+                    stack.push(s);
+                }
+            }
+        }
+        inside.sort_by_key(|r| match *r {
+            Ref::Old(i) => (0, i),
+            Ref::New(k) => (1, k),
+        });
+        let index: HashMap<Ref, usize> = inside.iter().enumerate().map(|(k, &r)| (r, k)).collect();
+        let mut region = Region {
+            nodes: inside
+                .iter()
+                .map(|&r| RegionNode {
+                    id: self.name(g, r).to_string(),
+                    task: self.task(g, r).to_string(),
+                })
+                .collect(),
+            direct: self.has_edge(g, f, t),
+            ..Region::default()
+        };
+        for (k, &r) in inside.iter().enumerate() {
+            for s in self.succs(g, r) {
+                if let Some(&j) = index.get(&s) {
+                    region.edges.push((k, j));
+                } else if s == t {
+                    region.to_edges.push(k);
+                }
+            }
+            if self.preds(g, r).contains(&f) {
+                region.from_edges.push(k);
+            }
+        }
+        let in_or_on = |r: &Ref| *r == f || *r == t || index.contains_key(r);
+        let touched = self
+            .new_edges
+            .iter()
+            .any(|(a, b)| in_or_on(a) && in_or_on(b));
+        Some((region, touched))
     }
 
     /// A path `from ~> to` in the committed graph plus this batch, if any.
@@ -395,6 +510,7 @@ impl Staging {
                 }
                 let k = self.new_ids.len();
                 self.new_ids.insert(id.clone(), k);
+                self.new_nodes.push((id.clone(), task.name.clone()));
                 for src in sources {
                     self.add_edge(src, Ref::New(k));
                 }
@@ -459,10 +575,19 @@ impl Staging {
                 }
             },
             Mutation::AddPromise { promise } => {
-                if !promise.is_object() && !promise.is_string() {
-                    return Err(err(format!(
-                        "a promise is a JSON object or a family name, got {promise}"
-                    )));
+                if let Promise::Shape { from, to, .. } = promise {
+                    for end in [&*from, &*to] {
+                        if self.resolve(g, end).is_none() {
+                            return Err(err(format!(
+                                "the shape's node `{end}` is not a node of the graph or of this batch"
+                            )));
+                        }
+                    }
+                    if from == to {
+                        return Err(err(format!(
+                            "a shape needs two different nodes, got `{from}` twice"
+                        )));
+                    }
                 }
             }
         }

@@ -26,10 +26,13 @@ extern crate self as orch;
 
 pub mod error;
 pub mod executor;
+pub mod glob;
 pub mod graph;
 pub mod model;
+pub mod promise;
 pub mod protocol;
 mod runtime;
+pub mod shape;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -40,6 +43,8 @@ pub use model::{
     output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
     RunStatus, Task,
 };
+pub use promise::Promise;
+pub use shape::Shape;
 pub use state::{Event, EventKind, RunExport, RunState};
 pub use store::Store;
 pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};

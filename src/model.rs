@@ -198,8 +198,8 @@ pub enum Mutation {
     },
     /// Declares a promise about every future batch.
     AddPromise {
-        /// The promise, as data.
-        promise: Value,
+        /// The promise.
+        promise: crate::promise::Promise,
     },
 }
 
@@ -215,7 +215,7 @@ impl Mutation {
                 format!("set_attrs on edge `{}` -> `{}`", e.from, e.to)
             }
             Mutation::SetAttrs { .. } => "set_attrs".to_string(),
-            Mutation::AddPromise { promise } => format!("add_promise {promise}"),
+            Mutation::AddPromise { promise } => format!("add_promise `{promise}`"),
         }
     }
 }

@@ -27,11 +27,20 @@ pub struct Start {
     pub task: Task,
     /// Inputs with every output reference resolved.
     pub inputs: Value,
+    /// The output of each direct predecessor, by node id.
+    pub upstream: serde_json::Map<String, Value>,
 }
 
 impl Start {
     /// The start message for an attempt.
-    pub fn new(run: &str, node: &str, attempt: u32, task: &Task, inputs: Value) -> Start {
+    pub fn new(
+        run: &str,
+        node: &str,
+        attempt: u32,
+        task: &Task,
+        inputs: Value,
+        upstream: serde_json::Map<String, Value>,
+    ) -> Start {
         Start {
             orch: VERSION,
             kind: "start".into(),
@@ -40,6 +49,7 @@ impl Start {
             attempt,
             task: task.clone(),
             inputs,
+            upstream,
         }
     }
 
@@ -65,6 +75,9 @@ pub enum Body {
         /// The text.
         message: String,
     },
+    /// A well-formed message whose content is refused (a promise that
+    /// does not parse): answered with an error, the attempt goes on.
+    Rejected(String),
     /// The task fails on purpose; `retry: false` makes it terminal.
     Fail {
         /// Why.
@@ -204,7 +217,10 @@ pub fn classify(line: &str) -> Line {
         Wire::SetAttrs { node, edge, attrs } => {
             Body::Mutation(Mutation::SetAttrs { node, edge, attrs })
         }
-        Wire::Promise { promise } => Body::Mutation(Mutation::AddPromise { promise }),
+        Wire::Promise { promise } => match serde_json::from_value(promise.clone()) {
+            Ok(promise) => Body::Mutation(Mutation::AddPromise { promise }),
+            Err(e) => Body::Rejected(format!("add_promise {promise}: not a promise: {e}")),
+        },
         Wire::Output { value } => Body::Output(value),
         Wire::Log { message, level } => Body::Log {
             level: level.unwrap_or_else(|| "info".into()),

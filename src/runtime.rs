@@ -15,13 +15,15 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::error::StructuralError;
 use crate::error::{Error, Result};
 use crate::executor::{
     configured_python, install_helper, AttemptEnd, AttemptLink, AttemptSpec, Executor, ProcessEnv,
     ProcessExecutor, Report,
 };
-use crate::graph::Staging;
+use crate::graph::{Graph, Staging};
 use crate::model::{resolve_refs, AttemptOutcome, NodeState, Origin, RunStatus};
+use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::state::{Event, EventKind, RunState};
 use crate::store::{self, LogLine, Store};
 use crate::time;
@@ -31,6 +33,8 @@ struct Running {
     attempt: u32,
     staging: Staging,
     kill: Option<oneshot::Sender<()>>,
+    /// Set when this attempt broke a promise.
+    violated: Option<String>,
 }
 
 pub(crate) struct Runner {
@@ -45,6 +49,8 @@ pub(crate) struct Runner {
     queued: Vec<Event>,
     logs: Vec<LogLine>,
     failure: Option<String>,
+    /// Set once a promise is broken: nothing starts, nothing commits.
+    broken: Option<String>,
 }
 
 /// Registers `wf` and runs it to the end.
@@ -59,8 +65,21 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     let base_dir = base_dir
         .canonicalize()
         .map_err(|e| Error::io(format!("workflow directory {}", base_dir.display()), e))?;
-    let registration = crate::graph::Graph::new()
-        .validate(wf.mutations.clone())
+    let empty = Graph::new();
+    let registration = empty
+        .stage_all(wf.mutations.clone())
+        .and_then(
+            |staging| match promise::check_batch(&empty, &staging, None) {
+                Ok(()) => Ok(staging.into_mutations()),
+                Err(problem) => Err(StructuralError {
+                    mutation: "the registration".into(),
+                    reason: match problem {
+                        BatchProblem::Violation(v) => v.to_string(),
+                        BatchProblem::BadPromise(why) => why,
+                    },
+                }),
+            },
+        )
         .map_err(|source| Error::Registration {
             workflow: wf.name.clone(),
             source,
@@ -94,6 +113,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         queued: Vec::new(),
         logs: Vec::new(),
         failure: None,
+        broken: None,
         store,
     };
     runner.emit(EventKind::RunStarted {
@@ -153,12 +173,68 @@ impl Runner {
     fn refresh(&mut self, i: usize) {
         let g = &self.state.graph;
         let want = match (g.node(i).state, g.unmet(i)) {
-            (NodeState::Pending, 0) => NodeState::Ready,
+            (NodeState::Pending, 0) if !self.gated(i) => NodeState::Ready,
             (NodeState::Ready, n) if n > 0 => NodeState::Pending,
             _ => return,
         };
         let node = self.id(i);
         self.emit(EventKind::NodeState { node, state: want });
+    }
+
+    /// The shape promises whose region ends at node `i`.
+    fn shapes_into(&self, i: usize) -> Vec<(usize, Promise)> {
+        let id = &self.state.graph.node(i).id;
+        self.state
+            .graph
+            .promises()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p, Promise::Shape { to, .. } if to == id))
+            .map(|(k, p)| (k, p.clone()))
+            .collect()
+    }
+
+    /// True while a shape region ending at `i` is unfilled: the region's
+    /// `to` waits for it through the promise itself.
+    fn gated(&self, i: usize) -> bool {
+        self.shapes_into(i).iter().any(|(_, p)| match p {
+            Promise::Shape { from, to, .. } => {
+                promise::committed_region(&self.state.graph, from, to)
+                    .is_some_and(|r| r.nodes.is_empty() && !r.direct)
+            }
+            _ => false,
+        })
+    }
+
+    /// Records a violation: the run ends `promise_broken`, nothing starts
+    /// any more, and every running attempt is stopped.
+    fn break_promise(&mut self, v: &Violation, by: Option<(usize, u32)>) {
+        let (node, task, attempt) = match by {
+            Some((i, a)) => {
+                let n = self.state.graph.node(i);
+                (Some(n.id.clone()), Some(n.task.name.clone()), Some(a))
+            }
+            None => (None, None, None),
+        };
+        warn!(violation = %v, "promise broken");
+        self.emit(EventKind::PromiseBroken {
+            violation: json!({
+                "promise": v.promise,
+                "promise_text": v.promise.to_string(),
+                "promise_index": v.index,
+                "mutation": v.mutation,
+                "message": v.message,
+                "node": node,
+                "task": task,
+                "attempt": attempt,
+            }),
+        });
+        self.broken.get_or_insert_with(|| v.to_string());
+        for r in self.running.values_mut() {
+            if let Some(kill) = r.kill.take() {
+                let _ = kill.send(());
+            }
+        }
     }
 
     /// Writes the queued events and logs in one transaction.
@@ -194,6 +270,7 @@ impl Runner {
     /// Starts ready nodes while slots are free, lowest position first.
     fn schedule(&mut self) {
         while self.failure.is_none()
+            && self.broken.is_none()
             && self.state.status == RunStatus::Running
             && self.running.len() < self.max_parallel
         {
@@ -206,10 +283,40 @@ impl Runner {
 
     fn start(&mut self, i: usize) {
         let node = self.id(i);
+        // The final check of every region that ends here: it can no longer
+        // grow once its `to` starts.
+        for (index, p) in self.shapes_into(i) {
+            let Promise::Shape { from, to, shape } = &p else {
+                continue;
+            };
+            let Some(region) = promise::committed_region(&self.state.graph, from, to) else {
+                continue;
+            };
+            if let RegionState::Mismatch(why) = promise::region_state(&region, shape) {
+                let v = Violation {
+                    index,
+                    promise: p.clone(),
+                    mutation: format!("starting `{node}`"),
+                    message: format!("between `{from}` and `{to}`: {why}"),
+                };
+                self.break_promise(&v, None);
+                return;
+            }
+        }
         let attempt = self.state.facts[i].attempts.len() as u32 + 1;
         let n = self.state.graph.node(i);
         let task = n.task.clone();
         let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());
+        let upstream = self
+            .state
+            .graph
+            .predecessors(i)
+            .map(|p| {
+                let id = self.id(p);
+                let out = self.state.output_of(&id).cloned().unwrap_or(Value::Null);
+                (id, out)
+            })
+            .collect();
         let (kill_tx, kill_rx) = oneshot::channel();
         let launched = inputs.and_then(|inputs| {
             self.executor.launch(
@@ -219,6 +326,7 @@ impl Runner {
                     attempt,
                     task,
                     inputs,
+                    upstream,
                 },
                 AttemptLink {
                     node: i,
@@ -242,6 +350,7 @@ impl Runner {
                         attempt,
                         staging: Staging::default(),
                         kill: Some(kill_tx),
+                        violated: None,
                     },
                 );
             }
@@ -264,14 +373,33 @@ impl Runner {
                 mutation,
                 reply,
             } => {
+                let by = self.id(node);
+                let g = &self.state.graph;
+                let mut violation = None;
                 let answer = match self.running.get_mut(&node) {
-                    Some(r) if r.attempt == attempt => r
-                        .staging
-                        .stage(&self.state.graph, mutation)
-                        .map_err(|e| e.to_string()),
+                    Some(r) if r.attempt == attempt && r.violated.is_none() => {
+                        match r.staging.stage(g, mutation) {
+                            Err(e) => Err(e.to_string()),
+                            Ok(()) => {
+                                let staged = r.staging.mutations().last().expect("just staged");
+                                match promise::check_mutation(g, &r.staging, &by, staged) {
+                                    Ok(()) => Ok(()),
+                                    Err(v) => {
+                                        r.violated = Some(v.to_string());
+                                        let msg = v.to_string();
+                                        violation = Some(v);
+                                        Err(msg)
+                                    }
+                                }
+                            }
+                        }
+                    }
                     _ => Err("this attempt is no longer running".to_string()),
                 };
                 let _ = reply.send(answer);
+                if let Some(v) = violation {
+                    self.break_promise(&v, Some((node, attempt)));
+                }
             }
             Report::Finished { node, attempt, end } => self.finished(node, attempt, end),
         }
@@ -284,6 +412,29 @@ impl Runner {
         drop(running.kill);
         self.logs.append(&mut end.logs);
         let node = self.id(i);
+        if let Some(v) = running.violated {
+            self.end_attempt(
+                i,
+                attempt,
+                AttemptOutcome::Failed,
+                end.exit_code,
+                v,
+                NodeState::Failed,
+            );
+            return;
+        }
+        if self.broken.is_some() {
+            let error = "stopped: the run broke a promise".to_string();
+            self.end_attempt(
+                i,
+                attempt,
+                AttemptOutcome::Killed,
+                end.exit_code,
+                error,
+                NodeState::Cancelled,
+            );
+            return;
+        }
         let failure = if let Some(e) = end.error.take() {
             Some((AttemptOutcome::Failed, e, true))
         } else if end.timed_out {
@@ -322,10 +473,30 @@ impl Runner {
         }
         // Other attempts may have committed since the mutations were
         // checked on arrival: validate the whole batch once more.
-        let batch = match self.state.graph.validate(running.staging.into_mutations()) {
-            Ok(b) => b,
-            Err(e) => {
-                let error = format!("the batch was rejected at commit: {e}");
+        let staged = self
+            .state
+            .graph
+            .stage_all(running.staging.into_mutations())
+            .map_err(|e| BatchProblem::BadPromise(format!("the batch was rejected at commit: {e}")))
+            .and_then(|staging| {
+                promise::check_batch(&self.state.graph, &staging, Some(&node)).map(|()| staging)
+            });
+        let batch = match staged {
+            Ok(staging) => staging.into_mutations(),
+            Err(BatchProblem::Violation(v)) => {
+                self.break_promise(&v, Some((i, attempt)));
+                let error = v.to_string();
+                self.end_attempt(
+                    i,
+                    attempt,
+                    AttemptOutcome::Failed,
+                    end.exit_code,
+                    error,
+                    NodeState::Failed,
+                );
+                return;
+            }
+            Err(BatchProblem::BadPromise(error)) => {
                 self.fail_attempt(
                     i,
                     attempt,
@@ -364,6 +535,27 @@ impl Runner {
         info!(node = %node, attempt, "succeeded");
     }
 
+    /// Ends an attempt for good with the node in `state`.
+    fn end_attempt(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        error: String,
+        state: NodeState,
+    ) {
+        let node = self.id(i);
+        self.emit(EventKind::AttemptFinished {
+            node: node.clone(),
+            attempt,
+            outcome,
+            exit_code,
+            error: Some(error),
+        });
+        self.emit(EventKind::NodeState { node, state });
+    }
+
     fn fail_attempt(
         &mut self,
         i: usize,
@@ -398,10 +590,41 @@ impl Runner {
             .get_or_insert_with(|| format!("node `{node}` failed (attempt {attempt}): {error}"));
     }
 
+    /// Once nothing runs: a shape region still unfilled can never be
+    /// filled, and its `to` can never start.
+    fn check_unfilled(&mut self) {
+        let g = &self.state.graph;
+        let found = g.promises().iter().enumerate().find_map(|(index, p)| match p {
+            Promise::Shape { from, to, .. }
+                if g.get(to).is_some_and(|n| n.state == NodeState::Pending)
+                    && promise::committed_region(g, from, to)
+                        .is_some_and(|r| r.nodes.is_empty() && !r.direct) =>
+            {
+                Some(Violation {
+                    index,
+                    promise: p.clone(),
+                    mutation: format!("waiting for `{to}`"),
+                    message: format!(
+                        "the region between `{from}` and `{to}` was never filled (not even the edge `{from}` -> `{to}`), so `{to}` can never start"
+                    ),
+                })
+            }
+            _ => None,
+        });
+        if let Some(v) = found {
+            self.break_promise(&v, None);
+        }
+    }
+
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
+        if self.broken.is_none() && self.failure.is_none() {
+            self.check_unfilled();
+        }
         let g = &self.state.graph;
-        let (status, reason) = if let Some(f) = self.failure.clone() {
+        let (status, reason) = if let Some(b) = self.broken.clone() {
+            (RunStatus::PromiseBroken, Some(b))
+        } else if let Some(f) = self.failure.clone() {
             (RunStatus::Failed, Some(f))
         } else if g.nodes().iter().all(|n| n.state == NodeState::Succeeded) {
             (RunStatus::Succeeded, None)

@@ -81,6 +81,13 @@ pub enum EventKind {
         /// The output value.
         value: Value,
     },
+    /// A batch broke a promise; it was not applied.
+    PromiseBroken {
+        /// The violation record: `promise`, `promise_text`,
+        /// `promise_index`, `mutation`, `message`, `node`, `task`,
+        /// `attempt`.
+        violation: Value,
+    },
     /// The run changed status.
     RunStatus {
         /// The new status.
@@ -254,6 +261,10 @@ impl RunState {
                 self.facts[i].output = Some(value.clone());
                 Vec::new()
             }
+            EventKind::PromiseBroken { violation } => {
+                self.violations.push(violation.clone());
+                Vec::new()
+            }
             EventKind::RunStatus { status, reason } => {
                 self.status = *status;
                 if reason.is_some() {
@@ -343,7 +354,7 @@ pub struct RunExport {
     /// Every edge.
     pub edges: Vec<EdgeExport>,
     /// Every promise, in declaration order.
-    pub promises: Vec<Value>,
+    pub promises: Vec<crate::promise::Promise>,
     /// Every promise violation.
     pub violations: Vec<Value>,
 }

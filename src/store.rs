@@ -551,6 +551,7 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::AttemptStarted { .. } => "attempt_started",
         EventKind::AttemptFinished { .. } => "attempt_finished",
         EventKind::Output { .. } => "output",
+        EventKind::PromiseBroken { .. } => "promise_broken",
         EventKind::RunStatus { .. } => "run_status",
     }
 }
@@ -633,6 +634,10 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
                  ON CONFLICT (run, node) DO UPDATE SET value = ?3",
             )?
             .execute(params![run, node, to_json(value)])?;
+        }
+        EventKind::PromiseBroken { violation } => {
+            tx.prepare_cached("INSERT INTO violations (run, violation) VALUES (?1, ?2)")?
+                .execute(params![run, to_json(violation)])?;
         }
         EventKind::RunStatus { status, reason } => {
             tx.prepare_cached(

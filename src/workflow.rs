@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use crate::error::Result;
 use crate::model::{Attrs, Mutation, RunStatus, Task};
+use crate::promise::Promise;
+use crate::shape::Shape;
 
 /// A workflow: its registration batch plus run options.
 ///
@@ -142,15 +144,63 @@ impl Workflow {
         EdgeBuilder { wf: self, at }
     }
 
-    /// Declares a promise (stored with the run; see SPEC §5).
+    /// Declares a promise: a constraint on every later batch, enforced by
+    /// the runtime (see [`crate::promise`]).
     ///
     /// ```
+    /// use orch::promise::Promise;
     /// let mut wf = orch::Workflow::new("w");
-    /// wf.promise(serde_json::json!({"static": {}}));
+    /// wf.promise(Promise::Static {});
+    /// wf.promise(Promise::NoEdgesInto { node: "B".into() });
     /// ```
-    pub fn promise(&mut self, promise: Value) -> &mut Workflow {
+    pub fn promise(&mut self, promise: Promise) -> &mut Workflow {
         self.mutations.push(Mutation::AddPromise { promise });
         self
+    }
+
+    /// Declares that the region between `from` and `to` is a **map**:
+    /// `k` copies of `each` side by side, `min ≤ k ≤ max` (`None`: no
+    /// bound). Sugar for a `shape` promise with `repeat`; `to` waits for
+    /// the region, and a task (usually `from`'s) fills it.
+    ///
+    /// ```
+    /// use orch::{shape::Shape, Task, Workflow};
+    /// let mut wf = Workflow::new("map");
+    /// wf.node("A", Task::python("a.py"));
+    /// wf.node("B", Task::python("b.py"));
+    /// wf.map_region("A", "B", Shape::task("M"), 0, None);
+    /// ```
+    pub fn map_region(
+        &mut self,
+        from: &str,
+        to: &str,
+        each: Shape,
+        min: u32,
+        max: Option<u32>,
+    ) -> &mut Workflow {
+        self.promise(Promise::shape(from, to, Shape::repeat(each, min, max)))
+    }
+
+    /// Declares that the region between `from` and `to` is **exactly one
+    /// of** the branches. Sugar for a `shape` promise with `alt`.
+    ///
+    /// ```
+    /// use orch::{shape::Shape, Task, Workflow};
+    /// let mut wf = Workflow::new("branch");
+    /// wf.node("choose", Task::python("choose.py"));
+    /// wf.node("end", Task::python("end.py"));
+    /// wf.branch_region("choose", "end", [
+    ///     Shape::seq([Shape::task("left_1"), Shape::task("left_2")]),
+    ///     Shape::task("right"),
+    /// ]);
+    /// ```
+    pub fn branch_region(
+        &mut self,
+        from: &str,
+        to: &str,
+        branches: impl IntoIterator<Item = Shape>,
+    ) -> &mut Workflow {
+        self.promise(Promise::shape(from, to, Shape::alt(branches)))
     }
 
     /// Appends any mutation to the registration batch.

@@ -1,4 +1,5 @@
-# Picks a branch at random and adds only that branch, joining at `end`:
+# Picks a branch at random and adds only that branch, joined at the registered
+# node `end` (the promise shape(choose, end, (left_1 → left_2) | right) holds it):
 #   left:  choose -> left_1 -> left_2 -> end
 #   right: choose -> right -> end
 # Set ORCH_EXAMPLE_SEED to make the choice reproducible.
@@ -16,7 +17,6 @@ ctx.log(f"chose the {branch} branch")
 chain = ["left_1", "left_2"] if branch == "left" else ["right"]
 for node in chain:
     ctx.add_node(node, script="step.py")
-ctx.add_node("end", script="step.py")  # before the edges that point to it
 
 path = [ctx.node, *chain, "end"]
 for a, b in zip(path, path[1:]):

@@ -1,6 +1,8 @@
-# Map/reduce with a random width: adds k nodes M_i (computing i**2) and a node B
-# that sums their outputs.  B's inputs reference every M_i, which implies the
-# edges M_i -> B.  ORCH_EXAMPLE_K forces k; ORCH_EXAMPLE_SEED seeds the choice.
+# Map with a random width: adds k nodes M_i (computing i**2), each wired
+# A -> M_i -> B; with k = 0 it adds the single edge A -> B.  The workflow
+# registered A and B with the promise shape(A, B, M*): B waits for this
+# region, and the runtime checks that what is added here is an instance.
+# ORCH_EXAMPLE_K forces k; ORCH_EXAMPLE_SEED seeds the choice.
 import os
 import random
 
@@ -17,10 +19,8 @@ ctx.log(f"mapping over {k} items")
 for i in range(k):
     ctx.add_node(f"M_{i}", name="M", script="m.py", inputs={"i": i})
     ctx.add_edge(ctx.node, f"M_{i}")
-
-items = [orch.output_ref(f"M_{i}") for i in range(k)]
-ctx.add_node("B", name="B", script="b.py", inputs={"items": items})
+    ctx.add_edge(f"M_{i}", "B")
 if k == 0:
-    ctx.add_edge(ctx.node, "B")  # no references, so no implied edge
+    ctx.add_edge(ctx.node, "B")  # the empty instance of M*
 
 ctx.output({"k": k})

@@ -1,6 +1,7 @@
-# The reduce step: `items` are the outputs of all M_i; outputs their sum and count.
+# Reduces the map: sums the outputs of the M_i nodes, which were added at run
+# time and reach B as its upstream outputs.
 import orch
 
 ctx = orch.start()
-items = ctx.inputs["items"]
+items = [out for node, out in sorted(ctx.upstream.items()) if node.startswith("M_")]
 ctx.output({"sum": sum(items), "count": len(items)})

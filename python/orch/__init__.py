@@ -103,6 +103,8 @@ class Context:
         attempt: the attempt number, counting from 1 (int).
         task: the node's task description (dict with ``name``, ``kind``, ...).
         inputs: the node's inputs with output references resolved.
+        upstream: a dict from each direct predecessor's node id to its
+            output (useful when predecessors are added at run time).
 
     Get it from :func:`orch.start`; do not construct it yourself.
     """
@@ -113,6 +115,7 @@ class Context:
         self.attempt = start_message.get("attempt")
         self.task = start_message.get("task")
         self.inputs = start_message.get("inputs")
+        self.upstream = start_message.get("upstream") or {}
         self._reader = reader
         self._writer = writer
         self._seq = 0

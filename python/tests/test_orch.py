@@ -55,11 +55,12 @@ class Attempt:
         except BrokenPipeError:
             pass
 
-    def start(self, node="T", inputs=None, task=None, attempt=1, run="run-1"):
+    def start(self, node="T", inputs=None, task=None, attempt=1, run="run-1", upstream=None):
         self.write({"orch": 1, "type": "start", "run": run, "node": node,
                     "attempt": attempt,
                     "task": task or {"name": node, "kind": "python", "script": "t.py"},
-                    "inputs": {} if inputs is None else inputs})
+                    "inputs": {} if inputs is None else inputs,
+                    "upstream": upstream or {}})
 
     def recv(self):
         """Return the next protocol message (a dict), or None at EOF."""
@@ -574,12 +575,13 @@ class ExampleTests(unittest.TestCase):
             self.assertEqual(msgs[-1]["value"], {"node": "s", "inputs": {"x": 1}})
 
     def test_random_branch(self):
-        # random.Random(0).choice(...) is "right", random.Random(1)... is "left"
+        # random.Random(0).choice(...) is "right", random.Random(1)... is "left".
+        # `end` is registered by the workflow, so choose.py adds only the branch.
         msgs, rc, err = self.run_example("random_branch", "choose.py", {"ORCH_EXAMPLE_SEED": "0"},
                                          node="choose")
         self.assertEqual(rc, 0, err)
         self.assertEqual([(m["type"], m.get("id") or (m.get("from"), m.get("to"))) for m in msgs[1:]], [
-            ("add_node", "right"), ("add_node", "end"),
+            ("add_node", "right"),
             ("add_edge", ("choose", "right")), ("add_edge", ("right", "end")),
             ("output", (None, None))])
         self.assertEqual(msgs[-1]["value"], {"branch": "right"})
@@ -589,37 +591,34 @@ class ExampleTests(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         nodes = [m for m in msgs if m["type"] == "add_node"]
         self.assertEqual([(m["id"], m["task"]["name"], m["task"]["script"]) for m in nodes],
-                         [("left_1", "left_1", "step.py"), ("left_2", "left_2", "step.py"),
-                          ("end", "end", "step.py")])
+                         [("left_1", "left_1", "step.py"), ("left_2", "left_2", "step.py")])
         self.assertEqual([(m["from"], m["to"]) for m in msgs if m["type"] == "add_edge"],
                          [("choose", "left_1"), ("left_1", "left_2"), ("left_2", "end")])
         self.assertEqual(msgs[-1]["value"], {"branch": "left"})
 
     def test_random_map(self):
+        # B is registered by the workflow; a.py adds the M_i between A and B.
         msgs, rc, err = self.run_example("random_map", "a.py", {"ORCH_EXAMPLE_K": "3"}, node="A")
         self.assertEqual(rc, 0, err)
         nodes = {m["id"]: m for m in msgs if m["type"] == "add_node"}
-        self.assertEqual(list(nodes), ["M_0", "M_1", "M_2", "B"])
+        self.assertEqual(list(nodes), ["M_0", "M_1", "M_2"])
         self.assertEqual(nodes["M_2"]["task"], {"name": "M", "kind": "python", "script": "m.py"})
         self.assertEqual(nodes["M_2"]["inputs"], {"i": 2})
-        self.assertEqual(nodes["B"]["task"], {"name": "B", "kind": "python", "script": "b.py"})
-        self.assertEqual(nodes["B"]["inputs"],
-                         {"items": [{"$output": "M_0"}, {"$output": "M_1"}, {"$output": "M_2"}]})
         self.assertEqual([(m["from"], m["to"]) for m in msgs if m["type"] == "add_edge"],
-                         [("A", "M_0"), ("A", "M_1"), ("A", "M_2")])
+                         [("A", "M_0"), ("M_0", "B"), ("A", "M_1"), ("M_1", "B"),
+                          ("A", "M_2"), ("M_2", "B")])
         self.assertEqual(msgs[-1]["value"], {"k": 3})
 
         msgs, rc, err = self.run_example("random_map", "a.py", {"ORCH_EXAMPLE_K": "0"}, node="A")
         self.assertEqual(rc, 0, err)
         self.assertEqual(strip(msgs[1:]), [
-            {"type": "add_node", "id": "B", "task": {"name": "B", "kind": "python", "script": "b.py"},
-             "inputs": {"items": []}, "attrs": {}},
             {"type": "add_edge", "from": "A", "to": "B", "attrs": {}},
             {"type": "output", "value": {"k": 0}}])
 
         msgs, rc, err = self.run_example("random_map", "m.py", node="M_3", inputs={"i": 3})
         self.assertEqual((rc, msgs[-1]["value"]), (0, 9), err)
-        msgs, rc, err = self.run_example("random_map", "b.py", node="B", inputs={"items": [0, 1, 4]})
+        msgs, rc, err = self.run_example("random_map", "b.py", node="B",
+                                         upstream={"M_0": 0, "M_1": 1, "M_2": 4})
         self.assertEqual((rc, msgs[-1]["value"]), (0, {"sum": 5, "count": 3}), err)
 
     def test_fully_dynamic(self):

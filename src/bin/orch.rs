@@ -263,7 +263,18 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
     if !ex.violations.is_empty() {
         writeln!(out, "\nviolations:")?;
         for v in &ex.violations {
-            writeln!(out, "  {v}")?;
+            let by = match (v["node"].as_str(), v["attempt"].as_u64()) {
+                (Some(n), Some(a)) => format!(" (task of `{n}`, attempt {a})"),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "  promise #{} `{}`: {}{by}: {}",
+                v["promise_index"],
+                v["promise_text"].as_str().unwrap_or("?"),
+                v["mutation"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("?"),
+            )?;
         }
     }
     Ok(())

@@ -24,7 +24,7 @@ fn runs_show_logs_and_export() {
     wf.node("a", Task::python("step.py")).label("first");
     wf.node("b", Task::python("step.py"));
     wf.edge("a", "b");
-    wf.promise(serde_json::json!({"static": {}}));
+    wf.promise(orch::Promise::Static {});
     let outcome = wf.run().unwrap();
 
     let runs = space.cli(&["runs"]);

@@ -1,0 +1,520 @@
+//! Promises: constraints a workflow declares on its own future (SPEC §5).
+//!
+//! A promise is data. It is declared in a batch (the registration, or a
+//! running task's) and constrains **every later batch**; promises only
+//! accumulate. The runtime checks each mutation on arrival against the
+//! promises in force, and the whole batch again at commit, including the
+//! `shape` regions it touches. Anything that would break a promise ends
+//! the run as `promise_broken` and is never applied.
+//!
+//! JSON form (externally tagged):
+//!
+//! ```
+//! use orch::promise::Promise;
+//! let p: Promise = serde_json::from_str(r#"{"shape": {"from": "A", "to": "B", "shape": "M*"}}"#).unwrap();
+//! assert_eq!(p.to_string(), "shape(A, B, M*)");
+//! let q: Promise = serde_json::from_str(r#"{"no_new_nodes": {"by": "worker"}}"#).unwrap();
+//! assert_eq!(q.to_string(), "no_new_nodes(by worker)");
+//! let s: Promise = serde_json::from_str(r#"{"static": {}}"#).unwrap();
+//! assert_eq!(s, Promise::Static {});
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::glob::Selector;
+use crate::graph::{Graph, Staging};
+use crate::model::Mutation;
+use crate::shape::{Region, Shape};
+
+/// A promise about every future batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Promise {
+    /// No mutation at all after the declaring batch.
+    Static {},
+    /// No node is added (by anyone, or by the tasks of the selected nodes).
+    NoNewNodes {
+        /// Only batches sent by these nodes' tasks are constrained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Selector>,
+    },
+    /// No edge is added (explicitly or implied by an input reference).
+    NoNewEdges {
+        /// Only batches sent by these nodes' tasks are constrained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Selector>,
+    },
+    /// Every new node matches the pattern.
+    OnlyNodes {
+        /// Selector over node id and task name.
+        pattern: Selector,
+    },
+    /// Every new edge goes from a node matching `from` to one matching `to`.
+    OnlyEdges {
+        /// Selector for sources.
+        from: Selector,
+        /// Selector for targets.
+        to: Selector,
+    },
+    /// No new edge starts at a selected node.
+    NoEdgesFrom {
+        /// Selector over node id and task name.
+        node: Selector,
+    },
+    /// No new edge ends at a selected node.
+    NoEdgesInto {
+        /// Selector over node id and task name.
+        node: Selector,
+    },
+    /// The region between `from` and `to` is, in the finished run, an
+    /// instance of `shape`. While it is not filled, `to` waits for it.
+    Shape {
+        /// The node before the region.
+        from: String,
+        /// The node after the region.
+        to: String,
+        /// What the region looks like.
+        shape: Shape,
+    },
+}
+
+impl Promise {
+    /// The `shape` promise `shape(from, to, shape)`.
+    ///
+    /// ```
+    /// let p = orch::promise::Promise::shape("A", "B", "M*".parse().unwrap());
+    /// assert_eq!(p.to_string(), "shape(A, B, M*)");
+    /// ```
+    pub fn shape(from: &str, to: &str, shape: Shape) -> Promise {
+        Promise::Shape {
+            from: from.to_string(),
+            to: to.to_string(),
+            shape,
+        }
+    }
+
+    /// The family name (`static`, `no_new_nodes`, …).
+    pub fn family(&self) -> &'static str {
+        match self {
+            Promise::Static {} => "static",
+            Promise::NoNewNodes { .. } => "no_new_nodes",
+            Promise::NoNewEdges { .. } => "no_new_edges",
+            Promise::OnlyNodes { .. } => "only_nodes",
+            Promise::OnlyEdges { .. } => "only_edges",
+            Promise::NoEdgesFrom { .. } => "no_edges_from",
+            Promise::NoEdgesInto { .. } => "no_edges_into",
+            Promise::Shape { .. } => "shape",
+        }
+    }
+}
+
+impl fmt::Display for Promise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fam = self.family();
+        match self {
+            Promise::Static {} => f.write_str(fam),
+            Promise::NoNewNodes { by } | Promise::NoNewEdges { by } => match by {
+                Some(b) => write!(f, "{fam}(by {b})"),
+                None => f.write_str(fam),
+            },
+            Promise::OnlyNodes { pattern } => write!(f, "{fam}({pattern})"),
+            Promise::OnlyEdges { from, to } => write!(f, "{fam}({from} → {to})"),
+            Promise::NoEdgesFrom { node } | Promise::NoEdgesInto { node } => {
+                write!(f, "{fam}({node})")
+            }
+            Promise::Shape { from, to, shape } => write!(f, "{fam}({from}, {to}, {shape})"),
+        }
+    }
+}
+
+/// A node as the checks see it: id and task name.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeName<'a> {
+    /// Node id.
+    pub id: &'a str,
+    /// Task name.
+    pub task: &'a str,
+}
+
+/// Checks one mutation against one promise in force. `by` is the node
+/// whose task sent the batch (`None` for the registration, which no
+/// promise constrains); `name` finds the task name of a node id (graph or
+/// batch); `edges` are the edges the mutation adds (explicit or implied).
+/// Returns why it breaks the promise.
+pub fn check(
+    p: &Promise,
+    m: &Mutation,
+    by: Option<NodeName<'_>>,
+    edges: &[(NodeName<'_>, NodeName<'_>)],
+) -> Option<String> {
+    let by_matches = |sel: &Option<Selector>| match (sel, by) {
+        (None, _) => true,
+        (Some(s), Some(b)) => s.matches(b.id, b.task),
+        (Some(_), None) => false,
+    };
+    match p {
+        Promise::Static {} => Some("the workflow promised no mutation at all".into()),
+        Promise::NoNewNodes { by: sel } => match m {
+            Mutation::AddNode { .. } if by_matches(sel) => Some(match by {
+                Some(b) if sel.is_some() => format!("node `{}` promised to add no nodes", b.id),
+                _ => "the workflow promised no new nodes".into(),
+            }),
+            _ => None,
+        },
+        Promise::NoNewEdges { by: sel } => {
+            let (a, b) = edges.first().filter(|_| by_matches(sel))?;
+            Some(format!(
+                "the edge `{}` -> `{}` is new, but no new edges were promised",
+                a.id, b.id
+            ))
+        }
+        Promise::OnlyNodes { pattern } => match m {
+            Mutation::AddNode { id, task, .. } if !pattern.matches(id, &task.name) => {
+                Some(format!(
+                    "node `{id}` (task `{}`) does not match `{pattern}`",
+                    task.name
+                ))
+            }
+            _ => None,
+        },
+        Promise::OnlyEdges { from, to } => edges.iter().find_map(|(a, b)| {
+            (!from.matches(a.id, a.task) || !to.matches(b.id, b.task)).then(|| {
+                format!(
+                    "the edge `{}` -> `{}` is not from `{from}` to `{to}`",
+                    a.id, b.id
+                )
+            })
+        }),
+        Promise::NoEdgesFrom { node } => edges.iter().find_map(|(a, b)| {
+            node.matches(a.id, a.task)
+                .then(|| format!("the edge `{}` -> `{}` starts at `{}`", a.id, b.id, a.id))
+        }),
+        Promise::NoEdgesInto { node } => edges.iter().find_map(|(a, b)| {
+            node.matches(b.id, b.task)
+                .then(|| format!("the edge `{}` -> `{}` ends at `{}`", a.id, b.id, b.id))
+        }),
+        Promise::Shape { .. } => None,
+    }
+}
+
+/// The state of a `shape` promise's region.
+#[derive(Debug)]
+pub enum RegionState {
+    /// Nothing between `from` and `to` yet, not even the direct edge:
+    /// `to` waits.
+    Unfilled,
+    /// Filled and an instance of the shape.
+    Matches,
+    /// Filled but not an instance: why.
+    Mismatch(String),
+}
+
+/// Classifies a region against a shape.
+pub fn region_state(region: &Region, shape: &Shape) -> RegionState {
+    if region.nodes.is_empty() && !region.direct {
+        return RegionState::Unfilled;
+    }
+    match region.mismatch(shape) {
+        None => RegionState::Matches,
+        Some(why) => RegionState::Mismatch(why),
+    }
+}
+
+/// A batch (or a mutation of one) that breaks a promise in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Position of the promise in declaration order.
+    pub index: usize,
+    /// The promise.
+    pub promise: Promise,
+    /// The mutation at fault (or what was being done).
+    pub mutation: String,
+    /// Why it breaks the promise.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} breaks promise #{} `{}`: {}",
+            self.mutation, self.index, self.promise, self.message
+        )
+    }
+}
+
+/// What is wrong with a batch at commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchProblem {
+    /// A promise in force is broken.
+    Violation(Box<Violation>),
+    /// A promise the batch declares is broken already.
+    BadPromise(String),
+}
+
+fn node_name<'a>(g: &'a Graph, staging: &'a Staging, id: &str) -> Option<NodeName<'a>> {
+    staging
+        .lookup(g, id)
+        .map(|(id, task)| NodeName { id, task })
+}
+
+/// The edges a mutation adds: explicit, or implied by input references.
+fn mutation_edges<'a>(
+    g: &'a Graph,
+    staging: &'a Staging,
+    m: &'a Mutation,
+) -> Vec<(NodeName<'a>, NodeName<'a>)> {
+    let pairs: Vec<(&str, &str)> = match m {
+        Mutation::AddEdge { from, to, .. } => vec![(from, to)],
+        Mutation::AddNode { id, inputs, .. } => {
+            let mut v: Vec<(&str, &str)> = Vec::new();
+            for r in crate::model::output_refs(inputs).unwrap_or_default() {
+                if let Some(src) = node_name(g, staging, &r.node) {
+                    if !v.iter().any(|(a, _)| *a == src.id) {
+                        v.push((src.id, id));
+                    }
+                }
+            }
+            v
+        }
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(a, b)| Some((node_name(g, staging, a)?, node_name(g, staging, b)?)))
+        .collect()
+}
+
+/// Checks one mutation (already staged in `staging`) against every promise
+/// in force. `by` is the node whose task sent it.
+pub fn check_mutation(
+    g: &Graph,
+    staging: &Staging,
+    by: &str,
+    m: &Mutation,
+) -> Result<(), Box<Violation>> {
+    let by_name = node_name(g, staging, by);
+    let edges = mutation_edges(g, staging, m);
+    for (index, p) in g.promises().iter().enumerate() {
+        if let Some(message) = check(p, m, by_name, &edges) {
+            return Err(Box::new(Violation {
+                index,
+                promise: p.clone(),
+                mutation: m.describe(),
+                message,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole staged batch at commit: every mutation against the
+/// promises in force (unless it is the registration: `by` is `None`),
+/// every `shape` region the batch touches, and every promise the batch
+/// declares against the graph it leaves.
+pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(), BatchProblem> {
+    if let Some(by) = by {
+        for m in staging.mutations() {
+            check_mutation(g, staging, by, m).map_err(BatchProblem::Violation)?;
+        }
+    }
+    let started = |id: &str| g.get(id).is_some_and(|n| !n.state.not_started());
+    for (index, p) in g.promises().iter().enumerate() {
+        let Promise::Shape { from, to, shape } = p else {
+            continue;
+        };
+        if started(to) {
+            continue;
+        }
+        let Some((region, touched)) = staging.region(g, from, to) else {
+            continue;
+        };
+        if !touched {
+            continue;
+        }
+        if let RegionState::Mismatch(why) = region_state(&region, shape) {
+            return Err(BatchProblem::Violation(Box::new(Violation {
+                index,
+                promise: p.clone(),
+                mutation: match by {
+                    Some(b) => format!("the batch of `{b}`"),
+                    None => "the registration".to_string(),
+                },
+                message: format!("between `{from}` and `{to}`: {why}"),
+            })));
+        }
+    }
+    for m in staging.mutations() {
+        let Mutation::AddPromise { promise } = m else {
+            continue;
+        };
+        let Promise::Shape { from, to, shape } = promise else {
+            continue;
+        };
+        let Some((region, _)) = staging.region(g, from, to) else {
+            continue;
+        };
+        match region_state(&region, shape) {
+            RegionState::Mismatch(why) => {
+                return Err(BatchProblem::BadPromise(format!(
+                    "promise `{promise}` is broken already: between `{from}` and `{to}`: {why}"
+                )))
+            }
+            RegionState::Unfilled if started(to) => {
+                return Err(BatchProblem::BadPromise(format!(
+                    "promise `{promise}` is broken already: `{to}` started and the region is empty"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The region of a `shape` promise in the committed graph.
+pub fn committed_region(g: &Graph, from: &str, to: &str) -> Option<Region> {
+    Staging::default().region(g, from, to).map(|(r, _)| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attrs, Task};
+    use serde_json::Value;
+
+    fn add(id: &str, task: &str) -> Mutation {
+        Mutation::AddNode {
+            id: id.into(),
+            task: Task::python("x.py").named(task),
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        }
+    }
+    fn n<'a>(id: &'a str, task: &'a str) -> NodeName<'a> {
+        NodeName { id, task }
+    }
+
+    #[test]
+    fn json_round_trips_for_every_family() {
+        for text in [
+            r#"{"static":{}}"#,
+            r#"{"no_new_nodes":{}}"#,
+            r#"{"no_new_nodes":{"by":"A"}}"#,
+            r#"{"no_new_edges":{"by":"task:M"}}"#,
+            r#"{"only_nodes":{"pattern":"M_*"}}"#,
+            r#"{"only_edges":{"from":"A","to":"M*"}}"#,
+            r#"{"no_edges_from":{"node":"B"}}"#,
+            r#"{"no_edges_into":{"node":"B"}}"#,
+            r#"{"shape":{"from":"A","to":"B","shape":"M*"}}"#,
+        ] {
+            let p: Promise = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&p).unwrap(), text);
+        }
+        let err = serde_json::from_str::<Promise>(r#"{"no_new_nodez":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("no_new_nodez"), "{err}");
+    }
+
+    #[test]
+    fn families_allow_and_refuse() {
+        let edge = Mutation::AddEdge {
+            from: "A".into(),
+            to: "B".into(),
+            attrs: Attrs::new(),
+        };
+        let ab = [(n("A", "a"), n("B", "b"))];
+        let by = Some(n("A", "a"));
+        type Case<'a> = (
+            Promise,
+            &'a Mutation,
+            &'a [(NodeName<'a>, NodeName<'a>)],
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (Promise::Static {}, &edge, &ab, false),
+            (Promise::NoNewNodes { by: None }, &edge, &ab, true),
+            (Promise::NoNewEdges { by: None }, &edge, &ab, false),
+            (
+                Promise::NoNewEdges {
+                    by: Some("Z".into()),
+                },
+                &edge,
+                &ab,
+                true,
+            ),
+            (
+                Promise::NoNewEdges {
+                    by: Some("A".into()),
+                },
+                &edge,
+                &ab,
+                false,
+            ),
+            (
+                Promise::OnlyEdges {
+                    from: "A".into(),
+                    to: "b".into(),
+                },
+                &edge,
+                &ab,
+                true,
+            ),
+            (
+                Promise::OnlyEdges {
+                    from: "A".into(),
+                    to: "C".into(),
+                },
+                &edge,
+                &ab,
+                false,
+            ),
+            (Promise::NoEdgesFrom { node: "A".into() }, &edge, &ab, false),
+            (Promise::NoEdgesFrom { node: "B".into() }, &edge, &ab, true),
+            (Promise::NoEdgesInto { node: "B".into() }, &edge, &ab, false),
+            (Promise::NoEdgesInto { node: "A".into() }, &edge, &ab, true),
+        ];
+        for (p, m, edges, ok) in cases {
+            assert_eq!(
+                check(&p, m, by, edges).is_none(),
+                ok,
+                "{p} on {}",
+                m.describe()
+            );
+        }
+        let node = add("M_0", "M");
+        assert!(check(
+            &Promise::OnlyNodes {
+                pattern: "task:M".into()
+            },
+            &node,
+            by,
+            &[]
+        )
+        .is_none());
+        let bad = add("X", "other");
+        let why = check(
+            &Promise::OnlyNodes {
+                pattern: "task:M".into(),
+            },
+            &bad,
+            by,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            why.contains("node `X` (task `other`) does not match `task:M`"),
+            "{why}"
+        );
+        let why = check(
+            &Promise::NoNewNodes {
+                by: Some("A".into()),
+            },
+            &bad,
+            by,
+            &[],
+        )
+        .unwrap();
+        assert!(why.contains("node `A` promised to add no nodes"), "{why}");
+    }
+}

@@ -1,0 +1,1138 @@
+//! Shapes: regular expressions over series-parallel graphs (SPEC §5).
+//!
+//! A shape describes what the region between two nodes `from` and `to`
+//! looks like once finished. Its **instance** is a DAG with sources and
+//! sinks: `from` is wired to every source and every sink to `to`; an empty
+//! instance is the single edge `from -> to`.
+//!
+//! | shape | text | instance |
+//! |---|---|---|
+//! | `task(p)` | `M`, `"my task"`, `M_*` | one node whose task name (or id) matches `p` |
+//! | `seq(a, b)` | `a → b` (or `a -> b`) | every sink of `a` before every source of `b` |
+//! | `par(a, b)` | `a ‖ b` (or `a & b`) | side by side |
+//! | `alt(a, b)` | `a \| b` | exactly one of |
+//! | `repeat(s, m, n)` | `s*`, `s+`, `s?`, `s{m,n}`, `s{m,}`, `s{n}` | `k` copies side by side, `m ≤ k ≤ n` (the map) |
+//! | `chain(s, m, n)` | `s→*`, `s→+`, `s→{m,n}` | `k` copies one after another |
+//! | `empty` | `ε` (or `empty`, `()`) | nothing: the edge `from -> to` |
+//! | `any` | `any` | anything (that part is fully dynamic) |
+//!
+//! Binding, tightest first: postfix marks, `→`, `‖`, `|`. The text form
+//! parses back to the same shape; it is what errors and pictures show.
+//!
+//! ```
+//! use orch::shape::Shape;
+//! let s: Shape = "A → (B | C)*".parse().unwrap();
+//! assert_eq!(s.to_string(), "A → (B | C)*");
+//! assert_eq!(s, Shape::seq([Shape::task("A"), Shape::repeat(Shape::alt([Shape::task("B"), Shape::task("C")]), 0, None)]));
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::glob::Glob;
+
+/// A shape. Build with the constructors or parse the text form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// One node whose task name or id matches the glob.
+    Task(Glob),
+    /// One after another.
+    Seq(Vec<Shape>),
+    /// Side by side.
+    Par(Vec<Shape>),
+    /// Exactly one of.
+    Alt(Vec<Shape>),
+    /// `k` copies side by side, `min ≤ k ≤ max` (`None`: unbounded).
+    Repeat(Box<Shape>, u32, Option<u32>),
+    /// `k` copies one after another.
+    Chain(Box<Shape>, u32, Option<u32>),
+    /// Nothing.
+    Empty,
+    /// Anything.
+    Any,
+}
+
+impl Shape {
+    /// `task(pattern)`.
+    pub fn task(pattern: &str) -> Shape {
+        Shape::Task(Glob::new(pattern))
+    }
+
+    /// `seq(parts…)`, flattened.
+    pub fn seq(parts: impl IntoIterator<Item = Shape>) -> Shape {
+        Shape::Seq(flatten(parts, |s| matches!(s, Shape::Seq(_)))).simplify()
+    }
+
+    /// `par(parts…)`, flattened.
+    pub fn par(parts: impl IntoIterator<Item = Shape>) -> Shape {
+        Shape::Par(flatten(parts, |s| matches!(s, Shape::Par(_)))).simplify()
+    }
+
+    /// `alt(parts…)`, flattened.
+    pub fn alt(parts: impl IntoIterator<Item = Shape>) -> Shape {
+        Shape::Alt(flatten(parts, |s| matches!(s, Shape::Alt(_)))).simplify()
+    }
+
+    /// `repeat(s, min, max)`: the map.
+    pub fn repeat(s: Shape, min: u32, max: Option<u32>) -> Shape {
+        Shape::Repeat(Box::new(s), min, max)
+    }
+
+    /// `chain(s, min, max)`.
+    pub fn chain(s: Shape, min: u32, max: Option<u32>) -> Shape {
+        Shape::Chain(Box::new(s), min, max)
+    }
+
+    fn simplify(self) -> Shape {
+        match self {
+            Shape::Seq(mut v) | Shape::Par(mut v) | Shape::Alt(mut v) if v.len() == 1 => {
+                v.remove(0)
+            }
+            Shape::Seq(v) if v.is_empty() => Shape::Empty,
+            Shape::Par(v) if v.is_empty() => Shape::Empty,
+            s => s,
+        }
+    }
+
+    /// True when some instance is empty.
+    pub fn can_be_empty(&self) -> bool {
+        match self {
+            Shape::Task(_) => false,
+            Shape::Seq(v) | Shape::Par(v) => v.iter().all(Shape::can_be_empty),
+            Shape::Alt(v) => v.iter().any(Shape::can_be_empty),
+            Shape::Repeat(s, min, _) | Shape::Chain(s, min, _) => *min == 0 || s.can_be_empty(),
+            Shape::Empty | Shape::Any => true,
+        }
+    }
+
+    /// True when every instance is non-empty and weakly connected.
+    fn connected(&self) -> bool {
+        match self {
+            Shape::Task(_) => true,
+            Shape::Seq(v) => {
+                let never_empty: Vec<&Shape> = v.iter().filter(|s| !s.can_be_empty()).collect();
+                match never_empty.len() {
+                    0 => false,
+                    1 => never_empty[0].connected(),
+                    _ => true,
+                }
+            }
+            Shape::Alt(v) => v.iter().all(Shape::connected),
+            Shape::Repeat(s, min, max) => *min == 1 && *max == Some(1) && s.connected(),
+            Shape::Chain(s, min, _) => *min >= 1 && s.connected(),
+            Shape::Par(_) | Shape::Empty | Shape::Any => false,
+        }
+    }
+
+    /// True when the shape contains `any`.
+    pub fn has_any(&self) -> bool {
+        match self {
+            Shape::Any => true,
+            Shape::Task(_) | Shape::Empty => false,
+            Shape::Seq(v) | Shape::Par(v) | Shape::Alt(v) => v.iter().any(Shape::has_any),
+            Shape::Repeat(s, ..) | Shape::Chain(s, ..) => s.has_any(),
+        }
+    }
+
+    /// The task patterns the shape mentions.
+    pub fn patterns(&self) -> Vec<&Glob> {
+        let mut out = Vec::new();
+        self.walk(&mut |s| {
+            if let Shape::Task(g) = s {
+                out.push(g);
+            }
+        });
+        out
+    }
+
+    fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Shape)) {
+        f(self);
+        match self {
+            Shape::Seq(v) | Shape::Par(v) | Shape::Alt(v) => v.iter().for_each(|s| s.walk(f)),
+            Shape::Repeat(s, ..) | Shape::Chain(s, ..) => s.walk(f),
+            _ => {}
+        }
+    }
+}
+
+fn flatten(parts: impl IntoIterator<Item = Shape>, same: impl Fn(&Shape) -> bool) -> Vec<Shape> {
+    let mut out = Vec::new();
+    for p in parts {
+        if same(&p) {
+            match p {
+                Shape::Seq(v) | Shape::Par(v) | Shape::Alt(v) => out.extend(v),
+                _ => unreachable!(),
+            }
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- text form
+
+fn prec(s: &Shape) -> u8 {
+    match s {
+        Shape::Alt(_) => 1,
+        Shape::Par(_) => 2,
+        Shape::Seq(_) => 3,
+        _ => 4,
+    }
+}
+
+fn bounds(f: &mut fmt::Formatter<'_>, min: u32, max: Option<u32>, chain: bool) -> fmt::Result {
+    if chain {
+        f.write_str("→")?;
+    }
+    match (min, max) {
+        (0, None) => f.write_str("*"),
+        (1, None) => f.write_str("+"),
+        (0, Some(1)) if !chain => f.write_str("?"),
+        (m, None) => write!(f, "{{{m},}}"),
+        (m, Some(n)) if m == n => write!(f, "{{{m}}}"),
+        (m, Some(n)) => write!(f, "{{{m},{n}}}"),
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |f: &mut fmt::Formatter<'_>, v: &[Shape], sep: &str, me: u8| -> fmt::Result {
+            for (i, s) in v.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(sep)?;
+                }
+                if prec(s) <= me {
+                    write!(f, "({s})")?;
+                } else {
+                    write!(f, "{s}")?;
+                }
+            }
+            Ok(())
+        };
+        match self {
+            Shape::Task(g) => {
+                let p = g.as_str();
+                let bare =
+                    !p.is_empty() && p.chars().all(is_name_char) && p != "any" && p != "empty";
+                if bare {
+                    f.write_str(p)
+                } else {
+                    write!(f, "{}", serde_json::Value::String(p.to_string()))
+                }
+            }
+            Shape::Seq(v) => join(f, v, " → ", 3),
+            Shape::Par(v) => join(f, v, " ‖ ", 2),
+            // Alternatives of compound shapes read better bracketed.
+            Shape::Alt(v) => join(f, v, " | ", 3),
+            Shape::Repeat(s, min, max) | Shape::Chain(s, min, max) => {
+                if prec(s) < 4 || matches!(**s, Shape::Repeat(..) | Shape::Chain(..)) {
+                    write!(f, "({s})")?;
+                } else {
+                    write!(f, "{s}")?;
+                }
+                bounds(f, *min, *max, matches!(self, Shape::Chain(..)))
+            }
+            Shape::Empty => f.write_str("ε"),
+            Shape::Any => f.write_str("any"),
+        }
+    }
+}
+
+/// Characters of a bare (unquoted) task name; anything else (globs with
+/// `*` or `?`, spaces, the words `any` and `empty`) is written quoted.
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/')
+}
+
+/// A shape text that does not parse: says where and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("shape `{text}`: {message} at character {at}")]
+pub struct ShapeParseError {
+    /// The text.
+    pub text: String,
+    /// Character offset of the problem.
+    pub at: usize,
+    /// What was expected.
+    pub message: String,
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    chars: Vec<char>,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn err(&self, message: impl Into<String>) -> ShapeParseError {
+        ShapeParseError {
+            text: self.text.to_string(),
+            at: self.pos,
+            message: message.into(),
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while self.pos < self.chars.len() && self.chars[self.pos].is_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<char> {
+        self.skip_ws();
+        self.chars.get(self.pos).copied()
+    }
+
+    fn eat(&mut self, s: &str) -> bool {
+        self.skip_ws();
+        let n = s.chars().count();
+        if self.chars[self.pos..].iter().take(n).copied().eq(s.chars()) {
+            self.pos += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn alt(&mut self) -> Result<Shape, ShapeParseError> {
+        let mut parts = vec![self.par()?];
+        while self.eat("|") {
+            parts.push(self.par()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Shape::alt(parts)
+        })
+    }
+
+    fn par(&mut self) -> Result<Shape, ShapeParseError> {
+        let mut parts = vec![self.seq()?];
+        while self.eat("‖") || self.eat("&") {
+            parts.push(self.seq()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Shape::par(parts)
+        })
+    }
+
+    fn arrow(&mut self) -> bool {
+        self.eat("→") || self.eat("->")
+    }
+
+    fn seq(&mut self) -> Result<Shape, ShapeParseError> {
+        let mut parts = vec![self.postfix()?];
+        loop {
+            let save = self.pos;
+            if !self.arrow() {
+                break;
+            }
+            // `→*`, `→+`, `→{` after an atom is a chain mark, handled in
+            // postfix; here an arrow always separates two parts.
+            if matches!(self.peek(), Some('*' | '+' | '{')) {
+                self.pos = save;
+                break;
+            }
+            parts.push(self.postfix()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Shape::seq(parts)
+        })
+    }
+
+    fn number(&mut self) -> Result<u32, ShapeParseError> {
+        self.skip_ws();
+        let start = self.pos;
+        while self.pos < self.chars.len() && self.chars[self.pos].is_ascii_digit() {
+            self.pos += 1;
+        }
+        if start == self.pos {
+            return Err(self.err("expected a number"));
+        }
+        let s: String = self.chars[start..self.pos].iter().collect();
+        s.parse().map_err(|_| self.err("number too large"))
+    }
+
+    fn bounds(&mut self) -> Result<Option<(u32, Option<u32>)>, ShapeParseError> {
+        if self.eat("*") {
+            return Ok(Some((0, None)));
+        }
+        if self.eat("+") {
+            return Ok(Some((1, None)));
+        }
+        if self.eat("{") {
+            let min = self.number()?;
+            let max = if self.eat(",") {
+                if self.peek() == Some('}') {
+                    None
+                } else {
+                    Some(self.number()?)
+                }
+            } else {
+                Some(min)
+            };
+            if !self.eat("}") {
+                return Err(self.err("expected `}`"));
+            }
+            if max.is_some_and(|m| m < min) {
+                return Err(self.err(format!(
+                    "bounds {{{min},{}}} have max below min",
+                    max.unwrap()
+                )));
+            }
+            return Ok(Some((min, max)));
+        }
+        Ok(None)
+    }
+
+    fn postfix(&mut self) -> Result<Shape, ShapeParseError> {
+        let mut s = self.atom()?;
+        loop {
+            if self.eat("?") {
+                s = Shape::repeat(s, 0, Some(1));
+                continue;
+            }
+            if let Some((min, max)) = self.bounds()? {
+                s = Shape::repeat(s, min, max);
+                continue;
+            }
+            let save = self.pos;
+            if self.arrow() {
+                if let Some((min, max)) = self.bounds()? {
+                    s = Shape::chain(s, min, max);
+                    continue;
+                }
+                self.pos = save;
+            }
+            return Ok(s);
+        }
+    }
+
+    fn atom(&mut self) -> Result<Shape, ShapeParseError> {
+        match self.peek() {
+            None => Err(self.err("expected a shape, found the end")),
+            Some('(') => {
+                self.pos += 1;
+                if self.eat(")") {
+                    return Ok(Shape::Empty);
+                }
+                let s = self.alt()?;
+                if !self.eat(")") {
+                    return Err(self.err("expected `)`"));
+                }
+                Ok(s)
+            }
+            Some('ε') => {
+                self.pos += 1;
+                Ok(Shape::Empty)
+            }
+            Some('"') => {
+                let rest: String = self.chars[self.pos..].iter().collect();
+                let mut de = serde_json::Deserializer::from_str(&rest).into_iter::<String>();
+                match de.next() {
+                    Some(Ok(name)) => {
+                        let used = rest[..de.byte_offset()].chars().count();
+                        self.pos += used;
+                        Ok(Shape::task(&name))
+                    }
+                    _ => Err(self.err("unterminated quoted task name")),
+                }
+            }
+            Some(c) if is_name_char(c) => {
+                let start = self.pos;
+                while self.pos < self.chars.len() && is_name_char(self.chars[self.pos]) {
+                    self.pos += 1;
+                }
+                let name: String = self.chars[start..self.pos].iter().collect();
+                Ok(match name.as_str() {
+                    "any" => Shape::Any,
+                    "empty" => Shape::Empty,
+                    _ => Shape::task(&name),
+                })
+            }
+            Some(c) => Err(self.err(format!("unexpected `{c}`"))),
+        }
+    }
+}
+
+impl FromStr for Shape {
+    type Err = ShapeParseError;
+
+    fn from_str(text: &str) -> Result<Shape, ShapeParseError> {
+        let mut p = Parser {
+            text,
+            chars: text.chars().collect(),
+            pos: 0,
+        };
+        let s = p.alt()?;
+        if p.peek().is_some() {
+            return Err(p.err("unexpected text after the shape"));
+        }
+        Ok(s)
+    }
+}
+
+impl Serialize for Shape {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------- matching
+
+/// A node of a region, as the matcher sees it.
+#[derive(Clone, Debug)]
+pub struct RegionNode {
+    /// Node id.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+}
+
+/// A region: its nodes and the edges among them, plus which nodes `from`
+/// points at and which point at `to`.
+#[derive(Clone, Debug, Default)]
+pub struct Region {
+    /// The nodes strictly between `from` and `to`.
+    pub nodes: Vec<RegionNode>,
+    /// Edges among region nodes, by index into `nodes`.
+    pub edges: Vec<(usize, usize)>,
+    /// Region nodes with an edge from `from`.
+    pub from_edges: Vec<usize>,
+    /// Region nodes with an edge into `to`.
+    pub to_edges: Vec<usize>,
+    /// Whether the edge `from -> to` exists.
+    pub direct: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Tree {
+    Empty,
+    Node(usize),
+    Seq(Vec<Tree>),
+    Par(Vec<Tree>),
+    /// A connected piece that is not series-parallel: only `any` matches.
+    Opaque,
+}
+
+impl Region {
+    /// Why the region is not an instance of `shape`, or `None` when it is.
+    ///
+    /// ```
+    /// use orch::shape::{Region, RegionNode, Shape};
+    /// let m = |i: usize| RegionNode { id: format!("M_{i}"), task: "M".into() };
+    /// let r = Region { nodes: vec![m(0), m(1)], edges: vec![], from_edges: vec![0, 1], to_edges: vec![0, 1], direct: false };
+    /// assert!(r.mismatch(&"M*".parse().unwrap()).is_none());
+    /// assert!(r.mismatch(&"M".parse().unwrap()).is_some());
+    /// ```
+    pub fn mismatch(&self, shape: &Shape) -> Option<String> {
+        let n = self.nodes.len();
+        if n == 0 {
+            if !self.direct {
+                return Some("the region is empty and has no edge from → to".into());
+            }
+            return if shape.can_be_empty() {
+                None
+            } else {
+                Some(format!("the region is empty, but `{shape}` needs nodes"))
+            };
+        }
+        if self.direct {
+            return Some("the direct edge from → to stands beside region nodes".into());
+        }
+        let mut succ = vec![Vec::new(); n];
+        let mut pred = vec![Vec::new(); n];
+        for &(a, b) in &self.edges {
+            succ[a].push(b);
+            pred[b].push(a);
+        }
+        // Boundary wiring: exactly the sources are fed by `from`, exactly
+        // the sinks feed `to`.
+        let from: HashSet<usize> = self.from_edges.iter().copied().collect();
+        let to: HashSet<usize> = self.to_edges.iter().copied().collect();
+        for i in 0..n {
+            let id = &self.nodes[i].id;
+            if pred[i].is_empty() != from.contains(&i) {
+                return Some(if from.contains(&i) {
+                    format!("`{id}` has an edge from `from` but is not a source of the region")
+                } else {
+                    format!("`{id}` is a source of the region without an edge from `from`")
+                });
+            }
+            if succ[i].is_empty() != to.contains(&i) {
+                return Some(if to.contains(&i) {
+                    format!("`{id}` has an edge into `to` but is not a sink of the region")
+                } else {
+                    format!("`{id}` is a sink of the region without an edge into `to`")
+                });
+            }
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let tree = decompose(&all, &succ, &pred);
+        let mut m = Matcher { region: self };
+        if m.matches(shape, &tree) {
+            None
+        } else {
+            Some(format!("the region is not an instance of `{shape}`"))
+        }
+    }
+}
+
+fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree {
+    match nodes.len() {
+        0 => return Tree::Empty,
+        1 => return Tree::Node(nodes[0]),
+        _ => {}
+    }
+    let inside: HashSet<usize> = nodes.iter().copied().collect();
+    // Weakly connected components.
+    let mut comp: HashMap<usize, usize> = HashMap::new();
+    let mut comps: Vec<Vec<usize>> = Vec::new();
+    for &start in nodes {
+        if comp.contains_key(&start) {
+            continue;
+        }
+        let c = comps.len();
+        let mut members = vec![start];
+        comp.insert(start, c);
+        let mut k = 0;
+        while k < members.len() {
+            let v = members[k];
+            k += 1;
+            for &w in succ[v].iter().chain(&pred[v]) {
+                if inside.contains(&w) && !comp.contains_key(&w) {
+                    comp.insert(w, c);
+                    members.push(w);
+                }
+            }
+        }
+        comps.push(members);
+    }
+    if comps.len() > 1 {
+        return Tree::Par(comps.iter().map(|c| decompose(c, succ, pred)).collect());
+    }
+    // Connected: split into series factors along one topological order.
+    let mut indeg: HashMap<usize, usize> = nodes
+        .iter()
+        .map(|&v| (v, pred[v].iter().filter(|p| inside.contains(p)).count()))
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    let mut stack: Vec<usize> = nodes.iter().copied().filter(|v| indeg[v] == 0).collect();
+    stack.sort_unstable_by(|a, b| b.cmp(a));
+    while let Some(v) = stack.pop() {
+        order.push(v);
+        for &w in &succ[v] {
+            if let Some(d) = indeg.get_mut(&w) {
+                *d -= 1;
+                if *d == 0 {
+                    stack.push(w);
+                }
+            }
+        }
+    }
+    let pos: HashMap<usize, usize> = order.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+    let inside_succ = |v: usize| succ[v].iter().copied().filter(|w| pos.contains_key(w));
+    // Preds of each node still in the rest; sources of the rest; sinks of
+    // the current factor; edges from the current factor to the rest.
+    let mut pending_in: HashMap<usize, usize> = order
+        .iter()
+        .map(|&v| (v, pred[v].iter().filter(|p| pos.contains_key(p)).count()))
+        .collect();
+    let mut frontier = order.iter().filter(|v| pending_in[v] == 0).count() as i64;
+    let mut succ_in_factor: HashMap<usize, usize> = HashMap::new();
+    let (mut sinks, mut crossing) = (0i64, 0i64);
+    let mut factors = Vec::new();
+    let mut start = 0;
+    for i in 0..order.len() - 1 {
+        let v = order[i];
+        frontier -= 1;
+        for w in inside_succ(v) {
+            let d = pending_in.get_mut(&w).expect("inside");
+            *d -= 1;
+            if *d == 0 {
+                frontier += 1;
+            }
+            crossing += 1;
+        }
+        sinks += 1;
+        for &p in pred[v]
+            .iter()
+            .filter(|p| pos.get(p).is_some_and(|&k| k >= start))
+        {
+            crossing -= 1;
+            let c = succ_in_factor.entry(p).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                sinks -= 1;
+            }
+        }
+        if crossing == sinks * frontier
+            && is_series_cut(&order[start..=i], &pos, i, succ, &pending_in)
+        {
+            factors.push(order[start..=i].to_vec());
+            start = i + 1;
+            sinks = 0;
+            crossing = 0;
+        }
+    }
+    if factors.is_empty() {
+        return Tree::Opaque;
+    }
+    factors.push(order[start..].to_vec());
+    Tree::Seq(factors.iter().map(|f| decompose(f, succ, pred)).collect())
+}
+
+/// With the counts already equal, checks that every edge leaving the
+/// factor `a` (positions up to `last`) goes from a sink of `a` to a source
+/// of the rest: then the edges are exactly sinks × sources.
+fn is_series_cut(
+    a: &[usize],
+    pos: &HashMap<usize, usize>,
+    last: usize,
+    succ: &[Vec<usize>],
+    pending_in: &HashMap<usize, usize>,
+) -> bool {
+    let first = pos[&a[0]];
+    a.iter().all(|&u| {
+        let outs = succ[u].iter().filter_map(|w| pos.get(w).map(|&k| (w, k)));
+        let mut to_factor = false;
+        let mut to_rest = false;
+        for (w, k) in outs {
+            if k > last {
+                to_rest = true;
+                if pending_in[w] != 0 {
+                    return false;
+                }
+            } else if k >= first {
+                to_factor = true;
+            }
+        }
+        !(to_factor && to_rest)
+    })
+}
+
+struct Matcher<'r> {
+    region: &'r Region,
+}
+
+impl Matcher<'_> {
+    fn matches(&mut self, s: &Shape, t: &Tree) -> bool {
+        match (s, t) {
+            (Shape::Any, _) => true,
+            (_, Tree::Opaque) => false,
+            (Shape::Empty, t) => matches!(t, Tree::Empty),
+            (Shape::Task(g), Tree::Node(i)) => {
+                let n = &self.region.nodes[*i];
+                g.matches(&n.task) || g.matches(&n.id)
+            }
+            (Shape::Task(_), _) => false,
+            (Shape::Alt(v), t) => v.iter().any(|a| self.matches(a, t)),
+            (Shape::Seq(parts), t) => {
+                let factors = series_factors(t);
+                let refs: Vec<&Shape> = parts.iter().collect();
+                self.seq_groups(&refs, &factors)
+            }
+            (Shape::Chain(inner, min, max), t) => {
+                let factors = series_factors(t);
+                self.chain_groups(inner, *min, *max, &factors)
+            }
+            (Shape::Par(parts), t) => {
+                let comps = par_components(t);
+                let refs: Vec<&Shape> = parts.iter().collect();
+                self.par_groups(&refs, &comps)
+            }
+            (Shape::Repeat(inner, min, max), t) => {
+                let comps = par_components(t);
+                self.repeat_groups(inner, *min, *max, &comps)
+            }
+        }
+    }
+
+    /// Whether `trees` (consecutive series factors) split into one group
+    /// per part, in order, each matching its part.
+    fn seq_groups(&mut self, parts: &[&Shape], trees: &[&Tree]) -> bool {
+        let Some((first, rest)) = parts.split_first() else {
+            return trees.is_empty();
+        };
+        (0..=trees.len()).any(|k| {
+            let group = series_of(&trees[..k]);
+            self.matches(first, &group) && self.seq_groups(rest, &trees[k..])
+        })
+    }
+
+    fn chain_groups(&mut self, s: &Shape, min: u32, max: Option<u32>, trees: &[&Tree]) -> bool {
+        // reach[j] = the numbers of non-empty copies that cover trees[..j].
+        let n = trees.len();
+        let cap = max.map_or(n as u32, |m| m.min(n as u32)) as usize;
+        let mut reach = vec![vec![false; cap + 1]; n + 1];
+        reach[0][0] = true;
+        for j in 0..n {
+            for c in 0..cap {
+                if !reach[j][c] {
+                    continue;
+                }
+                for k in j + 1..=n {
+                    if self.matches(s, &series_of(&trees[j..k])) {
+                        reach[k][c + 1] = true;
+                    }
+                }
+            }
+        }
+        let empty_ok = s.can_be_empty();
+        (0..=cap).any(|c| {
+            reach[n][c] && max.is_none_or(|m| c as u32 <= m) && (c as u32 >= min || empty_ok)
+        })
+    }
+
+    fn par_groups(&mut self, parts: &[&Shape], comps: &[&Tree]) -> bool {
+        let m = comps.len();
+        if parts.iter().all(|p| p.connected()) {
+            if parts.len() != m {
+                return false;
+            }
+            // Perfect matching of components to parts (augmenting paths).
+            let mut owner: Vec<Option<usize>> = vec![None; m];
+            for p in 0..parts.len() {
+                let mut seen = vec![false; m];
+                if !self.augment(p, parts, comps, &mut owner, &mut seen) {
+                    return false;
+                }
+            }
+            return true;
+        }
+        if m > 16 {
+            return false;
+        }
+        let mut memo = HashMap::new();
+        self.par_subsets(parts, comps, 0, (1u32 << m) - 1, &mut memo)
+    }
+
+    fn augment(
+        &mut self,
+        p: usize,
+        parts: &[&Shape],
+        comps: &[&Tree],
+        owner: &mut [Option<usize>],
+        seen: &mut [bool],
+    ) -> bool {
+        for c in 0..comps.len() {
+            if seen[c] || !self.matches(parts[p], comps[c]) {
+                continue;
+            }
+            seen[c] = true;
+            if owner[c].is_none() || self.augment(owner[c].unwrap(), parts, comps, owner, seen) {
+                owner[c] = Some(p);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn par_subsets(
+        &mut self,
+        parts: &[&Shape],
+        comps: &[&Tree],
+        i: usize,
+        left: u32,
+        memo: &mut HashMap<(usize, u32), bool>,
+    ) -> bool {
+        if i == parts.len() {
+            return left == 0;
+        }
+        if let Some(&r) = memo.get(&(i, left)) {
+            return r;
+        }
+        let mut sub = left;
+        let mut found = false;
+        loop {
+            let group: Vec<&Tree> = (0..comps.len())
+                .filter(|c| sub & (1 << c) != 0)
+                .map(|c| comps[c])
+                .collect();
+            if self.matches(parts[i], &parallel_of(&group))
+                && self.par_subsets(parts, comps, i + 1, left & !sub, memo)
+            {
+                found = true;
+                break;
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & left;
+        }
+        memo.insert((i, left), found);
+        found
+    }
+
+    fn repeat_groups(&mut self, s: &Shape, min: u32, max: Option<u32>, comps: &[&Tree]) -> bool {
+        let m = comps.len();
+        if s.connected() {
+            let k = m as u32;
+            return k >= min
+                && max.is_none_or(|x| k <= x)
+                && comps.iter().all(|c| self.matches(s, c));
+        }
+        if m == 0 {
+            return min == 0 || s.can_be_empty();
+        }
+        if m > 16 {
+            return false;
+        }
+        // Cover the components with non-empty groups, each matching `s`.
+        let full = (1u32 << m) - 1;
+        let mut best: HashMap<u32, Vec<u32>> = HashMap::new();
+        let counts = self.cover_counts(s, comps, full, &mut best);
+        let empty_ok = s.can_be_empty();
+        counts
+            .iter()
+            .any(|&c| max.is_none_or(|x| c <= x) && (c >= min || empty_ok))
+    }
+
+    /// Numbers of groups that can partition `left`.
+    fn cover_counts(
+        &mut self,
+        s: &Shape,
+        comps: &[&Tree],
+        left: u32,
+        memo: &mut HashMap<u32, Vec<u32>>,
+    ) -> Vec<u32> {
+        if left == 0 {
+            return vec![0];
+        }
+        if let Some(r) = memo.get(&left) {
+            return r.clone();
+        }
+        let low = left & left.wrapping_neg();
+        let rest = left & !low;
+        let mut out: Vec<u32> = Vec::new();
+        let mut sub = rest;
+        loop {
+            let group_mask = sub | low;
+            let group: Vec<&Tree> = (0..comps.len())
+                .filter(|c| group_mask & (1 << c) != 0)
+                .map(|c| comps[c])
+                .collect();
+            if self.matches(s, &parallel_of(&group)) {
+                for c in self.cover_counts(s, comps, left & !group_mask, memo) {
+                    if !out.contains(&(c + 1)) {
+                        out.push(c + 1);
+                    }
+                }
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & rest;
+        }
+        memo.insert(left, out.clone());
+        out
+    }
+}
+
+fn series_factors(t: &Tree) -> Vec<&Tree> {
+    match t {
+        Tree::Empty => Vec::new(),
+        Tree::Seq(v) => v.iter().collect(),
+        other => vec![other],
+    }
+}
+
+fn par_components(t: &Tree) -> Vec<&Tree> {
+    match t {
+        Tree::Empty => Vec::new(),
+        Tree::Par(v) => v.iter().collect(),
+        other => vec![other],
+    }
+}
+
+fn series_of(trees: &[&Tree]) -> Tree {
+    match trees {
+        [] => Tree::Empty,
+        [one] => (*one).clone(),
+        many => Tree::Seq(many.iter().map(|t| (*t).clone()).collect()),
+    }
+}
+
+fn parallel_of(trees: &[&Tree]) -> Tree {
+    match trees {
+        [] => Tree::Empty,
+        [one] => (*one).clone(),
+        many => Tree::Par(many.iter().map(|t| (*t).clone()).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Shape {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn text_round_trips() {
+        for text in [
+            "M*",
+            "M{2,5}",
+            "M{3}",
+            "M{2,}",
+            "M+",
+            "M?",
+            "(N → M) | (J → K)",
+            "A → B ‖ C → D",
+            "(A | B) → C",
+            "(A → B)*",
+            "M→*",
+            "(A ‖ B)→{1,3}",
+            "ε",
+            "any",
+            "\"my task\" → \"any\"",
+            "\"M_*\" → B",
+            "A → (B | ε)",
+            "(A ‖ B) | C",
+        ] {
+            let s = parse(text);
+            assert_eq!(s.to_string(), text, "display of {text}");
+            assert_eq!(parse(&s.to_string()), s);
+        }
+        assert_eq!(parse("A -> B & C"), parse("A → B ‖ C"));
+        assert_eq!(parse("()"), Shape::Empty);
+        assert_eq!(parse("empty"), Shape::Empty);
+    }
+
+    #[test]
+    fn parse_errors_say_where() {
+        let e = "A → ".parse::<Shape>().unwrap_err();
+        assert!(e.to_string().contains("expected a shape"), "{e}");
+        let e = "M{5,2}".parse::<Shape>().unwrap_err();
+        assert!(e.to_string().contains("max below min"), "{e}");
+        let e = "(A | B".parse::<Shape>().unwrap_err();
+        assert!(e.to_string().contains("expected `)`"), "{e}");
+    }
+
+    fn region(
+        nodes: &[(&str, &str)],
+        edges: &[(usize, usize)],
+        from: &[usize],
+        to: &[usize],
+    ) -> Region {
+        Region {
+            nodes: nodes
+                .iter()
+                .map(|(id, t)| RegionNode {
+                    id: id.to_string(),
+                    task: t.to_string(),
+                })
+                .collect(),
+            edges: edges.to_vec(),
+            from_edges: from.to_vec(),
+            to_edges: to.to_vec(),
+            direct: false,
+        }
+    }
+
+    #[test]
+    fn must_have_shapes() {
+        // alt(A, B) with the A-variant being a chain of two.
+        let branch = parse("(left_1 → left_2) | right");
+        let left = region(
+            &[("left_1", "left_1"), ("left_2", "left_2")],
+            &[(0, 1)],
+            &[0],
+            &[1],
+        );
+        assert!(left.mismatch(&branch).is_none());
+        let right = region(&[("right", "right")], &[], &[0], &[0]);
+        assert!(right.mismatch(&branch).is_none());
+        let both = region(
+            &[
+                ("left_1", "left_1"),
+                ("left_2", "left_2"),
+                ("right", "right"),
+            ],
+            &[(0, 1)],
+            &[0, 2],
+            &[1, 2],
+        );
+        assert!(both.mismatch(&branch).is_some());
+
+        let map = parse("M*");
+        let empty = Region {
+            direct: true,
+            ..Region::default()
+        };
+        assert!(empty.mismatch(&map).is_none());
+        assert!(empty.mismatch(&parse("M+")).is_some());
+        let unfilled = Region::default();
+        assert!(unfilled.mismatch(&map).is_some());
+        let three = region(
+            &[("M_0", "M"), ("M_1", "M"), ("M_2", "M")],
+            &[],
+            &[0, 1, 2],
+            &[0, 1, 2],
+        );
+        assert!(three.mismatch(&map).is_none());
+        assert!(three.mismatch(&parse("M{4,}")).is_some());
+        let mut with_direct = three.clone();
+        with_direct.direct = true;
+        assert!(with_direct.mismatch(&map).is_some());
+    }
+
+    #[test]
+    fn series_inside_parallel_inside_series() {
+        // A → (B ‖ C → D) → E
+        let s = parse("A → (B ‖ C → D) → E");
+        let r = region(
+            &[("a", "A"), ("b", "B"), ("c", "C"), ("d", "D"), ("e", "E")],
+            &[(0, 1), (0, 2), (2, 3), (1, 4), (3, 4)],
+            &[0],
+            &[4],
+        );
+        assert!(r.mismatch(&s).is_none(), "{:?}", r.mismatch(&s));
+        // N-shaped: not series-parallel; only `any` matches.
+        let n = region(
+            &[("a", "A"), ("b", "B"), ("c", "C"), ("d", "D")],
+            &[(0, 2), (1, 2), (1, 3)],
+            &[0, 1],
+            &[2, 3],
+        );
+        assert!(n.mismatch(&parse("(A ‖ B) → (C ‖ D)")).is_some());
+        assert!(n.mismatch(&parse("any")).is_none());
+    }
+
+    #[test]
+    fn ten_thousand_copies_match_quickly() {
+        let n = 10_000;
+        let nodes: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("M_{i}"), "M".to_string()))
+            .collect();
+        let r = Region {
+            nodes: nodes
+                .iter()
+                .map(|(id, t)| RegionNode {
+                    id: id.clone(),
+                    task: t.clone(),
+                })
+                .collect(),
+            edges: vec![],
+            from_edges: (0..n).collect(),
+            to_edges: (0..n).collect(),
+            direct: false,
+        };
+        assert!(r.mismatch(&parse("M*")).is_none());
+    }
+}
