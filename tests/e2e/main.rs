@@ -4,6 +4,8 @@
 mod cli;
 mod examples;
 mod execution;
+mod promises;
 mod python_helper;
+mod shapes;
 mod structure;
 mod util;
