@@ -583,9 +583,18 @@ impl Region {
         }
         let all: Vec<usize> = (0..n).collect();
         let tree = decompose(&all, &succ, &pred);
-        let mut m = Matcher { region: self };
+        let mut m = Matcher {
+            region: self,
+            patterns: shape.patterns().into_iter().cloned().collect(),
+            steps: 0,
+            gave_up: false,
+        };
         if m.matches(shape, &tree) {
             None
+        } else if m.gave_up {
+            Some(format!(
+                "the region is too complex to check against `{shape}` (too many ways to split its parallel parts; see docs/promises.md)"
+            ))
         } else {
             Some(format!("the region is not an instance of `{shape}`"))
         }
@@ -725,12 +734,31 @@ fn is_series_cut(
     })
 }
 
+/// At most this many sub-multisets of parallel components are tried when
+/// partitioning them among the parts of a `par` or the copies of a
+/// `repeat`; see `docs/promises.md`.
+const MAX_STATES: usize = 4096;
+
+/// Match steps one check may take before it gives up (deterministic, so
+/// a check never depends on the machine's speed).
+const MAX_STEPS: u64 = 100_000;
+
 struct Matcher<'r> {
     region: &'r Region,
+    patterns: Vec<Glob>,
+    steps: u64,
+    gave_up: bool,
 }
 
 impl Matcher<'_> {
     fn matches(&mut self, s: &Shape, t: &Tree) -> bool {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            self.gave_up = true;
+        }
+        if self.gave_up {
+            return false;
+        }
         match (s, t) {
             (Shape::Any, _) => true,
             (_, Tree::Opaque) => false,
@@ -814,11 +842,102 @@ impl Matcher<'_> {
             }
             return true;
         }
-        if m > 16 {
+        let Some(kinds) = self.kinds(comps) else {
             return false;
-        }
+        };
+        let left: Vec<usize> = kinds.iter().map(Vec::len).collect();
         let mut memo = HashMap::new();
-        self.par_subsets(parts, comps, 0, (1u32 << m) - 1, &mut memo)
+        self.par_multiset(parts, &kinds, 0, left, &mut memo)
+    }
+
+    /// Groups components into kinds of interchangeable ones (same
+    /// structure, every node matching the same patterns); `None` when the
+    /// sub-multisets to try would be too many.
+    fn kinds<'t>(&mut self, comps: &[&'t Tree]) -> Option<Vec<Vec<&'t Tree>>> {
+        let mut by_key: Vec<(String, Vec<&'t Tree>)> = Vec::new();
+        for (k, c) in comps.iter().enumerate() {
+            let key = self.key(c, k);
+            match by_key.iter_mut().find(|(x, _)| *x == key) {
+                Some((_, v)) => v.push(c),
+                None => by_key.push((key, vec![c])),
+            }
+        }
+        let states = by_key
+            .iter()
+            .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len() + 1))
+            .unwrap_or(usize::MAX);
+        if states > MAX_STATES {
+            self.gave_up = true;
+            return None;
+        }
+        Some(by_key.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// A canonical key: equal keys mean isomorphic components whose nodes
+    /// match the same task patterns of the shape.
+    fn key(&self, t: &Tree, salt: usize) -> String {
+        match t {
+            Tree::Empty => "E".into(),
+            Tree::Node(i) => {
+                let n = &self.region.nodes[*i];
+                let sig: String = self
+                    .patterns
+                    .iter()
+                    .map(|g| {
+                        if g.matches(&n.task) || g.matches(&n.id) {
+                            '1'
+                        } else {
+                            '0'
+                        }
+                    })
+                    .collect();
+                format!("N{sig}")
+            }
+            Tree::Seq(v) => format!(
+                "S({})",
+                v.iter()
+                    .map(|x| self.key(x, salt))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Tree::Par(v) => {
+                let mut keys: Vec<String> = v.iter().map(|x| self.key(x, salt)).collect();
+                keys.sort();
+                format!("P({})", keys.join(","))
+            }
+            Tree::Opaque => format!("O{salt}"),
+        }
+    }
+
+    /// Whether the multiset `left` (a count per kind) splits into one
+    /// group per part, in order, each matching its part.
+    fn par_multiset(
+        &mut self,
+        parts: &[&Shape],
+        kinds: &[Vec<&Tree>],
+        i: usize,
+        left: Vec<usize>,
+        memo: &mut HashMap<(usize, Vec<usize>), bool>,
+    ) -> bool {
+        if i == parts.len() {
+            return left.iter().all(|&c| c == 0);
+        }
+        if let Some(&r) = memo.get(&(i, left.clone())) {
+            return r;
+        }
+        let mut found = false;
+        for take in sub_multisets(&left) {
+            let group = group_of(kinds, &take);
+            if self.matches(parts[i], &group) {
+                let rest: Vec<usize> = left.iter().zip(&take).map(|(l, t)| l - t).collect();
+                if self.par_multiset(parts, kinds, i + 1, rest, memo) {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        memo.insert((i, left), found);
+        found
     }
 
     fn augment(
@@ -842,42 +961,6 @@ impl Matcher<'_> {
         false
     }
 
-    fn par_subsets(
-        &mut self,
-        parts: &[&Shape],
-        comps: &[&Tree],
-        i: usize,
-        left: u32,
-        memo: &mut HashMap<(usize, u32), bool>,
-    ) -> bool {
-        if i == parts.len() {
-            return left == 0;
-        }
-        if let Some(&r) = memo.get(&(i, left)) {
-            return r;
-        }
-        let mut sub = left;
-        let mut found = false;
-        loop {
-            let group: Vec<&Tree> = (0..comps.len())
-                .filter(|c| sub & (1 << c) != 0)
-                .map(|c| comps[c])
-                .collect();
-            if self.matches(parts[i], &parallel_of(&group))
-                && self.par_subsets(parts, comps, i + 1, left & !sub, memo)
-            {
-                found = true;
-                break;
-            }
-            if sub == 0 {
-                break;
-            }
-            sub = (sub - 1) & left;
-        }
-        memo.insert((i, left), found);
-        found
-    }
-
     fn repeat_groups(&mut self, s: &Shape, min: u32, max: Option<u32>, comps: &[&Tree]) -> bool {
         let m = comps.len();
         if s.connected() {
@@ -889,58 +972,86 @@ impl Matcher<'_> {
         if m == 0 {
             return min == 0 || s.can_be_empty();
         }
-        if m > 16 {
+        let Some(kinds) = self.kinds(comps) else {
             return false;
-        }
-        // Cover the components with non-empty groups, each matching `s`.
-        let full = (1u32 << m) - 1;
-        let mut best: HashMap<u32, Vec<u32>> = HashMap::new();
-        let counts = self.cover_counts(s, comps, full, &mut best);
+        };
+        let left: Vec<usize> = kinds.iter().map(Vec::len).collect();
+        let mut memo = HashMap::new();
+        let counts = self.cover_counts(s, &kinds, left, &mut memo);
         let empty_ok = s.can_be_empty();
         counts
             .iter()
             .any(|&c| max.is_none_or(|x| c <= x) && (c >= min || empty_ok))
     }
 
-    /// Numbers of groups that can partition `left`.
+    /// The numbers of non-empty groups, each matching `s`, that partition
+    /// the multiset `left`.
     fn cover_counts(
         &mut self,
         s: &Shape,
-        comps: &[&Tree],
-        left: u32,
-        memo: &mut HashMap<u32, Vec<u32>>,
+        kinds: &[Vec<&Tree>],
+        left: Vec<usize>,
+        memo: &mut HashMap<Vec<usize>, Vec<u32>>,
     ) -> Vec<u32> {
-        if left == 0 {
+        let Some(first) = left.iter().position(|&c| c > 0) else {
             return vec![0];
-        }
+        };
         if let Some(r) = memo.get(&left) {
             return r.clone();
         }
-        let low = left & left.wrapping_neg();
-        let rest = left & !low;
         let mut out: Vec<u32> = Vec::new();
-        let mut sub = rest;
-        loop {
-            let group_mask = sub | low;
-            let group: Vec<&Tree> = (0..comps.len())
-                .filter(|c| group_mask & (1 << c) != 0)
-                .map(|c| comps[c])
-                .collect();
-            if self.matches(s, &parallel_of(&group)) {
-                for c in self.cover_counts(s, comps, left & !group_mask, memo) {
+        // Each group holds one of the first kind left: no partition is
+        // counted twice.
+        for take in sub_multisets(&left).filter(|t| t[first] > 0) {
+            if self.matches(s, &group_of(kinds, &take)) {
+                let rest: Vec<usize> = left.iter().zip(&take).map(|(l, t)| l - t).collect();
+                for c in self.cover_counts(s, kinds, rest, memo) {
                     if !out.contains(&(c + 1)) {
                         out.push(c + 1);
                     }
                 }
             }
-            if sub == 0 {
-                break;
-            }
-            sub = (sub - 1) & rest;
         }
         memo.insert(left, out.clone());
         out
     }
+}
+
+/// Every count vector `t` with `t ≤ left` elementwise.
+fn sub_multisets(left: &[usize]) -> impl Iterator<Item = Vec<usize>> + '_ {
+    let mut cur = vec![0usize; left.len()];
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let out = cur.clone();
+        // Mixed-radix increment.
+        let mut k = 0;
+        loop {
+            if k == left.len() {
+                done = true;
+                break;
+            }
+            if cur[k] < left[k] {
+                cur[k] += 1;
+                break;
+            }
+            cur[k] = 0;
+            k += 1;
+        }
+        Some(out)
+    })
+}
+
+/// The parallel composition of `take[k]` components of each kind `k`.
+fn group_of(kinds: &[Vec<&Tree>], take: &[usize]) -> Tree {
+    let trees: Vec<&Tree> = kinds
+        .iter()
+        .zip(take)
+        .flat_map(|(v, &n)| v[..n].iter().copied())
+        .collect();
+    parallel_of(&trees)
 }
 
 fn series_factors(t: &Tree) -> Vec<&Tree> {
