@@ -106,7 +106,7 @@ fn static_allows_nothing() {
 #[test]
 fn no_new_nodes_by_anyone_or_by_selected() {
     let p = Promise::NoNewNodes { by: None };
-    assert_kept(&[p.clone()], json!([edge("start", "end")]));
+    assert_kept(std::slice::from_ref(&p), json!([edge("start", "end")]));
     assert_broken(&[p], json!([add("x")]), "no_new_nodes", &["x"]);
     let by_other = Promise::NoNewNodes {
         by: Some("start".into()),
@@ -122,7 +122,7 @@ fn no_new_nodes_by_anyone_or_by_selected() {
 #[test]
 fn no_new_edges() {
     let p = Promise::NoNewEdges { by: None };
-    assert_kept(&[p.clone()], json!([add("x")]));
+    assert_kept(std::slice::from_ref(&p), json!([add("x")]));
     let ex = assert_broken(
         &[p],
         json!([add("x"), edge("t", "x")]),
@@ -138,7 +138,7 @@ fn only_nodes() {
         pattern: "task:M".into(),
     };
     assert_kept(
-        &[p.clone()],
+        std::slice::from_ref(&p),
         json!([add_task("M_0", "M"), add_task("M_1", "M")]),
     );
     let ex = assert_broken(
@@ -159,7 +159,10 @@ fn only_edges() {
         from: "t".into(),
         to: "M*".into(),
     };
-    assert_kept(&[p.clone()], json!([add("M_0"), edge("t", "M_0")]));
+    assert_kept(
+        std::slice::from_ref(&p),
+        json!([add("M_0"), edge("t", "M_0")]),
+    );
     assert_broken(
         &[p],
         json!([add("M_0"), edge("M_0", "end")]),
@@ -171,7 +174,10 @@ fn only_edges() {
 #[test]
 fn no_edges_from_and_into() {
     let from = Promise::NoEdgesFrom { node: "t".into() };
-    assert_kept(&[from.clone()], json!([add("x"), edge("x", "end")]));
+    assert_kept(
+        std::slice::from_ref(&from),
+        json!([add("x"), edge("x", "end")]),
+    );
     assert_broken(
         &[from],
         json!([add("x"), edge("t", "x")]),
@@ -179,7 +185,10 @@ fn no_edges_from_and_into() {
         &["x"],
     );
     let into = Promise::NoEdgesInto { node: "end".into() };
-    assert_kept(&[into.clone()], json!([add("x"), edge("t", "x")]));
+    assert_kept(
+        std::slice::from_ref(&into),
+        json!([add("x"), edge("t", "x")]),
+    );
     assert_broken(
         &[into],
         json!([add("x"), edge("x", "end")]),
