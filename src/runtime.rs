@@ -535,7 +535,8 @@ impl Runner {
         info!(node = %node, attempt, "succeeded");
     }
 
-    /// Ends an attempt for good with the node in `state`.
+    /// Ends an attempt and puts its node in `state` (`ready` again for a
+    /// retry).
     fn end_attempt(
         &mut self,
         i: usize,
@@ -567,27 +568,14 @@ impl Runner {
     ) {
         let node = self.id(i);
         warn!(node = %node, attempt, error = %error, "attempt failed");
-        self.emit(EventKind::AttemptFinished {
-            node: node.clone(),
-            attempt,
-            outcome,
-            exit_code,
-            error: Some(error.clone()),
-        });
         let retries = self.state.graph.node(i).task.retries;
         if retryable && attempt <= retries && self.failure.is_none() {
-            self.emit(EventKind::NodeState {
-                node,
-                state: NodeState::Ready,
-            });
+            self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
             return;
         }
-        self.emit(EventKind::NodeState {
-            node: node.clone(),
-            state: NodeState::Failed,
-        });
-        self.failure
-            .get_or_insert_with(|| format!("node `{node}` failed (attempt {attempt}): {error}"));
+        let reason = format!("node `{node}` failed (attempt {attempt}): {error}");
+        self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Failed);
+        self.failure.get_or_insert(reason);
     }
 
     /// Once nothing runs: a shape region still unfilled can never be
