@@ -203,7 +203,13 @@ impl Graph {
                     };
                     merge_attrs(target, attrs);
                 }
-                Mutation::AddPromise { promise } => self.promises.push(promise.clone()),
+                Mutation::AddPromise { promise } => {
+                    // A shape's `to` may now have to wait for its region.
+                    if let Promise::Shape { to, .. } = promise {
+                        applied.touched.extend(self.position(to));
+                    }
+                    self.promises.push(promise.clone());
+                }
             }
         }
         applied

@@ -9,7 +9,9 @@
 //! transaction.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -23,7 +25,9 @@ use crate::executor::{
 };
 use crate::graph::{Graph, Staging};
 use crate::model::{resolve_refs, AttemptOutcome, NodeState, Origin, RunStatus};
+use crate::outlook;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
+use crate::render;
 use crate::state::{Event, EventKind, RunState};
 use crate::store::{self, LogLine, Store};
 use crate::time;
@@ -51,6 +55,34 @@ pub(crate) struct Runner {
     failure: Option<String>,
     /// Set once a promise is broken: nothing starts, nothing commits.
     broken: Option<String>,
+    /// The live picture, rewritten after committed events.
+    picture: Option<Picture>,
+}
+
+struct Picture {
+    path: PathBuf,
+    last: Option<Instant>,
+    cost: Duration,
+}
+
+impl Picture {
+    /// Writes the picture of `state` atomically (write, then rename).
+    fn draw(&mut self, state: &RunState, force: bool) {
+        // Drawing takes at most about a sixth of the time: small graphs are
+        // redrawn after every flush, huge ones less often.
+        if !force && self.last.is_some_and(|t| t.elapsed() < self.cost * 5) {
+            return;
+        }
+        let started = Instant::now();
+        let svg = render::svg(&outlook::outlook(state, outlook::Options::default()));
+        let tmp = self.path.with_extension("svg.tmp");
+        let written = std::fs::write(&tmp, svg).and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            warn!(path = %self.path.display(), error = %e, "cannot write the live picture");
+        }
+        self.last = Some(Instant::now());
+        self.cost = started.elapsed();
+    }
 }
 
 /// Registers `wf` and runs it to the end.
@@ -101,6 +133,19 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     });
 
     let run_id = time::new_run_id();
+    let picture = if wf.live_picture {
+        let dir = db.parent().unwrap_or(&base_dir).join("runs").join(&run_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Some(Picture {
+            path: dir.join("live.svg"),
+            last: None,
+            cost: Duration::ZERO,
+        })
+    } else {
+        None
+    };
+    let picture_path = picture.as_ref().map(|p| p.path.clone());
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let mut runner = Runner {
         state: RunState::new(&run_id),
@@ -114,6 +159,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         logs: Vec::new(),
         failure: None,
         broken: None,
+        picture,
         store,
     };
     runner.emit(EventKind::RunStarted {
@@ -131,13 +177,19 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         mutations: registration,
     });
     runner.flush()?;
-    info!(run = %run_id, workflow = %wf.name, db = %db.display(), "run started");
+    match &picture_path {
+        Some(p) => {
+            info!(run = %run_id, workflow = %wf.name, db = %db.display(), picture = %p.display(), "run started")
+        }
+        None => info!(run = %run_id, workflow = %wf.name, db = %db.display(), "run started"),
+    }
     let status = runner.drive().await?;
     Ok(RunOutcome {
         run: run_id,
         status,
         reason: runner.state.reason.clone(),
         db,
+        picture: picture_path,
     })
 }
 
@@ -174,7 +226,7 @@ impl Runner {
         let g = &self.state.graph;
         let want = match (g.node(i).state, g.unmet(i)) {
             (NodeState::Pending, 0) if !self.gated(i) => NodeState::Ready,
-            (NodeState::Ready, n) if n > 0 => NodeState::Pending,
+            (NodeState::Ready, n) if n > 0 || self.gated(i) => NodeState::Pending,
             _ => return,
         };
         let node = self.id(i);
@@ -244,8 +296,12 @@ impl Runner {
         }
         self.store
             .commit(&self.state.run, &self.queued, &self.logs)?;
+        let events = !self.queued.is_empty();
         self.queued.clear();
         self.logs.clear();
+        if let Some(p) = self.picture.as_mut().filter(|_| events) {
+            p.draw(&self.state, self.state.status.is_terminal());
+        }
         Ok(())
     }
 

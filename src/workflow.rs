@@ -34,6 +34,7 @@ pub struct Workflow {
     pub(crate) python: Option<String>,
     pub(crate) max_parallel: usize,
     pub(crate) default_timeout: Option<Duration>,
+    pub(crate) live_picture: bool,
 }
 
 impl Workflow {
@@ -52,6 +53,7 @@ impl Workflow {
             python: None,
             max_parallel: 1,
             default_timeout: None,
+            live_picture: true,
         }
     }
 
@@ -106,6 +108,14 @@ impl Workflow {
     /// The timeout of attempts whose task sets none.
     pub fn default_timeout(&mut self, d: Duration) -> &mut Workflow {
         self.default_timeout = Some(d);
+        self
+    }
+
+    /// Whether to keep a live SVG picture of the run at
+    /// `<database folder>/runs/<run>/live.svg` (default: on). It is
+    /// rewritten atomically after committed events.
+    pub fn live_picture(&mut self, on: bool) -> &mut Workflow {
+        self.live_picture = on;
         self
     }
 
@@ -314,6 +324,8 @@ pub struct RunOutcome {
     pub reason: Option<String>,
     /// The database holding its history.
     pub db: PathBuf,
+    /// The live picture of the run, when kept.
+    pub picture: Option<PathBuf>,
 }
 
 impl RunOutcome {
@@ -352,6 +364,9 @@ pub fn report(result: Result<RunOutcome>) -> std::process::ExitCode {
                 println!("reason: {reason}");
             }
             println!("database: {}", outcome.db.display());
+            if let Some(p) = &outcome.picture {
+                println!("picture: {}", p.display());
+            }
             std::process::ExitCode::from(outcome.exit_code() as u8)
         }
         Err(e) => {

@@ -57,6 +57,12 @@ enum Command {
         /// The run as it was after this event of its history.
         #[arg(long)]
         at: Option<u64>,
+        /// Draw every copy of a map instead of one stacked node.
+        #[arg(long)]
+        expand: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Print a run's event history as JSON lines.
     Events {
@@ -67,8 +73,14 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
-    /// The export as pretty JSON.
+    /// The export (nodes, edges, attempts, promises, violations) as JSON.
     Json,
+    /// The picture: the graph plus every future the promises allow.
+    Svg,
+    /// The picture as Graphviz DOT.
+    Dot,
+    /// The picture's model (the outlook) as JSON.
+    Outlook,
 }
 
 fn main() -> ExitCode {
@@ -156,26 +168,57 @@ fn run(cli: Cli) -> Res {
         }
         Command::Export {
             run,
-            format: Format::Json,
+            format,
             registered,
             at,
+            expand,
+            output,
         } => {
             let id = store.resolve_run(&run)?;
-            let export = if registered {
+            let state = if registered {
                 let events = store.events(&id, None)?;
                 let upto = events
                     .iter()
                     .find(|e| matches!(e.kind, orch::EventKind::BatchCommitted { .. }))
                     .map(|e| e.seq)
                     .unwrap_or(1);
-                orch::RunState::replay(&id, events.iter().take_while(|e| e.seq <= upto)).export()
+                Some(orch::RunState::replay(
+                    &id,
+                    events.iter().take_while(|e| e.seq <= upto),
+                ))
             } else if let Some(at) = at {
-                store.replay(&id, Some(at))?.export()
+                Some(store.replay(&id, Some(at))?)
             } else {
-                store.export(&id)?
+                None
             };
-            serde_json::to_writer_pretty(&mut out, &export)?;
-            writeln!(out)?;
+            let outlook = || {
+                let st = match &state {
+                    Some(s) => s.clone(),
+                    None => store.replay(&id, None)?,
+                };
+                let opts = orch::outlook::Options {
+                    expand,
+                    ..Default::default()
+                };
+                Ok::<_, orch::Error>(orch::outlook::outlook(&st, opts))
+            };
+            let text = match format {
+                Format::Json => {
+                    let export = match &state {
+                        Some(s) => s.export(),
+                        None => store.export(&id)?,
+                    };
+                    serde_json::to_string_pretty(&export)?
+                }
+                Format::Outlook => serde_json::to_string_pretty(&outlook()?)?,
+                Format::Svg => orch::render::svg(&outlook()?),
+                Format::Dot => orch::render::dot(&outlook()?),
+            };
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?,
+                None => writeln!(out, "{text}")?,
+            }
         }
         Command::Events { run } => {
             let id = store.resolve_run(&run)?;

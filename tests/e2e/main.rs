@@ -4,6 +4,7 @@
 mod cli;
 mod examples;
 mod execution;
+mod pictures;
 mod promises;
 mod python_helper;
 mod shapes;

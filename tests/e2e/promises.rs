@@ -380,3 +380,39 @@ fn with_parallel_attempts_a_violation_stops_the_others() {
         Some(orch::AttemptOutcome::Killed)
     );
 }
+
+#[test]
+fn a_task_promises_the_shape_of_a_region_it_creates() {
+    let space = space();
+    space.write(
+        "nested.py",
+        r#"
+import orch
+ctx = orch.start()
+if ctx.inputs["role"] == "root":
+    ctx.add_node("x", script="nested.py", inputs={"role": "x"})
+    ctx.add_node("y", script="noop.py")
+    ctx.add_edge("root", "x")
+    ctx.promise({"shape": {"from": "x", "to": "y", "shape": "N+"}})
+else:
+    for i in range(2):
+        ctx.add_node(f"N_{i}", script="noop.py", name="N")
+        ctx.add_edge("x", f"N_{i}")
+        ctx.add_edge(f"N_{i}", "y")
+"#,
+    );
+    let mut wf = space.workflow("nested_shape");
+    wf.node("root", Task::python("nested.py"))
+        .input("role", "root");
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(ex.promises.len(), 1);
+    let y = ex.node("y").unwrap();
+    for n in ["N_0", "N_1"] {
+        assert!(
+            y.started_at >= ex.node(n).unwrap().finished_at,
+            "y waited for {n}"
+        );
+    }
+    assert!(!edge_set(&ex).contains(&("x".to_string(), "y".to_string())));
+}

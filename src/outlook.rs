@@ -1,0 +1,473 @@
+//! The outlook: the picture's model of a run at one moment, the current
+//! graph plus every future the promises still allow (SPEC §6).
+//!
+//! [`outlook`] is a pure function of a [`RunState`]; [`crate::render`]
+//! turns its result into SVG (layout-rs) or DOT, and it serialises as JSON.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::Graph;
+use crate::model::{Attrs, NodeState, RunStatus};
+use crate::promise::{self, Promise, RegionState};
+use crate::shape::Shape;
+use crate::state::RunState;
+
+/// What a picture node stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PicKind {
+    /// A node of the graph.
+    Node,
+    /// Copies of one `repeat` region collapsed into one stacked node.
+    Stack,
+    /// An unfilled `shape` region: dashed, labelled with the shape.
+    Region,
+    /// A node whose task may still add nodes: a dashed `★` successor.
+    Growth,
+}
+
+/// A node of the picture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PicNode {
+    /// Unique id in the picture (a graph node's id for [`PicKind::Node`]).
+    pub id: String,
+    /// What it stands for.
+    pub kind: PicKind,
+    /// The text drawn.
+    pub label: String,
+    /// The state, for graph nodes and stacks (a stack's most urgent one).
+    pub state: Option<NodeState>,
+    /// For stacks: how many nodes in each state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub states: BTreeMap<String, usize>,
+    /// Cosmetic attributes of the graph node (`color`, `shape`, `tooltip`…).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attrs: Attrs,
+    /// Drawn in red: this node's task broke a promise.
+    pub violated: bool,
+}
+
+/// An edge of the picture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PicEdge {
+    /// Source picture node id.
+    pub from: String,
+    /// Target picture node id.
+    pub to: String,
+    /// Dashed: a possible future edge (to or from a wildcard, or one that
+    /// `only_edges` still allows).
+    pub dashed: bool,
+    /// Cosmetic attributes (`label`, `color`).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attrs: Attrs,
+}
+
+/// The picture's model of a run at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outlook {
+    /// The run id.
+    pub run: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The run's status at that moment.
+    pub status: RunStatus,
+    /// The event the picture is at.
+    pub event: u64,
+    /// Picture nodes: graph nodes in insertion order, then wildcards.
+    pub nodes: Vec<PicNode>,
+    /// Picture edges.
+    pub edges: Vec<PicEdge>,
+    /// One line per violation, for the caption.
+    pub violations: Vec<String>,
+}
+
+/// How to draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Draw every copy of a map instead of one stacked node.
+    pub expand: bool,
+    /// Collapse a map's copies when there are more than this many.
+    pub collapse_over: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            expand: false,
+            collapse_over: 8,
+        }
+    }
+}
+
+/// The id prefix of picture nodes that are not graph nodes.
+pub const WILDCARD_PREFIX: &str = "~";
+
+/// True when a node's task may still add nodes under the promises in
+/// force; `Some(pattern)` narrows what it may add (`only_nodes`).
+fn growth(g: &Graph, i: usize) -> Option<Vec<String>> {
+    let n = g.node(i);
+    let mut narrowed = Vec::new();
+    for p in g.promises() {
+        match p {
+            Promise::Static {} => return None,
+            Promise::NoNewNodes { by: None } => return None,
+            Promise::NoNewNodes { by: Some(sel) } if sel.matches(&n.id, &n.task.name) => {
+                return None
+            }
+            Promise::OnlyNodes { pattern } => narrowed.push(pattern.to_string()),
+            _ => {}
+        }
+    }
+    Some(narrowed)
+}
+
+/// True when a new edge `from -> (a new node)` is allowed at all.
+fn may_link_from(g: &Graph, i: usize) -> bool {
+    let n = g.node(i);
+    !g.promises().iter().any(|p| match p {
+        Promise::Static {} | Promise::NoNewEdges { by: None } => true,
+        Promise::NoNewEdges { by: Some(sel) } => sel.matches(&n.id, &n.task.name),
+        Promise::NoEdgesFrom { node } => node.matches(&n.id, &n.task.name),
+        Promise::OnlyEdges { from, .. } => !from.matches(&n.id, &n.task.name),
+        _ => false,
+    })
+}
+
+fn shape_label(s: &Shape) -> String {
+    s.to_string()
+}
+
+/// The picture of a run at the moment `state` was folded to.
+///
+/// ```
+/// use orch::{outlook, RunState};
+/// let state = RunState::new("r");
+/// let o = outlook::outlook(&state, outlook::Options::default());
+/// assert!(o.nodes.is_empty());
+/// ```
+pub fn outlook(state: &RunState, opts: Options) -> Outlook {
+    let g = &state.graph;
+    let violated: HashSet<&str> = state
+        .violations
+        .iter()
+        .filter_map(|v| v["node"].as_str())
+        .collect();
+    let mut o = Outlook {
+        run: state.run.clone(),
+        workflow: state.workflow.clone(),
+        status: state.status,
+        event: state.last_seq,
+        nodes: Vec::new(),
+        edges: Vec::new(),
+        violations: state
+            .violations
+            .iter()
+            .map(|v| {
+                format!(
+                    "promise `{}` broken by {}: {}",
+                    v["promise_text"].as_str().unwrap_or("?"),
+                    v["mutation"].as_str().unwrap_or("?"),
+                    v["message"].as_str().unwrap_or("?")
+                )
+            })
+            .collect(),
+    };
+
+    // Map copies to collapse: region nodes wired exactly from -> n -> to,
+    // grouped by task name.
+    let mut stacked: HashMap<usize, String> = HashMap::new();
+    let mut stacks: Vec<(String, String, String, Vec<usize>)> = Vec::new();
+    if !opts.expand {
+        for (k, p) in g.promises().iter().enumerate() {
+            let Promise::Shape {
+                from,
+                to,
+                shape: Shape::Repeat(..),
+            } = p
+            else {
+                continue;
+            };
+            let (Some(f), Some(t)) = (g.position(from), g.position(to)) else {
+                continue;
+            };
+            let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for s in g.successors(f) {
+                let preds: Vec<usize> = g.predecessors(s).collect();
+                let succs: Vec<usize> = g.successors(s).collect();
+                if preds == [f] && succs == [t] && !stacked.contains_key(&s) {
+                    groups
+                        .entry(g.node(s).task.name.clone())
+                        .or_default()
+                        .push(s);
+                }
+            }
+            for (task, members) in groups {
+                if members.len() > opts.collapse_over {
+                    let id = format!("{WILDCARD_PREFIX}stack{k}:{task}");
+                    for &m in &members {
+                        stacked.insert(m, id.clone());
+                    }
+                    stacks.push((id, task, format!("{from}\u{0}{to}"), members));
+                }
+            }
+        }
+    }
+
+    let pic_id = |i: usize| -> String {
+        stacked
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| g.node(i).id.clone())
+    };
+
+    for (i, n) in g.nodes().iter().enumerate() {
+        if stacked.contains_key(&i) {
+            continue;
+        }
+        let label = n
+            .attrs
+            .get("label")
+            .and_then(|l| l.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| n.id.clone());
+        o.nodes.push(PicNode {
+            id: n.id.clone(),
+            kind: PicKind::Node,
+            label,
+            state: Some(n.state),
+            states: BTreeMap::new(),
+            attrs: n.attrs.clone(),
+            violated: violated.contains(n.id.as_str()),
+        });
+    }
+    for (id, task, ends, members) in &stacks {
+        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        for &m in members {
+            *states.entry(g.node(m).state.to_string()).or_default() += 1;
+        }
+        let urgent = [
+            NodeState::Failed,
+            NodeState::Running,
+            NodeState::Waiting,
+            NodeState::Ready,
+            NodeState::Pending,
+            NodeState::Cancelled,
+            NodeState::Succeeded,
+        ]
+        .into_iter()
+        .find(|s| states.contains_key(s.as_str()));
+        let summary: Vec<String> = states.iter().map(|(s, c)| format!("{c} {s}")).collect();
+        o.nodes.push(PicNode {
+            id: id.clone(),
+            kind: PicKind::Stack,
+            label: format!(
+                "{task} ×{} ({})",
+                thousands(members.len()),
+                summary.join(", ")
+            ),
+            state: urgent,
+            states,
+            attrs: Attrs::new(),
+            violated: members
+                .iter()
+                .any(|&m| violated.contains(g.node(m).id.as_str())),
+        });
+        let (from, to) = ends.split_once('\u{0}').expect("two ends");
+        for (a, b) in [(from, id.as_str()), (id.as_str(), to)] {
+            o.edges.push(PicEdge {
+                from: a.to_string(),
+                to: b.to_string(),
+                dashed: false,
+                attrs: Attrs::new(),
+            });
+        }
+    }
+    for e in g.edges() {
+        if stacked.contains_key(&e.from) || stacked.contains_key(&e.to) {
+            continue;
+        }
+        o.edges.push(PicEdge {
+            from: pic_id(e.from),
+            to: pic_id(e.to),
+            dashed: false,
+            attrs: e.attrs.clone(),
+        });
+    }
+
+    // Unfilled shape regions: a dashed wildcard between from and to.
+    for (k, p) in g.promises().iter().enumerate() {
+        let Promise::Shape { from, to, shape } = p else {
+            continue;
+        };
+        let Some(region) = promise::committed_region(g, from, to) else {
+            continue;
+        };
+        if let RegionState::Unfilled = promise::region_state(&region, shape) {
+            let id = format!("{WILDCARD_PREFIX}region{k}");
+            o.nodes.push(PicNode {
+                id: id.clone(),
+                kind: PicKind::Region,
+                label: shape_label(shape),
+                state: None,
+                states: BTreeMap::new(),
+                attrs: Attrs::new(),
+                violated: false,
+            });
+            for (a, b) in [(from.clone(), id.clone()), (id, to.clone())] {
+                o.edges.push(PicEdge {
+                    from: a,
+                    to: b,
+                    dashed: true,
+                    attrs: Attrs::new(),
+                });
+            }
+        }
+    }
+
+    // Nodes that may still grow the graph: a dashed ★ successor. Once the
+    // run is over, nothing grows.
+    if !state.status.is_terminal() {
+        let mut stack_grows: HashSet<String> = HashSet::new();
+        for i in 0..g.len() {
+            let n = g.node(i);
+            if n.state.is_terminal() {
+                continue;
+            }
+            let Some(narrowed) = growth(g, i) else {
+                continue;
+            };
+            let owner = pic_id(i);
+            if stacked.contains_key(&i) && !stack_grows.insert(owner.clone()) {
+                continue;
+            }
+            let id = format!("{WILDCARD_PREFIX}grow:{owner}");
+            let label = if narrowed.is_empty() {
+                "★".to_string()
+            } else {
+                format!("★ {}", narrowed.join(" ∩ "))
+            };
+            o.nodes.push(PicNode {
+                id: id.clone(),
+                kind: PicKind::Growth,
+                label,
+                state: None,
+                states: BTreeMap::new(),
+                attrs: Attrs::new(),
+                violated: false,
+            });
+            if may_link_from(g, i) {
+                o.edges.push(PicEdge {
+                    from: owner,
+                    to: id,
+                    dashed: true,
+                    attrs: Attrs::new(),
+                });
+            }
+        }
+    }
+
+    // only_edges with literal ends: the finitely many edges still
+    // possible, dashed.
+    if !state.status.is_terminal() {
+        let mut seen: HashSet<(usize, usize)> = HashSet::new();
+        for p in g.promises() {
+            let Promise::OnlyEdges { from, to } = p else {
+                continue;
+            };
+            let literal = |s: &str| !s.contains(['*', '?']);
+            if !literal(from.as_str()) || !literal(to.as_str()) {
+                continue;
+            }
+            for u in 0..g.len() {
+                let nu = g.node(u);
+                if !from.matches(&nu.id, &nu.task.name) {
+                    continue;
+                }
+                for v in 0..g.len() {
+                    let nv = g.node(v);
+                    if u == v
+                        || !to.matches(&nv.id, &nv.task.name)
+                        || !nv.state.not_started()
+                        || g.has_edge(u, v)
+                        || !seen.insert((u, v))
+                        || reaches(g, v, u)
+                        || !edge_allowed(g, u, v)
+                    {
+                        continue;
+                    }
+                    o.edges.push(PicEdge {
+                        from: pic_id(u),
+                        to: pic_id(v),
+                        dashed: true,
+                        attrs: Attrs::new(),
+                    });
+                }
+            }
+        }
+    }
+    o
+}
+
+fn edge_allowed(g: &Graph, u: usize, v: usize) -> bool {
+    let (a, b) = (g.node(u), g.node(v));
+    let m = crate::model::Mutation::AddEdge {
+        from: a.id.clone(),
+        to: b.id.clone(),
+        attrs: Attrs::new(),
+    };
+    let edge = [(
+        promise::NodeName {
+            id: &a.id,
+            task: &a.task.name,
+        },
+        promise::NodeName {
+            id: &b.id,
+            task: &b.task.name,
+        },
+    )];
+    g.promises()
+        .iter()
+        .all(|p| promise::check(p, &m, None, &edge).is_none())
+}
+
+fn reaches(g: &Graph, from: usize, to: usize) -> bool {
+    let mut stack = vec![from];
+    let mut seen = HashSet::from([from]);
+    while let Some(n) = stack.pop() {
+        if n == to {
+            return true;
+        }
+        for s in g.successors(n) {
+            if seen.insert(s) {
+                stack.push(s);
+            }
+        }
+    }
+    false
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (k, c) in s.chars().enumerate() {
+        if k > 0 && (s.len() - k) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

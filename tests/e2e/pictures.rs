@@ -1,0 +1,222 @@
+//! Pictures: the outlook at any moment of a run's history, SVG and DOT.
+
+use std::collections::BTreeSet;
+
+use orch::outlook::{outlook, Options, Outlook, PicKind};
+use orch::{EventKind, Origin, RunState, Task};
+
+use crate::util::*;
+
+fn kinds(o: &Outlook, kind: PicKind) -> Vec<&orch::outlook::PicNode> {
+    o.nodes.iter().filter(|n| n.kind == kind).collect()
+}
+
+/// The outlook after every event of a run.
+fn history(space: &Space, run: &str) -> (Vec<orch::Event>, Vec<Outlook>) {
+    let events = space.store().events(run, None).unwrap();
+    let pictures = (1..=events.len())
+        .map(|k| outlook(&RunState::replay(run, &events[..k]), Options::default()))
+        .collect();
+    (events, pictures)
+}
+
+/// Every node of the final graph is, at every earlier moment, either drawn
+/// already or hinted: added later by a task whose node had a `★`, or
+/// inside a region drawn as a dashed wildcard.
+fn assert_outlook_covers_the_future(space: &Space, run: &str) {
+    let (events, pictures) = history(space, run);
+    let fin = RunState::replay(run, &events);
+    // Who added each node.
+    let mut added_by: std::collections::HashMap<String, Option<String>> = Default::default();
+    for e in &events {
+        if let EventKind::BatchCommitted { origin, mutations } = &e.kind {
+            for m in mutations {
+                if let orch::Mutation::AddNode { id, .. } = m {
+                    let by = match origin {
+                        Origin::Registration => None,
+                        Origin::Attempt { node, .. } => Some(node.clone()),
+                    };
+                    added_by.insert(id.clone(), by);
+                }
+            }
+        }
+    }
+    let registered = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::BatchCommitted { .. }))
+        .expect("a registration batch");
+    for (k, pic) in pictures.iter().enumerate().skip(registered) {
+        let drawn: BTreeSet<&str> = pic.nodes.iter().map(|n| n.id.as_str()).collect();
+        for n in fin.graph.nodes() {
+            if drawn.contains(n.id.as_str()) {
+                continue;
+            }
+            // A ★ stands for whatever the node's task adds, and whatever
+            // the nodes it adds add in turn: walk up the chain of adders
+            // to the first one drawn at this moment.
+            let mut by = added_by[&n.id]
+                .clone()
+                .expect("registered nodes are drawn from the start");
+            while !drawn.contains(by.as_str()) {
+                by = added_by[&by]
+                    .clone()
+                    .expect("the chain reaches a drawn node");
+            }
+            let grows = drawn.contains(format!("~grow:{by}").as_str());
+            let in_region = kinds(pic, PicKind::Region).iter().any(|r| {
+                let from = pic
+                    .edges
+                    .iter()
+                    .find(|e| e.to == r.id)
+                    .map(|e| e.from.clone());
+                from.as_deref() == Some(by.as_str())
+            });
+            assert!(
+                grows || in_region,
+                "event {}: `{}` (added by `{by}`) is neither drawn nor hinted",
+                k + 1,
+                n.id
+            );
+        }
+    }
+}
+
+#[test]
+fn random_map_shows_the_map_before_and_nothing_after() {
+    let space = Space::new();
+    let out = space.example("random_map", &[("ORCH_EXAMPLE_K", "3")]);
+    assert!(out.status.success());
+    let run = printed_run(&out);
+    let reg = space.cli(&["export", "latest", "--registered", "--format", "outlook"]);
+    let reg: Outlook = serde_json::from_slice(&reg.stdout).unwrap();
+    let regions = kinds(&reg, PicKind::Region);
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].label, "M*");
+    let dashed: BTreeSet<(String, String)> = reg
+        .edges
+        .iter()
+        .filter(|e| e.dashed)
+        .map(|e| (e.from.clone(), e.to.clone()))
+        .collect();
+    assert!(dashed.contains(&("A".into(), regions[0].id.clone())));
+    assert!(dashed.contains(&(regions[0].id.clone(), "B".into())));
+
+    let fin = space.cli(&["export", "latest", "--format", "outlook"]);
+    let fin: Outlook = serde_json::from_slice(&fin.stdout).unwrap();
+    assert!(kinds(&fin, PicKind::Region).is_empty());
+    assert!(kinds(&fin, PicKind::Growth).is_empty());
+    assert_eq!(fin.nodes.len(), 5);
+
+    let svg = space.cli(&["export", "latest", "--registered", "--format", "svg"]);
+    let svg = String::from_utf8(svg.stdout).unwrap();
+    assert!(svg.contains("M*"), "the wildcard's label is drawn");
+    roxmltree::Document::parse(&svg).expect("SVG is well-formed XML");
+    let dot = space.cli(&["export", "latest", "--registered", "--format", "dot"]);
+    let dot = String::from_utf8(dot.stdout).unwrap();
+    assert!(
+        dot.starts_with("digraph") && dot.contains("dashed"),
+        "{dot}"
+    );
+    assert_outlook_covers_the_future(&space, &run);
+}
+
+#[test]
+fn static_pipeline_never_shows_a_wildcard() {
+    let space = Space::new();
+    let out = space.example("static_pipeline", &[]);
+    assert!(out.status.success());
+    let (_, pictures) = history(&space, &printed_run(&out));
+    for p in &pictures {
+        assert!(
+            p.nodes.iter().all(|n| n.kind == PicKind::Node),
+            "event {}: {:?}",
+            p.event,
+            p.nodes
+        );
+        assert!(p.edges.iter().all(|e| !e.dashed));
+    }
+}
+
+#[test]
+fn fully_dynamic_shows_a_star_after_its_first_node() {
+    let space = Space::new();
+    let out = space.example("fully_dynamic", &[]);
+    assert!(out.status.success());
+    let run = printed_run(&out);
+    let reg = space.cli(&["export", "latest", "--registered", "--format", "outlook"]);
+    let reg: Outlook = serde_json::from_slice(&reg.stdout).unwrap();
+    let stars = kinds(&reg, PicKind::Growth);
+    assert_eq!(stars.len(), 1);
+    assert_eq!(stars[0].label, "★");
+    assert!(reg
+        .edges
+        .iter()
+        .any(|e| e.from == "root" && e.to == stars[0].id && e.dashed));
+    assert_outlook_covers_the_future(&space, &run);
+}
+
+#[test]
+fn random_branch_shows_both_futures_until_it_chooses() {
+    let space = Space::new();
+    let out = space.example("random_branch", &[]);
+    assert!(out.status.success());
+    let run = printed_run(&out);
+    let reg = space.cli(&["export", "latest", "--registered", "--format", "outlook"]);
+    let reg: Outlook = serde_json::from_slice(&reg.stdout).unwrap();
+    assert_eq!(
+        kinds(&reg, PicKind::Region)[0].label,
+        "(left_1 → left_2) | right"
+    );
+    assert_outlook_covers_the_future(&space, &run);
+}
+
+#[test]
+fn a_broken_promise_is_drawn_in_red_and_only_narrowed_growth_is_hinted() {
+    let space = Space::new();
+    let out = space.example("broken_promise", &[]);
+    assert!(!out.status.success());
+    let fin = space.cli(&["export", "latest", "--format", "outlook"]);
+    let fin: Outlook = serde_json::from_slice(&fin.stdout).unwrap();
+    let worker = fin.nodes.iter().find(|n| n.id == "worker").unwrap();
+    assert!(worker.violated);
+    assert_eq!(fin.violations.len(), 1);
+    assert!(fin.violations[0].contains("no_new_nodes(by worker)"));
+    let reg = space.cli(&["export", "latest", "--registered", "--format", "outlook"]);
+    let reg: Outlook = serde_json::from_slice(&reg.stdout).unwrap();
+    assert!(
+        !reg.nodes.iter().any(|n| n.id == "~grow:worker"),
+        "worker promised not to grow"
+    );
+    assert!(reg.nodes.iter().any(|n| n.id == "~grow:start"));
+}
+
+#[test]
+fn a_large_map_collapses_into_one_stack_unless_expanded() {
+    let space = Space::new();
+    space
+        .write(
+            "fan.py",
+            "import orch\nctx = orch.start()\nfor i in range(20):\n    ctx.add_node(f'M_{i}', script='noop.py', name='M')\n    ctx.add_edge('A', f'M_{i}')\n    ctx.add_edge(f'M_{i}', 'B')\n",
+        )
+        .write("noop.py", "import orch\norch.start()\n");
+    let mut wf = space.workflow("big_map");
+    wf.node("A", Task::python("fan.py"));
+    wf.node("B", Task::python("noop.py"));
+    wf.map_region("A", "B", orch::Shape::task("M"), 0, None);
+    let (outcome, _) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let picture = outcome.picture.expect("live picture kept");
+    let live = std::fs::read_to_string(&picture).unwrap();
+    roxmltree::Document::parse(&live).expect("live SVG is well-formed");
+    assert!(live.contains("M ×20"), "the live picture shows the stack");
+
+    let folded = space.cli(&["export", "latest", "--format", "outlook"]);
+    let folded: Outlook = serde_json::from_slice(&folded.stdout).unwrap();
+    let stacks = kinds(&folded, PicKind::Stack);
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(stacks[0].label, "M ×20 (20 succeeded)");
+    assert_eq!(folded.nodes.len(), 3);
+    let expanded = space.cli(&["export", "latest", "--format", "outlook", "--expand"]);
+    let expanded: Outlook = serde_json::from_slice(&expanded.stdout).unwrap();
+    assert_eq!(expanded.nodes.len(), 22);
+}
