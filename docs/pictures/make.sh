@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Regenerates the pictures in this folder from real runs of the examples:
+# each must-have workflow right after registration, mid-run and finished.
+# Usage (from the repository root): bash docs/pictures/make.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=docs/pictures
+db=$(mktemp -d)/orch.db
+export ORCH_DB=$db
+cargo build --quiet --examples --bin orch
+orch=target/debug/orch
+for ex in static_pipeline random_branch random_map; do
+  case $ex in
+    random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
+    random_map) env=(ORCH_EXAMPLE_K=3) ;;
+    *) env=() ;;
+  esac
+  env "${env[@]}" "target/debug/examples/$ex" >/dev/null 2>&1
+  # Mid-run: the moment the first node that adds nodes (or the second
+  # node) has just started.
+  last=$("$orch" export latest --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["event"])')
+  mid=$("$orch" events latest | python3 -c '
+import json, sys
+events = [json.loads(l) for l in sys.stdin]
+batches = [e["seq"] for e in events if e["event"] == "batch_committed"]
+# after the first batch a task sent, or halfway for a static run
+print(batches[1] if len(batches) > 1 else events[len(events) // 2]["seq"])
+')
+  "$orch" export latest --registered --format svg -o "$out/$ex-registered.svg"
+  "$orch" export latest --at "$mid" --format svg -o "$out/$ex-midrun.svg"
+  "$orch" export latest --at "$last" --format svg -o "$out/$ex-finished.svg"
+done
+echo "pictures written to $out"
