@@ -220,3 +220,108 @@ fn a_large_map_collapses_into_one_stack_unless_expanded() {
     let expanded: Outlook = serde_json::from_slice(&expanded.stdout).unwrap();
     assert_eq!(expanded.nodes.len(), 22);
 }
+
+/// A task that adds the nodes its `plan` lists (each with its own plan),
+/// with an edge from itself to each; an `into` entry adds an edge from
+/// the new node to a registered node.
+const GROW: &str = r#"
+import orch
+ctx = orch.start()
+for child in (ctx.inputs or {}).get("plan", []):
+    ctx.add_node(child["id"], script="grow.py", name=child["task"], inputs={"plan": child["plan"]})
+    ctx.add_edge(ctx.node, child["id"])
+    if child.get("into"):
+        ctx.add_edge(child["id"], child["into"])
+ctx.output(len((ctx.inputs or {}).get("plan", [])))
+"#;
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn plan(rng: &mut Rng, prefix: &str, depth: u32) -> serde_json::Value {
+    let n = if depth == 0 { 0 } else { rng.below(3) };
+    let children: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let id = format!("{prefix}.{i}");
+            let task = if rng.below(2) == 0 { "G" } else { "H" };
+            let into = (rng.below(4) == 0).then_some("sink");
+            serde_json::json!({"id": id, "task": task, "into": into, "plan": plan(rng, &id, depth - 1)})
+        })
+        .collect();
+    serde_json::Value::Array(children)
+}
+
+#[test]
+fn outlooks_of_random_runs_with_random_promises_cover_their_futures() {
+    use orch::Promise;
+    let space = Space::new();
+    space.write("grow.py", GROW);
+    for seed in 1..=10u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut wf = space.workflow(&format!("random_{seed}"));
+        wf.node("a", Task::python("grow.py"))
+            .input("plan", plan(&mut rng, "a", 2));
+        wf.node("b", Task::python("grow.py"))
+            .input("plan", plan(&mut rng, "b", 2));
+        wf.node("sink", Task::python("grow.py"));
+        wf.edge("a", "b");
+        wf.edge("b", "sink");
+        let promise = match rng.below(6) {
+            0 => None,
+            1 => Some(Promise::Static {}),
+            2 => Some(Promise::NoNewNodes {
+                by: Some("b".into()),
+            }),
+            3 => Some(Promise::OnlyNodes {
+                pattern: "task:G".into(),
+            }),
+            4 => Some(Promise::NoEdgesInto {
+                node: "sink".into(),
+            }),
+            _ => Some(Promise::NoNewEdges {
+                by: Some("a*".into()),
+            }),
+        };
+        if let Some(p) = &promise {
+            wf.promise(p.clone());
+        }
+        let (outcome, _) = space.run(&wf);
+        assert_outlook_covers_the_future(&space, &outcome.run);
+        // No wildcard where growth is forbidden.
+        let (_, pictures) = history(&space, &outcome.run);
+        for pic in &pictures {
+            let stars: Vec<&str> = pic
+                .nodes
+                .iter()
+                .filter(|n| n.kind == PicKind::Growth)
+                .map(|n| n.id.as_str())
+                .collect();
+            match &promise {
+                Some(Promise::Static {}) => assert!(stars.is_empty(), "seed {seed}: {stars:?}"),
+                Some(Promise::NoNewNodes { .. }) => {
+                    assert!(!stars.contains(&"~grow:b"), "seed {seed}: b may not grow")
+                }
+                Some(Promise::OnlyNodes { .. }) => {
+                    for n in pic.nodes.iter().filter(|n| n.kind == PicKind::Growth) {
+                        assert_eq!(n.label, "★ task:G", "seed {seed}: narrowed");
+                    }
+                }
+                Some(Promise::NoNewEdges { .. }) => {
+                    assert!(
+                        !pic.edges.iter().any(|e| e.from == "a" && e.dashed),
+                        "seed {seed}: a may not link"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
