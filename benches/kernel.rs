@@ -5,6 +5,9 @@
 //!   validated as one registration batch and applied to a graph;
 //! - `store commit`: the same registration written to SQLite as one event
 //!   plus its materialized rows;
+//! - `shape check`: a 10,000-copy map filled in one batch, checked against
+//!   `shape(A, B, M*)`;
+//! - `picture`: the outlook and SVG of that map, collapsed;
 //! - `python chain`: a chain of Python no-op tasks run by orch, beside the
 //!   floor: a plain loop spawning the same interpreter on the same script.
 //!
@@ -124,6 +127,82 @@ fn main() {
     });
     println!(
         "store commit     {n} nodes, {edges} edges in one transaction: {:.1} ms median of 3",
+        d.as_secs_f64() * 1e3
+    );
+
+    // A 10,000-copy map: the shape check of the batch that fills it, and
+    // the picture (collapsed into one stacked node).
+    let copies = 10_000;
+    let mut reg = vec![
+        Mutation::AddNode {
+            id: "A".into(),
+            task: Task::command(["true"]),
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        },
+        Mutation::AddNode {
+            id: "B".into(),
+            task: Task::command(["true"]),
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        },
+    ];
+    reg.push(Mutation::AddPromise {
+        promise: orch::Promise::shape("A", "B", "M*".parse().unwrap()),
+    });
+    let mut fill = Vec::new();
+    for i in 0..copies {
+        let id = format!("M_{i}");
+        fill.push(Mutation::AddNode {
+            id: id.clone(),
+            task: Task::command(["true"]).named("M"),
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        });
+        for (a, b) in [("A", id.as_str()), (id.as_str(), "B")] {
+            fill.push(Mutation::AddEdge {
+                from: a.into(),
+                to: b.into(),
+                attrs: Attrs::new(),
+            });
+        }
+    }
+    let mut g = Graph::new();
+    g.commit(&reg).unwrap();
+    let d = time(5, || {
+        let staging = g.stage_all(fill.clone()).unwrap();
+        orch::promise::check_batch(&g, &staging, Some("A")).unwrap()
+    });
+    println!(
+        "shape check      {copies} copies of M* filled in one batch (staging + check): {:.1} ms median of 5",
+        d.as_secs_f64() * 1e3
+    );
+    let mut state = orch::RunState::new("bench");
+    let mk = |seq, kind| Event {
+        seq,
+        at: orch::time::now(),
+        kind,
+    };
+    state.apply(&mk(
+        1,
+        EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations: reg.clone(),
+        },
+    ));
+    state.apply(&mk(
+        2,
+        EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations: fill.clone(),
+        },
+    ));
+    let d = time(3, || {
+        let o = orch::outlook::outlook(&state, orch::outlook::Options::default());
+        orch::render::svg(&o)
+    });
+    println!(
+        "picture          {copies}-copy map, collapsed (outlook + SVG): {:.1} ms median of 3",
         d.as_secs_f64() * 1e3
     );
 
