@@ -28,6 +28,7 @@ pub mod error;
 pub mod executor;
 pub mod glob;
 pub mod graph;
+mod live;
 pub mod model;
 pub mod outlook;
 pub mod promise;

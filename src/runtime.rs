@@ -9,9 +9,7 @@
 //! transaction.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -24,10 +22,9 @@ use crate::executor::{
     ProcessExecutor, Report,
 };
 use crate::graph::{Graph, Staging};
+use crate::live::LivePicture;
 use crate::model::{resolve_refs, AttemptOutcome, NodeState, Origin, RunStatus};
-use crate::outlook;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
-use crate::render;
 use crate::state::{Event, EventKind, RunState};
 use crate::store::{self, LogLine, Store};
 use crate::time;
@@ -56,33 +53,7 @@ pub(crate) struct Runner {
     /// Set once a promise is broken: nothing starts, nothing commits.
     broken: Option<String>,
     /// The live picture, rewritten after committed events.
-    picture: Option<Picture>,
-}
-
-struct Picture {
-    path: PathBuf,
-    last: Option<Instant>,
-    cost: Duration,
-}
-
-impl Picture {
-    /// Writes the picture of `state` atomically (write, then rename).
-    fn draw(&mut self, state: &RunState, force: bool) {
-        // Drawing takes at most about a sixth of the time: small graphs are
-        // redrawn after every flush, huge ones less often.
-        if !force && self.last.is_some_and(|t| t.elapsed() < self.cost * 5) {
-            return;
-        }
-        let started = Instant::now();
-        let svg = render::svg(&outlook::outlook(state, outlook::Options::default()));
-        let tmp = self.path.with_extension("svg.tmp");
-        let written = std::fs::write(&tmp, svg).and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            warn!(path = %self.path.display(), error = %e, "cannot write the live picture");
-        }
-        self.last = Some(Instant::now());
-        self.cost = started.elapsed();
-    }
+    picture: Option<LivePicture>,
 }
 
 /// Registers `wf` and runs it to the end.
@@ -137,15 +108,11 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         let dir = db.parent().unwrap_or(&base_dir).join("runs").join(&run_id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        Some(Picture {
-            path: dir.join("live.svg"),
-            last: None,
-            cost: Duration::ZERO,
-        })
+        Some(LivePicture::new(dir.join("live.svg")))
     } else {
         None
     };
-    let picture_path = picture.as_ref().map(|p| p.path.clone());
+    let picture_path = picture.as_ref().map(|p| p.path().to_path_buf());
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let mut runner = Runner {
         state: RunState::new(&run_id),
@@ -300,7 +267,7 @@ impl Runner {
         self.queued.clear();
         self.logs.clear();
         if let Some(p) = self.picture.as_mut().filter(|_| events) {
-            p.draw(&self.state, self.state.status.is_terminal());
+            p.update(&self.state, self.state.status.is_terminal());
         }
         Ok(())
     }
