@@ -9,11 +9,13 @@
 //! - `layered N`: rows of 40, each node with 1–3 parents in the row above;
 //! - `chain N`: a single path.
 //!
-//! The optimiser's cost is what [`orch::render::OPTIMISE_MAX_NODES`] is
-//! chosen from. Set `ORCH_BENCH_REPS` (default 3) to change the number of
-//! repetitions, `ORCH_BENCH_OPT_MAX` (default 500) to skip optimised runs
-//! above that many nodes, and `ORCH_BENCH_SWEEP=1` to time the optimiser
-//! on random DAGs of 100 to 600 nodes.
+//! Each line gives `svg` (which decides on the optimiser itself: on up to
+//! [`orch::render::OPTIMISE_MAX_NODES`] nodes unless the rows are too wide),
+//! which layout it used and how many long edges it drew directly, and, up
+//! to `ORCH_BENCH_OPT_MAX` nodes (default 500), the times with the
+//! optimiser forced on and off. Set `ORCH_BENCH_REPS` (default 3) to change
+//! the number of repetitions and `ORCH_BENCH_SWEEP=1` to time the optimiser
+//! on random and layered DAGs of 100 to 600 nodes instead.
 
 use std::time::{Duration, Instant};
 
@@ -173,6 +175,8 @@ fn main() {
     }
 
     let cases: Vec<(&str, Outlook)> = vec![
+        ("random 150", random(150)),
+        ("random 300", random(300)),
         ("random 500", random(500)),
         ("local 500", local(500)),
         ("layered 500", layered(500)),
@@ -187,9 +191,19 @@ fn main() {
         let n = o.nodes.len();
         let e = o.edges.len();
         let default = time(reps, || svg(o));
+        let out = svg(o);
+        let kib = out.len() / 1024;
+        // layout-rs's SVG writer defines this marker; the plain layout
+        // does not.
+        let how = if out.contains("<marker id=\"endarrow\"") {
+            "layout-rs"
+        } else {
+            "plain"
+        };
+        let direct = out.matches("class=\"edge direct").count();
         let mut line = format!(
-            "{name:<13} {n:>5} nodes {e:>5} edges: svg {default:>10.3?} (optimiser {})",
-            if n <= OPTIMISE_MAX_NODES { "on" } else { "off" }
+            "{name:<13} {n:>5} nodes {e:>5} edges: svg {default:>10.3?} \
+             ({how}, {direct:>4} direct edges, {kib:>5} KiB)"
         );
         if n <= opt_max {
             let on = time(reps, || svg_with_optimiser(o, true));
