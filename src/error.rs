@@ -48,6 +48,16 @@ pub enum Error {
     /// No run matches the given id.
     #[error("no run `{0}` in the database")]
     UnknownRun(String),
+    /// A control was asked of a run that already ended.
+    #[error("run `{run}` already ended ({status}); there is nothing to {control}")]
+    RunEnded {
+        /// The run id.
+        run: String,
+        /// Its final status.
+        status: String,
+        /// What was asked.
+        control: String,
+    },
     /// A run id prefix matches several runs.
     #[error("run id `{prefix}` is ambiguous: it matches {matches}; give more of the id")]
     AmbiguousRun {

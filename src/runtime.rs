@@ -26,9 +26,12 @@ use crate::live::LivePicture;
 use crate::model::{resolve_refs, AttemptOutcome, NodeState, Origin, RunStatus};
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::state::{Event, EventKind, RunState};
-use crate::store::{self, LogLine, Store};
+use crate::store::{self, Control, LogLine, Store};
 use crate::time;
 use crate::workflow::{RunOutcome, Workflow};
+
+/// How often a waiting run looks for pause, unpause and cancel requests.
+const CONTROL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Running {
     attempt: u32,
@@ -52,6 +55,8 @@ pub(crate) struct Runner {
     failure: Option<String>,
     /// Set once a promise is broken: nothing starts, nothing commits.
     broken: Option<String>,
+    /// Set once the run is being cancelled: nothing starts, nothing commits.
+    cancelling: bool,
     /// The live picture, rewritten after committed events.
     picture: Option<LivePicture>,
 }
@@ -126,6 +131,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         logs: Vec::new(),
         failure: None,
         broken: None,
+        cancelling: false,
         picture,
         store,
     };
@@ -273,27 +279,64 @@ impl Runner {
     }
 
     async fn drive(&mut self) -> Result<RunStatus> {
+        // Controls (pause, unpause, cancel) come through SQLite from any
+        // process; they are polled while the run waits.
+        let mut poll = tokio::time::interval(CONTROL_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.schedule();
             self.flush()?;
-            if self.running.is_empty() {
+            let paused = self.state.status == RunStatus::Paused && !self.cancelling;
+            if self.running.is_empty() && !paused {
                 let status = self.finish();
                 self.flush()?;
                 return Ok(status);
             }
-            let report = self
-                .reports_rx
-                .recv()
-                .await
-                .expect("the runner holds a sender");
-            self.handle(report);
+            tokio::select! {
+                report = self.reports_rx.recv() => {
+                    self.handle(report.expect("the runner holds a sender"));
+                }
+                _ = poll.tick() => self.take_controls()?,
+            }
         }
+    }
+
+    /// Applies the control requests stored since the last look.
+    fn take_controls(&mut self) -> Result<()> {
+        for control in self.store.take_controls(&self.state.run)? {
+            info!(run = %self.state.run, control = control.as_str(), "control taken");
+            match control {
+                Control::Pause if self.state.status == RunStatus::Running => {
+                    self.emit(EventKind::RunStatus {
+                        status: RunStatus::Paused,
+                        reason: None,
+                    });
+                }
+                Control::Unpause if self.state.status == RunStatus::Paused => {
+                    self.emit(EventKind::RunStatus {
+                        status: RunStatus::Running,
+                        reason: None,
+                    });
+                }
+                Control::Cancel if !self.cancelling => {
+                    self.cancelling = true;
+                    for r in self.running.values_mut() {
+                        if let Some(kill) = r.kill.take() {
+                            let _ = kill.send(());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Starts ready nodes while slots are free, lowest position first.
     fn schedule(&mut self) {
         while self.failure.is_none()
             && self.broken.is_none()
+            && !self.cancelling
             && self.state.status == RunStatus::Running
             && self.running.len() < self.max_parallel
         {
@@ -446,8 +489,12 @@ impl Runner {
             );
             return;
         }
-        if self.broken.is_some() {
-            let error = "stopped: the run broke a promise".to_string();
+        if self.broken.is_some() || self.cancelling {
+            let error = if self.cancelling {
+                "killed: the run was cancelled".to_string()
+            } else {
+                "stopped: the run broke a promise".to_string()
+            };
             self.end_attempt(
                 i,
                 attempt,
@@ -629,11 +676,32 @@ impl Runner {
 
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
-        if self.broken.is_none() && self.failure.is_none() {
+        if self.cancelling {
+            // Nothing that had not started will run.
+            let unfinished: Vec<String> = self
+                .state
+                .graph
+                .nodes()
+                .iter()
+                .filter(|n| n.state.not_started())
+                .map(|n| n.id.clone())
+                .collect();
+            for node in unfinished {
+                self.emit(EventKind::NodeState {
+                    node,
+                    state: NodeState::Cancelled,
+                });
+            }
+        } else if self.broken.is_none() && self.failure.is_none() {
             self.check_unfilled();
         }
         let g = &self.state.graph;
-        let (status, reason) = if let Some(b) = self.broken.clone() {
+        let (status, reason) = if self.cancelling {
+            (
+                RunStatus::Cancelled,
+                Some("cancelled on request".to_string()),
+            )
+        } else if let Some(b) = self.broken.clone() {
             (RunStatus::PromiseBroken, Some(b))
         } else if let Some(f) = self.failure.clone() {
             (RunStatus::Failed, Some(f))

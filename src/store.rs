@@ -97,6 +97,14 @@ CREATE TABLE IF NOT EXISTS logs (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
+CREATE TABLE IF NOT EXISTS controls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    command TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS controls_run ON controls (run, taken_at);
 "#;
 
 /// One line of an attempt's log.
@@ -113,6 +121,41 @@ pub struct LogLine {
     pub stream: String,
     /// The text, without the newline.
     pub text: String,
+}
+
+/// What a person (or program) can ask of a live run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// No new task starts; running ones finish.
+    Pause,
+    /// Tasks start again.
+    Unpause,
+    /// Running tasks are killed with their process groups; the run ends
+    /// `cancelled`.
+    Cancel,
+}
+
+impl Control {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Unpause => "unpause",
+            Control::Cancel => "cancel",
+        }
+    }
+}
+
+impl std::str::FromStr for Control {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Control, String> {
+        match s {
+            "pause" => Ok(Control::Pause),
+            "unpause" => Ok(Control::Unpause),
+            "cancel" => Ok(Control::Cancel),
+            other => Err(format!("unknown control `{other}`")),
+        }
+    }
 }
 
 /// A line of `orch runs`.
@@ -510,6 +553,54 @@ impl Store {
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e));
         rows
+    }
+
+    /// Asks the orchestrator of a run to pause, unpause or cancel it. The
+    /// request is stored; the orchestrator takes it within a fraction of a
+    /// second (or when the run is resumed). Refused for a run that ended.
+    pub fn request_control(&self, run: &str, control: Control) -> Result<()> {
+        let status: String = self
+            .conn
+            .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| Error::UnknownRun(run.to_string()))?;
+        let status: RunStatus = status.parse().unwrap_or(RunStatus::Failed);
+        if status.is_terminal() {
+            return Err(Error::RunEnded {
+                run: run.to_string(),
+                status: status.to_string(),
+                control: control.as_str().to_string(),
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO controls (run, command, requested_at) VALUES (?1, ?2, ?3)",
+                params![run, control.as_str(), crate::time::now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes the control requests of a run not taken yet, oldest first.
+    pub fn take_controls(&self, run: &str) -> Result<Vec<Control>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE controls SET taken_at = ?2 WHERE run = ?1 AND taken_at IS NULL RETURNING id, command",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows: Vec<(i64, String)> = stmt
+            .query_map(params![run, crate::time::now()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        rows.sort();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, c)| c.parse().ok())
+            .collect())
     }
 
     /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use orch::store::Control;
 use orch::{RunExport, Store};
 
 #[derive(Parser)]
@@ -63,6 +64,22 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Pause a live run: no new task starts; running ones finish.
+    Pause {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+    },
+    /// Let a paused run start tasks again.
+    Unpause {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+    },
+    /// Cancel a live run: running tasks are killed with their process
+    /// groups, nothing else starts, the run ends `cancelled`.
+    Cancel {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
     },
     /// Print a run's event history as JSON lines.
     Events {
@@ -220,6 +237,9 @@ fn run(cli: Cli) -> Res {
                 None => writeln!(out, "{text}")?,
             }
         }
+        Command::Pause { run } => control(&store, &run, Control::Pause, &mut out)?,
+        Command::Unpause { run } => control(&store, &run, Control::Unpause, &mut out)?,
+        Command::Cancel { run } => control(&store, &run, Control::Cancel, &mut out)?,
         Command::Events { run } => {
             let id = store.resolve_run(&run)?;
             for e in store.events(&id, None)? {
@@ -227,6 +247,22 @@ fn run(cli: Cli) -> Res {
                 writeln!(out)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn control(store: &Store, run: &str, what: Control, out: &mut impl Write) -> Res {
+    let id = store.resolve_run(run)?;
+    store.request_control(&id, what)?;
+    writeln!(out, "asked run {id} to {}", what.as_str())?;
+    let pid = store.export(&id)?.orchestrator_pid;
+    let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    if !alive {
+        writeln!(
+            out,
+            "note: its orchestrator (pid {}) is not running; the request is taken when the run is resumed",
+            pid.map_or("?".to_string(), |p| p.to_string())
+        )?;
     }
     Ok(())
 }

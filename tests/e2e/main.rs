@@ -2,6 +2,7 @@
 //! example binaries and CLI. One test binary, so the suite links once.
 
 mod cli;
+mod control;
 mod examples;
 mod execution;
 mod pictures;
