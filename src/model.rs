@@ -38,6 +38,10 @@ pub struct Task {
     /// How many times a failed attempt is tried again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// Seconds to wait before the first retry; each further retry waits
+    /// twice as long as the one before (at most an hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<f64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -79,6 +83,7 @@ impl Task {
             exec,
             timeout: None,
             retries: 0,
+            retry_delay: None,
         }
     }
 
@@ -146,6 +151,27 @@ impl Task {
     pub fn retries(mut self, n: u32) -> Task {
         self.retries = n;
         self
+    }
+
+    /// Waits `d` before the first retry, twice as long before each next
+    /// one (exponential backoff, at most an hour).
+    ///
+    /// ```
+    /// let t = orch::Task::python("flaky.py").retries(3).retry_delay(std::time::Duration::from_secs(2));
+    /// assert_eq!(t.backoff(1), std::time::Duration::from_secs(2));
+    /// assert_eq!(t.backoff(3), std::time::Duration::from_secs(8));
+    /// ```
+    pub fn retry_delay(mut self, d: Duration) -> Task {
+        self.retry_delay = Some(d.as_secs_f64());
+        self
+    }
+
+    /// How long to wait before retrying after failed attempt number
+    /// `attempt` (from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.retry_delay.unwrap_or(0.0).max(0.0);
+        let factor = 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        Duration::from_secs_f64((base * factor).min(3600.0))
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct Runner {
     broken: Option<String>,
     /// Set once the run is being cancelled: nothing starts, nothing commits.
     cancelling: bool,
+    /// Nodes waiting out a retry backoff, with when they may start again.
+    retry_at: HashMap<usize, tokio::time::Instant>,
     /// The live picture, rewritten after committed events.
     picture: Option<LivePicture>,
 }
@@ -132,6 +134,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         failure: None,
         broken: None,
         cancelling: false,
+        retry_at: HashMap::new(),
         picture,
         store,
     };
@@ -198,7 +201,9 @@ impl Runner {
     fn refresh(&mut self, i: usize) {
         let g = &self.state.graph;
         let want = match (g.node(i).state, g.unmet(i)) {
-            (NodeState::Pending, 0) if !self.gated(i) => NodeState::Ready,
+            (NodeState::Pending, 0) if !self.gated(i) && !self.retry_at.contains_key(&i) => {
+                NodeState::Ready
+            }
             (NodeState::Ready, n) if n > 0 || self.gated(i) => NodeState::Pending,
             _ => return,
         };
@@ -287,17 +292,39 @@ impl Runner {
             self.schedule();
             self.flush()?;
             let paused = self.state.status == RunStatus::Paused && !self.cancelling;
-            if self.running.is_empty() && !paused {
+            let backing_off = !self.retry_at.is_empty()
+                && self.failure.is_none()
+                && self.broken.is_none()
+                && !self.cancelling;
+            if self.running.is_empty() && !paused && !backing_off {
                 let status = self.finish();
                 self.flush()?;
                 return Ok(status);
             }
+            let next_retry = self.retry_at.values().min().copied();
             tokio::select! {
                 report = self.reports_rx.recv() => {
                     self.handle(report.expect("the runner holds a sender"));
                 }
                 _ = poll.tick() => self.take_controls()?,
+                () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
+                    if next_retry.is_some() => self.release_retries(),
             }
+        }
+    }
+
+    /// Makes nodes whose retry backoff is over ready again.
+    fn release_retries(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<usize> = self
+            .retry_at
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in due {
+            self.retry_at.remove(&i);
+            self.refresh(i);
         }
     }
 
@@ -640,7 +667,14 @@ impl Runner {
         warn!(node = %node, attempt, error = %error, "attempt failed");
         let retries = self.state.graph.node(i).task.retries;
         if retryable && attempt <= retries && self.failure.is_none() {
-            self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
+            let wait = self.state.graph.node(i).task.backoff(attempt);
+            if wait.is_zero() {
+                self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
+            } else {
+                info!(node = %node, attempt, wait_s = wait.as_secs_f64(), "retry after backoff");
+                self.retry_at.insert(i, tokio::time::Instant::now() + wait);
+                self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Pending);
+            }
             return;
         }
         let reason = format!("node `{node}` failed (attempt {attempt}): {error}");

@@ -39,6 +39,39 @@ pub fn format_millis(ms: u64) -> String {
     )
 }
 
+/// Parses a timestamp in the format orch writes back to milliseconds
+/// since the epoch; `None` when it is not in that format.
+///
+/// ```
+/// let t = orch::time::format_millis(1_795_311_071_123);
+/// assert_eq!(orch::time::parse_millis(&t), Some(1_795_311_071_123));
+/// assert_eq!(orch::time::parse_millis("yesterday"), None);
+/// ```
+pub fn parse_millis(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Howard Hinnant's days-from-civil.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms;
+    u64::try_from(total).ok()
+}
+
 /// (year, month, day, hour, minute, second) of a Unix time in seconds.
 fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
@@ -85,6 +118,13 @@ mod tests {
     fn leap_days_and_ends_of_years() {
         assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(format_millis(1_767_225_599_999), "2025-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parse_inverts_format() {
+        for ms in [0, 951_782_400_000, 1_767_225_599_999, unix_millis()] {
+            assert_eq!(parse_millis(&format_millis(ms)), Some(ms));
+        }
     }
 
     #[test]

@@ -299,3 +299,28 @@ fn max_parallel_runs_attempts_side_by_side_and_keeps_edges() {
         assert!(span(&format!("w{i}")).1 <= join.0, "join starts after w{i}");
     }
 }
+
+#[test]
+fn retries_wait_out_an_exponential_backoff() {
+    let space = Space::new();
+    space.write(
+        "flaky.py",
+        "import orch\nctx = orch.start()\nif ctx.attempt < 3:\n    raise SystemExit(1)\nctx.output(ctx.attempt)\n",
+    );
+    let mut wf = space.workflow("backoff");
+    wf.node(
+        "flaky",
+        Task::python("flaky.py")
+            .retries(2)
+            .retry_delay(Duration::from_millis(300)),
+    );
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let a = &ex.node("flaky").unwrap().attempts;
+    assert_eq!(a.len(), 3);
+    let ms = |t: &str| orch::time::parse_millis(t).expect("orch timestamp") as i64;
+    let gap1 = ms(&a[1].started_at) - ms(a[0].finished_at.as_ref().unwrap());
+    let gap2 = ms(&a[2].started_at) - ms(a[1].finished_at.as_ref().unwrap());
+    assert!(gap1 >= 300, "first retry waited {gap1} ms");
+    assert!(gap2 >= 600, "second retry waited {gap2} ms (doubled)");
+}
