@@ -58,6 +58,14 @@ pub enum Error {
         /// What was asked.
         control: String,
     },
+    /// A run cannot be resumed.
+    #[error("run `{run}` cannot be resumed: {message}")]
+    Resume {
+        /// The run id.
+        run: String,
+        /// Why.
+        message: String,
+    },
     /// A run id prefix matches several runs.
     #[error("run id `{prefix}` is ambiguous: it matches {matches}; give more of the id")]
     AmbiguousRun {

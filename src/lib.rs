@@ -67,3 +67,35 @@ pub fn init_tracing() {
         .with_target(false)
         .try_init();
 }
+
+/// Resumes a run whose orchestrator stopped (even by `kill -9`), blocking
+/// until it ends: what committed stays committed, attempts that were
+/// running are run again under a new attempt number, no batch is applied
+/// twice. Refused when the run ended, when its orchestrator still runs, or
+/// when a Python script of the registered workflow changed since the run
+/// started, unless `force`. `run` may be `latest` or an id prefix.
+///
+/// ```no_run
+/// let outcome = orch::resume(".orch/orch.db", "latest", false)?;
+/// println!("run {} {}", outcome.run, outcome.status);
+/// # Ok::<(), orch::Error>(())
+/// ```
+pub fn resume(db: impl AsRef<std::path::Path>, run: &str, force: bool) -> Result<RunOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            context: "starting the tokio runtime".into(),
+            source: e,
+        })?;
+    rt.block_on(resume_async(db, run, force))
+}
+
+/// [`resume`] for async contexts.
+pub async fn resume_async(
+    db: impl AsRef<std::path::Path>,
+    run: &str,
+    force: bool,
+) -> Result<RunOutcome> {
+    runtime::resume(db.as_ref(), run, force).await
+}

@@ -8,7 +8,11 @@
 //! [`Runner::flush`] writes the queued events to SQLite in one
 //! transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -18,12 +22,12 @@ use tracing::{debug, info, warn};
 use crate::error::StructuralError;
 use crate::error::{Error, Result};
 use crate::executor::{
-    configured_python, install_helper, AttemptEnd, AttemptLink, AttemptSpec, Executor, ProcessEnv,
-    ProcessExecutor, Report,
+    configured_python, install_helper, kill_group, AttemptEnd, AttemptLink, AttemptSpec, Executor,
+    ProcessEnv, ProcessExecutor, Report,
 };
 use crate::graph::{Graph, Staging};
 use crate::live::LivePicture;
-use crate::model::{resolve_refs, AttemptOutcome, NodeState, Origin, RunStatus};
+use crate::model::{resolve_refs, AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::state::{Event, EventKind, RunState};
 use crate::store::{self, Control, LogLine, Store};
@@ -96,80 +100,263 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         })?;
 
     let store = Store::open(&db)?;
-    let db = store
-        .path()
-        .canonicalize()
-        .unwrap_or_else(|_| store.path().to_path_buf());
-    let helper_dir = install_helper(db.parent().unwrap_or(&base_dir))?;
     let python = configured_python(wf.python.as_deref());
-    let executor = ProcessExecutor::new(ProcessEnv {
-        base_dir: base_dir.clone(),
-        python: python.clone(),
-        helper_dir,
-        db: db.clone(),
-        default_timeout: wf.default_timeout,
-    });
-
-    let run_id = time::new_run_id();
-    let picture = if wf.live_picture {
-        let dir = db.parent().unwrap_or(&base_dir).join("runs").join(&run_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        Some(LivePicture::new(dir.join("live.svg")))
-    } else {
-        None
-    };
-    let picture_path = picture.as_ref().map(|p| p.path().to_path_buf());
-    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let mut runner = Runner {
-        state: RunState::new(&run_id),
-        executor: Arc::new(executor),
+    let config = RunConfig {
+        scripts: script_hashes(&base_dir, &registration),
+        base_dir,
+        python,
         max_parallel: wf.max_parallel,
-        ready: BTreeSet::new(),
-        running: HashMap::new(),
-        reports_tx,
-        reports_rx,
-        queued: Vec::new(),
-        logs: Vec::new(),
-        failure: None,
-        broken: None,
-        cancelling: false,
-        retry_at: HashMap::new(),
-        picture,
-        store,
+        default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
+        live_picture: wf.live_picture,
     };
+    let run_id = time::new_run_id();
+    let mut runner = Runner::new(store, RunState::new(&run_id), &config)?;
     runner.emit(EventKind::RunStarted {
         workflow: wf.name.clone(),
         orchestrator_pid: std::process::id(),
-        config: json!({
-            "base_dir": base_dir,
-            "python": python,
-            "max_parallel": wf.max_parallel,
-            "default_timeout": wf.default_timeout.map(|d| d.as_secs_f64()),
-        }),
+        config: serde_json::to_value(&config).expect("config serialises"),
     });
     runner.emit(EventKind::BatchCommitted {
         origin: Origin::Registration,
         mutations: registration,
     });
     runner.flush()?;
-    match &picture_path {
-        Some(p) => {
-            info!(run = %run_id, workflow = %wf.name, db = %db.display(), picture = %p.display(), "run started")
-        }
-        None => info!(run = %run_id, workflow = %wf.name, db = %db.display(), "run started"),
+    runner.announce("run started");
+    runner.finish_outcome().await
+}
+
+/// What a run needs to run again, recorded in its `run_started` event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunConfig {
+    base_dir: PathBuf,
+    python: String,
+    max_parallel: usize,
+    default_timeout: Option<f64>,
+    #[serde(default = "yes")]
+    live_picture: bool,
+    /// Content hash of each Python script the registered nodes run.
+    #[serde(default)]
+    scripts: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
-    let status = runner.drive().await?;
-    Ok(RunOutcome {
-        run: run_id,
-        status,
-        reason: runner.state.reason.clone(),
-        db,
-        picture: picture_path,
-    })
+    format!("{h:016x}")
+}
+
+/// The content hash of each Python script the registration runs (a
+/// missing file hashes as `missing`).
+fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String, String> {
+    registration
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::AddNode { task, .. } => match &task.exec {
+                Exec::Python { script } => Some(script.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|script| {
+            let hash = std::fs::read(base_dir.join(&script))
+                .map(|b| fnv(&b))
+                .unwrap_or_else(|_| "missing".into());
+            (script, hash)
+        })
+        .collect()
+}
+
+/// Resumes a run whose orchestrator stopped (even by `kill -9`): what
+/// committed stays committed, attempts that were running are run again
+/// under a new attempt number, and no batch is applied twice. Refused when
+/// the run ended, when its orchestrator still runs, or when a script of
+/// the workflow changed since the run started, unless `force`.
+pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutcome> {
+    let store = Store::open_existing(db)?;
+    let run = store.resolve_run(run)?;
+    let state = store.replay(&run, None)?;
+    if state.status.is_terminal() {
+        return Err(Error::RunEnded {
+            run,
+            status: state.status.to_string(),
+            control: "resume".into(),
+        });
+    }
+    let config: RunConfig =
+        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
+            path: db.to_path_buf(),
+            message: format!("run {run} has no usable configuration: {e}"),
+        })?;
+    if !force {
+        if let Some(pid) = state
+            .orchestrator_pid
+            .filter(|&p| p != std::process::id() && process_alive(p))
+        {
+            return Err(Error::Resume {
+                run,
+                message: format!(
+                    "its orchestrator (pid {pid}) is still running; stop it first, or force"
+                ),
+            });
+        }
+        let registration: Vec<Mutation> = store
+            .events(&run, None)?
+            .into_iter()
+            .find_map(|e| match e.kind {
+                EventKind::BatchCommitted {
+                    origin: Origin::Registration,
+                    mutations,
+                } => Some(mutations),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let now = script_hashes(&config.base_dir, &registration);
+        if let Some(script) = now.keys().find(|k| config.scripts.get(*k) != now.get(*k)) {
+            return Err(Error::Resume {
+                run,
+                message: format!(
+                    "the workflow changed since the run started: {} is not the script it ran; resume with force to run it anyway",
+                    config.base_dir.join(script).display()
+                ),
+            });
+        }
+    }
+    let mut runner = Runner::new(store, state, &config)?;
+    runner.emit(EventKind::RunResumed {
+        orchestrator_pid: std::process::id(),
+    });
+    // Attempts that were running when the orchestrator stopped: stop what
+    // is left of them and run them again.
+    for i in 0..runner.state.graph.len() {
+        if runner.state.graph.node(i).state != NodeState::Running {
+            continue;
+        }
+        let node = runner.id(i);
+        let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
+            continue;
+        };
+        if let Some(pid) = last
+            .pid
+            .filter(|&p| belongs_to(p, &runner.state.run, &node))
+        {
+            kill_group(pid);
+        }
+        runner.end_attempt(
+            i,
+            last.attempt,
+            AttemptOutcome::Killed,
+            None,
+            "interrupted: the orchestrator stopped; the node runs again".into(),
+            NodeState::Ready,
+        );
+    }
+    for i in 0..runner.state.graph.len() {
+        match runner.state.graph.node(i).state {
+            NodeState::Ready => {
+                runner.ready.insert(i);
+            }
+            NodeState::Pending => runner.refresh(i),
+            _ => {}
+        }
+    }
+    runner.flush()?;
+    runner.announce("run resumed");
+    runner.finish_outcome().await
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.contains("State:\tZ"))
+        .unwrap_or(false)
+}
+
+/// True when process `pid` is an attempt of this run and node (its
+/// environment says so), so that a recycled pid is never killed.
+fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+    vars.contains(&format!("ORCH_RUN={run}").as_bytes())
+        && vars.contains(&format!("ORCH_NODE={node}").as_bytes())
 }
 
 impl Runner {
+    fn new(store: Store, state: RunState, config: &RunConfig) -> Result<Runner> {
+        let db = store
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| store.path().to_path_buf());
+        let home = db.parent().unwrap_or(&config.base_dir).to_path_buf();
+        let helper_dir = install_helper(&home)?;
+        let executor = ProcessExecutor::new(ProcessEnv {
+            base_dir: config.base_dir.clone(),
+            python: config.python.clone(),
+            helper_dir,
+            db,
+            default_timeout: config.default_timeout.map(Duration::from_secs_f64),
+        });
+        let picture = if config.live_picture {
+            let dir = home.join("runs").join(&state.run);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            Some(LivePicture::new(dir.join("live.svg")))
+        } else {
+            None
+        };
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        Ok(Runner {
+            state,
+            executor: Arc::new(executor),
+            max_parallel: config.max_parallel.max(1),
+            ready: BTreeSet::new(),
+            running: HashMap::new(),
+            reports_tx,
+            reports_rx,
+            queued: Vec::new(),
+            logs: Vec::new(),
+            failure: None,
+            broken: None,
+            cancelling: false,
+            retry_at: HashMap::new(),
+            picture,
+            store,
+        })
+    }
+
+    fn announce(&self, what: &str) {
+        let db = self.store.path().display();
+        let run = &self.state.run;
+        let workflow = &self.state.workflow;
+        match &self.picture {
+            Some(p) => {
+                info!(run = %run, workflow = %workflow, db = %db, picture = %p.path().display(), "{what}")
+            }
+            None => info!(run = %run, workflow = %workflow, db = %db, "{what}"),
+        }
+    }
+
+    async fn finish_outcome(mut self) -> Result<RunOutcome> {
+        let status = self.drive().await?;
+        Ok(RunOutcome {
+            run: self.state.run.clone(),
+            status,
+            reason: self.state.reason.clone(),
+            db: self
+                .store
+                .path()
+                .canonicalize()
+                .unwrap_or_else(|_| self.store.path().to_path_buf()),
+            picture: self.picture.as_ref().map(|p| p.path().to_path_buf()),
+        })
+    }
+
     fn id(&self, i: usize) -> String {
         self.state.graph.node(i).id.clone()
     }
@@ -666,8 +853,19 @@ impl Runner {
         let node = self.id(i);
         warn!(node = %node, attempt, error = %error, "attempt failed");
         let retries = self.state.graph.node(i).task.retries;
-        if retryable && attempt <= retries && self.failure.is_none() {
-            let wait = self.state.graph.node(i).task.backoff(attempt);
+        // Interrupted attempts (the orchestrator stopped) use no retry.
+        let failures = 1 + self.state.facts[i]
+            .attempts
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.outcome,
+                    Some(AttemptOutcome::Failed | AttemptOutcome::TimedOut)
+                )
+            })
+            .count() as u32;
+        if retryable && failures <= retries && self.failure.is_none() {
+            let wait = self.state.graph.node(i).task.backoff(failures);
             if wait.is_zero() {
                 self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
             } else {

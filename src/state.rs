@@ -38,6 +38,12 @@ pub enum EventKind {
         /// parallelism.
         config: Value,
     },
+    /// A new orchestrator process took the run over after the previous
+    /// one stopped.
+    RunResumed {
+        /// The orchestrating process from now on.
+        orchestrator_pid: u32,
+    },
     /// A batch of mutations was committed.
     BatchCommitted {
         /// Who sent it.
@@ -207,6 +213,10 @@ impl RunState {
                 self.config = config.clone();
                 self.orchestrator_pid = Some(*orchestrator_pid);
                 self.created_at.get_or_insert_with(|| e.at.clone());
+                Vec::new()
+            }
+            EventKind::RunResumed { orchestrator_pid } => {
+                self.orchestrator_pid = Some(*orchestrator_pid);
                 Vec::new()
             }
             EventKind::BatchCommitted { mutations, .. } => {

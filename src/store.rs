@@ -637,6 +637,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 fn event_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::RunStarted { .. } => "run_started",
+        EventKind::RunResumed { .. } => "run_resumed",
         EventKind::BatchCommitted { .. } => "batch_committed",
         EventKind::NodeState { .. } => "node_state",
         EventKind::AttemptStarted { .. } => "attempt_started",
@@ -675,6 +676,10 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
                 e.at,
                 to_json(config)
             ])?;
+        }
+        EventKind::RunResumed { orchestrator_pid } => {
+            tx.prepare_cached("UPDATE runs SET orchestrator_pid = ?2 WHERE id = ?1")?
+                .execute(params![run, orchestrator_pid])?;
         }
         EventKind::BatchCommitted { mutations, .. } => {
             for m in mutations {

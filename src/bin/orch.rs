@@ -81,6 +81,15 @@ enum Command {
         /// Run id, unique prefix, or `latest`.
         run: String,
     },
+    /// Resume a run whose orchestrator stopped, and run it to the end.
+    Resume {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+        /// Resume even if the workflow's scripts changed or its
+        /// orchestrator seems to run.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a run's event history as JSON lines.
     Events {
         /// Run id, unique prefix, or `latest`.
@@ -235,6 +244,14 @@ fn run(cli: Cli) -> Res {
                 Some(path) => std::fs::write(&path, text + "\n")
                     .map_err(|e| format!("writing {}: {e}", path.display()))?,
                 None => writeln!(out, "{text}")?,
+            }
+        }
+        Command::Resume { run, force } => {
+            drop(store);
+            orch::init_tracing();
+            let code = orch::workflow::report(orch::resume(&path, &run, force));
+            if code != ExitCode::SUCCESS {
+                return Err("the resumed run did not succeed".into());
             }
         }
         Command::Pause { run } => control(&store, &run, Control::Pause, &mut out)?,

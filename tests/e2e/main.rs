@@ -3,6 +3,7 @@
 
 mod cli;
 mod control;
+mod durability;
 mod examples;
 mod execution;
 mod pictures;

@@ -1,0 +1,167 @@
+//! Killing the orchestrator with SIGKILL loses nothing: `orch resume`
+//! continues the run, completed nodes never run again, no batch is applied
+//! twice.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch::{AttemptOutcome, NodeState, RunStatus, Store};
+
+use crate::util::*;
+
+fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
+    Command::new(example_path("durable_chain"))
+        .args([
+            "--tasks",
+            &tasks.to_string(),
+            "--sleep-ms",
+            &sleep_ms.to_string(),
+        ])
+        .args(["--dir", space.path().to_str().unwrap()])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("durable_chain starts")
+}
+
+/// Waits until `node` has a running attempt with a pid; returns that pid.
+fn running_pid(space: &Space, node: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = Store::open_existing(space.db()).ok().and_then(|s| {
+            let run = s.resolve_run("latest").ok()?;
+            let ex = s.export(&run).ok()?;
+            let n = ex.node(node)?;
+            (n.state == NodeState::Running).then(|| n.attempts.last()?.pid)?
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "`{node}` never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    child.wait().expect("reaped");
+}
+
+#[test]
+fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/durable_chain/sleep.py"
+        ))
+        .unwrap(),
+    );
+    let mut child = start_chain(&space, 6, 300);
+    let task_pid = running_pid(&space, "t002");
+    kill9(&mut child);
+    let store = Store::open_existing(space.db()).unwrap();
+    let run = store.resolve_run("latest").unwrap();
+    assert_eq!(
+        store.export(&run).unwrap().status,
+        RunStatus::Running,
+        "the dead run is still marked running"
+    );
+    drop(store);
+
+    let out = space.cli(&["resume", "latest"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!alive(task_pid), "the orphaned attempt was stopped");
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_ne!(
+        ex.orchestrator_pid,
+        Some(child.id()),
+        "a new orchestrator took over"
+    );
+    for n in &ex.nodes {
+        let ok = n
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+            .count();
+        assert_eq!(ok, 1, "`{}` succeeded exactly once: {:?}", n.id, n.attempts);
+    }
+    let t2 = ex.node("t002").unwrap();
+    assert_eq!(t2.attempts.len(), 2);
+    assert_eq!(t2.attempts[0].outcome, Some(AttemptOutcome::Killed));
+    assert!(t2.attempts[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("interrupted"));
+    for done in ["t000", "t001"] {
+        assert_eq!(
+            ex.node(done).unwrap().attempts.len(),
+            1,
+            "`{done}` never ran again"
+        );
+    }
+    // One registration batch, no batch applied twice.
+    let events = Store::open_existing(space.db())
+        .unwrap()
+        .events(&run, None)
+        .unwrap();
+    let resumed = events
+        .iter()
+        .filter(|e| matches!(e.kind, orch::EventKind::RunResumed { .. }))
+        .count();
+    assert_eq!(resumed, 1);
+
+    // A finished run cannot be resumed.
+    let again = space.cli(&["resume", &run]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already ended (succeeded)"));
+}
+
+#[test]
+fn a_changed_workflow_is_refused_unless_forced() {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        "import time, orch\nctx = orch.start()\ntime.sleep(ctx.inputs['sleep_ms'] / 1000)\nctx.output(1)\n",
+    );
+    let mut child = start_chain(&space, 3, 400);
+    running_pid(&space, "t001");
+    kill9(&mut child);
+    space.write(
+        "sleep.py",
+        "import orch\nctx = orch.start()\nctx.output('changed')\n",
+    );
+    let refused = space.cli(&["resume", "latest"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the workflow changed since the run started") && err.contains("sleep.py"),
+        "{err}"
+    );
+    let forced = space.cli(&["resume", "latest", "--force"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let store = Store::open_existing(space.db()).unwrap();
+    let run = store.resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(
+        ex.node("t002").unwrap().output,
+        Some(serde_json::json!("changed"))
+    );
+}
