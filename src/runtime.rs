@@ -61,6 +61,8 @@ pub(crate) struct Runner {
     broken: Option<String>,
     /// Set once the run is being cancelled: nothing starts, nothing commits.
     cancelling: bool,
+    /// Where to die on purpose, for durability tests (`ORCH_FAULT`).
+    fault: Option<(Fault, String)>,
     /// Nodes waiting out a retry backoff, with when they may start again.
     retry_at: HashMap<usize, tokio::time::Instant>,
     /// The live picture, rewritten after committed events.
@@ -123,6 +125,38 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     runner.flush()?;
     runner.announce("run started");
     runner.finish_outcome().await
+}
+
+/// Named points where the orchestrator can be made to die (`kill -9`
+/// style) for durability tests: `ORCH_FAULT=<point>:<node>`, with the
+/// point one of `after_spawn` (the attempt's process started and recorded),
+/// `after_exit` (the process ended, nothing recorded), `before_commit` (the
+/// batch validated, not written) and `after_commit` (the batch written).
+/// A testing aid: never set it in production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    AfterSpawn,
+    AfterExit,
+    BeforeCommit,
+    AfterCommit,
+}
+
+impl Fault {
+    fn from_env() -> Option<(Fault, String)> {
+        let spec = std::env::var("ORCH_FAULT").ok()?;
+        let (point, node) = spec.split_once(':')?;
+        let point = match point {
+            "after_spawn" => Fault::AfterSpawn,
+            "after_exit" => Fault::AfterExit,
+            "before_commit" => Fault::BeforeCommit,
+            "after_commit" => Fault::AfterCommit,
+            other => {
+                warn!(point = other, "ORCH_FAULT names an unknown point; ignored");
+                return None;
+            }
+        };
+        Some((point, node.to_string()))
+    }
 }
 
 /// What a run needs to run again, recorded in its `run_started` event.
@@ -327,6 +361,7 @@ impl Runner {
             retry_at: HashMap::new(),
             picture,
             store,
+            fault: Fault::from_env(),
         })
     }
 
@@ -355,6 +390,25 @@ impl Runner {
                 .unwrap_or_else(|_| self.store.path().to_path_buf()),
             picture: self.picture.as_ref().map(|p| p.path().to_path_buf()),
         })
+    }
+
+    /// Dies like `kill -9` at a named point, when `ORCH_FAULT` asks for it
+    /// (see [`Fault`]). Points after a commit flush first.
+    fn fault(&mut self, point: Fault, node: &str) {
+        let Some((want, at)) = &self.fault else {
+            return;
+        };
+        if *want != point || at != node {
+            return;
+        }
+        if matches!(point, Fault::AfterSpawn | Fault::AfterCommit) {
+            let _ = self.flush();
+        }
+        warn!(point = ?point, node = %node, "ORCH_FAULT: the orchestrator dies here");
+        // SAFETY: signals our own process; nothing after this runs.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 
     fn id(&self, i: usize) -> String {
@@ -623,7 +677,12 @@ impl Runner {
         match launched {
             Ok(pid) => {
                 debug!(node = %node, attempt, pid, "attempt started");
-                self.emit(EventKind::AttemptStarted { node, attempt, pid });
+                self.emit(EventKind::AttemptStarted {
+                    node: node.clone(),
+                    attempt,
+                    pid,
+                });
+                self.fault(Fault::AfterSpawn, &node);
                 self.running.insert(
                     i,
                     Running {
@@ -692,6 +751,7 @@ impl Runner {
         drop(running.kill);
         self.logs.append(&mut end.logs);
         let node = self.id(i);
+        self.fault(Fault::AfterExit, &node);
         if let Some(v) = running.violated {
             self.end_attempt(
                 i,
@@ -816,7 +876,9 @@ impl Runner {
             node: node.clone(),
             state: NodeState::Succeeded,
         });
+        self.fault(Fault::BeforeCommit, &node);
         info!(node = %node, attempt, "succeeded");
+        self.fault(Fault::AfterCommit, &node);
     }
 
     /// Ends an attempt and puts its node in `state` (`ready` again for a

@@ -10,7 +10,12 @@ use orch::{AttemptOutcome, NodeState, RunStatus, Store};
 use crate::util::*;
 
 fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
+    start_chain_with(space, tasks, sleep_ms, &[])
+}
+
+fn start_chain_with(space: &Space, tasks: u32, sleep_ms: u32, env: &[(&str, &str)]) -> Child {
     Command::new(example_path("durable_chain"))
+        .envs(env.iter().copied())
         .args([
             "--tasks",
             &tasks.to_string(),
@@ -164,4 +169,75 @@ fn a_changed_workflow_is_refused_unless_forced() {
         ex.node("t002").unwrap().output,
         Some(serde_json::json!("changed"))
     );
+}
+
+#[test]
+fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, t1_attempts) in [
+        ("after_spawn", 2),
+        ("after_exit", 2),
+        ("before_commit", 2),
+        ("after_commit", 1),
+    ] {
+        let space = Space::new();
+        space.write(
+            "sleep.py",
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/durable_chain/sleep.py"
+            ))
+            .unwrap(),
+        );
+        let fault = format!("{point}:t001");
+        let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", &fault)]);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: the orchestrator died"
+        );
+        let out = space.cli(&["resume", "latest"]);
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = Store::open_existing(space.db())
+            .unwrap()
+            .resolve_run("latest")
+            .unwrap();
+        let ex = space.export(&run);
+        assert_eq!(ex.status, RunStatus::Succeeded, "{point}");
+        let ids: Vec<&str> = ex.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["t000", "t001", "t002", "t003"], "{point}");
+        assert_eq!(
+            edge_set(&ex),
+            edges(&[("t000", "t001"), ("t001", "t002"), ("t002", "t003")]),
+            "{point}"
+        );
+        for n in &ex.nodes {
+            assert_eq!(n.output.as_ref().unwrap()["node"], n.id.as_str(), "{point}");
+            let ok = n
+                .attempts
+                .iter()
+                .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+                .count();
+            assert_eq!(
+                ok, 1,
+                "{point}: `{}` succeeded once: {:?}",
+                n.id, n.attempts
+            );
+        }
+        assert_eq!(
+            ex.node("t000").unwrap().attempts.len(),
+            1,
+            "{point}: t000 never ran again"
+        );
+        assert_eq!(
+            ex.node("t001").unwrap().attempts.len(),
+            t1_attempts,
+            "{point}"
+        );
+    }
 }

@@ -324,3 +324,56 @@ fn retries_wait_out_an_exponential_backoff() {
     assert!(gap1 >= 300, "first retry waited {gap1} ms");
     assert!(gap2 >= 600, "second retry waited {gap2} ms (doubled)");
 }
+
+#[test]
+fn a_task_killed_by_a_signal_fails_with_the_signal() {
+    let space = Space::new();
+    space.write(
+        "die.py",
+        "import os, signal, orch\norch.start()\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    );
+    let mut wf = space.workflow("signal");
+    wf.node("die", Task::python("die.py"));
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let a = &ex.node("die").unwrap().attempts[0];
+    assert_eq!(a.error.as_deref(), Some("killed by signal 9"));
+    assert_eq!(a.exit_code, None);
+}
+
+#[test]
+fn a_100_mb_protocol_line_fails_with_a_clear_error_in_bounded_memory() {
+    let space = Space::new();
+    space.write(
+        "huge.py",
+        r#"
+import os, sys
+sys.stdin.readline()
+out = os.fdopen(1, "wb", buffering=0)
+out.write(b'{"orch":1,"seq":1,"type":"output","value":"')
+chunk = b"x" * (1 << 20)
+for _ in range(100):
+    out.write(chunk)
+out.write(b'"}\n')
+"#,
+    );
+    let mut wf = space.workflow("huge");
+    wf.node("huge", Task::python("huge.py"));
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let err = ex.node("huge").unwrap().attempts[0].error.clone().unwrap();
+    assert!(err.starts_with("protocol line longer than"), "{err}");
+    assert!(
+        err.len() < 2_000,
+        "the error quotes only the start of the line"
+    );
+    // Bounded memory: this test process (which ran the orchestrator) never
+    // held the whole line.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kb < 600 * 1024, "peak memory {hwm_kb} kB");
+}
