@@ -58,6 +58,16 @@ pub enum Error {
         /// What was asked.
         control: String,
     },
+    /// Input was delivered to a node that does not wait for input.
+    #[error("node `{node}` of run `{run}` runs a `{kind}` task, not an input task; only input tasks take delivered values")]
+    NotInput {
+        /// The run id.
+        run: String,
+        /// The node id.
+        node: String,
+        /// Its task kind.
+        kind: String,
+    },
     /// A run cannot be resumed.
     #[error("run `{run}` cannot be resumed: {message}")]
     Resume {

@@ -164,6 +164,9 @@ impl ProcessExecutor {
                     .arg(format!("{module}:{function}"));
                 c
             }
+            Exec::Input {} => {
+                return Err("an input task runs no process; the runtime waits for its value".into())
+            }
             Exec::Command { argv } => {
                 let Some(program) = argv.first() else {
                     return Err("command task has an empty argv".to_string());

@@ -74,6 +74,10 @@ pub enum Exec {
         /// Program and arguments.
         argv: Vec<String>,
     },
+    /// No process: the node waits (state `waiting`) until a value is
+    /// delivered (`orch input <run> <node> <json>` or
+    /// [`crate::Store::deliver_input`]); the value becomes its output.
+    Input {},
 }
 
 impl Task {
@@ -133,6 +137,17 @@ impl Task {
         Task::with(Exec::Command {
             argv: argv.into_iter().map(Into::into).collect(),
         })
+    }
+
+    /// A task that waits for external input, holding no process: a person
+    /// approving, a value from another system.
+    ///
+    /// ```
+    /// let t = orch::Task::input();
+    /// assert!(matches!(t.exec, orch::Exec::Input {}));
+    /// ```
+    pub fn input() -> Task {
+        Task::with(Exec::Input {})
     }
 
     /// Sets the task name (default: the node id).

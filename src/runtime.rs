@@ -61,6 +61,8 @@ pub(crate) struct Runner {
     broken: Option<String>,
     /// Set once the run is being cancelled: nothing starts, nothing commits.
     cancelling: bool,
+    /// Nodes waiting for input (no process held).
+    waiting: BTreeSet<usize>,
     /// Where to die on purpose, for durability tests (`ORCH_FAULT`).
     fault: Option<(Fault, String)>,
     /// Nodes waiting out a retry backoff, with when they may start again.
@@ -296,6 +298,9 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
                 runner.ready.insert(i);
             }
             NodeState::Pending => runner.refresh(i),
+            NodeState::Waiting => {
+                runner.waiting.insert(i);
+            }
             _ => {}
         }
     }
@@ -362,6 +367,7 @@ impl Runner {
             picture,
             store,
             fault: Fault::from_env(),
+            waiting: BTreeSet::new(),
         })
     }
 
@@ -530,14 +536,19 @@ impl Runner {
         let mut poll = tokio::time::interval(CONTROL_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.take_inputs()?;
             self.schedule();
             self.flush()?;
             let paused = self.state.status == RunStatus::Paused && !self.cancelling;
+            let waiting = !self.waiting.is_empty()
+                && self.failure.is_none()
+                && self.broken.is_none()
+                && !self.cancelling;
             let backing_off = !self.retry_at.is_empty()
                 && self.failure.is_none()
                 && self.broken.is_none()
                 && !self.cancelling;
-            if self.running.is_empty() && !paused && !backing_off {
+            if self.running.is_empty() && !paused && !backing_off && !waiting {
                 let status = self.finish();
                 self.flush()?;
                 return Ok(status);
@@ -569,6 +580,38 @@ impl Runner {
         }
     }
 
+    /// Gives waiting input nodes the values delivered to them.
+    fn take_inputs(&mut self) -> Result<()> {
+        if self.cancelling || self.broken.is_some() {
+            return Ok(());
+        }
+        for i in self.waiting.clone() {
+            let node = self.id(i);
+            let Some(value) = self.store.take_input(&self.state.run, &node)? else {
+                continue;
+            };
+            self.waiting.remove(&i);
+            let attempt = self.state.facts[i].attempts.len() as u32;
+            info!(node = %node, "input delivered");
+            self.emit(EventKind::Output {
+                node: node.clone(),
+                value,
+            });
+            self.emit(EventKind::AttemptFinished {
+                node: node.clone(),
+                attempt,
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: None,
+            });
+            self.emit(EventKind::NodeState {
+                node,
+                state: NodeState::Succeeded,
+            });
+        }
+        Ok(())
+    }
+
     /// Applies the control requests stored since the last look.
     fn take_controls(&mut self) -> Result<()> {
         for control in self.store.take_controls(&self.state.run)? {
@@ -588,6 +631,18 @@ impl Runner {
                 }
                 Control::Cancel if !self.cancelling => {
                     self.cancelling = true;
+                    for i in std::mem::take(&mut self.waiting) {
+                        let attempt = self.state.facts[i].attempts.len() as u32;
+                        let error = "cancelled while waiting for input".to_string();
+                        self.end_attempt(
+                            i,
+                            attempt,
+                            AttemptOutcome::Killed,
+                            None,
+                            error,
+                            NodeState::Cancelled,
+                        );
+                    }
                     for r in self.running.values_mut() {
                         if let Some(kill) = r.kill.take() {
                             let _ = kill.send(());
@@ -651,6 +706,20 @@ impl Runner {
                 (id, out)
             })
             .collect();
+        if matches!(task.exec, Exec::Input {}) {
+            // No process: the node waits for a delivered value.
+            self.emit(EventKind::NodeState {
+                node: node.clone(),
+                state: NodeState::Waiting,
+            });
+            self.emit(EventKind::AttemptStarted {
+                node,
+                attempt,
+                pid: None,
+            });
+            self.waiting.insert(i);
+            return;
+        }
         let (kill_tx, kill_rx) = oneshot::channel();
         let launched = inputs.and_then(|inputs| {
             self.executor.launch(
@@ -977,7 +1046,7 @@ impl Runner {
                 .graph
                 .nodes()
                 .iter()
-                .filter(|n| n.state.not_started())
+                .filter(|n| n.state.not_started() || n.state == NodeState::Waiting)
                 .map(|n| n.id.clone())
                 .collect();
             for node in unfinished {

@@ -105,6 +105,15 @@ CREATE TABLE IF NOT EXISTS controls (
     taken_at TEXT
 );
 CREATE INDEX IF NOT EXISTS controls_run ON controls (run, taken_at);
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    value TEXT NOT NULL,
+    delivered_at TEXT NOT NULL,
+    taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS inputs_run ON inputs (run, taken_at);
 "#;
 
 /// One line of an attempt's log.
@@ -601,6 +610,73 @@ impl Store {
             .into_iter()
             .filter_map(|(_, c)| c.parse().ok())
             .collect())
+    }
+
+    /// Delivers a value to a node whose task is [`crate::Task::input`]: it
+    /// becomes the node's output when the orchestrator takes it (at once
+    /// if the node waits, else when it starts waiting).
+    pub fn deliver_input(&self, run: &str, node: &str, value: &serde_json::Value) -> Result<()> {
+        let ex = self.export(run)?;
+        if ex.status.is_terminal() {
+            return Err(Error::RunEnded {
+                run: run.to_string(),
+                status: ex.status.to_string(),
+                control: "deliver input".into(),
+            });
+        }
+        let n = ex.node(node).ok_or_else(|| Error::UnknownNode {
+            run: run.to_string(),
+            node: node.to_string(),
+        })?;
+        if !matches!(n.task.exec, crate::model::Exec::Input {}) {
+            return Err(Error::NotInput {
+                run: run.to_string(),
+                node: node.to_string(),
+                kind: serde_json::to_value(&n.task)
+                    .ok()
+                    .and_then(|t| t["kind"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            });
+        }
+        if n.state.is_terminal() {
+            return Err(Error::RunEnded {
+                run: format!("{run}` node `{node}"),
+                status: n.state.to_string(),
+                control: "deliver input to".into(),
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO inputs (run, node, value, delivered_at) VALUES (?1, ?2, ?3, ?4)",
+                params![run, node, to_json(value), crate::time::now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Takes the first value delivered to `node` and not taken yet.
+    pub fn take_input(&self, run: &str, node: &str) -> Result<Option<serde_json::Value>> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, value FROM inputs WHERE run = ?1 AND node = ?2 AND taken_at IS NULL ORDER BY id LIMIT 1",
+                params![run, node],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((id, value)) = row else {
+            return Ok(None);
+        };
+        self.conn
+            .execute(
+                "UPDATE inputs SET taken_at = ?2 WHERE id = ?1",
+                params![id, crate::time::now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(Some(
+            serde_json::from_str(&value).unwrap_or(serde_json::Value::Null),
+        ))
     }
 
     /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.

@@ -81,6 +81,15 @@ enum Command {
         /// Run id, unique prefix, or `latest`.
         run: String,
     },
+    /// Deliver a value to a node waiting for input; it becomes its output.
+    Input {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+        /// The waiting node.
+        node: String,
+        /// The value, as JSON (e.g. '{"approved": true}' or '"yes"').
+        value: String,
+    },
     /// Resume a run whose orchestrator stopped, and run it to the end.
     Resume {
         /// Run id, unique prefix, or `latest`.
@@ -253,6 +262,13 @@ fn run(cli: Cli) -> Res {
             if code != ExitCode::SUCCESS {
                 return Err("the resumed run did not succeed".into());
             }
+        }
+        Command::Input { run, node, value } => {
+            let id = store.resolve_run(&run)?;
+            let value: serde_json::Value = serde_json::from_str(&value)
+                .map_err(|e| format!("the value for `{node}` is not JSON ({e}): {value}"))?;
+            store.deliver_input(&id, &node, &value)?;
+            writeln!(out, "delivered to `{node}` of run {id}")?;
         }
         Command::Pause { run } => control(&store, &run, Control::Pause, &mut out)?,
         Command::Unpause { run } => control(&store, &run, Control::Unpause, &mut out)?,

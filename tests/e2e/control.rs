@@ -114,3 +114,47 @@ fn cancel_kills_running_tasks_and_ends_the_run() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already ended (cancelled)"));
 }
+
+#[test]
+fn a_waiting_node_holds_no_process_and_takes_delivered_input() {
+    let space = Space::new();
+    space.write(
+        "use.py",
+        "import orch\nctx = orch.start()\norch.output(ctx.upstream)\n",
+    );
+    let mut wf = space.workflow("approval");
+    wf.node("approve", Task::input());
+    wf.node("after", Task::python("use.py"));
+    wf.edge("approve", "after");
+    let runner = std::thread::spawn(move || wf.run().expect("run"));
+    let ex = wait_for(&space, "approve to wait", |ex| {
+        ex.node("approve")
+            .is_some_and(|n| n.state == NodeState::Waiting)
+    });
+    assert_eq!(
+        ex.node("approve").unwrap().attempts[0].pid,
+        None,
+        "no process"
+    );
+    let bad = space.cli(&["input", "latest", "approve", "{not json"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not JSON"));
+    let wrong = space.cli(&["input", "latest", "after", "1"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not an input task"));
+    let out = space.cli(&["input", "latest", "approve", r#"{"approved": true}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome = runner.join().unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let fin = space.export(&outcome.run);
+    assert_eq!(
+        fin.node("approve").unwrap().output,
+        Some(serde_json::json!({"approved": true}))
+    );
+    assert_eq!(
+        fin.node("after").unwrap().output,
+        Some(serde_json::json!({"approve": {"approved": true}}))
+    );
+}
