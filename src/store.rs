@@ -280,6 +280,16 @@ impl Store {
         self.conn
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.err(e))?;
+        // A testing aid: simulate a full disk once the file reaches this
+        // many pages (SQLite's max_page_count is per connection).
+        if let Some(pages) = std::env::var("ORCH_TEST_MAX_PAGES")
+            .ok()
+            .and_then(|p| p.parse::<i64>().ok())
+        {
+            self.conn
+                .pragma_update(None, "max_page_count", pages)
+                .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 

@@ -241,3 +241,66 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
         );
     }
 }
+
+#[test]
+fn a_full_disk_is_a_clean_error_and_the_run_resumes_once_space_is_back() {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/durable_chain/sleep.py"
+        ))
+        .unwrap(),
+    );
+    // SQLite's max_page_count stands in for a full disk (30 pages fill up
+    // about halfway through this chain).
+    let out = Command::new(example_path("durable_chain"))
+        .args([
+            "--tasks",
+            "30",
+            "--sleep-ms",
+            "1",
+            "--dir",
+            space.path().to_str().unwrap(),
+        ])
+        .env("ORCH_DB", space.db())
+        .env("ORCH_TEST_MAX_PAGES", "30")
+        .current_dir(space.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database or disk is full"), "{err}");
+    let store = Store::open_existing(space.db()).unwrap();
+    store
+        .integrity_check()
+        .expect("nothing committed was damaged");
+    let run = store.resolve_run("latest").unwrap();
+    let before = store.export(&run).unwrap();
+    let done = before
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Succeeded)
+        .count();
+    assert!(done > 0 && done < 30, "stopped partway: {done}");
+    drop(store);
+    let resumed = space.cli(&["resume", "latest"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    for n in &before.nodes {
+        if n.state == NodeState::Succeeded {
+            assert_eq!(
+                ex.node(&n.id).unwrap().attempts.len(),
+                1,
+                "`{}` never ran again",
+                n.id
+            );
+        }
+    }
+}
