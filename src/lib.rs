@@ -99,3 +99,31 @@ pub async fn resume_async(
 ) -> Result<RunOutcome> {
     runtime::resume(db.as_ref(), run, force).await
 }
+
+/// Restarts `node` and everything downstream of it in a new generation of
+/// the graph, then runs the run to the end (blocking). Nodes that the
+/// restarted tasks added at run time are retracted from the new
+/// generation (they stay in the history and in pictures of earlier
+/// moments); the restarted nodes that remain run again; promises are
+/// checked again as the new generation grows. See `docs/durability.md`.
+///
+/// ```no_run
+/// let outcome = orch::restart(".orch/orch.db", "latest", "A", false)?;
+/// assert!(outcome.succeeded());
+/// # Ok::<(), orch::Error>(())
+/// ```
+pub fn restart(
+    db: impl AsRef<std::path::Path>,
+    run: &str,
+    node: &str,
+    force: bool,
+) -> Result<RunOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            context: "starting the tokio runtime".into(),
+            source: e,
+        })?;
+    rt.block_on(runtime::restart(db.as_ref(), run, node, force))
+}

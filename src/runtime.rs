@@ -264,49 +264,146 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
         }
     }
     let mut runner = Runner::new(store, state, &config)?;
-    runner.emit(EventKind::RunResumed {
-        orchestrator_pid: std::process::id(),
-    });
-    // Attempts that were running when the orchestrator stopped: stop what
-    // is left of them and run them again.
-    for i in 0..runner.state.graph.len() {
-        if runner.state.graph.node(i).state != NodeState::Running {
-            continue;
-        }
-        let node = runner.id(i);
-        let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
-            continue;
-        };
-        if let Some(pid) = last
-            .pid
-            .filter(|&p| belongs_to(p, &runner.state.run, &node))
-        {
-            kill_group(pid);
-        }
-        runner.end_attempt(
-            i,
-            last.attempt,
-            AttemptOutcome::Killed,
-            None,
-            "interrupted: the orchestrator stopped; the node runs again".into(),
-            NodeState::Ready,
-        );
-    }
-    for i in 0..runner.state.graph.len() {
-        match runner.state.graph.node(i).state {
-            NodeState::Ready => {
-                runner.ready.insert(i);
-            }
-            NodeState::Pending => runner.refresh(i),
-            NodeState::Waiting => {
-                runner.waiting.insert(i);
-            }
-            _ => {}
-        }
-    }
-    runner.flush()?;
+    runner.recover()?;
     runner.announce("run resumed");
     runner.finish_outcome().await
+}
+
+/// Restarts `node` and everything downstream of it, in a new generation of
+/// the graph, and runs the run to the end. The batches sent by the tasks
+/// of those nodes (and of the nodes they added, transitively) are
+/// retracted: their nodes, edges, attributes and promises leave the
+/// current graph but stay in the history. The restarted nodes that remain
+/// go back to `pending` and run again; everything else keeps its state and
+/// output. Promises are checked again as the new generation grows.
+pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Result<RunOutcome> {
+    let mut store = Store::open_existing(db)?;
+    let run = store.resolve_run(run)?;
+    let mut state = store.replay(&run, None)?;
+    let config: RunConfig =
+        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
+            path: db.to_path_buf(),
+            message: format!("run {run} has no usable configuration: {e}"),
+        })?;
+    if !force {
+        if let Some(pid) = state
+            .orchestrator_pid
+            .filter(|&p| p != std::process::id() && process_alive(p) && !state.status.is_terminal())
+        {
+            return Err(Error::Resume {
+                run,
+                message: format!(
+                    "its orchestrator (pid {pid}) is still running; stop it first, or force"
+                ),
+            });
+        }
+    }
+    let g = &state.graph;
+    let start = g.position(node).ok_or_else(|| Error::UnknownNode {
+        run: run.clone(),
+        node: node.to_string(),
+    })?;
+    let mut downstream: BTreeSet<usize> = BTreeSet::from([start]);
+    let mut stack = vec![start];
+    while let Some(v) = stack.pop() {
+        for s in g.successors(v) {
+            if downstream.insert(s) {
+                stack.push(s);
+            }
+        }
+    }
+    let mut restarted: std::collections::HashSet<String> =
+        downstream.iter().map(|&i| g.node(i).id.clone()).collect();
+    let mut retracted_nodes: std::collections::HashSet<String> = Default::default();
+    let mut retracted = Vec::new();
+    for (seq, origin, mutations) in &state.batches {
+        let Origin::Attempt { node: by, .. } = origin else {
+            continue;
+        };
+        if restarted.contains(by) || retracted_nodes.contains(by) {
+            retracted.push(*seq);
+            for m in mutations {
+                if let Mutation::AddNode { id, .. } = m {
+                    retracted_nodes.insert(id.clone());
+                }
+            }
+        }
+    }
+    restarted.retain(|id| !retracted_nodes.contains(id));
+    let mut reset: Vec<String> = restarted.into_iter().collect();
+    reset.sort_by_key(|id| g.position(id));
+    let event = Event {
+        seq: state.last_seq + 1,
+        at: time::now(),
+        kind: EventKind::Restarted {
+            node: node.to_string(),
+            generation: state.generation + 1,
+            retracted,
+            reset,
+        },
+    };
+    state.apply(&event);
+    store.commit_restart(&run, &event, &state)?;
+    let mut runner = Runner::new(store, state, &config)?;
+    if runner.state.status != RunStatus::Running {
+        runner.emit(EventKind::RunStatus {
+            status: RunStatus::Running,
+            reason: None,
+        });
+    }
+    runner.recover()?;
+    runner.announce("run restarted");
+    runner.finish_outcome().await
+}
+
+impl Runner {
+    /// Takes a run over from a stopped orchestrator: the attempts that
+    /// were running are stopped and run again; ready and waiting nodes are
+    /// picked up.
+    fn recover(&mut self) -> Result<()> {
+        let runner = self;
+        runner.emit(EventKind::RunResumed {
+            orchestrator_pid: std::process::id(),
+        });
+        // Attempts that were running when the orchestrator stopped: stop what
+        // is left of them and run them again.
+        for i in 0..runner.state.graph.len() {
+            if runner.state.graph.node(i).state != NodeState::Running {
+                continue;
+            }
+            let node = runner.id(i);
+            let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
+                continue;
+            };
+            if let Some(pid) = last
+                .pid
+                .filter(|&p| belongs_to(p, &runner.state.run, &node))
+            {
+                kill_group(pid);
+            }
+            runner.end_attempt(
+                i,
+                last.attempt,
+                AttemptOutcome::Killed,
+                None,
+                "interrupted: the orchestrator stopped; the node runs again".into(),
+                NodeState::Ready,
+            );
+        }
+        for i in 0..runner.state.graph.len() {
+            match runner.state.graph.node(i).state {
+                NodeState::Ready => {
+                    runner.ready.insert(i);
+                }
+                NodeState::Pending => runner.refresh(i),
+                NodeState::Waiting => {
+                    runner.waiting.insert(i);
+                }
+                _ => {}
+            }
+        }
+        runner.flush()
+    }
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -591,7 +688,7 @@ impl Runner {
                 continue;
             };
             self.waiting.remove(&i);
-            let attempt = self.state.facts[i].attempts.len() as u32;
+            let attempt = self.state.last_attempt(i);
             info!(node = %node, "input delivered");
             self.emit(EventKind::Output {
                 node: node.clone(),
@@ -632,7 +729,7 @@ impl Runner {
                 Control::Cancel if !self.cancelling => {
                     self.cancelling = true;
                     for i in std::mem::take(&mut self.waiting) {
-                        let attempt = self.state.facts[i].attempts.len() as u32;
+                        let attempt = self.state.last_attempt(i);
                         let error = "cancelled while waiting for input".to_string();
                         self.end_attempt(
                             i,
@@ -692,7 +789,7 @@ impl Runner {
                 return;
             }
         }
-        let attempt = self.state.facts[i].attempts.len() as u32 + 1;
+        let attempt = self.state.next_attempt(i);
         let n = self.state.graph.node(i);
         let task = n.task.clone();
         let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());

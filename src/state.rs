@@ -94,6 +94,20 @@ pub enum EventKind {
         /// `attempt`.
         violation: Value,
     },
+    /// A node and everything downstream were restarted: the batches sent
+    /// by their tasks (and by the tasks of the nodes those added) are
+    /// retracted, giving a new generation of the graph; the nodes that stay
+    /// go back to `pending`.
+    Restarted {
+        /// The node restarted.
+        node: String,
+        /// The new generation number (the first graph is generation 0).
+        generation: u32,
+        /// Sequence numbers of the retracted batches.
+        retracted: Vec<u64>,
+        /// The nodes set back to `pending`.
+        reset: Vec<String>,
+    },
     /// The run changed status.
     RunStatus {
         /// The new status.
@@ -162,6 +176,13 @@ pub struct RunState {
     pub violations: Vec<Value>,
     /// The last applied event's sequence number.
     pub last_seq: u64,
+    /// The generation of the graph (bumped by each restart).
+    pub generation: u32,
+    /// Every batch in force: (event seq, origin, mutations).
+    pub batches: Vec<(u64, Origin, Vec<Mutation>)>,
+    /// For node ids retracted by a restart: the last attempt number they
+    /// used, so that a node added again never reuses one.
+    pub retired: std::collections::HashMap<String, u32>,
 }
 
 impl RunState {
@@ -180,6 +201,9 @@ impl RunState {
             facts: Vec::new(),
             violations: Vec::new(),
             last_seq: 0,
+            generation: 0,
+            batches: Vec::new(),
+            retired: std::collections::HashMap::new(),
         }
     }
 
@@ -219,7 +243,9 @@ impl RunState {
                 self.orchestrator_pid = Some(*orchestrator_pid);
                 Vec::new()
             }
-            EventKind::BatchCommitted { mutations, .. } => {
+            EventKind::BatchCommitted { origin, mutations } => {
+                self.batches
+                    .push((e.seq, origin.clone(), mutations.clone()));
                 let applied = self.graph.apply_unchecked(mutations);
                 self.facts.resize_with(self.graph.len(), NodeFacts::default);
                 applied.touched
@@ -271,6 +297,52 @@ impl RunState {
                 self.facts[i].output = Some(value.clone());
                 Vec::new()
             }
+            EventKind::Restarted {
+                generation,
+                retracted,
+                reset,
+                ..
+            } => {
+                self.generation = *generation;
+                self.batches.retain(|(seq, ..)| !retracted.contains(seq));
+                let old_states: std::collections::HashMap<String, (NodeState, NodeFacts)> = self
+                    .graph
+                    .nodes()
+                    .iter()
+                    .zip(std::mem::take(&mut self.facts))
+                    .map(|(n, f)| (n.id.clone(), (n.state, f)))
+                    .collect();
+                let mut graph = Graph::new();
+                for (_, _, m) in &self.batches {
+                    graph.apply_unchecked(m);
+                }
+                let mut facts = Vec::with_capacity(graph.len());
+                for i in 0..graph.len() {
+                    let id = graph.node(i).id.clone();
+                    let (state, mut f) = old_states
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or((NodeState::Pending, NodeFacts::default()));
+                    if reset.contains(&id) {
+                        f.output = None;
+                        f.finished_at = None;
+                        graph.set_state(i, NodeState::Pending);
+                    } else {
+                        graph.set_state(i, state);
+                    }
+                    facts.push(f);
+                }
+                for (id, (_, f)) in &old_states {
+                    if graph.position(id).is_none() {
+                        let last = f.attempts.iter().map(|a| a.attempt).max().unwrap_or(0);
+                        let r = self.retired.entry(id.clone()).or_insert(0);
+                        *r = (*r).max(last);
+                    }
+                }
+                self.graph = graph;
+                self.facts = facts;
+                (0..self.graph.len()).collect()
+            }
             EventKind::PromiseBroken { violation } => {
                 self.violations.push(violation.clone());
                 Vec::new()
@@ -284,6 +356,27 @@ impl RunState {
                 Vec::new()
             }
         }
+    }
+
+    /// The number the next attempt of node `i` gets.
+    pub fn next_attempt(&self, i: usize) -> u32 {
+        let used = self.facts[i]
+            .attempts
+            .iter()
+            .map(|a| a.attempt)
+            .max()
+            .unwrap_or(0);
+        let retired = self
+            .retired
+            .get(&self.graph.node(i).id)
+            .copied()
+            .unwrap_or(0);
+        used.max(retired) + 1
+    }
+
+    /// The number of node `i`'s latest attempt (0 when none).
+    pub fn last_attempt(&self, i: usize) -> u32 {
+        self.facts[i].attempts.last().map_or(0, |a| a.attempt)
     }
 
     /// The output of a node, if committed.

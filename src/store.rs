@@ -329,6 +329,25 @@ impl Store {
         tx.commit().map_err(wrap)
     }
 
+    /// Appends a `restarted` event and rewrites the run's graph tables to
+    /// `state`, the fold that includes it: one transaction.
+    pub fn commit_restart(&mut self, run: &str, event: &Event, state: &RunState) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        write_event(&tx, run, event).map_err(wrap)?;
+        rewrite_graph(&tx, run, state).map_err(wrap)?;
+        tx.execute(
+            "UPDATE runs SET last_seq = ?2 WHERE id = ?1",
+            params![run, event.seq as i64],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
     /// Resolves `latest`, a full run id or a unique prefix of one.
     pub fn resolve_run(&self, what: &str) -> Result<String> {
         let found: Option<String> = if what == "latest" {
@@ -730,6 +749,7 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::AttemptFinished { .. } => "attempt_finished",
         EventKind::Output { .. } => "output",
         EventKind::PromiseBroken { .. } => "promise_broken",
+        EventKind::Restarted { .. } => "restarted",
         EventKind::RunStatus { .. } => "run_status",
     }
 }
@@ -817,6 +837,10 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
             )?
             .execute(params![run, node, to_json(value)])?;
         }
+        EventKind::Restarted { .. } => {
+            // The new generation is written from the folded state by
+            // `commit_restart`.
+        }
         EventKind::PromiseBroken { violation } => {
             tx.prepare_cached("INSERT INTO violations (run, violation) VALUES (?1, ?2)")?
                 .execute(params![run, to_json(violation)])?;
@@ -898,6 +922,52 @@ fn write_mutation(tx: &Transaction<'_>, run: &str, m: &Mutation) -> rusqlite::Re
                 .execute(params![run, to_json(promise)])?;
         }
     }
+    Ok(())
+}
+
+fn rewrite_graph(tx: &Transaction<'_>, run: &str, state: &RunState) -> rusqlite::Result<()> {
+    for table in ["nodes", "edges", "outputs", "promises"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), [run])?;
+    }
+    let g = &state.graph;
+    for (n, f) in g.nodes().iter().zip(&state.facts) {
+        tx.prepare_cached(
+            "INSERT INTO nodes (run, id, task, inputs, attrs, state, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            run,
+            n.id,
+            to_json(&n.task),
+            to_json(&n.inputs),
+            to_json(&n.attrs),
+            n.state.as_str(),
+            f.started_at,
+            f.finished_at
+        ])?;
+        if let Some(v) = &f.output {
+            tx.prepare_cached("INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![run, n.id, to_json(v)])?;
+        }
+    }
+    for e in g.edges() {
+        tx.prepare_cached("INSERT INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                run,
+                g.node(e.from).id,
+                g.node(e.to).id,
+                to_json(&e.attrs)
+            ])?;
+    }
+    for p in g.promises() {
+        tx.prepare_cached("INSERT INTO promises (run, promise) VALUES (?1, ?2)")?
+            .execute(params![run, to_json(p)])?;
+    }
+    // Attempts of retracted nodes live on in the event log only.
+    tx.execute(
+        "DELETE FROM attempts WHERE run = ?1 AND node NOT IN (SELECT id FROM nodes WHERE run = ?1)",
+        [run],
+    )?;
     Ok(())
 }
 

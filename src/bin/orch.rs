@@ -81,6 +81,17 @@ enum Command {
         /// Run id, unique prefix, or `latest`.
         run: String,
     },
+    /// Restart a node and everything downstream in a new generation of the
+    /// graph, and run the run to the end.
+    Restart {
+        /// Run id, unique prefix, or `latest`.
+        run: String,
+        /// The node to restart.
+        node: String,
+        /// Restart even if the run's orchestrator seems to run.
+        #[arg(long)]
+        force: bool,
+    },
     /// Deliver a value to a node waiting for input; it becomes its output.
     Input {
         /// Run id, unique prefix, or `latest`.
@@ -261,6 +272,14 @@ fn run(cli: Cli) -> Res {
             let code = orch::workflow::report(orch::resume(&path, &run, force));
             if code != ExitCode::SUCCESS {
                 return Err("the resumed run did not succeed".into());
+            }
+        }
+        Command::Restart { run, node, force } => {
+            drop(store);
+            orch::init_tracing();
+            let code = orch::workflow::report(orch::restart(&path, &run, &node, force));
+            if code != ExitCode::SUCCESS {
+                return Err("the restarted run did not succeed".into());
             }
         }
         Command::Input { run, node, value } => {

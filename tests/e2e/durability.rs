@@ -304,3 +304,66 @@ fn a_full_disk_is_a_clean_error_and_the_run_resumes_once_space_is_back() {
         }
     }
 }
+
+#[test]
+fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
+    let space = Space::new();
+    let out = space.example("random_map", &[("ORCH_EXAMPLE_K", "3")]);
+    assert!(out.status.success());
+    let run = printed_run(&out);
+    let first = space.export(&run);
+    assert_eq!(first.nodes.len(), 5);
+
+    let restarted = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["restart", &run, "A"])
+        .env("ORCH_DB", space.db())
+        .env("ORCH_EXAMPLE_K", "5")
+        .current_dir(space.path())
+        .output()
+        .unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    let ms: Vec<&str> = ex
+        .nodes
+        .iter()
+        .map(|n| n.id.as_str())
+        .filter(|id| id.starts_with("M_"))
+        .collect();
+    assert_eq!(
+        ms,
+        ["M_0", "M_1", "M_2", "M_3", "M_4"],
+        "the new generation has 5 copies"
+    );
+    assert_eq!(ex.node("B").unwrap().output.as_ref().unwrap()["sum"], 30);
+    assert_eq!(ex.node("A").unwrap().attempts.len(), 2);
+    assert_eq!(ex.node("B").unwrap().attempts.len(), 2);
+    assert_eq!(
+        ex.node("M_0").unwrap().attempts.len(),
+        1,
+        "retracted nodes start afresh"
+    );
+    assert_eq!(
+        ex.promises.len(),
+        1,
+        "the registered promise stays and was checked again"
+    );
+    // The old generation stays in history.
+    let events = Store::open_existing(space.db())
+        .unwrap()
+        .events(&run, None)
+        .unwrap();
+    let restart_at = events
+        .iter()
+        .find(|e| matches!(e.kind, orch::EventKind::Restarted { .. }))
+        .unwrap()
+        .seq;
+    let before = space.cli(&["export", &run, "--at", &(restart_at - 1).to_string()]);
+    let before: orch::RunExport = serde_json::from_slice(&before.stdout).unwrap();
+    assert_eq!(before.nodes.len(), 5);
+    assert_eq!(before.node("B").unwrap().output.as_ref().unwrap()["sum"], 5);
+}
