@@ -42,6 +42,9 @@ pub struct Task {
     /// twice as long as the one before (at most an hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_delay: Option<f64>,
+    /// The attempt fails when the task exits 0 without sending an output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_required: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -88,6 +91,7 @@ impl Task {
             timeout: None,
             retries: 0,
             retry_delay: None,
+            output_required: false,
         }
     }
 
@@ -178,6 +182,18 @@ impl Task {
     /// ```
     pub fn retry_delay(mut self, d: Duration) -> Task {
         self.retry_delay = Some(d.as_secs_f64());
+        self
+    }
+
+    /// Declares that the task produces an output: an attempt that exits 0
+    /// without sending one fails.
+    ///
+    /// ```
+    /// let t = orch::Task::python("report.py").requires_output();
+    /// assert!(t.output_required);
+    /// ```
+    pub fn requires_output(mut self) -> Task {
+        self.output_required = true;
         self
     }
 

@@ -974,6 +974,12 @@ impl Runner {
                 format!("exited with code {code}"),
                 true,
             ))
+        } else if end.output.is_none() && self.state.graph.node(i).task.output_required {
+            Some((
+                AttemptOutcome::Failed,
+                "exited 0 without the output its task declares".to_string(),
+                true,
+            ))
         } else {
             None
         };

@@ -380,3 +380,21 @@ out.write(b'"}\n')
         .unwrap();
     assert!(hwm_kb < 600 * 1024, "peak memory {hwm_kb} kB");
 }
+
+#[test]
+fn exiting_0_without_a_declared_output_fails() {
+    let space = Space::new();
+    space.write("quiet.py", "import orch\norch.start()\n");
+    let mut wf = space.workflow("quiet");
+    wf.node("fine", Task::python("quiet.py"));
+    wf.node("quiet", Task::python("quiet.py").requires_output());
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let err = ex.node("quiet").unwrap().attempts[0].error.clone().unwrap();
+    assert_eq!(err, "exited 0 without the output its task declares");
+    assert_eq!(
+        ex.node("fine").unwrap().state,
+        NodeState::Succeeded,
+        "no output needed there"
+    );
+}
