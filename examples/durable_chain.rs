@@ -10,7 +10,9 @@
 //! Every node ends `succeeded` with exactly one successful attempt; the one
 //! that was running when the orchestrator died has an earlier attempt
 //! marked `killed`. `orch pause|unpause|cancel latest` steer it live.
-//! `--dir` runs a copy of `sleep.py` from another folder.
+//! `--dir` runs a copy of `sleep.py` from another folder;
+//! `--wait-for-input` ends the chain with a node `approve` that waits for
+//! `orch input latest approve '"ok"'`.
 use std::process::ExitCode;
 
 use orch::{Task, Workflow};
@@ -20,8 +22,13 @@ fn main() -> ExitCode {
     let mut tasks = 10u32;
     let mut sleep_ms = 100u64;
     let mut dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/durable_chain").to_string();
+    let mut wait_for_input = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--wait-for-input" {
+            wait_for_input = true;
+            continue;
+        }
         let value = args.next();
         let number = value.as_deref().and_then(|v| v.parse::<u64>().ok());
         match (a.as_str(), number, value) {
@@ -29,7 +36,9 @@ fn main() -> ExitCode {
             ("--sleep-ms", Some(v), _) => sleep_ms = v,
             ("--dir", _, Some(d)) => dir = d,
             _ => {
-                eprintln!("usage: durable_chain [--tasks N] [--sleep-ms M] [--dir SCRIPTS]");
+                eprintln!(
+                    "usage: durable_chain [--tasks N] [--sleep-ms M] [--dir SCRIPTS] [--wait-for-input]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -42,6 +51,11 @@ fn main() -> ExitCode {
         if i > 0 {
             wf.edge(format!("t{:03}", i - 1), format!("t{i:03}"));
         }
+    }
+    if wait_for_input && tasks > 0 {
+        // A person approves the chain: `orch input latest approve '"ok"'`.
+        wf.node("approve", Task::input());
+        wf.edge(format!("t{:03}", tasks - 1), "approve");
     }
     println!("orchestrator pid {}", std::process::id());
     orch::workflow::report(wf.run())

@@ -367,3 +367,61 @@ fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
     assert_eq!(before.nodes.len(), 5);
     assert_eq!(before.node("B").unwrap().output.as_ref().unwrap()["sum"], 5);
 }
+
+#[test]
+fn an_orchestrator_may_stop_while_a_run_waits_for_input() {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/durable_chain/sleep.py"
+        ))
+        .unwrap(),
+    );
+    let mut child = Command::new(example_path("durable_chain"))
+        .args(["--tasks", "2", "--sleep-ms", "1", "--wait-for-input"])
+        .args(["--dir", space.path().to_str().unwrap()])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting = Store::open_existing(space.db()).ok().and_then(|s| {
+            let run = s.resolve_run("latest").ok()?;
+            Some(s.export(&run).ok()?.node("approve")?.state == NodeState::Waiting)
+        });
+        if waiting == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "approve never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(&mut child);
+    let given = space.cli(&["input", "latest", "approve", r#""ok""#]);
+    assert!(
+        given.status.success(),
+        "{}",
+        String::from_utf8_lossy(&given.stderr)
+    );
+    let resumed = space.cli(&["resume", "latest"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let run = Store::open_existing(space.db())
+        .unwrap()
+        .resolve_run("latest")
+        .unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(
+        ex.node("approve").unwrap().output,
+        Some(serde_json::json!("ok"))
+    );
+    assert_eq!(ex.node("t000").unwrap().attempts.len(), 1);
+}
