@@ -81,14 +81,7 @@ pub fn init_tracing() {
 /// # Ok::<(), orch::Error>(())
 /// ```
 pub fn resume(db: impl AsRef<std::path::Path>, run: &str, force: bool) -> Result<RunOutcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io {
-            context: "starting the tokio runtime".into(),
-            source: e,
-        })?;
-    rt.block_on(resume_async(db, run, force))
+    block_on(resume_async(db, run, force))
 }
 
 /// [`resume`] for async contexts.
@@ -118,12 +111,15 @@ pub fn restart(
     node: &str,
     force: bool,
 ) -> Result<RunOutcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    block_on(runtime::restart(db.as_ref(), run, node, force))
+}
+
+/// Runs a future to completion on a fresh current-thread tokio runtime:
+/// the blocking entry points (`Workflow::run`, `resume`, `restart`).
+pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Io {
-            context: "starting the tokio runtime".into(),
-            source: e,
-        })?;
-    rt.block_on(runtime::restart(db.as_ref(), run, node, force))
+        .map_err(|e| Error::io("starting the tokio runtime", e))?
+        .block_on(f)
 }

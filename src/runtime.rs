@@ -224,23 +224,8 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
             control: "resume".into(),
         });
     }
-    let config: RunConfig =
-        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
-            path: db.to_path_buf(),
-            message: format!("run {run} has no usable configuration: {e}"),
-        })?;
+    let config = takeover(db, &run, &state, force)?;
     if !force {
-        if let Some(pid) = state
-            .orchestrator_pid
-            .filter(|&p| p != std::process::id() && process_alive(p))
-        {
-            return Err(Error::Resume {
-                run,
-                message: format!(
-                    "its orchestrator (pid {pid}) is still running; stop it first, or force"
-                ),
-            });
-        }
         let registration: Vec<Mutation> = store
             .events(&run, None)?
             .into_iter()
@@ -269,6 +254,28 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
     runner.finish_outcome().await
 }
 
+/// The config of a run another orchestrator is about to take over;
+/// refused while the run's own orchestrator is alive (unless `force`).
+fn takeover(db: &Path, run: &str, state: &RunState, force: bool) -> Result<RunConfig> {
+    let config: RunConfig =
+        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
+            path: db.to_path_buf(),
+            message: format!("run {run} has no usable configuration: {e}"),
+        })?;
+    let alive = state
+        .orchestrator_pid
+        .filter(|&p| p != std::process::id() && process_alive(p) && !state.status.is_terminal());
+    match alive {
+        Some(pid) if !force => Err(Error::Resume {
+            run: run.to_string(),
+            message: format!(
+                "its orchestrator (pid {pid}) is still running; stop it first, or force"
+            ),
+        }),
+        _ => Ok(config),
+    }
+}
+
 /// Restarts `node` and everything downstream of it, in a new generation of
 /// the graph, and runs the run to the end. The batches sent by the tasks
 /// of those nodes (and of the nodes they added, transitively) are
@@ -280,24 +287,7 @@ pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Re
     let mut store = Store::open_existing(db)?;
     let run = store.resolve_run(run)?;
     let mut state = store.replay(&run, None)?;
-    let config: RunConfig =
-        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
-            path: db.to_path_buf(),
-            message: format!("run {run} has no usable configuration: {e}"),
-        })?;
-    if !force {
-        if let Some(pid) = state
-            .orchestrator_pid
-            .filter(|&p| p != std::process::id() && process_alive(p) && !state.status.is_terminal())
-        {
-            return Err(Error::Resume {
-                run,
-                message: format!(
-                    "its orchestrator (pid {pid}) is still running; stop it first, or force"
-                ),
-            });
-        }
-    }
+    let config = takeover(db, &run, &state, force)?;
     let g = &state.graph;
     let start = g.position(node).ok_or_else(|| Error::UnknownNode {
         run: run.clone(),

@@ -222,11 +222,7 @@ impl Workflow {
     /// Registers and runs the workflow to the end, blocking the calling
     /// thread. Inside an async context use [`Workflow::run_async`].
     pub fn run(&self) -> Result<RunOutcome> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| crate::Error::io("starting the tokio runtime", e))?;
-        rt.block_on(self.run_async())
+        crate::block_on(self.run_async())
     }
 
     /// Registers and runs the workflow to the end.

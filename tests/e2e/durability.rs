@@ -9,6 +9,20 @@ use orch::{AttemptOutcome, NodeState, RunStatus, Store};
 
 use crate::util::*;
 
+/// A space holding a copy of the durable_chain example's task script.
+fn chain_space() -> Space {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/durable_chain/sleep.py"
+        ))
+        .unwrap(),
+    );
+    space
+}
+
 fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
     start_chain_with(space, tasks, sleep_ms, &[])
 }
@@ -59,15 +73,7 @@ fn kill9(child: &mut Child) {
 
 #[test]
 fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
+    let space = chain_space();
     let mut child = start_chain(&space, 6, 300);
     let task_pid = running_pid(&space, "t002");
     kill9(&mut child);
@@ -180,15 +186,7 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
         ("before_commit", 2),
         ("after_commit", 1),
     ] {
-        let space = Space::new();
-        space.write(
-            "sleep.py",
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/examples/durable_chain/sleep.py"
-            ))
-            .unwrap(),
-        );
+        let space = chain_space();
         let fault = format!("{point}:t001");
         let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", &fault)]);
         let status = child.wait().unwrap();
@@ -244,15 +242,7 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
 
 #[test]
 fn a_full_disk_is_a_clean_error_and_the_run_resumes_once_space_is_back() {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
+    let space = chain_space();
     // SQLite's max_page_count stands in for a full disk (30 pages fill up
     // about halfway through this chain).
     let out = Command::new(example_path("durable_chain"))
@@ -370,15 +360,7 @@ fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
 
 #[test]
 fn an_orchestrator_may_stop_while_a_run_waits_for_input() {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
+    let space = chain_space();
     let mut child = Command::new(example_path("durable_chain"))
         .args(["--tasks", "2", "--sleep-ms", "1", "--wait-for-input"])
         .args(["--dir", space.path().to_str().unwrap()])
