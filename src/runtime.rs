@@ -1132,6 +1132,19 @@ impl Runner {
 
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
+        // A run that ends while nodes wait for input stops waiting for them.
+        for i in std::mem::take(&mut self.waiting) {
+            let attempt = self.state.last_attempt(i);
+            let error = "the run ended while it waited for input".to_string();
+            self.end_attempt(
+                i,
+                attempt,
+                AttemptOutcome::Killed,
+                None,
+                error,
+                NodeState::Cancelled,
+            );
+        }
         if self.cancelling {
             // Nothing that had not started will run.
             let unfinished: Vec<String> = self

@@ -158,3 +158,21 @@ fn a_waiting_node_holds_no_process_and_takes_delivered_input() {
         Some(serde_json::json!({"approve": {"approved": true}}))
     );
 }
+
+#[test]
+fn a_run_that_fails_stops_waiting_for_input() {
+    let space = Space::new();
+    space.write(
+        "boom.py",
+        "import orch\norch.start()\nraise SystemExit(2)\n",
+    );
+    let mut wf = space.workflow("fail_while_waiting");
+    wf.max_parallel(2);
+    wf.node("approve", Task::input());
+    wf.node("boom", Task::python("boom.py"));
+    let (outcome, ex) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let approve = ex.node("approve").unwrap();
+    assert_eq!(approve.state, NodeState::Cancelled);
+    assert_eq!(approve.attempts[0].outcome, Some(AttemptOutcome::Killed));
+}
