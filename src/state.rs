@@ -349,9 +349,7 @@ impl RunState {
             }
             EventKind::RunStatus { status, reason } => {
                 self.status = *status;
-                if reason.is_some() {
-                    self.reason = reason.clone();
-                }
+                self.reason = reason.clone();
                 self.finished_at = status.is_terminal().then(|| e.at.clone());
                 Vec::new()
             }

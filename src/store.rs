@@ -847,7 +847,7 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
         }
         EventKind::RunStatus { status, reason } => {
             tx.prepare_cached(
-                "UPDATE runs SET status = ?2, reason = coalesce(?3, reason),
+                "UPDATE runs SET status = ?2, reason = ?3,
                     finished_at = CASE WHEN ?4 THEN ?5 ELSE NULL END
                  WHERE id = ?1",
             )?

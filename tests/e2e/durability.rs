@@ -318,6 +318,7 @@ fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
     );
     let ex = space.export(&run);
     assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(ex.reason, None);
     let ms: Vec<&str> = ex
         .nodes
         .iter()
