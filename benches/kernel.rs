@@ -8,8 +8,10 @@
 //! - `shape check`: a 10,000-copy map filled in one batch, checked against
 //!   `shape(A, B, M*)`;
 //! - `picture`: the outlook and SVG of that map, collapsed;
-//! - `python chain`: a chain of Python no-op tasks run by orch, beside the
-//!   floor: a plain loop spawning the same interpreter on the same script.
+//! - `python …`: Python no-op tasks run by orch (a chain; a 300-wide map
+//!   added at run time, serial and `max_parallel(2)`), each beside its
+//!   floor: a plain loop spawning the same interpreter on the same script
+//!   (two at a time for the parallel case), interleaved.
 //!
 //! Set `ORCH_BENCH_NODES` (default 100000) and `ORCH_BENCH_CHAIN` (default
 //! 50) to change the sizes.
@@ -206,11 +208,13 @@ fn main() {
         d.as_secs_f64() * 1e3
     );
 
-    // Python chain versus the plain spawn loop.
+    // Python tasks versus the floor: a plain loop spawning the same
+    // interpreter on the same script, measured interleaved with orch (floor,
+    // orch, floor, orch, …) so that machine noise hits both alike.
     let python = match orch::executor::resolve_python(&orch::executor::configured_python(None)) {
         Ok(p) => p,
         Err(e) => {
-            println!("python chain     skipped: {e}");
+            println!("python           skipped: {e}");
             return;
         }
     };
@@ -221,51 +225,111 @@ fn main() {
         "import orch\norch.start()\norch.output(None)\n",
     )
     .unwrap();
-    let start_line = "{\"orch\":1,\"type\":\"start\",\"run\":\"r\",\"node\":\"n\",\"attempt\":1,\"task\":{\"name\":\"n\",\"kind\":\"python\",\"script\":\"noop.py\"},\"inputs\":null}\n";
-    let floor = time(3, || {
-        for _ in 0..chain {
-            use std::io::Write;
-            let mut child = Command::new(&python)
-                .arg("-u")
-                .arg("noop.py")
-                .current_dir(space.path())
-                .env("PYTHONPATH", &helper)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(start_line.as_bytes()).unwrap();
-            // The helper waits for the ack of its output message.
-            stdin
-                .write_all(b"{\"orch\":1,\"type\":\"ack\",\"seq\":1}\n")
-                .unwrap();
-            drop(stdin);
-            child.wait_with_output().unwrap();
-        }
-    });
-    let mut k = 0;
-    let orch_time = time(3, || {
-        k += 1;
-        let mut wf = Workflow::new("chain");
-        wf.dir(space.path())
-            .db(space.path().join(format!("chain{k}.db")));
-        for i in 0..chain {
-            wf.node(format!("t{i}"), Task::python("noop.py"));
-            if i > 0 {
-                wf.edge(format!("t{}", i - 1), format!("t{i}"));
+    std::fs::write(
+        space.path().join("fan.py"),
+        "import orch\nctx = orch.start()\nfor i in range(ctx.inputs['n']):\n    ctx.add_node(f'M_{i}', script='noop.py', name='M')\n    ctx.add_edge('A', f'M_{i}')\n    ctx.add_edge(f'M_{i}', 'B')\norch.output(None)\n",
+    )
+    .unwrap();
+    let spawn_noop = || {
+        use std::io::Write;
+        let start_line = "{\"orch\":1,\"type\":\"start\",\"run\":\"r\",\"node\":\"n\",\"attempt\":1,\"task\":{\"name\":\"n\",\"kind\":\"python\",\"script\":\"noop.py\"},\"inputs\":null}\n";
+        let mut child = Command::new(&python)
+            .arg("-u")
+            .arg("noop.py")
+            .current_dir(space.path())
+            .env("PYTHONPATH", &helper)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(start_line.as_bytes()).unwrap();
+        // The helper waits for the ack of its output message.
+        stdin
+            .write_all(b"{\"orch\":1,\"type\":\"ack\",\"seq\":1}\n")
+            .unwrap();
+        drop(stdin);
+        child
+    };
+    // `n` spawns, at most `width` at a time.
+    let floor = |n: usize, width: usize| {
+        let mut left = n;
+        while left > 0 {
+            let batch: Vec<_> = (0..width.min(left)).map(|_| spawn_noop()).collect();
+            left -= batch.len();
+            for c in batch {
+                c.wait_with_output().unwrap();
             }
         }
-        let out = wf.run().unwrap();
-        assert!(out.succeeded());
-    });
-    let per = |d: Duration| d.as_secs_f64() * 1e3 / chain as f64;
-    println!(
-        "python chain     {chain} tasks: orch {:.1} ms/task, plain spawn loop {:.1} ms/task, ratio {:.2}, overhead {:.2} ms/task",
-        per(orch_time),
-        per(floor),
-        orch_time.as_secs_f64() / floor.as_secs_f64(),
-        per(orch_time) - per(floor)
-    );
+    };
+    let mut k = 0;
+    let mut run = |wf: &mut Workflow| {
+        k += 1;
+        wf.dir(space.path())
+            .db(space.path().join(format!("b{k}.db")))
+            .live_picture(false);
+        assert!(wf.run().unwrap().succeeded());
+    };
+    let reps = 5;
+    let cases: Vec<(String, usize, usize, Box<dyn Fn() -> Workflow>)> = vec![
+        (
+            format!("chain of {chain}"),
+            chain,
+            1,
+            Box::new(move || {
+                let mut wf = Workflow::new("chain");
+                for i in 0..chain {
+                    wf.node(format!("t{i}"), Task::python("noop.py"));
+                    if i > 0 {
+                        wf.edge(format!("t{}", i - 1), format!("t{i}"));
+                    }
+                }
+                wf
+            }),
+        ),
+        (
+            "300-wide runtime map".to_string(),
+            302,
+            1,
+            Box::new(|| map_workflow(1)),
+        ),
+        (
+            "300-wide runtime map, max_parallel(2)".to_string(),
+            302,
+            2,
+            Box::new(|| map_workflow(2)),
+        ),
+    ];
+    for (name, tasks, width, make) in &cases {
+        let (mut f, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let t = Instant::now();
+            floor(*tasks, *width);
+            f.push(t.elapsed());
+            let t = Instant::now();
+            run(&mut make());
+            o.push(t.elapsed());
+        }
+        let (f, o) = (median(f), median(o));
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / *tasks as f64;
+        println!(
+            "python {name:<38} {tasks} tasks: orch {:.1} ms/task, floor {:.1} ms/task, ratio {:.2}, overhead {:.2} ms/task (medians of {reps}, interleaved)",
+            per(o),
+            per(f),
+            o.as_secs_f64() / f.as_secs_f64(),
+            per(o) - per(f)
+        );
+    }
+}
+
+/// `A` adds 300 copies of `M` between itself and `B` at run time, under
+/// `shape(A, B, M*)`.
+fn map_workflow(parallel: usize) -> Workflow {
+    let mut wf = Workflow::new("map");
+    wf.max_parallel(parallel);
+    wf.node("A", Task::python("fan.py")).input("n", 300);
+    wf.node("B", Task::python("noop.py"));
+    wf.map_region("A", "B", orch::Shape::task("M"), 0, None);
+    wf
 }
