@@ -272,7 +272,9 @@ fn main() {
         assert!(wf.run().unwrap().succeeded());
     };
     let reps = 5;
-    let cases: Vec<(String, usize, usize, Box<dyn Fn() -> Workflow>)> = vec![
+    /// Name, tasks, floor width, and how to build the workflow.
+    type Case = (String, usize, usize, Box<dyn Fn() -> Workflow>);
+    let cases: Vec<Case> = vec![
         (
             format!("chain of {chain}"),
             chain,
