@@ -253,7 +253,7 @@ impl RunState {
             EventKind::NodeState { node, state } => {
                 let i = self.pos(node);
                 let facts = &mut self.facts[i];
-                if *state == NodeState::Running {
+                if matches!(state, NodeState::Running | NodeState::Waiting) {
                     facts.started_at.get_or_insert_with(|| e.at.clone());
                 }
                 facts.finished_at = state.is_terminal().then(|| e.at.clone());

@@ -793,7 +793,7 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
             }
         }
         EventKind::NodeState { node, state } => {
-            let running = *state == crate::NodeState::Running;
+            let running = matches!(state, crate::NodeState::Running | crate::NodeState::Waiting);
             let terminal = state.is_terminal();
             tx.prepare_cached(
                 "UPDATE nodes SET state = ?3,
