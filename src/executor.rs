@@ -577,17 +577,31 @@ pub fn resolve_python(interpreter: &str) -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// A stable content hash (64-bit FNV-1a, 16 hex digits): the same bytes
+/// give the same hash in every build, unlike `std`'s hashers.
+pub(crate) fn content_hash(bytes: impl IntoIterator<Item = u8>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.contains("State:\tZ"))
+        .unwrap_or(false)
+}
+
 const HELPER_INIT: &str = include_str!("../python/orch/__init__.py");
 const HELPER_MAIN: &str = include_str!("../python/orch/__main__.py");
 
 /// Writes the shipped Python helper package under `root` (once per
 /// content version) and returns the folder to put on `PYTHONPATH`.
 pub fn install_helper(root: &Path) -> Result<PathBuf> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in HELPER_INIT.bytes().chain(HELPER_MAIN.bytes()) {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    let dir = root.join(format!("python-{h:016x}"));
+    let hash = content_hash(HELPER_INIT.bytes().chain(HELPER_MAIN.bytes()));
+    let dir = root.join(format!("python-{hash}"));
     let pkg = dir.join("orch");
     let files = [("__init__.py", HELPER_INIT), ("__main__.py", HELPER_MAIN)];
     if files

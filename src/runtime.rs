@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 use crate::error::StructuralError;
 use crate::error::{Error, Result};
 use crate::executor::{
-    configured_python, install_helper, kill_group, AttemptEnd, AttemptLink, AttemptSpec, Executor,
-    ProcessEnv, ProcessExecutor, Report,
+    configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
+    AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
 };
 use crate::graph::{Graph, Staging};
 use crate::live::LivePicture;
@@ -179,14 +179,6 @@ fn yes() -> bool {
     true
 }
 
-fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
 /// The content hash of each Python script the registration runs (a
 /// missing file hashes as `missing`).
 fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String, String> {
@@ -201,7 +193,7 @@ fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String,
         })
         .map(|script| {
             let hash = std::fs::read(base_dir.join(&script))
-                .map(|b| fnv(&b))
+                .map(content_hash)
                 .unwrap_or_else(|_| "missing".into());
             (script, hash)
         })
@@ -394,12 +386,6 @@ impl Runner {
         }
         runner.flush()
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map(|s| !s.contains("State:\tZ"))
-        .unwrap_or(false)
 }
 
 /// True when process `pid` is an attempt of this run and node (its

@@ -308,7 +308,7 @@ fn control(store: &Store, run: &str, what: Control, out: &mut impl Write) -> Res
     store.request_control(&id, what)?;
     writeln!(out, "asked run {id} to {}", what.as_str())?;
     let pid = store.export(&id)?.orchestrator_pid;
-    let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    let alive = pid.is_some_and(orch::executor::process_alive);
     if !alive {
         writeln!(
             out,
