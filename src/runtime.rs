@@ -580,10 +580,30 @@ impl Runner {
             }),
         });
         self.broken.get_or_insert_with(|| v.to_string());
+        self.kill_running();
+    }
+
+    /// Asks every running attempt to be killed (with its process group).
+    fn kill_running(&mut self) {
         for r in self.running.values_mut() {
             if let Some(kill) = r.kill.take() {
                 let _ = kill.send(());
             }
+        }
+    }
+
+    /// Ends the wait of every node waiting for input: `cancelled`.
+    fn stop_waiting(&mut self, why: &str) {
+        for i in std::mem::take(&mut self.waiting) {
+            let attempt = self.state.last_attempt(i);
+            self.end_attempt(
+                i,
+                attempt,
+                AttemptOutcome::Killed,
+                None,
+                why.to_string(),
+                NodeState::Cancelled,
+            );
         }
     }
 
@@ -704,23 +724,8 @@ impl Runner {
                 }
                 Control::Cancel if !self.cancelling => {
                     self.cancelling = true;
-                    for i in std::mem::take(&mut self.waiting) {
-                        let attempt = self.state.last_attempt(i);
-                        let error = "cancelled while waiting for input".to_string();
-                        self.end_attempt(
-                            i,
-                            attempt,
-                            AttemptOutcome::Killed,
-                            None,
-                            error,
-                            NodeState::Cancelled,
-                        );
-                    }
-                    for r in self.running.values_mut() {
-                        if let Some(kill) = r.kill.take() {
-                            let _ = kill.send(());
-                        }
-                    }
+                    self.stop_waiting("cancelled while waiting for input");
+                    self.kill_running();
                 }
                 _ => {}
             }
@@ -1119,18 +1124,7 @@ impl Runner {
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
         // A run that ends while nodes wait for input stops waiting for them.
-        for i in std::mem::take(&mut self.waiting) {
-            let attempt = self.state.last_attempt(i);
-            let error = "the run ended while it waited for input".to_string();
-            self.end_attempt(
-                i,
-                attempt,
-                AttemptOutcome::Killed,
-                None,
-                error,
-                NodeState::Cancelled,
-            );
-        }
+        self.stop_waiting("the run ended while it waited for input");
         if self.cancelling {
             // Nothing that had not started will run.
             let unfinished: Vec<String> = self
@@ -1138,7 +1132,7 @@ impl Runner {
                 .graph
                 .nodes()
                 .iter()
-                .filter(|n| n.state.not_started() || n.state == NodeState::Waiting)
+                .filter(|n| n.state.not_started())
                 .map(|n| n.id.clone())
                 .collect();
             for node in unfinished {
