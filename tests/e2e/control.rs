@@ -7,25 +7,6 @@ use orch::{AttemptOutcome, NodeState, RunStatus, Task};
 
 use crate::util::*;
 
-/// Polls the run's export until `done` holds (or fails after 60 s).
-fn wait_for(space: &Space, what: &str, done: impl Fn(&orch::RunExport) -> bool) -> orch::RunExport {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(ex) = Store::open_existing(space.db())
-            .ok()
-            .and_then(|s| s.resolve_run("latest").ok().and_then(|r| s.export(&r).ok()))
-        {
-            if done(&ex) {
-                return ex;
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-use orch::Store;
-
 fn chain(space: &Space, nap: &str) -> orch::Workflow {
     space.write(
         "nap.py",

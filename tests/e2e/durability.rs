@@ -3,7 +3,6 @@
 //! twice.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use orch::{AttemptOutcome, NodeState, RunStatus, Store};
 
@@ -24,12 +23,19 @@ fn chain_space() -> Space {
 }
 
 fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
-    start_chain_with(space, tasks, sleep_ms, &[])
+    start_chain_with(space, tasks, sleep_ms, &[], &[])
 }
 
-fn start_chain_with(space: &Space, tasks: u32, sleep_ms: u32, env: &[(&str, &str)]) -> Child {
+fn start_chain_with(
+    space: &Space,
+    tasks: u32,
+    sleep_ms: u32,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Child {
     Command::new(example_path("durable_chain"))
         .envs(env.iter().copied())
+        .args(extra)
         .args([
             "--tasks",
             &tasks.to_string(),
@@ -47,20 +53,14 @@ fn start_chain_with(space: &Space, tasks: u32, sleep_ms: u32, env: &[(&str, &str
 
 /// Waits until `node` has a running attempt with a pid; returns that pid.
 fn running_pid(space: &Space, node: &str) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = Store::open_existing(space.db()).ok().and_then(|s| {
-            let run = s.resolve_run("latest").ok()?;
-            let ex = s.export(&run).ok()?;
-            let n = ex.node(node)?;
-            (n.state == NodeState::Running).then(|| n.attempts.last()?.pid)?
-        });
-        if let Some(pid) = found {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "`{node}` never ran");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let running = |ex: &orch::RunExport| {
+        let n = ex.node(node)?;
+        (n.state == NodeState::Running).then(|| n.attempts.last()?.pid)?
+    };
+    let ex = wait_for(space, &format!("`{node}` to run"), |ex| {
+        running(ex).is_some()
+    });
+    running(&ex).expect("running")
 }
 
 fn kill9(child: &mut Child) {
@@ -188,7 +188,7 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
     ] {
         let space = chain_space();
         let fault = format!("{point}:t001");
-        let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", &fault)]);
+        let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", &fault)], &[]);
         let status = child.wait().unwrap();
         assert_eq!(
             status.signal(),
@@ -362,27 +362,11 @@ fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
 #[test]
 fn an_orchestrator_may_stop_while_a_run_waits_for_input() {
     let space = chain_space();
-    let mut child = Command::new(example_path("durable_chain"))
-        .args(["--tasks", "2", "--sleep-ms", "1", "--wait-for-input"])
-        .args(["--dir", space.path().to_str().unwrap()])
-        .env("ORCH_DB", space.db())
-        .current_dir(space.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting = Store::open_existing(space.db()).ok().and_then(|s| {
-            let run = s.resolve_run("latest").ok()?;
-            Some(s.export(&run).ok()?.node("approve")?.state == NodeState::Waiting)
-        });
-        if waiting == Some(true) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "approve never waited");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_chain_with(&space, 2, 1, &[], &["--wait-for-input"]);
+    wait_for(&space, "approve to wait", |ex| {
+        ex.node("approve")
+            .is_some_and(|n| n.state == NodeState::Waiting)
+    });
     kill9(&mut child);
     let given = space.cli(&["input", "latest", "approve", r#""ok""#]);
     assert!(

@@ -153,3 +153,23 @@ pub fn alive(pid: u32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     !status.is_empty() && !status.contains("State:\tZ")
 }
+
+/// Polls the latest run's export until `done` holds (fails after 60 s).
+pub fn wait_for(space: &Space, what: &str, done: impl Fn(&RunExport) -> bool) -> RunExport {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(ex) = Store::open_existing(space.db())
+            .ok()
+            .and_then(|s| s.resolve_run("latest").ok().and_then(|r| s.export(&r).ok()))
+        {
+            if done(&ex) {
+                return ex;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
