@@ -178,7 +178,8 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
     // Map copies to collapse: region nodes wired exactly from -> n -> to,
     // grouped by task name.
     let mut stacked: HashMap<usize, String> = HashMap::new();
-    let mut stacks: Vec<(String, String, String, Vec<usize>)> = Vec::new();
+    // (picture id, task name, from, to, members)
+    let mut stacks: Vec<(String, String, &str, &str, Vec<usize>)> = Vec::new();
     if !opts.expand {
         for (k, p) in g.promises().iter().enumerate() {
             let Promise::Shape {
@@ -209,7 +210,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
                     for &m in &members {
                         stacked.insert(m, id.clone());
                     }
-                    stacks.push((id, task, format!("{from}\u{0}{to}"), members));
+                    stacks.push((id, task, from, to, members));
                 }
             }
         }
@@ -242,7 +243,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             violated: violated.contains(n.id.as_str()),
         });
     }
-    for (id, task, ends, members) in &stacks {
+    for (id, task, from, to, members) in &stacks {
         let mut states: BTreeMap<String, usize> = BTreeMap::new();
         for &m in members {
             *states.entry(g.node(m).state.to_string()).or_default() += 1;
@@ -274,8 +275,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
                 .iter()
                 .any(|&m| violated.contains(g.node(m).id.as_str())),
         });
-        let (from, to) = ends.split_once('\u{0}').expect("two ends");
-        for (a, b) in [(from, id.as_str()), (id.as_str(), to)] {
+        for (a, b) in [(*from, id.as_str()), (id.as_str(), *to)] {
             o.edges.push(PicEdge {
                 from: a.to_string(),
                 to: b.to_string(),

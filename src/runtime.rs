@@ -773,17 +773,6 @@ impl Runner {
         let attempt = self.state.next_attempt(i);
         let n = self.state.graph.node(i);
         let task = n.task.clone();
-        let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());
-        let upstream = self
-            .state
-            .graph
-            .predecessors(i)
-            .map(|p| {
-                let id = self.id(p);
-                let out = self.state.output_of(&id).cloned().unwrap_or(Value::Null);
-                (id, out)
-            })
-            .collect();
         if matches!(task.exec, Exec::Input {}) {
             // No process: the node waits for a delivered value.
             self.emit(EventKind::NodeState {
@@ -798,6 +787,17 @@ impl Runner {
             self.waiting.insert(i);
             return;
         }
+        let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());
+        let upstream = self
+            .state
+            .graph
+            .predecessors(i)
+            .map(|p| {
+                let id = self.id(p);
+                let out = self.state.output_of(&id).cloned().unwrap_or(Value::Null);
+                (id, out)
+            })
+            .collect();
         let (kill_tx, kill_rx) = oneshot::channel();
         let launched = inputs.and_then(|inputs| {
             self.executor.launch(
