@@ -109,6 +109,25 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The orchestrator refused a message of a native task (a mutation
+    /// that breaks a rule or a promise, inputs of the wrong type), or the
+    /// protocol stream broke.
+    #[error("{what} was refused: {message}")]
+    Refused {
+        /// What was sent, e.g. ``add_node `sq.3` ``.
+        what: String,
+        /// The orchestrator's answer.
+        message: String,
+    },
+    /// This process was started to run a native task that no `#[task]`
+    /// of this binary defines; it refuses to orchestrate instead.
+    #[error("this process was started to run the native task `{task}` (ORCH_NATIVE_TASK), but this binary defines no `#[orch::task]` of that name; known tasks: {known}")]
+    UnknownNativeTask {
+        /// The task name asked for.
+        task: String,
+        /// The names this binary defines.
+        known: String,
+    },
 }
 
 impl Error {

@@ -130,6 +130,8 @@ pub struct ProcessEnv {
     pub db: PathBuf,
     /// Per-attempt timeout when the task sets none.
     pub default_timeout: Option<Duration>,
+    /// The workflow binary: native tasks run it again in task mode.
+    pub native_binary: Option<PathBuf>,
 }
 
 /// Runs each attempt as a subprocess speaking the protocol.
@@ -166,6 +168,16 @@ impl ProcessExecutor {
             }
             Exec::Input {} => {
                 return Err("an input task runs no process; the runtime waits for its value".into())
+            }
+            Exec::Native { task } => {
+                let Some(binary) = &env.native_binary else {
+                    return Err(format!(
+                        "native task `{task}` runs in the workflow binary, and this run recorded none"
+                    ));
+                };
+                let mut c = Command::new(binary);
+                c.env(crate::native::TASK_ENV, task);
+                c
             }
             Exec::Command { argv } => {
                 let Some(program) = argv.first() else {

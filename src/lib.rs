@@ -30,6 +30,7 @@ pub mod glob;
 pub mod graph;
 mod live;
 pub mod model;
+pub mod native;
 pub mod outlook;
 pub mod promise;
 pub mod protocol;
@@ -39,6 +40,7 @@ pub mod shape;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod typed;
 pub mod workflow;
 
 pub use error::{Error, Result, StructuralError};
@@ -46,11 +48,25 @@ pub use model::{
     output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
     RunStatus, Task,
 };
+pub use native::{Context, Failure, TaskDef};
+pub use orch_macros::task;
 pub use promise::Promise;
 pub use shape::Shape;
 pub use state::{Event, EventKind, RunExport, RunState};
 pub use store::Store;
+pub use typed::{Branch, Call, Case, IntoInput, Node, Output};
 pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
+
+/// What `#[orch::task]` expands to calls only this module. Not a public
+/// API: its contents change without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::native::support::*;
+    pub use crate::native::{Field, TaskDef};
+    pub use crate::typed::{Call, IntoInput};
+    pub use crate::Context;
+    pub use serde_json;
+}
 
 /// Installs a `tracing` subscriber that prints to stderr, filtered by
 /// `RUST_LOG` (default `info` for orch). For binaries and examples.

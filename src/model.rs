@@ -45,6 +45,18 @@ pub struct Task {
     /// The attempt fails when the task exits 0 without sending an output.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub output_required: bool,
+    /// The Rust type the task's inputs must deserialise into, when
+    /// declared (a native task's argument struct, or
+    /// [`crate::NodeBuilder::takes`]): checked when the node is added and
+    /// when it starts (see `docs/typed.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_type: Option<String>,
+    /// The Rust type the task's output must deserialise into, when
+    /// declared (a native task's return type, or
+    /// [`crate::NodeBuilder::returns`]): checked before the attempt
+    /// commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -77,6 +89,12 @@ pub enum Exec {
         /// Program and arguments.
         argv: Vec<String>,
     },
+    /// A native Rust task defined with `#[orch::task]`: the workflow
+    /// binary runs itself again in task mode (see `docs/typed.md`).
+    Native {
+        /// The task's stable name (the function name unless renamed).
+        task: String,
+    },
     /// No process: the node waits (state `waiting`) until a value is
     /// delivered (`orch input <run> <node> <json>` or
     /// [`crate::Store::deliver_input`]); the value becomes its output.
@@ -92,7 +110,22 @@ impl Task {
             retries: 0,
             retry_delay: None,
             output_required: false,
+            input_type: None,
+            output_type: None,
         }
+    }
+
+    /// A native Rust task by its stable name: what `#[orch::task]`
+    /// generates, and what a task adds at run time to run a native task
+    /// of the workflow binary. Typed code uses the generated
+    /// `my_task::call(..)` instead.
+    ///
+    /// ```
+    /// let t = orch::Task::native("square");
+    /// assert_eq!(t.exec, orch::Exec::Native { task: "square".into() });
+    /// ```
+    pub fn native(task: impl Into<String>) -> Task {
+        Task::with(Exec::Native { task: task.into() })
     }
 
     /// A Python script task.

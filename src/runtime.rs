@@ -28,6 +28,7 @@ use crate::executor::{
 use crate::graph::{Graph, Staging};
 use crate::live::LivePicture;
 use crate::model::{resolve_refs, AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
+use crate::native;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::state::{Event, EventKind, RunState};
 use crate::store::{self, Control, LogLine, Store};
@@ -73,6 +74,16 @@ pub(crate) struct Runner {
 
 /// Registers `wf` and runs it to the end.
 pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
+    native::refuse_task_mode()?;
+    if let Some(problem) = wf.problems.first() {
+        return Err(Error::Registration {
+            workflow: wf.name.clone(),
+            source: StructuralError {
+                mutation: "the typed builder".into(),
+                reason: problem.clone(),
+            },
+        });
+    }
     let db = wf.db.clone().unwrap_or_else(store::default_path);
     let base_dir = match &wf.dir {
         Some(d) => d.clone(),
@@ -88,7 +99,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         .stage_all(wf.mutations.clone())
         .and_then(
             |staging| match promise::check_batch(&empty, &staging, None) {
-                Ok(()) => Ok(staging.into_mutations()),
+                Ok(()) => check_types(&empty, &staging).map(|()| staging.into_mutations()),
                 Err(problem) => Err(StructuralError {
                     mutation: "the registration".into(),
                     reason: match problem {
@@ -112,6 +123,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         max_parallel: wf.max_parallel,
         default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
         live_picture: wf.live_picture,
+        native_binary: std::env::current_exe().ok(),
     };
     let run_id = time::new_run_id();
     let mut runner = Runner::new(store, RunState::new(&run_id), &config)?;
@@ -127,6 +139,36 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     runner.flush()?;
     runner.announce("run started");
     runner.finish_outcome().await
+}
+
+/// Checks the inputs of an `add_node` against its task's declared types
+/// (`docs/typed.md`), before it joins the batch.
+fn typecheck(g: &Graph, staging: &Staging, m: &Mutation) -> std::result::Result<(), String> {
+    let Mutation::AddNode {
+        id, task, inputs, ..
+    } = m
+    else {
+        return Ok(());
+    };
+    let output_type_of = |node: &str| match g.get(node) {
+        Some(n) => n.task.output_type.clone(),
+        None => staging.mutations().iter().rev().find_map(|m| match m {
+            Mutation::AddNode { id, task, .. } if id == node => task.output_type.clone(),
+            _ => None,
+        }),
+    };
+    native::check_inputs(task, inputs, &output_type_of).map_err(|e| format!("add_node `{id}`: {e}"))
+}
+
+/// [`typecheck`] over a whole staged batch (the registration).
+fn check_types(g: &Graph, staging: &Staging) -> std::result::Result<(), StructuralError> {
+    for m in staging.mutations() {
+        typecheck(g, staging, m).map_err(|reason| StructuralError {
+            mutation: "the registration".into(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 /// Named points where the orchestrator can be made to die (`kill -9`
@@ -173,6 +215,9 @@ struct RunConfig {
     /// Content hash of each Python script the registered nodes run.
     #[serde(default)]
     scripts: BTreeMap<String, String>,
+    /// The workflow binary, which native tasks run in task mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    native_binary: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -206,6 +251,7 @@ fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String,
 /// the run ended, when its orchestrator still runs, or when a script of
 /// the workflow changed since the run started, unless `force`.
 pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutcome> {
+    native::refuse_task_mode()?;
     let store = Store::open_existing(db)?;
     let run = store.resolve_run(run)?;
     let state = store.replay(&run, None)?;
@@ -276,6 +322,7 @@ fn takeover(db: &Path, run: &str, state: &RunState, force: bool) -> Result<RunCo
 /// go back to `pending` and run again; everything else keeps its state and
 /// output. Promises are checked again as the new generation grows.
 pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Result<RunOutcome> {
+    native::refuse_task_mode()?;
     let mut store = Store::open_existing(db)?;
     let run = store.resolve_run(run)?;
     let mut state = store.replay(&run, None)?;
@@ -413,6 +460,7 @@ impl Runner {
             helper_dir,
             db,
             default_timeout: config.default_timeout.map(Duration::from_secs_f64),
+            native_binary: config.native_binary.clone(),
         });
         let picture = if config.live_picture {
             let dir = home.join("runs").join(&state.run);
@@ -787,7 +835,13 @@ impl Runner {
             self.waiting.insert(i);
             return;
         }
-        let inputs = resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned());
+        let inputs =
+            resolve_refs(&n.inputs, &|id| self.state.output_of(id).cloned()).and_then(|v| {
+                match native::check_resolved_inputs(&task, &v) {
+                    Ok(()) => Ok(v),
+                    Err(e) => Err(format!("the inputs do not fit the task's types: {e}")),
+                }
+            });
         let upstream = self
             .state
             .graph
@@ -864,8 +918,10 @@ impl Runner {
                 let mut violation = None;
                 let answer = match self.running.get_mut(&node) {
                     Some(r) if r.attempt == attempt && r.violated.is_none() => {
-                        match r.staging.stage(g, mutation) {
-                            Err(e) => Err(e.to_string()),
+                        match typecheck(g, &r.staging, &mutation)
+                            .and_then(|()| r.staging.stage(g, mutation).map_err(|e| e.to_string()))
+                        {
+                            Err(e) => Err(e),
                             Ok(()) => {
                                 let staged = r.staging.mutations().last().expect("just staged");
                                 match promise::check_mutation(g, &r.staging, &by, staged) {
@@ -961,6 +1017,11 @@ impl Runner {
                 "exited 0 without the output its task declares".to_string(),
                 true,
             ))
+        } else if let Err(e) = native::check_output(
+            &self.state.graph.node(i).task,
+            end.output.as_ref().unwrap_or(&Value::Null),
+        ) {
+            Some((AttemptOutcome::Failed, format!("node `{node}`: {e}"), true))
         } else {
             None
         };

@@ -35,6 +35,11 @@ pub struct Workflow {
     pub(crate) max_parallel: usize,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) live_picture: bool,
+    /// Node ids added so far (for fresh ids of typed nodes).
+    pub(crate) ids: std::collections::HashSet<String>,
+    /// Mistakes found while building (a malformed typed branch): `run`
+    /// refuses the workflow with them.
+    pub(crate) problems: Vec<String>,
 }
 
 impl Workflow {
@@ -54,6 +59,8 @@ impl Workflow {
             max_parallel: 1,
             default_timeout: None,
             live_picture: true,
+            ids: Default::default(),
+            problems: Vec::new(),
         }
     }
 
@@ -126,14 +133,20 @@ impl Workflow {
     /// wf.node("a", orch::Task::python("a.py")).label("first").input("n", 3);
     /// ```
     pub fn node(&mut self, id: impl Into<String>, task: Task) -> NodeBuilder<'_> {
+        let id = id.into();
+        self.ids.insert(id.clone());
         self.mutations.push(Mutation::AddNode {
-            id: id.into(),
+            id,
             task,
             inputs: Value::Null,
             attrs: Attrs::new(),
         });
         let at = self.mutations.len() - 1;
         NodeBuilder { wf: self, at }
+    }
+
+    pub(crate) fn has_id(&self, id: &str) -> bool {
+        self.ids.contains(id)
     }
 
     /// Adds the edge `from -> to`: `to` runs after `from` succeeded.
@@ -244,6 +257,27 @@ impl NodeBuilder<'_> {
             Mutation::AddNode { inputs, attrs, .. } => (inputs, attrs),
             _ => unreachable!("NodeBuilder points at an add_node"),
         }
+    }
+
+    pub(crate) fn task_mut(&mut self) -> &mut Task {
+        match &mut self.wf.mutations[self.at] {
+            Mutation::AddNode { task, .. } => task,
+            _ => unreachable!("NodeBuilder points at an add_node"),
+        }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        match &self.wf.mutations[self.at] {
+            Mutation::AddNode { id, .. } => id,
+            _ => unreachable!("NodeBuilder points at an add_node"),
+        }
+    }
+
+    /// Merges cosmetic attributes.
+    pub fn attrs(mut self, more: Attrs) -> Self {
+        self.parts().1.extend(more);
+        self
     }
 
     /// Replaces the node's inputs.
