@@ -49,6 +49,10 @@ fn main() -> ExitCode {
     }
     let mut wf = Workflow::new("typed_map");
     if let Some(d) = &dir {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            eprintln!("error: cannot create {d}: {e}");
+            return ExitCode::FAILURE;
+        }
         wf.dir(d).db(std::path::Path::new(d).join("orch.db"));
     }
     let xs = wf.add(numbers::call(count));

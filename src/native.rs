@@ -61,6 +61,11 @@ pub trait TaskDef: 'static {
     /// The stable task name: the function name unless renamed with
     /// `#[task(name = "...")]`. Promises and pictures use it.
     const NAME: &'static str;
+    /// Whether the task can change the graph: only a task that takes a
+    /// [`Context`] can. Workflows promise that the others never do
+    /// (`no_new_nodes` and `no_new_edges` by the task), so the picture
+    /// draws no possible growth after them.
+    const GROWS: bool;
     /// What the task returns (the `T` of a `Result<T, E>`).
     type Output: Serialize + DeserializeOwned;
     /// The task as the graph stores it, options applied.

@@ -280,6 +280,7 @@ impl Workflow {
 
     /// Adds a node running a typed task, with the given id.
     pub fn add_as<T: TaskDef>(&mut self, id: &str, call: Call<T>) -> Node<T::Output> {
+        self.promise_quiet(T::NAME, T::GROWS);
         let (inputs, attrs, after) = call.into_parts();
         self.node(id, T::task())
             .inputs(Value::Object(inputs))
@@ -288,6 +289,17 @@ impl Workflow {
             self.edge(from, id.to_string());
         }
         Node::new(id)
+    }
+
+    /// A task that cannot change the graph (it takes no `Context`) is
+    /// promised never to: once per task name.
+    pub(crate) fn promise_quiet(&mut self, task: &str, grows: bool) {
+        if grows || !self.quiet.insert(task.to_string()) {
+            return;
+        }
+        let by = Some(crate::glob::Selector::new(&format!("task:{task}")));
+        self.promise(Promise::NoNewNodes { by: by.clone() });
+        self.promise(Promise::NoNewEdges { by });
     }
 
     fn fresh_id(&self, base: &str) -> String {
@@ -337,6 +349,8 @@ impl Workflow {
         items: &Node<Vec<T>>,
         each: impl FnOnce(Output<T>) -> Call<M>,
     ) -> Node<Vec<M::Output>> {
+        self.promise_quiet(M::NAME, M::GROWS);
+        self.promise_quiet(native::COLLECT, false);
         let (inputs, _, after) = each(item()).into_parts();
         let expand = format!("{base}.each");
         let collect = format!("{base}.all");
@@ -438,6 +452,7 @@ struct CaseTemplate {
 struct TemplateNode {
     id: String,
     name: &'static str,
+    grows: bool,
     task: Task,
     inputs: Value,
     deps: Vec<String>,
@@ -482,6 +497,7 @@ impl Case {
         self.nodes.push(TemplateNode {
             id: id.clone(),
             name: M::NAME,
+            grows: M::GROWS,
             task: M::task(),
             inputs,
             deps,
@@ -607,6 +623,10 @@ impl<T: Serialize, R> Branch<'_, T, R> {
         let wf = self.wf;
         if let Some(p) = problem {
             wf.problems.push(p);
+        }
+        wf.promise_quiet(native::JOIN, false);
+        for n in self.cases.iter().flat_map(|c| &c.nodes) {
+            wf.promise_quiet(n.name, n.grows);
         }
         let on = Node::<T>::new(&self.on);
         wf.node(&switch, native::support::task(native::SWITCH))

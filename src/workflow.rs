@@ -40,6 +40,8 @@ pub struct Workflow {
     /// Mistakes found while building (a malformed typed branch): `run`
     /// refuses the workflow with them.
     pub(crate) problems: Vec<String>,
+    /// Task names promised never to change the graph.
+    pub(crate) quiet: std::collections::BTreeSet<String>,
 }
 
 impl Workflow {
@@ -61,6 +63,7 @@ impl Workflow {
             live_picture: true,
             ids: Default::default(),
             problems: Vec::new(),
+            quiet: Default::default(),
         }
     }
 

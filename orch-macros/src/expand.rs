@@ -89,6 +89,7 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
         let n = i.to_string();
         quote! { (#n, #p::IntoInput::<#ty>::into_input(#i)) }
     });
+    let grows = t.takes_context;
     let retries = o.retries.unwrap_or(0);
     let timeout = opt_f64(o.timeout);
     let retry_delay = opt_f64(o.retry_delay);
@@ -113,6 +114,7 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
 
             impl #p::TaskDef for #ident {
                 const NAME: &'static str = #name;
+                const GROWS: bool = #grows;
                 type Output = #out;
 
                 fn task() -> ::orch::Task {
