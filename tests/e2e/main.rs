@@ -11,4 +11,5 @@ mod promises;
 mod python_helper;
 mod shapes;
 mod structure;
+mod typed;
 mod util;

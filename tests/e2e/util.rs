@@ -76,6 +76,16 @@ impl Space {
         cmd.output().expect("example runs")
     }
 
+    /// Runs a built example with arguments, with this space's database.
+    pub fn example_args(&self, name: &str, args: &[&str]) -> Output {
+        Command::new(example_path(name))
+            .args(args)
+            .env("ORCH_DB", self.db())
+            .current_dir(self.path())
+            .output()
+            .expect("example runs")
+    }
+
     /// The `orch` CLI with this space's database.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_orch"))
