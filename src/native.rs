@@ -23,7 +23,6 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -67,7 +66,7 @@ pub trait TaskDef: 'static {
     /// draws no possible growth after them.
     const GROWS: bool;
     /// What the task returns (the `T` of a `Result<T, E>`).
-    type Output: Serialize + DeserializeOwned;
+    type Output: crate::typed::TaskValue;
     /// The task as the graph stores it, options applied.
     fn task() -> Task;
     /// The input fields: the function's arguments, in order.
@@ -846,12 +845,12 @@ pub mod support {
     }
 
     /// Checks a value against `T`, for [`Field::check`].
-    pub fn check<T: DeserializeOwned>(value: &Value) -> std::result::Result<(), String> {
+    pub fn check<T: crate::typed::TaskValue>(value: &Value) -> std::result::Result<(), String> {
         check_value::<T>(value)
     }
 
     /// Takes argument `name` out of the inputs.
-    pub fn arg<T: DeserializeOwned>(
+    pub fn arg<T: crate::typed::TaskValue>(
         task: &str,
         inputs: &mut Value,
         name: &str,
@@ -869,13 +868,13 @@ pub mod support {
     }
 
     /// Serialises a plain return value.
-    pub fn ok<T: Serialize>(value: T) -> std::result::Result<Value, Failure> {
+    pub fn ok<T: crate::typed::TaskValue>(value: T) -> std::result::Result<Value, Failure> {
         serde_json::to_value(value)
             .map_err(|e| Failure::terminal(format!("the output does not serialise to JSON: {e}")))
     }
 
     /// Turns a `Result` return value into an output or a failure.
-    pub fn result<T: Serialize, E: fmt::Display + 'static>(
+    pub fn result<T: crate::typed::TaskValue, E: fmt::Display + 'static>(
         r: std::result::Result<T, E>,
     ) -> std::result::Result<Value, Failure> {
         match r {

@@ -12,4 +12,5 @@ mod python_helper;
 mod shapes;
 mod structure;
 mod typed;
+mod ui;
 mod util;

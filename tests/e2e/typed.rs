@@ -495,3 +495,58 @@ fn the_typed_examples_run_and_every_native_attempt_is_a_child() {
         assert_eq!(report, want);
     }
 }
+
+#[test]
+fn a_crate_outside_the_workspace_runs_a_typed_workflow() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = root.join("tests/outside/Cargo.toml");
+    // The outer `cargo test` may hold the lock of the workspace's target
+    // folder; share the compile-fail tests' one (same dependencies, built
+    // for the host triple), which saves a second build of them.
+    let target = root.join("target/tests/trybuild");
+    let triple = host_triple();
+    let space = Space::new();
+    let out = std::process::Command::new(cargo())
+        .args(["run", "--quiet", "--target", &triple, "--manifest-path"])
+        .arg(&manifest)
+        .arg("--")
+        .arg(space.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ex = space.export(&printed_run(&out));
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(
+        ex.node("longest").unwrap().output,
+        Some(serde_json::json!("workflows"))
+    );
+    let binary = target.join(&triple).join("debug/orch-outside");
+    for n in &ex.nodes {
+        let pid = n.attempts[0].pid.expect("a process");
+        assert_ne!(Some(pid), ex.orchestrator_pid, "{} ran in a child", n.id);
+    }
+    assert!(binary.exists());
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn host_triple() -> String {
+    let out = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
+}

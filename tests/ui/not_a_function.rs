@@ -1,0 +1,8 @@
+// `#[task]` goes on functions only.
+
+#[orch::task]
+struct Square {
+    x: u64,
+}
+
+fn main() {}
