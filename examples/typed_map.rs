@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         wf.dir(d).db(std::path::Path::new(d).join("orch.db"));
     }
     let xs = wf.add(numbers::call(count));
-    let squares = wf.map(&xs, |x| square::call(x));
+    let squares = wf.map(&xs, square::call);
     let sum = wf.add(total::call(squares.output()));
     println!("registered: {} -> map(square) -> {}", xs.id(), sum.id());
     orch::workflow::report(wf.run())

@@ -18,6 +18,9 @@
 //! # Ok::<(), orch::Error>(())
 //! ```
 //!
+//! Tasks can also be typed Rust functions, wired by value and checked by
+//! rustc ([`task`], [`typed`], `docs/typed.md`).
+//!
 //! See `docs/protocol.md` for the task protocol and `../shared/SPEC.md`
 //! for the model.
 #![deny(missing_docs)]
@@ -49,6 +52,26 @@ pub use model::{
     RunStatus, Task,
 };
 pub use native::{Context, Failure, TaskDef};
+/// Turns a function into a typed task: a definition named like the function
+/// (implementing [`TaskDef`]) whose `call(..)` takes each argument as a
+/// plain value or the `.output()` of a node producing its type, run as a
+/// subprocess of the workflow binary (see `docs/typed.md`).
+///
+/// Options: `name = "..."`, `retries = N`, `timeout = "30s"`,
+/// `retry_delay = "2s"`. A first argument `ctx: &mut orch::Context` lets the
+/// task grow the graph.
+///
+/// ```
+/// #[orch::task(retries = 2, timeout = "10s")]
+/// fn greet(name: String) -> String {
+///     format!("hello {name}")
+/// }
+///
+/// let mut wf = orch::Workflow::new("hello");
+/// let who = wf.add(greet::call("ada"));
+/// wf.add(greet::call(who.output()));
+/// assert_eq!(greet("bob".into()), "hello bob"); // the function is unchanged
+/// ```
 pub use orch_macros::task;
 pub use promise::Promise;
 pub use shape::Shape;

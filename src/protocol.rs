@@ -140,6 +140,9 @@ enum Wire {
 }
 
 /// One stdout line of a task, classified.
+// One value per line read, consumed at once: boxing the message would cost
+// an allocation per line for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Line {
     /// Not a protocol line: part of the attempt's log.

@@ -23,7 +23,7 @@
 //!
 //! let mut wf = Workflow::new("squares");
 //! let xs = wf.add(numbers::call(10));
-//! let squares = wf.map(&xs, |x| square::call(x));
+//! let squares = wf.map(&xs, square::call);
 //! let sum = wf.add(total::call(squares.output()));
 //! assert_eq!(sum.id(), "total");
 //! let outcome = wf.run()?;
@@ -330,7 +330,7 @@ impl Workflow {
     ///
     /// let mut wf = orch::Workflow::new("w");
     /// let ws = wf.add(words::call());
-    /// let lens = wf.map(&ws, |w| len::call(w)); // a Node<Vec<usize>>
+    /// let lens = wf.map(&ws, len::call); // a Node<Vec<usize>>
     /// assert_eq!(lens.id(), "len.all");
     /// ```
     pub fn map<T, M: TaskDef>(

@@ -145,7 +145,7 @@ fn a_typed_map_runs_every_task_in_its_own_process() {
     let mut wf = space.workflow("typed");
     wf.live_picture(false);
     let xs = wf.add(numbers::call(4));
-    let squares = wf.map(&xs, |x| square::call(x));
+    let squares = wf.map(&xs, square::call);
     let sum = wf.add(total::call(squares.output()));
     let (outcome, ex) = space.run(&wf);
     assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.reason);
@@ -185,7 +185,7 @@ fn an_empty_collection_maps_to_an_empty_vec() {
     let mut wf = space.workflow("typed-empty");
     wf.live_picture(false);
     let xs = wf.add(numbers::call(0));
-    let squares = wf.map(&xs, |x| square::call(x));
+    let squares = wf.map(&xs, square::call);
     let (outcome, ex) = space.run(&wf);
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
     assert_eq!(

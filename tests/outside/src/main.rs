@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
     let mut wf = orch::Workflow::new("outside");
     wf.dir(&dir).db(std::path::Path::new(&dir).join("orch.db"));
     let words = wf.add(split::call("typed workflows from another crate"));
-    let measured = wf.map(&words, |w| measure::call(w));
+    let measured = wf.map(&words, measure::call);
     wf.add(longest::call(measured.output()));
     orch::workflow::report(wf.run())
 }
