@@ -85,9 +85,9 @@ pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::native::support::*;
-    pub use crate::native::{Field, TaskDef};
+    pub use crate::native::{Failure, Field, TaskDef};
     pub use crate::typed::{Call, IntoInput};
-    pub use crate::Context;
+    pub use crate::{Context, Task};
     pub use serde_json;
 }
 

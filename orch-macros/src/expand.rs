@@ -117,7 +117,7 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
                 const GROWS: bool = #grows;
                 type Output = #out;
 
-                fn task() -> ::orch::Task {
+                fn task() -> #p::Task {
                     #p::keep(&__ORCH_REGISTER);
                     #p::task_def::<Self>(#retries, #timeout, #retry_delay)
                 }
@@ -131,7 +131,7 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
                 fn invoke(
                     __orch_ctx: &mut #p::Context,
                     mut __orch_inputs: #p::Value,
-                ) -> ::core::result::Result<#p::Value, ::orch::Failure> {
+                ) -> ::core::result::Result<#p::Value, #p::Failure> {
                     #(#takes)*
                     #finish
                 }
