@@ -334,6 +334,7 @@ fn a_python_output_is_checked_against_its_declared_type() {
     let (outcome, ex) = space.run(&wf);
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(ex.node("total").unwrap().output, Some(serde_json::json!(6)));
+    assert_eq!(ex.node("echo").unwrap().output, Some(serde_json::json!(60)));
     let bad = ex.node("bad").unwrap();
     assert_eq!(bad.state, NodeState::Failed);
     let error = bad.attempts[0].error.clone().unwrap();
@@ -549,4 +550,43 @@ fn host_triple() -> String {
         .find_map(|l| l.strip_prefix("host: "))
         .expect("rustc -vV names the host")
         .to_string()
+}
+
+#[test]
+fn the_orch_cli_resumes_a_typed_run_in_the_recorded_binary() {
+    use std::os::unix::process::ExitStatusExt;
+    for point in ["after_spawn", "before_commit"] {
+        let space = Space::new();
+        // The orchestrator dies like `kill -9` while `square[2]` runs (or
+        // just before its batch commits).
+        let fault = format!("{point}:square[2]");
+        let out = space.example("typed_map", &[("ORCH_FAULT", &fault)]);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: the orchestrator died"
+        );
+        // The CLI binary defines no task: it starts the recorded one.
+        let out = space.cli(&["resume", "latest"]);
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = space.store().resolve_run("latest").unwrap();
+        let ex = space.export(&run);
+        assert_eq!(ex.status, RunStatus::Succeeded, "{point}");
+        assert_eq!(
+            ex.node("total").unwrap().output,
+            Some(serde_json::json!(55)),
+            "{point}"
+        );
+        let copy = ex.node("square[2]").unwrap();
+        assert_eq!(copy.attempts.len(), 2, "{point}: square[2] ran again");
+        assert_eq!(
+            ex.node("numbers").unwrap().attempts.len(),
+            1,
+            "{point}: done work stays done"
+        );
+    }
 }
