@@ -329,7 +329,14 @@ fn a_python_output_is_checked_against_its_declared_type() {
     let good = wf
         .node("good", Task::python("good.py"))
         .returns::<Vec<u64>>();
-    wf.add(total::call(good.output()));
+    let sum = wf.add(total::call(good.output()));
+    // A typed output feeds an untyped node just as well.
+    space.write(
+        "echo.py",
+        "import orch\nctx = orch.start()\norch.output(ctx.inputs['n'] * 10)\n",
+    );
+    wf.node("echo", Task::python("echo.py"))
+        .input("n", sum.output());
     wf.node("bad", Task::python("bad.py")).returns::<Vec<u64>>();
     let (outcome, ex) = space.run(&wf);
     assert_eq!(outcome.status, RunStatus::Failed);
