@@ -114,7 +114,8 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         live_picture: wf.live_picture,
     };
     let run_id = time::new_run_id();
-    let mut runner = Runner::new(store, RunState::new(&run_id), &config)?;
+    let custom = wf.executor.as_ref().map(|e| e.0.clone());
+    let mut runner = Runner::new(store, RunState::new(&run_id), &config, custom)?;
     runner.emit(EventKind::RunStarted {
         workflow: wf.name.clone(),
         orchestrator_pid: std::process::id(),
@@ -240,7 +241,7 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
             });
         }
     }
-    let mut runner = Runner::new(store, state, &config)?;
+    let mut runner = Runner::new(store, state, &config, None)?;
     runner.recover()?;
     runner.announce("run resumed");
     runner.finish_outcome().await
@@ -326,7 +327,7 @@ pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Re
     };
     state.apply(&event);
     store.commit_restart(&run, &event, &state)?;
-    let mut runner = Runner::new(store, state, &config)?;
+    let mut runner = Runner::new(store, state, &config, None)?;
     if runner.state.status != RunStatus::Running {
         runner.emit(EventKind::RunStatus {
             status: RunStatus::Running,
@@ -400,20 +401,29 @@ fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
 }
 
 impl Runner {
-    fn new(store: Store, state: RunState, config: &RunConfig) -> Result<Runner> {
+    /// A runner; attempts go to `executor`, else to a
+    /// [`ProcessExecutor`] for `config`.
+    fn new(
+        store: Store,
+        state: RunState,
+        config: &RunConfig,
+        executor: Option<Arc<dyn Executor>>,
+    ) -> Result<Runner> {
         let db = store
             .path()
             .canonicalize()
             .unwrap_or_else(|_| store.path().to_path_buf());
         let home = db.parent().unwrap_or(&config.base_dir).to_path_buf();
-        let helper_dir = install_helper(&home)?;
-        let executor = ProcessExecutor::new(ProcessEnv {
-            base_dir: config.base_dir.clone(),
-            python: config.python.clone(),
-            helper_dir,
-            db,
-            default_timeout: config.default_timeout.map(Duration::from_secs_f64),
-        });
+        let executor: Arc<dyn Executor> = match executor {
+            Some(e) => e,
+            None => Arc::new(ProcessExecutor::new(ProcessEnv {
+                base_dir: config.base_dir.clone(),
+                python: config.python.clone(),
+                helper_dir: install_helper(&home)?,
+                db,
+                default_timeout: config.default_timeout.map(Duration::from_secs_f64),
+            })),
+        };
         let picture = if config.live_picture {
             let dir = home.join("runs").join(&state.run);
             std::fs::create_dir_all(&dir)
@@ -425,7 +435,7 @@ impl Runner {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         Ok(Runner {
             state,
-            executor: Arc::new(executor),
+            executor,
             max_parallel: config.max_parallel.max(1),
             ready: BTreeSet::new(),
             running: HashMap::new(),
