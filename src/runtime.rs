@@ -8,7 +8,7 @@
 //! [`Runner::flush`] writes the queued events to SQLite in one
 //! transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub(crate) struct Runner {
     reports_rx: mpsc::UnboundedReceiver<Report>,
     queued: Vec<Event>,
     logs: Vec<LogLine>,
+    /// Nodes whose creation or success is queued but not committed yet:
+    /// nothing that depends on them starts before the next flush.
+    enablers: HashSet<usize>,
     failure: Option<String>,
     /// Set once a promise is broken: nothing starts, nothing commits.
     broken: Option<String>,
@@ -433,6 +436,11 @@ impl Runner {
             None
         };
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        // Only a restart needs the batches, and it rebuilds the state from
+        // the history.
+        let mut state = state;
+        state.keep_batches = false;
+        state.batches = Vec::new();
         Ok(Runner {
             state,
             executor,
@@ -443,6 +451,7 @@ impl Runner {
             reports_rx,
             queued: Vec::new(),
             logs: Vec::new(),
+            enablers: HashSet::new(),
             failure: None,
             broken: None,
             cancelling: false,
@@ -513,13 +522,22 @@ impl Runner {
             kind,
         };
         let touched = self.state.apply(&ev);
-        if let EventKind::NodeState { node, state } = &ev.kind {
-            let i = self.state.graph.position(node).expect("known node");
-            if *state == NodeState::Ready {
-                self.ready.insert(i);
-            } else {
-                self.ready.remove(&i);
+        match &ev.kind {
+            EventKind::NodeState { node, state } => {
+                let i = self.state.graph.position(node).expect("known node");
+                if *state == NodeState::Ready {
+                    self.ready.insert(i);
+                } else {
+                    self.ready.remove(&i);
+                }
+                if *state == NodeState::Succeeded {
+                    self.enablers.insert(i);
+                }
             }
+            // New nodes and the targets of new edges start only once the
+            // batch is committed.
+            EventKind::BatchCommitted { .. } => self.enablers.extend(touched.iter().copied()),
+            _ => {}
         }
         self.queued.push(ev);
         for i in touched {
@@ -543,27 +561,17 @@ impl Runner {
 
     /// The shape promises whose region ends at node `i`.
     fn shapes_into(&self, i: usize) -> Vec<(usize, Promise)> {
-        let id = &self.state.graph.node(i).id;
-        self.state
-            .graph
-            .promises()
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p, Promise::Shape { to, .. } if to == id))
-            .map(|(k, p)| (k, p.clone()))
+        let g = &self.state.graph;
+        g.shapes_into(i)
+            .map(|k| (k, g.promises()[k].clone()))
             .collect()
     }
 
     /// True while a shape region ending at `i` is unfilled: the region's
     /// `to` waits for it through the promise itself.
     fn gated(&self, i: usize) -> bool {
-        self.shapes_into(i).iter().any(|(_, p)| match p {
-            Promise::Shape { from, to, .. } => {
-                promise::committed_region(&self.state.graph, from, to)
-                    .is_some_and(|r| r.nodes.is_empty() && !r.direct)
-            }
-            _ => false,
-        })
+        let g = &self.state.graph;
+        g.shapes_into(i).any(|k| g.region_unfilled(k) == Some(true))
     }
 
     /// Records a violation: the run ends `promise_broken`, nothing starts
@@ -626,6 +634,7 @@ impl Runner {
             .commit(&self.state.run, &self.queued, &self.logs)?;
         let events = !self.queued.is_empty();
         self.queued.clear();
+        self.enablers.clear();
         self.logs.clear();
         if let Some(p) = self.picture.as_mut().filter(|_| events) {
             p.update(&self.state, self.state.status.is_terminal());
@@ -635,13 +644,14 @@ impl Runner {
 
     async fn drive(&mut self) -> Result<RunStatus> {
         // Controls (pause, unpause, cancel) come through SQLite from any
-        // process; they are polled while the run waits.
+        // process; they are polled while the run waits, and every
+        // CONTROL_POLL while reports keep it busy.
         let mut poll = tokio::time::interval(CONTROL_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_controls = tokio::time::Instant::now() + CONTROL_POLL;
         loop {
             self.take_inputs()?;
-            self.schedule();
-            self.flush()?;
+            self.schedule()?;
             let paused = self.state.status == RunStatus::Paused && !self.cancelling;
             let waiting = !self.waiting.is_empty()
                 && self.failure.is_none()
@@ -657,11 +667,31 @@ impl Runner {
                 return Ok(status);
             }
             let next_retry = self.retry_at.values().min().copied();
+            // Group commit: reports that are already there are handled
+            // without writing first. Nothing waits on the queued events
+            // meanwhile: a node whose start depends on them flushes first
+            // (see `start`), and they are written before the loop waits.
+            if let Ok(report) = self.reports_rx.try_recv() {
+                self.handle(report);
+                let now = tokio::time::Instant::now();
+                if now >= next_controls {
+                    next_controls = now + CONTROL_POLL;
+                    self.take_controls()?;
+                }
+                if next_retry.is_some_and(|t| t <= now) {
+                    self.release_retries();
+                }
+                continue;
+            }
+            self.flush()?;
             tokio::select! {
                 report = self.reports_rx.recv() => {
                     self.handle(report.expect("the runner holds a sender"));
                 }
-                _ = poll.tick() => self.take_controls()?,
+                _ = poll.tick() => {
+                    next_controls = tokio::time::Instant::now() + CONTROL_POLL;
+                    self.take_controls()?;
+                }
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
             }
@@ -711,6 +741,9 @@ impl Runner {
                 node,
                 state: NodeState::Succeeded,
             });
+            // The value was taken from the inputs table: its output is
+            // written before anything else happens.
+            self.flush()?;
         }
         Ok(())
     }
@@ -739,12 +772,14 @@ impl Runner {
                 }
                 _ => {}
             }
+            // The request was marked taken: what it did is written now.
+            self.flush()?;
         }
         Ok(())
     }
 
     /// Starts ready nodes while slots are free, lowest position first.
-    fn schedule(&mut self) {
+    fn schedule(&mut self) -> Result<()> {
         while self.failure.is_none()
             && self.broken.is_none()
             && !self.cancelling
@@ -754,8 +789,15 @@ impl Runner {
             let Some(&i) = self.ready.iter().next() else {
                 break;
             };
+            // What this start depends on (the node's creation, its
+            // predecessors' success and outputs) is committed first.
+            let g = &self.state.graph;
+            if self.enablers.contains(&i) || g.predecessors(i).any(|p| self.enablers.contains(&p)) {
+                self.flush()?;
+            }
             self.start(i);
         }
+        Ok(())
     }
 
     fn start(&mut self, i: usize) {
@@ -766,7 +808,7 @@ impl Runner {
             let Promise::Shape { from, to, shape } = &p else {
                 continue;
             };
-            let Some(region) = promise::committed_region(&self.state.graph, from, to) else {
+            let Some(region) = promise::shape_region(&self.state.graph, index) else {
                 continue;
             };
             if let RegionState::Mismatch(why) = promise::region_state(&region, shape) {
@@ -1112,8 +1154,7 @@ impl Runner {
         let found = g.promises().iter().enumerate().find_map(|(index, p)| match p {
             Promise::Shape { from, to, .. }
                 if g.get(to).is_some_and(|n| n.state == NodeState::Pending)
-                    && promise::committed_region(g, from, to)
-                        .is_some_and(|r| r.nodes.is_empty() && !r.direct) =>
+                    && g.region_unfilled(index) == Some(true) =>
             {
                 Some(Violation {
                     index,

@@ -151,7 +151,10 @@ impl Workflow {
     /// assert!(wf.run()?.succeeded());
     /// # Ok::<(), orch::Error>(())
     /// ```
-    pub fn executor(&mut self, executor: std::sync::Arc<dyn crate::executor::Executor>) -> &mut Workflow {
+    pub fn executor(
+        &mut self,
+        executor: std::sync::Arc<dyn crate::executor::Executor>,
+    ) -> &mut Workflow {
         self.executor = Some(crate::executor::SharedExecutor(executor));
         self
     }
