@@ -567,6 +567,9 @@ pub fn merge_attrs(attrs: &mut Attrs, patch: &Attrs) {
     }
 }
 
+/// Calls back with each successor (or predecessor) of a node.
+type Neighbours<'a, N> = &'a dyn Fn(N, &mut dyn FnMut(N));
+
 /// Pearce–Kelly: keeps a topological order when the edge `x -> y` is
 /// added while `ord(y) < ord(x)`. Searches forward from `y` among nodes
 /// before `x` in the order; reaching `x` means a cycle (`Err` with the path
@@ -585,8 +588,8 @@ fn reorder<N: Copy + Eq + Hash>(
     x: N,
     next: &mut u64,
     ord: &dyn Fn(N) -> u64,
-    succs: &dyn Fn(N, &mut dyn FnMut(N)),
-    preds: &dyn Fn(N, &mut dyn FnMut(N)),
+    succs: Neighbours<'_, N>,
+    preds: Neighbours<'_, N>,
 ) -> Result<Vec<(N, u64)>, Vec<N>> {
     let (lo, hi) = (ord(y), ord(x));
     let mut parent: FastMap<N, N> = FastMap::default();
@@ -1172,7 +1175,7 @@ impl Staging {
             },
             Mutation::AddPromise { promise } => {
                 if let Promise::Shape { from, to, .. } = promise {
-                    for end in [&*from, &*to] {
+                    for end in [from, to] {
                         if self.resolve(g, end).is_none() {
                             return Err(err(format!(
                                 "the shape's node `{end}` is not a node of the graph or of this batch"

@@ -119,15 +119,17 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     let run_id = time::new_run_id();
     let custom = wf.executor.as_ref().map(|e| e.0.clone());
     let mut runner = Runner::new(store, RunState::new(&run_id), &config, custom)?;
-    runner.emit(EventKind::RunStarted {
-        workflow: wf.name.clone(),
-        orchestrator_pid: std::process::id(),
-        config: serde_json::to_value(&config).expect("config serialises"),
-    });
-    runner.emit(EventKind::BatchCommitted {
-        origin: Origin::Registration,
-        mutations: registration,
-    });
+    runner.write_then_apply(vec![
+        EventKind::RunStarted {
+            workflow: wf.name.clone(),
+            orchestrator_pid: std::process::id(),
+            config: serde_json::to_value(&config).expect("config serialises"),
+        },
+        EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations: registration,
+        },
+    ])?;
     runner.flush()?;
     runner.announce("run started");
     runner.finish_outcome().await
@@ -511,6 +513,30 @@ impl Runner {
 
     fn id(&self, i: usize) -> String {
         self.state.graph.node(i).id.clone()
+    }
+
+    /// Writes the first events of a run (nothing is queued before them),
+    /// then applies them like [`Runner::emit`]. For the registration: its
+    /// serialised form is gone before the graph is built, so a big
+    /// registration never holds both at once.
+    fn write_then_apply(&mut self, kinds: Vec<EventKind>) -> Result<()> {
+        debug_assert!(self.queued.is_empty());
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(k, kind)| Event {
+                seq: self.state.last_seq + 1 + k as u64,
+                at: time::now(),
+                kind,
+            })
+            .collect();
+        self.store.commit(&self.state.run, &events, &[])?;
+        for ev in events {
+            for i in self.state.apply(&ev) {
+                self.refresh(i);
+            }
+        }
+        Ok(())
     }
 
     /// Applies an event to the in-memory state, queues it for the next
