@@ -1,24 +1,33 @@
 //! Kernel benchmarks (`cargo bench --bench kernel`): numbers, not
 //! assertions. Each case prints the median of several repetitions.
 //!
-//! - `validate+apply`: a layered static DAG (each node with 1–3 parents)
-//!   validated as one registration batch and applied to a graph;
+//! - `validate+apply`: a layered static DAG (rows of 100, each node with
+//!   1–3 parents in the row above) validated as one registration batch and
+//!   applied to a graph, in memory;
 //! - `store commit`: the same registration written to SQLite as one event
 //!   plus its materialized rows;
+//! - `run`: that DAG registered and run to completion by `Workflow::run`
+//!   with durable history (WAL, `synchronous=NORMAL`) and the
+//!   benchmark-only [`NoWork`] executor, in a child process (this bench
+//!   re-executed) so that its peak RSS (`VmHWM`) is the run's alone:
+//!   registration time (until the first task starts), tasks/s, peak RSS;
+//! - `overhead`: orchestration cost per task (no-work executor, durable
+//!   history): a chain and a wide fan of independent nodes;
 //! - `shape check`: a 10,000-copy map filled in one batch, checked against
 //!   `shape(A, B, M*)`;
-//! - `picture`: the outlook and SVG of that map, collapsed;
-//! - `python …`: Python no-op tasks run by orch (a chain; a 300-wide map
-//!   added at run time, serial and `max_parallel(2)`), each beside its
-//!   floor: a plain loop spawning the same interpreter on the same script
-//!   (two at a time for the parallel case), interleaved.
+//! - `promise curve`: 1,000 batches, each staged, checked and applied
+//!   against 100 `shape` promises in force, time per batch by blocks of
+//!   100 (flat = no super-linear growth);
+//! - `picture`: the outlook and SVG of the 10,000-copy map, collapsed.
 //!
-//! Set `ORCH_BENCH_NODES` (default 100000) and `ORCH_BENCH_CHAIN` (default
-//! 50) to change the sizes.
+//! Set `ORCH_BENCH_NODES` (default 100000) to change the DAG size and
+//! `ORCH_BENCH_PARALLEL` (default 1) the `max_parallel` of the run case.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use orch::executor::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
 use orch::graph::Graph;
 use orch::state::{Event, EventKind};
 use orch::{Attrs, Mutation, Origin, Store, Task, Workflow};
@@ -41,6 +50,53 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
     )
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// BENCHMARK ONLY, not for real workflows: every attempt "succeeds" at
+/// once, runs nothing and outputs nothing, so that a run measures the
+/// orchestrator alone (validation, scheduling, durable history). Plugged
+/// in through the public extension point [`Workflow::executor`].
+#[derive(Default)]
+struct NoWork {
+    /// When the first attempt was launched: registration is over.
+    first: Mutex<Option<Instant>>,
+}
+
+impl Executor for NoWork {
+    fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
+        self.first
+            .lock()
+            .expect("no poisoning")
+            .get_or_insert_with(Instant::now);
+        let end = AttemptEnd {
+            exit_code: Some(0),
+            ..AttemptEnd::default()
+        };
+        let _ = link.reports.send(Report::Finished {
+            node: link.node,
+            attempt: link.attempt,
+            end,
+        });
+        Ok(None)
+    }
+}
+
+/// One run with the no-work executor: (registration, run after it).
+fn run_no_work(wf: &mut Workflow, db: &Path) -> (Duration, Duration) {
+    let exec = Arc::new(NoWork::default());
+    wf.db(db).live_picture(false).executor(exec.clone());
+    let t = Instant::now();
+    let outcome = wf.run().expect("run");
+    let end = Instant::now();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    let first = exec.first.lock().unwrap().expect("a task ran");
+    (first - t, end - first)
+}
+
+/// A layered DAG of `n` nodes as mutations: rows of 100, each node after
+/// the first row with 1–3 distinct parents in the row above.
 fn layered(n: usize) -> Vec<Mutation> {
     let mut muts = Vec::with_capacity(n * 3);
     let width = 100;
@@ -78,260 +134,308 @@ fn layered(n: usize) -> Vec<Mutation> {
     muts
 }
 
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident set size of this process, in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The child side of the `run` case: registers and runs the layered DAG
+/// once, prints `registration_ms run_ms peak_rss_mib`.
+fn child_run(n: usize) {
+    let parallel = env_usize("ORCH_BENCH_PARALLEL", 1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut wf = Workflow::new("layered");
+    for m in layered(n) {
+        wf.mutate(m);
+    }
+    wf.max_parallel(parallel);
+    let (reg, run) = run_no_work(&mut wf, &dir.path().join("run.db"));
+    println!("{} {} {}", ms(reg), ms(run), peak_rss_mib());
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let n: usize = std::env::var("ORCH_BENCH_NODES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let chain: usize = std::env::var("ORCH_BENCH_CHAIN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let n = env_usize("ORCH_BENCH_NODES", 100_000);
+    if std::env::var("ORCH_BENCH_CHILD").as_deref() == Ok("run") {
+        child_run(n);
+        return;
+    }
+    let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();
+    let want = |case: &str| only.is_empty() || only.split(',').any(|c| c == case);
 
     let muts = layered(n);
     let edges = muts.len() - n;
-    let d = time(5, || {
-        let mut g = Graph::new();
-        g.commit(&muts).expect("valid DAG")
-    });
-    println!(
-        "validate+apply   {n} nodes, {edges} edges: {:.1} ms median of 5 ({:.0} nodes/s)",
-        d.as_secs_f64() * 1e3,
-        n as f64 / d.as_secs_f64()
-    );
+    if want("validate") {
+        let d = time(5, || {
+            let mut g = Graph::new();
+            g.commit(&muts).expect("valid DAG")
+        });
+        println!(
+            "validate+apply   {n} nodes, {edges} edges: {:.1} ms median of 5 ({:.0} nodes/s)",
+            ms(d),
+            n as f64 / d.as_secs_f64()
+        );
+    }
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut k = 0;
-    let d = time(3, || {
-        k += 1;
-        let mut store = Store::open(dir.path().join(format!("b{k}.db"))).unwrap();
-        let events = [
-            Event {
-                seq: 1,
-                at: orch::time::now(),
-                kind: EventKind::RunStarted {
-                    workflow: "bench".into(),
-                    orchestrator_pid: std::process::id(),
-                    config: Value::Null,
+    if want("store") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut k = 0;
+        let d = time(3, || {
+            k += 1;
+            let mut store = Store::open(dir.path().join(format!("b{k}.db"))).unwrap();
+            let events = [
+                Event {
+                    seq: 1,
+                    at: orch::time::now(),
+                    kind: EventKind::RunStarted {
+                        workflow: "bench".into(),
+                        orchestrator_pid: std::process::id(),
+                        config: Value::Null,
+                    },
                 },
-            },
-            Event {
-                seq: 2,
-                at: orch::time::now(),
-                kind: EventKind::BatchCommitted {
-                    origin: Origin::Registration,
-                    mutations: muts.clone(),
+                Event {
+                    seq: 2,
+                    at: orch::time::now(),
+                    kind: EventKind::BatchCommitted {
+                        origin: Origin::Registration,
+                        mutations: muts.clone(),
+                    },
                 },
-            },
-        ];
-        store.commit("bench", &events, &[]).unwrap()
-    });
-    println!(
-        "store commit     {n} nodes, {edges} edges in one transaction: {:.1} ms median of 3",
-        d.as_secs_f64() * 1e3
-    );
+            ];
+            store.commit("bench", &events, &[]).unwrap()
+        });
+        println!(
+            "store commit     {n} nodes, {edges} edges in one transaction: {:.1} ms median of 3",
+            ms(d)
+        );
+    }
+    drop(muts);
+
+    if want("run") {
+        // A child process per repetition: its peak RSS is the run's alone.
+        let exe = std::env::current_exe().expect("bench executable");
+        let (mut regs, mut runs, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let out = std::process::Command::new(&exe)
+                .env("ORCH_BENCH_CHILD", "run")
+                .output()
+                .expect("child bench");
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            regs.push(Duration::from_secs_f64(v[0] / 1e3));
+            runs.push(Duration::from_secs_f64(v[1] / 1e3));
+            rss.push(v[2]);
+        }
+        rss.sort_by(f64::total_cmp);
+        let (reg, run) = (median(regs), median(runs));
+        println!(
+            "run              {n}-node layered DAG, no-work executor, durable, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), peak RSS {:.0} MiB (medians of 3 child processes)",
+            env_usize("ORCH_BENCH_PARALLEL", 1),
+            ms(reg),
+            ms(run),
+            n as f64 / run.as_secs_f64(),
+            rss[1]
+        );
+    }
+
+    if want("overhead") {
+        let tasks = 2_000;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut k = 0;
+        for (name, chain) in [("chain", true), ("wide", false)] {
+            let mut per = Vec::new();
+            for _ in 0..5 {
+                k += 1;
+                let mut wf = Workflow::new(name);
+                for i in 0..tasks {
+                    wf.node(format!("t{i}"), Task::command(["true"]));
+                    if chain && i > 0 {
+                        wf.edge(format!("t{}", i - 1), format!("t{i}"));
+                    }
+                }
+                let (_, run) = run_no_work(&mut wf, &dir.path().join(format!("o{k}.db")));
+                per.push(run / tasks as u32);
+            }
+            println!(
+                "overhead         {name} of {tasks}, no-work executor, durable: {:.1} µs/task median of 5",
+                median(per).as_secs_f64() * 1e6
+            );
+        }
+    }
 
     // A 10,000-copy map: the shape check of the batch that fills it, and
     // the picture (collapsed into one stacked node).
     let copies = 10_000;
-    let mut reg = vec![
-        Mutation::AddNode {
-            id: "A".into(),
-            task: Task::command(["true"]),
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        },
-        Mutation::AddNode {
-            id: "B".into(),
-            task: Task::command(["true"]),
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        },
-    ];
+    let node = |id: &str, task: &str| Mutation::AddNode {
+        id: id.into(),
+        task: Task::command(["true"]).named(task),
+        inputs: Value::Null,
+        attrs: Attrs::new(),
+    };
+    let edge = |a: &str, b: &str| Mutation::AddEdge {
+        from: a.into(),
+        to: b.into(),
+        attrs: Attrs::new(),
+    };
+    let mut reg = vec![node("A", "A"), node("B", "B")];
     reg.push(Mutation::AddPromise {
         promise: orch::Promise::shape("A", "B", "M*".parse().unwrap()),
     });
     let mut fill = Vec::new();
     for i in 0..copies {
         let id = format!("M_{i}");
-        fill.push(Mutation::AddNode {
-            id: id.clone(),
-            task: Task::command(["true"]).named("M"),
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        });
-        for (a, b) in [("A", id.as_str()), (id.as_str(), "B")] {
-            fill.push(Mutation::AddEdge {
-                from: a.into(),
-                to: b.into(),
-                attrs: Attrs::new(),
-            });
-        }
+        fill.push(node(&id, "M"));
+        fill.push(edge("A", &id));
+        fill.push(edge(&id, "B"));
     }
-    let mut g = Graph::new();
-    g.commit(&reg).unwrap();
-    let d = time(5, || {
-        let staging = g.stage_all(fill.clone()).unwrap();
-        orch::promise::check_batch(&g, &staging, Some("A")).unwrap()
-    });
-    println!(
-        "shape check      {copies} copies of M* filled in one batch (staging + check): {:.1} ms median of 5",
-        d.as_secs_f64() * 1e3
-    );
-    let mut state = orch::RunState::new("bench");
-    let mk = |seq, kind| Event {
-        seq,
-        at: orch::time::now(),
-        kind,
-    };
-    state.apply(&mk(
-        1,
-        EventKind::BatchCommitted {
-            origin: Origin::Registration,
-            mutations: reg.clone(),
-        },
-    ));
-    state.apply(&mk(
-        2,
-        EventKind::BatchCommitted {
-            origin: Origin::Registration,
-            mutations: fill.clone(),
-        },
-    ));
-    let d = time(3, || {
-        let o = orch::outlook::outlook(&state, orch::outlook::Options::default());
-        orch::render::svg(&o)
-    });
-    println!(
-        "picture          {copies}-copy map, collapsed (outlook + SVG): {:.1} ms median of 3",
-        d.as_secs_f64() * 1e3
-    );
-
-    // Python tasks versus the floor: a plain loop spawning the same
-    // interpreter on the same script, measured interleaved with orch (floor,
-    // orch, floor, orch, …) so that machine noise hits both alike.
-    let python = match orch::executor::resolve_python(&orch::executor::configured_python(None)) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("python           skipped: {e}");
-            return;
-        }
-    };
-    let space = tempfile::tempdir().unwrap();
-    let helper = orch::executor::install_helper(space.path()).unwrap();
-    std::fs::write(
-        space.path().join("noop.py"),
-        "import orch\norch.start()\norch.output(None)\n",
-    )
-    .unwrap();
-    std::fs::write(
-        space.path().join("fan.py"),
-        "import orch\nctx = orch.start()\nfor i in range(ctx.inputs['n']):\n    ctx.add_node(f'M_{i}', script='noop.py', name='M')\n    ctx.add_edge('A', f'M_{i}')\n    ctx.add_edge(f'M_{i}', 'B')\norch.output(None)\n",
-    )
-    .unwrap();
-    let spawn_noop = || {
-        use std::io::Write;
-        let start_line = "{\"orch\":1,\"type\":\"start\",\"run\":\"r\",\"node\":\"n\",\"attempt\":1,\"task\":{\"name\":\"n\",\"kind\":\"python\",\"script\":\"noop.py\"},\"inputs\":null}\n";
-        let mut child = Command::new(&python)
-            .arg("-u")
-            .arg("noop.py")
-            .current_dir(space.path())
-            .env("PYTHONPATH", &helper)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(start_line.as_bytes()).unwrap();
-        // The helper waits for the ack of its output message.
-        stdin
-            .write_all(b"{\"orch\":1,\"type\":\"ack\",\"seq\":1}\n")
-            .unwrap();
-        drop(stdin);
-        child
-    };
-    // `n` spawns, at most `width` at a time.
-    let floor = |n: usize, width: usize| {
-        let mut left = n;
-        while left > 0 {
-            let batch: Vec<_> = (0..width.min(left)).map(|_| spawn_noop()).collect();
-            left -= batch.len();
-            for c in batch {
-                c.wait_with_output().unwrap();
-            }
-        }
-    };
-    let mut k = 0;
-    let mut run = |wf: &mut Workflow| {
-        k += 1;
-        wf.dir(space.path())
-            .db(space.path().join(format!("b{k}.db")))
-            .live_picture(false);
-        assert!(wf.run().unwrap().succeeded());
-    };
-    let reps = 5;
-    /// Name, tasks, floor width, and how to build the workflow.
-    type Case = (String, usize, usize, Box<dyn Fn() -> Workflow>);
-    let cases: Vec<Case> = vec![
-        (
-            format!("chain of {chain}"),
-            chain,
-            1,
-            Box::new(move || {
-                let mut wf = Workflow::new("chain");
-                for i in 0..chain {
-                    wf.node(format!("t{i}"), Task::python("noop.py"));
-                    if i > 0 {
-                        wf.edge(format!("t{}", i - 1), format!("t{i}"));
-                    }
-                }
-                wf
-            }),
-        ),
-        (
-            "300-wide runtime map".to_string(),
-            302,
-            1,
-            Box::new(|| map_workflow(1)),
-        ),
-        (
-            "300-wide runtime map, max_parallel(2)".to_string(),
-            302,
-            2,
-            Box::new(|| map_workflow(2)),
-        ),
-    ];
-    for (name, tasks, width, make) in &cases {
-        let (mut f, mut o) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            let t = Instant::now();
-            floor(*tasks, *width);
-            f.push(t.elapsed());
-            let t = Instant::now();
-            run(&mut make());
-            o.push(t.elapsed());
-        }
-        let (f, o) = (median(f), median(o));
-        let per = |d: Duration| d.as_secs_f64() * 1e3 / *tasks as f64;
+    if want("shape") {
+        let mut g = Graph::new();
+        g.commit(&reg).unwrap();
+        let d = time(5, || {
+            let staging = g.stage_all(fill.clone()).unwrap();
+            orch::promise::check_batch(&g, &staging, Some("A")).unwrap()
+        });
         println!(
-            "python {name:<38} {tasks} tasks: orch {:.1} ms/task, floor {:.1} ms/task, ratio {:.2}, overhead {:.2} ms/task (medians of {reps}, interleaved)",
-            per(o),
-            per(f),
-            o.as_secs_f64() / f.as_secs_f64(),
-            per(o) - per(f)
+            "shape check      {copies} copies of M* filled in one batch (staging + check): {:.1} ms median of 5",
+            ms(d)
+        );
+    }
+
+    if want("curve") {
+        promise_curve();
+    }
+
+    if want("picture") {
+        let mut state = orch::RunState::new("bench");
+        let mk = |seq, kind| Event {
+            seq,
+            at: orch::time::now(),
+            kind,
+        };
+        state.apply(&mk(
+            1,
+            EventKind::BatchCommitted {
+                origin: Origin::Registration,
+                mutations: reg.clone(),
+            },
+        ));
+        state.apply(&mk(
+            2,
+            EventKind::BatchCommitted {
+                origin: Origin::Registration,
+                mutations: fill.clone(),
+            },
+        ));
+        let d = time(3, || {
+            let o = orch::outlook::outlook(&state, orch::outlook::Options::default());
+            orch::render::svg(&o)
+        });
+        println!(
+            "picture          {copies}-copy map, collapsed (outlook + SVG): {:.1} ms median of 3",
+            ms(d)
         );
     }
 }
 
-/// `A` adds 300 copies of `M` between itself and `B` at run time, under
-/// `shape(A, B, M*)`.
-fn map_workflow(parallel: usize) -> Workflow {
-    let mut wf = Workflow::new("map");
-    wf.max_parallel(parallel);
-    wf.node("A", Task::python("fan.py")).input("n", 300);
-    wf.node("B", Task::python("noop.py"));
-    wf.map_region("A", "B", orch::Shape::task("M"), 0, None);
-    wf
+/// 1,000 batches against 100 `shape` promises: a pipeline of stages
+/// `A_0 … A_100` with `shape(A_j, A_{j+1}, M*)` between each pair, plus a
+/// side chain that every batch grows by 10 nodes. Every 10th batch (sent
+/// by `A_j`) also fills region `j` with 10 copies of `M`. Each batch is
+/// staged, checked against every promise in force and applied; the graph
+/// grows to about 11,000 nodes. Prints the median time per batch in each
+/// block of 100 batches.
+fn promise_curve() {
+    let (stages, batches, blocks) = (100, 1_000, 10);
+    let node = |id: String, task: &str| Mutation::AddNode {
+        id,
+        task: Task::command(["true"]).named(task),
+        inputs: Value::Null,
+        attrs: Attrs::new(),
+    };
+    let edge = |a: &str, b: &str| Mutation::AddEdge {
+        from: a.into(),
+        to: b.into(),
+        attrs: Attrs::new(),
+    };
+    let mut reps: Vec<Vec<Duration>> = vec![Vec::new(); blocks];
+    for _ in 0..3 {
+        let mut reg: Vec<Mutation> = (0..=stages).map(|j| node(format!("A_{j}"), "A")).collect();
+        reg.push(node("G".into(), "G"));
+        for j in 0..stages {
+            reg.push(Mutation::AddPromise {
+                promise: orch::Promise::shape(
+                    &format!("A_{j}"),
+                    &format!("A_{}", j + 1),
+                    "M*".parse().unwrap(),
+                ),
+            });
+        }
+        let mut g = Graph::new();
+        g.commit(&reg).unwrap();
+        let mut prev = "G".to_string();
+        let mut block = Duration::ZERO;
+        for b in 0..batches {
+            let mut muts = Vec::new();
+            for k in 0..10 {
+                let id = format!("X_{b}_{k}");
+                muts.push(node(id.clone(), "X"));
+                muts.push(edge(&prev, &id));
+                prev = id;
+            }
+            let by = if b % 10 == 0 {
+                let j = b / 10;
+                let (from, to) = (format!("A_{j}"), format!("A_{}", j + 1));
+                for k in 0..10 {
+                    let id = format!("M_{j}_{k}");
+                    muts.push(node(id.clone(), "M"));
+                    muts.push(edge(&from, &id));
+                    muts.push(edge(&id, &to));
+                }
+                from
+            } else {
+                "G".to_string()
+            };
+            let t = Instant::now();
+            let staging = g.stage_all(muts).expect("valid batch");
+            orch::promise::check_batch(&g, &staging, Some(&by)).expect("keeps its promises");
+            g.apply_unchecked(staging.mutations());
+            block += t.elapsed();
+            if (b + 1) % (batches / blocks) == 0 {
+                reps[b / (batches / blocks)].push(block / (batches / blocks) as u32);
+                block = Duration::ZERO;
+            }
+        }
+    }
+    let curve: Vec<String> = reps
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| {
+            format!(
+                "{}: {:.0}",
+                (k + 1) * batches / blocks,
+                median(r).as_secs_f64() * 1e6
+            )
+        })
+        .collect();
+    println!(
+        "promise curve    {batches} batches against {stages} shape promises, µs per batch by block of {} (median of 3): {}",
+        batches / blocks,
+        curve.join(", ")
+    );
 }

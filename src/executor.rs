@@ -116,6 +116,17 @@ pub trait Executor: Send + Sync {
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String>;
 }
 
+/// An executor shared by a workflow and its runs (`Debug` for the
+/// builder; see [`crate::Workflow::executor`]).
+#[derive(Clone)]
+pub struct SharedExecutor(pub Arc<dyn Executor>);
+
+impl std::fmt::Debug for SharedExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedExecutor(..)")
+    }
+}
+
 /// Where and how processes run.
 #[derive(Clone, Debug)]
 pub struct ProcessEnv {

@@ -7,6 +7,8 @@
 //! more and applies it, all or nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
@@ -47,13 +49,151 @@ pub struct Edge {
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     nodes: Vec<Node>,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
     dag: DiGraph<(), usize, u32>,
     edges: Vec<Edge>,
-    edge_index: HashMap<(usize, usize), usize>,
+    edge_index: FastMap<(usize, usize), usize>,
     /// Per node: predecessors that have not succeeded yet.
     unmet: Vec<u32>,
     promises: Vec<Promise>,
+    /// Per node: its place in a topological order of the graph, kept
+    /// incrementally (Pearce–Kelly) as edges are added: distinct places,
+    /// with `ord[u] < ord[v]` for every edge `u -> v`.
+    ord: Vec<u64>,
+    /// The place after every node's.
+    next_ord: u64,
+    /// The regions of the `shape` promises, in declaration order.
+    regions: Vec<RegionIndex>,
+    /// Per node: the regions (indices into `regions`) that end at it.
+    regions_into: FastMap<usize, Vec<usize>>,
+    /// Changes on every applied batch (unique across graphs), so that a
+    /// [`Staging`] notices the graph moved under it.
+    version: u64,
+}
+
+/// FxHash (multiply and rotate) with a final mix: a fast hash for the
+/// graph's own maps,
+/// keyed by node positions and ids. Not resistant to chosen collisions,
+/// which is fine for keys the workflow itself chose.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    /// Mixed once more (splitmix64's finaliser): the table takes its
+    /// bucket from the low bits, which the multiply alone leaves equal for
+    /// keys that differ only in their high bytes (`n1`, `n2`, …).
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 56));
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+type FastSet<K> = HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// Versions of graphs: unique across all graphs of the process.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A set of node positions.
+#[derive(Clone, Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn has(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+    }
+
+    /// Adds `i`; false when it was there already.
+    fn insert(&mut self, i: usize) -> bool {
+        if self.0.len() <= i / 64 {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        let (w, b) = (&mut self.0[i / 64], 1u64 << (i % 64));
+        let new = *w & b == 0;
+        *w |= b;
+        new
+    }
+}
+
+/// The region of one `shape` promise, kept up to date as edges are added
+/// while its `to` has not started (the region is *open*): the strict
+/// descendants of `from` (not through `to`), the strict ancestors of `to`
+/// (not through `from`), and their intersection, the region's nodes.
+/// Once `to` starts, no edge can reach the region any more: the sets are
+/// dropped, and built again if `to` goes back to not started (a retry).
+#[derive(Clone, Debug)]
+pub(crate) struct RegionIndex {
+    /// Position of the promise among the graph's promises.
+    pub(crate) promise: usize,
+    /// Position of `from`.
+    pub(crate) from: usize,
+    /// Position of `to`.
+    pub(crate) to: usize,
+    /// False once `to` started.
+    pub(crate) open: bool,
+    desc: Bits,
+    anc: Bits,
+    /// The region's nodes, in the order they joined it.
+    members: Vec<usize>,
+}
+
+impl RegionIndex {
+    fn in_desc(&self, i: usize) -> bool {
+        i == self.from || self.desc.has(i)
+    }
+
+    fn in_anc(&self, i: usize) -> bool {
+        i == self.to || self.anc.has(i)
+    }
 }
 
 /// What applying a batch touched, for the scheduler.
@@ -133,6 +273,40 @@ impl Graph {
         self.edge_index.contains_key(&(from, to))
     }
 
+    /// The place of node `i` in the topological order the graph keeps
+    /// (`topo_order(u) < topo_order(v)` for every edge `u -> v`).
+    pub fn topo_order(&self, i: usize) -> u64 {
+        self.ord[i]
+    }
+
+    /// The `shape` promises (positions among [`Graph::promises`]) whose
+    /// region ends at node `i`.
+    pub fn shapes_into(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.regions_into
+            .get(&i)
+            .into_iter()
+            .flatten()
+            .map(|&r| self.regions[r].promise)
+    }
+
+    /// The indexed regions of the `shape` promises.
+    pub(crate) fn regions(&self) -> &[RegionIndex] {
+        &self.regions
+    }
+
+    /// The region index of the `shape` promise at position `promise`.
+    pub(crate) fn region_of(&self, promise: usize) -> Option<&RegionIndex> {
+        self.regions.iter().find(|r| r.promise == promise)
+    }
+
+    /// True when the open region of the `shape` promise at position
+    /// `promise` has no node and no direct edge `from -> to`: its `to`
+    /// waits for it. `None` when the promise is not an open shape.
+    pub fn region_unfilled(&self, promise: usize) -> Option<bool> {
+        let r = self.region_of(promise).filter(|r| r.open)?;
+        Some(r.members.is_empty() && !self.has_edge(r.from, r.to))
+    }
+
     /// Validates a whole batch against this graph; returns the mutations
     /// as they will be applied (task names filled in).
     pub fn validate(&self, mutations: Vec<Mutation>) -> Result<Vec<Mutation>, StructuralError> {
@@ -178,6 +352,8 @@ impl Graph {
                     self.index.insert(id.clone(), i);
                     self.dag.add_node(());
                     self.unmet.push(0);
+                    self.ord.push(self.next_ord);
+                    self.next_ord += 1;
                     applied.touched.push(i);
                     // Validated batches have well-formed references only.
                     for r in output_refs(inputs).unwrap_or_default() {
@@ -205,14 +381,114 @@ impl Graph {
                 }
                 Mutation::AddPromise { promise } => {
                     // A shape's `to` may now have to wait for its region.
-                    if let Promise::Shape { to, .. } = promise {
-                        applied.touched.extend(self.position(to));
+                    if let Promise::Shape { from, to, .. } = promise {
+                        let (f, t) = (self.index[from], self.index[to]);
+                        applied.touched.push(t);
+                        let k = self.regions.len();
+                        self.regions.push(RegionIndex {
+                            promise: self.promises.len(),
+                            from: f,
+                            to: t,
+                            open: false,
+                            desc: Bits::default(),
+                            anc: Bits::default(),
+                            members: Vec::new(),
+                        });
+                        self.regions_into.entry(t).or_default().push(k);
+                        if self.nodes[t].state.not_started() {
+                            self.open_region(k);
+                        }
                     }
                     self.promises.push(promise.clone());
                 }
             }
         }
+        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
         applied
+    }
+
+    /// Builds the sets of region `k` from scratch.
+    fn open_region(&mut self, k: usize) {
+        let (from, to) = (self.regions[k].from, self.regions[k].to);
+        let mut desc = Bits::default();
+        let mut stack = vec![from];
+        while let Some(v) = stack.pop() {
+            for s in self.successors(v) {
+                if s != to && desc.insert(s) {
+                    stack.push(s);
+                }
+            }
+        }
+        let mut anc = Bits::default();
+        let mut members = Vec::new();
+        let mut stack = vec![to];
+        while let Some(v) = stack.pop() {
+            for p in self.predecessors(v) {
+                if p != from && anc.insert(p) {
+                    if desc.has(p) {
+                        members.push(p);
+                    }
+                    stack.push(p);
+                }
+            }
+        }
+        let r = &mut self.regions[k];
+        (r.desc, r.anc, r.members, r.open) = (desc, anc, members, true);
+    }
+
+    /// Keeps the open regions up to date after the edge `u -> v` was added.
+    fn grow_regions(&mut self, u: usize, v: usize) {
+        for k in 0..self.regions.len() {
+            let r = &self.regions[k];
+            if !r.open {
+                continue;
+            }
+            if r.in_desc(u) && v != r.to && !r.desc.has(v) {
+                let mut stack = vec![v];
+                let r = &mut self.regions[k];
+                r.desc.insert(v);
+                if r.anc.has(v) {
+                    r.members.push(v);
+                }
+                while let Some(w) = stack.pop() {
+                    for s in self
+                        .dag
+                        .neighbors_directed(NodeIndex::new(w), Direction::Outgoing)
+                    {
+                        let s = s.index();
+                        if s != r.to && r.desc.insert(s) {
+                            if r.anc.has(s) {
+                                r.members.push(s);
+                            }
+                            stack.push(s);
+                        }
+                    }
+                }
+            }
+            let r = &self.regions[k];
+            if r.in_anc(v) && u != r.from && !r.anc.has(u) {
+                let mut stack = vec![u];
+                let r = &mut self.regions[k];
+                r.anc.insert(u);
+                if r.desc.has(u) {
+                    r.members.push(u);
+                }
+                while let Some(w) = stack.pop() {
+                    for p in self
+                        .dag
+                        .neighbors_directed(NodeIndex::new(w), Direction::Incoming)
+                    {
+                        let p = p.index();
+                        if p != r.from && r.anc.insert(p) {
+                            if r.desc.has(p) {
+                                r.members.push(p);
+                            }
+                            stack.push(p);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn push_edge(&mut self, from: usize, to: usize, attrs: Attrs) {
@@ -224,6 +500,25 @@ impl Graph {
         if self.nodes[from].state != NodeState::Succeeded {
             self.unmet[to] += 1;
         }
+        if self.ord[from] > self.ord[to] {
+            let mut next = self.next_ord;
+            let moved = reorder(
+                to,
+                from,
+                &mut next,
+                &|i: usize| self.ord[i],
+                &|i, f| self.successors(i).for_each(f),
+                &|i, f| self.predecessors(i).for_each(f),
+            )
+            .unwrap_or_else(|_| panic!("a validated batch closes no cycle"));
+            self.next_ord = next;
+            for (i, o) in moved {
+                self.ord[i] = o;
+            }
+        }
+        if !self.regions.is_empty() {
+            self.grow_regions(from, to);
+        }
     }
 
     /// Sets a node's state, keeping the successors' counts of unmet
@@ -232,6 +527,18 @@ impl Graph {
     pub fn set_state(&mut self, i: usize, state: NodeState) -> Vec<usize> {
         let before = self.nodes[i].state;
         self.nodes[i].state = state;
+        if before.not_started() != state.not_started() {
+            // A region can grow only while its `to` has not started.
+            for k in self.regions_into.get(&i).cloned().unwrap_or_default() {
+                if state.not_started() {
+                    self.open_region(k);
+                } else {
+                    let r = &mut self.regions[k];
+                    (r.desc, r.anc, r.members, r.open) =
+                        (Bits::default(), Bits::default(), Vec::new(), false);
+                }
+            }
+        }
         let mut freed = Vec::new();
         if before != NodeState::Succeeded && state == NodeState::Succeeded {
             for s in self.successors(i).collect::<Vec<_>>() {
@@ -260,6 +567,88 @@ pub fn merge_attrs(attrs: &mut Attrs, patch: &Attrs) {
     }
 }
 
+/// Calls back with each successor (or predecessor) of a node.
+type Neighbours<'a, N> = &'a dyn Fn(N, &mut dyn FnMut(N));
+
+/// Pearce–Kelly: keeps a topological order when the edge `x -> y` is
+/// added while `ord(y) < ord(x)`. Searches forward from `y` among nodes
+/// before `x` in the order; reaching `x` means a cycle (`Err` with the path
+/// `y ~> x`). Otherwise the nodes found (`y` and its descendants up to
+/// `x`) must come after `x`. When they have no descendant beyond `x` (the
+/// common case of an edge into a node that waits at the end of a region,
+/// or into a node no other node follows yet), they move to the end of the
+/// order, after every node (places from `next` on). Otherwise a backward
+/// search from `x` among nodes after `y` finds the nodes that must stay
+/// before them, and both groups share their own places again, those
+/// reaching `x` first. Returns the new places to set. Only nodes between
+/// `y` and `x` in the order are ever looked at, so adding an edge that
+/// already agrees with the order costs nothing at all.
+fn reorder<N: Copy + Eq + Hash>(
+    y: N,
+    x: N,
+    next: &mut u64,
+    ord: &dyn Fn(N) -> u64,
+    succs: Neighbours<'_, N>,
+    preds: Neighbours<'_, N>,
+) -> Result<Vec<(N, u64)>, Vec<N>> {
+    let (lo, hi) = (ord(y), ord(x));
+    let mut parent: FastMap<N, N> = FastMap::default();
+    let mut forward = vec![y];
+    let mut stack = vec![y];
+    let mut seen: FastSet<N> = FastSet::default();
+    seen.insert(y);
+    let mut found = None;
+    let mut beyond = false;
+    while let Some(n) = stack.pop() {
+        succs(n, &mut |s| {
+            if found.is_some() {
+                return;
+            }
+            if s == x {
+                found = Some(n);
+            } else if ord(s) > hi {
+                beyond = true;
+            } else if seen.insert(s) {
+                parent.insert(s, n);
+                forward.push(s);
+                stack.push(s);
+            }
+        });
+        if let Some(last) = found {
+            let mut path = vec![x, last];
+            let mut cur = last;
+            while let Some(&p) = parent.get(&cur) {
+                path.push(p);
+                cur = p;
+            }
+            path.reverse();
+            return Err(path);
+        }
+    }
+    forward.sort_by_key(|&n| ord(n));
+    if !beyond {
+        let start = *next;
+        *next += forward.len() as u64;
+        return Ok(forward.into_iter().zip(start..).collect());
+    }
+    let mut backward = vec![x];
+    let mut stack = vec![x];
+    let mut seen: FastSet<N> = FastSet::default();
+    seen.insert(x);
+    while let Some(n) = stack.pop() {
+        preds(n, &mut |p| {
+            if ord(p) > lo && seen.insert(p) {
+                backward.push(p);
+                stack.push(p);
+            }
+        });
+    }
+    backward.sort_by_key(|&n| ord(n));
+    let mut slots: Vec<u64> = backward.iter().chain(&forward).map(|&n| ord(n)).collect();
+    slots.sort_unstable();
+    Ok(backward.into_iter().chain(forward).zip(slots).collect())
+}
+
 /// A node of the graph-plus-batch view: committed, or new in the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Ref {
@@ -282,13 +671,21 @@ enum Ref {
 #[derive(Clone, Debug, Default)]
 pub struct Staging {
     mutations: Vec<Mutation>,
-    new_ids: HashMap<String, usize>,
+    new_ids: FastMap<String, usize>,
     /// (id, task name) of each new node, by `Ref::New` index.
     new_nodes: Vec<(String, String)>,
-    new_succ: HashMap<Ref, Vec<Ref>>,
-    new_pred: HashMap<Ref, Vec<Ref>>,
+    new_succ: FastMap<Ref, Vec<Ref>>,
+    new_pred: FastMap<Ref, Vec<Ref>>,
     new_edges: Vec<(Ref, Ref)>,
-    new_edge_set: HashSet<(Ref, Ref)>,
+    new_edge_set: FastSet<(Ref, Ref)>,
+    /// The graph version the order below was computed against.
+    version: u64,
+    /// Topological places of the batch's new nodes (after the graph's).
+    ord_new: Vec<u64>,
+    /// Graph nodes whose place this batch's edges changed.
+    ord_old: FastMap<usize, u64>,
+    /// The place after every node's, the batch's included.
+    next_ord: u64,
 }
 
 impl Staging {
@@ -360,6 +757,96 @@ impl Staging {
         self.new_edge_set.insert((from, to));
     }
 
+    fn ord(&self, g: &Graph, r: Ref) -> u64 {
+        match r {
+            Ref::Old(i) => self.ord_old.get(&i).copied().unwrap_or(g.ord[i]),
+            Ref::New(k) => self.ord_new[k],
+        }
+    }
+
+    fn for_succs(&self, g: &Graph, r: Ref, f: &mut dyn FnMut(Ref)) {
+        if let Ref::Old(i) = r {
+            g.successors(i).for_each(|s| f(Ref::Old(s)));
+        }
+        self.new_succ
+            .get(&r)
+            .into_iter()
+            .flatten()
+            .for_each(|&s| f(s));
+    }
+
+    fn for_preds(&self, g: &Graph, r: Ref, f: &mut dyn FnMut(Ref)) {
+        if let Ref::Old(i) = r {
+            g.predecessors(i).for_each(|p| f(Ref::Old(p)));
+        }
+        self.new_pred
+            .get(&r)
+            .into_iter()
+            .flatten()
+            .for_each(|&p| f(p));
+    }
+
+    /// Brings the batch's topological order up to date when the graph
+    /// changed since it was computed (another batch committed while this
+    /// one was being sent): its edges are ordered again, one by one,
+    /// against the graph as it is now. An edge that now closes a cycle is
+    /// left for the validation at commit, which refuses the batch.
+    fn sync_order(&mut self, g: &Graph) {
+        if self.version == g.version {
+            return;
+        }
+        self.version = g.version;
+        self.ord_old.clear();
+        self.ord_new = (0..self.new_nodes.len() as u64)
+            .map(|k| g.next_ord + k)
+            .collect();
+        self.next_ord = g.next_ord + self.new_nodes.len() as u64;
+        let mut succ: FastMap<Ref, Vec<Ref>> = FastMap::default();
+        let mut pred: FastMap<Ref, Vec<Ref>> = FastMap::default();
+        for e in 0..self.new_edges.len() {
+            let (a, b) = self.new_edges[e];
+            succ.entry(a).or_default().push(b);
+            pred.entry(b).or_default().push(a);
+            if self.ord(g, a) < self.ord(g, b) {
+                continue;
+            }
+            let mut next = self.next_ord;
+            let moved = reorder(
+                b,
+                a,
+                &mut next,
+                &|r| self.ord(g, r),
+                &|r, f| {
+                    if let Ref::Old(i) = r {
+                        g.successors(i).for_each(|s| f(Ref::Old(s)));
+                    }
+                    succ.get(&r).into_iter().flatten().for_each(|&s| f(s));
+                },
+                &|r, f| {
+                    if let Ref::Old(i) = r {
+                        g.predecessors(i).for_each(|p| f(Ref::Old(p)));
+                    }
+                    pred.get(&r).into_iter().flatten().for_each(|&p| f(p));
+                },
+            );
+            if let Ok(moved) = moved {
+                self.next_ord = next;
+                for (r, o) in moved {
+                    self.set_ord(r, o);
+                }
+            }
+        }
+    }
+
+    fn set_ord(&mut self, r: Ref, o: u64) {
+        match r {
+            Ref::Old(i) => {
+                self.ord_old.insert(i, o);
+            }
+            Ref::New(k) => self.ord_new[k] = o,
+        }
+    }
+
     fn succs(&self, g: &Graph, r: Ref) -> Vec<Ref> {
         let mut out: Vec<Ref> = match r {
             Ref::Old(i) => g.successors(i).map(Ref::Old).collect(),
@@ -408,7 +895,91 @@ impl Staging {
             Ref::Old(i) => (0, i),
             Ref::New(k) => (1, k),
         });
-        let index: HashMap<Ref, usize> = inside.iter().enumerate().map(|(k, &r)| (r, k)).collect();
+        let region = self.region_of(g, f, t, inside.clone());
+        let index: HashSet<Ref> = inside.into_iter().collect();
+        let in_or_on = |r: &Ref| *r == f || *r == t || index.contains(r);
+        let touched = self
+            .new_edges
+            .iter()
+            .any(|(a, b)| in_or_on(a) && in_or_on(b));
+        Some((region, touched))
+    }
+
+    /// The region of an open indexed `shape` promise in the graph plus
+    /// this batch, when the batch touches it: when one of its edges lies
+    /// inside the region or on its boundary. Only what the batch adds is
+    /// searched (from the endpoints of its edges); the committed part of
+    /// the region comes from the index.
+    pub(crate) fn touched_region(&self, g: &Graph, r: &RegionIndex) -> Option<Region> {
+        if self.new_edges.is_empty() {
+            return None;
+        }
+        let (from, to) = (Ref::Old(r.from), Ref::Old(r.to));
+        let d_old = |n: Ref| matches!(n, Ref::Old(i) if r.in_desc(i));
+        let a_old = |n: Ref| matches!(n, Ref::Old(i) if r.in_anc(i));
+        // What the batch adds to the descendants of `from` and to the
+        // ancestors of `to`.
+        let mut extra_d: FastSet<Ref> = FastSet::default();
+        let mut stack: Vec<Ref> = Vec::new();
+        for &(a, b) in &self.new_edges {
+            if d_old(a) && b != to && !d_old(b) && extra_d.insert(b) {
+                stack.push(b);
+            }
+        }
+        while let Some(n) = stack.pop() {
+            self.for_succs(g, n, &mut |s| {
+                if s != to && !d_old(s) && extra_d.insert(s) {
+                    stack.push(s);
+                }
+            });
+        }
+        let mut extra_a: FastSet<Ref> = FastSet::default();
+        for &(a, b) in &self.new_edges {
+            if a_old(b) && a != from && !a_old(a) && extra_a.insert(a) {
+                stack.push(a);
+            }
+        }
+        while let Some(n) = stack.pop() {
+            self.for_preds(g, n, &mut |p| {
+                if p != from && !a_old(p) && extra_a.insert(p) {
+                    stack.push(p);
+                }
+            });
+        }
+        let in_d = |n: &Ref| d_old(*n) || extra_d.contains(n);
+        let in_a = |n: &Ref| a_old(*n) || extra_a.contains(n);
+        if !self.new_edges.iter().any(|(a, b)| in_d(a) && in_a(b)) {
+            return None;
+        }
+        let mut inside: Vec<Ref> = r.members.iter().map(|&i| Ref::Old(i)).collect();
+        inside.extend(extra_d.iter().filter(|n| in_a(n)).copied());
+        inside.extend(
+            extra_a
+                .iter()
+                .filter(|n| in_d(n) && !extra_d.contains(n))
+                .copied(),
+        );
+        inside.sort_by_key(|r| match *r {
+            Ref::Old(i) => (0, i),
+            Ref::New(k) => (1, k),
+        });
+        Some(self.region_of(g, from, to, inside))
+    }
+
+    /// The committed region of an open indexed `shape` promise, from the
+    /// index alone.
+    pub(crate) fn indexed_region(g: &Graph, r: &RegionIndex) -> Region {
+        let mut inside: Vec<Ref> = r.members.iter().map(|&i| Ref::Old(i)).collect();
+        inside.sort_unstable_by_key(|r| match *r {
+            Ref::Old(i) => i,
+            Ref::New(k) => k,
+        });
+        Staging::default().region_of(g, Ref::Old(r.from), Ref::Old(r.to), inside)
+    }
+
+    /// The region with these nodes, as the matcher takes it.
+    fn region_of(&self, g: &Graph, f: Ref, t: Ref, inside: Vec<Ref>) -> Region {
+        let index: FastMap<Ref, usize> = inside.iter().enumerate().map(|(k, &r)| (r, k)).collect();
         let mut region = Region {
             nodes: inside
                 .iter()
@@ -428,19 +999,16 @@ impl Staging {
                     region.to_edges.push(k);
                 }
             }
-            if self.preds(g, r).contains(&f) {
+            if self.has_edge(g, f, r) {
                 region.from_edges.push(k);
             }
         }
-        let in_or_on = |r: &Ref| *r == f || *r == t || index.contains_key(r);
-        let touched = self
-            .new_edges
-            .iter()
-            .any(|(a, b)| in_or_on(a) && in_or_on(b));
-        Some((region, touched))
+        region
     }
 
-    /// A path `from ~> to` in the committed graph plus this batch, if any.
+    /// A path `from ~> to` in the committed graph plus this batch, if any:
+    /// the full search the incremental order replaced, kept to test it.
+    #[cfg(test)]
     fn path(&self, g: &Graph, from: Ref, to: Ref) -> Option<Vec<Ref>> {
         let mut parent: HashMap<Ref, Ref> = HashMap::new();
         let mut stack = vec![from];
@@ -475,12 +1043,12 @@ impl Staging {
     /// batch's earlier mutations and, if it keeps every structural rule,
     /// adds it to the batch.
     pub fn stage(&mut self, g: &Graph, mut m: Mutation) -> Result<(), StructuralError> {
-        let what = m.describe();
+        self.sync_order(g);
         let err = |reason: String| StructuralError {
-            mutation: what.clone(),
+            mutation: m.describe(),
             reason,
         };
-        match &mut m {
+        match &m {
             Mutation::AddNode {
                 id, task, inputs, ..
             } => {
@@ -491,9 +1059,6 @@ impl Staging {
                         Ref::New(_) => "earlier in this batch".to_string(),
                     };
                     return Err(err(format!("node id `{id}` is already used {existing}")));
-                }
-                if task.name.is_empty() {
-                    task.name = id.clone();
                 }
                 let refs = output_refs(inputs).map_err(|e| err(format!("bad input: {e}")))?;
                 let mut sources = Vec::new();
@@ -516,7 +1081,15 @@ impl Staging {
                 }
                 let k = self.new_ids.len();
                 self.new_ids.insert(id.clone(), k);
-                self.new_nodes.push((id.clone(), task.name.clone()));
+                let name = if task.name.is_empty() {
+                    id.clone()
+                } else {
+                    task.name.clone()
+                };
+                self.new_nodes.push((id.clone(), name));
+                // Last in the order: edges from its sources agree with it.
+                self.ord_new.push(self.next_ord);
+                self.next_ord += 1;
                 for src in sources {
                     self.add_edge(src, Ref::New(k));
                 }
@@ -544,17 +1117,37 @@ impl Staging {
                         "it would close the cycle `{from}` -> `{from}`"
                     )));
                 }
-                if let Some(path) = self.path(g, t, f) {
-                    let mut names: Vec<&str> = path.iter().map(|&r| self.name(g, r)).collect();
-                    names.push(self.name(g, t));
-                    return Err(err(format!(
-                        "it would close the cycle {}",
-                        names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(" -> ")
-                    )));
+                if self.ord(g, f) > self.ord(g, t) {
+                    let mut next = self.next_ord;
+                    let moved = reorder(
+                        t,
+                        f,
+                        &mut next,
+                        &|r| self.ord(g, r),
+                        &|r, cb| self.for_succs(g, r, cb),
+                        &|r, cb| self.for_preds(g, r, cb),
+                    );
+                    match moved {
+                        Ok(moved) => {
+                            self.next_ord = next;
+                            for (r, o) in moved {
+                                self.set_ord(r, o);
+                            }
+                        }
+                        Err(path) => {
+                            let mut names: Vec<&str> =
+                                path.iter().map(|&r| self.name(g, r)).collect();
+                            names.push(self.name(g, t));
+                            return Err(err(format!(
+                                "it would close the cycle {}",
+                                names
+                                    .iter()
+                                    .map(|n| format!("`{n}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" -> ")
+                            )));
+                        }
+                    }
                 }
                 self.add_edge(f, t);
             }
@@ -582,7 +1175,7 @@ impl Staging {
             },
             Mutation::AddPromise { promise } => {
                 if let Promise::Shape { from, to, .. } = promise {
-                    for end in [&*from, &*to] {
+                    for end in [from, to] {
                         if self.resolve(g, end).is_none() {
                             return Err(err(format!(
                                 "the shape's node `{end}` is not a node of the graph or of this batch"
@@ -595,6 +1188,11 @@ impl Staging {
                         )));
                     }
                 }
+            }
+        }
+        if let Mutation::AddNode { id, task, .. } = &mut m {
+            if task.name.is_empty() {
+                task.name = id.clone();
             }
         }
         self.mutations.push(m);
@@ -619,6 +1217,7 @@ fn check_id(id: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::model::{output, EdgeRef};
+    use crate::shape::Region;
     use serde_json::json;
 
     fn node(id: &str) -> Mutation {
@@ -769,6 +1368,273 @@ mod tests {
             }])
             .unwrap_err();
         assert!(err.reason.contains("unknown edge"), "{err}");
+    }
+
+    /// A small deterministic generator (xorshift), so that failures
+    /// reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// True when the graph plus the batch has no cycle (Kahn).
+    fn acyclic(g: &Graph, s: &Staging) -> bool {
+        let refs: Vec<Ref> = (0..g.len())
+            .map(Ref::Old)
+            .chain((0..s.new_nodes.len()).map(Ref::New))
+            .collect();
+        let mut indeg: HashMap<Ref, usize> =
+            refs.iter().map(|&r| (r, s.preds(g, r).len())).collect();
+        let mut stack: Vec<Ref> = refs.iter().copied().filter(|r| indeg[r] == 0).collect();
+        let mut seen = 0;
+        while let Some(r) = stack.pop() {
+            seen += 1;
+            for t in s.succs(g, r) {
+                let d = indeg.get_mut(&t).expect("known");
+                *d -= 1;
+                if *d == 0 {
+                    stack.push(t);
+                }
+            }
+        }
+        seen == refs.len()
+    }
+
+    /// Every edge of the graph plus the batch agrees with the order, and
+    /// places are distinct.
+    fn assert_ordered(g: &Graph, s: &Staging) {
+        let refs: Vec<Ref> = (0..g.len())
+            .map(Ref::Old)
+            .chain((0..s.new_nodes.len()).map(Ref::New))
+            .collect();
+        let places: HashSet<u64> = refs.iter().map(|&r| s.ord(g, r)).collect();
+        assert_eq!(places.len(), refs.len(), "places are distinct");
+        for &r in &refs {
+            for t in s.succs(g, r) {
+                assert!(
+                    s.ord(g, r) < s.ord(g, t),
+                    "{r:?} -> {t:?} against the order"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_cycle_check_agrees_with_a_full_search() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..40 {
+            let mut g = Graph::new();
+            let mut names = 0usize;
+            // Two batches in flight at once: one commits while the other
+            // is still being sent, so the second's order must follow.
+            let mut live: Vec<Staging> = vec![Staging::default(), Staging::default()];
+            for step in 0..300 {
+                let which = rng.below(2);
+                let s = &mut live[which];
+                let all: Vec<String> = g
+                    .nodes()
+                    .iter()
+                    .map(|n| n.id.clone())
+                    .chain(s.new_nodes.iter().map(|(id, _)| id.clone()))
+                    .collect();
+                if all.len() < 2 || rng.below(4) == 0 {
+                    names += 1;
+                    s.stage(&g, node(&format!("v{names}"))).unwrap();
+                } else {
+                    let (a, b) = (&all[rng.below(all.len())], &all[rng.below(all.len())]);
+                    let (f, t) = (s.resolve(&g, a).unwrap(), s.resolve(&g, b).unwrap());
+                    if s.has_edge(&g, f, t) {
+                        continue;
+                    }
+                    let closes = f == t || s.path(&g, t, f).is_some();
+                    let got = s.stage(&g, edge(a, b));
+                    assert_eq!(
+                        got.is_err(),
+                        closes,
+                        "round {round} step {step}: {a} -> {b}: {got:?}"
+                    );
+                    if let Err(e) = got {
+                        assert!(e.reason.contains("would close the cycle"), "{e}");
+                    }
+                }
+                assert_ordered(&g, &live[which]);
+                if rng.below(10) == 0 {
+                    let batch = std::mem::take(&mut live[which]);
+                    // A batch the other's commit made invalid (the same
+                    // edge added by both) is refused whole.
+                    if g.commit(batch.mutations()).is_err() {
+                        continue;
+                    }
+                    for k in 0..g.len() {
+                        for t in g.successors(k) {
+                            assert!(g.topo_order(k) < g.topo_order(t));
+                        }
+                    }
+                    // A batch that the commit made cyclic is doomed (its
+                    // commit fails); start it afresh.
+                    let other = 1 - which;
+                    let mut check = live[other].clone();
+                    check.sync_order(&g);
+                    if !acyclic(&g, &check) {
+                        assert!(g.validate(live[other].mutations().to_vec()).is_err());
+                        live[other] = Staging::default();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A region as sorted ids, for comparing two computations of it.
+    type Canon = (
+        Vec<String>,
+        Vec<(String, String)>,
+        Vec<String>,
+        Vec<String>,
+        bool,
+    );
+
+    fn canon(r: &Region) -> Canon {
+        let id = |k: usize| r.nodes[k].id.clone();
+        let mut nodes: Vec<String> = (0..r.nodes.len()).map(id).collect();
+        let mut edges: Vec<(String, String)> =
+            r.edges.iter().map(|&(a, b)| (id(a), id(b))).collect();
+        let mut from: Vec<String> = r.from_edges.iter().map(|&k| id(k)).collect();
+        let mut to: Vec<String> = r.to_edges.iter().map(|&k| id(k)).collect();
+        nodes.sort();
+        edges.sort();
+        from.sort();
+        to.sort();
+        (nodes, edges, from, to, r.direct)
+    }
+
+    #[test]
+    fn region_index_agrees_with_a_full_search() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..30 {
+            let mut g = Graph::new();
+            let base: Vec<Mutation> = (0..12).map(|i| node(&format!("v{i}"))).collect();
+            g.commit(&base).unwrap();
+            for k in 0..4 {
+                let (a, b) = (rng.below(6), 6 + rng.below(6));
+                let (f, t) = (format!("v{a}"), format!("v{b}"));
+                if k > 0 && rng.below(2) == 0 {
+                    continue;
+                }
+                g.commit(&[Mutation::AddPromise {
+                    promise: Promise::shape(&f, &t, "any".parse().unwrap()),
+                }])
+                .unwrap();
+            }
+            let mut names = 12;
+            for step in 0..60 {
+                let mut s = Staging::default();
+                for _ in 0..1 + rng.below(6) {
+                    let all: Vec<String> = g
+                        .nodes()
+                        .iter()
+                        .map(|n| n.id.clone())
+                        .chain(s.new_nodes.iter().map(|(id, _)| id.clone()))
+                        .collect();
+                    if rng.below(3) == 0 {
+                        names += 1;
+                        s.stage(&g, node(&format!("v{names}"))).unwrap();
+                    } else {
+                        let (a, b) = (&all[rng.below(all.len())], &all[rng.below(all.len())]);
+                        let _ = s.stage(&g, edge(a, b));
+                    }
+                }
+                for r in g.regions().iter().filter(|r| r.open) {
+                    let (from, to) = (&g.node(r.from).id, &g.node(r.to).id);
+                    let (full, _) = s.region(&g, from, to).unwrap();
+                    // Touched: a new edge inside the region or on its
+                    // boundary (`to -> from`, which leaves the region
+                    // unfilled, does not count).
+                    let ends: HashSet<&str> = full
+                        .nodes
+                        .iter()
+                        .map(|n| n.id.as_str())
+                        .chain([from.as_str(), to.as_str()])
+                        .collect();
+                    let touched = s.new_edges(&g).any(|(a, b)| {
+                        ends.contains(a) && ends.contains(b) && !(a == to && b == from)
+                    });
+                    let indexed = s.touched_region(&g, r);
+                    assert_eq!(
+                        indexed.is_some(),
+                        touched,
+                        "round {round} step {step}: touched"
+                    );
+                    if let Some(indexed) = indexed {
+                        assert_eq!(canon(&indexed), canon(&full), "round {round} step {step}");
+                    }
+                }
+                g.commit(s.mutations()).unwrap();
+                // Now and then a region's `to` starts (the index closes)
+                // and goes back to pending (it opens again, rebuilt).
+                if rng.below(8) == 0 {
+                    let i = 6 + rng.below(6);
+                    g.set_state(i, NodeState::Running);
+                    g.set_state(i, NodeState::Pending);
+                }
+                for r in g.regions().iter().filter(|r| r.open) {
+                    let (from, to) = (&g.node(r.from).id, &g.node(r.to).id);
+                    let full = crate::promise::committed_region(&g, from, to).unwrap();
+                    assert_eq!(
+                        canon(&Staging::indexed_region(&g, r)),
+                        canon(&full),
+                        "round {round} step {step}: committed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_edge_into_a_waiting_end_moves_it_last_without_searching_back() {
+        let mut g = Graph::new();
+        g.commit(&[node("A"), node("B")]).unwrap();
+        g.commit(&[node("M"), edge("A", "M"), edge("M", "B")])
+            .unwrap();
+        let (a, b, m) = (0, 1, 2);
+        assert!(g.topo_order(a) < g.topo_order(m));
+        assert!(g.topo_order(m) < g.topo_order(b));
+        let mut s = Staging::default();
+        s.stage(&g, node("N")).unwrap();
+        s.stage(&g, edge("N", "A")).unwrap();
+        assert_ordered(&g, &s);
+        let err = s.stage(&g, edge("B", "N")).unwrap_err();
+        assert!(
+            err.reason.contains("`N` -> `A` -> `M` -> `B` -> `N`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_closed_region_is_not_indexed_and_unfilled_regions_gate() {
+        let mut g = Graph::new();
+        g.commit(&[
+            node("A"),
+            node("B"),
+            Mutation::AddPromise {
+                promise: Promise::shape("A", "B", "M*".parse().unwrap()),
+            },
+        ])
+        .unwrap();
+        assert_eq!(g.shapes_into(1).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(g.region_unfilled(0), Some(true));
+        g.commit(&[node("M"), edge("A", "M"), edge("M", "B")])
+            .unwrap();
+        assert_eq!(g.region_unfilled(0), Some(false));
+        g.set_state(1, NodeState::Running);
+        assert_eq!(g.region_unfilled(0), None, "closed once `to` started");
+        g.set_state(1, NodeState::Ready);
+        assert_eq!(g.region_unfilled(0), Some(false), "open again, rebuilt");
     }
 
     #[test]

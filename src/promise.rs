@@ -295,6 +295,13 @@ pub fn check_mutation(
     by: &str,
     m: &Mutation,
 ) -> Result<(), Box<Violation>> {
+    // `shape` promises are checked per batch, not per mutation.
+    if g.promises()
+        .iter()
+        .all(|p| matches!(p, Promise::Shape { .. }))
+    {
+        return Ok(());
+    }
     let by_name = node_name(g, staging, by);
     let edges = mutation_edges(g, staging, m);
     for (index, p) in g.promises().iter().enumerate() {
@@ -321,29 +328,20 @@ pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(),
         }
     }
     let started = |id: &str| g.get(id).is_some_and(|n| !n.state.not_started());
-    // A batch touches a region only through a new edge: without one, no
-    // region in force needs a look.
-    let in_force = if staging.edge_count() == 0 {
-        &[][..]
-    } else {
-        g.promises()
-    };
-    for (index, p) in in_force.iter().enumerate() {
+    // A batch touches a region only through a new edge; only the regions
+    // whose `to` has not started can still grow, and the index says which
+    // of them the batch's edges reach (see `Staging::touched_region`).
+    for r in g.regions().iter().filter(|r| r.open) {
+        let Some(region) = staging.touched_region(g, r) else {
+            continue;
+        };
+        let p = &g.promises()[r.promise];
         let Promise::Shape { from, to, shape } = p else {
             continue;
         };
-        if started(to) {
-            continue;
-        }
-        let Some((region, touched)) = staging.region(g, from, to) else {
-            continue;
-        };
-        if !touched {
-            continue;
-        }
         if let RegionState::Mismatch(why) = region_state(&region, shape) {
             return Err(BatchProblem::Violation(Box::new(Violation {
-                index,
+                index: r.promise,
                 promise: p.clone(),
                 mutation: match by {
                     Some(b) => format!("the batch of `{b}`"),
@@ -380,9 +378,24 @@ pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(),
     Ok(())
 }
 
-/// The region of a `shape` promise in the committed graph.
+/// The region of a `shape` promise in the committed graph (searched in
+/// full; see [`shape_region`] for a promise in force).
 pub fn committed_region(g: &Graph, from: &str, to: &str) -> Option<Region> {
     Staging::default().region(g, from, to).map(|(r, _)| r)
+}
+
+/// The committed region of the `shape` promise at position `promise` among
+/// the graph's promises: from the region index while its `to` has not
+/// started, else searched in full. `None` when that promise is not a
+/// `shape`.
+pub fn shape_region(g: &Graph, promise: usize) -> Option<Region> {
+    match g.region_of(promise) {
+        Some(r) if r.open => Some(Staging::indexed_region(g, r)),
+        _ => match g.promises().get(promise)? {
+            Promise::Shape { from, to, .. } => committed_region(g, from, to),
+            _ => None,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! [`Runner::flush`] writes the queued events to SQLite in one
 //! transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub(crate) struct Runner {
     reports_rx: mpsc::UnboundedReceiver<Report>,
     queued: Vec<Event>,
     logs: Vec<LogLine>,
+    /// Nodes whose creation or success is queued but not committed yet:
+    /// nothing that depends on them starts before the next flush.
+    enablers: HashSet<usize>,
     failure: Option<String>,
     /// Set once a promise is broken: nothing starts, nothing commits.
     broken: Option<String>,
@@ -126,16 +129,19 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         native_binary: std::env::current_exe().ok(),
     };
     let run_id = time::new_run_id();
-    let mut runner = Runner::new(store, RunState::new(&run_id), &config)?;
-    runner.emit(EventKind::RunStarted {
-        workflow: wf.name.clone(),
-        orchestrator_pid: std::process::id(),
-        config: serde_json::to_value(&config).expect("config serialises"),
-    });
-    runner.emit(EventKind::BatchCommitted {
-        origin: Origin::Registration,
-        mutations: registration,
-    });
+    let custom = wf.executor.as_ref().map(|e| e.0.clone());
+    let mut runner = Runner::new(store, RunState::new(&run_id), &config, custom)?;
+    runner.write_then_apply(vec![
+        EventKind::RunStarted {
+            workflow: wf.name.clone(),
+            orchestrator_pid: std::process::id(),
+            config: serde_json::to_value(&config).expect("config serialises"),
+        },
+        EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations: registration,
+        },
+    ])?;
     runner.flush()?;
     runner.announce("run started");
     runner.finish_outcome().await
@@ -286,7 +292,7 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
             });
         }
     }
-    let mut runner = Runner::new(store, state, &config)?;
+    let mut runner = Runner::new(store, state, &config, None)?;
     runner.recover()?;
     runner.announce("run resumed");
     runner.finish_outcome().await
@@ -373,7 +379,7 @@ pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Re
     };
     state.apply(&event);
     store.commit_restart(&run, &event, &state)?;
-    let mut runner = Runner::new(store, state, &config)?;
+    let mut runner = Runner::new(store, state, &config, None)?;
     if runner.state.status != RunStatus::Running {
         runner.emit(EventKind::RunStatus {
             status: RunStatus::Running,
@@ -447,21 +453,30 @@ fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
 }
 
 impl Runner {
-    fn new(store: Store, state: RunState, config: &RunConfig) -> Result<Runner> {
+    /// A runner; attempts go to `executor`, else to a
+    /// [`ProcessExecutor`] for `config`.
+    fn new(
+        store: Store,
+        state: RunState,
+        config: &RunConfig,
+        executor: Option<Arc<dyn Executor>>,
+    ) -> Result<Runner> {
         let db = store
             .path()
             .canonicalize()
             .unwrap_or_else(|_| store.path().to_path_buf());
         let home = db.parent().unwrap_or(&config.base_dir).to_path_buf();
-        let helper_dir = install_helper(&home)?;
-        let executor = ProcessExecutor::new(ProcessEnv {
-            base_dir: config.base_dir.clone(),
-            python: config.python.clone(),
-            helper_dir,
-            db,
-            default_timeout: config.default_timeout.map(Duration::from_secs_f64),
-            native_binary: config.native_binary.clone(),
-        });
+        let executor: Arc<dyn Executor> = match executor {
+            Some(e) => e,
+            None => Arc::new(ProcessExecutor::new(ProcessEnv {
+                base_dir: config.base_dir.clone(),
+                python: config.python.clone(),
+                helper_dir: install_helper(&home)?,
+                db,
+                default_timeout: config.default_timeout.map(Duration::from_secs_f64),
+                native_binary: config.native_binary.clone(),
+            })),
+        };
         let picture = if config.live_picture {
             let dir = home.join("runs").join(&state.run);
             std::fs::create_dir_all(&dir)
@@ -471,9 +486,14 @@ impl Runner {
             None
         };
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        // Only a restart needs the batches, and it rebuilds the state from
+        // the history.
+        let mut state = state;
+        state.keep_batches = false;
+        state.batches = Vec::new();
         Ok(Runner {
             state,
-            executor: Arc::new(executor),
+            executor,
             max_parallel: config.max_parallel.max(1),
             ready: BTreeSet::new(),
             running: HashMap::new(),
@@ -481,6 +501,7 @@ impl Runner {
             reports_rx,
             queued: Vec::new(),
             logs: Vec::new(),
+            enablers: HashSet::new(),
             failure: None,
             broken: None,
             cancelling: false,
@@ -542,6 +563,30 @@ impl Runner {
         self.state.graph.node(i).id.clone()
     }
 
+    /// Writes the first events of a run (nothing is queued before them),
+    /// then applies them like [`Runner::emit`]. For the registration: its
+    /// serialised form is gone before the graph is built, so a big
+    /// registration never holds both at once.
+    fn write_then_apply(&mut self, kinds: Vec<EventKind>) -> Result<()> {
+        debug_assert!(self.queued.is_empty());
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(k, kind)| Event {
+                seq: self.state.last_seq + 1 + k as u64,
+                at: time::now(),
+                kind,
+            })
+            .collect();
+        self.store.commit(&self.state.run, &events, &[])?;
+        for ev in events {
+            for i in self.state.apply(&ev) {
+                self.refresh(i);
+            }
+        }
+        Ok(())
+    }
+
     /// Applies an event to the in-memory state, queues it for the next
     /// flush, and re-examines the readiness of the nodes it touched.
     fn emit(&mut self, kind: EventKind) {
@@ -551,13 +596,22 @@ impl Runner {
             kind,
         };
         let touched = self.state.apply(&ev);
-        if let EventKind::NodeState { node, state } = &ev.kind {
-            let i = self.state.graph.position(node).expect("known node");
-            if *state == NodeState::Ready {
-                self.ready.insert(i);
-            } else {
-                self.ready.remove(&i);
+        match &ev.kind {
+            EventKind::NodeState { node, state } => {
+                let i = self.state.graph.position(node).expect("known node");
+                if *state == NodeState::Ready {
+                    self.ready.insert(i);
+                } else {
+                    self.ready.remove(&i);
+                }
+                if *state == NodeState::Succeeded {
+                    self.enablers.insert(i);
+                }
             }
+            // New nodes and the targets of new edges start only once the
+            // batch is committed.
+            EventKind::BatchCommitted { .. } => self.enablers.extend(touched.iter().copied()),
+            _ => {}
         }
         self.queued.push(ev);
         for i in touched {
@@ -581,27 +635,17 @@ impl Runner {
 
     /// The shape promises whose region ends at node `i`.
     fn shapes_into(&self, i: usize) -> Vec<(usize, Promise)> {
-        let id = &self.state.graph.node(i).id;
-        self.state
-            .graph
-            .promises()
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p, Promise::Shape { to, .. } if to == id))
-            .map(|(k, p)| (k, p.clone()))
+        let g = &self.state.graph;
+        g.shapes_into(i)
+            .map(|k| (k, g.promises()[k].clone()))
             .collect()
     }
 
     /// True while a shape region ending at `i` is unfilled: the region's
     /// `to` waits for it through the promise itself.
     fn gated(&self, i: usize) -> bool {
-        self.shapes_into(i).iter().any(|(_, p)| match p {
-            Promise::Shape { from, to, .. } => {
-                promise::committed_region(&self.state.graph, from, to)
-                    .is_some_and(|r| r.nodes.is_empty() && !r.direct)
-            }
-            _ => false,
-        })
+        let g = &self.state.graph;
+        g.shapes_into(i).any(|k| g.region_unfilled(k) == Some(true))
     }
 
     /// Records a violation: the run ends `promise_broken`, nothing starts
@@ -664,6 +708,7 @@ impl Runner {
             .commit(&self.state.run, &self.queued, &self.logs)?;
         let events = !self.queued.is_empty();
         self.queued.clear();
+        self.enablers.clear();
         self.logs.clear();
         if let Some(p) = self.picture.as_mut().filter(|_| events) {
             p.update(&self.state, self.state.status.is_terminal());
@@ -673,13 +718,14 @@ impl Runner {
 
     async fn drive(&mut self) -> Result<RunStatus> {
         // Controls (pause, unpause, cancel) come through SQLite from any
-        // process; they are polled while the run waits.
+        // process; they are polled while the run waits, and every
+        // CONTROL_POLL while reports keep it busy.
         let mut poll = tokio::time::interval(CONTROL_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_controls = tokio::time::Instant::now() + CONTROL_POLL;
         loop {
             self.take_inputs()?;
-            self.schedule();
-            self.flush()?;
+            self.schedule()?;
             let paused = self.state.status == RunStatus::Paused && !self.cancelling;
             let waiting = !self.waiting.is_empty()
                 && self.failure.is_none()
@@ -695,11 +741,31 @@ impl Runner {
                 return Ok(status);
             }
             let next_retry = self.retry_at.values().min().copied();
+            // Group commit: reports that are already there are handled
+            // without writing first. Nothing waits on the queued events
+            // meanwhile: a node whose start depends on them flushes first
+            // (see `start`), and they are written before the loop waits.
+            if let Ok(report) = self.reports_rx.try_recv() {
+                self.handle(report);
+                let now = tokio::time::Instant::now();
+                if now >= next_controls {
+                    next_controls = now + CONTROL_POLL;
+                    self.take_controls()?;
+                }
+                if next_retry.is_some_and(|t| t <= now) {
+                    self.release_retries();
+                }
+                continue;
+            }
+            self.flush()?;
             tokio::select! {
                 report = self.reports_rx.recv() => {
                     self.handle(report.expect("the runner holds a sender"));
                 }
-                _ = poll.tick() => self.take_controls()?,
+                _ = poll.tick() => {
+                    next_controls = tokio::time::Instant::now() + CONTROL_POLL;
+                    self.take_controls()?;
+                }
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
             }
@@ -749,6 +815,9 @@ impl Runner {
                 node,
                 state: NodeState::Succeeded,
             });
+            // The value was taken from the inputs table: its output is
+            // written before anything else happens.
+            self.flush()?;
         }
         Ok(())
     }
@@ -777,12 +846,14 @@ impl Runner {
                 }
                 _ => {}
             }
+            // The request was marked taken: what it did is written now.
+            self.flush()?;
         }
         Ok(())
     }
 
     /// Starts ready nodes while slots are free, lowest position first.
-    fn schedule(&mut self) {
+    fn schedule(&mut self) -> Result<()> {
         while self.failure.is_none()
             && self.broken.is_none()
             && !self.cancelling
@@ -792,8 +863,15 @@ impl Runner {
             let Some(&i) = self.ready.iter().next() else {
                 break;
             };
+            // What this start depends on (the node's creation, its
+            // predecessors' success and outputs) is committed first.
+            let g = &self.state.graph;
+            if self.enablers.contains(&i) || g.predecessors(i).any(|p| self.enablers.contains(&p)) {
+                self.flush()?;
+            }
             self.start(i);
         }
+        Ok(())
     }
 
     fn start(&mut self, i: usize) {
@@ -804,7 +882,7 @@ impl Runner {
             let Promise::Shape { from, to, shape } = &p else {
                 continue;
             };
-            let Some(region) = promise::committed_region(&self.state.graph, from, to) else {
+            let Some(region) = promise::shape_region(&self.state.graph, index) else {
                 continue;
             };
             if let RegionState::Mismatch(why) = promise::region_state(&region, shape) {
@@ -1163,8 +1241,7 @@ impl Runner {
         let found = g.promises().iter().enumerate().find_map(|(index, p)| match p {
             Promise::Shape { from, to, .. }
                 if g.get(to).is_some_and(|n| n.state == NodeState::Pending)
-                    && promise::committed_region(g, from, to)
-                        .is_some_and(|r| r.nodes.is_empty() && !r.direct) =>
+                    && g.region_unfilled(index) == Some(true) =>
             {
                 Some(Violation {
                     index,

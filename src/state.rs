@@ -178,8 +178,13 @@ pub struct RunState {
     pub last_seq: u64,
     /// The generation of the graph (bumped by each restart).
     pub generation: u32,
-    /// Every batch in force: (event seq, origin, mutations).
+    /// Every batch in force: (event seq, origin, mutations). Kept by a
+    /// rebuild from the history (a restart needs them); a running
+    /// orchestrator's state does not keep them, to hold one copy of the
+    /// graph instead of two.
     pub batches: Vec<(u64, Origin, Vec<Mutation>)>,
+    /// Whether [`RunState::batches`] records new batches.
+    pub(crate) keep_batches: bool,
     /// For node ids retracted by a restart: the last attempt number they
     /// used, so that a node added again never reuses one.
     pub retired: std::collections::HashMap<String, u32>,
@@ -203,6 +208,7 @@ impl RunState {
             last_seq: 0,
             generation: 0,
             batches: Vec::new(),
+            keep_batches: true,
             retired: std::collections::HashMap::new(),
         }
     }
@@ -244,8 +250,10 @@ impl RunState {
                 Vec::new()
             }
             EventKind::BatchCommitted { origin, mutations } => {
-                self.batches
-                    .push((e.seq, origin.clone(), mutations.clone()));
+                if self.keep_batches {
+                    self.batches
+                        .push((e.seq, origin.clone(), mutations.clone()));
+                }
                 let applied = self.graph.apply_unchecked(mutations);
                 self.facts.resize_with(self.graph.len(), NodeFacts::default);
                 applied.touched

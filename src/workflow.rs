@@ -42,6 +42,8 @@ pub struct Workflow {
     pub(crate) problems: Vec<String>,
     /// Task names promised never to change the graph.
     pub(crate) quiet: std::collections::BTreeSet<String>,
+    /// The executor every attempt goes to, when not the process executor.
+    pub(crate) executor: Option<crate::executor::SharedExecutor>,
 }
 
 impl Workflow {
@@ -64,6 +66,7 @@ impl Workflow {
             ids: Default::default(),
             problems: Vec::new(),
             quiet: Default::default(),
+            executor: None,
         }
     }
 
@@ -126,6 +129,43 @@ impl Workflow {
     /// rewritten atomically after committed events.
     pub fn live_picture(&mut self, on: bool) -> &mut Workflow {
         self.live_picture = on;
+        self
+    }
+
+    /// Runs every attempt of this workflow with `executor` instead of the
+    /// built-in [`crate::executor::ProcessExecutor`] (one subprocess per
+    /// attempt speaking the JSON-lines protocol). The extension point for
+    /// other ways to run tasks: containers, remote runners, test doubles.
+    /// The runtime keeps everything else (validation, promises, history);
+    /// the executor only starts attempts and reports their mutations and
+    /// their end through the [`crate::executor::AttemptLink`]. Input tasks
+    /// ([`Task::input`]) never reach an executor. A run resumed with
+    /// [`crate::resume`] goes back to the process executor.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use orch::executor::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
+    ///
+    /// /// Succeeds at once without running anything.
+    /// struct Instant;
+    /// impl Executor for Instant {
+    ///     fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
+    ///         let end = AttemptEnd { exit_code: Some(0), ..AttemptEnd::default() };
+    ///         let _ = link.reports.send(Report::Finished { node: link.node, attempt: link.attempt, end });
+    ///         Ok(None)
+    ///     }
+    /// }
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.node("a", orch::Task::command(["true"]));
+    /// wf.executor(Arc::new(Instant));
+    /// assert!(wf.run()?.succeeded());
+    /// # Ok::<(), orch::Error>(())
+    /// ```
+    pub fn executor(
+        &mut self,
+        executor: std::sync::Arc<dyn crate::executor::Executor>,
+    ) -> &mut Workflow {
+        self.executor = Some(crate::executor::SharedExecutor(executor));
         self
     }
 
