@@ -266,7 +266,9 @@ impl ProcessExecutor {
         };
         let mut slot = self.fork.lock().expect("fork slot");
         if matches!(*slot, ForkSlot::Up(ref s) if !s.is_open()) {
-            warn!("the Python fork server stopped; Python tasks start fresh interpreters from now on");
+            warn!(
+                "the Python fork server stopped; Python tasks start fresh interpreters from now on"
+            );
             *slot = ForkSlot::Off;
         }
         if matches!(*slot, ForkSlot::Idle) {

@@ -168,11 +168,7 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::result::Result
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr() as *const u8,
-            libc::CMSG_DATA(cmsg),
-            fd_bytes,
-        );
+        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(cmsg), fd_bytes);
         loop {
             let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
             if n >= 0 {
@@ -250,7 +246,8 @@ impl ForkServer {
             return Err(fail(last_os_error("socketpair")));
         }
         // SAFETY: both fds were just created and are owned by nobody else.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let their_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(python);
         cmd.args([
@@ -302,7 +299,9 @@ impl ForkServer {
         let first = if readable(sock, READY_TIMEOUT) {
             recv_packet(sock, &mut buf)
         } else {
-            Some(json!({"type": "unusable", "message": format!("not ready after {}s", READY_TIMEOUT.as_secs())}))
+            Some(
+                json!({"type": "unusable", "message": format!("not ready after {}s", READY_TIMEOUT.as_secs())}),
+            )
         };
         let problem = match &first {
             Some(v) if v["type"] == "ready" => None,
@@ -468,7 +467,10 @@ impl Drop for ForkServer {
                         Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                     }
                 }
-                warn!(pid = process.id(), "the Python fork server did not exit; killed");
+                warn!(
+                    pid = process.id(),
+                    "the Python fork server did not exit; killed"
+                );
                 let _ = process.kill();
                 let _ = process.wait();
             });

@@ -242,7 +242,8 @@ def _run(request):
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next
-        sys.excepthook(type(e), e, tb)
+        # The hook prints the exception's own traceback: trim that.
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
         return 1
 
 
