@@ -192,10 +192,27 @@ struct Proc {
 
 /// Where the end of an attempt's process is observed.
 enum ProcExit {
-    /// Our own child.
+    /// Our own child (killed if dropped before it ended: `kill_on_drop`).
     Child(Child),
     /// Forked by the server, which reports the end.
-    Forked(oneshot::Receiver<ForkExit>),
+    Forked(ForkedExit),
+}
+
+/// The end of a forked attempt, as the server reports it. Dropped before
+/// that (the orchestrator gave up on the run), it kills the attempt's
+/// group, as `kill_on_drop` does for a child of our own.
+struct ForkedExit {
+    pgid: u32,
+    rx: oneshot::Receiver<ForkExit>,
+    ended: bool,
+}
+
+impl Drop for ForkedExit {
+    fn drop(&mut self) {
+        if !self.ended {
+            kill_group(self.pgid);
+        }
+    }
 }
 
 impl ProcExit {
@@ -203,12 +220,16 @@ impl ProcExit {
     async fn wait(&mut self) -> std::io::Result<(Option<i32>, Option<i32>)> {
         match self {
             ProcExit::Child(c) => c.wait().await.map(|s| (s.code(), s.signal())),
-            ProcExit::Forked(rx) => match rx.await {
-                Ok(e) => Ok((e.code, e.signal)),
-                Err(_) => Err(std::io::Error::other(
-                    "the Python fork server stopped before it reported how the process ended",
-                )),
-            },
+            ProcExit::Forked(f) => {
+                let end = (&mut f.rx).await;
+                f.ended = true;
+                match end {
+                    Ok(e) => Ok((e.code, e.signal)),
+                    Err(_) => Err(std::io::Error::other(
+                        "the Python fork server stopped before it reported how the process ended",
+                    )),
+                }
+            }
         }
     }
 }
@@ -425,7 +446,11 @@ fn from_forked(f: Forked) -> Result<Proc, String> {
         stdin,
         stdout,
         stderr,
-        exit: ProcExit::Forked(f.exit),
+        exit: ProcExit::Forked(ForkedExit {
+            pgid: pid,
+            rx: f.exit,
+            ended: false,
+        }),
     })
 }
 

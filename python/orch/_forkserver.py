@@ -139,6 +139,7 @@ def main():
             continue
         if pid == 0:
             # The child never returns into the server loop.
+            signal.set_wakeup_fd(-1)
             sock.close()
             os.close(wake_r)
             os.close(wake_w)
@@ -177,7 +178,6 @@ def _child(request, fds, stdio):
     code = 1
     try:
         os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
             signal.signal(sig, signal.SIG_DFL)

@@ -113,7 +113,7 @@ threading.Thread(target=later).start()
     for s in [
         "exit3", "sysexit3", "bye", "boom", "syntax", "term", "threads", "atexit_",
     ] {
-        add(s, Task::python(&format!("{s}.py")), None);
+        add(s, Task::python(format!("{s}.py")), None);
     }
     add("double", Task::python_fn("funcs:double"), Some(21));
     add("broken", Task::python_fn("funcs:broken"), None);
@@ -500,4 +500,48 @@ fn orch_python_fork_0_starts_fresh_interpreters() {
         "a fresh interpreter: its own environ"
     );
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_server_that_dies_mid_run_fails_the_attempt_and_fresh_interpreters_take_over() {
+    let space = Space::new();
+    space.write(
+        "killer.py",
+        r#"
+import os, signal, time, orch
+ctx = orch.start()
+if ctx.attempt == 1:
+    os.kill(os.getppid(), signal.SIGKILL)  # the fork server
+    time.sleep(60)
+orch.output({"ppid": os.getppid()})
+"#,
+    );
+    space.write("who.py", WHO);
+    let mut wf = space.workflow("server_dies");
+    wf.node("killer", Task::python("killer.py").retries(1));
+    wf.node("after", Task::python("who.py"));
+    wf.edge("killer", "after");
+    let started = std::time::Instant::now();
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert!(started.elapsed() < Duration::from_secs(30), "no wait");
+    let killer = ex.node("killer").unwrap();
+    assert_eq!(killer.attempts.len(), 2);
+    let first = &killer.attempts[0];
+    assert!(
+        first
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("fork server stopped"),
+        "{first:?}"
+    );
+    assert!(
+        !alive(first.pid.unwrap()),
+        "the orphaned attempt was killed"
+    );
+    assert!(
+        !forked(&ex, "killer") && !forked(&ex, "after"),
+        "fresh from then on"
+    );
 }
