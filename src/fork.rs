@@ -477,3 +477,29 @@ impl Drop for ForkServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_holder_of_the_exact_marker_is_recognised() {
+        let me = std::process::id();
+        assert!(!holds_marker(me, "run-a", "node/1"), "no marker yet");
+        let marker = memfd(&marker_name("run-a", "node/1")).expect("memfd");
+        assert!(holds_marker(me, "run-a", "node/1"));
+        assert!(!holds_marker(me, "run-a", "node/2"), "another node");
+        assert!(!holds_marker(me, "run-b", "node/1"), "another run");
+        // A process that never held it (a recycled pid, say) is not one.
+        let mut other = Command::new("sleep").arg("5").spawn().expect("sleep");
+        assert!(!holds_marker(other.id(), "run-a", "node/1"));
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(marker);
+        assert!(!holds_marker(me, "run-a", "node/1"), "closed: gone");
+        assert!(
+            !holds_marker(u32::MAX, "run-a", "node/1"),
+            "no such process"
+        );
+    }
+}
