@@ -128,6 +128,14 @@ pub enum Error {
         /// The names this binary defines.
         known: String,
     },
+    /// The warm Python fork server could not start or stopped answering;
+    /// Python tasks then start fresh interpreters (never shown to users
+    /// except in the warning that says so).
+    #[error("the Python fork server is unusable: {message}")]
+    ForkServer {
+        /// Why.
+        message: String,
+    },
 }
 
 impl Error {

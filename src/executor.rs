@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
 
 use crate::error::{Error, Result};
+use crate::fork::{ForkExit, ForkServer, Forked, Request};
 use crate::model::{Exec, Mutation, Task};
 use crate::protocol::{self, Body, Line, Start};
 use crate::store::LogLine;
@@ -143,18 +145,221 @@ pub struct ProcessEnv {
     pub default_timeout: Option<Duration>,
     /// The workflow binary: native tasks run it again in task mode.
     pub native_binary: Option<PathBuf>,
+    /// Whether Python attempts are forked from a warm server (see
+    /// `docs/python.md`); `ORCH_PYTHON_FORK=0` turns it off regardless.
+    pub python_fork: bool,
+    /// Modules the fork server imports before it forks any attempt.
+    pub python_preload: Vec<String>,
 }
 
-/// Runs each attempt as a subprocess speaking the protocol.
-#[derive(Clone, Debug)]
+/// The run's fork server, started on the first Python attempt.
+enum ForkSlot {
+    /// Not needed yet.
+    Idle,
+    /// Forking attempts.
+    Up(ForkServer),
+    /// Turned off or unusable: every Python attempt starts a fresh
+    /// interpreter.
+    Off,
+}
+
+/// Runs each attempt as a subprocess speaking the protocol. Python
+/// attempts are forked from a warm server when the environment allows it
+/// (else each starts a fresh interpreter); the server stops when the last
+/// clone of the executor is dropped.
+#[derive(Clone)]
 pub struct ProcessExecutor {
     env: Arc<ProcessEnv>,
+    fork: Arc<Mutex<ForkSlot>>,
+}
+
+impl std::fmt::Debug for ProcessExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessExecutor")
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+/// False when `ORCH_PYTHON_FORK` is `0` (or `false`, `no`, `off`): the
+/// operator's switch to fresh interpreters.
+fn fork_allowed_by_env() -> bool {
+    !matches!(
+        std::env::var("ORCH_PYTHON_FORK")
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str(),
+        "0" | "false" | "no" | "off"
+    )
+}
+
+/// How one attempt's process was started.
+struct Proc {
+    pgid: u32,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    exit: ProcExit,
+}
+
+/// Where the end of an attempt's process is observed.
+enum ProcExit {
+    /// Our own child (killed if dropped before it ended: `kill_on_drop`).
+    Child(Child),
+    /// Forked by the server, which reports the end.
+    Forked(ForkedExit),
+}
+
+/// The end of a forked attempt, as the server reports it. Dropped before
+/// that (the orchestrator gave up on the run), it kills the attempt's
+/// group, as `kill_on_drop` does for a child of our own.
+struct ForkedExit {
+    pgid: u32,
+    rx: oneshot::Receiver<ForkExit>,
+    ended: bool,
+}
+
+impl Drop for ForkedExit {
+    fn drop(&mut self) {
+        if !self.ended {
+            kill_group(self.pgid);
+        }
+    }
+}
+
+impl ProcExit {
+    /// Waits for the end: (exit code, signal). Cancel-safe.
+    async fn wait(&mut self) -> std::io::Result<(Option<i32>, Option<i32>)> {
+        match self {
+            ProcExit::Child(c) => c.wait().await.map(|s| (s.code(), s.signal())),
+            ProcExit::Forked(f) => {
+                let end = (&mut f.rx).await;
+                f.ended = true;
+                match end {
+                    Ok(e) => Ok((e.code, e.signal)),
+                    Err(_) => Err(std::io::Error::other(
+                        "the Python fork server stopped before it reported how the process ended",
+                    )),
+                }
+            }
+        }
+    }
 }
 
 impl ProcessExecutor {
     /// An executor for this environment.
     pub fn new(env: ProcessEnv) -> ProcessExecutor {
-        ProcessExecutor { env: Arc::new(env) }
+        let slot = if !env.python_fork {
+            ForkSlot::Off
+        } else if !fork_allowed_by_env() {
+            tracing::info!("ORCH_PYTHON_FORK=0: Python tasks start fresh interpreters");
+            ForkSlot::Off
+        } else {
+            ForkSlot::Idle
+        };
+        ProcessExecutor {
+            env: Arc::new(env),
+            fork: Arc::new(Mutex::new(slot)),
+        }
+    }
+
+    /// `PYTHONPATH` of Python tasks: the helper, the base directory, then
+    /// the orchestrator's own.
+    fn pythonpath(&self) -> std::ffi::OsString {
+        let env = &self.env;
+        let mut pythonpath = std::ffi::OsString::from(&env.helper_dir);
+        pythonpath.push(":");
+        pythonpath.push(&env.base_dir);
+        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            pythonpath.push(":");
+            pythonpath.push(old);
+        }
+        pythonpath
+    }
+
+    /// Variables every attempt gets.
+    fn attempt_env(&self, spec: &AttemptSpec) -> Vec<(&'static str, String)> {
+        vec![
+            ("ORCH_RUN", spec.run.clone()),
+            ("ORCH_NODE", spec.node.clone()),
+            ("ORCH_ATTEMPT", spec.attempt.to_string()),
+            ("ORCH_DB", self.env.db.to_string_lossy().into_owned()),
+        ]
+    }
+
+    /// Forks a Python attempt from the run's server, starting the server
+    /// first if needed. `None`: start a fresh interpreter instead (fork is
+    /// off, the attempt is not Python, or the server is unusable).
+    fn try_fork(&self, spec: &AttemptSpec) -> Option<Forked> {
+        let env = &self.env;
+        let (script, call) = match &spec.task.exec {
+            Exec::Python { script } => (Some(env.base_dir.join(script)), None),
+            Exec::PythonFn { module, function } => (None, Some(format!("{module}:{function}"))),
+            _ => return None,
+        };
+        let mut slot = self.fork.lock().expect("fork slot");
+        if matches!(*slot, ForkSlot::Up(ref s) if !s.is_open()) {
+            warn!(
+                "the Python fork server stopped; Python tasks start fresh interpreters from now on"
+            );
+            *slot = ForkSlot::Off;
+        }
+        if matches!(*slot, ForkSlot::Idle) {
+            let started = resolve_python(&env.python).and_then(|python| {
+                ForkServer::start(
+                    &python,
+                    &env.base_dir,
+                    &[("PYTHONPATH", self.pythonpath())],
+                    &env.python_preload,
+                )
+            });
+            *slot = match started {
+                Ok(server) => ForkSlot::Up(server),
+                Err(e) => {
+                    warn!(error = %e, "Python tasks start fresh interpreters");
+                    ForkSlot::Off
+                }
+            };
+        }
+        let ForkSlot::Up(server) = &*slot else {
+            return None;
+        };
+        if let Some(path) = &script {
+            if !path.is_file() {
+                // The fresh path reports it.
+                return None;
+            }
+        }
+        let argv = match (&script, &call) {
+            (Some(path), _) => vec![path.to_string_lossy().into_owned()],
+            (None, Some(call)) => vec![
+                env.helper_dir
+                    .join("orch")
+                    .join("__main__.py")
+                    .to_string_lossy()
+                    .into_owned(),
+                "call".into(),
+                call.clone(),
+            ],
+            (None, None) => unreachable!("a Python task has a script or a call"),
+        };
+        let request = Request {
+            script: script.as_deref(),
+            call: call.as_deref(),
+            argv,
+            cwd: &env.base_dir,
+            env: self.attempt_env(spec),
+            run: &spec.run,
+            node: &spec.node,
+        };
+        match server.launch(&request) {
+            Ok(forked) => Some(forked),
+            Err(e) => {
+                warn!(node = %spec.node, error = %e, "fork failed; this attempt starts a fresh interpreter");
+                None
+            }
+        }
     }
 
     fn command(&self, spec: &AttemptSpec) -> Result<Command, String> {
@@ -204,19 +409,9 @@ impl ProcessExecutor {
                 c
             }
         };
-        let mut pythonpath = std::ffi::OsString::from(&env.helper_dir);
-        pythonpath.push(":");
-        pythonpath.push(&env.base_dir);
-        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(old);
-        }
         cmd.current_dir(&env.base_dir)
-            .env("PYTHONPATH", pythonpath)
-            .env("ORCH_RUN", &spec.run)
-            .env("ORCH_NODE", &spec.node)
-            .env("ORCH_ATTEMPT", spec.attempt.to_string())
-            .env("ORCH_DB", &env.db)
+            .env("PYTHONPATH", self.pythonpath())
+            .envs(self.attempt_env(spec))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,20 +423,65 @@ impl ProcessExecutor {
 
 impl Executor for ProcessExecutor {
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
-        let mut cmd = self.command(&spec)?;
-        let child = cmd.spawn().map_err(|e| {
-            let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-            format!("cannot start `{program}`: {e}")
-        })?;
-        let pid = child.id();
+        let proc = match self.try_fork(&spec) {
+            Some(forked) => from_forked(forked)?,
+            None => {
+                let mut cmd = self.command(&spec)?;
+                let mut child = cmd.spawn().map_err(|e| {
+                    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+                    format!("cannot start `{program}`: {e}")
+                })?;
+                Proc {
+                    pgid: child.id().unwrap_or(0),
+                    stdin: child.stdin.take().expect("piped stdin"),
+                    stdout: child.stdout.take().expect("piped stdout"),
+                    stderr: child.stderr.take().expect("piped stderr"),
+                    exit: ProcExit::Child(child),
+                }
+            }
+        };
+        let pid = Some(proc.pgid).filter(|&p| p > 0);
         let timeout = spec
             .task
             .timeout
             .map(Duration::from_secs_f64)
             .or(self.env.default_timeout);
-        tokio::spawn(drive(child, spec, link, timeout));
+        tokio::spawn(drive(proc, spec, link, timeout));
         Ok(pid)
     }
+}
+
+/// The orchestrator's ends of a forked attempt's pipes, as tokio handles.
+fn from_forked(f: Forked) -> Result<Proc, String> {
+    let wrap = |what: &str, e: std::io::Error| {
+        kill_group(f.pid);
+        format!("forked attempt {}: {what}: {e}", f.pid)
+    };
+    let pid = f.pid;
+    let stdin = ChildStdin::from_std(std::process::ChildStdin::from(f.stdin))
+        .map_err(|e| wrap("stdin", e))?;
+    let stdout = ChildStdout::from_std(std::process::ChildStdout::from(f.stdout))
+        .map_err(|e| wrap("stdout", e))?;
+    let stderr = ChildStderr::from_std(std::process::ChildStderr::from(f.stderr))
+        .map_err(|e| wrap("stderr", e))?;
+    Ok(Proc {
+        pgid: pid,
+        stdin,
+        stdout,
+        stderr,
+        exit: ProcExit::Forked(ForkedExit {
+            pgid: pid,
+            rx: f.exit,
+            ended: false,
+        }),
+    })
+}
+
+/// True when process `pid` is a Python attempt of `node` in `run` forked
+/// by the fork server: it holds the attempt's marker open. (A forked
+/// child's `/proc/<pid>/environ` is the server's, so it cannot say.)
+pub fn is_forked_attempt(pid: u32, run: &str, node: &str) -> bool {
+    crate::fork::holds_marker(pid, run, node)
 }
 
 /// Kills a whole process group.
@@ -364,16 +604,16 @@ impl Collector {
     }
 }
 
-async fn drive(
-    mut child: Child,
-    spec: AttemptSpec,
-    mut link: AttemptLink,
-    timeout: Option<Duration>,
-) {
-    let pgid = child.id().unwrap_or(0);
-    let mut out = LineReader::new(child.stdout.take().expect("piped stdout"), MAX_LINE_BYTES);
-    let mut err = LineReader::new(child.stderr.take().expect("piped stderr"), MAX_LINE_BYTES);
-    let mut stdin = child.stdin.take().expect("piped stdin");
+async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Option<Duration>) {
+    let Proc {
+        pgid,
+        mut stdin,
+        stdout,
+        stderr,
+        exit: mut process,
+    } = proc;
+    let mut out = LineReader::new(stdout, MAX_LINE_BYTES);
+    let mut err = LineReader::new(stderr, MAX_LINE_BYTES);
     let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         while let Some(line) = stdin_rx.recv().await {
@@ -502,7 +742,7 @@ async fn drive(
                     err_done = true;
                 }
             },
-            s = child.wait(), if status.is_none() => {
+            s = process.wait(), if status.is_none() => {
                 // Stragglers of the group would keep the pipes open.
                 kill_group(pgid);
                 status = Some(s);
@@ -522,9 +762,9 @@ async fn drive(
     }
     drop(stdin_tx);
     match status {
-        Some(Ok(s)) => {
-            end.exit_code = s.code();
-            end.signal = s.signal();
+        Some(Ok((code, signal))) => {
+            end.exit_code = code;
+            end.signal = signal;
         }
         Some(Err(e)) => {
             end.error
@@ -619,14 +859,19 @@ pub fn process_alive(pid: u32) -> bool {
 
 const HELPER_INIT: &str = include_str!("../python/orch/__init__.py");
 const HELPER_MAIN: &str = include_str!("../python/orch/__main__.py");
+const HELPER_FORKSERVER: &str = include_str!("../python/orch/_forkserver.py");
 
 /// Writes the shipped Python helper package under `root` (once per
 /// content version) and returns the folder to put on `PYTHONPATH`.
 pub fn install_helper(root: &Path) -> Result<PathBuf> {
-    let hash = content_hash(HELPER_INIT.bytes().chain(HELPER_MAIN.bytes()));
+    let files = [
+        ("__init__.py", HELPER_INIT),
+        ("__main__.py", HELPER_MAIN),
+        ("_forkserver.py", HELPER_FORKSERVER),
+    ];
+    let hash = content_hash(files.iter().flat_map(|(_, text)| text.bytes()));
     let dir = root.join(format!("python-{hash}"));
     let pkg = dir.join("orch");
-    let files = [("__init__.py", HELPER_INIT), ("__main__.py", HELPER_MAIN)];
     if files
         .iter()
         .all(|(name, text)| std::fs::read_to_string(pkg.join(name)).ok().as_deref() == Some(*text))

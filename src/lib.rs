@@ -29,6 +29,7 @@ extern crate self as orch;
 
 pub mod error;
 pub mod executor;
+mod fork;
 pub mod glob;
 pub mod graph;
 mod live;

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::error::StructuralError;
 use crate::error::{Error, Result};
 use crate::executor::{
-    configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
+    self, configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
     AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
 };
 use crate::graph::{Graph, Staging};
@@ -127,6 +127,8 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
         live_picture: wf.live_picture,
         native_binary: std::env::current_exe().ok(),
+        python_fork: wf.python_fork,
+        python_preload: wf.python_preload.clone(),
     };
     let run_id = time::new_run_id();
     let custom = wf.executor.as_ref().map(|e| e.0.clone());
@@ -224,6 +226,12 @@ struct RunConfig {
     /// The workflow binary, which native tasks run in task mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     native_binary: Option<PathBuf>,
+    /// Fork Python attempts from a warm server (`Workflow::python_fork`).
+    #[serde(default = "yes")]
+    python_fork: bool,
+    /// Modules the fork server preloads (`Workflow::python_preload`).
+    #[serde(default)]
+    python_preload: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -442,14 +450,17 @@ impl Runner {
 }
 
 /// True when process `pid` is an attempt of this run and node (its
-/// environment says so), so that a recycled pid is never killed.
+/// environment says so, or, for an attempt forked by the Python fork
+/// server, whose environment is the server's, the marker it holds open),
+/// so that a recycled pid is never killed.
 fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
     let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-    vars.contains(&format!("ORCH_RUN={run}").as_bytes())
-        && vars.contains(&format!("ORCH_NODE={node}").as_bytes())
+    (vars.contains(&format!("ORCH_RUN={run}").as_bytes())
+        && vars.contains(&format!("ORCH_NODE={node}").as_bytes()))
+        || executor::is_forked_attempt(pid, run, node)
 }
 
 impl Runner {
@@ -475,6 +486,8 @@ impl Runner {
                 db,
                 default_timeout: config.default_timeout.map(Duration::from_secs_f64),
                 native_binary: config.native_binary.clone(),
+                python_fork: config.python_fork,
+                python_preload: config.python_preload.clone(),
             })),
         };
         let picture = if config.live_picture {

@@ -6,6 +6,7 @@ mod control;
 mod durability;
 mod examples;
 mod execution;
+mod fork;
 mod pictures;
 mod promises;
 mod python_helper;
