@@ -148,6 +148,9 @@ fn compare(
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        orch::init_tracing();
+    }
     let reps = env_usize("ORCH_BENCH_REPS", 5);
     let chain = env_usize("ORCH_BENCH_CHAIN", 200);
     let map = env_usize("ORCH_BENCH_MAP", 300);
