@@ -2,53 +2,14 @@
 //! continues the run, completed nodes never run again, no batch is applied
 //! twice.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use orch::{AttemptOutcome, NodeState, RunStatus, Store};
 
 use crate::util::*;
 
-/// A space holding a copy of the durable_chain example's task script.
-fn chain_space() -> Space {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
-    space
-}
-
 fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
     start_chain_with(space, tasks, sleep_ms, &[], &[])
-}
-
-fn start_chain_with(
-    space: &Space,
-    tasks: u32,
-    sleep_ms: u32,
-    env: &[(&str, &str)],
-    extra: &[&str],
-) -> Child {
-    Command::new(example_path("durable_chain"))
-        .envs(env.iter().copied())
-        .args(extra)
-        .args([
-            "--tasks",
-            &tasks.to_string(),
-            "--sleep-ms",
-            &sleep_ms.to_string(),
-        ])
-        .args(["--dir", space.path().to_str().unwrap()])
-        .env("ORCH_DB", space.db())
-        .current_dir(space.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("durable_chain starts")
 }
 
 /// Waits until `node` has a running attempt with a pid; returns that pid.

@@ -360,11 +360,7 @@ time.sleep(60)
     assert_ne!(ppid, std::process::id().to_string(), "it was forked");
     assert!(!alive(a.pid.unwrap()), "the task was killed");
     let grandchild: u32 = grandchild.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while alive(grandchild) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(grandchild), "its child died with the group");
+    assert!(gone_within(grandchild, 10), "its child died with the group");
 }
 
 #[test]
@@ -406,24 +402,8 @@ fn environ_names_node(pid: u32) -> bool {
 
 #[test]
 fn resume_kills_a_forked_leftover_and_runs_the_node_again() {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
-    let mut child = std::process::Command::new(example_path("durable_chain"))
-        .args(["--tasks", "4", "--sleep-ms", "30000"])
-        .args(["--dir", space.path().to_str().unwrap()])
-        .env("ORCH_DB", space.db())
-        .current_dir(space.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let space = chain_space();
+    let mut child = start_chain_with(&space, 4, 30000, &[], &[]);
     let ex = wait_for(&space, "t000 to run", |ex| {
         ex.node("t000")
             .is_some_and(|n| n.state == NodeState::Running && n.attempts[0].pid.is_some())
@@ -447,11 +427,7 @@ fn resume_kills_a_forked_leftover_and_runs_the_node_again() {
         let db = space.db();
         move || orch::resume(db, "latest", false)
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while alive(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!alive(pid), "resume killed the forked leftover");
+    assert!(gone_within(pid, 20), "resume killed the forked leftover");
     let ex = wait_for(&space, "t000 to run again", |ex| {
         ex.node("t000")
             .is_some_and(|n| n.attempts.len() == 2 && n.attempts[1].pid.is_some())
@@ -471,25 +447,8 @@ fn resume_kills_a_forked_leftover_and_runs_the_node_again() {
 
 #[test]
 fn orch_python_fork_0_starts_fresh_interpreters() {
-    let space = Space::new();
-    space.write(
-        "sleep.py",
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/durable_chain/sleep.py"
-        ))
-        .unwrap(),
-    );
-    let mut child = std::process::Command::new(example_path("durable_chain"))
-        .args(["--tasks", "1", "--sleep-ms", "3000"])
-        .args(["--dir", space.path().to_str().unwrap()])
-        .env("ORCH_DB", space.db())
-        .env("ORCH_PYTHON_FORK", "0")
-        .current_dir(space.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let space = chain_space();
+    let mut child = start_chain_with(&space, 1, 3000, &[("ORCH_PYTHON_FORK", "0")], &[]);
     let ex = wait_for(&space, "t000 to run", |ex| {
         ex.node("t000")
             .is_some_and(|n| n.state == NodeState::Running && n.attempts[0].pid.is_some())

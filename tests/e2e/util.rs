@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use orch::{RunExport, RunOutcome, Store, Workflow};
 
@@ -182,4 +182,55 @@ pub fn wait_for(space: &Space, what: &str, done: impl Fn(&RunExport) -> bool) ->
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A space holding a copy of the durable_chain example's task script.
+pub fn chain_space() -> Space {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/durable_chain/sleep.py"
+        ))
+        .unwrap(),
+    );
+    space
+}
+
+/// Starts the durable_chain example on this space, with extra environment
+/// and arguments.
+pub fn start_chain_with(
+    space: &Space,
+    tasks: u32,
+    sleep_ms: u32,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Child {
+    Command::new(example_path("durable_chain"))
+        .envs(env.iter().copied())
+        .args(extra)
+        .args([
+            "--tasks",
+            &tasks.to_string(),
+            "--sleep-ms",
+            &sleep_ms.to_string(),
+        ])
+        .args(["--dir", space.path().to_str().unwrap()])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("durable_chain starts")
+}
+
+/// Waits up to `secs` for a process to be gone (a killed process may take
+/// a moment to be reaped); true when it is.
+pub fn gone_within(pid: u32, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    !alive(pid)
 }
