@@ -282,17 +282,6 @@ fn main() {
     // A 10,000-copy map: the shape check of the batch that fills it, and
     // the picture (collapsed into one stacked node).
     let copies = 10_000;
-    let node = |id: &str, task: &str| Mutation::AddNode {
-        id: id.into(),
-        task: Task::command(["true"]).named(task),
-        inputs: Value::Null,
-        attrs: Attrs::new(),
-    };
-    let edge = |a: &str, b: &str| Mutation::AddEdge {
-        from: a.into(),
-        to: b.into(),
-        attrs: Attrs::new(),
-    };
     let mut reg = vec![node("A", "A"), node("B", "B")];
     reg.push(Mutation::AddPromise {
         promise: orch::Promise::shape("A", "B", "M*".parse().unwrap()),
@@ -362,21 +351,10 @@ fn main() {
 /// block of 100 batches.
 fn promise_curve() {
     let (stages, batches, blocks) = (100, 1_000, 10);
-    let node = |id: String, task: &str| Mutation::AddNode {
-        id,
-        task: Task::command(["true"]).named(task),
-        inputs: Value::Null,
-        attrs: Attrs::new(),
-    };
-    let edge = |a: &str, b: &str| Mutation::AddEdge {
-        from: a.into(),
-        to: b.into(),
-        attrs: Attrs::new(),
-    };
     let mut reps: Vec<Vec<Duration>> = vec![Vec::new(); blocks];
     for _ in 0..3 {
         let mut reg: Vec<Mutation> = (0..=stages).map(|j| node(format!("A_{j}"), "A")).collect();
-        reg.push(node("G".into(), "G"));
+        reg.push(node("G", "G"));
         for j in 0..stages {
             reg.push(Mutation::AddPromise {
                 promise: orch::Promise::shape(
@@ -438,4 +416,23 @@ fn promise_curve() {
         batches / blocks,
         curve.join(", ")
     );
+}
+
+/// A node running task `task` (the bench never runs it).
+fn node(id: impl Into<String>, task: &str) -> Mutation {
+    Mutation::AddNode {
+        id: id.into(),
+        task: Task::command(["true"]).named(task),
+        inputs: Value::Null,
+        attrs: Attrs::new(),
+    }
+}
+
+/// The edge `a -> b`.
+fn edge(a: &str, b: &str) -> Mutation {
+    Mutation::AddEdge {
+        from: a.into(),
+        to: b.into(),
+        attrs: Attrs::new(),
+    }
 }

@@ -123,43 +123,50 @@ fn a_non_zero_exit_fails_the_node_and_the_run() {
 
 #[test]
 fn a_timeout_kills_the_whole_process_group() {
-    let space = Space::new();
-    space.write(
-        "hang.py",
-        r#"
-import subprocess, orch
+    // The same for a forked attempt (the default) and a fresh interpreter.
+    for fork in [true, false] {
+        let space = Space::new();
+        space.write(
+            "hang.py",
+            r#"
+import os, subprocess, time, orch
 ctx = orch.start()
 child = subprocess.Popen(["sleep", "60"])
-with open("grandchild.pid", "w") as f:
-    f.write(str(child.pid))
-import time
+with open("ids", "w") as f:
+    f.write(f"{os.getppid()} {child.pid}")
 time.sleep(60)
 "#,
-    );
-    let mut wf = space.workflow("hang");
-    wf.node(
-        "hang",
-        Task::python("hang.py").timeout(Duration::from_millis(700)),
-    );
-    let started = std::time::Instant::now();
-    let (outcome, ex) = space.run(&wf);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "did not wait for the task"
-    );
-    assert_eq!(outcome.status, RunStatus::Failed);
-    let a = &ex.node("hang").unwrap().attempts[0];
-    assert_eq!(a.outcome, Some(AttemptOutcome::TimedOut));
-    assert!(!alive(a.pid.unwrap()), "task process killed");
-    let grandchild: u32 = std::fs::read_to_string(space.path().join("grandchild.pid"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    // The grandchild is reparented to init, which reaps it shortly.
-    assert!(
-        gone_within(grandchild, 10),
-        "grandchild killed with the group"
-    );
+        );
+        let mut wf = space.workflow("hang");
+        wf.python_fork(fork);
+        wf.node(
+            "hang",
+            Task::python("hang.py").timeout(Duration::from_millis(700)),
+        );
+        let started = std::time::Instant::now();
+        let (outcome, ex) = space.run(&wf);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "did not wait for the task"
+        );
+        assert_eq!(outcome.status, RunStatus::Failed);
+        let a = &ex.node("hang").unwrap().attempts[0];
+        assert_eq!(a.outcome, Some(AttemptOutcome::TimedOut));
+        assert!(!alive(a.pid.unwrap()), "task process killed");
+        let ids = std::fs::read_to_string(space.path().join("ids")).unwrap();
+        let (ppid, grandchild) = ids.split_once(' ').unwrap();
+        assert_eq!(
+            ppid != std::process::id().to_string(),
+            fork,
+            "forked from the server iff fork is on"
+        );
+        // The grandchild is reparented to init, which reaps it shortly.
+        let grandchild: u32 = grandchild.parse().unwrap();
+        assert!(
+            gone_within(grandchild, 10),
+            "grandchild killed with the group (fork: {fork})"
+        );
+    }
 }
 
 #[test]

@@ -331,39 +331,6 @@ fn an_unusable_server_falls_back_to_fresh_interpreters() {
 }
 
 #[test]
-fn a_timeout_kills_a_forked_task_and_its_own_children() {
-    let space = Space::new();
-    space.write(
-        "hang.py",
-        r#"
-import os, subprocess, time, orch
-ctx = orch.start()
-child = subprocess.Popen(["sleep", "60"])
-with open("ids", "w") as f:
-    f.write(f"{os.getppid()} {child.pid}")
-time.sleep(60)
-"#,
-    );
-    let mut wf = space.workflow("hang");
-    wf.node(
-        "hang",
-        Task::python("hang.py").timeout(Duration::from_millis(700)),
-    );
-    let started = std::time::Instant::now();
-    let (outcome, ex) = space.run(&wf);
-    assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(outcome.status, RunStatus::Failed);
-    let a = &ex.node("hang").unwrap().attempts[0];
-    assert_eq!(a.outcome, Some(AttemptOutcome::TimedOut));
-    let ids = std::fs::read_to_string(space.path().join("ids")).unwrap();
-    let (ppid, grandchild) = ids.split_once(' ').unwrap();
-    assert_ne!(ppid, std::process::id().to_string(), "it was forked");
-    assert!(!alive(a.pid.unwrap()), "the task was killed");
-    let grandchild: u32 = grandchild.parse().unwrap();
-    assert!(gone_within(grandchild, 10), "its child died with the group");
-}
-
-#[test]
 fn cancel_kills_a_forked_task() {
     let space = Space::new();
     space.write(
