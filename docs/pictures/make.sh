@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the pictures in this folder from real runs of the examples:
-# each must-have workflow right after registration, mid-run and finished.
+# each must-have workflow (and the typed branch) right after registration,
+# mid-run and finished.
 # Usage (from the repository root): bash docs/pictures/make.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,13 +10,15 @@ db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
 orch=target/debug/orch
-for ex in static_pipeline random_branch random_map; do
+for ex in static_pipeline random_branch random_map typed_branch; do
+  args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
+    typed_branch) env=(); args=(--value large) ;;
     random_map) env=(ORCH_EXAMPLE_K=3) ;;
     *) env=() ;;
   esac
-  env "${env[@]}" "target/debug/examples/$ex" >/dev/null 2>&1
+  env "${env[@]}" "target/debug/examples/$ex" "${args[@]}" >/dev/null 2>&1
   # Mid-run: the moment the first node that adds nodes (or the second
   # node) has just started.
   last=$("$orch" export latest --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["event"])')
