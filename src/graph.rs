@@ -334,77 +334,95 @@ impl Graph {
     pub fn apply_unchecked(&mut self, mutations: &[Mutation]) -> Applied {
         let mut applied = Applied::default();
         for m in mutations {
-            match m {
-                Mutation::AddNode {
+            self.apply_one(m.clone(), &mut applied);
+        }
+        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
+        applied
+    }
+
+    /// [`Graph::apply_unchecked`] taking the mutations, which move into
+    /// the graph instead of being copied (a big registration is never in
+    /// memory twice).
+    pub fn apply_owned(&mut self, mutations: Vec<Mutation>) -> Applied {
+        let mut applied = Applied::default();
+        self.nodes.reserve(mutations.len());
+        for m in mutations {
+            self.apply_one(m, &mut applied);
+        }
+        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
+        applied
+    }
+
+    fn apply_one(&mut self, m: Mutation, applied: &mut Applied) {
+        match m {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } => {
+                let i = self.nodes.len();
+                // Validated batches have well-formed references only.
+                let refs = output_refs(&inputs).unwrap_or_default();
+                self.index.insert(id.clone(), i);
+                self.nodes.push(Node {
                     id,
                     task,
                     inputs,
                     attrs,
-                } => {
-                    let i = self.nodes.len();
-                    self.nodes.push(Node {
-                        id: id.clone(),
-                        task: task.clone(),
-                        inputs: inputs.clone(),
-                        attrs: attrs.clone(),
-                        state: NodeState::Pending,
-                    });
-                    self.index.insert(id.clone(), i);
-                    self.dag.add_node(());
-                    self.unmet.push(0);
-                    self.ord.push(self.next_ord);
-                    self.next_ord += 1;
-                    applied.touched.push(i);
-                    // Validated batches have well-formed references only.
-                    for r in output_refs(inputs).unwrap_or_default() {
-                        let from = self.index[&r.node];
-                        if !self.has_edge(from, i) {
-                            self.push_edge(from, i, Attrs::new());
-                        }
+                    state: NodeState::Pending,
+                });
+                self.dag.add_node(());
+                self.unmet.push(0);
+                self.ord.push(self.next_ord);
+                self.next_ord += 1;
+                applied.touched.push(i);
+                for r in refs {
+                    let from = self.index[&r.node];
+                    if !self.has_edge(from, i) {
+                        self.push_edge(from, i, Attrs::new());
                     }
-                }
-                Mutation::AddEdge { from, to, attrs } => {
-                    let (f, t) = (self.index[from], self.index[to]);
-                    self.push_edge(f, t, attrs.clone());
-                    applied.touched.push(t);
-                }
-                Mutation::SetAttrs { node, edge, attrs } => {
-                    let target = match (node, edge) {
-                        (Some(n), _) => &mut self.nodes[self.index[n]].attrs,
-                        (None, Some(e)) => {
-                            let k = self.edge_index[&(self.index[&e.from], self.index[&e.to])];
-                            &mut self.edges[k].attrs
-                        }
-                        (None, None) => continue,
-                    };
-                    merge_attrs(target, attrs);
-                }
-                Mutation::AddPromise { promise } => {
-                    // A shape's `to` may now have to wait for its region.
-                    if let Promise::Shape { from, to, .. } = promise {
-                        let (f, t) = (self.index[from], self.index[to]);
-                        applied.touched.push(t);
-                        let k = self.regions.len();
-                        self.regions.push(RegionIndex {
-                            promise: self.promises.len(),
-                            from: f,
-                            to: t,
-                            open: false,
-                            desc: Bits::default(),
-                            anc: Bits::default(),
-                            members: Vec::new(),
-                        });
-                        self.regions_into.entry(t).or_default().push(k);
-                        if self.nodes[t].state.not_started() {
-                            self.open_region(k);
-                        }
-                    }
-                    self.promises.push(promise.clone());
                 }
             }
+            Mutation::AddEdge { from, to, attrs } => {
+                let (f, t) = (self.index[&from], self.index[&to]);
+                self.push_edge(f, t, attrs);
+                applied.touched.push(t);
+            }
+            Mutation::SetAttrs { node, edge, attrs } => {
+                let target = match (node, edge) {
+                    (Some(n), _) => &mut self.nodes[self.index[&n]].attrs,
+                    (None, Some(e)) => {
+                        let k = self.edge_index[&(self.index[&e.from], self.index[&e.to])];
+                        &mut self.edges[k].attrs
+                    }
+                    (None, None) => return,
+                };
+                merge_attrs(target, &attrs);
+            }
+            Mutation::AddPromise { promise } => {
+                // A shape's `to` may now have to wait for its region.
+                if let Promise::Shape { from, to, .. } = &promise {
+                    let (f, t) = (self.index[from], self.index[to]);
+                    applied.touched.push(t);
+                    let k = self.regions.len();
+                    self.regions.push(RegionIndex {
+                        promise: self.promises.len(),
+                        from: f,
+                        to: t,
+                        open: false,
+                        desc: Bits::default(),
+                        anc: Bits::default(),
+                        members: Vec::new(),
+                    });
+                    self.regions_into.entry(t).or_default().push(k);
+                    if self.nodes[t].state.not_started() {
+                        self.open_region(k);
+                    }
+                }
+                self.promises.push(promise);
+            }
         }
-        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
-        applied
     }
 
     /// Builds the sets of region `k` from scratch.
@@ -656,6 +674,35 @@ enum Ref {
     New(usize),
 }
 
+/// The neighbours a batch adds, per node: graph nodes in a map, the
+/// batch's new nodes by index (a big batch of new nodes hashes nothing).
+#[derive(Clone, Debug, Default)]
+struct Adjacency {
+    old: FastMap<usize, Vec<Ref>>,
+    new: Vec<Vec<Ref>>,
+}
+
+impl Adjacency {
+    fn get(&self, r: &Ref) -> Option<&Vec<Ref>> {
+        match *r {
+            Ref::Old(i) => self.old.get(&i),
+            Ref::New(k) => self.new.get(k),
+        }
+    }
+
+    fn push(&mut self, r: Ref, to: Ref) {
+        match r {
+            Ref::Old(i) => self.old.entry(i).or_default().push(to),
+            Ref::New(k) => {
+                if self.new.len() <= k {
+                    self.new.resize_with(k + 1, Vec::new);
+                }
+                self.new[k].push(to);
+            }
+        }
+    }
+}
+
 /// The mutations of one batch, validated one by one as they arrive.
 ///
 /// ```
@@ -672,10 +719,11 @@ enum Ref {
 pub struct Staging {
     mutations: Vec<Mutation>,
     new_ids: FastMap<String, usize>,
-    /// (id, task name) of each new node, by `Ref::New` index.
-    new_nodes: Vec<(String, String)>,
-    new_succ: FastMap<Ref, Vec<Ref>>,
-    new_pred: FastMap<Ref, Vec<Ref>>,
+    /// Where each new node's `add_node` is among `mutations`, by
+    /// `Ref::New` index (its id and task name are read there).
+    new_nodes: Vec<usize>,
+    new_succ: Adjacency,
+    new_pred: Adjacency,
     new_edges: Vec<(Ref, Ref)>,
     new_edge_set: FastSet<(Ref, Ref)>,
     /// The graph version the order below was computed against.
@@ -713,14 +761,20 @@ impl Staging {
     fn name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
         match r {
             Ref::Old(i) => &g.node(i).id,
-            Ref::New(k) => &self.new_nodes[k].0,
+            Ref::New(k) => match &self.mutations[self.new_nodes[k]] {
+                Mutation::AddNode { id, .. } => id,
+                _ => unreachable!("new nodes point at their add_node"),
+            },
         }
     }
 
     fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
         match r {
             Ref::Old(i) => &g.node(i).task.name,
-            Ref::New(k) => &self.new_nodes[k].1,
+            Ref::New(k) => match &self.mutations[self.new_nodes[k]] {
+                Mutation::AddNode { task, .. } => &task.name,
+                _ => unreachable!("new nodes point at their add_node"),
+            },
         }
     }
 
@@ -751,8 +805,8 @@ impl Staging {
     }
 
     fn add_edge(&mut self, from: Ref, to: Ref) {
-        self.new_succ.entry(from).or_default().push(to);
-        self.new_pred.entry(to).or_default().push(from);
+        self.new_succ.push(from, to);
+        self.new_pred.push(to, from);
         self.new_edges.push((from, to));
         self.new_edge_set.insert((from, to));
     }
@@ -1049,9 +1103,7 @@ impl Staging {
             reason,
         };
         match &m {
-            Mutation::AddNode {
-                id, task, inputs, ..
-            } => {
+            Mutation::AddNode { id, inputs, .. } => {
                 check_id(id).map_err(&err)?;
                 if let Some(r) = self.resolve(g, id) {
                     let existing = match r {
@@ -1081,12 +1133,9 @@ impl Staging {
                 }
                 let k = self.new_ids.len();
                 self.new_ids.insert(id.clone(), k);
-                let name = if task.name.is_empty() {
-                    id.clone()
-                } else {
-                    task.name.clone()
-                };
-                self.new_nodes.push((id.clone(), name));
+                // The mutation joins `mutations` there below (its task name
+                // filled in), once nothing can fail any more.
+                self.new_nodes.push(self.mutations.len());
                 // Last in the order: edges from its sources agree with it.
                 self.ord_new.push(self.next_ord);
                 self.next_ord += 1;
@@ -1441,7 +1490,7 @@ mod tests {
                     .nodes()
                     .iter()
                     .map(|n| n.id.clone())
-                    .chain(s.new_nodes.iter().map(|(id, _)| id.clone()))
+                    .chain((0..s.new_nodes.len()).map(|k| s.name(&g, Ref::New(k)).to_string()))
                     .collect();
                 if all.len() < 2 || rng.below(4) == 0 {
                     names += 1;
@@ -1539,7 +1588,7 @@ mod tests {
                         .nodes()
                         .iter()
                         .map(|n| n.id.clone())
-                        .chain(s.new_nodes.iter().map(|(id, _)| id.clone()))
+                        .chain((0..s.new_nodes.len()).map(|k| s.name(&g, Ref::New(k)).to_string()))
                         .collect();
                     if rng.below(3) == 0 {
                         names += 1;
@@ -1635,6 +1684,51 @@ mod tests {
         assert_eq!(g.region_unfilled(0), None, "closed once `to` started");
         g.set_state(1, NodeState::Ready);
         assert_eq!(g.region_unfilled(0), Some(false), "open again, rebuilt");
+    }
+
+    #[test]
+    fn applying_owned_mutations_builds_the_same_graph() {
+        let mut base = chain();
+        base.set_state(0, NodeState::Succeeded);
+        let batch = vec![
+            node("d"),
+            Mutation::AddNode {
+                id: "e".into(),
+                task: Task::python("e.py"),
+                inputs: json!({"x": output("d"), "y": output("a")}),
+                attrs: Attrs::new(),
+            },
+            edge("c", "d"),
+            edge("d", "b"),
+            Mutation::SetAttrs {
+                node: Some("e".into()),
+                edge: None,
+                attrs: [("label".to_string(), json!("E"))].into_iter().collect(),
+            },
+            Mutation::AddPromise {
+                promise: Promise::shape("a", "e", "any".parse().unwrap()),
+            },
+        ];
+        let err = base.validate(batch.clone()).unwrap_err();
+        assert!(err.reason.contains("cycle"), "{err}");
+        let batch: Vec<Mutation> = batch.into_iter().filter(|m| *m != edge("d", "b")).collect();
+        let valid = base.validate(batch).unwrap();
+        let (mut by_ref, mut owned) = (base.clone(), base);
+        let a = by_ref.apply_unchecked(&valid);
+        let b = owned.apply_owned(valid);
+        assert_eq!(a.touched, b.touched);
+        assert_eq!(by_ref.nodes(), owned.nodes());
+        assert_eq!(by_ref.edges(), owned.edges());
+        assert_eq!(by_ref.promises(), owned.promises());
+        for i in 0..owned.len() {
+            assert_eq!(by_ref.unmet(i), owned.unmet(i));
+            assert_eq!(by_ref.topo_order(i), owned.topo_order(i));
+            assert_eq!(
+                by_ref.successors(i).collect::<Vec<_>>(),
+                owned.successors(i).collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(owned.region_unfilled(0), by_ref.region_unfilled(0));
     }
 
     #[test]

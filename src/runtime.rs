@@ -97,8 +97,83 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
     let base_dir = base_dir
         .canonicalize()
         .map_err(|e| Error::io(format!("workflow directory {}", base_dir.display()), e))?;
+    let python = configured_python(wf.python.as_deref());
+    let config = RunConfig {
+        scripts: script_hashes(&base_dir, &wf.mutations),
+        base_dir,
+        python,
+        max_parallel: wf.max_parallel,
+        default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
+        live_picture: wf.live_picture,
+        native_binary: std::env::current_exe().ok(),
+        python_fork: wf.python_fork,
+        python_preload: wf.python_preload.clone(),
+    };
+    let run_id = time::new_run_id();
+    let started = Event {
+        seq: 1,
+        at: time::now(),
+        kind: EventKind::RunStarted {
+            workflow: wf.name.clone(),
+            orchestrator_pid: std::process::id(),
+            config: serde_json::to_value(&config).expect("config serialises"),
+        },
+    };
+    let at = time::now();
+    let mut state = RunState::new(&run_id);
+    // Only a restart needs the batches, and it rebuilds the state from the
+    // history.
+    state.keep_batches = false;
+    // The registration is written to SQLite on a second thread while this
+    // one validates it and builds the graph; the transaction commits only
+    // once the validation passed, and nothing starts before it committed.
+    // The writer serialises the workflow's own mutations (as validation
+    // fills them in), so the registration is never copied for it.
+    let (touched, written) = std::thread::scope(|s| {
+        let (verdict, verdict_rx) = std::sync::mpsc::channel::<bool>();
+        let (db, run_id, started, at, mutations) = (&db, &run_id, &started, &at, &wf.mutations[..]);
+        let writer = s.spawn(move || -> Result<Option<Store>> {
+            let mut store = Store::open(db)?;
+            let go = store.commit_registration(run_id, started, (2, at), mutations, || {
+                verdict_rx.recv().unwrap_or(false)
+            })?;
+            Ok(go.then_some(store))
+        });
+        let registration = validate_registration(wf);
+        let _ = verdict.send(registration.is_ok());
+        let touched = registration.map(|mutations| {
+            state.apply(started);
+            state.apply_owned(Event {
+                seq: 2,
+                at: at.clone(),
+                kind: EventKind::BatchCommitted {
+                    origin: Origin::Registration,
+                    mutations,
+                },
+            })
+        });
+        (touched, writer.join())
+    });
+    let touched = touched?;
+    let store = match written {
+        Ok(written) => written?.expect("a valid registration commits"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let custom = wf.executor.as_ref().map(|e| e.0.clone());
+    let mut runner = Runner::new(store, state, &config, custom)?;
+    for i in touched {
+        runner.refresh(i);
+    }
+    runner.flush()?;
+    runner.announce("run started");
+    runner.finish_outcome().await
+}
+
+/// Validates the registration exactly like a runtime batch (structure,
+/// promises, declared types); returns its mutations as they are applied.
+fn validate_registration(wf: &Workflow) -> Result<Vec<Mutation>> {
     let empty = Graph::new();
-    let registration = empty
+    empty
         .stage_all(wf.mutations.clone())
         .and_then(
             |staging| match promise::check_batch(&empty, &staging, None) {
@@ -115,38 +190,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         .map_err(|source| Error::Registration {
             workflow: wf.name.clone(),
             source,
-        })?;
-
-    let store = Store::open(&db)?;
-    let python = configured_python(wf.python.as_deref());
-    let config = RunConfig {
-        scripts: script_hashes(&base_dir, &registration),
-        base_dir,
-        python,
-        max_parallel: wf.max_parallel,
-        default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
-        live_picture: wf.live_picture,
-        native_binary: std::env::current_exe().ok(),
-        python_fork: wf.python_fork,
-        python_preload: wf.python_preload.clone(),
-    };
-    let run_id = time::new_run_id();
-    let custom = wf.executor.as_ref().map(|e| e.0.clone());
-    let mut runner = Runner::new(store, RunState::new(&run_id), &config, custom)?;
-    runner.write_then_apply(vec![
-        EventKind::RunStarted {
-            workflow: wf.name.clone(),
-            orchestrator_pid: std::process::id(),
-            config: serde_json::to_value(&config).expect("config serialises"),
-        },
-        EventKind::BatchCommitted {
-            origin: Origin::Registration,
-            mutations: registration,
-        },
-    ])?;
-    runner.flush()?;
-    runner.announce("run started");
-    runner.finish_outcome().await
+        })
 }
 
 /// Checks the inputs of an `add_node` against its task's declared types
@@ -574,30 +618,6 @@ impl Runner {
 
     fn id(&self, i: usize) -> String {
         self.state.graph.node(i).id.clone()
-    }
-
-    /// Writes the first events of a run (nothing is queued before them),
-    /// then applies them like [`Runner::emit`]. For the registration: its
-    /// serialised form is gone before the graph is built, so a big
-    /// registration never holds both at once.
-    fn write_then_apply(&mut self, kinds: Vec<EventKind>) -> Result<()> {
-        debug_assert!(self.queued.is_empty());
-        let events: Vec<Event> = kinds
-            .into_iter()
-            .enumerate()
-            .map(|(k, kind)| Event {
-                seq: self.state.last_seq + 1 + k as u64,
-                at: time::now(),
-                kind,
-            })
-            .collect();
-        self.store.commit(&self.state.run, &events, &[])?;
-        for ev in events {
-            for i in self.state.apply(&ev) {
-                self.refresh(i);
-            }
-        }
-        Ok(())
     }
 
     /// Applies an event to the in-memory state, queues it for the next

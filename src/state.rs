@@ -228,6 +228,20 @@ impl RunState {
             .unwrap_or_else(|| panic!("event names unknown node `{node}`"))
     }
 
+    /// [`RunState::apply`] taking the event: a batch that the state does
+    /// not keep moves into the graph instead of being copied.
+    pub(crate) fn apply_owned(&mut self, e: Event) -> Vec<usize> {
+        match e.kind {
+            EventKind::BatchCommitted { mutations, .. } if !self.keep_batches => {
+                self.last_seq = e.seq;
+                let applied = self.graph.apply_owned(mutations);
+                self.facts.resize_with(self.graph.len(), NodeFacts::default);
+                applied.touched
+            }
+            _ => self.apply(&e),
+        }
+    }
+
     /// Applies one event. Returns the nodes whose readiness may have
     /// changed (new nodes, targets of new edges, successors of a node that
     /// succeeded): the scheduler re-examines exactly these.

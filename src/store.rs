@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::graph::merge_attrs;
-use crate::model::{output_refs, Attrs, Mutation, RunStatus};
+use crate::model::{output_refs, Attrs, Mutation, Origin, RunStatus, Task};
 use crate::state::{AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState};
 
 /// The environment variable that overrides the database path.
@@ -277,6 +277,9 @@ impl Store {
             });
         }
         self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        // Room for the multi-row statements of big batches beside the
+        // per-event ones.
+        self.conn.set_prepared_statement_cache_capacity(32);
         self.conn
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.err(e))?;
@@ -327,6 +330,53 @@ impl Store {
             }
         }
         tx.commit().map_err(wrap)
+    }
+
+    /// Writes the first two events of a run in one transaction: `started`
+    /// (its `run_started`) and, as event `seq` at `at`, the registration
+    /// batch made of the workflow's `mutations` as validation accepts them
+    /// (an empty task name is the node's id), with their materialized
+    /// rows. The transaction commits only if `go` (called once everything
+    /// is written, typically waiting for the validation that runs
+    /// meanwhile) says so; otherwise nothing is kept and the answer is
+    /// `false`.
+    pub(crate) fn commit_registration(
+        &mut self,
+        run: &str,
+        started: &Event,
+        (seq, at): (u64, &str),
+        mutations: &[Mutation],
+        go: impl FnOnce() -> bool,
+    ) -> Result<bool> {
+        let path = self.path.clone();
+        let wrap = |source| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        write_event(&tx, run, started).map_err(wrap)?;
+        {
+            // Serialised and dropped before the rows are written.
+            let data = serde_json::to_string(&RegistrationView {
+                origin: Origin::Registration,
+                mutations: Filled(mutations),
+            })
+            .expect("orch values always serialise");
+            tx.prepare_cached(
+                "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
+            )
+            .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
+            .map_err(wrap)?;
+        }
+        write_mutations(&tx, run, mutations).map_err(wrap)?;
+        tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![run, seq as i64]))
+            .map_err(wrap)?;
+        if !go() {
+            return Ok(false);
+        }
+        tx.commit().map_err(wrap)?;
+        Ok(true)
     }
 
     /// Appends a `restarted` event and rewrites the run's graph tables to
@@ -787,11 +837,7 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
             tx.prepare_cached("UPDATE runs SET orchestrator_pid = ?2 WHERE id = ?1")?
                 .execute(params![run, orchestrator_pid])?;
         }
-        EventKind::BatchCommitted { mutations, .. } => {
-            for m in mutations {
-                write_mutation(tx, run, m)?;
-            }
-        }
+        EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
         EventKind::NodeState { node, state } => {
             let running = matches!(state, crate::NodeState::Running | crate::NodeState::Waiting);
             let terminal = state.is_terminal();
@@ -861,6 +907,235 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
         }
     }
     Ok(())
+}
+
+/// The `batch_committed` event of a registration as
+/// [`Store::commit_registration`] writes it: the same JSON as
+/// `EventKind::BatchCommitted` with the mutations as validation accepts
+/// them, without a copy of them.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename = "batch_committed")]
+struct RegistrationView<'a> {
+    origin: Origin,
+    mutations: Filled<'a>,
+}
+
+/// Mutations serialised with empty task names filled in (the node's id).
+struct Filled<'a>(&'a [Mutation]);
+
+impl serde::Serialize for Filled<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|m| match m {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } if task.name.is_empty() => FilledMutation::AddNode {
+                id,
+                task: named(id, task),
+                inputs,
+                attrs,
+            },
+            m => FilledMutation::Other(m),
+        }))
+    }
+}
+
+/// An `add_node` laid out like [`Mutation::AddNode`], or any mutation.
+#[derive(serde::Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum FilledMutation<'a> {
+    AddNode {
+        id: &'a str,
+        task: std::borrow::Cow<'a, Task>,
+        #[serde(skip_serializing_if = "Value::is_null")]
+        inputs: &'a Value,
+        #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+        attrs: &'a Attrs,
+    },
+    #[serde(untagged)]
+    Other(&'a Mutation),
+}
+
+/// The task with its name filled in as validation does (an empty name is
+/// the node's id).
+fn named<'a>(id: &str, task: &'a Task) -> std::borrow::Cow<'a, Task> {
+    if task.name.is_empty() {
+        let mut t = task.clone();
+        t.name = id.to_string();
+        std::borrow::Cow::Owned(t)
+    } else {
+        std::borrow::Cow::Borrowed(task)
+    }
+}
+
+/// A cell as text (ids and JSON are UTF-8).
+fn text(cell: &[u8]) -> &str {
+    std::str::from_utf8(cell).expect("cells hold UTF-8")
+}
+
+/// Rows per multi-row `INSERT` when a batch adds many nodes or edges.
+const CHUNK: usize = 64;
+
+/// The `INSERT` of `rows` rows into `table`: `?1` is the run, then
+/// `width` parameters per row, then `tail` (constant columns) per row.
+fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
+    let mut sql = String::from(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { " VALUES (?1" } else { ", (?1" });
+        for c in 0..width {
+            sql.push_str(&format!(", ?{}", 2 + r * width + c));
+        }
+        sql.push_str(tail);
+        sql.push(')');
+    }
+    sql
+}
+
+/// Rows of one kind waiting to be inserted, `width` text columns each
+/// (after the run), written `CHUNK` at a time by one multi-row statement
+/// and the rest one by one, in order (their rowids keep the batch's
+/// order, which exports follow).
+struct Rows {
+    head: &'static str,
+    tail: &'static str,
+    width: usize,
+    cells: Vec<Vec<u8>>,
+    used: usize,
+}
+
+impl Rows {
+    fn new(head: &'static str, width: usize, tail: &'static str) -> Rows {
+        Rows {
+            head,
+            tail,
+            width,
+            cells: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// A cell of the next row, to fill (cells are reused across chunks).
+    fn cell(&mut self) -> &mut Vec<u8> {
+        if self.used == self.cells.len() {
+            self.cells.push(Vec::new());
+        }
+        let c = &mut self.cells[self.used];
+        self.used += 1;
+        c.clear();
+        c
+    }
+
+    fn push_json<T: serde::Serialize>(&mut self, v: &T) {
+        serde_json::to_writer(self.cell(), v).expect("orch values always serialise");
+    }
+
+    fn push_str(&mut self, v: &str) {
+        self.cell().extend_from_slice(v.as_bytes());
+    }
+
+    /// Writes the complete chunk when there is one.
+    fn maybe_flush(&mut self, tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()> {
+        if self.used == CHUNK * self.width {
+            self.flush(tx, run)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()> {
+        if self.used == 0 {
+            return Ok(());
+        }
+        let rows = self.used / self.width;
+        let mut stmt = tx.prepare_cached(&insert_sql(
+            self.head,
+            if rows == CHUNK { CHUNK } else { 1 },
+            self.width,
+            self.tail,
+        ))?;
+        if rows == CHUNK {
+            stmt.raw_bind_parameter(1, run)?;
+            for (k, c) in self.cells[..self.used].iter().enumerate() {
+                stmt.raw_bind_parameter(2 + k, text(c))?;
+            }
+            stmt.raw_execute()?;
+        } else {
+            for row in self.cells[..self.used].chunks(self.width) {
+                stmt.raw_bind_parameter(1, run)?;
+                for (k, c) in row.iter().enumerate() {
+                    stmt.raw_bind_parameter(2 + k, text(c))?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        self.used = 0;
+        Ok(())
+    }
+}
+
+/// The materialized rows of a batch's mutations, in order. Node and edge
+/// rows go in multi-row statements, so that a big batch (a registration
+/// of 100,000 nodes) costs a few thousand statements, not 300,000; rows
+/// that read earlier ones (`set_attrs`) are written after those.
+fn write_mutations(
+    tx: &Transaction<'_>,
+    run: &str,
+    mutations: &[Mutation],
+) -> rusqlite::Result<()> {
+    let mut nodes = Rows::new(
+        "INSERT INTO nodes (run, id, task, inputs, attrs, state)",
+        4,
+        ", 'pending'",
+    );
+    let mut edges = Rows::new("INSERT INTO edges (run, src, dst, attrs)", 3, "");
+    let mut implied = Rows::new(
+        "INSERT OR IGNORE INTO edges (run, src, dst, attrs)",
+        2,
+        ", '{}'",
+    );
+    for m in mutations {
+        match m {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } => {
+                nodes.push_str(id);
+                nodes.push_json(&named(id, task));
+                nodes.push_json(inputs);
+                nodes.push_json(attrs);
+                nodes.maybe_flush(tx, run)?;
+                let refs = output_refs(inputs).unwrap_or_default();
+                if !refs.is_empty() {
+                    // Explicit edges keep their order with implied ones.
+                    edges.flush(tx, run)?;
+                    for r in refs {
+                        implied.push_str(&r.node);
+                        implied.push_str(id);
+                        implied.maybe_flush(tx, run)?;
+                    }
+                }
+            }
+            Mutation::AddEdge { from, to, attrs } => {
+                implied.flush(tx, run)?;
+                edges.push_str(from);
+                edges.push_str(to);
+                edges.push_json(attrs);
+                edges.maybe_flush(tx, run)?;
+            }
+            other => {
+                nodes.flush(tx, run)?;
+                edges.flush(tx, run)?;
+                implied.flush(tx, run)?;
+                write_mutation(tx, run, other)?;
+            }
+        }
+    }
+    nodes.flush(tx, run)?;
+    edges.flush(tx, run)?;
+    implied.flush(tx, run)
 }
 
 fn write_mutation(tx: &Transaction<'_>, run: &str, m: &Mutation) -> rusqlite::Result<()> {
@@ -975,4 +1250,173 @@ fn merged(current: &str, patch: &Attrs) -> String {
     let mut attrs: Attrs = serde_json::from_str(current).unwrap_or_default();
     merge_attrs(&mut attrs, patch);
     to_json(&attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::model::{output, EdgeRef, Task};
+    use serde_json::json;
+
+    /// A registration with every kind of mutation: more nodes than a
+    /// multi-row chunk, unnamed and named tasks, inputs that reference
+    /// outputs (implied edges, also beside an explicit one), attributes,
+    /// `set_attrs` of a node and of an edge, a promise.
+    fn registration() -> Vec<Mutation> {
+        let mut attrs = Attrs::new();
+        attrs.insert("label".into(), json!("x"));
+        let mut muts = Vec::new();
+        for i in 0..(2 * CHUNK + 7) {
+            let task = if i % 3 == 0 {
+                Task::command(["true"]).named("T")
+            } else {
+                Task::command(["true"])
+            };
+            muts.push(Mutation::AddNode {
+                id: format!("n{i}"),
+                task,
+                inputs: if i % 5 == 4 {
+                    json!({"a": output(&format!("n{}", i - 1)), "b": output(&format!("n{}", i - 2))})
+                } else {
+                    Value::Null
+                },
+                attrs: if i % 7 == 0 { attrs.clone() } else { Attrs::new() },
+            });
+            if i % 5 == 4 {
+                muts.push(Mutation::AddEdge {
+                    from: format!("n{}", i - 3),
+                    to: format!("n{i}"),
+                    attrs: attrs.clone(),
+                });
+            } else if i > 0 {
+                muts.push(Mutation::AddEdge {
+                    from: format!("n{}", i - 1),
+                    to: format!("n{i}"),
+                    attrs: Attrs::new(),
+                });
+            }
+            if i == CHUNK + 1 {
+                muts.push(Mutation::SetAttrs {
+                    node: Some("n3".into()),
+                    edge: None,
+                    attrs: attrs.clone(),
+                });
+                muts.push(Mutation::SetAttrs {
+                    node: None,
+                    edge: Some(EdgeRef {
+                        from: "n1".into(),
+                        to: "n2".into(),
+                    }),
+                    attrs: attrs.clone(),
+                });
+                muts.push(Mutation::AddPromise {
+                    promise: crate::Promise::Static {},
+                });
+            }
+        }
+        muts
+    }
+
+    fn started() -> Event {
+        Event {
+            seq: 1,
+            at: "2026-01-01T00:00:00.000Z".into(),
+            kind: EventKind::RunStarted {
+                workflow: "w".into(),
+                orchestrator_pid: 1,
+                config: json!({"x": 1}),
+            },
+        }
+    }
+
+    #[test]
+    fn a_registration_is_written_like_its_validated_batch_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let muts = registration();
+        let valid = Graph::new().validate(muts.clone()).unwrap();
+        let at = "2026-01-01T00:00:01.000Z";
+        let batch = Event {
+            seq: 2,
+            at: at.into(),
+            kind: EventKind::BatchCommitted {
+                origin: Origin::Registration,
+                mutations: valid.clone(),
+            },
+        };
+
+        // The reference: one statement per row, the event as it serialises.
+        let mut before = Store::open(dir.path().join("a.db")).unwrap();
+        let tx = before.conn.transaction().unwrap();
+        write_event(&tx, "r", &started()).unwrap();
+        tx.execute(
+            "INSERT INTO events (run, seq, at, kind, data) VALUES ('r', 2, ?1, 'batch_committed', ?2)",
+            params![at, to_json(&batch.kind)],
+        )
+        .unwrap();
+        for m in &valid {
+            write_mutation(&tx, "r", m).unwrap();
+        }
+        tx.execute("UPDATE runs SET last_seq = 2 WHERE id = 'r'", [])
+            .unwrap();
+        tx.commit().unwrap();
+
+        let mut now = Store::open(dir.path().join("b.db")).unwrap();
+        let kept = now
+            .commit_registration("r", &started(), (2, at), &muts, || true)
+            .unwrap();
+        assert!(kept);
+        assert_eq!(now.events("r", None).unwrap(), vec![started(), batch]);
+        let raw = |s: &Store| -> Vec<(i64, String, String, String)> {
+            let mut q = s
+                .conn
+                .prepare("SELECT seq, at, kind, data FROM events ORDER BY seq")
+                .unwrap();
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(raw(&now), raw(&before), "the same JSON, byte for byte");
+        assert_eq!(now.export("r").unwrap(), before.export("r").unwrap());
+        let mut g = Graph::new();
+        g.commit(&muts).unwrap();
+        assert_eq!(now.export("r").unwrap().edges.len(), g.edges().len());
+
+        // And a batch written by `commit` (any later one) too.
+        let mut later = Store::open(dir.path().join("c.db")).unwrap();
+        later
+            .commit(
+                "r",
+                &[started(), now.events("r", None).unwrap()[1].clone()],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(later.export("r").unwrap(), before.export("r").unwrap());
+    }
+
+    #[test]
+    fn a_registration_refused_by_its_validation_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path().join("a.db")).unwrap();
+        let kept = store
+            .commit_registration("r", &started(), (2, "t"), &registration(), || false)
+            .unwrap();
+        assert!(!kept);
+        assert!(store.runs().unwrap().is_empty());
+        assert!(store.events("r", None).unwrap().is_empty());
+        let rows: i64 = store
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM nodes) + (SELECT count(*) FROM edges)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 0);
+        // The store stays usable.
+        assert!(store
+            .commit_registration("r", &started(), (2, "t"), &registration(), || true)
+            .unwrap());
+    }
 }
