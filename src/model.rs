@@ -50,13 +50,13 @@ pub struct Task {
     /// [`crate::NodeBuilder::takes`]): checked when the node is added and
     /// when it starts (see `docs/typed.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_type: Option<String>,
+    pub input_type: Option<Box<str>>,
     /// The Rust type the task's output must deserialise into, when
     /// declared (a native task's return type, or
     /// [`crate::NodeBuilder::returns`]): checked before the attempt
     /// commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_type: Option<String>,
+    pub output_type: Option<Box<str>>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -917,7 +917,7 @@ pub mod support {
         retry_delay: Option<f64>,
     ) -> Task {
         let mut t = task(T::NAME);
-        t.output_type = Some(std::any::type_name::<T::Output>().to_string());
+        t.output_type = Some(std::any::type_name::<T::Output>().into());
         t.retries = retries;
         t.timeout = timeout;
         t.retry_delay = retry_delay;

@@ -203,9 +203,9 @@ fn typecheck(g: &Graph, staging: &Staging, m: &Mutation) -> std::result::Result<
         return Ok(());
     };
     let output_type_of = |node: &str| match g.get(node) {
-        Some(n) => n.task.output_type.clone(),
+        Some(n) => n.task.output_type.as_deref().map(String::from),
         None => staging.mutations().iter().rev().find_map(|m| match m {
-            Mutation::AddNode { id, task, .. } if id == node => task.output_type.clone(),
+            Mutation::AddNode { id, task, .. } if id == node => task.output_type.as_deref().map(String::from),
             _ => None,
         }),
     };

@@ -419,7 +419,7 @@ impl Workflow {
 
 fn collect_task<O: DeserializeOwned>() -> Task {
     let mut task = native::support::task(native::COLLECT);
-    task.output_type = Some(native::register_type::<Vec<O>>().to_string());
+    task.output_type = Some(native::register_type::<Vec<O>>().into());
     task
 }
 
@@ -633,7 +633,7 @@ impl<T: Serialize, R> Branch<'_, T, R> {
             .inputs(json!({"value": on.output(), "cases": cases, "to": join}))
             .label(&format!("branch on {}", self.on));
         let mut task = native::support::task(native::JOIN);
-        task.output_type = Some(native::register_type::<R>().to_string());
+        task.output_type = Some(native::register_type::<R>().into());
         wf.node(&join, task).input("results", results).label("join");
         wf.promise(Promise::shape(&switch, &join, Shape::alt(shapes)));
         Node::new(&join)
@@ -686,7 +686,7 @@ impl<'a> NodeBuilder<'a> {
     pub fn returns<T: TaskValue>(mut self) -> Node<T> {
         let name = native::register_type::<T>();
         let id = self.id().to_string();
-        self.task_mut().output_type = Some(name.to_string());
+        self.task_mut().output_type = Some(name.into());
         Node::new(&id)
     }
 
@@ -703,7 +703,7 @@ impl<'a> NodeBuilder<'a> {
     /// ```
     pub fn takes<T: TaskValue>(mut self) -> Self {
         let name = native::register_type::<T>();
-        self.task_mut().input_type = Some(name.to_string());
+        self.task_mut().input_type = Some(name.into());
         self
     }
 
