@@ -187,12 +187,16 @@ fn main() {
             ("orch, fork server", fo, &forked),
             ("orch, fresh interpreters", fr, &fresh),
         ] {
+            let ratio = d.as_secs_f64() / fl.as_secs_f64();
+            let verdict = if ratio < 1.0 {
+                format!("{:.1}× faster than the floor", 1.0 / ratio)
+            } else {
+                format!("{:.0}% slower than the floor", (ratio - 1.0) * 100.0)
+            };
             println!(
-                "  {label:<25} {:8.1} ms  {:6.2} ms/task   ratio to floor {:.3} ({:.1}× faster than the floor), overhead {:+.2} ms/task   (range {})",
+                "  {label:<25} {:8.1} ms  {:6.2} ms/task   ratio to floor {ratio:.3} ({verdict}), overhead {:+.2} ms/task   (range {})",
                 d.as_secs_f64() * 1e3,
                 per(d),
-                d.as_secs_f64() / fl.as_secs_f64(),
-                fl.as_secs_f64() / d.as_secs_f64(),
                 per(d) - per(fl),
                 spread(all)
             );

@@ -462,48 +462,46 @@ impl Graph {
                 continue;
             }
             if r.in_desc(u) && v != r.to && !r.desc.has(v) {
-                let mut stack = vec![v];
-                let r = &mut self.regions[k];
-                r.desc.insert(v);
-                if r.anc.has(v) {
-                    r.members.push(v);
-                }
-                while let Some(w) = stack.pop() {
-                    for s in self
-                        .dag
-                        .neighbors_directed(NodeIndex::new(w), Direction::Outgoing)
-                    {
-                        let s = s.index();
-                        if s != r.to && r.desc.insert(s) {
-                            if r.anc.has(s) {
-                                r.members.push(s);
-                            }
-                            stack.push(s);
-                        }
-                    }
-                }
+                self.spread(k, v, Direction::Outgoing);
             }
             let r = &self.regions[k];
             if r.in_anc(v) && u != r.from && !r.anc.has(u) {
-                let mut stack = vec![u];
-                let r = &mut self.regions[k];
-                r.anc.insert(u);
-                if r.desc.has(u) {
-                    r.members.push(u);
-                }
-                while let Some(w) = stack.pop() {
-                    for p in self
-                        .dag
-                        .neighbors_directed(NodeIndex::new(w), Direction::Incoming)
-                    {
-                        let p = p.index();
-                        if p != r.from && r.anc.insert(p) {
-                            if r.desc.has(p) {
-                                r.members.push(p);
-                            }
-                            stack.push(p);
-                        }
+                self.spread(k, u, Direction::Incoming);
+            }
+        }
+    }
+
+    /// Adds `start` and everything it reaches in `dir` (stopping at the
+    /// region's far end) to region `k`'s descendants of `from`
+    /// (`Outgoing`) or ancestors of `to` (`Incoming`); a node in both sets
+    /// joins the region's members.
+    fn spread(&mut self, k: usize, start: usize, dir: Direction) {
+        let dag = &self.dag;
+        let RegionIndex {
+            from,
+            to,
+            desc,
+            anc,
+            members,
+            ..
+        } = &mut self.regions[k];
+        let (stop, grown, other) = match dir {
+            Direction::Outgoing => (*to, desc, &*anc),
+            Direction::Incoming => (*from, anc, &*desc),
+        };
+        grown.insert(start);
+        if other.has(start) {
+            members.push(start);
+        }
+        let mut stack = vec![start];
+        while let Some(w) = stack.pop() {
+            for n in dag.neighbors_directed(NodeIndex::new(w), dir) {
+                let n = n.index();
+                if n != stop && grown.insert(n) {
+                    if other.has(n) {
+                        members.push(n);
                     }
+                    stack.push(n);
                 }
             }
         }

@@ -205,7 +205,9 @@ fn typecheck(g: &Graph, staging: &Staging, m: &Mutation) -> std::result::Result<
     let output_type_of = |node: &str| match g.get(node) {
         Some(n) => n.task.output_type.as_deref().map(String::from),
         None => staging.mutations().iter().rev().find_map(|m| match m {
-            Mutation::AddNode { id, task, .. } if id == node => task.output_type.as_deref().map(String::from),
+            Mutation::AddNode { id, task, .. } if id == node => {
+                task.output_type.as_deref().map(String::from)
+            }
             _ => None,
         }),
     };
