@@ -339,6 +339,8 @@ impl Workflow {
         each: impl FnOnce(Output<T>) -> Call<M>,
     ) -> Node<Vec<M::Output>> {
         let base = self.fresh_id(M::NAME);
+        // Reserved, so a later map (or node) of the same task gets `_2`.
+        self.ids.insert(base.clone());
         self.map_as(&base, items, each)
     }
 
@@ -407,8 +409,14 @@ impl Workflow {
     /// assert_eq!(result.id(), "coin.join");
     /// ```
     pub fn branch<T: Serialize, R>(&mut self, on: &Node<T>) -> Branch<'_, T, R> {
+        // A second branch on the same node is named `<on>_2.switch`, ….
+        let base = std::iter::once(on.id.clone())
+            .chain((2..).map(|k| format!("{}_{k}", on.id)))
+            .find(|b| !self.has_id(&format!("{b}.switch")))
+            .expect("some suffix is free");
         Branch {
             on: on.id.clone(),
+            base,
             wf: self,
             cases: Vec::new(),
             problem: None,
@@ -428,6 +436,8 @@ fn collect_task<O: DeserializeOwned>() -> Task {
 pub struct Branch<'a, T, R> {
     wf: &'a mut Workflow,
     on: String,
+    /// The prefix of the switch, the join and the case nodes.
+    base: String,
     cases: Vec<CaseTemplate>,
     problem: Option<String>,
     _t: PhantomData<fn(T) -> R>,
@@ -567,7 +577,7 @@ impl<T: Serialize, R> Branch<'_, T, R> {
             })
             .collect();
         let mut case = Case {
-            prefix: format!("{}.{safe}", self.on),
+            prefix: format!("{}.{safe}", self.base),
             nodes: Vec::new(),
         };
         let result = build(&mut case, item());
@@ -593,8 +603,8 @@ impl<T: Serialize, R> Branch<'_, T, R> {
     where
         R: DeserializeOwned,
     {
-        let switch = format!("{}.switch", self.on);
-        let join = format!("{}.join", self.on);
+        let switch = format!("{}.switch", self.base);
+        let join = format!("{}.join", self.base);
         let mut problem = self.problem;
         let mut shapes = Vec::new();
         let mut cases = Vec::new();

@@ -597,3 +597,41 @@ fn the_orch_cli_resumes_a_typed_run_in_the_recorded_binary() {
         );
     }
 }
+
+#[test]
+fn two_maps_and_two_branches_on_the_same_nodes_get_their_own_ids() {
+    let space = Space::new();
+    let mut wf = space.workflow("twice");
+    wf.live_picture(false);
+    let xs = wf.add(numbers::call(3));
+    let a = wf.map(&xs, square::call);
+    let b = wf.map(&xs, square::call);
+    let s = wf.add(square::call(2));
+    assert_eq!(
+        (a.id(), b.id(), s.id()),
+        ("square.all", "square_2.all", "square_3")
+    );
+    let coin = wf.add(toss::call(true));
+    let first = wf
+        .branch(&coin)
+        .case(Coin::Heads, |b, c| b.add(shout::call(c)))
+        .otherwise(|b, c| b.add(shout::call(c)))
+        .join();
+    let second = wf
+        .branch(&coin)
+        .case(Coin::Heads, |b, c| b.add(shout::call(c)))
+        .otherwise(|b, c| b.add(shout::call(c)))
+        .join();
+    assert_eq!((first.id(), second.id()), ("toss.join", "toss_2.join"));
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(
+        ex.node(b.id()).unwrap().output,
+        Some(serde_json::json!([1, 4, 9]))
+    );
+    assert_eq!(
+        ex.node(second.id()).unwrap().output,
+        Some(serde_json::json!("Heads!"))
+    );
+    assert!(ex.node("toss_2.Heads.shout").is_some());
+}
