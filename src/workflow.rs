@@ -313,6 +313,9 @@ impl Workflow {
 
     /// Appends any mutation to the registration batch.
     pub fn mutate(&mut self, m: Mutation) -> &mut Workflow {
+        if let Mutation::AddNode { id, .. } = &m {
+            self.ids.insert(id.clone());
+        }
         self.mutations.push(m);
         self
     }
