@@ -834,7 +834,7 @@ pub mod support {
 
     pub use serde_json::Value;
 
-    /// See [`super::register`].
+    /// Registers `T` in this process, or runs it when this process was started for it (task mode).
     pub fn register<T: TaskDef>() {
         super::register::<T>()
     }
