@@ -473,24 +473,40 @@ impl fmt::Debug for Context {
 
 impl Context {
     /// Takes over stdio the way the Python helper does: the protocol goes
-    /// to a private copy of fd 1, and fd 1 itself becomes a copy of fd 2,
-    /// so `println!` (and any child process) writes to the log and can
-    /// never corrupt the protocol.
+    /// through private copies of fds 0 and 1; fd 0 becomes `/dev/null` and
+    /// fd 1 a copy of fd 2, so `println!` (and any child process) writes to
+    /// the log and can never corrupt or steal the protocol.
     fn connect() -> std::io::Result<Context> {
         use std::os::fd::FromRawFd;
-        // SAFETY: dup/dup2 on the standard descriptors; the new descriptor
-        // is owned by the File below and by nothing else.
-        let private = unsafe { libc::dup(1) };
-        if private < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        if unsafe { libc::dup2(2, 1) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `private` is a fresh descriptor nobody else owns.
-        let writer = unsafe { std::fs::File::from_raw_fd(private) };
-        let mut reader = std::io::BufReader::new(std::io::stdin());
+        let os = |r: libc::c_int| {
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        };
+        // The protocol moves to private, close-on-exec copies of fds 0 and
+        // 1, so nothing the task starts inherits them. fd 0 becomes
+        // /dev/null (a child reading stdin gets EOF, never the replies),
+        // fd 1 a copy of fd 2 (the attempt's log).
+        // SAFETY: fcntl/open/dup2 on the standard descriptors; each new
+        // descriptor is owned by exactly one File below.
+        let (proto_in, proto_out) = unsafe {
+            let proto_in = os(libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3))?;
+            let proto_out = os(libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3))?;
+            let null = os(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY))?;
+            os(libc::dup2(null, 0))?;
+            if null != 0 {
+                libc::close(null);
+            }
+            os(libc::dup2(2, 1))?;
+            (
+                std::fs::File::from_raw_fd(proto_in),
+                std::fs::File::from_raw_fd(proto_out),
+            )
+        };
+        let writer = proto_out;
+        let mut reader = std::io::BufReader::new(proto_in);
         let mut line = String::new();
         reader.read_line(&mut line)?;
         let start: Start = serde_json::from_str(line.trim()).map_err(|e| {

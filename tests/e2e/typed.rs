@@ -30,6 +30,24 @@ struct Facts {
     pgid: u32,
     marker_seen: bool,
     child_saw_marker: bool,
+    /// What a child reading its inherited stdin read.
+    child_stdin: String,
+    /// Descriptors above 2 that a child would inherit.
+    inheritable: Vec<i32>,
+}
+
+/// The descriptors above 2 of this process that a child would inherit.
+fn inheritable_fds() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&fd| fd > 2)
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        .filter(|&fd| {
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        })
+        .collect()
 }
 
 /// Where and how it runs.
@@ -40,7 +58,14 @@ fn facts() -> Facts {
         .args(["-c", "test -n \"$ORCH_NATIVE_TASK\" && echo yes || echo no"])
         .output()
         .expect("sh runs");
+    let cat = std::process::Command::new("cat")
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("cat runs");
     Facts {
+        inheritable: inheritable_fds(),
+        child_stdin: String::from_utf8_lossy(&cat.stdout).into_owned(),
         pid: std::process::id(),
         // SAFETY: getpgrp has no preconditions.
         pgid: unsafe { libc::getpgrp() } as u32,
@@ -217,6 +242,19 @@ fn task_mode_clears_the_marker_and_owns_a_process_group() {
     assert!(
         !facts.child_saw_marker,
         "children of the task never see the marker"
+    );
+    assert_eq!(
+        facts.child_stdin, "",
+        "a child reading stdin gets EOF, not the protocol"
+    );
+    // Whatever this test process passes down (cargo's jobserver) aside,
+    // the task holds no descriptor a child would inherit: the protocol's
+    // are close-on-exec.
+    let ours = inheritable_fds();
+    assert!(
+        facts.inheritable.iter().all(|fd| ours.contains(fd)),
+        "the task's inheritable fds {:?} beyond the orchestrator's {ours:?}",
+        facts.inheritable
     );
     let logs = logs_text(&space, &outcome.run, f.id());
     assert!(
