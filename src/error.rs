@@ -119,6 +119,17 @@ pub enum Error {
         /// The orchestrator's answer.
         message: String,
     },
+    /// Two `#[orch::task]` functions of this binary have the same task
+    /// name: a child started for it could run either.
+    #[error("two #[orch::task] functions are named `{name}`: one in `{first}`, one in `{second}`; give one another name with #[task(name = \"...\")]")]
+    DuplicateTask {
+        /// The task name.
+        name: String,
+        /// The module of the first definition.
+        first: String,
+        /// The module of the second.
+        second: String,
+    },
     /// This process was started to run a native task that no `#[task]`
     /// of this binary defines; it refuses to orchestrate instead.
     #[error("this process was started to run the native task `{task}` (ORCH_NATIVE_TASK), but this binary defines no `#[orch::task]` of that name; known tasks: {known}")]

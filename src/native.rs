@@ -154,6 +154,7 @@ impl<E: std::error::Error> From<E> for Failure {
 #[derive(Clone, Copy)]
 struct Registered {
     name: &'static str,
+    module: &'static str,
     fields: &'static [Field],
 }
 
@@ -161,11 +162,13 @@ type Checker = fn(&Value) -> std::result::Result<(), String>;
 
 static TASKS: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
 static TYPES: Mutex<BTreeMap<&'static str, Checker>> = Mutex::new(BTreeMap::new());
+/// Task names defined twice in this binary: (name, first module, second).
+static CLASHES: Mutex<Vec<(&'static str, &'static str, &'static str)>> = Mutex::new(Vec::new());
 
 /// Registers a task in this process, or, when this process was started in
 /// task mode for this task (or for a built-in task), runs it and exits.
 /// Called by the constructor `#[task]` generates.
-pub(crate) fn register<T: TaskDef>() {
+pub(crate) fn register<T: TaskDef>(module: &'static str) {
     if let Some(asked) = std::env::var_os(TASK_ENV) {
         if asked == T::NAME {
             task_mode(T::NAME, T::invoke);
@@ -175,10 +178,17 @@ pub(crate) fn register<T: TaskDef>() {
         }
         // Another constructor may claim it; if none does, `run` refuses.
     }
-    lock(&TASKS).push(Registered {
+    let mut tasks = lock(&TASKS);
+    if let Some(first) = tasks.iter().find(|t| t.name == T::NAME) {
+        let clash = (T::NAME, first.module, module);
+        lock(&CLASHES).push(clash);
+    }
+    tasks.push(Registered {
         name: T::NAME,
+        module,
         fields: T::fields(),
     });
+    drop(tasks);
     register_type::<T::Output>();
 }
 
@@ -223,10 +233,17 @@ pub fn short_type_name(full: &str) -> String {
     out
 }
 
-/// When this process was started in task mode but no task of this binary
-/// claimed the run: the error that stops it from orchestrating (no fork
-/// bomb).
+/// Why this process must not orchestrate: it was started in task mode but
+/// no task of this binary claimed the run (no fork bomb), or two tasks of
+/// this binary share a name (a child could run the wrong one).
 pub(crate) fn refuse_task_mode() -> Result<()> {
+    if let Some(&(name, first, second)) = lock(&CLASHES).first() {
+        return Err(Error::DuplicateTask {
+            name: name.to_string(),
+            first: first.to_string(),
+            second: second.to_string(),
+        });
+    }
     match std::env::var(TASK_ENV) {
         Ok(task) => {
             let mut known: Vec<&str> = lock(&TASKS).iter().map(|t| t.name).collect();
@@ -850,9 +867,10 @@ pub mod support {
 
     pub use serde_json::Value;
 
-    /// Registers `T` in this process, or runs it when this process was started for it (task mode).
-    pub fn register<T: TaskDef>() {
-        super::register::<T>()
+    /// Registers `T` (defined in `module`) in this process, or runs it
+    /// when this process was started for it (task mode).
+    pub fn register<T: TaskDef>(module: &'static str) {
+        super::register::<T>(module)
     }
 
     /// The argument's type name, for [`Field::type_name`].

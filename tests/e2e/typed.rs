@@ -122,6 +122,12 @@ fn explode(n: u32) -> u32 {
     n
 }
 
+/// An argument named like its function, and a raw identifier.
+#[orch::task]
+fn twice(twice: u64, r#type: String) -> String {
+    format!("{} {type}", twice * 2)
+}
+
 #[orch::task(name = "renamed")]
 fn with_a_name(s: String) -> String {
     s.to_uppercase()
@@ -434,6 +440,18 @@ fn retries_failures_and_panics_behave_like_other_tasks() {
         "{error}"
     );
     assert!(logs_text(&space, &outcome.run, &id).contains("n was 7"));
+
+    assert_eq!(
+        format!("{:?}", <twice as orch::TaskDef>::fields()),
+        "[twice: u64, type: String]"
+    );
+    let (_, outcome, ex, id) = run_one(twice::call(21, "apples"));
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(
+        ex.node(&id).unwrap().output,
+        Some(serde_json::json!("42 apples"))
+    );
+    assert_eq!(ex.node(&id).unwrap().inputs["type"], "apples");
 
     let (_, outcome, ex, id) = run_one(with_a_name::call("quiet"));
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
