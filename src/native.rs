@@ -722,42 +722,36 @@ const BUILTINS: [(&str, Invoke); 4] = [
 /// The placeholder a template holds where the mapped item (or the branch
 /// value) goes.
 pub(crate) const ITEM: &str = "$item";
-/// The placeholder a branch template holds for a reference to another
-/// node of the same template.
-pub(crate) const LOCAL: &str = "$local";
 
 fn input<T: DeserializeOwned>(inputs: &Value, key: &str) -> std::result::Result<T, Failure> {
     T::deserialize(&inputs[key])
         .map_err(|e| Failure::terminal(format!("built-in input `{key}` is malformed: {e}")))
 }
 
-/// Replaces item placeholders by `item` and local references by output
-/// references.
-fn instantiate(template: &Value, item: &Value) -> Value {
-    match template {
-        Value::Object(m) if m.len() == 1 && m.contains_key(ITEM) => item.clone(),
-        Value::Object(m) if m.len() == 1 && m.contains_key(LOCAL) => json!({ "$output": m[LOCAL] }),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), instantiate(v, item)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(|v| instantiate(v, item)).collect()),
-        other => other.clone(),
+/// A template filled in: the item at each of `items_at`, a reference to
+/// the named node at each of `locals_at` (pointers recorded when the
+/// template was built, so data elsewhere is never touched).
+fn fill(template: &Value, spec: &Value, item: &Value) -> std::result::Result<Value, Failure> {
+    let items_at: Vec<String> = input(spec, "items_at")?;
+    let locals_at: Vec<(String, String)> = if spec.get("locals_at").is_some() {
+        input(spec, "locals_at")?
+    } else {
+        Vec::new()
+    };
+    let mut v = template.clone();
+    for at in &items_at {
+        let slot = v
+            .pointer_mut(at)
+            .ok_or_else(|| Failure::terminal(format!("template has no slot at `{at}`")))?;
+        *slot = item.clone();
     }
-}
-
-fn locals(template: &Value, out: &mut Vec<String>) {
-    match template {
-        Value::Object(m) if m.len() == 1 && m.contains_key(LOCAL) => {
-            if let Some(s) = m[LOCAL].as_str() {
-                out.push(s.to_string());
-            }
-        }
-        Value::Object(m) => m.values().for_each(|v| locals(v, out)),
-        Value::Array(a) => a.iter().for_each(|v| locals(v, out)),
-        _ => {}
+    for (at, id) in &locals_at {
+        let slot = v
+            .pointer_mut(at)
+            .ok_or_else(|| Failure::terminal(format!("template has no slot at `{at}`")))?;
+        *slot = json!({ "$output": id });
     }
+    Ok(v)
 }
 
 fn refused(e: Error) -> Failure {
@@ -775,10 +769,11 @@ fn builtin_map(ctx: &mut Context, inputs: Value) -> std::result::Result<Value, F
     if items.is_empty() {
         ctx.edge(&me, &to).map_err(refused)?;
     }
+    let attrs: Map<String, Value> = input(&inputs, "attrs").unwrap_or_default();
     for (i, item) in items.iter().enumerate() {
         let id = format!("{base}[{i}]");
-        let copy_inputs = instantiate(&inputs["inputs"], item);
-        ctx.add_node(&id, task.clone(), copy_inputs, Map::new())
+        let copy_inputs = fill(&inputs["inputs"], &inputs, item)?;
+        ctx.add_node(&id, task.clone(), copy_inputs, attrs.clone())
             .map_err(refused)?;
         ctx.edge(&me, &id).map_err(refused)?;
         ctx.edge(&id, &to).map_err(refused)?;
@@ -825,24 +820,31 @@ fn builtin_switch(ctx: &mut Context, inputs: Value) -> std::result::Result<Value
         .iter()
         .map(|n| n["id"].as_str().unwrap_or_default().to_string())
         .collect();
-    let mut used = std::collections::BTreeSet::new();
+    // What each node of the case uses or runs after, among the case's.
     let mut deps = Vec::new();
     for n in &nodes {
-        let mut l = Vec::new();
-        locals(&n["inputs"], &mut l);
-        used.extend(l.iter().cloned());
-        deps.push(l);
+        let locals: Vec<(String, String)> = input(n, "locals_at")?;
+        let after: Vec<String> = input(n, "after")?;
+        let mut d: Vec<String> = locals.into_iter().map(|(_, id)| id).collect();
+        d.extend(after);
+        deps.push(d);
     }
+    let used: std::collections::BTreeSet<&String> = deps.iter().flatten().collect();
     let me = ctx.node_id().to_string();
-    for ((n, id), l) in nodes.iter().zip(&ids).zip(&deps) {
+    for ((n, id), d) in nodes.iter().zip(&ids).zip(&deps) {
         let task: Task = input(n, "task")?;
-        ctx.add_node(id, task, instantiate(&n["inputs"], &value), Map::new())
+        let attrs: Map<String, Value> = input(n, "attrs").unwrap_or_default();
+        ctx.add_node(id, task, fill(&n["inputs"], n, &value)?, attrs)
             .map_err(refused)?;
-        if l.is_empty() {
+        if d.is_empty() {
             ctx.edge(&me, id).map_err(refused)?;
         }
+        let after: Vec<String> = input(n, "after")?;
+        for a in &after {
+            ctx.edge(a, id).map_err(refused)?;
+        }
     }
-    for id in ids.iter().filter(|id| !used.contains(*id)) {
+    for id in ids.iter().filter(|id| !used.contains(id)) {
         ctx.edge(id, &to).map_err(refused)?;
     }
     Ok(chosen["label"].clone())
@@ -985,15 +987,14 @@ mod tests {
     }
 
     #[test]
-    fn templates_instantiate() {
-        let t = json!({"x": {"$item": null}, "y": [{"$local": "a"}, 3]});
+    fn templates_fill_only_their_slots() {
+        let spec = json!({"items_at": ["/x"], "locals_at": [["/y/0", "a"]]});
+        // Data that looks like a placeholder or a reference stays data.
+        let template = json!({"x": null, "y": [null], "z": {"$item": 1}});
         assert_eq!(
-            instantiate(&t, &json!(7)),
-            json!({"x": 7, "y": [{"$output": "a"}, 3]})
+            fill(&template, &spec, &json!(7)).unwrap(),
+            json!({"x": 7, "y": [{"$output": "a"}], "z": {"$item": 1}})
         );
-        let mut l = Vec::new();
-        locals(&t, &mut l);
-        assert_eq!(l, vec!["a".to_string()]);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::model::{Attrs, Task};
-use crate::native::{self, TaskDef, ITEM, LOCAL};
+use crate::native::{self, TaskDef, ITEM};
 use crate::promise::Promise;
 use crate::shape::Shape;
 use crate::workflow::{NodeBuilder, Workflow};
@@ -353,7 +353,8 @@ impl Workflow {
     ) -> Node<Vec<M::Output>> {
         self.promise_quiet(M::NAME, M::GROWS);
         self.promise_quiet(native::COLLECT, false);
-        let (inputs, _, after) = each(item()).into_parts();
+        let (inputs, attrs, after) = each(item()).into_parts();
+        let t = Template::new(Value::Object(inputs), &BTreeSet::new());
         let expand = format!("{base}.each");
         let collect = format!("{base}.all");
         let task = M::task();
@@ -361,7 +362,9 @@ impl Workflow {
             .inputs(json!({
                 "items": items.output(),
                 "task": task,
-                "inputs": inputs,
+                "inputs": t.inputs,
+                "items_at": t.items_at,
+                "attrs": attrs,
                 "base": base,
                 "to": collect,
             }))
@@ -456,6 +459,7 @@ struct CaseTemplate {
     key: Option<Value>,
     label: String,
     nodes: Vec<TemplateNode>,
+    outside: Vec<String>,
     result: String,
 }
 
@@ -464,7 +468,11 @@ struct TemplateNode {
     name: &'static str,
     grows: bool,
     task: Task,
-    inputs: Value,
+    template: Template,
+    attrs: Attrs,
+    /// Nodes of the case it runs after, without data.
+    after: Vec<String>,
+    /// Nodes of the case it uses or runs after.
     deps: Vec<String>,
 }
 
@@ -472,6 +480,8 @@ struct TemplateNode {
 pub struct Case {
     prefix: String,
     nodes: Vec<TemplateNode>,
+    /// Nodes outside the branch that a node of the case runs after.
+    outside: Vec<String>,
 }
 
 impl fmt::Debug for Case {
@@ -488,7 +498,7 @@ impl Case {
     /// outputs of earlier nodes of the case, outputs of nodes outside the
     /// branch (resolved when the branch is chosen) and plain values.
     pub fn add<M: TaskDef>(&mut self, call: Call<M>) -> Node<M::Output> {
-        let (inputs, _, after) = call.into_parts();
+        let (inputs, attrs, after) = call.into_parts();
         let mut id = format!("{}.{}", self.prefix, M::NAME);
         let mut k = 2;
         while self.nodes.iter().any(|n| n.id == id) {
@@ -496,42 +506,86 @@ impl Case {
             k += 1;
         }
         let local: BTreeSet<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
-        let mut deps = Vec::new();
-        let mut inputs = Value::Object(inputs);
-        localize(&mut inputs, &local, &mut deps);
-        for a in after {
-            if local.contains(&a) {
-                deps.push(a);
-            }
-        }
+        let template = Template::new(Value::Object(inputs), &local);
+        let (after, outside): (Vec<String>, Vec<String>) =
+            after.into_iter().partition(|a| local.contains(a));
+        // Ordering edges from outside the branch go into the switch, so
+        // the case still runs after them and the region stays its shape.
+        self.outside.extend(outside);
+        let mut deps: Vec<String> = template
+            .locals_at
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect();
+        deps.extend(after.iter().cloned());
         self.nodes.push(TemplateNode {
             id: id.clone(),
             name: M::NAME,
             grows: M::GROWS,
             task: M::task(),
-            inputs,
+            template,
+            attrs,
+            after,
             deps,
         });
         Node::new(&id)
     }
 }
 
-/// Turns references to nodes of the template into `$local` placeholders.
-fn localize(v: &mut Value, local: &BTreeSet<String>, deps: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(Value::String(target)) = m.get("$output") {
-                if local.contains(target) && m.len() == 1 {
-                    let target = target.clone();
-                    deps.push(target.clone());
-                    *v = json!({ LOCAL: target });
-                    return;
+/// A node's inputs as a template: the item (or branch value) placeholders
+/// and the references to other nodes of the same template are replaced by
+/// `null` and remembered by JSON pointer, so that filling the template in
+/// touches those places only, whatever the rest of the data holds.
+struct Template {
+    inputs: Value,
+    /// Where the item (or the branch value) goes.
+    items_at: Vec<String>,
+    /// Where a reference to another node of the template goes, and to
+    /// which.
+    locals_at: Vec<(String, String)>,
+}
+
+impl Template {
+    fn new(mut inputs: Value, local: &BTreeSet<String>) -> Template {
+        let mut t = Template {
+            inputs: Value::Null,
+            items_at: Vec::new(),
+            locals_at: Vec::new(),
+        };
+        t.scan(&mut inputs, String::new(), local);
+        t.inputs = inputs;
+        t
+    }
+
+    fn scan(&mut self, v: &mut Value, at: String, local: &BTreeSet<String>) {
+        match v {
+            Value::Object(m) if m.len() == 1 && m.contains_key(ITEM) => {
+                self.items_at.push(at);
+                *v = Value::Null;
+            }
+            Value::Object(m)
+                if m.len() == 1
+                    && m.get("$output")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| local.contains(t)) =>
+            {
+                let target = m["$output"].as_str().unwrap_or_default().to_string();
+                self.locals_at.push((at, target));
+                *v = Value::Null;
+            }
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let key = k.replace('~', "~0").replace('/', "~1");
+                    self.scan(x, format!("{at}/{key}"), local);
                 }
             }
-            m.values_mut().for_each(|x| localize(x, local, deps));
+            Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    self.scan(x, format!("{at}/{i}"), local);
+                }
+            }
+            _ => {}
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| localize(x, local, deps)),
-        _ => {}
     }
 }
 
@@ -579,6 +633,7 @@ impl<T: Serialize, R> Branch<'_, T, R> {
         let mut case = Case {
             prefix: format!("{}.{safe}", self.base),
             nodes: Vec::new(),
+            outside: Vec::new(),
         };
         let result = build(&mut case, item());
         if self.cases.iter().any(|c| c.key == key) {
@@ -591,6 +646,7 @@ impl<T: Serialize, R> Branch<'_, T, R> {
             key,
             label,
             nodes: case.nodes,
+            outside: case.outside,
             result: result.id,
         });
         self
@@ -620,7 +676,15 @@ impl<T: Serialize, R> Branch<'_, T, R> {
             results.push(c.result.clone());
             let mut case = json!({
                 "label": c.label,
-                "nodes": c.nodes.iter().map(|n| json!({"id": n.id, "task": n.task, "inputs": n.inputs})).collect::<Vec<_>>(),
+                "nodes": c.nodes.iter().map(|n| json!({
+                    "id": n.id,
+                    "task": n.task,
+                    "inputs": n.template.inputs,
+                    "items_at": n.template.items_at,
+                    "locals_at": n.template.locals_at,
+                    "after": n.after,
+                    "attrs": n.attrs,
+                })).collect::<Vec<_>>(),
             });
             if let Some(k) = &c.key {
                 case["key"] = k.clone();
@@ -642,6 +706,10 @@ impl<T: Serialize, R> Branch<'_, T, R> {
         wf.node(&switch, native::support::task(native::SWITCH))
             .inputs(json!({"value": on.output(), "cases": cases, "to": join}))
             .label(&format!("branch on {}", self.on));
+        let outside: BTreeSet<&String> = self.cases.iter().flat_map(|c| &c.outside).collect();
+        for a in outside {
+            wf.edge(a.clone(), switch.clone());
+        }
         let mut task = native::support::task(native::JOIN);
         task.output_type = Some(native::register_type::<R>().into());
         wf.node(&join, task).input("results", results).label("join");
@@ -728,15 +796,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn localize_marks_only_template_nodes() {
+    fn templates_remember_their_slots_by_pointer() {
         let local: BTreeSet<String> = ["b.x".to_string()].into();
-        let mut v = json!({"a": {"$output": "b.x"}, "c": {"$output": "outside"}, "d": [{"$output": "b.x"}]});
-        let mut deps = Vec::new();
-        localize(&mut v, &local, &mut deps);
-        assert_eq!(
-            v,
-            json!({"a": {"$local": "b.x"}, "c": {"$output": "outside"}, "d": [{"$local": "b.x"}]})
+        let t = Template::new(
+            json!({"a": {"$output": "b.x"}, "c": {"$output": "outside"}, "d": [{"$item": null}], "e/f": {"$item": null}}),
+            &local,
         );
-        assert_eq!(deps, vec!["b.x".to_string(), "b.x".to_string()]);
+        assert_eq!(
+            t.inputs,
+            json!({"a": null, "c": {"$output": "outside"}, "d": [null], "e/f": null})
+        );
+        assert_eq!(t.items_at, ["/d/0", "/e~1f"]);
+        assert_eq!(t.locals_at, [("/a".to_string(), "b.x".to_string())]);
     }
 }

@@ -691,3 +691,37 @@ fn two_maps_and_two_branches_on_the_same_nodes_get_their_own_ids() {
     );
     assert!(ex.node("toss_2.Heads.shout").is_some());
 }
+
+#[test]
+fn templates_keep_ordering_edges_and_attributes() {
+    let space = Space::new();
+    let mut wf = space.workflow("after");
+    wf.live_picture(false);
+    let first = wf.add(square::call(3));
+    let coin = wf.add(toss::call(true));
+    let result = wf
+        .branch(&coin)
+        .case(Coin::Heads, |b, c| {
+            let s = b.add(shout::call(c).attr("color", "gold"));
+            // Runs after a node of the case (no data) and after one outside.
+            b.add(square::call(2).after(&s).after(&first))
+        })
+        .otherwise(|b, _| b.add(square::call(1)))
+        .join();
+    let xs = wf.add(numbers::call(2));
+    wf.map(&xs, |x| square::call(x).attr("color", "blue"));
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    assert_eq!(
+        ex.node(result.id()).unwrap().output,
+        Some(serde_json::json!(4))
+    );
+    let e = edge_set(&ex);
+    assert!(e.contains(&("toss.Heads.shout".into(), "toss.Heads.square".into())));
+    assert!(
+        e.contains(&("square".into(), "toss.switch".into())),
+        "{e:?}"
+    );
+    assert_eq!(ex.node("toss.Heads.shout").unwrap().attrs["color"], "gold");
+    assert_eq!(ex.node("square_2[1]").unwrap().attrs["color"], "blue");
+}
