@@ -74,6 +74,13 @@ pub trait TaskDef: 'static {
     /// Runs the body in task mode: deserialises each argument from
     /// `inputs` and serialises the result.
     fn invoke(ctx: &mut Context, inputs: Value) -> std::result::Result<Value, Failure>;
+
+    /// Serialises an output.
+    #[doc(hidden)]
+    fn encode(output: Self::Output) -> std::result::Result<Value, Failure> {
+        crate::typed::TaskValue::__orch_to_json(&output)
+            .map_err(|e| Failure::terminal(format!("the output does not serialise to JSON: {e}")))
+    }
 }
 
 /// One input field of a native task: an argument of its function.
@@ -193,19 +200,19 @@ pub(crate) fn register<T: TaskDef>(module: &'static str) {
 }
 
 /// Makes `T` known by name, so values declared to be a `T` can be checked.
-pub(crate) fn register_type<T: DeserializeOwned>() -> &'static str {
+pub(crate) fn register_type<T: crate::typed::TaskValue>() -> &'static str {
     let name = std::any::type_name::<T>();
-    lock(&TYPES).insert(name, check_value::<T>);
+    register_checker(name, T::__orch_check);
     name
+}
+
+/// Makes the type named `name` known with its checker.
+pub(crate) fn register_checker(name: &'static str, check: Checker) {
+    lock(&TYPES).insert(name, check);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Checks that `value` deserialises into `T`.
-pub(crate) fn check_value<T: DeserializeOwned>(value: &Value) -> std::result::Result<(), String> {
-    T::deserialize(value).map(drop).map_err(|e| e.to_string())
 }
 
 /// `std::any::type_name` without module paths: `Vec<u64>` for
@@ -875,16 +882,6 @@ pub mod support {
         super::register::<T>(module)
     }
 
-    /// The argument's type name, for [`Field::type_name`].
-    pub fn type_name<T: ?Sized>() -> &'static str {
-        std::any::type_name::<T>()
-    }
-
-    /// Checks a value against `T`, for [`Field::check`].
-    pub fn check<T: crate::typed::TaskValue>(value: &Value) -> std::result::Result<(), String> {
-        check_value::<T>(value)
-    }
-
     /// Takes argument `name` out of the inputs.
     pub fn arg<T: crate::typed::TaskValue>(
         task: &str,
@@ -895,7 +892,7 @@ pub mod support {
             .as_object_mut()
             .and_then(|m| m.remove(name))
             .unwrap_or(Value::Null);
-        T::deserialize(v).map_err(|e| {
+        T::__orch_from_json(v).map_err(|e| {
             Failure::terminal(format!(
                 "input `{name}` of task `{task}` must be a `{}`: {e}",
                 short_type_name(std::any::type_name::<T>())
@@ -903,22 +900,39 @@ pub mod support {
         })
     }
 
-    /// Serialises a plain return value.
-    pub fn ok<T: crate::typed::TaskValue>(value: T) -> std::result::Result<Value, Failure> {
-        serde_json::to_value(value)
-            .map_err(|e| Failure::terminal(format!("the output does not serialise to JSON: {e}")))
+    /// The failure an `Err` of a task becomes: itself when it is a
+    /// [`Failure`], else a retryable failure with its message.
+    pub fn failure<E: fmt::Display + 'static>(e: E) -> Failure {
+        match (&e as &dyn Any).downcast_ref::<Failure>() {
+            Some(f) => f.clone(),
+            None => Failure::retryable(e.to_string()),
+        }
     }
 
-    /// Turns a `Result` return value into an output or a failure.
-    pub fn result<T: crate::typed::TaskValue, E: fmt::Display + 'static>(
-        r: std::result::Result<T, E>,
-    ) -> std::result::Result<Value, Failure> {
-        match r {
-            Ok(v) => ok(v),
-            Err(e) => Err(match (&e as &dyn Any).downcast_ref::<Failure>() {
-                Some(f) => f.clone(),
-                None => Failure::retryable(e.to_string()),
-            }),
+    /// One argument of a task: the generated code names each argument's
+    /// type once, here, so a type that cannot be a task value is reported
+    /// once, where it is written.
+    pub trait Slot {
+        /// The argument's type.
+        type T: crate::typed::TaskValue;
+
+        /// The type's name, for [`Field::type_name`].
+        fn type_name() -> &'static str {
+            std::any::type_name::<Self::T>()
+        }
+
+        /// Checks a value against the type, for [`Field::check`].
+        fn check(value: &Value) -> std::result::Result<(), String> {
+            <Self::T as crate::typed::TaskValue>::__orch_check(value)
+        }
+
+        /// Takes argument `name` out of the inputs.
+        fn take(
+            task: &str,
+            inputs: &mut Value,
+            name: &str,
+        ) -> std::result::Result<Self::T, Failure> {
+            arg::<Self::T>(task, inputs, name)
         }
     }
 
@@ -960,10 +974,6 @@ pub mod support {
         t
     }
 
-    /// Marks `T` as usable as a task input or output; the bound gives the
-    /// error on the argument's own span.
-    pub fn assert_value<T: crate::typed::TaskValue>() {}
-
     /// Makes sure the constructor of the task is linked whenever its
     /// generated functions are.
     pub fn keep<T>(_: &T) {}
@@ -999,9 +1009,11 @@ mod tests {
 
     #[test]
     fn failures_keep_their_retry_flag() {
-        let r: std::result::Result<u8, Failure> = Err(Failure::terminal("no"));
-        assert_eq!(support::result(r).unwrap_err(), Failure::terminal("no"));
-        let r: std::result::Result<u8, std::num::ParseIntError> = "x".parse::<u8>();
-        assert!(support::result(r).unwrap_err().retry);
+        assert_eq!(
+            support::failure(Failure::terminal("no")),
+            Failure::terminal("no")
+        );
+        let e = "x".parse::<u8>().unwrap_err();
+        assert!(support::failure(e).retry);
     }
 }

@@ -55,8 +55,58 @@ use crate::workflow::{NodeBuilder, Workflow};
     label = "not a serde type",
     note = "task arguments and return values travel as JSON between processes: use a type that implements serde's `Serialize` and `Deserialize` (derive both, or pick an owned type such as `String` or `Vec<T>`)"
 )]
-pub trait TaskValue: Serialize + DeserializeOwned {}
-impl<T: Serialize + DeserializeOwned> TaskValue for T {}
+pub trait TaskValue: Sized {
+    /// The value as JSON.
+    #[doc(hidden)]
+    fn __orch_to_json(&self) -> Result<Value, String>;
+    /// The value from JSON.
+    #[doc(hidden)]
+    fn __orch_from_json(v: Value) -> Result<Self, String>;
+    /// Whether JSON deserialises into the type.
+    #[doc(hidden)]
+    fn __orch_check(v: &Value) -> Result<(), String>;
+}
+
+// No supertraits on purpose: a type that is not a serde type then fails
+// `TaskValue` as a whole, and rustc reports it once, in the words above.
+impl<T: Serialize + DeserializeOwned> TaskValue for T {
+    fn __orch_to_json(&self) -> Result<Value, String> {
+        serde_json::to_value(self).map_err(|e| e.to_string())
+    }
+
+    fn __orch_from_json(v: Value) -> Result<Self, String> {
+        T::deserialize(v).map_err(|e| e.to_string())
+    }
+
+    fn __orch_check(v: &Value) -> Result<(), String> {
+        T::deserialize(v).map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// Checks that JSON is an array of `O`s.
+fn check_vec<O: TaskValue>(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| O::__orch_check(x).map_err(|e| format!("item {i}: {e}"))),
+        other => Err(format!(
+            "invalid type: {}, expected a sequence",
+            kind(other)
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "sequence",
+        Value::Object(_) => "map",
+    }
+}
 
 /// The output of a node, as an input of another: a reference that the
 /// orchestrator resolves when the consuming node starts. `T` is the
@@ -428,9 +478,11 @@ impl Workflow {
     }
 }
 
-fn collect_task<O: DeserializeOwned>() -> Task {
+fn collect_task<O: TaskValue>() -> Task {
     let mut task = native::support::task(native::COLLECT);
-    task.output_type = Some(native::register_type::<Vec<O>>().into());
+    let name = std::any::type_name::<Vec<O>>();
+    native::register_checker(name, check_vec::<O>);
+    task.output_type = Some(name.into());
     task
 }
 
@@ -657,7 +709,7 @@ impl<T: Serialize, R> Branch<'_, T, R> {
     /// result.
     pub fn join(self) -> Node<R>
     where
-        R: DeserializeOwned,
+        R: TaskValue,
     {
         let switch = format!("{}.switch", self.base);
         let join = format!("{}.join", self.base);

@@ -59,18 +59,25 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
         .collect();
     let arg_types: Vec<&syn::Type> = t.args.iter().map(|(_, ty)| ty).collect();
 
-    // One check per argument and one for the output, each spanned on its
-    // type: a non-serde type is reported there, in words.
-    let value_checks = arg_types.iter().map(|ty| {
-        quote_spanned! {ty.span()=> #p::assert_value::<#ty>(); }
+    // Each argument type is named once, in the impl of a `Slot` spanned on
+    // it: a type that cannot be a task value is reported there, once, in
+    // words; everything else goes through the slot.
+    let slots: Vec<syn::Ident> = (0..t.args.len())
+        .map(|k| syn::Ident::new(&format!("__OrchSlot{k}"), Span::mixed_site()))
+        .collect();
+    let slot_defs = slots.iter().zip(&arg_types).map(|(s, ty)| {
+        let imp = quote_spanned! {ty.span()=> impl #p::Slot for #s { type T = #ty; } };
+        quote! {
+            #[allow(non_camel_case_types)]
+            struct #s;
+            #imp
+        }
     });
-    let out_check = quote_spanned! {out.span()=> #p::assert_value::<#out>(); };
-
-    let fields = t.args.iter().zip(&arg_names).map(|((_, ty), n)| {
-        quote! { #p::Field { name: #n, type_name: #p::type_name::<#ty>, check: #p::check::<#ty> } }
+    let fields = slots.iter().zip(&arg_names).map(|(s, n)| {
+        quote! { #p::Field { name: #n, type_name: <#s as #p::Slot>::type_name, check: <#s as #p::Slot>::check } }
     });
-    let takes = t.args.iter().zip(&arg_names).zip(&locals).map(|(((_, ty), n), i)| {
-        quote! { let #i: #ty = #p::arg::<#ty>(<Self as #p::TaskDef>::NAME, &mut __orch_inputs, #n)?; }
+    let takes = slots.iter().zip(&arg_names).zip(&locals).map(|((s, n), i)| {
+        quote! { let #i = <#s as #p::Slot>::take(<Self as #p::TaskDef>::NAME, &mut __orch_inputs, #n)?; }
     });
     let ctx_arg = if t.takes_context {
         quote!(__orch_ctx,)
@@ -82,9 +89,14 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
         call_body = quote! { #p::block_on(#call_body) };
     }
     let finish = if t.returns_result {
-        quote! { #p::result(#call_body) }
+        quote! {
+            match #call_body {
+                ::core::result::Result::Ok(v) => <Self as #p::TaskDef>::encode(v),
+                ::core::result::Result::Err(e) => ::core::result::Result::Err(#p::failure(e)),
+            }
+        }
     } else {
-        quote! { #p::ok(#call_body) }
+        quote! { <Self as #p::TaskDef>::encode(#call_body) }
     };
     let call_params = t.args.iter().map(|(i, ty)| {
         quote_spanned! {ty.span()=> #i: impl #p::IntoInput<#ty> }
@@ -109,11 +121,7 @@ fn generate(f: &ItemFn, t: &TaskFn, o: &Options) -> TokenStream {
         #vis struct #ident {}
 
         const _: () = {
-            #[allow(dead_code)]
-            fn __orch_types() {
-                #(#value_checks)*
-                #out_check
-            }
+            #(#slot_defs)*
 
             impl #p::TaskDef for #ident {
                 const NAME: &'static str = #name;
