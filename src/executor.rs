@@ -9,8 +9,10 @@
 //! [`Executor`] the same way.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -18,8 +20,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::fork::{ForkExit, ForkServer, Forked, Request};
@@ -116,6 +118,18 @@ pub trait Executor: Send + Sync {
     /// it holds a process). Must report [`Report::Finished`] exactly once
     /// through `link` when it returns `Ok`.
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String>;
+
+    /// `None` when an attempt of `task` can be launched now without
+    /// blocking (the default). Otherwise the executor is still getting
+    /// ready for such attempts (a Python fork server importing its
+    /// preloads): the runtime leaves the node ready, keeps running
+    /// everything else, and asks again once the returned future completes.
+    /// `launch` must stay usable anyway: the runtime may be one that never
+    /// asks.
+    fn not_ready(&self, task: &Task) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        let _ = task;
+        None
+    }
 }
 
 /// An executor shared by a workflow and its runs (`Debug` for the
@@ -156,11 +170,17 @@ pub struct ProcessEnv {
 enum ForkSlot {
     /// Not needed yet.
     Idle,
+    /// Starting on its own thread (importing the preloads); the receiver
+    /// turns `true` once it is up or given up on.
+    Starting(watch::Receiver<bool>),
     /// Forking attempts.
     Up(ForkServer),
     /// Turned off or unusable: every Python attempt starts a fresh
     /// interpreter.
     Off,
+    /// Like `Off`, but the server that stopped or stalled is kept until
+    /// the run ends, so the attempts it still runs report their end.
+    Retired(#[allow(dead_code)] ForkServer),
 }
 
 /// Runs each attempt as a subprocess speaking the protocol. Python
@@ -288,6 +308,49 @@ impl ProcessExecutor {
         ]
     }
 
+    /// Starts the fork server on its own thread (it may take as long as
+    /// its preloads take to import, and the runtime's thread must keep
+    /// going meanwhile); the slot is `Starting` until it is up or given
+    /// up on.
+    fn begin_start(&self, slot: &mut ForkSlot) {
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let env = Arc::clone(&self.env);
+        let pythonpath = self.pythonpath();
+        let weak = Arc::downgrade(&self.fork);
+        let spawned = std::thread::Builder::new()
+            .name("orch-fork-start".into())
+            .spawn(move || {
+                let started = resolve_python(&env.python).and_then(|python| {
+                    ForkServer::start(
+                        &python,
+                        &env.base_dir,
+                        &[("PYTHONPATH", pythonpath)],
+                        &env.python_preload,
+                    )
+                });
+                let next = match started {
+                    Ok(server) => ForkSlot::Up(server),
+                    Err(e) => {
+                        warn!(error = %e, "Python tasks start fresh interpreters");
+                        ForkSlot::Off
+                    }
+                };
+                // When the executor is gone (the run ended meanwhile), the
+                // server is dropped here and exits.
+                if let Some(slot) = weak.upgrade() {
+                    *slot.lock().expect("fork slot") = next;
+                }
+                let _ = ready_tx.send(true);
+            });
+        *slot = match spawned {
+            Ok(_) => ForkSlot::Starting(ready_rx),
+            Err(e) => {
+                warn!(error = %e, "cannot start the Python fork server's thread; Python tasks start fresh interpreters");
+                ForkSlot::Off
+            }
+        };
+    }
+
     /// Forks a Python attempt from the run's server, starting the server
     /// first if needed. `None`: start a fresh interpreter instead (fork is
     /// off, the attempt is not Python, or the server is unusable).
@@ -299,28 +362,22 @@ impl ProcessExecutor {
             _ => return None,
         };
         let mut slot = self.fork.lock().expect("fork slot");
-        if matches!(*slot, ForkSlot::Up(ref s) if !s.is_open()) {
+        if matches!(*slot, ForkSlot::Up(ref s) if !s.is_usable()) {
             warn!(
-                "the Python fork server stopped; Python tasks start fresh interpreters from now on"
+                "the Python fork server stopped or stalled; Python tasks start fresh interpreters from now on"
             );
-            *slot = ForkSlot::Off;
+            if let ForkSlot::Up(server) = std::mem::replace(&mut *slot, ForkSlot::Off) {
+                *slot = ForkSlot::Retired(server);
+            }
         }
         if matches!(*slot, ForkSlot::Idle) {
-            let started = resolve_python(&env.python).and_then(|python| {
-                ForkServer::start(
-                    &python,
-                    &env.base_dir,
-                    &[("PYTHONPATH", self.pythonpath())],
-                    &env.python_preload,
-                )
-            });
-            *slot = match started {
-                Ok(server) => ForkSlot::Up(server),
-                Err(e) => {
-                    warn!(error = %e, "Python tasks start fresh interpreters");
-                    ForkSlot::Off
-                }
-            };
+            // A caller that did not ask `not_ready` first: never block it
+            // while the server preloads.
+            self.begin_start(&mut slot);
+        }
+        if matches!(*slot, ForkSlot::Starting(_)) {
+            debug!(node = %spec.node, "the Python fork server is still starting; this attempt starts a fresh interpreter");
+            return None;
         }
         let ForkSlot::Up(server) = &*slot else {
             return None;
@@ -422,6 +479,27 @@ impl ProcessExecutor {
 }
 
 impl Executor for ProcessExecutor {
+    /// A Python attempt waits (the runtime keeps going) while the fork
+    /// server starts, so that it forks from the preloaded server like every
+    /// later attempt; the first one starts the server.
+    fn not_ready(&self, task: &Task) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        if !matches!(task.exec, Exec::Python { .. } | Exec::PythonFn { .. }) {
+            return None;
+        }
+        let mut slot = self.fork.lock().expect("fork slot");
+        if matches!(*slot, ForkSlot::Idle) {
+            self.begin_start(&mut slot);
+        }
+        let ForkSlot::Starting(rx) = &*slot else {
+            return None;
+        };
+        let mut rx = rx.clone();
+        Some(Box::pin(async move {
+            // An error means the starting thread is gone: ready either way.
+            let _ = rx.wait_for(|&ready| ready).await;
+        }))
+    }
+
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
         let proc = match self.try_fork(&spec) {
             Some(forked) => from_forked(forked)?,

@@ -32,8 +32,10 @@ use crate::executor::content_hash;
 /// How long the server may take to import the helper and the preloaded
 /// modules before the run gives up on it (and starts fresh interpreters).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a fork may take before the server is given up on.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the orchestrator's thread waits for the pid of a fork before
+/// it gives up on the server (a healthy one answers in about a
+/// millisecond; this wait holds up the whole run, so it is short).
+const START_TIMEOUT: Duration = Duration::from_secs(1);
 /// The file descriptor the server reads its control socket from.
 const CONTROL_FD: RawFd = 3;
 /// Largest packet the server sends.
@@ -79,7 +81,11 @@ pub(crate) struct Request<'a> {
 /// Waiters for the server's answers, by request id.
 #[derive(Default)]
 struct Table {
+    /// The server is gone (EOF on the control socket).
     closed: bool,
+    /// A fork went unanswered: no new forks, though the children it runs
+    /// still report how they end.
+    abandoned: bool,
     starts: HashMap<u64, std_mpsc::Sender<std::result::Result<u32, String>>>,
     exits: HashMap<u64, oneshot::Sender<ForkExit>>,
 }
@@ -328,9 +334,10 @@ impl ForkServer {
         })
     }
 
-    /// True until the server stopped answering.
-    pub(crate) fn is_open(&self) -> bool {
-        !self.table.lock().expect("fork table").closed
+    /// True until the server stopped, or left a fork unanswered.
+    pub(crate) fn is_usable(&self) -> bool {
+        let t = self.table.lock().expect("fork table");
+        !t.closed && !t.abandoned
     }
 
     /// Forks a child for one attempt; blocks until the server reports its
@@ -345,7 +352,7 @@ impl ForkServer {
         let (exit_tx, exit_rx) = oneshot::channel();
         {
             let mut t = self.table.lock().expect("fork table");
-            if t.closed {
+            if t.closed || t.abandoned {
                 return Err("the fork server stopped".into());
             }
             t.starts.insert(id, start_tx);
@@ -394,9 +401,14 @@ impl ForkServer {
                 Err(e)
             }
             Err(_) => {
-                forget(&self.table);
-                // A fork that never answers: stop trusting the server.
-                self.table.lock().expect("fork table").closed = true;
+                // A fork that does not answer: stop forking from this
+                // server (its running children still report their end).
+                // Should the child start after all, the reader kills it:
+                // this attempt starts a fresh interpreter instead.
+                let mut t = self.table.lock().expect("fork table");
+                t.abandoned = true;
+                t.starts.remove(&id);
+                t.exits.remove(&id);
                 Err(format!(
                     "the fork server did not answer within {}s",
                     START_TIMEOUT.as_secs()
@@ -420,6 +432,11 @@ fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
                 let pid = msg["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
                 if let Some(tx) = t.starts.remove(&id) {
                     let _ = tx.send(pid.ok_or_else(|| "the fork server sent no pid".into()));
+                } else if let Some(pid) = pid {
+                    // A fork answered too late: its attempt already
+                    // started elsewhere, so this copy must not run.
+                    warn!(pid, "a late fork is killed");
+                    crate::executor::kill_group(pid);
                 }
             }
             Some("failed") => {

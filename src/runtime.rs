@@ -9,7 +9,9 @@
 //! transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,17 @@ pub(crate) struct Runner {
     retry_at: HashMap<usize, tokio::time::Instant>,
     /// The live picture, rewritten after committed events.
     picture: Option<LivePicture>,
+    /// Set while the executor is getting ready for a ready node's task
+    /// (see `Executor::not_ready`): the loop wakes when it completes.
+    hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// Completes when the executor's hold does (never without one).
+async fn until_ready(hold: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>) {
+    match hold {
+        Some(until) => until.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Registers `wf` and runs it to the end.
@@ -566,6 +579,7 @@ impl Runner {
             cancelling: false,
             retry_at: HashMap::new(),
             picture,
+            hold: None,
             store,
             fault: Fault::from_env(),
             waiting: BTreeSet::new(),
@@ -770,7 +784,12 @@ impl Runner {
                 && self.failure.is_none()
                 && self.broken.is_none()
                 && !self.cancelling;
-            if self.running.is_empty() && !paused && !backing_off && !waiting {
+            let holding = self.hold.is_some()
+                && !self.ready.is_empty()
+                && self.failure.is_none()
+                && self.broken.is_none()
+                && !self.cancelling;
+            if self.running.is_empty() && !paused && !backing_off && !waiting && !holding {
                 let status = self.finish();
                 self.flush()?;
                 return Ok(status);
@@ -803,6 +822,7 @@ impl Runner {
                 }
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
+                () = until_ready(&mut self.hold) => self.hold = None,
             }
         }
     }
@@ -889,15 +909,24 @@ impl Runner {
 
     /// Starts ready nodes while slots are free, lowest position first.
     fn schedule(&mut self) -> Result<()> {
+        let mut from = 0;
         while self.failure.is_none()
             && self.broken.is_none()
             && !self.cancelling
             && self.state.status == RunStatus::Running
             && self.running.len() < self.max_parallel
         {
-            let Some(&i) = self.ready.iter().next() else {
+            let Some(&i) = self.ready.range(from..).next() else {
                 break;
             };
+            if let Some(until) = self.executor.not_ready(&self.state.graph.node(i).task) {
+                // The executor cannot start it without blocking yet (the
+                // fork server preloads): it stays ready, the others start,
+                // and the loop comes back when the executor is ready.
+                self.hold = Some(until);
+                from = i + 1;
+                continue;
+            }
             // What this start depends on (the node's creation, its
             // predecessors' success and outputs) is committed first.
             let g = &self.state.graph;

@@ -471,3 +471,121 @@ orch.output({"ppid": os.getppid()})
         "fresh from then on"
     );
 }
+
+/// Position of the first event of `run` that `pick` accepts.
+fn event_seq(space: &Space, run: &str, what: &str, pick: impl Fn(&orch::EventKind) -> bool) -> u64 {
+    space
+        .store()
+        .events(run, None)
+        .unwrap()
+        .iter()
+        .find(|e| pick(&e.kind))
+        .unwrap_or_else(|| panic!("no event: {what}"))
+        .seq
+}
+
+#[test]
+fn a_slow_preload_does_not_hold_up_the_rest_of_the_run() {
+    let space = Space::new();
+    // The server's import of this takes seconds.
+    space.write("slowmod.py", "import time\ntime.sleep(5)\nSLOW = True\n");
+    space.write(
+        "py.py",
+        r#"
+import os, sys, orch
+was_loaded = "slowmod" in sys.modules
+orch.start()
+orch.output({"was_loaded": was_loaded, "ppid": os.getppid()})
+"#,
+    );
+    let mut wf = space.workflow("slow_preload");
+    wf.python_preload(["slowmod"]);
+    wf.max_parallel(2);
+    // The Python node comes first, so the old code blocked on the server
+    // before the command even started.
+    wf.node("py", Task::python("py.py"));
+    // Its first attempt sleeps past its 1 s timeout; its retry succeeds.
+    wf.node(
+        "slow",
+        Task::command([
+            "sh",
+            "-c",
+            "[ -e once ] && exit 0; touch once; exec sleep 30",
+        ])
+        .timeout(Duration::from_secs(1))
+        .retries(1),
+    );
+    let (outcome, ex) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let slow = ex.node("slow").unwrap();
+    assert_eq!(slow.attempts.len(), 2);
+    assert_eq!(slow.attempts[0].outcome, Some(AttemptOutcome::TimedOut));
+    assert_eq!(slow.attempts[1].outcome, Some(AttemptOutcome::Succeeded));
+
+    // The timeout fired, and the retry ran, while the server was still
+    // importing: both before the Python node (which waits for the server)
+    // started.
+    let retried = event_seq(
+        &space,
+        &ex.run,
+        "slow's retry ended",
+        |k| matches!(k, orch::EventKind::AttemptFinished { node, attempt: 2, .. } if node == "slow"),
+    );
+    let py_started = event_seq(
+        &space,
+        &ex.run,
+        "py started",
+        |k| matches!(k, orch::EventKind::AttemptStarted { node, .. } if node == "py"),
+    );
+    assert!(
+        retried < py_started,
+        "the run went on while the server preloaded ({retried} < {py_started})"
+    );
+    // And the Python node still forked from the preloaded server.
+    assert!(forked(&ex, "py"), "it waited for the server, then forked");
+    assert_eq!(
+        ex.node("py").unwrap().output.clone().unwrap()["was_loaded"],
+        true
+    );
+}
+
+#[test]
+fn a_server_that_stalls_on_a_fork_is_given_up_on_quickly() {
+    let space = Space::new();
+    // The server takes 3 s per fork (a healthy one takes milliseconds).
+    space.write(
+        "stall.py",
+        "import os, time\n_fork = os.fork\n\ndef slow_fork():\n    time.sleep(3)\n    return _fork()\n\nos.fork = slow_fork\n",
+    );
+    space.write(
+        "once.py",
+        r#"
+import os, orch
+with open("pids", "a") as f:
+    f.write(f"{os.getpid()}\n")
+ctx = orch.start()
+with open("ran", "a") as f:
+    f.write(f"{ctx.node} {os.getppid()}\n")
+"#,
+    );
+    let mut wf = space.workflow("stall");
+    wf.python_preload(["stall"]);
+    wf.node("a", Task::python("once.py"));
+    // Long enough for the stalled fork to answer while the run goes on.
+    wf.node("wait", Task::command(["sleep", "5"]));
+    wf.node("b", Task::python("once.py"));
+    wf.edge("a", "wait");
+    wf.edge("wait", "b");
+    let (outcome, _) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    // Each node ran once, in a fresh interpreter: `a` after its fork went
+    // unanswered for a second, `b` because the server was given up on.
+    let me = std::process::id().to_string();
+    let ran = std::fs::read_to_string(space.path().join("ran")).unwrap();
+    assert_eq!(ran, format!("a {me}\nb {me}\n"));
+    // The fork that answered late was killed, whatever it had reached.
+    let pids = std::fs::read_to_string(space.path().join("pids")).unwrap();
+    for pid in pids.lines() {
+        assert!(!alive(pid.parse().unwrap()), "{pid} still runs");
+    }
+}
