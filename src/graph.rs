@@ -971,33 +971,8 @@ impl Staging {
         let a_old = |n: Ref| matches!(n, Ref::Old(i) if r.in_anc(i));
         // What the batch adds to the descendants of `from` and to the
         // ancestors of `to`.
-        let mut extra_d: FastSet<Ref> = FastSet::default();
-        let mut stack: Vec<Ref> = Vec::new();
-        for &(a, b) in &self.new_edges {
-            if d_old(a) && b != to && !d_old(b) && extra_d.insert(b) {
-                stack.push(b);
-            }
-        }
-        while let Some(n) = stack.pop() {
-            self.for_succs(g, n, &mut |s| {
-                if s != to && !d_old(s) && extra_d.insert(s) {
-                    stack.push(s);
-                }
-            });
-        }
-        let mut extra_a: FastSet<Ref> = FastSet::default();
-        for &(a, b) in &self.new_edges {
-            if a_old(b) && a != from && !a_old(a) && extra_a.insert(a) {
-                stack.push(a);
-            }
-        }
-        while let Some(n) = stack.pop() {
-            self.for_preds(g, n, &mut |p| {
-                if p != from && !a_old(p) && extra_a.insert(p) {
-                    stack.push(p);
-                }
-            });
-        }
+        let extra_d = self.reach_beyond(g, Direction::Outgoing, to, &d_old);
+        let extra_a = self.reach_beyond(g, Direction::Incoming, from, &a_old);
         let in_d = |n: &Ref| d_old(*n) || extra_d.contains(n);
         let in_a = |n: &Ref| a_old(*n) || extra_a.contains(n);
         if !self.new_edges.iter().any(|(a, b)| in_d(a) && in_a(b)) {
@@ -1016,6 +991,41 @@ impl Staging {
             Ref::New(k) => (1, k),
         });
         Some(self.region_of(g, from, to, inside))
+    }
+
+    /// The nodes this batch's edges newly connect to a set (`known`)
+    /// following `dir` (`Outgoing`: the new descendants of the set;
+    /// `Incoming`: its new ancestors), stopping at `stop`.
+    fn reach_beyond(
+        &self,
+        g: &Graph,
+        dir: Direction,
+        stop: Ref,
+        known: &dyn Fn(Ref) -> bool,
+    ) -> FastSet<Ref> {
+        let mut extra: FastSet<Ref> = FastSet::default();
+        let mut stack: Vec<Ref> = Vec::new();
+        for &(a, b) in &self.new_edges {
+            let (near, far) = match dir {
+                Direction::Outgoing => (a, b),
+                Direction::Incoming => (b, a),
+            };
+            if known(near) && far != stop && !known(far) && extra.insert(far) {
+                stack.push(far);
+            }
+        }
+        while let Some(n) = stack.pop() {
+            let mut visit = |m: Ref| {
+                if m != stop && !known(m) && extra.insert(m) {
+                    stack.push(m);
+                }
+            };
+            match dir {
+                Direction::Outgoing => self.for_succs(g, n, &mut visit),
+                Direction::Incoming => self.for_preds(g, n, &mut visit),
+            }
+        }
+        extra
     }
 
     /// The committed region of an open indexed `shape` promise, from the
