@@ -766,20 +766,25 @@ impl Staging {
         }
     }
 
-    fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
+    fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a Task {
         match r {
-            Ref::Old(i) => &g.node(i).task.name,
+            Ref::Old(i) => &g.node(i).task,
             Ref::New(k) => match &self.mutations[self.new_nodes[k]] {
-                Mutation::AddNode { task, .. } => &task.name,
+                Mutation::AddNode { task, .. } => task,
                 _ => unreachable!("new nodes point at their add_node"),
             },
         }
     }
 
+    /// The task of a node of the graph or of this batch.
+    pub fn task_of<'a>(&'a self, g: &'a Graph, id: &str) -> Option<&'a Task> {
+        self.resolve(g, id).map(|r| self.task(g, r))
+    }
+
     /// The (id, task name) of a node of the graph or of this batch.
     pub fn lookup<'a>(&'a self, g: &'a Graph, id: &str) -> Option<(&'a str, &'a str)> {
         self.resolve(g, id)
-            .map(|r| (self.name(g, r), self.task(g, r)))
+            .map(|r| (self.name(g, r), self.task(g, r).name.as_str()))
     }
 
     /// The edges this batch adds (explicit and implied), as (from, to)
@@ -816,26 +821,19 @@ impl Staging {
         }
     }
 
-    fn for_succs(&self, g: &Graph, r: Ref, f: &mut dyn FnMut(Ref)) {
+    /// Calls `f` with each neighbour of `r` in `dir`: in the graph and
+    /// through this batch's edges.
+    fn for_neighbours(&self, g: &Graph, r: Ref, dir: Direction, f: &mut dyn FnMut(Ref)) {
         if let Ref::Old(i) = r {
-            g.successors(i).for_each(|s| f(Ref::Old(s)));
+            g.dag
+                .neighbors_directed(NodeIndex::new(i), dir)
+                .for_each(|n| f(Ref::Old(n.index())));
         }
-        self.new_succ
-            .get(&r)
-            .into_iter()
-            .flatten()
-            .for_each(|&s| f(s));
-    }
-
-    fn for_preds(&self, g: &Graph, r: Ref, f: &mut dyn FnMut(Ref)) {
-        if let Ref::Old(i) = r {
-            g.predecessors(i).for_each(|p| f(Ref::Old(p)));
-        }
-        self.new_pred
-            .get(&r)
-            .into_iter()
-            .flatten()
-            .for_each(|&p| f(p));
+        let new = match dir {
+            Direction::Outgoing => &self.new_succ,
+            Direction::Incoming => &self.new_pred,
+        };
+        new.get(&r).into_iter().flatten().for_each(|&n| f(n));
     }
 
     /// Brings the batch's topological order up to date when the graph
@@ -899,21 +897,10 @@ impl Staging {
         }
     }
 
-    fn succs(&self, g: &Graph, r: Ref) -> Vec<Ref> {
-        let mut out: Vec<Ref> = match r {
-            Ref::Old(i) => g.successors(i).map(Ref::Old).collect(),
-            Ref::New(_) => Vec::new(),
-        };
-        out.extend(self.new_succ.get(&r).into_iter().flatten().copied());
-        out
-    }
-
-    fn preds(&self, g: &Graph, r: Ref) -> Vec<Ref> {
-        let mut out: Vec<Ref> = match r {
-            Ref::Old(i) => g.predecessors(i).map(Ref::Old).collect(),
-            Ref::New(_) => Vec::new(),
-        };
-        out.extend(self.new_pred.get(&r).into_iter().flatten().copied());
+    /// The neighbours of `r` in `dir` (see [`Staging::for_neighbours`]).
+    fn neighbours(&self, g: &Graph, r: Ref, dir: Direction) -> Vec<Ref> {
+        let mut out = Vec::new();
+        self.for_neighbours(g, r, dir, &mut |n| out.push(n));
         out
     }
 
@@ -926,7 +913,7 @@ impl Staging {
         let mut anc: HashSet<Ref> = HashSet::new();
         let mut stack = vec![t];
         while let Some(v) = stack.pop() {
-            for p in self.preds(g, v) {
+            for p in self.neighbours(g, v, Direction::Incoming) {
                 if p != f && anc.insert(p) {
                     stack.push(p);
                 }
@@ -936,7 +923,7 @@ impl Staging {
         let mut seen: HashSet<Ref> = HashSet::new();
         let mut stack = vec![f];
         while let Some(v) = stack.pop() {
-            for s in self.succs(g, v) {
+            for s in self.neighbours(g, v, Direction::Outgoing) {
                 if s != t && anc.contains(&s) && seen.insert(s) {
                     inside.push(s);
                     stack.push(s);
@@ -1020,10 +1007,7 @@ impl Staging {
                     stack.push(m);
                 }
             };
-            match dir {
-                Direction::Outgoing => self.for_succs(g, n, &mut visit),
-                Direction::Incoming => self.for_preds(g, n, &mut visit),
-            }
+            self.for_neighbours(g, n, dir, &mut visit);
         }
         extra
     }
@@ -1047,14 +1031,14 @@ impl Staging {
                 .iter()
                 .map(|&r| RegionNode {
                     id: self.name(g, r).to_string(),
-                    task: self.task(g, r).to_string(),
+                    task: self.task(g, r).name.clone(),
                 })
                 .collect(),
             direct: self.has_edge(g, f, t),
             ..Region::default()
         };
         for (k, &r) in inside.iter().enumerate() {
-            for s in self.succs(g, r) {
+            for s in self.neighbours(g, r, Direction::Outgoing) {
                 if let Some(&j) = index.get(&s) {
                     region.edges.push((k, j));
                 } else if s == t {
@@ -1181,8 +1165,8 @@ impl Staging {
                         f,
                         &mut next,
                         &|r| self.ord(g, r),
-                        &|r, cb| self.for_succs(g, r, cb),
-                        &|r, cb| self.for_preds(g, r, cb),
+                        &|r, cb| self.for_neighbours(g, r, Direction::Outgoing, cb),
+                        &|r, cb| self.for_neighbours(g, r, Direction::Incoming, cb),
                     );
                     match moved {
                         Ok(moved) => {
@@ -1446,13 +1430,15 @@ mod tests {
             .map(Ref::Old)
             .chain((0..s.new_nodes.len()).map(Ref::New))
             .collect();
-        let mut indeg: HashMap<Ref, usize> =
-            refs.iter().map(|&r| (r, s.preds(g, r).len())).collect();
+        let mut indeg: HashMap<Ref, usize> = refs
+            .iter()
+            .map(|&r| (r, s.neighbours(g, r, Direction::Incoming).len()))
+            .collect();
         let mut stack: Vec<Ref> = refs.iter().copied().filter(|r| indeg[r] == 0).collect();
         let mut seen = 0;
         while let Some(r) = stack.pop() {
             seen += 1;
-            for t in s.succs(g, r) {
+            for t in s.neighbours(g, r, Direction::Outgoing) {
                 let d = indeg.get_mut(&t).expect("known");
                 *d -= 1;
                 if *d == 0 {
@@ -1473,7 +1459,7 @@ mod tests {
         let places: HashSet<u64> = refs.iter().map(|&r| s.ord(g, r)).collect();
         assert_eq!(places.len(), refs.len(), "places are distinct");
         for &r in &refs {
-            for t in s.succs(g, r) {
+            for t in s.neighbours(g, r, Direction::Outgoing) {
                 assert!(
                     s.ord(g, r) < s.ord(g, t),
                     "{r:?} -> {t:?} against the order"

@@ -215,14 +215,9 @@ fn typecheck(g: &Graph, staging: &Staging, m: &Mutation) -> std::result::Result<
     else {
         return Ok(());
     };
-    let output_type_of = |node: &str| match g.get(node) {
-        Some(n) => n.task.output_type.as_deref().map(String::from),
-        None => staging.mutations().iter().rev().find_map(|m| match m {
-            Mutation::AddNode { id, task, .. } if id == node => {
-                task.output_type.as_deref().map(String::from)
-            }
-            _ => None,
-        }),
+    let output_type_of = |node: &str| {
+        let t = staging.task_of(g, node)?;
+        t.output_type.as_deref().map(String::from)
     };
     native::check_inputs(task, inputs, &output_type_of).map_err(|e| format!("add_node `{id}`: {e}"))
 }
