@@ -33,22 +33,8 @@ use orch::state::{Event, EventKind};
 use orch::{Attrs, Mutation, Origin, Store, Task, Workflow};
 use serde_json::Value;
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
+mod common;
+use common::*;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -132,13 +118,6 @@ fn layered(n: usize) -> Vec<Mutation> {
         }
     }
     muts
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Peak resident set size of this process, in MiB (`VmHWM`).

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use orch::Workflow;
 
+mod common;
+use common::*;
+
 /// Does nothing: the cost measured is starting it and talking to it.
 #[orch::task]
 fn noop() {}
@@ -29,13 +32,6 @@ fn items(n: u32) -> Vec<u32> {
 #[orch::task]
 fn each(x: u32) -> u32 {
     x
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One task-mode process, driven by hand: the floor of one native task.
@@ -116,11 +112,6 @@ fn orch_map(n: usize, parallel: usize) -> Duration {
     let took = t.elapsed();
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
     took
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn compare(

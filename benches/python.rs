@@ -20,17 +20,8 @@ use std::time::{Duration, Instant};
 
 use orch::{Task, Workflow};
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::*;
 
 /// One plain spawn of the no-op script, fed the start message and the ack
 /// of its output, as orch would.

@@ -17,28 +17,12 @@
 //! the number of repetitions and `ORCH_BENCH_SWEEP=1` to time the optimiser
 //! on random and layered DAGs of 100 to 600 nodes instead.
 
-use std::time::{Duration, Instant};
-
 use orch::outlook::{Outlook, PicEdge, PicKind, PicNode};
 use orch::render::{svg, svg_with_optimiser, OPTIMISE_MAX_NODES};
 use orch::{Attrs, NodeState, RunStatus};
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
+mod common;
+use common::*;
 
 const STATES: [NodeState; 7] = [
     NodeState::Pending,
