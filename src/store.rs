@@ -248,10 +248,7 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
-        Error::Store {
-            path: self.path.clone(),
-            source,
-        }
+        wrapper(&self.path)(source)
     }
 
     fn init(&self) -> Result<()> {
@@ -305,18 +302,13 @@ impl Store {
     /// lines in one transaction, updating the materialized tables.
     pub fn commit(&mut self, run: &str, events: &[Event], logs: &[LogLine]) -> Result<()> {
         let path = self.path.clone();
-        let wrap = |source| Error::Store {
-            path: path.clone(),
-            source,
-        };
+        let wrap = wrapper(&path);
         let tx = self.conn.transaction().map_err(wrap)?;
         for e in events {
             write_event(&tx, run, e).map_err(wrap)?;
         }
         if let Some(last) = events.last() {
-            tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![run, last.seq as i64]))
-                .map_err(wrap)?;
+            set_last_seq(&tx, run, last.seq).map_err(wrap)?;
         }
         {
             let mut ins = tx
@@ -349,10 +341,7 @@ impl Store {
         go: impl FnOnce() -> bool,
     ) -> Result<bool> {
         let path = self.path.clone();
-        let wrap = |source| Error::Store {
-            path: path.clone(),
-            source,
-        };
+        let wrap = wrapper(&path);
         let tx = self.conn.transaction().map_err(wrap)?;
         write_event(&tx, run, started).map_err(wrap)?;
         {
@@ -369,9 +358,7 @@ impl Store {
             .map_err(wrap)?;
         }
         write_mutations(&tx, run, mutations).map_err(wrap)?;
-        tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![run, seq as i64]))
-            .map_err(wrap)?;
+        set_last_seq(&tx, run, seq).map_err(wrap)?;
         if !go() {
             return Ok(false);
         }
@@ -383,18 +370,11 @@ impl Store {
     /// `state`, the fold that includes it: one transaction.
     pub fn commit_restart(&mut self, run: &str, event: &Event, state: &RunState) -> Result<()> {
         let path = self.path.clone();
-        let wrap = |source| Error::Store {
-            path: path.clone(),
-            source,
-        };
+        let wrap = wrapper(&path);
         let tx = self.conn.transaction().map_err(wrap)?;
         write_event(&tx, run, event).map_err(wrap)?;
         rewrite_graph(&tx, run, state).map_err(wrap)?;
-        tx.execute(
-            "UPDATE runs SET last_seq = ?2 WHERE id = ?1",
-            params![run, event.seq as i64],
-        )
-        .map_err(wrap)?;
+        set_last_seq(&tx, run, event.seq).map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 
@@ -805,6 +785,21 @@ fn event_name(kind: &EventKind) -> &'static str {
 }
 
 /// Appends one event and applies it to the materialized tables.
+/// Turns SQLite errors into [`Error::Store`] naming the database file.
+fn wrapper(path: &Path) -> impl Fn(rusqlite::Error) -> Error + Copy + '_ {
+    move |source| Error::Store {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Records the last event written for the run.
+fn set_last_seq(tx: &Transaction<'_>, run: &str, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")?
+        .execute(params![run, seq as i64])
+        .map(drop)
+}
+
 fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![
