@@ -140,7 +140,6 @@ fn a_changed_workflow_is_refused_unless_forced() {
 
 #[test]
 fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
-    use std::os::unix::process::ExitStatusExt;
     for (point, t1_attempts) in [
         ("after_spawn", 2),
         ("after_exit", 2),
@@ -150,23 +149,7 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
         let space = chain_space();
         let fault = format!("{point}:t001");
         let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", &fault)], &[]);
-        let status = child.wait().unwrap();
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "{point}: the orchestrator died"
-        );
-        let out = space.cli(&["resume", "latest"]);
-        assert!(
-            out.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run = Store::open_existing(space.db())
-            .unwrap()
-            .resolve_run("latest")
-            .unwrap();
-        let ex = space.export(&run);
+        let ex = resume_killed(&space, child.wait().unwrap(), point);
         assert_eq!(ex.status, RunStatus::Succeeded, "{point}");
         let ids: Vec<&str> = ex.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["t000", "t001", "t002", "t003"], "{point}");

@@ -617,27 +617,14 @@ fn host_triple() -> String {
 
 #[test]
 fn the_orch_cli_resumes_a_typed_run_in_the_recorded_binary() {
-    use std::os::unix::process::ExitStatusExt;
     for point in ["after_spawn", "before_commit"] {
         let space = Space::new();
         // The orchestrator dies like `kill -9` while `square[2]` runs (or
         // just before its batch commits).
         let fault = format!("{point}:square[2]");
         let out = space.example("typed_map", &[("ORCH_FAULT", &fault)]);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "{point}: the orchestrator died"
-        );
         // The CLI binary defines no task: it starts the recorded one.
-        let out = space.cli(&["resume", "latest"]);
-        assert!(
-            out.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run = space.store().resolve_run("latest").unwrap();
-        let ex = space.export(&run);
+        let ex = resume_killed(&space, out.status, point);
         assert_eq!(ex.status, RunStatus::Succeeded, "{point}");
         assert_eq!(
             ex.node("total").unwrap().output,

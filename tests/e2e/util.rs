@@ -234,3 +234,22 @@ pub fn gone_within(pid: u32, secs: u64) -> bool {
     }
     !alive(pid)
 }
+
+/// After the orchestrator died like `kill -9` (`status`, checked), resumes
+/// the latest run with the `orch` CLI (checked) and exports it.
+pub fn resume_killed(space: &Space, status: std::process::ExitStatus, what: &str) -> RunExport {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: the orchestrator died"
+    );
+    let out = space.cli(&["resume", "latest"]);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = space.store().resolve_run("latest").unwrap();
+    space.export(&run)
+}
