@@ -89,7 +89,6 @@ pub mod __private {
     pub use crate::native::{Failure, Field, TaskDef};
     pub use crate::typed::{Call, IntoInput};
     pub use crate::{Context, Task};
-    pub use serde_json;
 }
 
 /// Installs a `tracing` subscriber that prints to stderr, filtered by

@@ -19,7 +19,6 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, Write};
-use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
@@ -882,24 +881,6 @@ pub mod support {
         super::register::<T>(module)
     }
 
-    /// Takes argument `name` out of the inputs.
-    pub fn arg<T: crate::typed::TaskValue>(
-        task: &str,
-        inputs: &mut Value,
-        name: &str,
-    ) -> std::result::Result<T, Failure> {
-        let v = inputs
-            .as_object_mut()
-            .and_then(|m| m.remove(name))
-            .unwrap_or(Value::Null);
-        T::__orch_from_json(v).map_err(|e| {
-            Failure::terminal(format!(
-                "input `{name}` of task `{task}` must be a `{}`: {e}",
-                short_type_name(std::any::type_name::<T>())
-            ))
-        })
-    }
-
     /// The failure an `Err` of a task becomes: itself when it is a
     /// [`Failure`], else a retryable failure with its message.
     pub fn failure<E: fmt::Display + 'static>(e: E) -> Failure {
@@ -932,7 +913,16 @@ pub mod support {
             inputs: &mut Value,
             name: &str,
         ) -> std::result::Result<Self::T, Failure> {
-            arg::<Self::T>(task, inputs, name)
+            let v = inputs
+                .as_object_mut()
+                .and_then(|m| m.remove(name))
+                .unwrap_or(Value::Null);
+            <Self::T as crate::typed::TaskValue>::__orch_from_json(v).map_err(|e| {
+                Failure::terminal(format!(
+                    "input `{name}` of task `{task}` must be a `{}`: {e}",
+                    short_type_name(std::any::type_name::<Self::T>())
+                ))
+            })
         }
     }
 
@@ -977,9 +967,6 @@ pub mod support {
     /// Makes sure the constructor of the task is linked whenever its
     /// generated functions are.
     pub fn keep<T>(_: &T) {}
-
-    /// The phantom for generated code.
-    pub type Phantom<T> = PhantomData<T>;
 }
 
 #[cfg(test)]
