@@ -298,8 +298,10 @@ pub(crate) fn check_inputs(
         drop(tasks);
         return check_fields(&reg, inputs, output_type_of);
     }
-    match (&task.input_type, has_refs(inputs)) {
-        (Some(type_name), false) => check_typed(type_name, inputs, "inputs"),
+    match &task.input_type {
+        // Only declared types are checked: an untyped node's inputs are
+        // never walked.
+        Some(type_name) if !has_refs(inputs) => check_typed(type_name, inputs, "inputs"),
         _ => Ok(()),
     }
 }
