@@ -147,7 +147,12 @@ fn summary(space: &Space, exports: &[RunExport]) -> Vec<(String, String)> {
             }
         }
         let a = n.attempts.last().unwrap();
-        let logs = logs_text(space, &ex.run, &n.id);
+        // Each stream is its own pipe: lines keep their order within a
+        // stream, but how two streams interleave is up to the scheduler.
+        let text = logs_text(space, &ex.run, &n.id);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_by_key(|l| l.split_once(": ").map_or(*l, |(stream, _)| stream));
+        let logs = lines.join("\n");
         out.push((
             n.id.clone(),
             format!(
