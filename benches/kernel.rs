@@ -94,12 +94,7 @@ fn layered(n: usize) -> Vec<Mutation> {
         seed
     };
     for i in 0..n {
-        muts.push(Mutation::AddNode {
-            id: format!("n{i}"),
-            task: Task::command(["true"]),
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        });
+        muts.push(Mutation::add_node(format!("n{i}"), Task::command(["true"])));
         if i >= width {
             let layer_start = (i / width - 1) * width;
             let parents = 1 + (rnd() % 3) as usize;
@@ -399,12 +394,7 @@ fn promise_curve() {
 
 /// A node running task `task` (the bench never runs it).
 fn node(id: impl Into<String>, task: &str) -> Mutation {
-    Mutation::AddNode {
-        id: id.into(),
-        task: Task::command(["true"]).named(task),
-        inputs: Value::Null,
-        attrs: Attrs::new(),
-    }
+    Mutation::add_node(id, Task::command(["true"]).named(task))
 }
 
 /// The edge `a -> b`.

@@ -256,8 +256,9 @@ pub enum Mutation {
     AddNode {
         /// Unique id within the run.
         id: String,
-        /// What runs.
-        task: Task,
+        /// What runs (boxed: a `Mutation` is as large as its largest
+        /// variant, and most mutations of a big workflow are edges).
+        task: Box<Task>,
         /// JSON inputs, possibly with `{"$output": "X"}` references.
         #[serde(default, skip_serializing_if = "Value::is_null")]
         inputs: Value,
@@ -294,6 +295,36 @@ pub enum Mutation {
 }
 
 impl Mutation {
+    /// `add_node` of `id` running `task`, with no inputs or attributes.
+    ///
+    /// ```
+    /// use orch::{Mutation, Task};
+    /// let m = Mutation::add_node("a", Task::python("a.py"));
+    /// assert_eq!(m.describe(), "add_node `a`");
+    /// ```
+    pub fn add_node(id: impl Into<String>, task: Task) -> Mutation {
+        Mutation::AddNode {
+            id: id.into(),
+            task: Box::new(task),
+            inputs: Value::Null,
+            attrs: Attrs::new(),
+        }
+    }
+
+    /// `add_edge` `from -> to`, with no attributes.
+    ///
+    /// ```
+    /// use orch::Mutation;
+    /// assert_eq!(Mutation::add_edge("a", "b").describe(), "add_edge `a` -> `b`");
+    /// ```
+    pub fn add_edge(from: impl Into<String>, to: impl Into<String>) -> Mutation {
+        Mutation::AddEdge {
+            from: from.into(),
+            to: to.into(),
+            attrs: Attrs::new(),
+        }
+    }
+
     /// A short human description used in error messages, e.g.
     /// `add_edge A -> B`.
     pub fn describe(&self) -> String {

@@ -402,15 +402,9 @@ pub fn shape_region(g: &Graph, promise: usize) -> Option<Region> {
 mod tests {
     use super::*;
     use crate::model::{Attrs, Task};
-    use serde_json::Value;
 
     fn add(id: &str, task: &str) -> Mutation {
-        Mutation::AddNode {
-            id: id.into(),
-            task: Task::python("x.py").named(task),
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        }
+        Mutation::add_node(id, Task::python("x.py").named(task))
     }
     fn n<'a>(id: &'a str, task: &'a str) -> NodeName<'a> {
         NodeName { id, task }

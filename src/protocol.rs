@@ -212,7 +212,7 @@ pub fn classify(line: &str) -> Line {
             attrs,
         } => Body::Mutation(Mutation::AddNode {
             id,
-            task,
+            task: Box::new(task),
             inputs,
             attrs,
         }),

@@ -153,6 +153,8 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
             Ok(go.then_some(store))
         });
         let registration = validate_registration(wf);
+        // The staging's indices are gone; the graph is built next.
+        crate::release_freed_memory();
         let _ = verdict.send(registration.is_ok());
         let touched = registration.map(|mutations| {
             state.apply(started);
@@ -172,6 +174,8 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
         Ok(written) => written?.expect("a valid registration commits"),
         Err(panic) => std::panic::resume_unwind(panic),
     };
+    // What the writer used for the rows.
+    crate::release_freed_memory();
     let custom = wf.executor.as_ref().map(|e| e.0.clone());
     let mut runner = Runner::new(store, state, &config, custom)?;
     for i in touched {
@@ -187,7 +191,7 @@ pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
 fn validate_registration(wf: &Workflow) -> Result<Vec<Mutation>> {
     let empty = Graph::new();
     empty
-        .stage_all(wf.mutations.clone())
+        .stage_all(wf.mutations.iter().cloned())
         .and_then(
             |staging| match promise::check_batch(&empty, &staging, None) {
                 Ok(()) => check_types(&empty, &staging).map(|()| staging.into_mutations()),
@@ -957,7 +961,7 @@ impl Runner {
         }
         let attempt = self.state.next_attempt(i);
         let n = self.state.graph.node(i);
-        let task = n.task.clone();
+        let task = crate::Task::clone(&n.task);
         if matches!(task.exec, Exec::Input {}) {
             // No process: the node waits for a delivered value.
             self.emit(EventKind::NodeState {

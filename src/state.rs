@@ -424,7 +424,7 @@ impl RunState {
                 .zip(&self.facts)
                 .map(|(n, f)| NodeExport {
                     id: n.id.clone(),
-                    task: n.task.clone(),
+                    task: Task::clone(&n.task),
                     state: n.state,
                     inputs: n.inputs.clone(),
                     attrs: n.attrs.clone(),

@@ -357,6 +357,8 @@ impl Store {
             .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
             .map_err(wrap)?;
         }
+        // That JSON, and SQLite's copies of it, are freed by now.
+        crate::release_freed_memory();
         write_mutations(&tx, run, mutations).map_err(wrap)?;
         set_last_seq(&tx, run, seq).map_err(wrap)?;
         if !go() {
@@ -1270,7 +1272,7 @@ mod tests {
             };
             muts.push(Mutation::AddNode {
                 id: format!("n{i}"),
-                task,
+                task: Box::new(task),
                 inputs: if i % 5 == 4 {
                     json!({"a": output(&format!("n{}", i - 1)), "b": output(&format!("n{}", i - 2))})
                 } else {

@@ -220,12 +220,7 @@ impl Workflow {
     pub fn node(&mut self, id: impl Into<String>, task: Task) -> NodeBuilder<'_> {
         let id = id.into();
         self.ids.insert(id.clone());
-        self.mutations.push(Mutation::AddNode {
-            id,
-            task,
-            inputs: Value::Null,
-            attrs: Attrs::new(),
-        });
+        self.mutations.push(Mutation::add_node(id, task));
         let at = self.mutations.len() - 1;
         NodeBuilder { wf: self, at }
     }
