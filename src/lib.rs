@@ -167,8 +167,9 @@ pub(crate) fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Re
 /// and frees a lot at once (its JSON, the staging's indices, the rows), on
 /// two threads; glibc keeps freed memory in its arenas, and gives a
 /// thread's arena back only from its top, so without this the peak RSS of
-/// a 100,000-node run held about 80 MiB nobody used (`benches/README.md`).
-/// Costs well under a millisecond on a small heap. A no-op off glibc.
+/// a 100,000-node run held about 70 MiB nobody used (`benches/README.md`).
+/// Costs about 5 µs on a small heap; the 100,000-node registration took
+/// no longer with it. A no-op off glibc.
 pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it
