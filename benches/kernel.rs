@@ -11,6 +11,7 @@
 //!   benchmark-only [`NoWork`] executor, in a child process (this bench
 //!   re-executed) so that its peak RSS (`VmHWM`) is the run's alone:
 //!   registration time (until the first task starts), tasks/s, peak RSS;
+//!   once without the live picture and once with it (the default);
 //! - `overhead`: orchestration cost per task (no-work executor, durable
 //!   history): a chain and a wide fan of independent nodes;
 //! - `shape check`: a 10,000-copy map filled in one batch, checked against
@@ -72,7 +73,9 @@ impl Executor for NoWork {
 /// One run with the no-work executor: (registration, run after it).
 fn run_no_work(wf: &mut Workflow, db: &Path) -> (Duration, Duration) {
     let exec = Arc::new(NoWork::default());
-    wf.db(db).live_picture(false).executor(exec.clone());
+    // The child of the `run` case is told which; other cases draw nothing.
+    let live = std::env::var("ORCH_BENCH_LIVE").as_deref() == Ok("1");
+    wf.db(db).live_picture(live).executor(exec.clone());
     let t = Instant::now();
     let outcome = wf.run().expect("run");
     let end = Instant::now();
@@ -199,33 +202,38 @@ fn main() {
 
     if want("run") {
         // A child process per repetition: its peak RSS is the run's alone.
+        // Without the live picture (the orchestrator alone), then with it
+        // (the default: beyond 2,000 nodes it counts nodes by state).
         let exe = std::env::current_exe().expect("bench executable");
-        let (mut regs, mut runs, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let out = std::process::Command::new(&exe)
-                .env("ORCH_BENCH_CHILD", "run")
-                .output()
-                .expect("child bench");
-            assert!(out.status.success(), "{out:?}");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let v: Vec<f64> = text
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            regs.push(Duration::from_secs_f64(v[0] / 1e3));
-            runs.push(Duration::from_secs_f64(v[1] / 1e3));
-            rss.push(v[2]);
+        for (live, what) in [("0", "no picture"), ("1", "live picture")] {
+            let (mut regs, mut runs, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..3 {
+                let out = std::process::Command::new(&exe)
+                    .env("ORCH_BENCH_CHILD", "run")
+                    .env("ORCH_BENCH_LIVE", live)
+                    .output()
+                    .expect("child bench");
+                assert!(out.status.success(), "{out:?}");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let v: Vec<f64> = text
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                regs.push(Duration::from_secs_f64(v[0] / 1e3));
+                runs.push(Duration::from_secs_f64(v[1] / 1e3));
+                rss.push(v[2]);
+            }
+            rss.sort_by(f64::total_cmp);
+            let (reg, run) = (median(regs), median(runs));
+            println!(
+                "run              {n}-node layered DAG, no-work executor, durable, {what}, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), peak RSS {:.0} MiB (medians of 3 child processes)",
+                env_usize("ORCH_BENCH_PARALLEL", 1),
+                ms(reg),
+                ms(run),
+                n as f64 / run.as_secs_f64(),
+                rss[1]
+            );
         }
-        rss.sort_by(f64::total_cmp);
-        let (reg, run) = (median(regs), median(runs));
-        println!(
-            "run              {n}-node layered DAG, no-work executor, durable, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), peak RSS {:.0} MiB (medians of 3 child processes)",
-            env_usize("ORCH_BENCH_PARALLEL", 1),
-            ms(reg),
-            ms(run),
-            n as f64 / run.as_secs_f64(),
-            rss[1]
-        );
     }
 
     if want("overhead") {

@@ -5,7 +5,8 @@
 //! hands it to a drawing thread, so layout never stalls scheduling. Redraws
 //! are paced so that drawing takes at most about a sixth of the time:
 //! small graphs are redrawn after every commit, huge ones less often; the
-//! final picture is always drawn.
+//! final picture is always drawn. Beyond [`outlook::LIVE_MAX_NODES`] nodes
+//! the picture counts them by state instead of drawing each.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +75,11 @@ impl LivePicture {
             return;
         }
         let started = Instant::now();
-        let o = outlook::outlook(state, outlook::Options::default());
+        let opts = outlook::Options {
+            max_nodes: outlook::LIVE_MAX_NODES,
+            ..Default::default()
+        };
+        let o = outlook::outlook(state, opts);
         self.cost
             .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.last = Some(Instant::now());

@@ -90,6 +90,24 @@ pub struct Options {
     pub expand: bool,
     /// Collapse a map's copies when there are more than this many.
     pub collapse_over: usize,
+    /// When more graph nodes than this are left to draw after collapsing
+    /// maps, the picture is one node that counts them by state (and the
+    /// caption of broken promises) instead: what the live picture does
+    /// beyond [`LIVE_MAX_NODES`], where a drawing would be megabytes of SVG
+    /// nobody can read, and would cost the run more than its tasks.
+    /// Unlimited by default (`orch export --format svg` draws everything).
+    ///
+    /// ```
+    /// use orch::{outlook, Mutation, RunState, Task};
+    /// let mut state = RunState::new("r");
+    /// let nodes: Vec<Mutation> = (0..5).map(|i| Mutation::add_node(format!("n{i}"), Task::python("t.py"))).collect();
+    /// state.graph.commit(&nodes).unwrap();
+    /// let opts = outlook::Options { max_nodes: 4, ..Default::default() };
+    /// let o = outlook::outlook(&state, opts);
+    /// assert_eq!(o.nodes.len(), 1);
+    /// assert!(o.nodes[0].label.starts_with("5 nodes (5 pending)"), "{}", o.nodes[0].label);
+    /// ```
+    pub max_nodes: usize,
 }
 
 impl Default for Options {
@@ -97,9 +115,15 @@ impl Default for Options {
         Options {
             expand: false,
             collapse_over: 8,
+            max_nodes: usize::MAX,
         }
     }
 }
+
+/// The most graph nodes the live picture draws one by one
+/// ([`Options::max_nodes`]): about a second of layout on 2 cores
+/// (`benches/README.md`, render).
+pub const LIVE_MAX_NODES: usize = 2_000;
 
 /// The id prefix of picture nodes that are not graph nodes.
 pub const WILDCARD_PREFIX: &str = "~";
@@ -216,6 +240,23 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
         }
     }
 
+    if g.len() - stacked.len() > opts.max_nodes {
+        let label = format!("{} nodes", thousands(g.len()));
+        let mut all = counted(
+            g,
+            0..g.len(),
+            format!("{WILDCARD_PREFIX}all"),
+            &label,
+            &violated,
+        );
+        all.label.push_str(&format!(
+            ": too many to draw live; `orch export {} --format svg` draws every one",
+            state.run
+        ));
+        o.nodes.push(all);
+        return o;
+    }
+
     let pic_id = |i: usize| -> String {
         stacked
             .get(&i)
@@ -244,37 +285,13 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
         });
     }
     for (id, task, from, to, members) in &stacks {
-        let mut states: BTreeMap<String, usize> = BTreeMap::new();
-        for &m in members {
-            *states.entry(g.node(m).state.to_string()).or_default() += 1;
-        }
-        let urgent = [
-            NodeState::Failed,
-            NodeState::Running,
-            NodeState::Waiting,
-            NodeState::Ready,
-            NodeState::Pending,
-            NodeState::Cancelled,
-            NodeState::Succeeded,
-        ]
-        .into_iter()
-        .find(|s| states.contains_key(s.as_str()));
-        let summary: Vec<String> = states.iter().map(|(s, c)| format!("{c} {s}")).collect();
-        o.nodes.push(PicNode {
-            id: id.clone(),
-            kind: PicKind::Stack,
-            label: format!(
-                "{task} ×{} ({})",
-                thousands(members.len()),
-                summary.join(", ")
-            ),
-            state: urgent,
-            states,
-            attrs: Attrs::new(),
-            violated: members
-                .iter()
-                .any(|&m| violated.contains(g.node(m).id.as_str())),
-        });
+        o.nodes.push(counted(
+            g,
+            members.iter().copied(),
+            id.clone(),
+            &format!("{task} ×{}", thousands(members.len())),
+            &violated,
+        ));
         for (a, b) in [(*from, id.as_str()), (id.as_str(), *to)] {
             o.edges.push(PicEdge {
                 from: a.to_string(),
@@ -446,6 +463,53 @@ fn reaches(g: &Graph, from: usize, to: usize) -> bool {
         }
     }
     false
+}
+
+/// One stacked picture node standing for `members`: labelled `what`
+/// followed by the count of each state, coloured by the most urgent state
+/// among them.
+fn counted(
+    g: &Graph,
+    members: impl Iterator<Item = usize> + Clone,
+    id: String,
+    what: &str,
+    violated: &HashSet<&str>,
+) -> PicNode {
+    // Keyed by the static name first: no allocation per member.
+    let mut by_name: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for m in members.clone() {
+        *by_name.entry(g.node(m).state.as_str()).or_default() += 1;
+    }
+    let states: BTreeMap<String, usize> = by_name
+        .into_iter()
+        .map(|(s, c)| (s.to_string(), c))
+        .collect();
+    let urgent = [
+        NodeState::Failed,
+        NodeState::Running,
+        NodeState::Waiting,
+        NodeState::Ready,
+        NodeState::Pending,
+        NodeState::Cancelled,
+        NodeState::Succeeded,
+    ]
+    .into_iter()
+    .find(|s| states.contains_key(s.as_str()));
+    let summary: Vec<String> = states
+        .iter()
+        .map(|(s, c)| format!("{} {s}", thousands(*c)))
+        .collect();
+    PicNode {
+        id,
+        kind: PicKind::Stack,
+        label: format!("{what} ({})", summary.join(", ")),
+        state: urgent,
+        states,
+        attrs: Attrs::new(),
+        violated: members
+            .clone()
+            .any(|m| violated.contains(g.node(m).id.as_str())),
+    }
 }
 
 fn thousands(n: usize) -> String {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use orch::outlook::{outlook, Options, Outlook, PicKind};
-use orch::{EventKind, Origin, RunState, Task};
+use orch::{EventKind, Origin, RunState, RunStatus, Task};
 
 use crate::util::*;
 
@@ -324,4 +324,34 @@ fn outlooks_of_random_runs_with_random_promises_cover_their_futures() {
             }
         }
     }
+}
+
+#[test]
+fn the_live_picture_of_a_huge_run_counts_its_nodes_instead_of_drawing_them() {
+    let space = Space::new();
+    let mut wf = space.workflow("huge");
+    // `a` fails at once, so none of the others ever runs.
+    wf.node("a", Task::command(["false"]));
+    for i in 0..orch::outlook::LIVE_MAX_NODES {
+        wf.node(format!("b{i}"), Task::command(["true"]));
+        wf.edge("a", format!("b{i}"));
+    }
+    let (outcome, _) = space.run(&wf);
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let picture = outcome.picture.expect("live picture kept");
+    let live = std::fs::read_to_string(&picture).unwrap();
+    roxmltree::Document::parse(&live).expect("live SVG is well-formed");
+    assert!(
+        live.contains("2,001 nodes (1 failed, 2,000 pending)"),
+        "one node counts them all"
+    );
+    assert!(live.contains(&format!("orch export {} --format svg", outcome.run)));
+    assert!(!live.contains(">b17<"), "no node is drawn one by one");
+    assert!(live.len() < 20_000, "a small file: {} bytes", live.len());
+
+    // An export still draws every node.
+    let svg = space.cli(&["export", "latest", "--format", "svg"]);
+    assert!(svg.status.success());
+    let svg = String::from_utf8_lossy(&svg.stdout);
+    assert!(svg.contains(">b17<"), "the export draws b17");
 }
