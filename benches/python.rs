@@ -12,7 +12,9 @@
 //!
 //! Cases: a chain of `ORCH_BENCH_CHAIN` tasks (default 200); a 300-wide
 //! map added at run time (`shape(A, B, M*)`), serial and with
-//! `max_parallel(2)`. `ORCH_BENCH_REPS` (default 5) sets the repetitions.
+//! `max_parallel(2)`. `ORCH_BENCH_REPS` (default 5) sets the repetitions;
+//! `ORCH_BENCH_LIVE=1` turns the live picture on (off by default here, on
+//! by default in a workflow).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -110,12 +112,14 @@ fn main() {
     )
     .expect("fan.py");
 
+    // The live picture (on by default) is off unless ORCH_BENCH_LIVE=1.
+    let live = std::env::var("ORCH_BENCH_LIVE").as_deref() == Ok("1");
     let mut k = 0;
     let mut run = |mut wf: Workflow, fork: bool| {
         k += 1;
         wf.dir(dir)
             .db(dir.join(format!("b{k}.db")))
-            .live_picture(false)
+            .live_picture(live)
             .python_fork(fork);
         let outcome = wf.run().expect("run");
         assert!(outcome.succeeded(), "{:?}", outcome.reason);
