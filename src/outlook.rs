@@ -100,7 +100,9 @@ pub struct Options {
     /// ```
     /// use orch::{outlook, Mutation, RunState, Task};
     /// let mut state = RunState::new("r");
-    /// let nodes: Vec<Mutation> = (0..5).map(|i| Mutation::add_node(format!("n{i}"), Task::python("t.py"))).collect();
+    /// let nodes: Vec<Mutation> = (0..5)
+    ///     .map(|i| Mutation::add_node(format!("n{i}"), Task::python("t.py")))
+    ///     .collect();
     /// state.graph.commit(&nodes).unwrap();
     /// let opts = outlook::Options { max_nodes: 4, ..Default::default() };
     /// let o = outlook::outlook(&state, opts);
@@ -250,7 +252,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             &violated,
         );
         all.label.push_str(&format!(
-            ": too many to draw live; `orch export {} --format svg` draws every one",
+            ": too many to draw one by one; `orch export {} --format svg` draws every one",
             state.run
         ));
         o.nodes.push(all);
