@@ -113,6 +113,7 @@ pub fn init_tracing() {
 /// twice. Refused when the run ended, when its orchestrator still runs, or
 /// when a Python script of the registered workflow changed since the run
 /// started, unless `force`. `run` may be `latest` or an id prefix.
+/// [`Takeover`] does the same with a chosen executor.
 ///
 /// ```no_run
 /// let outcome = orch::resume(".orch/orch.db", "latest", false)?;
@@ -120,7 +121,7 @@ pub fn init_tracing() {
 /// # Ok::<(), orch::Error>(())
 /// ```
 pub fn resume(db: impl AsRef<std::path::Path>, run: &str, force: bool) -> Result<RunOutcome> {
-    block_on(resume_async(db, run, force))
+    Takeover::new(db, run).force(force).resume()
 }
 
 /// [`resume`] for async contexts.
@@ -129,7 +130,7 @@ pub async fn resume_async(
     run: &str,
     force: bool,
 ) -> Result<RunOutcome> {
-    runtime::resume(db.as_ref(), run, force).await
+    Takeover::new(db, run).force(force).resume_async().await
 }
 
 /// Restarts `node` and everything downstream of it in a new generation of
@@ -138,6 +139,7 @@ pub async fn resume_async(
 /// generation (they stay in the history and in pictures of earlier
 /// moments); the restarted nodes that remain run again; promises are
 /// checked again as the new generation grows. See `docs/durability.md`.
+/// [`Takeover`] does the same with a chosen executor.
 ///
 /// ```no_run
 /// let outcome = orch::restart(".orch/orch.db", "latest", "A", false)?;
@@ -150,7 +152,76 @@ pub fn restart(
     node: &str,
     force: bool,
 ) -> Result<RunOutcome> {
-    block_on(runtime::restart(db.as_ref(), run, node, force))
+    Takeover::new(db, run).force(force).restart(node)
+}
+
+/// An orchestrator taking over a stored run: it [resumes](Takeover::resume)
+/// the run or [restarts](Takeover::restart) part of it, like [`resume`] and
+/// [`restart`], and sends the attempts to the executor it is given (as
+/// [`Workflow::executor`] does for a new run), else to the process
+/// executor the run was started with.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// # fn my_executor() -> Arc<dyn orch::executor::Executor> { unimplemented!() }
+/// let outcome = orch::Takeover::new(".orch/orch.db", "latest")
+///     .executor(my_executor())
+///     .resume()?;
+/// println!("run {} {}", outcome.run, outcome.status);
+/// # Ok::<(), orch::Error>(())
+/// ```
+pub struct Takeover {
+    db: std::path::PathBuf,
+    run: String,
+    force: bool,
+    executor: Option<std::sync::Arc<dyn executor::Executor>>,
+}
+
+impl Takeover {
+    /// The run `run` (an id, a unique prefix of one, or `latest`) of the
+    /// database `db`.
+    pub fn new(db: impl AsRef<std::path::Path>, run: &str) -> Takeover {
+        Takeover {
+            db: db.as_ref().to_path_buf(),
+            run: run.to_string(),
+            force: false,
+            executor: None,
+        }
+    }
+
+    /// Takes over even while the run's orchestrator still runs, or when a
+    /// Python script changed since the run started.
+    pub fn force(mut self, force: bool) -> Takeover {
+        self.force = force;
+        self
+    }
+
+    /// Sends the run's attempts to `executor`.
+    pub fn executor(mut self, executor: std::sync::Arc<dyn executor::Executor>) -> Takeover {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// [`resume`], blocking until the run ends.
+    pub fn resume(self) -> Result<RunOutcome> {
+        block_on(self.resume_async())
+    }
+
+    /// [`resume`] for async contexts.
+    pub async fn resume_async(self) -> Result<RunOutcome> {
+        runtime::resume(&self.db, &self.run, self.force, self.executor).await
+    }
+
+    /// [`restart`] of `node`, blocking until the run ends.
+    pub fn restart(self, node: &str) -> Result<RunOutcome> {
+        block_on(runtime::restart(
+            &self.db,
+            &self.run,
+            node,
+            self.force,
+            self.executor,
+        ))
+    }
 }
 
 /// Runs a future to completion on a fresh current-thread tokio runtime:

@@ -322,7 +322,12 @@ fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String,
 /// under a new attempt number, and no batch is applied twice. Refused when
 /// the run ended, when its orchestrator still runs, or when a script of
 /// the workflow changed since the run started, unless `force`.
-pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutcome> {
+pub(crate) async fn resume(
+    db: &Path,
+    run: &str,
+    force: bool,
+    executor: Option<Arc<dyn Executor>>,
+) -> Result<RunOutcome> {
     native::refuse_task_mode()?;
     let store = Store::open_existing(db)?;
     let run = store.resolve_run(run)?;
@@ -358,7 +363,7 @@ pub(crate) async fn resume(db: &Path, run: &str, force: bool) -> Result<RunOutco
             });
         }
     }
-    let mut runner = Runner::new(store, state, &config, None)?;
+    let mut runner = Runner::new(store, state, &config, executor)?;
     runner.recover()?;
     runner.announce("run resumed");
     runner.finish_outcome().await
@@ -393,7 +398,13 @@ fn takeover(db: &Path, run: &str, state: &RunState, force: bool) -> Result<RunCo
 /// current graph but stay in the history. The restarted nodes that remain
 /// go back to `pending` and run again; everything else keeps its state and
 /// output. Promises are checked again as the new generation grows.
-pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Result<RunOutcome> {
+pub(crate) async fn restart(
+    db: &Path,
+    run: &str,
+    node: &str,
+    force: bool,
+    executor: Option<Arc<dyn Executor>>,
+) -> Result<RunOutcome> {
     native::refuse_task_mode()?;
     let mut store = Store::open_existing(db)?;
     let run = store.resolve_run(run)?;
@@ -445,7 +456,7 @@ pub(crate) async fn restart(db: &Path, run: &str, node: &str, force: bool) -> Re
     };
     state.apply(&event);
     store.commit_restart(&run, &event, &state)?;
-    let mut runner = Runner::new(store, state, &config, None)?;
+    let mut runner = Runner::new(store, state, &config, executor)?;
     if runner.state.status != RunStatus::Running {
         runner.emit(EventKind::RunStatus {
             status: RunStatus::Running,

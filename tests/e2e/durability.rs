@@ -336,3 +336,49 @@ fn an_orchestrator_may_stop_while_a_run_waits_for_input() {
     );
     assert_eq!(ex.node("t000").unwrap().attempts.len(), 1);
 }
+
+/// `Takeover`: a resumed run's attempts go to the executor the new
+/// orchestrator chose; what committed before stays as it was.
+#[test]
+fn a_takeover_resumes_a_run_with_another_executor() {
+    let space = chain_space();
+    let mut child = start_chain_with(&space, 4, 50, &[("ORCH_FAULT", "after_commit:t001")], &[]);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the orchestrator died"
+    );
+
+    let echo = std::sync::Arc::new(Echo::default());
+    let outcome = orch::Takeover::new(space.db(), "latest")
+        .executor(echo.clone())
+        .resume()
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.reason);
+    assert_eq!(*echo.launched.lock().unwrap(), ["t002", "t003"]);
+    let ex = space.export(&outcome.run);
+    for (id, by_python) in [
+        ("t000", true),
+        ("t001", true),
+        ("t002", false),
+        ("t003", false),
+    ] {
+        let n = ex.node(id).unwrap();
+        assert_eq!(n.attempts.len(), 1, "{id} ran once");
+        let out = n.output.clone().unwrap();
+        assert_eq!(out["node"], id);
+        // sleep.py outputs its attempt; the echo outputs its `n` input.
+        assert_eq!(out.get("attempt").is_some(), by_python, "{id}: {out}");
+    }
+
+    // A restart takes the executor the same way.
+    let echo = std::sync::Arc::new(Echo::default());
+    let outcome = orch::Takeover::new(space.db(), "latest")
+        .executor(echo.clone())
+        .restart("t001")
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.reason);
+    assert_eq!(*echo.launched.lock().unwrap(), ["t001", "t002", "t003"]);
+}

@@ -409,28 +409,7 @@ fn exiting_0_without_a_declared_output_fails() {
 /// resolved inputs and reports the end; the runtime keeps the rest.
 #[test]
 fn a_workflow_runs_with_another_executor() {
-    use orch::executor::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
-    use std::sync::{Arc, Mutex};
-
-    /// Outputs its node id plus the `n` input, at once, runs nothing.
-    #[derive(Default)]
-    struct Echo(Mutex<Vec<String>>);
-    impl Executor for Echo {
-        fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
-            self.0.lock().unwrap().push(spec.node.clone());
-            let end = AttemptEnd {
-                exit_code: Some(0),
-                output: Some(json!({"node": spec.node, "n": spec.inputs["n"]})),
-                ..AttemptEnd::default()
-            };
-            let _ = link.reports.send(Report::Finished {
-                node: link.node,
-                attempt: link.attempt,
-                end,
-            });
-            Ok(None)
-        }
-    }
+    use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
     let echo = Arc::new(Echo::default());
@@ -443,7 +422,7 @@ fn a_workflow_runs_with_another_executor() {
         .executor(echo.clone());
     let outcome = wf.run().unwrap();
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
-    assert_eq!(*echo.0.lock().unwrap(), ["a", "b"]);
+    assert_eq!(*echo.launched.lock().unwrap(), ["a", "b"]);
     let ex = orch::Store::open(&outcome.db)
         .unwrap()
         .export(&outcome.run)

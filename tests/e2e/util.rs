@@ -253,3 +253,32 @@ pub fn resume_killed(space: &Space, status: std::process::ExitStatus, what: &str
     let run = space.store().resolve_run("latest").unwrap();
     space.export(&run)
 }
+
+/// An executor that runs nothing: each attempt succeeds at once with its
+/// node id plus its `n` input as output; `launched` lists the nodes it was
+/// given, in order.
+#[derive(Default)]
+pub struct Echo {
+    pub launched: std::sync::Mutex<Vec<String>>,
+}
+
+impl orch::executor::Executor for Echo {
+    fn launch(
+        &self,
+        spec: orch::executor::AttemptSpec,
+        link: orch::executor::AttemptLink,
+    ) -> Result<Option<u32>, String> {
+        self.launched.lock().unwrap().push(spec.node.clone());
+        let end = orch::executor::AttemptEnd {
+            exit_code: Some(0),
+            output: Some(serde_json::json!({"node": spec.node, "n": spec.inputs["n"]})),
+            ..Default::default()
+        };
+        let _ = link.reports.send(orch::executor::Report::Finished {
+            node: link.node,
+            attempt: link.attempt,
+            end,
+        });
+        Ok(None)
+    }
+}
