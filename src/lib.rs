@@ -163,9 +163,17 @@ pub fn restart(
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// # fn my_executor() -> Arc<dyn orch::executor::Executor> { unimplemented!() }
+/// use orch::executor::{AttemptLink, AttemptSpec, Executor};
+///
+/// /// Starts nothing: every attempt fails to start, saying why.
+/// struct Elsewhere;
+/// impl Executor for Elsewhere {
+///     fn launch(&self, spec: AttemptSpec, _link: AttemptLink) -> Result<Option<u32>, String> {
+///         Err(format!("`{}` does not run on this machine", spec.node))
+///     }
+/// }
 /// let outcome = orch::Takeover::new(".orch/orch.db", "latest")
-///     .executor(my_executor())
+///     .executor(Arc::new(Elsewhere))
 ///     .resume()?;
 /// println!("run {} {}", outcome.run, outcome.status);
 /// # Ok::<(), orch::Error>(())

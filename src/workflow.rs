@@ -182,7 +182,8 @@ impl Workflow {
     /// the executor only starts attempts and reports their mutations and
     /// their end through the [`crate::executor::AttemptLink`]. Input tasks
     /// ([`Task::input`]) never reach an executor. A run resumed with
-    /// [`crate::resume`] goes back to the process executor.
+    /// [`crate::resume`] goes back to the process executor;
+    /// [`crate::Takeover::executor`] chooses one for a resume or restart.
     ///
     /// ```no_run
     /// use std::sync::Arc;
