@@ -28,9 +28,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orch::executor::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
+use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
 use orch::graph::Graph;
-use orch::state::{Event, EventKind};
+use orch::history::{Event, EventKind};
 use orch::{Attrs, Mutation, Origin, Store, Task, Workflow};
 use serde_json::Value;
 
@@ -314,8 +314,8 @@ fn main() {
             },
         ));
         let d = time(3, || {
-            let o = orch::outlook::outlook(&state, orch::outlook::Options::default());
-            orch::render::svg(&o)
+            let o = orch::picture::outlook::outlook(&state, orch::picture::outlook::Options::default());
+            orch::picture::render::svg(&o)
         });
         println!(
             "picture          {copies}-copy map, collapsed (outlook + SVG): {:.1} ms median of 3",

@@ -90,7 +90,7 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let chain = env_usize("ORCH_BENCH_CHAIN", 200);
     let reps = env_usize("ORCH_BENCH_REPS", 5).max(1);
-    let python = match orch::executor::resolve_python(&orch::executor::configured_python(None)) {
+    let python = match orch::exec::resolve_python(&orch::exec::configured_python(None)) {
         Ok(p) => p,
         Err(e) => {
             println!("python bench skipped: {e}");
@@ -100,7 +100,7 @@ fn main() {
     println!("interpreter {}", python.display());
     let space = tempfile::tempdir().expect("temp dir");
     let dir = space.path();
-    let helper = orch::executor::install_helper(dir).expect("helper");
+    let helper = orch::exec::install_helper(dir).expect("helper");
     std::fs::write(
         dir.join("noop.py"),
         "import orch\norch.start()\norch.output(None)\n",

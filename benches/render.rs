@@ -1,6 +1,6 @@
 //! Rendering benchmarks (`cargo bench --bench render`): numbers, not
 //! assertions. Each case prints the median of a few repetitions of
-//! `orch::render::svg` (or `svg_with_optimiser`) on a hand-made outlook.
+//! `orch::picture::render::svg` (or `svg_with_optimiser`) on a hand-made outlook.
 //!
 //! - `random N`: N nodes, each after the first with 1–3 parents drawn
 //!   uniformly among all earlier nodes (long edges, wide rows);
@@ -10,15 +10,15 @@
 //! - `chain N`: a single path.
 //!
 //! Each line gives `svg` (which decides on the optimiser itself: on up to
-//! [`orch::render::OPTIMISE_MAX_NODES`] nodes unless the rows are too wide),
+//! [`orch::picture::render::OPTIMISE_MAX_NODES`] nodes unless the rows are too wide),
 //! which layout it used and how many long edges it drew directly, and, up
 //! to `ORCH_BENCH_OPT_MAX` nodes (default 500), the times with the
 //! optimiser forced on and off. Set `ORCH_BENCH_REPS` (default 3) to change
 //! the number of repetitions and `ORCH_BENCH_SWEEP=1` to time the optimiser
 //! on random and layered DAGs of 100 to 600 nodes instead.
 
-use orch::outlook::{Outlook, PicEdge, PicKind, PicNode};
-use orch::render::{svg, svg_with_optimiser, OPTIMISE_MAX_NODES};
+use orch::picture::outlook::{Outlook, PicEdge, PicKind, PicNode};
+use orch::picture::render::{svg, svg_with_optimiser, OPTIMISE_MAX_NODES};
 use orch::{Attrs, NodeState, RunStatus};
 
 mod common;

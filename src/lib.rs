@@ -27,25 +27,21 @@
 
 extern crate self as orch;
 
+mod engine;
 pub mod error;
-pub mod executor;
-mod fork;
-pub mod glob;
+pub mod exec;
 pub mod graph;
-mod live;
+pub mod history;
 pub mod model;
-pub mod native;
-pub mod outlook;
+pub mod picture;
 pub mod promise;
-pub mod protocol;
-pub mod render;
-mod runtime;
-pub mod shape;
-pub mod state;
 pub mod store;
 pub mod time;
 pub mod typed;
 pub mod workflow;
+
+pub use exec::protocol;
+pub use typed::native;
 
 pub use error::{Error, Result, StructuralError};
 pub use model::{
@@ -75,8 +71,8 @@ pub use native::{Context, Failure, TaskDef};
 /// ```
 pub use orch_macros::task;
 pub use promise::Promise;
-pub use shape::Shape;
-pub use state::{Event, EventKind, RunExport, RunState};
+pub use promise::shape::Shape;
+pub use history::{Event, EventKind, RunExport, RunState};
 pub use store::Store;
 pub use typed::{Branch, Call, Case, IntoInput, Node, Output};
 pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
@@ -85,8 +81,8 @@ pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
 /// API: its contents change without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::native::support::*;
-    pub use crate::native::{Failure, Field, TaskDef};
+    pub use crate::typed::native::support::*;
+    pub use crate::typed::native::{Failure, Field, TaskDef};
     pub use crate::typed::{Call, IntoInput};
     pub use crate::{Context, Task};
 }
@@ -163,7 +159,7 @@ pub fn restart(
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use orch::executor::{AttemptLink, AttemptSpec, Executor};
+/// use orch::exec::{AttemptLink, AttemptSpec, Executor};
 ///
 /// /// Starts nothing: every attempt fails to start, saying why.
 /// struct Elsewhere;
@@ -182,7 +178,7 @@ pub struct Takeover {
     db: std::path::PathBuf,
     run: String,
     force: bool,
-    executor: Option<std::sync::Arc<dyn executor::Executor>>,
+    executor: Option<std::sync::Arc<dyn exec::Executor>>,
 }
 
 impl Takeover {
@@ -205,7 +201,7 @@ impl Takeover {
     }
 
     /// Sends the run's attempts to `executor`.
-    pub fn executor(mut self, executor: std::sync::Arc<dyn executor::Executor>) -> Takeover {
+    pub fn executor(mut self, executor: std::sync::Arc<dyn exec::Executor>) -> Takeover {
         self.executor = Some(executor);
         self
     }
@@ -217,12 +213,12 @@ impl Takeover {
 
     /// [`resume`] for async contexts.
     pub async fn resume_async(self) -> Result<RunOutcome> {
-        runtime::resume(&self.db, &self.run, self.force, self.executor).await
+        engine::resume(&self.db, &self.run, self.force, self.executor).await
     }
 
     /// [`restart`] of `node`, blocking until the run ends.
     pub fn restart(self, node: &str) -> Result<RunOutcome> {
-        block_on(runtime::restart(
+        block_on(engine::restart(
             &self.db,
             &self.run,
             node,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::model::{Attrs, Mutation, RunStatus, Task};
 use crate::promise::Promise;
-use crate::shape::Shape;
+use crate::promise::shape::Shape;
 
 /// A workflow: its registration batch plus run options.
 ///
@@ -43,7 +43,7 @@ pub struct Workflow {
     /// Task names promised never to change the graph.
     pub(crate) quiet: std::collections::BTreeSet<String>,
     /// The executor every attempt goes to, when not the process executor.
-    pub(crate) executor: Option<crate::executor::SharedExecutor>,
+    pub(crate) executor: Option<crate::exec::SharedExecutor>,
     pub(crate) python_fork: bool,
     pub(crate) python_preload: Vec<String>,
 }
@@ -175,19 +175,19 @@ impl Workflow {
     }
 
     /// Runs every attempt of this workflow with `executor` instead of the
-    /// built-in [`crate::executor::ProcessExecutor`] (one subprocess per
+    /// built-in [`crate::exec::ProcessExecutor`] (one subprocess per
     /// attempt speaking the JSON-lines protocol). The extension point for
     /// other ways to run tasks: containers, remote runners, test doubles.
     /// The runtime keeps everything else (validation, promises, history);
     /// the executor only starts attempts and reports their mutations and
-    /// their end through the [`crate::executor::AttemptLink`]. Input tasks
+    /// their end through the [`crate::exec::AttemptLink`]. Input tasks
     /// ([`Task::input`]) never reach an executor. A run resumed with
     /// [`crate::resume`] goes back to the process executor;
     /// [`crate::Takeover::executor`] chooses one for a resume or restart.
     ///
     /// ```no_run
     /// use std::sync::Arc;
-    /// use orch::executor::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
+    /// use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
     ///
     /// /// Succeeds at once without running anything.
     /// struct Instant;
@@ -206,9 +206,9 @@ impl Workflow {
     /// ```
     pub fn executor(
         &mut self,
-        executor: std::sync::Arc<dyn crate::executor::Executor>,
+        executor: std::sync::Arc<dyn crate::exec::Executor>,
     ) -> &mut Workflow {
-        self.executor = Some(crate::executor::SharedExecutor(executor));
+        self.executor = Some(crate::exec::SharedExecutor(executor));
         self
     }
 
@@ -324,7 +324,7 @@ impl Workflow {
 
     /// Registers and runs the workflow to the end.
     pub async fn run_async(&self) -> Result<RunOutcome> {
-        crate::runtime::run(self).await
+        crate::engine::run(self).await
     }
 }
 

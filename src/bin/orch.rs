@@ -242,11 +242,11 @@ fn run(cli: Cli) -> Res {
                     Some(s) => s.clone(),
                     None => store.replay(&id, None)?,
                 };
-                let opts = orch::outlook::Options {
+                let opts = orch::picture::outlook::Options {
                     expand,
                     ..Default::default()
                 };
-                Ok::<_, orch::Error>(orch::outlook::outlook(&st, opts))
+                Ok::<_, orch::Error>(orch::picture::outlook::outlook(&st, opts))
             };
             let text = match format {
                 Format::Json => {
@@ -257,8 +257,8 @@ fn run(cli: Cli) -> Res {
                     serde_json::to_string_pretty(&export)?
                 }
                 Format::Outlook => serde_json::to_string_pretty(&outlook()?)?,
-                Format::Svg => orch::render::svg(&outlook()?),
-                Format::Dot => orch::render::dot(&outlook()?),
+                Format::Svg => orch::picture::render::svg(&outlook()?),
+                Format::Dot => orch::picture::render::dot(&outlook()?),
             };
             match output {
                 Some(path) => std::fs::write(&path, text + "\n")
@@ -308,7 +308,7 @@ fn control(store: &Store, run: &str, what: Control, out: &mut impl Write) -> Res
     store.request_control(&id, what)?;
     writeln!(out, "asked run {id} to {}", what.as_str())?;
     let pid = store.export(&id)?.orchestrator_pid;
-    let alive = pid.is_some_and(orch::executor::process_alive);
+    let alive = pid.is_some_and(orch::exec::process_alive);
     if !alive {
         writeln!(
             out,

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use orch::outlook::{outlook, Options, Outlook, PicKind};
+use orch::picture::outlook::{outlook, Options, Outlook, PicKind};
 use orch::{EventKind, Origin, RunState, RunStatus, Task};
 
 use crate::util::*;
 
-fn kinds(o: &Outlook, kind: PicKind) -> Vec<&orch::outlook::PicNode> {
+fn kinds(o: &Outlook, kind: PicKind) -> Vec<&orch::picture::outlook::PicNode> {
     o.nodes.iter().filter(|n| n.kind == kind).collect()
 }
 
@@ -332,7 +332,7 @@ fn the_live_picture_of_a_huge_run_counts_its_nodes_instead_of_drawing_them() {
     let mut wf = space.workflow("huge");
     // `a` fails at once, so none of the others ever runs.
     wf.node("a", Task::command(["false"]));
-    for i in 0..orch::outlook::LIVE_MAX_NODES {
+    for i in 0..orch::picture::outlook::LIVE_MAX_NODES {
         wf.node(format!("b{i}"), Task::command(["true"]));
         wf.edge("a", format!("b{i}"));
     }

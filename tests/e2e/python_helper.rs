@@ -4,7 +4,7 @@ use std::process::Command;
 
 #[test]
 fn python_helper_unittests_pass() {
-    let python = orch::executor::configured_python(None);
+    let python = orch::exec::configured_python(None);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/python");
     let out = Command::new(&python)
         .args(["-m", "unittest", "discover", "-s", "tests"])

@@ -1,7 +1,7 @@
 //! Property tests of shapes: the text form round-trips; random instances
 //! of random shapes match; perturbed instances do not.
 
-use orch::shape::{Region, RegionNode, Shape};
+use orch::promise::shape::{Region, RegionNode, Shape};
 use proptest::prelude::*;
 use proptest::test_runner::TestRng;
 

@@ -262,19 +262,19 @@ pub struct Echo {
     pub launched: std::sync::Mutex<Vec<String>>,
 }
 
-impl orch::executor::Executor for Echo {
+impl orch::exec::Executor for Echo {
     fn launch(
         &self,
-        spec: orch::executor::AttemptSpec,
-        link: orch::executor::AttemptLink,
+        spec: orch::exec::AttemptSpec,
+        link: orch::exec::AttemptLink,
     ) -> Result<Option<u32>, String> {
         self.launched.lock().unwrap().push(spec.node.clone());
-        let end = orch::executor::AttemptEnd {
+        let end = orch::exec::AttemptEnd {
             exit_code: Some(0),
             output: Some(serde_json::json!({"node": spec.node, "n": spec.inputs["n"]})),
             ..Default::default()
         };
-        let _ = link.reports.send(orch::executor::Report::Finished {
+        let _ = link.reports.send(orch::exec::Report::Finished {
             node: link.node,
             attempt: link.attempt,
             end,

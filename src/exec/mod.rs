@@ -8,6 +8,9 @@
 //! (native Rust tasks, containers, wait-for-input) implement
 //! [`Executor`] the same way.
 
+pub(crate) mod fork;
+pub mod protocol;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
@@ -24,9 +27,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::fork::{ForkExit, ForkServer, Forked, Request};
+use crate::exec::fork::{ForkExit, ForkServer, Forked, Request};
 use crate::model::{Exec, Mutation, Task};
-use crate::protocol::{self, Body, Line, Start};
+use crate::exec::protocol::{Body, Line, Start};
 use crate::store::LogLine;
 
 /// A protocol line (or log line) longer than this fails the attempt (or
@@ -449,7 +452,7 @@ impl ProcessExecutor {
                     ));
                 };
                 let mut c = Command::new(binary);
-                c.env(crate::native::TASK_ENV, task);
+                c.env(crate::typed::native::TASK_ENV, task);
                 c
             }
             Exec::Command { argv } => {
@@ -559,7 +562,7 @@ fn from_forked(f: Forked) -> Result<Proc, String> {
 /// by the fork server: it holds the attempt's marker open. (A forked
 /// child's `/proc/<pid>/environ` is the server's, so it cannot say.)
 pub fn is_forked_attempt(pid: u32, run: &str, node: &str) -> bool {
-    crate::fork::holds_marker(pid, run, node)
+    crate::exec::fork::holds_marker(pid, run, node)
 }
 
 /// Kills a whole process group.
@@ -935,9 +938,9 @@ pub fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-const HELPER_INIT: &str = include_str!("../python/orch/__init__.py");
-const HELPER_MAIN: &str = include_str!("../python/orch/__main__.py");
-const HELPER_FORKSERVER: &str = include_str!("../python/orch/_forkserver.py");
+const HELPER_INIT: &str = include_str!("../../python/orch/__init__.py");
+const HELPER_MAIN: &str = include_str!("../../python/orch/__main__.py");
+const HELPER_FORKSERVER: &str = include_str!("../../python/orch/_forkserver.py");
 
 /// Writes the shipped Python helper package under `root` (once per
 /// content version) and returns the folder to put on `PYTHONPATH`.

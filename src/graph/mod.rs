@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::StructuralError;
 use crate::model::{output_refs, Attrs, Mutation, NodeState, Task};
 use crate::promise::Promise;
-use crate::shape::{Region, RegionNode};
+use crate::promise::shape::{Region, RegionNode};
 
 /// A node as the runtime holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -1285,7 +1285,7 @@ fn check_id(id: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::model::{output, EdgeRef};
-    use crate::shape::Region;
+    use crate::promise::shape::Region;
     use serde_json::json;
 
     fn node(id: &str) -> Mutation {

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::outlook::{self, Outlook};
-use crate::render;
-use crate::state::RunState;
+use crate::picture::outlook::{self, Outlook};
+use crate::picture::render;
+use crate::history::RunState;
 
 pub(crate) struct LivePicture {
     path: PathBuf,

@@ -23,16 +23,16 @@ use tracing::{debug, info, warn};
 
 use crate::error::StructuralError;
 use crate::error::{Error, Result};
-use crate::executor::{
-    self, configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
+use crate::exec::{
+    configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
     AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
 };
 use crate::graph::{Graph, Staging};
-use crate::live::LivePicture;
+use crate::picture::live::LivePicture;
 use crate::model::{resolve_refs, AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
-use crate::native;
+use crate::typed::native;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
-use crate::state::{Event, EventKind, RunState};
+use crate::history::{Event, EventKind, RunState};
 use crate::store::{self, Control, LogLine, Store};
 use crate::time;
 use crate::workflow::{RunOutcome, Workflow};
@@ -529,7 +529,7 @@ fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
     let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
     (vars.contains(&format!("ORCH_RUN={run}").as_bytes())
         && vars.contains(&format!("ORCH_NODE={node}").as_bytes()))
-        || executor::is_forked_attempt(pid, run, node)
+        || crate::exec::is_forked_attempt(pid, run, node)
 }
 
 impl Runner {

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::executor::content_hash;
+use crate::exec::content_hash;
 
 /// How long the server may take to import the helper and the preloaded
 /// modules before the run gives up on it (and starts fresh interpreters).
@@ -436,7 +436,7 @@ fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
                     // A fork answered too late: its attempt already
                     // started elsewhere, so this copy must not run.
                     warn!(pid, "a late fork is killed");
-                    crate::executor::kill_group(pid);
+                    crate::exec::kill_group(pid);
                 }
             }
             Some("failed") => {

@@ -19,14 +19,17 @@
 //! assert_eq!(s, Promise::Static {});
 //! ```
 
+pub mod glob;
+pub mod shape;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::glob::Selector;
+use crate::promise::glob::Selector;
 use crate::graph::{Graph, Staging};
 use crate::model::Mutation;
-use crate::shape::{Region, Shape};
+use crate::promise::shape::{Region, Shape};
 
 /// A promise about every future batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

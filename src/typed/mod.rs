@@ -35,6 +35,8 @@
 //! to handles, so a static workflow built from handles is acyclic by
 //! construction.
 
+pub mod native;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -44,9 +46,9 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::model::{Attrs, Task};
-use crate::native::{self, TaskDef, ITEM};
+use crate::typed::native::{TaskDef, ITEM};
 use crate::promise::Promise;
-use crate::shape::Shape;
+use crate::promise::shape::Shape;
 use crate::workflow::{NodeBuilder, Workflow};
 
 /// A type that can be a task's input or output: it travels as JSON.
@@ -347,7 +349,7 @@ impl Workflow {
         if grows || !self.quiet.insert(task.to_string()) {
             return;
         }
-        let by = Some(crate::glob::Selector::new(&format!("task:{task}")));
+        let by = Some(crate::promise::glob::Selector::new(&format!("task:{task}")));
         self.promise(Promise::NoNewNodes { by: by.clone() });
         self.promise(Promise::NoNewEdges { by });
     }

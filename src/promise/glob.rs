@@ -8,7 +8,7 @@
 //! task name only.
 //!
 //! ```
-//! use orch::glob::{Glob, Selector};
+//! use orch::promise::glob::{Glob, Selector};
 //! assert!(Glob::new("M_*").matches("M_12"));
 //! assert!(!Glob::new("M_?").matches("M_12"));
 //! let s = Selector::new("task:M");

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::graph::merge_attrs;
 use crate::model::{output_refs, Attrs, Mutation, Origin, RunStatus, Task};
-use crate::state::{AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState};
+use crate::history::{AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState};
 
 /// The environment variable that overrides the database path.
 pub const DB_ENV: &str = "ORCH_DB";

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::model::{output_refs, Task};
 use crate::promise::Promise;
-use crate::protocol::{Start, VERSION};
+use crate::exec::protocol::{Start, VERSION};
 use crate::typed::{Call, Node};
 
 /// The environment variable that puts a workflow binary in task mode: it
@@ -427,7 +427,7 @@ fn has_refs(v: &Value) -> bool {
 }
 
 fn abbreviate(v: &Value) -> String {
-    crate::protocol::quote(&v.to_string())
+    crate::exec::protocol::quote(&v.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -539,7 +539,7 @@ impl Context {
                 std::io::ErrorKind::InvalidData,
                 format!(
                     "the first line on stdin is not a start message ({e}): {}",
-                    crate::protocol::quote(line.trim())
+                    crate::exec::protocol::quote(line.trim())
                 ),
             )
         })?;

@@ -32,7 +32,7 @@ use layout::std_shapes::shapes::{Arrow, Element, LineEndKind, ShapeKind};
 use layout::topo::layout::VisualGraph;
 
 use crate::model::{Attrs, NodeState};
-use crate::outlook::{Outlook, PicEdge, PicKind, PicNode};
+use crate::picture::outlook::{Outlook, PicEdge, PicKind, PicNode};
 
 /// Above this many picture nodes [`svg`] turns layout-rs's optimiser (rank
 /// sinking and edge-crossing reduction) off.
@@ -146,7 +146,7 @@ fn node_text(n: &PicNode) -> &str {
 /// plain way. Nothing is printed to stdout.
 ///
 /// ```
-/// use orch::outlook::{Outlook, PicEdge, PicKind, PicNode};
+/// use orch::picture::outlook::{Outlook, PicEdge, PicKind, PicNode};
 /// use orch::{NodeState, RunStatus};
 ///
 /// let node = |id: &str, kind, state| PicNode {
@@ -175,7 +175,7 @@ fn node_text(n: &PicNode) -> &str {
 ///     }],
 ///     violations: vec![],
 /// };
-/// let svg = orch::render::svg(&o);
+/// let svg = orch::picture::render::svg(&o);
 /// assert!(svg.starts_with("<?xml") && svg.contains("fetch"));
 /// assert!(svg.contains("stroke-dasharray")); // the dashed ★ and its edge
 /// ```
@@ -1029,7 +1029,7 @@ fn xml_allowed(c: char) -> bool {
 /// and escaped; `dot -Tsvg` draws it.
 ///
 /// ```
-/// use orch::outlook::{Outlook, PicKind, PicNode};
+/// use orch::picture::outlook::{Outlook, PicKind, PicNode};
 /// use orch::RunStatus;
 ///
 /// let o = Outlook {
@@ -1049,7 +1049,7 @@ fn xml_allowed(c: char) -> bool {
 ///     edges: vec![],
 ///     violations: vec![],
 /// };
-/// let dot = orch::render::dot(&o);
+/// let dot = orch::picture::render::dot(&o);
 /// assert!(dot.starts_with("digraph"));
 /// assert!(dot.contains(r#""shape:0" [label="M*""#));
 /// assert!(dot.contains(r#"style="dashed""#));

@@ -1,7 +1,7 @@
 //! The outlook: the picture's model of a run at one moment, the current
 //! graph plus every future the promises still allow (SPEC §6).
 //!
-//! [`outlook`] is a pure function of a [`RunState`]; [`crate::render`]
+//! [`outlook`] is a pure function of a [`RunState`]; [`crate::picture::render`]
 //! turns its result into SVG (layout-rs) or DOT, and it serialises as JSON.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::graph::Graph;
 use crate::model::{Attrs, NodeState, RunStatus};
 use crate::promise::{self, Promise, RegionState};
-use crate::shape::Shape;
-use crate::state::RunState;
+use crate::promise::shape::Shape;
+use crate::history::RunState;
 
 /// What a picture node stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

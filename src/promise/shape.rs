@@ -20,7 +20,7 @@
 //! parses back to the same shape; it is what errors and pictures show.
 //!
 //! ```
-//! use orch::shape::Shape;
+//! use orch::promise::shape::Shape;
 //! let s: Shape = "A → (B | C)*".parse().unwrap();
 //! assert_eq!(s.to_string(), "A → (B | C)*");
 //! assert_eq!(s, Shape::seq([Shape::task("A"), Shape::repeat(Shape::alt([Shape::task("B"), Shape::task("C")]), 0, None)]));
@@ -32,7 +32,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::glob::Glob;
+use crate::promise::glob::Glob;
 
 /// A shape. Build with the constructors or parse the text form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -533,7 +533,7 @@ impl Region {
     /// Why the region is not an instance of `shape`, or `None` when it is.
     ///
     /// ```
-    /// use orch::shape::{Region, RegionNode, Shape};
+    /// use orch::promise::shape::{Region, RegionNode, Shape};
     /// let m = |i: usize| RegionNode { id: format!("M_{i}"), task: "M".into() };
     /// let r = Region { nodes: vec![m(0), m(1)], edges: vec![], from_edges: vec![0, 1], to_edges: vec![0, 1], direct: false };
     /// assert!(r.mismatch(&"M*".parse().unwrap()).is_none());

@@ -1,0 +1,5 @@
+//! Runs: registration, the run loop, takeovers.
+
+mod run;
+
+pub(crate) use run::*;
