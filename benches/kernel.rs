@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
 use orch::graph::Graph;
 use orch::history::{Event, EventKind};
-use orch::{Attrs, Mutation, Origin, Store, Task, Workflow};
+use orch::{Attrs, Mutation, Origin, SqliteStore, Store, Task, Workflow};
 use serde_json::Value;
 
 mod common;
@@ -171,27 +171,31 @@ fn main() {
         let mut k = 0;
         let d = time(3, || {
             k += 1;
-            let mut store = Store::open(dir.path().join(format!("b{k}.db"))).unwrap();
-            let events = [
-                Event {
-                    seq: 1,
-                    at: orch::time::now(),
-                    kind: EventKind::RunStarted {
-                        workflow: "bench".into(),
-                        orchestrator_pid: std::process::id(),
-                        config: Value::Null,
-                    },
+            let store = SqliteStore::open(dir.path().join(format!("b{k}.db"))).unwrap();
+            let started = Event {
+                seq: 1,
+                at: orch::time::now(),
+                kind: EventKind::RunStarted {
+                    workflow: "bench".into(),
+                    orchestrator_pid: std::process::id(),
+                    config: Value::Null,
                 },
-                Event {
-                    seq: 2,
-                    at: orch::time::now(),
-                    kind: EventKind::BatchCommitted {
-                        origin: Origin::Registration,
-                        mutations: muts.clone(),
-                    },
-                },
-            ];
-            store.commit("bench", &events, &[]).unwrap()
+            };
+            let at = orch::time::now();
+            let registration = orch::store::Registration {
+                run: "bench",
+                started: &started,
+                batch: (2, &at),
+                mutations: &muts,
+            };
+            store
+                .register(
+                    &orch::store::Owner::this_process(),
+                    registration,
+                    &mut || true,
+                )
+                .unwrap()
+                .expect("kept");
         });
         println!(
             "store commit     {n} nodes, {edges} edges in one transaction: {:.1} ms median of 3",
@@ -314,7 +318,8 @@ fn main() {
             },
         ));
         let d = time(3, || {
-            let o = orch::picture::outlook::outlook(&state, orch::picture::outlook::Options::default());
+            let o =
+                orch::picture::outlook::outlook(&state, orch::picture::outlook::Options::default());
             orch::picture::render::svg(&o)
         });
         println!(

@@ -28,14 +28,41 @@ pub enum Error {
         #[source]
         source: StructuralError,
     },
-    /// The SQLite store failed.
+    /// The store failed.
     #[error("database {path}: {source}")]
     Store {
-        /// The database file.
+        /// The database file (or URL).
         path: PathBuf,
-        /// What SQLite said.
+        /// What the database said.
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The engine could not drive a run to its end.
+    #[error("run `{run}`: {message}")]
+    Engine {
+        /// The run id.
+        run: String,
+        /// What happened.
+        message: String,
+    },
+    /// A run is owned by a live engine and its lease holds.
+    #[error("run `{run}` is owned elsewhere: {owner}; stop that engine, wait for its lease to expire, or force")]
+    Owned {
+        /// The run id.
+        run: String,
+        /// Who owns it, and until when.
+        owner: String,
+    },
+    /// This engine's lease on a run was taken over: it wrote nothing and
+    /// stops driving the run.
+    #[error("run `{run}` was taken over while this engine drove it (its epoch {epoch} is stale: {owner}); this engine stops driving it and wrote nothing more")]
+    Fenced {
+        /// The run id.
+        run: String,
+        /// The epoch this engine held.
+        epoch: u64,
+        /// Who holds it now.
+        owner: String,
     },
     /// The database holds something this version cannot read.
     #[error("database {path}: {message}")]

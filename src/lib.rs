@@ -21,17 +21,18 @@
 //! Tasks can also be typed Rust functions, wired by value and checked by
 //! rustc ([`task`], [`typed`], `docs/typed.md`).
 //!
-//! See `docs/protocol.md` for the task protocol and `../shared/SPEC.md`
+//! See `docs/protocol.md` for the task protocol and `docs/concepts.md`
 //! for the model.
 #![deny(missing_docs)]
 
 extern crate self as orch;
 
-mod engine;
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod history;
+pub mod host;
 pub mod model;
 pub mod picture;
 pub mod promise;
@@ -43,7 +44,9 @@ pub mod workflow;
 pub use exec::protocol;
 pub use typed::native;
 
+pub use engine::{Engine, RunHandle, RunOptions};
 pub use error::{Error, Result, StructuralError};
+pub use history::{Event, EventKind, RunExport, RunState};
 pub use model::{
     output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
     RunStatus, Task,
@@ -70,10 +73,9 @@ pub use native::{Context, Failure, TaskDef};
 /// assert_eq!(greet("bob".into()), "hello bob"); // the function is unchanged
 /// ```
 pub use orch_macros::task;
-pub use promise::Promise;
 pub use promise::shape::Shape;
-pub use history::{Event, EventKind, RunExport, RunState};
-pub use store::Store;
+pub use promise::Promise;
+pub use store::{SqliteStore, Store};
 pub use typed::{Branch, Call, Case, IntoInput, Node, Output};
 pub use workflow::{EdgeBuilder, NodeBuilder, RunOutcome, Workflow};
 
@@ -88,11 +90,13 @@ pub mod __private {
 }
 
 /// Installs a `tracing` subscriber that prints to stderr, filtered by
-/// `RUST_LOG` (default `info` for orch). For binaries and examples.
+/// `RUST_LOG` (default `info` for orch). For binaries and examples (the
+/// `cli` feature, on by default).
 ///
 /// ```
 /// orch::init_tracing();
 /// ```
+#[cfg(feature = "cli")]
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("orch=info"));
@@ -213,18 +217,21 @@ impl Takeover {
 
     /// [`resume`] for async contexts.
     pub async fn resume_async(self) -> Result<RunOutcome> {
-        engine::resume(&self.db, &self.run, self.force, self.executor).await
+        self.take_over(engine::TakeoverKind::Resume).await
     }
 
     /// [`restart`] of `node`, blocking until the run ends.
     pub fn restart(self, node: &str) -> Result<RunOutcome> {
-        block_on(engine::restart(
-            &self.db,
-            &self.run,
-            node,
-            self.force,
-            self.executor,
-        ))
+        block_on(self.take_over(engine::TakeoverKind::Restart(node.to_string())))
+    }
+
+    async fn take_over(self, kind: engine::TakeoverKind) -> Result<RunOutcome> {
+        let engine = engine::Engine::open_existing(&self.db)?;
+        engine
+            .take_over(&self.run, kind, self.force, self.executor)
+            .await?
+            .wait()
+            .await
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::engine::{Engine, RunOptions};
 use crate::error::Result;
-use crate::model::{Attrs, Mutation, RunStatus, Task};
-use crate::promise::Promise;
+use crate::model::{Attrs, Definition, Mutation, RunStatus, Task};
 use crate::promise::shape::Shape;
+use crate::promise::Promise;
 
 /// A workflow: its registration batch plus run options.
 ///
@@ -27,14 +28,11 @@ use crate::promise::shape::Shape;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Workflow {
-    pub(crate) name: String,
-    pub(crate) mutations: Vec<Mutation>,
-    pub(crate) dir: Option<PathBuf>,
+    /// What runs: the name and the registration batch.
+    pub(crate) def: Definition,
+    /// How it runs.
+    pub(crate) opts: RunOptions,
     pub(crate) db: Option<PathBuf>,
-    pub(crate) python: Option<String>,
-    pub(crate) max_parallel: usize,
-    pub(crate) default_timeout: Option<Duration>,
-    pub(crate) live_picture: bool,
     /// Node ids added so far (for fresh ids of typed nodes).
     pub(crate) ids: std::collections::HashSet<String>,
     /// Mistakes found while building (a malformed typed branch): `run`
@@ -42,10 +40,6 @@ pub struct Workflow {
     pub(crate) problems: Vec<String>,
     /// Task names promised never to change the graph.
     pub(crate) quiet: std::collections::BTreeSet<String>,
-    /// The executor every attempt goes to, when not the process executor.
-    pub(crate) executor: Option<crate::exec::SharedExecutor>,
-    pub(crate) python_fork: bool,
-    pub(crate) python_preload: Vec<String>,
 }
 
 impl Workflow {
@@ -57,26 +51,35 @@ impl Workflow {
     /// ```
     pub fn new(name: impl Into<String>) -> Workflow {
         Workflow {
-            name: name.into(),
-            mutations: Vec::new(),
-            dir: None,
+            def: Definition::new(name, Vec::new()),
+            opts: RunOptions::default(),
             db: None,
-            python: None,
-            max_parallel: 1,
-            default_timeout: None,
-            live_picture: true,
             ids: Default::default(),
             problems: Vec::new(),
             quiet: Default::default(),
-            executor: None,
-            python_fork: true,
-            python_preload: Vec::new(),
         }
+    }
+
+    /// What runs: the name and the registration batch, as plain serde
+    /// data ([`crate::engine::Engine::start`] takes it).
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.node("a", orch::Task::command(["true"]));
+    /// assert_eq!(wf.definition().registration.len(), 1);
+    /// ```
+    pub fn definition(&self) -> &Definition {
+        &self.def
+    }
+
+    /// How it runs: directory, interpreter, parallelism, executor, picture.
+    pub fn options(&self) -> &RunOptions {
+        &self.opts
     }
 
     /// The workflow's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.def.name
     }
 
     /// The registration batch as built so far.
@@ -87,13 +90,13 @@ impl Workflow {
     /// assert_eq!(wf.mutations().len(), 1);
     /// ```
     pub fn mutations(&self) -> &[Mutation] {
-        &self.mutations
+        &self.def.registration
     }
 
     /// The base directory: tasks run there and relative script paths
     /// resolve against it (default: the current directory).
     pub fn dir(&mut self, dir: impl AsRef<Path>) -> &mut Workflow {
-        self.dir = Some(dir.as_ref().to_path_buf());
+        self.opts.dir = Some(dir.as_ref().to_path_buf());
         self
     }
 
@@ -107,7 +110,7 @@ impl Workflow {
     /// The Python interpreter (default: `ORCH_PYTHON`, else `python3`).
     /// It is resolved once per process to the real executable.
     pub fn python(&mut self, interpreter: impl Into<String>) -> &mut Workflow {
-        self.python = Some(interpreter.into());
+        self.opts.python = Some(interpreter.into());
         self
     }
 
@@ -126,7 +129,7 @@ impl Workflow {
     /// wf.python_fork(false); // a fresh interpreter per attempt
     /// ```
     pub fn python_fork(&mut self, on: bool) -> &mut Workflow {
-        self.python_fork = on;
+        self.opts.python_fork = on;
         self
     }
 
@@ -145,7 +148,7 @@ impl Workflow {
         &mut self,
         modules: impl IntoIterator<Item = S>,
     ) -> &mut Workflow {
-        self.python_preload = modules.into_iter().map(Into::into).collect();
+        self.opts.python_preload = modules.into_iter().map(Into::into).collect();
         self
     }
 
@@ -156,13 +159,13 @@ impl Workflow {
     /// wf.max_parallel(4);
     /// ```
     pub fn max_parallel(&mut self, n: usize) -> &mut Workflow {
-        self.max_parallel = n.max(1);
+        self.opts.max_parallel = n.max(1);
         self
     }
 
     /// The timeout of attempts whose task sets none.
     pub fn default_timeout(&mut self, d: Duration) -> &mut Workflow {
-        self.default_timeout = Some(d);
+        self.opts.default_timeout = Some(d);
         self
     }
 
@@ -170,7 +173,7 @@ impl Workflow {
     /// `<database folder>/runs/<run>/live.svg` (default: on). It is
     /// rewritten atomically after committed events.
     pub fn live_picture(&mut self, on: bool) -> &mut Workflow {
-        self.live_picture = on;
+        self.opts.live_picture = on;
         self
     }
 
@@ -208,7 +211,7 @@ impl Workflow {
         &mut self,
         executor: std::sync::Arc<dyn crate::exec::Executor>,
     ) -> &mut Workflow {
-        self.executor = Some(crate::exec::SharedExecutor(executor));
+        self.opts.executor = Some(crate::exec::SharedExecutor(executor));
         self
     }
 
@@ -221,8 +224,8 @@ impl Workflow {
     pub fn node(&mut self, id: impl Into<String>, task: Task) -> NodeBuilder<'_> {
         let id = id.into();
         self.ids.insert(id.clone());
-        self.mutations.push(Mutation::add_node(id, task));
-        let at = self.mutations.len() - 1;
+        self.def.registration.push(Mutation::add_node(id, task));
+        let at = self.def.registration.len() - 1;
         NodeBuilder { wf: self, at }
     }
 
@@ -239,12 +242,12 @@ impl Workflow {
     /// wf.edge("a", "b").label("then");
     /// ```
     pub fn edge(&mut self, from: impl Into<String>, to: impl Into<String>) -> EdgeBuilder<'_> {
-        self.mutations.push(Mutation::AddEdge {
+        self.def.registration.push(Mutation::AddEdge {
             from: from.into(),
             to: to.into(),
             attrs: Attrs::new(),
         });
-        let at = self.mutations.len() - 1;
+        let at = self.def.registration.len() - 1;
         EdgeBuilder { wf: self, at }
     }
 
@@ -258,7 +261,7 @@ impl Workflow {
     /// wf.promise(Promise::NoEdgesInto { node: "B".into() });
     /// ```
     pub fn promise(&mut self, promise: Promise) -> &mut Workflow {
-        self.mutations.push(Mutation::AddPromise { promise });
+        self.def.registration.push(Mutation::AddPromise { promise });
         self
     }
 
@@ -268,7 +271,7 @@ impl Workflow {
     /// the region, and a task (usually `from`'s) fills it.
     ///
     /// ```
-    /// use orch::{shape::Shape, Task, Workflow};
+    /// use orch::{Shape, Task, Workflow};
     /// let mut wf = Workflow::new("map");
     /// wf.node("A", Task::python("a.py"));
     /// wf.node("B", Task::python("b.py"));
@@ -289,7 +292,7 @@ impl Workflow {
     /// of** the branches. Sugar for a `shape` promise with `alt`.
     ///
     /// ```
-    /// use orch::{shape::Shape, Task, Workflow};
+    /// use orch::{Shape, Task, Workflow};
     /// let mut wf = Workflow::new("branch");
     /// wf.node("choose", Task::python("choose.py"));
     /// wf.node("end", Task::python("end.py"));
@@ -312,7 +315,7 @@ impl Workflow {
         if let Mutation::AddNode { id, .. } = &m {
             self.ids.insert(id.clone());
         }
-        self.mutations.push(m);
+        self.def.registration.push(m);
         self
     }
 
@@ -324,7 +327,21 @@ impl Workflow {
 
     /// Registers and runs the workflow to the end.
     pub async fn run_async(&self) -> Result<RunOutcome> {
-        crate::engine::run(self).await
+        if let Some(problem) = self.problems.first() {
+            return Err(crate::Error::Registration {
+                workflow: self.def.name.clone(),
+                source: crate::StructuralError {
+                    mutation: "the typed builder".into(),
+                    reason: problem.clone(),
+                },
+            });
+        }
+        // Before the database is created: a binary that cannot
+        // orchestrate leaves nothing behind.
+        crate::typed::native::refuse_task_mode()?;
+        let db = self.db.clone().unwrap_or_else(crate::store::default_path);
+        let engine = Engine::open(db)?;
+        engine.start(&self.def, &self.opts).await?.wait().await
     }
 }
 
@@ -337,14 +354,14 @@ pub struct NodeBuilder<'a> {
 
 impl NodeBuilder<'_> {
     fn parts(&mut self) -> (&mut Value, &mut Attrs) {
-        match &mut self.wf.mutations[self.at] {
+        match &mut self.wf.def.registration[self.at] {
             Mutation::AddNode { inputs, attrs, .. } => (inputs, attrs),
             _ => unreachable!("NodeBuilder points at an add_node"),
         }
     }
 
     pub(crate) fn task_mut(&mut self) -> &mut Task {
-        match &mut self.wf.mutations[self.at] {
+        match &mut self.wf.def.registration[self.at] {
             Mutation::AddNode { task, .. } => task,
             _ => unreachable!("NodeBuilder points at an add_node"),
         }
@@ -352,7 +369,7 @@ impl NodeBuilder<'_> {
 
     /// The node's id.
     pub fn id(&self) -> &str {
-        match &self.wf.mutations[self.at] {
+        match &self.wf.def.registration[self.at] {
             Mutation::AddNode { id, .. } => id,
             _ => unreachable!("NodeBuilder points at an add_node"),
         }
@@ -415,7 +432,7 @@ pub struct EdgeBuilder<'a> {
 impl EdgeBuilder<'_> {
     /// Sets a cosmetic attribute.
     pub fn attr(self, key: &str, value: impl Into<Value>) -> Self {
-        if let Mutation::AddEdge { attrs, .. } = &mut self.wf.mutations[self.at] {
+        if let Mutation::AddEdge { attrs, .. } = &mut self.wf.def.registration[self.at] {
             attrs.insert(key.to_string(), value.into());
         }
         self

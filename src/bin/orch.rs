@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use orch::store::Control;
-use orch::{RunExport, Store};
+use orch::store::{Signal, SqliteStore, Store};
+use orch::RunExport;
 
 #[derive(Parser)]
 #[command(name = "orch", version, about = "Inspect orch workflow runs")]
@@ -155,7 +155,7 @@ type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> Res {
     let path = cli.db.unwrap_or_else(orch::store::default_path);
-    let store = Store::open_existing(&path)?;
+    let store = SqliteStore::open_existing(&path)?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Runs { limit } => {
@@ -286,12 +286,18 @@ fn run(cli: Cli) -> Res {
             let id = store.resolve_run(&run)?;
             let value: serde_json::Value = serde_json::from_str(&value)
                 .map_err(|e| format!("the value for `{node}` is not JSON ({e}): {value}"))?;
-            store.deliver_input(&id, &node, &value)?;
+            store.request(
+                &id,
+                &Signal::Input {
+                    node: node.clone(),
+                    value,
+                },
+            )?;
             writeln!(out, "delivered to `{node}` of run {id}")?;
         }
-        Command::Pause { run } => control(&store, &run, Control::Pause, &mut out)?,
-        Command::Unpause { run } => control(&store, &run, Control::Unpause, &mut out)?,
-        Command::Cancel { run } => control(&store, &run, Control::Cancel, &mut out)?,
+        Command::Pause { run } => control(&store, &run, Signal::Pause, &mut out)?,
+        Command::Unpause { run } => control(&store, &run, Signal::Unpause, &mut out)?,
+        Command::Cancel { run } => control(&store, &run, Signal::Cancel, &mut out)?,
         Command::Events { run } => {
             let id = store.resolve_run(&run)?;
             for e in store.events(&id, None)? {
@@ -303,17 +309,30 @@ fn run(cli: Cli) -> Res {
     Ok(())
 }
 
-fn control(store: &Store, run: &str, what: Control, out: &mut impl Write) -> Res {
+fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -> Res {
     let id = store.resolve_run(run)?;
-    store.request_control(&id, what)?;
+    store.request(&id, &what)?;
     writeln!(out, "asked run {id} to {}", what.as_str())?;
-    let pid = store.export(&id)?.orchestrator_pid;
-    let alive = pid.is_some_and(orch::exec::process_alive);
-    if !alive {
+    let owner = store.owner(&id)?.owner;
+    let here = orch::host::identity();
+    // Gone: released, or its process on this host no longer runs (a pid
+    // now held by a process started at another time is not it).
+    let gone = match &owner {
+        None => true,
+        Some(o) if o.host == here => match orch::host::process_start(o.pid) {
+            None => true,
+            Some(started) => o.started.is_some_and(|s| s != started),
+        },
+        Some(_) => false,
+    };
+    if gone {
         writeln!(
             out,
-            "note: its orchestrator (pid {}) is not running; the request is taken when the run is resumed",
-            pid.map_or("?".to_string(), |p| p.to_string())
+            "note: no engine drives it now{}; the request is taken when the run is resumed",
+            owner.map_or(String::new(), |o| format!(
+                " (its last owner, pid {}, is gone)",
+                o.pid
+            ))
         )?;
     }
     Ok(())

@@ -1,5 +1,352 @@
-//! Runs: registration, the run loop, takeovers.
+//! The engine: the one core that starts runs from a definition, takes
+//! over runs that lost their owner, delivers signals, and drives any
+//! number of runs at once in one process (one task each on the tokio
+//! runtime). [`crate::Workflow::run`], [`crate::resume`],
+//! [`crate::restart`], [`crate::Takeover`] and the CLI are thin calls into
+//! it.
+//!
+//! ```no_run
+//! use orch::engine::Engine;
+//! use orch::{Task, Workflow};
+//!
+//! # async fn demo() -> orch::Result<()> {
+//! let engine = Engine::open(".orch/orch.db")?;
+//! let mut handles = Vec::new();
+//! for i in 0..3 {
+//!     let mut wf = Workflow::new(format!("hello-{i}"));
+//!     wf.node("greet", Task::command(["echo", "hi"]));
+//!     handles.push(engine.start(wf.definition(), wf.options()).await?);
+//! }
+//! for h in handles {
+//!     println!("{}", h.wait().await?.status);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Who owns a run is decided by a lease in the store (SERVICE.md §2): the
+//! engine renews the leases of the runs it drives, every write carries the
+//! run's epoch, and a run taken over by another engine stops here at its
+//! next write. Signals reach a run hosted by this engine directly; signals
+//! stored by other processes (`orch pause`, `orch input`) are picked up by
+//! one poll of the store for all the runs the engine drives.
 
+mod fault;
+mod observe;
+mod options;
 mod run;
+pub mod schedule;
+mod start;
+mod takeover;
+pub mod verdict;
 
-pub(crate) use run::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub use observe::Observer;
+pub use options::{RunConfig, RunOptions};
+
+use crate::error::{Error, Result};
+use crate::exec::Executor;
+use crate::model::Definition;
+use crate::store::{Lease, Owner, Pending, Signal, SignalId, SqliteStore, Store};
+use crate::workflow::RunOutcome;
+
+/// How often the engine looks in the store for signals sent by other
+/// processes.
+const SIGNAL_POLL: Duration = Duration::from_millis(200);
+
+/// What reaches a run's loop from outside.
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    /// A signal; stored ones carry their id, taken with what they did.
+    Signal(Option<SignalId>, Signal),
+    /// Another engine took the run over: stop driving it.
+    Lost,
+}
+
+/// A run this engine drives.
+struct Hosted {
+    lease: Lease,
+    tx: mpsc::UnboundedSender<Envelope>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    owner: Owner,
+    /// Where helper files and live pictures go (the database's folder for
+    /// a SQLite store).
+    home: PathBuf,
+    runs: Mutex<HashMap<String, Hosted>>,
+    /// Stored signals already handed to a run (until the store no longer
+    /// lists them as pending).
+    forwarded: Mutex<HashSet<SignalId>>,
+    observers: Mutex<Vec<Arc<dyn Observer>>>,
+    /// Whether the poll-and-renew task runs.
+    background: Mutex<bool>,
+}
+
+/// The core that drives runs; cheap to clone (clones share everything).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.inner.store.location())
+            .field("owner", &self.inner.owner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run started or taken over by an engine.
+#[derive(Debug)]
+pub struct RunHandle {
+    run: String,
+    task: tokio::task::JoinHandle<Result<RunOutcome>>,
+}
+
+impl RunHandle {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        &self.run
+    }
+
+    /// Waits until the run ends (or this engine stops driving it).
+    pub async fn wait(self) -> Result<RunOutcome> {
+        match self.task.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Engine {
+                run: self.run,
+                message: format!("its task was stopped: {e}"),
+            }),
+        }
+    }
+}
+
+/// What a takeover does with the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TakeoverKind {
+    /// Continue it: attempts that were running run again.
+    Resume,
+    /// Restart this node and everything downstream, in a new generation.
+    Restart(String),
+}
+
+impl Engine {
+    /// An engine over `store`; `home` holds the files runs need (the
+    /// Python helper, live pictures).
+    pub fn new(store: Arc<dyn Store>, home: impl AsRef<Path>) -> Engine {
+        Engine::with_owner(store, home, Owner::this_process())
+    }
+
+    /// An engine with a chosen identity (its lease duration, say).
+    pub fn with_owner(store: Arc<dyn Store>, home: impl AsRef<Path>, owner: Owner) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                owner,
+                home: home.as_ref().to_path_buf(),
+                runs: Mutex::new(HashMap::new()),
+                forwarded: Mutex::new(HashSet::new()),
+                observers: Mutex::new(Vec::new()),
+                background: Mutex::new(false),
+            }),
+        }
+    }
+
+    /// An engine over the SQLite database at `db` (created if missing),
+    /// with its files beside it.
+    pub fn open(db: impl AsRef<Path>) -> Result<Engine> {
+        Ok(Engine::over_sqlite(SqliteStore::open(db.as_ref())?))
+    }
+
+    /// An engine over the existing SQLite database at `db` (an error
+    /// naming the path when there is none).
+    pub fn open_existing(db: impl AsRef<Path>) -> Result<Engine> {
+        let store = SqliteStore::open_existing(db.as_ref())?;
+        Ok(Engine::over_sqlite(store))
+    }
+
+    fn over_sqlite(store: SqliteStore) -> Engine {
+        let home = store
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| store.path().to_path_buf())
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Engine::new(Arc::new(store), home)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// This engine's identity, as leases record it.
+    pub fn owner(&self) -> &Owner {
+        &self.inner.owner
+    }
+
+    /// Calls `observer` after every commit of every run this engine
+    /// drives from now on.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        lock(&self.inner.observers).push(observer);
+    }
+
+    /// The ids of the runs this engine drives now.
+    pub fn hosted(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.inner.runs).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Registers `definition` as a new run (validated exactly like a
+    /// runtime batch) and starts driving it; returns once the
+    /// registration committed.
+    pub async fn start(&self, definition: &Definition, options: &RunOptions) -> Result<RunHandle> {
+        let runner = start::register(self, definition, options)?;
+        Ok(self.spawn(runner))
+    }
+
+    /// Takes over a stored run (an id, a unique prefix, or `latest`) and
+    /// drives it: resumes it, or restarts a node. Refused while another
+    /// engine owns the run and its lease holds (unless `force`), and for a
+    /// resume when the run ended or a script changed since it started
+    /// (unless `force`). Attempts go to `executor`, else to the process
+    /// executor the run was started with.
+    pub async fn take_over(
+        &self,
+        run: &str,
+        kind: TakeoverKind,
+        force: bool,
+        executor: Option<Arc<dyn Executor>>,
+    ) -> Result<RunHandle> {
+        let runner = takeover::take_over(self, run, kind, force, executor)?;
+        Ok(self.spawn(runner))
+    }
+
+    /// Sends a signal to a run: stored first (so it survives a crash and
+    /// reaches the run wherever it is driven), then handed straight to the
+    /// run when this engine drives it. Refused for a run that ended, and
+    /// for an input to a node that is no input node or finished.
+    pub async fn signal(&self, run: &str, signal: Signal) -> Result<()> {
+        let store = &self.inner.store;
+        let run = store.resolve_run(run)?;
+        let id = store.request(&run, &signal)?;
+        if let Some(h) = lock(&self.inner.runs).get(&run) {
+            lock(&self.inner.forwarded).insert(id);
+            let _ = h.tx.send(Envelope::Signal(Some(id), signal));
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, runner: run::Runner) -> RunHandle {
+        let run = runner.run_id().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.runs).insert(
+            run.clone(),
+            Hosted {
+                lease: runner.lease().clone(),
+                tx,
+            },
+        );
+        self.ensure_background();
+        let engine = self.clone();
+        let id = run.clone();
+        let task = tokio::spawn(async move {
+            let outcome = runner.drive(rx).await;
+            lock(&engine.inner.runs).remove(&id);
+            outcome
+        });
+        RunHandle { run, task }
+    }
+
+    /// Starts the task that polls stored signals and renews leases, once.
+    fn ensure_background(&self) {
+        let mut started = lock(&self.inner.background);
+        if *started {
+            return;
+        }
+        *started = true;
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(background(weak));
+    }
+
+    pub(crate) fn observers(&self) -> Vec<Arc<dyn Observer>> {
+        lock(&self.inner.observers).clone()
+    }
+
+    pub(crate) fn home(&self) -> &Path {
+        &self.inner.home
+    }
+}
+
+/// Polls the store for signals sent by other processes and renews the
+/// leases of the hosted runs, while the engine lives and hosts runs.
+async fn background(engine: Weak<Inner>) {
+    let mut poll = tokio::time::interval(SIGNAL_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        poll.tick().await;
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        if lock(&inner.runs).is_empty() {
+            *lock(&inner.background) = false;
+            return;
+        }
+        match inner.store.pending() {
+            Ok(pending) => forward(&inner, pending),
+            Err(e) => warn!(error = %e, "cannot read stored signals"),
+        }
+        if last_renewal.elapsed() >= inner.owner.ttl / 3 {
+            last_renewal = tokio::time::Instant::now();
+            let leases: Vec<Lease> = lock(&inner.runs)
+                .values()
+                .map(|h| h.lease.clone())
+                .collect();
+            match inner.store.renew(&inner.owner, &leases) {
+                Ok(lost) => {
+                    let runs = lock(&inner.runs);
+                    for run in lost {
+                        if let Some(h) = runs.get(&run) {
+                            let _ = h.tx.send(Envelope::Lost);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot renew the leases of this engine's runs"),
+            }
+        }
+    }
+}
+
+/// Hands each pending signal of a hosted run to it, once.
+fn forward(inner: &Inner, pending: Vec<Pending>) {
+    let runs = lock(&inner.runs);
+    let mut forwarded = lock(&inner.forwarded);
+    forwarded.retain(|id| pending.iter().any(|p| p.id == *id));
+    for p in pending {
+        if let Some(h) = runs.get(&p.run) {
+            if forwarded.insert(p.id) {
+                let _ = h.tx.send(Envelope::Signal(Some(p.id), p.signal));
+            }
+        }
+    }
+}
+
+/// Locks a mutex whose holder may have panicked (what it guards stays
+/// consistent: each holder makes one insert, remove or push).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

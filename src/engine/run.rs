@@ -1,46 +1,44 @@
-//! The orchestrator loop: registers a workflow, starts ready nodes (one at
-//! a time by default, in insertion order), answers the mutations of
-//! running tasks, commits each successful attempt's batch with its output
-//! in one transaction, and ends the run.
+//! The run loop: starts ready nodes (one at a time by default, in
+//! insertion order), answers the mutations of running tasks, commits each
+//! successful attempt's batch with its output in one transaction, takes
+//! signals, and ends the run.
 //!
 //! All state changes go through [`Runner::emit`]: an event is applied to
 //! the in-memory [`RunState`] (the same fold a rebuild uses) and queued;
-//! [`Runner::flush`] writes the queued events to SQLite in one
-//! transaction.
+//! [`Runner::flush`] writes the queued events to the store in one
+//! transaction, fenced by the run's lease, then tells the observers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::error::StructuralError;
 use crate::error::{Error, Result};
 use crate::exec::{
-    configured_python, content_hash, install_helper, kill_group, process_alive, AttemptEnd,
-    AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
+    install_helper, AttemptEnd, AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor,
+    Report,
 };
-use crate::graph::{Graph, Staging};
-use crate::picture::live::LivePicture;
-use crate::model::{resolve_refs, AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
-use crate::typed::native;
-use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
+use crate::graph::Staging;
 use crate::history::{Event, EventKind, RunState};
-use crate::store::{self, Control, LogLine, Store};
-use crate::time;
-use crate::workflow::{RunOutcome, Workflow};
+use crate::model::{resolve_refs, AttemptOutcome, Exec, NodeState, Origin, RunStatus};
+use crate::picture::live::LivePicture;
+use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
+use crate::store::{Lease, LogLine, Signal, SignalId, Store};
+use crate::typed::native;
+use crate::workflow::RunOutcome;
 
-/// How often a waiting run looks for pause, unpause and cancel requests.
-const CONTROL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+use super::fault::Fault;
+use super::observe::{Observer, Picture};
+use super::start::typecheck;
+use super::{Engine, Envelope, RunConfig};
 
-struct Running {
+pub(super) struct Running {
     attempt: u32,
     staging: Staging,
     kill: Option<oneshot::Sender<()>>,
@@ -49,16 +47,24 @@ struct Running {
 }
 
 pub(crate) struct Runner {
-    store: Store,
-    state: RunState,
+    store: Arc<dyn Store>,
+    lease: Lease,
+    pub(super) state: RunState,
     executor: Arc<dyn Executor>,
     max_parallel: usize,
-    ready: BTreeSet<usize>,
+    pub(super) ready: BTreeSet<usize>,
     running: HashMap<usize, Running>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     queued: Vec<Event>,
     logs: Vec<LogLine>,
+    /// Stored signals acted on since the last flush: marked taken with it.
+    taken: Vec<SignalId>,
+    /// Every stored signal this runner saw (a signal can reach it both
+    /// directly and through the engine's poll).
+    seen: HashSet<SignalId>,
+    /// Values delivered to input nodes that do not wait yet, in order.
+    inbox: HashMap<usize, VecDeque<(Option<SignalId>, Value)>>,
     /// Nodes whose creation or success is queued but not committed yet:
     /// nothing that depends on them starts before the next flush.
     enablers: HashSet<usize>,
@@ -68,16 +74,20 @@ pub(crate) struct Runner {
     /// Set once the run is being cancelled: nothing starts, nothing commits.
     cancelling: bool,
     /// Nodes waiting for input (no process held).
-    waiting: BTreeSet<usize>,
+    pub(super) waiting: BTreeSet<usize>,
     /// Where to die on purpose, for durability tests (`ORCH_FAULT`).
     fault: Option<(Fault, String)>,
     /// Nodes waiting out a retry backoff, with when they may start again.
     retry_at: HashMap<usize, tokio::time::Instant>,
-    /// The live picture, rewritten after committed events.
-    picture: Option<LivePicture>,
+    /// Told of every commit: the engine's observers and the live picture.
+    observers: Vec<Arc<dyn Observer>>,
+    /// Where the live picture is kept, when it is.
+    picture: Option<PathBuf>,
     /// Set while the executor is getting ready for a ready node's task
     /// (see `Executor::not_ready`): the loop wakes when it completes.
     hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Whether this runner took the run over with a restart.
+    restarted: bool,
 }
 
 /// Completes when the executor's hold does (never without one).
@@ -88,482 +98,41 @@ async fn until_ready(hold: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>
     }
 }
 
-/// Registers `wf` and runs it to the end.
-pub(crate) async fn run(wf: &Workflow) -> Result<RunOutcome> {
-    native::refuse_task_mode()?;
-    if let Some(problem) = wf.problems.first() {
-        return Err(Error::Registration {
-            workflow: wf.name.clone(),
-            source: StructuralError {
-                mutation: "the typed builder".into(),
-                reason: problem.clone(),
-            },
-        });
-    }
-    let db = wf.db.clone().unwrap_or_else(store::default_path);
-    let base_dir = match &wf.dir {
-        Some(d) => d.clone(),
-        None => {
-            std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?
-        }
-    };
-    let base_dir = base_dir
-        .canonicalize()
-        .map_err(|e| Error::io(format!("workflow directory {}", base_dir.display()), e))?;
-    let python = configured_python(wf.python.as_deref());
-    let config = RunConfig {
-        scripts: script_hashes(&base_dir, &wf.mutations),
-        base_dir,
-        python,
-        max_parallel: wf.max_parallel,
-        default_timeout: wf.default_timeout.map(|d| d.as_secs_f64()),
-        live_picture: wf.live_picture,
-        native_binary: std::env::current_exe().ok(),
-        python_fork: wf.python_fork,
-        python_preload: wf.python_preload.clone(),
-    };
-    let run_id = time::new_run_id();
-    let started = Event {
-        seq: 1,
-        at: time::now(),
-        kind: EventKind::RunStarted {
-            workflow: wf.name.clone(),
-            orchestrator_pid: std::process::id(),
-            config: serde_json::to_value(&config).expect("config serialises"),
-        },
-    };
-    let at = time::now();
-    let mut state = RunState::new(&run_id);
-    // Only a restart needs the batches, and it rebuilds the state from the
-    // history.
-    state.keep_batches = false;
-    // The registration is written to SQLite on a second thread while this
-    // one validates it and builds the graph; the transaction commits only
-    // once the validation passed, and nothing starts before it committed.
-    // The writer serialises the workflow's own mutations (as validation
-    // fills them in), so the registration is never copied for it.
-    let (touched, written) = std::thread::scope(|s| {
-        let (verdict, verdict_rx) = std::sync::mpsc::channel::<bool>();
-        let (db, run_id, started, at, mutations) = (&db, &run_id, &started, &at, &wf.mutations[..]);
-        let writer = s.spawn(move || -> Result<Option<Store>> {
-            let mut store = Store::open(db)?;
-            let go = store.commit_registration(run_id, started, (2, at), mutations, || {
-                verdict_rx.recv().unwrap_or(false)
-            })?;
-            Ok(go.then_some(store))
-        });
-        let registration = validate_registration(wf);
-        // The staging's indices are gone; the graph is built next.
-        crate::release_freed_memory();
-        let _ = verdict.send(registration.is_ok());
-        let touched = registration.map(|mutations| {
-            state.apply(started);
-            state.apply_owned(Event {
-                seq: 2,
-                at: at.clone(),
-                kind: EventKind::BatchCommitted {
-                    origin: Origin::Registration,
-                    mutations,
-                },
-            })
-        });
-        (touched, writer.join())
-    });
-    let touched = touched?;
-    let store = match written {
-        Ok(written) => written?.expect("a valid registration commits"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    };
-    // What the writer used for the rows.
-    crate::release_freed_memory();
-    let custom = wf.executor.as_ref().map(|e| e.0.clone());
-    let mut runner = Runner::new(store, state, &config, custom)?;
-    for i in touched {
-        runner.refresh(i);
-    }
-    runner.flush()?;
-    runner.announce("run started");
-    runner.finish_outcome().await
-}
-
-/// Validates the registration exactly like a runtime batch (structure,
-/// promises, declared types); returns its mutations as they are applied.
-fn validate_registration(wf: &Workflow) -> Result<Vec<Mutation>> {
-    let empty = Graph::new();
-    empty
-        .stage_all(wf.mutations.iter().cloned())
-        .and_then(
-            |staging| match promise::check_batch(&empty, &staging, None) {
-                Ok(()) => check_types(&empty, &staging).map(|()| staging.into_mutations()),
-                Err(problem) => Err(StructuralError {
-                    mutation: "the registration".into(),
-                    reason: match problem {
-                        BatchProblem::Violation(v) => v.to_string(),
-                        BatchProblem::BadPromise(why) => why,
-                    },
-                }),
-            },
-        )
-        .map_err(|source| Error::Registration {
-            workflow: wf.name.clone(),
-            source,
-        })
-}
-
-/// Checks the inputs of an `add_node` against its task's declared types
-/// (`docs/typed.md`), before it joins the batch.
-fn typecheck(g: &Graph, staging: &Staging, m: &Mutation) -> std::result::Result<(), String> {
-    let Mutation::AddNode {
-        id, task, inputs, ..
-    } = m
-    else {
-        return Ok(());
-    };
-    let output_type_of = |node: &str| {
-        let t = staging.task_of(g, node)?;
-        t.output_type.as_deref().map(String::from)
-    };
-    native::check_inputs(task, inputs, &output_type_of).map_err(|e| format!("add_node `{id}`: {e}"))
-}
-
-/// [`typecheck`] over a whole staged batch (the registration).
-fn check_types(g: &Graph, staging: &Staging) -> std::result::Result<(), StructuralError> {
-    for m in staging.mutations() {
-        typecheck(g, staging, m).map_err(|reason| StructuralError {
-            mutation: "the registration".into(),
-            reason,
-        })?;
-    }
-    Ok(())
-}
-
-/// Named points where the orchestrator can be made to die (`kill -9`
-/// style) for durability tests: `ORCH_FAULT=<point>:<node>`, with the
-/// point one of `after_spawn` (the attempt's process started and recorded),
-/// `after_exit` (the process ended, nothing recorded), `before_commit` (the
-/// batch validated, not written) and `after_commit` (the batch written).
-/// A testing aid: never set it in production.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    AfterSpawn,
-    AfterExit,
-    BeforeCommit,
-    AfterCommit,
-}
-
-impl Fault {
-    fn from_env() -> Option<(Fault, String)> {
-        let spec = std::env::var("ORCH_FAULT").ok()?;
-        let (point, node) = spec.split_once(':')?;
-        let point = match point {
-            "after_spawn" => Fault::AfterSpawn,
-            "after_exit" => Fault::AfterExit,
-            "before_commit" => Fault::BeforeCommit,
-            "after_commit" => Fault::AfterCommit,
-            other => {
-                warn!(point = other, "ORCH_FAULT names an unknown point; ignored");
-                return None;
-            }
-        };
-        Some((point, node.to_string()))
-    }
-}
-
-/// What a run needs to run again, recorded in its `run_started` event.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct RunConfig {
-    base_dir: PathBuf,
-    python: String,
-    max_parallel: usize,
-    default_timeout: Option<f64>,
-    #[serde(default = "yes")]
-    live_picture: bool,
-    /// Content hash of each Python script the registered nodes run.
-    #[serde(default)]
-    scripts: BTreeMap<String, String>,
-    /// The workflow binary, which native tasks run in task mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    native_binary: Option<PathBuf>,
-    /// Fork Python attempts from a warm server (`Workflow::python_fork`).
-    #[serde(default = "yes")]
-    python_fork: bool,
-    /// Modules the fork server preloads (`Workflow::python_preload`).
-    #[serde(default)]
-    python_preload: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The content hash of each Python script the registration runs (a
-/// missing file hashes as `missing`).
-fn script_hashes(base_dir: &Path, registration: &[Mutation]) -> BTreeMap<String, String> {
-    registration
-        .iter()
-        .filter_map(|m| match m {
-            Mutation::AddNode { task, .. } => match &task.exec {
-                Exec::Python { script } => Some(script.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .map(|script| {
-            let hash = std::fs::read(base_dir.join(&script))
-                .map(content_hash)
-                .unwrap_or_else(|_| "missing".into());
-            (script, hash)
-        })
-        .collect()
-}
-
-/// Resumes a run whose orchestrator stopped (even by `kill -9`): what
-/// committed stays committed, attempts that were running are run again
-/// under a new attempt number, and no batch is applied twice. Refused when
-/// the run ended, when its orchestrator still runs, or when a script of
-/// the workflow changed since the run started, unless `force`.
-pub(crate) async fn resume(
-    db: &Path,
-    run: &str,
-    force: bool,
-    executor: Option<Arc<dyn Executor>>,
-) -> Result<RunOutcome> {
-    native::refuse_task_mode()?;
-    let store = Store::open_existing(db)?;
-    let run = store.resolve_run(run)?;
-    let state = store.replay(&run, None)?;
-    if state.status.is_terminal() {
-        return Err(Error::RunEnded {
-            run,
-            status: state.status.to_string(),
-            control: "resume".into(),
-        });
-    }
-    let config = takeover(db, &run, &state, force)?;
-    if !force {
-        let registration: Vec<Mutation> = store
-            .events(&run, None)?
-            .into_iter()
-            .find_map(|e| match e.kind {
-                EventKind::BatchCommitted {
-                    origin: Origin::Registration,
-                    mutations,
-                } => Some(mutations),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let now = script_hashes(&config.base_dir, &registration);
-        if let Some(script) = now.keys().find(|k| config.scripts.get(*k) != now.get(*k)) {
-            return Err(Error::Resume {
-                run,
-                message: format!(
-                    "the workflow changed since the run started: {} is not the script it ran; resume with force to run it anyway",
-                    config.base_dir.join(script).display()
-                ),
-            });
-        }
-    }
-    let mut runner = Runner::new(store, state, &config, executor)?;
-    runner.recover()?;
-    runner.announce("run resumed");
-    runner.finish_outcome().await
-}
-
-/// The config of a run another orchestrator is about to take over;
-/// refused while the run's own orchestrator is alive (unless `force`).
-fn takeover(db: &Path, run: &str, state: &RunState, force: bool) -> Result<RunConfig> {
-    let config: RunConfig =
-        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
-            path: db.to_path_buf(),
-            message: format!("run {run} has no usable configuration: {e}"),
-        })?;
-    let alive = state
-        .orchestrator_pid
-        .filter(|&p| p != std::process::id() && process_alive(p) && !state.status.is_terminal());
-    match alive {
-        Some(pid) if !force => Err(Error::Resume {
-            run: run.to_string(),
-            message: format!(
-                "its orchestrator (pid {pid}) is still running; stop it first, or force"
-            ),
-        }),
-        _ => Ok(config),
-    }
-}
-
-/// Restarts `node` and everything downstream of it, in a new generation of
-/// the graph, and runs the run to the end. The batches sent by the tasks
-/// of those nodes (and of the nodes they added, transitively) are
-/// retracted: their nodes, edges, attributes and promises leave the
-/// current graph but stay in the history. The restarted nodes that remain
-/// go back to `pending` and run again; everything else keeps its state and
-/// output. Promises are checked again as the new generation grows.
-pub(crate) async fn restart(
-    db: &Path,
-    run: &str,
-    node: &str,
-    force: bool,
-    executor: Option<Arc<dyn Executor>>,
-) -> Result<RunOutcome> {
-    native::refuse_task_mode()?;
-    let mut store = Store::open_existing(db)?;
-    let run = store.resolve_run(run)?;
-    let mut state = store.replay(&run, None)?;
-    let config = takeover(db, &run, &state, force)?;
-    let g = &state.graph;
-    let start = g.position(node).ok_or_else(|| Error::UnknownNode {
-        run: run.clone(),
-        node: node.to_string(),
-    })?;
-    let mut downstream: BTreeSet<usize> = BTreeSet::from([start]);
-    let mut stack = vec![start];
-    while let Some(v) = stack.pop() {
-        for s in g.successors(v) {
-            if downstream.insert(s) {
-                stack.push(s);
-            }
-        }
-    }
-    let mut restarted: std::collections::HashSet<String> =
-        downstream.iter().map(|&i| g.node(i).id.clone()).collect();
-    let mut retracted_nodes: std::collections::HashSet<String> = Default::default();
-    let mut retracted = Vec::new();
-    for (seq, origin, mutations) in &state.batches {
-        let Origin::Attempt { node: by, .. } = origin else {
-            continue;
-        };
-        if restarted.contains(by) || retracted_nodes.contains(by) {
-            retracted.push(*seq);
-            for m in mutations {
-                if let Mutation::AddNode { id, .. } = m {
-                    retracted_nodes.insert(id.clone());
-                }
-            }
-        }
-    }
-    restarted.retain(|id| !retracted_nodes.contains(id));
-    let mut reset: Vec<String> = restarted.into_iter().collect();
-    reset.sort_by_key(|id| g.position(id));
-    let event = Event {
-        seq: state.last_seq + 1,
-        at: time::now(),
-        kind: EventKind::Restarted {
-            node: node.to_string(),
-            generation: state.generation + 1,
-            retracted,
-            reset,
-        },
-    };
-    state.apply(&event);
-    store.commit_restart(&run, &event, &state)?;
-    let mut runner = Runner::new(store, state, &config, executor)?;
-    if runner.state.status != RunStatus::Running {
-        runner.emit(EventKind::RunStatus {
-            status: RunStatus::Running,
-            reason: None,
-        });
-    }
-    runner.recover()?;
-    runner.announce("run restarted");
-    runner.finish_outcome().await
-}
-
 impl Runner {
-    /// Takes a run over from a stopped orchestrator: the attempts that
-    /// were running are stopped and run again; ready and waiting nodes are
-    /// picked up.
-    fn recover(&mut self) -> Result<()> {
-        let runner = self;
-        runner.emit(EventKind::RunResumed {
-            orchestrator_pid: std::process::id(),
-        });
-        // Attempts that were running when the orchestrator stopped: stop what
-        // is left of them and run them again.
-        for i in 0..runner.state.graph.len() {
-            if runner.state.graph.node(i).state != NodeState::Running {
-                continue;
-            }
-            let node = runner.id(i);
-            let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
-                continue;
-            };
-            if let Some(pid) = last
-                .pid
-                .filter(|&p| belongs_to(p, &runner.state.run, &node))
-            {
-                kill_group(pid);
-            }
-            runner.end_attempt(
-                i,
-                last.attempt,
-                AttemptOutcome::Killed,
-                None,
-                "interrupted: the orchestrator stopped; the node runs again".into(),
-                NodeState::Ready,
-            );
-        }
-        for i in 0..runner.state.graph.len() {
-            match runner.state.graph.node(i).state {
-                NodeState::Ready => {
-                    runner.ready.insert(i);
-                }
-                NodeState::Pending => runner.refresh(i),
-                NodeState::Waiting => {
-                    runner.waiting.insert(i);
-                }
-                _ => {}
-            }
-        }
-        runner.flush()
-    }
-}
-
-/// True when process `pid` is an attempt of this run and node (its
-/// environment says so, or, for an attempt forked by the Python fork
-/// server, whose environment is the server's, the marker it holds open),
-/// so that a recycled pid is never killed.
-fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-    (vars.contains(&format!("ORCH_RUN={run}").as_bytes())
-        && vars.contains(&format!("ORCH_NODE={node}").as_bytes()))
-        || crate::exec::is_forked_attempt(pid, run, node)
-}
-
-impl Runner {
-    /// A runner; attempts go to `executor`, else to a
-    /// [`ProcessExecutor`] for `config`.
-    fn new(
-        store: Store,
+    /// A runner of `engine` for the run `lease` holds; attempts go to
+    /// `executor`, else to a [`ProcessExecutor`] for `config`.
+    pub(super) fn new(
+        engine: &Engine,
+        lease: Lease,
         state: RunState,
         config: &RunConfig,
         executor: Option<Arc<dyn Executor>>,
     ) -> Result<Runner> {
-        let db = store
-            .path()
-            .canonicalize()
-            .unwrap_or_else(|_| store.path().to_path_buf());
-        let home = db.parent().unwrap_or(&config.base_dir).to_path_buf();
+        let home = engine.home().to_path_buf();
+        let store = engine.store().clone();
         let executor: Arc<dyn Executor> = match executor {
             Some(e) => e,
             None => Arc::new(ProcessExecutor::new(ProcessEnv {
                 base_dir: config.base_dir.clone(),
                 python: config.python.clone(),
                 helper_dir: install_helper(&home)?,
-                db,
+                db: PathBuf::from(store.location()),
                 default_timeout: config.default_timeout.map(Duration::from_secs_f64),
                 native_binary: config.native_binary.clone(),
                 python_fork: config.python_fork,
                 python_preload: config.python_preload.clone(),
             })),
         };
+        let mut observers = engine.observers();
         let picture = if config.live_picture {
             let dir = home.join("runs").join(&state.run);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            Some(LivePicture::new(dir.join("live.svg")))
+            let path = dir.join("live.svg");
+            observers.push(Arc::new(Picture(Mutex::new(LivePicture::new(
+                path.clone(),
+            )))));
+            Some(path)
         } else {
             None
         };
@@ -575,6 +144,7 @@ impl Runner {
         state.batches = Vec::new();
         Ok(Runner {
             state,
+            lease,
             executor,
             max_parallel: config.max_parallel.max(1),
             ready: BTreeSet::new(),
@@ -583,43 +153,86 @@ impl Runner {
             reports_rx,
             queued: Vec::new(),
             logs: Vec::new(),
+            taken: Vec::new(),
+            seen: HashSet::new(),
+            inbox: HashMap::new(),
             enablers: HashSet::new(),
             failure: None,
             broken: None,
             cancelling: false,
             retry_at: HashMap::new(),
+            observers,
             picture,
             hold: None,
             store,
             fault: Fault::from_env(),
             waiting: BTreeSet::new(),
+            restarted: false,
         })
     }
 
-    fn announce(&self, what: &str) {
-        let db = self.store.path().display();
+    pub(super) fn run_id(&self) -> &str {
+        &self.state.run
+    }
+
+    pub(super) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    pub(super) fn status(&self) -> RunStatus {
+        self.state.status
+    }
+
+    pub(super) fn restarted(&self) -> bool {
+        self.restarted
+    }
+
+    /// Queues an event already applied to the state (a restart's, which
+    /// needs the history's batches this runner does not keep).
+    pub(super) fn queue_applied(&mut self, event: Event) {
+        self.restarted |= matches!(event.kind, EventKind::Restarted { .. });
+        self.queued.push(event);
+    }
+
+    pub(super) fn announce(&self, what: &str) {
+        let db = self.store.location();
         let run = &self.state.run;
         let workflow = &self.state.workflow;
         match &self.picture {
             Some(p) => {
-                info!(run = %run, workflow = %workflow, db = %db, picture = %p.path().display(), "{what}")
+                info!(run = %run, workflow = %workflow, db = %db, picture = %p.display(), "{what}")
             }
             None => info!(run = %run, workflow = %workflow, db = %db, "{what}"),
         }
     }
 
-    async fn finish_outcome(mut self) -> Result<RunOutcome> {
-        let status = self.drive().await?;
+    /// Drives the run to its end, taking signals from `signals`; gives the
+    /// run up (its lease released) once it ended.
+    pub(super) async fn drive(
+        mut self,
+        mut signals: mpsc::UnboundedReceiver<Envelope>,
+    ) -> Result<RunOutcome> {
+        let status = match self.run_loop(&mut signals).await {
+            Ok(status) => status,
+            Err(e) => {
+                // Fenced (taken over) or the store failed: nothing more is
+                // written; the attempts are stopped with their groups.
+                self.kill_running();
+                warn!(run = %self.state.run, error = %e, "this engine stops driving the run");
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.release(&self.lease) {
+            warn!(run = %self.state.run, error = %e, "cannot release the run's lease");
+        }
         Ok(RunOutcome {
             run: self.state.run.clone(),
             status,
             reason: self.state.reason.clone(),
-            db: self
-                .store
-                .path()
+            db: PathBuf::from(self.store.location())
                 .canonicalize()
-                .unwrap_or_else(|_| self.store.path().to_path_buf()),
-            picture: self.picture.as_ref().map(|p| p.path().to_path_buf()),
+                .unwrap_or_else(|_| PathBuf::from(self.store.location())),
+            picture: self.picture.clone(),
         })
     }
 
@@ -632,7 +245,7 @@ impl Runner {
         if *want != point || at != node {
             return;
         }
-        if matches!(point, Fault::AfterSpawn | Fault::AfterCommit) {
+        if point.flushes_first() {
             let _ = self.flush();
         }
         warn!(point = ?point, node = %node, "ORCH_FAULT: the orchestrator dies here");
@@ -642,19 +255,14 @@ impl Runner {
         }
     }
 
-    fn id(&self, i: usize) -> String {
+    pub(super) fn id(&self, i: usize) -> String {
         self.state.graph.node(i).id.clone()
     }
 
     /// Applies an event to the in-memory state, queues it for the next
     /// flush, and re-examines the readiness of the nodes it touched.
-    fn emit(&mut self, kind: EventKind) {
-        let ev = Event {
-            seq: self.state.last_seq + 1,
-            at: time::now(),
-            kind,
-        };
-        let touched = self.state.apply(&ev);
+    pub(super) fn emit(&mut self, kind: EventKind) {
+        let (ev, touched) = self.state.push(kind);
         match &ev.kind {
             EventKind::NodeState { node, state } => {
                 let i = self.state.graph.position(node).expect("known node");
@@ -679,7 +287,7 @@ impl Runner {
     }
 
     /// Moves a node between `pending` and `ready` as its predecessors say.
-    fn refresh(&mut self, i: usize) {
+    pub(super) fn refresh(&mut self, i: usize) {
         let g = &self.state.graph;
         let want = match (g.node(i).state, g.unmet(i)) {
             (NodeState::Pending, 0) if !self.gated(i) && !self.retry_at.contains_key(&i) => {
@@ -758,47 +366,42 @@ impl Runner {
         }
     }
 
-    /// Writes the queued events and logs in one transaction.
-    fn flush(&mut self) -> Result<()> {
-        if self.queued.is_empty() && self.logs.is_empty() {
+    /// Writes the queued events, logs and taken signals in one
+    /// transaction fenced by the lease, then tells the observers.
+    pub(super) fn flush(&mut self) -> Result<()> {
+        if self.queued.is_empty() && self.logs.is_empty() && self.taken.is_empty() {
             return Ok(());
         }
-        self.store
-            .commit(&self.state.run, &self.queued, &self.logs)?;
-        let events = !self.queued.is_empty();
-        self.queued.clear();
+        self.store.commit(
+            &self.lease,
+            &self.state,
+            &self.queued,
+            &self.logs,
+            &self.taken,
+        )?;
         self.enablers.clear();
         self.logs.clear();
-        if let Some(p) = self.picture.as_mut().filter(|_| events) {
-            p.update(&self.state, self.state.status.is_terminal());
+        self.taken.clear();
+        let events = std::mem::take(&mut self.queued);
+        if !events.is_empty() {
+            for o in &self.observers {
+                o.committed(&self.state, &events);
+            }
         }
         Ok(())
     }
 
-    async fn drive(&mut self) -> Result<RunStatus> {
-        // Controls (pause, unpause, cancel) come through SQLite from any
-        // process; they are polled while the run waits, and every
-        // CONTROL_POLL while reports keep it busy.
-        let mut poll = tokio::time::interval(CONTROL_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_controls = tokio::time::Instant::now() + CONTROL_POLL;
+    async fn run_loop(
+        &mut self,
+        signals: &mut mpsc::UnboundedReceiver<Envelope>,
+    ) -> Result<RunStatus> {
         loop {
-            self.take_inputs()?;
             self.schedule()?;
             let paused = self.state.status == RunStatus::Paused && !self.cancelling;
-            let waiting = !self.waiting.is_empty()
-                && self.failure.is_none()
-                && self.broken.is_none()
-                && !self.cancelling;
-            let backing_off = !self.retry_at.is_empty()
-                && self.failure.is_none()
-                && self.broken.is_none()
-                && !self.cancelling;
-            let holding = self.hold.is_some()
-                && !self.ready.is_empty()
-                && self.failure.is_none()
-                && self.broken.is_none()
-                && !self.cancelling;
+            let going = self.failure.is_none() && self.broken.is_none() && !self.cancelling;
+            let waiting = !self.waiting.is_empty() && going;
+            let backing_off = !self.retry_at.is_empty() && going;
+            let holding = self.hold.is_some() && !self.ready.is_empty() && going;
             if self.running.is_empty() && !paused && !backing_off && !waiting && !holding {
                 let status = self.finish();
                 self.flush()?;
@@ -808,27 +411,31 @@ impl Runner {
             // Group commit: reports that are already there are handled
             // without writing first. Nothing waits on the queued events
             // meanwhile: a node whose start depends on them flushes first
-            // (see `start`), and they are written before the loop waits.
+            // (see `schedule`), and they are written before the loop waits.
             if let Ok(report) = self.reports_rx.try_recv() {
                 self.handle(report);
-                let now = tokio::time::Instant::now();
-                if now >= next_controls {
-                    next_controls = now + CONTROL_POLL;
-                    self.take_controls()?;
-                }
-                if next_retry.is_some_and(|t| t <= now) {
+                if next_retry.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     self.release_retries();
                 }
                 continue;
             }
             self.flush()?;
             tokio::select! {
+                biased;
+                envelope = signals.recv() => match envelope {
+                    Some(Envelope::Signal(id, signal)) => self.take_signal(id, signal)?,
+                    Some(Envelope::Lost) => {
+                        return Err(Error::Fenced {
+                            run: self.state.run.clone(),
+                            epoch: self.lease.epoch,
+                            owner: "another engine took it over (its lease renewal found the run gone)".into(),
+                        })
+                    }
+                    // The engine is gone: nobody can signal any more.
+                    None => std::future::pending::<()>().await,
+                },
                 report = self.reports_rx.recv() => {
                     self.handle(report.expect("the runner holds a sender"));
-                }
-                _ = poll.tick() => {
-                    next_controls = tokio::time::Instant::now() + CONTROL_POLL;
-                    self.take_controls()?;
                 }
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
@@ -852,69 +459,80 @@ impl Runner {
         }
     }
 
-    /// Gives waiting input nodes the values delivered to them.
-    fn take_inputs(&mut self) -> Result<()> {
-        if self.cancelling || self.broken.is_some() {
-            return Ok(());
+    /// Acts on a signal; a stored one is marked taken with what it did.
+    fn take_signal(&mut self, id: Option<SignalId>, signal: Signal) -> Result<()> {
+        if let Some(id) = id {
+            if !self.seen.insert(id) {
+                return Ok(());
+            }
+            self.taken.push(id);
         }
-        for i in self.waiting.clone() {
-            let node = self.id(i);
-            let Some(value) = self.store.take_input(&self.state.run, &node)? else {
-                continue;
-            };
-            self.waiting.remove(&i);
-            let attempt = self.state.last_attempt(i);
-            info!(node = %node, "input delivered");
-            self.emit(EventKind::Output {
-                node: node.clone(),
-                value,
-            });
-            self.emit(EventKind::AttemptFinished {
-                node: node.clone(),
-                attempt,
-                outcome: AttemptOutcome::Succeeded,
-                exit_code: None,
-                error: None,
-            });
-            self.emit(EventKind::NodeState {
-                node,
-                state: NodeState::Succeeded,
-            });
-            // The value was taken from the inputs table: its output is
-            // written before anything else happens.
-            self.flush()?;
+        info!(run = %self.state.run, signal = signal.as_str(), "signal taken");
+        match signal {
+            Signal::Pause if self.state.status == RunStatus::Running => {
+                self.emit(EventKind::RunStatus {
+                    status: RunStatus::Paused,
+                    reason: None,
+                });
+            }
+            Signal::Unpause if self.state.status == RunStatus::Paused => {
+                self.emit(EventKind::RunStatus {
+                    status: RunStatus::Running,
+                    reason: None,
+                });
+            }
+            Signal::Cancel if !self.cancelling => {
+                self.cancelling = true;
+                self.stop_waiting("cancelled while waiting for input");
+                self.kill_running();
+            }
+            Signal::Input { node, value } => {
+                let target = self.state.graph.position(&node).filter(|&i| {
+                    let n = self.state.graph.node(i);
+                    matches!(n.task.exec, Exec::Input {}) && !n.state.is_terminal()
+                });
+                match target {
+                    Some(i) if self.waiting.contains(&i) => self.deliver(i, value),
+                    Some(i) => {
+                        // Not waiting yet: kept until it does. Taken only
+                        // then, so a crash meanwhile loses nothing.
+                        if let Some(id) = id {
+                            self.taken.retain(|t| *t != id);
+                        }
+                        self.inbox.entry(i).or_default().push_back((id, value));
+                    }
+                    None => {
+                        warn!(run = %self.state.run, node = %node, "input for a node that no longer waits for one; ignored");
+                    }
+                }
+            }
+            _ => {}
         }
-        Ok(())
+        // What the signal did is written with it, before anything else.
+        self.flush()
     }
 
-    /// Applies the control requests stored since the last look.
-    fn take_controls(&mut self) -> Result<()> {
-        for control in self.store.take_controls(&self.state.run)? {
-            info!(run = %self.state.run, control = control.as_str(), "control taken");
-            match control {
-                Control::Pause if self.state.status == RunStatus::Running => {
-                    self.emit(EventKind::RunStatus {
-                        status: RunStatus::Paused,
-                        reason: None,
-                    });
-                }
-                Control::Unpause if self.state.status == RunStatus::Paused => {
-                    self.emit(EventKind::RunStatus {
-                        status: RunStatus::Running,
-                        reason: None,
-                    });
-                }
-                Control::Cancel if !self.cancelling => {
-                    self.cancelling = true;
-                    self.stop_waiting("cancelled while waiting for input");
-                    self.kill_running();
-                }
-                _ => {}
-            }
-            // The request was marked taken: what it did is written now.
-            self.flush()?;
-        }
-        Ok(())
+    /// Makes `value` the output of waiting input node `i`.
+    fn deliver(&mut self, i: usize, value: Value) {
+        self.waiting.remove(&i);
+        let node = self.id(i);
+        let attempt = self.state.last_attempt(i);
+        info!(node = %node, "input delivered");
+        self.emit(EventKind::Output {
+            node: node.clone(),
+            value,
+        });
+        self.emit(EventKind::AttemptFinished {
+            node: node.clone(),
+            attempt,
+            outcome: AttemptOutcome::Succeeded,
+            exit_code: None,
+            error: None,
+        });
+        self.emit(EventKind::NodeState {
+            node,
+            state: NodeState::Succeeded,
+        });
     }
 
     /// Starts ready nodes while slots are free, lowest position first.
@@ -985,6 +603,11 @@ impl Runner {
                 pid: None,
             });
             self.waiting.insert(i);
+            // A value that arrived before the node waited is its output.
+            if let Some((id, value)) = self.inbox.get_mut(&i).and_then(VecDeque::pop_front) {
+                self.taken.extend(id);
+                self.deliver(i, value);
+            }
             return;
         }
         let inputs =
@@ -1249,7 +872,7 @@ impl Runner {
 
     /// Ends an attempt and puts its node in `state` (`ready` again for a
     /// retry).
-    fn end_attempt(
+    pub(super) fn end_attempt(
         &mut self,
         i: usize,
         attempt: u32,

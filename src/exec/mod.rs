@@ -28,8 +28,8 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::exec::fork::{ForkExit, ForkServer, Forked, Request};
-use crate::model::{Exec, Mutation, Task};
 use crate::exec::protocol::{Body, Line, Start};
+use crate::model::{Exec, Mutation, Task};
 use crate::store::LogLine;
 
 /// A protocol line (or log line) longer than this fails the attempt (or

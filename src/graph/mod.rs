@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::error::StructuralError;
 use crate::model::{output_refs, Attrs, Mutation, NodeState, Task};
-use crate::promise::Promise;
 use crate::promise::shape::{Region, RegionNode};
+use crate::promise::Promise;
 
 /// A node as the runtime holds it.
 #[derive(Clone, Debug, PartialEq)]

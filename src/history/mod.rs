@@ -378,6 +378,19 @@ impl RunState {
         }
     }
 
+    /// Applies a new event of `kind`, numbered after the last one and
+    /// stamped now; returns it with the nodes it touched (as
+    /// [`RunState::apply`]).
+    pub(crate) fn push(&mut self, kind: EventKind) -> (Event, Vec<usize>) {
+        let ev = Event {
+            seq: self.last_seq + 1,
+            at: crate::time::now(),
+            kind,
+        };
+        let touched = self.apply(&ev);
+        (ev, touched)
+    }
+
     /// The number the next attempt of node `i` gets.
     pub fn next_attempt(&self, i: usize) -> u32 {
         let used = self.facts[i]

@@ -4,6 +4,10 @@
 //! produces, what a task sends over the protocol and what the event log
 //! stores. The runtime knows no other structure (SPEC §2).
 
+mod definition;
+
+pub use definition::Definition;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;

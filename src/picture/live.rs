@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use crate::history::RunState;
 use crate::picture::outlook::{self, Outlook};
 use crate::picture::render;
-use crate::history::RunState;
 
 pub(crate) struct LivePicture {
     path: PathBuf,
@@ -61,10 +61,6 @@ impl LivePicture {
             last: None,
             cost,
         }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Draws `state` if a redraw is due (or `last`), then, when `last`,

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Graph;
-use crate::model::{Attrs, NodeState, RunStatus};
-use crate::promise::{self, Promise, RegionState};
-use crate::promise::shape::Shape;
 use crate::history::RunState;
+use crate::model::{Attrs, NodeState, RunStatus};
+use crate::promise::shape::Shape;
+use crate::promise::{self, Promise, RegionState};
 
 /// What a picture node stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +98,8 @@ pub struct Options {
     /// Unlimited by default (`orch export --format svg` draws everything).
     ///
     /// ```
-    /// use orch::{outlook, Mutation, RunState, Task};
+    /// use orch::picture::outlook;
+    /// use orch::{Mutation, RunState, Task};
     /// let mut state = RunState::new("r");
     /// let nodes: Vec<Mutation> = (0..5)
     ///     .map(|i| Mutation::add_node(format!("n{i}"), Task::python("t.py")))
@@ -168,7 +169,8 @@ fn shape_label(s: &Shape) -> String {
 /// The picture of a run at the moment `state` was folded to.
 ///
 /// ```
-/// use orch::{outlook, RunState};
+/// use orch::picture::outlook;
+/// use orch::RunState;
 /// let state = RunState::new("r");
 /// let o = outlook::outlook(&state, outlook::Options::default());
 /// assert!(o.nodes.is_empty());

@@ -26,9 +26,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::promise::glob::Selector;
 use crate::graph::{Graph, Staging};
 use crate::model::Mutation;
+use crate::promise::glob::Selector;
 use crate::promise::shape::{Region, Shape};
 
 /// A promise about every future batch.

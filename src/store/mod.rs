@@ -1,5 +1,228 @@
-//! Where runs live: the history of every run and its materialised views.
+//! Where runs live: the append-only history of every run, its
+//! materialised views, run leases and the signals sent to runs.
+//!
+//! [`Store`] is the seam every backend implements; [`SqliteStore`] is
+//! the embedded default. The history is folded into state by one
+//! function alone, [`RunState::apply`]: a backend writes its views from
+//! the folded state it is handed, never by interpreting events itself.
+//! A backend proves itself with the [`conformance`] suite (behind the
+//! `testing` feature).
 
+pub mod lease;
 mod sqlite;
 
-pub use sqlite::*;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+use serde_json::Value;
+
+pub use lease::{Lease, Owner, OwnerRecord};
+pub use sqlite::{default_path, SqliteStore, DB_ENV};
+
+use crate::error::{Error, Result};
+use crate::history::{Event, RunExport, RunState};
+use crate::model::Mutation;
+
+/// One line of an attempt's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// The node id.
+    pub node: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// Line number within the attempt, from 1.
+    pub line: u32,
+    /// `stdout`, `stderr` or `log` (a protocol `log` message, with its
+    /// level as a prefix).
+    pub stream: String,
+    /// The text, without the newline.
+    pub text: String,
+}
+
+/// What a person (or program) can ask of a live run.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// No new task starts; running ones finish.
+    Pause,
+    /// Tasks start again.
+    Unpause,
+    /// Running tasks are killed with their process groups; the run ends
+    /// `cancelled`.
+    Cancel,
+    /// A value for a node whose task is [`crate::Task::input`]: it becomes
+    /// the node's output (at once if the node waits, else when it starts
+    /// waiting).
+    Input {
+        /// The input node.
+        node: String,
+        /// The value.
+        value: Value,
+    },
+}
+
+impl Signal {
+    /// The word stored and shown.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Signal::Pause => "pause",
+            Signal::Unpause => "unpause",
+            Signal::Cancel => "cancel",
+            Signal::Input { .. } => "input",
+        }
+    }
+}
+
+/// The control signals by name (`pause`, `unpause`, `cancel`).
+impl std::str::FromStr for Signal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Signal, String> {
+        match s {
+            "pause" => Ok(Signal::Pause),
+            "unpause" => Ok(Signal::Unpause),
+            "cancel" => Ok(Signal::Cancel),
+            other => Err(format!(
+                "unknown control `{other}` (pause, unpause or cancel)"
+            )),
+        }
+    }
+}
+
+/// Names a stored signal, so that the run that acts on it marks it taken
+/// in the same transaction as what it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SignalId(pub i64);
+
+/// A stored signal no run has taken yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    /// Its id.
+    pub id: SignalId,
+    /// The run it is for.
+    pub run: String,
+    /// What it asks.
+    pub signal: Signal,
+}
+
+/// A line of `orch runs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run id.
+    pub id: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The status.
+    pub status: String,
+    /// When it started.
+    pub created_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// How many nodes it has.
+    pub nodes: u64,
+}
+
+/// A run's first two events: `run_started`, then the registration batch.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    /// The run id.
+    pub run: &'a str,
+    /// The `run_started` event (sequence 1).
+    pub started: &'a Event,
+    /// Sequence number and time of the registration's `batch_committed`.
+    pub batch: (u64, &'a str),
+    /// The workflow's mutations as validation accepts them (an empty task
+    /// name is the node's id).
+    pub mutations: &'a [Mutation],
+}
+
+/// The history of runs and everything beside it that must survive a
+/// crash. Implementations are shared by every run of an engine and by
+/// threads (`Send + Sync`); each call is one short transaction, and the
+/// engine makes them only where a run must wait for durability anyway
+/// (before a start that depends on a commit, before it waits for
+/// reports), so a call never sits in a hot path twice.
+///
+/// Errors name the store and never expose a driver's types.
+pub trait Store: Send + Sync {
+    /// The database as messages name it (a path or a URL without
+    /// credentials).
+    fn location(&self) -> String;
+
+    /// Creates a run owned by `owner` at epoch 1 and writes its first two
+    /// events with their views. The transaction commits only if `go`
+    /// (called once everything is written, typically waiting for the
+    /// validation that runs meanwhile) says so; otherwise nothing is kept
+    /// and the answer is `None`.
+    fn register(
+        &self,
+        owner: &Owner,
+        registration: Registration<'_>,
+        go: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Lease>>;
+
+    /// Takes a run over for `owner`, bumping its epoch, if
+    /// [`lease::may_take_over`] allows it (with `force`, also from a live
+    /// owner). Two takeovers racing: one wins, the other gets
+    /// [`Error::Owned`] naming the winner.
+    fn take_over(&self, run: &str, owner: &Owner, force: bool) -> Result<Lease>;
+
+    /// Extends every lease `owner` holds on runs that have not ended by
+    /// its TTL; returns the runs of `leases` it no longer holds (taken
+    /// over meanwhile), which it must stop driving.
+    fn renew(&self, owner: &Owner, leases: &[Lease]) -> Result<Vec<String>>;
+
+    /// Gives a run up: the next engine may take it over at once.
+    fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Who owns a run, as recorded.
+    fn owner(&self, run: &str) -> Result<OwnerRecord>;
+
+    /// Appends events (already applied to `state`, the fold that includes
+    /// them) and log lines, marks `taken` signals as taken, and updates
+    /// the views from `state`: one transaction, fenced by `lease`
+    /// ([`Error::Fenced`] when the run has another owner or epoch now).
+    fn commit(
+        &self,
+        lease: &Lease,
+        state: &RunState,
+        events: &[Event],
+        logs: &[LogLine],
+        taken: &[SignalId],
+    ) -> Result<()>;
+
+    /// Resolves `latest`, a full run id or a unique prefix of one.
+    fn resolve_run(&self, what: &str) -> Result<String>;
+
+    /// Every run, newest first.
+    fn runs(&self) -> Result<Vec<RunSummary>>;
+
+    /// The history of a run, in order; with `upto`, only the events up to
+    /// and including that sequence number.
+    fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>>;
+
+    /// Rebuilds a run's state from its history alone.
+    fn replay(&self, run: &str, upto: Option<u64>) -> Result<RunState> {
+        let events = self.events(run, upto)?;
+        if events.is_empty() {
+            return Err(Error::UnknownRun(run.to_string()));
+        }
+        Ok(RunState::replay(run, &events))
+    }
+
+    /// The export of a run, read from the views.
+    fn export(&self, run: &str) -> Result<RunExport>;
+
+    /// The log lines of a node's attempts (all when `attempt` is `None`).
+    fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>>;
+
+    /// Stores a signal for a run that has not ended (an input only for an
+    /// input node that has not finished); its owner takes it.
+    fn request(&self, run: &str, signal: &Signal) -> Result<SignalId>;
+
+    /// The stored signals no run took yet, oldest first, for runs that
+    /// have not ended.
+    fn pending(&self) -> Result<Vec<Pending>>;
+
+    /// Checks the database's own consistency.
+    fn integrity_check(&self) -> Result<()>;
+}

@@ -1,26 +1,48 @@
 //! The SQLite store: one file per workspace, WAL, an append-only event log
 //! plus materialized tables (runs, nodes, edges, attempts, outputs,
-//! promises, violations, logs).
+//! promises, violations, logs), run leases and stored signals.
 //!
 //! Every write is one transaction that appends events and updates the
 //! tables together, so the tables always equal the fold of the log (see
-//! [`Store::replay`]).
+//! [`Store::replay`]). One connection serves every run of an engine: its
+//! writes are short transactions taken in turn.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::Value;
 
+use super::lease::{self, Lease, Owner, OwnerRecord};
+use super::{LogLine, Pending, Registration, RunSummary, Signal, SignalId, Store};
 use crate::error::{Error, Result};
 use crate::graph::merge_attrs;
+use crate::history::{
+    AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState,
+};
 use crate::model::{output_refs, Attrs, Mutation, Origin, RunStatus, Task};
-use crate::history::{AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState};
 
 /// The environment variable that overrides the database path.
 pub const DB_ENV: &str = "ORCH_DB";
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added run leases (`owner_id`, `owner`, `epoch`,
+/// `lease_until`) and the `signals` table (replacing `controls` and
+/// `inputs`, which a migrated database keeps unused).
+const SCHEMA_VERSION: i64 = 2;
+
+/// What a version-1 database needs to become version 2 (before `SCHEMA`,
+/// whose `CREATE ... IF NOT EXISTS` adds the new tables).
+const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE runs ADD COLUMN owner_id TEXT;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// The store's clock, in milliseconds since the Unix epoch: leases expire
+/// by it, never by a host's idea of the time.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runs (
@@ -32,7 +54,11 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at TEXT NOT NULL,
     finished_at TEXT,
     config TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    owner_id TEXT,
+    owner TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    lease_until INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL,
@@ -97,92 +123,17 @@ CREATE TABLE IF NOT EXISTS logs (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
-CREATE TABLE IF NOT EXISTS controls (
+CREATE TABLE IF NOT EXISTS signals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run TEXT NOT NULL,
-    command TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    value TEXT,
     requested_at TEXT NOT NULL,
     taken_at TEXT
 );
-CREATE INDEX IF NOT EXISTS controls_run ON controls (run, taken_at);
-CREATE TABLE IF NOT EXISTS inputs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run TEXT NOT NULL,
-    node TEXT NOT NULL,
-    value TEXT NOT NULL,
-    delivered_at TEXT NOT NULL,
-    taken_at TEXT
-);
-CREATE INDEX IF NOT EXISTS inputs_run ON inputs (run, taken_at);
+CREATE INDEX IF NOT EXISTS signals_open ON signals (taken_at, id);
 "#;
-
-/// One line of an attempt's log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
-    /// The node id.
-    pub node: String,
-    /// The attempt number.
-    pub attempt: u32,
-    /// Line number within the attempt, from 1.
-    pub line: u32,
-    /// `stdout`, `stderr` or `log` (a protocol `log` message, with its
-    /// level as a prefix).
-    pub stream: String,
-    /// The text, without the newline.
-    pub text: String,
-}
-
-/// What a person (or program) can ask of a live run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// No new task starts; running ones finish.
-    Pause,
-    /// Tasks start again.
-    Unpause,
-    /// Running tasks are killed with their process groups; the run ends
-    /// `cancelled`.
-    Cancel,
-}
-
-impl Control {
-    /// The word stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Control::Pause => "pause",
-            Control::Unpause => "unpause",
-            Control::Cancel => "cancel",
-        }
-    }
-}
-
-impl std::str::FromStr for Control {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Control, String> {
-        match s {
-            "pause" => Ok(Control::Pause),
-            "unpause" => Ok(Control::Unpause),
-            "cancel" => Ok(Control::Cancel),
-            other => Err(format!("unknown control `{other}`")),
-        }
-    }
-}
-
-/// A line of `orch runs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunSummary {
-    /// The run id.
-    pub id: String,
-    /// The workflow's name.
-    pub workflow: String,
-    /// The status.
-    pub status: String,
-    /// When it started.
-    pub created_at: String,
-    /// When it ended.
-    pub finished_at: Option<String>,
-    /// How many nodes it has.
-    pub nodes: u64,
-}
 
 /// The database path: `ORCH_DB` if set, else `.orch/orch.db` under the
 /// current directory.
@@ -198,32 +149,42 @@ pub fn default_path() -> PathBuf {
     }
 }
 
-/// A connection to the database file.
-pub struct Store {
-    conn: Connection,
+/// An orch database in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed, with its folder) the database at `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+    ///
+    /// ```
+    /// use orch::store::{SqliteStore, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = SqliteStore::open(dir.path().join("orch.db"))?;
+    /// assert!(store.runs()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating folder {}", dir.display()), e))?;
         }
-        Store::connect(path)
+        SqliteStore::connect(path)
     }
 
     /// Opens an existing database; an error naming the path if there is
     /// none (the CLI never creates one).
-    pub fn open_existing(path: impl AsRef<Path>) -> Result<Store> {
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
             return Err(Error::io(
@@ -234,61 +195,64 @@ impl Store {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         }
-        Store::connect(path)
+        SqliteStore::connect(path)
     }
 
-    fn connect(path: PathBuf) -> Result<Store> {
-        let conn = Connection::open(&path).map_err(|source| Error::Store {
-            path: path.clone(),
-            source,
-        })?;
-        let store = Store { conn, path };
-        store.init()?;
-        Ok(store)
+    fn connect(path: PathBuf) -> Result<SqliteStore> {
+        let conn = Connection::open(&path).map_err(wrapper(&path))?;
+        SqliteStore::init(&conn, &path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
         wrapper(&self.path)(source)
     }
 
-    fn init(&self) -> Result<()> {
-        self.conn
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(|e| self.err(e))?;
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| self.err(e))?;
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| self.err(e))?;
-        let version: i64 = self
-            .conn
+    /// The connection; a panic of another holder leaves it usable (every
+    /// write is a transaction, rolled back when its guard dropped).
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn init(conn: &Connection, path: &Path) -> Result<()> {
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(wrapper(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrapper(path))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrapper(path))?;
+        let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+            .map_err(wrapper(path))?;
         if version > SCHEMA_VERSION {
             return Err(Error::Corrupt {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 message: format!(
                     "schema version {version} is newer than this orch understands ({SCHEMA_VERSION})"
                 ),
             });
         }
-        self.conn.execute_batch(SCHEMA).map_err(|e| self.err(e))?;
+        if version == 1 {
+            conn.execute_batch(MIGRATE_1_TO_2).map_err(wrapper(path))?;
+        }
+        conn.execute_batch(SCHEMA).map_err(wrapper(path))?;
         // Room for the multi-row statements of big batches beside the
         // per-event ones.
-        self.conn.set_prepared_statement_cache_capacity(32);
-        self.conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(|e| self.err(e))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(wrapper(path))?;
         // A testing aid: simulate a full disk once the file reaches this
         // many pages (SQLite's max_page_count is per connection).
+        #[cfg(feature = "testing")]
         if let Some(pages) = std::env::var("ORCH_TEST_MAX_PAGES")
             .ok()
             .and_then(|p| p.parse::<i64>().ok())
         {
-            self.conn
-                .pragma_update(None, "max_page_count", pages)
-                .map_err(|e| self.err(e))?;
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(wrapper(path))?;
         }
         Ok(())
     }
@@ -298,196 +262,9 @@ impl Store {
         &self.path
     }
 
-    /// Appends events (already applied to the in-memory state) and log
-    /// lines in one transaction, updating the materialized tables.
-    pub fn commit(&mut self, run: &str, events: &[Event], logs: &[LogLine]) -> Result<()> {
-        let path = self.path.clone();
-        let wrap = wrapper(&path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        for e in events {
-            write_event(&tx, run, e).map_err(wrap)?;
-        }
-        if let Some(last) = events.last() {
-            set_last_seq(&tx, run, last.seq).map_err(wrap)?;
-        }
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT INTO logs (run, node, attempt, line, stream, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(wrap)?;
-            for l in logs {
-                ins.execute(params![run, l.node, l.attempt, l.line, l.stream, l.text])
-                    .map_err(wrap)?;
-            }
-        }
-        tx.commit().map_err(wrap)
-    }
-
-    /// Writes the first two events of a run in one transaction: `started`
-    /// (its `run_started`) and, as event `seq` at `at`, the registration
-    /// batch made of the workflow's `mutations` as validation accepts them
-    /// (an empty task name is the node's id), with their materialized
-    /// rows. The transaction commits only if `go` (called once everything
-    /// is written, typically waiting for the validation that runs
-    /// meanwhile) says so; otherwise nothing is kept and the answer is
-    /// `false`.
-    pub(crate) fn commit_registration(
-        &mut self,
-        run: &str,
-        started: &Event,
-        (seq, at): (u64, &str),
-        mutations: &[Mutation],
-        go: impl FnOnce() -> bool,
-    ) -> Result<bool> {
-        let path = self.path.clone();
-        let wrap = wrapper(&path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        write_event(&tx, run, started).map_err(wrap)?;
-        {
-            // Serialised and dropped before the rows are written.
-            let data = serde_json::to_string(&RegistrationView {
-                origin: Origin::Registration,
-                mutations: Filled(mutations),
-            })
-            .expect("orch values always serialise");
-            tx.prepare_cached(
-                "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
-            )
-            .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
-            .map_err(wrap)?;
-        }
-        // That JSON, and SQLite's copies of it, are freed by now.
-        crate::release_freed_memory();
-        write_mutations(&tx, run, mutations).map_err(wrap)?;
-        set_last_seq(&tx, run, seq).map_err(wrap)?;
-        if !go() {
-            return Ok(false);
-        }
-        tx.commit().map_err(wrap)?;
-        Ok(true)
-    }
-
-    /// Appends a `restarted` event and rewrites the run's graph tables to
-    /// `state`, the fold that includes it: one transaction.
-    pub fn commit_restart(&mut self, run: &str, event: &Event, state: &RunState) -> Result<()> {
-        let path = self.path.clone();
-        let wrap = wrapper(&path);
-        let tx = self.conn.transaction().map_err(wrap)?;
-        write_event(&tx, run, event).map_err(wrap)?;
-        rewrite_graph(&tx, run, state).map_err(wrap)?;
-        set_last_seq(&tx, run, event.seq).map_err(wrap)?;
-        tx.commit().map_err(wrap)
-    }
-
-    /// Resolves `latest`, a full run id or a unique prefix of one.
-    pub fn resolve_run(&self, what: &str) -> Result<String> {
-        let found: Option<String> = if what == "latest" {
-            self.conn
-                .query_row(
-                    "SELECT id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| self.err(e))?
-        } else {
-            let mut stmt = self
-                .conn
-                .prepare(
-                    "SELECT id FROM runs WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY id LIMIT 3",
-                )
-                .map_err(|e| self.err(e))?;
-            let ids: Vec<String> = stmt
-                .query_map([what], |r| r.get(0))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.err(e))?;
-            match ids.as_slice() {
-                [one] => Some(one.clone()),
-                many if many.iter().any(|i| i == what) => Some(what.to_string()),
-                [] => None,
-                _ => {
-                    return Err(Error::AmbiguousRun {
-                        prefix: what.to_string(),
-                        matches: ids.join(", "),
-                    })
-                }
-            }
-        };
-        found.ok_or_else(|| Error::UnknownRun(what.to_string()))
-    }
-
-    /// Every run, newest first.
-    pub fn runs(&self) -> Result<Vec<RunSummary>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, workflow, status, created_at, finished_at,
-                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id)
-                 FROM runs ORDER BY created_at DESC, rowid DESC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(RunSummary {
-                    id: r.get(0)?,
-                    workflow: r.get(1)?,
-                    status: r.get(2)?,
-                    created_at: r.get(3)?,
-                    finished_at: r.get(4)?,
-                    nodes: r.get::<_, i64>(5)? as u64,
-                })
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e));
-        rows
-    }
-
-    /// The history of a run, in order; with `upto`, only the events up to
-    /// and including that sequence number.
-    pub fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, at, data FROM events WHERE run = ?1 AND seq <= ?2 ORDER BY seq",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows: Vec<(u64, String, String)> = stmt
-            .query_map(params![run, upto.map_or(i64::MAX, |u| u as i64)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e))?;
-        rows.into_iter()
-            .map(|(seq, at, data)| {
-                let kind: EventKind = serde_json::from_str(&data).map_err(|e| Error::Corrupt {
-                    path: self.path.clone(),
-                    message: format!("run {run} event {seq} does not parse: {e}"),
-                })?;
-                Ok(Event { seq, at, kind })
-            })
-            .collect()
-    }
-
-    /// Rebuilds a run's state from its event log alone.
-    pub fn replay(&self, run: &str, upto: Option<u64>) -> Result<RunState> {
-        let events = self.events(run, upto)?;
-        if events.is_empty() {
-            return Err(Error::UnknownRun(run.to_string()));
-        }
-        Ok(RunState::replay(run, &events))
-    }
-
-    /// The export of a run, read from the materialized tables.
-    pub fn export(&self, run: &str) -> Result<RunExport> {
-        self.read_export(run).map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Error::UnknownRun(run.to_string()),
-            other => self.err(other),
-        })
-    }
-
     fn read_export(&self, run: &str) -> rusqlite::Result<RunExport> {
-        let c = &self.conn;
+        let c = self.lock();
+        let c = &*c;
         let mut ex = c.query_row(
             "SELECT workflow, status, reason, orchestrator_pid, created_at, finished_at, last_seq FROM runs WHERE id = ?1",
             [run],
@@ -585,11 +362,361 @@ impl Store {
         Ok(ex)
     }
 
+    /// Reads a run's owner row.
+    fn owner_row(
+        c: &Connection,
+        run: &str,
+    ) -> rusqlite::Result<Option<(OwnerRecord, String, i64)>> {
+        c.query_row(
+            &format!("SELECT owner, epoch, lease_until, status, {NOW_MS} FROM runs WHERE id = ?1"),
+            [run],
+            |r| {
+                let owner: Option<String> = r.get(0)?;
+                Ok((
+                    OwnerRecord {
+                        owner: owner.and_then(|o| serde_json::from_str(&o).ok()),
+                        epoch: r.get::<_, i64>(1)? as u64,
+                        until_ms: r.get(2)?,
+                    },
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .optional()
+    }
+
+    /// The error for a write fenced off `lease`.
+    fn fenced(&self, c: &Connection, lease: &Lease) -> Error {
+        let now = SqliteStore::owner_row(c, &lease.run).ok().flatten();
+        Error::Fenced {
+            run: lease.run.clone(),
+            epoch: lease.epoch,
+            owner: match now {
+                Some((rec, ..)) => match rec.owner {
+                    Some(o) => format!("{} holds it at epoch {}", o.describe(), rec.epoch),
+                    None => format!("it was released at epoch {}", rec.epoch),
+                },
+                None => "the run is gone".into(),
+            },
+        }
+    }
+
+    /// The first lines of a run's `runs` row that a takeover or a signal
+    /// needs: its status.
+    fn status(c: &Connection, run: &str) -> rusqlite::Result<Option<RunStatus>> {
+        c.query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map(|s| s.map(|s| s.parse().unwrap_or(RunStatus::Failed)))
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn register(
+        &self,
+        owner: &Owner,
+        reg: Registration<'_>,
+        go: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Lease>> {
+        let wrap = wrapper(&self.path);
+        let Registration {
+            run,
+            started,
+            batch: (seq, at),
+            mutations,
+        } = reg;
+        let mut c = self.lock();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        write_event(&tx, run, started, None).map_err(wrap)?;
+        {
+            // Serialised and dropped before the rows are written.
+            let data = serde_json::to_string(&RegistrationView {
+                origin: Origin::Registration,
+                mutations: Filled(mutations),
+            })
+            .expect("orch values always serialise");
+            tx.prepare_cached(
+                "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
+            )
+            .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
+            .map_err(wrap)?;
+        }
+        // That JSON, and SQLite's copies of it, are freed by now.
+        crate::release_freed_memory();
+        write_mutations(&tx, run, mutations).map_err(wrap)?;
+        set_last_seq(&tx, run, seq).map_err(wrap)?;
+        tx.prepare_cached(&format!(
+            "UPDATE runs SET owner_id = ?2, owner = ?3, epoch = 1, lease_until = {NOW_MS} + ?4 WHERE id = ?1"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                run,
+                owner.id,
+                to_json(owner),
+                owner.ttl.as_millis() as i64
+            ])
+        })
+        .map_err(wrap)?;
+        if !go() {
+            return Ok(None);
+        }
+        tx.commit().map_err(wrap)?;
+        Ok(Some(Lease::new(run, &owner.id, 1)))
+    }
+
+    fn take_over(&self, run: &str, owner: &Owner, force: bool) -> Result<Lease> {
+        let wrap = wrapper(&self.path);
+        let mut c = self.lock();
+        // IMMEDIATE: two takeovers (in any processes) read and write the
+        // owner row one after the other, so one wins and the other sees it.
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        let (record, _, now) = SqliteStore::owner_row(&tx, run)
+            .map_err(wrap)?
+            .ok_or_else(|| Error::UnknownRun(run.to_string()))?;
+        let verdict = lease::may_take_over(&record, owner, now, force, &crate::host::process_start);
+        if let lease::Verdict::Held(why) = verdict {
+            return Err(Error::Owned {
+                run: run.to_string(),
+                owner: why,
+            });
+        }
+        let epoch = record.epoch + 1;
+        tx.execute(
+            &format!(
+                "UPDATE runs SET owner_id = ?2, owner = ?3, epoch = ?4, lease_until = {NOW_MS} + ?5 WHERE id = ?1"
+            ),
+            params![run, owner.id, to_json(owner), epoch as i64, owner.ttl.as_millis() as i64],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+        Ok(Lease::new(run, &owner.id, epoch))
+    }
+
+    fn renew(&self, owner: &Owner, leases: &[Lease]) -> Result<Vec<String>> {
+        let wrap = wrapper(&self.path);
+        let c = self.lock();
+        c.prepare_cached(&format!(
+            "UPDATE runs SET lease_until = {NOW_MS} + ?2 WHERE owner_id = ?1 AND finished_at IS NULL"
+        ))
+        .and_then(|mut s| s.execute(params![owner.id, owner.ttl.as_millis() as i64]))
+        .map_err(wrap)?;
+        let mut held = std::collections::HashMap::new();
+        {
+            let mut stmt = c
+                .prepare_cached("SELECT id, epoch FROM runs WHERE owner_id = ?1")
+                .map_err(wrap)?;
+            let rows = stmt
+                .query_map([&owner.id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(wrap)?;
+            for row in rows {
+                let (run, epoch) = row.map_err(wrap)?;
+                held.insert(run, epoch);
+            }
+        }
+        Ok(leases
+            .iter()
+            .filter(|l| held.get(&l.run) != Some(&l.epoch))
+            .map(|l| l.run.clone())
+            .collect())
+    }
+
+    fn release(&self, lease: &Lease) -> Result<()> {
+        let c = self.lock();
+        c.execute(
+            "UPDATE runs SET owner_id = NULL, owner = NULL, lease_until = 0
+             WHERE id = ?1 AND owner_id = ?2 AND epoch = ?3",
+            params![lease.run, lease.owner, lease.epoch as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn owner(&self, run: &str) -> Result<OwnerRecord> {
+        let c = self.lock();
+        SqliteStore::owner_row(&c, run)
+            .map_err(|e| self.err(e))?
+            .map(|(rec, ..)| rec)
+            .ok_or_else(|| Error::UnknownRun(run.to_string()))
+    }
+
+    fn commit(
+        &self,
+        lease: &Lease,
+        state: &RunState,
+        events: &[Event],
+        logs: &[LogLine],
+        taken: &[SignalId],
+    ) -> Result<()> {
+        let wrap = wrapper(&self.path);
+        let mut c = self.lock();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        // The fence first: a stale owner writes nothing at all.
+        let fenced = tx
+            .prepare_cached(
+                "UPDATE runs SET last_seq = max(last_seq, ?4) WHERE id = ?1 AND owner_id = ?2 AND epoch = ?3",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    lease.run,
+                    lease.owner,
+                    lease.epoch as i64,
+                    events.last().map_or(0, |e| e.seq as i64),
+                ])
+            })
+            .map_err(wrap)?
+            == 0;
+        if fenced {
+            drop(tx);
+            return Err(self.fenced(&c, lease));
+        }
+        let run = lease.run.as_str();
+        let restarted = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Restarted { .. }));
+        for e in events {
+            write_event(&tx, run, e, Some(state)).map_err(wrap)?;
+        }
+        if restarted {
+            rewrite_graph(&tx, run, state).map_err(wrap)?;
+        }
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO logs (run, node, attempt, line, stream, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(wrap)?;
+            for l in logs {
+                ins.execute(params![run, l.node, l.attempt, l.line, l.stream, l.text])
+                    .map_err(wrap)?;
+            }
+        }
+        if !taken.is_empty() {
+            let mut upd = tx
+                .prepare_cached("UPDATE signals SET taken_at = ?2 WHERE id = ?1")
+                .map_err(wrap)?;
+            let at = crate::time::now();
+            for id in taken {
+                upd.execute(params![id.0, at]).map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Resolves `latest`, a full run id or a unique prefix of one.
+    fn resolve_run(&self, what: &str) -> Result<String> {
+        let c = self.lock();
+        let found: Option<String> = if what == "latest" {
+            c.query_row(
+                "SELECT id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+        } else {
+            let mut stmt = c
+                .prepare(
+                    "SELECT id FROM runs WHERE id = ?1 OR id LIKE ?1 || '%' ORDER BY id LIMIT 3",
+                )
+                .map_err(|e| self.err(e))?;
+            let ids: Vec<String> = stmt
+                .query_map([what], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?;
+            match ids.as_slice() {
+                [one] => Some(one.clone()),
+                many if many.iter().any(|i| i == what) => Some(what.to_string()),
+                [] => None,
+                _ => {
+                    return Err(Error::AmbiguousRun {
+                        prefix: what.to_string(),
+                        matches: ids.join(", "),
+                    })
+                }
+            }
+        };
+        found.ok_or_else(|| Error::UnknownRun(what.to_string()))
+    }
+
+    /// Every run, newest first.
+    fn runs(&self) -> Result<Vec<RunSummary>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare(
+                "SELECT id, workflow, status, created_at, finished_at,
+                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id)
+                 FROM runs ORDER BY created_at DESC, rowid DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RunSummary {
+                    id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    status: r.get(2)?,
+                    created_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    nodes: r.get::<_, i64>(5)? as u64,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    /// The history of a run, in order; with `upto`, only the events up to
+    /// and including that sequence number.
+    fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT seq, at, data FROM events WHERE run = ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(u64, String, String)> = stmt
+            .query_map(params![run, upto.map_or(i64::MAX, |u| u as i64)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(seq, at, data)| {
+                let kind: EventKind = serde_json::from_str(&data).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("run {run} event {seq} does not parse: {e}"),
+                })?;
+                Ok(Event { seq, at, kind })
+            })
+            .collect()
+    }
+
+    /// The export of a run, read from the materialized tables.
+    fn export(&self, run: &str) -> Result<RunExport> {
+        self.read_export(run).map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Error::UnknownRun(run.to_string()),
+            other => self.err(other),
+        })
+    }
+
     /// The log lines of a node's attempts (all attempts when `attempt` is
     /// `None`), in order.
-    pub fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>> {
-        let exists: bool = self
-            .conn
+    fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>> {
+        let c = self.lock();
+        let exists: bool = c
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM nodes WHERE run = ?1 AND id = ?2)",
                 params![run, node],
@@ -602,8 +729,7 @@ impl Store {
                 node: node.to_string(),
             });
         }
-        let mut stmt = self
-            .conn
+        let mut stmt = c
             .prepare(
                 "SELECT attempt, line, stream, text FROM logs
                  WHERE run = ?1 AND node = ?2 AND (?3 IS NULL OR attempt = ?3)
@@ -625,58 +751,107 @@ impl Store {
         rows
     }
 
-    /// Asks the orchestrator of a run to pause, unpause or cancel it. The
-    /// request is stored; the orchestrator takes it within a fraction of a
-    /// second (or when the run is resumed). Refused for a run that ended.
-    pub fn request_control(&self, run: &str, control: Control) -> Result<()> {
-        let status: String = self
-            .conn
-            .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
-            .optional()
+    fn request(&self, run: &str, signal: &Signal) -> Result<SignalId> {
+        let c = self.lock();
+        let status = SqliteStore::status(&c, run)
             .map_err(|e| self.err(e))?
             .ok_or_else(|| Error::UnknownRun(run.to_string()))?;
-        let status: RunStatus = status.parse().unwrap_or(RunStatus::Failed);
         if status.is_terminal() {
             return Err(Error::RunEnded {
                 run: run.to_string(),
                 status: status.to_string(),
-                control: control.as_str().to_string(),
+                control: match signal {
+                    Signal::Input { .. } => "deliver input".into(),
+                    other => other.as_str().to_string(),
+                },
             });
         }
-        self.conn
-            .execute(
-                "INSERT INTO controls (run, command, requested_at) VALUES (?1, ?2, ?3)",
-                params![run, control.as_str(), crate::time::now()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let (node, value) = match signal {
+            Signal::Input { node, value } => {
+                drop(c);
+                self.check_input(run, node)?;
+                (Some(node.as_str()), Some(to_json(value)))
+            }
+            _ => {
+                drop(c);
+                (None, None)
+            }
+        };
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO signals (run, kind, node, value, requested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run, signal.as_str(), node, value, crate::time::now()],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(SignalId(c.last_insert_rowid()))
     }
 
-    /// Takes the control requests of a run not taken yet, oldest first.
-    pub fn take_controls(&self, run: &str) -> Result<Vec<Control>> {
-        let mut stmt = self
-            .conn
+    fn pending(&self) -> Result<Vec<Pending>> {
+        let c = self.lock();
+        let mut stmt = c
             .prepare_cached(
-                "UPDATE controls SET taken_at = ?2 WHERE run = ?1 AND taken_at IS NULL RETURNING id, command",
+                "SELECT s.id, s.run, s.kind, s.node, s.value FROM signals s
+                 JOIN runs r ON r.id = s.run
+                 WHERE s.taken_at IS NULL AND r.finished_at IS NULL ORDER BY s.id",
             )
             .map_err(|e| self.err(e))?;
-        let mut rows: Vec<(i64, String)> = stmt
-            .query_map(params![run, crate::time::now()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
             })
-            .and_then(|rows| rows.collect())
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
-        rows.sort();
         Ok(rows
             .into_iter()
-            .filter_map(|(_, c)| c.parse().ok())
+            .filter_map(|(id, run, kind, node, value)| {
+                let signal = match (kind.as_str(), node) {
+                    ("input", Some(node)) => Signal::Input {
+                        node,
+                        value: value
+                            .and_then(|v| serde_json::from_str(&v).ok())
+                            .unwrap_or(Value::Null),
+                    },
+                    (other, _) => other.parse().ok()?,
+                };
+                Some(Pending {
+                    id: SignalId(id),
+                    run,
+                    signal,
+                })
+            })
             .collect())
     }
 
+    /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.
+    fn integrity_check(&self) -> Result<()> {
+        let c = self.lock();
+        let res: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if res == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Corrupt {
+                path: self.path.clone(),
+                message: res,
+            })
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Refuses an input for a node that is not an input node, or that
+    /// finished.
     /// Delivers a value to a node whose task is [`crate::Task::input`]: it
     /// becomes the node's output when the orchestrator takes it (at once
     /// if the node waits, else when it starts waiting).
-    pub fn deliver_input(&self, run: &str, node: &str, value: &serde_json::Value) -> Result<()> {
+    fn check_input(&self, run: &str, node: &str) -> Result<()> {
         let ex = self.export(run)?;
         if ex.status.is_terminal() {
             return Err(Error::RunEnded {
@@ -706,54 +881,7 @@ impl Store {
                 control: "deliver input to".into(),
             });
         }
-        self.conn
-            .execute(
-                "INSERT INTO inputs (run, node, value, delivered_at) VALUES (?1, ?2, ?3, ?4)",
-                params![run, node, to_json(value), crate::time::now()],
-            )
-            .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// Takes the first value delivered to `node` and not taken yet.
-    pub fn take_input(&self, run: &str, node: &str) -> Result<Option<serde_json::Value>> {
-        let row: Option<(i64, String)> = self
-            .conn
-            .query_row(
-                "SELECT id, value FROM inputs WHERE run = ?1 AND node = ?2 AND taken_at IS NULL ORDER BY id LIMIT 1",
-                params![run, node],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let Some((id, value)) = row else {
-            return Ok(None);
-        };
-        self.conn
-            .execute(
-                "UPDATE inputs SET taken_at = ?2 WHERE id = ?1",
-                params![id, crate::time::now()],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(Some(
-            serde_json::from_str(&value).unwrap_or(serde_json::Value::Null),
-        ))
-    }
-
-    /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.
-    pub fn integrity_check(&self) -> Result<()> {
-        let res: String = self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        if res == "ok" {
-            Ok(())
-        } else {
-            Err(Error::Corrupt {
-                path: self.path.clone(),
-                message: res,
-            })
-        }
     }
 }
 
@@ -791,7 +919,7 @@ fn event_name(kind: &EventKind) -> &'static str {
 fn wrapper(path: &Path) -> impl Fn(rusqlite::Error) -> Error + Copy + '_ {
     move |source| Error::Store {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -802,7 +930,17 @@ fn set_last_seq(tx: &Transaction<'_>, run: &str, seq: u64) -> rusqlite::Result<(
         .map(drop)
 }
 
-fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<()> {
+/// Appends one event and updates the views it touches. Where a view holds
+/// something the fold computes (a node's times, a run's end), the value
+/// is copied from `state`, the fold that includes the event: the store
+/// never folds events itself. Only `run_started` may come without it.
+fn write_event(
+    tx: &Transaction<'_>,
+    run: &str,
+    e: &Event,
+    state: Option<&RunState>,
+) -> rusqlite::Result<()> {
+    let folded = || state.expect("views of a state change are copied from the fold");
     tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![
             run,
@@ -835,16 +973,24 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
                 .execute(params![run, orchestrator_pid])?;
         }
         EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
-        EventKind::NodeState { node, state } => {
-            let running = matches!(state, crate::NodeState::Running | crate::NodeState::Waiting);
-            let terminal = state.is_terminal();
-            tx.prepare_cached(
-                "UPDATE nodes SET state = ?3,
-                    started_at = CASE WHEN ?4 THEN coalesce(started_at, ?6) ELSE started_at END,
-                    finished_at = CASE WHEN ?5 THEN ?6 ELSE NULL END
-                 WHERE run = ?1 AND id = ?2",
-            )?
-            .execute(params![run, node, state.as_str(), running, terminal, e.at])?;
+        EventKind::NodeState { node, .. } => {
+            let st = folded();
+            // A node retracted by a later restart of the same commit is
+            // written by the rewrite.
+            if let Some(i) = st.graph.position(node) {
+                let facts = &st.facts[i];
+                tx.prepare_cached(
+                    "UPDATE nodes SET state = ?3, started_at = ?4, finished_at = ?5
+                     WHERE run = ?1 AND id = ?2",
+                )?
+                .execute(params![
+                    run,
+                    node,
+                    st.graph.node(i).state.as_str(),
+                    facts.started_at,
+                    facts.finished_at
+                ])?;
+            }
         }
         EventKind::AttemptStarted { node, attempt, pid } => {
             tx.prepare_cached(
@@ -881,26 +1027,19 @@ fn write_event(tx: &Transaction<'_>, run: &str, e: &Event) -> rusqlite::Result<(
             .execute(params![run, node, to_json(value)])?;
         }
         EventKind::Restarted { .. } => {
-            // The new generation is written from the folded state by
-            // `commit_restart`.
+            // The new generation is rewritten from the folded state once
+            // the commit's events are written (see `Store::commit`).
         }
         EventKind::PromiseBroken { violation } => {
             tx.prepare_cached("INSERT INTO violations (run, violation) VALUES (?1, ?2)")?
                 .execute(params![run, to_json(violation)])?;
         }
-        EventKind::RunStatus { status, reason } => {
+        EventKind::RunStatus { .. } => {
+            let st = folded();
             tx.prepare_cached(
-                "UPDATE runs SET status = ?2, reason = ?3,
-                    finished_at = CASE WHEN ?4 THEN ?5 ELSE NULL END
-                 WHERE id = ?1",
+                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
             )?
-            .execute(params![
-                run,
-                status.as_str(),
-                reason,
-                status.is_terminal(),
-                e.at
-            ])?;
+            .execute(params![run, st.status.as_str(), st.reason, st.finished_at])?;
         }
     }
     Ok(())
@@ -1343,9 +1482,10 @@ mod tests {
         };
 
         // The reference: one statement per row, the event as it serialises.
-        let mut before = Store::open(dir.path().join("a.db")).unwrap();
-        let tx = before.conn.transaction().unwrap();
-        write_event(&tx, "r", &started()).unwrap();
+        let before = SqliteStore::open(dir.path().join("a.db")).unwrap();
+        let mut conn = before.lock();
+        let tx = conn.transaction().unwrap();
+        write_event(&tx, "r", &started(), None).unwrap();
         tx.execute(
             "INSERT INTO events (run, seq, at, kind, data) VALUES ('r', 2, ?1, 'batch_committed', ?2)",
             params![at, to_json(&batch.kind)],
@@ -1357,16 +1497,17 @@ mod tests {
         tx.execute("UPDATE runs SET last_seq = 2 WHERE id = 'r'", [])
             .unwrap();
         tx.commit().unwrap();
+        drop(conn);
 
-        let mut now = Store::open(dir.path().join("b.db")).unwrap();
+        let now = SqliteStore::open(dir.path().join("b.db")).unwrap();
         let kept = now
-            .commit_registration("r", &started(), (2, at), &muts, || true)
+            .register(&Owner::this_process(), reg(&muts, at), &mut || true)
             .unwrap();
-        assert!(kept);
+        assert!(kept.is_some());
         assert_eq!(now.events("r", None).unwrap(), vec![started(), batch]);
-        let raw = |s: &Store| -> Vec<(i64, String, String, String)> {
-            let mut q = s
-                .conn
+        let raw = |s: &SqliteStore| -> Vec<(i64, String, String, String)> {
+            let c = s.lock();
+            let mut q = c
                 .prepare("SELECT seq, at, kind, data FROM events ORDER BY seq")
                 .unwrap();
             q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -1380,30 +1521,34 @@ mod tests {
         g.commit(&muts).unwrap();
         assert_eq!(now.export("r").unwrap().edges.len(), g.edges().len());
 
-        // And a batch written by `commit` (any later one) too.
-        let mut later = Store::open(dir.path().join("c.db")).unwrap();
-        later
-            .commit(
-                "r",
-                &[started(), now.events("r", None).unwrap()[1].clone()],
-                &[],
-            )
-            .unwrap();
+        // And a batch written the way `commit` writes any later one too.
+        let later = SqliteStore::open(dir.path().join("c.db")).unwrap();
+        let events = now.events("r", None).unwrap();
+        let state = RunState::replay("r", &events);
+        let mut conn = later.lock();
+        let tx = conn.transaction().unwrap();
+        for e in &events {
+            write_event(&tx, "r", e, Some(&state)).unwrap();
+        }
+        set_last_seq(&tx, "r", 2).unwrap();
+        tx.commit().unwrap();
+        drop(conn);
         assert_eq!(later.export("r").unwrap(), before.export("r").unwrap());
     }
 
     #[test]
     fn a_registration_refused_by_its_validation_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path().join("a.db")).unwrap();
+        let store = SqliteStore::open(dir.path().join("a.db")).unwrap();
+        let muts = registration();
         let kept = store
-            .commit_registration("r", &started(), (2, "t"), &registration(), || false)
+            .register(&Owner::this_process(), reg(&muts, "t"), &mut || false)
             .unwrap();
-        assert!(!kept);
+        assert!(kept.is_none());
         assert!(store.runs().unwrap().is_empty());
         assert!(store.events("r", None).unwrap().is_empty());
         let rows: i64 = store
-            .conn
+            .lock()
             .query_row(
                 "SELECT (SELECT count(*) FROM nodes) + (SELECT count(*) FROM edges)",
                 [],
@@ -1413,7 +1558,28 @@ mod tests {
         assert_eq!(rows, 0);
         // The store stays usable.
         assert!(store
-            .commit_registration("r", &started(), (2, "t"), &registration(), || true)
-            .unwrap());
+            .register(&Owner::this_process(), reg(&muts, "t"), &mut || true)
+            .unwrap()
+            .is_some());
+    }
+
+    fn reg<'a>(muts: &'a [Mutation], at: &'a str) -> Registration<'a> {
+        static STARTED: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+        Registration {
+            run: "r",
+            started: STARTED.get_or_init(started),
+            batch: (2, at),
+            mutations: muts,
+        }
+    }
+
+    #[test]
+    fn the_conformance_suite_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::store::conformance::run(&mut || {
+            n += 1;
+            Box::new(SqliteStore::open(dir.path().join(format!("{n}.db"))).unwrap())
+        });
     }
 }

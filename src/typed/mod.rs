@@ -46,9 +46,9 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::model::{Attrs, Task};
-use crate::typed::native::{TaskDef, ITEM};
-use crate::promise::Promise;
 use crate::promise::shape::Shape;
+use crate::promise::Promise;
+use crate::typed::native::{TaskDef, ITEM};
 use crate::workflow::{NodeBuilder, Workflow};
 
 /// A type that can be a task's input or output: it travels as JSON.

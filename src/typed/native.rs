@@ -25,9 +25,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::exec::protocol::{Start, VERSION};
 use crate::model::{output_refs, Task};
 use crate::promise::Promise;
-use crate::exec::protocol::{Start, VERSION};
 use crate::typed::{Call, Node};
 
 /// The environment variable that puts a workflow binary in task mode: it

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command};
 
-use orch::{AttemptOutcome, NodeState, RunStatus, Store};
+use orch::{AttemptOutcome, NodeState, RunStatus, SqliteStore, Store};
 
 use crate::util::*;
 
@@ -38,7 +38,7 @@ fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
     let mut child = start_chain(&space, 6, 300);
     let task_pid = running_pid(&space, "t002");
     kill9(&mut child);
-    let store = Store::open_existing(space.db()).unwrap();
+    let store = SqliteStore::open_existing(space.db()).unwrap();
     let run = store.resolve_run("latest").unwrap();
     assert_eq!(
         store.export(&run).unwrap().status,
@@ -85,7 +85,7 @@ fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
         );
     }
     // One registration batch, no batch applied twice.
-    let events = Store::open_existing(space.db())
+    let events = SqliteStore::open_existing(space.db())
         .unwrap()
         .events(&run, None)
         .unwrap();
@@ -128,7 +128,7 @@ fn a_changed_workflow_is_refused_unless_forced() {
         "{}",
         String::from_utf8_lossy(&forced.stderr)
     );
-    let store = Store::open_existing(space.db()).unwrap();
+    let store = SqliteStore::open_existing(space.db()).unwrap();
     let run = store.resolve_run("latest").unwrap();
     let ex = space.export(&run);
     assert_eq!(ex.status, RunStatus::Succeeded);
@@ -206,7 +206,7 @@ fn a_full_disk_is_a_clean_error_and_the_run_resumes_once_space_is_back() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database or disk is full"), "{err}");
-    let store = Store::open_existing(space.db()).unwrap();
+    let store = SqliteStore::open_existing(space.db()).unwrap();
     store
         .integrity_check()
         .expect("nothing committed was damaged");
@@ -288,7 +288,7 @@ fn restart_retracts_what_the_node_added_and_runs_a_new_generation() {
         "the registered promise stays and was checked again"
     );
     // The old generation stays in history.
-    let events = Store::open_existing(space.db())
+    let events = SqliteStore::open_existing(space.db())
         .unwrap()
         .events(&run, None)
         .unwrap();
@@ -324,7 +324,7 @@ fn an_orchestrator_may_stop_while_a_run_waits_for_input() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let run = Store::open_existing(space.db())
+    let run = SqliteStore::open_existing(space.db())
         .unwrap()
         .resolve_run("latest")
         .unwrap();

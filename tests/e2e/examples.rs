@@ -1,5 +1,6 @@
 //! The four examples keep their final-DAG properties over repeated runs.
 
+use orch::Store as _;
 use std::collections::BTreeSet;
 
 use orch::{NodeState, RunStatus};

@@ -1,6 +1,7 @@
 //! Running tasks: protocol errors, stray prints, exit codes, timeouts,
 //! retries, task kinds, references, parallelism.
 
+use orch::Store as _;
 use std::time::Duration;
 
 use orch::{AttemptOutcome, NodeState, RunStatus, Task};
@@ -423,7 +424,7 @@ fn a_workflow_runs_with_another_executor() {
     let outcome = wf.run().unwrap();
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(*echo.launched.lock().unwrap(), ["a", "b"]);
-    let ex = orch::Store::open(&outcome.db)
+    let ex = orch::SqliteStore::open(&outcome.db)
         .unwrap()
         .export(&outcome.run)
         .unwrap();

@@ -3,6 +3,7 @@
 //! timeouts, cancel, resume), preloaded modules are warm, no state leaks
 //! between attempts, and the fresh-interpreter fallback works.
 
+use orch::Store as _;
 use std::time::Duration;
 
 use orch::{AttemptOutcome, NodeState, RunExport, RunStatus, Task};

@@ -1,5 +1,6 @@
 //! Pictures: the outlook at any moment of a run's history, SVG and DOT.
 
+use orch::Store as _;
 use std::collections::BTreeSet;
 
 use orch::picture::outlook::{outlook, Options, Outlook, PicKind};

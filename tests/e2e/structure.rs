@@ -1,6 +1,7 @@
 //! Every structural rule broken at run time gives a clear error naming the
 //! node ids, and leaves the committed graph untouched.
 
+use orch::Store as _;
 use orch::{RunStatus, Task};
 use serde_json::{json, Value};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use orch::{RunExport, RunOutcome, Store, Workflow};
+use orch::{RunExport, RunOutcome, SqliteStore, Store, Workflow};
 
 /// A temporary folder holding task scripts and the database.
 pub struct Space {
@@ -41,8 +41,8 @@ impl Space {
         wf
     }
 
-    pub fn store(&self) -> Store {
-        Store::open_existing(self.db()).expect("database exists")
+    pub fn store(&self) -> SqliteStore {
+        SqliteStore::open_existing(self.db()).expect("database exists")
     }
 
     /// The export of a run, from the tables; also checks that a rebuild
@@ -168,7 +168,7 @@ pub fn alive(pid: u32) -> bool {
 pub fn wait_for(space: &Space, what: &str, done: impl Fn(&RunExport) -> bool) -> RunExport {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        if let Some(ex) = Store::open_existing(space.db())
+        if let Some(ex) = SqliteStore::open_existing(space.db())
             .ok()
             .and_then(|s| s.resolve_run("latest").ok().and_then(|r| s.export(&r).ok()))
         {

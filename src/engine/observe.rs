@@ -1,0 +1,45 @@
+//! Observers of committed events: the live picture, log followers, tests
+//! waiting for a state. The run loop calls them after each commit, with
+//! the state as of that commit, so nothing polls the store for what
+//! happens in this process.
+
+use std::sync::Mutex;
+
+use crate::history::{Event, RunState};
+use crate::picture::live::LivePicture;
+
+/// Sees every commit of the runs an engine drives
+/// ([`super::Engine::observe`]). Called on the run's task right after the
+/// commit, in commit order per run: keep it quick (hand heavy work to a
+/// thread or a channel).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use orch::engine::Observer;
+/// use orch::{Event, RunState};
+///
+/// /// Counts the events of every run.
+/// #[derive(Default)]
+/// struct Count(Mutex<usize>);
+/// impl Observer for Count {
+///     fn committed(&self, _state: &RunState, events: &[Event]) {
+///         *self.0.lock().unwrap() += events.len();
+///     }
+/// }
+/// let count = Arc::new(Count::default());
+/// # let _: Arc<dyn Observer> = count;
+/// ```
+pub trait Observer: Send + Sync {
+    /// `events` were committed; `state` is the run's state including them.
+    fn committed(&self, state: &RunState, events: &[Event]);
+}
+
+/// The live picture as an observer of its run.
+pub(crate) struct Picture(pub(crate) Mutex<LivePicture>);
+
+impl Observer for Picture {
+    fn committed(&self, state: &RunState, _events: &[Event]) {
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        p.update(state, state.status.is_terminal());
+    }
+}

@@ -1,0 +1,88 @@
+//! How a run runs, as the caller chooses it ([`RunOptions`]), and as the
+//! run records it for whoever takes it over ([`RunConfig`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exec::SharedExecutor;
+
+/// How to run a definition: everything that is not *what* runs. The
+/// database is the engine's ([`super::Engine::open`]).
+///
+/// ```
+/// let mut opts = orch::engine::RunOptions::default();
+/// opts.max_parallel = 4;
+/// opts.live_picture = false;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Where tasks run; relative script paths resolve here (default: the
+    /// current directory).
+    pub dir: Option<PathBuf>,
+    /// The Python interpreter (default: `ORCH_PYTHON`, else `python3`).
+    pub python: Option<String>,
+    /// How many attempts may run at once (at least 1).
+    pub max_parallel: usize,
+    /// The timeout of attempts whose task sets none.
+    pub default_timeout: Option<Duration>,
+    /// Whether to keep `<home>/runs/<run>/live.svg` up to date.
+    pub live_picture: bool,
+    /// Whether Python attempts are forked from a warm server.
+    pub python_fork: bool,
+    /// Modules the fork server imports before forking.
+    pub python_preload: Vec<String>,
+    /// The executor of every attempt, instead of the process executor.
+    pub executor: Option<SharedExecutor>,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            dir: None,
+            python: None,
+            max_parallel: 1,
+            default_timeout: None,
+            live_picture: true,
+            python_fork: true,
+            python_preload: Vec::new(),
+            executor: None,
+        }
+    }
+}
+
+/// What a run needs to run again, recorded in its `run_started` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunConfig {
+    /// The folder tasks run in.
+    pub base_dir: PathBuf,
+    /// The Python interpreter as configured.
+    pub python: String,
+    /// How many attempts may run at once.
+    pub max_parallel: usize,
+    /// The default attempt timeout, in seconds.
+    pub default_timeout: Option<f64>,
+    /// Whether the run keeps a live picture.
+    #[serde(default = "yes")]
+    pub live_picture: bool,
+    /// Content hash of each Python script the registered nodes run.
+    #[serde(default)]
+    pub scripts: BTreeMap<String, String>,
+    /// The workflow binary, which native tasks run in task mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_binary: Option<PathBuf>,
+    /// Fork Python attempts from a warm server.
+    #[serde(default = "yes")]
+    pub python_fork: bool,
+    /// Modules the fork server preloads.
+    #[serde(default)]
+    pub python_preload: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}

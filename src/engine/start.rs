@@ -1,0 +1,191 @@
+//! Starting a run: the registration batch is validated exactly like a
+//! runtime batch while a second thread writes it to the store; the run is
+//! created (owned by the engine under a fresh lease) only if it passes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result, StructuralError};
+use crate::exec::{configured_python, content_hash};
+use crate::graph::{Graph, Staging};
+use crate::history::{Event, EventKind, RunState};
+use crate::model::{Definition, Exec, Mutation, Origin};
+use crate::promise::{self, BatchProblem};
+use crate::store::Registration;
+use crate::time;
+use crate::typed::native;
+
+use super::run::Runner;
+use super::{Engine, RunConfig, RunOptions};
+
+/// Registers `def` as a new run of `engine`; returns its runner, ready to
+/// drive.
+pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> Result<Runner> {
+    native::refuse_task_mode()?;
+    let base_dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            std::env::current_dir().map_err(|e| Error::io("reading the current directory", e))?
+        }
+    };
+    let base_dir = base_dir
+        .canonicalize()
+        .map_err(|e| Error::io(format!("workflow directory {}", base_dir.display()), e))?;
+    let config = RunConfig {
+        scripts: script_hashes(&base_dir, &def.registration),
+        base_dir,
+        python: configured_python(opts.python.as_deref()),
+        max_parallel: opts.max_parallel.max(1),
+        default_timeout: opts.default_timeout.map(|d| d.as_secs_f64()),
+        live_picture: opts.live_picture,
+        native_binary: std::env::current_exe().ok(),
+        python_fork: opts.python_fork,
+        python_preload: opts.python_preload.clone(),
+    };
+    let run_id = time::new_run_id();
+    let started = Event {
+        seq: 1,
+        at: time::now(),
+        kind: EventKind::RunStarted {
+            workflow: def.name.clone(),
+            orchestrator_pid: std::process::id(),
+            config: serde_json::to_value(&config).expect("config serialises"),
+        },
+    };
+    let at = time::now();
+    let mut state = RunState::new(&run_id);
+    // Only a restart needs the batches, and it rebuilds the state from the
+    // history.
+    state.keep_batches = false;
+    // The registration is written on a second thread while this one
+    // validates it and builds the graph; the transaction commits only
+    // once the validation passed, and nothing starts before it committed.
+    // The writer serialises the definition's own mutations (as validation
+    // fills them in), so the registration is never copied for it.
+    let store = engine.store().as_ref();
+    let owner = engine.owner();
+    let (touched, written) = std::thread::scope(|s| {
+        let (verdict, verdict_rx) = std::sync::mpsc::channel::<bool>();
+        let registration = Registration {
+            run: &run_id,
+            started: &started,
+            batch: (2, &at),
+            mutations: &def.registration,
+        };
+        let writer = s.spawn(move || {
+            store.register(owner, registration, &mut || {
+                verdict_rx.recv().unwrap_or(false)
+            })
+        });
+        let registration = validate_registration(def);
+        // The staging's indices are gone; the graph is built next.
+        crate::release_freed_memory();
+        let _ = verdict.send(registration.is_ok());
+        let touched = registration.map(|mutations| {
+            state.apply(&started);
+            state.apply_owned(Event {
+                seq: 2,
+                at: at.clone(),
+                kind: EventKind::BatchCommitted {
+                    origin: Origin::Registration,
+                    mutations,
+                },
+            })
+        });
+        (touched, writer.join())
+    });
+    let touched = touched?;
+    let lease = match written {
+        Ok(written) => written?.expect("a valid registration commits"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    // What the writer used for the rows.
+    crate::release_freed_memory();
+    let custom = opts.executor.as_ref().map(|e| e.0.clone());
+    let mut runner = Runner::new(engine, lease, state, &config, custom)?;
+    for i in touched {
+        runner.refresh(i);
+    }
+    runner.flush()?;
+    runner.announce("run started");
+    Ok(runner)
+}
+
+/// Validates the registration exactly like a runtime batch (structure,
+/// promises, declared types); returns its mutations as they are applied.
+fn validate_registration(def: &Definition) -> Result<Vec<Mutation>> {
+    let empty = Graph::new();
+    empty
+        .stage_all(def.registration.iter().cloned())
+        .and_then(
+            |staging| match promise::check_batch(&empty, &staging, None) {
+                Ok(()) => check_types(&empty, &staging).map(|()| staging.into_mutations()),
+                Err(problem) => Err(StructuralError {
+                    mutation: "the registration".into(),
+                    reason: match problem {
+                        BatchProblem::Violation(v) => v.to_string(),
+                        BatchProblem::BadPromise(why) => why,
+                    },
+                }),
+            },
+        )
+        .map_err(|source| Error::Registration {
+            workflow: def.name.clone(),
+            source,
+        })
+}
+
+/// Checks the inputs of an `add_node` against its task's declared types
+/// (`docs/typed.md`), before it joins the batch.
+pub(super) fn typecheck(
+    g: &Graph,
+    staging: &Staging,
+    m: &Mutation,
+) -> std::result::Result<(), String> {
+    let Mutation::AddNode {
+        id, task, inputs, ..
+    } = m
+    else {
+        return Ok(());
+    };
+    let output_type_of = |node: &str| {
+        let t = staging.task_of(g, node)?;
+        t.output_type.as_deref().map(String::from)
+    };
+    native::check_inputs(task, inputs, &output_type_of).map_err(|e| format!("add_node `{id}`: {e}"))
+}
+
+/// [`typecheck`] over a whole staged batch (the registration).
+fn check_types(g: &Graph, staging: &Staging) -> std::result::Result<(), StructuralError> {
+    for m in staging.mutations() {
+        typecheck(g, staging, m).map_err(|reason| StructuralError {
+            mutation: "the registration".into(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// The content hash of each Python script the registration runs (a
+/// missing file hashes as `missing`).
+pub(super) fn script_hashes(
+    base_dir: &Path,
+    registration: &[Mutation],
+) -> BTreeMap<String, String> {
+    registration
+        .iter()
+        .filter_map(|m| match m {
+            Mutation::AddNode { task, .. } => match &task.exec {
+                Exec::Python { script } => Some(script.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|script| {
+            let hash = std::fs::read(base_dir.join(&script))
+                .map(content_hash)
+                .unwrap_or_else(|_| "missing".into());
+            (script, hash)
+        })
+        .collect()
+}

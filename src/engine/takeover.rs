@@ -1,0 +1,215 @@
+//! Taking a stored run over: resuming it where its owner stopped, or
+//! restarting a node and everything downstream in a new generation. The
+//! store's lease decides whether the run may be taken (SERVICE.md §2).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::exec::{kill_group, Executor};
+use crate::history::{EventKind, RunState};
+use crate::model::{AttemptOutcome, Mutation, NodeState, Origin, RunStatus};
+use crate::typed::native;
+
+use super::run::Runner;
+use super::start::script_hashes;
+use super::{Engine, RunConfig, TakeoverKind};
+
+/// Takes `run` over for `engine`; returns its runner, ready to drive.
+pub(super) fn take_over(
+    engine: &Engine,
+    run: &str,
+    kind: TakeoverKind,
+    force: bool,
+    executor: Option<Arc<dyn Executor>>,
+) -> Result<Runner> {
+    native::refuse_task_mode()?;
+    let store = engine.store();
+    let run = store.resolve_run(run)?;
+    let mut state = store.replay(&run, None)?;
+    let config: RunConfig =
+        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
+            path: store.location().into(),
+            message: format!("run {run} has no usable configuration: {e}"),
+        })?;
+    let restart = match kind {
+        TakeoverKind::Resume => {
+            if state.status.is_terminal() {
+                return Err(Error::RunEnded {
+                    run,
+                    status: state.status.to_string(),
+                    control: "resume".into(),
+                });
+            }
+            if !force {
+                if let Some(script) = changed_script(store.as_ref(), &run, &config)? {
+                    return Err(Error::Resume {
+                        run,
+                        message: format!(
+                            "the workflow changed since the run started: {script} is not the script it ran; resume with force to run it anyway"
+                        ),
+                    });
+                }
+            }
+            None
+        }
+        TakeoverKind::Restart(node) => Some(restart_event(&state, &run, &node)?),
+    };
+    let lease = store.take_over(&run, engine.owner(), force)?;
+    let restarted = restart.map(|kind| state.push(kind).0);
+    let mut runner = Runner::new(engine, lease, state, &config, executor)?;
+    if let Some(event) = restarted {
+        runner.queue_applied(event);
+        if runner.status() != RunStatus::Running {
+            runner.emit(EventKind::RunStatus {
+                status: RunStatus::Running,
+                reason: None,
+            });
+        }
+    }
+    runner.recover()?;
+    runner.announce(if runner.restarted() {
+        "run restarted"
+    } else {
+        "run resumed"
+    });
+    Ok(runner)
+}
+
+/// The first registered Python script whose content changed since the run
+/// started (shown with its path).
+fn changed_script(
+    store: &dyn crate::store::Store,
+    run: &str,
+    config: &RunConfig,
+) -> Result<Option<String>> {
+    let registration: Vec<Mutation> = store
+        .events(run, Some(2))?
+        .into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::BatchCommitted {
+                origin: Origin::Registration,
+                mutations,
+            } => Some(mutations),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let now = script_hashes(&config.base_dir, &registration);
+    Ok(now
+        .keys()
+        .find(|k| config.scripts.get(*k) != now.get(*k))
+        .map(|script| config.base_dir.join(script).display().to_string()))
+}
+
+/// The `restarted` event of a restart of `node`: `node` and everything
+/// downstream of it go back to `pending`, in a new generation of the
+/// graph. The batches sent by the tasks of those nodes (and of the nodes
+/// they added, transitively) are retracted: their nodes, edges,
+/// attributes and promises leave the current graph but stay in the
+/// history. Everything else keeps its state and output; promises are
+/// checked again as the new generation grows.
+pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<EventKind> {
+    let g = &state.graph;
+    let start = g.position(node).ok_or_else(|| Error::UnknownNode {
+        run: run.to_string(),
+        node: node.to_string(),
+    })?;
+    let mut downstream: BTreeSet<usize> = BTreeSet::from([start]);
+    let mut stack = vec![start];
+    while let Some(v) = stack.pop() {
+        for s in g.successors(v) {
+            if downstream.insert(s) {
+                stack.push(s);
+            }
+        }
+    }
+    let mut restarted: HashSet<String> = downstream.iter().map(|&i| g.node(i).id.clone()).collect();
+    let mut retracted_nodes: HashSet<String> = HashSet::new();
+    let mut retracted = Vec::new();
+    for (seq, origin, mutations) in &state.batches {
+        let Origin::Attempt { node: by, .. } = origin else {
+            continue;
+        };
+        if restarted.contains(by) || retracted_nodes.contains(by) {
+            retracted.push(*seq);
+            for m in mutations {
+                if let Mutation::AddNode { id, .. } = m {
+                    retracted_nodes.insert(id.clone());
+                }
+            }
+        }
+    }
+    restarted.retain(|id| !retracted_nodes.contains(id));
+    let mut reset: Vec<String> = restarted.into_iter().collect();
+    reset.sort_by_key(|id| g.position(id));
+    Ok(EventKind::Restarted {
+        node: node.to_string(),
+        generation: state.generation + 1,
+        retracted,
+        reset,
+    })
+}
+
+impl Runner {
+    /// Takes a run over from a stopped orchestrator: the attempts that
+    /// were running are stopped and run again; ready and waiting nodes are
+    /// picked up.
+    pub(super) fn recover(&mut self) -> Result<()> {
+        let runner = self;
+        runner.emit(EventKind::RunResumed {
+            orchestrator_pid: std::process::id(),
+        });
+        // Attempts that were running when the orchestrator stopped: stop what
+        // is left of them and run them again.
+        for i in 0..runner.state.graph.len() {
+            if runner.state.graph.node(i).state != NodeState::Running {
+                continue;
+            }
+            let node = runner.id(i);
+            let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
+                continue;
+            };
+            if let Some(pid) = last
+                .pid
+                .filter(|&p| belongs_to(p, &runner.state.run, &node))
+            {
+                kill_group(pid);
+            }
+            runner.end_attempt(
+                i,
+                last.attempt,
+                AttemptOutcome::Killed,
+                None,
+                "interrupted: the orchestrator stopped; the node runs again".into(),
+                NodeState::Ready,
+            );
+        }
+        for i in 0..runner.state.graph.len() {
+            match runner.state.graph.node(i).state {
+                NodeState::Ready => {
+                    runner.ready.insert(i);
+                }
+                NodeState::Pending => runner.refresh(i),
+                NodeState::Waiting => {
+                    runner.waiting.insert(i);
+                }
+                _ => {}
+            }
+        }
+        runner.flush()
+    }
+}
+
+/// True when process `pid` is an attempt of this run and node (its
+/// environment says so, or, for an attempt forked by the Python fork
+/// server, whose environment is the server's, the marker it holds open),
+/// so that a recycled pid is never killed.
+fn belongs_to(pid: u32, run: &str, node: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+    (vars.contains(&format!("ORCH_RUN={run}").as_bytes())
+        && vars.contains(&format!("ORCH_NODE={node}").as_bytes()))
+        || crate::exec::is_forked_attempt(pid, run, node)
+}

@@ -1,0 +1,1 @@
+//! Attempt verdicts, as pure functions.

@@ -1,0 +1,493 @@
+//! The behaviour every [`Store`] backend must show, as one suite: the
+//! history and its views (which must equal the fold of the history),
+//! leases (fencing, takeovers, proof of death, expiry, races), signals
+//! and logs. A backend's tests call [`run`] with a factory of empty
+//! stores; each check panics with what went wrong.
+//!
+//! ```
+//! # fn main() {
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut n = 0;
+//! orch::store::conformance::run(&mut || {
+//!     n += 1;
+//!     Box::new(orch::store::SqliteStore::open(dir.path().join(format!("{n}.db"))).unwrap())
+//! });
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Lease, LogLine, Owner, Registration, Signal, Store};
+use crate::error::Error;
+use crate::history::{Event, EventKind, RunState};
+use crate::model::{AttemptOutcome, Mutation, NodeState, Origin, RunStatus, Task};
+
+/// A pid no process can have (above the kernel's largest `pid_max`).
+const NO_PID: u32 = 1 << 30;
+
+/// Runs every check, each on a fresh store from `new`.
+pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
+    history_and_views_agree(new().as_ref());
+    a_refused_registration_leaves_nothing(new().as_ref());
+    a_stale_lease_writes_nothing(new().as_ref());
+    takeovers_follow_the_owners_liveness(new().as_ref());
+    a_takeover_race_has_one_winner(Arc::from(new()));
+    renewal_reports_lost_runs_and_release_frees(new().as_ref());
+    signals_are_stored_listed_and_taken(new().as_ref());
+    runs_resolve_by_prefix_and_latest(new().as_ref());
+}
+
+/// A run with an input node `ask` and a command node `work` after it.
+struct Fixture {
+    lease: Lease,
+    state: RunState,
+}
+
+fn owner(id: &str) -> Owner {
+    let mut o = Owner::this_process();
+    o.id = id.to_string();
+    o
+}
+
+fn register(store: &dyn Store, run: &str, by: &Owner) -> Fixture {
+    let started = Event {
+        seq: 1,
+        at: crate::time::now(),
+        kind: EventKind::RunStarted {
+            workflow: "conformance".into(),
+            orchestrator_pid: by.pid,
+            config: json!({"any": "thing"}),
+        },
+    };
+    let mutations = vec![
+        Mutation::add_node("ask", Task::input().named("ask")),
+        Mutation::add_node("work", Task::command(["true"]).named("work")),
+        Mutation::add_edge("ask", "work"),
+    ];
+    let at = crate::time::now();
+    let lease = store
+        .register(
+            by,
+            Registration {
+                run,
+                started: &started,
+                batch: (2, &at),
+                mutations: &mutations,
+            },
+            &mut || true,
+        )
+        .expect("register")
+        .expect("a registration that `go` accepts is kept");
+    assert_eq!((lease.run.as_str(), lease.epoch), (run, 1));
+    let mut state = RunState::new(run);
+    state.apply(&started);
+    state.apply(&Event {
+        seq: 2,
+        at,
+        kind: EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations,
+        },
+    });
+    Fixture { lease, state }
+}
+
+impl Fixture {
+    /// Applies `kinds` to the state and commits them under `lease`.
+    fn commit(
+        &mut self,
+        store: &dyn Store,
+        lease: &Lease,
+        kinds: Vec<EventKind>,
+    ) -> Result<(), Error> {
+        let mut events = Vec::new();
+        let mut state = self.state.clone();
+        for kind in kinds {
+            let e = Event {
+                seq: state.last_seq + 1,
+                at: crate::time::now(),
+                kind,
+            };
+            state.apply(&e);
+            events.push(e);
+        }
+        store.commit(lease, &state, &events, &[], &[])?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+fn node_state(node: &str, state: NodeState) -> EventKind {
+    EventKind::NodeState {
+        node: node.into(),
+        state,
+    }
+}
+
+fn history_and_views_agree(store: &dyn Store) {
+    let me = owner("engine-a");
+    let mut f = register(store, "run-views", &me);
+    let lease = f.lease.clone();
+    f.commit(
+        store,
+        &lease,
+        vec![
+            node_state("ask", NodeState::Waiting),
+            EventKind::AttemptStarted {
+                node: "ask".into(),
+                attempt: 1,
+                pid: None,
+            },
+            EventKind::Output {
+                node: "ask".into(),
+                value: json!({"n": 3}),
+            },
+            EventKind::AttemptFinished {
+                node: "ask".into(),
+                attempt: 1,
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: None,
+                error: None,
+            },
+            node_state("ask", NodeState::Succeeded),
+            node_state("work", NodeState::Ready),
+        ],
+    )
+    .expect("commit");
+    let logs = [LogLine {
+        node: "work".into(),
+        attempt: 1,
+        line: 1,
+        stream: "stdout".into(),
+        text: "hello".into(),
+    }];
+    let mut events = Vec::new();
+    let mut state = f.state.clone();
+    for kind in [
+        node_state("work", NodeState::Running),
+        EventKind::AttemptStarted {
+            node: "work".into(),
+            attempt: 1,
+            pid: Some(42),
+        },
+        EventKind::AttemptFinished {
+            node: "work".into(),
+            attempt: 1,
+            outcome: AttemptOutcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+        },
+        node_state("work", NodeState::Succeeded),
+        EventKind::RunStatus {
+            status: RunStatus::Succeeded,
+            reason: None,
+        },
+    ] {
+        let e = Event {
+            seq: state.last_seq + 1,
+            at: crate::time::now(),
+            kind,
+        };
+        state.apply(&e);
+        events.push(e);
+    }
+    store
+        .commit(&lease, &state, &events, &logs, &[])
+        .expect("commit with logs");
+    let export = store.export("run-views").expect("export");
+    let replayed = store.replay("run-views", None).expect("replay").export();
+    assert_eq!(
+        export, replayed,
+        "the views must equal the fold of the history"
+    );
+    assert_eq!(export, state.export(), "and the engine's own fold");
+    assert_eq!(export.status, RunStatus::Succeeded);
+    assert!(export.finished_at.is_some());
+    let at_4 = store.replay("run-views", Some(4)).expect("replay up to 4");
+    assert_eq!(at_4.last_seq, 4);
+    assert_eq!(store.logs("run-views", "work", None).expect("logs"), logs);
+    assert!(store
+        .logs("run-views", "work", Some(2))
+        .expect("logs")
+        .is_empty());
+    assert!(matches!(
+        store.logs("run-views", "nope", None),
+        Err(Error::UnknownNode { .. })
+    ));
+    assert!(matches!(store.export("nope"), Err(Error::UnknownRun(_))));
+    store.integrity_check().expect("integrity");
+}
+
+fn a_refused_registration_leaves_nothing(store: &dyn Store) {
+    let started = Event {
+        seq: 1,
+        at: crate::time::now(),
+        kind: EventKind::RunStarted {
+            workflow: "w".into(),
+            orchestrator_pid: 1,
+            config: json!(null),
+        },
+    };
+    let kept = store
+        .register(
+            &owner("engine-a"),
+            Registration {
+                run: "refused",
+                started: &started,
+                batch: (2, "t"),
+                mutations: &[Mutation::add_node("a", Task::input())],
+            },
+            &mut || false,
+        )
+        .expect("register");
+    assert!(kept.is_none());
+    assert!(store.runs().expect("runs").is_empty());
+    assert!(store.events("refused", None).expect("events").is_empty());
+}
+
+fn a_stale_lease_writes_nothing(store: &dyn Store) {
+    let mut f = register(store, "run-fence", &owner("engine-a"));
+    let stale = Lease::new("run-fence", "engine-a", 7);
+    let before = store.events("run-fence", None).expect("events");
+    let err = f
+        .commit(store, &stale, vec![node_state("ask", NodeState::Waiting)])
+        .expect_err("a wrong epoch is fenced");
+    assert!(matches!(err, Error::Fenced { epoch: 7, .. }), "{err}");
+    assert!(
+        err.to_string().contains("engine-a"),
+        "names the holder: {err}"
+    );
+    let other = Lease::new("run-fence", "engine-b", 1);
+    assert!(matches!(
+        f.commit(store, &other, vec![node_state("ask", NodeState::Waiting)]),
+        Err(Error::Fenced { .. })
+    ));
+    assert_eq!(store.events("run-fence", None).expect("events"), before);
+}
+
+fn takeovers_follow_the_owners_liveness(store: &dyn Store) {
+    // A live owner on this host (this very process) holds its run.
+    let mut live = register(store, "run-live", &owner("engine-a"));
+    let b = owner("engine-b");
+    let err = store
+        .take_over("run-live", &b, false)
+        .expect_err("a live owner holds");
+    assert!(
+        matches!(&err, Error::Owned { owner, .. } if owner.contains("engine-a")),
+        "{err}"
+    );
+    // Forced: epoch 2, and the old owner is fenced off.
+    let lease = store.take_over("run-live", &b, true).expect("forced");
+    assert_eq!(lease.epoch, 2);
+    let old = live.lease.clone();
+    assert!(matches!(
+        live.commit(store, &old, vec![node_state("ask", NodeState::Waiting)]),
+        Err(Error::Fenced { .. })
+    ));
+    live.commit(store, &lease, vec![node_state("ask", NodeState::Waiting)])
+        .expect("the new owner writes");
+    assert_eq!(store.owner("run-live").expect("owner").epoch, 2);
+
+    // A dead owner: no such process on this host.
+    let mut gone = owner("engine-gone");
+    gone.pid = NO_PID;
+    register(store, "run-dead", &gone);
+    assert_eq!(
+        store.take_over("run-dead", &b, false).expect("dead").epoch,
+        2
+    );
+
+    // A recycled pid: the pid runs, but started at another time.
+    let mut recycled = owner("engine-recycled");
+    recycled.started = recycled.started.map(|s| s + 1).or(Some(1));
+    register(store, "run-recycled", &recycled);
+    assert_eq!(
+        store
+            .take_over("run-recycled", &b, false)
+            .expect("a recycled pid is no owner")
+            .epoch,
+        2
+    );
+
+    // Another host: its pid says nothing; only the lease's expiry does.
+    let mut far = owner("engine-far");
+    far.host = "elsewhere/boot".into();
+    far.pid = NO_PID;
+    register(store, "run-far", &far);
+    assert!(matches!(
+        store.take_over("run-far", &b, false),
+        Err(Error::Owned { .. })
+    ));
+    let far_now = far.with_ttl(Duration::ZERO);
+    register(store, "run-far-expired", &far_now);
+    assert_eq!(
+        store
+            .take_over("run-far-expired", &b, false)
+            .expect("an expired lease")
+            .epoch,
+        2
+    );
+    assert!(matches!(
+        store.take_over("nope", &b, false),
+        Err(Error::UnknownRun(_))
+    ));
+}
+
+fn a_takeover_race_has_one_winner(store: Arc<dyn Store>) {
+    let mut gone = owner("engine-gone");
+    gone.pid = NO_PID;
+    register(store.as_ref(), "run-race", &gone);
+    let racers: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.take_over("run-race", &owner(&format!("racer-{i}")), false)
+            })
+        })
+        .collect();
+    let results: Vec<_> = racers
+        .into_iter()
+        .map(|r| r.join().expect("racer"))
+        .collect();
+    let winners: Vec<&Lease> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one takeover wins: {results:?}");
+    let winner = &winners[0].owner;
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, Error::Owned { owner, .. } if owner.contains(winner.as_str())),
+                "a loser is told who won: {e}"
+            );
+        }
+    }
+    assert_eq!(store.owner("run-race").expect("owner").epoch, 2);
+}
+
+fn renewal_reports_lost_runs_and_release_frees(store: &dyn Store) {
+    let a = owner("engine-a");
+    let one = register(store, "run-1", &a).lease;
+    let two = register(store, "run-2", &a).lease;
+    assert!(store
+        .renew(&a, &[one.clone(), two.clone()])
+        .expect("renew")
+        .is_empty());
+    store
+        .take_over("run-2", &owner("engine-b"), true)
+        .expect("forced");
+    assert_eq!(
+        store.renew(&a, &[one.clone(), two]).expect("renew"),
+        vec!["run-2".to_string()]
+    );
+    store.release(&one).expect("release");
+    assert!(store.owner("run-1").expect("owner").owner.is_none());
+    let c = owner("engine-c");
+    assert_eq!(store.take_over("run-1", &c, false).expect("free").epoch, 2);
+}
+
+fn signals_are_stored_listed_and_taken(store: &dyn Store) {
+    let a = owner("engine-a");
+    let mut f = register(store, "run-sig", &a);
+    let pause = store.request("run-sig", &Signal::Pause).expect("pause");
+    let input = store
+        .request(
+            "run-sig",
+            &Signal::Input {
+                node: "ask".into(),
+                value: json!([1, 2]),
+            },
+        )
+        .expect("input");
+    let pending = store.pending().expect("pending");
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (p.id, p.run.as_str(), p.signal.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (pause, "run-sig", Signal::Pause),
+            (
+                input,
+                "run-sig",
+                Signal::Input {
+                    node: "ask".into(),
+                    value: json!([1, 2])
+                }
+            ),
+        ]
+    );
+    let e = Event {
+        seq: f.state.last_seq + 1,
+        at: crate::time::now(),
+        kind: EventKind::RunStatus {
+            status: RunStatus::Paused,
+            reason: None,
+        },
+    };
+    f.state.apply(&e);
+    store
+        .commit(&f.lease, &f.state, &[e], &[], &[pause])
+        .expect("commit taking the pause");
+    assert_eq!(store.pending().expect("pending").len(), 1);
+    assert!(matches!(
+        store.request(
+            "run-sig",
+            &Signal::Input {
+                node: "work".into(),
+                value: json!(1)
+            }
+        ),
+        Err(Error::NotInput { .. })
+    ));
+    assert!(matches!(
+        store.request("nope", &Signal::Cancel),
+        Err(Error::UnknownRun(_))
+    ));
+    let lease = f.lease.clone();
+    f.commit(
+        store,
+        &lease,
+        vec![EventKind::RunStatus {
+            status: RunStatus::Cancelled,
+            reason: None,
+        }],
+    )
+    .expect("end");
+    assert!(matches!(
+        store.request("run-sig", &Signal::Cancel),
+        Err(Error::RunEnded { .. })
+    ));
+    assert!(
+        store.pending().expect("pending").is_empty(),
+        "an ended run's signals are not pending"
+    );
+}
+
+fn runs_resolve_by_prefix_and_latest(store: &dyn Store) {
+    let a = owner("engine-a");
+    register(store, "run-20260101-aaa", &a);
+    register(store, "run-20260101-aab", &a);
+    register(store, "run-20260102-bbb", &a);
+    assert_eq!(
+        store.resolve_run("latest").expect("latest"),
+        "run-20260102-bbb"
+    );
+    assert_eq!(
+        store.resolve_run("run-20260102").expect("prefix"),
+        "run-20260102-bbb"
+    );
+    assert!(matches!(
+        store.resolve_run("run-20260101-aa"),
+        Err(Error::AmbiguousRun { .. })
+    ));
+    assert!(matches!(
+        store.resolve_run("zzz"),
+        Err(Error::UnknownRun(_))
+    ));
+    let runs = store.runs().expect("runs");
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0].id, "run-20260102-bbb");
+    assert_eq!(runs[0].nodes, 2);
+}
