@@ -28,11 +28,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
+use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, LaunchError};
 use orch::graph::Graph;
 use orch::history::{Event, EventKind};
 use orch::{Attrs, Mutation, Origin, SqliteStore, Store, Task, Workflow};
-use serde_json::Value;
 
 mod common;
 use common::*;
@@ -52,20 +51,12 @@ struct NoWork {
 }
 
 impl Executor for NoWork {
-    fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
+    fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, LaunchError> {
         self.first
             .lock()
             .expect("no poisoning")
             .get_or_insert_with(Instant::now);
-        let end = AttemptEnd {
-            exit_code: Some(0),
-            ..AttemptEnd::default()
-        };
-        let _ = link.reports.send(Report::Finished {
-            node: link.node,
-            attempt: link.attempt,
-            end,
-        });
+        link.finish(AttemptEnd::exited(0));
         Ok(None)
     }
 }
@@ -178,7 +169,7 @@ fn main() {
                 kind: EventKind::RunStarted {
                     workflow: "bench".into(),
                     orchestrator_pid: std::process::id(),
-                    config: Value::Null,
+                    config: orch::model::RunConfig::new(".", "python3"),
                 },
             };
             let at = orch::time::now();

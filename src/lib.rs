@@ -110,9 +110,10 @@ pub fn init_tracing() {
 /// Resumes a run whose orchestrator stopped (even by `kill -9`), blocking
 /// until it ends: what committed stays committed, attempts that were
 /// running are run again under a new attempt number, no batch is applied
-/// twice. Refused when the run ended, when its orchestrator still runs, or
-/// when a Python script of the registered workflow changed since the run
-/// started, unless `force`. `run` may be `latest` or an id prefix.
+/// twice. Refused when the run ended; while another engine owns the run
+/// and its lease holds (the owner's process is alive, or another host's
+/// lease has not expired); or when a Python script of the registered
+/// workflow changed since the run started; the last two unless `force`. `run` may be `latest` or an id prefix.
 /// [`Takeover`] does the same with a chosen executor.
 ///
 /// ```no_run
@@ -163,13 +164,13 @@ pub fn restart(
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use orch::exec::{AttemptLink, AttemptSpec, Executor};
+/// use orch::exec::{AttemptLink, AttemptSpec, Executor, LaunchError};
 ///
 /// /// Starts nothing: every attempt fails to start, saying why.
 /// struct Elsewhere;
 /// impl Executor for Elsewhere {
-///     fn launch(&self, spec: AttemptSpec, _link: AttemptLink) -> Result<Option<u32>, String> {
-///         Err(format!("`{}` does not run on this machine", spec.node))
+///     fn launch(&self, spec: AttemptSpec, _link: AttemptLink) -> Result<Option<u32>, LaunchError> {
+///         Err(LaunchError::Refused(format!("`{}` does not run on this machine", spec.id.node)))
 ///     }
 /// }
 /// let outcome = orch::Takeover::new(".orch/orch.db", "latest")
@@ -197,7 +198,8 @@ impl Takeover {
         }
     }
 
-    /// Takes over even while the run's orchestrator still runs, or when a
+    /// Takes over even while another engine owns the run and its lease
+    /// holds (that engine is fenced off: it writes nothing more), or when a
     /// Python script changed since the run started.
     pub fn force(mut self, force: bool) -> Takeover {
         self.force = force;

@@ -190,14 +190,13 @@ impl Workflow {
     ///
     /// ```no_run
     /// use std::sync::Arc;
-    /// use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, Report};
+    /// use orch::exec::{AttemptEnd, AttemptLink, AttemptSpec, Executor, LaunchError};
     ///
     /// /// Succeeds at once without running anything.
     /// struct Instant;
     /// impl Executor for Instant {
-    ///     fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, String> {
-    ///         let end = AttemptEnd { exit_code: Some(0), ..AttemptEnd::default() };
-    ///         let _ = link.reports.send(Report::Finished { node: link.node, attempt: link.attempt, end });
+    ///     fn launch(&self, _spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, LaunchError> {
+    ///         link.finish(AttemptEnd::exited(0));
     ///         Ok(None)
     ///     }
     /// }

@@ -88,7 +88,8 @@ enum Command {
         run: String,
         /// The node to restart.
         node: String,
-        /// Restart even if the run's orchestrator seems to run.
+        /// Restart even while another engine owns the run and its lease
+        /// holds (that engine is fenced off: it writes nothing more).
         #[arg(long)]
         force: bool,
     },
@@ -105,8 +106,9 @@ enum Command {
     Resume {
         /// Run id, unique prefix, or `latest`.
         run: String,
-        /// Resume even if the workflow's scripts changed or its
-        /// orchestrator seems to run.
+        /// Resume even if the workflow's scripts changed, or while another
+        /// engine owns the run and its lease holds (that engine is fenced
+        /// off: it writes nothing more).
         #[arg(long)]
         force: bool,
     },
@@ -293,7 +295,8 @@ fn run(cli: Cli) -> Res {
                     value,
                 },
             )?;
-            writeln!(out, "delivered to `{node}` of run {id}")?;
+            writeln!(out, "stored for `{node}` of run {id}; it becomes the node's output when the run takes it")?;
+            note_if_unowned(&store, &id, &mut out)?;
         }
         Command::Pause { run } => control(&store, &run, Signal::Pause, &mut out)?,
         Command::Unpause { run } => control(&store, &run, Signal::Unpause, &mut out)?,
@@ -313,7 +316,12 @@ fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -
     let id = store.resolve_run(run)?;
     store.request(&id, &what)?;
     writeln!(out, "asked run {id} to {}", what.as_str())?;
-    let owner = store.owner(&id)?.owner;
+    note_if_unowned(store, &id, out)
+}
+
+/// Says so when no engine drives the run: the signal waits for a resume.
+fn note_if_unowned(store: &SqliteStore, id: &str, out: &mut impl Write) -> Res {
+    let owner = store.owner(id)?.owner;
     let here = orch::host::identity();
     // Gone: released, or its process on this host no longer runs (a pid
     // now held by a process started at another time is not it).
@@ -413,17 +421,14 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
     if !ex.violations.is_empty() {
         writeln!(out, "\nviolations:")?;
         for v in &ex.violations {
-            let by = match (v["node"].as_str(), v["attempt"].as_u64()) {
+            let by = match (&v.node, v.attempt) {
                 (Some(n), Some(a)) => format!(" (task of `{n}`, attempt {a})"),
                 _ => String::new(),
             };
             writeln!(
                 out,
                 "  promise #{} `{}`: {}{by}: {}",
-                v["promise_index"],
-                v["promise_text"].as_str().unwrap_or("?"),
-                v["mutation"].as_str().unwrap_or("?"),
-                v["message"].as_str().unwrap_or("?"),
+                v.promise_index, v.promise_text, v.mutation, v.message,
             )?;
         }
     }

@@ -47,8 +47,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+pub use crate::model::RunConfig;
 pub use observe::Observer;
-pub use options::{RunConfig, RunOptions};
+pub use options::RunOptions;
 
 use crate::error::{Error, Result};
 use crate::exec::Executor;
@@ -335,7 +336,8 @@ async fn background(engine: Weak<Inner>) {
 fn forward(inner: &Inner, pending: Vec<Pending>) {
     let runs = lock(&inner.runs);
     let mut forwarded = lock(&inner.forwarded);
-    forwarded.retain(|id| pending.iter().any(|p| p.id == *id));
+    let open: HashSet<SignalId> = pending.iter().map(|p| p.id).collect();
+    forwarded.retain(|id| open.contains(id));
     for p in pending {
         if let Some(h) = runs.get(&p.run) {
             if forwarded.insert(p.id) {

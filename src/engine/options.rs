@@ -1,11 +1,8 @@
-//! How a run runs, as the caller chooses it ([`RunOptions`]), and as the
-//! run records it for whoever takes it over ([`RunConfig`]).
+//! How a run runs, as the caller chooses it ([`RunOptions`]); the run
+//! records what it needs to run again as a [`crate::model::RunConfig`].
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::exec::SharedExecutor;
 
@@ -52,37 +49,4 @@ impl Default for RunOptions {
             executor: None,
         }
     }
-}
-
-/// What a run needs to run again, recorded in its `run_started` event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct RunConfig {
-    /// The folder tasks run in.
-    pub base_dir: PathBuf,
-    /// The Python interpreter as configured.
-    pub python: String,
-    /// How many attempts may run at once.
-    pub max_parallel: usize,
-    /// The default attempt timeout, in seconds.
-    pub default_timeout: Option<f64>,
-    /// Whether the run keeps a live picture.
-    #[serde(default = "yes")]
-    pub live_picture: bool,
-    /// Content hash of each Python script the registered nodes run.
-    #[serde(default)]
-    pub scripts: BTreeMap<String, String>,
-    /// The workflow binary, which native tasks run in task mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub native_binary: Option<PathBuf>,
-    /// Fork Python attempts from a warm server.
-    #[serde(default = "yes")]
-    pub python_fork: bool,
-    /// Modules the fork server preloads.
-    #[serde(default)]
-    pub python_preload: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
 }

@@ -15,17 +15,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::exec::{
-    install_helper, AttemptEnd, AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor,
-    Report,
+    install_helper, AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, ProcessEnv,
+    ProcessExecutor, Report,
 };
 use crate::graph::Staging;
-use crate::history::{Event, EventKind, RunState};
+use crate::history::{Event, EventKind, RunState, ViolationRecord};
 use crate::model::{resolve_refs, AttemptOutcome, Exec, NodeState, Origin, RunStatus};
 use crate::picture::live::LivePicture;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
@@ -35,7 +35,9 @@ use crate::workflow::RunOutcome;
 
 use super::fault::Fault;
 use super::observe::{Observer, Picture};
+use super::schedule::{self, Halt};
 use super::start::typecheck;
+use super::verdict::{self, Retry, Stopping, Verdict};
 use super::{Engine, Envelope, RunConfig};
 
 pub(super) struct Running {
@@ -68,11 +70,9 @@ pub(crate) struct Runner {
     /// Nodes whose creation or success is queued but not committed yet:
     /// nothing that depends on them starts before the next flush.
     enablers: HashSet<usize>,
-    failure: Option<String>,
-    /// Set once a promise is broken: nothing starts, nothing commits.
-    broken: Option<String>,
-    /// Set once the run is being cancelled: nothing starts, nothing commits.
-    cancelling: bool,
+    /// Why the run stops starting attempts (a failure, a broken promise,
+    /// a cancel): nothing starts, nothing commits.
+    halt: Halt,
     /// Nodes waiting for input (no process held).
     pub(super) waiting: BTreeSet<usize>,
     /// Where to die on purpose, for durability tests (`ORCH_FAULT`).
@@ -157,9 +157,7 @@ impl Runner {
             seen: HashSet::new(),
             inbox: HashMap::new(),
             enablers: HashSet::new(),
-            failure: None,
-            broken: None,
-            cancelling: false,
+            halt: Halt::default(),
             retry_at: HashMap::new(),
             observers,
             picture,
@@ -218,6 +216,11 @@ impl Runner {
                 // Fenced (taken over) or the store failed: nothing more is
                 // written; the attempts are stopped with their groups.
                 self.kill_running();
+                if !matches!(e, Error::Fenced { .. }) {
+                    // Free for the next takeover at once, if the store
+                    // still answers.
+                    let _ = self.store.release(&self.lease);
+                }
                 warn!(run = %self.state.run, error = %e, "this engine stops driving the run");
                 return Err(e);
             }
@@ -289,12 +292,13 @@ impl Runner {
     /// Moves a node between `pending` and `ready` as its predecessors say.
     pub(super) fn refresh(&mut self, i: usize) {
         let g = &self.state.graph;
-        let want = match (g.node(i).state, g.unmet(i)) {
-            (NodeState::Pending, 0) if !self.gated(i) && !self.retry_at.contains_key(&i) => {
-                NodeState::Ready
-            }
-            (NodeState::Ready, n) if n > 0 || self.gated(i) => NodeState::Pending,
-            _ => return,
+        let (state, unmet) = (g.node(i).state, g.unmet(i));
+        // The gates are looked up only where they can decide.
+        let gated =
+            unmet == 0 && matches!(state, NodeState::Pending | NodeState::Ready) && self.gated(i);
+        let backing_off = self.retry_at.contains_key(&i);
+        let Some(want) = schedule::readiness(state, unmet, gated, backing_off) else {
+            return;
         };
         let node = self.id(i);
         self.emit(EventKind::NodeState { node, state: want });
@@ -318,27 +322,15 @@ impl Runner {
     /// Records a violation: the run ends `promise_broken`, nothing starts
     /// any more, and every running attempt is stopped.
     fn break_promise(&mut self, v: &Violation, by: Option<(usize, u32)>) {
-        let (node, task, attempt) = match by {
-            Some((i, a)) => {
-                let n = self.state.graph.node(i);
-                (Some(n.id.clone()), Some(n.task.name.clone()), Some(a))
-            }
-            None => (None, None, None),
-        };
+        let by = by.map(|(i, a)| {
+            let n = self.state.graph.node(i);
+            (n.id.clone(), n.task.name.clone(), a)
+        });
         warn!(violation = %v, "promise broken");
         self.emit(EventKind::PromiseBroken {
-            violation: json!({
-                "promise": v.promise,
-                "promise_text": v.promise.to_string(),
-                "promise_index": v.index,
-                "mutation": v.mutation,
-                "message": v.message,
-                "node": node,
-                "task": task,
-                "attempt": attempt,
-            }),
+            violation: ViolationRecord::new(v, by),
         });
-        self.broken.get_or_insert_with(|| v.to_string());
+        self.halt.broken.get_or_insert_with(|| v.to_string());
         self.kill_running();
     }
 
@@ -397,12 +389,14 @@ impl Runner {
     ) -> Result<RunStatus> {
         loop {
             self.schedule()?;
-            let paused = self.state.status == RunStatus::Paused && !self.cancelling;
-            let going = self.failure.is_none() && self.broken.is_none() && !self.cancelling;
-            let waiting = !self.waiting.is_empty() && going;
-            let backing_off = !self.retry_at.is_empty() && going;
-            let holding = self.hold.is_some() && !self.ready.is_empty() && going;
-            if self.running.is_empty() && !paused && !backing_off && !waiting && !holding {
+            let pending = schedule::Pending {
+                running: self.running.len(),
+                paused: self.state.status == RunStatus::Paused,
+                waiting: !self.waiting.is_empty(),
+                backing_off: !self.retry_at.is_empty(),
+                holding: self.hold.is_some() && !self.ready.is_empty(),
+            };
+            if schedule::over(&self.halt, &pending) {
                 let status = self.finish();
                 self.flush()?;
                 return Ok(status);
@@ -481,8 +475,8 @@ impl Runner {
                     reason: None,
                 });
             }
-            Signal::Cancel if !self.cancelling => {
-                self.cancelling = true;
+            Signal::Cancel if !self.halt.cancelling => {
+                self.halt.cancelling = true;
                 self.stop_waiting("cancelled while waiting for input");
                 self.kill_running();
             }
@@ -538,12 +532,12 @@ impl Runner {
     /// Starts ready nodes while slots are free, lowest position first.
     fn schedule(&mut self) -> Result<()> {
         let mut from = 0;
-        while self.failure.is_none()
-            && self.broken.is_none()
-            && !self.cancelling
-            && self.state.status == RunStatus::Running
-            && self.running.len() < self.max_parallel
-        {
+        while schedule::may_start(
+            &self.halt,
+            self.state.status,
+            self.running.len(),
+            self.max_parallel,
+        ) {
             let Some(&i) = self.ready.range(from..).next() else {
                 break;
             };
@@ -628,23 +622,14 @@ impl Runner {
             })
             .collect();
         let (kill_tx, kill_rx) = oneshot::channel();
+        let id = AttemptId::new(&self.state.run, &node, attempt);
         let launched = inputs.and_then(|inputs| {
-            self.executor.launch(
-                AttemptSpec {
-                    run: self.state.run.clone(),
-                    node: node.clone(),
-                    attempt,
-                    task,
-                    inputs,
-                    upstream,
-                },
-                AttemptLink {
-                    node: i,
-                    attempt,
-                    reports: self.reports_tx.clone(),
-                    kill: kill_rx,
-                },
-            )
+            self.executor
+                .launch(
+                    AttemptSpec::new(id.clone(), task, inputs, upstream),
+                    AttemptLink::new(id, self.reports_tx.clone(), kill_rx),
+                )
+                .map_err(|e| e.to_string())
         });
         self.emit(EventKind::NodeState {
             node: node.clone(),
@@ -680,15 +665,33 @@ impl Runner {
         }
     }
 
+    /// The position of the node whose running attempt is `id`; `None` for
+    /// an attempt of another run, or one that is not (or no longer) its
+    /// node's running attempt.
+    fn current(&self, id: &AttemptId) -> Option<usize> {
+        if id.run != self.state.run {
+            return None;
+        }
+        let i = self.state.graph.position(&id.node)?;
+        self.running
+            .get(&i)
+            .is_some_and(|r| r.attempt == id.attempt)
+            .then_some(i)
+    }
+
     fn handle(&mut self, report: Report) {
         match report {
             Report::Mutation {
-                node,
-                attempt,
+                attempt: id,
                 mutation,
                 reply,
             } => {
-                let by = self.id(node);
+                let Some(node) = self.current(&id) else {
+                    let _ = reply.send(Err("this attempt is no longer running".to_string()));
+                    return;
+                };
+                let attempt = id.attempt;
+                let by = id.node;
                 let g = &self.state.graph;
                 let mut violation = None;
                 let answer = match self.running.get_mut(&node) {
@@ -718,7 +721,13 @@ impl Runner {
                     self.break_promise(&v, Some((node, attempt)));
                 }
             }
-            Report::Finished { node, attempt, end } => self.finished(node, attempt, end),
+            Report::Finished { attempt: id, end } => match self.current(&id) {
+                Some(node) => self.finished(node, id.attempt, end),
+                // A late report of a superseded attempt: the fence.
+                None => {
+                    warn!(attempt = %id, "a report of an attempt that is not running was refused")
+                }
+            },
         }
     }
 
@@ -730,79 +739,47 @@ impl Runner {
         self.logs.append(&mut end.logs);
         let node = self.id(i);
         self.fault(Fault::AfterExit, &node);
-        if let Some(v) = running.violated {
-            self.end_attempt(
-                i,
-                attempt,
-                AttemptOutcome::Failed,
-                end.exit_code,
-                v,
-                NodeState::Failed,
-            );
-            return;
-        }
-        if self.broken.is_some() || self.cancelling {
-            let error = if self.cancelling {
-                "killed: the run was cancelled".to_string()
-            } else {
-                "stopped: the run broke a promise".to_string()
-            };
-            self.end_attempt(
-                i,
-                attempt,
-                AttemptOutcome::Killed,
-                end.exit_code,
-                error,
-                NodeState::Cancelled,
-            );
-            return;
-        }
-        let failure = if let Some(e) = end.error.take() {
-            Some((AttemptOutcome::Failed, e, true))
-        } else if end.timed_out {
-            Some((AttemptOutcome::TimedOut, "timed out".to_string(), true))
-        } else if end.killed {
-            Some((
-                AttemptOutcome::Killed,
-                "killed by the orchestrator".to_string(),
-                true,
-            ))
-        } else if let Some((msg, retry)) = end.fail.take() {
-            Some((
-                AttemptOutcome::Failed,
-                format!("the task failed: {msg}"),
-                retry,
-            ))
-        } else if let Some(sig) = end.signal {
-            Some((
-                AttemptOutcome::Failed,
-                format!("killed by signal {sig}"),
-                true,
-            ))
-        } else if end.exit_code != Some(0) {
-            let code = end.exit_code.map_or("?".to_string(), |c| c.to_string());
-            Some((
-                AttemptOutcome::Failed,
-                format!("exited with code {code}"),
-                true,
-            ))
-        } else if end.output.is_none() && self.state.graph.node(i).task.output_required {
-            Some((
-                AttemptOutcome::Failed,
-                "exited 0 without the output its task declares".to_string(),
-                true,
-            ))
-        } else if let Err(e) = native::check_output(
-            &self.state.graph.node(i).task,
-            end.output.as_ref().unwrap_or(&Value::Null),
-        ) {
-            Some((AttemptOutcome::Failed, format!("node `{node}`: {e}"), true))
+        let stopping = if self.halt.cancelling {
+            Some(Stopping::Cancelled)
+        } else if self.halt.broken.is_some() {
+            Some(Stopping::PromiseBroken)
         } else {
             None
         };
-        if let Some((outcome, error, retry)) = failure {
-            self.fail_attempt(i, attempt, outcome, end.exit_code, error, retry);
-            return;
+        let exit_code = end.exit_code();
+        let task = &self.state.graph.node(i).task;
+        match verdict::judge(&end, task, &node, running.violated.as_deref(), stopping) {
+            Verdict::Violated(error) => {
+                self.end_attempt(
+                    i,
+                    attempt,
+                    AttemptOutcome::Failed,
+                    exit_code,
+                    error,
+                    NodeState::Failed,
+                );
+                return;
+            }
+            Verdict::Stopped(error) => {
+                self.end_attempt(
+                    i,
+                    attempt,
+                    AttemptOutcome::Killed,
+                    exit_code,
+                    error,
+                    NodeState::Cancelled,
+                );
+                return;
+            }
+            Verdict::Failed {
+                outcome,
+                error,
+                retryable,
+            } => {
+                self.fail_attempt(i, attempt, outcome, exit_code, error, retryable);
+                return;
+            }
+            Verdict::Succeeded => {}
         }
         // Other attempts may have committed since the mutations were
         // checked on arrival: validate the whole batch once more.
@@ -823,21 +800,14 @@ impl Runner {
                     i,
                     attempt,
                     AttemptOutcome::Failed,
-                    end.exit_code,
+                    exit_code,
                     error,
                     NodeState::Failed,
                 );
                 return;
             }
             Err(BatchProblem::BadPromise(error)) => {
-                self.fail_attempt(
-                    i,
-                    attempt,
-                    AttemptOutcome::Failed,
-                    end.exit_code,
-                    error,
-                    true,
-                );
+                self.fail_attempt(i, attempt, AttemptOutcome::Failed, exit_code, error, true);
                 return;
             }
         };
@@ -858,7 +828,7 @@ impl Runner {
             node: node.clone(),
             attempt,
             outcome: AttemptOutcome::Succeeded,
-            exit_code: end.exit_code,
+            exit_code,
             error: None,
         });
         self.emit(EventKind::NodeState {
@@ -903,7 +873,7 @@ impl Runner {
     ) {
         let node = self.id(i);
         warn!(node = %node, attempt, error = %error, "attempt failed");
-        let retries = self.state.graph.node(i).task.retries;
+        let task = &self.state.graph.node(i).task;
         // Interrupted attempts (the orchestrator stopped) use no retry.
         let failures = 1 + self.state.facts[i]
             .attempts
@@ -915,20 +885,22 @@ impl Runner {
                 )
             })
             .count() as u32;
-        if retryable && failures <= retries && self.failure.is_none() {
-            let wait = self.state.graph.node(i).task.backoff(failures);
-            if wait.is_zero() {
+        match verdict::retry(task, failures, retryable, self.halt.failure.is_some()) {
+            Retry::Now => {
                 self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
-            } else {
+                return;
+            }
+            Retry::After(wait) => {
                 info!(node = %node, attempt, wait_s = wait.as_secs_f64(), "retry after backoff");
                 self.retry_at.insert(i, tokio::time::Instant::now() + wait);
                 self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Pending);
+                return;
             }
-            return;
+            Retry::GiveUp => {}
         }
         let reason = format!("node `{node}` failed (attempt {attempt}): {error}");
         self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Failed);
-        self.failure.get_or_insert(reason);
+        self.halt.failure.get_or_insert(reason);
     }
 
     /// Once nothing runs: a shape region still unfilled can never be
@@ -960,7 +932,7 @@ impl Runner {
     fn finish(&mut self) -> RunStatus {
         // A run that ends while nodes wait for input stops waiting for them.
         self.stop_waiting("the run ended while it waited for input");
-        if self.cancelling {
+        if self.halt.cancelling {
             // Nothing that had not started will run.
             let unfinished: Vec<String> = self
                 .state
@@ -976,37 +948,12 @@ impl Runner {
                     state: NodeState::Cancelled,
                 });
             }
-        } else if self.broken.is_none() && self.failure.is_none() {
+        } else if self.halt.broken.is_none() && self.halt.failure.is_none() {
             self.check_unfilled();
         }
-        let g = &self.state.graph;
-        let (status, reason) = if self.cancelling {
-            (
-                RunStatus::Cancelled,
-                Some("cancelled on request".to_string()),
-            )
-        } else if let Some(b) = self.broken.clone() {
-            (RunStatus::PromiseBroken, Some(b))
-        } else if let Some(f) = self.failure.clone() {
-            (RunStatus::Failed, Some(f))
-        } else if g.nodes().iter().all(|n| n.state == NodeState::Succeeded) {
-            (RunStatus::Succeeded, None)
-        } else {
-            let stuck: Vec<&str> = g
-                .nodes()
-                .iter()
-                .filter(|n| n.state != NodeState::Succeeded)
-                .map(|n| n.id.as_str())
-                .take(10)
-                .collect();
-            (
-                RunStatus::Failed,
-                Some(format!(
-                    "no node can start; unfinished: {}",
-                    stuck.join(", ")
-                )),
-            )
-        };
+        let nodes = self.state.graph.nodes().iter();
+        let (status, reason) =
+            schedule::final_status(&self.halt, nodes.map(|n| (n.id.as_str(), n.state)));
         info!(run = %self.state.run, status = %status, "run finished");
         self.emit(EventKind::RunStatus { status, reason });
         status

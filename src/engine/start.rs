@@ -49,7 +49,7 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         kind: EventKind::RunStarted {
             workflow: def.name.clone(),
             orchestrator_pid: std::process::id(),
-            config: serde_json::to_value(&config).expect("config serialises"),
+            config: config.clone(),
         },
     };
     let at = time::now();

@@ -26,12 +26,53 @@ pub(super) fn take_over(
     native::refuse_task_mode()?;
     let store = engine.store();
     let run = store.resolve_run(run)?;
-    let mut state = store.replay(&run, None)?;
-    let config: RunConfig =
-        serde_json::from_value(state.config.clone()).map_err(|e| Error::Corrupt {
-            path: store.location().into(),
-            message: format!("run {run} has no usable configuration: {e}"),
-        })?;
+    // The lease first: once it is ours (a new epoch), nothing the old
+    // owner could still try to write lands, so the history read next is
+    // the one this engine continues.
+    let lease = store.take_over(&run, engine.owner(), force)?;
+    let prepared = prepare(engine, &run, kind, force);
+    if prepared.is_err() {
+        // Refused after all (the run ended, a script changed): the run is
+        // given up again, free for the next takeover.
+        let _ = store.release(&lease);
+    }
+    let (mut state, restart, config) = prepared?;
+    let restarted = restart.map(|kind| state.push(kind).0);
+    let mut runner = Runner::new(engine, lease, state, &config, executor)?;
+    if let Some(event) = restarted {
+        runner.queue_applied(event);
+        if runner.status() != RunStatus::Running {
+            runner.emit(EventKind::RunStatus {
+                status: RunStatus::Running,
+                reason: None,
+            });
+        }
+    }
+    runner.recover()?;
+    runner.announce(if runner.restarted() {
+        "run restarted"
+    } else {
+        "run resumed"
+    });
+    Ok(runner)
+}
+
+/// What a takeover of `run` continues from: its state, the restart event
+/// to apply (for a restart) and its recorded config; refused when a
+/// resume finds the run ended or (unless `force`) a script changed.
+fn prepare(
+    engine: &Engine,
+    run: &str,
+    kind: TakeoverKind,
+    force: bool,
+) -> Result<(RunState, Option<EventKind>, RunConfig)> {
+    let store = engine.store();
+    let run = run.to_string();
+    let state = store.replay(&run, None)?;
+    let config: RunConfig = state.config.clone().ok_or_else(|| Error::Corrupt {
+        path: store.location().into(),
+        message: format!("run {run} has no `run_started` event"),
+    })?;
     let restart = match kind {
         TakeoverKind::Resume => {
             if state.status.is_terminal() {
@@ -55,25 +96,7 @@ pub(super) fn take_over(
         }
         TakeoverKind::Restart(node) => Some(restart_event(&state, &run, &node)?),
     };
-    let lease = store.take_over(&run, engine.owner(), force)?;
-    let restarted = restart.map(|kind| state.push(kind).0);
-    let mut runner = Runner::new(engine, lease, state, &config, executor)?;
-    if let Some(event) = restarted {
-        runner.queue_applied(event);
-        if runner.status() != RunStatus::Running {
-            runner.emit(EventKind::RunStatus {
-                status: RunStatus::Running,
-                reason: None,
-            });
-        }
-    }
-    runner.recover()?;
-    runner.announce(if runner.restarted() {
-        "run restarted"
-    } else {
-        "run resumed"
-    });
-    Ok(runner)
+    Ok((state, restart, config))
 }
 
 /// The first registered Python script whose content changed since the run

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::graph::Graph;
-use crate::model::{AttemptOutcome, Attrs, Mutation, NodeState, Origin, RunStatus, Task};
+use crate::model::{
+    AttemptOutcome, Attrs, Mutation, NodeState, Origin, RunConfig, RunStatus, Task,
+};
 
 /// One entry of a run's append-only history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,7 +38,7 @@ pub enum EventKind {
         orchestrator_pid: u32,
         /// What is needed to run it again: base directory, interpreter,
         /// parallelism.
-        config: Value,
+        config: RunConfig,
     },
     /// A new orchestrator process took the run over after the previous
     /// one stopped.
@@ -89,10 +91,8 @@ pub enum EventKind {
     },
     /// A batch broke a promise; it was not applied.
     PromiseBroken {
-        /// The violation record: `promise`, `promise_text`,
-        /// `promise_index`, `mutation`, `message`, `node`, `task`,
-        /// `attempt`.
-        violation: Value,
+        /// What was broken, by what.
+        violation: ViolationRecord,
     },
     /// A node and everything downstream were restarted: the batches sent
     /// by their tasks (and by the tasks of the nodes those added) are
@@ -157,7 +157,7 @@ pub struct RunState {
     /// The workflow's name.
     pub workflow: String,
     /// The run's configuration as recorded when it started.
-    pub config: Value,
+    pub config: Option<RunConfig>,
     /// Current status.
     pub status: RunStatus,
     /// Why the run failed, if it did.
@@ -173,7 +173,7 @@ pub struct RunState {
     /// Per node (by position): times, attempts, output.
     pub facts: Vec<NodeFacts>,
     /// Promise violations (filled by the promise checker).
-    pub violations: Vec<Value>,
+    pub violations: Vec<ViolationRecord>,
     /// The last applied event's sequence number.
     pub last_seq: u64,
     /// The generation of the graph (bumped by each restart).
@@ -190,13 +190,60 @@ pub struct RunState {
     pub retired: std::collections::HashMap<String, u32>,
 }
 
+/// A broken promise as the history records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ViolationRecord {
+    /// The promise.
+    pub promise: crate::promise::Promise,
+    /// The promise as text, e.g. `no_edges_into(x)`.
+    pub promise_text: String,
+    /// Its position among the run's promises.
+    pub promise_index: usize,
+    /// The mutation (or moment) that broke it.
+    pub mutation: String,
+    /// What is wrong.
+    pub message: String,
+    /// The node whose attempt sent the batch, if an attempt did.
+    pub node: Option<String>,
+    /// That node's task name.
+    pub task: Option<String>,
+    /// That attempt's number.
+    pub attempt: Option<u32>,
+}
+
+impl ViolationRecord {
+    /// The record of `v`, broken by attempt `attempt` of `node` running
+    /// `task` (all `None` when no attempt broke it: a region never
+    /// filled, a start).
+    pub fn new(
+        v: &crate::promise::Violation,
+        by: Option<(String, String, u32)>,
+    ) -> ViolationRecord {
+        let (node, task, attempt) = match by {
+            Some((n, t, a)) => (Some(n), Some(t), Some(a)),
+            None => (None, None, None),
+        };
+        ViolationRecord {
+            promise: v.promise.clone(),
+            promise_text: v.promise.to_string(),
+            promise_index: v.index,
+            mutation: v.mutation.clone(),
+            message: v.message.clone(),
+            node,
+            task,
+            attempt,
+        }
+    }
+}
+
 impl RunState {
     /// The empty state of a run before its first event.
     pub fn new(run: &str) -> RunState {
         RunState {
             run: run.to_string(),
             workflow: String::new(),
-            config: Value::Null,
+            config: None,
             status: RunStatus::Running,
             reason: None,
             orchestrator_pid: None,
@@ -254,7 +301,7 @@ impl RunState {
                 config,
             } => {
                 self.workflow = workflow.clone();
-                self.config = config.clone();
+                self.config = Some(config.clone());
                 self.orchestrator_pid = Some(*orchestrator_pid);
                 self.created_at.get_or_insert_with(|| e.at.clone());
                 Vec::new()
@@ -492,7 +539,7 @@ pub struct RunExport {
     /// Every promise, in declaration order.
     pub promises: Vec<crate::promise::Promise>,
     /// Every promise violation.
-    pub violations: Vec<Value>,
+    pub violations: Vec<ViolationRecord>,
 }
 
 impl RunExport {

@@ -4,8 +4,10 @@
 //! produces, what a task sends over the protocol and what the event log
 //! stores. The runtime knows no other structure (SPEC §2).
 
+mod config;
 mod definition;
 
+pub use config::RunConfig;
 pub use definition::Definition;
 
 use std::fmt;

@@ -180,7 +180,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
     let violated: HashSet<&str> = state
         .violations
         .iter()
-        .filter_map(|v| v["node"].as_str())
+        .filter_map(|v| v.node.as_deref())
         .collect();
     let mut o = Outlook {
         run: state.run.clone(),
@@ -195,9 +195,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             .map(|v| {
                 format!(
                     "promise `{}` broken by {}: {}",
-                    v["promise_text"].as_str().unwrap_or("?"),
-                    v["mutation"].as_str().unwrap_or("?"),
-                    v["message"].as_str().unwrap_or("?")
+                    v.promise_text, v.mutation, v.message
                 )
             })
             .collect(),

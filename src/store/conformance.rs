@@ -23,7 +23,7 @@ use serde_json::json;
 use super::{Lease, LogLine, Owner, Registration, Signal, Store};
 use crate::error::Error;
 use crate::history::{Event, EventKind, RunState};
-use crate::model::{AttemptOutcome, Mutation, NodeState, Origin, RunStatus, Task};
+use crate::model::{AttemptOutcome, Mutation, NodeState, Origin, RunConfig, RunStatus, Task};
 
 /// A pid no process can have (above the kernel's largest `pid_max`).
 const NO_PID: u32 = 1 << 30;
@@ -59,7 +59,7 @@ fn register(store: &dyn Store, run: &str, by: &Owner) -> Fixture {
         kind: EventKind::RunStarted {
             workflow: "conformance".into(),
             orchestrator_pid: by.pid,
-            config: json!({"any": "thing"}),
+            config: RunConfig::new("/tmp", "python3"),
         },
     };
     let mutations = vec![
@@ -228,7 +228,7 @@ fn a_refused_registration_leaves_nothing(store: &dyn Store) {
         kind: EventKind::RunStarted {
             workflow: "w".into(),
             orchestrator_pid: 1,
-            config: json!(null),
+            config: RunConfig::new("/tmp", "python3"),
         },
     };
     let kept = store

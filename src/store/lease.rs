@@ -43,7 +43,7 @@ impl Owner {
     pub fn this_process() -> Owner {
         let pid = std::process::id();
         Owner {
-            id: crate::time::new_run_id().replacen("run", "engine", 1),
+            id: format!("engine-{}", crate::time::new_run_id()),
             host: crate::host::identity().to_string(),
             pid,
             started: crate::host::process_start(pid),
@@ -57,7 +57,7 @@ impl Owner {
         self
     }
 
-    /// How errors and `orch show` name it.
+    /// How errors name it.
     pub fn describe(&self) -> String {
         format!("engine {} (pid {} on {})", self.id, self.pid, self.host)
     }

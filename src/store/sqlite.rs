@@ -28,7 +28,8 @@ pub const DB_ENV: &str = "ORCH_DB";
 
 /// Version 2 added run leases (`owner_id`, `owner`, `epoch`,
 /// `lease_until`) and the `signals` table (replacing `controls` and
-/// `inputs`, which a migrated database keeps unused).
+/// `inputs`: a migrated database moves their untaken rows into it and
+/// keeps the tables, unused).
 const SCHEMA_VERSION: i64 = 2;
 
 /// What a version-1 database needs to become version 2 (before `SCHEMA`,
@@ -38,6 +39,23 @@ ALTER TABLE runs ADD COLUMN owner_id TEXT;
 ALTER TABLE runs ADD COLUMN owner TEXT;
 ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    value TEXT,
+    requested_at TEXT NOT NULL,
+    taken_at TEXT
+);
+INSERT INTO signals (run, kind, node, value, requested_at)
+    SELECT run, kind, node, value, at FROM (
+        SELECT run, command AS kind, NULL AS node, NULL AS value, requested_at AS at, 0 AS src, id
+            FROM controls WHERE taken_at IS NULL
+        UNION ALL
+        SELECT run, 'input', node, value, delivered_at, 1, id
+            FROM inputs WHERE taken_at IS NULL
+    ) ORDER BY at, src, id;
 "#;
 
 /// The store's clock, in milliseconds since the Unix epoch: leases expire
@@ -868,10 +886,7 @@ impl SqliteStore {
             return Err(Error::NotInput {
                 run: run.to_string(),
                 node: node.to_string(),
-                kind: serde_json::to_value(&n.task)
-                    .ok()
-                    .and_then(|t| t["kind"].as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                kind: crate::exec::kind_of(&n.task.exec).to_string(),
             });
         }
         if n.state.is_terminal() {
@@ -1461,7 +1476,7 @@ mod tests {
             kind: EventKind::RunStarted {
                 workflow: "w".into(),
                 orchestrator_pid: 1,
-                config: json!({"x": 1}),
+                config: crate::model::RunConfig::new("/x", "python3"),
             },
         }
     }
@@ -1581,5 +1596,150 @@ mod tests {
             n += 1;
             Box::new(SqliteStore::open(dir.path().join(format!("{n}.db"))).unwrap())
         });
+    }
+
+    /// The schema of version 1, as orch wrote it before leases.
+    const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    orchestrator_pid INTEGER,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    config TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    run TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    PRIMARY KEY (run, id)
+);
+CREATE TABLE IF NOT EXISTS edges (
+    run TEXT NOT NULL,
+    src TEXT NOT NULL,
+    dst TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    PRIMARY KEY (run, src, dst)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    pid INTEGER,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (run, node, attempt)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run, node)
+);
+CREATE TABLE IF NOT EXISTS promises (
+    run TEXT NOT NULL,
+    promise TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_run ON promises (run);
+CREATE TABLE IF NOT EXISTS violations (
+    run TEXT NOT NULL,
+    violation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS violations_run ON violations (run);
+CREATE TABLE IF NOT EXISTS logs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
+CREATE TABLE IF NOT EXISTS controls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    command TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS controls_run ON controls (run, taken_at);
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    value TEXT NOT NULL,
+    delivered_at TEXT NOT NULL,
+    taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS inputs_run ON inputs (run, taken_at);
+"#;
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_pending_signals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'running', 't', '{}');
+                 INSERT INTO controls (run, command, requested_at) VALUES ('r', 'pause', 't1');
+                 INSERT INTO controls (run, command, requested_at, taken_at) VALUES ('r', 'cancel', 't0', 't0');
+                 INSERT INTO inputs (run, node, value, delivered_at) VALUES ('r', 'ask', '{\"ok\": true}', 't2');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open_existing(&path).unwrap();
+        let version: i64 = store
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let pending = store.pending().unwrap();
+        assert_eq!(
+            pending.iter().map(|p| p.signal.clone()).collect::<Vec<_>>(),
+            vec![
+                Signal::Pause,
+                Signal::Input {
+                    node: "ask".into(),
+                    value: json!({"ok": true})
+                }
+            ],
+            "untaken requests carry over, in order; taken ones do not"
+        );
+        let record = store.owner("r").unwrap();
+        assert!(
+            record.owner.is_none(),
+            "a run of version 1 has no owner yet"
+        );
+        // Opening it again changes nothing.
+        drop(store);
+        assert_eq!(
+            SqliteStore::open_existing(&path)
+                .unwrap()
+                .pending()
+                .unwrap(),
+            pending
+        );
     }
 }

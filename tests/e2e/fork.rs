@@ -307,9 +307,10 @@ orch.output({"was_loaded": was_loaded, "leak": globals_leak, **warm.touch(ctx.no
     assert_eq!(imports.lines().count(), 1, "imported once: {imports}");
 
     // Resume rebuilds the run with the same preload: the config records it.
-    let config = &space.store().replay(&ex.run, None).unwrap().config;
-    assert_eq!(config["python_preload"], json!(["warm"]));
-    assert_eq!(config["python_fork"], json!(true));
+    let state = space.store().replay(&ex.run, None).unwrap();
+    let config = state.config.as_ref().expect("recorded");
+    assert_eq!(config.python_preload, ["warm"]);
+    assert!(config.python_fork);
 }
 
 #[test]

@@ -71,10 +71,10 @@ fn assert_broken(
     assert_eq!(ex.status, RunStatus::PromiseBroken, "{:?}", ex.reason);
     assert_eq!(ex.violations.len(), 1, "{:?}", ex.violations);
     let v = &ex.violations[0];
-    assert_eq!(v["promise_text"], promise_text, "{v}");
-    assert_eq!(v["node"], "t");
-    assert_eq!(v["task"], "t");
-    assert_eq!(v["attempt"], 1);
+    assert_eq!(v.promise_text, promise_text, "{v:?}");
+    assert_eq!(v.node.as_deref(), Some("t"));
+    assert_eq!(v.task.as_deref(), Some("t"));
+    assert_eq!(v.attempt, Some(1));
     assert!(ex.reason.as_deref().unwrap().contains(promise_text));
     for id in absent {
         assert!(ex.node(id).is_none(), "`{id}` must not be in the graph");
@@ -129,7 +129,7 @@ fn no_new_edges() {
         "no_new_edges",
         &["x"],
     );
-    assert_eq!(ex.violations[0]["mutation"], "add_edge `t` -> `x`");
+    assert_eq!(ex.violations[0].mutation, "add_edge `t` -> `x`");
 }
 
 #[test]
@@ -147,10 +147,7 @@ fn only_nodes() {
         "only_nodes(task:M)",
         &["M_0", "X"],
     );
-    assert!(ex.violations[0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("node `X` (task `other`)"));
+    assert!(ex.violations[0].message.contains("node `X` (task `other`)"));
 }
 
 #[test]
@@ -233,10 +230,7 @@ fn shape_regions_must_be_instances() {
     );
     assert_eq!(ex.status, RunStatus::PromiseBroken);
     assert!(ex.node("X_0").is_none());
-    assert!(ex.violations[0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("not an instance of `M*`"));
+    assert!(ex.violations[0].message.contains("not an instance of `M*`"));
     assert!(ex.node("end").unwrap().attempts.is_empty());
 
     // The direct edge left beside map nodes.
@@ -274,10 +268,7 @@ fn an_unfilled_region_breaks_its_promise_when_nothing_can_fill_it() {
     let ex = shape_run("M*", json!([]));
     assert_eq!(ex.status, RunStatus::PromiseBroken);
     assert!(
-        ex.violations[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("was never filled"),
+        ex.violations[0].message.contains("was never filled"),
         "{:?}",
         ex.violations
     );
@@ -304,8 +295,8 @@ fn a_task_can_promise_at_run_time() {
     let (_, ex) = space.run(&wf);
     assert_eq!(ex.status, RunStatus::PromiseBroken, "{:?}", ex.reason);
     assert_eq!(ex.promises.len(), 1);
-    assert_eq!(ex.violations[0]["promise_text"], "no_edges_into(x)");
-    assert_eq!(ex.violations[0]["node"], "later");
+    assert_eq!(ex.violations[0].promise_text, "no_edges_into(x)");
+    assert_eq!(ex.violations[0].node.as_deref(), Some("later"));
     assert!(ex.node("w").is_none());
 }
 

@@ -267,18 +267,10 @@ impl orch::exec::Executor for Echo {
         &self,
         spec: orch::exec::AttemptSpec,
         link: orch::exec::AttemptLink,
-    ) -> Result<Option<u32>, String> {
-        self.launched.lock().unwrap().push(spec.node.clone());
-        let end = orch::exec::AttemptEnd {
-            exit_code: Some(0),
-            output: Some(serde_json::json!({"node": spec.node, "n": spec.inputs["n"]})),
-            ..Default::default()
-        };
-        let _ = link.reports.send(orch::exec::Report::Finished {
-            node: link.node,
-            attempt: link.attempt,
-            end,
-        });
+    ) -> Result<Option<u32>, orch::exec::LaunchError> {
+        self.launched.lock().unwrap().push(spec.id.node.clone());
+        let output = serde_json::json!({"node": spec.id.node, "n": spec.inputs["n"]});
+        link.finish(orch::exec::AttemptEnd::exited(0).with_output(output));
         Ok(None)
     }
 }
