@@ -12,26 +12,6 @@ fn start_chain(space: &Space, tasks: u32, sleep_ms: u32) -> Child {
     start_chain_with(space, tasks, sleep_ms, &[], &[])
 }
 
-/// Waits until `node` has a running attempt with a pid; returns that pid.
-fn running_pid(space: &Space, node: &str) -> u32 {
-    let running = |ex: &orch::RunExport| {
-        let n = ex.node(node)?;
-        (n.state == NodeState::Running).then(|| n.attempts.last()?.pid)?
-    };
-    let ex = wait_for(space, &format!("`{node}` to run"), |ex| {
-        running(ex).is_some()
-    });
-    running(&ex).expect("running")
-}
-
-fn kill9(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
-    }
-    child.wait().expect("reaped");
-}
-
 #[test]
 fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
     let space = chain_space();

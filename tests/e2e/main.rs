@@ -4,6 +4,7 @@
 mod cli;
 mod control;
 mod durability;
+mod engine;
 mod examples;
 mod execution;
 mod fork;

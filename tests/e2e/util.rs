@@ -184,6 +184,28 @@ pub fn wait_for(space: &Space, what: &str, done: impl Fn(&RunExport) -> bool) ->
     }
 }
 
+/// Waits until `node` of the latest run has a running attempt with a
+/// pid; returns that pid.
+pub fn running_pid(space: &Space, node: &str) -> u32 {
+    let running = |ex: &RunExport| {
+        let n = ex.node(node)?;
+        (n.state == orch::NodeState::Running).then(|| n.attempts.last()?.pid)?
+    };
+    let ex = wait_for(space, &format!("`{node}` to run"), |ex| {
+        running(ex).is_some()
+    });
+    running(&ex).expect("running")
+}
+
+/// Kills a child like `kill -9` and reaps it.
+pub fn kill9(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    child.wait().expect("reaped");
+}
+
 /// A space holding a copy of the durable_chain example's task script.
 pub fn chain_space() -> Space {
     let space = Space::new();
