@@ -256,7 +256,7 @@ fn comparable_events(events: &[Event]) -> Vec<(u64, EventKind)> {
                     ..
                 } => {
                     *orchestrator_pid = 0;
-                    *config = Value::Null;
+                    *config = orch::model::RunConfig::new("", "");
                 }
                 EventKind::RunResumed { orchestrator_pid } => *orchestrator_pid = 0,
                 EventKind::AttemptStarted { pid, .. } => *pid = pid.map(|_| 0),
