@@ -263,10 +263,15 @@ impl Engine {
         );
         self.ensure_background();
         let engine = self.clone();
-        let id = run.clone();
+        let (id, lease) = (run.clone(), runner.lease().clone());
         let task = tokio::spawn(async move {
             let outcome = runner.drive(rx).await;
-            lock(&engine.inner.runs).remove(&id);
+            // Only this runner's entry: a takeover by this same engine (a
+            // restart of a run it drives) put its own in place meanwhile.
+            let mut runs = lock(&engine.inner.runs);
+            if runs.get(&id).is_some_and(|h| h.lease == lease) {
+                runs.remove(&id);
+            }
             outcome
         });
         RunHandle { run, task }
