@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::engine::RunOutcome;
 use crate::engine::{Engine, RunOptions};
 use crate::error::Result;
-use crate::model::{Attrs, Definition, Mutation, RunStatus, Task};
+use crate::model::{Attrs, Definition, Mutation, Task};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -440,37 +441,6 @@ impl EdgeBuilder<'_> {
     /// Sets the label drawn on the edge.
     pub fn label(self, label: &str) -> Self {
         self.attr("label", label)
-    }
-}
-
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunOutcome {
-    /// The run id.
-    pub run: String,
-    /// The final status.
-    pub status: RunStatus,
-    /// Why it did not succeed.
-    pub reason: Option<String>,
-    /// The database holding its history.
-    pub db: PathBuf,
-    /// The live picture of the run, when kept.
-    pub picture: Option<PathBuf>,
-}
-
-impl RunOutcome {
-    /// True when every node succeeded.
-    pub fn succeeded(&self) -> bool {
-        self.status == RunStatus::Succeeded
-    }
-
-    /// A process exit code for programs: 0 when the run succeeded, else 1.
-    pub fn exit_code(&self) -> i32 {
-        if self.succeeded() {
-            0
-        } else {
-            1
-        }
     }
 }
 

@@ -33,6 +33,7 @@
 mod fault;
 mod observe;
 mod options;
+mod outcome;
 mod run;
 pub mod schedule;
 mod start;
@@ -50,12 +51,12 @@ use tracing::warn;
 pub use crate::model::RunConfig;
 pub use observe::Observer;
 pub use options::RunOptions;
+pub use outcome::RunOutcome;
 
 use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::model::Definition;
 use crate::store::{Lease, Owner, Pending, Signal, SignalId, SqliteStore, Store};
-use crate::workflow::RunOutcome;
 
 /// How often the engine looks in the store for signals sent by other
 /// processes.

@@ -31,14 +31,13 @@ use crate::picture::live::LivePicture;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::store::{Lease, LogLine, Signal, SignalId, Store};
 use crate::typed::native;
-use crate::workflow::RunOutcome;
 
 use super::fault::Fault;
 use super::observe::{Observer, Picture};
 use super::schedule::{self, Halt};
 use super::start::typecheck;
 use super::verdict::{self, Retry, Stopping, Verdict};
-use super::{Engine, Envelope, RunConfig};
+use super::{Engine, Envelope, RunConfig, RunOutcome};
 
 pub(super) struct Running {
     attempt: u32,

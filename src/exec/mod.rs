@@ -28,14 +28,17 @@ use tokio::sync::{mpsc, oneshot};
 pub use process::{is_forked_attempt, kill_group, ProcessEnv, ProcessExecutor};
 pub use python::{configured_python, install_helper, resolve_python};
 
-use crate::model::{Exec, Mutation, Task};
-use crate::store::LogLine;
+use crate::history::LogLine;
+use crate::model::{Mutation, Task};
 
 /// A protocol line (or log line) longer than this fails the attempt (or
 /// is truncated in the log): the memory an attempt can take is bounded.
 pub const MAX_LINE_BYTES: usize = 32 << 20;
 /// Log bytes kept per attempt; the rest is counted and dropped.
 pub const MAX_LOG_BYTES: usize = 16 << 20;
+/// The environment variable that puts a workflow binary in task mode: it
+/// names the native task to run.
+pub const NATIVE_TASK_ENV: &str = "ORCH_NATIVE_TASK";
 
 /// Names one attempt: the run, the node and the attempt number (from 1).
 /// The attempt number is also the fence: a report for an attempt that is
@@ -360,20 +363,9 @@ pub(crate) fn content_hash(bytes: impl IntoIterator<Item = u8>) -> String {
     format!("{h:016x}")
 }
 
-/// The task kind as its JSON names it (`kind`), for messages.
-pub(crate) fn kind_of(exec: &Exec) -> &'static str {
-    match exec {
-        Exec::Python { .. } => "python",
-        Exec::PythonFn { .. } => "python_fn",
-        Exec::Command { .. } => "command",
-        Exec::Native { .. } => "native",
-        Exec::Input {} => "input",
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::Task;
 
     #[test]
     fn kinds_are_named_as_the_json_names_them() {
@@ -385,7 +377,7 @@ mod tests {
             Task::input(),
         ] {
             let json = serde_json::to_value(&task).unwrap();
-            assert_eq!(json["kind"], kind_of(&task.exec), "{json}");
+            assert_eq!(json["kind"], task.exec.kind(), "{json}");
         }
     }
 }

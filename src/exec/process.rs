@@ -22,8 +22,8 @@ use super::{
     AttemptEnd, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError, Report,
     TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
+use crate::history::LogLine;
 use crate::model::{Exec, Task};
-use crate::store::LogLine;
 
 /// Where and how processes run.
 #[derive(Clone, Debug)]
@@ -339,7 +339,7 @@ impl ProcessExecutor {
                     )));
                 };
                 let mut c = Command::new(binary);
-                c.env(crate::typed::native::TASK_ENV, task);
+                c.env(super::NATIVE_TASK_ENV, task);
                 c
             }
             Exec::Command { argv } => {

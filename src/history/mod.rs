@@ -117,6 +117,22 @@ pub enum EventKind {
     },
 }
 
+/// One line of an attempt's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// The node id.
+    pub node: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// Line number within the attempt, from 1.
+    pub line: u32,
+    /// `stdout`, `stderr` or `log` (a protocol `log` message, with its
+    /// level as a prefix).
+    pub stream: String,
+    /// The text, without the newline.
+    pub text: String,
+}
+
 /// One attempt of a node, as folded from the history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {

@@ -107,6 +107,24 @@ pub enum Exec {
     Input {},
 }
 
+impl Exec {
+    /// The kind as the JSON names it (`kind`): `python`, `python_fn`,
+    /// `command`, `native` or `input`.
+    ///
+    /// ```
+    /// assert_eq!(orch::Task::python("a.py").exec.kind(), "python");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Exec::Python { .. } => "python",
+            Exec::PythonFn { .. } => "python_fn",
+            Exec::Command { .. } => "command",
+            Exec::Native { .. } => "native",
+            Exec::Input {} => "input",
+        }
+    }
+}
+
 impl Task {
     fn with(exec: Exec) -> Task {
         Task {

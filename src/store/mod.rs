@@ -16,28 +16,13 @@ pub mod conformance;
 
 use serde_json::Value;
 
+pub use crate::history::LogLine;
 pub use lease::{Lease, Owner, OwnerRecord};
 pub use sqlite::{default_path, SqliteStore, DB_ENV};
 
 use crate::error::{Error, Result};
 use crate::history::{Event, RunExport, RunState};
 use crate::model::Mutation;
-
-/// One line of an attempt's log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
-    /// The node id.
-    pub node: String,
-    /// The attempt number.
-    pub attempt: u32,
-    /// Line number within the attempt, from 1.
-    pub line: u32,
-    /// `stdout`, `stderr` or `log` (a protocol `log` message, with its
-    /// level as a prefix).
-    pub stream: String,
-    /// The text, without the newline.
-    pub text: String,
-}
 
 /// What a person (or program) can ask of a live run.
 #[derive(Clone, Debug, PartialEq)]

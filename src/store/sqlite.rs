@@ -886,7 +886,7 @@ impl SqliteStore {
             return Err(Error::NotInput {
                 run: run.to_string(),
                 node: node.to_string(),
-                kind: crate::exec::kind_of(&n.task.exec).to_string(),
+                kind: n.task.exec.kind().to_string(),
             });
         }
         if n.state.is_terminal() {

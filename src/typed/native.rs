@@ -30,9 +30,7 @@ use crate::model::{output_refs, Task};
 use crate::promise::Promise;
 use crate::typed::{Call, Node};
 
-/// The environment variable that puts a workflow binary in task mode: it
-/// names the native task to run.
-pub const TASK_ENV: &str = "ORCH_NATIVE_TASK";
+pub use crate::exec::NATIVE_TASK_ENV as TASK_ENV;
 
 /// A typed task definition. `#[orch::task]` implements it for a marker
 /// type named like the function; you do not implement it by hand.
