@@ -6,7 +6,7 @@
 //! and, once, how the attempt ended ([`AttemptEnd`]). The engine alone
 //! turns that end into a verdict ([`crate::engine::verdict`]).
 //!
-//! [`ProcessExecutor`] runs every [`Exec`] kind as one subprocess in its
+//! [`ProcessExecutor`] runs every [`Exec`](crate::model::Exec) kind as one subprocess in its
 //! own process group, speaking the JSON-lines protocol. Other executors
 //! (containers, remote runners, test doubles) implement [`Executor`] the
 //! same way.
