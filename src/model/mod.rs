@@ -103,7 +103,7 @@ pub enum Exec {
     },
     /// No process: the node waits (state `waiting`) until a value is
     /// delivered (`orch input <run> <node> <json>` or
-    /// [`crate::Store::deliver_input`]); the value becomes its output.
+    /// [`crate::Engine::signal`] with [`crate::store::Signal::Input`]); the value becomes its output.
     Input {},
 }
 
