@@ -5,7 +5,7 @@
 //! the embedded default. The history is folded into state by one
 //! function alone, [`RunState::apply`]: a backend writes its views from
 //! the folded state it is handed, never by interpreting events itself.
-//! A backend proves itself with the [`conformance`] suite (behind the
+//! A backend proves itself with the `conformance` suite (behind the
 //! `testing` feature).
 
 pub mod lease;
