@@ -786,20 +786,15 @@ impl Store for SqliteStore {
         }
         let (node, value) = match signal {
             Signal::Input { node, value } => {
-                drop(c);
-                self.check_input(run, node)?;
+                self.check_input(&c, run, node)?;
                 (Some(node.as_str()), Some(to_json(value)))
             }
-            _ => {
-                drop(c);
-                (None, None)
-            }
+            _ => (None, None),
         };
-        let c = self.lock();
-        c.execute(
+        c.prepare_cached(
             "INSERT INTO signals (run, kind, node, value, requested_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run, signal.as_str(), node, value, crate::time::now()],
         )
+        .and_then(|mut s| s.execute(params![run, signal.as_str(), node, value, crate::time::now()]))
         .map_err(|e| self.err(e))?;
         Ok(SignalId(c.last_insert_rowid()))
     }
@@ -865,34 +860,40 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     /// Refuses an input for a node that is not an input node, or that
-    /// finished.
+    /// finished (one row read, not the run).
     /// Delivers a value to a node whose task is [`crate::Task::input`]: it
     /// becomes the node's output when the orchestrator takes it (at once
     /// if the node waits, else when it starts waiting).
-    fn check_input(&self, run: &str, node: &str) -> Result<()> {
-        let ex = self.export(run)?;
-        if ex.status.is_terminal() {
-            return Err(Error::RunEnded {
-                run: run.to_string(),
-                status: ex.status.to_string(),
-                control: "deliver input".into(),
-            });
-        }
-        let n = ex.node(node).ok_or_else(|| Error::UnknownNode {
+    fn check_input(&self, c: &Connection, run: &str, node: &str) -> Result<()> {
+        let row: Option<(String, String)> = c
+            .prepare_cached("SELECT task, state FROM nodes WHERE run = ?1 AND id = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![run, node], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let (task, state) = row.ok_or_else(|| Error::UnknownNode {
             run: run.to_string(),
             node: node.to_string(),
         })?;
-        if !matches!(n.task.exec, crate::model::Exec::Input {}) {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt {
+            path: self.path.clone(),
+            message: format!("run {run} node `{node}` has an unreadable {what}: {e}"),
+        };
+        let task: Task = serde_json::from_str(&task).map_err(|e| corrupt("task", &e))?;
+        let state: crate::model::NodeState =
+            state.parse().map_err(|e: String| corrupt("state", &e))?;
+        if !matches!(task.exec, crate::model::Exec::Input {}) {
             return Err(Error::NotInput {
                 run: run.to_string(),
                 node: node.to_string(),
-                kind: n.task.exec.kind().to_string(),
+                kind: task.exec.kind().to_string(),
             });
         }
-        if n.state.is_terminal() {
+        if state.is_terminal() {
             return Err(Error::RunEnded {
                 run: format!("{run}` node `{node}"),
-                status: n.state.to_string(),
+                status: state.to_string(),
                 control: "deliver input to".into(),
             });
         }
