@@ -88,6 +88,9 @@ struct Inner {
     /// lists them as pending).
     forwarded: Mutex<HashSet<SignalId>>,
     observers: Mutex<Vec<Arc<dyn Observer>>>,
+    /// The Python helper's folder under `home`, once installed (once per
+    /// engine, not per run).
+    helper: std::sync::OnceLock<PathBuf>,
     /// Whether the poll-and-renew task runs.
     background: Mutex<bool>,
 }
@@ -160,6 +163,7 @@ impl Engine {
                 runs: Mutex::new(HashMap::new()),
                 forwarded: Mutex::new(HashSet::new()),
                 observers: Mutex::new(Vec::new()),
+                helper: std::sync::OnceLock::new(),
                 background: Mutex::new(false),
             }),
         }
@@ -179,6 +183,10 @@ impl Engine {
     }
 
     fn over_sqlite(store: SqliteStore) -> Engine {
+        // The engine's background task checkpoints (`Store::maintain`).
+        if let Err(e) = store.checkpoint_in_background() {
+            warn!(error = %e, "WAL checkpoints stay with the commits");
+        }
         let home = store
             .path()
             .canonicalize()
@@ -296,6 +304,16 @@ impl Engine {
     pub(crate) fn home(&self) -> &Path {
         &self.inner.home
     }
+
+    /// The folder of the Python helper package, installed under `home`
+    /// the first time a run of this engine needs it.
+    pub(crate) fn helper_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = self.inner.helper.get() {
+            return Ok(dir.clone());
+        }
+        let dir = crate::exec::install_helper(&self.inner.home)?;
+        Ok(self.inner.helper.get_or_init(|| dir).clone())
+    }
 }
 
 /// Polls the store for signals sent by other processes and renews the
@@ -304,6 +322,7 @@ async fn background(engine: Weak<Inner>) {
     let mut poll = tokio::time::interval(SIGNAL_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_renewal = tokio::time::Instant::now();
+    let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         poll.tick().await;
         let Some(inner) = engine.upgrade() else {
@@ -316,6 +335,16 @@ async fn background(engine: Weak<Inner>) {
         match inner.store.pending() {
             Ok(pending) => forward(&inner, pending),
             Err(e) => warn!(error = %e, "cannot read stored signals"),
+        }
+        // Housekeeping may wait for the disk: on a blocking thread, never
+        // on a run's; one at a time.
+        if maintenance.as_ref().is_none_or(|m| m.is_finished()) {
+            let store = inner.store.clone();
+            maintenance = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.maintain() {
+                    warn!(error = %e, "store maintenance failed");
+                }
+            }));
         }
         if last_renewal.elapsed() >= inner.owner.ttl / 3 {
             last_renewal = tokio::time::Instant::now();

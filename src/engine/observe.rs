@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use crate::history::{Event, RunState};
+use crate::history::{Event, LogLine, RunState};
 use crate::picture::live::LivePicture;
 
 /// Sees every commit of the runs an engine drives
@@ -32,6 +32,22 @@ use crate::picture::live::LivePicture;
 pub trait Observer: Send + Sync {
     /// `events` were committed; `state` is the run's state including them.
     fn committed(&self, state: &RunState, events: &[Event]);
+
+    /// Whether this observer follows logs as tasks write them ([`log`]);
+    /// asked once per run. Off by default: lines then cost nothing until
+    /// their attempt ends and they are committed.
+    ///
+    /// [`log`]: Observer::log
+    fn follows_logs(&self) -> bool {
+        false
+    }
+
+    /// A task of run `run` wrote `line` (not committed yet: it is, with
+    /// the rest of its attempt's log, when the attempt ends). Called on
+    /// the run's task as lines arrive, only if [`Observer::follows_logs`].
+    fn log(&self, run: &str, line: &LogLine) {
+        let _ = (run, line);
+    }
 }
 
 /// The live picture as an observer of its run.

@@ -21,8 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::exec::{
-    install_helper, AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, ProcessEnv,
-    ProcessExecutor, Report,
+    AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
 };
 use crate::graph::Staging;
 use crate::history::{Event, EventKind, RunState, ViolationRecord};
@@ -80,6 +79,8 @@ pub(crate) struct Runner {
     retry_at: HashMap<usize, tokio::time::Instant>,
     /// Told of every commit: the engine's observers and the live picture.
     observers: Vec<Arc<dyn Observer>>,
+    /// Whether an observer follows logs as they are written.
+    follow_logs: bool,
     /// Where the live picture is kept, when it is.
     picture: Option<PathBuf>,
     /// Set while the executor is getting ready for a ready node's task
@@ -114,7 +115,7 @@ impl Runner {
             None => Arc::new(ProcessExecutor::new(ProcessEnv {
                 base_dir: config.base_dir.clone(),
                 python: config.python.clone(),
-                helper_dir: install_helper(&home)?,
+                helper_dir: engine.helper_dir()?,
                 db: PathBuf::from(store.location()),
                 default_timeout: config.default_timeout.map(Duration::from_secs_f64),
                 native_binary: config.native_binary.clone(),
@@ -158,6 +159,7 @@ impl Runner {
             enablers: HashSet::new(),
             halt: Halt::default(),
             retry_at: HashMap::new(),
+            follow_logs: observers.iter().any(|o| o.follows_logs()),
             observers,
             picture,
             hold: None,
@@ -626,7 +628,8 @@ impl Runner {
             self.executor
                 .launch(
                     AttemptSpec::new(id.clone(), task, inputs, upstream),
-                    AttemptLink::new(id, self.reports_tx.clone(), kill_rx),
+                    AttemptLink::new(id, self.reports_tx.clone(), kill_rx)
+                        .following_logs(self.follow_logs),
                 )
                 .map_err(|e| e.to_string())
         });
@@ -718,6 +721,13 @@ impl Runner {
                 let _ = reply.send(answer);
                 if let Some(v) = violation {
                     self.break_promise(&v, Some((node, attempt)));
+                }
+            }
+            Report::Log { attempt: id, line } => {
+                if self.current(&id).is_some() {
+                    for o in &self.observers {
+                        o.log(&self.state.run, &line);
+                    }
                 }
             }
             Report::Finished { attempt: id, end } => match self.current(&id) {

@@ -120,6 +120,15 @@ pub enum Report {
         /// Where the answer goes.
         reply: oneshot::Sender<std::result::Result<(), String>>,
     },
+    /// The task wrote a log line (sent as it is written, only when the
+    /// link [follows logs](AttemptLink::follow_logs); the end's `logs`
+    /// still carry every line).
+    Log {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The line.
+        line: LogLine,
+    },
     /// The attempt ended.
     Finished {
         /// The attempt.
@@ -270,6 +279,9 @@ pub struct AttemptLink {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Fires when the engine wants the attempt killed.
     pub kill: oneshot::Receiver<()>,
+    /// Whether the engine wants each log line as it is written
+    /// ([`Report::Log`]): someone follows the logs.
+    pub follow_logs: bool,
 }
 
 impl AttemptLink {
@@ -279,7 +291,18 @@ impl AttemptLink {
         reports: mpsc::UnboundedSender<Report>,
         kill: oneshot::Receiver<()>,
     ) -> AttemptLink {
-        AttemptLink { id, reports, kill }
+        AttemptLink {
+            id,
+            reports,
+            kill,
+            follow_logs: false,
+        }
+    }
+
+    /// The same link, asking for each log line as it is written.
+    pub fn following_logs(mut self, on: bool) -> AttemptLink {
+        self.follow_logs = on;
+        self
     }
 
     /// Reports the attempt's end (at most once: the link is consumed).

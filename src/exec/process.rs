@@ -19,8 +19,8 @@ use super::fork::{ForkExit, ForkServer, Forked, Request};
 use super::protocol::{self, Body, Line, Start};
 use super::python::resolve_python;
 use super::{
-    AttemptEnd, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError, Report,
-    TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
+    AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
+    Report, TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::{Exec, Task};
@@ -543,6 +543,8 @@ struct Collector {
     logs: Vec<LogLine>,
     bytes: usize,
     dropped: usize,
+    /// Where each kept line goes as it is written, when logs are followed.
+    live: Option<(AttemptId, mpsc::UnboundedSender<Report>)>,
 }
 
 impl Collector {
@@ -552,13 +554,20 @@ impl Collector {
             return;
         }
         self.bytes += text.len();
-        self.logs.push(LogLine {
+        let line = LogLine {
             node: self.node.clone(),
             attempt: self.attempt,
             line: self.logs.len() as u32 + 1,
             stream: stream.to_string(),
             text,
-        });
+        };
+        if let Some((attempt, reports)) = &self.live {
+            let _ = reports.send(Report::Log {
+                attempt: attempt.clone(),
+                line: line.clone(),
+            });
+        }
+        self.logs.push(line);
     }
 
     fn finish(mut self) -> Vec<LogLine> {
@@ -609,6 +618,9 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
         logs: Vec::new(),
         bytes: 0,
         dropped: 0,
+        live: link
+            .follow_logs
+            .then(|| (link.id.clone(), link.reports.clone())),
     };
     let mut end = AttemptEnd::ended(Exit::Unknown);
     // Once broken, the rest of stdout is only logged.

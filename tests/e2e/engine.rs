@@ -813,3 +813,74 @@ fn the_cli_steers_each_run_of_an_engine_through_the_store() {
         "{paused} < {input} < {unpaused} < {after}"
     );
 }
+
+/// Follows the logs of every run: each line as its task writes it, before
+/// its attempt ends; creates `release` when it sees the line `ready`.
+struct Follower {
+    lines: std::sync::Mutex<Vec<(String, String)>>,
+    release: std::path::PathBuf,
+}
+
+impl Observer for Follower {
+    fn committed(&self, _state: &RunState, _events: &[Event]) {}
+
+    fn follows_logs(&self) -> bool {
+        true
+    }
+
+    fn log(&self, run: &str, line: &orch::history::LogLine) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push((run.to_string(), line.text.clone()));
+        if line.text == "ready" {
+            std::fs::write(&self.release, "go").unwrap();
+        }
+    }
+}
+
+/// A task's log lines reach an observer while the task still runs: the
+/// task prints `ready`, then waits for a file that only the observer,
+/// on seeing that line, creates (the task gives up after 60 s, which
+/// would fail the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_reach_an_observer_while_the_task_runs() {
+    let space = Space::new();
+    let release = space.path().join("release");
+    space.write(
+        "wait.py",
+        &format!(
+            "import os, time, orch\nctx = orch.start()\nprint('ready', flush=True)\n\
+             deadline = time.time() + 60\n\
+             while not os.path.exists({release:?}):\n    \
+                 if time.time() > deadline:\n        raise SystemExit('nobody followed the log')\n    \
+                 time.sleep(0.01)\n\
+             print('released')\norch.output('done')\n",
+            release = release.display().to_string()
+        ),
+    );
+    let engine = Engine::open(space.db()).unwrap();
+    let follower = Arc::new(Follower {
+        lines: Default::default(),
+        release: release.clone(),
+    });
+    engine.observe(follower.clone());
+    let mut wf = space.workflow("follow");
+    wf.node("wait", Task::python("wait.py"));
+    let outcome = engine
+        .start(wf.definition(), wf.options())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let lines = follower.lines.lock().unwrap().clone();
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["ready", "released"], "in order, each once");
+    assert!(lines.iter().all(|(run, _)| *run == outcome.run));
+    // And the history keeps them, as before.
+    let logs = space.store().logs(&outcome.run, "wait", None).unwrap();
+    let stored: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(stored, ["ready", "released"]);
+}
