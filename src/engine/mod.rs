@@ -183,10 +183,6 @@ impl Engine {
     }
 
     fn over_sqlite(store: SqliteStore) -> Engine {
-        // The engine's background task checkpoints (`Store::maintain`).
-        if let Err(e) = store.checkpoint_in_background() {
-            warn!(error = %e, "WAL checkpoints stay with the commits");
-        }
         let home = store
             .path()
             .canonicalize()
@@ -322,7 +318,6 @@ async fn background(engine: Weak<Inner>) {
     let mut poll = tokio::time::interval(SIGNAL_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_renewal = tokio::time::Instant::now();
-    let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         poll.tick().await;
         let Some(inner) = engine.upgrade() else {
@@ -335,16 +330,6 @@ async fn background(engine: Weak<Inner>) {
         match inner.store.pending() {
             Ok(pending) => forward(&inner, pending),
             Err(e) => warn!(error = %e, "cannot read stored signals"),
-        }
-        // Housekeeping may wait for the disk: on a blocking thread, never
-        // on a run's; one at a time.
-        if maintenance.as_ref().is_none_or(|m| m.is_finished()) {
-            let store = inner.store.clone();
-            maintenance = Some(tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.maintain() {
-                    warn!(error = %e, "store maintenance failed");
-                }
-            }));
         }
         if last_renewal.elapsed() >= inner.owner.ttl / 3 {
             last_renewal = tokio::time::Instant::now();

@@ -375,12 +375,13 @@ impl Runner {
         self.enablers.clear();
         self.logs.clear();
         self.taken.clear();
-        let events = std::mem::take(&mut self.queued);
-        if !events.is_empty() {
+        if !self.queued.is_empty() {
             for o in &self.observers {
-                o.committed(&self.state, &events);
+                o.committed(&self.state, &self.queued);
             }
         }
+        // Cleared, not replaced: the next commit reuses the allocation.
+        self.queued.clear();
         Ok(())
     }
 

@@ -210,11 +210,4 @@ pub trait Store: Send + Sync {
 
     /// Checks the database's own consistency.
     fn integrity_check(&self) -> Result<()>;
-
-    /// Housekeeping off the runs' hot paths (SQLite: a WAL checkpoint). An
-    /// engine calls it about every 200 ms while it drives runs, on a
-    /// blocking thread. Nothing by default.
-    fn maintain(&self) -> Result<()> {
-        Ok(())
-    }
 }

@@ -173,9 +173,6 @@ pub fn default_path() -> PathBuf {
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
-    /// A second connection for WAL checkpoints ([`Store::maintain`]),
-    /// opened on first use.
-    checkpointer: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -227,7 +224,6 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,
-            checkpointer: Mutex::new(None),
         })
     }
 
@@ -283,17 +279,6 @@ impl SqliteStore {
                 .map_err(wrapper(path))?;
         }
         Ok(())
-    }
-
-    /// Leaves WAL checkpoints to [`Store::maintain`] (which an engine
-    /// calls off its runs' tasks) instead of the commit that happens to
-    /// fill the WAL: that commit held the connection every run shares
-    /// through two fsyncs (a signal's p99 latency with 10,000 waiting runs
-    /// went from 6 ms to 0.4 ms, `benches/README.md`).
-    pub(crate) fn checkpoint_in_background(&self) -> Result<()> {
-        self.lock()
-            .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(|e| self.err(e))
     }
 
     /// The database file.
@@ -867,21 +852,6 @@ impl Store for SqliteStore {
     }
 
     /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.
-    fn maintain(&self) -> Result<()> {
-        let mut slot = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            let c = Connection::open(&self.path).map_err(|e| self.err(e))?;
-            c.busy_timeout(Duration::from_secs(1))
-                .map_err(|e| self.err(e))?;
-            *slot = Some(c);
-        }
-        let c = slot.as_ref().expect("just opened");
-        // PASSIVE: copies what no reader needs any more, never waits for
-        // (or blocks) a writer.
-        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(|e| self.err(e))
-    }
-
     fn integrity_check(&self) -> Result<()> {
         let c = self.lock();
         let res: String = c
