@@ -511,18 +511,24 @@ impl Runner {
     /// Makes `value` the output of waiting input node `i`.
     fn deliver(&mut self, i: usize, value: Value) {
         self.waiting.remove(&i);
-        let node = self.id(i);
         let attempt = self.state.last_attempt(i);
-        info!(node = %node, "input delivered");
+        info!(node = %self.state.graph.node(i).id, "input delivered");
+        self.succeed(i, attempt, value, None);
+    }
+
+    /// Ends attempt `attempt` of node `i` in success with `output`: the
+    /// output, the attempt's end and the node's state, queued together.
+    fn succeed(&mut self, i: usize, attempt: u32, output: Value, exit_code: Option<i32>) {
+        let node = self.id(i);
         self.emit(EventKind::Output {
             node: node.clone(),
-            value,
+            value: output,
         });
         self.emit(EventKind::AttemptFinished {
             node: node.clone(),
             attempt,
             outcome: AttemptOutcome::Succeeded,
-            exit_code: None,
+            exit_code,
             error: None,
         });
         self.emit(EventKind::NodeState {
@@ -760,14 +766,7 @@ impl Runner {
         let task = &self.state.graph.node(i).task;
         match verdict::judge(&end, task, &node, running.violated.as_deref(), stopping) {
             Verdict::Violated(error) => {
-                self.end_attempt(
-                    i,
-                    attempt,
-                    AttemptOutcome::Failed,
-                    exit_code,
-                    error,
-                    NodeState::Failed,
-                );
+                self.fail_for_good(i, attempt, exit_code, error);
                 return;
             }
             Verdict::Stopped(error) => {
@@ -806,14 +805,7 @@ impl Runner {
             Err(BatchProblem::Violation(v)) => {
                 self.break_promise(&v, Some((i, attempt)));
                 let error = v.to_string();
-                self.end_attempt(
-                    i,
-                    attempt,
-                    AttemptOutcome::Failed,
-                    exit_code,
-                    error,
-                    NodeState::Failed,
-                );
+                self.fail_for_good(i, attempt, exit_code, error);
                 return;
             }
             Err(BatchProblem::BadPromise(error)) => {
@@ -830,24 +822,17 @@ impl Runner {
                 mutations: batch,
             });
         }
-        self.emit(EventKind::Output {
-            node: node.clone(),
-            value: end.output.unwrap_or(Value::Null),
-        });
-        self.emit(EventKind::AttemptFinished {
-            node: node.clone(),
-            attempt,
-            outcome: AttemptOutcome::Succeeded,
-            exit_code,
-            error: None,
-        });
-        self.emit(EventKind::NodeState {
-            node: node.clone(),
-            state: NodeState::Succeeded,
-        });
+        self.succeed(i, attempt, end.output.unwrap_or(Value::Null), exit_code);
         self.fault(Fault::BeforeCommit, &node);
         info!(node = %node, attempt, "succeeded");
         self.fault(Fault::AfterCommit, &node);
+    }
+
+    /// Fails an attempt that broke a promise: its node fails, with no
+    /// retry (the run ends `promise_broken`).
+    fn fail_for_good(&mut self, i: usize, attempt: u32, exit_code: Option<i32>, error: String) {
+        let outcome = AttemptOutcome::Failed;
+        self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Failed);
     }
 
     /// Ends an attempt and puts its node in `state` (`ready` again for a

@@ -103,6 +103,17 @@ impl Fixture {
         lease: &Lease,
         kinds: Vec<EventKind>,
     ) -> Result<(), Error> {
+        self.commit_with(store, lease, kinds, &[])
+    }
+
+    /// [`Fixture::commit`] with log lines.
+    fn commit_with(
+        &mut self,
+        store: &dyn Store,
+        lease: &Lease,
+        kinds: Vec<EventKind>,
+        logs: &[LogLine],
+    ) -> Result<(), Error> {
         let mut events = Vec::new();
         let mut state = self.state.clone();
         for kind in kinds {
@@ -114,7 +125,7 @@ impl Fixture {
             state.apply(&e);
             events.push(e);
         }
-        store.commit(lease, &state, &events, &[], &[])?;
+        store.commit(lease, &state, &events, logs, &[])?;
         self.state = state;
         Ok(())
     }
@@ -164,9 +175,7 @@ fn history_and_views_agree(store: &dyn Store) {
         stream: "stdout".into(),
         text: "hello".into(),
     }];
-    let mut events = Vec::new();
-    let mut state = f.state.clone();
-    for kind in [
+    let kinds = vec![
         node_state("work", NodeState::Running),
         EventKind::AttemptStarted {
             node: "work".into(),
@@ -185,18 +194,10 @@ fn history_and_views_agree(store: &dyn Store) {
             status: RunStatus::Succeeded,
             reason: None,
         },
-    ] {
-        let e = Event {
-            seq: state.last_seq + 1,
-            at: crate::time::now(),
-            kind,
-        };
-        state.apply(&e);
-        events.push(e);
-    }
-    store
-        .commit(&lease, &state, &events, &logs, &[])
+    ];
+    f.commit_with(store, &lease, kinds, &logs)
         .expect("commit with logs");
+    let state = &f.state;
     let export = store.export("run-views").expect("export");
     let replayed = store.replay("run-views", None).expect("replay").export();
     assert_eq!(
