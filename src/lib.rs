@@ -229,11 +229,10 @@ impl Takeover {
 
     async fn take_over(self, kind: engine::TakeoverKind) -> Result<RunOutcome> {
         let engine = engine::Engine::open_existing(&self.db)?;
-        engine
+        let handle = engine
             .take_over(&self.run, kind, self.force, self.executor)
-            .await?
-            .wait()
-            .await
+            .await?;
+        engine::wait_or_stop(&engine, handle).await
     }
 }
 

@@ -341,7 +341,8 @@ impl Workflow {
         crate::typed::native::refuse_task_mode()?;
         let db = self.db.clone().unwrap_or_else(crate::store::default_path);
         let engine = Engine::open(db)?;
-        engine.start(&self.def, &self.opts).await?.wait().await
+        let handle = engine.start(&self.def, &self.opts).await?;
+        crate::engine::wait_or_stop(&engine, handle).await
     }
 }
 

@@ -37,6 +37,7 @@ mod outcome;
 mod run;
 pub mod schedule;
 mod start;
+mod stop;
 mod takeover;
 pub mod verdict;
 
@@ -52,6 +53,8 @@ pub use crate::model::RunConfig;
 pub use observe::Observer;
 pub use options::RunOptions;
 pub use outcome::RunOutcome;
+pub use stop::stop_grace;
+pub(crate) use stop::wait_or_stop;
 
 use crate::error::{Error, Result};
 use crate::exec::Executor;
@@ -69,6 +72,9 @@ pub(crate) enum Envelope {
     Signal(Option<SignalId>, Signal),
     /// Another engine took the run over: stop driving it.
     Lost,
+    /// The engine stops: start nothing, stop the running attempts (with
+    /// this grace period; zero: kill them), leave the run resumable.
+    Shutdown(Duration),
 }
 
 /// A run this engine drives.
@@ -93,6 +99,8 @@ struct Inner {
     helper: std::sync::OnceLock<PathBuf>,
     /// Whether the poll-and-renew task runs.
     background: Mutex<bool>,
+    /// Set by [`Engine::shutdown`]: nothing new is started or taken over.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The core that drives runs; cheap to clone (clones share everything).
@@ -165,6 +173,7 @@ impl Engine {
                 observers: Mutex::new(Vec::new()),
                 helper: std::sync::OnceLock::new(),
                 background: Mutex::new(false),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -220,6 +229,7 @@ impl Engine {
     /// runtime batch) and starts driving it; returns once the
     /// registration committed.
     pub async fn start(&self, definition: &Definition, options: &RunOptions) -> Result<RunHandle> {
+        self.refuse_if_stopping(&definition.name)?;
         let runner = start::register(self, definition, options)?;
         Ok(self.spawn(runner))
     }
@@ -237,6 +247,7 @@ impl Engine {
         force: bool,
         executor: Option<Arc<dyn Executor>>,
     ) -> Result<RunHandle> {
+        self.refuse_if_stopping(run)?;
         let runner = takeover::take_over(self, run, kind, force, executor)?;
         Ok(self.spawn(runner))
     }
@@ -252,6 +263,38 @@ impl Engine {
         if let Some(h) = lock(&self.inner.runs).get(&run) {
             lock(&self.inner.forwarded).insert(id);
             let _ = h.tx.send(Envelope::Signal(Some(id), signal));
+        }
+        Ok(())
+    }
+
+    /// Stops the engine gracefully: nothing new starts or is taken over;
+    /// every running attempt is asked to stop (`SIGTERM` to its process
+    /// group) and killed if it has not ended after `grace` (zero: killed
+    /// at once); each run records its stopped attempts as interrupted
+    /// (no retry used, the node ready again), keeps its status `running`
+    /// and gives up its lease, so that `orch resume` takes it over at
+    /// once. Attempts that end on their own meanwhile commit as usual.
+    /// Returns at once; each run's [`RunHandle::wait`] returns when it
+    /// stopped. Calling it again with a shorter grace cuts the grace short.
+    pub fn shutdown(&self, grace: Duration) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in lock(&self.inner.runs).values() {
+            let _ = h.tx.send(Envelope::Shutdown(grace));
+        }
+    }
+
+    fn refuse_if_stopping(&self, what: &str) -> Result<()> {
+        if self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Error::Engine {
+                run: what.to_string(),
+                message: "the engine is shutting down; it starts and takes over nothing".into(),
+            });
         }
         Ok(())
     }

@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::exec::{
     AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, ProcessEnv, ProcessExecutor, Report,
+    Stop,
 };
 use crate::graph::Staging;
 use crate::history::{Event, EventKind, RunState, ViolationRecord};
@@ -41,7 +42,8 @@ use super::{Engine, Envelope, RunConfig, RunOutcome};
 pub(super) struct Running {
     attempt: u32,
     staging: Staging,
-    kill: Option<oneshot::Sender<()>>,
+    /// Where stop requests for the attempt go (dropped once it ended).
+    stop: mpsc::UnboundedSender<Stop>,
     /// Set when this attempt broke a promise.
     violated: Option<String>,
 }
@@ -229,10 +231,18 @@ impl Runner {
         if let Err(e) = self.store.release(&self.lease) {
             warn!(run = %self.state.run, error = %e, "cannot release the run's lease");
         }
+        let reason = if status.is_terminal() {
+            self.state.reason.clone()
+        } else {
+            Some(format!(
+                "interrupted: the engine stopped; `orch resume {}` continues the run",
+                self.state.run
+            ))
+        };
         Ok(RunOutcome {
             run: self.state.run.clone(),
             status,
-            reason: self.state.reason.clone(),
+            reason,
             db: PathBuf::from(self.store.location())
                 .canonicalize()
                 .unwrap_or_else(|_| PathBuf::from(self.store.location())),
@@ -337,10 +347,13 @@ impl Runner {
 
     /// Asks every running attempt to be killed (with its process group).
     fn kill_running(&mut self) {
-        for r in self.running.values_mut() {
-            if let Some(kill) = r.kill.take() {
-                let _ = kill.send(());
-            }
+        self.stop_running(Stop::Kill);
+    }
+
+    /// Asks every running attempt to stop (`how`).
+    fn stop_running(&mut self, how: Stop) {
+        for r in self.running.values() {
+            let _ = r.stop.send(how);
         }
     }
 
@@ -420,6 +433,10 @@ impl Runner {
                 biased;
                 envelope = signals.recv() => match envelope {
                     Some(Envelope::Signal(id, signal)) => self.take_signal(id, signal)?,
+                    Some(Envelope::Shutdown(grace)) => {
+                        self.halt.shutdown = true;
+                        self.stop_running(if grace.is_zero() { Stop::Kill } else { Stop::Terminate(grace) });
+                    }
                     Some(Envelope::Lost) => {
                         return Err(Error::Fenced {
                             run: self.state.run.clone(),
@@ -629,7 +646,7 @@ impl Runner {
                 (id, out)
             })
             .collect();
-        let (kill_tx, kill_rx) = oneshot::channel();
+        let (kill_tx, kill_rx) = mpsc::unbounded_channel();
         let id = AttemptId::new(&self.state.run, &node, attempt);
         let launched = inputs.and_then(|inputs| {
             self.executor
@@ -658,7 +675,7 @@ impl Runner {
                     Running {
                         attempt,
                         staging: Staging::default(),
-                        kill: Some(kill_tx),
+                        stop: kill_tx,
                         violated: None,
                     },
                 );
@@ -751,7 +768,7 @@ impl Runner {
         let Some(running) = self.running.remove(&i) else {
             return;
         };
-        drop(running.kill);
+        drop(running.stop);
         self.logs.append(&mut end.logs);
         let node = self.id(i);
         self.fault(Fault::AfterExit, &node);
@@ -759,6 +776,8 @@ impl Runner {
             Some(Stopping::Cancelled)
         } else if self.halt.broken.is_some() {
             Some(Stopping::PromiseBroken)
+        } else if self.halt.shutdown {
+            Some(Stopping::Shutdown)
         } else {
             None
         };
@@ -767,6 +786,17 @@ impl Runner {
         match verdict::judge(&end, task, &node, running.violated.as_deref(), stopping) {
             Verdict::Violated(error) => {
                 self.fail_for_good(i, attempt, exit_code, error);
+                return;
+            }
+            Verdict::Interrupted(error) => {
+                self.end_attempt(
+                    i,
+                    attempt,
+                    AttemptOutcome::Killed,
+                    exit_code,
+                    error,
+                    NodeState::Ready,
+                );
                 return;
             }
             Verdict::Stopped(error) => {
@@ -925,6 +955,23 @@ impl Runner {
 
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
+        if self.halt.shutdown
+            && self.halt.failure.is_none()
+            && self.halt.broken.is_none()
+            && !self.halt.cancelling
+            && !self
+                .state
+                .graph
+                .nodes()
+                .iter()
+                .all(|n| n.state == NodeState::Succeeded)
+        {
+            // The engine stopped: the run stays `running`, its interrupted
+            // attempts recorded, for whoever takes it over next; nodes
+            // waiting for input still wait.
+            info!(run = %self.state.run, "run interrupted: the engine stopped");
+            return RunStatus::Running;
+        }
         // A run that ends while nodes wait for input stops waiting for them.
         self.stop_waiting("the run ended while it waited for input");
         if self.halt.cancelling {

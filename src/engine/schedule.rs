@@ -40,12 +40,15 @@ pub struct Halt {
     pub broken: Option<String>,
     /// The run is being cancelled.
     pub cancelling: bool,
+    /// The engine is stopping: nothing new starts; the run stays
+    /// resumable.
+    pub shutdown: bool,
 }
 
 impl Halt {
     /// True while nothing stops the run.
     pub fn going(&self) -> bool {
-        self.failure.is_none() && self.broken.is_none() && !self.cancelling
+        self.failure.is_none() && self.broken.is_none() && !self.cancelling && !self.shutdown
     }
 }
 
@@ -81,7 +84,7 @@ pub struct Pending {
 pub fn over(halt: &Halt, p: &Pending) -> bool {
     let going = halt.going();
     p.running == 0
-        && (!p.paused || halt.cancelling)
+        && (!p.paused || halt.cancelling || halt.shutdown)
         && !(p.waiting && going)
         && !(p.backing_off && going)
         && !(p.holding && going)
@@ -190,8 +193,22 @@ mod tests {
         let both = Halt {
             failure: Some("f".into()),
             broken: Some("b".into()),
-            cancelling: false,
+            ..Halt::default()
         };
+        let shutdown = Halt {
+            shutdown: true,
+            ..Halt::default()
+        };
+        assert!(!may_start(&shutdown, RunStatus::Running, 0, 1));
+        let waiting_paused = Pending {
+            paused: true,
+            waiting: true,
+            ..Pending::default()
+        };
+        assert!(
+            over(&shutdown, &waiting_paused),
+            "a stopping engine waits for nothing but its attempts"
+        );
         assert!(!may_start(&both, RunStatus::Running, 0, 1));
         assert!(!may_start(&Halt::default(), RunStatus::Paused, 0, 1));
         assert!(!may_start(&Halt::default(), RunStatus::Running, 2, 2));

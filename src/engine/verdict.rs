@@ -18,6 +18,9 @@ pub enum Stopping {
     Cancelled,
     /// A batch broke a promise.
     PromiseBroken,
+    /// The engine stops (SIGTERM, Ctrl-C, `Engine::shutdown`): the run
+    /// stays resumable.
+    Shutdown,
 }
 
 /// What an attempt's end means.
@@ -29,6 +32,9 @@ pub enum Verdict {
     Violated(String),
     /// The run stops: the attempt counts as killed, its node is cancelled.
     Stopped(String),
+    /// The engine stopped the attempt: it counts as killed (no retry used)
+    /// and its node is ready again, to run when the run is taken over.
+    Interrupted(String),
     /// The attempt failed; `retryable` says whether retries may try again.
     Failed {
         /// How it ended.
@@ -80,7 +86,15 @@ pub fn judge(
         Some(Stopping::PromiseBroken) => {
             return Verdict::Stopped("stopped: the run broke a promise".into())
         }
-        None => {}
+        // Only what the stop killed is interrupted: an attempt that ended
+        // on its own meanwhile is judged as usual (its success commits).
+        Some(Stopping::Shutdown) if end.interrupt == Some(Interrupt::Killed) => {
+            return Verdict::Interrupted(
+                "interrupted: the engine stopped; the node runs again when the run is resumed"
+                    .into(),
+            )
+        }
+        Some(Stopping::Shutdown) | None => {}
     }
     let failed = |outcome, error: String| Verdict::Failed {
         outcome,
@@ -234,6 +248,28 @@ mod tests {
         assert_eq!(
             judge(&end, &task, "n", None, Some(Stopping::PromiseBroken)),
             Verdict::Stopped("stopped: the run broke a promise".into())
+        );
+    }
+
+    #[test]
+    fn a_stopping_engine_interrupts_only_what_it_killed() {
+        let task = Task::command(["x"]);
+        let mut killed = AttemptEnd::ended(Exit::Signal(15));
+        killed.interrupt(Interrupt::Killed);
+        assert!(matches!(
+            judge(&killed, &task, "n", None, Some(Stopping::Shutdown)),
+            Verdict::Interrupted(_)
+        ));
+        assert_eq!(
+            judge(
+                &AttemptEnd::exited(0),
+                &task,
+                "n",
+                None,
+                Some(Stopping::Shutdown)
+            ),
+            Verdict::Succeeded,
+            "what finished on its own commits"
         );
     }
 

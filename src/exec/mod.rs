@@ -269,6 +269,18 @@ impl AttemptEnd {
     }
 }
 
+/// What the engine asks of a running attempt it wants gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stop {
+    /// Kill it now (its whole process group, `SIGKILL`).
+    Kill,
+    /// Ask it to stop (`SIGTERM` to its process group), and kill it if it
+    /// has not ended after this grace period. A later [`Stop::Kill`]
+    /// cuts the grace short.
+    Terminate(std::time::Duration),
+}
+
 /// The executor's line back to the engine, for one attempt.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -277,8 +289,9 @@ pub struct AttemptLink {
     pub id: AttemptId,
     /// Reports go here.
     pub reports: mpsc::UnboundedSender<Report>,
-    /// Fires when the engine wants the attempt killed.
-    pub kill: oneshot::Receiver<()>,
+    /// What the engine asks when it wants the attempt gone (closed once
+    /// the engine no longer cares: the attempt ended).
+    pub kill: mpsc::UnboundedReceiver<Stop>,
     /// Whether the engine wants each log line as it is written
     /// ([`Report::Log`]): someone follows the logs.
     pub follow_logs: bool,
@@ -289,7 +302,7 @@ impl AttemptLink {
     pub fn new(
         id: AttemptId,
         reports: mpsc::UnboundedSender<Report>,
-        kill: oneshot::Receiver<()>,
+        kill: mpsc::UnboundedReceiver<Stop>,
     ) -> AttemptLink {
         AttemptLink {
             id,

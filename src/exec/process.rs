@@ -20,7 +20,7 @@ use super::protocol::{self, Body, Line, Start};
 use super::python::resolve_python;
 use super::{
     AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
-    Report, TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
+    Report, Stop, TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::{Exec, Task};
@@ -456,11 +456,16 @@ pub fn is_forked_attempt(pid: u32, run: &str, node: &str) -> bool {
 
 /// Kills a whole process group.
 pub fn kill_group(pgid: u32) {
+    signal_group(pgid, libc::SIGKILL);
+}
+
+/// Sends `signal` to process group `pgid` (never to group 0 or 1).
+fn signal_group(pgid: u32, signal: libc::c_int) {
     if pgid > 1 {
         // SAFETY: kill(2) with a negative pid signals a process group; it
         // has no memory effects.
         unsafe {
-            libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
+            libc::kill(-(pgid as libc::pid_t), signal);
         }
     }
 }
@@ -626,6 +631,8 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
     // Once broken, the rest of stdout is only logged.
     let mut broken = false;
     let mut timed_out = false;
+    // When a stop asked with a grace period turns into a kill.
+    let mut term_deadline: Option<tokio::time::Instant> = None;
     let mut last_seq = 0u64;
     let mut status = None;
     let (mut out_done, mut err_done, mut kill_done) = (false, false, false);
@@ -739,12 +746,24 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                 end.interrupt(Interrupt::TimedOut);
                 kill_group(pgid);
             }
-            k = &mut link.kill, if !kill_done => {
-                kill_done = true;
-                if k.is_ok() {
+            k = link.kill.recv(), if !kill_done => match k {
+                Some(Stop::Terminate(grace)) if status.is_none() => {
+                    end.interrupt(Interrupt::Killed);
+                    signal_group(pgid, libc::SIGTERM);
+                    term_deadline.get_or_insert(tokio::time::Instant::now() + grace);
+                }
+                Some(_) => {
                     end.interrupt(Interrupt::Killed);
                     kill_group(pgid);
                 }
+                // The engine no longer asks anything of this attempt.
+                None => kill_done = true,
+            },
+            () = tokio::time::sleep_until(term_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if term_deadline.is_some() && status.is_none() => {
+                term_deadline = None;
+                logs.push("orch", "still running after the grace period of its stop: killed".into());
+                kill_group(pgid);
             }
         }
     }

@@ -257,14 +257,13 @@ impl SqliteStore {
         }
         // The migration, the schema and its version in one transaction: a
         // crash or a full disk halfway leaves the old version whole.
-        let migrate = if version == 1 { MIGRATE_1_TO_2 } else { "" };
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            wrapper(path)(e)
-        })?;
+        // A database already at this version is not written to at all.
+        if version < SCHEMA_VERSION {
+            SqliteStore::upgrade(conn).map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                wrapper(path)(e)
+            })?;
+        }
         // Room for the multi-row statements of big batches beside the
         // per-event ones.
         conn.set_prepared_statement_cache_capacity(32);
@@ -279,6 +278,22 @@ impl SqliteStore {
                 .map_err(wrapper(path))?;
         }
         Ok(())
+    }
+
+    /// Brings the schema to this version in one transaction. The version
+    /// is read again inside it: another process may have upgraded the
+    /// file meanwhile.
+    fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            if version == 1 {
+                conn.execute_batch(MIGRATE_1_TO_2)?;
+            }
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        conn.execute_batch("COMMIT")
     }
 
     /// The database file.

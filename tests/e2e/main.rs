@@ -12,6 +12,7 @@ mod pictures;
 mod promises;
 mod python_helper;
 mod shapes;
+mod stop;
 mod structure;
 mod typed;
 mod ui;
