@@ -134,7 +134,7 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orch: {e}");
@@ -155,9 +155,31 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
-fn run(cli: Cli) -> Res {
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let path = cli.db.unwrap_or_else(orch::store::default_path);
-    let store = SqliteStore::open_existing(&path)?;
+    match cli.command {
+        // These take the run over and drive it here: the exit code is the
+        // run's (0 when it succeeded), and an error is printed once.
+        Command::Resume { run, force } => {
+            orch::init_tracing();
+            let outcome = orch::resume(&path, &run, force)?;
+            return Ok(orch::workflow::report(Ok(outcome)));
+        }
+        Command::Restart { run, node, force } => {
+            orch::init_tracing();
+            let outcome = orch::restart(&path, &run, &node, force)?;
+            return Ok(orch::workflow::report(Ok(outcome)));
+        }
+        _ => {}
+    }
+    // Commands that only read never write to the file (nor create one).
+    let store = match cli.command {
+        Command::Pause { .. }
+        | Command::Unpause { .. }
+        | Command::Cancel { .. }
+        | Command::Input { .. } => SqliteStore::open_existing(&path)?,
+        _ => SqliteStore::open_read_only(&path)?,
+    };
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Runs { limit } => {
@@ -167,14 +189,14 @@ fn run(cli: Cli) -> Res {
             } else {
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:<15} {:>6}  {:<24}",
+                    "{:<28} {:<20} {:<15} {:>6}  {:<24}",
                     "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED"
                 )?;
             }
             for r in runs.iter().take(limit) {
                 writeln!(
                     out,
-                    "{:<24} {:<20} {:<15} {:>6}  {:<24}",
+                    "{:<28} {:<20} {:<15} {:>6}  {:<24}",
                     r.id, r.workflow, r.status, r.nodes, r.created_at
                 )?;
             }
@@ -235,6 +257,13 @@ fn run(cli: Cli) -> Res {
                     events.iter().take_while(|e| e.seq <= upto),
                 ))
             } else if let Some(at) = at {
+                let last = store.events(&id, None)?.last().map_or(0, |e| e.seq);
+                if at == 0 || at > last {
+                    return Err(format!(
+                        "--at {at}: run {id} has events 1 to {last}; pick one of them"
+                    )
+                    .into());
+                }
                 Some(store.replay(&id, Some(at))?)
             } else {
                 None
@@ -268,22 +297,8 @@ fn run(cli: Cli) -> Res {
                 None => writeln!(out, "{text}")?,
             }
         }
-        Command::Resume { run, force } => {
-            drop(store);
-            orch::init_tracing();
-            let code = orch::workflow::report(orch::resume(&path, &run, force));
-            if code != ExitCode::SUCCESS {
-                return Err("the resumed run did not succeed".into());
-            }
-        }
-        Command::Restart { run, node, force } => {
-            drop(store);
-            orch::init_tracing();
-            let code = orch::workflow::report(orch::restart(&path, &run, &node, force));
-            if code != ExitCode::SUCCESS {
-                return Err("the restarted run did not succeed".into());
-            }
-        }
+        // Taken over and driven above, before any store was opened.
+        Command::Resume { .. } | Command::Restart { .. } => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             let value: serde_json::Value = serde_json::from_str(&value)
@@ -309,7 +324,7 @@ fn run(cli: Cli) -> Res {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -> Res {

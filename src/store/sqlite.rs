@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use serde_json::Value;
 
 use super::lease::{self, Lease, Owner, OwnerRecord};
@@ -169,6 +171,31 @@ pub fn default_path() -> PathBuf {
     }
 }
 
+/// `path`, or an error naming it when there is no such file.
+fn must_exist(path: &Path) -> Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    Err(Error::io(
+        format!(
+            "no orch database at {} (run a workflow first, or point {DB_ENV} or --db at one)",
+            path.display()
+        ),
+        std::io::Error::from(std::io::ErrorKind::NotFound),
+    ))
+}
+
+/// How a store opens its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Creating it when missing or empty.
+    Create,
+    /// Only an orch database that exists; upgraded when older.
+    Existing,
+    /// Only an orch database, never written.
+    ReadOnly,
+}
+
 /// An orch database in one SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -199,28 +226,46 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating folder {}", dir.display()), e))?;
         }
-        SqliteStore::connect(path)
+        SqliteStore::connect(path, Mode::Create)
     }
 
     /// Opens an existing database; an error naming the path if there is
-    /// none (the CLI never creates one).
+    /// none, or if the file is not an orch database (the CLI never
+    /// creates one).
     pub fn open_existing(path: impl AsRef<Path>) -> Result<SqliteStore> {
-        let path = path.as_ref().to_path_buf();
-        if !path.exists() {
-            return Err(Error::io(
-                format!(
-                    "no orch database at {} (run a workflow first, or point {DB_ENV} or --db at one)",
-                    path.display()
-                ),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
-        }
-        SqliteStore::connect(path)
+        let path = must_exist(path.as_ref())?;
+        SqliteStore::connect(path, Mode::Existing)
     }
 
-    fn connect(path: PathBuf) -> Result<SqliteStore> {
-        let conn = Connection::open(&path).map_err(wrapper(&path))?;
-        SqliteStore::init(&conn, &path)?;
+    /// Opens an existing orch database for reading only: nothing is ever
+    /// written to the file (no schema, no migration, no journal mode), so
+    /// it works on files this process may not write, and refuses a file
+    /// that is not an orch database, naming it. Writes through it fail.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("empty.db");
+    /// std::fs::write(&path, b"")?;
+    /// let err = orch::SqliteStore::open_read_only(&path).unwrap_err();
+    /// assert!(err.to_string().contains("not an orch database"));
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = must_exist(path.as_ref())?;
+        SqliteStore::connect(path, Mode::ReadOnly)
+    }
+
+    fn connect(path: PathBuf, mode: Mode) -> Result<SqliteStore> {
+        let conn = match mode {
+            Mode::ReadOnly => Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+            _ => Connection::open(&path),
+        }
+        .map_err(wrapper(&path))?;
+        SqliteStore::init(&conn, &path, mode)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,
@@ -237,12 +282,8 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn init(conn: &Connection, path: &Path) -> Result<()> {
+    fn init(conn: &Connection, path: &Path, mode: Mode) -> Result<()> {
         conn.busy_timeout(Duration::from_secs(10))
-            .map_err(wrapper(path))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrapper(path))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(wrapper(path))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -255,14 +296,24 @@ impl SqliteStore {
                 ),
             });
         }
-        // The migration, the schema and its version in one transaction: a
-        // crash or a full disk halfway leaves the old version whole.
-        // A database already at this version is not written to at all.
-        if version < SCHEMA_VERSION {
-            SqliteStore::upgrade(conn).map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                wrapper(path)(e)
-            })?;
+        // Before anything is written: a file that is not an orch database
+        // (empty, or another application's) is left as it is.
+        SqliteStore::recognise(conn, path, version, mode)?;
+        if mode != Mode::ReadOnly {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(wrapper(path))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(wrapper(path))?;
+            // The migration, the schema and its version in one
+            // transaction: a crash or a full disk halfway leaves the old
+            // version whole. A database already at this version is not
+            // written to at all.
+            if version < SCHEMA_VERSION {
+                SqliteStore::upgrade(conn).map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    wrapper(path)(e)
+                })?;
+            }
         }
         // Room for the multi-row statements of big batches beside the
         // per-event ones.
@@ -278,6 +329,36 @@ impl SqliteStore {
                 .map_err(wrapper(path))?;
         }
         Ok(())
+    }
+
+    /// Refuses a file that is not an orch database: one with orch's
+    /// version mark and tables; for [`Mode::Create`], also a database with
+    /// no tables at all (a new file).
+    fn recognise(conn: &Connection, path: &Path, version: i64, mode: Mode) -> Result<()> {
+        let (tables, ours): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE name IN ('runs', 'events'))
+                 FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(wrapper(path))?;
+        let orch = version >= 1 && ours == 2;
+        let fresh = version == 0 && tables == 0;
+        if orch || (fresh && mode == Mode::Create) {
+            return Ok(());
+        }
+        let what = if fresh {
+            "it is empty: no workflow ran with it; run a workflow first".to_string()
+        } else {
+            format!(
+                "it holds {tables} table(s) but not orch's (schema version {version}): another application's database? point --db or ORCH_DB at the file a workflow wrote"
+            )
+        };
+        Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("not an orch database: {what}; it was left as it is"),
+        })
     }
 
     /// Brings the schema to this version in one transaction. The version

@@ -126,3 +126,81 @@ fn errors_name_what_is_missing() {
     let node = space.cli(&["logs", "latest", "zzz"]);
     assert!(text(&node).contains("has no node `zzz`"), "{}", text(&node));
 }
+
+/// Commands that only read leave a file that is not an orch database as it
+/// was (an empty file, another application's SQLite database), and say
+/// what the file is; no command creates orch's tables in it.
+#[test]
+fn a_file_that_is_not_an_orch_database_is_named_and_left_alone() {
+    let space = Space::new();
+    let empty = space.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let other = space.path().join("other.db");
+    {
+        let c = rusqlite::Connection::open(&other).unwrap();
+        c.execute_batch("CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let before = std::fs::read(&other).unwrap();
+    for args in [
+        &["runs"][..],
+        &["show", "latest"],
+        &["export", "latest"],
+        &["events", "latest"],
+        &["logs", "latest", "a"],
+        &["pause", "latest"],
+        &["input", "latest", "a", "1"],
+        &["resume", "latest"],
+    ] {
+        for (db, what) in [(&empty, "it is empty"), (&other, "another application's")] {
+            let mut cmd = vec!["--db", db.to_str().unwrap()];
+            cmd.extend_from_slice(args);
+            let out = space.cli(&cmd);
+            let t = text(&out);
+            assert!(!out.status.success(), "{cmd:?}: {t}");
+            assert!(
+                t.contains("not an orch database") && t.contains(what),
+                "{cmd:?}: {t}"
+            );
+            assert!(t.contains(db.to_str().unwrap()), "names the file: {t}");
+            assert_eq!(t.lines().count(), 1, "one error: {t}");
+        }
+    }
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    assert_eq!(std::fs::read(&other).unwrap(), before, "not written to");
+}
+
+/// `export --at` outside the run's events says which events there are;
+/// resuming a run that ended says so once.
+#[test]
+fn out_of_range_events_and_resumes_of_ended_runs_say_so_once() {
+    let space = Space::new();
+    let mut wf = space.workflow("short");
+    wf.node("a", Task::command(["true"]));
+    let outcome = wf.run().unwrap();
+    let last = space.store_events_len(&outcome.run);
+    for at in ["0", &(last + 1).to_string()] {
+        let out = space.cli(&["export", "latest", "--at", at]);
+        let t = text(&out);
+        assert!(!out.status.success());
+        assert!(
+            t.contains(&format!(
+                "--at {at}: run {} has events 1 to {last}",
+                outcome.run
+            )),
+            "{t}"
+        );
+    }
+    let fine = space.cli(&["export", "latest", "--at", &last.to_string()]);
+    assert!(fine.status.success(), "{}", text(&fine));
+
+    let out = space.cli(&["resume", "latest"]);
+    let t = text(&out);
+    assert!(!out.status.success());
+    assert!(t.contains("already ended (succeeded)"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "one message, no contradiction: {t}"
+    );
+}

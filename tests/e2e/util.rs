@@ -59,6 +59,11 @@ impl Space {
         live
     }
 
+    /// How many events the run's history holds.
+    pub fn store_events_len(&self, run: &str) -> u64 {
+        self.store().events(run, None).expect("events").len() as u64
+    }
+
     /// Runs `wf` and exports the run.
     pub fn run(&self, wf: &Workflow) -> (RunOutcome, RunExport) {
         let outcome = wf.run().expect("run");
