@@ -554,22 +554,28 @@ impl Context {
         let inputs = std::mem::take(&mut self.start.inputs);
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invoke(self, inputs)));
-        let sent = match result {
-            Ok(Ok(value)) => self.send("output", json!({ "value": value })),
-            Ok(Err(f)) => self.send("fail", json!({ "message": f.message, "retry": f.retry })),
+        // The exit code says what happened, as for a Python task (whose
+        // `fail` exits with 1) and a Rust program (101 after a panic).
+        let (sent, code) = match result {
+            Ok(Ok(value)) => (self.send("output", json!({ "value": value })), 0),
+            Ok(Err(f)) => (
+                self.send("fail", json!({ "message": f.message, "retry": f.retry })),
+                1,
+            ),
             Err(panic) => {
                 let message = panic_message(&*panic);
-                self.send(
+                let sent = self.send(
                     "fail",
                     json!({ "message": format!("native task `{name}` panicked: {message}"), "retry": true }),
-                )
+                );
+                (sent, 101)
             }
         };
         match sent {
-            Ok(()) => 0,
+            Ok(()) => code,
             Err(e) => {
                 eprintln!("orch: native task `{name}`: {e}");
-                1
+                code.max(1)
             }
         }
     }

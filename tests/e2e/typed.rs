@@ -417,6 +417,11 @@ fn retries_failures_and_panics_behave_like_other_tasks() {
         .as_deref()
         .unwrap()
         .contains("attempt 1 failed"));
+    assert_eq!(
+        flaky.attempts[0].exit_code,
+        Some(1),
+        "a task that returns Err exits 1, as a Python task's fail does"
+    );
 
     let (_, outcome, ex, id) = run_one(doomed::call());
     assert_eq!(outcome.status, RunStatus::Failed);
@@ -440,6 +445,11 @@ fn retries_failures_and_panics_behave_like_other_tasks() {
         "{error}"
     );
     assert!(logs_text(&space, &outcome.run, &id).contains("n was 7"));
+    assert_eq!(
+        ex.node(&id).unwrap().attempts[0].exit_code,
+        Some(101),
+        "a panic exits 101, as a Rust program's does"
+    );
 
     assert_eq!(
         format!("{:?}", <twice as orch::TaskDef>::fields()),
