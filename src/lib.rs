@@ -90,8 +90,9 @@ pub mod __private {
 }
 
 /// Installs a `tracing` subscriber that prints to stderr, filtered by
-/// `RUST_LOG` (default `info` for orch). For binaries and examples (the
-/// `cli` feature, on by default).
+/// `RUST_LOG` (default `info` for orch), in colour only when stderr is a
+/// terminal and `NO_COLOR` is unset. For binaries and examples (the `cli`
+/// feature, on by default).
 ///
 /// ```
 /// orch::init_tracing();
@@ -100,8 +101,13 @@ pub mod __private {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("orch=info"));
+    // Colour only for a person at a terminal: never into a file or a pipe,
+    // nor when NO_COLOR asks for none.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

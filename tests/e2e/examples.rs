@@ -30,6 +30,11 @@ fn random_map_is_always_a_then_m_star_then_b() {
             .collect();
         let out = space.example("random_map", &env);
         assert_ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("run started") && !stderr.contains('\x1b'),
+            "logs into a pipe carry no colour codes: {stderr:?}"
+        );
         let ex = space.export(&printed_run(&out));
         assert_eq!(ex.status, RunStatus::Succeeded);
         let got_k = ex.node("A").unwrap().output.as_ref().unwrap()["k"]
