@@ -125,7 +125,8 @@ fn changed_script(
 }
 
 /// The `restarted` event of a restart of `node`: `node` and everything
-/// downstream of it go back to `pending`, in a new generation of the
+/// downstream of it, and every node a cancel stopped (with what is
+/// downstream of it), go back to `pending`, in a new generation of the
 /// graph. The batches sent by the tasks of those nodes (and of the nodes
 /// they added, transitively) are retracted: their nodes, edges,
 /// attributes and promises leave the current graph but stay in the
@@ -137,8 +138,14 @@ pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<E
         run: run.to_string(),
         node: node.to_string(),
     })?;
-    let mut downstream: BTreeSet<usize> = BTreeSet::from([start]);
-    let mut stack = vec![start];
+    // The node, and every node a cancel of the run stopped before it
+    // could finish: a restart runs a cancelled run on, not only a branch
+    // of it.
+    let mut downstream: BTreeSet<usize> = (0..g.len())
+        .filter(|&i| g.node(i).state == NodeState::Cancelled)
+        .chain([start])
+        .collect();
+    let mut stack: Vec<usize> = downstream.iter().copied().collect();
     while let Some(v) = stack.pop() {
         for s in g.successors(v) {
             if downstream.insert(s) {

@@ -884,3 +884,66 @@ async fn log_lines_reach_an_observer_while_the_task_runs() {
     let stored: Vec<&str> = logs.iter().map(|l| l.text.as_str()).collect();
     assert_eq!(stored, ["ready", "released"]);
 }
+
+/// Waits for `node` of `run` to be in `state`, by the store's export.
+async fn until_state(space: &Space, run: &str, node: &str, state: NodeState) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = space.store().export(run).unwrap();
+        if now.node(node).is_some_and(|n| n.state == state) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{node}` never became {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Restarting a node of a cancelled run runs the whole run on: the nodes
+/// the cancel stopped go back to `pending` with it (they stayed
+/// `cancelled`, and the run failed with "no node can start").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_a_cancelled_run_runs_the_nodes_the_cancel_stopped() {
+    let space = Space::new();
+    let mut wf = space.workflow("cancelled");
+    wf.node("c", Task::command(["true"]));
+    wf.node("ask", Task::input());
+    wf.node("b", Task::command(["true"]))
+        .input("got", orch::output("ask"));
+    wf.live_picture(false);
+    let engine = Engine::open(space.db()).unwrap();
+    let handle = engine.start(wf.definition(), wf.options()).await.unwrap();
+    let run = handle.id().to_string();
+    until_state(&space, &run, "ask", NodeState::Waiting).await;
+    engine.signal(&run, Signal::Cancel).await.unwrap();
+    let cancelled = handle.wait().await.unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    let ex = space.export(&run);
+    assert_eq!(ex.node("ask").unwrap().state, NodeState::Cancelled);
+    assert_eq!(ex.node("b").unwrap().state, NodeState::Cancelled);
+
+    let handle = engine
+        .take_over(
+            &run,
+            orch::engine::TakeoverKind::Restart("c".into()),
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+    until_state(&space, &run, "ask", NodeState::Waiting).await;
+    engine
+        .signal(
+            &run,
+            Signal::Input {
+                node: "ask".into(),
+                value: json!("yes"),
+            },
+        )
+        .await
+        .unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let ex = space.export(&run);
+    assert_eq!(ex.node("b").unwrap().state, NodeState::Succeeded);
+    assert_eq!(ex.node("c").unwrap().attempts.len(), 2, "c ran again");
+}
