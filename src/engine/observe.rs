@@ -42,6 +42,14 @@ pub trait Observer: Send + Sync {
         false
     }
 
+    /// The run is about to wait (for a report, a signal, a backoff) with
+    /// everything committed; `state` is its state. Called on the run's
+    /// task each time it goes idle: a place to catch up on work skipped
+    /// for pacing, cheap when there is none.
+    fn idle(&self, state: &RunState) {
+        let _ = state;
+    }
+
     /// A task of run `run` wrote `line` (not committed yet: it is, with
     /// the rest of its attempt's log, when the attempt ends). Called on
     /// the run's task as lines arrive, only if [`Observer::follows_logs`].
@@ -57,5 +65,12 @@ impl Observer for Picture {
     fn committed(&self, state: &RunState, _events: &[Event]) {
         let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
         p.update(state, state.status.is_terminal());
+    }
+
+    /// A redraw the pacing skipped is drawn now: the picture of a run that
+    /// waits (for input, say) shows it waiting.
+    fn idle(&self, state: &RunState) {
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        p.catch_up(state);
     }
 }

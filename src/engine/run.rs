@@ -429,6 +429,9 @@ impl Runner {
                 continue;
             }
             self.flush()?;
+            for o in &self.observers {
+                o.idle(&self.state);
+            }
             tokio::select! {
                 biased;
                 envelope = signals.recv() => match envelope {
