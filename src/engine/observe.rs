@@ -42,10 +42,11 @@ pub trait Observer: Send + Sync {
         false
     }
 
-    /// The run is about to wait (for a report, a signal, a backoff) with
-    /// everything committed; `state` is its state. Called on the run's
-    /// task each time it goes idle: a place to catch up on work skipped
-    /// for pacing, cheap when there is none.
+    /// The run has been idle for a moment: no attempt runs and nothing
+    /// happened for 50 ms (it waits for input, a signal, a backoff, an
+    /// unpause), with everything committed; `state` is its state. Called
+    /// on the run's task once per such quiet spell: a place to catch up on
+    /// work skipped for pacing.
     fn idle(&self, state: &RunState) {
         let _ = state;
     }

@@ -39,6 +39,10 @@ use super::start::typecheck;
 use super::verdict::{self, Retry, Stopping, Verdict};
 use super::{Engine, Envelope, RunConfig, RunOutcome};
 
+/// How long nothing must happen before the observers hear the run is
+/// idle ([`Observer::idle`]).
+const QUIET: Duration = Duration::from_millis(50);
+
 pub(super) struct Running {
     attempt: u32,
     staging: Staging,
@@ -90,6 +94,15 @@ pub(crate) struct Runner {
     hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Whether this runner took the run over with a restart.
     restarted: bool,
+}
+
+/// Completes at `at` (never without one). The timer exists only once the
+/// future is polled.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when the executor's hold does (never without one).
@@ -402,6 +415,8 @@ impl Runner {
         &mut self,
         signals: &mut mpsc::UnboundedReceiver<Envelope>,
     ) -> Result<RunStatus> {
+        // Whether the observers were told of the current quiet spell.
+        let mut quiet = false;
         loop {
             self.schedule()?;
             let pending = schedule::Pending {
@@ -429,9 +444,12 @@ impl Runner {
                 continue;
             }
             self.flush()?;
-            for o in &self.observers {
-                o.idle(&self.state);
-            }
+            // Observers hear once per quiet spell that the run went idle:
+            // nothing runs, nothing happened for a moment. (A running
+            // attempt will commit anyway; no timer is armed for it.)
+            let told_quiet = std::mem::take(&mut quiet);
+            let quiet_at = (!told_quiet && self.running.is_empty() && !self.observers.is_empty())
+                .then(|| tokio::time::Instant::now() + QUIET);
             tokio::select! {
                 biased;
                 envelope = signals.recv() => match envelope {
@@ -456,6 +474,12 @@ impl Runner {
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
                 () = until_ready(&mut self.hold) => self.hold = None,
+                () = until(quiet_at), if quiet_at.is_some() => {
+                    for o in &self.observers {
+                        o.idle(&self.state);
+                    }
+                    quiet = true;
+                }
             }
         }
     }

@@ -947,3 +947,50 @@ async fn a_restart_of_a_cancelled_run_runs_the_nodes_the_cancel_stopped() {
     assert_eq!(ex.node("b").unwrap().state, NodeState::Succeeded);
     assert_eq!(ex.node("c").unwrap().attempts.len(), 2, "c ran again");
 }
+
+/// The live picture of a run that waits for input shows the run as it
+/// waits: the last committed event, not an earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_picture_of_a_waiting_run_shows_its_last_event() {
+    let space = Space::new();
+    let mut wf = space.workflow("waits");
+    for i in 0..20 {
+        let node = format!("n{i:02}");
+        wf.node(&node, Task::command(["true"]));
+        if i > 0 {
+            wf.edge(format!("n{:02}", i - 1), &node);
+        }
+    }
+    wf.node("ask", Task::input());
+    wf.edge("n19", "ask");
+    let engine = Engine::open(space.db()).unwrap();
+    let handle = engine.start(wf.definition(), wf.options()).await.unwrap();
+    let run = handle.id().to_string();
+    until_state(&space, &run, "ask", NodeState::Waiting).await;
+    let last = space.store().export(&run).unwrap().event;
+    let picture = space.path().join("runs").join(&run).join("live.svg");
+    let want = format!("· event {last}<");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let svg = std::fs::read_to_string(&picture).unwrap_or_default();
+        if svg.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the picture stayed at an older event than {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine
+        .signal(
+            &run,
+            Signal::Input {
+                node: "ask".into(),
+                value: json!(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(handle.wait().await.unwrap().succeeded());
+}
