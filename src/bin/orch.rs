@@ -310,7 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     value,
                 },
             )?;
-            writeln!(out, "stored for `{node}` of run {id}; it becomes the node's output when the run takes it")?;
+            writeln!(out, "stored for `{node}` of run {id}; it becomes the node's output when the run takes it, if it fits the type the node declares (else the run refuses it in the node's log)")?;
             note_if_unowned(&store, &id, &mut out)?;
         }
         Command::Pause { run } => control(&store, &run, Signal::Pause, &mut out)?,

@@ -255,10 +255,20 @@ impl Engine {
     /// Sends a signal to a run: stored first (so it survives a crash and
     /// reaches the run wherever it is driven), then handed straight to the
     /// run when this engine drives it. Refused for a run that ended, and
-    /// for an input to a node that is no input node or finished.
+    /// for an input to a node that is no input node or finished, or whose
+    /// value does not fit the type the node declares
+    /// ([`crate::NodeBuilder::returns`]).
     pub async fn signal(&self, run: &str, signal: Signal) -> Result<()> {
         let store = &self.inner.store;
         let run = store.resolve_run(run)?;
+        if let Signal::Input { node, value } = &signal {
+            if let Some((task, _)) = store.node(&run, node)? {
+                crate::typed::native::check_output(&task, value).map_err(|e| Error::Refused {
+                    what: format!("the input for `{node}` of run {run}"),
+                    message: e.replace("the output", "the value"),
+                })?;
+            }
+        }
         let id = store.request(&run, &signal)?;
         if let Some(h) = lock(&self.inner.runs).get(&run) {
             lock(&self.inner.forwarded).insert(id);

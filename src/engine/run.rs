@@ -69,6 +69,9 @@ pub(crate) struct Runner {
     /// Every stored signal this runner saw (a signal can reach it both
     /// directly and through the engine's poll).
     seen: HashSet<SignalId>,
+    /// Lines this runner wrote into the log of an attempt that runs no
+    /// process (an input node's refusals), by (node, attempt).
+    notes: HashMap<(usize, u32), u32>,
     /// Values delivered to input nodes that do not wait yet, in order.
     inbox: HashMap<usize, VecDeque<(Option<SignalId>, Value)>>,
     /// Nodes whose creation or success is queued but not committed yet:
@@ -171,6 +174,7 @@ impl Runner {
             taken: Vec::new(),
             seen: HashSet::new(),
             inbox: HashMap::new(),
+            notes: HashMap::new(),
             enablers: HashSet::new(),
             halt: Halt::default(),
             retry_at: HashMap::new(),
@@ -531,6 +535,30 @@ impl Runner {
                     let n = self.state.graph.node(i);
                     matches!(n.task.exec, Exec::Input {}) && !n.state.is_terminal()
                 });
+                // A value stored by another process (`orch input`, which
+                // cannot know this binary's types) is checked here: one
+                // that does not fit is refused, said in the node's log,
+                // and the node waits on.
+                let misfit = target.and_then(|i| {
+                    native::check_output(&self.state.graph.node(i).task, &value)
+                        .err()
+                        .map(|e| (i, e.replace("the output", "the value")))
+                });
+                if let Some((i, why)) = misfit {
+                    warn!(run = %self.state.run, node = %node, error = %why, "input refused");
+                    let attempt = self.state.last_attempt(i);
+                    let line = self.notes.entry((i, attempt)).or_insert(0);
+                    *line += 1;
+                    let line = *line;
+                    self.logs.push(LogLine {
+                        node: node.clone(),
+                        attempt,
+                        line,
+                        stream: "orch".into(),
+                        text: format!("input refused: {why}"),
+                    });
+                    return self.flush();
+                }
                 match target {
                     Some(i) if self.waiting.contains(&i) => self.deliver(i, value),
                     Some(i) => {

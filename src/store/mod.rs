@@ -22,7 +22,7 @@ pub use sqlite::{default_path, SqliteStore, DB_ENV};
 
 use crate::error::{Error, Result};
 use crate::history::{Event, RunExport, RunState};
-use crate::model::Mutation;
+use crate::model::{Mutation, NodeState, Task};
 
 /// What a person (or program) can ask of a live run.
 #[derive(Clone, Debug, PartialEq)]
@@ -196,6 +196,10 @@ pub trait Store: Send + Sync {
 
     /// The export of a run, read from the views.
     fn export(&self, run: &str) -> Result<RunExport>;
+
+    /// A node's task and state, as the views hold them (`None`: no such
+    /// node in the run).
+    fn node(&self, run: &str, node: &str) -> Result<Option<(Task, NodeState)>>;
 
     /// The log lines of a node's attempts (all when `attempt` is `None`).
     fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>>;

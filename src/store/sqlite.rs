@@ -875,6 +875,11 @@ impl Store for SqliteStore {
         rows
     }
 
+    fn node(&self, run: &str, node: &str) -> Result<Option<(Task, crate::model::NodeState)>> {
+        let c = self.lock();
+        SqliteStore::node_row(&c, &self.path, run, node)
+    }
+
     fn request(&self, run: &str, signal: &Signal) -> Result<SignalId> {
         let c = self.lock();
         let status = SqliteStore::status(&c, run)
@@ -965,30 +970,43 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Refuses an input for a node that is not an input node, or that
-    /// finished (one row read, not the run).
-    /// Delivers a value to a node whose task is [`crate::Task::input`]: it
-    /// becomes the node's output when the orchestrator takes it (at once
-    /// if the node waits, else when it starts waiting).
-    fn check_input(&self, c: &Connection, run: &str, node: &str) -> Result<()> {
+    /// A node's task and state, from its row.
+    fn node_row(
+        c: &Connection,
+        path: &Path,
+        run: &str,
+        node: &str,
+    ) -> Result<Option<(Task, crate::model::NodeState)>> {
         let row: Option<(String, String)> = c
             .prepare_cached("SELECT task, state FROM nodes WHERE run = ?1 AND id = ?2")
             .and_then(|mut s| {
                 s.query_row(params![run, node], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
-            .map_err(|e| self.err(e))?;
-        let (task, state) = row.ok_or_else(|| Error::UnknownNode {
-            run: run.to_string(),
-            node: node.to_string(),
-        })?;
+            .map_err(wrapper(path))?;
+        let Some((task, state)) = row else {
+            return Ok(None);
+        };
         let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             message: format!("run {run} node `{node}` has an unreadable {what}: {e}"),
         };
         let task: Task = serde_json::from_str(&task).map_err(|e| corrupt("task", &e))?;
-        let state: crate::model::NodeState =
-            state.parse().map_err(|e: String| corrupt("state", &e))?;
+        let state = state.parse().map_err(|e: String| corrupt("state", &e))?;
+        Ok(Some((task, state)))
+    }
+
+    /// Refuses an input for a node that is not an input node, or that
+    /// finished (one row read, not the run).
+    /// Delivers a value to a node whose task is [`crate::Task::input`]: it
+    /// becomes the node's output when the orchestrator takes it (at once
+    /// if the node waits, else when it starts waiting).
+    fn check_input(&self, c: &Connection, run: &str, node: &str) -> Result<()> {
+        let (task, state) =
+            SqliteStore::node_row(c, &self.path, run, node)?.ok_or_else(|| Error::UnknownNode {
+                run: run.to_string(),
+                node: node.to_string(),
+            })?;
         if !matches!(task.exec, crate::model::Exec::Input {}) {
             return Err(Error::NotInput {
                 run: run.to_string(),

@@ -994,3 +994,65 @@ async fn the_live_picture_of_a_waiting_run_shows_its_last_event() {
         .unwrap();
     assert!(handle.wait().await.unwrap().succeeded());
 }
+
+/// An input that does not fit the type its node declares is refused at
+/// delivery, not left to fail a later task: through the engine with the
+/// type error; stored by another process (`orch input`), when the run
+/// takes it, with the error in the node's log; the node waits on for a
+/// value that fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
+    let space = Space::new();
+    let mut wf = space.workflow("typed_input");
+    let _: orch::Node<u64> = wf.node("ask", Task::input()).returns::<u64>();
+    wf.node("after", Task::command(["true"]))
+        .input("n", orch::output("ask"));
+    wf.live_picture(false);
+    let engine = Engine::open(space.db()).unwrap();
+    let handle = engine.start(wf.definition(), wf.options()).await.unwrap();
+    let run = handle.id().to_string();
+    until_state(&space, &run, "ask", NodeState::Waiting).await;
+
+    let input = |value: Value| Signal::Input {
+        node: "ask".into(),
+        value,
+    };
+    let err = engine
+        .signal(&run, input(json!("seven")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is not a `u64`") && err.contains("ask"),
+        "{err}"
+    );
+
+    // As `orch input` does: stored, checked when the run takes it.
+    space.store().request(&run, &input(json!(-8))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !logs_text(&space, &run, "ask").contains("input refused") {
+        assert!(
+            Instant::now() < deadline,
+            "the stored misfit was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logs_text(&space, &run, "ask").contains("is not a `u64`"));
+    assert_eq!(
+        space
+            .store()
+            .export(&run)
+            .unwrap()
+            .node("ask")
+            .unwrap()
+            .state,
+        NodeState::Waiting,
+        "the node waits on"
+    );
+
+    engine.signal(&run, input(json!(8))).await.unwrap();
+    let outcome = handle.wait().await.unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let ex = space.export(&run);
+    assert_eq!(ex.node("ask").unwrap().output, Some(json!(8)));
+}
