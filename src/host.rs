@@ -31,9 +31,10 @@ pub fn process_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// What names this host in a lease: the host name and the kernel's boot
-/// id, so that the same name after a reboot, or another machine, is
-/// never mistaken for this one (pids mean nothing across either).
+/// What names this host in a lease: the host name, the kernel's boot id
+/// and the pid namespace, so that the same name after a reboot, another
+/// machine, or another container on the same kernel is never mistaken for
+/// this one (pids mean nothing across any of them).
 ///
 /// ```
 /// assert!(orch::host::identity().contains('/'));
@@ -48,13 +49,24 @@ pub fn identity() -> &'static str {
         };
         let name = read("/proc/sys/kernel/hostname");
         let boot = read("/proc/sys/kernel/random/boot_id");
+        // Containers that share the host name and the kernel (boot id)
+        // still see different processes: a pid means something only in
+        // the same pid namespace.
+        let pids = std::fs::read_link("/proc/self/ns/pid")
+            .map(|l| l.display().to_string())
+            .unwrap_or_default();
         format!(
-            "{}/{}",
+            "{}/{}/{}",
             if name.is_empty() { "localhost" } else { &name },
             if boot.is_empty() {
                 "unknown-boot"
             } else {
                 &boot
+            },
+            if pids.is_empty() {
+                "unknown-pid-ns"
+            } else {
+                &pids
             }
         )
     })

@@ -209,7 +209,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let id = store.resolve_run(&run)?;
             let export = store.export(&id)?;
             let lines = store.logs(&id, &node, attempt)?;
-            let n = export.node(&node).expect("logs checked the node exists");
+            // Read apart from the logs: a batch may have added the node since.
+            let n = export.node(&node).ok_or_else(|| orch::Error::UnknownNode {
+                run: id.clone(),
+                node: node.clone(),
+            })?;
             for a in &n.attempts {
                 if attempt.is_some_and(|x| x != a.attempt) {
                     continue;

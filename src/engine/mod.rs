@@ -90,17 +90,36 @@ struct Inner {
     /// a SQLite store).
     home: PathBuf,
     runs: Mutex<HashMap<String, Hosted>>,
-    /// Stored signals already handed to a run (until the store no longer
-    /// lists them as pending).
-    forwarded: Mutex<HashSet<SignalId>>,
+    /// Stored signals already handed to a run, with the epoch of the
+    /// runner they went to (until the store no longer lists them as
+    /// pending).
+    forwarded: Mutex<HashSet<(SignalId, u64)>>,
     observers: Mutex<Vec<Arc<dyn Observer>>>,
     /// The Python helper's folder under `home`, once installed (once per
     /// engine, not per run).
     helper: std::sync::OnceLock<PathBuf>,
     /// Whether the poll-and-renew task runs.
     background: Mutex<bool>,
-    /// Set by [`Engine::shutdown`]: nothing new is started or taken over.
-    stopping: std::sync::atomic::AtomicBool,
+    /// Set by [`Engine::shutdown`], with its grace: nothing new is
+    /// started or taken over.
+    stopping: Mutex<Option<Duration>>,
+}
+
+/// Takes a run out of the engine's hosted runs when dropped, if the entry
+/// is still this runner's.
+struct HostedGuard {
+    engine: Engine,
+    run: String,
+    lease: Lease,
+}
+
+impl Drop for HostedGuard {
+    fn drop(&mut self) {
+        let mut runs = lock(&self.engine.inner.runs);
+        if runs.get(&self.run).is_some_and(|h| h.lease == self.lease) {
+            runs.remove(&self.run);
+        }
+    }
 }
 
 /// The core that drives runs; cheap to clone (clones share everything).
@@ -173,7 +192,7 @@ impl Engine {
                 observers: Mutex::new(Vec::new()),
                 helper: std::sync::OnceLock::new(),
                 background: Mutex::new(false),
-                stopping: std::sync::atomic::AtomicBool::new(false),
+                stopping: Mutex::new(None),
             }),
         }
     }
@@ -248,7 +267,14 @@ impl Engine {
         executor: Option<Arc<dyn Executor>>,
     ) -> Result<RunHandle> {
         self.refuse_if_stopping(run)?;
-        let runner = takeover::take_over(self, run, kind, force, executor)?;
+        let id = self.inner.store.resolve_run(run)?;
+        if lock(&self.inner.runs).contains_key(&id) {
+            return Err(Error::Engine {
+                run: id,
+                message: "this engine drives the run now; it can be taken over once it ended (or was cancelled)".into(),
+            });
+        }
+        let runner = takeover::take_over(self, &id, kind, force, executor)?;
         Ok(self.spawn(runner))
     }
 
@@ -271,7 +297,7 @@ impl Engine {
         }
         let id = store.request(&run, &signal)?;
         if let Some(h) = lock(&self.inner.runs).get(&run) {
-            lock(&self.inner.forwarded).insert(id);
+            lock(&self.inner.forwarded).insert((id, h.lease.epoch));
             let _ = h.tx.send(Envelope::Signal(Some(id), signal));
         }
         Ok(())
@@ -287,20 +313,18 @@ impl Engine {
     /// Returns at once; each run's [`RunHandle::wait`] returns when it
     /// stopped. Calling it again with a shorter grace cuts the grace short.
     pub fn shutdown(&self, grace: Duration) {
-        self.inner
-            .stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        for h in lock(&self.inner.runs).values() {
+        let runs = lock(&self.inner.runs);
+        {
+            let mut stopping = lock(&self.inner.stopping);
+            *stopping = Some(stopping.map_or(grace, |g| g.min(grace)));
+        }
+        for h in runs.values() {
             let _ = h.tx.send(Envelope::Shutdown(grace));
         }
     }
 
     fn refuse_if_stopping(&self, what: &str) -> Result<()> {
-        if self
-            .inner
-            .stopping
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if lock(&self.inner.stopping).is_some() {
             return Err(Error::Engine {
                 run: what.to_string(),
                 message: "the engine is shutting down; it starts and takes over nothing".into(),
@@ -312,25 +336,33 @@ impl Engine {
     fn spawn(&self, runner: run::Runner) -> RunHandle {
         let run = runner.run_id().to_string();
         let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.inner.runs).insert(
-            run.clone(),
-            Hosted {
-                lease: runner.lease().clone(),
-                tx,
-            },
-        );
-        self.ensure_background();
-        let engine = self.clone();
-        let (id, lease) = (run.clone(), runner.lease().clone());
-        let task = tokio::spawn(async move {
-            let outcome = runner.drive(rx).await;
-            // Only this runner's entry: a takeover by this same engine (a
-            // restart of a run it drives) put its own in place meanwhile.
-            let mut runs = lock(&engine.inner.runs);
-            if runs.get(&id).is_some_and(|h| h.lease == lease) {
-                runs.remove(&id);
+        let lease = runner.lease().clone();
+        {
+            let mut runs = lock(&self.inner.runs);
+            // A shutdown that began while this run was set up reaches it
+            // too (the map was walked before it was in it).
+            if let Some(grace) = *lock(&self.inner.stopping) {
+                let _ = tx.send(Envelope::Shutdown(grace));
             }
-            outcome
+            runs.insert(
+                run.clone(),
+                Hosted {
+                    lease: lease.clone(),
+                    tx,
+                },
+            );
+        }
+        self.ensure_background();
+        // Removes the entry when the run's task ends, however it ends (a
+        // panic included): nothing renews a lease for a run not driven.
+        let hosted = HostedGuard {
+            engine: self.clone(),
+            run: run.clone(),
+            lease,
+        };
+        let task = tokio::spawn(async move {
+            let _hosted = hosted;
+            runner.drive(rx).await
         });
         RunHandle { run, task }
     }
@@ -376,9 +408,14 @@ async fn background(engine: Weak<Inner>) {
         let Some(inner) = engine.upgrade() else {
             return;
         };
-        if lock(&inner.runs).is_empty() {
-            *lock(&inner.background) = false;
-            return;
+        {
+            // Under the flag's lock: a run hosted meanwhile either is seen
+            // here, or finds the flag down and starts a new task.
+            let mut running = lock(&inner.background);
+            if lock(&inner.runs).is_empty() {
+                *running = false;
+                return;
+            }
         }
         match inner.store.pending() {
             Ok(pending) => forward(&inner, pending),
@@ -394,7 +431,9 @@ async fn background(engine: Weak<Inner>) {
                 Ok(lost) => {
                     let runs = lock(&inner.runs);
                     for run in lost {
-                        if let Some(h) = runs.get(&run) {
+                        let renewed = leases.iter().find(|l| l.run == run);
+                        // Only the runner that held the lease renewed.
+                        if let Some(h) = runs.get(&run).filter(|h| Some(&h.lease) == renewed) {
                             let _ = h.tx.send(Envelope::Lost);
                         }
                     }
@@ -410,10 +449,12 @@ fn forward(inner: &Inner, pending: Vec<Pending>) {
     let runs = lock(&inner.runs);
     let mut forwarded = lock(&inner.forwarded);
     let open: HashSet<SignalId> = pending.iter().map(|p| p.id).collect();
-    forwarded.retain(|id| open.contains(id));
+    forwarded.retain(|(id, _)| open.contains(id));
     for p in pending {
         if let Some(h) = runs.get(&p.run) {
-            if forwarded.insert(p.id) {
+            // Once per runner (a run taken over again by this engine gets
+            // what its earlier runner left untaken).
+            if forwarded.insert((p.id, h.lease.epoch)) {
                 let _ = h.tx.send(Envelope::Signal(Some(p.id), p.signal));
             }
         }

@@ -135,7 +135,9 @@ impl Runner {
                 python: config.python.clone(),
                 helper_dir: engine.helper_dir()?,
                 db: PathBuf::from(store.location()),
-                default_timeout: config.default_timeout.map(Duration::from_secs_f64),
+                default_timeout: config
+                    .default_timeout
+                    .and_then(|t| Duration::try_from_secs_f64(t).ok()),
                 native_binary: config.native_binary.clone(),
                 python_fork: config.python_fork,
                 python_preload: config.python_preload.clone(),
@@ -230,7 +232,13 @@ impl Runner {
         mut self,
         mut signals: mpsc::UnboundedReceiver<Envelope>,
     ) -> Result<RunOutcome> {
-        let status = match self.run_loop(&mut signals).await {
+        let outcome = self.run_loop(&mut signals).await;
+        // Whatever ended the loop, the picture shows where the run stands
+        // (a redraw the pacing skipped is made now).
+        for o in &self.observers {
+            o.idle(&self.state);
+        }
+        let status = match outcome {
             Ok(status) => status,
             Err(e) => {
                 // Fenced (taken over) or the store failed: nothing more is
@@ -469,8 +477,14 @@ impl Runner {
                             owner: "another engine took it over (its lease renewal found the run gone)".into(),
                         })
                     }
-                    // The engine is gone: nobody can signal any more.
-                    None => std::future::pending::<()>().await,
+                    // The engine dropped this run's entry: it no longer
+                    // drives it.
+                    None => {
+                        return Err(Error::Engine {
+                            run: self.state.run.clone(),
+                            message: "the engine stopped driving the run".into(),
+                        })
+                    }
                 },
                 report = self.reports_rx.recv() => {
                     self.handle(report.expect("the runner holds a sender"));

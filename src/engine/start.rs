@@ -102,11 +102,22 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
     // What the writer used for the rows.
     crate::release_freed_memory();
     let custom = opts.executor.as_ref().map(|e| e.0.clone());
-    let mut runner = Runner::new(engine, lease, state, &config, custom)?;
+    let store = engine.store();
+    let mut runner = match Runner::new(engine, lease.clone(), state, &config, custom) {
+        Ok(runner) => runner,
+        Err(e) => {
+            // Nobody drives the run: it is free for a takeover at once.
+            let _ = store.release(&lease);
+            return Err(e);
+        }
+    };
     for i in touched {
         runner.refresh(i);
     }
-    runner.flush()?;
+    if let Err(e) = runner.flush() {
+        let _ = store.release(&lease);
+        return Err(e);
+    }
     runner.announce("run started");
     Ok(runner)
 }

@@ -86,9 +86,14 @@ extern "C" fn on_signal(signal: libc::c_int) {
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a local.
+        // SAFETY: write(2) is async-signal-safe and the pipe does not block
+        // (a full pipe drops the byte: signals waiting to be read say the
+        // same); the buffer is a local; errno is saved and put back, as
+        // the interrupted code may be reading it.
         unsafe {
+            let errno = *libc::__errno_location();
             libc::write(fd, (&byte as *const u8).cast(), 1);
+            *libc::__errno_location() = errno;
         }
     }
 }
@@ -104,6 +109,11 @@ fn pipe_ready() -> bool {
             return false;
         }
         let read = fds[0];
+        // SAFETY: fcntl on the descriptor just made: the handler's writes
+        // never block.
+        unsafe {
+            libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK);
+        }
         let spawned = std::thread::Builder::new()
             .name("orch-signals".into())
             .spawn(move || loop {

@@ -26,19 +26,26 @@ pub(super) fn take_over(
     native::refuse_task_mode()?;
     let store = engine.store();
     let run = store.resolve_run(run)?;
-    // The lease first: once it is ours (a new epoch), nothing the old
-    // owner could still try to write lands, so the history read next is
-    // the one this engine continues.
+    // Checked before the lease is touched: a refused takeover (the run
+    // ended, a script changed, an unknown node) leaves the owner as it was.
+    prepare(engine, &run, kind.clone(), force)?;
+    // Then the lease: once it is ours (a new epoch), nothing the old owner
+    // could still try to write lands, so the history read next is the one
+    // this engine continues.
     let lease = store.take_over(&run, engine.owner(), force)?;
-    let prepared = prepare(engine, &run, kind, force);
-    if prepared.is_err() {
-        // Refused after all (the run ended, a script changed): the run is
-        // given up again, free for the next takeover.
-        let _ = store.release(&lease);
-    }
-    let (mut state, restart, config) = prepared?;
-    let restarted = restart.map(|kind| state.push(kind).0);
-    let mut runner = Runner::new(engine, lease, state, &config, executor)?;
+    let ready = prepare(engine, &run, kind, force).and_then(|(mut state, restart, config)| {
+        let restarted = restart.map(|kind| state.push(kind).0);
+        let runner = Runner::new(engine, lease.clone(), state, &config, executor)?;
+        Ok((runner, restarted))
+    });
+    let (mut runner, restarted) = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            // The run is given up again, free for the next takeover.
+            let _ = store.release(&lease);
+            return Err(e);
+        }
+    };
     if let Some(event) = restarted {
         runner.queue_applied(event);
         if runner.status() != RunStatus::Running {
@@ -48,7 +55,10 @@ pub(super) fn take_over(
             });
         }
     }
-    runner.recover()?;
+    if let Err(e) = runner.recover() {
+        let _ = store.release(&lease);
+        return Err(e);
+    }
     runner.announce(if runner.restarted() {
         "run restarted"
     } else {

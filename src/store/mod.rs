@@ -151,9 +151,9 @@ pub trait Store: Send + Sync {
     /// [`Error::Owned`] naming the winner.
     fn take_over(&self, run: &str, owner: &Owner, force: bool) -> Result<Lease>;
 
-    /// Extends every lease `owner` holds on runs that have not ended by
-    /// its TTL; returns the runs of `leases` it no longer holds (taken
-    /// over meanwhile), which it must stop driving.
+    /// Extends each of `leases` (`owner`'s, on runs that have not ended)
+    /// by the owner's TTL; returns the runs of `leases` it no longer holds
+    /// (taken over meanwhile, or ended), which it must stop driving.
     fn renew(&self, owner: &Owner, leases: &[Lease]) -> Result<Vec<String>>;
 
     /// Gives a run up: the next engine may take it over at once.

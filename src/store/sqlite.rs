@@ -624,32 +624,33 @@ impl Store for SqliteStore {
 
     fn renew(&self, owner: &Owner, leases: &[Lease]) -> Result<Vec<String>> {
         let wrap = wrapper(&self.path);
-        let c = self.lock();
-        c.prepare_cached(&format!(
-            "UPDATE runs SET lease_until = {NOW_MS} + ?2 WHERE owner_id = ?1 AND finished_at IS NULL"
-        ))
-        .and_then(|mut s| s.execute(params![owner.id, owner.ttl.as_millis() as i64]))
-        .map_err(wrap)?;
-        let mut held = std::collections::HashMap::new();
+        let mut c = self.lock();
+        // Exactly the leases the engine passes (the runs it drives), in one
+        // transaction: a run this owner holds but no longer drives (its
+        // loop died) is not kept from a takeover.
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        let mut lost = Vec::new();
         {
-            let mut stmt = c
-                .prepare_cached("SELECT id, epoch FROM runs WHERE owner_id = ?1")
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE runs SET lease_until = {NOW_MS} + ?4
+                     WHERE id = ?1 AND owner_id = ?2 AND epoch = ?3 AND finished_at IS NULL"
+                ))
                 .map_err(wrap)?;
-            let rows = stmt
-                .query_map([&owner.id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .map_err(wrap)?;
-            for row in rows {
-                let (run, epoch) = row.map_err(wrap)?;
-                held.insert(run, epoch);
+            let ttl = owner.ttl.as_millis() as i64;
+            for l in leases {
+                let renewed = stmt
+                    .execute(params![l.run, owner.id, l.epoch as i64, ttl])
+                    .map_err(wrap)?;
+                if renewed == 0 {
+                    lost.push(l.run.clone());
+                }
             }
         }
-        Ok(leases
-            .iter()
-            .filter(|l| held.get(&l.run) != Some(&l.epoch))
-            .map(|l| l.run.clone())
-            .collect())
+        tx.commit().map_err(wrap)?;
+        Ok(lost)
     }
 
     fn release(&self, lease: &Lease) -> Result<()> {
