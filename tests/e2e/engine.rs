@@ -1056,3 +1056,42 @@ async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
     let ex = space.export(&run);
     assert_eq!(ex.node("ask").unwrap().output, Some(json!(8)));
 }
+
+/// An engine does not take over a run it drives itself: the run goes on
+/// untouched (a takeover used to fence the running loop off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_refuses_to_take_over_a_run_it_drives() {
+    let space = Space::new();
+    let mut wf = space.workflow("driven");
+    wf.node("ask", Task::input());
+    wf.live_picture(false);
+    let engine = Engine::open(space.db()).unwrap();
+    let handle = engine.start(wf.definition(), wf.options()).await.unwrap();
+    let run = handle.id().to_string();
+    until_state(&space, &run, "ask", NodeState::Waiting).await;
+    let before = space.store().owner(&run).unwrap();
+    for kind in [
+        orch::engine::TakeoverKind::Resume,
+        orch::engine::TakeoverKind::Restart("ask".into()),
+        orch::engine::TakeoverKind::Restart("no_such_node".into()),
+    ] {
+        let err = engine.take_over(&run, kind, true, None).await.unwrap_err();
+        assert!(err.to_string().contains("drives the run now"), "{err}");
+    }
+    assert_eq!(
+        space.store().owner(&run).unwrap(),
+        before,
+        "the lease is untouched"
+    );
+    engine
+        .signal(
+            &run,
+            Signal::Input {
+                node: "ask".into(),
+                value: json!(1),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(handle.wait().await.unwrap().succeeded());
+}

@@ -146,3 +146,57 @@ fn a_second_signal_kills_at_once() {
     let ex = stopped(&space, "t000");
     assert!(!logs_text(&space, &ex.run, "t000").contains("grace period"));
 }
+
+/// A task that finishes its work when asked to stop, within the grace
+/// period, commits: its node succeeded and does not run again on resume.
+#[test]
+fn a_task_that_finishes_within_the_grace_period_commits() {
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        "import signal, time, orch\n\
+         asked = []\n\
+         signal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n\
+         ctx = orch.start()\n\
+         deadline = time.time() + 60\n\
+         while not asked and time.time() < deadline:\n    time.sleep(0.01)\n\
+         ctx.output({'node': ctx.node, 'asked': bool(asked)})\n",
+    );
+    let mut child = start_chain_with(&space, 2, 0, &[("ORCH_STOP_GRACE", "30")], &[]);
+    running_pid(&space, "t000");
+    signal(&child, libc::SIGTERM);
+    exits(&mut child);
+    let store = space.store();
+    let run = store.resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Running);
+    let t000 = ex.node("t000").unwrap();
+    assert_eq!(t000.state, NodeState::Succeeded, "{:?}", t000.attempts);
+    assert_eq!(
+        t000.output,
+        Some(serde_json::json!({"node": "t000", "asked": true}))
+    );
+    let t001 = ex.node("t001").unwrap();
+    assert_eq!(
+        t001.state,
+        NodeState::Ready,
+        "ready, but nothing new started"
+    );
+    assert!(t001.attempts.is_empty());
+
+    // The resume runs only what is left (t001 would wait 60 s for a stop
+    // nobody asks: its own deadline ends it).
+    space.write(
+        "sleep.py",
+        "import orch\nctx = orch.start()\nctx.output({'node': ctx.node})\n",
+    );
+    let out = space.cli(&["resume", "latest", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(ex.node("t000").unwrap().attempts.len(), 1, "not run again");
+}
