@@ -549,32 +549,10 @@ impl Runner {
                     let n = self.state.graph.node(i);
                     matches!(n.task.exec, Exec::Input {}) && !n.state.is_terminal()
                 });
-                // A value stored by another process (`orch input`, which
-                // cannot know this binary's types) is checked here: one
-                // that does not fit is refused, said in the node's log,
-                // and the node waits on.
-                let misfit = target.and_then(|i| {
-                    native::check_output(&self.state.graph.node(i).task, &value)
-                        .err()
-                        .map(|e| (i, e.replace("the output", "the value")))
-                });
-                if let Some((i, why)) = misfit {
-                    warn!(run = %self.state.run, node = %node, error = %why, "input refused");
-                    let attempt = self.state.last_attempt(i);
-                    let line = self.notes.entry((i, attempt)).or_insert(0);
-                    *line += 1;
-                    let line = *line;
-                    self.logs.push(LogLine {
-                        node: node.clone(),
-                        attempt,
-                        line,
-                        stream: "orch".into(),
-                        text: format!("input refused: {why}"),
-                    });
-                    return self.flush();
-                }
                 match target {
-                    Some(i) if self.waiting.contains(&i) => self.deliver(i, value),
+                    Some(i) if self.waiting.contains(&i) => {
+                        self.offer(i, value);
+                    }
                     Some(i) => {
                         // Not waiting yet: kept until it does. Taken only
                         // then, so a crash meanwhile loses nothing.
@@ -592,6 +570,51 @@ impl Runner {
         }
         // What the signal did is written with it, before anything else.
         self.flush()
+    }
+
+    /// Offers `value` to waiting input node `i`: it becomes the node's
+    /// output if it fits the type the node declares; otherwise it is
+    /// refused, said in the node's log (a value stored by another process,
+    /// `orch input`, which cannot know this binary's types), and the node
+    /// waits on. True when delivered.
+    fn offer(&mut self, i: usize, value: Value) -> bool {
+        let misfit = native::check_output(&self.state.graph.node(i).task, &value)
+            .err()
+            .map(|e| e.replace("the output", "the value"));
+        let Some(why) = misfit else {
+            self.deliver(i, value);
+            return true;
+        };
+        let node = self.id(i);
+        warn!(run = %self.state.run, node = %node, error = %why, "input refused");
+        let attempt = self.state.last_attempt(i);
+        let line = self.note_line(i, attempt);
+        self.logs.push(LogLine {
+            node,
+            attempt,
+            line,
+            stream: "orch".into(),
+            text: format!("input refused: {why}"),
+        });
+        false
+    }
+
+    /// The next line number of attempt `attempt` of node `i`, whose log
+    /// this runner writes itself (it runs no process): after those an
+    /// earlier runner wrote.
+    fn note_line(&mut self, i: usize, attempt: u32) -> u32 {
+        if !self.notes.contains_key(&(i, attempt)) {
+            let node = self.id(i);
+            let written = self
+                .store
+                .logs(&self.state.run, &node, Some(attempt))
+                .map(|l| l.iter().map(|l| l.line).max().unwrap_or(0))
+                .unwrap_or(0);
+            self.notes.insert((i, attempt), written);
+        }
+        let line = self.notes.entry((i, attempt)).or_insert(0);
+        *line += 1;
+        *line
     }
 
     /// Makes `value` the output of waiting input node `i`.
@@ -691,10 +714,13 @@ impl Runner {
                 pid: None,
             });
             self.waiting.insert(i);
-            // A value that arrived before the node waited is its output.
-            if let Some((id, value)) = self.inbox.get_mut(&i).and_then(VecDeque::pop_front) {
+            // A value that arrived before the node waited is its output (the
+            // first one that fits its type).
+            while let Some((id, value)) = self.inbox.get_mut(&i).and_then(VecDeque::pop_front) {
                 self.taken.extend(id);
-                self.deliver(i, value);
+                if self.offer(i, value) {
+                    break;
+                }
             }
             return;
         }

@@ -86,8 +86,12 @@ pub fn install_helper(root: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&pkg)
         .map_err(|e| Error::io(format!("creating {}", pkg.display()), e))?;
+    // A name of its own per write: two engines of one process may install
+    // at the same moment (each rename is atomic; both put the same bytes).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     for (name, text) in files {
-        let tmp = pkg.join(format!(".{name}.{}", std::process::id()));
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = pkg.join(format!(".{name}.{}.{n}", std::process::id()));
         std::fs::write(&tmp, text)
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, pkg.join(name))
