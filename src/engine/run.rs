@@ -883,26 +883,15 @@ impl Runner {
                 self.fail_for_good(i, attempt, exit_code, error);
                 return;
             }
+            // Killed by the engine: the node is ready again when the engine
+            // stopped (for whoever takes the run over), cancelled when the
+            // run stops.
             Verdict::Interrupted(error) => {
-                self.end_attempt(
-                    i,
-                    attempt,
-                    AttemptOutcome::Killed,
-                    exit_code,
-                    error,
-                    NodeState::Ready,
-                );
+                self.kill_ended(i, attempt, exit_code, error, NodeState::Ready);
                 return;
             }
             Verdict::Stopped(error) => {
-                self.end_attempt(
-                    i,
-                    attempt,
-                    AttemptOutcome::Killed,
-                    exit_code,
-                    error,
-                    NodeState::Cancelled,
-                );
+                self.kill_ended(i, attempt, exit_code, error, NodeState::Cancelled);
                 return;
             }
             Verdict::Failed {
@@ -951,6 +940,19 @@ impl Runner {
         self.fault(Fault::BeforeCommit, &node);
         info!(node = %node, attempt, "succeeded");
         self.fault(Fault::AfterCommit, &node);
+    }
+
+    /// Ends an attempt the engine killed (no retry used); its node goes to
+    /// `next`.
+    fn kill_ended(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        exit_code: Option<i32>,
+        error: String,
+        next: NodeState,
+    ) {
+        self.end_attempt(i, attempt, AttemptOutcome::Killed, exit_code, error, next);
     }
 
     /// Fails an attempt that broke a promise: its node fails, with no
