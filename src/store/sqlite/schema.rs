@@ -1,0 +1,130 @@
+//! The schema of an orch database and its migrations.
+
+/// Version 2 added run leases (`owner_id`, `owner`, `epoch`,
+/// `lease_until`) and the `signals` table (replacing `controls` and
+/// `inputs`: a migrated database moves their untaken rows into it and
+/// keeps the tables, unused).
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// What a version-1 database needs to become version 2 (before `SCHEMA`,
+/// whose `CREATE ... IF NOT EXISTS` adds the new tables).
+pub(super) const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE runs ADD COLUMN owner_id TEXT;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    value TEXT,
+    requested_at TEXT NOT NULL,
+    taken_at TEXT
+);
+INSERT INTO signals (run, kind, node, value, requested_at)
+    SELECT run, kind, node, value, at FROM (
+        SELECT run, command AS kind, NULL AS node, NULL AS value, requested_at AS at, 0 AS src, id
+            FROM controls WHERE taken_at IS NULL
+        UNION ALL
+        SELECT run, 'input', node, value, delivered_at, 1, id
+            FROM inputs WHERE taken_at IS NULL
+    ) ORDER BY at, src, id;
+"#;
+
+/// The store's clock, in milliseconds since the Unix epoch: leases expire
+/// by it, never by a host's idea of the time.
+pub(super) const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    orchestrator_pid INTEGER,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    config TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    owner_id TEXT,
+    owner TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    lease_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner_id) WHERE owner_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    run TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    PRIMARY KEY (run, id)
+);
+CREATE TABLE IF NOT EXISTS edges (
+    run TEXT NOT NULL,
+    src TEXT NOT NULL,
+    dst TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    PRIMARY KEY (run, src, dst)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    pid INTEGER,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (run, node, attempt)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run, node)
+);
+CREATE TABLE IF NOT EXISTS promises (
+    run TEXT NOT NULL,
+    promise TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_run ON promises (run);
+CREATE TABLE IF NOT EXISTS violations (
+    run TEXT NOT NULL,
+    violation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS violations_run ON violations (run);
+CREATE TABLE IF NOT EXISTS logs (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
+CREATE TABLE IF NOT EXISTS signals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    node TEXT,
+    value TEXT,
+    requested_at TEXT NOT NULL,
+    taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS signals_open ON signals (taken_at, id);
+"#;

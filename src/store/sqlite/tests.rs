@@ -1,0 +1,344 @@
+//! The SQLite store's own tests (the conformance suite runs here too).
+
+use super::views::*;
+use super::*;
+use crate::graph::Graph;
+use crate::model::{output, Attrs, EdgeRef, Mutation, Task};
+use serde_json::json;
+
+/// A registration with every kind of mutation: more nodes than a
+/// multi-row chunk, unnamed and named tasks, inputs that reference
+/// outputs (implied edges, also beside an explicit one), attributes,
+/// `set_attrs` of a node and of an edge, a promise.
+fn registration() -> Vec<Mutation> {
+    let mut attrs = Attrs::new();
+    attrs.insert("label".into(), json!("x"));
+    let mut muts = Vec::new();
+    for i in 0..(2 * CHUNK + 7) {
+        let task = if i % 3 == 0 {
+            Task::command(["true"]).named("T")
+        } else {
+            Task::command(["true"])
+        };
+        muts.push(Mutation::AddNode {
+            id: format!("n{i}"),
+            task: Box::new(task),
+            inputs: if i % 5 == 4 {
+                json!({"a": output(&format!("n{}", i - 1)), "b": output(&format!("n{}", i - 2))})
+            } else {
+                Value::Null
+            },
+            attrs: if i % 7 == 0 {
+                attrs.clone()
+            } else {
+                Attrs::new()
+            },
+        });
+        if i % 5 == 4 {
+            muts.push(Mutation::AddEdge {
+                from: format!("n{}", i - 3),
+                to: format!("n{i}"),
+                attrs: attrs.clone(),
+            });
+        } else if i > 0 {
+            muts.push(Mutation::AddEdge {
+                from: format!("n{}", i - 1),
+                to: format!("n{i}"),
+                attrs: Attrs::new(),
+            });
+        }
+        if i == CHUNK + 1 {
+            muts.push(Mutation::SetAttrs {
+                node: Some("n3".into()),
+                edge: None,
+                attrs: attrs.clone(),
+            });
+            muts.push(Mutation::SetAttrs {
+                node: None,
+                edge: Some(EdgeRef {
+                    from: "n1".into(),
+                    to: "n2".into(),
+                }),
+                attrs: attrs.clone(),
+            });
+            muts.push(Mutation::AddPromise {
+                promise: crate::Promise::Static {},
+            });
+        }
+    }
+    muts
+}
+
+fn started() -> Event {
+    Event {
+        seq: 1,
+        at: "2026-01-01T00:00:00.000Z".into(),
+        kind: EventKind::RunStarted {
+            workflow: "w".into(),
+            orchestrator_pid: 1,
+            config: crate::model::RunConfig::new("/x", "python3"),
+        },
+    }
+}
+
+#[test]
+fn a_registration_is_written_like_its_validated_batch_row_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let muts = registration();
+    let valid = Graph::new().validate(muts.clone()).unwrap();
+    let at = "2026-01-01T00:00:01.000Z";
+    let batch = Event {
+        seq: 2,
+        at: at.into(),
+        kind: EventKind::BatchCommitted {
+            origin: Origin::Registration,
+            mutations: valid.clone(),
+        },
+    };
+
+    // The reference: one statement per row, the event as it serialises.
+    let before = SqliteStore::open(dir.path().join("a.db")).unwrap();
+    let mut conn = before.lock();
+    let tx = conn.transaction().unwrap();
+    write_event(&tx, "r", &started(), None).unwrap();
+    tx.execute(
+        "INSERT INTO events (run, seq, at, kind, data) VALUES ('r', 2, ?1, 'batch_committed', ?2)",
+        params![at, to_json(&batch.kind)],
+    )
+    .unwrap();
+    for m in &valid {
+        write_mutation(&tx, "r", m).unwrap();
+    }
+    tx.execute("UPDATE runs SET last_seq = 2 WHERE id = 'r'", [])
+        .unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let now = SqliteStore::open(dir.path().join("b.db")).unwrap();
+    let kept = now
+        .register(&Owner::this_process(), reg(&muts, at), &mut || true)
+        .unwrap();
+    assert!(kept.is_some());
+    assert_eq!(now.events("r", None).unwrap(), vec![started(), batch]);
+    let raw = |s: &SqliteStore| -> Vec<(i64, String, String, String)> {
+        let c = s.lock();
+        let mut q = c
+            .prepare("SELECT seq, at, kind, data FROM events ORDER BY seq")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert_eq!(raw(&now), raw(&before), "the same JSON, byte for byte");
+    assert_eq!(now.export("r").unwrap(), before.export("r").unwrap());
+    let mut g = Graph::new();
+    g.commit(&muts).unwrap();
+    assert_eq!(now.export("r").unwrap().edges.len(), g.edges().len());
+
+    // And a batch written the way `commit` writes any later one too.
+    let later = SqliteStore::open(dir.path().join("c.db")).unwrap();
+    let events = now.events("r", None).unwrap();
+    let state = RunState::replay("r", &events);
+    let mut conn = later.lock();
+    let tx = conn.transaction().unwrap();
+    for e in &events {
+        write_event(&tx, "r", e, Some(&state)).unwrap();
+    }
+    set_last_seq(&tx, "r", 2).unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+    assert_eq!(later.export("r").unwrap(), before.export("r").unwrap());
+}
+
+#[test]
+fn a_registration_refused_by_its_validation_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("a.db")).unwrap();
+    let muts = registration();
+    let kept = store
+        .register(&Owner::this_process(), reg(&muts, "t"), &mut || false)
+        .unwrap();
+    assert!(kept.is_none());
+    assert!(store.runs().unwrap().is_empty());
+    assert!(store.events("r", None).unwrap().is_empty());
+    let rows: i64 = store
+        .lock()
+        .query_row(
+            "SELECT (SELECT count(*) FROM nodes) + (SELECT count(*) FROM edges)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+    // The store stays usable.
+    assert!(store
+        .register(&Owner::this_process(), reg(&muts, "t"), &mut || true)
+        .unwrap()
+        .is_some());
+}
+
+fn reg<'a>(muts: &'a [Mutation], at: &'a str) -> Registration<'a> {
+    static STARTED: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+    Registration {
+        run: "r",
+        started: STARTED.get_or_init(started),
+        batch: (2, at),
+        mutations: muts,
+    }
+}
+
+#[test]
+fn the_conformance_suite_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    crate::store::conformance::run(&mut || {
+        n += 1;
+        Box::new(SqliteStore::open(dir.path().join(format!("{n}.db"))).unwrap())
+    });
+}
+
+/// The schema of version 1, as orch wrote it before leases.
+const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+id TEXT PRIMARY KEY,
+workflow TEXT NOT NULL,
+status TEXT NOT NULL,
+reason TEXT,
+orchestrator_pid INTEGER,
+created_at TEXT NOT NULL,
+finished_at TEXT,
+config TEXT NOT NULL,
+last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+run TEXT NOT NULL,
+seq INTEGER NOT NULL,
+at TEXT NOT NULL,
+kind TEXT NOT NULL,
+data TEXT NOT NULL,
+PRIMARY KEY (run, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+run TEXT NOT NULL,
+id TEXT NOT NULL,
+task TEXT NOT NULL,
+inputs TEXT NOT NULL,
+attrs TEXT NOT NULL,
+state TEXT NOT NULL,
+started_at TEXT,
+finished_at TEXT,
+PRIMARY KEY (run, id)
+);
+CREATE TABLE IF NOT EXISTS edges (
+run TEXT NOT NULL,
+src TEXT NOT NULL,
+dst TEXT NOT NULL,
+attrs TEXT NOT NULL,
+PRIMARY KEY (run, src, dst)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+run TEXT NOT NULL,
+node TEXT NOT NULL,
+attempt INTEGER NOT NULL,
+pid INTEGER,
+started_at TEXT NOT NULL,
+finished_at TEXT,
+outcome TEXT,
+exit_code INTEGER,
+error TEXT,
+PRIMARY KEY (run, node, attempt)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+run TEXT NOT NULL,
+node TEXT NOT NULL,
+value TEXT NOT NULL,
+PRIMARY KEY (run, node)
+);
+CREATE TABLE IF NOT EXISTS promises (
+run TEXT NOT NULL,
+promise TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS promises_run ON promises (run);
+CREATE TABLE IF NOT EXISTS violations (
+run TEXT NOT NULL,
+violation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS violations_run ON violations (run);
+CREATE TABLE IF NOT EXISTS logs (
+run TEXT NOT NULL,
+node TEXT NOT NULL,
+attempt INTEGER NOT NULL,
+line INTEGER NOT NULL,
+stream TEXT NOT NULL,
+text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_attempt ON logs (run, node, attempt, line);
+CREATE TABLE IF NOT EXISTS controls (
+id INTEGER PRIMARY KEY AUTOINCREMENT,
+run TEXT NOT NULL,
+command TEXT NOT NULL,
+requested_at TEXT NOT NULL,
+taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS controls_run ON controls (run, taken_at);
+CREATE TABLE IF NOT EXISTS inputs (
+id INTEGER PRIMARY KEY AUTOINCREMENT,
+run TEXT NOT NULL,
+node TEXT NOT NULL,
+value TEXT NOT NULL,
+delivered_at TEXT NOT NULL,
+taken_at TEXT
+);
+CREATE INDEX IF NOT EXISTS inputs_run ON inputs (run, taken_at);
+"#;
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_pending_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'running', 't', '{}');
+             INSERT INTO controls (run, command, requested_at) VALUES ('r', 'pause', 't1');
+             INSERT INTO controls (run, command, requested_at, taken_at) VALUES ('r', 'cancel', 't0', 't0');
+             INSERT INTO inputs (run, node, value, delivered_at) VALUES ('r', 'ask', '{\"ok\": true}', 't2');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open_existing(&path).unwrap();
+    let version: i64 = store
+        .lock()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let pending = store.pending().unwrap();
+    assert_eq!(
+        pending.iter().map(|p| p.signal.clone()).collect::<Vec<_>>(),
+        vec![
+            Signal::Pause,
+            Signal::Input {
+                node: "ask".into(),
+                value: json!({"ok": true})
+            }
+        ],
+        "untaken requests carry over, in order; taken ones do not"
+    );
+    let record = store.owner("r").unwrap();
+    assert!(
+        record.owner.is_none(),
+        "a run of version 1 has no owner yet"
+    );
+    // Opening it again changes nothing.
+    drop(store);
+    assert_eq!(
+        SqliteStore::open_existing(&path)
+            .unwrap()
+            .pending()
+            .unwrap(),
+        pending
+    );
+}

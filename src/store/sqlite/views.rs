@@ -1,0 +1,499 @@
+//! Writing events and the views they touch: the rows of runs, nodes,
+//! edges, attempts, outputs, promises and violations, copied from the
+//! fold (never computed here).
+
+use rusqlite::{params, Transaction};
+use serde_json::Value;
+
+use super::to_json;
+use crate::graph::merge_attrs;
+use crate::history::{Event, EventKind, RunState};
+use crate::model::{output_refs, Attrs, Mutation, Origin, Task};
+
+pub(super) fn event_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::RunStarted { .. } => "run_started",
+        EventKind::RunResumed { .. } => "run_resumed",
+        EventKind::BatchCommitted { .. } => "batch_committed",
+        EventKind::NodeState { .. } => "node_state",
+        EventKind::AttemptStarted { .. } => "attempt_started",
+        EventKind::AttemptFinished { .. } => "attempt_finished",
+        EventKind::Output { .. } => "output",
+        EventKind::PromiseBroken { .. } => "promise_broken",
+        EventKind::Restarted { .. } => "restarted",
+        EventKind::RunStatus { .. } => "run_status",
+    }
+}
+
+/// Records the last event written for the run.
+pub(super) fn set_last_seq(tx: &Transaction<'_>, run: &str, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE runs SET last_seq = ?2 WHERE id = ?1")?
+        .execute(params![run, seq as i64])
+        .map(drop)
+}
+
+/// Appends one event and updates the views it touches. Where a view holds
+/// something the fold computes (a node's times, a run's end), the value
+/// is copied from `state`, the fold that includes the event: the store
+/// never folds events itself. Only `run_started` may come without it.
+pub(super) fn write_event(
+    tx: &Transaction<'_>,
+    run: &str,
+    e: &Event,
+    state: Option<&RunState>,
+) -> rusqlite::Result<()> {
+    let folded = || state.expect("views of a state change are copied from the fold");
+    tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            run,
+            e.seq as i64,
+            e.at,
+            event_name(&e.kind),
+            to_json(&e.kind)
+        ])?;
+    match &e.kind {
+        EventKind::RunStarted {
+            workflow,
+            orchestrator_pid,
+            config,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, workflow, status, orchestrator_pid, created_at, config)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET orchestrator_pid = ?3",
+            )?
+            .execute(params![
+                run,
+                workflow,
+                orchestrator_pid,
+                e.at,
+                to_json(config)
+            ])?;
+        }
+        EventKind::RunResumed { orchestrator_pid } => {
+            tx.prepare_cached("UPDATE runs SET orchestrator_pid = ?2 WHERE id = ?1")?
+                .execute(params![run, orchestrator_pid])?;
+        }
+        EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
+        EventKind::NodeState { node, .. } => {
+            let st = folded();
+            // A node retracted by a later restart of the same commit is
+            // written by the rewrite.
+            if let Some(i) = st.graph.position(node) {
+                let facts = &st.facts[i];
+                tx.prepare_cached(
+                    "UPDATE nodes SET state = ?3, started_at = ?4, finished_at = ?5
+                     WHERE run = ?1 AND id = ?2",
+                )?
+                .execute(params![
+                    run,
+                    node,
+                    st.graph.node(i).state.as_str(),
+                    facts.started_at,
+                    facts.finished_at
+                ])?;
+            }
+        }
+        EventKind::AttemptStarted { node, attempt, pid } => {
+            tx.prepare_cached(
+                "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![run, node, attempt, pid, e.at])?;
+        }
+        EventKind::AttemptFinished {
+            node,
+            attempt,
+            outcome,
+            exit_code,
+            error,
+        } => {
+            tx.prepare_cached(
+                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7
+                 WHERE run = ?1 AND node = ?2 AND attempt = ?3",
+            )?
+            .execute(params![
+                run,
+                node,
+                attempt,
+                e.at,
+                outcome.as_str(),
+                exit_code,
+                error
+            ])?;
+        }
+        EventKind::Output { node, value } => {
+            tx.prepare_cached(
+                "INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (run, node) DO UPDATE SET value = ?3",
+            )?
+            .execute(params![run, node, to_json(value)])?;
+        }
+        EventKind::Restarted { .. } => {
+            // The new generation is rewritten from the folded state once
+            // the commit's events are written (see `Store::commit`).
+        }
+        EventKind::PromiseBroken { violation } => {
+            tx.prepare_cached("INSERT INTO violations (run, violation) VALUES (?1, ?2)")?
+                .execute(params![run, to_json(violation)])?;
+        }
+        EventKind::RunStatus { .. } => {
+            let st = folded();
+            tx.prepare_cached(
+                "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![run, st.status.as_str(), st.reason, st.finished_at])?;
+        }
+    }
+    Ok(())
+}
+
+/// The `batch_committed` event of a registration as
+/// [`Store::commit_registration`] writes it: the same JSON as
+/// `EventKind::BatchCommitted` with the mutations as validation accepts
+/// them, without a copy of them.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename = "batch_committed")]
+pub(super) struct RegistrationView<'a> {
+    pub(super) origin: Origin,
+    pub(super) mutations: Filled<'a>,
+}
+
+/// Mutations serialised with empty task names filled in (the node's id).
+pub(super) struct Filled<'a>(pub(super) &'a [Mutation]);
+
+impl serde::Serialize for Filled<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|m| match m {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } if task.name.is_empty() => FilledMutation::AddNode {
+                id,
+                task: named(id, task),
+                inputs,
+                attrs,
+            },
+            m => FilledMutation::Other(m),
+        }))
+    }
+}
+
+/// An `add_node` laid out like [`Mutation::AddNode`], or any mutation.
+#[derive(serde::Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum FilledMutation<'a> {
+    AddNode {
+        id: &'a str,
+        task: std::borrow::Cow<'a, Task>,
+        #[serde(skip_serializing_if = "Value::is_null")]
+        inputs: &'a Value,
+        #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+        attrs: &'a Attrs,
+    },
+    #[serde(untagged)]
+    Other(&'a Mutation),
+}
+
+/// The task with its name filled in as validation does (an empty name is
+/// the node's id).
+fn named<'a>(id: &str, task: &'a Task) -> std::borrow::Cow<'a, Task> {
+    if task.name.is_empty() {
+        let mut t = task.clone();
+        t.name = id.to_string();
+        std::borrow::Cow::Owned(t)
+    } else {
+        std::borrow::Cow::Borrowed(task)
+    }
+}
+
+/// A cell as text (ids and JSON are UTF-8).
+fn text(cell: &[u8]) -> &str {
+    std::str::from_utf8(cell).expect("cells hold UTF-8")
+}
+
+/// Rows per multi-row `INSERT` when a batch adds many nodes or edges.
+pub(super) const CHUNK: usize = 64;
+
+/// The `INSERT` of `rows` rows into `table`: `?1` is the run, then
+/// `width` parameters per row, then `tail` (constant columns) per row.
+fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
+    let mut sql = String::from(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { " VALUES (?1" } else { ", (?1" });
+        for c in 0..width {
+            sql.push_str(&format!(", ?{}", 2 + r * width + c));
+        }
+        sql.push_str(tail);
+        sql.push(')');
+    }
+    sql
+}
+
+/// Rows of one kind waiting to be inserted, `width` text columns each
+/// (after the run), written `CHUNK` at a time by one multi-row statement
+/// and the rest one by one, in order (their rowids keep the batch's
+/// order, which exports follow).
+struct Rows {
+    head: &'static str,
+    tail: &'static str,
+    width: usize,
+    cells: Vec<Vec<u8>>,
+    used: usize,
+}
+
+impl Rows {
+    fn new(head: &'static str, width: usize, tail: &'static str) -> Rows {
+        Rows {
+            head,
+            tail,
+            width,
+            cells: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// A cell of the next row, to fill (cells are reused across chunks).
+    fn cell(&mut self) -> &mut Vec<u8> {
+        if self.used == self.cells.len() {
+            self.cells.push(Vec::new());
+        }
+        let c = &mut self.cells[self.used];
+        self.used += 1;
+        c.clear();
+        c
+    }
+
+    fn push_json<T: serde::Serialize>(&mut self, v: &T) {
+        serde_json::to_writer(self.cell(), v).expect("orch values always serialise");
+    }
+
+    fn push_str(&mut self, v: &str) {
+        self.cell().extend_from_slice(v.as_bytes());
+    }
+
+    /// Writes the complete chunk when there is one.
+    fn maybe_flush(&mut self, tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()> {
+        if self.used == CHUNK * self.width {
+            self.flush(tx, run)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, tx: &Transaction<'_>, run: &str) -> rusqlite::Result<()> {
+        if self.used == 0 {
+            return Ok(());
+        }
+        let rows = self.used / self.width;
+        let mut stmt = tx.prepare_cached(&insert_sql(
+            self.head,
+            if rows == CHUNK { CHUNK } else { 1 },
+            self.width,
+            self.tail,
+        ))?;
+        if rows == CHUNK {
+            stmt.raw_bind_parameter(1, run)?;
+            for (k, c) in self.cells[..self.used].iter().enumerate() {
+                stmt.raw_bind_parameter(2 + k, text(c))?;
+            }
+            stmt.raw_execute()?;
+        } else {
+            for row in self.cells[..self.used].chunks(self.width) {
+                stmt.raw_bind_parameter(1, run)?;
+                for (k, c) in row.iter().enumerate() {
+                    stmt.raw_bind_parameter(2 + k, text(c))?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        self.used = 0;
+        Ok(())
+    }
+}
+
+/// The materialized rows of a batch's mutations, in order. Node and edge
+/// rows go in multi-row statements, so that a big batch (a registration
+/// of 100,000 nodes) costs a few thousand statements, not 300,000; rows
+/// that read earlier ones (`set_attrs`) are written after those.
+pub(super) fn write_mutations(
+    tx: &Transaction<'_>,
+    run: &str,
+    mutations: &[Mutation],
+) -> rusqlite::Result<()> {
+    let mut nodes = Rows::new(
+        "INSERT INTO nodes (run, id, task, inputs, attrs, state)",
+        4,
+        ", 'pending'",
+    );
+    let mut edges = Rows::new("INSERT INTO edges (run, src, dst, attrs)", 3, "");
+    let mut implied = Rows::new(
+        "INSERT OR IGNORE INTO edges (run, src, dst, attrs)",
+        2,
+        ", '{}'",
+    );
+    for m in mutations {
+        match m {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } => {
+                nodes.push_str(id);
+                nodes.push_json(&named(id, task));
+                nodes.push_json(inputs);
+                nodes.push_json(attrs);
+                nodes.maybe_flush(tx, run)?;
+                let refs = output_refs(inputs).unwrap_or_default();
+                if !refs.is_empty() {
+                    // Explicit edges keep their order with implied ones.
+                    edges.flush(tx, run)?;
+                    for r in refs {
+                        implied.push_str(&r.node);
+                        implied.push_str(id);
+                        implied.maybe_flush(tx, run)?;
+                    }
+                }
+            }
+            Mutation::AddEdge { from, to, attrs } => {
+                implied.flush(tx, run)?;
+                edges.push_str(from);
+                edges.push_str(to);
+                edges.push_json(attrs);
+                edges.maybe_flush(tx, run)?;
+            }
+            other => {
+                nodes.flush(tx, run)?;
+                edges.flush(tx, run)?;
+                implied.flush(tx, run)?;
+                write_mutation(tx, run, other)?;
+            }
+        }
+    }
+    nodes.flush(tx, run)?;
+    edges.flush(tx, run)?;
+    implied.flush(tx, run)
+}
+
+pub(super) fn write_mutation(
+    tx: &Transaction<'_>,
+    run: &str,
+    m: &Mutation,
+) -> rusqlite::Result<()> {
+    match m {
+        Mutation::AddNode {
+            id,
+            task,
+            inputs,
+            attrs,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+            )?
+            .execute(params![run, id, to_json(task), to_json(inputs), to_json(attrs)])?;
+            let mut implied = tx.prepare_cached(
+                "INSERT OR IGNORE INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, '{}')",
+            )?;
+            for r in output_refs(inputs).unwrap_or_default() {
+                implied.execute(params![run, r.node, id])?;
+            }
+        }
+        Mutation::AddEdge { from, to, attrs } => {
+            tx.prepare_cached("INSERT INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![run, from, to, to_json(attrs)])?;
+        }
+        Mutation::SetAttrs {
+            node: Some(n),
+            attrs,
+            ..
+        } => {
+            let current: String = tx.query_row(
+                "SELECT attrs FROM nodes WHERE run = ?1 AND id = ?2",
+                params![run, n],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "UPDATE nodes SET attrs = ?3 WHERE run = ?1 AND id = ?2",
+                params![run, n, merged(&current, attrs)],
+            )?;
+        }
+        Mutation::SetAttrs {
+            edge: Some(e),
+            attrs,
+            ..
+        } => {
+            let current: String = tx.query_row(
+                "SELECT attrs FROM edges WHERE run = ?1 AND src = ?2 AND dst = ?3",
+                params![run, e.from, e.to],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "UPDATE edges SET attrs = ?4 WHERE run = ?1 AND src = ?2 AND dst = ?3",
+                params![run, e.from, e.to, merged(&current, attrs)],
+            )?;
+        }
+        Mutation::SetAttrs { .. } => {}
+        Mutation::AddPromise { promise } => {
+            tx.prepare_cached("INSERT INTO promises (run, promise) VALUES (?1, ?2)")?
+                .execute(params![run, to_json(promise)])?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn rewrite_graph(
+    tx: &Transaction<'_>,
+    run: &str,
+    state: &RunState,
+) -> rusqlite::Result<()> {
+    for table in ["nodes", "edges", "outputs", "promises"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), [run])?;
+    }
+    let g = &state.graph;
+    for (n, f) in g.nodes().iter().zip(&state.facts) {
+        tx.prepare_cached(
+            "INSERT INTO nodes (run, id, task, inputs, attrs, state, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            run,
+            n.id,
+            to_json(&n.task),
+            to_json(&n.inputs),
+            to_json(&n.attrs),
+            n.state.as_str(),
+            f.started_at,
+            f.finished_at
+        ])?;
+        if let Some(v) = &f.output {
+            tx.prepare_cached("INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![run, n.id, to_json(v)])?;
+        }
+    }
+    for e in g.edges() {
+        tx.prepare_cached("INSERT INTO edges (run, src, dst, attrs) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                run,
+                g.node(e.from).id,
+                g.node(e.to).id,
+                to_json(&e.attrs)
+            ])?;
+    }
+    for p in g.promises() {
+        tx.prepare_cached("INSERT INTO promises (run, promise) VALUES (?1, ?2)")?
+            .execute(params![run, to_json(p)])?;
+    }
+    // Attempts of retracted nodes live on in the event log only.
+    tx.execute(
+        "DELETE FROM attempts WHERE run = ?1 AND node NOT IN (SELECT id FROM nodes WHERE run = ?1)",
+        [run],
+    )?;
+    Ok(())
+}
+
+fn merged(current: &str, patch: &Attrs) -> String {
+    let mut attrs: Attrs = serde_json::from_str(current).unwrap_or_default();
+    merge_attrs(&mut attrs, patch);
+    to_json(&attrs)
+}
