@@ -34,8 +34,13 @@ use crate::model::{Mutation, Task};
 /// A protocol line (or log line) longer than this fails the attempt (or
 /// is truncated in the log): the memory an attempt can take is bounded.
 pub const MAX_LINE_BYTES: usize = 32 << 20;
-/// Log bytes kept per attempt; the rest is counted and dropped.
+/// Log bytes kept per attempt; the rest is counted and dropped (with a
+/// last line saying how many). Every line counts its text plus
+/// [`LOG_LINE_COST`], so a flood of empty lines is bounded too.
 pub const MAX_LOG_BYTES: usize = 16 << 20;
+/// What a log line costs toward [`MAX_LOG_BYTES`] besides its text (the
+/// record around it): at most 16 MiB / 64 = 262,144 lines per attempt.
+pub const LOG_LINE_COST: usize = 64;
 /// The environment variable that puts a workflow binary in task mode: it
 /// names the native task to run.
 pub const NATIVE_TASK_ENV: &str = "ORCH_NATIVE_TASK";

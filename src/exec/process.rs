@@ -20,7 +20,7 @@ use super::protocol::{self, Body, Line, Start};
 use super::python::resolve_python;
 use super::{
     AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
-    Report, Stop, TaskFailure, MAX_LINE_BYTES, MAX_LOG_BYTES,
+    Report, Stop, TaskFailure, LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::{Exec, Task};
@@ -558,11 +558,12 @@ struct Collector {
 
 impl Collector {
     fn push(&mut self, stream: &str, text: String) {
-        if self.bytes + text.len() > MAX_LOG_BYTES {
+        let cost = text.len() + LOG_LINE_COST;
+        if self.bytes + cost > MAX_LOG_BYTES {
             self.dropped += 1;
             return;
         }
-        self.bytes += text.len();
+        self.bytes += cost;
         let line = LogLine {
             node: self.node.clone(),
             attempt: self.attempt,

@@ -437,3 +437,37 @@ fn a_workflow_runs_with_another_executor() {
     assert_eq!(b.attempts.len(), 1);
     assert_eq!(b.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
 }
+
+/// Every line counts toward an attempt's log cap, empty ones too: a flood
+/// of empty lines keeps at most `MAX_LOG_BYTES / LOG_LINE_COST` lines and
+/// says how many more it dropped (empty lines used to be free, so memory
+/// grew with the flood).
+#[test]
+fn a_flood_of_empty_log_lines_is_capped_and_counted() {
+    let space = Space::new();
+    let kept = orch::exec::MAX_LOG_BYTES / orch::exec::LOG_LINE_COST;
+    let printed = kept + 1000;
+    space.write(
+        "flood.py",
+        &format!(
+            "import sys, orch\nctx = orch.start()\nsys.stdout.write('\\n' * {printed})\nsys.stdout.flush()\nctx.output(1)\n"
+        ),
+    );
+    let mut wf = space.workflow("flood");
+    wf.node("flood", Task::python("flood.py"));
+    wf.live_picture(false);
+    let (outcome, _) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let lines = space.store().logs(&outcome.run, "flood", None).unwrap();
+    // The cap's lines, and the note about the rest.
+    assert!(lines.len() <= kept + 1, "{} lines kept", lines.len());
+    let last = lines.last().unwrap();
+    assert_eq!(last.stream, "orch");
+    let dropped: usize = last.text.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(
+        lines.len() - 1 + dropped,
+        printed,
+        "every line printed is kept or counted: {}",
+        last.text
+    );
+}
