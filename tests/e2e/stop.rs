@@ -10,12 +10,28 @@ use orch::{AttemptOutcome, EventKind, NodeState, RunExport, RunStatus, Store};
 
 use crate::util::*;
 
-/// A task script like the durable chain's that ignores SIGTERM.
+/// A task script like the durable chain's that ignores SIGTERM; it says
+/// so (a file `ready-<node>`) once it does.
 const STUBBORN: &str = "import signal, time, orch\n\
 signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
 ctx = orch.start()\n\
+open('ready-' + ctx.node, 'w').close()\n\
 time.sleep(ctx.inputs.get('sleep_ms', 100) / 1000)\n\
 ctx.output({'node': ctx.node, 'attempt': ctx.attempt})\n";
+
+/// Waits until the task of `node` says it handles SIGTERM its own way
+/// (before that, SIGTERM would end it as any process).
+fn handling_sigterm(space: &Space, node: &str) {
+    let ready = space.path().join(format!("ready-{node}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{node}` never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
 fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
@@ -119,6 +135,7 @@ fn a_task_that_ignores_sigterm_is_killed_after_the_grace_period() {
     space.write("sleep.py", STUBBORN);
     let mut child = start_chain_with(&space, 2, 60_000, &[("ORCH_STOP_GRACE", "0.5")], &[]);
     let task = running_pid(&space, "t000");
+    handling_sigterm(&space, "t000");
     signal(&child, libc::SIGTERM);
     exits(&mut child);
     assert!(gone_within(task, 10));
@@ -139,6 +156,7 @@ fn a_second_signal_kills_at_once() {
     // can end the task in time.
     let mut child = start_chain_with(&space, 2, 600_000, &[("ORCH_STOP_GRACE", "3600")], &[]);
     let task = running_pid(&space, "t000");
+    handling_sigterm(&space, "t000");
     signal(&child, libc::SIGTERM);
     signal(&child, libc::SIGINT);
     exits(&mut child);
@@ -158,12 +176,14 @@ fn a_task_that_finishes_within_the_grace_period_commits() {
          asked = []\n\
          signal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n\
          ctx = orch.start()\n\
+         open('ready-' + ctx.node, 'w').close()\n\
          deadline = time.time() + 60\n\
          while not asked and time.time() < deadline:\n    time.sleep(0.01)\n\
          ctx.output({'node': ctx.node, 'asked': bool(asked)})\n",
     );
     let mut child = start_chain_with(&space, 2, 0, &[("ORCH_STOP_GRACE", "30")], &[]);
     running_pid(&space, "t000");
+    handling_sigterm(&space, "t000");
     signal(&child, libc::SIGTERM);
     exits(&mut child);
     let store = space.store();
