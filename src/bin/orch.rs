@@ -341,17 +341,11 @@ fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -
 /// Says so when no engine drives the run: the signal waits for a resume.
 fn note_if_unowned(store: &SqliteStore, id: &str, out: &mut impl Write) -> Res {
     let owner = store.owner(id)?.owner;
-    let here = orch::host::identity();
     // Gone: released, or its process on this host no longer runs (a pid
     // now held by a process started at another time is not it).
-    let gone = match &owner {
-        None => true,
-        Some(o) if o.host == here => match orch::host::process_start(o.pid) {
-            None => true,
-            Some(started) => o.started.is_some_and(|s| s != started),
-        },
-        Some(_) => false,
-    };
+    let gone = owner
+        .as_ref()
+        .is_none_or(|o| o.proven_dead(orch::host::identity(), &orch::host::process_start));
     if gone {
         writeln!(
             out,

@@ -57,6 +57,26 @@ impl Owner {
         self
     }
 
+    /// True when this owner ran on `host` (the host asking) and its
+    /// process is gone there: no process has its pid, or the one that has
+    /// it started at another time (a recycled pid). Never for another
+    /// host, whose pids say nothing here. `probe(pid)` gives a process's
+    /// start time on this host (`None`: no such process).
+    ///
+    /// ```
+    /// let mut o = orch::store::Owner::this_process();
+    /// assert!(!o.proven_dead(&o.host.clone(), &orch::host::process_start));
+    /// o.started = o.started.map(|s| s + 1);
+    /// assert!(o.proven_dead(&o.host.clone(), &orch::host::process_start));
+    /// ```
+    pub fn proven_dead(&self, host: &str, probe: &dyn Fn(u32) -> Option<u64>) -> bool {
+        self.host == host
+            && match probe(self.pid) {
+                None => true,
+                Some(started) => self.started.is_some_and(|s| s != started),
+            }
+    }
+
     /// How errors name it.
     pub fn describe(&self) -> String {
         format!("engine {} (pid {} on {})", self.id, self.pid, self.host)
@@ -175,12 +195,8 @@ pub fn may_take_over(
     if now_ms >= record.until_ms {
         return Verdict::Expired;
     }
-    if owner.host == me.host {
-        match probe(owner.pid) {
-            None => return Verdict::Dead,
-            Some(started) if owner.started.is_some_and(|s| s != started) => return Verdict::Dead,
-            Some(_) => {}
-        }
+    if owner.proven_dead(&me.host, probe) {
+        return Verdict::Dead;
     }
     if force {
         return Verdict::Forced;

@@ -41,14 +41,7 @@ fn kill_dash_nine_then_resume_runs_every_node_exactly_once() {
         Some(child.id()),
         "a new orchestrator took over"
     );
-    for n in &ex.nodes {
-        let ok = n
-            .attempts
-            .iter()
-            .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
-            .count();
-        assert_eq!(ok, 1, "`{}` succeeded exactly once: {:?}", n.id, n.attempts);
-    }
+    assert_each_succeeded_once(&ex, "after the resume");
     let t2 = ex.node("t002").unwrap();
     assert_eq!(t2.attempts.len(), 2);
     assert_eq!(t2.attempts[0].outcome, Some(AttemptOutcome::Killed));
@@ -138,18 +131,9 @@ fn dying_at_each_fault_point_then_resuming_equals_a_clean_run() {
             edges(&[("t000", "t001"), ("t001", "t002"), ("t002", "t003")]),
             "{point}"
         );
+        assert_each_succeeded_once(&ex, point);
         for n in &ex.nodes {
             assert_eq!(n.output.as_ref().unwrap()["node"], n.id.as_str(), "{point}");
-            let ok = n
-                .attempts
-                .iter()
-                .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
-                .count();
-            assert_eq!(
-                ok, 1,
-                "{point}: `{}` succeeded once: {:?}",
-                n.id, n.attempts
-            );
         }
         assert_eq!(
             ex.node("t000").unwrap().attempts.len(),

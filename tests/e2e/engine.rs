@@ -596,14 +596,7 @@ fn a_stale_owner_is_fenced_after_a_forced_takeover() {
         .as_deref()
         .unwrap()
         .contains("interrupted"));
-    for n in &ex.nodes {
-        let ok = n
-            .attempts
-            .iter()
-            .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
-            .count();
-        assert_eq!(ok, 1, "`{}` succeeded once: {:?}", n.id, n.attempts);
-    }
+    assert_each_succeeded_once(&ex, "after the forced takeover");
     let owner = space.store().owner(&run).unwrap();
     assert_eq!(owner.owner, None, "B released the run");
     assert_eq!(owner.epoch, 2, "one takeover");
@@ -885,6 +878,14 @@ async fn log_lines_reach_an_observer_while_the_task_runs() {
     assert_eq!(stored, ["ready", "released"]);
 }
 
+/// A value for input node `node`.
+fn input(node: &str, value: Value) -> Signal {
+    Signal::Input {
+        node: node.into(),
+        value,
+    }
+}
+
 /// Waits for `node` of `run` to be in `state`, by the store's export.
 async fn until_state(space: &Space, run: &str, node: &str, state: NodeState) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -932,13 +933,7 @@ async fn a_restart_of_a_cancelled_run_runs_the_nodes_the_cancel_stopped() {
         .unwrap();
     until_state(&space, &run, "ask", NodeState::Waiting).await;
     engine
-        .signal(
-            &run,
-            Signal::Input {
-                node: "ask".into(),
-                value: json!("yes"),
-            },
-        )
+        .signal(&run, input("ask", json!("yes")))
         .await
         .unwrap();
     let outcome = handle.wait().await.unwrap();
@@ -982,16 +977,7 @@ async fn the_live_picture_of_a_waiting_run_shows_its_last_event() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    engine
-        .signal(
-            &run,
-            Signal::Input {
-                node: "ask".into(),
-                value: json!(1),
-            },
-        )
-        .await
-        .unwrap();
+    engine.signal(&run, input("ask", json!(1))).await.unwrap();
     assert!(handle.wait().await.unwrap().succeeded());
 }
 
@@ -1013,12 +999,8 @@ async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
     let run = handle.id().to_string();
     until_state(&space, &run, "ask", NodeState::Waiting).await;
 
-    let input = |value: Value| Signal::Input {
-        node: "ask".into(),
-        value,
-    };
     let err = engine
-        .signal(&run, input(json!("seven")))
+        .signal(&run, input("ask", json!("seven")))
         .await
         .unwrap_err()
         .to_string();
@@ -1028,7 +1010,10 @@ async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
     );
 
     // As `orch input` does: stored, checked when the run takes it.
-    space.store().request(&run, &input(json!(-8))).unwrap();
+    space
+        .store()
+        .request(&run, &input("ask", json!(-8)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !logs_text(&space, &run, "ask").contains("input refused") {
         assert!(
@@ -1050,7 +1035,7 @@ async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
         "the node waits on"
     );
 
-    engine.signal(&run, input(json!(8))).await.unwrap();
+    engine.signal(&run, input("ask", json!(8))).await.unwrap();
     let outcome = handle.wait().await.unwrap();
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
     let ex = space.export(&run);
@@ -1083,15 +1068,6 @@ async fn an_engine_refuses_to_take_over_a_run_it_drives() {
         before,
         "the lease is untouched"
     );
-    engine
-        .signal(
-            &run,
-            Signal::Input {
-                node: "ask".into(),
-                value: json!(1),
-            },
-        )
-        .await
-        .unwrap();
+    engine.signal(&run, input("ask", json!(1))).await.unwrap();
     assert!(handle.wait().await.unwrap().succeeded());
 }

@@ -202,6 +202,19 @@ pub fn running_pid(space: &Space, node: &str) -> u32 {
     running(&ex).expect("running")
 }
 
+/// Asserts that every node of `ex` has exactly one successful attempt
+/// (`what` says which run, in the message).
+pub fn assert_each_succeeded_once(ex: &RunExport, what: &str) {
+    for n in &ex.nodes {
+        let ok = n
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == Some(orch::AttemptOutcome::Succeeded))
+            .count();
+        assert_eq!(ok, 1, "{what}: `{}` succeeded once: {:?}", n.id, n.attempts);
+    }
+}
+
 /// Kills a child like `kill -9` and reaps it.
 pub fn kill9(child: &mut Child) {
     // SAFETY: kill(2) on our own child's pid.
