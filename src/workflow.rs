@@ -10,7 +10,7 @@ use serde_json::Value;
 pub use crate::engine::RunOutcome;
 use crate::engine::{Engine, RunOptions};
 use crate::error::Result;
-use crate::model::{Attrs, Definition, Mutation, Task};
+use crate::model::{Attrs, Definition, FailurePolicy, Mutation, Task};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -161,6 +161,25 @@ impl Workflow {
     /// ```
     pub fn max_parallel(&mut self, n: usize) -> &mut Workflow {
         self.opts.max_parallel = n.max(1);
+        self
+    }
+
+    /// Keep going when a node fails for good: everything that does not
+    /// depend on it runs to the end, the nodes downstream of it become
+    /// `upstream_failed`, and the run ends `failed` naming every node that
+    /// failed ([`FailurePolicy::KeepGoing`]). Off by default: the first
+    /// node that fails for good stops the run from starting anything new.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.keep_going(true);
+    /// ```
+    pub fn keep_going(&mut self, on: bool) -> &mut Workflow {
+        self.opts.failure_policy = if on {
+            FailurePolicy::KeepGoing
+        } else {
+            FailurePolicy::FailFast
+        };
         self
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::exec::SharedExecutor;
+use crate::model::FailurePolicy;
 
 /// How to run a definition: everything that is not *what* runs. The
 /// database is the engine's ([`super::Engine::open`]).
@@ -34,6 +35,9 @@ pub struct RunOptions {
     pub python_preload: Vec<String>,
     /// The executor of every attempt, instead of the process executor.
     pub executor: Option<SharedExecutor>,
+    /// What a node failing for good does to the rest of the run (default:
+    /// fail fast).
+    pub failure_policy: FailurePolicy,
 }
 
 impl Default for RunOptions {
@@ -47,6 +51,7 @@ impl Default for RunOptions {
             python_fork: true,
             python_preload: Vec::new(),
             executor: None,
+            failure_policy: FailurePolicy::FailFast,
         }
     }
 }

@@ -26,7 +26,9 @@ use crate::exec::{
 };
 use crate::graph::Staging;
 use crate::history::{Event, EventKind, RunState, ViolationRecord};
-use crate::model::{resolve_refs, AttemptOutcome, Exec, NodeState, Origin, RunStatus};
+use crate::model::{
+    resolve_refs, AttemptOutcome, Exec, FailurePolicy, NodeState, Origin, RunStatus,
+};
 use crate::picture::live::LivePicture;
 use crate::promise::{self, BatchProblem, Promise, RegionState, Violation};
 use crate::store::{Lease, LogLine, Signal, SignalId, Store};
@@ -178,7 +180,10 @@ impl Runner {
             inbox: HashMap::new(),
             notes: HashMap::new(),
             enablers: HashSet::new(),
-            halt: Halt::default(),
+            halt: Halt {
+                keep_going: config.failure_policy == FailurePolicy::KeepGoing,
+                ..Halt::default()
+            },
             retry_at: HashMap::new(),
             follow_logs: observers.iter().any(|o| o.follows_logs()),
             observers,
@@ -1007,7 +1012,7 @@ impl Runner {
                 )
             })
             .count() as u32;
-        match verdict::retry(task, failures, retryable, self.halt.failure.is_some()) {
+        match verdict::retry(task, failures, retryable, self.halt.stopped_by_failure()) {
             Retry::Now => {
                 self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Ready);
                 return;
@@ -1022,7 +1027,35 @@ impl Runner {
         }
         let reason = format!("node `{node}` failed (attempt {attempt}): {error}");
         self.end_attempt(i, attempt, outcome, exit_code, error, NodeState::Failed);
-        self.halt.failure.get_or_insert(reason);
+        if self.halt.keep_going || self.halt.failures.is_empty() {
+            self.halt.failures.push(reason);
+        }
+        if self.halt.keep_going {
+            self.fail_downstream([i]);
+        }
+    }
+
+    /// Keeping going past failures: every node not started downstream of
+    /// `failed` becomes `upstream_failed` (it can never start), and so on
+    /// downstream of it. Independent branches are untouched.
+    fn fail_downstream(&mut self, failed: impl IntoIterator<Item = usize>) {
+        let mut stack: Vec<usize> = failed.into_iter().collect();
+        while let Some(v) = stack.pop() {
+            let g = &self.state.graph;
+            let held: Vec<usize> = g
+                .successors(v)
+                .filter(|&s| g.node(s).state.not_started())
+                .collect();
+            for s in held {
+                let node = self.id(s);
+                info!(node = %node, "upstream failed");
+                self.emit(EventKind::NodeState {
+                    node,
+                    state: NodeState::UpstreamFailed,
+                });
+                stack.push(s);
+            }
+        }
     }
 
     /// Once nothing runs: a shape region still unfilled can never be
@@ -1053,7 +1086,7 @@ impl Runner {
     /// Decides the final status once nothing runs.
     fn finish(&mut self) -> RunStatus {
         if self.halt.shutdown
-            && self.halt.failure.is_none()
+            && !self.halt.stopped_by_failure()
             && self.halt.broken.is_none()
             && !self.halt.cancelling
             && !self
@@ -1061,7 +1094,7 @@ impl Runner {
                 .graph
                 .nodes()
                 .iter()
-                .all(|n| n.state == NodeState::Succeeded)
+                .all(|n| n.state.is_terminal())
         {
             // The engine stopped: the run stays `running`, its interrupted
             // attempts recorded, for whoever takes it over next; nodes
@@ -1087,8 +1120,22 @@ impl Runner {
                     state: NodeState::Cancelled,
                 });
             }
-        } else if self.halt.broken.is_none() && self.halt.failure.is_none() {
+        } else if self.halt.broken.is_none() && self.halt.failures.is_empty() {
             self.check_unfilled();
+        }
+        if self.halt.keep_going && self.halt.broken.is_none() && !self.halt.cancelling {
+            // Edges added after a failure may have put more nodes behind
+            // it (or behind one it held back).
+            let g = &self.state.graph;
+            let behind: Vec<usize> = (0..g.len())
+                .filter(|&i| {
+                    matches!(
+                        g.node(i).state,
+                        NodeState::Failed | NodeState::UpstreamFailed
+                    )
+                })
+                .collect();
+            self.fail_downstream(behind);
         }
         let nodes = self.state.graph.nodes().iter();
         let (status, reason) =

@@ -34,8 +34,11 @@ pub fn readiness(
 /// Why a run stops starting attempts, if it does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Halt {
-    /// A node failed for good: the reason.
-    pub failure: Option<String>,
+    /// The nodes that failed for good, each as its reason (in order).
+    pub failures: Vec<String>,
+    /// The run keeps going past failures ([`crate::model::FailurePolicy::KeepGoing`]):
+    /// only what depends on a failed node is held back.
+    pub keep_going: bool,
     /// A promise was broken: the violation.
     pub broken: Option<String>,
     /// The run is being cancelled.
@@ -46,9 +49,23 @@ pub struct Halt {
 }
 
 impl Halt {
-    /// True while nothing stops the run.
+    /// True while nothing stops the run: no failure (or the run keeps
+    /// going past them), no broken promise, no cancel, no shutdown.
+    ///
+    /// ```
+    /// use orch::engine::schedule::Halt;
+    /// let failed = Halt { failures: vec!["node `a` failed".into()], ..Halt::default() };
+    /// assert!(!failed.going());
+    /// assert!(Halt { keep_going: true, ..failed }.going());
+    /// ```
     pub fn going(&self) -> bool {
-        self.failure.is_none() && self.broken.is_none() && !self.cancelling && !self.shutdown
+        !self.stopped_by_failure() && self.broken.is_none() && !self.cancelling && !self.shutdown
+    }
+
+    /// True once a failure stops the run (failing fast): retries of other
+    /// nodes are given up too.
+    pub fn stopped_by_failure(&self) -> bool {
+        !self.failures.is_empty() && !self.keep_going
     }
 }
 
@@ -95,10 +112,29 @@ pub fn may_start(halt: &Halt, status: RunStatus, running: usize, max_parallel: u
     halt.going() && status == RunStatus::Running && running < max_parallel
 }
 
+/// How many names a reason lists before it counts the rest.
+const NAMED: usize = 10;
+
+/// `items` joined with `sep`, the first [`NAMED`] of them, then how many
+/// more there are.
+fn named(items: &[impl AsRef<str>], sep: &str) -> String {
+    let mut text = items
+        .iter()
+        .take(NAMED)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(sep);
+    if items.len() > NAMED {
+        text.push_str(&format!("{sep}and {} more", items.len() - NAMED));
+    }
+    text
+}
+
 /// The final status of a run that is over, with its reason: cancelled,
-/// else the broken promise, else the failure, else succeeded when every
-/// node did, else failed naming (up to ten of) the nodes that never
-/// finished.
+/// else the broken promise, else the failures (every one named, and how
+/// many nodes they held back), else succeeded when every node did, else
+/// failed naming the nodes that failed earlier and those that never
+/// finished (up to ten of each).
 ///
 /// ```
 /// use orch::engine::schedule::{final_status, Halt};
@@ -108,6 +144,10 @@ pub fn may_start(halt: &Halt, status: RunStatus, running: usize, max_parallel: u
 /// assert_eq!(ok, (RunStatus::Succeeded, None));
 /// let stuck = final_status(&Halt::default(), [("a", NodeState::Succeeded), ("b", NodeState::Pending)]);
 /// assert_eq!(stuck, (RunStatus::Failed, Some("no node can start; unfinished: b".into())));
+/// let two = Halt { failures: vec!["node `a` failed".into(), "node `b` failed".into()], keep_going: true, ..Halt::default() };
+/// let (status, reason) = final_status(&two, [("c", NodeState::UpstreamFailed)]);
+/// assert_eq!(status, RunStatus::Failed);
+/// assert_eq!(reason.unwrap(), "2 nodes failed: node `a` failed; node `b` failed (1 node upstream_failed)");
 /// ```
 pub fn final_status<'a>(
     halt: &Halt,
@@ -122,26 +162,46 @@ pub fn final_status<'a>(
     if let Some(b) = &halt.broken {
         return (RunStatus::PromiseBroken, Some(b.clone()));
     }
-    if let Some(f) = &halt.failure {
-        return (RunStatus::Failed, Some(f.clone()));
+    let mut failed = Vec::new();
+    let mut held_back = 0usize;
+    let mut stuck = Vec::new();
+    for (id, state) in nodes {
+        match state {
+            NodeState::Succeeded => {}
+            NodeState::Failed => failed.push(id),
+            NodeState::UpstreamFailed => held_back += 1,
+            _ => stuck.push(id),
+        }
     }
-    let stuck: Vec<&str> = nodes
-        .into_iter()
-        .filter(|(_, s)| *s != NodeState::Succeeded)
-        .map(|(id, _)| id)
-        .take(10)
-        .collect();
-    if stuck.is_empty() {
-        (RunStatus::Succeeded, None)
-    } else {
-        (
-            RunStatus::Failed,
-            Some(format!(
-                "no node can start; unfinished: {}",
-                stuck.join(", ")
-            )),
-        )
+    let held_back = match held_back {
+        0 => String::new(),
+        1 => " (1 node upstream_failed)".to_string(),
+        n => format!(" ({n} nodes upstream_failed)"),
+    };
+    match halt.failures.as_slice() {
+        [] => {}
+        [one] if held_back.is_empty() => return (RunStatus::Failed, Some(one.clone())),
+        [one] => return (RunStatus::Failed, Some(format!("{one}{held_back}"))),
+        many => {
+            let reason = format!("{} nodes failed: {}{held_back}", many.len(), named(many, "; "));
+            return (RunStatus::Failed, Some(reason));
+        }
     }
+    if failed.is_empty() && stuck.is_empty() && held_back.is_empty() {
+        return (RunStatus::Succeeded, None);
+    }
+    // Failures of an earlier session of the run (a resumed or restarted
+    // run keeps them).
+    let mut parts = Vec::new();
+    if !failed.is_empty() {
+        parts.push(format!("failed earlier: {}", named(&failed, ", ")));
+    }
+    if !stuck.is_empty() {
+        parts.push(format!("no node can start; unfinished: {}", named(&stuck, ", ")));
+    }
+    let mut reason = parts.join("; ");
+    reason.push_str(&held_back);
+    (RunStatus::Failed, Some(reason))
 }
 
 #[cfg(test)]
@@ -159,7 +219,7 @@ mod tests {
             None,
             "a ready node stays ready"
         );
-        for s in [Running, Waiting, Succeeded, Failed, Cancelled] {
+        for s in [Running, Waiting, Succeeded, Failed, Cancelled, UpstreamFailed] {
             assert_eq!(readiness(s, 0, false, false), None, "{s:?}");
         }
     }
@@ -172,7 +232,7 @@ mod tests {
         };
         assert!(!over(&Halt::default(), &p));
         let failed = Halt {
-            failure: Some("x".into()),
+            failures: vec!["x".into()],
             ..Halt::default()
         };
         assert!(!over(&failed, &p), "a failed run still waits for unpause");
@@ -191,7 +251,7 @@ mod tests {
     #[test]
     fn halts_stop_starts_and_order_the_final_status() {
         let both = Halt {
-            failure: Some("f".into()),
+            failures: vec!["f".into()],
             broken: Some("b".into()),
             ..Halt::default()
         };
@@ -226,7 +286,64 @@ mod tests {
         );
         assert_eq!(
             reason.unwrap(),
-            "no node can start; unfinished: n0, n1, n2, n3, n4, n5, n6, n7, n8, n9"
+            "no node can start; unfinished: n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, and 2 more"
+        );
+    }
+
+    #[test]
+    fn keep_going_starts_past_failures_and_names_them_all() {
+        let mut halt = Halt {
+            keep_going: true,
+            ..Halt::default()
+        };
+        halt.failures.push("node `a` failed".into());
+        assert!(halt.going(), "a failure does not stop a run that keeps going");
+        assert!(!halt.stopped_by_failure());
+        assert!(may_start(&halt, RunStatus::Running, 0, 1));
+        let waiting = Pending {
+            waiting: true,
+            ..Pending::default()
+        };
+        assert!(!over(&halt, &waiting), "it still waits for input elsewhere");
+        let nodes = [
+            ("a", NodeState::Failed),
+            ("b", NodeState::UpstreamFailed),
+            ("c", NodeState::Succeeded),
+        ];
+        assert_eq!(
+            final_status(&halt, nodes),
+            (
+                RunStatus::Failed,
+                Some("node `a` failed (1 node upstream_failed)".into())
+            )
+        );
+        let many: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        halt.failures = many;
+        let (_, reason) = final_status(&halt, []);
+        assert_eq!(
+            reason.unwrap(),
+            "12 nodes failed: n0; n1; n2; n3; n4; n5; n6; n7; n8; n9; and 2 more"
+        );
+        let fail_fast = Halt {
+            failures: vec!["x".into()],
+            ..Halt::default()
+        };
+        assert!(fail_fast.stopped_by_failure() && !fail_fast.going());
+    }
+
+    #[test]
+    fn a_resumed_run_names_failures_of_earlier_sessions() {
+        let nodes = [
+            ("a", NodeState::Failed),
+            ("b", NodeState::UpstreamFailed),
+            ("c", NodeState::Succeeded),
+        ];
+        assert_eq!(
+            final_status(&Halt::default(), nodes),
+            (
+                RunStatus::Failed,
+                Some("failed earlier: a (1 node upstream_failed)".into())
+            )
         );
     }
 }

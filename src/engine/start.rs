@@ -41,6 +41,7 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         native_binary: std::env::current_exe().ok(),
         python_fork: opts.python_fork,
         python_preload: opts.python_preload.clone(),
+        failure_policy: opts.failure_policy,
     };
     let run_id = time::new_run_id();
     let started = Event {

@@ -32,6 +32,66 @@ pub struct RunConfig {
     /// Modules the fork server preloads.
     #[serde(default)]
     pub python_preload: Vec<String>,
+    /// What a node failing for good does to the rest of the run.
+    #[serde(default, skip_serializing_if = "FailurePolicy::is_default")]
+    pub failure_policy: FailurePolicy,
+}
+
+/// What a node that failed for good (its retries used up) does to the
+/// rest of its run.
+///
+/// ```
+/// use orch::model::FailurePolicy;
+/// assert_eq!(FailurePolicy::default(), FailurePolicy::FailFast);
+/// assert_eq!("keep_going".parse::<FailurePolicy>(), Ok(FailurePolicy::KeepGoing));
+/// assert_eq!(FailurePolicy::KeepGoing.to_string(), "keep_going");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Nothing new starts; the attempts running finish, then the run ends
+    /// `failed` (the default).
+    #[default]
+    FailFast,
+    /// Everything that does not depend on the failed node runs to the end;
+    /// the nodes downstream of it become `upstream_failed`; the run ends
+    /// `failed`, naming every node that failed (Snakemake's
+    /// `--keep-going`, Airflow's default).
+    KeepGoing,
+}
+
+impl FailurePolicy {
+    /// Its name, as the history records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailFast => "fail_fast",
+            FailurePolicy::KeepGoing => "keep_going",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == FailurePolicy::FailFast
+    }
+}
+
+impl std::fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FailurePolicy, String> {
+        match s {
+            "fail_fast" => Ok(FailurePolicy::FailFast),
+            "keep_going" => Ok(FailurePolicy::KeepGoing),
+            other => Err(format!(
+                "unknown failure policy `{other}` (expected fail_fast or keep_going)"
+            )),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -57,6 +117,7 @@ impl RunConfig {
             native_binary: None,
             python_fork: true,
             python_preload: Vec::new(),
+            failure_policy: FailurePolicy::FailFast,
         }
     }
 }

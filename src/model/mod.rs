@@ -7,7 +7,7 @@
 mod config;
 mod definition;
 
-pub use config::RunConfig;
+pub use config::{FailurePolicy, RunConfig};
 pub use definition::Definition;
 
 use std::fmt;
@@ -429,6 +429,9 @@ string_enum! {
         Failed => "failed",
         /// Cancelled before it could finish.
         Cancelled => "cancelled",
+        /// Never started: a node upstream of it failed for good and the
+        /// run keeps going ([`FailurePolicy::KeepGoing`]).
+        UpstreamFailed => "upstream_failed",
     }
 }
 
@@ -439,11 +442,14 @@ impl NodeState {
         matches!(self, NodeState::Pending | NodeState::Ready)
     }
 
-    /// True for `succeeded`, `failed` and `cancelled`.
+    /// True for `succeeded`, `failed`, `cancelled` and `upstream_failed`.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            NodeState::Succeeded | NodeState::Failed | NodeState::Cancelled
+            NodeState::Succeeded
+                | NodeState::Failed
+                | NodeState::Cancelled
+                | NodeState::UpstreamFailed
         )
     }
 }
@@ -648,6 +654,7 @@ mod tests {
             "succeeded",
             "failed",
             "cancelled",
+            "upstream_failed",
         ] {
             assert_eq!(s.parse::<NodeState>().unwrap().as_str(), s);
         }

@@ -488,6 +488,7 @@ fn counted(
         .collect();
     let urgent = [
         NodeState::Failed,
+        NodeState::UpstreamFailed,
         NodeState::Running,
         NodeState::Waiting,
         NodeState::Ready,

@@ -5,7 +5,7 @@
 //! Both drawings use the same conventions:
 //! - nodes are filled by state (pending light grey, ready light blue,
 //!   running amber, waiting lavender, succeeded green, failed salmon,
-//!   cancelled dark grey, no state white); a node's `color` attribute
+//!   cancelled dark grey, upstream_failed light salmon, no state white); a node's `color` attribute
 //!   overrides the fill and its `shape` attribute (`box`, `circle`,
 //!   `ellipse`/`oval`) the shape;
 //! - wildcards ([`PicKind::Region`], [`PicKind::Growth`]) are white with a
@@ -66,7 +66,7 @@ const DASH: &str = "6 4";
 const MAX_CAPTION_LINES: usize = 20;
 
 /// The fill colour of each state, in legend order.
-const STATE_FILLS: [(NodeState, &str); 7] = [
+const STATE_FILLS: [(NodeState, &str); 8] = [
     (NodeState::Pending, "#dddddd"),
     (NodeState::Ready, "#add8e6"),
     (NodeState::Running, "#ffd54f"),
@@ -74,6 +74,7 @@ const STATE_FILLS: [(NodeState, &str); 7] = [
     (NodeState::Succeeded, "#98e698"),
     (NodeState::Failed, "#f4978e"),
     (NodeState::Cancelled, "#9e9e9e"),
+    (NodeState::UpstreamFailed, "#fbd3cf"),
 ];
 
 fn state_fill(state: Option<NodeState>) -> &'static str {

@@ -7,6 +7,7 @@ mod durability;
 mod engine;
 mod examples;
 mod execution;
+mod failure_policy;
 mod fork;
 mod pictures;
 mod promises;
