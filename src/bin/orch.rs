@@ -44,6 +44,10 @@ enum Command {
         /// Only this attempt.
         #[arg(long)]
         attempt: Option<u32>,
+        /// Keep printing lines as the task writes them, until the node
+        /// ends (or no engine drives the run any more).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Export a run (nodes, edges, attempts, promises, violations).
     Export {
@@ -205,8 +209,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let id = store.resolve_run(&run)?;
             show(&mut out, &store.export(&id)?)?;
         }
-        Command::Logs { run, node, attempt } => {
+        Command::Logs {
+            run,
+            node,
+            attempt,
+            follow,
+        } => {
             let id = store.resolve_run(&run)?;
+            if follow {
+                follow_logs(&mut out, &store, &id, &node, attempt)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let export = store.export(&id)?;
             let lines = store.logs(&id, &node, attempt)?;
             // Read apart from the logs: a batch may have added the node since.
@@ -218,25 +231,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 if attempt.is_some_and(|x| x != a.attempt) {
                     continue;
                 }
-                let how = match (&a.outcome, &a.error) {
-                    (Some(o), Some(e)) => format!("{o}: {e}"),
-                    (Some(o), None) => o.to_string(),
-                    (None, _) => "running".to_string(),
-                };
-                writeln!(
-                    out,
-                    "--- {node} attempt {} (pid {}, {how})",
-                    a.attempt,
-                    a.pid.map_or("-".to_string(), |p| p.to_string())
-                )?;
+                writeln!(out, "{}", attempt_header(&node, a))?;
                 for l in lines.iter().filter(|l| l.attempt == a.attempt) {
-                    let tag = match l.stream.as_str() {
-                        "stdout" => "",
-                        "stderr" => "[stderr] ",
-                        "log" => "",
-                        _ => "[orch] ",
-                    };
-                    writeln!(out, "{tag}{}", l.text)?;
+                    writeln!(out, "{}", log_text(l))?;
                 }
             }
         }
@@ -329,6 +326,112 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--- NODE attempt N (pid P, how it ended)`.
+fn attempt_header(node: &str, a: &orch::history::AttemptRecord) -> String {
+    let how = match (&a.outcome, &a.error) {
+        (Some(o), Some(e)) => format!("{o}: {e}"),
+        (Some(o), None) => o.to_string(),
+        (None, _) => "running".to_string(),
+    };
+    format!(
+        "--- {node} attempt {} (pid {}, {how})",
+        a.attempt,
+        a.pid.map_or("-".to_string(), |p| p.to_string())
+    )
+}
+
+/// A log line as `orch logs` prints it: stderr and orch's own lines tagged.
+fn log_text(l: &orch::history::LogLine) -> String {
+    let tag = match l.stream.as_str() {
+        "stdout" | "log" => "",
+        "stderr" => "[stderr] ",
+        _ => "[orch] ",
+    };
+    format!("{tag}{}", l.text)
+}
+
+/// How often `orch logs --follow` looks for new lines.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How many lines `orch logs --follow` reads at a time.
+const FOLLOW_PAGE: usize = 1000;
+
+/// Prints the node's log lines as they are stored (engines write them
+/// while attempts run), until the node ends or no engine drives the run;
+/// then how the node ended.
+fn follow_logs(
+    out: &mut impl Write,
+    store: &SqliteStore,
+    id: &str,
+    node: &str,
+    attempt: Option<u32>,
+) -> Res {
+    let mut at = match attempt {
+        // After the last line of the attempt before.
+        Some(a) => (a.saturating_sub(1), u32::MAX),
+        None => (0, 0),
+    };
+    let mut shown = None;
+    loop {
+        // Looked at before the lines: the lines an ending attempt wrote
+        // are stored by the time its node is seen ended.
+        let (_, state) = store
+            .node(id, node)?
+            .ok_or_else(|| orch::Error::UnknownNode {
+                run: id.to_string(),
+                node: node.to_string(),
+            })?;
+        let owner = store.owner(id)?.owner;
+        let driven = owner
+            .as_ref()
+            .is_some_and(|o| !o.proven_dead(orch::host::identity(), &orch::host::process_start));
+        loop {
+            let page = store.logs_after(id, node, at, FOLLOW_PAGE)?;
+            for l in &page {
+                at = (l.attempt, l.line);
+                if attempt.is_some_and(|a| a != l.attempt) {
+                    continue;
+                }
+                if shown != Some(l.attempt) {
+                    shown = Some(l.attempt);
+                    writeln!(out, "--- {node} attempt {}", l.attempt)?;
+                }
+                writeln!(out, "{}", log_text(l))?;
+            }
+            out.flush()?;
+            if page.len() < FOLLOW_PAGE {
+                break;
+            }
+        }
+        if state.is_terminal() || !driven {
+            let export = store.export(id)?;
+            if let Some(a) = export.node(node).and_then(|n| {
+                n.attempts
+                    .iter()
+                    .rev()
+                    .find(|a| attempt.is_none_or(|x| x == a.attempt))
+            }) {
+                writeln!(out, "{}", attempt_header(node, a))?;
+            }
+            if state.is_terminal() {
+                writeln!(out, "--- {node} {state}")?;
+            } else if export.status.is_terminal() {
+                writeln!(out, "--- {node} {state}: the run ended {}", export.status)?;
+            } else {
+                writeln!(
+                    out,
+                    "--- {node} {state}: no engine drives the run now{}; resume it to go on",
+                    owner.map_or(String::new(), |o| format!(
+                        " (its last owner, pid {}, is gone)",
+                        o.pid
+                    ))
+                )?;
+            }
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
 }
 
 fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -> Res {

@@ -33,15 +33,6 @@ pub trait Observer: Send + Sync {
     /// `events` were committed; `state` is the run's state including them.
     fn committed(&self, state: &RunState, events: &[Event]);
 
-    /// Whether this observer follows logs as tasks write them ([`log`]);
-    /// asked once per run. Off by default: lines then cost nothing until
-    /// their attempt ends and they are committed.
-    ///
-    /// [`log`]: Observer::log
-    fn follows_logs(&self) -> bool {
-        false
-    }
-
     /// The run has been idle for a moment: no attempt runs and nothing
     /// happened for 50 ms (it waits for input, a signal, a backoff, an
     /// unpause), with everything committed; `state` is its state. Called
@@ -51,9 +42,10 @@ pub trait Observer: Send + Sync {
         let _ = state;
     }
 
-    /// A task of run `run` wrote `line` (not committed yet: it is, with
-    /// the rest of its attempt's log, when the attempt ends). Called on
-    /// the run's task as lines arrive, only if [`Observer::follows_logs`].
+    /// A task of run `run` wrote `line`, not committed yet: lines are
+    /// written to the store in batches while the attempt runs (within
+    /// 200 ms, or with the next commit). Called on the run's task as lines
+    /// arrive.
     fn log(&self, run: &str, line: &LogLine) {
         let _ = (run, line);
     }

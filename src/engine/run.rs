@@ -44,6 +44,11 @@ use super::{Engine, Envelope, RunConfig, RunOutcome};
 /// How long nothing must happen before the observers hear the run is
 /// idle ([`Observer::idle`]).
 const QUIET: Duration = Duration::from_millis(50);
+/// How long log lines written while an attempt runs may wait for the next
+/// commit before they are written alone.
+const LOG_DELAY: Duration = Duration::from_millis(200);
+/// How many log lines make a commit of their own at once.
+const LOG_BATCH: usize = 4096;
 
 pub(super) struct Running {
     attempt: u32,
@@ -52,6 +57,9 @@ pub(super) struct Running {
     stop: mpsc::UnboundedSender<Stop>,
     /// Set when this attempt broke a promise.
     violated: Option<String>,
+    /// The last log line the executor reported as it was written: the
+    /// lines of the attempt's end up to it are on their way to the store.
+    streamed: u32,
 }
 
 pub(crate) struct Runner {
@@ -90,8 +98,9 @@ pub(crate) struct Runner {
     retry_at: HashMap<usize, tokio::time::Instant>,
     /// Told of every commit: the engine's observers and the live picture.
     observers: Vec<Arc<dyn Observer>>,
-    /// Whether an observer follows logs as they are written.
-    follow_logs: bool,
+    /// When the log lines queued alone (no event with them) are written
+    /// at the latest.
+    logs_due: Option<tokio::time::Instant>,
     /// Where the live picture is kept, when it is.
     picture: Option<PathBuf>,
     /// Set while the executor is getting ready for a ready node's task
@@ -185,7 +194,7 @@ impl Runner {
                 ..Halt::default()
             },
             retry_at: HashMap::new(),
-            follow_logs: observers.iter().any(|o| o.follows_logs()),
+            logs_due: None,
             observers,
             picture,
             hold: None,
@@ -417,6 +426,7 @@ impl Runner {
         )?;
         self.enablers.clear();
         self.logs.clear();
+        self.logs_due = None;
         self.taken.clear();
         if !self.queued.is_empty() {
             for o in &self.observers {
@@ -460,7 +470,16 @@ impl Runner {
                 }
                 continue;
             }
-            self.flush()?;
+            if self.queued.is_empty() && self.taken.is_empty() && self.logs.len() < LOG_BATCH {
+                // Log lines alone wait a little for company: a chatty task
+                // costs a transaction per batch, not per line.
+                if !self.logs.is_empty() {
+                    self.logs_due
+                        .get_or_insert_with(|| tokio::time::Instant::now() + LOG_DELAY);
+                }
+            } else {
+                self.flush()?;
+            }
             // Observers hear once per quiet spell that the run went idle:
             // nothing runs, nothing happened for a moment. (A running
             // attempt will commit anyway; no timer is armed for it.)
@@ -497,6 +516,7 @@ impl Runner {
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
                 () = until_ready(&mut self.hold) => self.hold = None,
+                () = until(self.logs_due) => self.flush()?,
                 () = until(quiet_at), if quiet_at.is_some() => {
                     for o in &self.observers {
                         o.idle(&self.state);
@@ -752,8 +772,7 @@ impl Runner {
             self.executor
                 .launch(
                     AttemptSpec::new(id.clone(), task, inputs, upstream),
-                    AttemptLink::new(id, self.reports_tx.clone(), kill_rx)
-                        .following_logs(self.follow_logs),
+                    AttemptLink::new(id, self.reports_tx.clone(), kill_rx).following_logs(true),
                 )
                 .map_err(|e| e.to_string())
         });
@@ -777,6 +796,7 @@ impl Runner {
                         staging: Staging::default(),
                         stop: kill_tx,
                         violated: None,
+                        streamed: 0,
                     },
                 );
             }
@@ -847,12 +867,20 @@ impl Runner {
                     self.break_promise(&v, Some((node, attempt)));
                 }
             }
+            // Streamed to the store as they come, in batches (see
+            // `run_loop`): the logs of an attempt a crash interrupts are
+            // kept up to its last moments.
             Report::Log { attempt: id, line } => {
-                if self.current(&id).is_some() {
-                    for o in &self.observers {
-                        o.log(&self.state.run, &line);
-                    }
+                let Some(i) = self.current(&id) else {
+                    return;
+                };
+                if let Some(r) = self.running.get_mut(&i) {
+                    r.streamed = r.streamed.max(line.line);
                 }
+                for o in &self.observers {
+                    o.log(&self.state.run, &line);
+                }
+                self.logs.push(line);
             }
             Report::Finished { attempt: id, end } => match self.current(&id) {
                 Some(node) => self.finished(node, id.attempt, end),
@@ -869,6 +897,9 @@ impl Runner {
             return;
         };
         drop(running.stop);
+        // Lines the executor did not stream (all of them, for one that
+        // streams none).
+        end.logs.retain(|l| l.line > running.streamed);
         self.logs.append(&mut end.logs);
         let node = self.id(i);
         self.fault(Fault::AfterExit, &node);

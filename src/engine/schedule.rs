@@ -183,7 +183,11 @@ pub fn final_status<'a>(
         [one] if held_back.is_empty() => return (RunStatus::Failed, Some(one.clone())),
         [one] => return (RunStatus::Failed, Some(format!("{one}{held_back}"))),
         many => {
-            let reason = format!("{} nodes failed: {}{held_back}", many.len(), named(many, "; "));
+            let reason = format!(
+                "{} nodes failed: {}{held_back}",
+                many.len(),
+                named(many, "; ")
+            );
             return (RunStatus::Failed, Some(reason));
         }
     }
@@ -197,7 +201,10 @@ pub fn final_status<'a>(
         parts.push(format!("failed earlier: {}", named(&failed, ", ")));
     }
     if !stuck.is_empty() {
-        parts.push(format!("no node can start; unfinished: {}", named(&stuck, ", ")));
+        parts.push(format!(
+            "no node can start; unfinished: {}",
+            named(&stuck, ", ")
+        ));
     }
     let mut reason = parts.join("; ");
     reason.push_str(&held_back);
@@ -219,7 +226,14 @@ mod tests {
             None,
             "a ready node stays ready"
         );
-        for s in [Running, Waiting, Succeeded, Failed, Cancelled, UpstreamFailed] {
+        for s in [
+            Running,
+            Waiting,
+            Succeeded,
+            Failed,
+            Cancelled,
+            UpstreamFailed,
+        ] {
             assert_eq!(readiness(s, 0, false, false), None, "{s:?}");
         }
     }
@@ -297,7 +311,10 @@ mod tests {
             ..Halt::default()
         };
         halt.failures.push("node `a` failed".into());
-        assert!(halt.going(), "a failure does not stop a run that keeps going");
+        assert!(
+            halt.going(),
+            "a failure does not stop a run that keeps going"
+        );
         assert!(!halt.stopped_by_failure());
         assert!(may_start(&halt, RunStatus::Running, 0, 1));
         let waiting = Pending {

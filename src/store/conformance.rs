@@ -168,13 +168,15 @@ fn history_and_views_agree(store: &dyn Store) {
         ],
     )
     .expect("commit");
-    let logs = [LogLine {
-        node: "work".into(),
-        attempt: 1,
-        line: 1,
-        stream: "stdout".into(),
-        text: "hello".into(),
-    }];
+    let logs: Vec<LogLine> = (1..=3)
+        .map(|line| LogLine {
+            node: "work".into(),
+            attempt: 1,
+            line,
+            stream: "stdout".into(),
+            text: format!("hello {line}"),
+        })
+        .collect();
     let kinds = vec![
         node_state("work", NodeState::Running),
         EventKind::AttemptStarted {
@@ -214,6 +216,22 @@ fn history_and_views_agree(store: &dyn Store) {
         .logs("run-views", "work", Some(2))
         .expect("logs")
         .is_empty());
+    let after = |at, limit| {
+        store
+            .logs_after("run-views", "work", at, limit)
+            .expect("logs")
+    };
+    assert_eq!(
+        after((0, 0), 10),
+        logs,
+        "a follower starts at the first line"
+    );
+    assert_eq!(
+        after((1, 1), 1),
+        logs[1..2],
+        "then reads on, a page at a time"
+    );
+    assert!(after((1, 3), 10).is_empty(), "nothing after the last line");
     assert!(matches!(
         store.logs("run-views", "nope", None),
         Err(Error::UnknownNode { .. })

@@ -204,6 +204,18 @@ pub trait Store: Send + Sync {
     /// The log lines of a node's attempts (all when `attempt` is `None`).
     fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>>;
 
+    /// The log lines of a node that come after line `after.1` of attempt
+    /// `after.0` (attempt by attempt, line by line), at most `limit` of
+    /// them: what a follower has not seen yet. `(0, 0)` starts at the
+    /// first line.
+    fn logs_after(
+        &self,
+        run: &str,
+        node: &str,
+        after: (u32, u32),
+        limit: usize,
+    ) -> Result<Vec<LogLine>>;
+
     /// Stores a signal for a run that has not ended (an input only for an
     /// input node that has not finished); its owner takes it.
     fn request(&self, run: &str, signal: &Signal) -> Result<SignalId>;

@@ -817,10 +817,6 @@ struct Follower {
 impl Observer for Follower {
     fn committed(&self, _state: &RunState, _events: &[Event]) {}
 
-    fn follows_logs(&self) -> bool {
-        true
-    }
-
     fn log(&self, run: &str, line: &orch::history::LogLine) {
         self.lines
             .lock()

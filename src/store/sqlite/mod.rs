@@ -716,40 +716,17 @@ impl Store for SqliteStore {
     /// The log lines of a node's attempts (all attempts when `attempt` is
     /// `None`), in order.
     fn logs(&self, run: &str, node: &str, attempt: Option<u32>) -> Result<Vec<LogLine>> {
-        let c = self.lock();
-        let exists: bool = c
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM nodes WHERE run = ?1 AND id = ?2)",
-                params![run, node],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        if !exists {
-            return Err(Error::UnknownNode {
-                run: run.to_string(),
-                node: node.to_string(),
-            });
-        }
-        let mut stmt = c
-            .prepare(
-                "SELECT attempt, line, stream, text FROM logs
-                 WHERE run = ?1 AND node = ?2 AND (?3 IS NULL OR attempt = ?3)
-                 ORDER BY attempt, line",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![run, node, attempt], |r| {
-                Ok(LogLine {
-                    node: node.to_string(),
-                    attempt: r.get(0)?,
-                    line: r.get(1)?,
-                    stream: r.get(2)?,
-                    text: r.get(3)?,
-                })
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e));
-        rows
+        self.log_lines(run, node, attempt, (0, 0), None)
+    }
+
+    fn logs_after(
+        &self,
+        run: &str,
+        node: &str,
+        after: (u32, u32),
+        limit: usize,
+    ) -> Result<Vec<LogLine>> {
+        self.log_lines(run, node, None, after, Some(limit))
     }
 
     fn node(&self, run: &str, node: &str) -> Result<Option<(Task, crate::model::NodeState)>> {
@@ -922,5 +899,66 @@ pub(super) fn wrapper(path: &Path) -> impl Fn(rusqlite::Error) -> Error + Copy +
     move |source| Error::Store {
         path: path.to_path_buf(),
         source: Box::new(source),
+    }
+}
+
+impl SqliteStore {
+    /// The log lines of a node's attempts (all attempts when `attempt` is
+    /// `None`) after line `after.1` of attempt `after.0`, in order, at most
+    /// `limit` of them.
+    fn log_lines(
+        &self,
+        run: &str,
+        node: &str,
+        attempt: Option<u32>,
+        after: (u32, u32),
+        limit: Option<usize>,
+    ) -> Result<Vec<LogLine>> {
+        let c = self.lock();
+        let exists: bool = c
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM nodes WHERE run = ?1 AND id = ?2)",
+                params![run, node],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Err(Error::UnknownNode {
+                run: run.to_string(),
+                node: node.to_string(),
+            });
+        }
+        let mut stmt = c
+            .prepare(
+                "SELECT attempt, line, stream, text FROM logs
+                 WHERE run = ?1 AND node = ?2 AND (?3 IS NULL OR attempt = ?3)
+                   AND (attempt > ?4 OR (attempt = ?4 AND line > ?5))
+                 ORDER BY attempt, line LIMIT ?6",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    run,
+                    node,
+                    attempt,
+                    after.0,
+                    after.1,
+                    // SQLite's "no limit".
+                    limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))
+                ],
+                |r| {
+                    Ok(LogLine {
+                        node: node.to_string(),
+                        attempt: r.get(0)?,
+                        line: r.get(1)?,
+                        stream: r.get(2)?,
+                        text: r.get(3)?,
+                    })
+                },
+            )
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
     }
 }
