@@ -35,6 +35,7 @@ mod observe;
 mod options;
 mod outcome;
 mod run;
+pub use run::MAX_BATCH;
 pub mod schedule;
 mod start;
 mod stop;

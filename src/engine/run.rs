@@ -47,6 +47,22 @@ const QUIET: Duration = Duration::from_millis(50);
 /// How long log lines written while an attempt runs may wait for the next
 /// commit before they are written alone.
 const LOG_DELAY: Duration = Duration::from_millis(200);
+/// How many mutations one attempt's batch may hold: a task cannot grow
+/// the orchestrator's memory without end (each further one is refused,
+/// and the task may still succeed with the batch it has).
+pub const MAX_BATCH: usize = 1_000_000;
+/// [`MAX_BATCH`], or (a testing aid) `ORCH_TEST_MAX_BATCH`.
+fn max_batch() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var("ORCH_TEST_MAX_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        return n;
+    }
+    MAX_BATCH
+}
+
 /// How many log lines make a commit of their own at once.
 const LOG_BATCH: usize = 4096;
 
@@ -108,6 +124,8 @@ pub(crate) struct Runner {
     hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Whether this runner took the run over with a restart.
     restarted: bool,
+    /// How many mutations one attempt's batch may hold ([`MAX_BATCH`]).
+    max_batch: usize,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -202,6 +220,7 @@ impl Runner {
             fault: Fault::from_env(),
             waiting: BTreeSet::new(),
             restarted: false,
+            max_batch: max_batch(),
         })
     }
 
@@ -841,6 +860,10 @@ impl Runner {
                 let g = &self.state.graph;
                 let mut violation = None;
                 let answer = match self.running.get_mut(&node) {
+                    Some(r) if r.staging.mutations().len() >= self.max_batch => Err(format!(
+                        "the attempt's batch already holds {} mutations, the most one attempt may send",
+                        self.max_batch
+                    )),
                     Some(r) if r.attempt == attempt && r.violated.is_none() => {
                         match typecheck(g, &r.staging, &mutation)
                             .and_then(|()| r.staging.stage(g, mutation).map_err(|e| e.to_string()))

@@ -65,7 +65,10 @@ fn logs_are_stored_while_the_attempt_runs_and_follow_prints_them_as_they_come() 
             text.contains("(pid ") && text.contains("running)"),
             "{text}"
         );
-        assert!(text.contains("[stderr] before go\n[stderr] to stderr too"), "{text}");
+        assert!(
+            text.contains("[stderr] before go\n[stderr] to stderr too"),
+            "{text}"
+        );
 
         let mut follower = Command::new(env!("CARGO_BIN_EXE_orch"))
             .args(["logs", "latest", "work", "--follow"])

@@ -213,3 +213,43 @@ fn registration_is_validated_like_any_batch() {
     let err = wf.run().unwrap_err().to_string();
     assert!(err.contains("unknown node `nowhere`"), "{err}");
 }
+
+#[test]
+fn an_attempt_batch_past_its_cap_is_refused_mutation_by_mutation() {
+    // The cap is a million; ORCH_TEST_MAX_BATCH lowers it in a separate
+    // orchestrator process (the durable_chain example runs `sleep.py`).
+    let space = Space::new();
+    space
+        .write("noop.py", "import orch\norch.start()\norch.output('ok')\n")
+        .write(
+            "sleep.py",
+            r#"
+import orch
+ctx = orch.start()
+refused = []
+for i in range(12):
+    try:
+        ctx.add_node(f"n{i}", script="noop.py")
+    except orch.OrchError as e:
+        refused.append(str(e))
+orch.output({"refused": len(refused), "first": refused[0]})
+"#,
+        );
+    let mut chain =
+        crate::util::start_chain_with(&space, 1, 0, &[("ORCH_TEST_MAX_BATCH", "10")], &[]);
+    assert!(chain.wait().unwrap().success());
+    let run = space.store().resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    let out = &ex.node("t000").unwrap().output;
+    assert_eq!(out.as_ref().unwrap()["refused"], 2, "{out:?}");
+    let first = out.as_ref().unwrap()["first"].as_str().unwrap().to_string();
+    assert!(
+        first.contains(
+            "the attempt's batch already holds 10 mutations, the most one attempt may send"
+        ),
+        "{first}"
+    );
+    // The ten it kept were committed and ran.
+    assert_eq!(ex.nodes.len(), 11);
+}
