@@ -37,6 +37,10 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A workflow file cannot be used (file, line, column, why).
+    #[cfg(feature = "files")]
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// The engine could not drive a run to its end.
     #[error("run `{run}`: {message}")]
     Engine {

@@ -30,6 +30,8 @@ extern crate self as orch;
 pub mod engine;
 pub mod error;
 pub mod exec;
+#[cfg(feature = "files")]
+pub mod file;
 pub mod graph;
 pub mod history;
 pub mod host;

@@ -121,6 +121,28 @@ enum Command {
         /// Run id, unique prefix, or `latest`.
         run: String,
     },
+    /// Run a workflow file (YAML or JSON) to the end; the exit code is the
+    /// run's (0 when it succeeded).
+    Run {
+        /// The workflow file.
+        file: PathBuf,
+        /// A run parameter, `name=value` (the value is JSON when it parses
+        /// as JSON, else text); repeat for more.
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// Check workflow files without running anything: each is read,
+    /// compiled and validated like a registration.
+    Validate {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Run parameters to validate with (`name=value`).
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// Print the JSON Schema of workflow files (for editors).
+    Schema,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -173,6 +195,43 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             orch::init_tracing();
             let outcome = orch::restart(&path, &run, &node, force)?;
             return Ok(orch::workflow::report(Ok(outcome)));
+        }
+        Command::Run { file, params } => {
+            let params = orch::file::parse_params(params.iter().map(String::as_str))?;
+            orch::init_tracing();
+            let outcome = orch::file::run(&file, &params, &path)?;
+            return Ok(orch::workflow::report(Ok(outcome)));
+        }
+        Command::Validate { files, params } => {
+            let params = orch::file::parse_params(params.iter().map(String::as_str))?;
+            let mut failed = 0;
+            let mut out = std::io::stdout().lock();
+            for f in &files {
+                match orch::file::load(f, &params) {
+                    Ok(c) => writeln!(
+                        out,
+                        "{}: ok (workflow `{}`, {} nodes)",
+                        f.display(),
+                        c.definition.name,
+                        c.places.len()
+                    )?,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            return Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Schema => {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, &orch::file::schema())?;
+            writeln!(out)?;
+            return Ok(ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -299,7 +358,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
         // Taken over and driven above, before any store was opened.
-        Command::Resume { .. } | Command::Restart { .. } => {}
+        Command::Resume { .. }
+        | Command::Restart { .. }
+        | Command::Run { .. }
+        | Command::Validate { .. }
+        | Command::Schema => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             let value: serde_json::Value = serde_json::from_str(&value)

@@ -38,6 +38,7 @@ mod run;
 pub use run::MAX_BATCH;
 pub mod schedule;
 mod start;
+pub use start::validate;
 mod stop;
 mod takeover;
 pub mod verdict;

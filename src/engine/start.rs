@@ -123,6 +123,22 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
     Ok(runner)
 }
 
+/// Checks a definition exactly as [`super::Engine::start`] does before
+/// anything runs: its registration is validated like a runtime batch
+/// (structure, promises, declared types).
+///
+/// ```
+/// use orch::model::{Definition, Mutation};
+/// use orch::Task;
+/// let ok = Definition::new("w", vec![Mutation::add_node("a", Task::command(["true"]))]);
+/// assert!(orch::engine::validate(&ok).is_ok());
+/// let bad = Definition::new("w", vec![Mutation::add_edge("a", "b")]);
+/// assert!(orch::engine::validate(&bad).is_err());
+/// ```
+pub fn validate(def: &Definition) -> Result<()> {
+    validate_registration(def).map(drop)
+}
+
 /// Validates the registration exactly like a runtime batch (structure,
 /// promises, declared types); returns its mutations as they are applied.
 fn validate_registration(def: &Definition) -> Result<Vec<Mutation>> {

@@ -1,0 +1,171 @@
+//! The workflow file format as serde types: what a YAML or JSON file
+//! holds, before it is compiled into a [`Definition`](crate::model::Definition).
+//! The JSON Schema (`orch schema`) is generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+/// A workflow file: its name, parameters, promises and tasks.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "orch workflow file")]
+pub struct WorkflowDoc {
+    /// The workflow's name (runs are listed under it).
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// What the workflow does, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Run parameters: each has a default value, or must be given when the
+    /// run starts (`orch run FILE --param name=value`). Tasks read them in
+    /// their inputs as `{"$param": "name"}`, and commands as `{{name}}`
+    /// inside an argument.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamDoc>,
+    /// Promises about the run's future (see docs/promises.md), e.g.
+    /// `{"no_new_nodes": {}}` or
+    /// `{"shape": {"from": "split", "to": "join", "shape": "M*"}}`.
+    #[serde(default)]
+    #[schemars(with = "Vec<Value>")]
+    pub promises: Vec<Spanned<Value>>,
+    /// Keep going when a task fails for good: what does not depend on it
+    /// runs to the end (default: stop starting tasks at the first failure).
+    #[serde(default)]
+    pub keep_going: bool,
+    /// How many tasks may run at once (default 1).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// The tasks, in any order: `after` says what runs before what.
+    pub tasks: Vec<TaskDoc>,
+}
+
+/// A run parameter: `name: {default: …, description: …}`, or `name:
+/// {}` for one that must be given.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDoc {
+    /// The value when the run is started without one.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// What it means, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A task: an `id` and exactly one of `python`, `python_fn`, `command`,
+/// `input`, `parallel`, `each` or `workflow`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDoc {
+    /// The node id, unique in the workflow (sugar adds nodes named after
+    /// it: `ID[0]`, `ID.each`, `PARENT.ID`).
+    #[schemars(with = "String")]
+    pub id: Spanned<String>,
+    /// The task name promises and pictures use (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A Python script, relative to the file's folder.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// A Python function, `module:function` (the module importable from
+    /// the file's folder); it is called with the inputs as keyword
+    /// arguments and returns the output.
+    #[serde(default)]
+    pub python_fn: Option<String>,
+    /// A program and its arguments (a list), or a shell command line (a
+    /// string, run with `sh -c`).
+    #[serde(default)]
+    pub command: Option<CommandDoc>,
+    /// `true`: no process; the node waits for a value (`orch input`).
+    #[serde(default)]
+    pub input: Option<bool>,
+    /// Tasks that run side by side; `after: [ID]` waits for all of them.
+    #[serde(default)]
+    pub parallel: Option<Vec<TaskDoc>>,
+    /// A fan-out decided while the run runs: one copy of `task` per item
+    /// of a list.
+    #[serde(default)]
+    pub each: Option<Box<EachDoc>>,
+    /// Another workflow file (relative to this one) whose tasks run here,
+    /// their ids prefixed with `ID.`.
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Parameters for the sub-workflow of `workflow`.
+    #[serde(default)]
+    pub params: Option<BTreeMap<String, Value>>,
+    /// Ids of tasks that must succeed before this one starts.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub after: Vec<Spanned<String>>,
+    /// The task's inputs (a JSON object); `{"$output": "ID"}` is the
+    /// output of task ID (and implies `after: [ID]`), `{"$param": "p"}`
+    /// a run parameter.
+    #[serde(default)]
+    pub inputs: Option<Value>,
+    /// How many times a failed attempt is tried again.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Seconds (or `"30s"`, `"5m"`, `"1h"`) before the first retry; each
+    /// further one waits twice as long.
+    #[serde(default)]
+    pub retry_delay: Option<DurationDoc>,
+    /// Seconds (or `"30s"`, `"5m"`, `"1h"`) an attempt may run.
+    #[serde(default)]
+    pub timeout: Option<DurationDoc>,
+    /// Fail an attempt that exits 0 without sending an output.
+    #[serde(default)]
+    pub output_required: Option<bool>,
+    /// Cosmetic attributes (`label`, `color`, `shape`, `tooltip`).
+    #[serde(default)]
+    pub attrs: Option<serde_json::Map<String, Value>>,
+    /// Tasks that run before this one, in order.
+    #[serde(default)]
+    pub pre: Vec<TaskDoc>,
+    /// Tasks that run after this one, in order; tasks that run `after`
+    /// this one wait for them too.
+    #[serde(default)]
+    pub post: Vec<TaskDoc>,
+}
+
+/// A program with its arguments, or a shell command line.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandDoc {
+    /// `["program", "arg", …]`.
+    Argv(Vec<String>),
+    /// `"a shell command line"`, run with `sh -c`.
+    Shell(String),
+}
+
+/// A duration: seconds, or a number with a unit (`ms`, `s`, `m`, `h`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DurationDoc {
+    /// Seconds.
+    Seconds(f64),
+    /// `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
+    Text(String),
+}
+
+/// `each`: one copy of `task` per item of `items`, decided when the task
+/// runs. Each copy gets the item as its input `item` and its position as
+/// `index`; the task `ID` itself gathers their outputs into a list, in
+/// order.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EachDoc {
+    /// The list: literal, `{"$output": "ID"}` or `{"$param": "p"}`.
+    pub items: Value,
+    /// What runs for each item: a task of one node (`python`,
+    /// `python_fn` or `command`). Its `id` is the copies' task name (what
+    /// promises and pictures see); the copies' node ids are `ID[0]`,
+    /// `ID[1]`, … after the `each` task's id.
+    pub task: TaskDoc,
+    /// At most this many items (more fail the fan-out).
+    #[serde(default)]
+    pub max: Option<u32>,
+}

@@ -1,0 +1,228 @@
+//! Workflow files: a workflow written as YAML or JSON instead of a Rust
+//! program (`docs/files.md`). A file is read, compiled into the same
+//! [`Definition`](crate::model::Definition) the builder makes, and checked
+//! exactly like a registration before anything runs; every error names
+//! the file, the line and column, and the task at fault.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("hello.yaml");
+//! std::fs::write(&path, "
+//! name: hello
+//! tasks:
+//!   - id: greet
+//!     command: echo hello
+//!   - id: done
+//!     command: [true]
+//!     after: [greet]
+//! ").unwrap();
+//! let compiled = orch::file::load(&path, &Default::default()).unwrap();
+//! assert_eq!(compiled.definition.name, "hello");
+//! assert_eq!(compiled.definition.registration.len(), 3); // two nodes, one edge
+//! ```
+
+mod compile;
+pub mod doc;
+mod error;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+pub use compile::{
+    compile, parse_params, Compiled, Load, MAX_INCLUDE_DEPTH, MAX_NESTING, MAX_NODES,
+};
+pub use doc::WorkflowDoc;
+pub use error::{FileError, Place};
+
+use crate::error::Error;
+use crate::model::Mutation;
+
+/// The largest workflow file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads, parses, compiles and checks the workflow file at `path` (YAML
+/// or JSON: JSON is read as the YAML it also is) with the run parameters
+/// `params`.
+pub fn load(path: &Path, params: &Map<String, Value>) -> Result<Compiled, FileError> {
+    let (canonical, doc) = read(path)?;
+    let mut load = |p: &Path| read(p);
+    let compiled = compile(&canonical, &doc, params, &mut load)?;
+    check(&compiled)?;
+    Ok(compiled)
+}
+
+/// Reads and parses one workflow file; returns its canonical path with
+/// its document.
+pub fn read(path: &Path) -> Result<(PathBuf, WorkflowDoc), FileError> {
+    let whole = Place::file(path);
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
+    let file = std::fs::File::open(&canonical)
+        .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(FileError::new(
+            whole,
+            format!("it is larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        FileError::new(
+            whole.clone(),
+            format!(
+                "it is not UTF-8 text (byte {} is not valid UTF-8)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let doc = parse(&canonical, &text)?;
+    Ok((canonical, doc))
+}
+
+/// Parses a workflow document (YAML, or JSON) read from `file`.
+///
+/// ```
+/// use std::path::Path;
+/// let e = orch::file::parse(Path::new("f.yaml"), "name: x\ntasks:\n  - id: a\n    pyhton: a.py\n").unwrap_err();
+/// assert!(e.to_string().starts_with("f.yaml:4:5: "), "{e}");
+/// assert!(e.to_string().contains("pyhton"), "{e}");
+/// ```
+pub fn parse(file: &Path, text: &str) -> Result<WorkflowDoc, FileError> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .filter(|(line, _)| *line > 0);
+        let message = match e.without_snippet() {
+            serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
+            other => other.to_string(),
+        };
+        // The message may end with its own "at line L column C".
+        let message = match message.find(" at line ") {
+            Some(i) if at.is_some() => message[..i].to_string(),
+            _ => message,
+        };
+        FileError::new(
+            Place {
+                file: file.to_path_buf(),
+                at,
+            },
+            message,
+        )
+    })
+}
+
+/// A breached parser budget in words, naming the limit.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let limits = serde_saphyr::budget::Budget::default();
+    match breach {
+        B::Depth { .. } => format!(
+            "the document nests deeper than {} levels (lists and maps)",
+            limits.max_depth
+        ),
+        B::Aliases { .. } => format!("the document has more than {} aliases", limits.max_aliases),
+        B::Anchors { .. } => format!("the document has more than {} anchors", limits.max_anchors),
+        B::Nodes { .. } => format!("the document has more than {} values", limits.max_nodes),
+        B::Events { .. } => format!(
+            "the document is larger than {} parser events",
+            limits.max_events
+        ),
+        other => format!("the document is too large for the YAML reader's limits ({other:?})"),
+    }
+}
+
+/// Checks a compiled file exactly like the engine checks a registration
+/// (structure, promises, declared types), naming the task at fault.
+pub fn check(compiled: &Compiled) -> Result<(), FileError> {
+    let Err(e) = crate::engine::validate(&compiled.definition) else {
+        return Ok(());
+    };
+    let (mutation, reason) = match &e {
+        Error::Registration { source, .. } => (source.mutation.clone(), source.reason.clone()),
+        other => (String::new(), other.to_string()),
+    };
+    // The node the failing mutation adds or leads into, else the first
+    // node the reason names.
+    let node = compiled
+        .definition
+        .registration
+        .iter()
+        .find(|m| m.describe() == mutation)
+        .and_then(|m| match m {
+            Mutation::AddNode { id, .. } => Some(id.clone()),
+            Mutation::AddEdge { to, .. } => Some(to.clone()),
+            _ => None,
+        })
+        .or_else(|| {
+            reason
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .find(|id| compiled.places.contains_key(*id))
+                .map(str::to_string)
+        });
+    let place = node
+        .as_ref()
+        .and_then(|n| compiled.places.get(n))
+        .cloned()
+        .or_else(|| {
+            compiled
+                .places
+                .values()
+                .next()
+                .map(|p| Place::file(&p.file))
+        })
+        .unwrap_or_else(|| Place::file(Path::new("")));
+    let what = if mutation.is_empty() || mutation == "the registration" {
+        String::new()
+    } else {
+        format!("{mutation}: ")
+    };
+    Err(FileError::new(place, format!("{what}{reason}")))
+}
+
+/// Runs the workflow file at `path` with `params` to the end, in the
+/// database `db` (blocking); like [`crate::Workflow::run`], Ctrl-C and
+/// SIGTERM stop it gracefully.
+pub fn run(
+    path: &Path,
+    params: &Map<String, Value>,
+    db: impl AsRef<Path>,
+) -> crate::Result<crate::RunOutcome> {
+    crate::block_on(run_async(path, params, db))
+}
+
+/// [`run`] for async contexts.
+pub async fn run_async(
+    path: &Path,
+    params: &Map<String, Value>,
+    db: impl AsRef<Path>,
+) -> crate::Result<crate::RunOutcome> {
+    let compiled = load(path, params)?;
+    let engine = crate::Engine::open(db)?;
+    let handle = engine
+        .start(&compiled.definition, &compiled.options())
+        .await?;
+    crate::engine::wait_or_stop(&engine, handle).await
+}
+
+/// The JSON Schema of workflow files, for editors (`orch schema`).
+///
+/// ```
+/// let s = orch::file::schema();
+/// assert_eq!(s["title"], "orch workflow file");
+/// assert!(s["properties"]["tasks"].is_object());
+/// ```
+pub fn schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(WorkflowDoc)).expect("a schema serialises")
+}
+
+#[cfg(test)]
+mod tests;
