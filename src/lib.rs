@@ -33,6 +33,7 @@ pub mod exec;
 pub mod graph;
 pub mod history;
 pub mod host;
+pub mod limits;
 pub mod model;
 pub mod picture;
 pub mod promise;
