@@ -32,6 +32,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{
+    check_len, MAX_PATTERN_BYTES, MAX_SHAPE_ATOMS, MAX_SHAPE_DEPTH, MAX_SHAPE_TEXT,
+};
 use crate::promise::glob::Glob;
 
 /// A shape. Build with the constructors or parse the text form.
@@ -148,6 +151,55 @@ impl Shape {
         out
     }
 
+    /// Checks a shape however it was built (the parser checks its text as
+    /// it goes) against the limits of [`crate::limits`], and that its text
+    /// form parses back: a promise that is stored must read back.
+    /// Walks without recursion until the depth is known to be bounded.
+    ///
+    /// ```
+    /// use orch::Shape;
+    /// assert!(Shape::seq([Shape::task("A"), Shape::task("B")]).check().is_ok());
+    /// let mut deep = Shape::task("M");
+    /// for _ in 0..100 {
+    ///     deep = Shape::repeat(deep, 0, None);
+    /// }
+    /// assert!(deep.check().unwrap_err().contains("deeper than 64 levels"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let mut stack = vec![(self, 1usize)];
+        let mut atoms = 0usize;
+        while let Some((s, depth)) = stack.pop() {
+            if depth > MAX_SHAPE_DEPTH {
+                return Err(too_deep());
+            }
+            match s {
+                Shape::Seq(v) | Shape::Par(v) | Shape::Alt(v) => {
+                    stack.extend(v.iter().map(|c| (c, depth + 1)));
+                }
+                Shape::Repeat(c, ..) | Shape::Chain(c, ..) => stack.push((c, depth + 1)),
+                Shape::Task(g) => {
+                    atoms += 1;
+                    check_len(
+                        "task pattern",
+                        g.as_str(),
+                        MAX_PATTERN_BYTES,
+                        "MAX_PATTERN_BYTES",
+                    )?;
+                }
+                Shape::Empty | Shape::Any => atoms += 1,
+            }
+            if atoms > MAX_SHAPE_ATOMS {
+                return Err(format!(
+                    "shape has more than {MAX_SHAPE_ATOMS} atoms (the limit MAX_SHAPE_ATOMS)"
+                ));
+            }
+        }
+        match self.to_string().parse::<Shape>() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("the shape does not read back: {e}")),
+        }
+    }
+
     fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Shape)) {
         f(self);
         match self {
@@ -248,9 +300,14 @@ fn is_name_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/')
 }
 
-/// A shape text that does not parse: says where and what was expected.
+/// A shape text that does not parse, or passes a limit of
+/// [`crate::limits`]: says where and what was expected. Its message quotes
+/// the text shortened.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("shape `{text}`: {message} at character {at}")]
+#[error(
+    "shape `{}`: {message} at character {at}",
+    crate::exec::protocol::quote(text)
+)]
 pub struct ShapeParseError {
     /// The text.
     pub text: String,
@@ -264,6 +321,18 @@ struct Parser<'a> {
     text: &'a str,
     chars: Vec<char>,
     pos: usize,
+    /// Brackets open at `pos`: bounds the parser's own recursion.
+    open: usize,
+    /// Atoms read so far.
+    atoms: usize,
+}
+
+/// A parsed part and the depth of its tree (an upper bound: flattening
+/// `seq`, `par` and `alt` may make the tree shallower).
+type Parsed = (Shape, usize);
+
+fn too_deep() -> String {
+    format!("shape nested deeper than {MAX_SHAPE_DEPTH} levels (the limit MAX_SHAPE_DEPTH)")
 }
 
 impl Parser<'_> {
@@ -297,35 +366,43 @@ impl Parser<'_> {
         }
     }
 
-    fn alt(&mut self) -> Result<Shape, ShapeParseError> {
+    /// `parts` joined by `join` one level up (the only part as it is).
+    fn join(
+        &self,
+        mut parts: Vec<Parsed>,
+        join: fn(Vec<Shape>) -> Shape,
+    ) -> Result<Parsed, ShapeParseError> {
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let depth = 1 + parts.iter().map(|p| p.1).max().unwrap_or(0);
+        if depth > MAX_SHAPE_DEPTH {
+            return Err(self.err(too_deep()));
+        }
+        Ok((join(parts.into_iter().map(|p| p.0).collect()), depth))
+    }
+
+    fn alt(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.par()?];
         while self.eat("|") {
             parts.push(self.par()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::alt(parts)
-        })
+        self.join(parts, |v| Shape::alt(v))
     }
 
-    fn par(&mut self) -> Result<Shape, ShapeParseError> {
+    fn par(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.seq()?];
         while self.eat("‖") || self.eat("&") {
             parts.push(self.seq()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::par(parts)
-        })
+        self.join(parts, |v| Shape::par(v))
     }
 
     fn arrow(&mut self) -> bool {
         self.eat("→") || self.eat("->")
     }
 
-    fn seq(&mut self) -> Result<Shape, ShapeParseError> {
+    fn seq(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.postfix()?];
         loop {
             let save = self.pos;
@@ -340,11 +417,7 @@ impl Parser<'_> {
             }
             parts.push(self.postfix()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::seq(parts)
-        })
+        self.join(parts, |v| Shape::seq(v))
     }
 
     fn number(&mut self) -> Result<u32, ShapeParseError> {
@@ -392,38 +465,73 @@ impl Parser<'_> {
         Ok(None)
     }
 
-    fn postfix(&mut self) -> Result<Shape, ShapeParseError> {
-        let mut s = self.atom()?;
+    fn postfix(&mut self) -> Result<Parsed, ShapeParseError> {
+        let (mut s, mut depth) = self.atom()?;
         loop {
-            if self.eat("?") {
-                s = Shape::repeat(s, 0, Some(1));
-                continue;
-            }
-            if let Some((min, max)) = self.bounds()? {
-                s = Shape::repeat(s, min, max);
-                continue;
-            }
-            let save = self.pos;
-            if self.arrow() {
-                if let Some((min, max)) = self.bounds()? {
-                    s = Shape::chain(s, min, max);
-                    continue;
+            let start = self.pos;
+            let wrapped = if self.eat("?") {
+                Shape::repeat(s, 0, Some(1))
+            } else if let Some((min, max)) = self.bounds()? {
+                Shape::repeat(s, min, max)
+            } else {
+                let save = self.pos;
+                match self.arrow().then(|| self.bounds()).transpose()?.flatten() {
+                    Some((min, max)) => Shape::chain(s, min, max),
+                    None => {
+                        self.pos = save;
+                        return Ok((s, depth));
+                    }
                 }
-                self.pos = save;
+            };
+            depth += 1;
+            if depth > MAX_SHAPE_DEPTH {
+                self.pos = start;
+                return Err(self.err(too_deep()));
             }
-            return Ok(s);
+            s = wrapped;
         }
     }
 
-    fn atom(&mut self) -> Result<Shape, ShapeParseError> {
-        match self.peek() {
+    /// Counts one atom against [`MAX_SHAPE_ATOMS`].
+    fn count_atom(&mut self, start: usize) -> Result<(), ShapeParseError> {
+        self.atoms += 1;
+        if self.atoms > MAX_SHAPE_ATOMS {
+            self.pos = start;
+            return Err(self.err(format!(
+                "shape has more than {MAX_SHAPE_ATOMS} atoms (the limit MAX_SHAPE_ATOMS)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn task(&mut self, start: usize, name: &str) -> Result<Parsed, ShapeParseError> {
+        if let Err(e) = check_len("task pattern", name, MAX_PATTERN_BYTES, "MAX_PATTERN_BYTES") {
+            self.pos = start;
+            return Err(self.err(e));
+        }
+        Ok((Shape::task(name), 1))
+    }
+
+    fn atom(&mut self) -> Result<Parsed, ShapeParseError> {
+        let next = self.peek();
+        let start = self.pos;
+        if !matches!(next, None | Some('(')) {
+            self.count_atom(start)?;
+        }
+        match next {
             None => Err(self.err("expected a shape, found the end")),
             Some('(') => {
+                if self.open == MAX_SHAPE_DEPTH {
+                    return Err(self.err(too_deep()));
+                }
                 self.pos += 1;
                 if self.eat(")") {
-                    return Ok(Shape::Empty);
+                    self.count_atom(start)?;
+                    return Ok((Shape::Empty, 1));
                 }
+                self.open += 1;
                 let s = self.alt()?;
+                self.open -= 1;
                 if !self.eat(")") {
                     return Err(self.err("expected `)`"));
                 }
@@ -431,31 +539,37 @@ impl Parser<'_> {
             }
             Some('ε') => {
                 self.pos += 1;
-                Ok(Shape::Empty)
+                Ok((Shape::Empty, 1))
             }
             Some('"') => {
-                let rest: String = self.chars[self.pos..].iter().collect();
-                let mut de = serde_json::Deserializer::from_str(&rest).into_iter::<String>();
-                match de.next() {
-                    Some(Ok(name)) => {
-                        let used = rest[..de.byte_offset()].chars().count();
-                        self.pos += used;
-                        Ok(Shape::task(&name))
+                // The quoted text ends at the first `"` not escaped; JSON
+                // decodes it (linear: no copy of the rest of the text).
+                let from = self.pos;
+                let mut end = from + 1;
+                while end < self.chars.len() && self.chars[end] != '"' {
+                    end += if self.chars[end] == '\\' { 2 } else { 1 };
+                }
+                let quoted: String = self.chars[from..(end + 1).min(self.chars.len())]
+                    .iter()
+                    .collect();
+                match serde_json::from_str::<String>(&quoted) {
+                    Ok(name) if end < self.chars.len() => {
+                        self.pos = end + 1;
+                        self.task(start, &name)
                     }
                     _ => Err(self.err("unterminated quoted task name")),
                 }
             }
             Some(c) if is_name_char(c) => {
-                let start = self.pos;
                 while self.pos < self.chars.len() && is_name_char(self.chars[self.pos]) {
                     self.pos += 1;
                 }
                 let name: String = self.chars[start..self.pos].iter().collect();
-                Ok(match name.as_str() {
-                    "any" => Shape::Any,
-                    "empty" => Shape::Empty,
-                    _ => Shape::task(&name),
-                })
+                match name.as_str() {
+                    "any" => Ok((Shape::Any, 1)),
+                    "empty" => Ok((Shape::Empty, 1)),
+                    _ => self.task(start, &name),
+                }
             }
             Some(c) => Err(self.err(format!("unexpected `{c}`"))),
         }
@@ -465,13 +579,28 @@ impl Parser<'_> {
 impl FromStr for Shape {
     type Err = ShapeParseError;
 
+    /// Parses the text form, within the limits of [`crate::limits`]:
+    /// [`MAX_SHAPE_TEXT`] bytes, [`MAX_SHAPE_DEPTH`] levels,
+    /// [`MAX_SHAPE_ATOMS`] atoms, task patterns of [`MAX_PATTERN_BYTES`].
     fn from_str(text: &str) -> Result<Shape, ShapeParseError> {
+        if text.len() > MAX_SHAPE_TEXT {
+            return Err(ShapeParseError {
+                text: text.to_string(),
+                at: 0,
+                message: format!(
+                    "shape text is {} bytes, longer than the limit of {MAX_SHAPE_TEXT} (MAX_SHAPE_TEXT)",
+                    text.len()
+                ),
+            });
+        }
         let mut p = Parser {
             text,
             chars: text.chars().collect(),
             pos: 0,
+            open: 0,
+            atoms: 0,
         };
-        let s = p.alt()?;
+        let (s, _) = p.alt()?;
         if p.peek().is_some() {
             return Err(p.err("unexpected text after the shape"));
         }
@@ -1133,6 +1262,77 @@ mod tests {
         assert!(e.to_string().contains("max below min"), "{e}");
         let e = "(A | B".parse::<Shape>().unwrap_err();
         assert!(e.to_string().contains("expected `)`"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_named_and_cheap() {
+        let err = |text: &str| text.parse::<Shape>().unwrap_err().to_string();
+        // 64 brackets parse; 100,000 stop at the 65th, where they are.
+        let ok = format!("{}A{}", "(".repeat(64), ")".repeat(64));
+        assert_eq!(parse(&ok), Shape::task("A"));
+        let e = err(&format!("{}A{}", "(".repeat(100_000), ")".repeat(100_000)));
+        assert!(
+            e.contains("too long") || e.contains("MAX_SHAPE_TEXT"),
+            "200,001 bytes are over the text limit first: {e}"
+        );
+        let e = err(&format!("{}A{}", "(".repeat(1000), ")".repeat(1000)));
+        assert!(
+            e.contains(
+                "shape nested deeper than 64 levels (the limit MAX_SHAPE_DEPTH) at character 64"
+            ),
+            "{e}"
+        );
+        assert!(e.len() < 500, "the text is quoted shortened: {e}");
+        // Postfix marks nest the tree without brackets.
+        let ok = format!("M{}", "*".repeat(63));
+        assert!(ok.parse::<Shape>().is_ok());
+        assert!(err(&format!("M{}", "*".repeat(64))).contains("MAX_SHAPE_DEPTH"));
+        assert!(err(&format!("M{}", "→*".repeat(5000))).contains("MAX_SHAPE_DEPTH"));
+        // Nested operators count as levels, too.
+        let mut text = "A".to_string();
+        for i in 0..70 {
+            text = format!("({text}) {} B", ["|", "‖", "→"][i % 3]);
+        }
+        assert!(err(&text).contains("MAX_SHAPE_DEPTH"), "{}", err(&text));
+        // Atoms, pattern length and text length.
+        let many = vec!["A"; 1025].join(" | ");
+        assert!(err(&many).contains("more than 1024 atoms (the limit MAX_SHAPE_ATOMS)"));
+        assert!(vec!["A"; 1024].join(" | ").parse::<Shape>().is_ok());
+        let long = "M".repeat(1025);
+        assert!(
+            err(&long).contains("1025 bytes, longer than the limit of 1024 (MAX_PATTERN_BYTES)")
+        );
+        assert!(err(&format!("\"{long}\"")).contains("MAX_PATTERN_BYTES"));
+        let e = err(&"A ".repeat(40_000));
+        assert!(
+            e.contains("80000 bytes, longer than the limit of 65536 (MAX_SHAPE_TEXT)"),
+            "{e}"
+        );
+        // Quoted names are read without copying the rest of the text.
+        let quoted = vec!["\"a b\""; 1000].join(" → ");
+        assert!(quoted.parse::<Shape>().is_ok());
+        assert!(err("\"abc").contains("unterminated"));
+        assert!(err("\"abc\\").contains("unterminated"));
+        assert!(err("\"abc\\\"").contains("unterminated"));
+    }
+
+    #[test]
+    fn built_shapes_are_checked_like_parsed_ones() {
+        let mut deep = Shape::task("M");
+        for _ in 0..63 {
+            deep = Shape::repeat(deep, 0, None);
+        }
+        assert_eq!(deep.check(), Ok(()));
+        let deeper = Shape::chain(deep, 1, None);
+        assert!(deeper.check().unwrap_err().contains("MAX_SHAPE_DEPTH"));
+        let wide = Shape::par((0..2000).map(|i| Shape::task(&format!("t{i}"))));
+        assert!(wide.check().unwrap_err().contains("MAX_SHAPE_ATOMS"));
+        // A shape built in Rust that its text cannot express.
+        let unreadable = Shape::Seq(Vec::new());
+        assert!(unreadable
+            .check()
+            .unwrap_err()
+            .contains("does not read back"));
     }
 
     fn region(
