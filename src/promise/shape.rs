@@ -711,7 +711,7 @@ impl Region {
             }
         }
         let all: Vec<usize> = (0..n).collect();
-        let tree = decompose(&all, &succ, &pred);
+        let tree = decompose(&all, &succ, &pred, MAX_SHAPE_DEPTH);
         let mut m = Matcher {
             region: self,
             patterns: shape.patterns().into_iter().cloned().collect(),
@@ -730,10 +730,16 @@ impl Region {
     }
 }
 
-fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree {
+/// The series-parallel tree of `nodes`, at most `room` levels deep: a
+/// deeper part is opaque. A shape of depth `d` has instances of depth at
+/// most `d`, so past [`MAX_SHAPE_DEPTH`] only `any` can match, and opaque
+/// says exactly that; the bound keeps this recursion, the matcher's and the
+/// tree's drop shallow however a task nests the nodes it adds.
+fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>], room: usize) -> Tree {
     match nodes.len() {
         0 => return Tree::Empty,
         1 => return Tree::Node(nodes[0]),
+        _ if room < 2 => return Tree::Opaque,
         _ => {}
     }
     let inside: HashSet<usize> = nodes.iter().copied().collect();
@@ -761,7 +767,12 @@ fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree 
         comps.push(members);
     }
     if comps.len() > 1 {
-        return Tree::Par(comps.iter().map(|c| decompose(c, succ, pred)).collect());
+        return Tree::Par(
+            comps
+                .iter()
+                .map(|c| decompose(c, succ, pred, room - 1))
+                .collect(),
+        );
     }
     // Connected: split into series factors along one topological order.
     let mut indeg: HashMap<usize, usize> = nodes
@@ -831,7 +842,12 @@ fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree 
         return Tree::Opaque;
     }
     factors.push(order[start..].to_vec());
-    Tree::Seq(factors.iter().map(|f| decompose(f, succ, pred)).collect())
+    Tree::Seq(
+        factors
+            .iter()
+            .map(|f| decompose(f, succ, pred, room - 1))
+            .collect(),
+    )
 }
 
 /// With the counts already equal, checks that every edge leaving the
@@ -1423,6 +1439,60 @@ mod tests {
         );
         assert!(n.mismatch(&parse("(A ‖ B) → (C ‖ D)")).is_some());
         assert!(n.mismatch(&parse("any")).is_none());
+    }
+
+    #[test]
+    fn deeply_nested_regions_are_opaque_past_the_depth_limit() {
+        // a_0 → (b_0 ‖ (a_1 → (b_1 ‖ …))): 2,000 levels of series inside
+        // parallel, all wired like a region. Only `any` matches it, and
+        // checking it must not recurse 2,000 deep (on a small stack).
+        let levels = 1_000;
+        let mut nodes = Vec::new();
+        let mut edges = Vec::new();
+        let (mut from_edges, mut to_edges) = (Vec::new(), Vec::new());
+        let last = 2 * levels;
+        for i in 0..levels {
+            let (a, b) = (2 * i, 2 * i + 1);
+            nodes.push(RegionNode {
+                id: format!("a_{i}"),
+                task: "A".into(),
+            });
+            nodes.push(RegionNode {
+                id: format!("b_{i}"),
+                task: "B".into(),
+            });
+            // a_i → b_i and a_i → a_{i+1}; b_i → the end
+            edges.push((a, b));
+            edges.push((a, if i + 1 < levels { a + 2 } else { last }));
+            to_edges.push(b);
+        }
+        nodes.push(RegionNode {
+            id: "z".into(),
+            task: "Z".into(),
+        });
+        to_edges.push(last);
+        from_edges.push(0);
+        let r = Region {
+            nodes,
+            edges,
+            from_edges,
+            to_edges,
+            direct: false,
+        };
+        let checker = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                (
+                    r.mismatch(&"any".parse().unwrap()),
+                    r.mismatch(&"A → (B ‖ any)".parse().unwrap()),
+                    r.mismatch(&"(A ‖ B)*".parse().unwrap()),
+                )
+            })
+            .unwrap();
+        let (any, head, other) = checker.join().expect("no stack overflow");
+        assert_eq!(any, None);
+        assert_eq!(head, None, "`any` matches the opaque depths");
+        assert!(other.is_some());
     }
 
     #[test]
