@@ -9,6 +9,7 @@ mod examples;
 mod execution;
 mod failure_policy;
 mod fork;
+mod fuzz;
 mod logs;
 mod pictures;
 mod promises;
