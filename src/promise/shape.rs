@@ -387,7 +387,7 @@ impl Parser<'_> {
         while self.eat("|") {
             parts.push(self.par()?);
         }
-        self.join(parts, |v| Shape::alt(v))
+        self.join(parts, Shape::alt)
     }
 
     fn par(&mut self) -> Result<Parsed, ShapeParseError> {
@@ -395,7 +395,7 @@ impl Parser<'_> {
         while self.eat("‖") || self.eat("&") {
             parts.push(self.seq()?);
         }
-        self.join(parts, |v| Shape::par(v))
+        self.join(parts, Shape::par)
     }
 
     fn arrow(&mut self) -> bool {
@@ -417,7 +417,7 @@ impl Parser<'_> {
             }
             parts.push(self.postfix()?);
         }
-        self.join(parts, |v| Shape::seq(v))
+        self.join(parts, Shape::seq)
     }
 
     fn number(&mut self) -> Result<u32, ShapeParseError> {
