@@ -712,10 +712,17 @@ impl Region {
         }
         let all: Vec<usize> = (0..n).collect();
         let tree = decompose(&all, &succ, &pred, MAX_SHAPE_DEPTH);
+        let mut seen = HashSet::new();
         let mut m = Matcher {
             region: self,
-            patterns: shape.patterns().into_iter().cloned().collect(),
+            patterns: shape
+                .patterns()
+                .into_iter()
+                .filter(|g| seen.insert(*g))
+                .cloned()
+                .collect(),
             steps: 0,
+            glob_work: 0,
             gave_up: false,
         };
         if m.matches(shape, &tree) {
@@ -888,11 +895,26 @@ const MAX_STATES: usize = 4096;
 /// a check never depends on the machine's speed).
 const MAX_STEPS: u64 = 100_000;
 
+/// Glob work one check may do before it gives up: the sum, over every
+/// pattern matched against a node, of the pattern's length times the
+/// length of the node's id and task name (a glob match costs at most
+/// that). Far above any honest region, far below hanging the engine on
+/// thousands of patterns like `*a*a*a…b`.
+const MAX_GLOB_WORK: u64 = 50_000_000;
+
 struct Matcher<'r> {
     region: &'r Region,
     patterns: Vec<Glob>,
     steps: u64,
+    glob_work: u64,
     gave_up: bool,
+}
+
+/// Whether the node's task name or id matches `g`, charged to `work`.
+fn glob_hit(work: &mut u64, g: &Glob, n: &RegionNode) -> bool {
+    let cost = (g.as_str().len() as u64 + 1) * (n.task.len() as u64 + n.id.len() as u64 + 2);
+    *work = work.saturating_add(cost);
+    g.matches(&n.task) || g.matches(&n.id)
 }
 
 impl Matcher<'_> {
@@ -909,8 +931,11 @@ impl Matcher<'_> {
             (_, Tree::Opaque) => false,
             (Shape::Empty, t) => matches!(t, Tree::Empty),
             (Shape::Task(g), Tree::Node(i)) => {
-                let n = &self.region.nodes[*i];
-                g.matches(&n.task) || g.matches(&n.id)
+                let hit = glob_hit(&mut self.glob_work, g, &self.region.nodes[*i]);
+                if self.glob_work > MAX_GLOB_WORK {
+                    self.gave_up = true;
+                }
+                hit && !self.gave_up
             }
             (Shape::Task(_), _) => false,
             (Shape::Alt(v), t) => v.iter().any(|a| self.matches(a, t)),
@@ -1002,6 +1027,10 @@ impl Matcher<'_> {
         let mut by_key: Vec<(String, Vec<&'t Tree>)> = Vec::new();
         for (k, c) in comps.iter().enumerate() {
             let key = self.key(c, k);
+            if self.glob_work > MAX_GLOB_WORK {
+                self.gave_up = true;
+                return None;
+            }
             match by_key.iter_mut().find(|(x, _)| *x == key) {
                 Some((_, v)) => v.push(c),
                 None => by_key.push((key, vec![c])),
@@ -1020,7 +1049,7 @@ impl Matcher<'_> {
 
     /// A canonical key: equal keys mean isomorphic components whose nodes
     /// match the same task patterns of the shape.
-    fn key(&self, t: &Tree, salt: usize) -> String {
+    fn key(&mut self, t: &Tree, salt: usize) -> String {
         match t {
             Tree::Empty => "E".into(),
             Tree::Node(i) => {
@@ -1029,7 +1058,7 @@ impl Matcher<'_> {
                     .patterns
                     .iter()
                     .map(|g| {
-                        if g.matches(&n.task) || g.matches(&n.id) {
+                        if glob_hit(&mut self.glob_work, g, n) {
                             '1'
                         } else {
                             '0'
@@ -1493,6 +1522,34 @@ mod tests {
         assert_eq!(any, None);
         assert_eq!(head, None, "`any` matches the opaque depths");
         assert!(other.is_some());
+    }
+
+    #[test]
+    fn costly_globs_give_up_instead_of_hanging() {
+        // Hundreds of patterns whose match backtracks at every position of
+        // thousands of long names: the check gives up within its budget.
+        let patterns: Vec<String> = (0..200)
+            .map(|i| format!("\"*{}b{i}\"", "a".repeat(128)))
+            .collect();
+        let shape = parse(&format!("({})*", patterns.join(" ‖ ")));
+        let name = "a".repeat(255);
+        let n = 2_000;
+        let r = Region {
+            nodes: (0..n)
+                .map(|_| RegionNode {
+                    id: name.clone(),
+                    task: name.clone(),
+                })
+                .collect(),
+            edges: vec![],
+            from_edges: (0..n).collect(),
+            to_edges: (0..n).collect(),
+            direct: false,
+        };
+        let started = std::time::Instant::now();
+        let why = r.mismatch(&shape).expect("no match");
+        assert!(why.contains("too complex to check"), "{why}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
