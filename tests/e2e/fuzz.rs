@@ -295,3 +295,123 @@ fn check_shape_text(text: String) -> Result<(), TestCaseError> {
     }
     Ok(())
 }
+
+fn fuzz_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["a", "b", "c", "d", "M_0", "M_1", "x"]).prop_map(str::to_string),
+        1 => prop::sample::select(vec!["", "*", "q\"", "tab\there"]).prop_map(str::to_string),
+        1 => (0usize..300).prop_map(|n| "é".repeat(n)),
+    ]
+}
+
+fn deep_value() -> impl Strategy<Value = serde_json::Value> {
+    (0usize..80, any::<bool>()).prop_map(|(depth, objects)| {
+        (0..depth).fold(serde_json::json!(1), |v, _| {
+            if objects {
+                serde_json::json!({ "k": v })
+            } else {
+                serde_json::json!([v])
+            }
+        })
+    })
+}
+
+fn fuzz_inputs() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!({})),
+        fuzz_id().prop_map(|id| json!({ "x": { "$output": id } })),
+        fuzz_id().prop_map(|id| json!({ "x": [{ "$output": id, "pointer": "/a" }] })),
+        Just(json!({ "x": { "$output": 3 } })),
+        deep_value().prop_map(|v| json!({ "x": v })),
+    ]
+}
+
+fn fuzz_promise() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        (fuzz_id(), fuzz_id(), shape_garbage())
+            .prop_map(|(f, t, s)| json!({ "shape": { "from": f, "to": t, "shape": s } })),
+        (fuzz_id(), fuzz_id())
+            .prop_map(|(f, t)| json!({ "shape": { "from": f, "to": t, "shape": "M*" } })),
+        fuzz_id().prop_map(|p| json!({ "only_nodes": { "pattern": p } })),
+        fuzz_id().prop_map(|p| json!({ "no_edges_into": { "node": p } })),
+        (0usize..2000).prop_map(|n| json!({ "only_edges": { "from": "*".repeat(n), "to": "*" } })),
+        Just(json!({ "no_new_nodes": {} })),
+        Just(json!({ "static": {} })),
+    ]
+}
+
+/// One protocol line carrying a mutation (without its seq).
+fn fuzz_mutation() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        (fuzz_id(), fuzz_id(), fuzz_inputs()).prop_map(|(id, name, inputs)| json!({
+            "type": "add_node", "id": id, "inputs": inputs,
+            "task": { "kind": "command", "argv": ["true"], "name": name },
+        })),
+        (fuzz_id(), fuzz_id()).prop_map(|(f, t)| json!({ "type": "add_edge", "from": f, "to": t })),
+        (fuzz_id(), deep_value())
+            .prop_map(|(n, v)| json!({ "type": "set_attrs", "node": n, "attrs": { "label": v } })),
+        fuzz_promise().prop_map(|p| json!({ "type": "promise", "promise": p })),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// A task's batch of decoded mutations goes through staging, the
+    /// promise checks and the commit without a panic, and what commits
+    /// reads back from its JSON (as the history stores it).
+    #[test]
+    fn task_batches_are_staged_checked_and_stored_safely(
+        lines in prop::collection::vec(fuzz_mutation(), 0..12),
+        shape in shape_garbage(),
+    ) {
+        let got = small_stack(move || fuzz_batch(lines, shape));
+        prop_assert!(got.is_ok(), "{}", got.unwrap_err());
+    }
+}
+
+fn fuzz_batch(lines: Vec<serde_json::Value>, shape: String) -> Result<(), String> {
+    use orch::graph::{Graph, Staging};
+    use orch::{Mutation, Promise, Task};
+    let mut g = Graph::new();
+    let mut registration: Vec<Mutation> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| Mutation::add_node(*id, Task::command(["true"])))
+        .collect();
+    registration.push(Mutation::add_edge("a", "b"));
+    registration.push(Mutation::add_edge("b", "c"));
+    if let Ok(s) = shape.parse::<Shape>() {
+        registration.push(Mutation::AddPromise {
+            promise: Promise::shape("b", "d", s),
+        });
+    }
+    g.commit(&registration)
+        .map_err(|e| format!("registration: {e}"))?;
+    let mut staging = Staging::default();
+    for (seq, mut line) in lines.into_iter().enumerate() {
+        line["orch"] = 1.into();
+        line["seq"] = (seq + 1).into();
+        let Line::Message(Message {
+            body: Body::Mutation(m),
+            ..
+        }) = classify(&line.to_string())
+        else {
+            continue;
+        };
+        if staging.stage(&g, m.clone()).is_ok() {
+            let _ = orch::promise::check_mutation(&g, &staging, "a", &m);
+        }
+    }
+    if orch::promise::check_batch(&g, &staging, Some("a")).is_err() {
+        return Ok(());
+    }
+    let batch = staging.into_mutations();
+    let stored = serde_json::to_string(&batch).map_err(|e| e.to_string())?;
+    let back: Vec<Mutation> = serde_json::from_str(&stored)
+        .map_err(|e| format!("stored batch does not read back: {e}"))?;
+    g.apply_owned(back);
+    Ok(())
+}
