@@ -35,6 +35,7 @@ pub mod file;
 pub mod graph;
 pub mod history;
 pub mod host;
+pub mod limits;
 pub mod model;
 pub mod picture;
 pub mod promise;

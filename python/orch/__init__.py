@@ -73,8 +73,38 @@ class OrchError(Exception):
         return self.message
 
 
+#: What the orchestrator keeps exactly (``orch::limits``, docs/fuzzing.md):
+#: integers in ``-2**63 .. 2**64-1`` and values nested at most 64 levels
+#: (a message is one level more).  It refuses the rest; the helper refuses
+#: it first, before sending, with a ``ValueError`` that says why.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+_MAX_JSON_DEPTH = 64
+
+
+def _check_limits(message):
+    """Raise ValueError when *message* breaks a limit of the orchestrator."""
+    stack = [(message, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                shown = str(value) if value.bit_length() < 128 else f"of {value.bit_length()} bits"
+                raise ValueError(f"orch: integer {shown} does not fit in 64 bits "
+                                 "(send it as a string)")
+        elif isinstance(value, (dict, list, tuple)):
+            # The message itself is the one level that does not count.
+            if depth > _MAX_JSON_DEPTH:
+                raise ValueError(f"orch: value nested deeper than {_MAX_JSON_DEPTH} levels "
+                                 "(the orchestrator's limit MAX_JSON_DEPTH)")
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items)
+
+
 def _dumps(obj):
     """Serialise *obj* as one line of compact JSON (raises before sending)."""
+    _check_limits(obj)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -132,7 +162,9 @@ class Context:
         """Send one message and wait for its reply; return the seq used.
 
         Raises TypeError/ValueError (nothing sent) when the message is not
-        JSON-serialisable, OrchError on an ``error`` reply or a broken stream.
+        JSON-serialisable or breaks a limit of the orchestrator (an integer
+        beyond 64 bits, a value nested deeper than 64 levels), OrchError on
+        an ``error`` reply or a broken stream.
         """
         with self._lock:
             if self._broken is not None:

@@ -321,6 +321,31 @@ class HelperTests(TaskTestCase):
         self.assertEqual(msgs, [{"orch": 1, "type": "output", "seq": 1,
                                  "value": ["TypeError", "TypeError", "ValueError"]}])
 
+    def test_values_the_orchestrator_would_refuse_raise_before_sending(self):
+        msgs, rc, err = self.run_script("""
+            import orch
+            caught = []
+            deep = 1
+            for _ in range(65):
+                deep = [deep]
+            for value in (2 ** 64, -(2 ** 63) - 1, 10 ** 100, deep):
+                try:
+                    orch.output({"v": value})
+                except ValueError as e:
+                    caught.append(str(e))
+            orch.output({"caught": caught, "max": 2 ** 64 - 1, "min": -(2 ** 63), "ok": deep[0][0]})
+        """)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(msgs), 1, msgs)
+        value = msgs[0]["value"]
+        self.assertEqual(value["caught"], [
+            "orch: integer 18446744073709551616 does not fit in 64 bits (send it as a string)",
+            "orch: integer -9223372036854775809 does not fit in 64 bits (send it as a string)",
+            "orch: integer of 333 bits does not fit in 64 bits (send it as a string)",
+            "orch: value nested deeper than 64 levels (the orchestrator's limit MAX_JSON_DEPTH)",
+        ])
+        self.assertEqual((value["max"], value["min"]), (2 ** 64 - 1, -(2 ** 63)))
+
     def test_add_node_argument_errors(self):
         msgs, rc, err = self.run_script("""
             import orch

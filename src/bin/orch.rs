@@ -365,8 +365,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Schema => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
-            let value: serde_json::Value = serde_json::from_str(&value)
-                .map_err(|e| format!("the value for `{node}` is not JSON ({e}): {value}"))?;
+            // Bounded first: no integer silently rounded, nothing too
+            // deep to store.
+            orch::limits::check_json(&value).map_err(|e| {
+                format!("the value for `{node}` is refused: {e}; nothing was delivered")
+            })?;
+            let value: serde_json::Value = serde_json::from_str(&value).map_err(|e| {
+                format!(
+                    "the value for `{node}` is not JSON ({e}): {}",
+                    orch::protocol::quote(&value)
+                )
+            })?;
             store.request(
                 &id,
                 &Signal::Input {

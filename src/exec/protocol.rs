@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::limits;
 use crate::model::{Attrs, EdgeRef, Mutation, Task};
 
 /// The protocol version this orchestrator speaks.
@@ -166,6 +167,10 @@ pub fn is_marked(line: &str) -> bool {
 ///
 /// A line is a protocol line when it is a JSON object with the key
 /// `"orch"`, or when it begins with `{"orch"`; every other line is log.
+/// A protocol line is checked by [`limits::check_json_within`] before it
+/// is decoded: values nested deeper than [`limits::MAX_JSON_DEPTH`] or an
+/// integer beyond 64 bits refuse the message ([`Body::Rejected`], an
+/// `error` reply) when its `seq` can be read, else the line is malformed.
 ///
 /// ```
 /// use orch::protocol::{classify, Line};
@@ -180,9 +185,17 @@ pub fn classify(line: &str) -> Line {
         return Line::Log;
     }
     let marked = is_marked(t);
+    // The bounded guard runs before anything decodes the task's text; the
+    // message envelope is one level that does not count.
+    let limit = limits::check_json_within(t, 1).err();
     let value: Value = match serde_json::from_str(t) {
         Ok(v) => v,
-        Err(e) if marked => return Line::Malformed(format!("not valid JSON ({e})")),
+        Err(e) if marked => {
+            return Line::Malformed(match limit {
+                Some(l) => l.to_string(),
+                None => format!("not valid JSON ({e})"),
+            })
+        }
         Err(_) => return Line::Log,
     };
     let Some(obj) = value.as_object() else {
@@ -200,6 +213,16 @@ pub fn classify(line: &str) -> Line {
         Some(s) => s,
         None => return Line::Malformed("missing or non-integer `seq`".to_string()),
     };
+    if let Some(l) = limit {
+        // Well-formed enough to answer: the task learns why, and nothing
+        // of the message (no lossy float, no value too deep to store) is
+        // kept.
+        let kind = obj.get("type").and_then(Value::as_str).unwrap_or("message");
+        return Line::Message(Message {
+            seq,
+            body: Body::Rejected(format!("{} refused: {l}", quote(kind))),
+        });
+    }
     let wire: Wire = match serde_json::from_value(value) {
         Ok(w) => w,
         Err(e) => return Line::Malformed(e.to_string()),
@@ -222,7 +245,10 @@ pub fn classify(line: &str) -> Line {
         }
         Wire::Promise { promise } => match serde_json::from_value(promise.clone()) {
             Ok(promise) => Body::Mutation(Mutation::AddPromise { promise }),
-            Err(e) => Body::Rejected(format!("add_promise {promise}: not a promise: {e}")),
+            Err(e) => Body::Rejected(format!(
+                "add_promise {}: not a promise: {e}",
+                quote(&promise.to_string())
+            )),
         },
         Wire::Output { value } => Body::Output(value),
         Wire::Log { message, level } => Body::Log {
@@ -303,6 +329,120 @@ mod tests {
         match classify(r#"{"orch":1,"seq":1,"type":"teleport"}"#) {
             Line::Malformed(e) => assert!(e.contains("teleport"), "{e}"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_refuse_with_the_limit_named() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"orch":1,"seq":4,"type":"output","value":{}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let Line::Message(m) = classify(&nested(64)) else {
+            panic!("64 levels are fine")
+        };
+        assert!(matches!(m.body, Body::Output(_)));
+        // serde_json reads it, our limit refuses it: an error reply.
+        match classify(&nested(65)) {
+            Line::Message(Message {
+                seq: 4,
+                body: Body::Rejected(e),
+            }) => assert_eq!(
+                e,
+                "output refused: JSON nested deeper than 64 levels at byte 106 (the limit MAX_JSON_DEPTH)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Past serde_json's own limit, no seq can be read: malformed.
+        match classify(&nested(100_000)) {
+            Line::Malformed(e) => assert!(e.contains("deeper than 64 levels"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // An unmarked line too deep for serde_json stays log.
+        let log = format!(r#"{{"x":{}}}"#, "[".repeat(200));
+        assert_eq!(classify(&log), Line::Log);
+        let big = r#"{"orch":1,"seq":2,"type":"output","value":{"n":123456789012345678901}}"#;
+        match classify(big) {
+            Line::Message(Message {
+                body: Body::Rejected(e),
+                ..
+            }) => assert_eq!(
+                e,
+                "output refused: integer 123456789012345678901 at byte 47 does not fit in 64 bits (send it as a string)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let exact = r#"{"orch":1,"seq":2,"type":"output","value":[18446744073709551615,-9223372036854775808,0.1,2.2250738585072014e-308,1.7976931348623157e308]}"#;
+        let Line::Message(Message {
+            body: Body::Output(v),
+            ..
+        }) = classify(exact)
+        else {
+            panic!()
+        };
+        assert_eq!(v[0].as_u64(), Some(u64::MAX));
+        assert_eq!(v[1].as_i64(), Some(i64::MIN));
+        assert_eq!(v[2].as_f64(), Some(0.1));
+        assert_eq!(v[3].as_f64(), Some(2.2250738585072014e-308));
+        assert_eq!(v[4].as_f64(), Some(f64::MAX));
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            "[18446744073709551615,-9223372036854775808,0.1,2.2250738585072014e-308,1.7976931348623157e+308]"
+        );
+    }
+
+    #[test]
+    fn a_deep_shape_is_a_refused_promise() {
+        let line = format!(
+            r#"{{"orch":1,"seq":1,"type":"promise","promise":{{"shape":{{"from":"a","to":"b","shape":"{}A{}"}}}}}}"#,
+            "(".repeat(30_000),
+            ")".repeat(30_000)
+        );
+        match classify(&line) {
+            Line::Message(Message {
+                body: Body::Rejected(e),
+                ..
+            }) => {
+                assert!(e.contains("shape nested deeper than 64 levels"), "{e}");
+                assert!(e.len() < 1000, "quoted shortened: {} bytes", e.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn floats_read_back_exactly() {
+        // Without serde_json's float_roundtrip, some of these are one ULP off.
+        for x in [
+            0.1f64,
+            2.2250738585072014e-308,
+            1.7976931348623157e308,
+            5e-324,
+            0.30000000000000004,
+            1.0000000000000002,
+            9007199254740993.0,
+            123456.789e-300,
+        ] {
+            let text = serde_json::to_string(&x).unwrap();
+            let back: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v.as_f64().unwrap().to_bits(), x.to_bits(), "{text}");
+        }
+        // Texts that serde_json without float_roundtrip reads one ULP off
+        // (checked against serde_json 1.0.154).
+        for text in [
+            "9007199254740993.0",
+            "1.00000000000000011102230246251565404236316680908203125",
+            "7.038531e-26",
+            "2.2250738585072011e-308",
+        ] {
+            let want: f64 = text.parse().unwrap();
+            let got: f64 = serde_json::from_str(text).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}");
         }
     }
 

@@ -15,6 +15,7 @@ use petgraph::Direction;
 use serde_json::Value;
 
 use crate::error::StructuralError;
+use crate::limits::{check_len, check_object, check_value, MAX_NAME_BYTES};
 use crate::model::{output_refs, Attrs, Mutation, NodeState, Task};
 use crate::promise::shape::{Region, RegionNode};
 use crate::promise::Promise;
@@ -1122,8 +1123,16 @@ impl Staging {
             reason,
         };
         match &m {
-            Mutation::AddNode { id, inputs, .. } => {
+            Mutation::AddNode {
+                id,
+                task,
+                inputs,
+                attrs,
+            } => {
                 check_id(id).map_err(&err)?;
+                check_len("task name", &task.name, MAX_NAME_BYTES, "MAX_NAME_BYTES")
+                    .map_err(&err)?;
+                check_json_values(inputs, attrs).map_err(&err)?;
                 if let Some(r) = self.resolve(g, id) {
                     let existing = match r {
                         Ref::Old(i) => format!("in the graph (state {})", g.node(i).state),
@@ -1162,7 +1171,8 @@ impl Staging {
                     self.add_edge(src, Ref::New(k));
                 }
             }
-            Mutation::AddEdge { from, to, .. } => {
+            Mutation::AddEdge { from, to, attrs } => {
+                check_json_values(&Value::Null, attrs).map_err(&err)?;
                 let f = self
                     .resolve(g, from)
                     .ok_or_else(|| err(format!("unknown node `{from}`")))?;
@@ -1219,12 +1229,14 @@ impl Staging {
                 }
                 self.add_edge(f, t);
             }
-            Mutation::SetAttrs { node, edge, .. } => match (&node, &edge) {
+            Mutation::SetAttrs { node, edge, attrs } => match (&node, &edge) {
                 (Some(n), None) => {
+                    check_json_values(&Value::Null, attrs).map_err(&err)?;
                     self.resolve(g, n)
                         .ok_or_else(|| err(format!("unknown node `{n}`")))?;
                 }
                 (None, Some(e)) => {
+                    check_json_values(&Value::Null, attrs).map_err(&err)?;
                     let f = self
                         .resolve(g, &e.from)
                         .ok_or_else(|| err(format!("unknown node `{}`", e.from)))?;
@@ -1242,6 +1254,7 @@ impl Staging {
                 }
             },
             Mutation::AddPromise { promise } => {
+                promise.check().map_err(&err)?;
                 if let Promise::Shape { from, to, .. } = promise {
                     for end in [from, to] {
                         if self.resolve(g, end).is_none() {
@@ -1268,13 +1281,20 @@ impl Staging {
     }
 }
 
+/// Inputs and attributes nest at most [`MAX_JSON_DEPTH`] levels, however
+/// they were built: the events that store them must read back.
+fn check_json_values(inputs: &Value, attrs: &Attrs) -> Result<(), String> {
+    let attrs = check_object(attrs);
+    check_value(inputs)
+        .map_err(|e| format!("inputs: {e}"))
+        .and(attrs.map_err(|e| format!("attrs: {e}")))
+}
+
 fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("node id is empty".to_string());
     }
-    if id.len() > 256 {
-        return Err(format!("node id `{}…` is longer than 256 bytes", &id[..32]));
-    }
+    check_len("node id", id, MAX_NAME_BYTES, "MAX_NAME_BYTES")?;
     if let Some(c) = id.chars().find(|c| c.is_control() || *c == '"') {
         return Err(format!("node id {id:?} contains the character {c:?}"));
     }
@@ -1285,7 +1305,7 @@ fn check_id(id: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::model::{output, EdgeRef};
-    use crate::promise::shape::Region;
+    use crate::promise::shape::{Region, Shape};
     use serde_json::json;
 
     fn node(id: &str) -> Mutation {
@@ -1319,6 +1339,56 @@ mod tests {
         assert_eq!(g.unmet(0), 0);
         assert_eq!(g.unmet(2), 1);
         assert_eq!(g.node(0).task.name, "a");
+    }
+
+    #[test]
+    fn limits_hold_for_every_batch() {
+        let reason = |m: Mutation| chain().commit(&[m]).unwrap_err().reason;
+        // A long id whose 32nd byte is inside a character (this panicked).
+        let id = format!("{}é{}", "a".repeat(31), "b".repeat(300));
+        let r = reason(node(&id));
+        assert!(
+            r.contains("longer than the limit of 256 (MAX_NAME_BYTES)"),
+            "{r}"
+        );
+        let r = reason(Mutation::add_node(
+            "x",
+            Task::python("x.py").named("n".repeat(300)),
+        ));
+        assert!(r.contains("task name"), "{r}");
+        let deep = (0..65).fold(json!(1), |v, _| json!([v]));
+        let r = reason(Mutation::AddNode {
+            id: "x".into(),
+            task: Box::new(Task::python("x.py")),
+            inputs: deep.clone(),
+            attrs: Attrs::new(),
+        });
+        assert!(
+            r.contains("inputs: JSON nested deeper than 64 levels"),
+            "{r}"
+        );
+        let mut attrs = Attrs::new();
+        attrs.insert("label".into(), deep[0].clone());
+        let r = reason(Mutation::SetAttrs {
+            node: Some("a".into()),
+            edge: None,
+            attrs,
+        });
+        assert!(r.contains("attrs: JSON nested deeper than 64"), "{r}");
+        let r = reason(Mutation::AddPromise {
+            promise: Promise::OnlyNodes {
+                pattern: "*".repeat(2000).as_str().into(),
+            },
+        });
+        assert!(r.contains("MAX_PATTERN_BYTES"), "{r}");
+        let mut shape = Shape::task("M");
+        for _ in 0..64 {
+            shape = Shape::repeat(shape, 0, None);
+        }
+        let r = reason(Mutation::AddPromise {
+            promise: Promise::shape("a", "c", shape),
+        });
+        assert!(r.contains("MAX_SHAPE_DEPTH"), "{r}");
     }
 
     #[test]

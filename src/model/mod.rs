@@ -567,11 +567,29 @@ fn collect_refs(v: &Value, out: &mut Vec<OutputRef>) -> Result<(), String> {
 }
 
 /// Replaces every output reference in `inputs` with the value it names.
-/// `lookup` returns the output of a node.
+/// `lookup` returns the output of a node. The result nests at most
+/// [`MAX_JSON_DEPTH`](crate::limits::MAX_JSON_DEPTH) levels, like every
+/// value a task sends or receives: an output placed deep inside inputs
+/// could otherwise make a start message no task can read.
+///
+/// ```
+/// use serde_json::json;
+/// let deep = (0..40).fold(json!(1), |v, _| json!([v]));
+/// let inputs = (0..30).fold(orch::output("A"), |v, _| json!([v]));
+/// let err = orch::model::resolve_refs(&inputs, &|_| Some(deep.clone())).unwrap_err();
+/// assert!(err.contains("deeper than 64 levels"), "{err}");
+/// ```
 pub fn resolve_refs(
     inputs: &Value,
     lookup: &dyn Fn(&str) -> Option<Value>,
 ) -> Result<Value, String> {
+    let resolved = resolve(inputs, lookup)?;
+    crate::limits::check_value(&resolved)
+        .map_err(|e| format!("the inputs with their references resolved: {e}"))?;
+    Ok(resolved)
+}
+
+fn resolve(inputs: &Value, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<Value, String> {
     match inputs {
         Value::Object(map) if map.contains_key("$output") => {
             let r = output_refs(inputs)?.remove(0);
@@ -591,13 +609,13 @@ pub fn resolve_refs(
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), resolve_refs(v, lookup)?);
+                out.insert(k.clone(), resolve(v, lookup)?);
             }
             Ok(Value::Object(out))
         }
         Value::Array(items) => items
             .iter()
-            .map(|v| resolve_refs(v, lookup))
+            .map(|v| resolve(v, lookup))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         other => Ok(other.clone()),

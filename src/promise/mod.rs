@@ -98,6 +98,41 @@ impl Promise {
         }
     }
 
+    /// Checks a promise however it was built against the limits of
+    /// [`crate::limits`]: every pattern at most
+    /// [`MAX_PATTERN_BYTES`](crate::limits::MAX_PATTERN_BYTES), a shape
+    /// within [`Shape::check`]. Every batch's promises pass it, so a
+    /// stored promise always reads back.
+    ///
+    /// ```
+    /// use orch::promise::Promise;
+    /// assert!(Promise::OnlyNodes { pattern: "M_*".into() }.check().is_ok());
+    /// let long = Promise::OnlyNodes { pattern: "M".repeat(2000).as_str().into() };
+    /// assert!(long.check().unwrap_err().contains("MAX_PATTERN_BYTES"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        use crate::limits::{check_len, MAX_PATTERN_BYTES};
+        let pattern = |s: &Selector| {
+            check_len(
+                "pattern",
+                s.as_str(),
+                MAX_PATTERN_BYTES,
+                "MAX_PATTERN_BYTES",
+            )
+        };
+        match self {
+            Promise::Static {} => Ok(()),
+            Promise::NoNewNodes { by } | Promise::NoNewEdges { by } => {
+                by.as_ref().map_or(Ok(()), pattern)
+            }
+            Promise::OnlyNodes { pattern: p }
+            | Promise::NoEdgesFrom { node: p }
+            | Promise::NoEdgesInto { node: p } => pattern(p),
+            Promise::OnlyEdges { from, to } => pattern(from).and_then(|()| pattern(to)),
+            Promise::Shape { shape, .. } => shape.check(),
+        }
+    }
+
     /// The family name (`static`, `no_new_nodes`, …).
     pub fn family(&self) -> &'static str {
         match self {

@@ -32,6 +32,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{
+    check_len, MAX_PATTERN_BYTES, MAX_SHAPE_ATOMS, MAX_SHAPE_DEPTH, MAX_SHAPE_TEXT,
+};
 use crate::promise::glob::Glob;
 
 /// A shape. Build with the constructors or parse the text form.
@@ -148,6 +151,55 @@ impl Shape {
         out
     }
 
+    /// Checks a shape however it was built (the parser checks its text as
+    /// it goes) against the limits of [`crate::limits`], and that its text
+    /// form parses back: a promise that is stored must read back.
+    /// Walks without recursion until the depth is known to be bounded.
+    ///
+    /// ```
+    /// use orch::Shape;
+    /// assert!(Shape::seq([Shape::task("A"), Shape::task("B")]).check().is_ok());
+    /// let mut deep = Shape::task("M");
+    /// for _ in 0..100 {
+    ///     deep = Shape::repeat(deep, 0, None);
+    /// }
+    /// assert!(deep.check().unwrap_err().contains("deeper than 64 levels"));
+    /// ```
+    pub fn check(&self) -> Result<(), String> {
+        let mut stack = vec![(self, 1usize)];
+        let mut atoms = 0usize;
+        while let Some((s, depth)) = stack.pop() {
+            if depth > MAX_SHAPE_DEPTH {
+                return Err(too_deep());
+            }
+            match s {
+                Shape::Seq(v) | Shape::Par(v) | Shape::Alt(v) => {
+                    stack.extend(v.iter().map(|c| (c, depth + 1)));
+                }
+                Shape::Repeat(c, ..) | Shape::Chain(c, ..) => stack.push((c, depth + 1)),
+                Shape::Task(g) => {
+                    atoms += 1;
+                    check_len(
+                        "task pattern",
+                        g.as_str(),
+                        MAX_PATTERN_BYTES,
+                        "MAX_PATTERN_BYTES",
+                    )?;
+                }
+                Shape::Empty | Shape::Any => atoms += 1,
+            }
+            if atoms > MAX_SHAPE_ATOMS {
+                return Err(format!(
+                    "shape has more than {MAX_SHAPE_ATOMS} atoms (the limit MAX_SHAPE_ATOMS)"
+                ));
+            }
+        }
+        match self.to_string().parse::<Shape>() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("the shape does not read back: {e}")),
+        }
+    }
+
     fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Shape)) {
         f(self);
         match self {
@@ -248,9 +300,14 @@ fn is_name_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/')
 }
 
-/// A shape text that does not parse: says where and what was expected.
+/// A shape text that does not parse, or passes a limit of
+/// [`crate::limits`]: says where and what was expected. Its message quotes
+/// the text shortened.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("shape `{text}`: {message} at character {at}")]
+#[error(
+    "shape `{}`: {message} at character {at}",
+    crate::exec::protocol::quote(text)
+)]
 pub struct ShapeParseError {
     /// The text.
     pub text: String,
@@ -264,6 +321,18 @@ struct Parser<'a> {
     text: &'a str,
     chars: Vec<char>,
     pos: usize,
+    /// Brackets open at `pos`: bounds the parser's own recursion.
+    open: usize,
+    /// Atoms read so far.
+    atoms: usize,
+}
+
+/// A parsed part and the depth of its tree (an upper bound: flattening
+/// `seq`, `par` and `alt` may make the tree shallower).
+type Parsed = (Shape, usize);
+
+fn too_deep() -> String {
+    format!("shape nested deeper than {MAX_SHAPE_DEPTH} levels (the limit MAX_SHAPE_DEPTH)")
 }
 
 impl Parser<'_> {
@@ -297,35 +366,43 @@ impl Parser<'_> {
         }
     }
 
-    fn alt(&mut self) -> Result<Shape, ShapeParseError> {
+    /// `parts` joined by `join` one level up (the only part as it is).
+    fn join(
+        &self,
+        mut parts: Vec<Parsed>,
+        join: fn(Vec<Shape>) -> Shape,
+    ) -> Result<Parsed, ShapeParseError> {
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let depth = 1 + parts.iter().map(|p| p.1).max().unwrap_or(0);
+        if depth > MAX_SHAPE_DEPTH {
+            return Err(self.err(too_deep()));
+        }
+        Ok((join(parts.into_iter().map(|p| p.0).collect()), depth))
+    }
+
+    fn alt(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.par()?];
         while self.eat("|") {
             parts.push(self.par()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::alt(parts)
-        })
+        self.join(parts, Shape::alt)
     }
 
-    fn par(&mut self) -> Result<Shape, ShapeParseError> {
+    fn par(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.seq()?];
         while self.eat("‖") || self.eat("&") {
             parts.push(self.seq()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::par(parts)
-        })
+        self.join(parts, Shape::par)
     }
 
     fn arrow(&mut self) -> bool {
         self.eat("→") || self.eat("->")
     }
 
-    fn seq(&mut self) -> Result<Shape, ShapeParseError> {
+    fn seq(&mut self) -> Result<Parsed, ShapeParseError> {
         let mut parts = vec![self.postfix()?];
         loop {
             let save = self.pos;
@@ -340,11 +417,7 @@ impl Parser<'_> {
             }
             parts.push(self.postfix()?);
         }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Shape::seq(parts)
-        })
+        self.join(parts, Shape::seq)
     }
 
     fn number(&mut self) -> Result<u32, ShapeParseError> {
@@ -392,38 +465,73 @@ impl Parser<'_> {
         Ok(None)
     }
 
-    fn postfix(&mut self) -> Result<Shape, ShapeParseError> {
-        let mut s = self.atom()?;
+    fn postfix(&mut self) -> Result<Parsed, ShapeParseError> {
+        let (mut s, mut depth) = self.atom()?;
         loop {
-            if self.eat("?") {
-                s = Shape::repeat(s, 0, Some(1));
-                continue;
-            }
-            if let Some((min, max)) = self.bounds()? {
-                s = Shape::repeat(s, min, max);
-                continue;
-            }
-            let save = self.pos;
-            if self.arrow() {
-                if let Some((min, max)) = self.bounds()? {
-                    s = Shape::chain(s, min, max);
-                    continue;
+            let start = self.pos;
+            let wrapped = if self.eat("?") {
+                Shape::repeat(s, 0, Some(1))
+            } else if let Some((min, max)) = self.bounds()? {
+                Shape::repeat(s, min, max)
+            } else {
+                let save = self.pos;
+                match self.arrow().then(|| self.bounds()).transpose()?.flatten() {
+                    Some((min, max)) => Shape::chain(s, min, max),
+                    None => {
+                        self.pos = save;
+                        return Ok((s, depth));
+                    }
                 }
-                self.pos = save;
+            };
+            depth += 1;
+            if depth > MAX_SHAPE_DEPTH {
+                self.pos = start;
+                return Err(self.err(too_deep()));
             }
-            return Ok(s);
+            s = wrapped;
         }
     }
 
-    fn atom(&mut self) -> Result<Shape, ShapeParseError> {
-        match self.peek() {
+    /// Counts one atom against [`MAX_SHAPE_ATOMS`].
+    fn count_atom(&mut self, start: usize) -> Result<(), ShapeParseError> {
+        self.atoms += 1;
+        if self.atoms > MAX_SHAPE_ATOMS {
+            self.pos = start;
+            return Err(self.err(format!(
+                "shape has more than {MAX_SHAPE_ATOMS} atoms (the limit MAX_SHAPE_ATOMS)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn task(&mut self, start: usize, name: &str) -> Result<Parsed, ShapeParseError> {
+        if let Err(e) = check_len("task pattern", name, MAX_PATTERN_BYTES, "MAX_PATTERN_BYTES") {
+            self.pos = start;
+            return Err(self.err(e));
+        }
+        Ok((Shape::task(name), 1))
+    }
+
+    fn atom(&mut self) -> Result<Parsed, ShapeParseError> {
+        let next = self.peek();
+        let start = self.pos;
+        if !matches!(next, None | Some('(')) {
+            self.count_atom(start)?;
+        }
+        match next {
             None => Err(self.err("expected a shape, found the end")),
             Some('(') => {
+                if self.open == MAX_SHAPE_DEPTH {
+                    return Err(self.err(too_deep()));
+                }
                 self.pos += 1;
                 if self.eat(")") {
-                    return Ok(Shape::Empty);
+                    self.count_atom(start)?;
+                    return Ok((Shape::Empty, 1));
                 }
+                self.open += 1;
                 let s = self.alt()?;
+                self.open -= 1;
                 if !self.eat(")") {
                     return Err(self.err("expected `)`"));
                 }
@@ -431,31 +539,37 @@ impl Parser<'_> {
             }
             Some('ε') => {
                 self.pos += 1;
-                Ok(Shape::Empty)
+                Ok((Shape::Empty, 1))
             }
             Some('"') => {
-                let rest: String = self.chars[self.pos..].iter().collect();
-                let mut de = serde_json::Deserializer::from_str(&rest).into_iter::<String>();
-                match de.next() {
-                    Some(Ok(name)) => {
-                        let used = rest[..de.byte_offset()].chars().count();
-                        self.pos += used;
-                        Ok(Shape::task(&name))
+                // The quoted text ends at the first `"` not escaped; JSON
+                // decodes it (linear: no copy of the rest of the text).
+                let from = self.pos;
+                let mut end = from + 1;
+                while end < self.chars.len() && self.chars[end] != '"' {
+                    end += if self.chars[end] == '\\' { 2 } else { 1 };
+                }
+                let quoted: String = self.chars[from..(end + 1).min(self.chars.len())]
+                    .iter()
+                    .collect();
+                match serde_json::from_str::<String>(&quoted) {
+                    Ok(name) if end < self.chars.len() => {
+                        self.pos = end + 1;
+                        self.task(start, &name)
                     }
                     _ => Err(self.err("unterminated quoted task name")),
                 }
             }
             Some(c) if is_name_char(c) => {
-                let start = self.pos;
                 while self.pos < self.chars.len() && is_name_char(self.chars[self.pos]) {
                     self.pos += 1;
                 }
                 let name: String = self.chars[start..self.pos].iter().collect();
-                Ok(match name.as_str() {
-                    "any" => Shape::Any,
-                    "empty" => Shape::Empty,
-                    _ => Shape::task(&name),
-                })
+                match name.as_str() {
+                    "any" => Ok((Shape::Any, 1)),
+                    "empty" => Ok((Shape::Empty, 1)),
+                    _ => self.task(start, &name),
+                }
             }
             Some(c) => Err(self.err(format!("unexpected `{c}`"))),
         }
@@ -465,13 +579,28 @@ impl Parser<'_> {
 impl FromStr for Shape {
     type Err = ShapeParseError;
 
+    /// Parses the text form, within the limits of [`crate::limits`]:
+    /// [`MAX_SHAPE_TEXT`] bytes, [`MAX_SHAPE_DEPTH`] levels,
+    /// [`MAX_SHAPE_ATOMS`] atoms, task patterns of [`MAX_PATTERN_BYTES`].
     fn from_str(text: &str) -> Result<Shape, ShapeParseError> {
+        if text.len() > MAX_SHAPE_TEXT {
+            return Err(ShapeParseError {
+                text: text.to_string(),
+                at: 0,
+                message: format!(
+                    "shape text is {} bytes, longer than the limit of {MAX_SHAPE_TEXT} (MAX_SHAPE_TEXT)",
+                    text.len()
+                ),
+            });
+        }
         let mut p = Parser {
             text,
             chars: text.chars().collect(),
             pos: 0,
+            open: 0,
+            atoms: 0,
         };
-        let s = p.alt()?;
+        let (s, _) = p.alt()?;
         if p.peek().is_some() {
             return Err(p.err("unexpected text after the shape"));
         }
@@ -582,11 +711,18 @@ impl Region {
             }
         }
         let all: Vec<usize> = (0..n).collect();
-        let tree = decompose(&all, &succ, &pred);
+        let tree = decompose(&all, &succ, &pred, MAX_SHAPE_DEPTH);
+        let mut seen = HashSet::new();
         let mut m = Matcher {
             region: self,
-            patterns: shape.patterns().into_iter().cloned().collect(),
+            patterns: shape
+                .patterns()
+                .into_iter()
+                .filter(|g| seen.insert(*g))
+                .cloned()
+                .collect(),
             steps: 0,
+            glob_work: 0,
             gave_up: false,
         };
         if m.matches(shape, &tree) {
@@ -601,10 +737,16 @@ impl Region {
     }
 }
 
-fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree {
+/// The series-parallel tree of `nodes`, at most `room` levels deep: a
+/// deeper part is opaque. A shape of depth `d` has instances of depth at
+/// most `d`, so past [`MAX_SHAPE_DEPTH`] only `any` can match, and opaque
+/// says exactly that; the bound keeps this recursion, the matcher's and the
+/// tree's drop shallow however a task nests the nodes it adds.
+fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>], room: usize) -> Tree {
     match nodes.len() {
         0 => return Tree::Empty,
         1 => return Tree::Node(nodes[0]),
+        _ if room < 2 => return Tree::Opaque,
         _ => {}
     }
     let inside: HashSet<usize> = nodes.iter().copied().collect();
@@ -632,7 +774,12 @@ fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree 
         comps.push(members);
     }
     if comps.len() > 1 {
-        return Tree::Par(comps.iter().map(|c| decompose(c, succ, pred)).collect());
+        return Tree::Par(
+            comps
+                .iter()
+                .map(|c| decompose(c, succ, pred, room - 1))
+                .collect(),
+        );
     }
     // Connected: split into series factors along one topological order.
     let mut indeg: HashMap<usize, usize> = nodes
@@ -702,7 +849,12 @@ fn decompose(nodes: &[usize], succ: &[Vec<usize>], pred: &[Vec<usize>]) -> Tree 
         return Tree::Opaque;
     }
     factors.push(order[start..].to_vec());
-    Tree::Seq(factors.iter().map(|f| decompose(f, succ, pred)).collect())
+    Tree::Seq(
+        factors
+            .iter()
+            .map(|f| decompose(f, succ, pred, room - 1))
+            .collect(),
+    )
 }
 
 /// With the counts already equal, checks that every edge leaving the
@@ -743,11 +895,26 @@ const MAX_STATES: usize = 4096;
 /// a check never depends on the machine's speed).
 const MAX_STEPS: u64 = 100_000;
 
+/// Glob work one check may do before it gives up: the sum, over every
+/// pattern matched against a node, of the pattern's length times the
+/// length of the node's id and task name (a glob match costs at most
+/// that). Far above any honest region, far below hanging the engine on
+/// thousands of patterns like `*a*a*a…b`.
+const MAX_GLOB_WORK: u64 = 50_000_000;
+
 struct Matcher<'r> {
     region: &'r Region,
     patterns: Vec<Glob>,
     steps: u64,
+    glob_work: u64,
     gave_up: bool,
+}
+
+/// Whether the node's task name or id matches `g`, charged to `work`.
+fn glob_hit(work: &mut u64, g: &Glob, n: &RegionNode) -> bool {
+    let cost = (g.as_str().len() as u64 + 1) * (n.task.len() as u64 + n.id.len() as u64 + 2);
+    *work = work.saturating_add(cost);
+    g.matches(&n.task) || g.matches(&n.id)
 }
 
 impl Matcher<'_> {
@@ -764,8 +931,11 @@ impl Matcher<'_> {
             (_, Tree::Opaque) => false,
             (Shape::Empty, t) => matches!(t, Tree::Empty),
             (Shape::Task(g), Tree::Node(i)) => {
-                let n = &self.region.nodes[*i];
-                g.matches(&n.task) || g.matches(&n.id)
+                let hit = glob_hit(&mut self.glob_work, g, &self.region.nodes[*i]);
+                if self.glob_work > MAX_GLOB_WORK {
+                    self.gave_up = true;
+                }
+                hit && !self.gave_up
             }
             (Shape::Task(_), _) => false,
             (Shape::Alt(v), t) => v.iter().any(|a| self.matches(a, t)),
@@ -857,6 +1027,10 @@ impl Matcher<'_> {
         let mut by_key: Vec<(String, Vec<&'t Tree>)> = Vec::new();
         for (k, c) in comps.iter().enumerate() {
             let key = self.key(c, k);
+            if self.glob_work > MAX_GLOB_WORK {
+                self.gave_up = true;
+                return None;
+            }
             match by_key.iter_mut().find(|(x, _)| *x == key) {
                 Some((_, v)) => v.push(c),
                 None => by_key.push((key, vec![c])),
@@ -875,7 +1049,7 @@ impl Matcher<'_> {
 
     /// A canonical key: equal keys mean isomorphic components whose nodes
     /// match the same task patterns of the shape.
-    fn key(&self, t: &Tree, salt: usize) -> String {
+    fn key(&mut self, t: &Tree, salt: usize) -> String {
         match t {
             Tree::Empty => "E".into(),
             Tree::Node(i) => {
@@ -884,7 +1058,7 @@ impl Matcher<'_> {
                     .patterns
                     .iter()
                     .map(|g| {
-                        if g.matches(&n.task) || g.matches(&n.id) {
+                        if glob_hit(&mut self.glob_work, g, n) {
                             '1'
                         } else {
                             '0'
@@ -1135,6 +1309,77 @@ mod tests {
         assert!(e.to_string().contains("expected `)`"), "{e}");
     }
 
+    #[test]
+    fn limits_are_named_and_cheap() {
+        let err = |text: &str| text.parse::<Shape>().unwrap_err().to_string();
+        // 64 brackets parse; 100,000 stop at the 65th, where they are.
+        let ok = format!("{}A{}", "(".repeat(64), ")".repeat(64));
+        assert_eq!(parse(&ok), Shape::task("A"));
+        let e = err(&format!("{}A{}", "(".repeat(100_000), ")".repeat(100_000)));
+        assert!(
+            e.contains("too long") || e.contains("MAX_SHAPE_TEXT"),
+            "200,001 bytes are over the text limit first: {e}"
+        );
+        let e = err(&format!("{}A{}", "(".repeat(1000), ")".repeat(1000)));
+        assert!(
+            e.contains(
+                "shape nested deeper than 64 levels (the limit MAX_SHAPE_DEPTH) at character 64"
+            ),
+            "{e}"
+        );
+        assert!(e.len() < 500, "the text is quoted shortened: {e}");
+        // Postfix marks nest the tree without brackets.
+        let ok = format!("M{}", "*".repeat(63));
+        assert!(ok.parse::<Shape>().is_ok());
+        assert!(err(&format!("M{}", "*".repeat(64))).contains("MAX_SHAPE_DEPTH"));
+        assert!(err(&format!("M{}", "→*".repeat(5000))).contains("MAX_SHAPE_DEPTH"));
+        // Nested operators count as levels, too.
+        let mut text = "A".to_string();
+        for i in 0..70 {
+            text = format!("({text}) {} B", ["|", "‖", "→"][i % 3]);
+        }
+        assert!(err(&text).contains("MAX_SHAPE_DEPTH"), "{}", err(&text));
+        // Atoms, pattern length and text length.
+        let many = vec!["A"; 1025].join(" | ");
+        assert!(err(&many).contains("more than 1024 atoms (the limit MAX_SHAPE_ATOMS)"));
+        assert!(vec!["A"; 1024].join(" | ").parse::<Shape>().is_ok());
+        let long = "M".repeat(1025);
+        assert!(
+            err(&long).contains("1025 bytes, longer than the limit of 1024 (MAX_PATTERN_BYTES)")
+        );
+        assert!(err(&format!("\"{long}\"")).contains("MAX_PATTERN_BYTES"));
+        let e = err(&"A ".repeat(40_000));
+        assert!(
+            e.contains("80000 bytes, longer than the limit of 65536 (MAX_SHAPE_TEXT)"),
+            "{e}"
+        );
+        // Quoted names are read without copying the rest of the text.
+        let quoted = vec!["\"a b\""; 1000].join(" → ");
+        assert!(quoted.parse::<Shape>().is_ok());
+        assert!(err("\"abc").contains("unterminated"));
+        assert!(err("\"abc\\").contains("unterminated"));
+        assert!(err("\"abc\\\"").contains("unterminated"));
+    }
+
+    #[test]
+    fn built_shapes_are_checked_like_parsed_ones() {
+        let mut deep = Shape::task("M");
+        for _ in 0..63 {
+            deep = Shape::repeat(deep, 0, None);
+        }
+        assert_eq!(deep.check(), Ok(()));
+        let deeper = Shape::chain(deep, 1, None);
+        assert!(deeper.check().unwrap_err().contains("MAX_SHAPE_DEPTH"));
+        let wide = Shape::par((0..2000).map(|i| Shape::task(&format!("t{i}"))));
+        assert!(wide.check().unwrap_err().contains("MAX_SHAPE_ATOMS"));
+        // A shape built in Rust that its text cannot express.
+        let unreadable = Shape::Seq(Vec::new());
+        assert!(unreadable
+            .check()
+            .unwrap_err()
+            .contains("does not read back"));
+    }
+
     fn region(
         nodes: &[(&str, &str)],
         edges: &[(usize, usize)],
@@ -1223,6 +1468,88 @@ mod tests {
         );
         assert!(n.mismatch(&parse("(A ‖ B) → (C ‖ D)")).is_some());
         assert!(n.mismatch(&parse("any")).is_none());
+    }
+
+    #[test]
+    fn deeply_nested_regions_are_opaque_past_the_depth_limit() {
+        // a_0 → (b_0 ‖ (a_1 → (b_1 ‖ …))): 2,000 levels of series inside
+        // parallel, all wired like a region. Only `any` matches it, and
+        // checking it must not recurse 2,000 deep (on a small stack).
+        let levels = 1_000;
+        let mut nodes = Vec::new();
+        let mut edges = Vec::new();
+        let (mut from_edges, mut to_edges) = (Vec::new(), Vec::new());
+        let last = 2 * levels;
+        for i in 0..levels {
+            let (a, b) = (2 * i, 2 * i + 1);
+            nodes.push(RegionNode {
+                id: format!("a_{i}"),
+                task: "A".into(),
+            });
+            nodes.push(RegionNode {
+                id: format!("b_{i}"),
+                task: "B".into(),
+            });
+            // a_i → b_i and a_i → a_{i+1}; b_i → the end
+            edges.push((a, b));
+            edges.push((a, if i + 1 < levels { a + 2 } else { last }));
+            to_edges.push(b);
+        }
+        nodes.push(RegionNode {
+            id: "z".into(),
+            task: "Z".into(),
+        });
+        to_edges.push(last);
+        from_edges.push(0);
+        let r = Region {
+            nodes,
+            edges,
+            from_edges,
+            to_edges,
+            direct: false,
+        };
+        let checker = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                (
+                    r.mismatch(&"any".parse().unwrap()),
+                    r.mismatch(&"A → (B ‖ any)".parse().unwrap()),
+                    r.mismatch(&"(A ‖ B)*".parse().unwrap()),
+                )
+            })
+            .unwrap();
+        let (any, head, other) = checker.join().expect("no stack overflow");
+        assert_eq!(any, None);
+        assert_eq!(head, None, "`any` matches the opaque depths");
+        assert!(other.is_some());
+    }
+
+    #[test]
+    fn costly_globs_give_up_instead_of_hanging() {
+        // Hundreds of patterns whose match backtracks at every position of
+        // thousands of long names: the check gives up within its budget.
+        let patterns: Vec<String> = (0..200)
+            .map(|i| format!("\"*{}b{i}\"", "a".repeat(128)))
+            .collect();
+        let shape = parse(&format!("({})*", patterns.join(" ‖ ")));
+        let name = "a".repeat(255);
+        let n = 2_000;
+        let r = Region {
+            nodes: (0..n)
+                .map(|_| RegionNode {
+                    id: name.clone(),
+                    task: name.clone(),
+                })
+                .collect(),
+            edges: vec![],
+            from_edges: (0..n).collect(),
+            to_edges: (0..n).collect(),
+            direct: false,
+        };
+        let started = std::time::Instant::now();
+        let why = r.mismatch(&shape).expect("no match");
+        assert!(why.contains("too complex to check"), "{why}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! End-to-end tests: real Python subprocesses, real SQLite files, the real
 //! example binaries and CLI. One test binary, so the suite links once.
 
+mod bounds;
 mod cli;
 mod control;
 mod durability;
@@ -9,6 +10,7 @@ mod examples;
 mod execution;
 mod failure_policy;
 mod fork;
+mod fuzz;
 mod logs;
 mod pictures;
 mod promises;
