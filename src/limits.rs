@@ -153,7 +153,7 @@ pub fn check_json_within(text: &str, envelope: usize) -> Result<(), JsonLimitErr
     Ok(())
 }
 
-fn shorten_digits(literal: &str) -> String {
+pub(crate) fn shorten_digits(literal: &str) -> String {
     const KEEP: usize = 40;
     if literal.len() <= KEEP {
         literal.to_string()

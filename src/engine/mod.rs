@@ -285,11 +285,16 @@ impl Engine {
     /// run when this engine drives it. Refused for a run that ended, and
     /// for an input to a node that is no input node or finished, or whose
     /// value does not fit the type the node declares
-    /// ([`crate::NodeBuilder::returns`]).
+    /// ([`crate::NodeBuilder::returns`]) or nests past the limits
+    /// ([`crate::limits::MAX_JSON_DEPTH`]).
     pub async fn signal(&self, run: &str, signal: Signal) -> Result<()> {
         let store = &self.inner.store;
         let run = store.resolve_run(run)?;
         if let Signal::Input { node, value } = &signal {
+            crate::limits::check_value(value).map_err(|e| Error::Refused {
+                what: format!("the input for `{node}` of run {run}"),
+                message: e.to_string(),
+            })?;
             if let Some((task, _)) = store.node(&run, node)? {
                 crate::typed::native::check_output(&task, value).map_err(|e| Error::Refused {
                     what: format!("the input for `{node}` of run {run}"),

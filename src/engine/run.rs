@@ -622,7 +622,9 @@ impl Runner {
     /// `orch input`, which cannot know this binary's types), and the node
     /// waits on. True when delivered.
     fn offer(&mut self, i: usize, value: Value) -> bool {
-        let misfit = native::check_output(&self.state.graph.node(i).task, &value)
+        let misfit = crate::limits::check_value(&value)
+            .map_err(|e| e.to_string())
+            .and_then(|()| native::check_output(&self.state.graph.node(i).task, &value))
             .err()
             .map(|e| e.replace("the output", "the value"));
         let Some(why) = misfit else {

@@ -53,8 +53,8 @@ pub enum Verdict {
 /// `violated` is the promise it broke while running, `stopping` why the
 /// run stops, if it does. In order: a violation, a stopping run, a broken
 /// attempt, a timeout, a kill, the task's own failure, a signal, a
-/// non-zero exit, a missing declared output, an output of the wrong type;
-/// else success.
+/// non-zero exit, a missing declared output, an output past the limits
+/// ([`crate::limits`]), an output of the wrong type; else success.
 ///
 /// ```
 /// use orch::engine::verdict::{judge, Verdict};
@@ -132,6 +132,14 @@ pub fn judge(
             "exited 0 without the output its task declares".into(),
         );
     }
+    // What any executor reports is stored and read back: it keeps the
+    // limits a task's protocol lines keep.
+    if let Some(Err(e)) = end.output.as_ref().map(crate::limits::check_value) {
+        return failed(
+            AttemptOutcome::Failed,
+            format!("node `{node}`: output refused: {e}"),
+        );
+    }
     if let Err(e) = native::check_output(task, end.output.as_ref().unwrap_or(&Value::Null)) {
         return failed(AttemptOutcome::Failed, format!("node `{node}`: {e}"));
     }
@@ -186,6 +194,24 @@ mod tests {
             outcome,
             error: error.into(),
             retryable,
+        }
+    }
+
+    #[test]
+    fn an_output_past_the_limits_fails_whatever_reported_it() {
+        let task = Task::command(["x"]);
+        let mut deep = json!(1);
+        for _ in 0..100 {
+            deep = json!({ "a": deep });
+        }
+        let mut end = AttemptEnd::exited(0);
+        end.output = Some(deep);
+        match judge(&end, &task, "n", None, None) {
+            Verdict::Failed { error, .. } => {
+                assert!(error.starts_with("node `n`: output refused: "), "{error}");
+                assert!(error.contains("64"), "{error}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -893,6 +893,7 @@ fn json_kind(v: &Value) -> &'static str {
 /// assert_eq!(p["n"], 3);
 /// assert_eq!(p["day"], "2024-01-01");
 /// assert!(orch::file::parse_params(["oops"]).is_err());
+/// assert!(orch::file::parse_params(["big=123456789012345678901234"]).is_err());
 /// ```
 pub fn parse_params<'a>(
     args: impl IntoIterator<Item = &'a str>,
@@ -905,7 +906,15 @@ pub fn parse_params<'a>(
         if k.is_empty() {
             return Err(format!("--param `{arg}` names no parameter"));
         }
-        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        let value = match serde_json::from_str::<Value>(v) {
+            // JSON, kept exactly or refused (an integer beyond 64 bits
+            // would be read as a float).
+            Ok(value) => {
+                crate::limits::check_json(v).map_err(|e| format!("--param `{k}`: {e}"))?;
+                value
+            }
+            Err(_) => Value::String(v.to_string()),
+        };
         out.insert(k.to_string(), value);
     }
     Ok(out)

@@ -94,7 +94,12 @@ pub fn read(path: &Path) -> Result<(PathBuf, WorkflowDoc), FileError> {
 /// assert!(e.to_string().contains("pyhton"), "{e}");
 /// ```
 pub fn parse(file: &Path, text: &str) -> Result<WorkflowDoc, FileError> {
-    serde_saphyr::from_str(text).map_err(|e| {
+    check_integers(file, text)?;
+    let options = serde_saphyr::options! {
+        // YAML 1.2: `no`, `off` and `y` are text, not booleans.
+        strict_booleans: true,
+    };
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let at = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -116,6 +121,38 @@ pub fn parse(file: &Path, text: &str) -> Result<WorkflowDoc, FileError> {
             message,
         )
     })
+}
+
+/// Refuses a plain integer that does not fit in 64 bits: the YAML reader
+/// would turn it into a float, silently changing it (a quoted one is
+/// text, and stays exact).
+fn check_integers(file: &Path, text: &str) -> Result<(), FileError> {
+    use granit_parser::{Event, Parser, ScalarStyle};
+    for event in Parser::new_from_str(text) {
+        // Syntax errors are the reader's to report, with more context.
+        let Ok((Event::Scalar(value, ScalarStyle::Plain, _, None), span)) = event else {
+            if event.is_err() {
+                break;
+            }
+            continue;
+        };
+        let t = value.trim();
+        let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+        let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        if integer && t.parse::<i64>().is_err() && t.parse::<u64>().is_err() {
+            let shown = crate::limits::shorten_digits(t);
+            return Err(FileError::new(
+                Place {
+                    file: file.to_path_buf(),
+                    at: Some((span.start.line() as u64, span.start.col() as u64 + 1)),
+                },
+                format!(
+                    "the integer {shown} does not fit in 64 bits: write it as a string (in quotes) to keep it exact"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A breached parser budget in words, naming the limit.

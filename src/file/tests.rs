@@ -491,3 +491,23 @@ fn the_schema_lists_every_task_field() {
         assert!(task.get(field).is_some(), "{field} in {task}");
     }
 }
+
+#[test]
+fn numbers_are_kept_exactly_or_refused_and_no_means_no() {
+    let e = err(
+        "name: x\ntasks:\n  - id: a\n    command: [a]\n    inputs: {n: 123456789012345678901234}\n",
+    );
+    assert_eq!(
+        e,
+        "/w/main.yaml:5:17: the integer 123456789012345678901234 does not fit in 64 bits: write it as a string (in quotes) to keep it exact"
+    );
+    let c = compiled(
+        "name: x\ntasks:\n  - id: a\n    command: [a]\n    inputs: {big: \"123456789012345678901234\", max: 18446744073709551615, min: -9223372036854775808, f: 0.1, answer: no}\n",
+    );
+    let (_, inputs) = node(&c, "a");
+    assert_eq!(inputs["big"], "123456789012345678901234");
+    assert_eq!(inputs["max"], u64::MAX);
+    assert_eq!(inputs["min"], i64::MIN);
+    assert_eq!(inputs["f"], 0.1);
+    assert_eq!(inputs["answer"], "no", "YAML 1.2: `no` is text");
+}

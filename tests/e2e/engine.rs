@@ -1004,6 +1004,17 @@ async fn inputs_that_do_not_fit_the_declared_type_are_refused_at_delivery() {
         err.contains("is not a `u64`") && err.contains("ask"),
         "{err}"
     );
+    // Nor one nested past the limits (it could not be read back).
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let err = engine
+        .signal(&run, input("ask", deep))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("64"), "the limit is named: {err}");
 
     // As `orch input` does: stored, checked when the run takes it.
     space

@@ -329,7 +329,19 @@ impl SqliteStore {
                 })?,
                 inputs: json_col(r, 3)?,
                 attrs: json_col(r, 4)?,
-                output: output.map(|o| serde_json::from_str(&o).unwrap_or(Value::Null)),
+                // An output that does not read back is a damaged
+                // database, not a null.
+                output: output
+                    .map(|o| {
+                        serde_json::from_str(&o).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                5,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })
+                    })
+                    .transpose()?,
                 started_at: r.get(6)?,
                 finished_at: r.get(7)?,
             })
