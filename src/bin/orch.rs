@@ -1,4 +1,5 @@
-//! `orch`: inspect runs stored in an orch database.
+//! `orch`: run workflow files, and inspect and steer the runs stored in an
+//! orch database.
 //!
 //! The database is found the way the library finds it: `--db`, else
 //! `ORCH_DB`, else `.orch/orch.db` under the current directory. `<run>` is a
@@ -13,7 +14,11 @@ use orch::store::{Signal, SqliteStore, Store};
 use orch::RunExport;
 
 #[derive(Parser)]
-#[command(name = "orch", version, about = "Inspect orch workflow runs")]
+#[command(
+    name = "orch",
+    version,
+    about = "Run workflow files, and inspect and steer orch runs"
+)]
 struct Cli {
     /// The database file (default: $ORCH_DB, else .orch/orch.db).
     #[arg(long, global = true)]

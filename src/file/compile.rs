@@ -250,7 +250,9 @@ impl Compiler<'_, '_> {
                         format!(
                             "task `{}`: after names `{r}`, which is no task of {}",
                             a.task,
-                            a.file.display()
+                            a.file
+                                .file_name()
+                                .map_or(a.file.display(), |n| Path::new(n).display())
                         ),
                     ));
                 };

@@ -132,23 +132,108 @@ pub struct TaskDoc {
 }
 
 /// A program with its arguments, or a shell command line.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
 #[serde(untagged)]
 pub enum CommandDoc {
-    /// `["program", "arg", …]`.
+    /// `["program", "arg", …]` (numbers and booleans are taken as their
+    /// text: `[sleep, 1]`, `[true]`).
     Argv(Vec<String>),
     /// `"a shell command line"`, run with `sh -c`.
     Shell(String),
 }
 
+impl<'de> Deserialize<'de> for CommandDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CommandDoc, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CommandDoc;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of program and arguments, or a shell command line")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CommandDoc, E> {
+                Ok(CommandDoc::Shell(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<CommandDoc, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(Arg(a)) = seq.next_element()? {
+                    argv.push(a);
+                }
+                Ok(CommandDoc::Argv(argv))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One argument: text, or an integer or boolean taken as its text.
+struct Arg(String);
+
+impl<'de> Deserialize<'de> for Arg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Arg, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Arg;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an argument (text, an integer or a boolean)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Arg, E> {
+                Ok(Arg(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Arg, E> {
+                Ok(Arg(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Arg, E> {
+                Ok(Arg(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Arg, E> {
+                Ok(Arg(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Arg, E> {
+                Err(E::custom(format!(
+                    "the argument {v} is a number that may not keep its text: write it in quotes"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A duration: seconds, or a number with a unit (`ms`, `s`, `m`, `h`).
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, JsonSchema)]
 #[serde(untagged)]
 pub enum DurationDoc {
     /// Seconds.
     Seconds(f64),
     /// `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for DurationDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DurationDoc, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationDoc;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: seconds, or text like \"30s\", \"5m\" or \"1h\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationDoc, E> {
+                Ok(DurationDoc::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<DurationDoc, E> {
+                Ok(DurationDoc::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationDoc, E> {
+                Ok(DurationDoc::Seconds(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationDoc, E> {
+                Ok(DurationDoc::Seconds(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `each`: one copy of `task` per item of `items`, decided when the task

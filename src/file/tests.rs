@@ -324,7 +324,7 @@ fn errors_name_the_file_line_column_and_task() {
     let e = err("name: x\ntasks:\n  - id: a\n    command: [a]\n  - id: b\n    command: [b]\n    after: [nope]\n");
     assert_eq!(
         e,
-        "/w/main.yaml:7:13: task `b`: after names `nope`, which is no task of /w/main.yaml"
+        "/w/main.yaml:7:13: task `b`: after names `nope`, which is no task of main.yaml"
     );
     let e = err("name: x\ntasks:\n  - id: a\n    command: [a]\n  - id: a\n    command: [b]\n");
     assert_eq!(

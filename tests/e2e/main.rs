@@ -9,6 +9,7 @@ mod engine;
 mod examples;
 mod execution;
 mod failure_policy;
+mod files;
 mod fork;
 mod fuzz;
 mod logs;

@@ -1,0 +1,187 @@
+//! Workflow files through the `orch` command line: `orch run` runs one to
+//! the end (the shipped examples too), `orch validate` checks files and
+//! names the file, line, column and task at fault, `orch schema` prints
+//! the JSON Schema.
+
+use std::path::Path;
+
+use orch::{NodeState, RunStatus, Store as _};
+use serde_json::{json, Value};
+
+use crate::util::Space;
+
+/// Copies the files of `examples/pipelines` into the space.
+fn with_examples(space: &Space) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            space.write(
+                path.file_name().unwrap().to_str().unwrap(),
+                &std::fs::read_to_string(&path).unwrap(),
+            );
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn orch_run_runs_the_tork_style_example_with_its_sugar_and_params() {
+    let space = Space::new();
+    with_examples(&space);
+    let out = space.cli(&["run", "thumbnails.yaml", "--param", "count=4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = space.store().resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(ex.workflow, "thumbnails");
+    for n in &ex.nodes {
+        assert_eq!(n.state, NodeState::Succeeded, "{}", n.id);
+    }
+    // each: four copies named after the task, gathered in order.
+    let copies: Vec<&str> = ex
+        .nodes
+        .iter()
+        .filter(|n| n.id.starts_with("thumbs["))
+        .map(|n| n.task.name.as_str())
+        .collect();
+    assert_eq!(copies, ["resize"; 4]);
+    assert_eq!(
+        ex.node("thumbs").unwrap().output,
+        Some(json!([
+            "out/thumb-0.txt",
+            "out/thumb-1.txt",
+            "out/thumb-2.txt",
+            "out/thumb-3.txt"
+        ]))
+    );
+    assert_eq!(ex.node("report").unwrap().output, Some(json!(4)));
+    // pre, parallel and post as plain edges.
+    let edges: std::collections::BTreeSet<(String, String)> = crate::util::edge_set(&ex);
+    for (from, to) in [
+        ("prepare", "list"),
+        ("list", "thumbs.each"),
+        ("thumbs", "count_files"),
+        ("thumbs", "total_size"),
+        ("count_files", "report"),
+        ("total_size", "report"),
+        ("report", "cleanup"),
+    ] {
+        assert!(
+            edges.contains(&(from.into(), to.into())),
+            "{from} -> {to} in {edges:?}"
+        );
+    }
+    assert!(
+        !space.path().join("out").exists(),
+        "the post task cleaned up"
+    );
+}
+
+#[test]
+fn orch_run_of_the_seed_pipeline_in_yaml_and_a_failing_file_exits_like_the_examples() {
+    let space = Space::new();
+    with_examples(&space);
+    let out = space.cli(&["run", "hello.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logs = space.cli(&["logs", "latest", "print_test2"]);
+    assert!(text(&logs.stdout).contains("test2"));
+
+    space.write(
+        "fails.yaml",
+        "name: fails\nkeep_going: true\ntasks:\n  - {id: bad, command: 'exit 3'}\n  - {id: after_bad, command: [true], after: [bad]}\n  - {id: fine, command: [true]}\n",
+    );
+    let out = space.cli(&["run", "fails.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let run = space.store().resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.status, RunStatus::Failed);
+    assert_eq!(
+        ex.node("fine").unwrap().state,
+        NodeState::Succeeded,
+        "the file keeps going"
+    );
+    assert_eq!(
+        ex.node("after_bad").unwrap().state,
+        NodeState::UpstreamFailed
+    );
+}
+
+#[test]
+fn orch_validate_names_the_file_line_column_and_task_and_runs_nothing() {
+    let space = Space::new();
+    with_examples(&space);
+    space
+        .write("typo.yaml", "name: t\ntasks:\n  - id: a\n    pyhton: a.py\n")
+        .write(
+            "dangling.yaml",
+            "name: d\ntasks:\n  - id: a\n    command: [a]\n  - id: b\n    command: [b]\n    after: [a, nope]\n",
+        )
+        .write(
+            "cycle.yaml",
+            "name: c\ntasks:\n  - {id: a, command: [a], after: [b]}\n  - {id: b, command: [b], after: [a]}\n",
+        )
+        .write("garbage.json", "{\"name\": \"g\", \"tasks\": [}\n");
+    let ok = space.cli(&["validate", "hello.yaml", "thumbnails.yaml"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(
+        text(&ok.stdout),
+        "hello.yaml: ok (workflow `test`, 2 nodes)\nthumbnails.yaml: ok (workflow `thumbnails`, 8 nodes)\n"
+    );
+    let bad = space.cli(&[
+        "validate",
+        "typo.yaml",
+        "dangling.yaml",
+        "cycle.yaml",
+        "garbage.json",
+        "missing.yaml",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 5, "one line per bad file: {err}");
+    let root = space.path().canonicalize().unwrap();
+    let at = |f: &str| root.join(f).display().to_string();
+    assert!(
+        lines[0].starts_with(&format!("{}:4:5: ", at("typo.yaml"))),
+        "{err}"
+    );
+    assert!(lines[0].contains("pyhton"), "{err}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "{}:7:16: task `b`: after names `nope`, which is no task of dangling.yaml",
+            at("dangling.yaml")
+        )
+    );
+    assert!(
+        lines[2].starts_with(&format!("{}:", at("cycle.yaml"))) && lines[2].contains("cycle"),
+        "{err}"
+    );
+    assert!(
+        lines[3].starts_with(&format!("{}:1:", at("garbage.json"))),
+        "{err}"
+    );
+    assert!(
+        lines[4].starts_with("missing.yaml: cannot read it"),
+        "{err}"
+    );
+    assert!(!space.db().exists(), "validate writes no database");
+}
+
+#[test]
+fn orch_schema_prints_the_json_schema_of_workflow_files() {
+    let space = Space::new();
+    let out = space.cli(&["schema"]);
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "orch workflow file");
+    assert!(schema["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("tasks")));
+    assert!(schema["$defs"]["TaskDoc"]["properties"]["each"].is_object());
+}
