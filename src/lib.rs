@@ -39,6 +39,8 @@ pub mod limits;
 pub mod model;
 pub mod picture;
 pub mod promise;
+#[cfg(feature = "files")]
+pub mod schedule;
 pub mod store;
 pub mod time;
 pub mod typed;

@@ -50,6 +50,8 @@ __all__ = [
     "output",
     "log",
     "fail",
+    "Pipeline",
+    "PythonTask",
 ]
 
 #: The protocol version this helper speaks (the ``"orch"`` key of every line).
@@ -456,3 +458,6 @@ def log(message, level="info"):
 def fail(message, retry=True):
     """Shortcut for ``start().fail(...)``: fail the attempt and exit with status 1."""
     return start().fail(message, retry)
+
+
+from .pipeline import Pipeline, PythonTask  # noqa: E402  (the pipeline API)

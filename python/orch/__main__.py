@@ -1,4 +1,5 @@
-"""Run a Python function as an orch task: ``python -m orch call pkg.module:function``.
+"""Run a Python function as an orch task: ``python -m orch call pkg.module:function``;
+read a pipeline file: ``python -m orch pipeline FILE``.
 
 This is how the orchestrator runs a ``python_fn`` task.  The function gets
 the node's inputs as keyword arguments when they are a JSON object (no
@@ -15,7 +16,8 @@ import traceback
 
 import orch
 
-USAGE = "usage: python -m orch call package.module:function"
+USAGE = ("usage: python -m orch call package.module:function\n"
+         "       python -m orch pipeline FILE.py")
 
 
 class _SpecError(Exception):
@@ -50,12 +52,64 @@ def _resolve(spec):
     return obj
 
 
+def pipeline(path):
+    """Evaluate a pipeline file and print its pipelines as one JSON object on
+    stdout: ``{"pipelines": [{"doc": ..., "line": N, "lines": {task: N}}]}``.
+
+    What the file prints goes to stderr; an exception is a traceback on
+    stderr and exit status 1.
+    """
+    import importlib.util
+    import json
+    import os
+
+    from orch import pipeline as pipelines
+
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    module = os.path.splitext(name)[0]
+    if not module.isidentifier():
+        print(f"{path}: the file name must be a Python module name "
+              f"(its functions run as {module}:function)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(module, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:  # SystemExit too: the file may not end the reader
+        traceback.print_exc()
+        return 1
+    found = []
+    for p in pipelines._PIPELINES:
+        for t in p.tasks:
+            if t.callable.__module__ in ("__main__", None):
+                print(f"{path}:{t.line}: PythonTask {t.task_id}: python_callable "
+                      f"comes from no importable module", file=sys.stderr)
+                return 1
+        found.append({
+            "doc": p.to_doc(),
+            "line": p.line,
+            "lines": {t.task_id: t.line for t in p.tasks},
+        })
+    json.dump({"pipelines": found}, out)
+    out.write("\n")
+    out.flush()
+    return 0
+
+
 def main(argv=None):
     """Entry point; returns the process exit status."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if len(args) == 2 and args[0] == "pipeline":
+        return pipeline(args[1])
     if len(args) != 2 or args[0] != "call":
         print(USAGE, file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ const HELPER_INIT: &str = include_str!("../../python/orch/__init__.py");
 const HELPER_MAIN: &str = include_str!("../../python/orch/__main__.py");
 const HELPER_FORKSERVER: &str = include_str!("../../python/orch/_forkserver.py");
 const HELPER_BUILTINS: &str = include_str!("../../python/orch/_builtins.py");
+const HELPER_PIPELINE: &str = include_str!("../../python/orch/pipeline.py");
 
 /// Writes the shipped Python helper package under `root` (once per
 /// content version) and returns the folder to put on `PYTHONPATH`.
@@ -76,6 +77,7 @@ pub fn install_helper(root: &Path) -> Result<PathBuf> {
         ("__main__.py", HELPER_MAIN),
         ("_forkserver.py", HELPER_FORKSERVER),
         ("_builtins.py", HELPER_BUILTINS),
+        ("pipeline.py", HELPER_PIPELINE),
     ];
     let hash = content_hash(files.iter().flat_map(|(_, text)| text.bytes()));
     let dir = root.join(format!("python-{hash}"));

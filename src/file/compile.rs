@@ -54,6 +54,12 @@ pub struct Compiled {
     pub places: HashMap<String, Place>,
     /// The folder of the file: tasks run there, scripts resolve there.
     pub dir: PathBuf,
+    /// When the scheduler starts runs, if the file says.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// Whether missed fire times run.
+    pub catchup: bool,
+    /// At most this many runs at once.
+    pub max_active_runs: Option<u32>,
 }
 
 impl Compiled {
@@ -85,6 +91,24 @@ pub fn compile(
     load: &mut Load<'_>,
 ) -> Result<Compiled, FileError> {
     let params = resolve_params(file, doc, given)?;
+    let schedule = match &doc.schedule {
+        Some(cron) => Some(
+            crate::schedule::Schedule::parse(
+                &cron.value,
+                doc.timezone.as_ref().map(|t| t.value.as_str()),
+            )
+            .map_err(|e| FileError::new(Place::of(file, cron), e))?,
+        ),
+        None => {
+            if let Some(tz) = &doc.timezone {
+                return Err(FileError::new(
+                    Place::of(file, tz),
+                    "`timezone` goes with `schedule`, which the file does not give",
+                ));
+            }
+            None
+        }
+    };
     let mut c = Compiler {
         mutations: Vec::new(),
         places: HashMap::new(),
@@ -114,6 +138,9 @@ pub fn compile(
         params,
         places: c.places,
         dir: c.base,
+        schedule,
+        catchup: doc.catchup,
+        max_active_runs: doc.max_active_runs,
     })
 }
 

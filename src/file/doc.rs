@@ -20,6 +20,24 @@ pub struct WorkflowDoc {
     /// What the workflow does, for people.
     #[serde(default)]
     pub description: Option<String>,
+    /// When the scheduler starts runs: cron with 6 fields (seconds first,
+    /// `"0 0 * * * *"`) or 5 (`"*/15 * * * *"`), or `@hourly`, `@daily`, ….
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub schedule: Option<Spanned<String>>,
+    /// The IANA time zone of the schedule (default `UTC`), e.g.
+    /// `Europe/Berlin`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timezone: Option<Spanned<String>>,
+    /// Run the fire times missed while no scheduler ran (default: only
+    /// the next one).
+    #[serde(default)]
+    pub catchup: bool,
+    /// At most this many runs of the workflow at once (scheduled or
+    /// backfilled); a fire time waits while as many run.
+    #[serde(default)]
+    pub max_active_runs: Option<u32>,
     /// Run parameters: each has a default value, or must be given when the
     /// run starts (`orch run FILE --param name=value`). Tasks read them in
     /// their inputs as `{"$param": "name"}`, and commands as `{{name}}`

@@ -24,6 +24,7 @@
 mod compile;
 pub mod doc;
 mod error;
+mod python;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use compile::{
 };
 pub use doc::WorkflowDoc;
 pub use error::{FileError, Place};
+pub use python::PIPELINE_TIMEOUT;
 
 use crate::error::Error;
 use crate::model::Mutation;
@@ -42,24 +44,122 @@ use crate::model::Mutation;
 /// The largest workflow file read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// Reads, parses, compiles and checks the workflow file at `path` (YAML
-/// or JSON: JSON is read as the YAML it also is) with the run parameters
-/// `params`.
+/// Reads, parses, compiles and checks the workflow file at `path` with
+/// the run parameters `params`: YAML, JSON (read as the YAML it also is),
+/// or a Python pipeline file (`.py`, evaluated in a subprocess with a
+/// time limit; it must declare one pipeline).
 pub fn load(path: &Path, params: &Map<String, Value>) -> Result<Compiled, FileError> {
+    load_pipeline(path, None, params)
+}
+
+/// [`load`] of the pipeline named `pipeline` of a Python file that
+/// declares several (for YAML and JSON files, the workflow's name must
+/// match).
+pub fn load_pipeline(
+    path: &Path,
+    pipeline: Option<&str>,
+    params: &Map<String, Value>,
+) -> Result<Compiled, FileError> {
+    if is_python(path) {
+        let canonical = canonical(path)?;
+        let mut found = python::evaluate(&canonical)?;
+        let names: Vec<String> = found.iter().map(|p| p.doc.name.value.clone()).collect();
+        let index = match (pipeline, found.len()) {
+            (None, 1) => 0,
+            (Some(name), _) if names.iter().any(|n| n == name) => {
+                names.iter().position(|n| n == name).expect("found")
+            }
+            (want, _) => {
+                return Err(FileError::new(
+                    Place::file(path),
+                    match want {
+                        Some(name) => format!(
+                            "declares no pipeline `{name}` (it declares: {})",
+                            names.join(", ")
+                        ),
+                        None if names.is_empty() => "declares no Pipeline".to_string(),
+                        None => format!(
+                            "declares {} pipelines ({}): name one",
+                            names.len(),
+                            names.join(", ")
+                        ),
+                    },
+                ))
+            }
+        };
+        let py = found.swap_remove(index);
+        let at_task = |id: &str| {
+            let line = py.lines.get(id).copied().or(py.line);
+            Place {
+                file: canonical.clone(),
+                at: line.map(|l| (l, 1)),
+            }
+        };
+        // Places in the printed document mean nothing to a person: name
+        // the lines of the Python file instead.
+        let relocate = |mut e: FileError| {
+            if e.place.file == canonical {
+                let id = e
+                    .message
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .find(|id| py.lines.contains_key(*id))
+                    .map(str::to_string);
+                e.place = match id {
+                    Some(id) => at_task(&id),
+                    None => Place {
+                        file: canonical.clone(),
+                        at: py.line.map(|l| (l, 1)),
+                    },
+                };
+            }
+            e
+        };
+        let mut load = |p: &Path| read(p);
+        let mut compiled = compile(&canonical, &py.doc, params, &mut load).map_err(relocate)?;
+        for (id, place) in compiled.places.iter_mut() {
+            if place.file == canonical {
+                *place = at_task(id);
+            }
+        }
+        check(&compiled).map_err(relocate)?;
+        return Ok(compiled);
+    }
     let (canonical, doc) = read(path)?;
+    if let Some(want) = pipeline.filter(|w| **w != doc.name.value) {
+        return Err(FileError::new(
+            Place::of(&canonical, &doc.name),
+            format!("the workflow is `{}`, not `{want}`", doc.name.value),
+        ));
+    }
     let mut load = |p: &Path| read(p);
     let compiled = compile(&canonical, &doc, params, &mut load)?;
     check(&compiled)?;
     Ok(compiled)
 }
 
+/// True for a Python pipeline file (`.py`).
+pub fn is_python(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "py")
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, FileError> {
+    path.canonicalize()
+        .map_err(|e| FileError::new(Place::file(path), format!("cannot read it: {e}")))
+}
+
 /// Reads and parses one workflow file; returns its canonical path with
 /// its document.
 pub fn read(path: &Path) -> Result<(PathBuf, WorkflowDoc), FileError> {
     let whole = Place::file(path);
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
+    let canonical = canonical(path)?;
+    if is_python(&canonical) {
+        return Err(FileError::new(
+            whole,
+            "a Python pipeline file cannot be included as a sub-workflow (use YAML or JSON)",
+        ));
+    }
     let file = std::fs::File::open(&canonical)
         .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
     let mut bytes = Vec::new();

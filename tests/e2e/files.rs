@@ -185,3 +185,100 @@ fn orch_schema_prints_the_json_schema_of_workflow_files() {
         .contains(&json!("tasks")));
     assert!(schema["$defs"]["TaskDoc"]["properties"]["each"].is_object());
 }
+
+#[test]
+fn the_seed_pipeline_file_runs_unchanged_but_for_its_import_line() {
+    let space = Space::new();
+    with_examples(&space);
+    let ok = space.cli(&["validate", "seed.py"]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "seed.py: ok (workflow `test`, 2 nodes)\n");
+    let out = space.cli(&["run", "seed.py"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = space.store().resolve_run("latest").unwrap();
+    let ex = space.export(&run);
+    assert_eq!(ex.workflow, "test");
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_eq!(
+        crate::util::edge_set(&ex),
+        crate::util::edges(&[("print_test1", "print_test2")])
+    );
+    for (node, line) in [("print_test1", "test1"), ("print_test2", "test2")] {
+        let logs = space.cli(&["logs", "latest", node]);
+        assert!(text(&logs.stdout).contains(line), "{}", text(&logs.stdout));
+    }
+}
+
+#[test]
+fn pipeline_files_that_hang_raise_or_print_garbage_are_errors_with_their_place() {
+    let space = Space::new();
+    let head = "from orch import Pipeline, PythonTask\n";
+    space
+        .write("hangs.py", &format!("{head}import time\ntime.sleep(600)\n"))
+        .write("raises.py", &format!("{head}p = Pipeline('x')\nraise RuntimeError('boom in the file')\n"))
+        .write("garbage.py", "import os\nprint('noise')\nos.write(1, b'{not json')\n")
+        .write(
+            "schedule.py",
+            &format!("{head}p = Pipeline('x', schedule='0 99 * * *')\ndef f(): pass\nPythonTask('a', python_callable=f, pipeline=p)\n"),
+        )
+        .write(
+            "cycle.py",
+            &format!(
+                "{head}p = Pipeline('x')\ndef f(): pass\na = PythonTask('a', python_callable=f, pipeline=p)\nb = PythonTask('b', python_callable=f, pipeline=p)\na >> b\nb >> a\n"
+            ),
+        )
+        .write(
+            "lambda.py",
+            &format!("{head}p = Pipeline('x')\nPythonTask('a', python_callable=lambda: 1, pipeline=p)\n"),
+        );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args([
+            "validate",
+            "hangs.py",
+            "raises.py",
+            "garbage.py",
+            "schedule.py",
+            "cycle.py",
+            "lambda.py",
+        ])
+        .env("ORCH_PIPELINE_TIMEOUT", "1")
+        .current_dir(space.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let root = space.path().canonicalize().unwrap();
+    let at = |f: &str| root.join(f).display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}: evaluating it took longer than 1s and was stopped",
+            at("hangs.py")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}: evaluating it failed", at("raises.py"))),
+        "{err}"
+    );
+    assert!(
+        err.contains("RuntimeError: boom in the file"),
+        "the traceback: {err}"
+    );
+    assert!(err.contains("garbage.py: declares no Pipeline"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2:1: schedule `0 99 * * *`: the hour field `99` is wrong",
+            at("schedule.py")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}:", at("cycle.py"))) && err.contains("cycle"),
+        "{err}"
+    );
+    assert!(
+        err.contains("python_callable must be a top-level function"),
+        "{err}"
+    );
+    assert!(!space.db().exists());
+}
