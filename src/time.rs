@@ -107,11 +107,21 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 /// assert_ne!(id, orch::time::new_run_id());
 /// ```
 pub fn new_run_id() -> String {
+    run_id_at(unix_millis())
+}
+
+/// A new run id for a run of the moment `ms` (milliseconds since the Unix
+/// epoch): a scheduled run's id carries its fire time.
+///
+/// ```
+/// let id = orch::time::run_id_at(1_780_000_000_000);
+/// assert!(id.starts_with("20260528-202640-"), "{id}");
+/// ```
+pub fn run_id_at(ms: u64) -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let ms = unix_millis();
     let (y, mo, d, h, mi, s) = civil(ms / 1000);
     // Randomly keyed per call, and fed a counter: two ids of one process
     // never hash the same input.

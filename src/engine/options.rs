@@ -38,6 +38,14 @@ pub struct RunOptions {
     /// What a node failing for good does to the rest of the run (default:
     /// fail fast).
     pub failure_policy: FailurePolicy,
+    /// The run's id (default: a new one); a second start with the same
+    /// id is refused.
+    pub run_id: Option<String>,
+    /// The fire time of a scheduled run (milliseconds since the Unix
+    /// epoch), recorded in its config.
+    pub fired_at: Option<u64>,
+    /// The run parameters, recorded in its config.
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for RunOptions {
@@ -52,6 +60,9 @@ impl Default for RunOptions {
             python_preload: Vec::new(),
             executor: None,
             failure_policy: FailurePolicy::FailFast,
+            run_id: None,
+            fired_at: None,
+            params: serde_json::Map::new(),
         }
     }
 }

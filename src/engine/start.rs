@@ -42,8 +42,10 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         python_fork: opts.python_fork,
         python_preload: opts.python_preload.clone(),
         failure_policy: opts.failure_policy,
+        fired_at: opts.fired_at.map(time::format_millis),
+        params: opts.params.clone(),
     };
-    let run_id = time::new_run_id();
+    let run_id = opts.run_id.clone().unwrap_or_else(time::new_run_id);
     let started = Event {
         seq: 1,
         at: time::now(),

@@ -35,6 +35,12 @@ pub struct RunConfig {
     /// What a node failing for good does to the rest of the run.
     #[serde(default, skip_serializing_if = "FailurePolicy::is_default")]
     pub failure_policy: FailurePolicy,
+    /// The fire time of a scheduled (or backfilled) run, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<String>,
+    /// The run parameters it was started with (workflow files).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a node that failed for good (its retries used up) does to the
@@ -118,6 +124,8 @@ impl RunConfig {
             python_fork: true,
             python_preload: Vec::new(),
             failure_policy: FailurePolicy::FailFast,
+            fired_at: None,
+            params: serde_json::Map::new(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     renewal_reports_lost_runs_and_release_frees(new().as_ref());
     signals_are_stored_listed_and_taken(new().as_ref());
     runs_resolve_by_prefix_and_latest(new().as_ref());
+    fire_times_are_claimed_once(Arc::from(new()));
 }
 
 /// A run with an input node `ask` and a command node `work` after it.
@@ -509,4 +510,39 @@ fn runs_resolve_by_prefix_and_latest(store: &dyn Store) {
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[0].id, "run-20260102-bbb");
     assert_eq!(runs[0].nodes, 2);
+}
+
+/// A fire time has one run: of many claims racing, one wins; a backfill
+/// replaces it; listings join the runs' statuses.
+fn fire_times_are_claimed_once(store: Arc<dyn Store>) {
+    let wins: Vec<bool> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .claim_fire("nightly", 1_000, &format!("run-{i}"), "schedule")
+                    .expect("claim")
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("a claimer"))
+        .collect();
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one winner: {wins:?}");
+    assert!(store.claim_fire("nightly", 2_000, "run-b", "schedule").expect("claim"));
+    assert!(store.claim_fire("other", 1_000, "run-o", "schedule").expect("another workflow"));
+    assert_eq!(store.last_fire("nightly").expect("last"), Some(2_000));
+    assert_eq!(store.last_fire("never").expect("last"), None);
+    let fires = store.fires("nightly", 0, 1_500).expect("fires");
+    assert_eq!(fires.len(), 1);
+    assert_eq!((fires[0].at_ms, fires[0].kind.as_str()), (1_000, "schedule"));
+    assert_eq!(fires[0].status, None, "no run registered under that id");
+    store.refire("nightly", 1_000, "run-again", "backfill").expect("refire");
+    let fires = store.fires("nightly", 1_000, 1_000).expect("fires");
+    assert_eq!((fires[0].run.as_str(), fires[0].kind.as_str()), ("run-again", "backfill"));
+    register(store.as_ref(), "run-b", &owner("e1"));
+    let fires = store.fires("nightly", 2_000, 2_000).expect("fires");
+    assert_eq!(fires[0].status, Some(RunStatus::Running), "the run's status joined");
+    assert_eq!(store.active_runs("conformance").expect("active"), 1);
+    assert_eq!(store.active_runs("nightly").expect("active"), 0);
 }

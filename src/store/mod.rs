@@ -104,6 +104,25 @@ pub struct RunSummary {
     pub finished_at: Option<String>,
     /// How many nodes it has.
     pub nodes: u64,
+    /// The fire time of a scheduled or backfilled run.
+    pub fired_at: Option<String>,
+}
+
+/// A fire time of a scheduled workflow and the run that fires it, as the
+/// store records it: each fire time is run at most once, whoever asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fire {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The fire time, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The run started for it.
+    pub run: String,
+    /// `schedule` or `backfill`.
+    pub kind: String,
+    /// The run's status (`None`: the run was not registered yet).
+    pub status: Option<crate::model::RunStatus>,
 }
 
 /// A run's first two events: `run_started`, then the registration batch.
@@ -223,6 +242,26 @@ pub trait Store: Send + Sync {
     /// The stored signals no run took yet, oldest first, for runs that
     /// have not ended.
     fn pending(&self) -> Result<Vec<Pending>>;
+
+    /// Records `run` as the run of `workflow`'s fire time `at_ms` (`kind`:
+    /// `schedule` or `backfill`), unless a run is recorded for it already:
+    /// true when this call recorded it. Two schedulers racing for a fire
+    /// time: one wins.
+    fn claim_fire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<bool>;
+
+    /// Records `run` as the run of the fire time, replacing the one
+    /// recorded (a backfill that runs it again).
+    fn refire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<()>;
+
+    /// The fire times of `workflow` in `[from_ms, to_ms]`, in order, with
+    /// their runs' statuses.
+    fn fires(&self, workflow: &str, from_ms: i64, to_ms: i64) -> Result<Vec<Fire>>;
+
+    /// The latest fire time recorded for `workflow`.
+    fn last_fire(&self, workflow: &str) -> Result<Option<i64>>;
+
+    /// How many runs of `workflow` have not ended.
+    fn active_runs(&self, workflow: &str) -> Result<u64>;
 
     /// Checks the database's own consistency.
     fn integrity_check(&self) -> Result<()>;

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde_json::Value;
 
 use super::lease::{self, Lease, Owner, OwnerRecord};
-use super::{LogLine, Pending, Registration, RunSummary, Signal, SignalId, Store};
+use super::{Fire, LogLine, Pending, Registration, RunSummary, Signal, SignalId, Store};
 use crate::error::{Error, Result};
 use crate::history::{
     AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState,
@@ -443,6 +443,15 @@ impl Store for SqliteStore {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(wrap)?;
+        let taken: bool = tx
+            .query_row("SELECT EXISTS(SELECT 1 FROM runs WHERE id = ?1)", [run], |r| r.get(0))
+            .map_err(wrap)?;
+        if taken {
+            return Err(Error::Refused {
+                what: format!("run {run}"),
+                message: "a run with this id exists already".into(),
+            });
+        }
         write_event(&tx, run, started, None).map_err(wrap)?;
         {
             // Serialised and dropped before the rows are written.
@@ -671,7 +680,8 @@ impl Store for SqliteStore {
         let mut stmt = c
             .prepare(
                 "SELECT id, workflow, status, created_at, finished_at,
-                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id)
+                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id),
+                        json_extract(config, '$.fired_at')
                  FROM runs ORDER BY created_at DESC, rowid DESC",
             )
             .map_err(|e| self.err(e))?;
@@ -684,6 +694,7 @@ impl Store for SqliteStore {
                     created_at: r.get(3)?,
                     finished_at: r.get(4)?,
                     nodes: r.get::<_, i64>(5)? as u64,
+                    fired_at: r.get(6)?,
                 })
             })
             .and_then(|rows| rows.collect())
@@ -819,6 +830,77 @@ impl Store for SqliteStore {
     }
 
     /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite says `ok`.
+    fn claim_fire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<bool> {
+        let c = self.lock();
+        let n = c
+            .prepare_cached(&format!(
+                "INSERT INTO fires (workflow, fire_at, run, kind, claimed_at)
+                 VALUES (?1, ?2, ?3, ?4, {NOW_MS}) ON CONFLICT DO NOTHING"
+            ))
+            .and_then(|mut s| s.execute(params![workflow, at_ms, run, kind]))
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn refire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<()> {
+        let c = self.lock();
+        c.prepare_cached(&format!(
+            "INSERT INTO fires (workflow, fire_at, run, kind, claimed_at)
+             VALUES (?1, ?2, ?3, ?4, {NOW_MS})
+             ON CONFLICT (workflow, fire_at) DO UPDATE SET run = ?3, kind = ?4, claimed_at = {NOW_MS}"
+        ))
+        .and_then(|mut s| s.execute(params![workflow, at_ms, run, kind]))
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn fires(&self, workflow: &str, from_ms: i64, to_ms: i64) -> Result<Vec<Fire>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT f.fire_at, f.run, f.kind, r.status FROM fires f
+                 LEFT JOIN runs r ON r.id = f.run
+                 WHERE f.workflow = ?1 AND f.fire_at BETWEEN ?2 AND ?3
+                 ORDER BY f.fire_at",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![workflow, from_ms, to_ms], |r| {
+                let status: Option<String> = r.get(3)?;
+                Ok(Fire {
+                    workflow: workflow.to_string(),
+                    at_ms: r.get(0)?,
+                    run: r.get(1)?,
+                    kind: r.get(2)?,
+                    status: status.and_then(|s| s.parse().ok()),
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    fn last_fire(&self, workflow: &str) -> Result<Option<i64>> {
+        let c = self.lock();
+        c.query_row(
+            "SELECT max(fire_at) FROM fires WHERE workflow = ?1",
+            [workflow],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    fn active_runs(&self, workflow: &str) -> Result<u64> {
+        let c = self.lock();
+        c.query_row(
+            "SELECT count(*) FROM runs WHERE workflow = ?1 AND status IN ('running', 'paused')",
+            [workflow],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n as u64)
+        .map_err(|e| self.err(e))
+    }
+
     fn integrity_check(&self) -> Result<()> {
         let c = self.lock();
         let res: String = c

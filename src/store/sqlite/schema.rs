@@ -1,10 +1,11 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 2 added run leases (`owner_id`, `owner`, `epoch`,
+/// Version 3 added the `fires` table (each fire time of a schedule and
+/// its run). Version 2 added run leases (`owner_id`, `owner`, `epoch`,
 /// `lease_until`) and the `signals` table (replacing `controls` and
 /// `inputs`: a migrated database moves their untaken rows into it and
 /// keeps the tables, unused).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// What a version-1 database needs to become version 2 (before `SCHEMA`,
 /// whose `CREATE ... IF NOT EXISTS` adds the new tables).
@@ -127,4 +128,13 @@ CREATE TABLE IF NOT EXISTS signals (
     taken_at TEXT
 );
 CREATE INDEX IF NOT EXISTS signals_open ON signals (taken_at, id);
+CREATE TABLE IF NOT EXISTS fires (
+    workflow TEXT NOT NULL,
+    fire_at INTEGER NOT NULL,
+    run TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    claimed_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow, fire_at)
+);
+CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow, status);
 "#;
