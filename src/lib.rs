@@ -41,6 +41,8 @@ pub mod picture;
 pub mod promise;
 #[cfg(feature = "files")]
 pub mod schedule;
+#[cfg(feature = "files")]
+pub mod scheduler;
 pub mod store;
 pub mod time;
 pub mod typed;

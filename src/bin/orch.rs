@@ -34,11 +34,24 @@ enum Command {
         /// Show at most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs with this status (running, paused, succeeded, failed,
+        /// promise_broken, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// One JSON object per run, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a run: status, nodes, failures.
     Show {
         /// Run id, unique prefix, or `latest`.
         run: String,
+        /// The run as JSON (its export), for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the logs of a node's attempts.
     Logs {
@@ -148,6 +161,46 @@ enum Command {
     },
     /// Print the JSON Schema of workflow files (for editors).
     Schema,
+    /// Run the pipelines of a folder on their cron schedules until SIGINT
+    /// or SIGTERM (files are read again when they change), or list them.
+    Scheduler {
+        /// The folder of pipeline files (.yaml, .yml, .json, and .py files
+        /// that declare a Pipeline).
+        dir: PathBuf,
+        /// List each pipeline with its schedule and next fire time, and
+        /// each file that does not load with its error; start nothing.
+        #[arg(long)]
+        list: bool,
+        /// With --list: one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the fire times of a pipeline's schedule in a range, each to its
+    /// end.
+    Backfill {
+        /// The pipeline file, or a folder of them (then name the pipeline).
+        path: PathBuf,
+        /// The pipeline (a folder's, or one of a Python file's several).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// The first moment of the range (RFC 3339, or a date: its midnight
+        /// UTC).
+        #[arg(long)]
+        from: String,
+        /// The last moment of the range (inclusive).
+        #[arg(long)]
+        to: String,
+        /// Which fire times run: missing (no run yet), failed (also those
+        /// whose run failed or was cancelled), all.
+        #[arg(long, default_value = "missing")]
+        reprocess: String,
+        /// At most this many runs at once.
+        #[arg(long, default_value_t = 1)]
+        max_active: usize,
+        /// One JSON object per fire time.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,6 +291,62 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             writeln!(out)?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Scheduler { dir, list, json } => {
+            if !dir.is_dir() {
+                return Err(format!("{} is not a folder", dir.display()).into());
+            }
+            if list {
+                return scheduler_list(&dir, &path, json);
+            }
+            orch::init_tracing();
+            let engine = orch::Engine::open(&path)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut scheduler = orch::scheduler::Scheduler::new(dir, engine);
+                scheduler.run().await
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Backfill {
+            path: file,
+            pipeline,
+            from,
+            to,
+            reprocess,
+            max_active,
+            json,
+        } => {
+            let reprocess: orch::scheduler::Reprocess = reprocess.parse()?;
+            let from = parse_moment("--from", &from)?;
+            let to = parse_moment("--to", &to)?;
+            let compiled = orch::scheduler::find(&file, pipeline.as_deref())?;
+            orch::init_tracing();
+            let engine = orch::Engine::open(&path)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(orch::scheduler::backfill(
+                &engine, &compiled, from, to, reprocess, max_active,
+            ))?;
+            let mut out = std::io::stdout().lock();
+            let mut failed = false;
+            for b in &report {
+                failed |= !(b.status == "succeeded" || b.status.starts_with("skipped"));
+                if json {
+                    serde_json::to_writer(&mut out, b)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{:<26} {:<28} {}", b.fire_time, b.run, b.status)?;
+                }
+            }
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
         _ => {}
     }
     // Commands that only read never write to the file (nor create one).
@@ -250,28 +359,60 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Runs { limit } => {
-            let runs = store.runs()?;
+        Command::Runs {
+            limit,
+            workflow,
+            status,
+            json,
+        } => {
+            if let Some(s) = &status {
+                s.parse::<orch::RunStatus>()?;
+            }
+            let runs: Vec<_> = store
+                .runs()?
+                .into_iter()
+                .filter(|r| workflow.as_ref().is_none_or(|w| *w == r.workflow))
+                .filter(|r| status.as_ref().is_none_or(|s| *s == r.status))
+                .take(limit)
+                .collect();
+            if json {
+                for r in &runs {
+                    serde_json::to_writer(&mut out, r)?;
+                    writeln!(out)?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if runs.is_empty() {
                 writeln!(out, "no runs in {}", path.display())?;
             } else {
                 writeln!(
                     out,
-                    "{:<28} {:<20} {:<15} {:>6}  {:<24}",
-                    "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED"
+                    "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
+                    "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED", "FIRE TIME"
                 )?;
             }
-            for r in runs.iter().take(limit) {
+            for r in &runs {
                 writeln!(
                     out,
-                    "{:<28} {:<20} {:<15} {:>6}  {:<24}",
-                    r.id, r.workflow, r.status, r.nodes, r.created_at
+                    "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
+                    r.id,
+                    r.workflow,
+                    r.status,
+                    r.nodes,
+                    r.created_at,
+                    r.fired_at.as_deref().unwrap_or("-")
                 )?;
             }
         }
-        Command::Show { run } => {
+        Command::Show { run, json } => {
             let id = store.resolve_run(&run)?;
-            show(&mut out, &store.export(&id)?)?;
+            let export = store.export(&id)?;
+            if json {
+                serde_json::to_writer(&mut out, &export)?;
+                writeln!(out)?;
+            } else {
+                show(&mut out, &export)?;
+            }
         }
         Command::Logs {
             run,
@@ -367,7 +508,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Restart { .. }
         | Command::Run { .. }
         | Command::Validate { .. }
-        | Command::Schema => {}
+        | Command::Schema
+        | Command::Scheduler { .. }
+        | Command::Backfill { .. } => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             // Bounded first: no integer silently rounded, nothing too
@@ -403,6 +546,66 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `orch scheduler DIR --list`: each pipeline with its schedule and next
+/// fire time, each file that does not load with its error (exit 1 when
+/// one does not).
+fn scheduler_list(
+    dir: &std::path::Path,
+    db: &std::path::Path,
+    json: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut folder = orch::scheduler::Folder::new(dir);
+    folder.reload();
+    // Fire times already recorded, when there is a database.
+    let store = SqliteStore::open_read_only(db).ok();
+    let lines = orch::scheduler::listing(
+        &folder,
+        store.as_ref().map(|s| s as &dyn Store),
+        jiff::Timestamp::now(),
+    );
+    let mut out = std::io::stdout().lock();
+    let mut errors = false;
+    for l in &lines {
+        errors |= l.error.is_some();
+        if json {
+            serde_json::to_writer(&mut out, l)?;
+            writeln!(out)?;
+            continue;
+        }
+        match (&l.pipeline, &l.error) {
+            (_, Some(e)) => writeln!(out, "import error: {e}")?,
+            (Some(name), None) => writeln!(
+                out,
+                "{}: pipeline `{name}`, schedule {}, next fire time {}",
+                l.file.display(),
+                l.schedule.as_ref().map_or("none".to_string(), |s| format!(
+                    "`{s}` ({})",
+                    l.timezone.as_deref().unwrap_or("UTC")
+                )),
+                l.next_fire.as_deref().unwrap_or("-")
+            )?,
+            (None, None) => {}
+        }
+    }
+    Ok(if errors {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A moment of `--from`/`--to`: RFC 3339, or a date (its midnight UTC).
+fn parse_moment(flag: &str, text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    text.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| z.timestamp())
+        .ok_or_else(|| format!("{flag} `{text}` is neither an RFC 3339 time (2026-01-01T00:00:00Z) nor a date (2026-01-01)"))
 }
 
 /// `--- NODE attempt N (pid P, how it ended)`.

@@ -55,8 +55,8 @@ pub use crate::model::RunConfig;
 pub use observe::Observer;
 pub use options::RunOptions;
 pub use outcome::RunOutcome;
-pub use stop::stop_grace;
 pub(crate) use stop::wait_or_stop;
+pub use stop::{stop_grace, StopSignals};
 
 use crate::error::{Error, Result};
 use crate::exec::Executor;

@@ -73,6 +73,31 @@ pub(crate) async fn wait_or_stop(engine: &Engine, handle: RunHandle) -> Result<R
     }
 }
 
+/// `SIGINT` and `SIGTERM` for a long-lived host (the scheduler): while
+/// this value lives, the signals arrive through [`StopSignals::next`]
+/// instead of ending the process, if the program left them at their
+/// default disposition (otherwise `next` never returns and the program's
+/// own handlers stay).
+pub struct StopSignals(Option<Handlers>);
+
+impl StopSignals {
+    /// Installs the handlers when it can.
+    pub fn install() -> StopSignals {
+        StopSignals(Handlers::install())
+    }
+
+    /// The next signal's number.
+    pub async fn next(&mut self) -> i32 {
+        match &mut self.0 {
+            Some(h) => match h.rx.recv().await {
+                Some(signal) => signal,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// The write end of the process's signal pipe (`-1` until created).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 

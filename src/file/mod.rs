@@ -60,82 +60,109 @@ pub fn load_pipeline(
     pipeline: Option<&str>,
     params: &Map<String, Value>,
 ) -> Result<Compiled, FileError> {
-    if is_python(path) {
-        let canonical = canonical(path)?;
-        let mut found = python::evaluate(&canonical)?;
-        let names: Vec<String> = found.iter().map(|p| p.doc.name.value.clone()).collect();
-        let index = match (pipeline, found.len()) {
-            (None, 1) => 0,
-            (Some(name), _) if names.iter().any(|n| n == name) => {
-                names.iter().position(|n| n == name).expect("found")
-            }
-            (want, _) => {
-                return Err(FileError::new(
-                    Place::file(path),
-                    match want {
-                        Some(name) => format!(
-                            "declares no pipeline `{name}` (it declares: {})",
-                            names.join(", ")
-                        ),
-                        None if names.is_empty() => "declares no Pipeline".to_string(),
-                        None => format!(
-                            "declares {} pipelines ({}): name one",
-                            names.len(),
-                            names.join(", ")
-                        ),
-                    },
-                ))
-            }
-        };
-        let py = found.swap_remove(index);
-        let at_task = |id: &str| {
-            let line = py.lines.get(id).copied().or(py.line);
-            Place {
-                file: canonical.clone(),
-                at: line.map(|l| (l, 1)),
-            }
-        };
-        // Places in the printed document mean nothing to a person: name
-        // the lines of the Python file instead.
-        let relocate = |mut e: FileError| {
-            if e.place.file == canonical {
-                let id = e
-                    .message
-                    .split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .find(|id| py.lines.contains_key(*id))
-                    .map(str::to_string);
-                e.place = match id {
-                    Some(id) => at_task(&id),
-                    None => Place {
-                        file: canonical.clone(),
-                        at: py.line.map(|l| (l, 1)),
-                    },
-                };
-            }
-            e
-        };
-        let mut load = |p: &Path| read(p);
-        let mut compiled = compile(&canonical, &py.doc, params, &mut load).map_err(relocate)?;
-        for (id, place) in compiled.places.iter_mut() {
-            if place.file == canonical {
-                *place = at_task(id);
-            }
+    if !is_python(path) {
+        let (canonical, doc) = read(path)?;
+        if let Some(want) = pipeline.filter(|w| **w != doc.name.value) {
+            return Err(FileError::new(
+                Place::of(&canonical, &doc.name),
+                format!("the workflow is `{}`, not `{want}`", doc.name.value),
+            ));
         }
-        check(&compiled).map_err(relocate)?;
+        let mut load = |p: &Path| read(p);
+        let compiled = compile(&canonical, &doc, params, &mut load)?;
+        check(&compiled)?;
         return Ok(compiled);
     }
-    let (canonical, doc) = read(path)?;
-    if let Some(want) = pipeline.filter(|w| **w != doc.name.value) {
-        return Err(FileError::new(
-            Place::of(&canonical, &doc.name),
-            format!("the workflow is `{}`, not `{want}`", doc.name.value),
-        ));
+    let canonical = canonical(path)?;
+    let mut found = python::evaluate(&canonical)?;
+    let names: Vec<String> = found.iter().map(|p| p.doc.name.value.clone()).collect();
+    let index = match (pipeline, found.len()) {
+        (None, 1) => 0,
+        (Some(name), _) if names.iter().any(|n| n == name) => {
+            names.iter().position(|n| n == name).expect("found")
+        }
+        (want, _) => {
+            return Err(FileError::new(
+                Place::file(path),
+                match want {
+                    Some(name) => format!(
+                        "declares no pipeline `{name}` (it declares: {})",
+                        names.join(", ")
+                    ),
+                    None if names.is_empty() => "declares no Pipeline".to_string(),
+                    None => format!(
+                        "declares {} pipelines ({}): name one",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                },
+            ))
+        }
+    };
+    compile_python(&canonical, found.swap_remove(index), params)
+}
+
+/// Every workflow of a file with its default parameters: the one of a
+/// YAML or JSON file, each pipeline of a Python file (evaluated once).
+/// The scheduler reads folders with it.
+pub fn load_all(path: &Path) -> Result<Vec<Compiled>, FileError> {
+    if !is_python(path) {
+        return load(path, &Map::new()).map(|c| vec![c]);
     }
+    let canonical = canonical(path)?;
+    let found = python::evaluate(&canonical)?;
+    if found.is_empty() {
+        return Err(FileError::new(Place::file(path), "declares no Pipeline"));
+    }
+    found
+        .into_iter()
+        .map(|p| compile_python(&canonical, p, &Map::new()))
+        .collect()
+}
+
+/// Compiles one pipeline of the Python file `canonical`, naming the lines
+/// of the file in errors and places.
+fn compile_python(
+    canonical: &Path,
+    py: python::PyPipeline,
+    params: &Map<String, Value>,
+) -> Result<Compiled, FileError> {
+    let at_task = |id: &str| {
+        let line = py.lines.get(id).copied().or(py.line);
+        Place {
+            file: canonical.to_path_buf(),
+            at: line.map(|l| (l, 1)),
+        }
+    };
+    // Places in the printed document mean nothing to a person: name the
+    // lines of the Python file instead.
+    let relocate = |mut e: FileError| {
+        if e.place.file == canonical {
+            let id = e
+                .message
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .find(|id| py.lines.contains_key(*id))
+                .map(str::to_string);
+            e.place = match id {
+                Some(id) => at_task(&id),
+                None => Place {
+                    file: canonical.to_path_buf(),
+                    at: py.line.map(|l| (l, 1)),
+                },
+            };
+        }
+        e
+    };
     let mut load = |p: &Path| read(p);
-    let compiled = compile(&canonical, &doc, params, &mut load)?;
-    check(&compiled)?;
+    let mut compiled = compile(canonical, &py.doc, params, &mut load).map_err(relocate)?;
+    for (id, place) in compiled.places.iter_mut() {
+        if place.file == canonical {
+            *place = at_task(id);
+        }
+    }
+    check(&compiled).map_err(relocate)?;
     Ok(compiled)
 }
 

@@ -528,21 +528,41 @@ fn fire_times_are_claimed_once(store: Arc<dyn Store>) {
         .into_iter()
         .map(|h| h.join().expect("a claimer"))
         .collect();
-    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one winner: {wins:?}");
-    assert!(store.claim_fire("nightly", 2_000, "run-b", "schedule").expect("claim"));
-    assert!(store.claim_fire("other", 1_000, "run-o", "schedule").expect("another workflow"));
+    assert_eq!(
+        wins.iter().filter(|w| **w).count(),
+        1,
+        "one winner: {wins:?}"
+    );
+    assert!(store
+        .claim_fire("nightly", 2_000, "run-b", "schedule")
+        .expect("claim"));
+    assert!(store
+        .claim_fire("other", 1_000, "run-o", "schedule")
+        .expect("another workflow"));
     assert_eq!(store.last_fire("nightly").expect("last"), Some(2_000));
     assert_eq!(store.last_fire("never").expect("last"), None);
     let fires = store.fires("nightly", 0, 1_500).expect("fires");
     assert_eq!(fires.len(), 1);
-    assert_eq!((fires[0].at_ms, fires[0].kind.as_str()), (1_000, "schedule"));
+    assert_eq!(
+        (fires[0].at_ms, fires[0].kind.as_str()),
+        (1_000, "schedule")
+    );
     assert_eq!(fires[0].status, None, "no run registered under that id");
-    store.refire("nightly", 1_000, "run-again", "backfill").expect("refire");
+    store
+        .refire("nightly", 1_000, "run-again", "backfill")
+        .expect("refire");
     let fires = store.fires("nightly", 1_000, 1_000).expect("fires");
-    assert_eq!((fires[0].run.as_str(), fires[0].kind.as_str()), ("run-again", "backfill"));
+    assert_eq!(
+        (fires[0].run.as_str(), fires[0].kind.as_str()),
+        ("run-again", "backfill")
+    );
     register(store.as_ref(), "run-b", &owner("e1"));
     let fires = store.fires("nightly", 2_000, 2_000).expect("fires");
-    assert_eq!(fires[0].status, Some(RunStatus::Running), "the run's status joined");
+    assert_eq!(
+        fires[0].status,
+        Some(RunStatus::Running),
+        "the run's status joined"
+    );
     assert_eq!(store.active_runs("conformance").expect("active"), 1);
     assert_eq!(store.active_runs("nightly").expect("active"), 0);
 }

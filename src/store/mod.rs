@@ -90,7 +90,7 @@ pub struct Pending {
 }
 
 /// A line of `orch runs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RunSummary {
     /// The run id.
     pub id: String,

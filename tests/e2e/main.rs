@@ -16,6 +16,7 @@ mod logs;
 mod pictures;
 mod promises;
 mod python_helper;
+mod scheduler;
 mod shapes;
 mod stop;
 mod structure;

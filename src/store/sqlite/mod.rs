@@ -444,7 +444,11 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(wrap)?;
         let taken: bool = tx
-            .query_row("SELECT EXISTS(SELECT 1 FROM runs WHERE id = ?1)", [run], |r| r.get(0))
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM runs WHERE id = ?1)",
+                [run],
+                |r| r.get(0),
+            )
             .map_err(wrap)?;
         if taken {
             return Err(Error::Refused {

@@ -334,7 +334,10 @@ fn a_version_1_database_is_migrated_with_its_pending_signals() {
     );
     // Version 3's table is there too.
     assert!(store.claim_fire("w", 1, "r", "schedule").unwrap());
-    assert_eq!(store.fires("w", 0, 10).unwrap()[0].status, Some(crate::model::RunStatus::Running));
+    assert_eq!(
+        store.fires("w", 0, 10).unwrap()[0].status,
+        Some(crate::model::RunStatus::Running)
+    );
     // Opening it again changes nothing.
     drop(store);
     assert_eq!(
