@@ -129,7 +129,7 @@ fn orch_validate_names_the_file_line_column_and_task_and_runs_nothing() {
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert_eq!(
         text(&ok.stdout),
-        "hello.yaml: ok (workflow `test`, 2 nodes)\nthumbnails.yaml: ok (workflow `thumbnails`, 8 nodes)\n"
+        "hello.yaml: ok (workflow `test_yaml`, 2 nodes)\nthumbnails.yaml: ok (workflow `thumbnails`, 8 nodes)\n"
     );
     let bad = space.cli(&[
         "validate",
