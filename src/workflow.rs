@@ -183,6 +183,60 @@ impl Workflow {
         self
     }
 
+    /// Fires the workflow on a cron schedule when a scheduler hosts it
+    /// ([`crate::scheduler::Scheduler::for_workflows`]): 6 fields with
+    /// seconds first (`"0 0 * * * *"`) or 5, in [`Workflow::timezone`].
+    /// The pattern is checked when the scheduler takes the workflow.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("nightly");
+    /// wf.schedule("0 30 2 * * *").timezone("Europe/Berlin").max_active_runs(1);
+    /// assert_eq!(wf.definition().triggers.schedule.as_deref(), Some("0 30 2 * * *"));
+    /// ```
+    pub fn schedule(&mut self, cron: &str) -> &mut Workflow {
+        self.def.triggers.schedule = Some(cron.to_string());
+        self
+    }
+
+    /// The IANA time zone of the schedule (default UTC).
+    pub fn timezone(&mut self, zone: &str) -> &mut Workflow {
+        self.def.triggers.timezone = Some(zone.to_string());
+        self
+    }
+
+    /// Runs the fire times missed while no scheduler ran (default: off).
+    pub fn catchup(&mut self, on: bool) -> &mut Workflow {
+        self.def.triggers.catchup = on;
+        self
+    }
+
+    /// At most `n` runs of the workflow at once under a scheduler.
+    pub fn max_active_runs(&mut self, n: u32) -> &mut Workflow {
+        self.def.triggers.max_active_runs = Some(n);
+        self
+    }
+
+    /// Starts a run whenever an event is pushed under `key` (`orch event
+    /// push KEY JSON`), the payload's fields as parameters.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("on_order");
+    /// wf.on_event("orders.new").param("order", serde_json::json!(null));
+    /// wf.node("handle", orch::Task::command(["true"])).input("order", serde_json::json!({"$param": "order"}));
+    /// ```
+    pub fn on_event(&mut self, key: &str) -> &mut Workflow {
+        self.def.triggers.events.push(key.to_string());
+        self
+    }
+
+    /// Declares a run parameter with its default: each `{"$param":
+    /// "name"}` in the inputs becomes the value a run is started with
+    /// (an event's payload field, or this default).
+    pub fn param(&mut self, name: &str, default: Value) -> &mut Workflow {
+        self.def.triggers.params.insert(name.to_string(), default);
+        self
+    }
+
     /// The timeout of attempts whose task sets none.
     pub fn default_timeout(&mut self, d: Duration) -> &mut Workflow {
         self.opts.default_timeout = Some(d);

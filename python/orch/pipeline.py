@@ -36,7 +36,7 @@ class Pipeline:
 
     def __init__(self, name, schedule=None, *, params=None, keep_going=False,
                  max_parallel=None, description=None, catchup=False,
-                 max_active_runs=None, timezone=None):
+                 max_active_runs=None, timezone=None, events=None):
         if not isinstance(name, str) or not name:
             raise ValueError(f"Pipeline: name must be a non-empty str, got {name!r}")
         if schedule is not None and not isinstance(schedule, str):
@@ -50,6 +50,7 @@ class Pipeline:
         self.catchup = bool(catchup)
         self.max_active_runs = max_active_runs
         self.timezone = timezone
+        self.events = list(events or [])
         self.tasks = []
         self.line = _caller_line()
         _PIPELINES.append(self)
@@ -78,6 +79,8 @@ class Pipeline:
             doc["keep_going"] = True
         if self.max_parallel is not None:
             doc["max_parallel"] = self.max_parallel
+        if self.events:
+            doc["events"] = self.events
         return doc
 
 

@@ -28,6 +28,52 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum EventCommand {
+    /// Push an event: a scheduler starts every workflow subscribed to KEY
+    /// (the payload's fields as parameters), and every input node listening
+    /// for KEY in a running run takes the payload as its value.
+    Push {
+        /// The event key.
+        key: String,
+        /// The payload, as JSON (default: {}).
+        payload: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TimerCommand {
+    /// Start a timer firing WORKFLOW (a pipeline of the scheduler that
+    /// runs on this database) once at --at or after --after, or on --cron.
+    Start {
+        /// The workflow (pipeline) name.
+        workflow: String,
+        /// Once, at this moment (RFC 3339, or a date: its midnight UTC).
+        #[arg(long, conflicts_with_all = ["after", "cron"])]
+        at: Option<String>,
+        /// Once, after this long (seconds, or 30s, 5m, 2h).
+        #[arg(long, conflicts_with = "cron")]
+        after: Option<String>,
+        /// Recurring, on this cron pattern (6 fields with seconds, or 5).
+        #[arg(long)]
+        cron: Option<String>,
+        /// The cron pattern's IANA time zone (default UTC).
+        #[arg(long, requires = "cron")]
+        timezone: Option<String>,
+    },
+    /// Stop a timer.
+    Stop {
+        /// The timer's id.
+        id: i64,
+    },
+    /// List the timers with their status and next fire time.
+    List {
+        /// One JSON object per timer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// List runs, newest first.
     Runs {
@@ -175,6 +221,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Events: start the workflows subscribed to a key, and deliver the
+    /// payload to input nodes listening for it.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Timers: fire a workflow of a running scheduler once at a moment,
+    /// after a delay, or on a cron schedule.
+    #[command(subcommand)]
+    Timer(TimerCommand),
     /// Run the fire times of a pipeline's schedule in a range, each to its
     /// end.
     Backfill {
@@ -309,6 +363,28 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             })?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Event(EventCommand::Push { key, payload }) => {
+            if key.trim().is_empty() || key.len() > 256 {
+                return Err("an event key is 1 to 256 characters".into());
+            }
+            let payload: serde_json::Value = match payload {
+                Some(text) => {
+                    orch::limits::check_json(&text).map_err(|e| format!("the payload: {e}"))?;
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("the payload is not JSON: {e}"))?
+                }
+                None => serde_json::json!({}),
+            };
+            let store = SqliteStore::open(&path)?;
+            let (id, delivered) = store.push_event(&key, &payload)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "pushed event {id} under `{key}`")?;
+            for (run, node) in delivered {
+                writeln!(out, "delivered to node `{node}` of run {run}")?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Timer(command) => return timer(&path, command),
         Command::Backfill {
             path: file,
             pipeline,
@@ -510,7 +586,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Validate { .. }
         | Command::Schema
         | Command::Scheduler { .. }
-        | Command::Backfill { .. } => {}
+        | Command::Backfill { .. }
+        | Command::Event(_)
+        | Command::Timer(_) => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             // Bounded first: no integer silently rounded, nothing too
@@ -594,6 +672,128 @@ fn scheduler_list(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `orch timer start|stop|list`.
+fn timer(
+    db: &std::path::Path,
+    command: TimerCommand,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        TimerCommand::Start {
+            workflow,
+            at,
+            after,
+            cron,
+            timezone,
+        } => {
+            let at_ms = match (at, after, &cron) {
+                (Some(at), _, _) => Some(parse_moment("--at", &at)?.as_millisecond()),
+                (None, Some(after), _) => {
+                    let d = parse_delay(&after)?;
+                    Some(jiff::Timestamp::now().as_millisecond() + d.as_millis() as i64)
+                }
+                (None, None, Some(c)) => {
+                    orch::schedule::Schedule::parse(c, timezone.as_deref())?;
+                    None
+                }
+                (None, None, None) => return Err("say when: --at, --after or --cron".into()),
+            };
+            let store = SqliteStore::open(db)?;
+            let id = store.add_timer(&workflow, at_ms, cron.as_deref(), timezone.as_deref())?;
+            writeln!(out, "timer {id} fires `{workflow}`")?;
+        }
+        TimerCommand::Stop { id } => {
+            let store = SqliteStore::open_existing(db)?;
+            if !store.stop_timer(id)? {
+                return Err(
+                    format!("timer {id} does not run (no such timer, or stopped already)").into(),
+                );
+            }
+            writeln!(out, "timer {id} stopped")?;
+        }
+        TimerCommand::List { json } => {
+            let store = SqliteStore::open_read_only(db)?;
+            let now = jiff::Timestamp::now();
+            for t in store.timers()? {
+                let last = store.last_fire(&t.fire_key())?;
+                let (status, next) = if t.stopped_ms.is_some() {
+                    ("stopped", None)
+                } else if let Some(at) = t.at_ms {
+                    if last.is_some() {
+                        ("done", None)
+                    } else {
+                        ("waiting", jiff::Timestamp::from_millisecond(at).ok())
+                    }
+                } else {
+                    let next = t.cron.as_deref().and_then(|c| {
+                        orch::schedule::Schedule::parse(c, t.timezone.as_deref())
+                            .ok()
+                            .and_then(|s| s.next_after(now))
+                    });
+                    ("active", next)
+                };
+                let when = match (&t.cron, t.at_ms) {
+                    (Some(c), _) => {
+                        format!("cron `{c}` ({})", t.timezone.as_deref().unwrap_or("UTC"))
+                    }
+                    (None, Some(at)) => format!(
+                        "at {}",
+                        jiff::Timestamp::from_millisecond(at)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default()
+                    ),
+                    (None, None) => String::new(),
+                };
+                if json {
+                    let mut v = serde_json::to_value(&t)?;
+                    v["status"] = status.into();
+                    v["next_fire"] = next.map(|n| n.to_string()).into();
+                    serde_json::to_writer(&mut out, &v)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<5} {:<20} {:<8} {:<40} next {}",
+                        t.id,
+                        t.workflow,
+                        status,
+                        when,
+                        next.map_or("-".to_string(), |n| n.to_string())
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A delay: seconds, or a number with `s`, `m`, `h` or `d`.
+fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("--after `{text}` is not a delay (say 90, 30s, 5m, 2h or 1d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        other => {
+            return Err(format!(
+                "--after `{text}`: unknown unit `{other}` (s, m, h or d)"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| d.as_secs() < 100 * 365 * 86_400)
+        .ok_or_else(|| format!("--after `{text}` is not a delay orch can wait"))
 }
 
 /// A moment of `--from`/`--to`: RFC 3339, or a date (its midnight UTC).

@@ -591,7 +591,7 @@ impl Runner {
             Signal::Input { node, value } => {
                 let target = self.state.graph.position(&node).filter(|&i| {
                     let n = self.state.graph.node(i);
-                    matches!(n.task.exec, Exec::Input {}) && !n.state.is_terminal()
+                    matches!(n.task.exec, Exec::Input { .. }) && !n.state.is_terminal()
                 });
                 match target {
                     Some(i) if self.waiting.contains(&i) => {
@@ -748,7 +748,7 @@ impl Runner {
         let attempt = self.state.next_attempt(i);
         let n = self.state.graph.node(i);
         let task = crate::Task::clone(&n.task);
-        if matches!(task.exec, Exec::Input {}) {
+        if matches!(task.exec, Exec::Input { .. }) {
             // No process: the node waits for a delivered value.
             self.emit(EventKind::NodeState {
                 node: node.clone(),

@@ -22,6 +22,16 @@ use super::{Engine, RunConfig, RunOptions};
 /// drive.
 pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> Result<Runner> {
     native::refuse_task_mode()?;
+    // A definition with parameters runs with them in place (copied only
+    // then: a big registration is otherwise never copied).
+    let filled;
+    let (def, params) = if def.triggers.params.is_empty() && opts.params.is_empty() {
+        (def, opts.params.clone())
+    } else {
+        let (with, params) = with_params(def, &opts.params)?;
+        filled = with;
+        (&filled, params)
+    };
     let base_dir = match &opts.dir {
         Some(d) => d.clone(),
         None => {
@@ -43,7 +53,7 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         python_preload: opts.python_preload.clone(),
         failure_policy: opts.failure_policy,
         fired_at: opts.fired_at.map(time::format_millis),
-        params: opts.params.clone(),
+        params,
     };
     let run_id = opts.run_id.clone().unwrap_or_else(time::new_run_id);
     let started = Event {
@@ -123,6 +133,45 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
     }
     runner.announce("run started");
     Ok(runner)
+}
+
+/// `def` with its parameters in place: `given` over the defaults the
+/// definition declares; an unknown one is refused by name. Returns the
+/// parameters the run gets.
+fn with_params(
+    def: &Definition,
+    given: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(Definition, serde_json::Map<String, serde_json::Value>)> {
+    let refuse = |message: String| Error::Refused {
+        what: format!("the parameters of `{}`", def.name),
+        message,
+    };
+    let declared = &def.triggers.params;
+    let mut params = declared.clone();
+    for (k, v) in given {
+        // Files fill their parameters when they compile and declare none
+        // here; what they were given is recorded as is.
+        if !declared.is_empty() && !declared.contains_key(k) {
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+            return Err(refuse(format!(
+                "unknown parameter `{k}` (the workflow declares {})",
+                names.join(", ")
+            )));
+        }
+        crate::limits::check_value(v).map_err(|e| refuse(format!("parameter `{k}`: {e}")))?;
+        params.insert(k.clone(), v.clone());
+    }
+    if declared.is_empty() {
+        return Ok((def.clone(), params));
+    }
+    let mut filled = def.clone();
+    for m in &mut filled.registration {
+        if let Mutation::AddNode { id, inputs, .. } = m {
+            *inputs = crate::model::fill_params(inputs, &params)
+                .map_err(|e| refuse(format!("inputs of `{id}`: {e}")))?;
+        }
+    }
+    Ok((filled, params))
 }
 
 /// Checks a definition exactly as [`super::Engine::start`] does before

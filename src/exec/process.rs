@@ -326,7 +326,7 @@ impl ProcessExecutor {
                     .arg(format!("{module}:{function}"));
                 c
             }
-            Exec::Input {} => {
+            Exec::Input { .. } => {
                 return Err(LaunchError::Unsupported {
                     kind: "input",
                     why: "an input task runs no process; the engine waits for its value".into(),

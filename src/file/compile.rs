@@ -60,6 +60,12 @@ pub struct Compiled {
     pub catchup: bool,
     /// At most this many runs at once.
     pub max_active_runs: Option<u32>,
+    /// The event keys that start a run.
+    pub events: Vec<String>,
+    /// Parameters without default that were not given: compiled as null
+    /// placeholders by [`super::load_all`] (a scheduler starts such a
+    /// workflow only with them, from an event's payload).
+    pub needs: Vec<String>,
 }
 
 impl Compiled {
@@ -74,6 +80,7 @@ impl Compiled {
         if self.keep_going {
             opts.failure_policy = crate::model::FailurePolicy::KeepGoing;
         }
+        opts.params = self.params.clone();
         opts
     }
 }
@@ -109,6 +116,17 @@ pub fn compile(
             None
         }
     };
+    let mut events = Vec::new();
+    for key in &doc.events {
+        let k = key.value.trim();
+        if k.is_empty() || k.len() > 256 || k.chars().any(char::is_control) {
+            return Err(FileError::new(
+                Place::of(file, key),
+                "an event key is 1 to 256 printable characters",
+            ));
+        }
+        events.push(k.to_string());
+    }
     let mut c = Compiler {
         mutations: Vec::new(),
         places: HashMap::new(),
@@ -131,8 +149,16 @@ pub fn compile(
         c.mutations.push(Mutation::AddPromise { promise });
     }
     let mutations = without_repeated_edges(c.mutations);
+    let mut definition = Definition::new(doc.name.value.clone(), mutations);
+    // The parameters are in place already; the rest is what a scheduler
+    // reads.
+    definition.triggers.schedule = doc.schedule.as_ref().map(|s| s.value.clone());
+    definition.triggers.timezone = doc.timezone.as_ref().map(|t| t.value.clone());
+    definition.triggers.catchup = doc.catchup;
+    definition.triggers.max_active_runs = doc.max_active_runs;
+    definition.triggers.events = events.clone();
     Ok(Compiled {
-        definition: Definition::new(doc.name.value.clone(), mutations),
+        definition,
         max_parallel: doc.max_parallel,
         keep_going: doc.keep_going,
         params,
@@ -141,6 +167,8 @@ pub fn compile(
         schedule,
         catchup: doc.catchup,
         max_active_runs: doc.max_active_runs,
+        events,
+        needs: Vec::new(),
     })
 }
 
@@ -506,6 +534,9 @@ impl Compiler<'_, '_> {
         t: &TaskDoc,
         fail: &dyn Fn(String) -> FileError,
     ) -> Result<Task, FileError> {
+        if t.listen.is_some() && t.input != Some(true) {
+            return Err(fail("`listen` goes with `input: true`".into()));
+        }
         let mut task = if let Some(script) = &t.python {
             if script.is_empty() {
                 return Err(fail("python names no script".into()));
@@ -536,7 +567,13 @@ impl Compiler<'_, '_> {
                 .collect::<Result<Vec<_>, _>>()?;
             Task::command(argv)
         } else if t.input == Some(true) {
-            Task::input()
+            match &t.listen {
+                Some(key) if key.trim().is_empty() => {
+                    return Err(fail("listen names no event key".into()))
+                }
+                Some(key) => Task::input_on(key.trim()),
+                None => Task::input(),
+            }
         } else if t.input == Some(false) {
             return Err(fail("`input: false` runs nothing; leave it out".into()));
         } else {

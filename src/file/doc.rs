@@ -38,6 +38,11 @@ pub struct WorkflowDoc {
     /// backfilled); a fire time waits while as many run.
     #[serde(default)]
     pub max_active_runs: Option<u32>,
+    /// Event keys that start a run (`orch event push KEY JSON`, the
+    /// payload's fields as parameters), while a scheduler reads the file.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub events: Vec<Spanned<String>>,
     /// Run parameters: each has a default value, or must be given when the
     /// run starts (`orch run FILE --param name=value`). Tasks read them in
     /// their inputs as `{"$param": "name"}`, and commands as `{{name}}`
@@ -101,6 +106,10 @@ pub struct TaskDoc {
     /// `true`: no process; the node waits for a value (`orch input`).
     #[serde(default)]
     pub input: Option<bool>,
+    /// With `input: true`: the node also takes the payload of an event
+    /// pushed under this key while it waits.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Tasks that run side by side; `after: [ID]` waits for all of them.
     #[serde(default)]
     pub parallel: Option<Vec<TaskDoc>>,

@@ -107,7 +107,13 @@ pub fn load_pipeline(
 /// The scheduler reads folders with it.
 pub fn load_all(path: &Path) -> Result<Vec<Compiled>, FileError> {
     if !is_python(path) {
-        return load(path, &Map::new()).map(|c| vec![c]);
+        let (canonical, doc) = read(path)?;
+        let (placeholders, needs) = placeholders(&doc);
+        let mut load = |p: &Path| read(p);
+        let mut compiled = compile(&canonical, &doc, &placeholders, &mut load)?;
+        check(&compiled)?;
+        compiled.needs = needs;
+        return Ok(vec![compiled]);
     }
     let canonical = canonical(path)?;
     let found = python::evaluate(&canonical)?;
@@ -116,8 +122,25 @@ pub fn load_all(path: &Path) -> Result<Vec<Compiled>, FileError> {
     }
     found
         .into_iter()
-        .map(|p| compile_python(&canonical, p, &Map::new()))
+        .map(|p| {
+            let (placeholders, needs) = placeholders(&p.doc);
+            let mut c = compile_python(&canonical, p, &placeholders)?;
+            c.needs = needs;
+            Ok(c)
+        })
         .collect()
+}
+
+/// Null for each parameter without default, and their names.
+fn placeholders(doc: &WorkflowDoc) -> (Map<String, Value>, Vec<String>) {
+    let needs: Vec<String> = doc
+        .params
+        .iter()
+        .filter(|(_, p)| p.default.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let map = needs.iter().map(|k| (k.clone(), Value::Null)).collect();
+    (map, needs)
 }
 
 /// Compiles one pipeline of the Python file `canonical`, naming the lines

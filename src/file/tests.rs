@@ -146,7 +146,7 @@ tasks:
         }
     );
     assert_eq!(node(&c, "d").0.name, "shell");
-    assert_eq!(node(&c, "e").0.exec, Exec::Input {});
+    assert_eq!(node(&c, "e").0.exec, Exec::Input { listen: None });
     assert_eq!(edges(&c), pairs(&[("b", "c"), ("c", "d"), ("d", "e")]));
     assert_eq!(c.places["c"].at, Some((14, 9)));
 }

@@ -8,7 +8,7 @@ mod config;
 mod definition;
 
 pub use config::{FailurePolicy, RunConfig};
-pub use definition::Definition;
+pub use definition::{Definition, Triggers};
 
 use std::fmt;
 use std::str::FromStr;
@@ -103,8 +103,14 @@ pub enum Exec {
     },
     /// No process: the node waits (state `waiting`) until a value is
     /// delivered (`orch input <run> <node> <json>` or
-    /// [`crate::Engine::signal`] with [`crate::store::Signal::Input`]); the value becomes its output.
-    Input {},
+    /// [`crate::Engine::signal`] with [`crate::store::Signal::Input`], or an
+    /// event pushed under the key it listens for); the value becomes its
+    /// output.
+    Input {
+        /// The event key whose payloads it takes (`orch event push KEY`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listen: Option<String>,
+    },
 }
 
 impl Exec {
@@ -120,7 +126,7 @@ impl Exec {
             Exec::PythonFn { .. } => "python_fn",
             Exec::Command { .. } => "command",
             Exec::Native { .. } => "native",
-            Exec::Input {} => "input",
+            Exec::Input { .. } => "input",
         }
     }
 }
@@ -205,10 +211,23 @@ impl Task {
     ///
     /// ```
     /// let t = orch::Task::input();
-    /// assert!(matches!(t.exec, orch::Exec::Input {}));
+    /// assert!(matches!(t.exec, orch::Exec::Input { listen: None }));
     /// ```
     pub fn input() -> Task {
-        Task::with(Exec::Input {})
+        Task::with(Exec::Input { listen: None })
+    }
+
+    /// An input task that also takes the payload of the next event pushed
+    /// under `key` while it waits (`orch event push KEY JSON`).
+    ///
+    /// ```
+    /// let t = orch::Task::input_on("orders.approved");
+    /// assert_eq!(t.exec, orch::Exec::Input { listen: Some("orders.approved".into()) });
+    /// ```
+    pub fn input_on(key: impl Into<String>) -> Task {
+        Task::with(Exec::Input {
+            listen: Some(key.into()),
+        })
     }
 
     /// Sets the task name (default: the node id).
@@ -620,6 +639,52 @@ fn resolve(inputs: &Value, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<Val
             .map(Value::Array),
         other => Ok(other.clone()),
     }
+}
+
+/// `value` with each `{"$param": "name"}` replaced by that parameter of
+/// `params`; an unknown name is an error naming it. Bounded like every
+/// value a run keeps (see [`crate::limits`]).
+///
+/// ```
+/// use serde_json::json;
+/// let params = json!({"day": "2026-01-01"});
+/// let filled = orch::model::fill_params(&json!({"d": {"$param": "day"}, "n": 1}), params.as_object().unwrap());
+/// assert_eq!(filled.unwrap(), json!({"d": "2026-01-01", "n": 1}));
+/// assert!(orch::model::fill_params(&json!({"$param": "nope"}), params.as_object().unwrap()).is_err());
+/// ```
+pub fn fill_params(value: &Value, params: &Map<String, Value>) -> Result<Value, String> {
+    fn go(v: &Value, params: &Map<String, Value>, depth: usize) -> Result<Value, String> {
+        if depth > crate::limits::MAX_JSON_DEPTH {
+            return Err(format!(
+                "values nest deeper than {} levels",
+                crate::limits::MAX_JSON_DEPTH
+            ));
+        }
+        Ok(match v {
+            Value::Object(map) if map.contains_key("$param") => {
+                match (map.get("$param"), map.len()) {
+                    (Some(Value::String(name)), 1) => params
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| format!("`$param` names `{name}`, which is no parameter"))?,
+                    _ => return Err(format!("{v} must look like {{\"$param\": \"name\"}}")),
+                }
+            }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, x)| Ok((k.clone(), go(x, params, depth + 1)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|x| go(x, params, depth + 1))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+    go(value, params, 0)
 }
 
 #[cfg(test)]

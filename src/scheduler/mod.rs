@@ -26,10 +26,13 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::engine::{Engine, RunHandle, StopSignals};
+use serde_json::{Map, Value};
+
+use crate::engine::{Engine, RunHandle, RunOptions, StopSignals};
 use crate::error::{Error, Result};
 use crate::file::Compiled;
-use crate::model::RunStatus;
+use crate::model::{Definition, RunStatus};
+use crate::schedule::Schedule;
 use crate::store::Store;
 
 pub use folder::Folder;
@@ -111,113 +114,402 @@ pub fn listing(folder: &Folder, store: Option<&dyn Store>, now: Timestamp) -> Ve
     out
 }
 
-/// Fires the pipelines of a folder on their schedules.
+/// A workflow a scheduler fires: what runs, how, and what starts it
+/// (its definition's [triggers](crate::model::Triggers)).
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// Its name, unique among a scheduler's pipelines.
+    pub name: String,
+    /// What runs, with its triggers.
+    pub definition: Definition,
+    /// How its runs run.
+    pub options: RunOptions,
+    /// Its schedule, parsed.
+    pub schedule: Option<Schedule>,
+    /// The file it comes from (`None`: a Rust program's workflow).
+    pub file: Option<PathBuf>,
+    /// Parameters a run must be given (it starts only from an event
+    /// whose payload has them).
+    pub needs: Vec<String>,
+}
+
+impl Pipeline {
+    /// A Rust program's workflow, with the schedule, events and
+    /// parameters set on it ([`crate::Workflow::schedule`],
+    /// [`crate::Workflow::on_event`], [`crate::Workflow::param`]); its
+    /// schedule is checked here.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("hourly");
+    /// wf.schedule("0 0 * * * *");
+    /// wf.node("a", orch::Task::command(["true"]));
+    /// let p = orch::scheduler::Pipeline::from_workflow(&wf).unwrap();
+    /// assert_eq!(p.schedule.unwrap().text(), "0 0 * * * *");
+    /// wf.schedule("0 99 * * *");
+    /// assert!(orch::scheduler::Pipeline::from_workflow(&wf).is_err());
+    /// ```
+    pub fn from_workflow(wf: &crate::Workflow) -> Result<Pipeline> {
+        let definition = wf.definition().clone();
+        let t = &definition.triggers;
+        let schedule =
+            match &t.schedule {
+                Some(cron) => Some(Schedule::parse(cron, t.timezone.as_deref()).map_err(|e| {
+                    Error::Refused {
+                        what: format!("the schedule of `{}`", definition.name),
+                        message: e,
+                    }
+                })?),
+                None => None,
+            };
+        Ok(Pipeline {
+            name: definition.name.clone(),
+            options: wf.options().clone(),
+            schedule,
+            file: None,
+            definition,
+            needs: Vec::new(),
+        })
+    }
+
+    /// A pipeline of a workflow file.
+    pub fn from_file(path: &Path, c: &Compiled) -> Pipeline {
+        Pipeline {
+            name: c.definition.name.clone(),
+            definition: c.definition.clone(),
+            options: c.options(),
+            schedule: c.schedule.clone(),
+            file: Some(path.to_path_buf()),
+            needs: c.needs.clone(),
+        }
+    }
+
+    /// What a run started with `params` runs, and how: a file is compiled
+    /// again with them; a program's workflow gets them in place of its
+    /// `$param` references when it starts.
+    pub fn for_params(
+        &self,
+        params: &Map<String, Value>,
+    ) -> std::result::Result<(Definition, RunOptions), String> {
+        if params.is_empty() {
+            return Ok((self.definition.clone(), self.options.clone()));
+        }
+        match &self.file {
+            Some(path) => {
+                let c = crate::file::load_pipeline(path, Some(&self.name), params)
+                    .map_err(|e| e.to_string())?;
+                Ok((c.definition.clone(), c.options()))
+            }
+            None => {
+                let mut opts = self.options.clone();
+                opts.params = params.clone();
+                Ok((self.definition.clone(), opts))
+            }
+        }
+    }
+}
+
+/// Fires pipelines on their schedules, on events and on timers: those of
+/// a folder of pipeline files, or those a Rust program defines.
 pub struct Scheduler {
-    folder: Folder,
+    folder: Option<Folder>,
+    program: Vec<Pipeline>,
+    /// The pipelines by name, as last read.
+    table: BTreeMap<String, Pipeline>,
     engine: Engine,
     /// When this scheduler began to watch each pipeline.
     since: BTreeMap<String, Timestamp>,
+    started: Timestamp,
     /// Orphaned fires already started again by this scheduler.
     recovered: HashSet<(String, i64)>,
+    /// The last event looked at.
+    cursor: i64,
+    /// Timers whose workflow is unknown here, reported once.
+    reported: HashSet<i64>,
     runs: JoinSet<(String, Result<crate::RunOutcome>)>,
 }
 
 impl Scheduler {
     /// A scheduler of the folder `dir` starting runs on `engine`.
     pub fn new(dir: impl Into<PathBuf>, engine: Engine) -> Scheduler {
+        let mut s = Scheduler::with(engine, Vec::new());
+        s.folder = Some(Folder::new(dir));
+        s
+    }
+
+    /// A scheduler of a Rust program's workflows (their schedules,
+    /// events and parameters set with [`crate::Workflow::schedule`] and
+    /// the methods beside it), starting runs on `engine`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> orch::Result<()> {
+    /// let mut wf = orch::Workflow::new("every_minute");
+    /// wf.schedule("0 * * * * *");
+    /// wf.node("a", orch::Task::command(["true"]));
+    /// let engine = orch::Engine::open(".orch/orch.db")?;
+    /// let mut scheduler = orch::scheduler::Scheduler::for_workflows(engine, &[wf])?;
+    /// scheduler.run().await
+    /// # }
+    /// ```
+    pub fn for_workflows(engine: Engine, workflows: &[crate::Workflow]) -> Result<Scheduler> {
+        let program = workflows
+            .iter()
+            .map(Pipeline::from_workflow)
+            .collect::<Result<Vec<_>>>()?;
+        let mut names = HashSet::new();
+        for p in &program {
+            if !names.insert(p.name.clone()) {
+                return Err(Error::Refused {
+                    what: "the scheduler's workflows".into(),
+                    message: format!("two workflows are named `{}`", p.name),
+                });
+            }
+        }
+        Ok(Scheduler::with(engine, program))
+    }
+
+    fn with(engine: Engine, program: Vec<Pipeline>) -> Scheduler {
+        let table = program
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
         Scheduler {
-            folder: Folder::new(dir),
+            folder: None,
+            program,
+            table,
             engine,
             since: BTreeMap::new(),
+            started: Timestamp::now(),
             recovered: HashSet::new(),
+            cursor: 0,
+            reported: HashSet::new(),
             runs: JoinSet::new(),
         }
     }
 
-    /// The folder as last read.
-    pub fn folder(&self) -> &Folder {
-        &self.folder
+    /// The folder as last read, for a folder's scheduler.
+    pub fn folder(&self) -> Option<&Folder> {
+        self.folder.as_ref()
+    }
+
+    /// The pipelines by name, as last read.
+    pub fn pipelines(&self) -> &BTreeMap<String, Pipeline> {
+        &self.table
     }
 
     /// Reads the folder again (new, changed and removed files).
     pub fn reload(&mut self) {
-        let changed = self.folder.reload();
-        if !changed.is_empty() {
-            info!(files = changed.len(), dir = %self.folder.dir().display(), "pipeline files loaded");
+        let Some(folder) = &mut self.folder else {
+            return;
+        };
+        let changed = folder.reload();
+        if changed.is_empty() && !self.table.is_empty() {
+            return;
         }
+        if !changed.is_empty() {
+            info!(files = changed.len(), dir = %folder.dir().display(), "pipeline files loaded");
+        }
+        let (found, _) = folder.pipelines();
+        let mut table: BTreeMap<String, Pipeline> = found
+            .into_iter()
+            .map(|(name, (path, c))| (name, Pipeline::from_file(path, c)))
+            .collect();
+        for p in &self.program {
+            table.entry(p.name.clone()).or_insert_with(|| p.clone());
+        }
+        self.table = table;
     }
 
-    /// Starts the runs due at `now`; returns how many it started.
+    /// Starts the runs due at `now` (schedules, timers, events); returns
+    /// how many it started.
     pub async fn tick(&mut self, now: Timestamp) -> Result<usize> {
+        let scheduled = self.fire_schedules(now).await?;
+        let timed = self.fire_timers(now).await?;
+        let pushed = self.fire_events().await?;
+        Ok(scheduled + timed + pushed)
+    }
+
+    async fn fire_schedules(&mut self, now: Timestamp) -> Result<usize> {
         let store = self.engine.store().clone();
-        let mut due: Vec<(String, Compiled, Vec<Timestamp>)> = Vec::new();
-        {
-            let (pipelines, _) = self.folder.pipelines();
-            for (name, (_, c)) in pipelines {
-                let Some(schedule) = &c.schedule else {
-                    continue;
-                };
-                let since = *self.since.entry(name.clone()).or_insert(now);
-                let last = store
-                    .last_fire(&name)?
-                    .and_then(|ms| Timestamp::from_millisecond(ms).ok());
-                let times = plan::due(schedule, last, since, now, c.catchup);
-                if !times.is_empty() {
-                    due.push((name, c.clone(), times));
-                }
+        let mut due: Vec<(Pipeline, Vec<Timestamp>)> = Vec::new();
+        for (name, p) in &self.table {
+            let Some(schedule) = &p.schedule else {
+                continue;
+            };
+            let since = *self.since.entry(name.clone()).or_insert(now);
+            let last = store
+                .last_fire(name)?
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok());
+            let times = plan::due(schedule, last, since, now, p.definition.triggers.catchup);
+            if !times.is_empty() {
+                due.push((p.clone(), times));
             }
         }
         let mut started = 0;
-        for (name, c, times) in due {
+        for (p, times) in due {
             for at in times {
-                if let Some(max) = c.max_active_runs {
-                    if store.active_runs(&name)? >= u64::from(max) {
-                        info!(pipeline = %name, max, "max_active_runs reached: the fire time waits");
+                if let Some(max) = p.definition.triggers.max_active_runs {
+                    if store.active_runs(&p.name)? >= u64::from(max) {
+                        info!(pipeline = %p.name, max, "max_active_runs reached: the fire time waits");
                         break;
                     }
                 }
-                if let Some(handle) = fire(&self.engine, &c, at, "schedule").await? {
-                    started += 1;
-                    self.watch(name.clone(), handle);
+                match fire(&self.engine, &p, &p.name, at, "schedule").await {
+                    Ok(Some(handle)) => {
+                        started += 1;
+                        self.watch(p.name.clone(), handle);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(pipeline = %p.name, fire_time = %at, error = %e, "the scheduled run did not start");
+                        break;
+                    }
                 }
             }
         }
         Ok(started)
     }
 
+    /// Fires the timers that are due: a one-shot timer once at its
+    /// moment, a recurring one on its cron schedule (no catch-up), each
+    /// fire time claimed like a schedule's.
+    async fn fire_timers(&mut self, now: Timestamp) -> Result<usize> {
+        let store = self.engine.store().clone();
+        let mut started = 0;
+        for t in store.timers()? {
+            if t.stopped_ms.is_some() {
+                continue;
+            }
+            let Some(p) = self.table.get(&t.workflow).cloned() else {
+                if self.reported.insert(t.id) {
+                    warn!(timer = t.id, workflow = %t.workflow, "a timer fires a workflow this scheduler does not know");
+                }
+                continue;
+            };
+            let key = t.fire_key();
+            let last = store.last_fire(&key)?;
+            let times: Vec<Timestamp> = match (t.at_ms, &t.cron) {
+                (Some(at), _) if last.is_none() && at <= now.as_millisecond() => {
+                    Timestamp::from_millisecond(at).into_iter().collect()
+                }
+                (None, Some(cron)) => match Schedule::parse(cron, t.timezone.as_deref()) {
+                    Ok(schedule) => {
+                        let since = Timestamp::from_millisecond(t.created_ms).unwrap_or(now);
+                        let last = last.and_then(|ms| Timestamp::from_millisecond(ms).ok());
+                        plan::due(&schedule, last, since, now, false)
+                    }
+                    Err(e) => {
+                        if self.reported.insert(t.id) {
+                            warn!(timer = t.id, error = %e, "a timer's schedule does not parse");
+                        }
+                        Vec::new()
+                    }
+                },
+                _ => Vec::new(),
+            };
+            for at in times {
+                match fire(&self.engine, &p, &key, at, "timer").await {
+                    Ok(Some(handle)) => {
+                        started += 1;
+                        self.watch(p.name.clone(), handle);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if self.reported.insert(t.id) {
+                            warn!(timer = t.id, pipeline = %p.name, error = %e, "the timer's run did not start");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts the workflows subscribed to the events pushed since the last
+    /// look (those of the last day, when it starts), each event once per
+    /// workflow, its payload's fields as parameters.
+    async fn fire_events(&mut self) -> Result<usize> {
+        if !self
+            .table
+            .values()
+            .any(|p| !p.definition.triggers.events.is_empty())
+        {
+            return Ok(0);
+        }
+        let store = self.engine.store().clone();
+        let since = self.started.as_millisecond() - 86_400_000;
+        let mut started = 0;
+        loop {
+            let events = store.events_after(self.cursor, since, 100)?;
+            if events.is_empty() {
+                return Ok(started);
+            }
+            for e in events {
+                self.cursor = e.id;
+                let subscribed: Vec<Pipeline> = self
+                    .table
+                    .values()
+                    .filter(|p| p.definition.triggers.events.contains(&e.key))
+                    .cloned()
+                    .collect();
+                for p in subscribed {
+                    let params = match &e.payload {
+                        Value::Object(map) => map.clone(),
+                        Value::Null => Map::new(),
+                        other => {
+                            warn!(pipeline = %p.name, event = e.id, "an event's payload must be an object of parameters, not {other}");
+                            continue;
+                        }
+                    };
+                    let (definition, mut opts) = match p.for_params(&params) {
+                        Ok(x) => x,
+                        Err(err) => {
+                            warn!(pipeline = %p.name, event = e.id, error = %err, "the event cannot start the workflow");
+                            continue;
+                        }
+                    };
+                    let run = crate::time::new_run_id();
+                    if !store.claim_event_run(e.id, &p.name, &run)? {
+                        continue;
+                    }
+                    info!(pipeline = %p.name, event = e.id, key = %e.key, run = %run, "started by an event");
+                    opts.run_id = Some(run);
+                    match self.engine.start(&definition, &opts).await {
+                        Ok(handle) => {
+                            started += 1;
+                            self.watch(p.name.clone(), handle);
+                        }
+                        Err(err) => {
+                            warn!(pipeline = %p.name, event = e.id, error = %err, "the run of an event did not start")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Starts again the fires some scheduler claimed but never started a
     /// run for (it died in between), once each.
     pub async fn recover(&mut self, now: Timestamp) -> Result<usize> {
         let store = self.engine.store().clone();
-        let names: Vec<(String, Compiled)> = {
-            let (pipelines, _) = self.folder.pipelines();
-            pipelines
-                .into_iter()
-                .map(|(n, (_, c))| (n, c.clone()))
-                .collect()
-        };
         let now_ms = now.as_millisecond();
         let mut started = 0;
-        for (name, c) in names {
+        let pipelines: Vec<Pipeline> = self.table.values().cloned().collect();
+        for p in pipelines {
             let day = 86_400_000;
-            for f in store.fires(&name, now_ms - day, now_ms - ORPHAN_AFTER_MS)? {
-                if f.status.is_some() || !self.recovered.insert((name.clone(), f.at_ms)) {
+            for f in store.fires(&p.name, now_ms - day, now_ms - ORPHAN_AFTER_MS)? {
+                if f.status.is_some() || !self.recovered.insert((p.name.clone(), f.at_ms)) {
                     continue;
                 }
-                warn!(pipeline = %name, run = %f.run, "a fire time was claimed but its run never started: starting it");
-                let mut opts = c.options();
-                opts.run_id = Some(f.run.clone());
-                opts.fired_at = Some(f.at_ms as u64);
-                opts.params = c.params.clone();
-                match self.engine.start(&c.definition, &opts).await {
+                warn!(pipeline = %p.name, run = %f.run, "a fire time was claimed but its run never started: starting it");
+                match start_for(&self.engine, &p, f.at_ms, f.run.clone()).await {
                     Ok(handle) => {
                         started += 1;
-                        self.watch(name.clone(), handle);
+                        self.watch(p.name.clone(), handle);
                     }
                     // Another scheduler got there first.
                     Err(Error::Refused { .. }) => {}
                     Err(e) => {
-                        warn!(pipeline = %name, error = %e, "the run of a claimed fire time did not start")
+                        warn!(pipeline = %p.name, error = %e, "the run of a claimed fire time did not start")
                     }
                 }
             }
@@ -229,12 +521,11 @@ impl Scheduler {
         self.runs.spawn(async move { (name, handle.wait().await) });
     }
 
-    /// The earliest next fire time of the folder's pipelines.
+    /// The earliest next fire time of the schedules.
     fn next_fire(&self, now: Timestamp) -> Option<Timestamp> {
-        let (pipelines, _) = self.folder.pipelines();
-        pipelines
+        self.table
             .values()
-            .filter_map(|(_, c)| c.schedule.as_ref().and_then(|s| s.next_after(now)))
+            .filter_map(|p| p.schedule.as_ref().and_then(|s| s.next_after(now)))
             .min()
     }
 
@@ -246,15 +537,22 @@ impl Scheduler {
         let mut signals = StopSignals::install();
         let mut reloaded = tokio::time::Instant::now();
         self.reload();
-        self.recover(Timestamp::now()).await?;
+        // A scheduler keeps going whatever one pass meets (a database
+        // busy for a moment, a run that does not start): it says so.
+        if let Err(e) = self.recover(Timestamp::now()).await {
+            warn!(error = %e, "looking for claimed fire times without runs failed");
+        }
         loop {
             if reloaded.elapsed() >= RELOAD_EVERY {
                 self.reload();
-                self.recover(Timestamp::now()).await?;
+                if let Err(e) = self.recover(Timestamp::now()).await {
+                    warn!(error = %e, "looking for claimed fire times without runs failed");
+                }
                 reloaded = tokio::time::Instant::now();
             }
-            let now = Timestamp::now();
-            self.tick(now).await?;
+            if let Err(e) = self.tick(Timestamp::now()).await {
+                warn!(error = %e, "a scheduler pass failed; the next one tries again");
+            }
             let until_reload = RELOAD_EVERY.saturating_sub(reloaded.elapsed());
             let until_fire = self
                 .next_fire(Timestamp::now())
@@ -263,7 +561,8 @@ impl Scheduler {
                     Duration::try_from(d).ok()
                 })
                 .unwrap_or(until_reload);
-            let wait = until_fire.min(until_reload);
+            // Events and timers are looked for at least every second.
+            let wait = until_fire.min(until_reload).min(Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 signal = signals.next() => {
@@ -298,30 +597,39 @@ fn log_outcome(
     }
 }
 
-/// Claims the fire time `at` of the pipeline `c` and starts its run, whose
-/// id carries the fire time; `None` when another scheduler claimed it.
+/// Claims the fire time `at` under `key` (the pipeline's name, or a
+/// timer's) and starts the pipeline's run, whose id carries the fire time;
+/// `None` when another scheduler claimed it.
 async fn fire(
     engine: &Engine,
-    c: &Compiled,
+    p: &Pipeline,
+    key: &str,
     at: Timestamp,
     kind: &str,
 ) -> Result<Option<RunHandle>> {
-    let name = &c.definition.name;
+    if !p.needs.is_empty() {
+        return Err(Error::Refused {
+            what: format!("a {kind} run of `{}`", p.name),
+            message: format!(
+                "the parameters {} have no default: only an event with them starts it",
+                p.needs.join(", ")
+            ),
+        });
+    }
     let ms = at.as_millisecond();
     let run = crate::time::run_id_at(ms.max(0) as u64);
-    if !engine.store().claim_fire(name, ms, &run, kind)? {
+    if !engine.store().claim_fire(key, ms, &run, kind)? {
         return Ok(None);
     }
-    info!(pipeline = %name, fire_time = %at, run = %run, "fired");
-    start_for(engine, c, at, run).await.map(Some)
+    info!(pipeline = %p.name, fire_time = %at, run = %run, kind, "fired");
+    start_for(engine, p, ms, run).await.map(Some)
 }
 
-async fn start_for(engine: &Engine, c: &Compiled, at: Timestamp, run: String) -> Result<RunHandle> {
-    let mut opts = c.options();
+async fn start_for(engine: &Engine, p: &Pipeline, at_ms: i64, run: String) -> Result<RunHandle> {
+    let mut opts = p.options.clone();
     opts.run_id = Some(run);
-    opts.fired_at = Some(at.as_millisecond().max(0) as u64);
-    opts.params = c.params.clone();
-    engine.start(&c.definition, &opts).await
+    opts.fired_at = Some(at_ms.max(0) as u64);
+    engine.start(&p.definition, &opts).await
 }
 
 /// Which fire times of a range a backfill runs.
@@ -371,14 +679,20 @@ pub const MAX_BACKFILL: usize = 10_000;
 /// fire time of the range with what became of it.
 pub async fn backfill(
     engine: &Engine,
-    c: &Compiled,
+    p: &Pipeline,
     from: Timestamp,
     to: Timestamp,
     reprocess: Reprocess,
     max_active: usize,
 ) -> Result<Vec<Backfilled>> {
-    let name = &c.definition.name;
-    let schedule = c.schedule.as_ref().ok_or_else(|| Error::Refused {
+    let name = &p.name;
+    if !p.needs.is_empty() {
+        return Err(Error::Refused {
+            what: format!("a backfill of `{name}`"),
+            message: format!("the parameters {} have no default", p.needs.join(", ")),
+        });
+    }
+    let schedule = p.schedule.as_ref().ok_or_else(|| Error::Refused {
         what: format!("a backfill of `{name}`"),
         message: "the workflow has no schedule".into(),
     })?;
@@ -456,7 +770,7 @@ pub async fn backfill(
             continue;
         }
         info!(pipeline = %name, fire_time = %at, run = %run, "backfill");
-        let handle = start_for(engine, c, at, run.clone()).await?;
+        let handle = start_for(engine, p, ms, run.clone()).await?;
         running.spawn(async move { (ms, run, handle.wait().await) });
     }
     while !running.is_empty() {
@@ -493,14 +807,14 @@ async fn collect(
 pub fn find(
     path: &Path,
     name: Option<&str>,
-) -> std::result::Result<Compiled, crate::file::FileError> {
+) -> std::result::Result<Pipeline, crate::file::FileError> {
     if path.is_dir() {
         let mut folder = Folder::new(path);
         folder.reload();
         let (pipelines, errors) = folder.pipelines();
         let want = name.unwrap_or_default();
-        if let Some((_, c)) = pipelines.get(want) {
-            return Ok((*c).clone());
+        if let Some((file, c)) = pipelines.get(want) {
+            return Ok(Pipeline::from_file(file, c));
         }
         let known: Vec<&str> = pipelines.keys().map(String::as_str).collect();
         let mut message = format!(
@@ -519,5 +833,6 @@ pub fn find(
             message,
         ));
     }
-    crate::file::load_pipeline(path, name, &serde_json::Map::new())
+    let c = crate::file::load_pipeline(path, name, &Map::new())?;
+    Ok(Pipeline::from_file(path, &c))
 }

@@ -39,6 +39,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     signals_are_stored_listed_and_taken(new().as_ref());
     runs_resolve_by_prefix_and_latest(new().as_ref());
     fire_times_are_claimed_once(Arc::from(new()));
+    events_and_timers_are_kept(new().as_ref());
 }
 
 /// A run with an input node `ask` and a command node `work` after it.
@@ -565,4 +566,53 @@ fn fire_times_are_claimed_once(store: Arc<dyn Store>) {
     );
     assert_eq!(store.active_runs("conformance").expect("active"), 1);
     assert_eq!(store.active_runs("nightly").expect("active"), 0);
+}
+
+/// Events are kept in order and claimed once per workflow; timers start,
+/// list and stop once.
+fn events_and_timers_are_kept(store: &dyn Store) {
+    let (first, delivered) = store
+        .push_event("orders.new", &serde_json::json!({"id": 7}))
+        .expect("push");
+    assert!(delivered.is_empty(), "nothing listens yet");
+    let (second, _) = store
+        .push_event("other", &serde_json::json!(1))
+        .expect("push");
+    assert!(second > first);
+    let all = store.events_after(0, 0, 10).expect("events");
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(all[0].payload, serde_json::json!({"id": 7}));
+    assert_eq!(store.events_after(first, 0, 10).expect("events").len(), 1);
+    let tomorrow = crate::time::unix_millis() as i64 + 86_400_000;
+    assert!(
+        store
+            .events_after(0, tomorrow, 10)
+            .expect("events")
+            .is_empty(),
+        "older than since"
+    );
+    assert!(store.claim_event_run(first, "w", "r1").expect("claim"));
+    assert!(
+        !store.claim_event_run(first, "w", "r2").expect("claim"),
+        "once per workflow"
+    );
+    assert!(store.claim_event_run(first, "v", "r3").expect("claim"));
+    let once = store
+        .add_timer("w", Some(5_000), None, None)
+        .expect("timer");
+    let every = store
+        .add_timer("w", None, Some("0 0 * * * *"), Some("Europe/Berlin"))
+        .expect("timer");
+    let timers = store.timers().expect("timers");
+    assert_eq!(timers.len(), 2);
+    assert_eq!((timers[0].id, timers[0].at_ms), (once, Some(5_000)));
+    assert_eq!(timers[1].cron.as_deref(), Some("0 0 * * * *"));
+    assert_eq!(timers[1].fire_key(), format!("timer:{every}"));
+    assert!(store.stop_timer(every).expect("stop"));
+    assert!(!store.stop_timer(every).expect("stop"), "stopped once");
+    assert!(!store.stop_timer(999).expect("stop"), "no such timer");
+    assert!(store.timers().expect("timers")[1].stopped_ms.is_some());
 }

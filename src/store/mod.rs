@@ -108,6 +108,47 @@ pub struct RunSummary {
     pub fired_at: Option<String>,
 }
 
+/// An event pushed under a key (`orch event push KEY JSON`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Pushed {
+    /// Its number, increasing.
+    pub id: i64,
+    /// The key.
+    pub key: String,
+    /// The payload.
+    pub payload: Value,
+    /// When it was pushed (RFC 3339).
+    pub pushed_at: String,
+}
+
+/// A timer: a workflow fired once at a moment, or on a cron schedule.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Timer {
+    /// Its number.
+    pub id: i64,
+    /// The workflow it fires.
+    pub workflow: String,
+    /// A one-shot timer's moment (milliseconds since the Unix epoch).
+    pub at_ms: Option<i64>,
+    /// A recurring timer's cron pattern.
+    pub cron: Option<String>,
+    /// The cron pattern's time zone.
+    pub timezone: Option<String>,
+    /// When it was started (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// When it was stopped.
+    pub stopped_ms: Option<i64>,
+}
+
+impl Timer {
+    /// The workflow key its fire times are claimed under (`timer:ID`).
+    pub fn fire_key(&self) -> String {
+        format!("timer:{}", self.id)
+    }
+}
+
 /// A fire time of a scheduled workflow and the run that fires it, as the
 /// store records it: each fire time is run at most once, whoever asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +303,38 @@ pub trait Store: Send + Sync {
 
     /// How many runs of `workflow` have not ended.
     fn active_runs(&self, workflow: &str) -> Result<u64>;
+
+    /// Stores an event pushed under `key` and, in the same transaction,
+    /// asks every input node listening for `key` that has not finished,
+    /// in a run that has not ended, to take `payload` (a stored input
+    /// signal, which its run takes like `orch input`'s). Returns the
+    /// event's id and those (run, node) pairs.
+    fn push_event(&self, key: &str, payload: &Value) -> Result<(i64, Vec<(String, String)>)>;
+
+    /// The events pushed after event `after`, oldest first, at most
+    /// `limit`, pushed no earlier than `since_ms`.
+    fn events_after(&self, after: i64, since_ms: i64, limit: usize) -> Result<Vec<Pushed>>;
+
+    /// Records `run` as the run event `event` starts for `workflow`,
+    /// unless one is recorded: true when this call recorded it.
+    fn claim_event_run(&self, event: i64, workflow: &str, run: &str) -> Result<bool>;
+
+    /// Starts a timer firing `workflow` once at `at_ms`, or on `cron` (in
+    /// `timezone`); returns its id.
+    fn add_timer(
+        &self,
+        workflow: &str,
+        at_ms: Option<i64>,
+        cron: Option<&str>,
+        timezone: Option<&str>,
+    ) -> Result<i64>;
+
+    /// Stops a timer: false when it was stopped already or does not
+    /// exist.
+    fn stop_timer(&self, id: i64) -> Result<bool>;
+
+    /// Every timer, oldest first.
+    fn timers(&self) -> Result<Vec<Timer>>;
 
     /// Checks the database's own consistency.
     fn integrity_check(&self) -> Result<()>;

@@ -310,9 +310,16 @@ fn the_shipped_pipeline_folder_lists_without_import_errors() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipelines");
     let out = space.cli(&["scheduler", dir, "--list"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for name in ["`test`", "`test_yaml`", "`thumbnails`"] {
         assert!(text.contains(name), "{name} in {text}");
     }
-    assert!(text.contains("schedule `0 0 * * * *` (UTC), next fire time "), "{text}");
+    assert!(
+        text.contains("schedule `0 0 * * * *` (UTC), next fire time "),
+        "{text}"
+    );
 }

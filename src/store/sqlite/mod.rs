@@ -15,7 +15,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde_json::Value;
 
 use super::lease::{self, Lease, Owner, OwnerRecord};
-use super::{Fire, LogLine, Pending, Registration, RunSummary, Signal, SignalId, Store};
+use super::{
+    Fire, LogLine, Pending, Pushed, Registration, RunSummary, Signal, SignalId, Store, Timer,
+};
 use crate::error::{Error, Result};
 use crate::history::{
     AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState,
@@ -905,6 +907,137 @@ impl Store for SqliteStore {
         .map_err(|e| self.err(e))
     }
 
+    fn push_event(&self, key: &str, payload: &Value) -> Result<(i64, Vec<(String, String)>)> {
+        let wrap = wrapper(&self.path);
+        let mut c = self.lock();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&wrap)?;
+        let now = crate::time::now();
+        let value = to_json(payload);
+        tx.execute(
+            "INSERT INTO pushes (key, payload, pushed_at) VALUES (?1, ?2, ?3)",
+            params![key, value, now],
+        )
+        .map_err(&wrap)?;
+        let id = tx.last_insert_rowid();
+        let listening: Vec<(String, String)> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT n.run, n.id FROM nodes n JOIN runs r ON r.id = n.run
+                     WHERE r.finished_at IS NULL
+                       AND json_extract(n.task, '$.kind') = 'input'
+                       AND json_extract(n.task, '$.listen') = ?1
+                       AND n.state NOT IN ('succeeded', 'failed', 'cancelled', 'upstream_failed')
+                     ORDER BY n.run, n.id",
+                )
+                .map_err(&wrap)?;
+            let rows = stmt
+                .query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(&wrap)?;
+            rows
+        };
+        for (run, node) in &listening {
+            tx.execute(
+                "INSERT INTO signals (run, kind, node, value, requested_at) VALUES (?1, 'input', ?2, ?3, ?4)",
+                params![run, node, value, now],
+            )
+            .map_err(&wrap)?;
+        }
+        tx.commit().map_err(&wrap)?;
+        Ok((id, listening))
+    }
+
+    fn events_after(&self, after: i64, since_ms: i64, limit: usize) -> Result<Vec<Pushed>> {
+        let c = self.lock();
+        let since = crate::time::format_millis(since_ms.max(0) as u64);
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT id, key, payload, pushed_at FROM pushes
+                 WHERE id > ?1 AND pushed_at >= ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, since, limit as i64], |r| {
+                Ok(Pushed {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    payload: json_col(r, 2)?,
+                    pushed_at: r.get(3)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    fn claim_event_run(&self, event: i64, workflow: &str, run: &str) -> Result<bool> {
+        let c = self.lock();
+        let n = c
+            .prepare_cached(
+                "INSERT INTO push_runs (push, workflow, run) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![event, workflow, run]))
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn add_timer(
+        &self,
+        workflow: &str,
+        at_ms: Option<i64>,
+        cron: Option<&str>,
+        timezone: Option<&str>,
+    ) -> Result<i64> {
+        let c = self.lock();
+        c.execute(
+            &format!(
+                "INSERT INTO timers (workflow, at_ms, cron, timezone, created_at) VALUES (?1, ?2, ?3, ?4, {NOW_MS})"
+            ),
+            params![workflow, at_ms, cron, timezone],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(c.last_insert_rowid())
+    }
+
+    fn stop_timer(&self, id: i64) -> Result<bool> {
+        let c = self.lock();
+        let n = c
+            .execute(
+                &format!(
+                    "UPDATE timers SET stopped_at = {NOW_MS} WHERE id = ?1 AND stopped_at IS NULL"
+                ),
+                [id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn timers(&self) -> Result<Vec<Timer>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT id, workflow, at_ms, cron, timezone, created_at, stopped_at FROM timers ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Timer {
+                    id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    cron: r.get(3)?,
+                    timezone: r.get(4)?,
+                    created_ms: r.get(5)?,
+                    stopped_ms: r.get(6)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
     fn integrity_check(&self) -> Result<()> {
         let c = self.lock();
         let res: String = c
@@ -959,7 +1092,7 @@ impl SqliteStore {
                 run: run.to_string(),
                 node: node.to_string(),
             })?;
-        if !matches!(task.exec, crate::model::Exec::Input {}) {
+        if !matches!(task.exec, crate::model::Exec::Input { .. }) {
             return Err(Error::NotInput {
                 run: run.to_string(),
                 node: node.to_string(),

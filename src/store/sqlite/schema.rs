@@ -1,7 +1,9 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 3 added the `fires` table (each fire time of a schedule and
-/// its run). Version 2 added run leases (`owner_id`, `owner`, `epoch`,
+/// Version 3 added the tables of schedules, events and timers: `fires`
+/// (each fire time and its run), `pushes` (events pushed under a key),
+/// `push_runs` (the run each event started for each workflow) and
+/// `timers`. Version 2 added run leases (`owner_id`, `owner`, `epoch`,
 /// `lease_until`) and the `signals` table (replacing `controls` and
 /// `inputs`: a migrated database moves their untaken rows into it and
 /// keeps the tables, unused).
@@ -137,4 +139,25 @@ CREATE TABLE IF NOT EXISTS fires (
     PRIMARY KEY (workflow, fire_at)
 );
 CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow, status);
+CREATE TABLE IF NOT EXISTS pushes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    pushed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS push_runs (
+    push INTEGER NOT NULL,
+    workflow TEXT NOT NULL,
+    run TEXT NOT NULL,
+    PRIMARY KEY (push, workflow)
+);
+CREATE TABLE IF NOT EXISTS timers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow TEXT NOT NULL,
+    at_ms INTEGER,
+    cron TEXT,
+    timezone TEXT,
+    created_at INTEGER NOT NULL,
+    stopped_at INTEGER
+);
 "#;
