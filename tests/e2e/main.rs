@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod durability;
 mod engine;
+mod events;
 mod examples;
 mod execution;
 mod failure_policy;
