@@ -656,13 +656,18 @@ fn scheduler_list(
             (_, Some(e)) => writeln!(out, "import error: {e}")?,
             (Some(name), None) => writeln!(
                 out,
-                "{}: pipeline `{name}`, schedule {}, next fire time {}",
+                "{}: pipeline `{name}`, schedule {}, next fire time {}{}",
                 l.file.display(),
                 l.schedule.as_ref().map_or("none".to_string(), |s| format!(
                     "`{s}` ({})",
                     l.timezone.as_deref().unwrap_or("UTC")
                 )),
-                l.next_fire.as_deref().unwrap_or("-")
+                l.next_fire.as_deref().unwrap_or("-"),
+                if l.events.is_empty() {
+                    String::new()
+                } else {
+                    format!(", started by events {}", l.events.join(", "))
+                }
             )?,
             (None, None) => {}
         }

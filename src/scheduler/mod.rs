@@ -57,6 +57,8 @@ pub struct Listing {
     pub schedule: Option<String>,
     /// The schedule's time zone.
     pub timezone: Option<String>,
+    /// The event keys that start it.
+    pub events: Vec<String>,
     /// The next fire time (RFC 3339, UTC).
     pub next_fire: Option<String>,
     /// The latest fire time recorded in the database.
@@ -80,6 +82,7 @@ pub fn listing(folder: &Folder, store: Option<&dyn Store>, now: Timestamp) -> Ve
                 pipeline: Some(name),
                 schedule: c.schedule.as_ref().map(|s| s.text().to_string()),
                 timezone: c.schedule.as_ref().map(|s| s.zone().to_string()),
+                events: c.events.clone(),
                 next_fire: c
                     .schedule
                     .as_ref()
@@ -95,6 +98,7 @@ pub fn listing(folder: &Folder, store: Option<&dyn Store>, now: Timestamp) -> Ve
         pipeline: None,
         schedule: None,
         timezone: None,
+        events: Vec::new(),
         next_fire: None,
         last_fire: None,
         error: Some(e.to_string()),
@@ -105,6 +109,7 @@ pub fn listing(folder: &Folder, store: Option<&dyn Store>, now: Timestamp) -> Ve
             pipeline: None,
             schedule: None,
             timezone: None,
+            events: Vec::new(),
             next_fire: None,
             last_fire: None,
             error: Some(problem.clone()),
