@@ -1019,6 +1019,18 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
             )?;
         }
     }
+    let files: Vec<_> = ex
+        .nodes
+        .iter()
+        .flat_map(|n| n.attempts.iter().map(move |a| (n, a)))
+        .flat_map(|(n, a)| a.files.iter().map(move |f| (n, f)))
+        .collect();
+    if !files.is_empty() {
+        writeln!(out, "\nfiles produced:")?;
+        for (n, f) in files {
+            writeln!(out, "  {}: {} ({} bytes)", n.id, f.path, f.bytes)?;
+        }
+    }
     if !ex.violations.is_empty() {
         writeln!(out, "\nviolations:")?;
         for v in &ex.violations {

@@ -46,6 +46,11 @@ pub struct RunOptions {
     pub fired_at: Option<u64>,
     /// The run parameters, recorded in its config.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Tasks run in the run's own folder, `<database folder>/runs/<run>/work`
+    /// (`ORCH_RUN_DIR`), instead of the workflow's folder: two runs never
+    /// see each other's files. Scripts and Python modules still come
+    /// from the workflow's folder. Workflow files run this way.
+    pub per_run_dir: bool,
 }
 
 impl Default for RunOptions {
@@ -63,6 +68,7 @@ impl Default for RunOptions {
             run_id: None,
             fired_at: None,
             params: serde_json::Map::new(),
+            per_run_dir: false,
         }
     }
 }

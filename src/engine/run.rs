@@ -126,6 +126,8 @@ pub(crate) struct Runner {
     restarted: bool,
     /// How many mutations one attempt's batch may hold ([`MAX_BATCH`]).
     max_batch: usize,
+    /// The folder attempts run in: declared files are looked for there.
+    work_dir: PathBuf,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -157,6 +159,15 @@ impl Runner {
     ) -> Result<Runner> {
         let home = engine.home().to_path_buf();
         let store = engine.store().clone();
+        // Every run has a folder of its own for the files its tasks write.
+        let run_dir = home.join("runs").join(&state.run).join("work");
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+        let work_dir = if config.per_run_dir {
+            run_dir.clone()
+        } else {
+            config.base_dir.clone()
+        };
         let executor: Arc<dyn Executor> = match executor {
             Some(e) => e,
             None => Arc::new(ProcessExecutor::new(ProcessEnv {
@@ -170,6 +181,7 @@ impl Runner {
                 native_binary: config.native_binary.clone(),
                 python_fork: config.python_fork,
                 python_preload: config.python_preload.clone(),
+                run_dir: Some((run_dir, config.per_run_dir)),
             })),
         };
         let mut observers = engine.observers();
@@ -221,6 +233,7 @@ impl Runner {
             waiting: BTreeSet::new(),
             restarted: false,
             max_batch: max_batch(),
+            work_dir,
         })
     }
 
@@ -674,6 +687,18 @@ impl Runner {
     /// Ends attempt `attempt` of node `i` in success with `output`: the
     /// output, the attempt's end and the node's state, queued together.
     fn succeed(&mut self, i: usize, attempt: u32, output: Value, exit_code: Option<i32>) {
+        self.succeed_with(i, attempt, output, exit_code, Vec::new());
+    }
+
+    /// [`Runner::succeed`] with the files the attempt produced.
+    fn succeed_with(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        output: Value,
+        exit_code: Option<i32>,
+        files: Vec<crate::history::ProducedFile>,
+    ) {
         let node = self.id(i);
         self.emit(EventKind::Output {
             node: node.clone(),
@@ -685,6 +710,7 @@ impl Runner {
             outcome: AttemptOutcome::Succeeded,
             exit_code,
             error: None,
+            files,
         });
         self.emit(EventKind::NodeState {
             node,
@@ -965,6 +991,13 @@ impl Runner {
             }
             Verdict::Succeeded => {}
         }
+        let files = match produced(&self.work_dir, &self.state.graph.node(i).task.produces) {
+            Ok(files) => files,
+            Err(error) => {
+                self.fail_attempt(i, attempt, AttemptOutcome::Failed, exit_code, error, true);
+                return;
+            }
+        };
         // Other attempts may have committed since the mutations were
         // checked on arrival: validate the whole batch once more.
         let staged = self
@@ -997,7 +1030,8 @@ impl Runner {
                 mutations: batch,
             });
         }
-        self.succeed(i, attempt, end.output.unwrap_or(Value::Null), exit_code);
+        let output = end.output.unwrap_or(Value::Null);
+        self.succeed_with(i, attempt, output, exit_code, files);
         self.fault(Fault::BeforeCommit, &node);
         info!(node = %node, attempt, "succeeded");
         self.fault(Fault::AfterCommit, &node);
@@ -1041,6 +1075,7 @@ impl Runner {
             outcome,
             exit_code,
             error: Some(error),
+            files: Vec::new(),
         });
         self.emit(EventKind::NodeState { node, state });
     }
@@ -1200,4 +1235,37 @@ impl Runner {
         self.emit(EventKind::RunStatus { status, reason });
         status
     }
+}
+
+/// The files a task declares, as its attempt left them in `dir` (the
+/// folder it ran in): each must be a regular file there; a path that
+/// would leave the folder is refused.
+fn produced(
+    dir: &std::path::Path,
+    declared: &[String],
+) -> std::result::Result<Vec<crate::history::ProducedFile>, String> {
+    declared
+        .iter()
+        .map(|p| {
+            let rel = std::path::Path::new(p);
+            if p.is_empty()
+                || rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "declared file `{p}` is not a relative path inside the folder the task runs in"
+                ));
+            }
+            match std::fs::metadata(dir.join(rel)) {
+                Ok(m) if m.is_file() => Ok(crate::history::ProducedFile {
+                    path: p.clone(),
+                    bytes: m.len(),
+                }),
+                Ok(_) => Err(format!("declared file `{p}` is not a file")),
+                Err(_) => Err(format!("declared file `{p}` was not produced")),
+            }
+        })
+        .collect()
 }

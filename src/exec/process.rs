@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,9 @@ pub struct ProcessEnv {
     pub python_fork: bool,
     /// Modules the fork server imports before it forks any attempt.
     pub python_preload: Vec<String>,
+    /// The run's own folder (`ORCH_RUN_DIR`), and whether tasks run in it
+    /// instead of `base_dir`.
+    pub run_dir: Option<(PathBuf, bool)>,
 }
 
 /// The run's fork server, started on the first Python attempt.
@@ -182,12 +185,24 @@ impl ProcessExecutor {
 
     /// Variables every attempt gets.
     fn attempt_env(&self, spec: &AttemptSpec) -> Vec<(&'static str, String)> {
-        vec![
+        let mut vars = vec![
             ("ORCH_RUN", spec.id.run.clone()),
             ("ORCH_NODE", spec.id.node.clone()),
             ("ORCH_ATTEMPT", spec.id.attempt.to_string()),
             ("ORCH_DB", self.env.db.to_string_lossy().into_owned()),
-        ]
+        ];
+        if let Some((dir, _)) = &self.env.run_dir {
+            vars.push(("ORCH_RUN_DIR", dir.to_string_lossy().into_owned()));
+        }
+        vars
+    }
+
+    /// The folder attempts run in.
+    fn cwd(&self) -> &Path {
+        match &self.env.run_dir {
+            Some((dir, true)) => dir,
+            _ => &self.env.base_dir,
+        }
     }
 
     /// Starts the fork server on its own thread (it may take as long as
@@ -287,7 +302,7 @@ impl ProcessExecutor {
             script: script.as_deref(),
             call: call.as_deref(),
             argv,
-            cwd: &env.base_dir,
+            cwd: self.cwd(),
             env: self.attempt_env(spec),
             run: &spec.id.run,
             node: &spec.id.node,
@@ -358,7 +373,7 @@ impl ProcessExecutor {
                 c
             }
         };
-        cmd.current_dir(&env.base_dir)
+        cmd.current_dir(self.cwd())
             .env("PYTHONPATH", self.pythonpath())
             .envs(self.attempt_env(spec))
             .stdin(Stdio::piped())

@@ -81,6 +81,7 @@ impl Compiled {
             opts.failure_policy = crate::model::FailurePolicy::KeepGoing;
         }
         opts.params = self.params.clone();
+        opts.per_run_dir = true;
         opts
     }
 }
@@ -593,6 +594,23 @@ impl Compiler<'_, '_> {
         if t.output_required == Some(true) {
             task = task.requires_output();
         }
+        if t.produces.len() > 1000 {
+            return Err(fail("declares more than 1000 files it produces".into()));
+        }
+        for p in &t.produces {
+            let path = Path::new(p);
+            if p.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(fail(format!(
+                    "produces `{p}`: a relative path inside the run's folder, without `..`"
+                )));
+            }
+        }
+        task.produces = t.produces.clone();
         Ok(task)
     }
 
@@ -832,6 +850,7 @@ fn not_for_groups(
         ("retry_delay", t.retry_delay.is_some()),
         ("timeout", t.timeout.is_some()),
         ("output_required", t.output_required.is_some()),
+        ("produces", !t.produces.is_empty()),
         ("attrs", t.attrs.is_some()),
         ("name", t.name.is_some()),
     ] {

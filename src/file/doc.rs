@@ -146,6 +146,10 @@ pub struct TaskDoc {
     /// Fail an attempt that exits 0 without sending an output.
     #[serde(default)]
     pub output_required: Option<bool>,
+    /// Files a successful attempt leaves in the run's folder (relative
+    /// paths): a missing one fails the attempt; the export lists them.
+    #[serde(default)]
+    pub produces: Vec<String>,
     /// Cosmetic attributes (`label`, `color`, `shape`, `tooltip`).
     #[serde(default)]
     pub attrs: Option<serde_json::Map<String, Value>>,

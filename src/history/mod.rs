@@ -81,6 +81,9 @@ pub enum EventKind {
         exit_code: Option<i32>,
         /// Why it failed, when it failed.
         error: Option<String>,
+        /// The files it produced, of those its task declares.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<ProducedFile>,
     },
     /// A node's output was committed (with its attempt's batch).
     Output {
@@ -150,6 +153,19 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The files it produced, of those its task declares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ProducedFile>,
+}
+
+/// A file an attempt produced: its path (relative to the folder the
+/// attempt ran in) and size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducedFile {
+    /// The path, as the task declares it.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// Per-node facts besides the graph's.
@@ -354,6 +370,7 @@ impl RunState {
                     outcome: None,
                     exit_code: None,
                     error: None,
+                    files: Vec::new(),
                 });
                 Vec::new()
             }
@@ -363,6 +380,7 @@ impl RunState {
                 outcome,
                 exit_code,
                 error,
+                files,
             } => {
                 let i = self.pos(node);
                 if let Some(a) = self.facts[i]
@@ -374,6 +392,7 @@ impl RunState {
                     a.outcome = Some(*outcome);
                     a.exit_code = *exit_code;
                     a.error = error.clone();
+                    a.files = files.clone();
                 }
                 Vec::new()
             }

@@ -41,6 +41,9 @@ pub struct RunConfig {
     /// The run parameters it was started with (workflow files).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Tasks run in the run's own folder (`ORCH_RUN_DIR`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_run_dir: bool,
 }
 
 /// What a node that failed for good (its retries used up) does to the
@@ -126,6 +129,7 @@ impl RunConfig {
             failure_policy: FailurePolicy::FailFast,
             fired_at: None,
             params: serde_json::Map::new(),
+            per_run_dir: false,
         }
     }
 }

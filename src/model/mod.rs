@@ -63,6 +63,11 @@ pub struct Task {
     /// commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_type: Option<Box<str>>,
+    /// Files a successful attempt must leave, relative to the folder it
+    /// runs in: a missing one fails the attempt; the ones there are
+    /// recorded with it (see [`crate::history::ProducedFile`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub produces: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -142,6 +147,7 @@ impl Task {
             output_required: false,
             input_type: None,
             output_type: None,
+            produces: Vec::new(),
         }
     }
 
@@ -270,6 +276,23 @@ impl Task {
     /// ```
     pub fn requires_output(mut self) -> Task {
         self.output_required = true;
+        self
+    }
+
+    /// Declares the files a successful attempt leaves (relative paths,
+    /// in the folder tasks run in): a missing one fails the attempt, and
+    /// the export lists the ones produced with their sizes.
+    ///
+    /// ```
+    /// let t = orch::Task::command(["sh", "-c", "date > stamp.txt"]).produces(["stamp.txt"]);
+    /// assert_eq!(t.produces, ["stamp.txt"]);
+    /// ```
+    pub fn produces<I, S>(mut self, paths: I) -> Task
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.produces = paths.into_iter().map(Into::into).collect();
         self
     }
 

@@ -159,6 +159,7 @@ fn history_and_views_agree(store: &dyn Store) {
                 value: json!({"n": 3}),
             },
             EventKind::AttemptFinished {
+                files: Vec::new(),
                 node: "ask".into(),
                 attempt: 1,
                 outcome: AttemptOutcome::Succeeded,
@@ -187,6 +188,10 @@ fn history_and_views_agree(store: &dyn Store) {
             pid: Some(42),
         },
         EventKind::AttemptFinished {
+            files: vec![crate::history::ProducedFile {
+                path: "out/report.csv".into(),
+                bytes: 12,
+            }],
             node: "work".into(),
             attempt: 1,
             outcome: AttemptOutcome::Succeeded,

@@ -282,3 +282,82 @@ fn pipeline_files_that_hang_raise_or_print_garbage_are_errors_with_their_place()
     );
     assert!(!space.db().exists());
 }
+
+#[test]
+fn each_run_of_a_file_works_in_its_own_folder_and_lists_the_files_it_declares() {
+    let space = Space::new();
+    space.write(
+        "count.yaml",
+        r#"name: count
+tasks:
+  - id: bump
+    command: "n=$(cat counter 2>/dev/null || echo 0); echo $((n + 1)) > counter; echo $ORCH_RUN_DIR > where"
+    produces: [counter, where]
+  - id: missing
+    command: "true"
+    produces: [never.txt]
+    after: [bump]
+"#,
+    );
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let out = space.cli(&["run", "count.yaml"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "`missing` fails: {}",
+            text(&out.stderr)
+        );
+        runs.push(space.store().resolve_run("latest").unwrap());
+    }
+    assert!(
+        !space.path().join("counter").exists(),
+        "nothing written beside the file"
+    );
+    for run in &runs {
+        // The database's folder holds each run's folder.
+        let dir = space.path().join("runs").join(run).join("work");
+        // Each run started from an empty folder: neither saw the other's counter.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("counter")).unwrap().trim(),
+            "1",
+            "{run}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("where")).unwrap().trim(),
+            dir.canonicalize().unwrap().display().to_string(),
+            "ORCH_RUN_DIR names it"
+        );
+        let ex = space.export(run);
+        let bump = &ex.node("bump").unwrap().attempts[0];
+        let files: Vec<(&str, u64)> = bump
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.bytes))
+            .collect();
+        assert_eq!(files[0], ("counter", 2));
+        assert_eq!(files[1].0, "where");
+        let missing = &ex.node("missing").unwrap().attempts[0];
+        assert_eq!(
+            missing.error.as_deref(),
+            Some("declared file `never.txt` was not produced")
+        );
+        let show = space.cli(&["show", run]);
+        assert!(
+            text(&show.stdout).contains("files produced:\n  bump: counter (2 bytes)"),
+            "{}",
+            text(&show.stdout)
+        );
+    }
+    space.write(
+        "escape.yaml",
+        "name: e\ntasks:\n  - {id: a, command: [\"true\"], produces: [../outside]}\n",
+    );
+    let out = space.cli(&["validate", "escape.yaml"]);
+    assert!(
+        text(&out.stderr)
+            .contains("produces `../outside`: a relative path inside the run's folder"),
+        "{}",
+        text(&out.stderr)
+    );
+}

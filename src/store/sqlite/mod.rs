@@ -32,7 +32,7 @@ mod schema;
 mod tests;
 mod views;
 
-use schema::{MIGRATE_1_TO_2, NOW_MS, SCHEMA, SCHEMA_VERSION};
+use schema::{MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, SCHEMA, SCHEMA_VERSION};
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
 /// The database path: `ORCH_DB` if set, else `.orch/orch.db` under the
@@ -249,6 +249,9 @@ impl SqliteStore {
             if version == 1 {
                 conn.execute_batch(MIGRATE_1_TO_2)?;
             }
+            if (1..=2).contains(&version) {
+                conn.execute_batch(MIGRATE_2_TO_3)?;
+            }
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -287,7 +290,7 @@ impl SqliteStore {
         let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
             Default::default();
         let mut stmt = c.prepare(
-            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error
+            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files
              FROM attempts WHERE run = ?1 ORDER BY node, attempt",
         )?;
         let rows = stmt.query_map([run], |r| {
@@ -302,6 +305,10 @@ impl SqliteStore {
                     outcome: outcome.and_then(|o| o.parse().ok()),
                     exit_code: r.get(6)?,
                     error: r.get(7)?,
+                    files: match r.get::<_, Option<String>>(8)? {
+                        Some(_) => json_col(r, 8)?,
+                        None => Vec::new(),
+                    },
                 },
             ))
         })?;

@@ -1,6 +1,7 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 3 added the tables of schedules, events and timers: `fires`
+/// Version 3 added the files an attempt produced (`attempts.files`) and
+/// the tables of schedules, events and timers: `fires`
 /// (each fire time and its run), `pushes` (events pushed under a key),
 /// `push_runs` (the run each event started for each workflow) and
 /// `timers`. Version 2 added run leases (`owner_id`, `owner`, `epoch`,
@@ -33,6 +34,12 @@ INSERT INTO signals (run, kind, node, value, requested_at)
         SELECT run, 'input', node, value, delivered_at, 1, id
             FROM inputs WHERE taken_at IS NULL
     ) ORDER BY at, src, id;
+"#;
+
+/// What a version-2 database needs to become version 3 (before `SCHEMA`,
+/// which adds the new tables).
+pub(super) const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE attempts ADD COLUMN files TEXT;
 "#;
 
 /// The store's clock, in milliseconds since the Unix epoch: leases expire
@@ -93,6 +100,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT,
     exit_code INTEGER,
     error TEXT,
+    files TEXT,
     PRIMARY KEY (run, node, attempt)
 );
 CREATE TABLE IF NOT EXISTS outputs (

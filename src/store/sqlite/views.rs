@@ -106,9 +106,11 @@ pub(super) fn write_event(
             outcome,
             exit_code,
             error,
+            files,
         } => {
+            let files = (!files.is_empty()).then(|| to_json(files));
             tx.prepare_cached(
-                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7
+                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7, files = ?8
                  WHERE run = ?1 AND node = ?2 AND attempt = ?3",
             )?
             .execute(params![
@@ -118,7 +120,8 @@ pub(super) fn write_event(
                 e.at,
                 outcome.as_str(),
                 exit_code,
-                error
+                error,
+                files
             ])?;
         }
         EventKind::Output { node, value } => {
