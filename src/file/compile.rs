@@ -72,8 +72,10 @@ impl Compiled {
     /// How a run of this file runs: in the file's folder, with the
     /// parallelism and failure policy the file sets.
     pub fn options(&self) -> crate::engine::RunOptions {
-        let mut opts = crate::engine::RunOptions::default();
-        opts.dir = Some(self.dir.clone());
+        let mut opts = crate::engine::RunOptions {
+            dir: Some(self.dir.clone()),
+            ..Default::default()
+        };
         if let Some(n) = self.max_parallel {
             opts.max_parallel = n.max(1);
         }
@@ -564,7 +566,7 @@ impl Compiler<'_, '_> {
             }
             let argv = argv
                 .iter()
-                .map(|a| interpolate(a, &scope.params).map_err(|e| fail(e)))
+                .map(|a| interpolate(a, &scope.params).map_err(fail))
                 .collect::<Result<Vec<_>, _>>()?;
             Task::command(argv)
         } else if t.input == Some(true) {
@@ -718,10 +720,9 @@ impl Compiler<'_, '_> {
         let ends = self.unit(&inner, &doc.tasks);
         self.files.pop();
         let mut ends = ends?;
-        for p in &doc.promises {
-            let place = Place::of(&inner.file, p);
+        if let Some(p) = doc.promises.first() {
             return Err(FileError::new(
-                place,
+                Place::of(&inner.file, p),
                 "a sub-workflow cannot declare promises (their node ids would not be prefixed): declare them in the including file",
             ));
         }
