@@ -201,7 +201,12 @@ fn backfill_runs_a_range_in_each_reprocessing_mode() {
     let space = Space::new();
     space.write(
         "hourly.yaml",
-        "name: hourly\nschedule: \"0 0 * * * *\"\ntasks:\n  - {id: check, command: \"test ! -e fail\"}\n",
+        // Runs of files work in their own folders: the flag is found by
+        // its full path.
+        &format!(
+            "name: hourly\nschedule: \"0 0 * * * *\"\ntasks:\n  - {{id: check, command: \"test ! -e {}/fail\"}}\n",
+            space.path().display()
+        ),
     );
     let range = [
         "--from",
