@@ -15,6 +15,7 @@ pub(crate) mod fork;
 mod process;
 pub mod protocol;
 mod python;
+pub mod resources;
 
 use std::fmt;
 use std::future::Future;

@@ -408,6 +408,11 @@ impl Executor for ProcessExecutor {
     }
 
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, LaunchError> {
+        if let Some(need) = &spec.task.requires {
+            if let Some(why) = super::resources::Offer::here().refuses(need) {
+                return Err(LaunchError::Refused(why));
+            }
+        }
         // Checked before anything starts: a task may carry any number.
         let timeout = match spec.task.timeout {
             Some(t) => Some(Duration::try_from_secs_f64(t).map_err(|_| {

@@ -613,6 +613,9 @@ impl Compiler<'_, '_> {
             }
         }
         task.produces = t.produces.clone();
+        if let Some(r) = &t.requires {
+            task.requires = Some(resources(r).map_err(|e| fail(format!("requires: {e}")))?);
+        }
         Ok(task)
     }
 
@@ -852,6 +855,7 @@ fn not_for_groups(
         ("timeout", t.timeout.is_some()),
         ("output_required", t.output_required.is_some()),
         ("produces", !t.produces.is_empty()),
+        ("requires", t.requires.is_some()),
         ("attrs", t.attrs.is_some()),
         ("name", t.name.is_some()),
     ] {
@@ -958,6 +962,59 @@ fn duration(d: &DurationDoc) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{secs} is not a duration (it must be a positive number of seconds)"))
+}
+
+/// A task's requirements as the model holds them.
+fn resources(r: &super::doc::RequiresDoc) -> Result<crate::model::Resources, String> {
+    if let Some(cpu) = r.cpu.filter(|c| !c.is_finite() || *c <= 0.0) {
+        return Err(format!("cpu {cpu} is not a positive number of cores"));
+    }
+    let memory = match &r.memory {
+        None => None,
+        Some(DurationDoc::Seconds(n)) if *n >= 0.0 && n.is_finite() => Some(*n as u64),
+        Some(DurationDoc::Seconds(n)) => {
+            return Err(format!("memory {n} is not a number of bytes"))
+        }
+        Some(DurationDoc::Text(t)) => Some(bytes(t)?),
+    };
+    if r.labels.len() > 64 || r.labels.iter().any(|l| l.is_empty() || l.len() > 256) {
+        return Err("labels: at most 64, each 1 to 256 characters".into());
+    }
+    Ok(crate::model::Resources {
+        cpu: r.cpu,
+        memory,
+        gpu: r.gpu,
+        labels: r.labels.clone(),
+    })
+}
+
+/// `"512M"`, `"4G"`, `"1.5T"` (powers of 1024) or a number of bytes.
+fn bytes(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("memory `{t}` is not an amount (say 512M or 4G)"))?;
+    let scale = match unit.trim().trim_end_matches(['i', 'B']) {
+        "" => 1.0,
+        "K" | "k" => 1024.0,
+        "M" | "m" => 1024.0 * 1024.0,
+        "G" | "g" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "memory `{t}` has the unknown unit `{other}` (K, M, G or T)"
+            ))
+        }
+    };
+    let b = n * scale;
+    if !b.is_finite() || b < 0.0 || b > u64::MAX as f64 {
+        return Err(format!("memory `{t}` is out of range"));
+    }
+    Ok(b as u64)
 }
 
 fn json_kind(v: &Value) -> &'static str {

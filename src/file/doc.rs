@@ -150,6 +150,10 @@ pub struct TaskDoc {
     /// paths): a missing one fails the attempt; the export lists them.
     #[serde(default)]
     pub produces: Vec<String>,
+    /// What an attempt needs of its machine: `cpu` (cores), `memory`
+    /// (bytes, or `"512M"`, `"4G"`), `gpu`, `labels`.
+    #[serde(default)]
+    pub requires: Option<RequiresDoc>,
     /// Cosmetic attributes (`label`, `color`, `shape`, `tooltip`).
     #[serde(default)]
     pub attrs: Option<serde_json::Map<String, Value>>,
@@ -230,6 +234,25 @@ impl<'de> Deserialize<'de> for Arg {
         }
         d.deserialize_any(V)
     }
+}
+
+/// What a task needs of the machine it runs on.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequiresDoc {
+    /// Cores.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Memory: bytes, or a number with `K`, `M`, `G` or `T` (powers of
+    /// 1024).
+    #[serde(default)]
+    pub memory: Option<DurationDoc>,
+    /// GPUs.
+    #[serde(default)]
+    pub gpu: Option<u32>,
+    /// Labels the machine must have.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A duration: seconds, or a number with a unit (`ms`, `s`, `m`, `h`).

@@ -68,6 +68,35 @@ pub struct Task {
     /// recorded with it (see [`crate::history::ProducedFile`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub produces: Vec<String>,
+    /// What an attempt needs of the machine it runs on: the process
+    /// executor refuses a task this machine cannot satisfy, before it
+    /// starts anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Resources>,
+}
+
+/// What a task needs of the machine it runs on.
+///
+/// ```
+/// let r = orch::model::Resources { cpu: Some(2.0), gpu: Some(1), ..Default::default() };
+/// let t = orch::Task::command(["train"]).requires(r.clone());
+/// assert_eq!(t.requires, Some(r));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+    /// Labels the machine must have (`ORCH_LABELS` gives them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -148,6 +177,7 @@ impl Task {
             input_type: None,
             output_type: None,
             produces: Vec::new(),
+            requires: None,
         }
     }
 
@@ -276,6 +306,12 @@ impl Task {
     /// ```
     pub fn requires_output(mut self) -> Task {
         self.output_required = true;
+        self
+    }
+
+    /// Declares what an attempt needs of its machine.
+    pub fn requires(mut self, needs: Resources) -> Task {
+        self.requires = Some(needs);
         self
     }
 

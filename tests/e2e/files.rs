@@ -361,3 +361,58 @@ tasks:
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_task_whose_requirements_this_machine_cannot_meet_fails_before_it_starts() {
+    let space = Space::new();
+    space.write(
+        "needs.yaml",
+        "name: needs\nkeep_going: true\ntasks:\n  - {id: fast_disk, command: [\"true\"], requires: {labels: [ssd], cpu: 1, memory: 1M}}\n  - {id: huge, command: [\"true\"], requires: {cpu: 100000}}\n",
+    );
+    let run = |labels: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orch"));
+        cmd.args(["run", "needs.yaml"])
+            .env("ORCH_DB", space.db())
+            .current_dir(space.path());
+        match labels {
+            Some(l) => cmd.env("ORCH_LABELS", l),
+            None => cmd.env_remove("ORCH_LABELS"),
+        };
+        assert_eq!(cmd.output().unwrap().status.code(), Some(1));
+        space.export(&space.store().resolve_run("latest").unwrap())
+    };
+    let ex = run(None);
+    let error = |ex: &orch::RunExport, id: &str| {
+        ex.node(id).unwrap().attempts[0]
+            .error
+            .clone()
+            .unwrap_or_default()
+    };
+    assert!(
+        error(&ex, "fast_disk")
+            .contains("the task requires the labels ssd, which this machine lacks"),
+        "{}",
+        error(&ex, "fast_disk")
+    );
+    assert!(
+        error(&ex, "huge").contains("the task requires cpu: 100000, and this machine offers"),
+        "{}",
+        error(&ex, "huge")
+    );
+    assert!(
+        ex.node("huge").unwrap().attempts[0].pid.is_none(),
+        "nothing started"
+    );
+    let ex = run(Some("ssd, fast"));
+    assert_eq!(ex.node("fast_disk").unwrap().state, NodeState::Succeeded);
+    space.write(
+        "bad.yaml",
+        "name: b\ntasks:\n  - {id: a, command: [\"true\"], requires: {memory: 4X}}\n",
+    );
+    let out = space.cli(&["validate", "bad.yaml"]);
+    assert!(
+        text(&out.stderr).contains("requires: memory `4X` has the unknown unit `X`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
