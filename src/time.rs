@@ -96,6 +96,51 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// A duration written by a person: seconds (`90`, `0.5`), or a number with
+/// a unit: `ms`, `s`, `m`, `h` or `d`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(orch::time::parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+/// assert_eq!(orch::time::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert!(orch::time::parse_duration("soon").is_err());
+/// assert!(orch::time::parse_duration("3w").unwrap_err().contains("unknown unit `w`"));
+/// ```
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("`{t}` is not a duration (say 30, \"30s\", \"5m\" or \"1h\")"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        other => {
+            return Err(format!(
+                "`{t}` has the unknown unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    seconds(secs)
+}
+
+/// A number of seconds as a duration: finite, not negative, under a
+/// century.
+pub fn seconds(secs: f64) -> Result<std::time::Duration, String> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| d.as_secs() < 100 * 365 * 86_400)
+        .ok_or_else(|| {
+            format!("{secs} is not a duration (a positive number of seconds, under a century)")
+        })
+}
+
 /// A new run id: `YYYYMMDD-HHMMSS-xxxxxxxxxxxx`, the UTC start time plus
 /// twelve random hex digits (48 bits: an engine starting thousands of
 /// runs a second met collisions with the six it used to have). Sorting

@@ -774,31 +774,9 @@ fn timer(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A delay: seconds, or a number with `s`, `m`, `h` or `d`.
+/// A delay of `--after`.
 fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("--after `{text}` is not a delay (say 90, 30s, 5m, 2h or 1d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        other => {
-            return Err(format!(
-                "--after `{text}`: unknown unit `{other}` (s, m, h or d)"
-            ))
-        }
-    };
-    std::time::Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| d.as_secs() < 100 * 365 * 86_400)
-        .ok_or_else(|| format!("--after `{text}` is not a delay orch can wait"))
+    orch::time::parse_duration(text).map_err(|e| format!("--after: {e}"))
 }
 
 /// A moment of `--from`/`--to`: RFC 3339, or a date (its midnight UTC).

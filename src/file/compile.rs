@@ -934,34 +934,12 @@ fn interpolate(arg: &str, params: &Map<String, Value>) -> Result<String, String>
     Ok(out)
 }
 
-/// A duration in seconds, or a number with `ms`, `s`, `m` or `h`.
+/// A duration in seconds, or text with a unit ([`crate::time::parse_duration`]).
 fn duration(d: &DurationDoc) -> Result<Duration, String> {
-    let secs = match d {
-        DurationDoc::Seconds(s) => *s,
-        DurationDoc::Text(t) => {
-            let t = t.trim();
-            let split = t
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(t.len());
-            let (n, unit) = t.split_at(split);
-            let n: f64 = n.parse().map_err(|_| {
-                format!("`{t}` is not a duration (say 30, \"30s\", \"5m\" or \"1h\")")
-            })?;
-            match unit.trim() {
-                "" | "s" => n,
-                "ms" => n / 1000.0,
-                "m" => n * 60.0,
-                "h" => n * 3600.0,
-                other => {
-                    return Err(format!(
-                        "`{t}` has the unknown unit `{other}` (use ms, s, m or h)"
-                    ))
-                }
-            }
-        }
-    };
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{secs} is not a duration (it must be a positive number of seconds)"))
+    match d {
+        DurationDoc::Seconds(s) => crate::time::seconds(*s),
+        DurationDoc::Text(t) => crate::time::parse_duration(t),
+    }
 }
 
 /// A task's requirements as the model holds them.

@@ -93,27 +93,23 @@ pub fn listing(folder: &Folder, store: Option<&dyn Store>, now: Timestamp) -> Ve
             }
         })
         .collect();
-    out.extend(errors.into_iter().map(|e| Listing {
-        file: e.place.file.clone(),
+    let error = |file: PathBuf, message: String| Listing {
+        file,
         pipeline: None,
         schedule: None,
         timezone: None,
         events: Vec::new(),
         next_fire: None,
         last_fire: None,
-        error: Some(e.to_string()),
-    }));
+        error: Some(message),
+    };
+    out.extend(
+        errors
+            .into_iter()
+            .map(|e| error(e.place.file.clone(), e.to_string())),
+    );
     if let Some(problem) = &folder.problem {
-        out.push(Listing {
-            file: folder.dir().to_path_buf(),
-            pipeline: None,
-            schedule: None,
-            timezone: None,
-            events: Vec::new(),
-            next_fire: None,
-            last_fire: None,
-            error: Some(problem.clone()),
-        });
+        out.push(error(folder.dir().to_path_buf(), problem.clone()));
     }
     out.sort_by(|a, b| (&a.file, &a.pipeline).cmp(&(&b.file, &b.pipeline)));
     out

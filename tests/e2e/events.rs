@@ -4,7 +4,7 @@
 //! fires a workflow once or on a cron schedule; a Rust program hosts a
 //! scheduler of its own workflows.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orch::scheduler::Scheduler;
@@ -12,56 +12,7 @@ use orch::store::RunSummary;
 use orch::{Engine, NodeState, RunStatus, SqliteStore, Store as _, Task, Workflow};
 use serde_json::{json, Value};
 
-use crate::util::{wait_for, Space};
-
-fn scheduler(space: &Space) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["scheduler", "flows"])
-        .env("ORCH_DB", space.db())
-        .current_dir(space.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("orch scheduler starts")
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
-}
-
-fn runs_of(space: &Space, workflow: &str) -> Vec<RunSummary> {
-    let Ok(store) = SqliteStore::open_read_only(space.db()) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<RunSummary> = store
-        .runs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.workflow == workflow && r.status != "running")
-        .collect();
-    runs.reverse();
-    runs
-}
-
-fn wait_for_runs(space: &Space, workflow: &str, n: usize) -> Vec<RunSummary> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let runs = runs_of(space, workflow);
-        if runs.len() >= n {
-            return runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{workflow} has {} ended runs, not {n}",
-            runs.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::util::{start_scheduler, stop_scheduler, wait_for, wait_for_runs, Space};
 
 /// Waits until the scheduler has read the folder: it wrote the database.
 fn wait_for_db(space: &Space) {
@@ -91,12 +42,12 @@ fn a_pushed_event_starts_each_subscribed_workflow_once_with_its_payload_as_param
         "flows/on_order.yaml",
         "name: on_order\nevents: [orders.new]\nparams:\n  order: {}\ntasks:\n  - {id: handle, command: [\"echo\", \"order {{order}}\"]}\n",
     );
-    let s = scheduler(&space);
+    let s = start_scheduler(&space, "flows");
     wait_for_db(&space);
     let push = space.cli(&["event", "push", "orders.new", r#"{"order": 42}"#]);
     assert!(push.status.success(), "{}", text(&push));
     assert!(text(&push).starts_with("pushed event 1 under `orders.new`"));
-    let runs = wait_for_runs(&space, "on_order", 1);
+    let runs = wait_for_runs(&space, "on_order", 1, true);
     assert_eq!(runs[0].status, "succeeded");
     let logs = space.cli(&["logs", &runs[0].id, "handle"]);
     assert!(text(&logs).contains("order 42"), "{}", text(&logs));
@@ -104,13 +55,13 @@ fn a_pushed_event_starts_each_subscribed_workflow_once_with_its_payload_as_param
     // one does.
     space.cli(&["event", "push", "orders.new", r#"{"nope": 1}"#]);
     space.cli(&["event", "push", "orders.new", r#"{"order": 43}"#]);
-    let runs = wait_for_runs(&space, "on_order", 2);
-    stop(s);
+    let runs = wait_for_runs(&space, "on_order", 2, true);
+    stop_scheduler(s);
     // A restarted scheduler does not start the same events again.
-    let s = scheduler(&space);
+    let s = start_scheduler(&space, "flows");
     space.cli(&["event", "push", "orders.new", r#"{"order": 44}"#]);
-    let after = wait_for_runs(&space, "on_order", 3);
-    stop(s);
+    let after = wait_for_runs(&space, "on_order", 3, true);
+    stop_scheduler(s);
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(runs.len(), 2);
     let params: Vec<Value> = after
@@ -176,18 +127,18 @@ fn timers_fire_once_or_on_a_cron_schedule_until_stopped() {
         "flows/ping.yaml",
         "name: ping\ntasks:\n  - {id: a, command: [\"true\"]}\n",
     );
-    let s = scheduler(&space);
+    let s = start_scheduler(&space, "flows");
     wait_for_db(&space);
     let once = space.cli(&["timer", "start", "ping", "--after", "0"]);
     assert_eq!(text(&once).trim(), "timer 1 fires `ping`");
-    let runs = wait_for_runs(&space, "ping", 1);
+    let runs = wait_for_runs(&space, "ping", 1, true);
     assert!(
         runs[0].fired_at.is_some(),
         "a timer's run carries its fire time"
     );
     let every = space.cli(&["timer", "start", "ping", "--cron", "* * * * * *"]);
     assert_eq!(text(&every).trim(), "timer 2 fires `ping`");
-    wait_for_runs(&space, "ping", 3);
+    wait_for_runs(&space, "ping", 3, true);
     let stopped = space.cli(&["timer", "stop", "2"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
     let list = space.cli(&["timer", "list", "--json"]);
@@ -197,7 +148,7 @@ fn timers_fire_once_or_on_a_cron_schedule_until_stopped() {
         .collect();
     assert_eq!(timers[0]["status"], "done");
     assert_eq!(timers[1]["status"], "stopped");
-    stop(s);
+    stop_scheduler(s);
     // Each fire time of each timer ran once.
     let store = space.store();
     assert_eq!(store.fires("timer:1", 0, i64::MAX).unwrap().len(), 1);

@@ -5,72 +5,15 @@
 //! reprocessing mode.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use orch::store::RunSummary;
-use orch::{SqliteStore, Store as _};
+use orch::Store as _;
 use serde_json::Value;
 
-use crate::util::{kill9, Space};
+use crate::util::{kill9, runs_of, start_scheduler, stop_scheduler, wait_for_runs, Space};
 
 const TICK: &str =
     "name: tick\nschedule: \"* * * * * *\"\ntasks:\n  - {id: a, command: [\"true\"]}\n";
-
-fn scheduler(space: &Space, dir: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["scheduler", dir])
-        .env("ORCH_DB", space.db())
-        .current_dir(space.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("orch scheduler starts")
-}
-
-/// The runs of `workflow`, oldest first.
-fn runs_of(space: &Space, workflow: &str) -> Vec<RunSummary> {
-    let Ok(store) = SqliteStore::open_read_only(space.db()) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<RunSummary> = store
-        .runs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.workflow == workflow)
-        .collect();
-    runs.reverse();
-    runs
-}
-
-/// Waits (60 s at most) until `workflow` has at least `n` runs.
-fn wait_for_runs(space: &Space, workflow: &str, n: usize) -> Vec<RunSummary> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let runs = runs_of(space, workflow);
-        if runs.len() >= n {
-            return runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{workflow} has {} runs, not {n}",
-            runs.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "the scheduler stops cleanly on SIGTERM: {status:?}"
-    );
-}
 
 /// Every run fired at a whole second, the id carrying it, no fire time
 /// twice.
@@ -99,14 +42,14 @@ fn a_per_second_schedule_fires_each_second_once_across_a_crash_and_a_restart() {
     let space = Space::new();
     std::fs::create_dir(space.path().join("flows")).unwrap();
     space.write("flows/tick.yaml", TICK);
-    let mut first = scheduler(&space, "flows");
-    let before = wait_for_runs(&space, "tick", 3);
+    let mut first = start_scheduler(&space, "flows");
+    let before = wait_for_runs(&space, "tick", 3, false);
     kill9(&mut first);
-    let before = runs_of(&space, "tick").len().max(before.len());
-    let second = scheduler(&space, "flows");
-    wait_for_runs(&space, "tick", before + 3);
-    stop(second);
-    let runs = runs_of(&space, "tick");
+    let before = runs_of(&space, "tick", false).len().max(before.len());
+    let second = start_scheduler(&space, "flows");
+    wait_for_runs(&space, "tick", before + 3, false);
+    stop_scheduler(second);
+    let runs = runs_of(&space, "tick", false);
     assert!(runs.len() >= before + 3, "{runs:?}");
     let times = assert_fired_once_each(&runs);
     // The store's record agrees: one fire per time, each with its run.
@@ -132,12 +75,12 @@ fn two_schedulers_on_one_database_fire_each_time_once() {
     std::fs::create_dir(space.path().join("flows")).unwrap();
     space.write("flows/tick.yaml", TICK);
     // Both start in the same second, so they want the same fire times.
-    let a = scheduler(&space, "flows");
-    let b = scheduler(&space, "flows");
-    wait_for_runs(&space, "tick", 4);
-    stop(a);
-    stop(b);
-    let runs = runs_of(&space, "tick");
+    let a = start_scheduler(&space, "flows");
+    let b = start_scheduler(&space, "flows");
+    wait_for_runs(&space, "tick", 4, false);
+    stop_scheduler(a);
+    stop_scheduler(b);
+    let runs = runs_of(&space, "tick", false);
     assert_fired_once_each(&runs);
 }
 
@@ -191,9 +134,9 @@ fn the_listing_shows_schedules_and_import_errors_and_the_others_still_fire() {
         .unwrap()
         .contains("pipeline `tick` is declared by"));
     // The broken files do not keep the good one from firing.
-    let s = scheduler(&space, "flows");
-    wait_for_runs(&space, "tick", 1);
-    stop(s);
+    let s = start_scheduler(&space, "flows");
+    wait_for_runs(&space, "tick", 1, false);
+    stop_scheduler(s);
 }
 
 #[test]
@@ -277,7 +220,7 @@ fn backfill_runs_a_range_in_each_reprocessing_mode() {
     assert_eq!(statuses(&lines), ["succeeded"; 4], "all reruns everything");
     // 12 runs in all, each carrying its fire time; the store records the
     // latest run of each fire time.
-    let runs = runs_of(&space, "hourly");
+    let runs = runs_of(&space, "hourly", false);
     assert_eq!(runs.len(), 12);
     let fires = space.store().fires("hourly", 0, i64::MAX).unwrap();
     assert_eq!(fires.len(), 4);

@@ -314,3 +314,67 @@ impl orch::exec::Executor for Echo {
         Ok(None)
     }
 }
+
+/// Starts `orch scheduler DIR` on this space's database.
+pub fn start_scheduler(space: &Space, dir: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["scheduler", dir])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("orch scheduler starts")
+}
+
+/// Stops a scheduler with SIGTERM; it must exit cleanly.
+pub fn stop_scheduler(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the scheduler stops cleanly on SIGTERM: {status:?}"
+    );
+}
+
+/// The runs of `workflow`, oldest first (only those that ended, when
+/// `ended`).
+pub fn runs_of(space: &Space, workflow: &str, ended: bool) -> Vec<orch::store::RunSummary> {
+    let Ok(store) = SqliteStore::open_read_only(space.db()) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<_> = store
+        .runs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.workflow == workflow && (!ended || r.status != "running"))
+        .collect();
+    runs.reverse();
+    runs
+}
+
+/// Waits (60 s at most) until `workflow` has at least `n` runs (that
+/// ended, when `ended`).
+pub fn wait_for_runs(
+    space: &Space,
+    workflow: &str,
+    n: usize,
+    ended: bool,
+) -> Vec<orch::store::RunSummary> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let runs = runs_of(space, workflow, ended);
+        if runs.len() >= n {
+            return runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{workflow} has {} runs, not {n}",
+            runs.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
