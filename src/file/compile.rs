@@ -493,13 +493,7 @@ impl Compiler<'_, '_> {
         task.name = t.name.clone().unwrap_or_default();
         let inputs = match &t.inputs {
             None => Value::Null,
-            Some(v @ Value::Object(_)) => self.inputs(scope, v, fail)?,
-            Some(other) => {
-                return Err(fail(format!(
-                    "inputs must be an object of named values, got {}",
-                    json_kind(other)
-                )))
-            }
+            Some(v) => self.inputs(scope, v, fail)?,
         };
         self.node(id, task, inputs, t.attrs.clone().unwrap_or_default(), place)?;
         Ok(id.to_string())
@@ -633,13 +627,20 @@ impl Compiler<'_, '_> {
         }
     }
 
-    /// Inputs with parameters put in and output references prefixed.
+    /// Inputs (an object of named values) with parameters put in and
+    /// output references prefixed.
     fn inputs(
         &self,
         scope: &Scope,
         v: &Value,
         fail: &dyn Fn(String) -> FileError,
     ) -> Result<Value, FileError> {
+        if !v.is_object() {
+            return Err(fail(format!(
+                "inputs must be an object of named values, got {}",
+                json_kind(v)
+            )));
+        }
         let filled = fill(v, scope, 0).map_err(|e| fail(format!("inputs: {e}")))?;
         for r in crate::model::output_refs(&filled).map_err(|e| fail(format!("inputs: {e}")))? {
             match self.tasks.get(&r.node) {
@@ -782,13 +783,7 @@ impl Compiler<'_, '_> {
         template.name = name.clone();
         let tpl_inputs = match &tpl.inputs {
             None => Value::Object(Map::new()),
-            Some(v @ Value::Object(_)) => self.inputs(scope, v, &tpl_fail)?,
-            Some(other) => {
-                return Err(tpl_fail(format!(
-                    "inputs must be an object of named values, got {}",
-                    json_kind(other)
-                )))
-            }
+            Some(v) => self.inputs(scope, v, &tpl_fail)?,
         };
         let items = fill(&each.items, scope, 0).map_err(|e| fail(format!("each items: {e}")))?;
         if !(items.is_array() || items.get("$output").is_some()) {
