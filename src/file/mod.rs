@@ -256,7 +256,9 @@ pub fn parse(file: &Path, text: &str) -> Result<WorkflowDoc, FileError> {
             .filter(|(line, _)| *line > 0);
         let message = match e.without_snippet() {
             serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
-            other => other.to_string(),
+            other => other
+                .to_string()
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
         };
         // The message may end with its own "at line L column C".
         let message = match message.find(" at line ") {
