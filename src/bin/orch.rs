@@ -319,14 +319,30 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let mut failed = 0;
             let mut out = std::io::stdout().lock();
             for f in &files {
-                match orch::file::load(f, &params) {
-                    Ok(c) => writeln!(
-                        out,
-                        "{}: ok (workflow `{}`, {} nodes)",
-                        f.display(),
-                        c.definition.name,
-                        c.places.len()
-                    )?,
+                // Without parameters, every workflow of the file, with
+                // placeholders for the parameters that have no default.
+                let loaded = if params.is_empty() {
+                    orch::file::load_all(f)
+                } else {
+                    orch::file::load(f, &params).map(|c| vec![c])
+                };
+                match loaded {
+                    Ok(all) => {
+                        for c in all {
+                            let needs = if c.needs.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; needs the parameters {}", c.needs.join(", "))
+                            };
+                            writeln!(
+                                out,
+                                "{}: ok (workflow `{}`, {} nodes{needs})",
+                                f.display(),
+                                c.definition.name,
+                                c.places.len()
+                            )?;
+                        }
+                    }
                     Err(e) => {
                         failed += 1;
                         eprintln!("{e}");
