@@ -380,8 +380,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Event(EventCommand::Push { key, payload }) => {
-            if key.trim().is_empty() || key.len() > 256 {
-                return Err("an event key is 1 to 256 characters".into());
+            if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+                return Err("an event key is 1 to 256 printable characters".into());
             }
             let payload: serde_json::Value = match payload {
                 Some(text) => {
@@ -709,6 +709,9 @@ fn timer(
             cron,
             timezone,
         } => {
+            if workflow.is_empty() || workflow.len() > 256 || workflow.chars().any(char::is_control) {
+                return Err("the workflow name is 1 to 256 printable characters".into());
+            }
             let at_ms = match (at, after, &cron) {
                 (Some(at), _, _) => Some(parse_moment("--at", &at)?.as_millisecond()),
                 (None, Some(after), _) => {
