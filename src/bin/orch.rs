@@ -709,7 +709,8 @@ fn timer(
             cron,
             timezone,
         } => {
-            if workflow.is_empty() || workflow.len() > 256 || workflow.chars().any(char::is_control) {
+            if workflow.is_empty() || workflow.len() > 256 || workflow.chars().any(char::is_control)
+            {
                 return Err("the workflow name is 1 to 256 printable characters".into());
             }
             let at_ms = match (at, after, &cron) {

@@ -488,12 +488,41 @@ impl Scheduler {
         }
     }
 
-    /// Starts again the fires some scheduler claimed but never started a
-    /// run for (it died in between), once each.
+    /// Starts again the fires and events some scheduler claimed but never
+    /// started a run for (it died in between), once each, with the run id
+    /// the claim recorded.
     pub async fn recover(&mut self, now: Timestamp) -> Result<usize> {
         let store = self.engine.store().clone();
         let now_ms = now.as_millisecond();
         let mut started = 0;
+        let orphans = store.orphaned_event_runs(now_ms - 86_400_000, now_ms - ORPHAN_AFTER_MS)?;
+        for (event, workflow, run) in orphans {
+            let Some(p) = self.table.get(&workflow).cloned() else {
+                continue;
+            };
+            if !self
+                .recovered
+                .insert((format!("event:{}:{workflow}", event.id), 0))
+            {
+                continue;
+            }
+            let params = event.payload.as_object().cloned().unwrap_or_default();
+            let Ok((definition, mut opts)) = p.for_params(&params) else {
+                continue;
+            };
+            warn!(pipeline = %workflow, run = %run, event = event.id, "an event's run was claimed but never started: starting it");
+            opts.run_id = Some(run);
+            match self.engine.start(&definition, &opts).await {
+                Ok(handle) => {
+                    started += 1;
+                    self.watch(workflow.clone(), handle);
+                }
+                Err(Error::Refused { .. }) => {}
+                Err(e) => {
+                    warn!(pipeline = %workflow, error = %e, "the run of a claimed event did not start")
+                }
+            }
+        }
         let pipelines: Vec<Pipeline> = self.table.values().cloned().collect();
         for p in pipelines {
             let day = 86_400_000;

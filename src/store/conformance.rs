@@ -605,6 +605,22 @@ fn events_and_timers_are_kept(store: &dyn Store) {
         "once per workflow"
     );
     assert!(store.claim_event_run(first, "v", "r3").expect("claim"));
+    let now = crate::time::unix_millis() as i64;
+    let orphans = store
+        .orphaned_event_runs(now - 60_000, now + 60_000)
+        .expect("orphans");
+    assert_eq!(
+        orphans
+            .iter()
+            .map(|(e, w, r)| (e.id, w.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        [(first, "v", "r3"), (first, "w", "r1")],
+        "claimed runs that never registered"
+    );
+    assert!(store
+        .orphaned_event_runs(0, now - 60_000)
+        .expect("orphans")
+        .is_empty());
     let once = store
         .add_timer("w", Some(5_000), None, None)
         .expect("timer");

@@ -319,6 +319,15 @@ pub trait Store: Send + Sync {
     /// unless one is recorded: true when this call recorded it.
     fn claim_event_run(&self, event: i64, workflow: &str, run: &str) -> Result<bool>;
 
+    /// The runs events claimed no earlier than `since_ms` and no later
+    /// than `until_ms` that never registered (their scheduler died in
+    /// between): each event with the workflow and the run id it claimed.
+    fn orphaned_event_runs(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(Pushed, String, String)>>;
+
     /// Starts a timer firing `workflow` once at `at_ms`, or on `cron` (in
     /// `timezone`); returns its id.
     fn add_timer(

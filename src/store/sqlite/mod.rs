@@ -983,11 +983,44 @@ impl Store for SqliteStore {
         let c = self.lock();
         let n = c
             .prepare_cached(
-                "INSERT INTO push_runs (push, workflow, run) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                &format!("INSERT INTO push_runs (push, workflow, run, claimed_at) VALUES (?1, ?2, ?3, {NOW_MS}) ON CONFLICT DO NOTHING"),
             )
             .and_then(|mut s| s.execute(params![event, workflow, run]))
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
+    }
+
+    fn orphaned_event_runs(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(Pushed, String, String)>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT p.id, p.key, p.payload, p.pushed_at, r.workflow, r.run FROM push_runs r
+                 JOIN pushes p ON p.id = r.push
+                 LEFT JOIN runs x ON x.id = r.run
+                 WHERE x.id IS NULL AND r.claimed_at BETWEEN ?1 AND ?2
+                 ORDER BY p.id, r.workflow",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since_ms, until_ms], |r| {
+                Ok((
+                    Pushed {
+                        id: r.get(0)?,
+                        key: r.get(1)?,
+                        payload: json_col(r, 2)?,
+                        pushed_at: r.get(3)?,
+                    },
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
     }
 
     fn add_timer(

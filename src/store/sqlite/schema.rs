@@ -157,6 +157,7 @@ CREATE TABLE IF NOT EXISTS push_runs (
     push INTEGER NOT NULL,
     workflow TEXT NOT NULL,
     run TEXT NOT NULL,
+    claimed_at INTEGER NOT NULL,
     PRIMARY KEY (push, workflow)
 );
 CREATE TABLE IF NOT EXISTS timers (
