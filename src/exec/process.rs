@@ -649,136 +649,136 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
 
     while !(out_done && err_done && status.is_some()) {
         tokio::select! {
-                    r = out.next(), if !out_done => match r {
-                        Ok(Read::Line(bytes)) => {
-                            let line = String::from_utf8_lossy(&bytes).into_owned();
-                            if broken {
-                                logs.push("stdout", line);
+            r = out.next(), if !out_done => match r {
+                Ok(Read::Line(bytes)) => {
+                    let line = String::from_utf8_lossy(&bytes).into_owned();
+                    if broken {
+                        logs.push("stdout", line);
+                        continue;
+                    }
+                    match protocol::classify(&line) {
+                        Line::Log => logs.push("stdout", line),
+                        Line::Malformed(why) => {
+                            broken = true;
+                            end.interrupt(Interrupt::Broken(format!("malformed protocol line ({why}): {}", protocol::quote(&line))));
+                            kill_group(pgid);
+                        }
+                        Line::Message(m) => {
+                            if m.seq <= last_seq {
+                                broken = true;
+                                end.interrupt(Interrupt::Broken(format!(
+                                    "protocol line has seq {} but the previous one had {last_seq}: {}",
+                                    m.seq, protocol::quote(&line)
+                                )));
+                                kill_group(pgid);
                                 continue;
                             }
-                            match protocol::classify(&line) {
-                                Line::Log => logs.push("stdout", line),
-                                Line::Malformed(why) => {
-                                    broken = true;
-                                    end.interrupt(Interrupt::Broken(format!("malformed protocol line ({why}): {}", protocol::quote(&line))));
-                                    kill_group(pgid);
-                                }
-                                Line::Message(m) => {
-                                    if m.seq <= last_seq {
-                                        broken = true;
-                                        end.interrupt(Interrupt::Broken(format!(
-                                            "protocol line has seq {} but the previous one had {last_seq}: {}",
-                                            m.seq, protocol::quote(&line)
-                                        )));
-                                        kill_group(pgid);
-                                        continue;
-                                    }
-                                    last_seq = m.seq;
-                                    let reply = match m.body {
-                                        Body::Mutation(mutation) => {
-                                            let (tx, rx) = oneshot::channel();
-                                            let sent = link.reports.send(Report::Mutation {
-                                                attempt: link.id.clone(),
-                                                mutation,
-                                                reply: tx,
-                                            });
-                                            match (sent, rx.await) {
-                                                (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
-                                                (Ok(()), Ok(Err(e))) => {
-                                                    logs.push("orch", format!("rejected: {e}"));
-                                                    protocol::error(m.seq, &e)
-                                                }
-                                                _ => protocol::error(m.seq, "the orchestrator is shutting down"),
-                                            }
-                                        }
-                                        Body::Output(v) => {
-                                            end.output = Some(v);
-                                            protocol::ack(m.seq)
-                                        }
-                                        Body::Log { level, message } => {
-                                            logs.push("log", format!("[{level}] {message}"));
-                                            protocol::ack(m.seq)
-                                        }
-                                        Body::Rejected(e) => {
+                            last_seq = m.seq;
+                            let reply = match m.body {
+                                Body::Mutation(mutation) => {
+                                    let (tx, rx) = oneshot::channel();
+                                    let sent = link.reports.send(Report::Mutation {
+                                        attempt: link.id.clone(),
+                                        mutation,
+                                        reply: tx,
+                                    });
+                                    match (sent, rx.await) {
+                                        (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
+                                        (Ok(()), Ok(Err(e))) => {
                                             logs.push("orch", format!("rejected: {e}"));
                                             protocol::error(m.seq, &e)
                                         }
-                                        Body::Fail { message, retry } => {
-                                            end.failure = Some(TaskFailure { message, retry });
-                                            protocol::ack(m.seq)
-                                        }
-                                    };
-                                    let _ = stdin_tx.send(reply);
+                                        _ => protocol::error(m.seq, "the orchestrator is shutting down"),
+                                    }
                                 }
-                            }
+                                Body::Output(v) => {
+                                    end.output = Some(v);
+                                    protocol::ack(m.seq)
+                                }
+                                Body::Log { level, message } => {
+                                    logs.push("log", format!("[{level}] {message}"));
+                                    protocol::ack(m.seq)
+                                }
+                                Body::Rejected(e) => {
+                                    logs.push("orch", format!("rejected: {e}"));
+                                    protocol::error(m.seq, &e)
+                                }
+                                Body::Fail { message, retry } => {
+                                    end.failure = Some(TaskFailure { message, retry });
+                                    protocol::ack(m.seq)
+                                }
+                            };
+                            let _ = stdin_tx.send(reply);
                         }
-                        Ok(Read::TooLong(prefix)) => {
-                            let head = String::from_utf8_lossy(&prefix).into_owned();
-                            if !protocol::is_marked(&head) {
-                                logs.push("stdout", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
-                            } else if !broken {
-                                broken = true;
-                                end.interrupt(Interrupt::Broken(format!(
-                                    "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
-                                    protocol::quote(&head)
-                                )));
-                                kill_group(pgid);
-                            }
-                        }
-                        Ok(Read::Eof) => out_done = true,
-                        Err(e) => {
-                            logs.push("orch", format!("reading stdout failed: {e}"));
-                            out_done = true;
-                        }
-                    },
-                    r = err.next(), if !err_done => match r {
-                        Ok(Read::Line(bytes)) => logs.push("stderr", String::from_utf8_lossy(&bytes).into_owned()),
-                        Ok(Read::TooLong(prefix)) => logs.push(
-                            "stderr",
-                            format!("{}… [line over {MAX_LINE_BYTES} bytes truncated]", String::from_utf8_lossy(&prefix)),
-                        ),
-                        Ok(Read::Eof) => err_done = true,
-                        Err(e) => {
-                            logs.push("orch", format!("reading stderr failed: {e}"));
-                            err_done = true;
-                        }
-                    },
-                    s = process.wait(), if status.is_none() => {
-                        // Stragglers of the group would keep the pipes open.
-                        kill_group(pgid);
-                        status = Some(s);
                     }
-                    () = &mut sleep, if deadline.is_some() && !timed_out && status.is_none() => {
-                        timed_out = true;
-                        end.interrupt(Interrupt::TimedOut);
-                        kill_group(pgid);
-                    }
-                    k = link.kill.recv(), if !kill_done => match k {
-        Some(Stop::Terminate(grace)) if status.is_none() => {
-                            // Asked, not yet killed: an attempt that finishes its
-                            // work within the grace period ends as it would have.
-                            terminated = true;
-                            signal_group(pgid, libc::SIGTERM);
-                            let at = tokio::time::Instant::now() + grace;
-                            term_deadline = Some(term_deadline.map_or(at, |d| d.min(at)));
-                        }
-                        // It exited already (its pipes drain): nothing to stop.
-                        Some(Stop::Terminate(_)) => {}
-                        Some(_) => {
-                            end.interrupt(Interrupt::Killed);
-                            kill_group(pgid);
-                        }
-                        // The engine no longer asks anything of this attempt.
-                        None => kill_done = true,
-                    },
-                    () = tokio::time::sleep_until(term_deadline.unwrap_or_else(tokio::time::Instant::now)),
-                        if term_deadline.is_some() && status.is_none() => {
-        term_deadline = None;
-                        end.interrupt(Interrupt::Killed);
-                        logs.push("orch", "still running after the grace period of its stop: killed".into());
+                }
+                Ok(Read::TooLong(prefix)) => {
+                    let head = String::from_utf8_lossy(&prefix).into_owned();
+                    if !protocol::is_marked(&head) {
+                        logs.push("stdout", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
+                    } else if !broken {
+                        broken = true;
+                        end.interrupt(Interrupt::Broken(format!(
+                            "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
+                            protocol::quote(&head)
+                        )));
                         kill_group(pgid);
                     }
                 }
+                Ok(Read::Eof) => out_done = true,
+                Err(e) => {
+                    logs.push("orch", format!("reading stdout failed: {e}"));
+                    out_done = true;
+                }
+            },
+            r = err.next(), if !err_done => match r {
+                Ok(Read::Line(bytes)) => logs.push("stderr", String::from_utf8_lossy(&bytes).into_owned()),
+                Ok(Read::TooLong(prefix)) => logs.push(
+                    "stderr",
+                    format!("{}… [line over {MAX_LINE_BYTES} bytes truncated]", String::from_utf8_lossy(&prefix)),
+                ),
+                Ok(Read::Eof) => err_done = true,
+                Err(e) => {
+                    logs.push("orch", format!("reading stderr failed: {e}"));
+                    err_done = true;
+                }
+            },
+            s = process.wait(), if status.is_none() => {
+                // Stragglers of the group would keep the pipes open.
+                kill_group(pgid);
+                status = Some(s);
+            }
+            () = &mut sleep, if deadline.is_some() && !timed_out && status.is_none() => {
+                timed_out = true;
+                end.interrupt(Interrupt::TimedOut);
+                kill_group(pgid);
+            }
+            k = link.kill.recv(), if !kill_done => match k {
+                Some(Stop::Terminate(grace)) if status.is_none() => {
+                    // Asked, not yet killed: an attempt that finishes its
+                    // work within the grace period ends as it would have.
+                    terminated = true;
+                    signal_group(pgid, libc::SIGTERM);
+                    let at = tokio::time::Instant::now() + grace;
+                    term_deadline = Some(term_deadline.map_or(at, |d| d.min(at)));
+                }
+                // It exited already (its pipes drain): nothing to stop.
+                Some(Stop::Terminate(_)) => {}
+                Some(_) => {
+                    end.interrupt(Interrupt::Killed);
+                    kill_group(pgid);
+                }
+                // The engine no longer asks anything of this attempt.
+                None => kill_done = true,
+            },
+            () = tokio::time::sleep_until(term_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if term_deadline.is_some() && status.is_none() => {
+                term_deadline = None;
+                end.interrupt(Interrupt::Killed);
+                logs.push("orch", "still running after the grace period of its stop: killed".into());
+                kill_group(pgid);
+            }
+        }
     }
     drop(stdin_tx);
     match status {
