@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod durability;
 mod engine;
+mod escape;
 mod examples;
 mod execution;
 mod fork;
