@@ -267,6 +267,9 @@ impl ForkServer {
             "ORCH_FORK_PRELOAD",
             serde_json::to_string(preload).expect("strings serialise"),
         )
+        // Its forks' kernel environment is this one: the mark says so
+        // (see `escape.rs`).
+        .env(crate::exec::escape::FORK_SERVER_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

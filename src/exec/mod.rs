@@ -11,6 +11,7 @@
 //! (containers, remote runners, test doubles) implement [`Executor`] the
 //! same way.
 
+mod escape;
 pub(crate) mod fork;
 mod process;
 pub mod protocol;
@@ -26,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-pub use process::{is_forked_attempt, kill_group, ProcessEnv, ProcessExecutor};
+pub use escape::TOKEN_ENV;
+pub use process::{is_forked_attempt, kill_group, ProcessEnv, ProcessExecutor, DRAIN_AFTER_EXIT};
 pub use python::{configured_python, install_helper, resolve_python};
 
 use crate::history::LogLine;

@@ -2,6 +2,8 @@
 //! process group (a fresh one, or forked from the run's warm Python
 //! server), speaking the JSON-lines protocol over its stdio.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
+use super::escape::{self, Mark};
 use super::fork::{ForkExit, ForkServer, Forked, Request};
 use super::protocol::{self, Body, Line, Start};
 use super::python::resolve_python;
@@ -99,9 +102,35 @@ fn fork_allowed_by_env() -> bool {
     )
 }
 
+/// How long the pipes of an attempt are still read after its process
+/// exited (and its group and escaped processes were killed). Output its
+/// process wrote before it exited is read in that time; a pipe still open
+/// after it is held by a process that could not be found, and reading
+/// stops, so that the attempt ends.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// [`DRAIN_AFTER_EXIT`], or with the `testing` feature the milliseconds
+/// `ORCH_TEST_DRAIN_AFTER_EXIT_MS` says (read once).
+fn drain_after_exit() -> Duration {
+    #[cfg(feature = "testing")]
+    {
+        static DRAIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+        *DRAIN.get_or_init(|| {
+            std::env::var("ORCH_TEST_DRAIN_AFTER_EXIT_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(DRAIN_AFTER_EXIT, Duration::from_millis)
+        })
+    }
+    #[cfg(not(feature = "testing"))]
+    DRAIN_AFTER_EXIT
+}
+
 /// How one attempt's process was started.
 struct Proc {
     pgid: u32,
+    /// What marks its processes, to find those that leave its group.
+    mark: Mark,
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: ChildStderr,
@@ -184,12 +213,13 @@ impl ProcessExecutor {
     }
 
     /// Variables every attempt gets.
-    fn attempt_env(&self, spec: &AttemptSpec) -> Vec<(&'static str, String)> {
+    fn attempt_env(&self, spec: &AttemptSpec, mark: &Mark) -> Vec<(&'static str, String)> {
         let mut vars = vec![
             ("ORCH_RUN", spec.id.run.clone()),
             ("ORCH_NODE", spec.id.node.clone()),
             ("ORCH_ATTEMPT", spec.id.attempt.to_string()),
             ("ORCH_DB", self.env.db.to_string_lossy().into_owned()),
+            mark.env(),
         ];
         if let Some((dir, _)) = &self.env.run_dir {
             vars.push(("ORCH_RUN_DIR", dir.to_string_lossy().into_owned()));
@@ -251,7 +281,7 @@ impl ProcessExecutor {
     /// Forks a Python attempt from the run's server, starting the server
     /// first if needed. `None`: start a fresh interpreter instead (fork is
     /// off, the attempt is not Python, or the server is unusable).
-    fn try_fork(&self, spec: &AttemptSpec) -> Option<Forked> {
+    fn try_fork(&self, spec: &AttemptSpec, mark: &Mark) -> Option<Forked> {
         let env = &self.env;
         let (script, call) = match &spec.task.exec {
             Exec::Python { script } => (Some(env.base_dir.join(script)), None),
@@ -303,7 +333,7 @@ impl ProcessExecutor {
             call: call.as_deref(),
             argv,
             cwd: self.cwd(),
-            env: self.attempt_env(spec),
+            env: self.attempt_env(spec, mark),
             run: &spec.id.run,
             node: &spec.id.node,
         };
@@ -316,7 +346,7 @@ impl ProcessExecutor {
         }
     }
 
-    fn command(&self, spec: &AttemptSpec) -> Result<Command, LaunchError> {
+    fn command(&self, spec: &AttemptSpec, mark: &Mark) -> Result<Command, LaunchError> {
         let env = &self.env;
         let mut cmd = match &spec.task.exec {
             Exec::Python { script } => {
@@ -375,7 +405,7 @@ impl ProcessExecutor {
         };
         cmd.current_dir(self.cwd())
             .env("PYTHONPATH", self.pythonpath())
-            .envs(self.attempt_env(spec))
+            .envs(self.attempt_env(spec, mark))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -422,16 +452,21 @@ impl Executor for ProcessExecutor {
             })?),
             None => self.env.default_timeout,
         };
-        let proc = match self.try_fork(&spec) {
-            Some(forked) => from_forked(forked).map_err(LaunchError::Refused)?,
+        let mut mark = Mark::new();
+        let proc = match self.try_fork(&spec, &mark) {
+            Some(forked) => {
+                mark.forked(&super::fork::marker_name(&spec.id.run, &spec.id.node));
+                from_forked(forked, mark).map_err(LaunchError::Refused)?
+            }
             None => {
-                let mut cmd = self.command(&spec)?;
+                let mut cmd = self.command(&spec, &mark)?;
                 let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
                     program: cmd.as_std().get_program().to_string_lossy().into_owned(),
                     source,
                 })?;
                 Proc {
                     pgid: child.id().unwrap_or(0),
+                    mark,
                     stdin: child.stdin.take().expect("piped stdin"),
                     stdout: child.stdout.take().expect("piped stdout"),
                     stderr: child.stderr.take().expect("piped stderr"),
@@ -446,7 +481,7 @@ impl Executor for ProcessExecutor {
 }
 
 /// The orchestrator's ends of a forked attempt's pipes, as tokio handles.
-fn from_forked(f: Forked) -> Result<Proc, String> {
+fn from_forked(f: Forked, mark: Mark) -> Result<Proc, String> {
     let wrap = |what: &str, e: std::io::Error| {
         kill_group(f.pid);
         format!("forked attempt {}: {what}: {e}", f.pid)
@@ -460,6 +495,7 @@ fn from_forked(f: Forked) -> Result<Proc, String> {
         .map_err(|e| wrap("stderr", e))?;
     Ok(Proc {
         pgid: pid,
+        mark,
         stdin,
         stdout,
         stderr,
@@ -566,24 +602,104 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
+/// `bytes` as text: valid UTF-8 as it is, each byte that is not part of
+/// valid UTF-8 as `\xNN` (two lowercase hex digits), and how many bytes
+/// were shown so. A backslash already in the text stays as it is, so a
+/// valid line is never changed; the log line noting the change (see
+/// [`Collector::note_invalid`]) tells the two apart.
+pub(crate) fn escape_invalid(bytes: &[u8]) -> (Cow<'_, str>, usize) {
+    let mut rest = match std::str::from_utf8(bytes) {
+        Ok(text) => return (Cow::Borrowed(text), 0),
+        Err(_) => bytes,
+    };
+    let mut out = String::with_capacity(bytes.len() + 16);
+    let mut bad = 0;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(text) => {
+                out.push_str(text);
+                return (Cow::Owned(out), bad);
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).expect("checked valid"));
+                let n = e.error_len().unwrap_or(after.len());
+                for b in &after[..n] {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+                bad += n;
+                rest = &after[n..];
+            }
+        }
+    }
+}
+
+/// A line read from a pipe as text (without a copy when it is valid
+/// UTF-8): the text as [`escape_invalid`] gives it, how many bytes it
+/// shows as `\xNN`, and the offset of the first of them.
+fn line_text(bytes: Vec<u8>) -> (String, usize, Option<usize>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, 0, None),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let (text, bad) = escape_invalid(e.as_bytes());
+            (text.into_owned(), bad, Some(at))
+        }
+    }
+}
+
+/// The start of a line cut at a byte count: without a character cut in
+/// two at its end (when the rest is valid UTF-8).
+fn without_cut_char(prefix: &[u8]) -> &[u8] {
+    match std::str::from_utf8(prefix) {
+        Err(e) if e.error_len().is_none() => &prefix[..e.valid_up_to()],
+        _ => prefix,
+    }
+}
+
+/// "stdout", "stderr" or "stdout and stderr": the pipes still open.
+fn open_pipes(out_done: bool, err_done: bool) -> &'static str {
+    match (out_done, err_done) {
+        (false, false) => "stdout and stderr were",
+        (false, true) => "stdout was",
+        _ => "stderr was",
+    }
+}
+
 struct Collector {
     node: String,
     attempt: u32,
     logs: Vec<LogLine>,
     bytes: usize,
     dropped: usize,
+    /// Lines that had bytes that are not UTF-8: the first is noted right
+    /// after it, the others counted in a last line.
+    not_utf8: usize,
     /// Where each kept line goes as it is written, when logs are followed.
     live: Option<(AttemptId, mpsc::UnboundedSender<Report>)>,
 }
 
 impl Collector {
-    fn push(&mut self, stream: &str, text: String) {
+    /// Keeps a line, unless the log is over [`MAX_LOG_BYTES`] (then it is
+    /// counted as dropped); true when kept.
+    fn push(&mut self, stream: &str, text: String) -> bool {
         let cost = text.len() + LOG_LINE_COST;
         if self.bytes + cost > MAX_LOG_BYTES {
             self.dropped += 1;
-            return;
+            return false;
         }
-        self.bytes += cost;
+        self.append(stream, text);
+        true
+    }
+
+    /// Keeps one of the orchestrator's own lines about the attempt (how it
+    /// ended, what it changed), over the cap too: there are few of them.
+    fn note(&mut self, text: String) {
+        self.append("orch", text);
+    }
+
+    fn append(&mut self, stream: &str, text: String) {
+        self.bytes += text.len() + LOG_LINE_COST;
         let line = LogLine {
             node: self.node.clone(),
             attempt: self.attempt,
@@ -600,22 +716,61 @@ impl Collector {
         self.logs.push(line);
     }
 
+    /// Logs line `number` of `stream`, its bytes that are not UTF-8 shown
+    /// as `\xNN` (and noted).
+    fn push_bytes(&mut self, stream: &str, number: u64, bytes: Vec<u8>) {
+        let (text, bad, _) = line_text(bytes);
+        let kept = self.push(stream, text);
+        self.note_invalid(stream, number, bad, kept);
+    }
+
+    /// Says that line `number` of `stream` (`kept` or dropped) had `bad`
+    /// bytes shown as `\xNN`: the first such kept line of the attempt
+    /// right away, the others counted at the end. Never a changed value
+    /// without a word.
+    fn note_invalid(&mut self, stream: &str, number: u64, bad: usize, kept: bool) {
+        if bad == 0 || !kept {
+            return;
+        }
+        self.not_utf8 += 1;
+        if self.not_utf8 == 1 {
+            let (s, are) = if bad == 1 { ("", "is") } else { ("s", "are") };
+            self.note(format!(
+                "line {number} of {stream} had {bad} byte{s} that {are} not UTF-8, shown as \\xNN"
+            ));
+        }
+    }
+
     fn finish(mut self) -> Vec<LogLine> {
+        if self.not_utf8 > 1 {
+            let n = self.not_utf8 - 1;
+            let lines = if n == 1 { "line" } else { "lines" };
+            self.note(format!(
+                "{n} more {lines} had bytes that are not UTF-8, shown as \\xNN"
+            ));
+        }
         if self.dropped > 0 {
-            self.bytes = 0;
             let n = self.dropped;
-            self.push(
-                "orch",
-                format!("{n} more log lines dropped (over {MAX_LOG_BYTES} bytes)"),
-            );
+            self.note(format!(
+                "{n} more log lines dropped (over {MAX_LOG_BYTES} bytes)"
+            ));
         }
         self.logs
     }
 }
 
+/// Runs one attempt to its end: feeds stdin, reads stdout (protocol and
+/// log) and stderr (log), and watches the process, its timeout and the
+/// engine's stops.
+///
+/// The attempt ends when its process has exited: its group is killed,
+/// then the processes that left the group (found by its [`Mark`]), then
+/// the pipes are read for at most [`DRAIN_AFTER_EXIT`] (or until the
+/// timeout, which counts from the start to the end of the attempt).
 async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Option<Duration>) {
     let Proc {
         pgid,
+        mark,
         mut stdin,
         stdout,
         stderr,
@@ -648,6 +803,7 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
         logs: Vec::new(),
         bytes: 0,
         dropped: 0,
+        not_utf8: 0,
         live: link
             .follow_logs
             .then(|| (link.id.clone(), link.reports.clone())),
@@ -655,13 +811,20 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
     let mut end = AttemptEnd::ended(Exit::Unknown);
     // Once broken, the rest of stdout is only logged.
     let mut broken = false;
+    // Killed by its timeout (before it exited).
     let mut timed_out = false;
+    // The timeout came after it exited, while a pipe was still open.
+    let mut cut = false;
     // When a stop asked with a grace period turns into a kill.
     let mut term_deadline: Option<tokio::time::Instant> = None;
     // Whether the engine asked the attempt to stop (SIGTERM).
     let mut terminated = false;
     let mut last_seq = 0u64;
     let mut status = None;
+    // Until when the pipes are read once the process exited.
+    let mut drain: Option<tokio::time::Instant> = None;
+    // Lines read per stream, for the notes that name one.
+    let (mut out_lines, mut err_lines) = (0u64, 0u64);
     let (mut out_done, mut err_done, mut kill_done) = (false, false, false);
     let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
@@ -669,136 +832,199 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
 
     while !(out_done && err_done && status.is_some()) {
         tokio::select! {
-                    r = out.next(), if !out_done => match r {
-                        Ok(Read::Line(bytes)) => {
-                            let line = String::from_utf8_lossy(&bytes).into_owned();
-                            if broken {
-                                logs.push("stdout", line);
+            r = out.next(), if !out_done => match r {
+                Ok(Read::Line(bytes)) => {
+                    out_lines += 1;
+                    let (line, bad, first_bad) = line_text(bytes);
+                    if broken {
+                        let kept = logs.push("stdout", line);
+                        logs.note_invalid("stdout", out_lines, bad, kept);
+                        continue;
+                    }
+                    if let Some(at) = first_bad {
+                        if protocol::is_marked(&line) {
+                            // A protocol line is data: never guessed at.
+                            broken = true;
+                            end.interrupt(Interrupt::Broken(format!(
+                                "protocol line is not UTF-8 (byte {at} is the first that is not; shown as \\xNN): {}",
+                                protocol::quote(&line)
+                            )));
+                            kill_group(pgid);
+                        } else {
+                            let kept = logs.push("stdout", line);
+                            logs.note_invalid("stdout", out_lines, bad, kept);
+                        }
+                        continue;
+                    }
+                    match protocol::classify(&line) {
+                        Line::Log => {
+                            logs.push("stdout", line);
+                        }
+                        Line::Malformed(why) => {
+                            broken = true;
+                            end.interrupt(Interrupt::Broken(format!("malformed protocol line ({why}): {}", protocol::quote(&line))));
+                            kill_group(pgid);
+                        }
+                        Line::Message(m) => {
+                            if m.seq <= last_seq {
+                                broken = true;
+                                end.interrupt(Interrupt::Broken(format!(
+                                    "protocol line has seq {} but the previous one had {last_seq}: {}",
+                                    m.seq, protocol::quote(&line)
+                                )));
+                                kill_group(pgid);
                                 continue;
                             }
-                            match protocol::classify(&line) {
-                                Line::Log => logs.push("stdout", line),
-                                Line::Malformed(why) => {
-                                    broken = true;
-                                    end.interrupt(Interrupt::Broken(format!("malformed protocol line ({why}): {}", protocol::quote(&line))));
-                                    kill_group(pgid);
-                                }
-                                Line::Message(m) => {
-                                    if m.seq <= last_seq {
-                                        broken = true;
-                                        end.interrupt(Interrupt::Broken(format!(
-                                            "protocol line has seq {} but the previous one had {last_seq}: {}",
-                                            m.seq, protocol::quote(&line)
-                                        )));
-                                        kill_group(pgid);
-                                        continue;
-                                    }
-                                    last_seq = m.seq;
-                                    let reply = match m.body {
-                                        Body::Mutation(mutation) => {
-                                            let (tx, rx) = oneshot::channel();
-                                            let sent = link.reports.send(Report::Mutation {
-                                                attempt: link.id.clone(),
-                                                mutation,
-                                                reply: tx,
-                                            });
-                                            match (sent, rx.await) {
-                                                (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
-                                                (Ok(()), Ok(Err(e))) => {
-                                                    logs.push("orch", format!("rejected: {e}"));
-                                                    protocol::error(m.seq, &e)
-                                                }
-                                                _ => protocol::error(m.seq, "the orchestrator is shutting down"),
-                                            }
-                                        }
-                                        Body::Output(v) => {
-                                            end.output = Some(v);
-                                            protocol::ack(m.seq)
-                                        }
-                                        Body::Log { level, message } => {
-                                            logs.push("log", format!("[{level}] {message}"));
-                                            protocol::ack(m.seq)
-                                        }
-                                        Body::Rejected(e) => {
+                            last_seq = m.seq;
+                            let reply = match m.body {
+                                Body::Mutation(mutation) => {
+                                    let (tx, rx) = oneshot::channel();
+                                    let sent = link.reports.send(Report::Mutation {
+                                        attempt: link.id.clone(),
+                                        mutation,
+                                        reply: tx,
+                                    });
+                                    match (sent, rx.await) {
+                                        (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
+                                        (Ok(()), Ok(Err(e))) => {
                                             logs.push("orch", format!("rejected: {e}"));
                                             protocol::error(m.seq, &e)
                                         }
-                                        Body::Fail { message, retry } => {
-                                            end.failure = Some(TaskFailure { message, retry });
-                                            protocol::ack(m.seq)
-                                        }
-                                    };
-                                    let _ = stdin_tx.send(reply);
+                                        _ => protocol::error(m.seq, "the orchestrator is shutting down"),
+                                    }
                                 }
-                            }
+                                Body::Output(v) => {
+                                    end.output = Some(v);
+                                    protocol::ack(m.seq)
+                                }
+                                Body::Log { level, message } => {
+                                    logs.push("log", format!("[{level}] {message}"));
+                                    protocol::ack(m.seq)
+                                }
+                                Body::Rejected(e) => {
+                                    logs.push("orch", format!("rejected: {e}"));
+                                    protocol::error(m.seq, &e)
+                                }
+                                Body::Fail { message, retry } => {
+                                    end.failure = Some(TaskFailure { message, retry });
+                                    protocol::ack(m.seq)
+                                }
+                            };
+                            let _ = stdin_tx.send(reply);
                         }
-                        Ok(Read::TooLong(prefix)) => {
-                            let head = String::from_utf8_lossy(&prefix).into_owned();
-                            if !protocol::is_marked(&head) {
-                                logs.push("stdout", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
-                            } else if !broken {
-                                broken = true;
-                                end.interrupt(Interrupt::Broken(format!(
-                                    "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
-                                    protocol::quote(&head)
-                                )));
-                                kill_group(pgid);
-                            }
-                        }
-                        Ok(Read::Eof) => out_done = true,
-                        Err(e) => {
-                            logs.push("orch", format!("reading stdout failed: {e}"));
-                            out_done = true;
-                        }
-                    },
-                    r = err.next(), if !err_done => match r {
-                        Ok(Read::Line(bytes)) => logs.push("stderr", String::from_utf8_lossy(&bytes).into_owned()),
-                        Ok(Read::TooLong(prefix)) => logs.push(
-                            "stderr",
-                            format!("{}… [line over {MAX_LINE_BYTES} bytes truncated]", String::from_utf8_lossy(&prefix)),
-                        ),
-                        Ok(Read::Eof) => err_done = true,
-                        Err(e) => {
-                            logs.push("orch", format!("reading stderr failed: {e}"));
-                            err_done = true;
-                        }
-                    },
-                    s = process.wait(), if status.is_none() => {
-                        // Stragglers of the group would keep the pipes open.
-                        kill_group(pgid);
-                        status = Some(s);
                     }
-                    () = &mut sleep, if deadline.is_some() && !timed_out && status.is_none() => {
-                        timed_out = true;
-                        end.interrupt(Interrupt::TimedOut);
-                        kill_group(pgid);
-                    }
-                    k = link.kill.recv(), if !kill_done => match k {
-        Some(Stop::Terminate(grace)) if status.is_none() => {
-                            // Asked, not yet killed: an attempt that finishes its
-                            // work within the grace period ends as it would have.
-                            terminated = true;
-                            signal_group(pgid, libc::SIGTERM);
-                            let at = tokio::time::Instant::now() + grace;
-                            term_deadline = Some(term_deadline.map_or(at, |d| d.min(at)));
-                        }
-                        // It exited already (its pipes drain): nothing to stop.
-                        Some(Stop::Terminate(_)) => {}
-                        Some(_) => {
-                            end.interrupt(Interrupt::Killed);
-                            kill_group(pgid);
-                        }
-                        // The engine no longer asks anything of this attempt.
-                        None => kill_done = true,
-                    },
-                    () = tokio::time::sleep_until(term_deadline.unwrap_or_else(tokio::time::Instant::now)),
-                        if term_deadline.is_some() && status.is_none() => {
-        term_deadline = None;
-                        end.interrupt(Interrupt::Killed);
-                        logs.push("orch", "still running after the grace period of its stop: killed".into());
+                }
+                Ok(Read::TooLong(prefix)) => {
+                    out_lines += 1;
+                    let (head, bad) = escape_invalid(without_cut_char(&prefix));
+                    if !protocol::is_marked(&head) {
+                        let kept = logs.push("stdout", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
+                        logs.note_invalid("stdout", out_lines, bad, kept);
+                    } else if !broken {
+                        broken = true;
+                        end.interrupt(Interrupt::Broken(format!(
+                            "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
+                            protocol::quote(&head)
+                        )));
                         kill_group(pgid);
                     }
                 }
+                Ok(Read::Eof) => out_done = true,
+                Err(e) => {
+                    logs.note(format!("reading stdout failed: {e}"));
+                    out_done = true;
+                }
+            },
+            r = err.next(), if !err_done => match r {
+                Ok(Read::Line(bytes)) => {
+                    err_lines += 1;
+                    logs.push_bytes("stderr", err_lines, bytes);
+                }
+                Ok(Read::TooLong(prefix)) => {
+                    err_lines += 1;
+                    let (head, bad) = escape_invalid(without_cut_char(&prefix));
+                    let kept = logs.push("stderr", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
+                    logs.note_invalid("stderr", err_lines, bad, kept);
+                }
+                Ok(Read::Eof) => err_done = true,
+                Err(e) => {
+                    logs.note(format!("reading stderr failed: {e}"));
+                    err_done = true;
+                }
+            },
+            s = process.wait(), if status.is_none() => {
+                // Stragglers of the group would keep the pipes open.
+                kill_group(pgid);
+                status = Some(s);
+                // Then those that left the group: they may hold the pipes
+                // too, or run on unseen.
+                let sweep = {
+                    let mark = mark.clone();
+                    tokio::task::spawn_blocking(move || escape::sweep(&mark, pgid))
+                };
+                match sweep.await {
+                    Ok(found) => {
+                        for escaped in found {
+                            logs.note(escaped.to_string());
+                        }
+                    }
+                    Err(e) => logs.note(format!("looking for processes that left the attempt's process group failed: {e}")),
+                }
+                drain = Some(tokio::time::Instant::now() + drain_after_exit());
+            }
+            () = tokio::time::sleep_until(drain.unwrap_or_else(tokio::time::Instant::now)),
+                if drain.is_some() => {
+                drain = None;
+                logs.note(format!(
+                    "{} still open {:.3}s after the process exited (held by a process that could not be found): stopped reading",
+                    open_pipes(out_done, err_done),
+                    drain_after_exit().as_secs_f64()
+                ));
+                (out_done, err_done) = (true, true);
+            }
+            () = &mut sleep, if deadline.is_some() && !timed_out && !cut => {
+                if status.is_none() {
+                    timed_out = true;
+                    end.interrupt(Interrupt::TimedOut);
+                    kill_group(pgid);
+                } else {
+                    // It exited within its timeout; the timeout still
+                    // bounds how long its pipes are read.
+                    cut = true;
+                    logs.note(format!(
+                        "{} still open at its timeout of {:.3}s, after the process exited: stopped reading",
+                        open_pipes(out_done, err_done),
+                        timeout.unwrap_or_default().as_secs_f64()
+                    ));
+                    (out_done, err_done) = (true, true);
+                }
+            }
+            k = link.kill.recv(), if !kill_done => match k {
+                Some(Stop::Terminate(grace)) if status.is_none() => {
+                    // Asked, not yet killed: an attempt that finishes its
+                    // work within the grace period ends as it would have.
+                    terminated = true;
+                    signal_group(pgid, libc::SIGTERM);
+                    let at = tokio::time::Instant::now() + grace;
+                    term_deadline = Some(term_deadline.map_or(at, |d| d.min(at)));
+                }
+                // It exited already (its pipes drain): nothing to stop.
+                Some(Stop::Terminate(_)) => {}
+                Some(_) => {
+                    end.interrupt(Interrupt::Killed);
+                    kill_group(pgid);
+                }
+                // The engine no longer asks anything of this attempt.
+                None => kill_done = true,
+            },
+            () = tokio::time::sleep_until(term_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if term_deadline.is_some() && status.is_none() => {
+                term_deadline = None;
+                end.interrupt(Interrupt::Killed);
+                logs.note("still running after the grace period of its stop: killed".into());
+                kill_group(pgid);
+            }
+        }
     }
     drop(stdin_tx);
     match status {
@@ -823,11 +1049,70 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
         end.interrupt(Interrupt::Killed);
     }
     if let Some(t) = timeout.filter(|_| timed_out) {
-        logs.push(
-            "orch",
-            format!("killed after its timeout of {:.3}s", t.as_secs_f64()),
-        );
+        logs.note(format!(
+            "killed after its timeout of {:.3}s",
+            t.as_secs_f64()
+        ));
     }
     end.logs = logs.finish();
     link.finish(end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_text_is_kept_as_it_is_and_invalid_bytes_are_shown_as_hex() {
+        assert!(matches!(
+            escape_invalid(b"caf\xc3\xa9 \\x41"),
+            (Cow::Borrowed("café \\x41"), 0)
+        ));
+        let (text, bad) = escape_invalid(b"a\xffb\xc3(\xe2\x82");
+        assert_eq!(text, r"a\xffb\xc3(\xe2\x82");
+        assert_eq!(bad, 4, "a lone byte, a broken pair, a cut sequence of two");
+        assert_eq!(escape_invalid(b"\x80\x80").1, 2);
+    }
+
+    #[test]
+    fn a_cut_character_at_the_end_of_a_prefix_is_dropped() {
+        assert_eq!(without_cut_char(b"ab\xe2\x82"), b"ab");
+        assert_eq!(without_cut_char(b"ab\xe2\x82\xac"), b"ab\xe2\x82\xac");
+        assert_eq!(
+            without_cut_char(b"\xffab\xe2"),
+            b"\xffab\xe2",
+            "invalid before"
+        );
+    }
+
+    #[test]
+    fn the_first_line_with_invalid_bytes_is_noted_the_others_counted() {
+        let mut logs = Collector {
+            node: "n".into(),
+            attempt: 1,
+            logs: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            not_utf8: 0,
+            live: None,
+        };
+        logs.push_bytes("stderr", 1, b"fine".to_vec());
+        logs.push_bytes("stderr", 2, b"bad \xff\xfe".to_vec());
+        logs.push_bytes("stdout", 7, b"\xff".to_vec());
+        let text: Vec<String> = logs
+            .finish()
+            .into_iter()
+            .map(|l| format!("{}: {}", l.stream, l.text))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "stderr: fine",
+                r"stderr: bad \xff\xfe",
+                r"orch: line 2 of stderr had 2 bytes that are not UTF-8, shown as \xNN",
+                r"stdout: \xff",
+                r"orch: 1 more line had bytes that are not UTF-8, shown as \xNN",
+            ]
+        );
+    }
 }

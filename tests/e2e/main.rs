@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod durability;
 mod engine;
+mod escape;
 mod events;
 mod examples;
 mod execution;
