@@ -608,7 +608,9 @@ impl Compiler<'_, '_> {
         }
         task.produces = t.produces.clone();
         if let Some(r) = &t.requires {
-            task.requires = Some(resources(r).map_err(|e| fail(format!("requires: {e}")))?);
+            task.requires = Some(Box::new(
+                resources(r).map_err(|e| fail(format!("requires: {e}")))?,
+            ));
         }
         Ok(task)
     }

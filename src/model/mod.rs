@@ -72,7 +72,7 @@ pub struct Task {
     /// executor refuses a task this machine cannot satisfy, before it
     /// starts anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requires: Option<Resources>,
+    pub requires: Option<Box<Resources>>,
 }
 
 /// What a task needs of the machine it runs on.
@@ -80,7 +80,7 @@ pub struct Task {
 /// ```
 /// let r = orch::model::Resources { cpu: Some(2.0), gpu: Some(1), ..Default::default() };
 /// let t = orch::Task::command(["train"]).requires(r.clone());
-/// assert_eq!(t.requires, Some(r));
+/// assert_eq!(t.requires.as_deref(), Some(&r));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,7 +311,7 @@ impl Task {
 
     /// Declares what an attempt needs of its machine.
     pub fn requires(mut self, needs: Resources) -> Task {
-        self.requires = Some(needs);
+        self.requires = Some(Box::new(needs));
         self
     }
 
