@@ -75,6 +75,11 @@ def pipeline(path):
         print(f"{path}: the file name must be a Python module name "
               f"(its functions run as {module}:function)", file=sys.stderr)
         return 2
+    taken = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
+    if module in taken or module == "orch":
+        print(f"{path}: the file name `{module}` is a module of Python's own (or orch's): "
+              f"its tasks would import that one instead; rename the file", file=sys.stderr)
+        return 2
     sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)

@@ -650,7 +650,8 @@ fn scheduler_list(
     db: &std::path::Path,
     json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let mut folder = orch::scheduler::Folder::new(dir);
+    let home = db.parent().unwrap_or(std::path::Path::new("."));
+    let mut folder = orch::scheduler::Folder::new(dir).skipping(home);
     folder.reload();
     // Fire times already recorded, when there is a database.
     let store = SqliteStore::open_read_only(db).ok();

@@ -1258,7 +1258,11 @@ fn produced(
                     "declared file `{p}` is not a relative path inside the folder the task runs in"
                 ));
             }
-            match std::fs::metadata(dir.join(rel)) {
+            // Not followed: a link could point anywhere.
+            match std::fs::symlink_metadata(dir.join(rel)) {
+                Ok(m) if m.file_type().is_symlink() => Err(format!(
+                    "declared file `{p}` is a symbolic link, not a file the task wrote"
+                )),
                 Ok(m) if m.is_file() => Ok(crate::history::ProducedFile {
                     path: p.clone(),
                     bytes: m.len(),

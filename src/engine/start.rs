@@ -160,6 +160,7 @@ fn with_params(
             )));
         }
         crate::limits::check_value(v).map_err(|e| refuse(format!("parameter `{k}`: {e}")))?;
+        crate::model::check_param_value(v).map_err(|e| refuse(format!("parameter `{k}`: {e}")))?;
         params.insert(k.clone(), v.clone());
     }
     if declared.is_empty() {

@@ -101,6 +101,12 @@ pub fn compile(
     load: &mut Load<'_>,
 ) -> Result<Compiled, FileError> {
     let params = resolve_params(file, doc, given)?;
+    if doc.max_active_runs == Some(0) {
+        return Err(FileError::new(
+            Place::of(file, &doc.name),
+            "max_active_runs: 0 would never start a run (give 1 or more, or leave it out)",
+        ));
+    }
     let schedule = match &doc.schedule {
         Some(cron) => Some(
             crate::schedule::Schedule::parse(
@@ -217,6 +223,10 @@ fn resolve_params(
                 }
             ),
         ));
+    }
+    for (name, v) in given {
+        crate::model::check_param_value(v)
+            .map_err(|e| FileError::new(place.clone(), format!("parameter `{name}`: {e}")))?;
     }
     let mut out = Map::new();
     for (name, p) in &doc.params {
@@ -558,9 +568,19 @@ impl Compiler<'_, '_> {
             if argv.is_empty() || argv[0].is_empty() {
                 return Err(fail("command names no program".into()));
             }
+            // A parameter pasted into a shell's command line is quoted:
+            // its value is data, never shell syntax.
+            let shell = Path::new(&argv[0])
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| matches!(n, "sh" | "bash" | "dash" | "zsh" | "ksh"));
+            let script_at = shell
+                .then(|| argv.iter().position(|a| a == "-c").map(|i| i + 1))
+                .flatten();
             let argv = argv
                 .iter()
-                .map(|a| interpolate(a, &scope.params).map_err(fail))
+                .enumerate()
+                .map(|(i, a)| interpolate(a, &scope.params, Some(i) == script_at).map_err(fail))
                 .collect::<Result<Vec<_>, _>>()?;
             Task::command(argv)
         } else if t.input == Some(true) {
@@ -908,8 +928,9 @@ fn fill(v: &Value, scope: &Scope, depth: usize) -> Result<Value, String> {
 }
 
 /// `{{name}}` in a command argument replaced by the parameter (a string
-/// as it is, anything else as JSON).
-fn interpolate(arg: &str, params: &Map<String, Value>) -> Result<String, String> {
+/// as it is, anything else as JSON); in a shell's command line (`quote`)
+/// single-quoted, so that a value is never shell syntax.
+fn interpolate(arg: &str, params: &Map<String, Value>, quote: bool) -> Result<String, String> {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(open) = rest.find("{{") {
@@ -921,9 +942,17 @@ fn interpolate(arg: &str, params: &Map<String, Value>) -> Result<String, String>
             format!("command argument `{arg}` names `{{{{{name}}}}}`, which is no parameter")
         })?;
         out.push_str(&rest[..open]);
-        match value {
-            Value::String(s) => out.push_str(s),
-            other => out.push_str(&other.to_string()),
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if quote {
+            // POSIX single quotes: nothing inside is special but `'`.
+            out.push('\'');
+            out.push_str(&text.replace('\'', "'\\''"));
+            out.push('\'');
+        } else {
+            out.push_str(&text);
         }
         rest = &rest[open + 2 + close + 2..];
     }

@@ -76,6 +76,11 @@ pub fn evaluate(path: &Path) -> Result<Vec<PyPipeline>, FileError> {
             join_paths(&helper, std::env::var_os("PYTHONPATH")),
         )
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // The file's folder is not put first on the path before orch is
+        // imported (Python 3.11+): a `json.py` beside it cannot stand in
+        // for the standard library's while the reader starts; the reader
+        // adds the folder itself, after.
+        .env("PYTHONSAFEPATH", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -121,12 +126,28 @@ pub fn evaluate(path: &Path) -> Result<Vec<PyPipeline>, FileError> {
             Err(e) => return Err(fail(format!("waiting for its evaluation failed: {e}"))),
         }
     };
+    // Whatever the file started goes with it: a child left holding the
+    // pipes would keep the readers (and the time limit) waiting.
+    crate::exec::kill_group(child.id());
     if status.is_none() {
-        crate::exec::kill_group(child.id());
         let _ = child.wait();
     }
-    let printed = out.join().unwrap_or_default();
-    let errors = err.join().unwrap_or_default();
+    // A process that left the group may still hold them: read on for a
+    // moment at most, then go on without what it holds back.
+    let drained = Instant::now() + Duration::from_secs(2);
+    while !(out.is_finished() && err.is_finished()) && Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let printed = if out.is_finished() {
+        out.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let errors = if err.is_finished() {
+        err.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let errors = tail(&errors);
     let Some(status) = status else {
         return Err(fail(format!(

@@ -511,3 +511,35 @@ fn numbers_are_kept_exactly_or_refused_and_no_means_no() {
     assert_eq!(inputs["f"], 0.1);
     assert_eq!(inputs["answer"], "no", "YAML 1.2: `no` is text");
 }
+
+#[test]
+fn parameters_are_data_quoted_in_shell_lines_and_never_references() {
+    let text = "name: p\nparams: {who: {default: x}}\ntasks:\n  - {id: a, command: \"echo hello {{who}}\"}\n  - {id: b, command: [sh, -c, \"echo {{who}}\"]}\n  - {id: c, command: [echo, \"{{who}}\"]}\n";
+    let c = compile_with(text, json!({"who": "x'; touch pwned; echo '"}), &[]).unwrap();
+    let argv = |id: &str| match &node(&c, id).0.exec {
+        Exec::Command { argv } => argv.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        argv("a")[2],
+        r#"echo hello 'x'\''; touch pwned; echo '\'''"#
+    );
+    assert_eq!(argv("b")[2], r#"echo 'x'\''; touch pwned; echo '\'''"#);
+    assert_eq!(
+        argv("c")[1],
+        "x'; touch pwned; echo '",
+        "no shell: passed as it is"
+    );
+    let e = compile_with(text, json!({"who": {"$output": "secret"}}), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("parameter `who`: it holds a `$output` object"),
+        "{e}"
+    );
+    let e = err("name: x\nmax_active_runs: 0\ntasks:\n  - {id: a, command: [a]}\n");
+    assert!(
+        e.contains("max_active_runs: 0 would never start a run"),
+        "{e}"
+    );
+}

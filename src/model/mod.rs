@@ -700,6 +700,40 @@ fn resolve(inputs: &Value, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<Val
     }
 }
 
+/// Refuses a parameter value holding an object with a `$output` or
+/// `$param` key: a value put in place of a parameter is data, and must not
+/// become a reference to another node's output (or to a parameter).
+///
+/// ```
+/// use serde_json::json;
+/// assert!(orch::model::check_param_value(&json!({"a": [1, "x"]})).is_ok());
+/// assert!(orch::model::check_param_value(&json!({"a": {"$output": "secret"}})).is_err());
+/// ```
+pub fn check_param_value(value: &Value) -> Result<(), String> {
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        if depth > crate::limits::MAX_JSON_DEPTH {
+            return Err(format!(
+                "it nests deeper than {} levels",
+                crate::limits::MAX_JSON_DEPTH
+            ));
+        }
+        match v {
+            Value::Object(map) => {
+                if let Some(key) = ["$output", "$param"].iter().find(|k| map.contains_key(**k)) {
+                    return Err(format!(
+                        "it holds a `{key}` object: a parameter's value is data, not a reference"
+                    ));
+                }
+                stack.extend(map.values().map(|x| (x, depth + 1)));
+            }
+            Value::Array(items) => stack.extend(items.iter().map(|x| (x, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// `value` with each `{"$param": "name"}` replaced by that parameter of
 /// `params`; an unknown name is an error naming it. Bounded like every
 /// value a run keeps (see [`crate::limits`]).

@@ -21,6 +21,9 @@ type Stamp = (Option<SystemTime>, u64);
 #[derive(Debug)]
 pub struct Entry {
     stamp: Stamp,
+    /// The files it includes (sub-workflows), with their stamps: a
+    /// change to one reloads it too.
+    includes: Vec<(PathBuf, Stamp)>,
     /// Its pipelines, or why it cannot be loaded.
     pub loaded: Result<Vec<Compiled>, FileError>,
 }
@@ -29,6 +32,9 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Folder {
     dir: PathBuf,
+    /// Folders inside it that are not read (the database's, and its
+    /// `runs`, where runs write their files).
+    skip: Vec<PathBuf>,
     /// By path, in order.
     pub entries: BTreeMap<PathBuf, Entry>,
     /// A problem with the folder itself (unreadable, too many files).
@@ -49,10 +55,20 @@ impl Folder {
         &self.dir
     }
 
+    /// The same folder, leaving out `skip` (and what is under it): the
+    /// database's folder, whose runs' files must never become pipelines.
+    pub fn skipping(mut self, skip: &Path) -> Folder {
+        self.skip = [skip.to_path_buf(), skip.join("runs")]
+            .iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        self
+    }
+
     /// Reads the folder again: new and changed files are loaded, removed
     /// ones forgotten; returns the paths (re)loaded.
     pub fn reload(&mut self) -> Vec<PathBuf> {
-        let found = match scan(&self.dir) {
+        let found = match scan(&self.dir, &self.skip) {
             Ok(found) => {
                 self.problem = None;
                 found
@@ -65,10 +81,25 @@ impl Folder {
         self.entries.retain(|p, _| found.contains_key(p));
         let mut loaded = Vec::new();
         for (path, stamp) in found {
-            if self.entries.get(&path).is_some_and(|e| e.stamp == stamp) {
+            if self.entries.get(&path).is_some_and(|e| {
+                e.stamp == stamp && e.includes.iter().all(|(p, s)| stamp_of(p) == *s)
+            }) {
                 continue;
             }
             let result = crate::file::load_all(&path);
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let mut includes: Vec<PathBuf> = result
+                .iter()
+                .flatten()
+                .flat_map(|c| c.places.values().map(|p| p.file.clone()))
+                .filter(|f| *f != canonical)
+                .collect();
+            includes.sort();
+            includes.dedup();
+            let includes = includes.into_iter().map(|p| {
+                let s = stamp_of(&p);
+                (p, s)
+            });
             if let Err(e) = &result {
                 tracing::warn!(file = %path.display(), error = %e, "pipeline file does not load");
             }
@@ -76,6 +107,7 @@ impl Folder {
                 path.clone(),
                 Entry {
                     stamp,
+                    includes: includes.collect(),
                     loaded: result,
                 },
             );
@@ -119,7 +151,7 @@ impl Folder {
 /// `.py` files that mention `Pipeline` (like Airflow's safe mode, other
 /// Python modules beside them are not evaluated); hidden entries and
 /// `__pycache__` are skipped, symbolic links to folders not followed.
-fn scan(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, String> {
+fn scan(dir: &Path, skip: &[PathBuf]) -> Result<HashMap<PathBuf, Stamp>, String> {
     let mut out = HashMap::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((folder, depth)) = stack.pop() {
@@ -136,7 +168,8 @@ fn scan(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, String> {
                 continue;
             };
             if kind.is_dir() {
-                if depth + 1 < MAX_DEPTH {
+                let skipped = path.canonicalize().is_ok_and(|p| skip.contains(&p));
+                if depth + 1 < MAX_DEPTH && !skipped {
                     stack.push((path, depth + 1));
                 }
                 continue;
@@ -144,7 +177,7 @@ fn scan(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, String> {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             let wanted = match ext {
                 "yaml" | "yml" | "json" => true,
-                "py" => mentions_pipeline(&path),
+                "py" => kind.is_file() && mentions_pipeline(&path),
                 _ => false,
             };
             if !wanted {
@@ -156,15 +189,24 @@ fn scan(dir: &Path) -> Result<HashMap<PathBuf, Stamp>, String> {
                     dir.display()
                 ));
             }
-            let meta = std::fs::metadata(&path).ok();
-            let stamp = (
-                meta.as_ref().and_then(|m| m.modified().ok()),
-                meta.map_or(0, |m| m.len()),
-            );
+            // Only regular files: a FIFO would block the reader.
+            if !kind.is_file() && !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let stamp = stamp_of(&path);
             out.insert(path, stamp);
         }
     }
     Ok(out)
+}
+
+/// A file's modification time and size (nothing, when it is gone).
+fn stamp_of(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok();
+    (
+        meta.as_ref().and_then(|m| m.modified().ok()),
+        meta.map_or(0, |m| m.len()),
+    )
 }
 
 /// True when the Python file's text names `Pipeline` (read at most 1 MiB).
@@ -175,4 +217,54 @@ fn mentions_pipeline(path: &Path) -> bool {
         .and_then(|f| f.take(1 << 20).read_to_end(&mut text))
         .is_ok()
         && text.windows(8).any(|w| w == b"Pipeline")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_include_reloads_its_includer_and_the_database_folder_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("parts")).unwrap();
+        std::fs::create_dir_all(root.join("db/runs/r1/work")).unwrap();
+        std::fs::write(
+            root.join("main.yaml"),
+            "name: main\ntasks:\n  - {id: sub, workflow: parts/sub.yaml}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("parts/sub.yaml"),
+            "name: sub\ntasks:\n  - {id: a, command: [\"true\"]}\n",
+        )
+        .unwrap();
+        // A task's output inside the database's folder is no pipeline.
+        std::fs::write(
+            root.join("db/runs/r1/work/out.yaml"),
+            "name: out\ntasks: []\n",
+        )
+        .unwrap();
+        let mut folder = Folder::new(root).skipping(&root.join("db"));
+        folder.reload();
+        let (found, errors) = folder.pipelines();
+        assert!(errors.is_empty(), "{errors:?}");
+        // parts/sub.yaml is a workflow file of its own too.
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["main", "sub"]);
+        drop(found);
+        // Break the include (a size change: no waiting for the clock).
+        std::fs::write(
+            root.join("parts/sub.yaml"),
+            "name: sub\ntasks:\n  - {id: a}\n",
+        )
+        .unwrap();
+        let reloaded = folder.reload();
+        assert!(
+            reloaded.iter().any(|p| p.ends_with("main.yaml")),
+            "{reloaded:?}"
+        );
+        let (found, errors) = folder.pipelines();
+        assert!(!found.contains_key("main"), "main no longer loads");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
 }

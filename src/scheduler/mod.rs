@@ -152,6 +152,12 @@ impl Pipeline {
     pub fn from_workflow(wf: &crate::Workflow) -> Result<Pipeline> {
         let definition = wf.definition().clone();
         let t = &definition.triggers;
+        if t.max_active_runs == Some(0) {
+            return Err(Error::Refused {
+                what: format!("the triggers of `{}`", definition.name),
+                message: "max_active_runs(0) would never start a run".into(),
+            });
+        }
         let schedule =
             match &t.schedule {
                 Some(cron) => Some(Schedule::parse(cron, t.timezone.as_deref()).map_err(|e| {
@@ -232,8 +238,9 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler of the folder `dir` starting runs on `engine`.
     pub fn new(dir: impl Into<PathBuf>, engine: Engine) -> Scheduler {
+        let home = engine.home().to_path_buf();
         let mut s = Scheduler::with(engine, Vec::new());
-        s.folder = Some(Folder::new(dir));
+        s.folder = Some(Folder::new(dir).skipping(&home));
         s
     }
 
@@ -445,7 +452,6 @@ impl Scheduler {
                 return Ok(started);
             }
             for e in events {
-                self.cursor = e.id;
                 let subscribed: Vec<Pipeline> = self
                     .table
                     .values()
@@ -461,6 +467,10 @@ impl Scheduler {
                             continue;
                         }
                     };
+                    if let Some(missing) = p.needs.iter().find(|n| !params.contains_key(*n)) {
+                        warn!(pipeline = %p.name, event = e.id, "the event's payload lacks the parameter `{missing}`, which has no default: it starts nothing");
+                        continue;
+                    }
                     let (definition, mut opts) = match p.for_params(&params) {
                         Ok(x) => x,
                         Err(err) => {
@@ -484,6 +494,9 @@ impl Scheduler {
                         }
                     }
                 }
+                // Looked at only once every subscribed workflow was
+                // handled: an error above leaves the event for the next pass.
+                self.cursor = e.id;
             }
         }
     }
@@ -523,11 +536,26 @@ impl Scheduler {
                 }
             }
         }
-        let pipelines: Vec<Pipeline> = self.table.values().cloned().collect();
-        for p in pipelines {
+        // Each pipeline's own fire times, and its timers'.
+        let mut keys: Vec<(String, Pipeline)> = self
+            .table
+            .values()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        for t in store.timers()? {
+            if let Some(p) = self.table.get(&t.workflow) {
+                keys.push((t.fire_key(), p.clone()));
+            }
+        }
+        for (key, p) in keys {
             let day = 86_400_000;
-            for f in store.fires(&p.name, now_ms - day, now_ms - ORPHAN_AFTER_MS)? {
-                if f.status.is_some() || !self.recovered.insert((p.name.clone(), f.at_ms)) {
+            for f in store.fires(&key, now_ms - 7 * day, now_ms)? {
+                // Another scheduler may be starting it right now.
+                if f.status.is_some()
+                    || f.claimed_ms > now_ms - ORPHAN_AFTER_MS
+                    || f.claimed_ms < now_ms - day
+                    || !self.recovered.insert((key.clone(), f.at_ms))
+                {
                     continue;
                 }
                 warn!(pipeline = %p.name, run = %f.run, "a fire time was claimed but its run never started: starting it");
@@ -800,8 +828,29 @@ pub async fn backfill(
             continue;
         }
         info!(pipeline = %name, fire_time = %at, run = %run, "backfill");
-        let handle = start_for(engine, p, ms, run.clone()).await?;
-        running.spawn(async move { (ms, run, handle.wait().await) });
+        match start_for(engine, p, ms, run.clone()).await {
+            Ok(handle) => {
+                running.spawn(async move { (ms, run, handle.wait().await) });
+            }
+            // A scheduler's recovery started this very run meanwhile.
+            Err(Error::Refused { .. }) => {
+                report.insert(
+                    ms,
+                    Backfilled {
+                        fire_time: at.to_string(),
+                        run,
+                        status: "skipped (started elsewhere)".into(),
+                    },
+                );
+            }
+            Err(e) => {
+                // The runs already started still run to their end.
+                while !running.is_empty() {
+                    collect(&mut running, &mut report).await;
+                }
+                return Err(e);
+            }
+        }
     }
     while !running.is_empty() {
         collect(&mut running, &mut report).await;

@@ -160,8 +160,11 @@ pub struct Fire {
     pub at_ms: i64,
     /// The run started for it.
     pub run: String,
-    /// `schedule` or `backfill`.
+    /// `schedule`, `timer` or `backfill`.
     pub kind: String,
+    /// When it was claimed (milliseconds since the Unix epoch, the
+    /// store's clock).
+    pub claimed_ms: i64,
     /// The run's status (`None`: the run was not registered yet).
     pub status: Option<crate::model::RunStatus>,
 }

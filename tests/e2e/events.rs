@@ -51,9 +51,18 @@ fn a_pushed_event_starts_each_subscribed_workflow_once_with_its_payload_as_param
     assert_eq!(runs[0].status, "succeeded");
     let logs = space.cli(&["logs", &runs[0].id, "handle"]);
     assert!(text(&logs).contains("order 42"), "{}", text(&logs));
-    // A payload that does not fit the workflow starts nothing; the next
-    // one does.
+    // Payloads that do not fit the workflow (an unknown field, none of
+    // the parameter that has no default, not an object) start nothing;
+    // the next one does.
     space.cli(&["event", "push", "orders.new", r#"{"nope": 1}"#]);
+    space.cli(&["event", "push", "orders.new", "{}"]);
+    space.cli(&["event", "push", "orders.new", "null"]);
+    space.cli(&[
+        "event",
+        "push",
+        "orders.new",
+        r#"{"order": {"$output": "handle"}}"#,
+    ]);
     space.cli(&["event", "push", "orders.new", r#"{"order": 43}"#]);
     let runs = wait_for_runs(&space, "on_order", 2, true);
     stop_scheduler(s);

@@ -230,6 +230,13 @@ fn pipeline_files_that_hang_raise_or_print_garbage_are_errors_with_their_place()
         .write(
             "lambda.py",
             &format!("{head}p = Pipeline('x')\nPythonTask('a', python_callable=lambda: 1, pipeline=p)\n"),
+        )
+        .write("json.py", &format!("{head}p = Pipeline('j')\n"))
+        .write(
+            "child.py",
+            &format!(
+                "import subprocess\nkid = subprocess.Popen(['sleep', '600'])\nopen('kid', 'w').write(str(kid.pid))\n{head}p = Pipeline('c')\ndef f(): pass\nPythonTask('a', python_callable=f, pipeline=p)\n"
+            ),
         );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
         .args([
@@ -240,6 +247,8 @@ fn pipeline_files_that_hang_raise_or_print_garbage_are_errors_with_their_place()
             "schedule.py",
             "cycle.py",
             "lambda.py",
+            "json.py",
+            "child.py",
         ])
         .env("ORCH_PIPELINE_TIMEOUT", "1")
         .current_dir(space.path())
@@ -279,6 +288,25 @@ fn pipeline_files_that_hang_raise_or_print_garbage_are_errors_with_their_place()
     assert!(
         err.contains("python_callable must be a top-level function"),
         "{err}"
+    );
+    assert!(
+        err.contains("the file name `json` is a module of Python's own"),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("child.py: ok (workflow `c`, 1 nodes)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // What a pipeline file starts goes with its evaluation.
+    let kid: u32 = std::fs::read_to_string(space.path().join("kid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        crate::util::gone_within(kid, 10),
+        "the file's child was stopped"
     );
     assert!(!space.db().exists());
 }
@@ -349,6 +377,16 @@ tasks:
             text(&show.stdout)
         );
     }
+    space.write(
+        "link.yaml",
+        "name: link\ntasks:\n  - {id: a, command: \"ln -s /etc/hostname out\", produces: [out]}\n",
+    );
+    space.cli(&["run", "link.yaml"]);
+    let ex = space.export(&space.store().resolve_run("latest").unwrap());
+    assert_eq!(
+        ex.node("a").unwrap().attempts[0].error.as_deref(),
+        Some("declared file `out` is a symbolic link, not a file the task wrote")
+    );
     space.write(
         "escape.yaml",
         "name: e\ntasks:\n  - {id: a, command: [\"true\"], produces: [../outside]}\n",

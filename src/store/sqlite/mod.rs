@@ -32,7 +32,7 @@ mod schema;
 mod tests;
 mod views;
 
-use schema::{MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, SCHEMA, SCHEMA_VERSION};
+use schema::{MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, READ_ONLY_2_AS_3, SCHEMA, SCHEMA_VERSION};
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
 /// The database path: `ORCH_DB` if set, else `.orch/orch.db` under the
@@ -177,6 +177,11 @@ impl SqliteStore {
         // Before anything is written: a file that is not an orch database
         // (empty, or another application's) is left as it is.
         SqliteStore::recognise(conn, path, version, mode)?;
+        if mode == Mode::ReadOnly && version == 2 {
+            // An older orch's database, read by this one without changing it.
+            conn.execute_batch(READ_ONLY_2_AS_3)
+                .map_err(wrapper(path))?;
+        }
         if mode != Mode::ReadOnly {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(wrapper(path))?;
@@ -871,7 +876,7 @@ impl Store for SqliteStore {
         let c = self.lock();
         let mut stmt = c
             .prepare_cached(
-                "SELECT f.fire_at, f.run, f.kind, r.status FROM fires f
+                "SELECT f.fire_at, f.run, f.kind, r.status, f.claimed_at FROM fires f
                  LEFT JOIN runs r ON r.id = f.run
                  WHERE f.workflow = ?1 AND f.fire_at BETWEEN ?2 AND ?3
                  ORDER BY f.fire_at",
@@ -886,6 +891,7 @@ impl Store for SqliteStore {
                     run: r.get(1)?,
                     kind: r.get(2)?,
                     status: status.and_then(|s| s.parse().ok()),
+                    claimed_ms: r.get(4)?,
                 })
             })
             .and_then(|rows| rows.collect())

@@ -42,6 +42,18 @@ pub(super) const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE attempts ADD COLUMN files TEXT;
 "#;
 
+/// What a read-only connection to a version-2 database (it cannot be
+/// migrated) adds in its own temporary schema so that version 3's reads
+/// work: the attempts with no produced files, and empty tables of fires,
+/// events and timers (temporary names come before the file's own).
+pub(super) const READ_ONLY_2_AS_3: &str = r#"
+CREATE TEMP VIEW attempts AS SELECT *, NULL AS files FROM main.attempts;
+CREATE TEMP TABLE fires (workflow TEXT, fire_at INTEGER, run TEXT, kind TEXT, claimed_at INTEGER);
+CREATE TEMP TABLE pushes (id INTEGER PRIMARY KEY, key TEXT, payload TEXT, pushed_at TEXT);
+CREATE TEMP TABLE push_runs (push INTEGER, workflow TEXT, run TEXT, claimed_at INTEGER);
+CREATE TEMP TABLE timers (id INTEGER PRIMARY KEY, workflow TEXT, at_ms INTEGER, cron TEXT, timezone TEXT, created_at INTEGER, stopped_at INTEGER);
+"#;
+
 /// The store's clock, in milliseconds since the Unix epoch: leases expire
 /// by it, never by a host's idea of the time.
 pub(super) const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";

@@ -348,3 +348,36 @@ fn a_version_1_database_is_migrated_with_its_pending_signals() {
         pending
     );
 }
+
+#[test]
+fn a_version_2_database_is_read_without_being_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        // A version-3 database taken back to version 2's shape.
+        let store = SqliteStore::open(&path).unwrap();
+        let c = store.lock();
+        c.execute_batch(
+            "DROP TABLE fires; DROP TABLE pushes; DROP TABLE push_runs; DROP TABLE timers;
+             ALTER TABLE attempts DROP COLUMN files;
+             INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'succeeded', 't', '{}');
+             INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES ('r', 'a', '{\"kind\":\"input\"}', 'null', '{}', 'succeeded');
+             INSERT INTO attempts (run, node, attempt, started_at, outcome) VALUES ('r', 'a', 1, 't', 'succeeded');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let store = SqliteStore::open_read_only(&path).unwrap();
+    let ex = store.export("r").unwrap();
+    assert!(ex.node("a").unwrap().attempts[0].files.is_empty());
+    assert!(store.timers().unwrap().is_empty());
+    assert_eq!(store.last_fire("w").unwrap(), None);
+    assert!(store.events_after(0, 0, 10).unwrap().is_empty());
+    drop(store);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is left as it was"
+    );
+}
