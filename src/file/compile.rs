@@ -27,6 +27,9 @@ use crate::promise::Promise;
 
 /// How deep sub-workflows may nest (a file including a file …).
 pub const MAX_INCLUDE_DEPTH: usize = 16;
+/// How many sub-workflow files one workflow file may read, each
+/// inclusion counted.
+pub const MAX_INCLUDES: usize = 1_000;
 /// How many nodes one workflow file may compile to, sub-workflows
 /// included.
 pub const MAX_NODES: usize = 100_000;
@@ -144,6 +147,7 @@ pub fn compile(
         load,
         files: vec![file.to_path_buf()],
         base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        includes: 0,
     };
     let scope = Scope {
         file: file.to_path_buf(),
@@ -292,6 +296,8 @@ struct Compiler<'l, 'a> {
     files: Vec<PathBuf>,
     /// The folder of the outermost file: scripts resolve against it.
     base: PathBuf,
+    /// Sub-workflow files read so far.
+    includes: usize,
 }
 
 impl Compiler<'_, '_> {
@@ -710,6 +716,12 @@ impl Compiler<'_, '_> {
     ) -> Result<Ends, FileError> {
         not_for_groups(t, "a sub-workflow", fail)?;
         let rel = t.workflow.as_deref().unwrap_or_default();
+        self.includes += 1;
+        if self.includes > MAX_INCLUDES {
+            return Err(fail(format!(
+                "the workflow includes sub-workflow files more than {MAX_INCLUDES} times"
+            )));
+        }
         let dir = scope.file.parent().unwrap_or(Path::new(""));
         let (path, doc) = (self.load)(&dir.join(rel))?;
         if let Some(i) = self.files.iter().position(|f| *f == path) {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 pub use compile::{
-    compile, parse_params, Compiled, Load, MAX_INCLUDE_DEPTH, MAX_NESTING, MAX_NODES,
+    compile, parse_params, Compiled, Load, MAX_INCLUDES, MAX_INCLUDE_DEPTH, MAX_NESTING, MAX_NODES,
 };
 pub use doc::WorkflowDoc;
 pub use error::{FileError, Place};

@@ -304,8 +304,14 @@ impl Scheduler {
         &self.table
     }
 
-    /// Reads the folder again (new, changed and removed files).
+    /// Reads the folder again (new, changed and removed files). Reading
+    /// a Python file may take its time limit: on a multi-threaded runtime
+    /// the other tasks go on meanwhile.
     pub fn reload(&mut self) {
+        blocking(|| self.reload_now());
+    }
+
+    fn reload_now(&mut self) {
         let Some(folder) = &mut self.folder else {
             return;
         };
@@ -471,7 +477,7 @@ impl Scheduler {
                         warn!(pipeline = %p.name, event = e.id, "the event's payload lacks the parameter `{missing}`, which has no default: it starts nothing");
                         continue;
                     }
-                    let (definition, mut opts) = match p.for_params(&params) {
+                    let (definition, mut opts) = match blocking(|| p.for_params(&params)) {
                         Ok(x) => x,
                         Err(err) => {
                             warn!(pipeline = %p.name, event = e.id, error = %err, "the event cannot start the workflow");
@@ -640,6 +646,17 @@ impl Scheduler {
                 _ = signals.next() => self.engine.shutdown(Duration::ZERO),
             }
         }
+    }
+}
+
+/// Runs `f`, which may block for long (reading files, evaluating Python),
+/// letting a multi-threaded runtime's other tasks go on meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
