@@ -170,31 +170,60 @@ pub(crate) fn shorten_digits(literal: &str) -> String {
 /// assert!(orch::limits::check_value(&json!({"a": [1, {"b": 2}]})).is_ok());
 /// ```
 pub fn check_value(v: &Value) -> Result<(), JsonLimitError> {
+    // Most values are flat: no walk, no allocation.
+    let flat = match v {
+        Value::Array(items) => items.iter().all(is_scalar),
+        Value::Object(map) => map.values().all(is_scalar),
+        _ => true,
+    };
+    if flat {
+        return Ok(());
+    }
     check_depth(vec![(v, 0)])
 }
 
 /// [`check_value`] of `Value::Object(map)`, without building it.
 pub fn check_object(map: &serde_json::Map<String, Value>) -> Result<(), JsonLimitError> {
-    if map.is_empty() {
+    if map.values().all(is_scalar) {
         return Ok(());
     }
     check_depth(map.values().map(|v| (v, 1)).collect())
 }
 
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Array(_) | Value::Object(_))
+}
+
 fn check_depth(mut stack: Vec<(&Value, usize)>) -> Result<(), JsonLimitError> {
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
+        let too_deep = || JsonLimitError::TooDeep {
+            limit: MAX_JSON_DEPTH,
+            at: None,
         };
-        if depth + 1 > MAX_JSON_DEPTH {
-            return Err(JsonLimitError::TooDeep {
-                limit: MAX_JSON_DEPTH,
-                at: None,
-            });
+        match v {
+            Value::Array(items) => {
+                if depth + 1 > MAX_JSON_DEPTH {
+                    return Err(too_deep());
+                }
+                stack.extend(
+                    items
+                        .iter()
+                        .filter(|c| !is_scalar(c))
+                        .map(|c| (c, depth + 1)),
+                );
+            }
+            Value::Object(map) => {
+                if depth + 1 > MAX_JSON_DEPTH {
+                    return Err(too_deep());
+                }
+                stack.extend(
+                    map.values()
+                        .filter(|c| !is_scalar(c))
+                        .map(|c| (c, depth + 1)),
+                );
+            }
+            _ => {}
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
     }
     Ok(())
 }
