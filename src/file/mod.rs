@@ -256,9 +256,16 @@ pub fn parse(file: &Path, text: &str) -> Result<WorkflowDoc, FileError> {
             .filter(|(line, _)| *line > 0);
         let message = match e.without_snippet() {
             serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
-            other => other
-                .to_string()
-                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+            other => {
+                let text = other
+                    .to_string()
+                    .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+                // A breach reported through another error (an alias's).
+                match text.find("budget breached: ") {
+                    Some(i) => budget_text(&text[i + "budget breached: ".len()..]),
+                    None => text,
+                }
+            }
         };
         // The message may end with its own "at line L column C".
         let message = match message.find(" at line ") {
@@ -305,6 +312,28 @@ fn check_integers(file: &Path, text: &str) -> Result<(), FileError> {
         }
     }
     Ok(())
+}
+
+/// A breach the reader reported only as text (`Nodes { nodes: 250001 }`),
+/// in words naming the limit.
+fn budget_text(debug: &str) -> String {
+    use serde_saphyr::budget::Budget;
+    let limits = Budget::default();
+    let kind = debug.split([' ', '{']).next().unwrap_or_default();
+    match kind {
+        "Nodes" => format!(
+            "the document has more than {} values (aliases count each time they are used)",
+            limits.max_nodes
+        ),
+        "Depth" => format!("the document nests deeper than {} levels", limits.max_depth),
+        "Aliases" => format!("the document has more than {} aliases", limits.max_aliases),
+        "Anchors" => format!("the document has more than {} anchors", limits.max_anchors),
+        "Events" => format!(
+            "the document is larger than {} parser events",
+            limits.max_events
+        ),
+        _ => format!("the document is too large for the YAML reader's limits ({debug})"),
+    }
 }
 
 /// A breached parser budget in words, naming the limit.

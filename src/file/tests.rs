@@ -543,3 +543,17 @@ fn parameters_are_data_quoted_in_shell_lines_and_never_references() {
         "{e}"
     );
 }
+
+#[test]
+fn an_alias_bomb_is_refused_with_the_limit_named() {
+    let mut text = String::from("name: lol\nparams:\n  a: {default: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]}\n");
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for w in names.windows(2) {
+        let refs = vec![format!("*{}", w[0]); 9].join(",");
+        text.push_str(&format!("  {}: {{default: &{} [{refs}]}}\n", w[1], w[1]));
+    }
+    text.push_str("tasks:\n  - {id: t, command: [\"true\"]}\n");
+    let e = err(&text);
+    assert!(e.contains("the document has more than"), "{e}");
+    assert!(e.contains("aliases count each time"), "{e}");
+}
