@@ -210,6 +210,10 @@ pub fn read(path: &Path) -> Result<(PathBuf, WorkflowDoc), FileError> {
             "a Python pipeline file cannot be included as a sub-workflow (use YAML or JSON)",
         ));
     }
+    // A FIFO or a device would block or never end.
+    if !std::fs::metadata(&canonical).is_ok_and(|m| m.is_file()) {
+        return Err(FileError::new(whole, "it is not a regular file"));
+    }
     let file = std::fs::File::open(&canonical)
         .map_err(|e| FileError::new(whole.clone(), format!("cannot read it: {e}")))?;
     let mut bytes = Vec::new();

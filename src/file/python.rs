@@ -62,6 +62,9 @@ fn timeout() -> Duration {
 pub fn evaluate(path: &Path) -> Result<Vec<PyPipeline>, FileError> {
     let whole = Place::file(path);
     let fail = |m: String| FileError::new(whole.clone(), m);
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Err(fail("it is not a regular file".into()));
+    }
     let python = crate::exec::resolve_python(&crate::exec::configured_python(None))
         .map_err(|e| fail(format!("cannot evaluate it: {e}")))?;
     let helper = crate::exec::install_helper(&helper_root())
