@@ -6,9 +6,10 @@
 //! interrupted.
 //!
 //! The handlers are installed only while such a run is driven, and only
-//! when the program left both signals at their default disposition (a
-//! program with handlers of its own keeps them, and calls
-//! [`Engine::shutdown`] itself); the defaults come back afterwards.
+//! for a signal the program left at its default disposition (a program
+//! with handlers of its own keeps them, and calls [`Engine::shutdown`]
+//! itself; a signal ignored, as `SIGINT` is for a job a shell starts in
+//! the background, stays ignored); the defaults come back afterwards.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -169,33 +170,42 @@ fn pipe_ready() -> bool {
 /// `SIGINT` and `SIGTERM` handlers for as long as this value lives.
 struct Handlers {
     rx: mpsc::UnboundedReceiver<i32>,
+    /// The signals it handles (those that were at their default).
+    handled: Vec<libc::c_int>,
 }
 
 const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 impl Handlers {
-    /// Installs the handlers if both signals have their default
-    /// disposition and no other `Handlers` lives; `None` otherwise.
+    /// Installs a handler for each of the two signals that has its
+    /// default disposition (one the program handles or ignores is left
+    /// alone: a job started in the background of a shell has `SIGINT`
+    /// ignored, and still stops gracefully on `SIGTERM`), if no other
+    /// `Handlers` lives; `None` when it handles neither.
     fn install() -> Option<Handlers> {
         let mut subscriber = SUBSCRIBER.lock().unwrap_or_else(|p| p.into_inner());
-        if subscriber.is_some() || !SIGNALS.iter().all(|&s| is_default(s)) || !pipe_ready() {
+        if subscriber.is_some() || !pipe_ready() {
+            return None;
+        }
+        let handled: Vec<libc::c_int> = SIGNALS.into_iter().filter(|&s| is_default(s)).collect();
+        if handled.is_empty() {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         *subscriber = Some(tx);
-        for s in SIGNALS {
+        for &s in &handled {
             set_action(
                 s,
                 on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
             );
         }
-        Some(Handlers { rx })
+        Some(Handlers { rx, handled })
     }
 }
 
 impl Drop for Handlers {
     fn drop(&mut self) {
-        for s in SIGNALS {
+        for &s in &self.handled {
             set_action(s, libc::SIG_DFL);
         }
         *SUBSCRIBER.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -129,6 +129,17 @@ fn in_range(pid: u32, (after, upto): (u32, u32)) -> bool {
     }
 }
 
+/// `upto` moved on by a few thousand pids, going round at `pid_max` the
+/// way the kernel does (past its reserved pids).
+fn widen(upto: u32, pid_max: u64) -> u32 {
+    let wide = u64::from(upto) + 4096;
+    if wide < pid_max {
+        wide as u32
+    } else {
+        (wide - pid_max + RESERVED_PIDS).min(pid_max - 1) as u32
+    }
+}
+
 /// `/proc/sys/kernel/pid_max` (read once).
 fn pid_max() -> u64 {
     static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -340,7 +351,13 @@ pub(crate) fn sweep(mark: &Mark, pgid: u32) -> Vec<Escaped> {
         {
             break;
         }
+        // Pids handed out while the scan runs count too: a process that
+        // keeps forking moves past the counter read above.
+        let new = new.map(|(after, upto)| (after, widen(upto, pid_max())));
         let seen = scan(mark, me, new);
+        // The orchestrator's own group, never to be signalled.
+        // SAFETY: getpgrp has no preconditions.
+        let own_group = unsafe { libc::getpgrp() } as u32;
         let mut more = 0;
         for pid in escaped(&seen, pgid, mark.since) {
             let stat = &seen[&pid].stat;
@@ -348,9 +365,22 @@ pub(crate) fn sweep(mark: &Mark, pgid: u32) -> Vec<Escaped> {
                 // Killed by an earlier pass; not dead yet.
                 continue;
             }
+            // Found: another pass looks again, even if it is gone by the
+            // time it is signalled (a process that keeps forking and
+            // exiting moves to a new pid all the time).
+            more += 1;
             // Read first: a killed process's command line is empty.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if !kill(pid, stat.start) {
+            // An escapee that leads a group of its own (it called setsid
+            // or setpgid) takes its group along: what it forks keeps the
+            // group, whatever pid it moves to.
+            let killed_it = kill(pid, stat.start);
+            let leads =
+                stat.pgrp == pid && stat.pgrp != own_group && stat.pgrp != pgid && stat.pgrp > 1;
+            if leads {
+                signal_group(stat.pgrp);
+            }
+            if !killed_it && !leads {
                 continue;
             }
             killed.insert(
@@ -360,7 +390,6 @@ pub(crate) fn sweep(mark: &Mark, pgid: u32) -> Vec<Escaped> {
                     command: command_text(&cmdline, &stat.comm),
                 },
             );
-            more += 1;
         }
         if more == 0 {
             break;
@@ -419,6 +448,14 @@ fn holds(pid: u32, target: &str) -> bool {
             l == target || l.strip_suffix(" (deleted)") == Some(target)
         })
     })
+}
+
+/// Kills the process group `pgrp` (`SIGKILL`).
+fn signal_group(pgrp: u32) {
+    // SAFETY: kill(2) with a negative pid signals that group only.
+    unsafe {
+        libc::kill(-(pgrp as libc::pid_t), libc::SIGKILL);
+    }
 }
 
 /// Kills process `pid` if it is still the one that started at `start`

@@ -817,6 +817,10 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
     let mut cut = false;
     // When a stop asked with a grace period turns into a kill.
     let mut term_deadline: Option<tokio::time::Instant> = None;
+    // When the group was killed before the process's end was seen: a
+    // forked attempt's end is reported by the fork server, which a task
+    // may have stopped; the wait for that report is bounded.
+    let mut killed_at: Option<tokio::time::Instant> = None;
     // Whether the engine asked the attempt to stop (SIGTERM).
     let mut terminated = false;
     let mut last_seq = 0u64;
@@ -987,6 +991,7 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                     timed_out = true;
                     end.interrupt(Interrupt::TimedOut);
                     kill_group(pgid);
+                    killed_at.get_or_insert_with(tokio::time::Instant::now);
                 } else {
                     // It exited within its timeout; the timeout still
                     // bounds how long its pipes are read.
@@ -1013,6 +1018,9 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                 Some(_) => {
                     end.interrupt(Interrupt::Killed);
                     kill_group(pgid);
+                    if status.is_none() {
+                        killed_at.get_or_insert_with(tokio::time::Instant::now);
+                    }
                 }
                 // The engine no longer asks anything of this attempt.
                 None => kill_done = true,
@@ -1023,6 +1031,21 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                 end.interrupt(Interrupt::Killed);
                 logs.note("still running after the grace period of its stop: killed".into());
                 kill_group(pgid);
+                killed_at.get_or_insert_with(tokio::time::Instant::now);
+            }
+            () = tokio::time::sleep_until(
+                killed_at.map_or_else(tokio::time::Instant::now, |t| t + drain_after_exit()),
+            ), if killed_at.is_some() && status.is_none() => {
+                // Killed, and still no word of its end (its fork server was
+                // stopped, say): the attempt ends without it.
+                logs.note(format!(
+                    "no word of the process's end {:.3}s after it was killed: the attempt ends without it",
+                    drain_after_exit().as_secs_f64()
+                ));
+                status = Some(Err(std::io::Error::other(
+                    "the process's end was never reported after it was killed",
+                )));
+                (out_done, err_done) = (true, true);
             }
         }
     }

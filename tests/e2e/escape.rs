@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use orch::{AttemptOutcome, RunExport, RunStatus, Task};
+use orch::{AttemptOutcome, RunExport, RunStatus, Store as _, Task};
 
 use crate::util::*;
 
@@ -276,4 +276,43 @@ fn a_protocol_line_that_is_not_utf8_breaks_the_attempt_naming_the_byte() {
         err.contains(&format!(r#"{head}\xff"}}"#)),
         "quotes it: {err}"
     );
+}
+
+/// A task that stops its fork server cannot hold the run: once the
+/// attempt is killed (its timeout here), the wait for the server's report
+/// of its end is bounded.
+#[test]
+fn a_task_that_stops_its_fork_server_cannot_hold_the_run() {
+    let space = Space::new();
+    space.write(
+        "stopper.py",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n",
+    );
+    space.write(
+        "stop.yaml",
+        "name: stop\ntasks:\n  - {id: stopper, python: stopper.py, timeout: 1}\n",
+    );
+    let mut run = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["run", "stop.yaml"])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("the run hung on a stopped fork server");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    let id = space.store().resolve_run("latest").unwrap();
+    let logs = logs_text(&space, &id, "stopper");
+    assert!(logs.contains("no word of the process's end"), "{logs}");
 }

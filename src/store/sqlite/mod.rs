@@ -176,14 +176,17 @@ impl SqliteStore {
         }
         // Before anything is written: a file that is not an orch database
         // (empty, or another application's) is left as it is.
-        SqliteStore::recognise(conn, path, version, mode)?;
+        SqliteStore::recognise(conn, path, mode)?;
         if mode == Mode::ReadOnly && version == 2 {
             // An older orch's database, read by this one without changing it.
             conn.execute_batch(READ_ONLY_2_AS_3)
                 .map_err(wrapper(path))?;
         }
         if mode != Mode::ReadOnly {
-            conn.pragma_update(None, "journal_mode", "WAL")
+            // Switching to WAL takes the file for a moment; another process
+            // opening a new database at the same time may hold it, and
+            // SQLite answers "locked" at once instead of waiting.
+            retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))
                 .map_err(wrapper(path))?;
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(wrapper(path))?;
@@ -192,10 +195,12 @@ impl SqliteStore {
             // version whole. A database already at this version is not
             // written to at all.
             if version < SCHEMA_VERSION {
-                SqliteStore::upgrade(conn).map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    wrapper(path)(e)
-                })?;
+                retry_busy(|| {
+                    SqliteStore::upgrade(conn).inspect_err(|_| {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    })
+                })
+                .map_err(wrapper(path))?;
             }
         }
         // Room for the multi-row statements of big batches beside the
@@ -217,13 +222,16 @@ impl SqliteStore {
     /// Refuses a file that is not an orch database: one with orch's
     /// version mark and tables; for [`Mode::Create`], also a database with
     /// no tables at all (a new file).
-    fn recognise(conn: &Connection, path: &Path, version: i64, mode: Mode) -> Result<()> {
-        let (tables, ours): (i64, i64) = conn
+    fn recognise(conn: &Connection, path: &Path, mode: Mode) -> Result<()> {
+        // The version read again with the tables, in one snapshot: another
+        // process may have created the schema since the version was read.
+        let (tables, ours, version): (i64, i64, i64) = conn
             .query_row(
-                "SELECT count(*), count(*) FILTER (WHERE name IN ('runs', 'events'))
+                "SELECT count(*), count(*) FILTER (WHERE name IN ('runs', 'events')),
+                        (SELECT user_version FROM pragma_user_version)
                  FROM sqlite_master WHERE type = 'table'",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(wrapper(path))?;
         let orch = version >= 1 && ours == 2;
@@ -1153,6 +1161,25 @@ impl SqliteStore {
             });
         }
         Ok(())
+    }
+}
+
+/// `f`, tried again for up to 10 s while SQLite answers "busy" or
+/// "locked" without waiting (a schema change racing another process's).
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
