@@ -224,6 +224,12 @@ impl ProcessExecutor {
         if let Some((dir, _)) = &self.env.run_dir {
             vars.push(("ORCH_RUN_DIR", dir.to_string_lossy().into_owned()));
         }
+        // Where the workflow's own files are, for a task running in the
+        // run's folder (`python3 "$ORCH_WORKFLOW_DIR/tool.py"`).
+        vars.push((
+            "ORCH_WORKFLOW_DIR",
+            self.env.base_dir.to_string_lossy().into_owned(),
+        ));
         vars
     }
 

@@ -319,7 +319,7 @@ fn each_run_of_a_file_works_in_its_own_folder_and_lists_the_files_it_declares() 
         r#"name: count
 tasks:
   - id: bump
-    command: "n=$(cat counter 2>/dev/null || echo 0); echo $((n + 1)) > counter; echo $ORCH_RUN_DIR > where"
+    command: "n=$(cat counter 2>/dev/null || echo 0); echo $((n + 1)) > counter; echo $ORCH_RUN_DIR > where; test -f $ORCH_WORKFLOW_DIR/count.yaml"
     produces: [counter, where]
   - id: missing
     command: "true"
