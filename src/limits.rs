@@ -67,6 +67,14 @@ pub enum JsonLimitError {
         /// Its byte offset.
         at: usize,
     },
+    /// A non-zero number too small for a 64-bit float (it would read as
+    /// 0).
+    Underflow {
+        /// The literal (shortened when very long).
+        literal: String,
+        /// Its byte offset.
+        at: usize,
+    },
 }
 
 impl fmt::Display for JsonLimitError {
@@ -79,6 +87,10 @@ impl fmt::Display for JsonLimitError {
                 }
                 f.write_str(" (the limit MAX_JSON_DEPTH)")
             }
+            JsonLimitError::Underflow { literal, at } => write!(
+                f,
+                "number {literal} at byte {at} is too small for a 64-bit float: it would read as 0 (send it as a string)"
+            ),
             JsonLimitError::Integer { literal, at } => write!(
                 f,
                 "integer {literal} at byte {at} does not fit in 64 bits (send it as a string)"
@@ -145,6 +157,16 @@ pub fn check_json_within(text: &str, envelope: usize) -> Result<(), JsonLimitErr
                         literal: shorten_digits(literal),
                         at: start,
                     });
+                }
+                if !integer {
+                    let mantissa = digits.split(['e', 'E']).next().unwrap_or_default();
+                    let nonzero = mantissa.bytes().any(|c| matches!(c, b'1'..=b'9'));
+                    if nonzero && literal.parse::<f64>().is_ok_and(|f| f == 0.0) {
+                        return Err(JsonLimitError::Underflow {
+                            literal: shorten_digits(literal),
+                            at: start,
+                        });
+                    }
                 }
             }
             _ => i += 1,
@@ -248,6 +270,18 @@ pub fn check_len(what: &str, text: &str, limit: usize, name: &str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_that_would_read_as_zero_is_refused() {
+        let e = check_json(r#"{"tiny": 1e-400}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "number 1e-400 at byte 9 is too small for a 64-bit float: it would read as 0 (send it as a string)"
+        );
+        for fine in ["0.0", "0e10", "-0", "5e-324", "2.2250738585072014e-308", "1e308"] {
+            assert!(check_json(fine).is_ok(), "{fine}");
+        }
+    }
 
     #[test]
     fn depth_counts_brackets_outside_strings() {
