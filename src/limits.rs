@@ -278,7 +278,14 @@ mod tests {
             e.to_string(),
             "number 1e-400 at byte 9 is too small for a 64-bit float: it would read as 0 (send it as a string)"
         );
-        for fine in ["0.0", "0e10", "-0", "5e-324", "2.2250738585072014e-308", "1e308"] {
+        for fine in [
+            "0.0",
+            "0e10",
+            "-0",
+            "5e-324",
+            "2.2250738585072014e-308",
+            "1e308",
+        ] {
             assert!(check_json(fine).is_ok(), "{fine}");
         }
     }
