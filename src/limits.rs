@@ -67,6 +67,13 @@ pub enum JsonLimitError {
         /// Its byte offset.
         at: usize,
     },
+    /// A key given twice in one object (all but the last would be lost).
+    DuplicateKey {
+        /// The key as written (shortened when very long).
+        key: String,
+        /// Byte offset of its second occurrence.
+        at: usize,
+    },
     /// A non-zero number too small for a 64-bit float (it would read as
     /// 0).
     Underflow {
@@ -87,6 +94,10 @@ impl fmt::Display for JsonLimitError {
                 }
                 f.write_str(" (the limit MAX_JSON_DEPTH)")
             }
+            JsonLimitError::DuplicateKey { key, at } => write!(
+                f,
+                "the key {key} at byte {at} is given twice in one object (only the last would be kept)"
+            ),
             JsonLimitError::Underflow { literal, at } => write!(
                 f,
                 "number {literal} at byte {at} is too small for a 64-bit float: it would read as 0 (send it as a string)"
@@ -112,11 +123,13 @@ pub fn check_json(text: &str) -> Result<(), JsonLimitError> {
 pub fn check_json_within(text: &str, envelope: usize) -> Result<(), JsonLimitError> {
     let b = text.as_bytes();
     let max = MAX_JSON_DEPTH + envelope;
-    let mut depth = 0usize;
+    // One entry per open bracket: for an object, the keys seen so far.
+    let mut open: Vec<Option<std::collections::HashSet<&[u8]>>> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'"' => {
+                let start = i;
                 i += 1;
                 while i < b.len() {
                     match b[i] {
@@ -126,19 +139,36 @@ pub fn check_json_within(text: &str, envelope: usize) -> Result<(), JsonLimitErr
                     }
                 }
                 i += 1;
+                // A key: a string in an object followed by a colon.
+                if let Some(Some(keys)) = open.last_mut() {
+                    let mut j = i;
+                    while j < b.len() && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if j < b.len() && b[j] == b':' {
+                        let key = &b[start..i.min(b.len())];
+                        if !keys.insert(key) {
+                            let shown = String::from_utf8_lossy(&key[..key.len().min(64)]);
+                            return Err(JsonLimitError::DuplicateKey {
+                                key: shown.into_owned(),
+                                at: start,
+                            });
+                        }
+                    }
+                }
             }
             b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
+                if open.len() + 1 > max {
                     return Err(JsonLimitError::TooDeep {
                         limit: MAX_JSON_DEPTH,
                         at: Some(i),
                     });
                 }
+                open.push((b[i] == b'{').then(std::collections::HashSet::new));
                 i += 1;
             }
             b']' | b'}' => {
-                depth = depth.saturating_sub(1);
+                open.pop();
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -270,6 +300,24 @@ pub fn check_len(what: &str, text: &str, limit: usize, name: &str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_in_one_object_is_refused() {
+        let e = check_json(r#"{"a": 1, "b": {"a": 2}, "a": 3}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"the key "a" at byte 24 is given twice in one object (only the last would be kept)"#
+        );
+        // The same key in different objects, in arrays, as a value: fine.
+        for fine in [
+            r#"{"a": 1, "b": {"a": 2}}"#,
+            r#"[{"a": 1}, {"a": 2}]"#,
+            r#"{"a": "a", "b": ["a", "a"]}"#,
+            r#"{"k\"": 1, "k": 2}"#,
+        ] {
+            assert!(check_json(fine).is_ok(), "{fine}");
+        }
+    }
 
     #[test]
     fn a_number_that_would_read_as_zero_is_refused() {
