@@ -64,8 +64,13 @@ fn a_per_second_schedule_fires_each_second_once_across_a_crash_and_a_restart() {
         );
         assert_eq!(f.kind, "schedule");
     }
+    // A run caught by the kill -9 or the stop stays running, resumable;
+    // none failed.
     for r in &runs {
-        assert_eq!(r.status, "succeeded", "{r:?}");
+        assert!(
+            matches!(r.status.as_str(), "succeeded" | "running"),
+            "{r:?}"
+        );
     }
 }
 
