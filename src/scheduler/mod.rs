@@ -542,39 +542,31 @@ impl Scheduler {
                 }
             }
         }
-        // Each pipeline's own fire times, and its timers'.
-        let mut keys: Vec<(String, Pipeline)> = self
-            .table
-            .values()
-            .map(|p| (p.name.clone(), p.clone()))
+        // Fire times claimed under a pipeline's name, or a timer's key.
+        let timers: BTreeMap<String, String> = store
+            .timers()?
+            .into_iter()
+            .map(|t| (t.fire_key(), t.workflow))
             .collect();
-        for t in store.timers()? {
-            if let Some(p) = self.table.get(&t.workflow) {
-                keys.push((t.fire_key(), p.clone()));
+        let day = 86_400_000;
+        for f in store.orphaned_fires(now_ms - day, now_ms - ORPHAN_AFTER_MS)? {
+            let name = timers.get(&f.workflow).unwrap_or(&f.workflow);
+            let Some(p) = self.table.get(name).cloned() else {
+                continue;
+            };
+            if !self.recovered.insert((f.workflow.clone(), f.at_ms)) {
+                continue;
             }
-        }
-        for (key, p) in keys {
-            let day = 86_400_000;
-            for f in store.fires(&key, now_ms - 7 * day, now_ms)? {
-                // Another scheduler may be starting it right now.
-                if f.status.is_some()
-                    || f.claimed_ms > now_ms - ORPHAN_AFTER_MS
-                    || f.claimed_ms < now_ms - day
-                    || !self.recovered.insert((key.clone(), f.at_ms))
-                {
-                    continue;
+            warn!(pipeline = %p.name, run = %f.run, "a fire time was claimed but its run never started: starting it");
+            match start_for(&self.engine, &p, f.at_ms, f.run.clone()).await {
+                Ok(handle) => {
+                    started += 1;
+                    self.watch(p.name.clone(), handle);
                 }
-                warn!(pipeline = %p.name, run = %f.run, "a fire time was claimed but its run never started: starting it");
-                match start_for(&self.engine, &p, f.at_ms, f.run.clone()).await {
-                    Ok(handle) => {
-                        started += 1;
-                        self.watch(p.name.clone(), handle);
-                    }
-                    // Another scheduler got there first.
-                    Err(Error::Refused { .. }) => {}
-                    Err(e) => {
-                        warn!(pipeline = %p.name, error = %e, "the run of a claimed fire time did not start")
-                    }
+                // Another scheduler got there first.
+                Err(Error::Refused { .. }) => {}
+                Err(e) => {
+                    warn!(pipeline = %p.name, error = %e, "the run of a claimed fire time did not start")
                 }
             }
         }

@@ -554,6 +554,19 @@ fn fire_times_are_claimed_once(store: Arc<dyn Store>) {
         (1_000, "schedule")
     );
     assert_eq!(fires[0].status, None, "no run registered under that id");
+    let now = crate::time::unix_millis() as i64;
+    let orphans = store
+        .orphaned_fires(now - 60_000, now + 60_000)
+        .expect("orphans");
+    assert_eq!(
+        orphans.len(),
+        3,
+        "no run registered for any claim yet: {orphans:?}"
+    );
+    assert!(store
+        .orphaned_fires(0, now - 60_000)
+        .expect("orphans")
+        .is_empty());
     store
         .refire("nightly", 1_000, "run-again", "backfill")
         .expect("refire");

@@ -322,6 +322,11 @@ pub trait Store: Send + Sync {
     /// unless one is recorded: true when this call recorded it.
     fn claim_event_run(&self, event: i64, workflow: &str, run: &str) -> Result<bool>;
 
+    /// The fire times (of every workflow and timer) claimed no earlier
+    /// than `since_ms` and no later than `until_ms` whose run never
+    /// registered (their scheduler died in between), oldest claim first.
+    fn orphaned_fires(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Fire>>;
+
     /// The runs events claimed no earlier than `since_ms` and no later
     /// than `until_ms` that never registered (their scheduler died in
     /// between): each event with the workflow and the run id it claimed.

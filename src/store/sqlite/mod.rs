@@ -1004,6 +1004,32 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
+    fn orphaned_fires(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Fire>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT f.workflow, f.fire_at, f.run, f.kind, f.claimed_at FROM fires f
+                 LEFT JOIN runs r ON r.id = f.run
+                 WHERE r.id IS NULL AND f.claimed_at BETWEEN ?1 AND ?2
+                 ORDER BY f.claimed_at, f.workflow, f.fire_at",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![since_ms, until_ms], |r| {
+                Ok(Fire {
+                    workflow: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    run: r.get(2)?,
+                    kind: r.get(3)?,
+                    status: None,
+                    claimed_ms: r.get(4)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e));
+        rows
+    }
+
     fn orphaned_event_runs(
         &self,
         since_ms: i64,
