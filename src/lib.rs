@@ -27,6 +27,7 @@
 
 extern crate self as orch;
 
+pub mod access;
 pub mod engine;
 pub mod error;
 pub mod exec;

@@ -40,6 +40,8 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     runs_resolve_by_prefix_and_latest(new().as_ref());
     fire_times_are_claimed_once(Arc::from(new()));
     events_and_timers_are_kept(new().as_ref());
+    runs_page_by_filter_and_cursor(new().as_ref());
+    users_and_tokens_are_kept(new().as_ref());
 }
 
 /// A run with an input node `ask` and a command node `work` after it.
@@ -649,4 +651,85 @@ fn events_and_timers_are_kept(store: &dyn Store) {
     assert!(!store.stop_timer(every).expect("stop"), "stopped once");
     assert!(!store.stop_timer(999).expect("stop"), "no such timer");
     assert!(store.timers().expect("timers")[1].stopped_ms.is_some());
+}
+
+/// Pages of runs follow the list's order, filters and cursor.
+fn runs_page_by_filter_and_cursor(store: &dyn Store) {
+    let a = owner("engine-a");
+    for i in 0..5 {
+        register(store, &format!("run-2026010{i}-x"), &a);
+    }
+    let all = store.runs().expect("runs");
+    let first = store.runs_page(&super::RunFilter::newest(2)).expect("page");
+    assert_eq!(first, all[..2].to_vec());
+    let mut next = super::RunFilter::newest(2);
+    next.before = Some(first[1].id.clone());
+    let second = store.runs_page(&next).expect("page 2");
+    assert_eq!(second, all[2..4].to_vec());
+    let mut f = super::RunFilter::newest(10);
+    f.status = Some(RunStatus::Succeeded);
+    assert!(store.runs_page(&f).expect("by status").is_empty());
+    f.status = Some(RunStatus::Running);
+    assert_eq!(store.runs_page(&f).expect("by status").len(), 5);
+    f.workflow = Some("nope".into());
+    assert!(store.runs_page(&f).expect("by workflow").is_empty());
+    assert_eq!(
+        store.run_counts().expect("counts"),
+        vec![("running".to_string(), 5)]
+    );
+}
+
+/// Users are unique by name; tokens are found by id, listed, revoked,
+/// and revoked with their user.
+fn users_and_tokens_are_kept(store: &dyn Store) {
+    use super::{TokenRecord, UserRecord};
+    use crate::access::{Permission, Role};
+    let ada = UserRecord::new("ada", Role::Admin, "$argon2id$x", 1);
+    assert!(store.add_user(&ada).expect("add"));
+    assert!(!store
+        .add_user(&UserRecord::new("ada", Role::Viewer, "h", 2))
+        .expect("again"));
+    assert_eq!(store.user("ada").expect("user"), Some(ada.clone()));
+    assert!(store
+        .add_user(&UserRecord::new("bob", Role::Viewer, "h", 3))
+        .expect("bob"));
+    assert_eq!(store.users().expect("users").len(), 2);
+    assert!(store
+        .update_user("bob", Some(Role::Operator), None)
+        .expect("update"));
+    assert_eq!(
+        store.user("bob").expect("bob").map(|u| u.role),
+        Some(Role::Operator)
+    );
+    assert!(!store
+        .update_user("carol", Some(Role::Admin), None)
+        .expect("nobody"));
+
+    let mut t = TokenRecord::new("AAAAAAAAAAAA", "bob", "ci", "ab12", 10);
+    t.scopes = vec![Permission::Read, Permission::Operate];
+    t.expires_ms = Some(99);
+    store.add_token(&t).expect("token");
+    assert!(store.add_token(&t).is_err(), "a token id is unique");
+    assert_eq!(store.token("AAAAAAAAAAAA").expect("read"), Some(t.clone()));
+    let mut r = TokenRecord::new("BBBBBBBBBBBB", "ada", "runner", "cd34", 11);
+    r.runner = true;
+    store.add_token(&r).expect("runner token");
+    assert_eq!(store.tokens(None).expect("all").len(), 2);
+    assert_eq!(store.tokens(Some("ada")).expect("ada's"), vec![r]);
+    assert!(store.revoke_token("BBBBBBBBBBBB").expect("revoke"));
+    assert!(!store.revoke_token("BBBBBBBBBBBB").expect("twice"));
+    assert!(store
+        .token("BBBBBBBBBBBB")
+        .expect("read")
+        .unwrap()
+        .revoked_ms
+        .is_some());
+    assert!(store.remove_user("bob").expect("remove"));
+    assert!(store.user("bob").expect("gone").is_none());
+    assert!(store
+        .token("AAAAAAAAAAAA")
+        .expect("read")
+        .unwrap()
+        .revoked_ms
+        .is_some());
 }

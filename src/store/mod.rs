@@ -20,6 +20,7 @@ pub use crate::history::LogLine;
 pub use lease::{Lease, Owner, OwnerRecord};
 pub use sqlite::{default_path, SqliteStore, DB_ENV};
 
+use crate::access::{Permission, Role};
 use crate::error::{Error, Result};
 use crate::history::{Event, RunExport, RunState};
 use crate::model::{Mutation, NodeState, Task};
@@ -355,4 +356,164 @@ pub trait Store: Send + Sync {
 
     /// Checks the database's own consistency.
     fn integrity_check(&self) -> Result<()>;
+
+    /// A page of runs, newest first, filtered (the server's run list).
+    fn runs_page(&self, filter: &RunFilter) -> Result<Vec<RunSummary>>;
+
+    /// How many runs have each status.
+    fn run_counts(&self) -> Result<Vec<(String, u64)>>;
+
+    /// Adds a user; `false` when one of that name exists (nothing
+    /// changes).
+    fn add_user(&self, user: &UserRecord) -> Result<bool>;
+
+    /// The user of that name.
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<UserRecord>>;
+
+    /// Changes a user's role and/or password hash; `false` when there is
+    /// no such user.
+    fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+    ) -> Result<bool>;
+
+    /// Removes a user and revokes their tokens, in one transaction;
+    /// `false` when there is no such user.
+    fn remove_user(&self, name: &str) -> Result<bool>;
+
+    /// Stores a token (its hash, never its secret).
+    fn add_token(&self, token: &TokenRecord) -> Result<()>;
+
+    /// The token with this id.
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
+
+    /// Every token, or a user's.
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>>;
+
+    /// Revokes a token; `false` when there is no such live token.
+    fn revoke_token(&self, id: &str) -> Result<bool>;
+}
+
+/// Which runs a page lists ([`Store::runs_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunFilter {
+    /// Only runs of this workflow.
+    pub workflow: Option<String>,
+    /// Only runs with this status.
+    pub status: Option<crate::model::RunStatus>,
+    /// Only runs older than this run (the previous page's last id).
+    pub before: Option<String>,
+    /// At most this many (at least 1).
+    pub limit: usize,
+}
+
+impl RunFilter {
+    /// The newest `limit` runs.
+    pub fn newest(limit: usize) -> RunFilter {
+        RunFilter {
+            limit,
+            ..RunFilter::default()
+        }
+    }
+}
+
+/// A user of the server, as stored.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserRecord {
+    /// The name.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// The password's argon2id hash (PHC string).
+    pub password_hash: String,
+    /// When it was added (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+}
+
+impl UserRecord {
+    /// A user to add.
+    pub fn new(name: &str, role: Role, password_hash: &str, created_ms: i64) -> UserRecord {
+        UserRecord {
+            name: name.to_string(),
+            role,
+            password_hash: password_hash.to_string(),
+            created_ms,
+        }
+    }
+}
+
+/// Never prints the hash.
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API token as stored: its id and the SHA-256 of the whole token,
+/// never the token.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenRecord {
+    /// The public part of the token (`orch_<id>_…`).
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// A name to tell tokens apart.
+    pub name: String,
+    /// SHA-256 of the whole token, hex.
+    pub hash: String,
+    /// What it is narrowed to (empty: the user's role).
+    pub scopes: Vec<Permission>,
+    /// A runner's token: runner calls only.
+    pub runner: bool,
+    /// When it was made (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// When it stops working.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked.
+    pub revoked_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    /// A new token record.
+    pub fn new(id: &str, user: &str, name: &str, hash: &str, created_ms: i64) -> TokenRecord {
+        TokenRecord {
+            id: id.to_string(),
+            user: user.to_string(),
+            name: name.to_string(),
+            hash: hash.to_string(),
+            scopes: Vec::new(),
+            runner: false,
+            created_ms,
+            expires_ms: None,
+            revoked_ms: None,
+        }
+    }
+}
+
+/// Never prints the hash.
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("runner", &self.runner)
+            .field("created_ms", &self.created_ms)
+            .field("expires_ms", &self.expires_ms)
+            .field("revoked_ms", &self.revoked_ms)
+            .finish_non_exhaustive()
+    }
 }

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::lease::{self, Lease, Owner, OwnerRecord};
 use super::{
-    Fire, LogLine, Pending, Pushed, Registration, RunSummary, Signal, SignalId, Store, Timer,
+    Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSummary, Signal, SignalId, Store,
+    Timer, TokenRecord, UserRecord,
 };
 use crate::error::{Error, Result};
 use crate::history::{
@@ -27,12 +28,16 @@ use crate::model::{Origin, RunStatus, Task};
 /// The environment variable that overrides the database path.
 pub const DB_ENV: &str = "ORCH_DB";
 
+mod access;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod views;
 
-use schema::{MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, READ_ONLY_2_AS_3, SCHEMA, SCHEMA_VERSION};
+use schema::{
+    MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, SCHEMA,
+    SCHEMA_VERSION,
+};
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
 /// The database path: `ORCH_DB` if set, else `.orch/orch.db` under the
@@ -180,6 +185,10 @@ impl SqliteStore {
         if mode == Mode::ReadOnly && version == 2 {
             // An older orch's database, read by this one without changing it.
             conn.execute_batch(READ_ONLY_2_AS_3)
+                .map_err(wrapper(path))?;
+        }
+        if mode == Mode::ReadOnly && (2..=3).contains(&version) {
+            conn.execute_batch(READ_ONLY_3_AS_4)
                 .map_err(wrapper(path))?;
         }
         if mode != Mode::ReadOnly {
@@ -1116,6 +1125,55 @@ impl Store for SqliteStore {
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e));
         rows
+    }
+
+    fn runs_page(&self, filter: &RunFilter) -> Result<Vec<RunSummary>> {
+        self.page_of_runs(filter)
+    }
+
+    fn run_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.counts_of_runs()
+    }
+
+    fn add_user(&self, user: &UserRecord) -> Result<bool> {
+        self.insert_user(user)
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.read_user(name)
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>> {
+        self.read_users()
+    }
+
+    fn update_user(
+        &self,
+        name: &str,
+        role: Option<crate::access::Role>,
+        password_hash: Option<&str>,
+    ) -> Result<bool> {
+        self.change_user(name, role, password_hash)
+    }
+
+    fn remove_user(&self, name: &str) -> Result<bool> {
+        self.delete_user(name)
+    }
+
+    fn add_token(&self, token: &TokenRecord) -> Result<()> {
+        self.insert_token(token)
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        self.read_token(id)
+    }
+
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>> {
+        self.read_tokens(user)
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<bool> {
+        self.revoke(id)
     }
 
     fn integrity_check(&self) -> Result<()> {

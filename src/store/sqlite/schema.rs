@@ -1,6 +1,7 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 3 added the files an attempt produced (`attempts.files`) and
+/// Version 4 added the server's `users` and `tokens` (nothing else
+/// changes: `SCHEMA` creates them). Version 3 added the files an attempt produced (`attempts.files`) and
 /// the tables of schedules, events and timers: `fires`
 /// (each fire time and its run), `pushes` (events pushed under a key),
 /// `push_runs` (the run each event started for each workflow) and
@@ -8,7 +9,7 @@
 /// `lease_until`) and the `signals` table (replacing `controls` and
 /// `inputs`: a migrated database moves their untaken rows into it and
 /// keeps the tables, unused).
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// What a version-1 database needs to become version 2 (before `SCHEMA`,
 /// whose `CREATE ... IF NOT EXISTS` adds the new tables).
@@ -52,6 +53,13 @@ CREATE TEMP TABLE fires (workflow TEXT, fire_at INTEGER, run TEXT, kind TEXT, cl
 CREATE TEMP TABLE pushes (id INTEGER PRIMARY KEY, key TEXT, payload TEXT, pushed_at TEXT);
 CREATE TEMP TABLE push_runs (push INTEGER, workflow TEXT, run TEXT, claimed_at INTEGER);
 CREATE TEMP TABLE timers (id INTEGER PRIMARY KEY, workflow TEXT, at_ms INTEGER, cron TEXT, timezone TEXT, created_at INTEGER, stopped_at INTEGER);
+"#;
+
+/// What a read-only connection to a version-2 or -3 database adds so that
+/// version 4's reads work: no users, no tokens.
+pub(super) const READ_ONLY_3_AS_4: &str = r#"
+CREATE TEMP TABLE users (name TEXT PRIMARY KEY, role TEXT, password_hash TEXT, created_at INTEGER);
+CREATE TEMP TABLE tokens (id TEXT PRIMARY KEY, user TEXT, name TEXT, hash TEXT, scopes TEXT, runner INTEGER, created_at INTEGER, expires_at INTEGER, revoked_at INTEGER);
 "#;
 
 /// The store's clock, in milliseconds since the Unix epoch: leases expire
@@ -172,6 +180,24 @@ CREATE TABLE IF NOT EXISTS push_runs (
     claimed_at INTEGER NOT NULL,
     PRIMARY KEY (push, workflow)
 );
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    runner INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user);
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow TEXT NOT NULL,
