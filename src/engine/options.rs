@@ -51,6 +51,9 @@ pub struct RunOptions {
     /// see each other's files. Scripts and Python modules still come
     /// from the workflow's folder. Workflow files run this way.
     pub per_run_dir: bool,
+    /// The published version the run starts from, recorded in its config
+    /// and shown by its export.
+    pub source: Option<crate::model::Source>,
 }
 
 impl Default for RunOptions {
@@ -69,6 +72,7 @@ impl Default for RunOptions {
             fired_at: None,
             params: serde_json::Map::new(),
             per_run_dir: false,
+            source: None,
         }
     }
 }

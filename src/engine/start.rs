@@ -55,6 +55,7 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         fired_at: opts.fired_at.map(time::format_millis),
         params,
         per_run_dir: opts.per_run_dir,
+        source: opts.source.clone(),
     };
     let run_id = opts.run_id.clone().unwrap_or_else(time::new_run_id);
     let started = Event {

@@ -540,6 +540,7 @@ impl RunState {
                 .collect(),
             promises: g.promises().to_vec(),
             violations: self.violations.clone(),
+            source: self.config.as_ref().and_then(|c| c.source.clone()),
         }
     }
 }
@@ -575,6 +576,9 @@ pub struct RunExport {
     pub promises: Vec<crate::promise::Promise>,
     /// Every promise violation.
     pub violations: Vec<ViolationRecord>,
+    /// The published version the run started from (a server's runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::model::Source>,
 }
 
 impl RunExport {

@@ -44,6 +44,40 @@ pub struct RunConfig {
     /// Tasks run in the run's own folder (`ORCH_RUN_DIR`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_run_dir: bool,
+    /// The published version the run started from (a server's runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+/// The published version of a workflow a run started from: the commit of
+/// the server's workflow repository and the SHA-256 of each of its files.
+/// Recorded when the run starts; editing the workflow later never changes
+/// it.
+///
+/// ```
+/// let s = orch::model::Source::new("3f2c…", [("workflow.yaml", "ab12…")]);
+/// assert_eq!(s.files["workflow.yaml"], "ab12…");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Source {
+    /// The commit.
+    pub commit: String,
+    /// SHA-256 (hex) of each file, by its path in the workflow's folder.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// A source.
+    pub fn new<'a>(commit: &str, files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Source {
+        Source {
+            commit: commit.to_string(),
+            files: files
+                .into_iter()
+                .map(|(p, h)| (p.to_string(), h.to_string()))
+                .collect(),
+        }
+    }
 }
 
 /// What a node that failed for good (its retries used up) does to the
@@ -130,6 +164,7 @@ impl RunConfig {
             fired_at: None,
             params: serde_json::Map::new(),
             per_run_dir: false,
+            source: None,
         }
     }
 }

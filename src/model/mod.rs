@@ -7,7 +7,7 @@
 mod config;
 mod definition;
 
-pub use config::{FailurePolicy, RunConfig};
+pub use config::{FailurePolicy, RunConfig, Source};
 pub use definition::{Definition, Triggers};
 
 use std::fmt;

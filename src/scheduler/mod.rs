@@ -591,6 +591,25 @@ impl Scheduler {
     /// once).
     pub async fn run(&mut self) -> Result<()> {
         let mut signals = StopSignals::install();
+        let (tx, rx) = tokio::sync::watch::channel(0u32);
+        let forward = async move {
+            loop {
+                let signal = signals.next().await;
+                warn!(signal, "stop signal");
+                tx.send_modify(|n| *n += 1);
+            }
+        };
+        tokio::select! {
+            r = self.run_until(rx) => r,
+            () = forward => unreachable!("the forwarder never ends"),
+        }
+    }
+
+    /// Runs until `stop` changes: the first change stops gracefully (no
+    /// new run starts; running ones are asked to stop and stay
+    /// resumable), the next one at once. A host with its own signal
+    /// handling (the server) drives the scheduler this way.
+    pub async fn run_until(&mut self, mut stop: tokio::sync::watch::Receiver<u32>) -> Result<()> {
         let mut reloaded = tokio::time::Instant::now();
         self.reload();
         // A scheduler keeps going whatever one pass meets (a database
@@ -621,8 +640,8 @@ impl Scheduler {
             let wait = until_fire.min(until_reload).min(Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                signal = signals.next() => {
-                    warn!(signal, "stopping the scheduler: no new run starts; running ones are asked to stop and stay resumable");
+                _ = stop.changed() => {
+                    warn!("stopping the scheduler: no new run starts; running ones are asked to stop and stay resumable");
                     self.engine.shutdown(crate::engine::stop_grace());
                     break;
                 }
@@ -635,7 +654,16 @@ impl Scheduler {
                     Some(done) => log_outcome(done),
                     None => return Ok(()),
                 },
-                _ = signals.next() => self.engine.shutdown(Duration::ZERO),
+                changed = stop.changed() => {
+                    self.engine.shutdown(Duration::ZERO);
+                    if changed.is_err() {
+                        // The sender is gone: nothing more can come.
+                        while let Some(done) = self.runs.join_next().await {
+                            log_outcome(done);
+                        }
+                        return Ok(());
+                    }
+                }
             }
         }
     }

@@ -289,7 +289,8 @@ impl SqliteStore {
         let c = self.lock();
         let c = &*c;
         let mut ex = c.query_row(
-            "SELECT workflow, status, reason, orchestrator_pid, created_at, finished_at, last_seq FROM runs WHERE id = ?1",
+            "SELECT workflow, status, reason, orchestrator_pid, created_at, finished_at, last_seq,
+                    json_extract(config, '$.source') FROM runs WHERE id = ?1",
             [run],
             |r| {
                 let status: String = r.get(1)?;
@@ -306,6 +307,9 @@ impl SqliteStore {
                     edges: Vec::new(),
                     promises: Vec::new(),
                     violations: Vec::new(),
+                    source: r
+                        .get::<_, Option<String>>(7)?
+                        .and_then(|s| serde_json::from_str(&s).ok()),
                 })
             },
         )?;
