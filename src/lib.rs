@@ -29,6 +29,7 @@ extern crate self as orch;
 
 pub mod engine;
 pub mod error;
+pub mod estimate;
 pub mod exec;
 #[cfg(feature = "files")]
 pub mod file;
