@@ -32,7 +32,8 @@
 //!   [`RunEstimate::expected_end_ms`]). Parts with no history of their own
 //!   mark the estimate partial.
 //!
-//! Everything here but [`for_run`] and [`for_state`] is pure: no I/O, no
+//! The method for users: `docs/estimates.md`. Everything here but
+//! [`for_run`] and [`for_state`] is pure: no I/O, no
 //! clock (the caller passes "now").
 
 mod simulate;
