@@ -30,6 +30,7 @@ extern crate self as orch;
 pub mod access;
 pub mod engine;
 pub mod error;
+pub mod estimate;
 pub mod exec;
 #[cfg(feature = "files")]
 pub mod file;

@@ -133,7 +133,7 @@ pub const WILDCARD_PREFIX: &str = "~";
 
 /// True when a node's task may still add nodes under the promises in
 /// force; `Some(pattern)` narrows what it may add (`only_nodes`).
-fn growth(g: &Graph, i: usize) -> Option<Vec<String>> {
+pub(crate) fn growth(g: &Graph, i: usize) -> Option<Vec<String>> {
     let n = g.node(i);
     let mut narrowed = Vec::new();
     for p in g.promises() {

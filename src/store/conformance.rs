@@ -42,6 +42,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     events_and_timers_are_kept(new().as_ref());
     runs_page_by_filter_and_cursor(new().as_ref());
     users_and_tokens_are_kept(new().as_ref());
+    task_durations_are_successful_attempts(new().as_ref());
 }
 
 /// A run with an input node `ask` and a command node `work` after it.
@@ -732,4 +733,139 @@ fn users_and_tokens_are_kept(store: &dyn Store) {
         .unwrap()
         .revoked_ms
         .is_some());
+}
+
+impl Fixture {
+    /// Commits one event of `kind` stamped `at_ms` (milliseconds since the
+    /// epoch) under the fixture's lease.
+    fn commit_at(&mut self, store: &dyn Store, at_ms: i64, kind: EventKind) {
+        let e = Event {
+            seq: self.state.last_seq + 1,
+            at: crate::time::format_millis(at_ms as u64),
+            kind,
+        };
+        let mut state = self.state.clone();
+        state.apply(&e);
+        store
+            .commit(&self.lease, &state, &[e], &[], &[])
+            .expect("commit");
+        self.state = state;
+    }
+
+    /// Attempt `attempt` of `node` from `from_ms` to `to_ms`, ending
+    /// `outcome`.
+    fn attempt(
+        &mut self,
+        store: &dyn Store,
+        node: &str,
+        attempt: u32,
+        (from_ms, to_ms): (i64, i64),
+        outcome: AttemptOutcome,
+    ) {
+        let started = EventKind::AttemptStarted {
+            node: node.into(),
+            attempt,
+            pid: None,
+        };
+        self.commit_at(store, from_ms, started);
+        let finished = EventKind::AttemptFinished {
+            node: node.into(),
+            attempt,
+            outcome,
+            exit_code: None,
+            error: None,
+            files: Vec::new(),
+        };
+        self.commit_at(store, to_ms, finished);
+    }
+}
+
+/// The samples of expected times: each successful attempt of a
+/// workflow's tasks with its times, newest first per task, bounded per
+/// task and by runs; succeeded runs with theirs.
+fn task_durations_are_successful_attempts(store: &dyn Store) {
+    let me = owner("engine-a");
+    let t = crate::time::unix_millis() as i64 + 1_000;
+    let mut a = register(store, "est-a", &me);
+    a.attempt(store, "ask", 1, (t, t + 100), AttemptOutcome::Succeeded);
+    a.attempt(store, "work", 1, (t + 100, t + 150), AttemptOutcome::Failed);
+    a.attempt(
+        store,
+        "work",
+        2,
+        (t + 200, t + 500),
+        AttemptOutcome::Succeeded,
+    );
+    let done = EventKind::RunStatus {
+        status: RunStatus::Succeeded,
+        reason: None,
+    };
+    a.commit_at(store, t + 600, done);
+    let mut b = register(store, "est-b", &me);
+    b.attempt(
+        store,
+        "work",
+        1,
+        (t + 1_000, t + 1_700),
+        AttemptOutcome::Succeeded,
+    );
+
+    let got = |runs, per_task| -> Vec<(String, String, u32, i64)> {
+        store
+            .task_durations("conformance", runs, per_task)
+            .expect("task durations")
+            .into_iter()
+            .map(|s| {
+                assert_eq!(s.commit, None, "runs record no commit yet");
+                (s.run.clone(), s.task.clone(), s.attempt, s.duration_ms())
+            })
+            .collect()
+    };
+    let row = |run: &str, task: &str, attempt, ms| (run.to_string(), task.to_string(), attempt, ms);
+    assert_eq!(
+        got(10, 10),
+        [
+            row("est-a", "ask", 1, 100),
+            row("est-b", "work", 1, 700),
+            row("est-a", "work", 2, 300),
+        ],
+        "successful attempts only, by task, newest first"
+    );
+    assert_eq!(
+        got(10, 1),
+        [row("est-a", "ask", 1, 100), row("est-b", "work", 1, 700)],
+        "at most `per_task` of each task"
+    );
+    assert_eq!(
+        got(1, 10),
+        [row("est-b", "work", 1, 700)],
+        "only the most recent runs"
+    );
+    let first = &store
+        .task_durations("conformance", 10, 10)
+        .expect("samples")[0];
+    assert_eq!((first.node.as_str(), first.started_ms), ("ask", t));
+    assert!(store
+        .task_durations("another", 10, 10)
+        .expect("samples")
+        .is_empty());
+
+    let runs = store
+        .run_durations("conformance", 10)
+        .expect("run durations");
+    let created = store
+        .export("est-a")
+        .expect("export")
+        .created_at
+        .expect("created");
+    let created = crate::time::parse_millis(&created).expect("a stored time") as i64;
+    assert_eq!(
+        runs,
+        [crate::store::RunSample::new("est-a", created, t + 600)],
+        "succeeded runs only"
+    );
+    assert!(store
+        .run_durations("conformance", 0)
+        .expect("runs")
+        .is_empty());
 }

@@ -170,6 +170,105 @@ pub struct Fire {
     pub status: Option<crate::model::RunStatus>,
 }
 
+/// A successful attempt of a task, as the history of a workflow records
+/// it: what expected durations are built from ([`crate::estimate`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TaskSample {
+    /// The run it belongs to.
+    pub run: String,
+    /// The node it ran.
+    pub node: String,
+    /// The node's task name.
+    pub task: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// When it started (milliseconds since the Unix epoch).
+    pub started_ms: i64,
+    /// When it finished (milliseconds since the Unix epoch).
+    pub finished_ms: i64,
+    /// The workflow commit its run started from; `None` while runs do not
+    /// record one.
+    pub commit: Option<String>,
+}
+
+impl TaskSample {
+    /// A sample of attempt `attempt` of `node` (task `task`) in `run`.
+    ///
+    /// ```
+    /// let s = orch::store::TaskSample::new("r1", "a", "extract", 1, 1_000, 1_250);
+    /// assert_eq!(s.duration_ms(), 250);
+    /// assert_eq!(s.commit, None);
+    /// ```
+    pub fn new(
+        run: &str,
+        node: &str,
+        task: &str,
+        attempt: u32,
+        started_ms: i64,
+        finished_ms: i64,
+    ) -> TaskSample {
+        TaskSample {
+            run: run.to_string(),
+            node: node.to_string(),
+            task: task.to_string(),
+            attempt,
+            started_ms,
+            finished_ms,
+            commit: None,
+        }
+    }
+
+    /// The same sample, from a run of `commit`.
+    pub fn with_commit(mut self, commit: Option<&str>) -> TaskSample {
+        self.commit = commit.map(str::to_string);
+        self
+    }
+
+    /// How long it ran, in milliseconds (never negative: a clock that
+    /// stepped back counts as 0).
+    pub fn duration_ms(&self) -> i64 {
+        (self.finished_ms - self.started_ms).max(0)
+    }
+}
+
+/// A succeeded run of a workflow, from its start to its end.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunSample {
+    /// The run id.
+    pub run: String,
+    /// When it started (milliseconds since the Unix epoch).
+    pub started_ms: i64,
+    /// When it ended (milliseconds since the Unix epoch).
+    pub finished_ms: i64,
+    /// The workflow commit it started from; `None` while runs do not
+    /// record one.
+    pub commit: Option<String>,
+}
+
+impl RunSample {
+    /// A sample of `run`, which took from `started_ms` to `finished_ms`.
+    ///
+    /// ```
+    /// let r = orch::store::RunSample::new("r1", 1_000, 61_000);
+    /// assert_eq!(r.duration_ms(), 60_000);
+    /// ```
+    pub fn new(run: &str, started_ms: i64, finished_ms: i64) -> RunSample {
+        RunSample {
+            run: run.to_string(),
+            started_ms,
+            finished_ms,
+            commit: None,
+        }
+    }
+
+    /// How long it took, in milliseconds (never negative).
+    pub fn duration_ms(&self) -> i64 {
+        (self.finished_ms - self.started_ms).max(0)
+    }
+}
+
 /// A run's first two events: `run_started`, then the registration batch.
 #[derive(Debug)]
 pub struct Registration<'a> {
@@ -353,6 +452,21 @@ pub trait Store: Send + Sync {
 
     /// Every timer, oldest first.
     fn timers(&self) -> Result<Vec<Timer>>;
+
+    /// The successful attempts of `workflow`'s tasks in its `runs` most
+    /// recent runs (by start, whatever their status), at most `per_task`
+    /// of each task name (the most recently finished), ordered by task
+    /// name, then newest first. Attempts whose times do not parse are
+    /// left out.
+    fn task_durations(
+        &self,
+        workflow: &str,
+        runs: usize,
+        per_task: usize,
+    ) -> Result<Vec<TaskSample>>;
+
+    /// The `limit` most recent succeeded runs of `workflow`, newest first.
+    fn run_durations(&self, workflow: &str, limit: usize) -> Result<Vec<RunSample>>;
 
     /// Checks the database's own consistency.
     fn integrity_check(&self) -> Result<()>;

@@ -7,6 +7,7 @@ mod control;
 mod durability;
 mod engine;
 mod escape;
+mod estimate;
 mod events;
 mod examples;
 mod execution;

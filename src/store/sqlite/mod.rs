@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::lease::{self, Lease, Owner, OwnerRecord};
 use super::{
-    Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSummary, Signal, SignalId, Store,
-    Timer, TokenRecord, UserRecord,
+    Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSample, RunSummary, Signal,
+    SignalId, Store, TaskSample, Timer, TokenRecord, UserRecord,
 };
 use crate::error::{Error, Result};
 use crate::history::{
@@ -1180,6 +1180,82 @@ impl Store for SqliteStore {
         self.revoke(id)
     }
 
+    fn task_durations(
+        &self,
+        workflow: &str,
+        runs: usize,
+        per_task: usize,
+    ) -> Result<Vec<TaskSample>> {
+        // The workflow's runs through `runs_workflow`, their attempts and
+        // nodes through their primary keys; the window keeps the newest
+        // `per_task` of each task name.
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "WITH recent AS (
+                     SELECT id FROM runs WHERE workflow = ?1
+                     ORDER BY created_at DESC, rowid DESC LIMIT ?2
+                 ), ok AS (
+                     SELECT a.run, a.node, a.attempt, a.started_at, a.finished_at,
+                            json_extract(n.task, '$.name') AS task
+                     FROM recent r
+                     JOIN attempts a ON a.run = r.id
+                     JOIN nodes n ON n.run = a.run AND n.id = a.node
+                     WHERE a.outcome = 'succeeded' AND a.finished_at IS NOT NULL
+                 ), ranked AS (
+                     SELECT *, row_number() OVER (
+                         PARTITION BY task ORDER BY finished_at DESC, run, node, attempt
+                     ) AS k FROM ok
+                 )
+                 SELECT run, node, task, attempt, started_at, finished_at FROM ranked
+                 WHERE k <= ?3 ORDER BY task, k",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String, String, i64, String, String)> = stmt
+            .query_map(params![workflow, clamp(runs), clamp(per_task)], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(run, node, task, attempt, started, finished)| {
+                let (s, f) = (millis(&started)?, millis(&finished)?);
+                Some(TaskSample::new(&run, &node, &task, attempt as u32, s, f))
+            })
+            .collect())
+    }
+
+    fn run_durations(&self, workflow: &str, limit: usize) -> Result<Vec<RunSample>> {
+        let c = self.lock();
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT id, created_at, finished_at FROM runs
+                 WHERE workflow = ?1 AND status = 'succeeded' AND finished_at IS NOT NULL
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String, String)> = stmt
+            .query_map(params![workflow, clamp(limit)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(run, started, finished)| {
+                Some(RunSample::new(&run, millis(&started)?, millis(&finished)?))
+            })
+            .collect())
+    }
+
     fn integrity_check(&self) -> Result<()> {
         let c = self.lock();
         let res: String = c
@@ -1279,6 +1355,16 @@ pub(super) fn json_col<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+/// A count as SQLite's `LIMIT` takes it.
+fn clamp(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored timestamp in milliseconds since the epoch.
+fn millis(t: &str) -> Option<i64> {
+    crate::time::parse_millis(t).and_then(|ms| i64::try_from(ms).ok())
 }
 
 pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
