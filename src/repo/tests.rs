@@ -834,3 +834,76 @@ fn git_runs_with_a_fixed_environment() {
         );
     }
 }
+
+/// Not a test on its own: the body of each process of
+/// `two_processes_on_one_directory_take_turns`, which runs this test
+/// binary again with `ORCH_REPO_TEST_DIR` set.
+#[test]
+#[ignore = "run by two_processes_on_one_directory_take_turns"]
+fn child_process_publisher() {
+    let Some(dir) = std::env::var_os("ORCH_REPO_TEST_DIR") else {
+        return;
+    };
+    let me = std::env::var("ORCH_REPO_TEST_WRITER").unwrap();
+    let repo = Repo::open(dir).unwrap();
+    for i in 0..5 {
+        let p = repo
+            .publish(
+                "shared",
+                files(&format!("{me}: {i}\n"), &[]),
+                &Author::new(format!("process {me}"), ""),
+                &format!("{me} {i}"),
+            )
+            .unwrap();
+        assert!(p.changed);
+    }
+}
+
+#[test]
+fn two_processes_on_one_directory_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wf.git");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|me| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "repo::tests::child_process_publisher",
+                    "--ignored",
+                    "--test-threads=1",
+                ])
+                .env("ORCH_REPO_TEST_DIR", &path)
+                .env("ORCH_REPO_TEST_WRITER", me)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    }
+    assert_eq!(git(&path, &["rev-list", "--count", "main"]).trim(), "10");
+    assert_linear(&path);
+    let repo = Repo::open(&path).unwrap();
+    let history = repo.history("shared", 100, None).unwrap();
+    assert_eq!(history.versions.len(), 10);
+    for me in ["a", "b"] {
+        let mine = history
+            .versions
+            .iter()
+            .filter(|v| v.author.name == format!("process {me}"))
+            .count();
+        assert_eq!(mine, 5, "{me}");
+    }
+    assert_fsck_clean(&path);
+}
