@@ -269,7 +269,7 @@ impl fmt::Display for Shown<'_> {
             if i == MAX {
                 return f.write_str("…");
             }
-            if c.is_control() || c == '`' {
+            if c.is_control() {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 write!(f, "{c}")?;

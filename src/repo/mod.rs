@@ -901,10 +901,19 @@ impl Repo {
             head.unwrap_or(""),
         ]))?;
         if !out.ok() {
-            // The branch is not at `head` any more (or git failed: the
-            // next attempt's reads will say so).
-            tracing::debug!(stderr = %out.stderr, "update-ref refused");
-            return Ok(None);
+            // Refused because the branch moved: rebuild on the new head.
+            // Refused while it still points at `head`: git itself failed
+            // (a full disk, a stale ref lock), which retrying would only
+            // hide behind a conflict.
+            if self.head()?.as_deref() != head {
+                tracing::debug!(stderr = %out.stderr, "update-ref refused: the branch moved");
+                return Ok(None);
+            }
+            return Err(RepoError::Git {
+                command: "git update-ref".into(),
+                code: out.code,
+                stderr: out.stderr,
+            });
         }
         Ok(Some(Version {
             commit,

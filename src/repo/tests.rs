@@ -907,3 +907,22 @@ fn two_processes_on_one_directory_take_turns() {
     }
     assert_fsck_clean(&path);
 }
+
+#[test]
+fn a_stuck_ref_lock_is_a_git_error_naming_update_ref_not_a_conflict() {
+    let (_dir, repo) = fresh();
+    repo.publish("a", files("1\n", &[]), &ada(), "one").unwrap();
+    // A crashed git left the branch's lock file behind.
+    std::fs::write(repo.dir().join("refs/heads/main.lock"), "").unwrap();
+    let err = repo
+        .publish("a", files("2\n", &[]), &ada(), "two")
+        .unwrap_err();
+    assert_eq!(err.kind(), RepoErrorKind::Internal, "{err}");
+    assert!(err.to_string().contains("git update-ref failed"), "{err}");
+    std::fs::remove_file(repo.dir().join("refs/heads/main.lock")).unwrap();
+    assert!(
+        repo.publish("a", files("2\n", &[]), &ada(), "two")
+            .unwrap()
+            .changed
+    );
+}
