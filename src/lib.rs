@@ -41,6 +41,8 @@ pub mod limits;
 pub mod model;
 pub mod picture;
 pub mod promise;
+#[cfg(feature = "server")]
+pub mod repo;
 #[cfg(feature = "files")]
 pub mod schedule;
 #[cfg(feature = "files")]
