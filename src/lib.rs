@@ -28,6 +28,8 @@
 extern crate self as orch;
 
 pub mod access;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod estimate;
@@ -47,6 +49,8 @@ pub mod repo;
 pub mod schedule;
 #[cfg(feature = "files")]
 pub mod scheduler;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 pub mod time;
 pub mod typed;

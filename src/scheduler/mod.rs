@@ -15,6 +15,7 @@
 
 pub mod folder;
 pub mod plan;
+pub mod timers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

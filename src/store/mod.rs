@@ -513,6 +513,9 @@ pub trait Store: Send + Sync {
     fn revoke_token(&self, id: &str) -> Result<bool>;
 }
 
+/// The most runs one page returns ([`Store::runs_page`]).
+pub const MAX_RUNS_PAGE: usize = 1000;
+
 /// Which runs a page lists ([`Store::runs_page`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -8,8 +8,7 @@ use crate::access::{Permission, Role};
 use crate::error::{Error, Result};
 use crate::store::{RunFilter, RunSummary, TokenRecord, UserRecord};
 
-/// The most runs one page returns.
-pub(super) const MAX_PAGE: usize = 1000;
+use crate::store::MAX_RUNS_PAGE as MAX_PAGE;
 
 fn bad_column(what: &str, text: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(

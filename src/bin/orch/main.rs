@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod admin;
 use orch::store::{Signal, SqliteStore, Store};
 use orch::RunExport;
 
@@ -75,6 +77,15 @@ enum TimerCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API (and the scheduler, with --pipelines) on this
+    /// database until SIGINT or SIGTERM.
+    Serve(admin::ServeArgs),
+    /// Users of the server (works before it first starts).
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// API tokens of the server's users.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
     /// List runs, newest first.
     Runs {
         /// Show at most this many runs.
@@ -296,6 +307,9 @@ type Res = Result<(), Box<dyn std::error::Error>>;
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let path = cli.db.unwrap_or_else(orch::store::default_path);
     match cli.command {
+        Command::Serve(args) => return admin::serve(&path, args),
+        Command::User(c) => return admin::user(&path, c),
+        Command::Token(c) => return admin::token(&path, c),
         // These take the run over and drive it here: the exit code is the
         // run's (0 when it succeeded), and an error is printed once.
         Command::Resume { run, force } => {
@@ -604,7 +618,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Scheduler { .. }
         | Command::Backfill { .. }
         | Command::Event(_)
-        | Command::Timer(_) => {}
+        | Command::Timer(_)
+        | Command::Serve(_)
+        | Command::User(_)
+        | Command::Token(_) => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             // Bounded first: no integer silently rounded, nothing too
@@ -710,24 +727,16 @@ fn timer(
             cron,
             timezone,
         } => {
-            if workflow.is_empty() || workflow.len() > 256 || workflow.chars().any(char::is_control)
-            {
-                return Err("the workflow name is 1 to 256 printable characters".into());
-            }
-            let at_ms = match (at, after, &cron) {
-                (Some(at), _, _) => Some(parse_moment("--at", &at)?.as_millisecond()),
-                (None, Some(after), _) => {
-                    let d = parse_delay(&after)?;
-                    Some(jiff::Timestamp::now().as_millisecond() + d.as_millis() as i64)
-                }
-                (None, None, Some(c)) => {
-                    orch::schedule::Schedule::parse(c, timezone.as_deref())?;
-                    None
-                }
+            use orch::scheduler::timers::When;
+            let when = match (at, after, cron) {
+                (Some(at), _, _) => When::At(at),
+                (None, Some(after), _) => When::After(after),
+                (None, None, Some(c)) => When::Cron(c, timezone),
                 (None, None, None) => return Err("say when: --at, --after or --cron".into()),
             };
             let store = SqliteStore::open(db)?;
-            let id = store.add_timer(&workflow, at_ms, cron.as_deref(), timezone.as_deref())?;
+            let id =
+                orch::scheduler::timers::start(&store, &workflow, &when, jiff::Timestamp::now())?;
             writeln!(out, "timer {id} fires `{workflow}`")?;
         }
         TimerCommand::Stop { id } => {
@@ -741,42 +750,9 @@ fn timer(
         }
         TimerCommand::List { json } => {
             let store = SqliteStore::open_read_only(db)?;
-            let now = jiff::Timestamp::now();
-            for t in store.timers()? {
-                let last = store.last_fire(&t.fire_key())?;
-                let (status, next) = if t.stopped_ms.is_some() {
-                    ("stopped", None)
-                } else if let Some(at) = t.at_ms {
-                    if last.is_some() {
-                        ("done", None)
-                    } else {
-                        ("waiting", jiff::Timestamp::from_millisecond(at).ok())
-                    }
-                } else {
-                    let next = t.cron.as_deref().and_then(|c| {
-                        orch::schedule::Schedule::parse(c, t.timezone.as_deref())
-                            .ok()
-                            .and_then(|s| s.next_after(now))
-                    });
-                    ("active", next)
-                };
-                let when = match (&t.cron, t.at_ms) {
-                    (Some(c), _) => {
-                        format!("cron `{c}` ({})", t.timezone.as_deref().unwrap_or("UTC"))
-                    }
-                    (None, Some(at)) => format!(
-                        "at {}",
-                        jiff::Timestamp::from_millisecond(at)
-                            .map(|t| t.to_string())
-                            .unwrap_or_default()
-                    ),
-                    (None, None) => String::new(),
-                };
+            for t in orch::scheduler::timers::list(&store, jiff::Timestamp::now())? {
                 if json {
-                    let mut v = serde_json::to_value(&t)?;
-                    v["status"] = status.into();
-                    v["next_fire"] = next.map(|n| n.to_string()).into();
-                    serde_json::to_writer(&mut out, &v)?;
+                    serde_json::to_writer(&mut out, &t)?;
                     writeln!(out)?;
                 } else {
                     writeln!(
@@ -784,9 +760,9 @@ fn timer(
                         "{:<5} {:<20} {:<8} {:<40} next {}",
                         t.id,
                         t.workflow,
-                        status,
-                        when,
-                        next.map_or("-".to_string(), |n| n.to_string())
+                        t.status,
+                        t.when,
+                        t.next_fire.as_deref().unwrap_or("-")
                     )?;
                 }
             }
@@ -795,21 +771,9 @@ fn timer(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A delay of `--after`.
-fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
-    orch::time::parse_duration(text).map_err(|e| format!("--after: {e}"))
-}
-
 /// A moment of `--from`/`--to`: RFC 3339, or a date (its midnight UTC).
 fn parse_moment(flag: &str, text: &str) -> Result<jiff::Timestamp, String> {
-    if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        return Ok(t);
-    }
-    text.parse::<jiff::civil::Date>()
-        .ok()
-        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-        .map(|z| z.timestamp())
-        .ok_or_else(|| format!("{flag} `{text}` is neither an RFC 3339 time (2026-01-01T00:00:00Z) nor a date (2026-01-01)"))
+    orch::scheduler::timers::parse_moment(flag, text)
 }
 
 /// `--- NODE attempt N (pid P, how it ended)`.

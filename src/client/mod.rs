@@ -1,0 +1,194 @@
+//! A small blocking client of the server's API (`orch --server URL`,
+//! tests, benchmarks): one JSON shape in, one out, errors as the server
+//! said them.
+//!
+//! ```no_run
+//! let c = orch::client::Client::new("http://127.0.0.1:8080", Some("orch_…".into()));
+//! let status = c.get("/api/v1/status")?;
+//! println!("{}", status["version"]);
+//! # Ok::<(), orch::client::ClientError>(())
+//! ```
+
+use serde_json::Value;
+
+/// The largest response body read, in bytes.
+pub const MAX_RESPONSE: u64 = 256 << 20;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached or the exchange broke.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// The server answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error's stable code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// A server and a token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer: its status and body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: u16,
+    /// The content type.
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Client {
+    /// A client of the server at `base` (`http://host:port`).
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .build()
+            .new_agent();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    /// The server's address.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Calls `method path` with an optional JSON body; any status.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req = req.body(text).map_err(|e| ClientError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let mut resp = self.agent.run(req).map_err(transport)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .map_err(transport)?;
+        Ok(Reply {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// Calls and returns the JSON body of a 2xx answer, else the API's
+    /// error.
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let reply = self.call(method, path, body)?;
+        if (200..300).contains(&reply.status) {
+            return Ok(if reply.body.is_empty() {
+                Value::Null
+            } else {
+                reply.json()
+            });
+        }
+        let v = reply.json();
+        Err(ClientError::Api {
+            status: reply.status,
+            code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+            message: v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| crate::protocol::quote(&reply.body)),
+        })
+    }
+
+    /// `GET`.
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.json("GET", path, None)
+    }
+
+    /// `POST` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.json("POST", path, Some(body))
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+///
+/// ```
+/// assert_eq!(orch::client::encode("a b/c"), "a%20b%2Fc");
+/// ```
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

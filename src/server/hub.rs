@@ -1,0 +1,48 @@
+//! Committed events of the runs this server's engine drives, fanned out
+//! to whoever waits on them (`wait`, the event stream): an engine
+//! [`Observer`] that costs nothing while nobody listens.
+
+use tokio::sync::broadcast;
+
+use crate::engine::Observer;
+use crate::history::{Event, RunState};
+
+/// One commit of one run.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    /// The run.
+    pub run: String,
+    /// Its events, in order.
+    pub events: Vec<Event>,
+}
+
+/// The fan-out.
+pub struct Hub {
+    tx: broadcast::Sender<Commit>,
+}
+
+impl Hub {
+    /// A hub keeping up to `capacity` commits for slow listeners (a
+    /// listener that falls further behind reads the store instead).
+    pub fn new(capacity: usize) -> Hub {
+        Hub {
+            tx: broadcast::channel(capacity).0,
+        }
+    }
+
+    /// Commits from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Commit> {
+        self.tx.subscribe()
+    }
+}
+
+impl Observer for Hub {
+    fn committed(&self, state: &RunState, events: &[Event]) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Commit {
+                run: state.run.clone(),
+                events: events.to_vec(),
+            });
+        }
+    }
+}

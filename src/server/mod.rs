@@ -1,0 +1,353 @@
+//! `orch serve`: one process hosting an [`Engine`], the scheduler and the
+//! HTTP API under `/api/v1` (SERVICE.md §5), on SQLite by default.
+//!
+//! ```no_run
+//! # async fn demo() -> orch::Result<()> {
+//! let mut opts = orch::server::ServeOptions::new(".orch/orch.db");
+//! opts.listen = "127.0.0.1:0".parse().unwrap();
+//! let server = orch::server::Server::start(opts).await?;
+//! println!("listening on http://{}", server.addr());
+//! server.stop(std::time::Duration::from_secs(5));
+//! server.wait().await
+//! # }
+//! ```
+//!
+//! Every call but `status`, the OpenAPI document and login needs a token
+//! (`Authorization: Bearer orch_…`); [`auth::ROUTES`] says which
+//! permission each route needs, and one middleware enforces it. Errors
+//! are one JSON shape ([`error::ApiError`]). Bodies are at most
+//! [`MAX_BODY`] bytes ([`MAX_PUBLISH_BODY`] to publish a workflow).
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod hub;
+pub mod openapi;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::engine::{Engine, TakeoverKind};
+use crate::error::{Error, Result};
+use crate::repo::Repo;
+use crate::store::{RunFilter, SqliteStore, Store};
+
+/// The largest request body of every route but publishing, in bytes.
+pub const MAX_BODY: usize = 1 << 20;
+/// The largest body of a publish (a workflow's files), in bytes.
+pub const MAX_PUBLISH_BODY: usize = 12 << 20;
+/// How often the server looks for runs that lost their owner.
+pub const ADOPT_EVERY: Duration = Duration::from_secs(2);
+
+/// How to serve.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// The database.
+    pub db: PathBuf,
+    /// Where to listen (default `127.0.0.1:8080`; port 0: any free port).
+    pub listen: SocketAddr,
+    /// A folder of pipeline files the scheduler runs on their schedules.
+    pub pipelines: Option<PathBuf>,
+    /// Where the workflow repository and the published runs' files live
+    /// (default: `server` beside the database).
+    pub data: Option<PathBuf>,
+    /// How many attempts of one run may run at once when its workflow
+    /// does not say.
+    pub slots: usize,
+}
+
+impl ServeOptions {
+    /// Serve the database at `db` with the defaults.
+    pub fn new(db: impl Into<PathBuf>) -> ServeOptions {
+        ServeOptions {
+            db: db.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pipelines: None,
+            data: None,
+            slots: 4,
+        }
+    }
+}
+
+/// What every handler sees.
+pub struct AppState {
+    /// The engine hosting the runs.
+    pub engine: Engine,
+    /// Its store.
+    pub store: Arc<dyn Store>,
+    /// The workflow repository.
+    pub repo: Arc<Repo>,
+    /// The data folder.
+    pub data: PathBuf,
+    /// Committed events, for waiters.
+    pub hub: Arc<hub::Hub>,
+    /// The default parallelism of a run.
+    pub slots: usize,
+    /// The pipelines folder, if any.
+    pub pipelines: Option<PathBuf>,
+    /// Bumped to stop the server (1: gracefully; 2: at once).
+    pub stop: watch::Sender<u32>,
+    /// When the server started (ms since the Unix epoch).
+    pub started_ms: u64,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Server {
+    /// Opens the database and the repository, binds the address and
+    /// starts serving (the scheduler too, with a pipelines folder), and
+    /// adopts runs whose owner is gone.
+    pub async fn start(opts: ServeOptions) -> Result<Server> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.db)?);
+        let home = opts
+            .db
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let data = opts.data.clone().unwrap_or_else(|| home.join("server"));
+        std::fs::create_dir_all(&data).map_err(|e| Error::Io {
+            context: format!("creating the data folder {}", data.display()),
+            source: e,
+        })?;
+        let repo = Repo::open(data.join("workflows.git")).map_err(|e| Error::Refused {
+            what: "the workflow repository".into(),
+            message: e.to_string(),
+        })?;
+        let engine = Engine::new(store.clone(), &home);
+        let hub = Arc::new(hub::Hub::new(4096));
+        engine.observe(hub.clone());
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| Error::Io {
+                context: format!("listening on {}", opts.listen),
+                source: e,
+            })?;
+        let addr = listener.local_addr().map_err(|e| Error::Io {
+            context: "reading the listening address".into(),
+            source: e,
+        })?;
+        let (stop, _) = watch::channel(0u32);
+        let state = Arc::new(AppState {
+            engine,
+            store,
+            repo: Arc::new(repo),
+            data,
+            hub,
+            slots: opts.slots.max(1),
+            pipelines: opts.pipelines.clone(),
+            stop,
+            started_ms: crate::time::unix_millis(),
+        });
+        let app = router(state.clone());
+        let task = tokio::spawn(run(state.clone(), listener, app));
+        info!(%addr, db = %opts.db.display(), "orch server listening");
+        Ok(Server { addr, state, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Asks the server to stop: runs are stopped gracefully within
+    /// `grace` (left resumable: the next server adopts them), the
+    /// scheduler starts nothing more, and the listener closes.
+    pub fn stop(&self, grace: Duration) {
+        self.state.engine.shutdown(grace);
+        self.state.stop.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the server stopped.
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.map_err(|e| Error::Io {
+            context: "the server task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+/// Serves until `SIGINT`/`SIGTERM` (gracefully; a second signal stops at
+/// once): the blocking entry point of `orch serve`.
+pub fn serve(opts: ServeOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            context: "starting the runtime".into(),
+            source: e,
+        })?;
+    runtime.block_on(async {
+        let mut signals = crate::engine::StopSignals::install();
+        let server = Server::start(opts).await?;
+        // The address on stdout, alone on its line: scripts read it.
+        println!("listening on http://{}", server.addr());
+        let state = server.state.clone();
+        let wait = server.wait();
+        tokio::pin!(wait);
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                r = &mut wait => return r,
+                signal = signals.next() => {
+                    seen += 1;
+                    let grace = if seen == 1 { crate::engine::stop_grace() } else { Duration::ZERO };
+                    warn!(signal, grace_s = grace.as_secs_f64(), "stopping the server: runs stay resumable");
+                    state.engine.shutdown(grace);
+                    state.stop.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    })
+}
+
+/// The API's routes, with the authorization middleware and the limits.
+pub fn router(state: Arc<AppState>) -> Router {
+    api::routes(state.clone())
+        .fallback(|| async {
+            error::ApiError::not_found(
+                "no such route; the API is described at /api/v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                error::Code::MethodNotAllowed,
+                "this route does not take this method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .with_state(state)
+}
+
+/// Serves until stopped, with the scheduler and the adoption loop beside.
+async fn run(state: Arc<AppState>, listener: tokio::net::TcpListener, app: Router) -> Result<()> {
+    let mut stopped = state.stop.subscribe();
+    let scheduler = state.pipelines.clone().map(|dir| {
+        let engine = state.engine.clone();
+        let stop = state.stop.subscribe();
+        tokio::spawn(async move {
+            let mut s = crate::scheduler::Scheduler::new(dir, engine);
+            if let Err(e) = s.run_until(stop).await {
+                warn!(error = %e, "the scheduler stopped");
+            }
+        })
+    });
+    let adopter = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut refused = HashSet::new();
+            loop {
+                adopt(&state, &mut refused).await;
+                tokio::time::sleep(ADOPT_EVERY).await;
+            }
+        })
+    };
+    let shutdown = async move {
+        let _ = stopped.changed().await;
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    adopter.abort();
+    // The runs it drives stop within their grace (the engine was told).
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
+    wait_for_runs(&state.engine).await;
+    served.map_err(|e| Error::Io {
+        context: "serving".into(),
+        source: e,
+    })
+}
+
+/// Waits (bounded) until the engine drives no run.
+async fn wait_for_runs(engine: &Engine) {
+    let deadline =
+        tokio::time::Instant::now() + crate::engine::stop_grace() + Duration::from_secs(10);
+    while !engine.hosted().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Takes over every running or paused run whose owner is gone (its
+/// process dead on this host, its lease expired, or released by a
+/// graceful stop), and drives it to its end here.
+/// A run whose takeover was refused (a script changed, say) is not tried
+/// again by this server: `orch resume --force` is for a person to decide.
+async fn adopt(state: &Arc<AppState>, refused: &mut HashSet<String>) {
+    let hosted: HashSet<String> = state.engine.hosted().into_iter().collect();
+    let mut candidates = Vec::new();
+    for status in [
+        crate::model::RunStatus::Running,
+        crate::model::RunStatus::Paused,
+    ] {
+        let mut f = RunFilter::newest(1000);
+        f.status = Some(status);
+        match state.store.runs_page(&f) {
+            Ok(runs) => candidates.extend(runs.into_iter().map(|r| r.id)),
+            Err(e) => {
+                warn!(error = %e, "listing runs to adopt failed");
+                return;
+            }
+        }
+    }
+    let me = state.engine.owner().clone();
+    let now = crate::time::unix_millis() as i64;
+    candidates.retain(|r| !hosted.contains(r) && !refused.contains(r));
+    for run in candidates {
+        let Ok(record) = state.store.owner(&run) else {
+            continue;
+        };
+        let verdict = crate::store::lease::may_take_over(
+            &record,
+            &me,
+            now,
+            false,
+            &crate::host::process_start,
+        );
+        if !verdict.allows() {
+            continue;
+        }
+        match state
+            .engine
+            .take_over(&run, TakeoverKind::Resume, false, None)
+            .await
+        {
+            Ok(handle) => {
+                info!(%run, ?verdict, "adopted a run whose owner is gone");
+                tokio::spawn(async move {
+                    if let Err(e) = handle.wait().await {
+                        warn!(error = %e, "an adopted run failed");
+                    }
+                });
+            }
+            Err(crate::Error::Owned { .. }) => {}
+            Err(e) => {
+                warn!(%run, error = %e, "adopting a run failed; this server leaves it alone");
+                refused.insert(run);
+            }
+        }
+    }
+}
