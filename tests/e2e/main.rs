@@ -20,6 +20,7 @@ mod pictures;
 mod promises;
 mod python_helper;
 mod scheduler;
+mod server;
 mod shapes;
 mod stop;
 mod structure;

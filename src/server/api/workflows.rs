@@ -267,10 +267,13 @@ fn check_publishable(
     }
     let loaded = crate::file::load_all(&dir.join(&main));
     let _ = std::fs::remove_dir_all(&dir);
+    // Messages name the file as the client sent it, not the scratch copy.
+    let scratch_prefix = format!("{}/", dir.display());
     let compiled = loaded.map_err(|e| {
+        let message = e.to_string().replace(&scratch_prefix, "");
         ApiError::new(
             Code::Unprocessable,
-            format!("workflow `{name}` does not load: {e}"),
+            format!("workflow `{name}` does not load: {message}"),
         )
     })?;
     for c in compiled {
