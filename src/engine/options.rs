@@ -51,6 +51,10 @@ pub struct RunOptions {
     /// see each other's files. Scripts and Python modules still come
     /// from the workflow's folder. Workflow files run this way.
     pub per_run_dir: bool,
+    /// The container engine of container tasks: `podman`, `docker` or a
+    /// path to either (default: `ORCH_CONTAINER_ENGINE`, else `podman`
+    /// when the host has it, else `docker`).
+    pub container_engine: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -69,6 +73,7 @@ impl Default for RunOptions {
             fired_at: None,
             params: serde_json::Map::new(),
             per_run_dir: false,
+            container_engine: None,
         }
     }
 }

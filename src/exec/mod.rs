@@ -7,10 +7,12 @@
 //! turns that end into a verdict ([`crate::engine::verdict`]).
 //!
 //! [`ProcessExecutor`] runs every [`Exec`](crate::model::Exec) kind as one subprocess in its
-//! own process group, speaking the JSON-lines protocol. Other executors
+//! own process group, speaking the JSON-lines protocol; a container task's
+//! subprocess is its engine's client ([`container`]). Other executors
 //! (containers, remote runners, test doubles) implement [`Executor`] the
 //! same way.
 
+pub mod container;
 mod escape;
 pub(crate) mod fork;
 mod process;
@@ -383,6 +385,17 @@ pub trait Executor: Send + Sync {
     fn not_ready(&self, task: &Task) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         let _ = task;
         None
+    }
+
+    /// Removes what attempts of `run` may have left when the orchestrator
+    /// that drove them stopped without ending them (containers, which
+    /// outlive their client): called when the run is taken over, before
+    /// any of its attempts start, if the run has tasks that leave such
+    /// things. Returns what it removed, for the log. The default removes
+    /// nothing.
+    fn clean_up_run(&self, run: &str) -> Result<Vec<String>, String> {
+        let _ = run;
+        Ok(Vec::new())
     }
 }
 
