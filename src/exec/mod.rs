@@ -432,9 +432,30 @@ mod tests {
             Task::command(["true"]),
             Task::native("t"),
             Task::input(),
+            Task::container("img"),
         ] {
             let json = serde_json::to_value(&task).unwrap();
             assert_eq!(json["kind"], task.exec.kind(), "{json}");
         }
+    }
+
+    #[test]
+    fn a_container_task_is_flat_json_and_refuses_unknown_fields() {
+        let task = Task::container(crate::model::Container::new("img").command(["sh"]));
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "", "kind": "container", "image": "img", "command": ["sh"]})
+        );
+        assert_eq!(serde_json::from_value::<Task>(json).unwrap(), task);
+        let typo = serde_json::json!({"kind": "container", "image": "img", "netwrok": true});
+        let e = serde_json::from_value::<Task>(typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("netwrok"), "{e}");
+        assert!(
+            std::mem::size_of::<crate::model::Exec>() <= 48,
+            "the container spec stays boxed"
+        );
     }
 }
