@@ -560,7 +560,7 @@ mod tests {
         let a = container_name(&AttemptId::new("a-b", "c", 1));
         let b = container_name(&AttemptId::new("a", "b-c", 1));
         assert_ne!(a, b, "the hash tells them apart");
-        let n = container_name(&AttemptId::new("r", &"é".repeat(300), 7));
+        let n = container_name(&AttemptId::new("r", "é".repeat(300), 7));
         assert!(n.len() <= MAX_NAME_LEN, "{n}");
         assert!(n.ends_with(&format!("-7-{}", &n[n.len() - 12..])));
         assert!(n
