@@ -115,6 +115,23 @@ impl Workflow {
         self
     }
 
+    /// The container engine of the workflow's container tasks:
+    /// `"podman"`, `"docker"` or a path to either (default:
+    /// `ORCH_CONTAINER_ENGINE`, else `podman` when the host has it, else
+    /// `docker`). A run with container tasks is refused when it registers
+    /// if the engine cannot be found or run; the run records the one it
+    /// checked, so a resume uses it too.
+    ///
+    /// ```
+    /// let mut wf = orch::Workflow::new("w");
+    /// wf.container_engine("docker");
+    /// assert_eq!(wf.options().container_engine.as_deref(), Some("docker"));
+    /// ```
+    pub fn container_engine(&mut self, engine: impl Into<String>) -> &mut Workflow {
+        self.opts.container_engine = Some(engine.into());
+        self
+    }
+
     /// Whether Python attempts are forked from a warm server (default:
     /// on). The server imports the helper and the
     /// [preloaded](Workflow::python_preload) modules once, then forks one

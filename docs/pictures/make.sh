@@ -2,6 +2,8 @@
 # Regenerates the pictures in this folder from real runs of the examples:
 # each must-have workflow (and the typed branch) right after registration,
 # mid-run and finished.
+# The containers example needs Podman and the images of .ci/images (with
+# CONTAINERS_CONF=.ci/containers.conf where Podman needs it, as here).
 # Usage (from the repository root): bash docs/pictures/make.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,7 +12,7 @@ db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
 orch=target/debug/orch
-for ex in static_pipeline random_branch random_map typed_branch; do
+for ex in static_pipeline random_branch random_map typed_branch containers; do
   args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;

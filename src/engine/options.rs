@@ -54,6 +54,10 @@ pub struct RunOptions {
     /// The published version the run starts from, recorded in its config
     /// and shown by its export.
     pub source: Option<crate::model::Source>,
+    /// The container engine of container tasks: `podman`, `docker` or a
+    /// path to either (default: `ORCH_CONTAINER_ENGINE`, else `podman`
+    /// when the host has it, else `docker`).
+    pub container_engine: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -73,6 +77,7 @@ impl Default for RunOptions {
             params: serde_json::Map::new(),
             per_run_dir: false,
             source: None,
+            container_engine: None,
         }
     }
 }

@@ -82,7 +82,7 @@ pub(crate) struct Runner {
     store: Arc<dyn Store>,
     lease: Lease,
     pub(super) state: RunState,
-    executor: Arc<dyn Executor>,
+    pub(super) executor: Arc<dyn Executor>,
     max_parallel: usize,
     pub(super) ready: BTreeSet<usize>,
     running: HashMap<usize, Running>,
@@ -182,6 +182,7 @@ impl Runner {
                 python_fork: config.python_fork,
                 python_preload: config.python_preload.clone(),
                 run_dir: Some((run_dir, config.per_run_dir)),
+                container_engine: config.container_engine.clone(),
             })),
         };
         let mut observers = engine.observers();

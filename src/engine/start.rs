@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result, StructuralError};
+use crate::exec::container::ContainerEngine;
 use crate::exec::{configured_python, content_hash};
 use crate::graph::{Graph, Staging};
 use crate::history::{Event, EventKind, RunState};
@@ -56,6 +57,7 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         params,
         per_run_dir: opts.per_run_dir,
         source: opts.source.clone(),
+        container_engine: container_engine(def, opts.container_engine.as_deref())?,
     };
     let run_id = opts.run_id.clone().unwrap_or_else(time::new_run_id);
     let started = Event {
@@ -137,6 +139,28 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
     Ok(runner)
 }
 
+/// The container engine a run records: the program its registration's
+/// container tasks run with, checked now (a missing engine is refused here,
+/// not at the first attempt), else the one configured.
+fn container_engine(def: &Definition, configured: Option<&str>) -> Result<Option<String>> {
+    let Some(first) = def.registration.iter().find_map(|m| match m {
+        Mutation::AddNode { id, task, .. } if matches!(task.exec, Exec::Container(_)) => Some(id),
+        _ => None,
+    }) else {
+        return Ok(configured.map(str::to_string));
+    };
+    match ContainerEngine::resolve(configured) {
+        Ok(engine) => Ok(Some(engine.program.to_string_lossy().into_owned())),
+        Err(e) => Err(Error::Registration {
+            workflow: def.name.clone(),
+            source: StructuralError {
+                mutation: format!("add_node `{first}`"),
+                reason: format!("a container task: {e}"),
+            },
+        }),
+    }
+}
+
 /// `def` with its parameters in place: `given` over the defaults the
 /// definition declares; an unknown one is refused by name. Returns the
 /// parameters the run gets.
@@ -179,7 +203,9 @@ fn with_params(
 
 /// Checks a definition exactly as [`super::Engine::start`] does before
 /// anything runs: its registration is validated like a runtime batch
-/// (structure, promises, declared types).
+/// (structure, promises, declared types), and when it has container tasks
+/// the container engine (`ORCH_CONTAINER_ENGINE`, else `podman` or
+/// `docker`) must be there.
 ///
 /// ```
 /// use orch::model::{Definition, Mutation};
@@ -190,7 +216,8 @@ fn with_params(
 /// assert!(orch::engine::validate(&bad).is_err());
 /// ```
 pub fn validate(def: &Definition) -> Result<()> {
-    validate_registration(def).map(drop)
+    validate_registration(def)?;
+    container_engine(def, None).map(drop)
 }
 
 /// Validates the registration exactly like a runtime batch (structure,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::exec::{kill_group, Executor};
 use crate::history::{EventKind, RunState};
-use crate::model::{AttemptOutcome, Mutation, NodeState, Origin, RunStatus};
+use crate::model::{AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
 use crate::typed::native;
 
 use super::run::Runner;
@@ -223,6 +223,21 @@ impl Runner {
                 "interrupted: the orchestrator stopped; the node runs again".into(),
                 NodeState::Ready,
             );
+        }
+        // What those attempts leave beyond their process (containers,
+        // which outlive their client): removed before anything starts.
+        let graph = &runner.state.graph;
+        if (0..graph.len()).any(|i| matches!(graph.node(i).task.exec, Exec::Container(_))) {
+            match runner.executor.clean_up_run(&runner.state.run) {
+                Ok(removed) => {
+                    for name in removed {
+                        tracing::info!(run = %runner.state.run, container = %name, "removed a container a stopped orchestrator left");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(run = %runner.state.run, error = %e, "could not remove the containers a stopped orchestrator left")
+                }
+            }
         }
         for i in 0..runner.state.graph.len() {
             match runner.state.graph.node(i).state {

@@ -7,10 +7,12 @@
 //! turns that end into a verdict ([`crate::engine::verdict`]).
 //!
 //! [`ProcessExecutor`] runs every [`Exec`](crate::model::Exec) kind as one subprocess in its
-//! own process group, speaking the JSON-lines protocol. Other executors
+//! own process group, speaking the JSON-lines protocol; a container task's
+//! subprocess is its engine's client ([`container`]). Other executors
 //! (containers, remote runners, test doubles) implement [`Executor`] the
 //! same way.
 
+pub mod container;
 mod escape;
 pub(crate) mod fork;
 mod process;
@@ -384,6 +386,17 @@ pub trait Executor: Send + Sync {
         let _ = task;
         None
     }
+
+    /// Removes what attempts of `run` may have left when the orchestrator
+    /// that drove them stopped without ending them (containers, which
+    /// outlive their client): called when the run is taken over, before
+    /// any of its attempts start, if the run has tasks that leave such
+    /// things. Returns what it removed, for the log. The default removes
+    /// nothing.
+    fn clean_up_run(&self, run: &str) -> Result<Vec<String>, String> {
+        let _ = run;
+        Ok(Vec::new())
+    }
 }
 
 /// An executor shared by a workflow and its runs (`Debug` for the
@@ -419,9 +432,30 @@ mod tests {
             Task::command(["true"]),
             Task::native("t"),
             Task::input(),
+            Task::container("img"),
         ] {
             let json = serde_json::to_value(&task).unwrap();
             assert_eq!(json["kind"], task.exec.kind(), "{json}");
         }
+    }
+
+    #[test]
+    fn a_container_task_is_flat_json_and_refuses_unknown_fields() {
+        let task = Task::container(crate::model::Container::new("img").command(["sh"]));
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "", "kind": "container", "image": "img", "command": ["sh"]})
+        );
+        assert_eq!(serde_json::from_value::<Task>(json).unwrap(), task);
+        let typo = serde_json::json!({"kind": "container", "image": "img", "netwrok": true});
+        let e = serde_json::from_value::<Task>(typo)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("netwrok"), "{e}");
+        assert!(
+            std::mem::size_of::<crate::model::Exec>() <= 48,
+            "the container spec stays boxed"
+        );
     }
 }

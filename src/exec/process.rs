@@ -17,6 +17,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
+use super::container::{container_name, ContainerEngine, Dirs};
 use super::escape::{self, Mark};
 use super::fork::{ForkExit, ForkServer, Forked, Request};
 use super::protocol::{self, Body, Line, Start};
@@ -52,6 +53,9 @@ pub struct ProcessEnv {
     /// The run's own folder (`ORCH_RUN_DIR`), and whether tasks run in it
     /// instead of `base_dir`.
     pub run_dir: Option<(PathBuf, bool)>,
+    /// The container engine as configured (a name or a path; `None`:
+    /// [`super::container::ENGINE_ENV`], else what the host has).
+    pub container_engine: Option<String>,
 }
 
 /// The run's fork server, started on the first Python attempt.
@@ -129,12 +133,22 @@ fn drain_after_exit() -> Duration {
 /// How one attempt's process was started.
 struct Proc {
     pgid: u32,
+    /// The container of a container attempt (`pgid` is its engine's
+    /// client).
+    container: Option<Ctr>,
     /// What marks its processes, to find those that leave its group.
     mark: Mark,
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: ChildStderr,
     exit: ProcExit,
+}
+
+/// The container an attempt's process (the engine's client) runs.
+struct Ctr {
+    engine: ContainerEngine,
+    name: String,
+    image: String,
 }
 
 /// Where the end of an attempt's process is observed.
@@ -352,9 +366,61 @@ impl ProcessExecutor {
         }
     }
 
-    fn command(&self, spec: &AttemptSpec, mark: &Mark) -> Result<Command, LaunchError> {
+    /// The `run` command of a container attempt: its engine's client.
+    fn container_command(
+        &self,
+        c: &crate::model::Container,
+        spec: &AttemptSpec,
+    ) -> Result<(Command, Ctr), LaunchError> {
+        c.check()
+            .map_err(|e| LaunchError::Refused(format!("container task: {e}")))?;
+        for m in &c.mounts {
+            if !Path::new(&m.source).exists() {
+                return Err(LaunchError::Missing(format!(
+                    "the source {} of the container's mount at {} does not exist",
+                    m.source, m.target
+                )));
+            }
+        }
+        let dirs = Dirs {
+            helper: self.env.helper_dir.clone(),
+            workflow: self.env.base_dir.clone(),
+        };
+        if c.runs_python() {
+            for dir in [&dirs.helper, &dirs.workflow] {
+                if dir.to_string_lossy().contains(',') {
+                    return Err(LaunchError::Refused(format!(
+                        "{} holds a comma, which the container engines' mount syntax cannot carry; a Python task in a container needs it mounted",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        let engine = ContainerEngine::resolve(self.env.container_engine.as_deref())
+            .map_err(|e| LaunchError::Missing(e.to_string()))?;
+        let mut cmd = Command::new(&engine.program);
+        cmd.args(engine.run_args(c, &spec.id, &dirs));
+        let ctr = Ctr {
+            name: container_name(&spec.id),
+            image: c.image.clone(),
+            engine,
+        };
+        Ok((cmd, ctr))
+    }
+
+    fn command(
+        &self,
+        spec: &AttemptSpec,
+        mark: &Mark,
+    ) -> Result<(Command, Option<Ctr>), LaunchError> {
         let env = &self.env;
+        let mut ctr = None;
         let mut cmd = match &spec.task.exec {
+            Exec::Container(c) => {
+                let (cmd, c) = self.container_command(c, spec)?;
+                ctr = Some(c);
+                cmd
+            }
             Exec::Python { script } => {
                 let path = env.base_dir.join(script);
                 if !path.is_file() {
@@ -409,15 +475,24 @@ impl ProcessExecutor {
                 c
             }
         };
+        let mut vars = self.attempt_env(spec, mark);
+        if ctr.is_some() {
+            // The client's own helpers (the container's monitor) leave its
+            // process group on purpose and outlive it: they must not be
+            // taken for the attempt's escaped processes. The container is
+            // stopped by its name instead.
+            vars.retain(|(k, _)| *k != super::TOKEN_ENV);
+        } else {
+            cmd.env("PYTHONPATH", self.pythonpath());
+        }
         cmd.current_dir(self.cwd())
-            .env("PYTHONPATH", self.pythonpath())
-            .envs(self.attempt_env(spec, mark))
+            .envs(vars)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        Ok(cmd)
+        Ok((cmd, ctr))
     }
 }
 
@@ -443,6 +518,13 @@ impl Executor for ProcessExecutor {
         }))
     }
 
+    /// Removes the run's containers (by their `orch.run` label).
+    fn clean_up_run(&self, run: &str) -> Result<Vec<String>, String> {
+        let engine = ContainerEngine::resolve(self.env.container_engine.as_deref())
+            .map_err(|e| e.to_string())?;
+        engine.remove_run(run)
+    }
+
     fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, LaunchError> {
         if let Some(need) = &spec.task.requires {
             if let Some(why) = super::resources::Offer::here().refuses(need) {
@@ -465,13 +547,14 @@ impl Executor for ProcessExecutor {
                 from_forked(forked, mark).map_err(LaunchError::Refused)?
             }
             None => {
-                let mut cmd = self.command(&spec, &mark)?;
+                let (mut cmd, container) = self.command(&spec, &mark)?;
                 let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
                     program: cmd.as_std().get_program().to_string_lossy().into_owned(),
                     source,
                 })?;
                 Proc {
                     pgid: child.id().unwrap_or(0),
+                    container,
                     mark,
                     stdin: child.stdin.take().expect("piped stdin"),
                     stdout: child.stdout.take().expect("piped stdout"),
@@ -501,6 +584,7 @@ fn from_forked(f: Forked, mark: Mark) -> Result<Proc, String> {
         .map_err(|e| wrap("stderr", e))?;
     Ok(Proc {
         pgid: pid,
+        container: None,
         mark,
         stdin,
         stdout,
@@ -776,6 +860,7 @@ impl Collector {
 async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Option<Duration>) {
     let Proc {
         pgid,
+        container,
         mark,
         mut stdin,
         stdout,
@@ -836,6 +921,9 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
     // Lines read per stream, for the notes that name one.
     let (mut out_lines, mut err_lines) = (0u64, 0u64);
     let (mut out_done, mut err_done, mut kill_done) = (false, false, false);
+    // A container attempt's last stderr line: the engine's own complaint
+    // when it could not run the container.
+    let mut last_err: Option<String> = None;
     let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(sleep);
@@ -948,6 +1036,9 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
             r = err.next(), if !err_done => match r {
                 Ok(Read::Line(bytes)) => {
                     err_lines += 1;
+                    if container.is_some() && !bytes.iter().all(u8::is_ascii_whitespace) {
+                        last_err = Some(String::from_utf8_lossy(&bytes[..bytes.len().min(1000)]).into_owned());
+                    }
                     logs.push_bytes("stderr", err_lines, bytes);
                 }
                 Ok(Read::TooLong(prefix)) => {
@@ -1015,7 +1106,13 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                     // Asked, not yet killed: an attempt that finishes its
                     // work within the grace period ends as it would have.
                     terminated = true;
-                    signal_group(pgid, libc::SIGTERM);
+                    match &container {
+                        // The client passes signals on only while it is
+                        // attached; the engine reaches the container
+                        // whatever the client does.
+                        Some(c) => c.engine.terminate_soon(&c.name),
+                        None => signal_group(pgid, libc::SIGTERM),
+                    }
                     let at = tokio::time::Instant::now() + grace;
                     term_deadline = Some(term_deadline.map_or(at, |d| d.min(at)));
                 }
@@ -1056,6 +1153,14 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
         }
     }
     drop(stdin_tx);
+    if let Some(c) = &container {
+        // Killing the client leaves its container running: it is killed
+        // and removed by name, before the attempt ends, whatever ended it
+        // (the `--rm` of a container that exited has removed it already).
+        if let Err(e) = c.engine.remove(&c.name).await {
+            logs.note(format!("the container {} may still exist: {e}", c.name));
+        }
+    }
     match status {
         Some(Ok((code, signal))) => {
             end.exit = match (code, signal) {
@@ -1076,6 +1181,16 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
     // work and is judged as usual.
     if terminated && end.exit != Exit::Code(0) {
         end.interrupt(Interrupt::Killed);
+    }
+    // 125 is the engines' own failure (no such image, a bad option, no
+    // runtime), not the task's.
+    if let (Some(c), Exit::Code(125), None) = (&container, end.exit, &end.interrupt) {
+        end.interrupt(Interrupt::Broken(format!(
+            "{} could not run a container of the image `{}` (exit 125): {}",
+            c.engine.name(),
+            c.image,
+            last_err.as_deref().unwrap_or("it said nothing on stderr")
+        )));
     }
     if let Some(t) = timeout.filter(|_| timed_out) {
         logs.note(format!(

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::doc::{CommandDoc, DurationDoc, TaskDoc, WorkflowDoc};
+use super::doc::{CommandDoc, ContainerDoc, DurationDoc, TaskDoc, WorkflowDoc};
 use super::error::{FileError, Place};
-use crate::model::{Definition, Mutation, Task};
+use crate::model::{Container, Definition, Exec, Mount, Mutation, Task};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -418,9 +418,11 @@ impl Compiler<'_, '_> {
         .collect();
         let kind = match kinds.as_slice() {
             [one] => *one,
+            // The image's own command.
+            [] if t.container.is_some() => "container",
             [] => {
                 return Err(fail(
-                    "says nothing to run: give one of python, python_fn, command, input, parallel, each or workflow".into(),
+                    "says nothing to run: give one of python, python_fn, command, input, parallel, each, workflow or container".into(),
                 ))
             }
             many => {
@@ -550,16 +552,33 @@ impl Compiler<'_, '_> {
         if t.listen.is_some() && t.input != Some(true) {
             return Err(fail("`listen` goes with `input: true`".into()));
         }
+        let container = match &t.container {
+            None => None,
+            Some(doc) => {
+                if t.input.is_some() {
+                    return Err(fail("an input task runs nothing in a container".into()));
+                }
+                Some(
+                    self.container(scope, doc)
+                        .map_err(|e| fail(format!("container: {e}")))?,
+                )
+            }
+        };
         let mut task = if let Some(script) = &t.python {
             if script.is_empty() {
                 return Err(fail("python names no script".into()));
             }
-            Task::python(self.script(scope, script))
+            let script = self.script(scope, script);
+            match container {
+                Some(c) => Task::container(c.python(script)),
+                None => Task::python(script),
+            }
         } else if let Some(spec) = &t.python_fn {
             match spec.rsplit_once(':') {
-                Some((m, f)) if !m.is_empty() && !f.is_empty() => {
-                    Task::python_fn(&format!("{m}:{f}"))
-                }
+                Some((m, f)) if !m.is_empty() && !f.is_empty() => match container {
+                    Some(c) => Task::container(c.python_fn(format!("{m}:{f}"))),
+                    None => Task::python_fn(&format!("{m}:{f}")),
+                },
                 _ => {
                     return Err(fail(format!(
                         "python_fn `{spec}` must look like `module:function`"
@@ -588,7 +607,12 @@ impl Compiler<'_, '_> {
                 .enumerate()
                 .map(|(i, a)| interpolate(a, &scope.params, Some(i) == script_at).map_err(fail))
                 .collect::<Result<Vec<_>, _>>()?;
-            Task::command(argv)
+            match container {
+                Some(c) => Task::container(c.command(argv)),
+                None => Task::command(argv),
+            }
+        } else if let Some(c) = container {
+            Task::container(c)
         } else if t.input == Some(true) {
             match &t.listen {
                 Some(key) if key.trim().is_empty() => {
@@ -638,7 +662,57 @@ impl Compiler<'_, '_> {
                 resources(r).map_err(|e| fail(format!("requires: {e}")))?,
             ));
         }
+        if let Exec::Container(c) = &task.exec {
+            c.check().map_err(|e| fail(format!("container: {e}")))?;
+        }
         Ok(task)
+    }
+
+    /// A container as the model holds it, without what runs in it: a
+    /// relative mount source resolved against the file's folder.
+    fn container(&self, scope: &Scope, doc: &ContainerDoc) -> Result<Container, String> {
+        let spec = match doc {
+            ContainerDoc::Image(image) => return Ok(Container::new(image.clone())),
+            ContainerDoc::Spec(spec) => spec,
+        };
+        let mut c = Container::new(spec.image.clone()).network(spec.network);
+        c.env = spec.env.clone();
+        let dir = scope.file.parent().unwrap_or(Path::new(""));
+        for m in &spec.mounts {
+            let source = if m.source.is_empty() || Path::new(&m.source).is_absolute() {
+                m.source.clone()
+            } else {
+                let joined = dir.join(&m.source);
+                let absolute = if joined.is_absolute() {
+                    joined
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| format!("reading the current directory: {e}"))?
+                        .join(joined)
+                };
+                absolute.to_string_lossy().into_owned()
+            };
+            let mount = Mount::bind(source, m.target.clone());
+            c = c.mount(if m.read_only {
+                mount.read_only()
+            } else {
+                mount
+            });
+        }
+        c.workdir = spec.workdir.clone();
+        c.cpus = spec.cpus;
+        c.memory = match &spec.memory {
+            None => None,
+            Some(DurationDoc::Seconds(n)) if *n >= 0.0 && n.is_finite() => Some(*n as u64),
+            Some(DurationDoc::Seconds(n)) => {
+                return Err(format!("memory {n} is not a number of bytes"))
+            }
+            Some(DurationDoc::Text(t)) => Some(bytes(t)?),
+        };
+        if let Some(p) = spec.pull {
+            c = c.pull(p);
+        }
+        Ok(c)
     }
 
     /// A script path as the run's base folder sees it.
@@ -885,6 +959,7 @@ fn not_for_groups(
         ("output_required", t.output_required.is_some()),
         ("produces", !t.produces.is_empty()),
         ("requires", t.requires.is_some()),
+        ("container", t.container.is_some()),
         ("attrs", t.attrs.is_some()),
         ("name", t.name.is_some()),
     ] {

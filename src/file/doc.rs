@@ -80,7 +80,8 @@ pub struct ParamDoc {
 }
 
 /// A task: an `id` and exactly one of `python`, `python_fn`, `command`,
-/// `input`, `parallel`, `each` or `workflow`.
+/// `input`, `parallel`, `each` or `workflow` (`container` runs the first
+/// three, or the image's own command, in a container).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskDoc {
@@ -103,6 +104,12 @@ pub struct TaskDoc {
     /// string, run with `sh -c`).
     #[serde(default)]
     pub command: Option<CommandDoc>,
+    /// Runs the task in a container: an image name, or `{image, env,
+    /// mounts, workdir, cpus, memory, network, pull}`. With `command`,
+    /// `python` or `python_fn` that runs in it; alone, the image's own
+    /// command runs.
+    #[serde(default)]
+    pub container: Option<ContainerDoc>,
     /// `true`: no process; the node waits for a value (`orch input`).
     #[serde(default)]
     pub input: Option<bool>,
@@ -234,6 +241,88 @@ impl<'de> Deserialize<'de> for Arg {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A container: an image name, or the image with what the container
+/// gets.
+#[derive(Debug, JsonSchema)]
+#[serde(untagged)]
+pub enum ContainerDoc {
+    /// `"localhost/orch-busybox"`: the image, with no network and nothing
+    /// mounted.
+    Image(String),
+    /// The image with env, mounts, working directory, limits, network.
+    Spec(ContainerSpecDoc),
+}
+
+impl<'de> Deserialize<'de> for ContainerDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ContainerDoc, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ContainerDoc;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an image name, or a map with `image` and the container's settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ContainerDoc, E> {
+                Ok(ContainerDoc::Image(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ContainerDoc, A::Error> {
+                ContainerSpecDoc::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ContainerDoc::Spec)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A container's settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpecDoc {
+    /// The image (`localhost/orch-python`, `python:3.12-slim`).
+    pub image: String,
+    /// Environment variables of the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host paths bound into the container; a relative `source` is
+    /// relative to the file's folder.
+    #[serde(default)]
+    pub mounts: Vec<MountDoc>,
+    /// The working directory in the container (absolute).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Cores the container may use.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory the container may use: bytes, or a number with `K`, `M`,
+    /// `G` or `T` (powers of 1024).
+    #[serde(default)]
+    pub memory: Option<DurationDoc>,
+    /// `true`: the container gets the engine's default network (default:
+    /// none, only loopback).
+    #[serde(default)]
+    pub network: bool,
+    /// When the engine pulls the image: `missing` (default), `never`,
+    /// `always`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub pull: Option<crate::model::Pull>,
+}
+
+/// A host path bound into a container.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountDoc {
+    /// The host path (relative: to the file's folder).
+    pub source: String,
+    /// Where it appears in the container (absolute).
+    pub target: String,
+    /// The container may only read it.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// What a task needs of the machine it runs on.

@@ -557,3 +557,105 @@ fn an_alias_bomb_is_refused_with_the_limit_named() {
     assert!(e.contains("the document has more than"), "{e}");
     assert!(e.contains("aliases count each time"), "{e}");
 }
+
+fn container_of(c: &Compiled, id: &str) -> crate::model::Container {
+    match node(c, id).0.exec.clone() {
+        Exec::Container(c) => *c,
+        other => panic!("`{id}` runs {other:?}"),
+    }
+}
+
+#[test]
+fn container_tasks_run_a_command_python_or_the_images_own_command() {
+    let c = compiled(
+        r#"name: boxes
+tasks:
+  - id: own
+    container: localhost/orch-busybox
+  - id: shell
+    container:
+      image: localhost/orch-busybox
+      env: {GREETING: hello}
+      mounts:
+        - {source: data, target: /data, read_only: true}
+        - {source: /srv/out, target: /out}
+      workdir: /data
+      cpus: 0.5
+      memory: 64M
+      pull: never
+    command: "echo {{who}}"
+  - id: fn
+    container: {image: localhost/orch-python, network: true}
+    python_fn: stats:mean
+  - id: script
+    container: localhost/orch-python
+    python: steps/run.py
+params:
+  who: {default: "it's me"}
+"#,
+    );
+    assert_eq!(
+        container_of(&c, "own"),
+        crate::model::Container::new("localhost/orch-busybox")
+    );
+    let shell = container_of(&c, "shell");
+    assert_eq!(shell.command, ["sh", "-c", "echo 'it'\\''s me'"]);
+    assert_eq!(shell.env["GREETING"], "hello");
+    assert_eq!(
+        shell.mounts,
+        [
+            crate::model::Mount::bind("/w/data", "/data").read_only(),
+            crate::model::Mount::bind("/srv/out", "/out"),
+        ],
+        "a relative source is the file's folder's"
+    );
+    assert_eq!(shell.workdir.as_deref(), Some("/data"));
+    assert_eq!((shell.cpus, shell.memory), (Some(0.5), Some(64 << 20)));
+    assert_eq!(shell.pull, crate::model::Pull::Never);
+    assert!(!shell.network, "no network unless asked");
+    let f = container_of(&c, "fn");
+    assert_eq!(f.python_fn.as_deref(), Some("stats:mean"));
+    assert!(f.network);
+    assert_eq!(
+        container_of(&c, "script").python.as_deref(),
+        Some("steps/run.py")
+    );
+}
+
+#[test]
+fn bad_containers_are_refused_naming_the_task_and_the_field() {
+    let e = err("name: x\ntasks:\n  - id: a\n    container: {image: \"--privileged\"}\n");
+    assert!(
+        e.contains("task `a`: container: image `--privileged`: it must start with a letter"),
+        "{e}"
+    );
+    let e = err(
+        "name: x\ntasks:\n  - id: a\n    container: {image: i, mounts: [{source: '/a,readonly=false', target: /b}]}\n",
+    );
+    assert!(e.contains("task `a`") && e.contains("comma"), "{e}");
+    let e = err("name: x\ntasks:\n  - id: a\n    container: {image: i, env: {ORCH_RUN: x}}\n");
+    assert!(e.contains("env `ORCH_RUN`"), "{e}");
+    let e = err("name: x\ntasks:\n  - id: a\n    container: {image: i, memory: 1K}\n");
+    assert!(e.contains("memory: 1024 bytes is below"), "{e}");
+    let e = err("name: x\ntasks:\n  - id: a\n    container: {image: i, netwrok: true}\n");
+    assert!(e.contains("netwrok"), "{e}");
+    let e = err("name: x\ntasks:\n  - id: a\n    input: true\n    container: i\n");
+    assert!(
+        e.contains("an input task runs nothing in a container"),
+        "{e}"
+    );
+    let e = err("name: x\ntasks:\n  - id: g\n    container: i\n    parallel:\n      - {id: a, command: [true]}\n");
+    assert!(e.contains("`container` does not apply"), "{e}");
+}
+
+#[test]
+fn the_schema_describes_containers() {
+    let s = schema();
+    assert!(s["$defs"]["TaskDoc"]["properties"]["container"].is_object());
+    let spec = &s["$defs"]["ContainerSpecDoc"]["properties"];
+    for field in [
+        "image", "env", "mounts", "workdir", "cpus", "memory", "network", "pull",
+    ] {
+        assert!(spec.get(field).is_some(), "{field} in {spec}");
+    }
+}

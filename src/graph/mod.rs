@@ -1133,6 +1133,9 @@ impl Staging {
                 check_len("task name", &task.name, MAX_NAME_BYTES, "MAX_NAME_BYTES")
                     .map_err(&err)?;
                 check_json_values(inputs, attrs).map_err(&err)?;
+                if let crate::model::Exec::Container(c) = &task.exec {
+                    c.check().map_err(|e| err(format!("container task: {e}")))?;
+                }
                 if let Some(r) = self.resolve(g, id) {
                     let existing = match r {
                         Ref::Old(i) => format!("in the graph (state {})", g.node(i).state),

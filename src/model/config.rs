@@ -44,6 +44,11 @@ pub struct RunConfig {
     /// Tasks run in the run's own folder (`ORCH_RUN_DIR`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_run_dir: bool,
+    /// The container engine: the program the registration's container
+    /// tasks were checked against, else the one configured (`None`:
+    /// `ORCH_CONTAINER_ENGINE`, else what the host has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_engine: Option<String>,
     /// The published version the run started from (a server's runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
@@ -164,6 +169,7 @@ impl RunConfig {
             fired_at: None,
             params: serde_json::Map::new(),
             per_run_dir: false,
+            container_engine: None,
             source: None,
         }
     }

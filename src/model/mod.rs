@@ -5,9 +5,14 @@
 //! stores. The runtime knows no other structure (SPEC §2).
 
 mod config;
+mod container;
 mod definition;
 
 pub use config::{FailurePolicy, RunConfig, Source};
+pub use container::{
+    Container, ContainerError, Mount, Pull, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_IMAGE_BYTES,
+    MAX_MOUNTS, MAX_PATH_BYTES, MIN_MEMORY_BYTES,
+};
 pub use definition::{Definition, Triggers};
 
 use std::fmt;
@@ -145,11 +150,16 @@ pub enum Exec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         listen: Option<String>,
     },
+    /// A container of Podman or Docker (whichever the host has, or
+    /// `ORCH_CONTAINER_ENGINE`): the engine's client is the attempt's
+    /// process, and the protocol runs over the container's stdio (see
+    /// `docs/containers.md`). Boxed: most tasks are not containers.
+    Container(Box<Container>),
 }
 
 impl Exec {
     /// The kind as the JSON names it (`kind`): `python`, `python_fn`,
-    /// `command`, `native` or `input`.
+    /// `command`, `native`, `input` or `container`.
     ///
     /// ```
     /// assert_eq!(orch::Task::python("a.py").exec.kind(), "python");
@@ -161,6 +171,7 @@ impl Exec {
             Exec::Command { .. } => "command",
             Exec::Native { .. } => "native",
             Exec::Input { .. } => "input",
+            Exec::Container(_) => "container",
         }
     }
 }
@@ -264,6 +275,40 @@ impl Task {
         Task::with(Exec::Input {
             listen: Some(key.into()),
         })
+    }
+
+    /// A task that runs in a container: an image name alone runs the
+    /// image's own command; a [`Container`] says what runs and how
+    /// (command or Python, env, mounts, working directory, cpu and memory
+    /// limits, network: off unless asked for). The engine is Podman or
+    /// Docker, whichever the host has, or the one `ORCH_CONTAINER_ENGINE`
+    /// or [`crate::Workflow::container_engine`] names; a run whose tasks
+    /// need one the host lacks is refused when it registers.
+    ///
+    /// ```
+    /// use orch::model::{Container, Mount};
+    /// use orch::{Exec, Task};
+    ///
+    /// let shell = Task::container(
+    ///     Container::new("localhost/orch-busybox")
+    ///         .command(["sh", "-c", "echo '{\"orch\": 1, \"seq\": 1, \"type\": \"output\", \"value\": 42}'"])
+    ///         .env("GREETING", "hello")
+    ///         .mount(Mount::bind("/srv/data", "/data").read_only())
+    ///         .cpus(1.0)
+    ///         .memory(128 << 20),
+    /// )
+    /// .timeout(std::time::Duration::from_secs(60));
+    /// let Exec::Container(c) = &shell.exec else { unreachable!() };
+    /// assert_eq!(c.image, "localhost/orch-busybox");
+    /// assert!(!c.network);
+    ///
+    /// let py = Task::container(Container::new("localhost/orch-python").python_fn("stats:mean"));
+    /// assert_eq!(py.exec.kind(), "container");
+    /// // Just an image: its own command runs.
+    /// assert_eq!(Task::container("localhost/tool"), Task::container(Container::new("localhost/tool")));
+    /// ```
+    pub fn container(spec: impl Into<Container>) -> Task {
+        Task::with(Exec::Container(Box::new(spec.into())))
     }
 
     /// Sets the task name (default: the node id).

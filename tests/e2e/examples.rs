@@ -1,4 +1,4 @@
-//! The four examples keep their final-DAG properties over repeated runs.
+//! The examples keep their final-DAG properties over repeated runs.
 
 use orch::Store as _;
 use std::collections::BTreeSet;
@@ -194,4 +194,33 @@ fn attempts_never_overlap_by_default() {
         v.iter().map(|n| n.id.as_str()).collect()
     };
     assert_eq!(order, ["n0", "n1", "n2", "n3", "n4"], "insertion order");
+}
+
+/// Needs Podman and the images of `.ci/images` (see `containers.rs`).
+#[test]
+fn the_containers_example_runs_a_shell_and_a_python_task() {
+    crate::containers::podman_ready();
+    let space = Space::new();
+    let out = space.example("containers", &[]);
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ex = space.export(&printed_run(&out));
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert!(
+        node_ids(&ex)
+            == ["generate", "summary"]
+                .map(String::from)
+                .into_iter()
+                .collect(),
+        "{:?}",
+        node_ids(&ex)
+    );
+    assert_eq!(
+        ex.node("summary").unwrap().output,
+        Some(serde_json::json!({"count": 10, "sum": 55, "mean": 5.5, "max": 10}))
+    );
 }

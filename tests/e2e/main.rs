@@ -3,6 +3,7 @@
 
 mod bounds;
 mod cli;
+mod containers;
 mod control;
 mod durability;
 mod engine;
