@@ -138,6 +138,31 @@ impl Client {
         })
     }
 
+    /// A `GET` whose body is read as it comes (a followed log); an error
+    /// answer is the API's error.
+    pub fn reader(&self, path: &str) -> Result<impl std::io::Read + Send + 'static, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = req.call().map_err(|e| ClientError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = resp.into_body().read_to_string().unwrap_or_default();
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
     /// Calls and returns the JSON body of a 2xx answer, else the API's
     /// error.
     pub fn json(

@@ -91,7 +91,7 @@ pub struct Pending {
 }
 
 /// A line of `orch runs`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
     /// The run id.
     pub id: String,

@@ -756,3 +756,98 @@ fn bad_input_is_a_clear_4xx_and_changes_nothing() {
         Some(json!({"value": 1})),
     );
 }
+
+/// `orch --server URL …` with `ORCH_TOKEN`.
+fn remote(space: &Space, base: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orch"))
+        .arg("--server")
+        .arg(base)
+        .args(args)
+        .env("ORCH_TOKEN", token)
+        .env_remove("ORCH_DB")
+        .current_dir(space.path())
+        .output()
+        .expect("orch runs")
+}
+
+#[test]
+fn the_cli_speaks_to_a_server_as_to_a_database() {
+    let space = Space::new();
+    let token = user_token(&space, "ada", "operator");
+    let server = serve(&space, &[]);
+    space.write("greet.yaml", HELLO_V1);
+    space.write("tool.sh", "echo tool\n");
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = ok(remote(
+        &space,
+        &server.base,
+        &token,
+        &["publish", "greet.yaml", "--with", "tool.sh", "-m", "first"],
+    ));
+    assert!(text.starts_with("published `greet` as "), "{text}");
+    let commit = text.trim().rsplit(' ').next().unwrap().to_string();
+    let text = ok(remote(&space, &server.base, &token, &["history", "greet"]));
+    assert!(text.starts_with(&commit), "{text}");
+    assert!(text.contains("ada") && text.contains("first"), "{text}");
+    // A run of a file: the exit code is the run's.
+    let text = ok(remote(&space, &server.base, &token, &["run", "greet.yaml"]));
+    assert!(text.contains(" succeeded"), "{text}");
+    let run = text.split_whitespace().nth(1).unwrap().to_string();
+    space.write(
+        "fails.yaml",
+        "name: fails\ntasks:\n  - id: no\n    command: \"exit 3\"\n",
+    );
+    let out = remote(&space, &server.base, &token, &["run", "fails.yaml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" failed"));
+    // The same listing, show and logs as against the database.
+    let listed = ok(remote(
+        &space,
+        &server.base,
+        &token,
+        &["runs", "--workflow", "hello"],
+    ));
+    let local = ok(space.cli(&["runs", "--workflow", "hello"]));
+    assert_eq!(
+        listed.lines().skip(1).collect::<Vec<_>>(),
+        local.lines().skip(1).collect::<Vec<_>>()
+    );
+    let shown = ok(remote(&space, &server.base, &token, &["show", &run]));
+    let local = ok(space.cli(&["show", &run]));
+    assert_eq!(shown, local);
+    let logs = ok(remote(
+        &space,
+        &server.base,
+        &token,
+        &["logs", &run, "greet"],
+    ));
+    assert!(logs.contains("hello-v1"), "{logs}");
+    let svg = ok(remote(
+        &space,
+        &server.base,
+        &token,
+        &["export", &run, "--format", "svg"],
+    ));
+    assert!(svg.contains("<svg"));
+    let text = ok(remote(
+        &space,
+        &server.base,
+        &token,
+        &["event", "push", "k", "{\"a\":1}"],
+    ));
+    assert!(text.starts_with("pushed event 1 under `k`"), "{text}");
+    // Commands that need a database say so; a bad token is refused.
+    let out = remote(&space, &server.base, &token, &["resume", &run]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not with --server"));
+    let out = remote(&space, &server.base, "orch_bad", &["runs"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}

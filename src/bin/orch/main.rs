@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
+mod remote;
 use orch::store::{Signal, SqliteStore, Store};
 use orch::RunExport;
 
@@ -25,6 +26,11 @@ struct Cli {
     /// The database file (default: $ORCH_DB, else .orch/orch.db).
     #[arg(long, global = true)]
     db: Option<PathBuf>,
+    /// Talk to the server at this URL (token from $ORCH_TOKEN) instead of
+    /// a database: runs, show, logs, export, pause, unpause, cancel,
+    /// restart, input, run, publish, history and event push.
+    #[arg(long, global = true, conflicts_with = "db")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +83,31 @@ enum TimerCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Publish a workflow file to a server (with --server): a commit in its
+    /// workflow repository.
+    Publish {
+        /// The workflow file (.yaml, .yml, .json or .py).
+        file: PathBuf,
+        /// The workflow's name (default: the file's name without its
+        /// extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// The commit message.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Another file the workflow needs (a script), relative to the
+        /// file's folder; repeat for more.
+        #[arg(long)]
+        with: Vec<String>,
+    },
+    /// The versions of a published workflow (with --server), newest first.
+    History {
+        /// The workflow.
+        name: String,
+        /// One JSON object per version.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the HTTP API (and the scheduler, with --pipelines) on this
     /// database until SIGINT or SIGTERM.
     Serve(admin::ServeArgs),
@@ -305,8 +336,16 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Some(url) = &cli.server {
+        return remote::run(url, cli.command);
+    }
     let path = cli.db.unwrap_or_else(orch::store::default_path);
     match cli.command {
+        Command::Publish { .. } | Command::History { .. } => {
+            return Err(
+                "publish and history talk to a server: give --server URL (and ORCH_TOKEN)".into(),
+            )
+        }
         Command::Serve(args) => return admin::serve(&path, args),
         Command::User(c) => return admin::user(&path, c),
         Command::Token(c) => return admin::token(&path, c),
@@ -481,34 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .filter(|r| status.as_ref().is_none_or(|s| *s == r.status))
                 .take(limit)
                 .collect();
-            if json {
-                for r in &runs {
-                    serde_json::to_writer(&mut out, r)?;
-                    writeln!(out)?;
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            if runs.is_empty() {
-                writeln!(out, "no runs in {}", path.display())?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
-                    "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED", "FIRE TIME"
-                )?;
-            }
-            for r in &runs {
-                writeln!(
-                    out,
-                    "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
-                    r.id,
-                    r.workflow,
-                    r.status,
-                    r.nodes,
-                    r.created_at,
-                    r.fired_at.as_deref().unwrap_or("-")
-                )?;
-            }
+            print_runs(&mut out, &runs, json, &path.display().to_string())?;
         }
         Command::Show { run, json } => {
             let id = store.resolve_run(&run)?;
@@ -518,6 +530,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 writeln!(out)?;
             } else {
                 show(&mut out, &export)?;
+                let now = orch::time::unix_millis() as i64;
+                if let Ok(e) = orch::estimate::for_run(&store, &id, now) {
+                    show_expected(&mut out, &serde_json::to_value(e)?)?;
+                }
             }
         }
         Command::Logs {
@@ -621,7 +637,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Timer(_)
         | Command::Serve(_)
         | Command::User(_)
-        | Command::Token(_) => {}
+        | Command::Token(_)
+        | Command::Publish { .. }
+        | Command::History { .. } => {}
         Command::Input { run, node, value } => {
             let id = store.resolve_run(&run)?;
             // Bounded first: no integer silently rounded, nothing too
@@ -910,6 +928,75 @@ fn note_if_unowned(store: &SqliteStore, id: &str, out: &mut impl Write) -> Res {
     Ok(())
 }
 
+/// `orch runs`: a table, or one JSON object per run.
+fn print_runs(
+    out: &mut impl Write,
+    runs: &[orch::store::RunSummary],
+    json: bool,
+    place: &str,
+) -> Res {
+    if json {
+        for r in runs {
+            serde_json::to_writer(&mut *out, r)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    if runs.is_empty() {
+        writeln!(out, "no runs in {place}")?;
+    } else {
+        writeln!(
+            out,
+            "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
+            "RUN", "WORKFLOW", "STATUS", "NODES", "STARTED", "FIRE TIME"
+        )?;
+    }
+    for r in runs {
+        writeln!(
+            out,
+            "{:<28} {:<20} {:<15} {:>6}  {:<24}  {:<24}",
+            r.id,
+            r.workflow,
+            r.status,
+            r.nodes,
+            r.created_at,
+            r.fired_at.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}
+
+/// The expected end of a run that has not ended, from its estimate (as
+/// JSON: the server's and the library's are the same).
+fn show_expected(out: &mut impl Write, e: &serde_json::Value) -> Res {
+    let (Some(end), Some(now)) = (e["expected_end_ms"].as_i64(), e["now_ms"].as_i64()) else {
+        return Ok(());
+    };
+    if e["nodes"].as_array().is_none_or(|n| n.is_empty()) {
+        return Ok(());
+    }
+    let at = |ms: i64| orch::time::format_millis(ms.max(0) as u64);
+    write!(
+        out,
+        "\nexpected end  {} (in {:.1} s",
+        at(end),
+        (end - now).max(0) as f64 / 1000.0
+    )?;
+    if let Some(p80) = e["expected_end_p80_ms"].as_i64() {
+        write!(out, "; p80 {}", at(p80))?;
+    }
+    writeln!(
+        out,
+        "){}",
+        if e["partial"] == true {
+            ", partly without history"
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
+}
+
 fn show(out: &mut impl Write, ex: &RunExport) -> Res {
     let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_string());
     writeln!(out, "run       {}", ex.run)?;
@@ -917,6 +1004,9 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
     writeln!(out, "status    {}", ex.status)?;
     if let Some(r) = &ex.reason {
         writeln!(out, "reason    {r}")?;
+    }
+    if let Some(src) = &ex.source {
+        writeln!(out, "commit    {}", src.commit)?;
     }
     writeln!(out, "started   {}", dash(&ex.created_at))?;
     writeln!(out, "finished  {}", dash(&ex.finished_at))?;
