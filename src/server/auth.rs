@@ -141,10 +141,18 @@ pub async fn authorize(
         return Ok(next.run(req).await);
     };
     let rule = access(req.method(), &template).ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "{} {template} has no access rule; refused",
-            req.method()
-        ))
+        if ROUTES.iter().any(|(_, t, _)| *t == template) {
+            // The route exists; this method is not one it takes.
+            ApiError::new(
+                Code::MethodNotAllowed,
+                format!("{template} does not take {}", req.method()),
+            )
+        } else {
+            ApiError::forbidden(format!(
+                "{} {template} has no access rule; refused",
+                req.method()
+            ))
+        }
     })?;
     let Access::Needs(needed) = rule else {
         return Ok(next.run(req).await);

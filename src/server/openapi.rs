@@ -37,6 +37,35 @@ impl Modify for Token {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // Every operation may answer with the one error shape (a missing
+        // or refused token, a body too large or not JSON, …): the
+        // `default` response says so.
+        let error = utoipa::openapi::ResponseBuilder::new()
+            .description("an error: a stable code and a message naming the thing at fault")
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("default".to_string())
+                    .or_insert_with(|| error.clone().into());
+            }
+        }
     }
 }
 

@@ -89,6 +89,7 @@ pub struct EventsQuery {
     /// Only events after this number.
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -80,10 +80,12 @@ pub struct ListQuery {
     /// Only runs of this workflow.
     pub workflow: Option<String>,
     /// Only runs with this status.
+    #[param(pattern = "^(running|paused|succeeded|failed|promise_broken|cancelled)$")]
     pub status: Option<String>,
     /// Runs older than this run id (the previous page's `next`).
     pub before: Option<String>,
     /// At most this many (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -514,6 +516,7 @@ impl<T> futures_core::Stream for ChannelStream<T> {
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// At most this many seconds (default 30, at most 300).
+    #[param(minimum = 0, maximum = 300)]
     pub timeout: Option<f64>,
 }
 
@@ -580,6 +583,7 @@ pub async fn wait(
 #[into_params(parameter_in = Query)]
 pub struct PictureQuery {
     /// The run as it was after this event (default: now).
+    #[param(minimum = 1)]
     pub at: Option<u64>,
     /// Draw every copy of a map.
     pub expand: Option<bool>,

@@ -117,12 +117,13 @@ pub struct WorkflowVersion {
 #[into_params(parameter_in = Query)]
 pub struct AtQuery {
     /// A commit (4 to 40 hex digits; default: the newest).
+    #[param(pattern = "^[0-9a-fA-F]{4,40}$")]
     pub at: Option<String>,
 }
 
 /// `GET /workflows/{name}`: a workflow's files at a commit.
 #[utoipa::path(get, path = "/api/v1/workflows/{name}", tag = "workflows",
-    params(("name" = String, Path, description = "the workflow"), AtQuery),
+    params(("name" = String, Path, description = "the workflow", pattern = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), AtQuery),
     responses((status = 200, body = WorkflowVersion), (status = 400, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn get(
@@ -182,7 +183,7 @@ pub struct PublishedItem {
 /// workflow is checked first (read, compiled and validated like a run's
 /// registration): a workflow that would not run is refused whole.
 #[utoipa::path(put, path = "/api/v1/workflows/{name}", tag = "workflows",
-    params(("name" = String, Path, description = "the workflow")),
+    params(("name" = String, Path, description = "the workflow", pattern = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")),
     request_body = PublishBody,
     responses((status = 200, body = PublishedItem), (status = 400, body = ApiError),
         (status = 409, body = ApiError), (status = 413, body = ApiError), (status = 422, body = ApiError)),
@@ -313,7 +314,7 @@ pub struct DeleteQuery {
 /// `DELETE /workflows/{name}`: a commit that removes it (its history and
 /// every old version stay readable).
 #[utoipa::path(delete, path = "/api/v1/workflows/{name}", tag = "workflows",
-    params(("name" = String, Path, description = "the workflow"), DeleteQuery),
+    params(("name" = String, Path, description = "the workflow", pattern = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), DeleteQuery),
     responses((status = 200, body = VersionItem), (status = 400, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn delete(
@@ -337,8 +338,10 @@ pub async fn delete(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Older than this commit (the previous page's `next`).
+    #[param(pattern = "^[0-9a-fA-F]{4,40}$")]
     pub before: Option<String>,
 }
 
@@ -353,7 +356,7 @@ pub struct HistoryItem {
 
 /// `GET /workflows/{name}/history`.
 #[utoipa::path(get, path = "/api/v1/workflows/{name}/history", tag = "workflows",
-    params(("name" = String, Path, description = "the workflow"), HistoryQuery),
+    params(("name" = String, Path, description = "the workflow", pattern = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"), HistoryQuery),
     responses((status = 200, body = HistoryItem), (status = 400, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn history(
@@ -378,7 +381,7 @@ pub async fn history(
 
 /// `POST /workflows/{name}/runs`: execute, pinned to a commit.
 #[utoipa::path(post, path = "/api/v1/workflows/{name}/runs", tag = "workflows",
-    params(("name" = String, Path, description = "the workflow")),
+    params(("name" = String, Path, description = "the workflow", pattern = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")),
     request_body = super::runs::ExecuteBody,
     responses((status = 201, body = Started), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 422, body = ApiError)),
     security(("token" = [])))]
