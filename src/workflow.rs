@@ -415,6 +415,51 @@ impl Workflow {
         crate::block_on(self.run_async())
     }
 
+    /// Submits the run to an `orch serve` instead of running it in this
+    /// process; returns the run's id (follow it with the server's `wait`,
+    /// or `orch --server URL show RUN`). The definition travels whole;
+    /// its tasks run in a fresh folder on the server, so they must not
+    /// need files from this machine (native tasks need runners started
+    /// from this binary).
+    ///
+    /// ```no_run
+    /// use orch::client::Client;
+    ///
+    /// let mut wf = orch::Workflow::new("nightly");
+    /// wf.node("report", orch::Task::command(["date"]));
+    /// let server = Client::new("http://127.0.0.1:8080", std::env::var("ORCH_TOKEN").ok());
+    /// let run = wf.submit(&server)?;
+    /// let end = server.get(&format!("/api/v1/runs/{run}/wait?timeout=60"))?;
+    /// println!("{run}: {}", end["status"]["status"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "client")]
+    pub fn submit(&self, server: &crate::client::Client) -> Result<String> {
+        if let Some(problem) = self.problems.first() {
+            return Err(crate::Error::Registration {
+                workflow: self.def.name.clone(),
+                source: crate::StructuralError {
+                    mutation: "the typed builder".into(),
+                    reason: problem.clone(),
+                },
+            });
+        }
+        let refused = |message: String| crate::Error::Refused {
+            what: format!(
+                "the run of `{}` submitted to {}",
+                self.def.name,
+                server.base()
+            ),
+            message,
+        };
+        let definition = serde_json::to_value(&self.def).map_err(|e| refused(e.to_string()))?;
+        let body = serde_json::json!({"definition": definition, "params": self.opts.params});
+        let started = server
+            .post("/api/v1/runs", &body)
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(started["run"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Registers and runs the workflow to the end.
     pub async fn run_async(&self) -> Result<RunOutcome> {
         if let Some(problem) = self.problems.first() {

@@ -299,9 +299,8 @@ fn the_seed_calls_work_over_http() {
     // Runs can also be submitted as a definition (a Rust program's).
     let mut wf = orch::Workflow::new("submitted");
     wf.node("a", orch::Task::command(["echo", "from-rust"]));
-    let def = serde_json::to_value(wf.definition()).unwrap();
-    let r = c.post("/api/v1/runs", &json!({"definition": def})).unwrap();
-    let done = wait_run(&c, r["run"].as_str().unwrap());
+    let r = wf.submit(&c).unwrap();
+    let done = wait_run(&c, &r);
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done["source"].is_null());
 

@@ -90,6 +90,13 @@ pub enum TokenCommand {
 
 /// `orch serve`.
 pub fn serve(db: &Path, args: ServeArgs) -> Res {
+    let text = db.to_string_lossy();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Err(
+            "--db postgres://… is not supported yet: the server runs on SQLite (a file path)"
+                .into(),
+        );
+    }
     if let Some(dir) = &args.pipelines {
         if !dir.is_dir() {
             return Err(format!("--pipelines {} is not a folder", dir.display()).into());
