@@ -218,12 +218,14 @@ async fn start_definition(
     let dir = s.data.join("runs").join(&run);
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
-    let mut opts = RunOptions::default();
-    opts.dir = Some(dir);
-    opts.max_parallel = s.slots;
-    opts.run_id = Some(run.clone());
-    opts.params = params;
-    opts.live_picture = false;
+    let opts = RunOptions {
+        dir: Some(dir),
+        max_parallel: s.slots,
+        run_id: Some(run.clone()),
+        params,
+        live_picture: false,
+        ..RunOptions::default()
+    };
     let handle = s.engine.start(&def, &opts).await?;
     detach(handle);
     Ok(Started {

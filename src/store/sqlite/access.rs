@@ -114,15 +114,13 @@ impl SqliteStore {
 
     pub(super) fn read_user(&self, name: &str) -> Result<Option<UserRecord>> {
         let c = self.lock();
-        let u = c
-            .query_row(
-                "SELECT name, role, password_hash, created_at FROM users WHERE name = ?1",
-                [name],
-                user_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e));
-        u
+        c.query_row(
+            "SELECT name, role, password_hash, created_at FROM users WHERE name = ?1",
+            [name],
+            user_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     pub(super) fn read_users(&self) -> Result<Vec<UserRecord>> {
@@ -206,15 +204,13 @@ impl SqliteStore {
 
     pub(super) fn read_token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let c = self.lock();
-        let t = c
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-                [id],
-                token_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e));
-        t
+        c.query_row(
+            &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+            [id],
+            token_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     pub(super) fn read_tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>> {
