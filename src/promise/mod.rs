@@ -187,6 +187,16 @@ pub fn check(
     by: Option<NodeName<'_>>,
     edges: &[(NodeName<'_>, NodeName<'_>)],
 ) -> Option<String> {
+    if let Mutation::AddRule { rule } = m {
+        // Declaring a rule is promising its body: a node that may not add
+        // nodes may not declare a rule that adds some for it.
+        if !matches!(p, Promise::Static {}) {
+            return rule.then.iter().find_map(|b| {
+                let why = check(p, b, by, &[])?;
+                Some(format!("its rule `{}` would: {}: {why}", rule.id, b.describe()))
+            });
+        }
+    }
     let by_matches = |sel: &Option<Selector>| match (sel, by) {
         (None, _) => true,
         (Some(s), Some(b)) => s.matches(b.id, b.task),

@@ -17,6 +17,7 @@ mod fuzz;
 mod logs;
 mod pictures;
 mod promises;
+mod rules;
 mod python_helper;
 mod scheduler;
 mod shapes;
