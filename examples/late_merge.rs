@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     orch::init_tracing();
     let mut wf = Workflow::new("late_merge");
     wf.dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/late_merge"));
-    wf.node("plan", Task::python("plan.py")).label("plan chapters");
+    wf.node("plan", Task::python("plan.py"))
+        .label("plan chapters");
     wf.node("cover", Task::python("pdf.py").named("pdf"))
         .input("title", "cover");
     wf.promise(Promise::NoNewNodes {

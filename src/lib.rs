@@ -56,8 +56,8 @@ pub use engine::{Engine, RunHandle, RunOptions};
 pub use error::{Error, Result, StructuralError};
 pub use history::{Event, EventKind, RunExport, RunState};
 pub use model::{
-    collect, output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState,
-    Origin, Predicate, Rule, RunStatus, Task,
+    collect, output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
+    Predicate, Rule, RunStatus, Task,
 };
 pub use native::{Context, Failure, TaskDef};
 /// Turns a function into a typed task: a definition named like the function

@@ -279,10 +279,7 @@ mod tests {
         ])
         .unwrap();
         // Both python nodes may add pdfs; the input node cannot.
-        assert_eq!(
-            waits_for(&g, 0),
-            vec![Blocker::Node(0), Blocker::Node(1)]
-        );
+        assert_eq!(waits_for(&g, 0), vec![Blocker::Node(0), Blocker::Node(1)]);
         assert_eq!(due(&g), None);
         g.set_state(0, NodeState::Succeeded);
         g.set_state(1, NodeState::Running);
@@ -361,6 +358,10 @@ mod tests {
         assert!(holds(&g, &done, None));
         let both = done.and(Predicate::state("p1", NodeState::Succeeded));
         assert!(!holds(&g, &both, None));
-        assert!(!holds(&g, &Predicate::state("ghost", NodeState::Pending), None));
+        assert!(!holds(
+            &g,
+            &Predicate::state("ghost", NodeState::Pending),
+            None
+        ));
     }
 }

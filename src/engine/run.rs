@@ -762,9 +762,7 @@ impl Runner {
             let staged = crate::rule::body(g, rule)
                 .and_then(|batch| g.stage_all(batch).map_err(|e| e.to_string()))
                 .map_err(BatchProblem::BadPromise)
-                .and_then(|staging| {
-                    promise::check_rule_batch(g, &staging, &id).map(|()| staging)
-                });
+                .and_then(|staging| promise::check_rule_batch(g, &staging, &id).map(|()| staging));
             match staged {
                 Ok(staging) => {
                     info!(rule = %id, "rule fired");

@@ -177,9 +177,7 @@ pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<E
             // when its predicate holds in the new generation.
             Origin::Rule { rule } => {
                 retracted_rules.contains(rule)
-                    || mutations
-                        .iter()
-                        .any(|m| touches(m, &retracted_nodes))
+                    || mutations.iter().any(|m| touches(m, &retracted_nodes))
             }
             _ => false,
         };

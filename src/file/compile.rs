@@ -180,7 +180,10 @@ pub fn compile(
         let mut rule = Rule::new(r.id.value.clone(), when);
         rule.then = body;
         rule.check().map_err(fail)?;
-        if rules.iter().any(|m| matches!(m, Mutation::AddRule { rule: o } if o.id == rule.id)) {
+        if rules
+            .iter()
+            .any(|m| matches!(m, Mutation::AddRule { rule: o } if o.id == rule.id))
+        {
             return Err(fail("the id is used twice".into()));
         }
         rules.push(Mutation::AddRule {

@@ -591,11 +591,20 @@ fn rules_in_files_compile_to_add_rule() {
 #[test]
 fn bad_rules_in_files_are_named() {
     let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {opened: x}\n    then: [{id: m, command: [m]}]\n");
-    assert!(e.starts_with("/w/main.yaml:6:11: rule `r`: when: unknown variant `opened`"), "{e}");
+    assert!(
+        e.starts_with("/w/main.yaml:6:11: rule `r`: when: unknown variant `opened`"),
+        "{e}"
+    );
     let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {closed: x}\n    then: []\n");
-    assert!(e.starts_with("/w/main.yaml:5:9: rule `r`: then holds no task"), "{e}");
+    assert!(
+        e.starts_with("/w/main.yaml:5:9: rule `r`: then holds no task"),
+        "{e}"
+    );
     let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {closed: x}\n    then: [{id: m, command: [m], inputs: {all: {$collect: 3}}}]\n");
-    assert!(e.contains("rule `r`") && e.contains("`$collect` must be a pattern string"), "{e}");
+    assert!(
+        e.contains("rule `r`") && e.contains("`$collect` must be a pattern string"),
+        "{e}"
+    );
     let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - {id: r, when: {closed: x}, then: [{id: m, command: [m]}]}\n  - {id: r, when: {closed: y}, then: [{id: n, command: [n]}]}\n");
     assert!(e.contains("rule `r`: the id is used twice"), "{e}");
 }

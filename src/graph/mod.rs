@@ -15,8 +15,8 @@ use petgraph::Direction;
 use serde_json::Value;
 
 use crate::error::StructuralError;
-use crate::limits::{check_len, check_object, check_value, MAX_NAME_BYTES};
 use crate::limits::MAX_RULES;
+use crate::limits::{check_len, check_object, check_value, MAX_NAME_BYTES};
 use crate::model::{output_refs, Attrs, Mutation, NodeState, Rule, Task};
 use crate::promise::shape::{Region, RegionNode};
 use crate::promise::Promise;

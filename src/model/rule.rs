@@ -238,7 +238,10 @@ impl Rule {
         }
         check_len("rule id", &self.id, MAX_NAME_BYTES, "MAX_NAME_BYTES")?;
         if let Some(c) = self.id.chars().find(|c| c.is_control() || *c == '"') {
-            return Err(format!("rule id {:?} contains the character {c:?}", self.id));
+            return Err(format!(
+                "rule id {:?} contains the character {c:?}",
+                self.id
+            ));
         }
         self.when.check()?;
         if self.then.is_empty() {
@@ -460,7 +463,10 @@ mod tests {
             ),
         });
         let err = nested.check().unwrap_err();
-        assert!(err.contains("rule `outer`") && err.contains("cannot declare"), "{err}");
+        assert!(
+            err.contains("rule `outer`") && err.contains("cannot declare"),
+            "{err}"
+        );
         let bad_collect = Rule::new("c", Predicate::closed("x")).then(Mutation::AddNode {
             id: "m".into(),
             task: Box::new(Task::command(["true"])),
@@ -468,7 +474,10 @@ mod tests {
             attrs: Default::default(),
         });
         let err = bad_collect.check().unwrap_err();
-        assert!(err.contains("add_node `m`") && err.contains("`extra`"), "{err}");
+        assert!(
+            err.contains("add_node `m`") && err.contains("`extra`"),
+            "{err}"
+        );
         let big = Rule {
             id: "big".into(),
             when: Predicate::closed("x"),

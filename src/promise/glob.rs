@@ -231,7 +231,9 @@ mod tests {
         }
         words.sort();
         words.dedup();
-        let pats = ["", "*", "a", "b", "a*", "*a", "?", "??", "a?b", "*b*", "**", "?*a", "ab"];
+        let pats = [
+            "", "*", "a", "b", "a*", "*a", "?", "??", "a?b", "*b*", "**", "?*a", "ab",
+        ];
         for p in pats {
             for q in pats {
                 let (gp, gq) = (Glob::new(p), Glob::new(q));

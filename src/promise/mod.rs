@@ -193,7 +193,11 @@ pub fn check(
         if !matches!(p, Promise::Static {}) {
             return rule.then.iter().find_map(|b| {
                 let why = check(p, b, by, &[])?;
-                Some(format!("its rule `{}` would: {}: {why}", rule.id, b.describe()))
+                Some(format!(
+                    "its rule `{}` would: {}: {why}",
+                    rule.id,
+                    b.describe()
+                ))
             });
         }
     }
@@ -409,7 +413,11 @@ fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), Ba
             }
         }
         Sender::Rule(_) => {
-            if !g.promises().iter().all(|p| matches!(p, Promise::Shape { .. })) {
+            if !g
+                .promises()
+                .iter()
+                .all(|p| matches!(p, Promise::Shape { .. }))
+            {
                 for m in staging.mutations() {
                     check_against(g, staging, None, m).map_err(BatchProblem::Violation)?;
                 }

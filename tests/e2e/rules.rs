@@ -54,7 +54,11 @@ fn late_merge_merges_every_pdf_after_the_last_that_can_exist() {
             "late_merge",
             &[("ORCH_EXAMPLE_SEED", seed), ("ORCH_EXAMPLE_N", n)],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let run = printed_run(&out);
         let ex = space.export(&run);
         assert_eq!(ex.status, RunStatus::Succeeded);
@@ -69,13 +73,22 @@ fn late_merge_merges_every_pdf_after_the_last_that_can_exist() {
             .map(|n| n.id.as_str())
             .collect();
         let chapters = n.parse::<usize>().unwrap();
-        assert!(pdfs.len() > chapters, "seed {seed}: cover and a pdf per chapter: {pdfs:?}");
+        assert!(
+            pdfs.len() > chapters,
+            "seed {seed}: cover and a pdf per chapter: {pdfs:?}"
+        );
         for p in &pdfs {
             // Every producer appeared before the rule fired, and merge waits
             // for each through the edge its collection implies.
             let (k, _) = added_at(&ev, p).unwrap();
-            assert!(k < fired, "seed {seed}: `{p}` was added after the merge rule fired");
-            assert!(ex.edges.iter().any(|e| e.from == *p && e.to == "merge"), "seed {seed}: {p} -> merge");
+            assert!(
+                k < fired,
+                "seed {seed}: `{p}` was added after the merge rule fired"
+            );
+            assert!(
+                ex.edges.iter().any(|e| e.from == *p && e.to == "merge"),
+                "seed {seed}: {p} -> merge"
+            );
             assert!(
                 state_at(&ev, p, NodeState::Succeeded) < state_at(&ev, "merge", NodeState::Running),
                 "seed {seed}: merge ran before `{p}` succeeded"
@@ -84,11 +97,18 @@ fn late_merge_merges_every_pdf_after_the_last_that_can_exist() {
         // The rule fired as soon as no producer could appear: after the
         // last chapter (the producers' parents) succeeded.
         for c in (0..chapters).map(|i| format!("chapter_{i}")) {
-            assert!(state_at(&ev, &c, NodeState::Succeeded) < fired, "seed {seed}: {c}");
+            assert!(
+                state_at(&ev, &c, NodeState::Succeeded) < fired,
+                "seed {seed}: {c}"
+            );
         }
         let merged = ex.node("merge").unwrap().output.as_ref().unwrap()["merged"].clone();
         let want: Vec<String> = pdfs.iter().map(|p| format!("{p}.pdf")).collect();
-        assert_eq!(merged, serde_json::json!(want), "seed {seed}: in the order added");
+        assert_eq!(
+            merged,
+            serde_json::json!(want),
+            "seed {seed}: in the order added"
+        );
         // The picture before the firing shows the rule, waiting for the
         // chapters; after, nothing of it.
         let before = outlook(&RunState::replay(&run, &ev[..fired]), Options::default());
@@ -104,7 +124,10 @@ fn late_merge_merges_every_pdf_after_the_last_that_can_exist() {
             .iter()
             .position(|e| matches!(e.kind, EventKind::BatchCommitted { .. }))
             .unwrap();
-        let at_start = outlook(&RunState::replay(&run, &ev[..=registered]), Options::default());
+        let at_start = outlook(
+            &RunState::replay(&run, &ev[..=registered]),
+            Options::default(),
+        );
         let waits: Vec<&str> = at_start
             .edges
             .iter()
@@ -154,7 +177,10 @@ fn a_task_declares_a_rule_that_fires_once_when_its_count_is_reached() {
     }
     assert_eq!(ex.node("total").unwrap().output, Some(serde_json::json!(3)));
     let logs = logs_text(&space, &outcome.run, "declare");
-    assert!(logs.contains("refused: add_rule `sum`: rule id `sum` is already used"), "{logs}");
+    assert!(
+        logs.contains("refused: add_rule `sum`: rule id `sum` is already used"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -166,17 +192,26 @@ fn a_rule_whose_body_breaks_a_promise_ends_the_run_promise_broken() {
         pattern: "task:work".into(),
     });
     wf.rule(
-        Rule::new("extra", Predicate::state("a", NodeState::Succeeded))
-            .then(Mutation::add_node("extra", Task::command(["true"]).named("other"))),
+        Rule::new("extra", Predicate::state("a", NodeState::Succeeded)).then(Mutation::add_node(
+            "extra",
+            Task::command(["true"]).named("other"),
+        )),
     );
     let (outcome, ex) = space.run(&wf);
     assert_eq!(ex.status, RunStatus::PromiseBroken);
     assert_eq!(ex.violations.len(), 1);
     let v = &ex.violations[0];
     assert_eq!(v.mutation, "add_node `extra`");
-    assert!(v.message.contains("does not match `task:work`"), "{}", v.message);
+    assert!(
+        v.message.contains("does not match `task:work`"),
+        "{}",
+        v.message
+    );
     assert_eq!(v.node, None, "no attempt sent it");
-    assert!(firings(&events(&space, &outcome.run), "extra").is_empty(), "nothing of it applied");
+    assert!(
+        firings(&events(&space, &outcome.run), "extra").is_empty(),
+        "nothing of it applied"
+    );
     assert!(ex.node("extra").is_none());
 }
 
@@ -217,7 +252,11 @@ ctx.rule("sneak", {"closed": "x"}, [{"op": "add_node", "id": "n", "task": {"kind
     assert_eq!(ex.status, RunStatus::PromiseBroken);
     let v = &ex.violations[0];
     assert_eq!(v.mutation, "add_rule `sneak`");
-    assert!(v.message.contains("its rule `sneak` would: add_node `n`"), "{}", v.message);
+    assert!(
+        v.message.contains("its rule `sneak` would: add_node `n`"),
+        "{}",
+        v.message
+    );
 }
 
 #[test]
@@ -227,13 +266,19 @@ fn bad_rules_are_refused_at_registration_naming_them() {
     wf.node("a", Task::command(["true"]));
     wf.rule(Rule::new("empty", Predicate::closed("x")));
     let err = wf.run().unwrap_err().to_string();
-    assert!(err.contains("add_rule `empty`") && err.contains("no mutation in its body"), "{err}");
+    assert!(
+        err.contains("add_rule `empty`") && err.contains("no mutation in its body"),
+        "{err}"
+    );
     let mut wf = space.workflow("bad");
     wf.node("a", Task::command(["true"]));
     let long = "x".repeat(orch::limits::MAX_PATTERN_BYTES + 1);
     wf.rule(Rule::new("long", Predicate::closed(&long)).then(Mutation::add_edge("a", "a")));
     let err = wf.run().unwrap_err().to_string();
-    assert!(err.contains("add_rule `long`") && err.contains("MAX_PATTERN_BYTES"), "{err}");
+    assert!(
+        err.contains("add_rule `long`") && err.contains("MAX_PATTERN_BYTES"),
+        "{err}"
+    );
 }
 
 /// The orchestrator dies right before and right after the commit that
@@ -245,7 +290,11 @@ fn a_rule_fires_exactly_once_across_crashes() {
         let fault = format!("{point}:rule:merge");
         let out = space.example(
             "late_merge",
-            &[("ORCH_EXAMPLE_N", "2"), ("ORCH_EXAMPLE_SEED", "5"), ("ORCH_FAULT", &fault)],
+            &[
+                ("ORCH_EXAMPLE_N", "2"),
+                ("ORCH_EXAMPLE_SEED", "5"),
+                ("ORCH_FAULT", &fault),
+            ],
         );
         let ex = resume_killed(&space, out.status, point);
         assert_eq!(ex.status, RunStatus::Succeeded, "{point}: {:?}", ex.reason);
@@ -258,7 +307,10 @@ fn a_rule_fires_exactly_once_across_crashes() {
         let fired = firings(&ev, "merge")[0];
         match point {
             "before_commit" => assert!(fired > resumed, "lost with the crash, fired on resume"),
-            _ => assert!(fired < resumed, "committed before the crash, not fired again"),
+            _ => assert!(
+                fired < resumed,
+                "committed before the crash, not fired again"
+            ),
         }
     }
 }
@@ -269,11 +321,18 @@ fn a_rule_fires_exactly_once_across_crashes() {
 #[test]
 fn a_restart_upstream_of_a_fired_rule_fires_it_again() {
     let space = Space::new();
-    let out = space.example("late_merge", &[("ORCH_EXAMPLE_N", "2"), ("ORCH_EXAMPLE_SEED", "7")]);
+    let out = space.example(
+        "late_merge",
+        &[("ORCH_EXAMPLE_N", "2"), ("ORCH_EXAMPLE_SEED", "7")],
+    );
     assert!(out.status.success());
     let run = printed_run(&out);
     let out = space.cli(&["restart", &run, "chapter_1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ex = space.export(&run);
     assert_eq!(ex.status, RunStatus::Succeeded, "{:?}", ex.reason);
     let ev = events(&space, &run);
@@ -284,7 +343,10 @@ fn a_restart_upstream_of_a_fired_rule_fires_it_again() {
     let fired = firings(&ev, "merge");
     assert_eq!(fired.len(), 2, "once per generation");
     assert!(fired[0] < restarted && fired[1] > restarted);
-    assert!(ex.edges.iter().any(|e| e.from == "pdf_1" && e.to == "merge"));
+    assert!(ex
+        .edges
+        .iter()
+        .any(|e| e.from == "pdf_1" && e.to == "merge"));
 }
 
 /// A task that adds the nodes its `plan` lists (each with its own plan),
@@ -333,25 +395,37 @@ fn closed_never_holds_while_a_matching_node_can_still_appear() {
     for seed in 1..=16u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut wf = space.workflow(&format!("closed_{seed}"));
-        wf.node("a", Task::python("grow.py")).input("plan", plan(&mut rng, "a", 3));
-        wf.node("b", Task::python("grow.py")).input("plan", plan(&mut rng, "b", 2));
+        wf.node("a", Task::python("grow.py"))
+            .input("plan", plan(&mut rng, "a", 3));
+        wf.node("b", Task::python("grow.py"))
+            .input("plan", plan(&mut rng, "b", 2));
         wf.edge("a", "b");
         let promise = match rng.below(5) {
             0 => None,
-            1 => Some(Promise::NoNewNodes { by: Some("task:G".into()) }),
-            2 => Some(Promise::NoNewNodes { by: Some("b".into()) }),
-            3 => Some(Promise::OnlyNodes { pattern: "task:H".into() }),
-            _ => Some(Promise::NoNewNodes { by: Some("task:H".into()) }),
+            1 => Some(Promise::NoNewNodes {
+                by: Some("task:G".into()),
+            }),
+            2 => Some(Promise::NoNewNodes {
+                by: Some("b".into()),
+            }),
+            3 => Some(Promise::OnlyNodes {
+                pattern: "task:H".into(),
+            }),
+            _ => Some(Promise::NoNewNodes {
+                by: Some("task:H".into()),
+            }),
         };
         if let Some(p) = &promise {
             wf.promise(p.clone());
         }
-        wf.rule(Rule::new("after_g", Predicate::closed("task:G")).then(Mutation::AddNode {
-            id: "gather".into(),
-            task: Box::new(Task::python("grow.py").named("gather")),
-            inputs: serde_json::json!({"gs": collect("task:G")}),
-            attrs: Default::default(),
-        }));
+        wf.rule(
+            Rule::new("after_g", Predicate::closed("task:G")).then(Mutation::AddNode {
+                id: "gather".into(),
+                task: Box::new(Task::python("grow.py").named("gather")),
+                inputs: serde_json::json!({"gs": collect("task:G")}),
+                attrs: Default::default(),
+            }),
+        );
         let outcome = wf.run().expect("run");
         let ev = events(&space, &outcome.run);
         let fin = RunState::replay(&outcome.run, &ev);
@@ -364,7 +438,11 @@ fn closed_never_holds_while_a_matching_node_can_still_appear() {
             broken += 1;
             continue;
         }
-        assert_eq!(fired.len(), 1, "seed {seed} ({promise:?}): the rule fired once");
+        assert_eq!(
+            fired.len(),
+            1,
+            "seed {seed} ({promise:?}): the rule fired once"
+        );
         let fired = fired[0];
         let gs: Vec<&str> = fin
             .graph
@@ -375,17 +453,33 @@ fn closed_never_holds_while_a_matching_node_can_still_appear() {
             .collect();
         for g in &gs {
             let (k, _) = added_at(&ev, g).unwrap();
-            assert!(k < fired, "seed {seed} ({promise:?}): `{g}` appeared after closed(task:G) fired");
+            assert!(
+                k < fired,
+                "seed {seed} ({promise:?}): `{g}` appeared after closed(task:G) fired"
+            );
         }
         let gather = fin.graph.get("gather").expect("gather added");
-        assert_eq!(gather.inputs["gs"].as_array().unwrap().len(), gs.len(), "seed {seed}");
+        assert_eq!(
+            gather.inputs["gs"].as_array().unwrap().len(),
+            gs.len(),
+            "seed {seed}"
+        );
         // At every moment before the firing the rule is drawn, wired from
         // what it waits for; when it fired early (promises made it exact),
         // some nodes were still unfinished.
         for k in 1..fired {
-            let pic = outlook(&RunState::replay(&outcome.run, &ev[..k]), Options::default());
-            if ev[..k].iter().any(|e| matches!(e.kind, EventKind::BatchCommitted { .. })) {
-                assert!(pic.nodes.iter().any(|n| n.id == "~rule:after_g"), "seed {seed}, event {k}");
+            let pic = outlook(
+                &RunState::replay(&outcome.run, &ev[..k]),
+                Options::default(),
+            );
+            if ev[..k]
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::BatchCommitted { .. }))
+            {
+                assert!(
+                    pic.nodes.iter().any(|n| n.id == "~rule:after_g"),
+                    "seed {seed}, event {k}"
+                );
             }
         }
         let before = RunState::replay(&outcome.run, &ev[..fired]);
@@ -393,7 +487,10 @@ fn closed_never_holds_while_a_matching_node_can_still_appear() {
             fired_before_the_end += 1;
         }
     }
-    assert!(fired_before_the_end > 0, "some promise made the rule fire while nodes still ran");
+    assert!(
+        fired_before_the_end > 0,
+        "some promise made the rule fire while nodes still ran"
+    );
     assert!(broken < 16, "most runs keep their promises");
 }
 
@@ -407,13 +504,20 @@ fn a_workflow_file_with_a_rule_runs() {
         "name: file_rule\ntasks:\n  - {id: make, python: make.py}\nrules:\n  - id: total\n    when: {closed: 'task:part'}\n    then:\n      - id: total\n        python: count.py\n        inputs: {parts: {$collect: 'task:part'}}\n",
     );
     let out = space.cli(&["run", "flow.yaml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = space.store().resolve_run("latest").unwrap();
     let ex = space.export(&run);
     assert_eq!(ex.status, RunStatus::Succeeded);
     assert_eq!(ex.node("total").unwrap().output, Some(serde_json::json!(2)));
     let schema = space.cli(&["schema"]);
     let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
-    assert!(schema["properties"]["rules"].is_object(), "orch schema has rules");
+    assert!(
+        schema["properties"]["rules"].is_object(),
+        "orch schema has rules"
+    );
     assert!(schema["$defs"]["RuleDoc"]["properties"]["when"].is_object());
 }
