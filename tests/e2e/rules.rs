@@ -498,7 +498,7 @@ fn closed_never_holds_while_a_matching_node_can_still_appear() {
 fn a_workflow_file_with_a_rule_runs() {
     let space = Space::new();
     space.write("make.py", "import orch\nctx = orch.start()\nfor i in range(2):\n    ctx.add_node(f'part_{i}', argv=['true'], name='part')\n    ctx.add_edge(ctx.node, f'part_{i}')\n");
-    space.write("count.py", TOTAL.replace("parts", "parts").as_str());
+    space.write("count.py", TOTAL);
     space.write(
         "flow.yaml",
         "name: file_rule\ntasks:\n  - {id: make, python: make.py}\nrules:\n  - id: total\n    when: {closed: 'task:part'}\n    then:\n      - id: total\n        python: count.py\n        inputs: {parts: {$collect: 'task:part'}}\n",
