@@ -45,6 +45,7 @@ pub mod picture;
 pub mod promise;
 #[cfg(feature = "server")]
 pub mod repo;
+pub mod rule;
 #[cfg(feature = "files")]
 pub mod schedule;
 #[cfg(feature = "files")]
@@ -63,8 +64,8 @@ pub use engine::{Engine, RunHandle, RunOptions};
 pub use error::{Error, Result, StructuralError};
 pub use history::{Event, EventKind, RunExport, RunState};
 pub use model::{
-    output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
-    RunStatus, Task,
+    collect, output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
+    Predicate, Rule, RunStatus, Task,
 };
 pub use native::{Context, Failure, TaskDef};
 /// Turns a function into a typed task: a definition named like the function

@@ -48,6 +48,17 @@ pub const MAX_PATTERN_BYTES: usize = 1024;
 /// The longest node id or task name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// The most rules one run may declare (registration and tasks together):
+/// every rule is evaluated whenever the graph or a node's state changes.
+pub const MAX_RULES: usize = 1024;
+
+/// The most terms (`closed`, `count`, `state`, `all`) one rule's
+/// predicate may hold, nested `all`s included.
+pub const MAX_RULE_TERMS: usize = 64;
+
+/// The most mutations one rule's body may hold.
+pub const MAX_RULE_BODY: usize = 10_000;
+
 /// JSON text that passes a limit; see [`check_json`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -10,7 +10,7 @@ use serde_json::Value;
 pub use crate::engine::RunOutcome;
 use crate::engine::{Engine, RunOptions};
 use crate::error::Result;
-use crate::model::{Attrs, Definition, FailurePolicy, Mutation, Task};
+use crate::model::{Attrs, Definition, FailurePolicy, Mutation, Rule, Task};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -352,6 +352,29 @@ impl Workflow {
     /// ```
     pub fn promise(&mut self, promise: Promise) -> &mut Workflow {
         self.def.registration.push(Mutation::AddPromise { promise });
+        self
+    }
+
+    /// Declares a rule: when its predicate holds, its body is committed
+    /// once, as a batch with origin `rule:<id>`, checked against every
+    /// promise (see [`crate::rule`] and `docs/rules.md`).
+    ///
+    /// ```
+    /// use orch::{collect, Mutation, Predicate, Rule, Task, Workflow};
+    /// let mut wf = Workflow::new("late_merge");
+    /// wf.node("scan", Task::python("scan.py"));
+    /// wf.rule(Rule::new("merge", Predicate::closed("task:pdf")).then(Mutation::AddNode {
+    ///     id: "merge".into(),
+    ///     task: Box::new(Task::python("merge.py")),
+    ///     inputs: serde_json::json!({"pdfs": collect("task:pdf")}),
+    ///     attrs: Default::default(),
+    /// }));
+    /// assert_eq!(wf.definition().registration.len(), 2);
+    /// ```
+    pub fn rule(&mut self, rule: Rule) -> &mut Workflow {
+        self.def.registration.push(Mutation::AddRule {
+            rule: Box::new(rule),
+        });
         self
     }
 

@@ -12,12 +12,13 @@ db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
 orch=target/debug/orch
-for ex in static_pipeline random_branch random_map typed_branch containers; do
+for ex in static_pipeline random_branch random_map typed_branch containers late_merge; do
   args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
     typed_branch) env=(); args=(--value large) ;;
     random_map) env=(ORCH_EXAMPLE_K=3) ;;
+    late_merge) env=(ORCH_EXAMPLE_N=2 ORCH_EXAMPLE_SEED=3) ;;
     *) env=() ;;
   esac
   env "${env[@]}" "target/debug/examples/$ex" "${args[@]}" >/dev/null 2>&1

@@ -314,6 +314,25 @@ class Context:
         """Declare a promise; *p* (a dict) is sent as is."""
         self._send("promise", {"promise": p})
 
+    def rule(self, id, when, then):
+        """Declare a rule: when the predicate *when* holds, the batch *then*
+        (a list of mutation dicts, as in ``{"op": "add_node", ...}``) is
+        committed once, with origin ``rule:<id>``.
+
+        Predicates are dicts: ``{"closed": "task:pdf"}``,
+        ``{"count": {"pattern": "M_*", "at_least": 3}}``,
+        ``{"state": {"node": "a", "is": "succeeded"}}``, ``{"all": [...]}``.
+        In an ``add_node``'s inputs, ``{"$collect": "task:pdf"}`` becomes the
+        list of output references of every node the pattern selects when
+        the rule fires. Raises OrchError when the rule is refused.
+        """
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"rule: id must be a non-empty str, got {id!r}")
+        if not isinstance(then, (list, tuple)):
+            raise ValueError(f"rule {id}: then must be a list of mutations, got {then!r}")
+        self._send("rule", {"rule": {"id": id, "when": when, "then": list(then)}})
+        return id
+
     def output(self, value):
         """Send the attempt's output (any JSON value; the last one sent wins)."""
         self._send("output", {"value": value})

@@ -128,6 +128,12 @@ pub(crate) struct Runner {
     max_batch: usize,
     /// The folder attempts run in: declared files are looked for there.
     work_dir: PathBuf,
+    /// Set when the graph or a node's state changed since the rules were
+    /// last evaluated.
+    rules_dirty: bool,
+    /// Rules whose body could not be committed when they fired (the run
+    /// failed for it): not tried again in this session.
+    rules_refused: HashSet<usize>,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -235,6 +241,8 @@ impl Runner {
             restarted: false,
             max_batch: max_batch(),
             work_dir,
+            rules_dirty: true,
+            rules_refused: HashSet::new(),
         })
     }
 
@@ -366,6 +374,12 @@ impl Runner {
             EventKind::BatchCommitted { .. } => self.enablers.extend(touched.iter().copied()),
             _ => {}
         }
+        if matches!(
+            ev.kind,
+            EventKind::BatchCommitted { .. } | EventKind::NodeState { .. }
+        ) {
+            self.rules_dirty = true;
+        }
         self.queued.push(ev);
         for i in touched {
             self.refresh(i);
@@ -478,6 +492,7 @@ impl Runner {
         // Whether the observers were told of the current quiet spell.
         let mut quiet = false;
         loop {
+            self.fire_rules();
             self.schedule()?;
             let pending = schedule::Pending {
                 running: self.running.len(),
@@ -717,6 +732,63 @@ impl Runner {
             node,
             state: NodeState::Succeeded,
         });
+    }
+
+    /// Fires every rule whose predicate holds, in the order they were
+    /// declared, until none does (a body may make another rule's
+    /// predicate hold). Each firing is one batch with origin `rule:<id>`,
+    /// checked like a task's and queued with the events that made it
+    /// hold: the commit that records them records the firing, so a rule
+    /// fires exactly once across crashes. Nothing fires while the run is
+    /// paused or halted.
+    fn fire_rules(&mut self) {
+        if !self.rules_dirty || self.state.graph.rules().is_empty() {
+            return;
+        }
+        self.rules_dirty = false;
+        while self.halt.going() && self.state.status == RunStatus::Running {
+            let g = &self.state.graph;
+            let refused = &self.rules_refused;
+            let due = (0..g.rules().len()).find(|&k| {
+                !g.rule_fired(k)
+                    && !refused.contains(&k)
+                    && crate::rule::holds(g, &g.rules()[k].when, Some(k))
+            });
+            let Some(k) = due else {
+                return;
+            };
+            let rule = &g.rules()[k];
+            let id = rule.id.clone();
+            let at = format!("rule:{id}");
+            let staged = crate::rule::body(g, rule)
+                .and_then(|batch| g.stage_all(batch).map_err(|e| e.to_string()))
+                .map_err(BatchProblem::BadPromise)
+                .and_then(|staging| promise::check_rule_batch(g, &staging, &id).map(|()| staging));
+            match staged {
+                Ok(staging) => {
+                    info!(rule = %id, "rule fired");
+                    self.emit(EventKind::BatchCommitted {
+                        origin: Origin::Rule { rule: id },
+                        mutations: staging.into_mutations(),
+                    });
+                    self.fault(Fault::BeforeCommit, &at);
+                    self.fault(Fault::AfterCommit, &at);
+                }
+                Err(BatchProblem::Violation(v)) => {
+                    self.break_promise(&v, None);
+                    return;
+                }
+                Err(BatchProblem::BadPromise(error)) => {
+                    let reason = format!("rule `{id}` could not fire: {error}");
+                    warn!(rule = %id, error = %error, "rule could not fire");
+                    self.halt.failures.push(reason);
+                    self.rules_refused.insert(k);
+                    // Failing fast: what runs is stopped like after a
+                    // node's failure; keeping going, the rest goes on.
+                    return;
+                }
+            }
+        }
     }
 
     /// Starts ready nodes while slots are free, lowest position first.

@@ -166,15 +166,32 @@ pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<E
     let mut restarted: HashSet<String> = downstream.iter().map(|&i| g.node(i).id.clone()).collect();
     let mut retracted_nodes: HashSet<String> = HashSet::new();
     let mut retracted = Vec::new();
+    let mut retracted_rules: HashSet<String> = HashSet::new();
     for (seq, origin, mutations) in &state.batches {
-        let Origin::Attempt { node: by, .. } = origin else {
-            continue;
+        let retract = match origin {
+            Origin::Attempt { node: by, .. } => {
+                restarted.contains(by) || retracted_nodes.contains(by)
+            }
+            // A rule's batch goes with the batch that declared the rule,
+            // and with any node it wired to: the rule fires again, once,
+            // when its predicate holds in the new generation.
+            Origin::Rule { rule } => {
+                retracted_rules.contains(rule)
+                    || mutations.iter().any(|m| touches(m, &retracted_nodes))
+            }
+            _ => false,
         };
-        if restarted.contains(by) || retracted_nodes.contains(by) {
+        if retract {
             retracted.push(*seq);
             for m in mutations {
-                if let Mutation::AddNode { id, .. } = m {
-                    retracted_nodes.insert(id.clone());
+                match m {
+                    Mutation::AddNode { id, .. } => {
+                        retracted_nodes.insert(id.clone());
+                    }
+                    Mutation::AddRule { rule } => {
+                        retracted_rules.insert(rule.id.clone());
+                    }
+                    _ => {}
                 }
             }
         }
@@ -188,6 +205,28 @@ pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<E
         retracted,
         reset,
     })
+}
+
+/// True when `m` names one of `nodes` (an edge's end, an attribute's
+/// target, an output reference).
+fn touches(m: &Mutation, nodes: &HashSet<String>) -> bool {
+    match m {
+        Mutation::AddNode { inputs, .. } => crate::model::output_refs(inputs)
+            .unwrap_or_default()
+            .iter()
+            .any(|r| nodes.contains(&r.node)),
+        Mutation::AddEdge { from, to, .. } => nodes.contains(from) || nodes.contains(to),
+        Mutation::SetAttrs { node, edge, .. } => {
+            node.as_ref().is_some_and(|n| nodes.contains(n))
+                || edge
+                    .as_ref()
+                    .is_some_and(|e| nodes.contains(&e.from) || nodes.contains(&e.to))
+        }
+        Mutation::AddPromise {
+            promise: crate::promise::Promise::Shape { from, to, .. },
+        } => nodes.contains(from) || nodes.contains(to),
+        _ => false,
+    }
 }
 
 impl Runner {

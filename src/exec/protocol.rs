@@ -124,6 +124,9 @@ enum Wire {
     Promise {
         promise: Value,
     },
+    Rule {
+        rule: Value,
+    },
     Output {
         #[serde(default)]
         value: Value,
@@ -250,6 +253,15 @@ pub fn classify(line: &str) -> Line {
                 quote(&promise.to_string())
             )),
         },
+        Wire::Rule { rule } => match serde_json::from_value::<crate::model::Rule>(rule.clone()) {
+            Ok(rule) => Body::Mutation(Mutation::AddRule {
+                rule: Box::new(rule),
+            }),
+            Err(e) => Body::Rejected(format!(
+                "add_rule {}: not a rule: {e}",
+                quote(&rule.to_string())
+            )),
+        },
         Wire::Output { value } => Body::Output(value),
         Wire::Log { message, level } => Body::Log {
             level: level.unwrap_or_else(|| "info".into()),
@@ -310,6 +322,21 @@ mod tests {
             m.body,
             Body::Mutation(Mutation::AddPromise { .. })
         ));
+        let Line::Message(m) = classify(
+            r#"{"orch":1,"seq":4,"type":"rule","rule":{"id":"m","when":{"closed":"task:pdf"},"then":[{"op":"add_edge","from":"a","to":"b"}]}}"#,
+        ) else {
+            panic!()
+        };
+        assert!(matches!(m.body, Body::Mutation(Mutation::AddRule { .. })));
+        let Line::Message(m) = classify(
+            r#"{"orch":1,"seq":5,"type":"rule","rule":{"id":"m","when":{"opened":"x"},"then":[]}}"#,
+        ) else {
+            panic!()
+        };
+        match m.body {
+            Body::Rejected(e) => assert!(e.contains("add_rule") && e.contains("opened"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

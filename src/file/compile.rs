@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::doc::{CommandDoc, ContainerDoc, DurationDoc, TaskDoc, WorkflowDoc};
 use super::error::{FileError, Place};
-use crate::model::{Container, Definition, Exec, Mount, Mutation, Task};
+use crate::model::{Container, Definition, Exec, Mount, Mutation, Predicate, Rule, Task};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -161,7 +161,37 @@ pub fn compile(
             .map_err(|e| FileError::new(place.clone(), format!("promise: {e}")))?;
         c.mutations.push(Mutation::AddPromise { promise });
     }
-    let mutations = without_repeated_edges(c.mutations);
+    let mut rules: Vec<Mutation> = Vec::new();
+    for r in &doc.rules {
+        let place = Place::of(file, &r.id);
+        let fail = |m: String| FileError::new(place.clone(), format!("rule `{}`: {m}", r.id.value));
+        let when: Predicate = serde_json::from_value(r.when.value.clone()).map_err(|e| {
+            FileError::new(
+                Place::of(file, &r.when),
+                format!("rule `{}`: when: {e}", r.id.value),
+            )
+        })?;
+        if r.then.is_empty() {
+            return Err(fail("then holds no task".into()));
+        }
+        let start = c.mutations.len();
+        c.unit(&scope, &r.then)?;
+        let body = without_repeated_edges(c.mutations.drain(start..).collect());
+        let mut rule = Rule::new(r.id.value.clone(), when);
+        rule.then = body;
+        rule.check().map_err(fail)?;
+        if rules
+            .iter()
+            .any(|m| matches!(m, Mutation::AddRule { rule: o } if o.id == rule.id))
+        {
+            return Err(fail("the id is used twice".into()));
+        }
+        rules.push(Mutation::AddRule {
+            rule: Box::new(rule),
+        });
+    }
+    let mut mutations = without_repeated_edges(c.mutations);
+    mutations.extend(rules);
     let mut definition = Definition::new(doc.name.value.clone(), mutations);
     // The parameters are in place already; the rest is what a scheduler
     // reads.
@@ -836,6 +866,12 @@ impl Compiler<'_, '_> {
             return Err(FileError::new(
                 Place::of(&inner.file, p),
                 "a sub-workflow cannot declare promises (their node ids would not be prefixed): declare them in the including file",
+            ));
+        }
+        if let Some(r) = doc.rules.first() {
+            return Err(FileError::new(
+                Place::of(&inner.file, &r.id),
+                "a sub-workflow cannot declare rules (their patterns would not be prefixed): declare them in the including file",
             ));
         }
         if ends.entries.is_empty() {

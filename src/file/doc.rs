@@ -55,6 +55,11 @@ pub struct WorkflowDoc {
     #[serde(default)]
     #[schemars(with = "Vec<Value>")]
     pub promises: Vec<Spanned<Value>>,
+    /// Rules (see docs/rules.md): when a rule's predicate holds, its
+    /// tasks are added once, e.g. a merge that runs after the last PDF
+    /// producer that can ever exist.
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
     /// Keep going when a task fails for good: what does not depend on it
     /// runs to the end (default: stop starting tasks at the first failure).
     #[serde(default)]
@@ -64,6 +69,28 @@ pub struct WorkflowDoc {
     pub max_parallel: Option<usize>,
     /// The tasks, in any order: `after` says what runs before what.
     pub tasks: Vec<TaskDoc>,
+}
+
+/// A rule: `id`, `when` (a predicate) and `then` (tasks, added once
+/// when the predicate holds).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    /// The rule's id, unique among the workflow's rules; its batch is
+    /// recorded with origin `rule:<id>`.
+    #[schemars(with = "String")]
+    pub id: Spanned<String>,
+    /// The predicate: `{"closed": PATTERN}` (no more nodes the pattern
+    /// selects can appear), `{"count": {"pattern": PATTERN, "at_least":
+    /// N, "state"?: STATE}}`, `{"state": {"node": ID, "is": STATE}}`, or
+    /// `{"all": [PREDICATE, …]}`.
+    #[schemars(with = "Value")]
+    pub when: Spanned<Value>,
+    /// The tasks it adds, like the file's `tasks`; their `after` may name
+    /// the file's tasks, and in their inputs `{"$collect": PATTERN}` is the
+    /// list of the outputs of every node the pattern selects when the rule
+    /// fires.
+    pub then: Vec<TaskDoc>,
 }
 
 /// A run parameter: `name: {default: …, description: …}`, or `name:

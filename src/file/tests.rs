@@ -659,3 +659,54 @@ fn the_schema_describes_containers() {
         assert!(spec.get(field).is_some(), "{field} in {spec}");
     }
 }
+
+#[test]
+fn rules_in_files_compile_to_add_rule() {
+    let c = compiled(
+        "name: x\ntasks:\n  - {id: scan, python: scan.py}\nrules:\n  - id: merge\n    when: {closed: 'task:pdf'}\n    then:\n      - id: merge\n        python: merge.py\n        inputs: {pdfs: {$collect: 'task:pdf'}}\n        after: [scan]\n",
+    );
+    let rule = c
+        .definition
+        .registration
+        .iter()
+        .find_map(|m| match m {
+            Mutation::AddRule { rule } => Some(rule),
+            _ => None,
+        })
+        .expect("the rule");
+    assert_eq!(rule.id, "merge");
+    assert_eq!(rule.when.to_string(), "closed(task:pdf)");
+    let body: Vec<String> = rule.then.iter().map(Mutation::describe).collect();
+    assert_eq!(body, ["add_node `merge`", "add_edge `scan` -> `merge`"]);
+    let Mutation::AddNode { inputs, .. } = &rule.then[0] else {
+        panic!("{body:?}")
+    };
+    assert_eq!(inputs["pdfs"], json!({"$collect": "task:pdf"}));
+    // Nothing of the body is registered.
+    assert!(!c
+        .definition
+        .registration
+        .iter()
+        .any(|m| matches!(m, Mutation::AddNode { id, .. } if id == "merge")));
+}
+
+#[test]
+fn bad_rules_in_files_are_named() {
+    let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {opened: x}\n    then: [{id: m, command: [m]}]\n");
+    assert!(
+        e.starts_with("/w/main.yaml:6:11: rule `r`: when: unknown variant `opened`"),
+        "{e}"
+    );
+    let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {closed: x}\n    then: []\n");
+    assert!(
+        e.starts_with("/w/main.yaml:5:9: rule `r`: then holds no task"),
+        "{e}"
+    );
+    let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - id: r\n    when: {closed: x}\n    then: [{id: m, command: [m], inputs: {all: {$collect: 3}}}]\n");
+    assert!(
+        e.contains("rule `r`") && e.contains("`$collect` must be a pattern string"),
+        "{e}"
+    );
+    let e = err("name: x\ntasks:\n  - {id: a, command: [a]}\nrules:\n  - {id: r, when: {closed: x}, then: [{id: m, command: [m]}]}\n  - {id: r, when: {closed: y}, then: [{id: n, command: [n]}]}\n");
+    assert!(e.contains("rule `r`: the id is used twice"), "{e}");
+}

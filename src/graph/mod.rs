@@ -15,8 +15,9 @@ use petgraph::Direction;
 use serde_json::Value;
 
 use crate::error::StructuralError;
+use crate::limits::MAX_RULES;
 use crate::limits::{check_len, check_object, check_value, MAX_NAME_BYTES};
-use crate::model::{output_refs, Attrs, Mutation, NodeState, Task};
+use crate::model::{output_refs, Attrs, Mutation, NodeState, Rule, Task};
 use crate::promise::shape::{Region, RegionNode};
 use crate::promise::Promise;
 
@@ -70,6 +71,10 @@ pub struct Graph {
     /// Changes on every applied batch (unique across graphs), so that a
     /// [`Staging`] notices the graph moved under it.
     version: u64,
+    /// The rules declared so far, in order.
+    rules: Vec<Rule>,
+    /// Per rule: whether it fired.
+    fired: Vec<bool>,
 }
 
 /// FxHash (multiply and rotate) with a final mix: a fast hash for the
@@ -233,6 +238,30 @@ impl Graph {
     /// The promises declared so far, in order.
     pub fn promises(&self) -> &[Promise] {
         &self.promises
+    }
+
+    /// The rules declared so far, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether the rule at position `k` among [`Graph::rules`] fired.
+    pub fn rule_fired(&self, k: usize) -> bool {
+        self.fired[k]
+    }
+
+    /// The position of the rule with this id.
+    pub fn rule_position(&self, id: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.id == id)
+    }
+
+    /// Records that the rule `id` fired: its batch (origin `rule:<id>`)
+    /// was committed. The history's fold calls it for every such batch,
+    /// so a rebuilt run knows which rules fired. Unknown ids are ignored.
+    pub fn mark_fired(&mut self, id: &str) {
+        if let Some(k) = self.rule_position(id) {
+            self.fired[k] = true;
+        }
     }
 
     /// The position of the node with this id.
@@ -451,6 +480,10 @@ impl Graph {
                     }
                 }
                 self.promises.push(promise);
+            }
+            Mutation::AddRule { rule } => {
+                self.rules.push(*rule);
+                self.fired.push(false);
             }
         }
     }
@@ -760,6 +793,8 @@ pub struct Staging {
     ord_old: FastMap<usize, u64>,
     /// The place after every node's, the batch's included.
     next_ord: u64,
+    /// Ids of the rules this batch declares.
+    new_rules: Vec<String>,
 }
 
 impl Staging {
@@ -1272,6 +1307,18 @@ impl Staging {
                         )));
                     }
                 }
+            }
+            Mutation::AddRule { rule } => {
+                rule.check().map_err(&err)?;
+                if g.rule_position(&rule.id).is_some() || self.new_rules.contains(&rule.id) {
+                    return Err(err(format!("rule id `{}` is already used", rule.id)));
+                }
+                if g.rules.len() + self.new_rules.len() >= MAX_RULES {
+                    return Err(err(format!(
+                        "the run has {MAX_RULES} rules already (MAX_RULES)"
+                    )));
+                }
+                self.new_rules.push(rule.id.clone());
             }
         }
         if let Mutation::AddNode { id, task, .. } = &mut m {

@@ -311,9 +311,12 @@ impl RunState {
     /// not keep moves into the graph instead of being copied.
     pub(crate) fn apply_owned(&mut self, e: Event) -> Vec<usize> {
         match e.kind {
-            EventKind::BatchCommitted { mutations, .. } if !self.keep_batches => {
+            EventKind::BatchCommitted { mutations, origin } if !self.keep_batches => {
                 self.last_seq = e.seq;
                 let applied = self.graph.apply_owned(mutations);
+                if let Origin::Rule { rule } = origin {
+                    self.graph.mark_fired(&rule);
+                }
                 self.facts.resize_with(self.graph.len(), NodeFacts::default);
                 applied.touched
             }
@@ -348,6 +351,9 @@ impl RunState {
                         .push((e.seq, origin.clone(), mutations.clone()));
                 }
                 let applied = self.graph.apply_unchecked(mutations);
+                if let Origin::Rule { rule } = origin {
+                    self.graph.mark_fired(rule);
+                }
                 self.facts.resize_with(self.graph.len(), NodeFacts::default);
                 applied.touched
             }
@@ -417,8 +423,11 @@ impl RunState {
                     .map(|(n, f)| (n.id.clone(), (n.state, f)))
                     .collect();
                 let mut graph = Graph::new();
-                for (_, _, m) in &self.batches {
+                for (_, origin, m) in &self.batches {
                     graph.apply_unchecked(m);
+                    if let Origin::Rule { rule } = origin {
+                        graph.mark_fired(rule);
+                    }
                 }
                 let mut facts = Vec::with_capacity(graph.len());
                 for i in 0..graph.len() {

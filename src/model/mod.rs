@@ -7,6 +7,7 @@
 mod config;
 mod container;
 mod definition;
+mod rule;
 
 pub use config::{FailurePolicy, RunConfig, Source};
 pub use container::{
@@ -14,6 +15,7 @@ pub use container::{
     MAX_MOUNTS, MAX_PATH_BYTES, MIN_MEMORY_BYTES,
 };
 pub use definition::{Definition, Triggers};
+pub use rule::{collect, collect_at, collects, resolve_collects, Collect, Predicate, Rule};
 
 use std::fmt;
 use std::str::FromStr;
@@ -439,6 +441,12 @@ pub enum Mutation {
         /// The promise.
         promise: crate::promise::Promise,
     },
+    /// Declares a rule: a batch committed once, when its predicate holds
+    /// (see [`Rule`]).
+    AddRule {
+        /// The rule (boxed: it holds a whole batch).
+        rule: Box<Rule>,
+    },
 }
 
 impl Mutation {
@@ -484,13 +492,21 @@ impl Mutation {
             }
             Mutation::SetAttrs { .. } => "set_attrs".to_string(),
             Mutation::AddPromise { promise } => format!("add_promise `{promise}`"),
+            Mutation::AddRule { rule } => format!("add_rule `{}`", rule.id),
         }
     }
 }
 
 /// Where a batch came from.
+///
+/// ```
+/// let o = orch::Origin::Rule { rule: "merge".into() };
+/// assert_eq!(o.to_string(), "rule:merge");
+/// assert_eq!(serde_json::to_value(&o).unwrap(), serde_json::json!({"by": "rule", "rule": "merge"}));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Origin {
     /// The registration batch.
     Registration,
@@ -501,6 +517,21 @@ pub enum Origin {
         /// The attempt number (from 1).
         attempt: u32,
     },
+    /// The body of a rule that fired.
+    Rule {
+        /// The rule's id.
+        rule: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Registration => f.write_str("registration"),
+            Origin::Attempt { node, attempt } => write!(f, "{node}#{attempt}"),
+            Origin::Rule { rule } => write!(f, "rule:{rule}"),
+        }
+    }
 }
 
 macro_rules! string_enum {

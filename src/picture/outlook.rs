@@ -26,6 +26,9 @@ pub enum PicKind {
     Region,
     /// A node whose task may still add nodes: a dashed `★` successor.
     Growth,
+    /// A rule that has not fired: dashed, labelled with its predicate,
+    /// wired from what it waits for.
+    Rule,
 }
 
 /// A node of the picture.
@@ -135,6 +138,9 @@ pub const WILDCARD_PREFIX: &str = "~";
 /// force; `Some(pattern)` narrows what it may add (`only_nodes`).
 pub(crate) fn growth(g: &Graph, i: usize) -> Option<Vec<String>> {
     let n = g.node(i);
+    if !crate::rule::may_add_nodes(g, &n.id, &n.task) {
+        return None;
+    }
     let mut narrowed = Vec::new();
     for p in g.promises() {
         match p {
@@ -383,6 +389,42 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
                     dashed: true,
                     attrs: Attrs::new(),
                 });
+            }
+        }
+    }
+
+    // Rules that have not fired: a dashed node with the predicate, wired
+    // from what it waits for (SPEC §9).
+    if !state.status.is_terminal() {
+        let rule_id = |k: usize| format!("{WILDCARD_PREFIX}rule:{}", g.rules()[k].id);
+        for (k, r) in g.rules().iter().enumerate() {
+            if g.rule_fired(k) {
+                continue;
+            }
+            let id = rule_id(k);
+            o.nodes.push(PicNode {
+                id: id.clone(),
+                kind: PicKind::Rule,
+                label: format!("rule {}: {}", r.id, r.when),
+                state: None,
+                states: BTreeMap::new(),
+                attrs: Attrs::new(),
+                violated: false,
+            });
+            let mut from_seen = HashSet::new();
+            for b in crate::rule::waits_for(g, k) {
+                let from = match b {
+                    crate::rule::Blocker::Node(i) => pic_id(i),
+                    crate::rule::Blocker::Rule(j) => rule_id(j),
+                };
+                if from_seen.insert(from.clone()) {
+                    o.edges.push(PicEdge {
+                        from,
+                        to: id.clone(),
+                        dashed: true,
+                        attrs: Attrs::new(),
+                    });
+                }
             }
         }
     }

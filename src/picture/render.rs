@@ -8,7 +8,7 @@
 //!   cancelled dark grey, upstream_failed light salmon, no state white); a node's `color` attribute
 //!   overrides the fill and its `shape` attribute (`box`, `circle`,
 //!   `ellipse`/`oval`) the shape;
-//! - wildcards ([`PicKind::Region`], [`PicKind::Growth`]) are white with a
+//! - wildcards ([`PicKind::Region`], [`PicKind::Growth`], [`PicKind::Rule`]) are white with a
 //!   dashed outline, stacks ([`PicKind::Stack`]) have a thick outline, and a
 //!   node whose task broke a promise has a thick red outline;
 //! - dashed edges are possible future edges; an edge's `label` and `color`
@@ -84,7 +84,7 @@ fn state_fill(state: Option<NodeState>) -> &'static str {
 }
 
 fn is_wildcard(kind: PicKind) -> bool {
-    matches!(kind, PicKind::Region | PicKind::Growth)
+    matches!(kind, PicKind::Region | PicKind::Growth | PicKind::Rule)
 }
 
 fn attr_str<'a>(attrs: &'a Attrs, key: &str) -> Option<&'a str> {
@@ -773,6 +773,7 @@ fn kind_name(kind: PicKind) -> &'static str {
         PicKind::Stack => "stack",
         PicKind::Region => "region",
         PicKind::Growth => "growth",
+        PicKind::Rule => "rule",
     }
 }
 
@@ -1674,7 +1675,8 @@ mod tests {
                         PicKind::Stack,
                         PicKind::Region,
                         PicKind::Growth,
-                    ][(rnd() % 4) as usize];
+                        PicKind::Rule,
+                    ][(rnd() % 5) as usize];
                     let label = ["", "x", "a long label with words", "two\nlines", "★", "<&>"]
                         [(rnd() % 6) as usize];
                     let mut p = node(&format!("n{i}"), kind, label, None);

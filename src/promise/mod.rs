@@ -187,6 +187,20 @@ pub fn check(
     by: Option<NodeName<'_>>,
     edges: &[(NodeName<'_>, NodeName<'_>)],
 ) -> Option<String> {
+    if let Mutation::AddRule { rule } = m {
+        // Declaring a rule is promising its body: a node that may not add
+        // nodes may not declare a rule that adds some for it.
+        if !matches!(p, Promise::Static {}) {
+            return rule.then.iter().find_map(|b| {
+                let why = check(p, b, by, &[])?;
+                Some(format!(
+                    "its rule `{}` would: {}: {why}",
+                    rule.id,
+                    b.describe()
+                ))
+            });
+        }
+    }
     let by_matches = |sel: &Option<Selector>| match (sel, by) {
         (None, _) => true,
         (Some(s), Some(b)) => s.matches(b.id, b.task),
@@ -340,7 +354,18 @@ pub fn check_mutation(
     {
         return Ok(());
     }
-    let by_name = node_name(g, staging, by);
+    check_against(g, staging, node_name(g, staging, by), m)
+}
+
+/// [`check_mutation`] for a sender that may be no node (a rule's body):
+/// `by_name` is `None` then, and `no_new_nodes { by }` and
+/// `no_new_edges { by }` do not select it.
+fn check_against(
+    g: &Graph,
+    staging: &Staging,
+    by_name: Option<NodeName<'_>>,
+    m: &Mutation,
+) -> Result<(), Box<Violation>> {
     let edges = mutation_edges(g, staging, m);
     for (index, p) in g.promises().iter().enumerate() {
         if let Some(message) = check(p, m, by_name, &edges) {
@@ -360,9 +385,43 @@ pub fn check_mutation(
 /// every `shape` region the batch touches, and every promise the batch
 /// declares against the graph it leaves.
 pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(), BatchProblem> {
-    if let Some(by) = by {
-        for m in staging.mutations() {
-            check_mutation(g, staging, by, m).map_err(BatchProblem::Violation)?;
+    check_sent(g, staging, by.map_or(Sender::Registration, Sender::Node))
+}
+
+/// Checks the batch of the rule `rule` as it fires: like a task's batch
+/// ([`check_batch`]), every mutation against every promise in force; the
+/// promises that select a sending node (`no_new_nodes { by }`,
+/// `no_new_edges { by }`) select no rule.
+pub fn check_rule_batch(g: &Graph, staging: &Staging, rule: &str) -> Result<(), BatchProblem> {
+    check_sent(g, staging, Sender::Rule(rule))
+}
+
+/// Who sent a batch.
+#[derive(Clone, Copy)]
+enum Sender<'a> {
+    Registration,
+    Node(&'a str),
+    Rule(&'a str),
+}
+
+fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), BatchProblem> {
+    match sender {
+        Sender::Registration => {}
+        Sender::Node(by) => {
+            for m in staging.mutations() {
+                check_mutation(g, staging, by, m).map_err(BatchProblem::Violation)?;
+            }
+        }
+        Sender::Rule(_) => {
+            if !g
+                .promises()
+                .iter()
+                .all(|p| matches!(p, Promise::Shape { .. }))
+            {
+                for m in staging.mutations() {
+                    check_against(g, staging, None, m).map_err(BatchProblem::Violation)?;
+                }
+            }
         }
     }
     let started = |id: &str| g.get(id).is_some_and(|n| !n.state.not_started());
@@ -381,9 +440,10 @@ pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(),
             return Err(BatchProblem::Violation(Box::new(Violation {
                 index: r.promise,
                 promise: p.clone(),
-                mutation: match by {
-                    Some(b) => format!("the batch of `{b}`"),
-                    None => "the registration".to_string(),
+                mutation: match sender {
+                    Sender::Node(b) => format!("the batch of `{b}`"),
+                    Sender::Rule(r) => format!("the batch of rule `{r}`"),
+                    Sender::Registration => "the registration".to_string(),
                 },
                 message: format!("between `{from}` and `{to}`: {why}"),
             })));

@@ -224,3 +224,29 @@ fn the_containers_example_runs_a_shell_and_a_python_task() {
         Some(serde_json::json!({"count": 10, "sum": 55, "mean": 5.5, "max": 10}))
     );
 }
+
+#[test]
+fn late_merge_always_merges_every_pdf_once() {
+    let space = Space::new();
+    for seed in ["11", "12", "13"] {
+        let out = space.example("late_merge", &[("ORCH_EXAMPLE_SEED", seed)]);
+        assert_ok(&out);
+        let ex = space.export(&printed_run(&out));
+        assert_eq!(ex.status, RunStatus::Succeeded);
+        let pdfs: BTreeSet<String> = ex
+            .nodes
+            .iter()
+            .filter(|n| n.task.name == "pdf")
+            .map(|n| n.id.clone())
+            .collect();
+        assert!(pdfs.contains("cover"), "seed {seed}: {pdfs:?}");
+        let into_merge: BTreeSet<String> = ex
+            .edges
+            .iter()
+            .filter(|e| e.to == "merge")
+            .map(|e| e.from.clone())
+            .collect();
+        assert_eq!(into_merge, pdfs, "seed {seed}: merge waits for every pdf");
+        assert!(ex.nodes.iter().all(|n| n.state == NodeState::Succeeded));
+    }
+}

@@ -20,6 +20,7 @@ mod logs;
 mod pictures;
 mod promises;
 mod python_helper;
+mod rules;
 mod scheduler;
 mod server;
 mod shapes;

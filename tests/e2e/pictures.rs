@@ -29,15 +29,24 @@ fn assert_outlook_covers_the_future(space: &Space, run: &str) {
     let fin = RunState::replay(run, &events);
     // Who added each node.
     let mut added_by: std::collections::HashMap<String, Option<String>> = Default::default();
+    // A rule's nodes are hinted by the rule's dashed node, `~rule:<id>`,
+    // which is "added" by whoever declared the rule.
     for e in &events {
         if let EventKind::BatchCommitted { origin, mutations } = &e.kind {
+            let by = match origin {
+                Origin::Attempt { node, .. } => Some(node.clone()),
+                Origin::Rule { rule } => Some(format!("~rule:{rule}")),
+                _ => None,
+            };
             for m in mutations {
-                if let orch::Mutation::AddNode { id, .. } = m {
-                    let by = match origin {
-                        Origin::Registration => None,
-                        Origin::Attempt { node, .. } => Some(node.clone()),
-                    };
-                    added_by.insert(id.clone(), by);
+                match m {
+                    orch::Mutation::AddNode { id, .. } => {
+                        added_by.insert(id.clone(), by.clone());
+                    }
+                    orch::Mutation::AddRule { rule } => {
+                        added_by.insert(format!("~rule:{}", rule.id), by.clone());
+                    }
+                    _ => {}
                 }
             }
         }
@@ -63,7 +72,7 @@ fn assert_outlook_covers_the_future(space: &Space, run: &str) {
                     .clone()
                     .expect("the chain reaches a drawn node");
             }
-            let grows = drawn.contains(format!("~grow:{by}").as_str());
+            let grows = drawn.contains(format!("~grow:{by}").as_str()) || by.starts_with("~rule:");
             let in_region = kinds(pic, PicKind::Region).iter().any(|r| {
                 let from = pic
                     .edges

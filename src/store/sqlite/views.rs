@@ -441,6 +441,9 @@ pub(super) fn write_mutation(
             tx.prepare_cached("INSERT INTO promises (run, promise) VALUES (?1, ?2)")?
                 .execute(params![run, to_json(promise)])?;
         }
+        // Rules have no table: they live in the events, and the fold of
+        // the history (`Store::replay`) knows them and which fired.
+        Mutation::AddRule { .. } => {}
     }
     Ok(())
 }
