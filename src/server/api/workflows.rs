@@ -410,9 +410,13 @@ pub(super) async fn execute_published(
     let (name2, dir) = (name.to_string(), source_dir.clone());
     let slots = s.slots;
     let (compiled, source) = blocking_api(move || {
+        // The branch's head (one git call); `checkout` reads the
+        // workflow there and says when it does not exist.
         let commit = match commit {
             Some(c) => c,
-            None => repo.get(&name2, None)?.commit,
+            None => repo.head()?.ok_or_else(|| {
+                ApiError::not_found(format!("no workflow `{name2}`: nothing is published"))
+            })?,
         };
         let snap = repo.checkout(&name2, &commit, &dir)?;
         let compiled = crate::file::load(&dir.join(&snap.main_file), &params).map_err(|e| {

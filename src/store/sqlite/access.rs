@@ -53,36 +53,56 @@ const TOKEN_COLUMNS: &str =
 
 impl SqliteStore {
     pub(super) fn page_of_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
+        // Only the filters given, so that SQLite picks the index that
+        // fits (`runs_workflow_status`, `runs_status`, `runs_created`)
+        // and a deep page starts at its cursor, not at the newest run.
+        let mut conds = Vec::new();
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(w) = &f.workflow {
+            args.push(w.clone().into());
+            conds.push(format!("workflow = ?{}", args.len()));
+        }
+        if let Some(st) = f.status {
+            args.push(st.as_str().to_string().into());
+            conds.push(format!("status = ?{}", args.len()));
+        }
+        if let Some(b) = &f.before {
+            args.push(b.clone().into());
+            let n = args.len();
+            conds.push(format!(
+                "(created_at < (SELECT created_at FROM runs AS b WHERE b.id = ?{n})
+                  OR (created_at = (SELECT created_at FROM runs AS b WHERE b.id = ?{n})
+                      AND rowid < (SELECT rowid FROM runs AS b WHERE b.id = ?{n})))"
+            ));
+        }
+        args.push((f.limit.clamp(1, MAX_PAGE) as i64).into());
+        let limit = args.len();
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT id, workflow, status, created_at, finished_at,
+                    (SELECT count(*) FROM nodes WHERE nodes.run = runs.id),
+                    json_extract(config, '$.fired_at')
+             FROM runs {filter}
+             ORDER BY created_at DESC, rowid DESC LIMIT ?{limit}"
+        );
         let c = self.lock();
-        let mut stmt = c
-            .prepare_cached(
-                "SELECT id, workflow, status, created_at, finished_at,
-                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id),
-                        json_extract(config, '$.fired_at')
-                 FROM runs
-                 WHERE (?1 IS NULL OR workflow = ?1)
-                   AND (?2 IS NULL OR status = ?2)
-                   AND (?3 IS NULL OR (created_at, rowid) <
-                        (SELECT created_at, rowid FROM runs AS b WHERE b.id = ?3))
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
-        let limit = f.limit.clamp(1, MAX_PAGE) as i64;
+        let mut stmt = c.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![f.workflow, f.status.map(|s| s.as_str()), f.before, limit],
-                |r| {
-                    Ok(RunSummary {
-                        id: r.get(0)?,
-                        workflow: r.get(1)?,
-                        status: r.get(2)?,
-                        created_at: r.get(3)?,
-                        finished_at: r.get(4)?,
-                        nodes: r.get::<_, i64>(5)? as u64,
-                        fired_at: r.get(6)?,
-                    })
-                },
-            )
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(RunSummary {
+                    id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    status: r.get(2)?,
+                    created_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    nodes: r.get::<_, i64>(5)? as u64,
+                    fired_at: r.get(6)?,
+                })
+            })
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e));
         rows

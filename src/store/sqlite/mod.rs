@@ -35,8 +35,8 @@ mod tests;
 mod views;
 
 use schema::{
-    MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, SCHEMA,
-    SCHEMA_VERSION,
+    MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4,
+    SCHEMA, SCHEMA_VERSION,
 };
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
@@ -273,6 +273,9 @@ impl SqliteStore {
             }
             if (1..=2).contains(&version) {
                 conn.execute_batch(MIGRATE_2_TO_3)?;
+            }
+            if (1..=3).contains(&version) {
+                conn.execute_batch(MIGRATE_3_TO_4)?;
             }
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -1186,7 +1189,7 @@ impl Store for SqliteStore {
         runs: usize,
         per_task: usize,
     ) -> Result<Vec<TaskSample>> {
-        // The workflow's runs through `runs_workflow`, their attempts and
+        // The workflow's runs through `runs_workflow_created`, their attempts and
         // nodes through their primary keys; the window keeps the newest
         // `per_task` of each task name.
         let c = self.lock();

@@ -1,7 +1,8 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 4 added the server's `users` and `tokens` (nothing else
-/// changes: `SCHEMA` creates them). Version 3 added the files an attempt produced (`attempts.files`) and
+/// Version 4 added the server's `users` and `tokens`, and indexes of runs
+/// by workflow, status and start for the server's filtered pages and the
+/// estimates' samples (replacing `runs_workflow`). Version 3 added the files an attempt produced (`attempts.files`) and
 /// the tables of schedules, events and timers: `fires`
 /// (each fire time and its run), `pushes` (events pushed under a key),
 /// `push_runs` (the run each event started for each workflow) and
@@ -35,6 +36,12 @@ INSERT INTO signals (run, kind, node, value, requested_at)
         SELECT run, 'input', node, value, delivered_at, 1, id
             FROM inputs WHERE taken_at IS NULL
     ) ORDER BY at, src, id;
+"#;
+
+/// What a version-3 database needs to become version 4 (before `SCHEMA`,
+/// which adds the new tables and indexes).
+pub(super) const MIGRATE_3_TO_4: &str = r#"
+DROP INDEX IF EXISTS runs_workflow;
 "#;
 
 /// What a version-2 database needs to become version 3 (before `SCHEMA`,
@@ -166,7 +173,9 @@ CREATE TABLE IF NOT EXISTS fires (
     claimed_at INTEGER NOT NULL,
     PRIMARY KEY (workflow, fire_at)
 );
-CREATE INDEX IF NOT EXISTS runs_workflow ON runs (workflow, status);
+CREATE INDEX IF NOT EXISTS runs_workflow_status ON runs (workflow, status, created_at);
+CREATE INDEX IF NOT EXISTS runs_workflow_created ON runs (workflow, created_at);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
 CREATE TABLE IF NOT EXISTS pushes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
