@@ -28,3 +28,4 @@ mod structure;
 mod typed;
 mod ui;
 mod util;
+mod web;

@@ -52,6 +52,14 @@
       var source = new EventSource("/runs/" + run + "/live");
       source.addEventListener("commit", function (m) {
         var tick = JSON.parse(m.data);
+        var status = document.getElementById("status");
+        if (status && tick.status !== status.dataset.status) {
+          // Paused, running again or ended: the whole page again (its
+          // summary and buttons differ).
+          source.close();
+          window.location.reload();
+          return;
+        }
         last = Math.max(1, tick.event);
         live.dataset.event = String(tick.event);
         slider.max = String(last);
@@ -59,13 +67,7 @@
         say();
         var steps = [get("/runs/" + run + "/nodes.html").then(function (h) { nodes.innerHTML = h; })];
         if (following && shown !== last) { steps.push(draw(last)); }
-        Promise.all(steps).then(function () {
-          if (tick.ended) {
-            source.close();
-            // The whole page again: the buttons of an ended run differ.
-            window.location.reload();
-          }
-        }).catch(function () {});
+        Promise.all(steps).catch(function () {});
       });
     }
   }
