@@ -24,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod openapi;
+pub mod web;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -238,7 +239,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::authorize,
         ))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(web::routes(state))
 }
 
 /// Serves until stopped, with the scheduler and the adoption loop beside.

@@ -29,3 +29,4 @@ mod structure;
 mod typed;
 mod ui;
 mod util;
+mod web;

@@ -1,0 +1,1237 @@
+//! The pages: runs, a run (its live picture, the slider through its
+//! history, its nodes), a node (attempts and a log that follows),
+//! workflows (schedule, history, diffs, the editor), events and timers,
+//! runners and queues. Reads go through the API's handlers or the same
+//! store calls, so a page shows what the API answers.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use super::diff;
+use super::html::{self, badge, esc, or_dash, table, url};
+use super::session::{self, page_response, redirect, Session, WebError, WebResult};
+use crate::access::Permission;
+use crate::history::RunExport;
+use crate::server::api::{self, events as api_events, runs as api_runs, system, workflows};
+use crate::server::extract::{Path as ApiPath, Query as ApiQuery};
+use crate::server::AppState;
+
+/// How many runs a page of the list shows.
+pub const RUNS_PAGE: usize = 50;
+
+/// The run statuses the filter offers.
+const STATUSES: &[&str] = &[
+    "running",
+    "paused",
+    "succeeded",
+    "failed",
+    "promise_broken",
+    "cancelled",
+];
+
+/// Milliseconds since the epoch as RFC 3339 (seconds).
+fn when_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// The time between two RFC 3339 moments, as people read it.
+fn duration(from: Option<&str>, to: Option<&str>) -> String {
+    let parse = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match (parse(from), parse(to)) {
+        (Some(a), Some(b)) => {
+            let ms = b.as_millisecond() - a.as_millisecond();
+            if ms < 60_000 {
+                format!("{:.1} s", ms as f64 / 1000.0)
+            } else {
+                format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60)
+            }
+        }
+        _ => "–".into(),
+    }
+}
+
+/// Which runs the list shows.
+#[derive(Debug, Default, Deserialize)]
+pub struct RunsQuery {
+    /// Only this workflow's (empty: every workflow).
+    pub workflow: Option<String>,
+    /// Only runs with this status (empty: any).
+    pub status: Option<String>,
+    /// Older than this run (the previous page's last).
+    pub before: Option<String>,
+}
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+/// `GET /runs`: the runs, newest first, filtered by workflow and status.
+pub async fn runs(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Query(q): Query<RunsQuery>,
+) -> WebResult<Response> {
+    let (workflow, status) = (nonempty(q.workflow), nonempty(q.status));
+    let list = api_runs::list(
+        State(s.clone()),
+        ApiQuery(api_runs::ListQuery {
+            workflow: workflow.clone(),
+            status: status.clone(),
+            before: nonempty(q.before),
+            limit: Some(RUNS_PAGE),
+        }),
+    )
+    .await?
+    .0;
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        r#"<form method="get" action="/runs" class="filter" id="filter"><label>Workflow <input name="workflow" value="{}"></label> <label>Status <select name="status"><option value="">any</option>"#,
+        or_empty(workflow.as_deref())
+    );
+    for st in STATUSES {
+        let sel = if status.as_deref() == Some(*st) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(body, r#"<option{sel}>{st}</option>"#);
+    }
+    body.push_str(r#"</select></label> <button type="submit">Filter</button></form>"#);
+    let rows: Vec<Vec<String>> = list
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!(r#"<a href="/runs/{}">{}</a>"#, url(&r.id), esc(&r.id)),
+                format!(
+                    r#"<a href="/workflows/{}">{}</a>"#,
+                    url(&r.workflow),
+                    esc(&r.workflow)
+                ),
+                badge(&r.status),
+                esc(&r.created_at),
+                duration(Some(&r.created_at), r.finished_at.as_deref()),
+                r.nodes.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        body.push_str(r#"<p class="empty">No runs match.</p>"#);
+    } else {
+        body.push_str(&table(
+            "runs",
+            &["run", "workflow", "status", "started", "took", "nodes"],
+            &rows,
+        ));
+    }
+    if let Some(next) = list.next {
+        let _ = write!(
+            body,
+            r#"<p><a id="older" href="/runs?workflow={}&amp;status={}&amp;before={}">Older runs →</a></p>"#,
+            url(workflow.as_deref().unwrap_or("")),
+            url(status.as_deref().unwrap_or("")),
+            url(&next)
+        );
+    }
+    Ok(page_response(html::page("Runs", Some(&me.viewer()), &body)))
+}
+
+fn or_empty(s: Option<&str>) -> String {
+    s.map(esc).unwrap_or_default()
+}
+
+/// A run's export, by id, unique prefix or `latest`.
+async fn export_of(s: &Arc<AppState>, run: String) -> WebResult<RunExport> {
+    let store = s.store.clone();
+    Ok(api::blocking(move || {
+        let id = store.resolve_run(&run)?;
+        store.export(&id)
+    })
+    .await?)
+}
+
+/// The picture of a run after event `at` (default: now), as an `<svg>`
+/// element to put in a page (the SVG renderer escapes every name).
+fn svg_of(s: &AppState, run: &str, at: Option<u64>) -> crate::Result<String> {
+    let store = s.store.as_ref();
+    let id = store.resolve_run(run)?;
+    if let Some(at) = at {
+        let last = store.export(&id)?.event;
+        if at == 0 || at > last {
+            return Err(crate::Error::Refused {
+                what: format!("the picture at event {at}"),
+                message: format!("run {id} has events 1 to {last}"),
+            });
+        }
+    }
+    let state = store.replay(&id, at)?;
+    let o = crate::picture::outlook::outlook(&state, crate::picture::outlook::Options::default());
+    let svg = crate::picture::render::svg(&o);
+    Ok(match svg.find("<svg") {
+        Some(i) => svg[i..].to_string(),
+        None => svg,
+    })
+}
+
+/// Which moment of a run.
+#[derive(Debug, Deserialize)]
+pub struct AtQuery {
+    /// After this event (default: now).
+    pub at: Option<u64>,
+}
+
+/// `GET /runs/{run}/picture.svg?at=N`: the picture after event `N`.
+pub async fn picture(
+    State(s): State<Arc<AppState>>,
+    Path(run): Path<String>,
+    Query(q): Query<AtQuery>,
+) -> WebResult<Response> {
+    let st = s.clone();
+    let svg = api::blocking(move || svg_of(&st, &run, q.at)).await?;
+    Ok(([(CONTENT_TYPE, "image/svg+xml; charset=utf-8")], svg).into_response())
+}
+
+fn run_ended(e: &RunExport) -> bool {
+    e.status.is_terminal()
+}
+
+/// The nodes of a run as a table, with the buttons the session may press.
+fn nodes_table(e: &RunExport, me: &Session) -> String {
+    let operate = me.may(Permission::Operate);
+    let ended = run_ended(e);
+    let rows: Vec<Vec<String>> = e
+        .nodes
+        .iter()
+        .map(|n| {
+            let base = format!("/runs/{}/nodes/{}", url(&e.run), url(&n.id));
+            let kind = n.task.exec.kind();
+            let mut actions = String::new();
+            if operate && kind == "input" && !n.state.is_terminal() && !ended {
+                let _ = write!(
+                    actions,
+                    r#"<form method="post" action="{base}/input" class="action input">{}<input name="value" value="true" aria-label="value (JSON)" size="8"><button type="submit" class="input-send">Send input</button></form>{}"#,
+                    html::csrf_field(&me.csrf),
+                    html::button(&format!("{base}/input"), "Approve", &me.csrf, "approve")
+                );
+            }
+            if operate && n.state.is_terminal() {
+                actions.push_str(&html::button(
+                    &format!("{base}/restart"),
+                    "Restart",
+                    &me.csrf,
+                    "restart",
+                ));
+            }
+            vec![
+                format!(r#"<a href="{base}">{}</a>"#, esc(&n.id)),
+                esc(&n.task.name),
+                esc(kind),
+                badge(n.state.as_str()),
+                n.attempts.len().to_string(),
+                or_dash(n.started_at.as_deref()),
+                duration(n.started_at.as_deref(), n.finished_at.as_deref()),
+                actions,
+            ]
+        })
+        .collect();
+    table(
+        "nodes-table",
+        &[
+            "node", "task", "kind", "state", "attempts", "started", "took", "",
+        ],
+        &rows,
+    )
+}
+
+/// `GET /runs/{run}/nodes.html`: the nodes table alone (the run page
+/// redraws it as events arrive).
+pub async fn nodes_fragment(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(run): Path<String>,
+) -> WebResult<Response> {
+    let e = export_of(&s, run).await?;
+    Ok(axum::response::Html(nodes_table(&e, &me)).into_response())
+}
+
+/// The run's summary lines (status, times, source).
+fn summary(e: &RunExport, expected_end: Option<String>) -> String {
+    let mut out = String::from(r#"<dl class="summary" id="summary">"#);
+    let _ = write!(
+        out,
+        r#"<dt>workflow</dt><dd><a href="/workflows/{}">{}</a></dd><dt>status</dt><dd id="status" data-status="{}">{}</dd>"#,
+        url(&e.workflow),
+        esc(&e.workflow),
+        esc(e.status.as_str()),
+        badge(e.status.as_str())
+    );
+    if let Some(r) = &e.reason {
+        let _ = write!(out, r#"<dt>reason</dt><dd id="reason">{}</dd>"#, esc(r));
+    }
+    let _ = write!(
+        out,
+        "<dt>started</dt><dd>{}</dd><dt>ended</dt><dd>{}</dd><dt>took</dt><dd>{}</dd>",
+        or_dash(e.created_at.as_deref()),
+        or_dash(e.finished_at.as_deref()),
+        duration(e.created_at.as_deref(), e.finished_at.as_deref())
+    );
+    if let Some(end) = expected_end {
+        let _ = write!(
+            out,
+            r#"<dt>expected end</dt><dd id="expected">{}</dd>"#,
+            esc(&end)
+        );
+    }
+    if let Some(src) = &e.source {
+        let _ = write!(
+            out,
+            r#"<dt>commit</dt><dd><a href="/workflows/{}?at={}"><code>{}</code></a></dd>"#,
+            url(&e.workflow),
+            url(&src.commit),
+            esc(src.commit.get(..12).unwrap_or(&src.commit))
+        );
+    }
+    out.push_str("</dl>");
+    out
+}
+
+/// `GET /runs/{run}`: the run, its live picture, the slider through its
+/// history, its nodes and the buttons to steer it.
+pub async fn run(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(run): Path<String>,
+) -> WebResult<Response> {
+    let e = export_of(&s, run).await?;
+    let (st, id) = (s.clone(), e.run.clone());
+    let svg = api::blocking(move || svg_of(&st, &id, None)).await?;
+    let expected_end = if run_ended(&e) {
+        None
+    } else {
+        let (store, id) = (s.store.clone(), e.run.clone());
+        api::blocking(move || {
+            let now = crate::time::unix_millis() as i64;
+            Ok(crate::estimate::for_run(store.as_ref(), &id, now)
+                .ok()
+                .and_then(|est| est.expected_end_ms)
+                .map(when_ms))
+        })
+        .await?
+    };
+    let base = format!("/runs/{}", url(&e.run));
+    let mut body = summary(&e, expected_end);
+    if me.may(Permission::Operate) && !run_ended(&e) {
+        body.push_str(r#"<div class="actions" id="actions">"#);
+        if e.status == crate::model::RunStatus::Paused {
+            body.push_str(&html::button(
+                &format!("{base}/unpause"),
+                "Unpause",
+                &me.csrf,
+                "unpause",
+            ));
+        } else {
+            body.push_str(&html::button(
+                &format!("{base}/pause"),
+                "Pause",
+                &me.csrf,
+                "pause",
+            ));
+        }
+        body.push_str(&html::button(
+            &format!("{base}/cancel"),
+            "Cancel",
+            &me.csrf,
+            "cancel danger",
+        ));
+        body.push_str("</div>");
+    }
+    if !e.violations.is_empty() {
+        body.push_str(r#"<h2>Broken promises</h2><ul class="violations" id="violations">"#);
+        for v in &e.violations {
+            let _ = write!(
+                body,
+                "<li><code>{}</code>: {}{}</li>",
+                esc(&v.promise_text),
+                esc(&v.message),
+                v.node
+                    .as_deref()
+                    .map(|n| format!(" (node <code>{}</code>)", esc(n)))
+                    .unwrap_or_default()
+            );
+        }
+        body.push_str("</ul>");
+    }
+    let last = e.event.max(1);
+    let _ = write!(
+        body,
+        r#"<h2>Picture</h2><div class="slider"><input type="range" id="at" min="1" max="{last}" value="{last}" aria-label="event"> <span id="at-label">event {last} of {last}</span> <button type="button" id="now">now</button></div>
+<div class="picture" id="picture">{svg}</div>
+<h2>Nodes</h2><div id="nodes">{}</div>
+<div id="live" hidden data-run="{}" data-event="{}" data-ended="{}"></div>"#,
+        nodes_table(&e, &me),
+        esc(&e.run),
+        e.event,
+        run_ended(&e)
+    );
+    Ok(page_response(html::page(
+        &format!("Run {}", e.run),
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+/// What the live stream says after each commit.
+#[derive(Debug, Serialize)]
+struct Tick {
+    event: u64,
+    status: String,
+    ended: bool,
+}
+
+/// The items of a channel, as a stream (for the live response).
+struct Channel<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for Channel<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// `GET /runs/{run}/live`: server-sent events, one `commit` (its event
+/// number and the run's status) each time the run's history grows, until
+/// it ends. The page redraws its picture and nodes on each.
+pub async fn live(State(s): State<Arc<AppState>>, Path(run): Path<String>) -> WebResult<Response> {
+    let e = export_of(&s, run).await?;
+    let id = e.run;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut commits = s.hub.subscribe();
+        let mut seen = None;
+        loop {
+            let store = s.store.clone();
+            let rid = id.clone();
+            let Ok((event, status)) =
+                api::blocking(move || store.export(&rid).map(|e| (e.event, e.status))).await
+            else {
+                return;
+            };
+            if seen != Some(event) || status.is_terminal() {
+                seen = Some(event);
+                let tick = Tick {
+                    event,
+                    status: status.to_string(),
+                    ended: status.is_terminal(),
+                };
+                let data = serde_json::to_string(&tick).unwrap_or_default();
+                let ev = SseEvent::default().event("commit").data(data);
+                if tx.send(Ok(ev)).await.is_err() || status.is_terminal() {
+                    return;
+                }
+            }
+            // The next commit of this run (or a look at the store each
+            // second, for runs another process drives).
+            let tick = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    c = commits.recv() => match c {
+                        Ok(c) if c.run == id => break,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    },
+                    () = &mut tick => break,
+                    () = tx.closed() => return,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(Channel(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// `GET /runs/{run}/nodes/{node}`: a node with its task, inputs, output,
+/// attempts and a log that follows while it runs.
+pub async fn node(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path((run, node)): Path<(String, String)>,
+) -> WebResult<Response> {
+    let e = export_of(&s, run).await?;
+    let n = e.node(&node).cloned().ok_or_else(|| {
+        WebError::from(crate::Error::UnknownNode {
+            run: e.run.clone(),
+            node: node.clone(),
+        })
+    })?;
+    let (store, rid, nid) = (s.store.clone(), e.run.clone(), n.id.clone());
+    let lines = api::blocking(move || store.logs(&rid, &nid, None)).await?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut body = format!(
+        r#"<p><a href="/runs/{}">← run {}</a></p><dl class="summary"><dt>task</dt><dd>{}</dd><dt>kind</dt><dd>{}</dd><dt>state</dt><dd id="node-state">{}</dd><dt>started</dt><dd>{}</dd><dt>took</dt><dd>{}</dd></dl>"#,
+        url(&e.run),
+        esc(&e.run),
+        esc(&n.task.name),
+        esc(n.task.exec.kind()),
+        badge(n.state.as_str()),
+        or_dash(n.started_at.as_deref()),
+        duration(n.started_at.as_deref(), n.finished_at.as_deref())
+    );
+    let _ = write!(
+        body,
+        "<h2>Inputs</h2><pre>{}</pre><h2>Output</h2><pre id=\"output\">{}</pre>",
+        esc(&pretty(&n.inputs)),
+        n.output
+            .as_ref()
+            .map(|o| esc(&pretty(o)))
+            .unwrap_or_else(|| "–".into())
+    );
+    let rows: Vec<Vec<String>> = n
+        .attempts
+        .iter()
+        .map(|a| {
+            vec![
+                a.attempt.to_string(),
+                esc(&a.started_at),
+                duration(Some(&a.started_at), a.finished_at.as_deref()),
+                a.outcome
+                    .as_ref()
+                    .map(|o| esc(&format!("{o:?}").to_lowercase()))
+                    .unwrap_or_else(|| "running".into()),
+                a.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "–".into()),
+                or_dash(a.error.as_deref()),
+            ]
+        })
+        .collect();
+    body.push_str("<h2>Attempts</h2>");
+    body.push_str(&table(
+        "attempts",
+        &["attempt", "started", "took", "outcome", "exit", "error"],
+        &rows,
+    ));
+    let mut log = String::new();
+    for l in &lines {
+        log.push_str(&log_line(l));
+    }
+    let done = n.state.is_terminal() || run_ended(&e);
+    let _ = write!(
+        body,
+        r#"<h2>Log</h2><pre class="log" id="log" data-run="{}" data-node="{}" data-after="{}" data-done="{}">{log}</pre>"#,
+        esc(&e.run),
+        esc(&n.id),
+        lines.len(),
+        done
+    );
+    Ok(page_response(html::page(
+        &format!("Node {}", n.id),
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+fn log_line(l: &crate::store::LogLine) -> String {
+    format!(
+        r#"<span class="l-{}">{}</span>{}"#,
+        esc(&l.stream),
+        esc(&l.text),
+        "\n"
+    )
+}
+
+/// Which log lines.
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    /// Skip this many lines (those the page shows already).
+    pub after: Option<usize>,
+}
+
+/// New lines of a node's log.
+#[derive(Debug, Serialize)]
+struct LogChunk {
+    lines: Vec<LogText>,
+    done: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct LogText {
+    stream: String,
+    text: String,
+}
+
+/// `GET /runs/{run}/nodes/{node}/log?after=N`: the lines after the
+/// first `N`, as JSON, and whether the node is done (the page polls it
+/// while the node runs).
+pub async fn log(
+    State(s): State<Arc<AppState>>,
+    Path((run, node)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> WebResult<Json<serde_json::Value>> {
+    let store = s.store.clone();
+    let chunk = api::blocking(move || {
+        let id = store.resolve_run(&run)?;
+        let e = store.export(&id)?;
+        let n = e.node(&node).ok_or_else(|| crate::Error::UnknownNode {
+            run: id.clone(),
+            node: node.clone(),
+        })?;
+        let done = n.state.is_terminal() || e.status.is_terminal();
+        let lines = store.logs(&id, &node, None)?;
+        Ok(LogChunk {
+            lines: lines
+                .into_iter()
+                .skip(q.after.unwrap_or(0))
+                .map(|l| LogText {
+                    stream: l.stream,
+                    text: l.text,
+                })
+                .collect(),
+            done,
+        })
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(chunk).unwrap_or_default()))
+}
+
+/// Timers of a workflow, as people read them.
+fn schedule_of(timers: &[crate::scheduler::timers::TimerView], name: &str) -> String {
+    let live: Vec<String> = timers
+        .iter()
+        .filter(|t| t.workflow == name && (t.status == "active" || t.status == "waiting"))
+        .map(|t| {
+            format!(
+                "{} (next {})",
+                esc(&t.when),
+                or_dash(t.next_fire.as_deref())
+            )
+        })
+        .collect();
+    if live.is_empty() {
+        "–".into()
+    } else {
+        live.join("<br>")
+    }
+}
+
+/// `GET /workflows`: published workflows with their schedule and last
+/// commit, and the pipelines folder's.
+pub async fn workflows(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+) -> WebResult<Response> {
+    let list = workflows::list(State(s.clone())).await?.0;
+    let timers = api_events::list_timers(State(s.clone())).await?.0;
+    let pipelines = system::pipelines(State(s.clone())).await?.0;
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|w| {
+            vec![
+                format!(
+                    r#"<a href="/workflows/{}">{}</a>"#,
+                    url(&w.name),
+                    esc(&w.name)
+                ),
+                esc(&w.main_file),
+                schedule_of(&timers, &w.name),
+                format!(
+                    "<code>{}</code> {}",
+                    esc(w.last.commit.get(..12).unwrap_or(&w.last.commit)),
+                    esc(&w.last.message)
+                ),
+                esc(&w.last.time),
+            ]
+        })
+        .collect();
+    let mut body = String::new();
+    if me.may(Permission::Operate) {
+        body.push_str(r#"<form method="get" action="/new" class="filter" id="new"><label>New workflow <input name="name" pattern="[A-Za-z0-9][A-Za-z0-9_.\-]*" required></label> <button type="submit">Edit</button></form>"#);
+    }
+    if rows.is_empty() {
+        body.push_str(r#"<p class="empty">No workflow is published.</p>"#);
+    } else {
+        body.push_str(&table(
+            "workflows",
+            &["workflow", "main file", "schedule", "last commit", "when"],
+            &rows,
+        ));
+    }
+    body.push_str(&pipelines_table(&pipelines));
+    Ok(page_response(html::page(
+        "Workflows",
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+fn pipelines_table(pipelines: &[system::PipelineItem]) -> String {
+    if pipelines.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = pipelines
+        .iter()
+        .map(|p| {
+            vec![
+                esc(&p.file),
+                or_dash(p.pipeline.as_deref()),
+                format!(
+                    "{}{}",
+                    or_dash(p.schedule.as_deref()),
+                    p.timezone
+                        .as_deref()
+                        .map(|z| format!(" ({})", esc(z)))
+                        .unwrap_or_default()
+                ),
+                or_dash(p.next_fire.as_deref()),
+                esc(&p.events.join(", ")),
+                p.error
+                    .as_deref()
+                    .map(|e| format!(r#"<span class="error">{}</span>"#, esc(e)))
+                    .unwrap_or_else(|| "–".into()),
+            ]
+        })
+        .collect();
+    format!(
+        "<h2>Pipelines folder</h2>{}",
+        table(
+            "pipelines",
+            &[
+                "file",
+                "pipeline",
+                "schedule",
+                "next fire",
+                "events",
+                "import error"
+            ],
+            &rows
+        )
+    )
+}
+
+/// The name of a new workflow.
+#[derive(Debug, Deserialize)]
+pub struct NewQuery {
+    /// Its name.
+    pub name: String,
+}
+
+/// `GET /new?name=N`: the editor of a workflow of that name.
+pub async fn new_workflow(Query(q): Query<NewQuery>) -> WebResult<Response> {
+    crate::repo::validate_name(&q.name).map_err(|e| {
+        WebError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("workflow name {:?}: {e}", q.name),
+        )
+    })?;
+    Ok(redirect(&format!("/workflows/{}/edit", url(&q.name))))
+}
+
+/// Which version of a workflow.
+#[derive(Debug, Deserialize)]
+pub struct VersionQuery {
+    /// A commit (default: the newest).
+    pub at: Option<String>,
+}
+
+/// `GET /workflows/{name}`: its files (at a commit), schedule, last runs
+/// and history with diffs.
+pub async fn workflow(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> WebResult<Response> {
+    let history = workflows::history(
+        State(s.clone()),
+        ApiPath(name.clone()),
+        ApiQuery(workflows::HistoryQuery {
+            limit: Some(100),
+            before: None,
+        }),
+    )
+    .await?
+    .0;
+    let version = workflows::get(
+        State(s.clone()),
+        ApiPath(name.clone()),
+        ApiQuery(workflows::AtQuery { at: q.at.clone() }),
+    )
+    .await;
+    let timers = api_events::list_timers(State(s.clone())).await?.0;
+    let pipelines = system::pipelines(State(s.clone())).await?.0;
+    let runs = api_runs::list(
+        State(s.clone()),
+        ApiQuery(api_runs::ListQuery {
+            workflow: Some(name.clone()),
+            status: None,
+            before: None,
+            limit: Some(10),
+        }),
+    )
+    .await?
+    .0;
+    let base = format!("/workflows/{}", url(&name));
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        r#"<dl class="summary"><dt>schedule</dt><dd id="schedule">{}</dd>"#,
+        schedule_of(&timers, &name)
+    );
+    for p in pipelines
+        .iter()
+        .filter(|p| p.pipeline.as_deref() == Some(&name))
+    {
+        let _ = write!(
+            body,
+            "<dt>pipeline schedule</dt><dd>{} (next {})</dd>",
+            or_dash(p.schedule.as_deref()),
+            or_dash(p.next_fire.as_deref())
+        );
+    }
+    // The expected duration: the median of its last successful runs.
+    let mut took: Vec<i64> = runs
+        .runs
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .filter_map(|r| {
+            let a = r.created_at.parse::<jiff::Timestamp>().ok()?;
+            let b = r.finished_at.as_deref()?.parse::<jiff::Timestamp>().ok()?;
+            Some(b.as_millisecond() - a.as_millisecond())
+        })
+        .collect();
+    took.sort_unstable();
+    if let Some(m) = took.get(took.len() / 2) {
+        let _ = write!(
+            body,
+            r#"<dt>expected duration</dt><dd id="expected-duration">{:.1} s (median of {} runs)</dd>"#,
+            *m as f64 / 1000.0,
+            took.len()
+        );
+    }
+    body.push_str("</dl>");
+    if me.may(Permission::Operate) {
+        let _ = write!(
+            body,
+            r#"<div class="actions"><a class="button" id="edit" href="{base}/edit">Edit</a><form method="post" action="{base}/run" class="action run">{}<label>Params <input name="params" value="{{}}" size="24" aria-label="params (a JSON object)"></label><button type="submit" id="run">Run</button></form></div>"#,
+            html::csrf_field(&me.csrf)
+        );
+    } else {
+        let _ = write!(
+            body,
+            r#"<p><a href="{base}/edit">View in the editor</a></p>"#
+        );
+    }
+    body.push_str("<h2>Last runs</h2>");
+    let rows: Vec<Vec<String>> = runs
+        .runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!(r#"<a href="/runs/{}">{}</a>"#, url(&r.id), esc(&r.id)),
+                badge(&r.status),
+                esc(&r.created_at),
+                duration(Some(&r.created_at), r.finished_at.as_deref()),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "workflow-runs",
+        &["run", "status", "started", "took"],
+        &rows,
+    ));
+    match version {
+        Ok(v) => {
+            let _ = write!(
+                body,
+                r#"<h2>Files at <code id="commit">{}</code></h2>"#,
+                esc(v.commit.get(..12).unwrap_or(&v.commit))
+            );
+            for f in &v.0.files {
+                let _ = write!(
+                    body,
+                    r#"<h3>{}</h3><pre class="file">{}</pre>"#,
+                    esc(&f.path),
+                    esc(&f.content)
+                );
+            }
+        }
+        Err(e) => {
+            let _ = write!(body, r#"<p class="error">{}</p>"#, esc(&e.error.message));
+        }
+    }
+    body.push_str("<h2>History</h2>");
+    let versions = &history.versions;
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let diff = match versions.get(i + 1) {
+                Some(older) => format!(
+                    r#"<a href="{base}/diff?from={}&amp;to={}">diff</a>"#,
+                    url(&older.commit),
+                    url(&v.commit)
+                ),
+                None => "first".into(),
+            };
+            vec![
+                format!(
+                    r#"<a href="{base}?at={}"><code>{}</code></a>"#,
+                    url(&v.commit),
+                    esc(v.commit.get(..12).unwrap_or(&v.commit))
+                ),
+                esc(&v.author),
+                esc(&v.time),
+                format!(
+                    "{}{}",
+                    esc(&v.message),
+                    if v.deleted { " (deleted)" } else { "" }
+                ),
+                diff,
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "history",
+        &["commit", "author", "when", "message", ""],
+        &rows,
+    ));
+    Ok(page_response(html::page(
+        &format!("Workflow {name}"),
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+/// Two versions to compare.
+#[derive(Debug, Deserialize)]
+pub struct DiffQuery {
+    /// The older commit.
+    pub from: String,
+    /// The newer commit.
+    pub to: String,
+}
+
+/// The files of a workflow at a commit (none when it was deleted there).
+async fn files_at(
+    s: &Arc<AppState>,
+    name: &str,
+    commit: &str,
+) -> WebResult<std::collections::BTreeMap<String, String>> {
+    let v = workflows::get(
+        State(s.clone()),
+        ApiPath(name.to_string()),
+        ApiQuery(workflows::AtQuery {
+            at: Some(commit.to_string()),
+        }),
+    )
+    .await;
+    match v {
+        Ok(v) => Ok(v.0.files.into_iter().map(|f| (f.path, f.content)).collect()),
+        Err(e) if e.code() == crate::server::error::Code::NotFound => Ok(Default::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /workflows/{name}/diff?from=A&to=B`: what changed, file by file,
+/// line by line.
+pub async fn diff(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(name): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> WebResult<Response> {
+    let old = files_at(&s, &name, &q.from).await?;
+    let new = files_at(&s, &name, &q.to).await?;
+    let mut paths: Vec<&String> = old.keys().chain(new.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    let mut body = format!(
+        r#"<p><a href="/workflows/{}">← workflow {}</a>: <code>{}</code> → <code>{}</code></p>"#,
+        url(&name),
+        esc(&name),
+        esc(q.from.get(..12).unwrap_or(&q.from)),
+        esc(q.to.get(..12).unwrap_or(&q.to))
+    );
+    for p in paths {
+        let a = old.get(p).map(String::as_str).unwrap_or("");
+        let b = new.get(p).map(String::as_str).unwrap_or("");
+        let _ = write!(body, r#"<h2>{}</h2><pre class="diff">"#, esc(p));
+        for l in diff::lines(a, b) {
+            let (class, mark, text) = match l {
+                diff::Line::Same(t) => ("same", ' ', t),
+                diff::Line::Removed(t) => ("del", '-', t),
+                diff::Line::Added(t) => ("add", '+', t),
+            };
+            let _ = writeln!(body, r#"<span class="{class}">{mark} {}</span>"#, esc(text));
+        }
+        body.push_str("</pre>");
+    }
+    Ok(page_response(html::page(
+        &format!("Diff of {name}"),
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+/// The editor's page: one text area per file, the commit message, and
+/// (for who may publish) the button; `error` is the last refusal.
+pub fn editor_page(
+    me: &Session,
+    name: &str,
+    files: &[(String, String)],
+    message: &str,
+    error: Option<&str>,
+) -> String {
+    let operate = me.may(Permission::Operate);
+    let mut body = String::new();
+    if let Some(e) = error {
+        let _ = write!(body, r#"<p class="error" id="error">{}</p>"#, esc(e));
+    }
+    let _ = write!(
+        body,
+        r#"<form method="post" action="/workflows/{}/edit" class="editor" id="editor">{}"#,
+        url(name),
+        html::csrf_field(&me.csrf)
+    );
+    let ro = if operate { "" } else { " readonly" };
+    for (i, (path, content)) in files.iter().enumerate() {
+        let _ = write!(
+            body,
+            r#"<label>File <input name="path" value="{}" id="path-{i}"{ro}></label><textarea name="content" id="content-{i}" rows="{}" spellcheck="false"{ro}>{}</textarea>"#,
+            esc(path),
+            content.lines().count().clamp(8, 40) + 1,
+            esc(content)
+        );
+    }
+    if operate {
+        let _ = write!(
+            body,
+            r#"<label>Message <input name="message" id="message" value="{}" required size="60"></label> <button type="submit" id="publish">Validate and publish</button>"#,
+            esc(message)
+        );
+    } else {
+        body.push_str(r#"<p class="note">Your role may read this workflow, not publish it.</p>"#);
+    }
+    body.push_str("</form>");
+    body
+}
+
+/// `GET /workflows/{name}/edit`: the editor, with the newest version (or
+/// a first file for a new workflow).
+pub async fn editor(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(name): Path<String>,
+) -> WebResult<Response> {
+    crate::repo::validate_name(&name).map_err(|e| {
+        WebError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("workflow name {name:?}: {e}"),
+        )
+    })?;
+    let version = workflows::get(
+        State(s.clone()),
+        ApiPath(name.clone()),
+        ApiQuery(workflows::AtQuery { at: None }),
+    )
+    .await;
+    let files: Vec<(String, String)> = match version {
+        Ok(v) => v.0.files.into_iter().map(|f| (f.path, f.content)).collect(),
+        Err(e) if e.code() == crate::server::error::Code::NotFound => vec![(
+            "workflow.yaml".into(),
+            format!("name: {name}\ntasks:\n  - id: hello\n    command: echo hello\n"),
+        )],
+        Err(e) => return Err(e.into()),
+    };
+    Ok(page_response(html::page(
+        &format!("Edit {name}"),
+        Some(&me.viewer()),
+        &editor_page(&me, &name, &files, "", None),
+    )))
+}
+
+/// `GET /events`: pushed events, timers and the pipelines folder (with
+/// its import errors).
+pub async fn events(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+) -> WebResult<Response> {
+    // The newest 100: the store lists oldest first from a number.
+    let store = s.store.clone();
+    let pushed = api::blocking(move || {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.events_after(after, 0, 1000)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            all.extend(page);
+            if all.len() > 100 {
+                all.drain(..all.len() - 100);
+            }
+        }
+        Ok(all)
+    })
+    .await?;
+    let timers = api_events::list_timers(State(s.clone())).await?.0;
+    let pipelines = system::pipelines(State(s.clone())).await?.0;
+    let mut body = String::new();
+    if me.may(Permission::Operate) {
+        let _ = write!(
+            body,
+            r#"<form method="post" action="/events" class="action push" id="push">{}<label>Key <input name="key" id="event-key" required></label> <label>Payload (JSON) <input name="payload" value="null" size="30"></label> <button type="submit">Push event</button></form>"#,
+            html::csrf_field(&me.csrf)
+        );
+    }
+    body.push_str("<h2>Events</h2>");
+    let rows: Vec<Vec<String>> = pushed
+        .iter()
+        .rev()
+        .map(|p| {
+            vec![
+                p.id.to_string(),
+                esc(&p.key),
+                format!("<code>{}</code>", esc(&p.payload.to_string())),
+                esc(&p.pushed_at),
+            ]
+        })
+        .collect();
+    body.push_str(&table("events", &["#", "key", "payload", "pushed"], &rows));
+    body.push_str("<h2>Timers</h2>");
+    let rows: Vec<Vec<String>> = timers
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                format!(
+                    r#"<a href="/workflows/{}">{}</a>"#,
+                    url(&t.workflow),
+                    esc(&t.workflow)
+                ),
+                esc(&t.when),
+                badge(&t.status),
+                or_dash(t.next_fire.as_deref()),
+                when_ms(t.created_ms),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "timers",
+        &["#", "workflow", "when", "status", "next fire", "started"],
+        &rows,
+    ));
+    body.push_str(&pipelines_table(&pipelines));
+    Ok(page_response(html::page(
+        "Events & timers",
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+/// `GET /runners`: runners and queues. Until runners can attach, the
+/// server runs every task itself, and this page says so.
+pub async fn runners(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+) -> WebResult<Response> {
+    let status = system::status(State(s.clone())).await?.0;
+    let mut body = String::new();
+    if status.runners.is_empty() {
+        body.push_str(
+            r#"<p id="no-runners">No runners attached (this server runs tasks itself).</p>"#,
+        );
+    } else {
+        body.push_str("<ul>");
+        for r in &status.runners {
+            let _ = write!(body, "<li>{}</li>", esc(r));
+        }
+        body.push_str("</ul>");
+    }
+    let _ = write!(
+        body,
+        "<h2>Queues</h2><p>This server drives {} run(s) now, up to {} attempts of each at once (its default).</p>",
+        status.hosted, s.slots
+    );
+    let rows: Vec<Vec<String>> = status
+        .runs
+        .iter()
+        .map(|(k, v)| {
+            vec![
+                format!(r#"<a href="/runs?status={}">{}</a>"#, url(k), badge(k)),
+                v.to_string(),
+            ]
+        })
+        .collect();
+    body.push_str(&table("by-status", &["status", "runs"], &rows));
+    Ok(page_response(html::page(
+        "Runners & queues",
+        Some(&me.viewer()),
+        &body,
+    )))
+}
+
+/// Serves [`session::Form`] pairs `path`/`content` as files (the
+/// editor's form, in order).
+pub fn form_files(form: &session::Form) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut path: Option<String> = None;
+    for (k, v) in &form.0 {
+        match k.as_str() {
+            "path" => path = Some(v.clone()),
+            "content" => {
+                // Browsers send text areas with CRLF line ends.
+                out.push((path.take().unwrap_or_default(), v.replace("\r\n", "\n")));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(
+            duration(Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:00:01.5Z")),
+            "1.5 s"
+        );
+        assert_eq!(
+            duration(Some("2026-01-01T00:00:00Z"), Some("2026-01-01T00:02:05Z")),
+            "2m 05s"
+        );
+        assert_eq!(duration(Some("2026-01-01T00:00:00Z"), None), "–");
+    }
+
+    #[test]
+    fn editor_forms_pair_paths_and_contents() {
+        let f = session::Form::parse(
+            b"csrf=x&path=workflow.yaml&content=a%0D%0Ab&path=s.sh&content=echo",
+        );
+        assert_eq!(
+            form_files(&f),
+            vec![
+                ("workflow.yaml".to_string(), "a\nb".to_string()),
+                ("s.sh".to_string(), "echo".to_string())
+            ]
+        );
+    }
+}
