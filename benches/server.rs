@@ -475,6 +475,57 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
+/// The store calls behind each call, timed alone in this process on the
+/// seeded database (no HTTP, no server): where a handler's time goes.
+fn store_calls(db: &Path, ids: &[String]) {
+    use orch::store::RunFilter;
+    use orch::Store;
+    let store = orch::SqliteStore::open_existing(db).expect("store");
+    let run = &ids[ids.len() / 2];
+    let wf = store.export(run).expect("export").workflow;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let reps = 50;
+    let counts = time(reps, || store.run_counts().expect("counts"));
+    let resolve = time(reps, || store.resolve_run(run).expect("resolve"));
+    let export = time(reps, || store.export(run).expect("export"));
+    let replay = time(reps, || store.replay(run, None).expect("replay"));
+    let tasks = time(reps, || {
+        store
+            .task_durations(
+                &wf,
+                orch::estimate::SAMPLE_RUNS,
+                orch::estimate::SAMPLES_PER_TASK,
+            )
+            .expect("task durations")
+    });
+    let runs = time(reps, || {
+        store
+            .run_durations(&wf, orch::estimate::RUN_SAMPLES)
+            .expect("run durations")
+    });
+    let now = orch::time::unix_millis() as i64;
+    let estimate = time(reps, || {
+        orch::estimate::for_run(&store, run, now).expect("estimate")
+    });
+    let store = &store;
+    let page = |f: RunFilter| time(reps, move || store.runs_page(&f).expect("page"));
+    let newest = page(RunFilter::newest(51));
+    let mut f = RunFilter::newest(51);
+    f.workflow = Some(WORKFLOWS[0].into());
+    f.status = Some(RunStatus::Succeeded);
+    let common = page(f.clone());
+    f.status = Some(RunStatus::Cancelled);
+    let rare = page(f);
+    let mut f = RunFilter::newest(51);
+    f.before = Some(ids[1_000].clone());
+    let deep = page(f);
+    println!(
+        "store calls      alone, medians of {reps}, µs: run_counts {:.0} (GET /status) | resolve_run {:.0} + export {:.0} + estimate::for_run {:.0} (= resolve {:.0} + replay {:.0} + task_durations {:.0} + run_durations {:.0}) (GET /runs/{{run}}) | runs_page newest {:.0}, workflow+succeeded {:.0}, workflow+cancelled {:.0}, before the 1,000th oldest {:.0}",
+        us(counts), us(resolve), us(export), us(estimate), us(resolve), us(replay), us(tasks), us(runs),
+        us(newest), us(common), us(rare), us(deep),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let n = env_usize("ORCH_BENCH_RUNS", 10_000).max(2_000);
@@ -503,6 +554,8 @@ fn main() {
         seeded.as_secs_f64(),
         n as f64 / seeded.as_secs_f64(),
     );
+
+    store_calls(&db, &ids);
 
     // 2. the server, a separate process
     let token = admin_token(&db);
