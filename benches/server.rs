@@ -158,15 +158,7 @@ fn seed(db: &Path, n: usize) -> (Vec<String>, Duration, [usize; 3]) {
             let f = fate(i);
             let (def, opts) = &defs[i % WORKFLOWS.len()][f as usize];
             let permit = window.clone().acquire_owned().await.expect("open");
-            // Run ids carry 24 random bits per second: at this rate two
-            // sometimes collide (see benches/engine.rs); started again.
-            let h = loop {
-                match engine.start(def, opts).await {
-                    Ok(h) => break h,
-                    Err(e) if format!("{e:?}").contains("UNIQUE constraint failed") => {}
-                    Err(e) => panic!("start: {e:?}"),
-                }
-            };
+            let h = engine.start(def, opts).await.expect("start");
             ids.push(h.id().to_string());
             if f == Fate::Cancel {
                 engine.signal(h.id(), Signal::Cancel).await.expect("cancel");
@@ -446,13 +438,7 @@ fn lib_runs(
             hs.push(tokio::spawn(async move {
                 let mut i = j;
                 while i < k {
-                    let h = loop {
-                        match engine.start(&def, &opts).await {
-                            Ok(h) => break h,
-                            Err(e) if format!("{e:?}").contains("UNIQUE constraint failed") => {}
-                            Err(e) => panic!("start: {e:?}"),
-                        }
-                    };
+                    let h = engine.start(&def, &opts).await.expect("start");
                     let out = h.wait().await.expect("run");
                     assert_eq!(out.status, RunStatus::Succeeded, "{out:?}");
                     i += tasks;
