@@ -100,6 +100,10 @@ pub struct AppState {
     pub stop: watch::Sender<u32>,
     /// When the server started (ms since the Unix epoch).
     pub started_ms: u64,
+    /// The runs by status, as last counted, and when: `status` needs no
+    /// token, so it counts at most once a second whoever asks.
+    pub counts:
+        std::sync::Mutex<Option<(std::time::Instant, std::collections::BTreeMap<String, u64>)>>,
 }
 
 /// A running server.
@@ -153,6 +157,7 @@ impl Server {
             pipelines: opts.pipelines.clone(),
             stop,
             started_ms: crate::time::unix_millis(),
+            counts: std::sync::Mutex::new(None),
         });
         let app = router(state.clone());
         let task = tokio::spawn(run(state.clone(), listener, app));

@@ -46,11 +46,30 @@ pub struct Status {
 #[utoipa::path(get, path = "/api/v1/status", tag = "system",
     responses((status = 200, body = Status)))]
 pub async fn status(State(s): State<Arc<AppState>>) -> ApiResult<Json<Status>> {
-    let store = s.store.clone();
-    let counts = blocking(move || store.run_counts()).await;
+    let cached = s
+        .counts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+        .map(|(_, c)| c.clone());
+    let counts = match cached {
+        Some(c) => Ok(c),
+        None => {
+            let store = s.store.clone();
+            let fresh = blocking(move || store.run_counts())
+                .await
+                .map(|c| c.into_iter().collect::<BTreeMap<_, _>>());
+            if let Ok(c) = &fresh {
+                *s.counts.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::time::Instant::now(), c.clone()));
+            }
+            fresh
+        }
+    };
     let (runs, store) = match counts {
         Ok(c) => (
-            c.into_iter().collect(),
+            c,
             StoreHealth {
                 ok: true,
                 error: None,
