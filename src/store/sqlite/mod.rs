@@ -32,7 +32,7 @@ mod access;
 mod schema;
 #[cfg(test)]
 mod tests;
-mod views;
+pub(in crate::store) mod views;
 
 use schema::{
     MIGRATE_1_TO_2, MIGRATE_2_TO_3, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, SCHEMA,
@@ -1367,7 +1367,7 @@ fn millis(t: &str) -> Option<i64> {
     crate::time::parse_millis(t).and_then(|ms| i64::try_from(ms).ok())
 }
 
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(in crate::store) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("orch values always serialise")
 }
 
