@@ -147,7 +147,7 @@ async fn a_killed_engine_is_taken_over_from_another_process() {
         .spawn()
         .unwrap();
     let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
-    // Until the second node runs.
+    // Until the second node's attempt runs (its start is committed).
     let deadline = Instant::now() + Duration::from_secs(60);
     let run = loop {
         assert!(
@@ -155,11 +155,9 @@ async fn a_killed_engine_is_taken_over_from_another_process() {
             "the child's run never reached t1"
         );
         if let Ok(run) = store.resolve_run("latest") {
-            if store
-                .node(&run, "t1")
-                .unwrap()
-                .is_some_and(|(_, s)| s == NodeState::Running)
-            {
+            let ex = store.export(&run).unwrap();
+            let t1 = ex.node("t1").unwrap();
+            if t1.state == NodeState::Running && !t1.attempts.is_empty() {
                 break run;
             }
         }
