@@ -1,5 +1,7 @@
 //! `orch serve`: one process hosting an [`Engine`], the scheduler and the
-//! HTTP API under `/api/v1` (SERVICE.md §5), on SQLite by default.
+//! HTTP API under `/api/v1` (SERVICE.md §5), on SQLite by default or on
+//! PostgreSQL when the database is a `postgres://` URL (feature
+//! `postgres`).
 //!
 //! ```no_run
 //! # async fn demo() -> orch::Result<()> {
@@ -113,17 +115,37 @@ pub struct Server {
     task: JoinHandle<Result<()>>,
 }
 
+/// The store `db` names (a SQLite file, or a `postgres://` URL with the
+/// `postgres` feature) and the folder runs keep their files in: the
+/// file's folder, or `.orch` under the current directory for PostgreSQL.
+fn open_store(db: &std::path::Path) -> Result<(Arc<dyn Store>, PathBuf)> {
+    let text = db.to_string_lossy();
+    if crate::store::is_postgres_url(&text) {
+        #[cfg(feature = "postgres")]
+        return Ok((
+            Arc::new(crate::store::PgStore::connect(&text)?),
+            PathBuf::from(".orch"),
+        ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::Refused {
+            what: "--db postgres://…".into(),
+            message: "this orch was built without the `postgres` feature".into(),
+        });
+    }
+    let home = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((Arc::new(SqliteStore::open(db)?), home))
+}
+
 impl Server {
     /// Opens the database and the repository, binds the address and
     /// starts serving (the scheduler too, with a pipelines folder), and
     /// adopts runs whose owner is gone.
     pub async fn start(opts: ServeOptions) -> Result<Server> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&opts.db)?);
-        let home = opts
-            .db
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| PathBuf::from("."));
+        let (store, home) = open_store(&opts.db)?;
         let data = opts.data.clone().unwrap_or_else(|| home.join("server"));
         std::fs::create_dir_all(&data).map_err(|e| Error::Io {
             context: format!("creating the data folder {}", data.display()),
@@ -161,7 +183,7 @@ impl Server {
         });
         let app = router(state.clone());
         let task = tokio::spawn(run(state.clone(), listener, app));
-        info!(%addr, db = %opts.db.display(), "orch server listening");
+        info!(%addr, db = %state.store.location(), "orch server listening");
         Ok(Server { addr, state, task })
     }
 

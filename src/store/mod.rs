@@ -2,13 +2,15 @@
 //! materialised views, run leases and the signals sent to runs.
 //!
 //! [`Store`] is the seam every backend implements; [`SqliteStore`] is
-//! the embedded default. The history is folded into state by one
+//! the embedded default, `PgStore` (feature `postgres`) the shared one. The history is folded into state by one
 //! function alone, [`RunState::apply`]: a backend writes its views from
 //! the folded state it is handed, never by interpreting events itself.
 //! A backend proves itself with the `conformance` suite (behind the
 //! `testing` feature).
 
 pub mod lease;
+#[cfg(feature = "postgres")]
+mod pg;
 mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
@@ -19,6 +21,22 @@ use serde_json::Value;
 pub use crate::history::LogLine;
 pub use lease::{Lease, Owner, OwnerRecord};
 pub use sqlite::{default_path, SqliteStore, DB_ENV};
+
+#[cfg(all(feature = "postgres", feature = "testing"))]
+pub use pg::cluster::{ClusterError as PgClusterError, TestCluster as PgTestCluster};
+#[cfg(feature = "postgres")]
+pub use pg::PgStore;
+
+/// True when `db` names a PostgreSQL database (`postgres://` or
+/// `postgresql://`) rather than a SQLite file.
+///
+/// ```
+/// assert!(orch::store::is_postgres_url("postgres://orch@db/orch"));
+/// assert!(!orch::store::is_postgres_url(".orch/orch.db"));
+/// ```
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
 
 use crate::access::{Permission, Role};
 use crate::error::{Error, Result};

@@ -18,6 +18,8 @@ mod fork;
 mod fuzz;
 mod logs;
 mod pictures;
+#[cfg(all(feature = "postgres", feature = "testing"))]
+mod postgres;
 mod promises;
 mod python_helper;
 mod rules;

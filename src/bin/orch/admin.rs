@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use orch::access::{Permission, Role};
 use orch::server::auth;
-use orch::store::{SqliteStore, Store};
+use orch::store::{PgStore, SqliteStore, Store};
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -88,15 +88,34 @@ pub enum TokenCommand {
     },
 }
 
+/// How a command opens the database.
+#[derive(Clone, Copy)]
+enum Open {
+    /// Creating it when missing.
+    Create,
+    /// Only one that exists.
+    Existing,
+    /// Only one that exists, never written.
+    ReadOnly,
+}
+
+/// The store `db` names: a PostgreSQL database for a `postgres://` URL
+/// (created or upgraded to this orch's schema whatever `how` says: the
+/// database itself must exist), else the SQLite file.
+fn open(db: &Path, how: Open) -> Result<Box<dyn Store>, orch::Error> {
+    let text = db.to_string_lossy();
+    if orch::store::is_postgres_url(&text) {
+        return Ok(Box::new(PgStore::connect(&text)?));
+    }
+    Ok(match how {
+        Open::Create => Box::new(SqliteStore::open(db)?),
+        Open::Existing => Box::new(SqliteStore::open_existing(db)?),
+        Open::ReadOnly => Box::new(SqliteStore::open_read_only(db)?),
+    })
+}
+
 /// `orch serve`.
 pub fn serve(db: &Path, args: ServeArgs) -> Res {
-    let text = db.to_string_lossy();
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        return Err(
-            "--db postgres://… is not supported yet: the server runs on SQLite (a file path)"
-                .into(),
-        );
-    }
     if let Some(dir) = &args.pipelines {
         if !dir.is_dir() {
             return Err(format!("--pipelines {} is not a folder", dir.display()).into());
@@ -127,18 +146,18 @@ pub fn user(db: &Path, command: UserCommand) -> Res {
                 .take(orch::access::MAX_PASSWORD as u64 + 2)
                 .read_line(&mut password)?;
             let password = password.trim_end_matches(['\n', '\r']);
-            let store = SqliteStore::open(db)?;
-            auth::add_user(&store, &name, role, password)?;
+            let store = open(db, Open::Create)?;
+            auth::add_user(store.as_ref(), &name, role, password)?;
             writeln!(out, "user `{name}` added ({role})")?;
         }
         UserCommand::List => {
-            let store = SqliteStore::open_read_only(db)?;
+            let store = open(db, Open::ReadOnly)?;
             for u in store.users()? {
                 writeln!(out, "{:<24} {}", u.name, u.role)?;
             }
         }
         UserCommand::Remove { name } => {
-            let store = SqliteStore::open_existing(db)?;
+            let store = open(db, Open::Existing)?;
             if !store.remove_user(&name)? {
                 return Err(format!("no user `{name}`").into());
             }
@@ -168,14 +187,14 @@ pub fn token(db: &Path, command: TokenCommand) -> Res {
                 .map(|e| orch::time::parse_duration(&e).map(|d| d.as_millis() as i64))
                 .transpose()
                 .map_err(|e| format!("--expires: {e}"))?;
-            let store = SqliteStore::open(db)?;
+            let store = open(db, Open::Create)?;
             let req = auth::TokenRequest {
                 name,
                 scopes,
                 runner,
                 expires_in_ms,
             };
-            let (token, record) = auth::mint(&store, &user, &req)?;
+            let (token, record) = auth::mint(store.as_ref(), &user, &req)?;
             writeln!(
                 out,
                 "token `{}` for `{user}`{}; it is shown once:",
@@ -185,7 +204,7 @@ pub fn token(db: &Path, command: TokenCommand) -> Res {
             writeln!(out, "{token}")?;
         }
         TokenCommand::List { user } => {
-            let store = SqliteStore::open_read_only(db)?;
+            let store = open(db, Open::ReadOnly)?;
             for t in store.tokens(user.as_deref())? {
                 let state = if t.revoked_ms.is_some() {
                     "revoked"
@@ -215,7 +234,7 @@ pub fn token(db: &Path, command: TokenCommand) -> Res {
             }
         }
         TokenCommand::Revoke { id } => {
-            let store = SqliteStore::open_existing(db)?;
+            let store = open(db, Open::Existing)?;
             if !store.revoke_token(&id)? {
                 return Err(format!("no live token `{id}`").into());
             }

@@ -32,7 +32,7 @@ mod access;
 mod schema;
 #[cfg(test)]
 mod tests;
-mod views;
+pub(in crate::store) mod views;
 
 use schema::{
     MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4,
@@ -54,8 +54,26 @@ pub fn default_path() -> PathBuf {
     }
 }
 
+/// Refuses a PostgreSQL URL given where a SQLite file is expected (it
+/// would become a folder named after it, password included): the message
+/// never repeats the URL.
+fn not_a_url(path: &Path) -> Result<()> {
+    if super::is_postgres_url(&path.to_string_lossy()) {
+        return Err(Error::Refused {
+            what: "the database".into(),
+            message: "it is a PostgreSQL URL, and this command (or program) opens SQLite files \
+                      only; `orch serve`, `orch user`, `orch token` and `PgStore` (feature \
+                      `postgres`) take PostgreSQL URLs, other commands reach such a database \
+                      through `orch --server URL`"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// `path`, or an error naming it when there is no such file.
 fn must_exist(path: &Path) -> Result<PathBuf> {
+    not_a_url(path)?;
     if path.exists() {
         return Ok(path.to_path_buf());
     }
@@ -105,6 +123,7 @@ impl SqliteStore {
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
+        not_a_url(&path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating folder {}", dir.display()), e))?;
@@ -1370,7 +1389,7 @@ fn millis(t: &str) -> Option<i64> {
     crate::time::parse_millis(t).and_then(|ms| i64::try_from(ms).ok())
 }
 
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(in crate::store) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("orch values always serialise")
 }
 

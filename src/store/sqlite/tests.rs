@@ -381,3 +381,19 @@ fn a_version_2_database_is_read_without_being_changed() {
         "the file is left as it was"
     );
 }
+
+#[test]
+fn a_postgres_url_is_refused_without_repeating_it() {
+    for open in [
+        (|p| SqliteStore::open(p)) as fn(&str) -> Result<SqliteStore>,
+        |p| SqliteStore::open_existing(p),
+        |p| SqliteStore::open_read_only(p),
+    ] {
+        let err = open("postgres://orch:hunter2@db/orch")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PostgreSQL URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    assert!(!Path::new("postgres:").exists(), "no folder was made");
+}

@@ -10,7 +10,7 @@ use crate::graph::merge_attrs;
 use crate::history::{Event, EventKind, RunState};
 use crate::model::{output_refs, Attrs, Mutation, Origin, Task};
 
-pub(super) fn event_name(kind: &EventKind) -> &'static str {
+pub(in crate::store) fn event_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::RunStarted { .. } => "run_started",
         EventKind::RunResumed { .. } => "run_resumed",
@@ -156,13 +156,13 @@ pub(super) fn write_event(
 /// them, without a copy of them.
 #[derive(serde::Serialize)]
 #[serde(tag = "event", rename = "batch_committed")]
-pub(super) struct RegistrationView<'a> {
-    pub(super) origin: Origin,
-    pub(super) mutations: Filled<'a>,
+pub(in crate::store) struct RegistrationView<'a> {
+    pub(in crate::store) origin: Origin,
+    pub(in crate::store) mutations: Filled<'a>,
 }
 
 /// Mutations serialised with empty task names filled in (the node's id).
-pub(super) struct Filled<'a>(pub(super) &'a [Mutation]);
+pub(in crate::store) struct Filled<'a>(pub(in crate::store) &'a [Mutation]);
 
 impl serde::Serialize for Filled<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -201,7 +201,7 @@ enum FilledMutation<'a> {
 
 /// The task with its name filled in as validation does (an empty name is
 /// the node's id).
-fn named<'a>(id: &str, task: &'a Task) -> std::borrow::Cow<'a, Task> {
+pub(in crate::store) fn named<'a>(id: &str, task: &'a Task) -> std::borrow::Cow<'a, Task> {
     if task.name.is_empty() {
         let mut t = task.clone();
         t.name = id.to_string();
@@ -498,7 +498,7 @@ pub(super) fn rewrite_graph(
     Ok(())
 }
 
-fn merged(current: &str, patch: &Attrs) -> String {
+pub(in crate::store) fn merged(current: &str, patch: &Attrs) -> String {
     let mut attrs: Attrs = serde_json::from_str(current).unwrap_or_default();
     merge_attrs(&mut attrs, patch);
     to_json(&attrs)
