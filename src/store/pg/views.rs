@@ -296,6 +296,8 @@ fn write_mutation(tx: &mut Tx<'_>, run: &str, m: &Mutation) -> Result<()> {
             )?;
         }
         Mutation::SetAttrs { .. } => {}
+        // Rules live in the history alone (their firing is a batch).
+        Mutation::AddRule { .. } => {}
         Mutation::AddPromise { promise } => {
             tx.exec(
                 "INSERT INTO promises (run, promise) VALUES ($1, $2)",
