@@ -157,13 +157,25 @@ pub fn iteration(l: &Loop, k: u32) -> Vec<Mutation> {
     let mut prev = before.clone();
     for s in &l.body {
         let id = s.node(k);
+        let inputs = resolve(l, &s.inputs, k, &before);
+        // A reference to `prev` implies the edge already.
+        let implied = crate::model::output_refs(&inputs)
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.node == prev);
         out.push(Mutation::AddNode {
             id: id.clone(),
-            task: Box::new(s.task.clone()),
-            inputs: resolve(l, &s.inputs, k, &before),
+            task: Box::new(if s.task.name.is_empty() {
+                s.task.clone().named(&s.id)
+            } else {
+                s.task.clone()
+            }),
+            inputs,
             attrs: s.attrs.clone(),
         });
-        out.push(Mutation::add_edge(prev, id.clone()));
+        if !implied {
+            out.push(Mutation::add_edge(prev, id.clone()));
+        }
         prev = id;
     }
     out
@@ -319,7 +331,8 @@ mod tests {
             panic!("{n:?}")
         };
         assert_eq!(*iteration, 2);
-        assert_eq!(batch[1].describe(), "add_edge `refine#1` -> `refine#2`");
+        // The edge is the one `$previous` implies.
+        assert_eq!(batch.len(), 1);
         apply(&mut s, &l, n);
         assert_eq!(iterations(&s.graph, &l), 2);
         succeed(&mut s, "refine#2", json!({"x": 1.41, "done": true}));
