@@ -17,6 +17,7 @@ mod files;
 mod fork;
 mod fuzz;
 mod logs;
+mod loops;
 mod pictures;
 mod promises;
 mod python_helper;
