@@ -12,7 +12,7 @@ db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
 orch=target/debug/orch
-for ex in static_pipeline random_branch random_map typed_branch containers late_merge; do
+for ex in static_pipeline random_branch random_map typed_branch containers late_merge loop_until; do
   args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
