@@ -131,6 +131,9 @@ impl Default for Options {
 /// (`benches/README.md`, render).
 pub const LIVE_MAX_NODES: usize = 2_000;
 
+/// A collapsed loop step: its picture id and its iterations' nodes.
+type LoopStepNodes = (String, Vec<usize>);
+
 /// The id prefix of picture nodes that are not graph nodes.
 pub const WILDCARD_PREFIX: &str = "~";
 
@@ -253,7 +256,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
     // the iterations done and the bound; expanded, every iteration is
     // drawn. (loop position, picture id per step, members per step)
     let mut looped: HashMap<usize, String> = HashMap::new();
-    let mut loops: Vec<(usize, Vec<(String, Vec<usize>)>)> = Vec::new();
+    let mut loops: Vec<(usize, Vec<LoopStepNodes>)> = Vec::new();
     for (k, l) in g.loops().iter().enumerate() {
         let done = crate::loops::iterations(g, l);
         if opts.expand || done == 0 {
