@@ -397,8 +397,9 @@ impl Workflow {
     ///             .inputs(serde_json::json!({"x": previous("/x")})),
     ///     ),
     /// );
-    /// // The two nodes, then refine#1, its edge, the promise and the loop.
-    /// assert_eq!(wf.definition().registration.len(), 6);
+    /// // The two nodes, then refine#1 (its edge from `start` implied by
+    /// // `$previous`), the promise and the loop.
+    /// assert_eq!(wf.definition().registration.len(), 5);
     /// ```
     pub fn add_loop(&mut self, l: crate::model::Loop) -> &mut Workflow {
         self.def.registration.extend(l.declaration());
