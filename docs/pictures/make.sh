@@ -35,5 +35,9 @@ print(batches[1] if len(batches) > 1 else events[len(events) // 2]["seq"])
   "$orch" export latest --registered --format svg -o "$out/$ex-registered.svg"
   "$orch" export latest --at "$mid" --format svg -o "$out/$ex-midrun.svg"
   "$orch" export latest --at "$last" --format svg -o "$out/$ex-finished.svg"
+  # A loop is drawn collapsed by default; every iteration with --expand.
+  if [ "$ex" = loop_until ]; then
+    "$orch" export latest --at "$last" --expand --format svg -o "$out/$ex-expanded.svg"
+  fi
 done
 echo "pictures written to $out"
