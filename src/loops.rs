@@ -387,14 +387,29 @@ mod tests {
             panic!()
         };
         assert_eq!(inputs, &json!({"k": 3, "prev": {"$output": "q#2"}}));
-        let Mutation::AddNode { inputs, .. } = &b[2] else {
+        // Both edges into the iteration are implied by references.
+        assert_eq!(b.len(), 2);
+        let Mutation::AddNode { inputs, .. } = &b[1] else {
             panic!()
         };
         assert_eq!(
             inputs,
             &json!({"p": {"$output": "p#3", "pointer": "/v"}, "a": {"$output": "a"}})
         );
-        assert_eq!(b[3].describe(), "add_edge `p#3` -> `q#3`");
+        // Without a reference to the step before, the edge is explicit.
+        let plain = Loop::new("l", "a", "b", Until::default(), 3)
+            .step(LoopStep::new("p", Task::python("p.py")))
+            .step(LoopStep::new("q", Task::python("q.py")));
+        let d: Vec<String> = iteration(&plain, 2).iter().map(|m| m.describe()).collect();
+        assert_eq!(
+            d,
+            [
+                "add_node `p#2`",
+                "add_edge `q#1` -> `p#2`",
+                "add_node `q#2`",
+                "add_edge `p#2` -> `q#2`"
+            ]
+        );
         let bad = l
             .clone()
             .step(LoopStep::new("r", Task::python("r.py")).inputs(json!({"x": {"$previous": 3}})));
