@@ -134,6 +134,8 @@ pub(crate) struct Runner {
     /// Rules whose body could not be committed when they fired (the run
     /// failed for it): not tried again in this session.
     rules_refused: HashSet<usize>,
+    /// Set like `rules_dirty`, cleared once every loop was examined.
+    loops_dirty: bool,
     /// Loops that failed the run (their bound, a batch that could not
     /// commit): not tried again in this session.
     loops_refused: HashSet<String>,
@@ -246,6 +248,7 @@ impl Runner {
             work_dir,
             rules_dirty: true,
             rules_refused: HashSet::new(),
+            loops_dirty: true,
             loops_refused: HashSet::new(),
         })
     }
@@ -378,11 +381,16 @@ impl Runner {
             EventKind::BatchCommitted { .. } => self.enablers.extend(touched.iter().copied()),
             _ => {}
         }
+        // A change of status counts too: nothing fires while the run is
+        // paused, so what became due meanwhile fires on unpause.
         if matches!(
             ev.kind,
-            EventKind::BatchCommitted { .. } | EventKind::NodeState { .. }
+            EventKind::BatchCommitted { .. }
+                | EventKind::NodeState { .. }
+                | EventKind::RunStatus { .. }
         ) {
             self.rules_dirty = true;
+            self.loops_dirty = true;
         }
         self.queued.push(ev);
         for i in touched {
@@ -804,9 +812,14 @@ impl Runner {
     /// outputs ([`crate::loops::next`]), so a batch lost in a crash is
     /// decided again on resume and a committed one is never repeated.
     fn fire_loops(&mut self) {
-        if !self.rules_dirty || self.state.graph.loops().is_empty() {
+        if !self.loops_dirty
+            || self.state.graph.loops().is_empty()
+            || !self.halt.going()
+            || self.state.status != RunStatus::Running
+        {
             return;
         }
+        self.loops_dirty = false;
         let mut k = 0;
         while k < self.state.graph.loops().len() {
             if !self.halt.going() || self.state.status != RunStatus::Running {
