@@ -425,3 +425,76 @@ fn the_picture_collapses_a_loop_and_expands_it() {
         assert_eq!(svg.matches("<g class=\"node").count(), want + 2, "{flag:?}");
     }
 }
+
+/// A loop next to a rule waiting for `closed(task:count)`: the rule fires
+/// only after the loop exited (a loop that may still iterate keeps the
+/// pattern open), and an iteration that succeeds while the run is paused
+/// moves the loop on once the run is unpaused.
+#[test]
+fn a_paused_loop_goes_on_after_unpause_and_closed_waits_for_the_loop() {
+    let space = Space::new();
+    // Each iteration waits for the file `go`, which the test makes once
+    // the run is paused.
+    let gate = space.path().join("go");
+    space.write(
+        "slow.py",
+        &format!(
+            "import os, time, orch\nctx = orch.start()\nwhile not os.path.exists({gate:?}):\n    time.sleep(0.05)\nn = ctx.inputs['n'] + 1\nctx.output({{'n': n, 'done': n >= 3}})\n"
+        ),
+    );
+    space.write(
+        "start.py",
+        "import orch\nctx = orch.start()\nctx.output({'n': 0})\n",
+    );
+    let mut wf = space.workflow("paused");
+    wf.node("start", Task::python("start.py"));
+    wf.node("end", Task::python("start.py"));
+    let step = LoopStep::new("count", Task::python("slow.py"))
+        .inputs(serde_json::json!({"n": previous("/n")}));
+    wf.add_loop(Loop::new("counter", "start", "end", Until::at("/done"), 10).step(step));
+    wf.rule(
+        orch::Rule::new("tally", orch::Predicate::closed("task:count"))
+            .then(orch::Mutation::add_node("tally", Task::python("start.py"))),
+    );
+    let runner = std::thread::spawn(move || wf.run().expect("run"));
+    wait_for(&space, "count#1 to run", |ex| {
+        ex.node("count#1")
+            .is_some_and(|n| n.state == NodeState::Running)
+    });
+    assert!(space.cli(&["pause", "latest"]).status.success());
+    wait_for(&space, "the pause", |ex| ex.status == RunStatus::Paused);
+    std::fs::write(&gate, "").unwrap();
+    wait_for(&space, "count#1 to succeed while paused", |ex| {
+        ex.node("count#1")
+            .is_some_and(|n| n.state == NodeState::Succeeded)
+    });
+    assert!(space.cli(&["unpause", "latest"]).status.success());
+    let outcome = runner.join().unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let ev = events(&space, &outcome.run);
+    let unpaused = ev
+        .iter()
+        .rposition(|e| {
+            matches!(
+                e.kind,
+                EventKind::RunStatus {
+                    status: RunStatus::Running,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    let batches = loop_batches(&ev, "counter");
+    assert_eq!(batches.len(), 3, "iterations 2 and 3, then the exit");
+    assert!(batches[0].0 > unpaused, "nothing moved while paused");
+    let tally = ev
+        .iter()
+        .position(|e| {
+            matches!(&e.kind, EventKind::BatchCommitted { origin: Origin::Rule { rule }, .. } if rule == "tally")
+        })
+        .expect("the rule fired");
+    assert!(
+        tally > batches[2].0,
+        "closed(task:count) held only after the exit"
+    );
+}
