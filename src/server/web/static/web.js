@@ -98,4 +98,78 @@
     };
     poll();
   }
+
+  // The editor of who may publish: the files are checked as they are
+  // typed (half a second after the last key), exactly as a publish would
+  // check them, and the error is shown under its file with its line.
+  var editor = document.getElementById("editor");
+  if (editor && editor.dataset.check) {
+    var asked = 0;
+    var timer = null;
+    var clear = function () {
+      editor.querySelectorAll(".check").forEach(function (c) {
+        c.className = "check";
+        c.textContent = "";
+      });
+      editor.querySelectorAll("textarea").forEach(function (t) { t.removeAttribute("aria-invalid"); });
+    };
+    var show = function (res) {
+      clear();
+      var first = document.getElementById("check-0");
+      if (res.ok) {
+        if (first) {
+          first.className = "check ok";
+          first.textContent = "\u2714 valid: it would publish";
+        }
+        return;
+      }
+      var i = 0;
+      editor.querySelectorAll("input[name=path]").forEach(function (p, k) {
+        if (res.file && p.value === res.file) { i = k; }
+      });
+      var box = document.getElementById("check-" + i) || first;
+      var area = document.getElementById("content-" + i);
+      if (!box) { return; }
+      box.className = "check bad";
+      var head = document.createElement("div");
+      head.className = "check-message";
+      head.textContent = "\u2716 " + (res.line ? "line " + res.line + ", column " + res.column + ": " : "") + res.error;
+      box.appendChild(head);
+      if (area && res.line) {
+        area.setAttribute("aria-invalid", "true");
+        var text = area.value.replace(/\r\n/g, "\n").split("\n")[res.line - 1];
+        if (text !== undefined) {
+          var pre = document.createElement("pre");
+          var gutter = String(res.line) + " | ";
+          pre.textContent = gutter + text + "\n" + " ".repeat(gutter.length + Math.max(0, res.column - 1)) + "^";
+          box.appendChild(pre);
+        }
+      }
+      box.dataset.line = String(res.line || "");
+    };
+    var check = function () {
+      var mine = ++asked;
+      fetch(editor.dataset.check, {
+        method: "POST",
+        credentials: "same-origin",
+        body: new URLSearchParams(new FormData(editor))
+      })
+        .then(function (r) {
+          if (!r.ok) { throw new Error("the check answered " + r.status); }
+          return r.json();
+        })
+        .then(function (res) { if (mine === asked) { show(res); } })
+        .catch(function (e) {
+          if (mine !== asked) { return; }
+          clear();
+          var first = document.getElementById("check-0");
+          if (first) { first.className = "check bad"; first.textContent = String(e.message || e); }
+        });
+    };
+    editor.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(check, 500);
+    });
+    check();
+  }
 })();
