@@ -408,6 +408,15 @@ fn wait_ended(api: &Client, run: &str) -> String {
     w["status"]["status"].as_str().unwrap().to_string()
 }
 
+/// A picture's zoom, its viewBox and its whole viewBox.
+fn view_of(v: &Value) -> (f64, String, String) {
+    (
+        v[0].as_f64().unwrap_or_else(|| panic!("{v}")),
+        v[1].as_str().unwrap_or_default().to_string(),
+        v[2].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 /// A node's state as the run page's nodes table shows it.
 const NODE_STATE: &str = "const rows = [...document.querySelectorAll('#nodes-table tbody tr')];
      const row = rows.find(r => r.cells[0].textContent === arguments[0]);
@@ -550,6 +559,38 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "return document.getElementById('picture').dataset.event === '1' && document.querySelector('#picture svg').outerHTML !== arguments[0] && document.getElementById('at-label').textContent.startsWith('event 1 of');",
         json!([now_svg]),
     );
+
+    // Zoom and pan: the buttons narrow the view, a drag moves it, a
+    // redraw (the slider) keeps it, and "whole" brings the whole back.
+    const VIEW: &str = "const p = document.getElementById('picture'); const svg = p.querySelector('svg'); return [Number(p.dataset.zoom), svg.getAttribute('viewBox'), svg.dataset.whole];";
+    let (zoom, _, whole) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!(zoom, 1.0);
+    b.click("#zoom-in");
+    b.click("#zoom-in");
+    let (zoom, zoomed, _) = view_of(&b.js(VIEW, json!([])));
+    assert!(zoom > 2.0, "{zoom}");
+    assert_ne!(zoomed, whole);
+    b.js(
+        "const p = document.getElementById('picture'); const r = p.querySelector('svg').getBoundingClientRect();
+         const at = (t, x, y) => p.dispatchEvent(new PointerEvent(t, {clientX: x, clientY: y, pointerId: 1, bubbles: true}));
+         at('pointerdown', r.left + 200, r.top + 100); at('pointermove', r.left + 120, r.top + 60); at('pointerup', r.left + 120, r.top + 60);",
+        json!([]),
+    );
+    let (zoom_panned, panned, _) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!(zoom_panned, zoom, "a drag pans, it does not zoom");
+    assert_ne!(panned, zoomed, "the drag moved the view");
+    b.js(
+        "const s = document.getElementById('at'); s.value = '2'; s.dispatchEvent(new Event('input'));",
+        json!([]),
+    );
+    b.wait_until(
+        "the picture at event 2, still zoomed",
+        "const p = document.getElementById('picture'); return p.dataset.event === '2' && Number(p.dataset.zoom) > 2;",
+        json!([]),
+    );
+    b.click("#zoom-fit");
+    let (zoom, fit, whole) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!((zoom, fit), (1.0, whole));
 
     // Pause, unpause and cancel a long run with the buttons.
     let nap = start(&api, "nap");

@@ -559,7 +559,7 @@ pub async fn run(
     let last = e.event.max(1);
     let _ = write!(
         body,
-        r#"<h2>Picture</h2><div class="slider"><input type="range" id="at" min="1" max="{last}" value="{last}" aria-label="event"> <span id="at-label">event {last} of {last}</span> <button type="button" id="now">now</button></div>
+        r#"<h2>Picture</h2><div class="slider"><input type="range" id="at" min="1" max="{last}" value="{last}" aria-label="event"> <span id="at-label">event {last} of {last}</span> <button type="button" id="now">now</button> <span class="zoom" title="Ctrl and the wheel zoom at the pointer; a drag pans"><button type="button" id="zoom-in" aria-label="zoom in">+</button><button type="button" id="zoom-out" aria-label="zoom out">−</button><button type="button" id="zoom-fit">whole</button></span></div>
 <div class="picture" id="picture">{svg}</div>
 <h2>Nodes</h2><div id="nodes">{}</div>
 <div id="live" hidden data-run="{}" data-event="{}" data-ended="{}"></div>"#,

@@ -23,6 +23,81 @@
     var following = true;
     var shown = last;
 
+    // Zoom and pan: the buttons zoom in, out and back to the whole
+    // picture, Ctrl (or Cmd) and the wheel zoom at the pointer, a drag
+    // pans. The view is the SVG's viewBox, kept while it is redrawn.
+    var view = null;
+    var full = function (svg) {
+      var v = svg.viewBox && svg.viewBox.baseVal;
+      return v && v.width ? { x: v.x, y: v.y, w: v.width, h: v.height } : null;
+    };
+    var whole = null;
+    var apply = function () {
+      var svg = picture.querySelector("svg");
+      if (!svg) { return; }
+      if (!svg.dataset.whole) {
+        var f = full(svg);
+        if (!f) { return; }
+        svg.dataset.whole = [f.x, f.y, f.w, f.h].join(" ");
+      }
+      var w = svg.dataset.whole.split(" ").map(Number);
+      whole = { x: w[0], y: w[1], w: w[2], h: w[3] };
+      if (view) {
+        // A redrawn picture may have grown: the view stays inside it.
+        view.w = Math.min(view.w, whole.w);
+        view.h = Math.min(view.h, whole.h);
+        view.x = Math.max(whole.x, Math.min(view.x, whole.x + whole.w - view.w));
+        view.y = Math.max(whole.y, Math.min(view.y, whole.y + whole.h - view.h));
+      }
+      var v = view || whole;
+      svg.setAttribute("viewBox", [v.x, v.y, v.w, v.h].join(" "));
+      picture.dataset.zoom = (whole.w / v.w).toFixed(2);
+      picture.classList.toggle("zoomed", !!view);
+    };
+    var zoom = function (factor, fx, fy) {
+      if (!whole) { apply(); }
+      if (!whole) { return; }
+      var v = view || { x: whole.x, y: whole.y, w: whole.w, h: whole.h };
+      var w = Math.max(whole.w / 20, Math.min(whole.w, v.w / factor));
+      var h = w * whole.h / whole.w;
+      if (w >= whole.w) { view = null; apply(); return; }
+      var cx = fx === undefined ? 0.5 : fx;
+      var cy = fy === undefined ? 0.5 : fy;
+      view = { x: v.x + (v.w - w) * cx, y: v.y + (v.h - h) * cy, w: w, h: h };
+      apply();
+    };
+    var zoomIn = document.getElementById("zoom-in");
+    if (zoomIn) {
+      zoomIn.addEventListener("click", function () { zoom(1.5); });
+      document.getElementById("zoom-out").addEventListener("click", function () { zoom(1 / 1.5); });
+      document.getElementById("zoom-fit").addEventListener("click", function () { view = null; apply(); });
+    }
+    picture.addEventListener("wheel", function (ev) {
+      if (!(ev.ctrlKey || ev.metaKey)) { return; }
+      var svg = picture.querySelector("svg");
+      if (!svg) { return; }
+      ev.preventDefault();
+      var r = svg.getBoundingClientRect();
+      zoom(ev.deltaY < 0 ? 1.25 : 0.8, (ev.clientX - r.left) / r.width, (ev.clientY - r.top) / r.height);
+    }, { passive: false });
+    var drag = null;
+    picture.addEventListener("pointerdown", function (ev) {
+      var svg = picture.querySelector("svg");
+      if (!view || !svg) { return; }
+      drag = { px: ev.clientX, py: ev.clientY, x: view.x, y: view.y, r: svg.getBoundingClientRect() };
+      try { picture.setPointerCapture(ev.pointerId); } catch (e) { /* a synthetic pointer */ }
+      ev.preventDefault();
+    });
+    picture.addEventListener("pointermove", function (ev) {
+      if (!drag || !view) { return; }
+      view.x = drag.x - (ev.clientX - drag.px) / drag.r.width * view.w;
+      view.y = drag.y - (ev.clientY - drag.py) / drag.r.height * view.h;
+      apply();
+    });
+    var drop = function () { drag = null; };
+    picture.addEventListener("pointerup", drop);
+    picture.addEventListener("pointercancel", drop);
+
     function say() {
       label.textContent = "event " + slider.value + " of " + last + (following ? " (live)" : "");
     }
@@ -30,6 +105,7 @@
       var url = "/runs/" + run + "/picture.svg" + (following ? "" : "?at=" + at);
       return get(url).then(function (svg) {
         picture.innerHTML = svg;
+        apply();
         picture.dataset.event = String(at);
         shown = at;
       });
@@ -46,6 +122,7 @@
       draw(last).catch(function () {});
     });
     picture.dataset.event = String(last);
+    apply();
     say();
 
     if (live.dataset.ended !== "true" && window.EventSource) {
