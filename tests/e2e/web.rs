@@ -482,6 +482,12 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "const svg = document.querySelector('#picture svg'); return !!svg && svg.textContent.includes('greet');",
         json!([]),
     );
+    // State by icon as well as colour: on the node and in the legend.
+    b.wait_until(
+        "the succeeded node's icon",
+        "const i = document.querySelector('#picture svg g.node.succeeded[data-id=\"greet\"] text.state-icon'); return !!i && i.textContent.startsWith('✔') && [...document.querySelectorAll('#picture svg g.legend text')].some(t => t.textContent === '✔ succeeded');",
+        json!([]),
+    );
     b.screenshot("run");
 
     // A run started from its workflow's page; its picture and nodes
@@ -520,6 +526,11 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         json!(["a", "succeeded"]),
     );
     b.wait_until("node b running, live", NODE_STATE, json!(["b", "running"]));
+    b.wait_until(
+        "b's icon redrawn live",
+        "const i = document.querySelector('#picture svg g.node.running[data-id=\"b\"] text.state-icon'); return !!i && i.textContent.startsWith('▶');",
+        json!([]),
+    );
     b.wait_until(
         "the picture redrawn",
         "return document.querySelector('#picture svg').outerHTML !== arguments[0] && Number(document.getElementById('picture').dataset.event) > arguments[1];",
