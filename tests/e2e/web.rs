@@ -305,7 +305,7 @@ impl Browser {
         let v = self.call("GET", &self.s("/screenshot"), None);
         let png = base64_decode(v.as_str().unwrap_or_default());
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        std::fs::write(PathBuf::from(dir).join(format!("web-{name}.png")), png).unwrap();
+        std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).unwrap();
     }
 
     /// Ends the session and the driver, and says which of their
@@ -408,6 +408,15 @@ fn wait_ended(api: &Client, run: &str) -> String {
     w["status"]["status"].as_str().unwrap().to_string()
 }
 
+/// A picture's zoom, its viewBox and its whole viewBox.
+fn view_of(v: &Value) -> (f64, String, String) {
+    (
+        v[0].as_f64().unwrap_or_else(|| panic!("{v}")),
+        v[1].as_str().unwrap_or_default().to_string(),
+        v[2].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 /// A node's state as the run page's nodes table shows it.
 const NODE_STATE: &str = "const rows = [...document.querySelectorAll('#nodes-table tbody tr')];
      const row = rows.find(r => r.cells[0].textContent === arguments[0]);
@@ -473,6 +482,12 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "const svg = document.querySelector('#picture svg'); return !!svg && svg.textContent.includes('greet');",
         json!([]),
     );
+    // State by icon as well as colour: on the node and in the legend.
+    b.wait_until(
+        "the succeeded node's icon",
+        "const i = document.querySelector('#picture svg g.node.succeeded[data-id=\"greet\"] text.state-icon'); return !!i && i.textContent.startsWith('✔') && [...document.querySelectorAll('#picture svg g.legend text')].some(t => t.textContent === '✔ succeeded');",
+        json!([]),
+    );
     b.screenshot("run");
 
     // A run started from its workflow's page; its picture and nodes
@@ -512,6 +527,11 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
     );
     b.wait_until("node b running, live", NODE_STATE, json!(["b", "running"]));
     b.wait_until(
+        "b's icon redrawn live",
+        "const i = document.querySelector('#picture svg g.node.running[data-id=\"b\"] text.state-icon'); return !!i && i.textContent.startsWith('▶');",
+        json!([]),
+    );
+    b.wait_until(
         "the picture redrawn",
         "return document.querySelector('#picture svg').outerHTML !== arguments[0] && Number(document.getElementById('picture').dataset.event) > arguments[1];",
         json!([svg_before, event_before]),
@@ -550,6 +570,38 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "return document.getElementById('picture').dataset.event === '1' && document.querySelector('#picture svg').outerHTML !== arguments[0] && document.getElementById('at-label').textContent.startsWith('event 1 of');",
         json!([now_svg]),
     );
+
+    // Zoom and pan: the buttons narrow the view, a drag moves it, a
+    // redraw (the slider) keeps it, and "whole" brings the whole back.
+    const VIEW: &str = "const p = document.getElementById('picture'); const svg = p.querySelector('svg'); return [Number(p.dataset.zoom), svg.getAttribute('viewBox'), svg.dataset.whole];";
+    let (zoom, _, whole) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!(zoom, 1.0);
+    b.click("#zoom-in");
+    b.click("#zoom-in");
+    let (zoom, zoomed, _) = view_of(&b.js(VIEW, json!([])));
+    assert!(zoom > 2.0, "{zoom}");
+    assert_ne!(zoomed, whole);
+    b.js(
+        "const p = document.getElementById('picture'); const r = p.querySelector('svg').getBoundingClientRect();
+         const at = (t, x, y) => p.dispatchEvent(new PointerEvent(t, {clientX: x, clientY: y, pointerId: 1, bubbles: true}));
+         at('pointerdown', r.left + 200, r.top + 100); at('pointermove', r.left + 120, r.top + 60); at('pointerup', r.left + 120, r.top + 60);",
+        json!([]),
+    );
+    let (zoom_panned, panned, _) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!(zoom_panned, zoom, "a drag pans, it does not zoom");
+    assert_ne!(panned, zoomed, "the drag moved the view");
+    b.js(
+        "const s = document.getElementById('at'); s.value = '2'; s.dispatchEvent(new Event('input'));",
+        json!([]),
+    );
+    b.wait_until(
+        "the picture at event 2, still zoomed",
+        "const p = document.getElementById('picture'); return p.dataset.event === '2' && Number(p.dataset.zoom) > 2;",
+        json!([]),
+    );
+    b.click("#zoom-fit");
+    let (zoom, fit, whole) = view_of(&b.js(VIEW, json!([])));
+    assert_eq!((zoom, fit), (1.0, whole));
 
     // Pause, unpause and cancel a long run with the buttons.
     let nap = start(&api, "nap");
@@ -622,9 +674,41 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "return location.pathname === '/workflows/edited/edit' && !!document.getElementById('content-0');",
         json!([]),
     );
+    // Validated as it is typed: the error under the text, at its line
+    // and column, with nothing committed; then valid once fixed.
+    b.wait_until(
+        "the first file checked valid",
+        "return document.getElementById('check-0').textContent.includes('valid');",
+        json!([]),
+    );
     b.set_value(
         "#content-0",
         "name: edited\ntasks:\n  - nme: a\n    command: echo a\n",
+    );
+    b.js(
+        "document.getElementById('content-0').dispatchEvent(new Event('input', {bubbles: true}));",
+        json!([]),
+    );
+    b.wait_until(
+        "the error as it is typed, at its line and column",
+        "const c = document.getElementById('check-0'); return c.classList.contains('bad') && c.dataset.line === '3' && c.textContent.includes('line 3, column 5') && c.textContent.includes('workflow.yaml:3:5') && c.querySelector('pre').textContent.includes('3 |   - nme: a') && document.getElementById('content-0').getAttribute('aria-invalid') === 'true';",
+        json!([]),
+    );
+    b.screenshot("editor");
+    assert_eq!(
+        api.call("GET", "/api/v1/workflows/edited", None)
+            .unwrap()
+            .status,
+        404,
+        "a check commits nothing"
+    );
+    // The check is a POST like any other: without the form token, 403.
+    assert_eq!(
+        b.post_status(
+            "/workflows/edited/check",
+            json!({"path": "workflow.yaml", "content": "name: edited\ntasks: []\n"})
+        ),
+        403
     );
     b.type_into("#message", "broken");
     b.click("#publish");
@@ -677,6 +761,7 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
         "const add = [...document.querySelectorAll('pre.diff .add')].map(e => e.textContent); const del = [...document.querySelectorAll('pre.diff .del')].map(e => e.textContent); return add.some(t => t.includes('echo two')) && del.some(t => t.includes('<b>bold</b>'));",
         json!([]),
     );
+    b.screenshot("diff");
 
     // Events, runners.
     b.go("/events");
@@ -767,10 +852,32 @@ fn a_viewer_sees_no_buttons_and_a_forced_post_is_refused() {
         ),
         json!([false, true])
     );
+    assert_eq!(
+        b.js(
+            "return [document.getElementById('editor').dataset.check === undefined, document.getElementById('check-0').textContent];",
+            json!([])
+        ),
+        json!([true, ""]),
+        "a viewer's editor is not checked as it is typed"
+    );
     // A post with the session's own form token, forced: refused by role.
     let csrf = b.js(
         "return document.querySelector('nav input[name=csrf]').value;",
         json!([]),
+    );
+    assert_eq!(
+        b.post_status(
+            "/pipelines/backfill",
+            json!({"csrf": csrf, "pipeline": "daily", "from": "2026-01-01", "to": "2026-01-02"})
+        ),
+        403
+    );
+    assert_eq!(
+        b.post_status(
+            "/workflows/nap/check",
+            json!({"csrf": csrf, "path": "workflow.yaml", "content": "name: nap\ntasks: []\n"})
+        ),
+        403
     );
     assert_eq!(
         b.post_status(&format!("/runs/{nap}/cancel"), json!({"csrf": csrf})),
@@ -794,4 +901,210 @@ fn a_viewer_sees_no_buttons_and_a_forced_post_is_refused() {
     );
     let r = api.call("POST", &format!("/api/v1/runs/{nap}/cancel"), None);
     assert_eq!(r.unwrap().status, 200);
+}
+
+/// The rows of the runs table: `[run, workflow, status, started, took,
+/// ended, nodes]` as text.
+const RUN_ROWS: &str = "return [...document.querySelectorAll('#runs tbody tr')].map(r => [...r.cells].map(c => c.textContent));";
+
+fn run_rows(b: &Browser) -> Vec<Vec<String>> {
+    serde_json::from_value(b.js(RUN_ROWS, json!([]))).unwrap()
+}
+
+#[test]
+fn expected_times_a_time_filter_a_rejection_and_a_backfill() {
+    let space = Space::new();
+    let ada = user_token(&space, "ada", "operator");
+    let folder = space.path().join("pipelines");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("daily.yaml"),
+        "name: daily\nschedule: \"0 0 0 * * *\"\ntasks:\n  - id: stamp\n    command: echo stamped\n",
+    )
+    .unwrap();
+    let server = serve(&space, &["--pipelines", folder.to_str().unwrap()]);
+    let api = Client::new(&server.base, Some(ada));
+    let gate = space.path().join("gate");
+    publish(
+        &api,
+        "pair",
+        &format!(
+            "name: pair\ntasks:\n  - id: a\n    command: \"while [ ! -e {} ]; do sleep 0.05; done\"\n  - id: b\n    command: echo b\n    after: [a]\n",
+            gate.display()
+        ),
+        "a behind a gate, then b",
+    );
+    publish(
+        &api,
+        "approval",
+        "name: approval\ntasks:\n  - id: approve\n    input: true\n  - id: ship\n    command: echo shipped\n    inputs: {ok: {\"$output\": approve}}\n",
+        "wait for a person",
+    );
+    // One run for the history the estimates come from; a second that
+    // waits at its gate.
+    std::fs::write(&gate, "").unwrap();
+    let first = start(&api, "pair");
+    assert_eq!(wait_ended(&api, &first), "succeeded");
+    std::fs::remove_file(&gate).unwrap();
+    let second = start(&api, "pair");
+
+    let b = Browser::start(&space, &server.base);
+    b.login("ada", "ada-secret-pw");
+
+    // The runs: the running one's time so far and expected end, the
+    // ended one's end.
+    b.go("/runs?workflow=pair");
+    b.wait_until(
+        "the running run's time so far and expected end",
+        "return [...document.querySelectorAll('#runs tbody tr')].some(r => r.cells[0].textContent === arguments[0] && r.cells[4].textContent.includes('so far') && r.cells[5].textContent.startsWith('≈ 20'));",
+        json!([second]),
+    );
+    let rows = run_rows(&b);
+    let ended = rows.iter().find(|r| r[0] == first).expect("the first run");
+    assert!(ended[5].starts_with("20"), "{ended:?}");
+    assert!(ended[4].ends_with(" s"), "{ended:?}");
+
+    // The time filter: both runs started this century, none before 2000
+    // or after 2999; a moment that is none is refused with the field.
+    b.go("/runs?workflow=pair&from=2000-01-01&to=2999-01-01T00:00");
+    assert_eq!(run_rows(&b).len(), 2, "{:?}", run_rows(&b));
+    b.type_into("#from", "2999-01-01");
+    b.click("#filter button");
+    b.wait_until(
+        "no run after 2999",
+        "return location.search.includes('from=2999-01-01') && !!document.getElementById('no-runs');",
+        json!([]),
+    );
+    assert_eq!(
+        b.js("return document.getElementById('from').value;", json!([])),
+        "2999-01-01"
+    );
+    b.go("/runs?to=2000-01-01T00:00:00Z");
+    assert!(b.text("#no-runs").contains("No runs match"));
+    b.go("/runs?from=yesterday");
+    assert!(
+        b.text("#error").contains("field `from`"),
+        "{}",
+        b.text("main")
+    );
+    b.go("/runs");
+    b.screenshot("runs");
+
+    // The run: node b's expected start while a runs, and the run's
+    // expected end.
+    b.go(&format!("/runs/{second}"));
+    b.wait_until("a running", NODE_STATE, json!(["a", "running"]));
+    b.wait_until(
+        "b's expected start",
+        "const row = [...document.querySelectorAll('#nodes-table tbody tr')].find(r => r.cells[0].textContent === 'b'); return !!row && row.cells[7].textContent.startsWith('≈ 20') && !!row.cells[7].querySelector('[data-ms]');",
+        json!([]),
+    );
+    assert!(b.text("#expected").starts_with("20"), "{}", b.text("main"));
+    b.screenshot("run-live");
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(wait_ended(&api, &second), "succeeded");
+
+    // The workflow: its expected duration, the median of its runs.
+    b.go("/workflows/pair");
+    assert!(
+        b.text("#expected-duration").contains("median of 2 runs"),
+        "{}",
+        b.text("main")
+    );
+    // Run it with parameters that are not an object: refused, said why.
+    b.type_into("input[name=params]", "[1]");
+    b.click("#run");
+    b.wait_until(
+        "the refusal of the params",
+        "const e = document.getElementById('error'); return !!e && e.textContent.includes('must be a JSON object');",
+        json!([]),
+    );
+
+    // Reject an approval: `false` becomes the input's output.
+    let approval = start(&api, "approval");
+    b.go(&format!("/runs/{approval}"));
+    b.wait_until(
+        "the input waiting",
+        NODE_STATE,
+        json!(["approve", "waiting"]),
+    );
+    b.click("button.reject");
+    b.wait_until(
+        "the approval rejected",
+        NODE_STATE,
+        json!(["approve", "succeeded"]),
+    );
+    wait_ended(&api, &approval);
+    let out = api
+        .get(&format!("/api/v1/runs/{approval}/nodes/approve"))
+        .unwrap();
+    assert_eq!(out["output"], false, "{out}");
+
+    // A backfill of the folder's daily pipeline: three fire times, each
+    // run to its end, the runs page showing them.
+    b.go("/workflows");
+    b.wait_until(
+        "the backfill form",
+        "const s = document.getElementById('backfill-pipeline'); return !!s && [...s.options].some(o => o.value === 'daily');",
+        json!([]),
+    );
+    let csrf = b.js(
+        "return document.querySelector('#backfill input[name=csrf]').value;",
+        json!([]),
+    );
+    assert_eq!(
+        b.post_status(
+            "/pipelines/backfill",
+            json!({"csrf": csrf, "pipeline": "daily", "from": "2026-01-03", "to": "2026-01-01"})
+        ),
+        400,
+        "a range that ends before it starts"
+    );
+    assert_eq!(
+        b.post_status(
+            "/pipelines/backfill",
+            json!({"csrf": csrf, "pipeline": "nope", "from": "2026-01-01", "to": "2026-01-02"})
+        ),
+        404
+    );
+    b.js(
+        "document.getElementById('backfill-pipeline').value = 'daily'; document.getElementById('backfill-reprocess').value = 'missing';",
+        json!([]),
+    );
+    b.type_into("#backfill-from", "2026-01-01");
+    b.type_into("#backfill-to", "2026-01-03T12:00");
+    b.click("#backfill-start");
+    b.wait_until(
+        "the pipeline's runs",
+        "return location.pathname === '/runs' && location.search.includes('workflow=daily');",
+        json!([]),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let list = api.get("/api/v1/runs?workflow=daily").unwrap();
+        let runs = list["runs"].as_array().cloned().unwrap_or_default();
+        if runs.len() == 3 && runs.iter().all(|r| r["status"] == "succeeded") {
+            let mut fired: Vec<String> = runs
+                .iter()
+                .map(|r| r["fired_at"].as_str().unwrap_or_default().to_string())
+                .collect();
+            fired.sort();
+            assert_eq!(
+                fired.iter().map(|f| &f[..10]).collect::<Vec<_>>(),
+                ["2026-01-01", "2026-01-02", "2026-01-03"],
+                "{list}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backfill's runs: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.go("/runs?workflow=daily");
+    assert_eq!(run_rows(&b).len(), 3, "{:?}", run_rows(&b));
+
+    let left = b.close();
+    assert!(
+        left.is_empty(),
+        "browser processes outlived the test: {left:?}"
+    );
 }

@@ -220,7 +220,9 @@ pub async fn publish(
 
 /// Loads the files as a run would, in a scratch folder: a publish of a
 /// workflow that does not compile is refused with the file's own error.
-fn check_publishable(
+/// The web view's editor calls it as the text is typed (nothing is
+/// committed).
+pub(crate) fn check_publishable(
     data: &std::path::Path,
     name: &str,
     files: &[(String, Vec<u8>)],

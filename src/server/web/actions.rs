@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::Extension;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::html::{self, url};
@@ -170,6 +171,195 @@ pub async fn publish(
     }
 }
 
+/// What the editor's check found: nothing (the files would publish), or
+/// the first error and where it is.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Checked {
+    /// Whether a publish of these files would pass the checks.
+    pub ok: bool,
+    /// The error, as a publish would refuse it (and `orch validate` says).
+    pub error: Option<String>,
+    /// The file the error is in, when it names one of the files.
+    pub file: Option<String>,
+    /// Its line (from 1).
+    pub line: Option<u32>,
+    /// Its column (from 1).
+    pub column: Option<u32>,
+}
+
+impl Checked {
+    /// The first `file:line:column` in `message` naming one of `paths`.
+    pub fn refused(message: &str, paths: &[String]) -> Checked {
+        let mut best: Option<(usize, &String, u32, u32)> = None;
+        for path in paths.iter().filter(|p| !p.is_empty()) {
+            let needle = format!("{path}:");
+            for (at, _) in message.match_indices(&needle) {
+                // Only a whole name: not the tail of a longer one.
+                let before = message[..at].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+                {
+                    continue;
+                }
+                let rest = &message[at + needle.len()..];
+                let Some((line, rest)) = leading_number(rest) else {
+                    continue;
+                };
+                let column = rest
+                    .strip_prefix(':')
+                    .and_then(leading_number)
+                    .map(|(c, _)| c);
+                let column = column.unwrap_or(1);
+                if best.is_none_or(|(b, ..)| at < b) {
+                    best = Some((at, path, line, column));
+                }
+                break;
+            }
+        }
+        Checked {
+            ok: false,
+            error: Some(message.to_string()),
+            file: best.map(|(_, p, ..)| p.clone()),
+            line: best.map(|(_, _, l, _)| l),
+            column: best.map(|(.., c)| c),
+        }
+    }
+}
+
+/// A number at the start of `text`, and what follows it.
+fn leading_number(text: &str) -> Option<(u32, &str)> {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n = text[..end].parse::<u32>().ok().filter(|n| *n > 0)?;
+    Some((n, &text[end..]))
+}
+
+/// `POST /workflows/{name}/check`: the editor's files checked exactly as
+/// a publish checks them ([`workflows::check_publishable`]: read,
+/// compiled and validated in a scratch folder), and nothing committed.
+/// The editor calls it as the text is typed.
+pub async fn check(
+    State(s): State<Arc<AppState>>,
+    Extension(form): Extension<Form>,
+    Path(name): Path<String>,
+) -> WebResult<Response> {
+    let files: Vec<(String, Vec<u8>)> = pages::form_files(&form)
+        .into_iter()
+        .map(|(p, c)| (p, c.into_bytes()))
+        .collect();
+    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    let data = s.data.clone();
+    let result =
+        tokio::task::spawn_blocking(move || workflows::check_publishable(&data, &name, &files))
+            .await
+            .map_err(|e| {
+                WebError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("a worker failed: {e}"),
+                )
+            })?;
+    let checked = match result {
+        Ok(()) => Checked {
+            ok: true,
+            ..Checked::default()
+        },
+        Err(e) => {
+            let web = WebError::from(e.clone());
+            if web.status.is_server_error() {
+                return Err(web);
+            }
+            Checked::refused(&e.error.message, &paths)
+        }
+    };
+    Ok(Json(checked).into_response())
+}
+
+/// `POST /pipelines/backfill`: runs the fire times of a pipeline of the
+/// server's pipelines folder (`--pipelines`) in `[from, to]` that the
+/// `reprocess` mode selects (missing, failed, all), one at a time, with
+/// [`crate::scheduler::backfill`] as `orch backfill` does; the form's
+/// mistakes are refused at once, then the backfill goes on detached and
+/// the page shows the pipeline's runs.
+pub async fn backfill(
+    State(s): State<Arc<AppState>>,
+    Extension(form): Extension<Form>,
+) -> WebResult<Response> {
+    let bad = |m: String| WebError::new(StatusCode::BAD_REQUEST, m);
+    let folder = s.pipelines.clone().ok_or_else(|| {
+        bad("this server has no pipelines folder (orch serve --pipelines DIR)".into())
+    })?;
+    let name = form.get("pipeline").unwrap_or("").trim().to_string();
+    if name.is_empty() {
+        return Err(bad("field `pipeline`: name the pipeline".into()));
+    }
+    let reprocess: crate::scheduler::Reprocess = form
+        .get("reprocess")
+        .unwrap_or("missing")
+        .parse()
+        .map_err(|e| bad(format!("field `reprocess`: {e}")))?;
+    let moment = |field: &str| -> WebResult<jiff::Timestamp> {
+        let text = form.get(field).unwrap_or("");
+        let ms = pages::moment(field, text)?;
+        jiff::Timestamp::from_millisecond(ms).map_err(|e| bad(format!("field `{field}`: {e}")))
+    };
+    let (from, to) = (moment("from")?, moment("to")?);
+    let wanted = name.clone();
+    let pipeline =
+        tokio::task::spawn_blocking(move || crate::scheduler::find(&folder, Some(&wanted)))
+            .await
+            .map_err(|e| {
+                WebError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("a worker failed: {e}"),
+                )
+            })?
+            .map_err(|e| WebError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    // What the backfill itself would refuse, refused here, where the
+    // person can read it.
+    if !pipeline.needs.is_empty() {
+        return Err(bad(format!(
+            "pipeline `{name}`: the parameters {} have no default",
+            pipeline.needs.join(", ")
+        )));
+    }
+    let Some(schedule) = pipeline.schedule.as_ref() else {
+        return Err(bad(format!("pipeline `{name}` has no schedule")));
+    };
+    if to < from {
+        return Err(bad(format!("field `to`: {to} is before `from` {from}")));
+    }
+    let start = from
+        .checked_sub(jiff::SignedDuration::from_millis(1))
+        .unwrap_or(from);
+    let times = schedule
+        .between(start, to, crate::scheduler::MAX_BACKFILL + 1)
+        .len();
+    if times == 0 {
+        return Err(bad(format!(
+            "pipeline `{name}` fires no time from {from} to {to}"
+        )));
+    }
+    if times > crate::scheduler::MAX_BACKFILL {
+        return Err(bad(format!(
+            "the range holds more than {} fire times: backfill it in parts",
+            crate::scheduler::MAX_BACKFILL
+        )));
+    }
+    tracing::info!(pipeline = %name, %from, %to, times, "a backfill from the web view");
+    let state = s.clone();
+    tokio::spawn(async move {
+        match crate::scheduler::backfill(&state.engine, &pipeline, from, to, reprocess, 1).await {
+            Ok(report) => tracing::info!(
+                pipeline = %pipeline.name,
+                fire_times = report.len(),
+                "the backfill ended"
+            ),
+            Err(e) => tracing::warn!(pipeline = %pipeline.name, "the backfill stopped: {e}"),
+        }
+    });
+    Ok(redirect(&format!("/runs?workflow={}", url(&name))))
+}
+
 /// `POST /events`: pushes an event (`key`, `payload` as JSON).
 pub async fn push_event(
     State(s): State<Arc<AppState>>,
@@ -186,4 +376,32 @@ pub async fn push_event(
     )
     .await?;
     Ok(redirect("/events"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_placed_at_its_file_line_and_column() {
+        let paths = vec!["workflow.yaml".to_string(), "run.sh".to_string()];
+        let c = Checked::refused(
+            "workflow `w` does not load: workflow.yaml:3:5: unknown field `nme`",
+            &paths,
+        );
+        assert_eq!(
+            (c.ok, c.file.as_deref(), c.line, c.column),
+            (false, Some("workflow.yaml"), Some(3), Some(5))
+        );
+        // A line without a column is at its first column; a longer name
+        // that ends like a file is not that file.
+        let c = Checked::refused("in my-run.sh:2: x; then run.sh:7: y", &paths);
+        assert_eq!(
+            (c.file.as_deref(), c.line, c.column),
+            (Some("run.sh"), Some(7), Some(1))
+        );
+        // No place named: the message alone.
+        let c = Checked::refused("workflow `w`: a cycle a -> b -> a", &paths);
+        assert_eq!((c.file, c.line, c.error.is_some()), (None, None, true));
+    }
 }

@@ -110,7 +110,8 @@ pub fn badge(state: &str) -> String {
         "cancelled" => "⊘",
         "running" => "▶",
         "paused" => "⏸",
-        "waiting" => "⌛",
+        "waiting" => "◷",
+        "ready" => "◎",
         _ => "○",
     };
     format!(

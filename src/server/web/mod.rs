@@ -58,7 +58,9 @@ pub fn routes(state: Arc<AppState>) -> Router {
             "/workflows/{name}/edit",
             get(pages::editor).post(actions::publish),
         )
+        .route("/workflows/{name}/check", post(actions::check))
         .route("/workflows/{name}/run", post(actions::execute))
+        .route("/pipelines/backfill", post(actions::backfill))
         .route("/events", get(pages::events).post(actions::push_event))
         .route("/runners", get(pages::runners))
         .layer(axum::middleware::from_fn_with_state(

@@ -61,6 +61,18 @@ fn duration(from: Option<&str>, to: Option<&str>) -> String {
     }
 }
 
+/// How long a span of milliseconds is, as people read it.
+fn span(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m {:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h {:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
 /// Which runs the list shows.
 #[derive(Debug, Default, Deserialize)]
 pub struct RunsQuery {
@@ -70,6 +82,48 @@ pub struct RunsQuery {
     pub status: Option<String>,
     /// Older than this run (the previous page's last).
     pub before: Option<String>,
+    /// Only runs started at or after this moment (RFC 3339, a date and
+    /// time in UTC, or a date: its midnight UTC).
+    pub from: Option<String>,
+    /// Only runs started before this moment (the same forms).
+    pub to: Option<String>,
+}
+
+/// A moment of the time filter: RFC 3339, a date and time (UTC, as a
+/// browser's `datetime-local` field sends it) or a date (midnight UTC).
+pub fn moment(field: &str, text: &str) -> WebResult<i64> {
+    let text = text.trim();
+    let utc = |dt: jiff::civil::DateTime| {
+        dt.to_zoned(jiff::tz::TimeZone::UTC)
+            .map(|z| z.timestamp().as_millisecond())
+            .ok()
+    };
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+        .or_else(|| text.parse::<jiff::civil::DateTime>().ok().and_then(utc))
+        .or_else(|| {
+            text.parse::<jiff::civil::Date>()
+                .ok()
+                .and_then(|d| utc(d.to_datetime(jiff::civil::Time::midnight())))
+        })
+        .ok_or_else(|| {
+            WebError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!(
+                    "field `{field}`: {text:?} is not a moment (2026-11-30T09:00:00Z, 2026-11-30T09:00 in UTC, or 2026-11-30)"
+                ),
+            )
+        })
+}
+
+/// How many runs the time filter looks through at most for one page.
+const RUNS_SCANNED: usize = 5000;
+
+fn millis_of(t: &str) -> Option<i64> {
+    t.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 fn nonempty(s: Option<String>) -> Option<String> {
@@ -83,22 +137,79 @@ pub async fn runs(
     Query(q): Query<RunsQuery>,
 ) -> WebResult<Response> {
     let (workflow, status) = (nonempty(q.workflow), nonempty(q.status));
-    let list = api_runs::list(
-        State(s.clone()),
-        ApiQuery(api_runs::ListQuery {
-            workflow: workflow.clone(),
-            status: status.clone(),
-            before: nonempty(q.before),
-            limit: Some(RUNS_PAGE),
-        }),
-    )
-    .await?
-    .0;
+    let (from_text, to_text) = (nonempty(q.from), nonempty(q.to));
+    let from = from_text
+        .as_deref()
+        .map(|t| moment("from", t))
+        .transpose()?;
+    let to = to_text.as_deref().map(|t| moment("to", t)).transpose()?;
+    // Newest first, a page of the API at a time; with a time filter the
+    // pages are read until this one is full, the runs are older than
+    // `from`, or RUNS_SCANNED runs were looked at.
+    let timed = from.is_some() || to.is_some();
+    let mut cursor = nonempty(q.before);
+    let mut shown: Vec<api_runs::RunItem> = Vec::new();
+    let mut next = None;
+    let mut scanned = 0;
+    let mut cut_short = false;
+    loop {
+        let list = api_runs::list(
+            State(s.clone()),
+            ApiQuery(api_runs::ListQuery {
+                workflow: workflow.clone(),
+                status: status.clone(),
+                before: cursor.clone(),
+                limit: Some(if timed { 500 } else { RUNS_PAGE }),
+            }),
+        )
+        .await?
+        .0;
+        let mut older = false;
+        for r in list.runs {
+            scanned += 1;
+            let at = millis_of(&r.created_at).unwrap_or(0);
+            if from.is_some_and(|f| at < f) {
+                older = true;
+                break;
+            }
+            if to.is_some_and(|t| at >= t) {
+                continue;
+            }
+            if shown.len() == RUNS_PAGE {
+                next = shown.last().map(|r| r.id.clone());
+                break;
+            }
+            shown.push(r);
+        }
+        if !timed {
+            next = list.next;
+            break;
+        }
+        if next.is_some() || older || list.next.is_none() {
+            break;
+        }
+        if scanned >= RUNS_SCANNED {
+            cut_short = true;
+            next = list.next;
+            break;
+        }
+        cursor = list.next;
+    }
+    // Runs not ended yet: their expected end, from their history.
+    let now = crate::time::unix_millis() as i64;
+    let mut ends = std::collections::BTreeMap::new();
+    for r in shown.iter().filter(|r| r.finished_at.is_none()) {
+        if let Some(end) = estimate_of(&s, &r.id).await.and_then(|e| e.expected_end_ms) {
+            ends.insert(r.id.clone(), end);
+        }
+    }
     let mut body = String::new();
     let _ = write!(
         body,
-        r#"<form method="get" action="/runs" class="filter" id="filter"><label>Workflow <input name="workflow" value="{}"></label> <label>Status <select name="status"><option value="">any</option>"#,
-        or_empty(workflow.as_deref())
+        r#"<form method="get" action="/runs" class="filter" id="filter"><label>Workflow <input name="workflow" value="{}"></label> <label>Started after <input name="from" id="from" value="{}" placeholder="2026-11-30T09:00" size="17"></label> <label>before <input name="to" id="to" value="{}" placeholder="UTC, or a date" size="17"></label> <label>Status <select name="status"><option value="">any</option>"#,
+        or_empty(workflow.as_deref()),
+        or_empty(from_text.as_deref()),
+        or_empty(to_text.as_deref())
     );
     for st in STATUSES {
         let sel = if status.as_deref() == Some(*st) {
@@ -109,10 +220,21 @@ pub async fn runs(
         let _ = write!(body, r#"<option{sel}>{st}</option>"#);
     }
     body.push_str(r#"</select></label> <button type="submit">Filter</button></form>"#);
-    let rows: Vec<Vec<String>> = list
-        .runs
+    let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|r| {
+            let took = match (&r.finished_at, millis_of(&r.created_at)) {
+                (Some(_), _) => duration(Some(&r.created_at), r.finished_at.as_deref()),
+                (None, Some(a)) => format!("{} so far", span(now - a)),
+                (None, None) => "–".into(),
+            };
+            let end = match (&r.finished_at, ends.get(&r.id)) {
+                (Some(f), _) => esc(f),
+                (None, Some(e)) => {
+                    format!(r#"<span class="expected">≈ {}</span>"#, esc(&when_ms(*e)))
+                }
+                (None, None) => "–".into(),
+            };
             vec![
                 format!(r#"<a href="/runs/{}">{}</a>"#, url(&r.id), esc(&r.id)),
                 format!(
@@ -122,26 +244,43 @@ pub async fn runs(
                 ),
                 badge(&r.status),
                 esc(&r.created_at),
-                duration(Some(&r.created_at), r.finished_at.as_deref()),
+                took,
+                end,
                 r.nodes.to_string(),
             ]
         })
         .collect();
     if rows.is_empty() {
-        body.push_str(r#"<p class="empty">No runs match.</p>"#);
+        body.push_str(r#"<p class="empty" id="no-runs">No runs match.</p>"#);
     } else {
         body.push_str(&table(
             "runs",
-            &["run", "workflow", "status", "started", "took", "nodes"],
+            &[
+                "run",
+                "workflow",
+                "status",
+                "started",
+                "took",
+                "ended (≈ expected)",
+                "nodes",
+            ],
             &rows,
         ));
     }
-    if let Some(next) = list.next {
+    if cut_short {
         let _ = write!(
             body,
-            r#"<p><a id="older" href="/runs?workflow={}&amp;status={}&amp;before={}">Older runs →</a></p>"#,
+            r#"<p class="note">Looked through {scanned} runs for this page; older ones may match too.</p>"#
+        );
+    }
+    if let Some(next) = next {
+        let _ = write!(
+            body,
+            r#"<p><a id="older" href="/runs?workflow={}&amp;status={}&amp;from={}&amp;to={}&amp;before={}">Older runs →</a></p>"#,
             url(workflow.as_deref().unwrap_or("")),
             url(status.as_deref().unwrap_or("")),
+            url(from_text.as_deref().unwrap_or("")),
+            url(to_text.as_deref().unwrap_or("")),
             url(&next)
         );
     }
@@ -207,8 +346,22 @@ fn run_ended(e: &RunExport) -> bool {
     e.status.is_terminal()
 }
 
-/// The nodes of a run as a table, with the buttons the session may press.
-fn nodes_table(e: &RunExport, me: &Session) -> String {
+/// A run's estimate (its expected end, each pending node's expected
+/// start) while it has not ended; `None` without history to go by.
+async fn estimate_of(s: &Arc<AppState>, run: &str) -> Option<crate::estimate::RunEstimate> {
+    let (store, id) = (s.store.clone(), run.to_string());
+    api::blocking(move || {
+        let now = crate::time::unix_millis() as i64;
+        Ok(crate::estimate::for_run(store.as_ref(), &id, now).ok())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The nodes of a run as a table, with the buttons the session may press
+/// and, for nodes that have not started, their expected start.
+fn nodes_table(e: &RunExport, me: &Session, est: Option<&crate::estimate::RunEstimate>) -> String {
     let operate = me.may(Permission::Operate);
     let ended = run_ended(e);
     let rows: Vec<Vec<String>> = e
@@ -221,9 +374,10 @@ fn nodes_table(e: &RunExport, me: &Session) -> String {
             if operate && kind == "input" && !n.state.is_terminal() && !ended {
                 let _ = write!(
                     actions,
-                    r#"<form method="post" action="{base}/input" class="action input">{}<input name="value" value="true" aria-label="value (JSON)" size="8"><button type="submit" class="input-send">Send input</button></form>{}"#,
+                    r#"<form method="post" action="{base}/input" class="action input">{}<input name="value" value="true" aria-label="value (JSON)" size="8"><button type="submit" class="input-send">Send input</button></form>{}<form method="post" action="{base}/input" class="action reject">{}<input type="hidden" name="value" value="false"><button type="submit" class="reject danger">✖ Reject</button></form>"#,
                     html::csrf_field(&me.csrf),
-                    html::button(&format!("{base}/input"), "Approve", &me.csrf, "approve")
+                    html::button(&format!("{base}/input"), "✔ Approve", &me.csrf, "approve"),
+                    html::csrf_field(&me.csrf)
                 );
             }
             if operate && n.state.is_terminal() {
@@ -242,6 +396,7 @@ fn nodes_table(e: &RunExport, me: &Session) -> String {
                 n.attempts.len().to_string(),
                 or_dash(n.started_at.as_deref()),
                 duration(n.started_at.as_deref(), n.finished_at.as_deref()),
+                expected_start(n, est),
                 actions,
             ]
         })
@@ -249,10 +404,37 @@ fn nodes_table(e: &RunExport, me: &Session) -> String {
     table(
         "nodes-table",
         &[
-            "node", "task", "kind", "state", "attempts", "started", "took", "",
+            "node",
+            "task",
+            "kind",
+            "state",
+            "attempts",
+            "started",
+            "took",
+            "expected start",
+            "",
         ],
         &rows,
     )
+}
+
+/// A node's expected start, while it has not started.
+fn expected_start(
+    n: &crate::history::NodeExport,
+    est: Option<&crate::estimate::RunEstimate>,
+) -> String {
+    if n.started_at.is_some() || n.state.is_terminal() {
+        return "–".into();
+    }
+    est.and_then(|e| e.nodes.iter().find(|x| x.node == n.id))
+        .and_then(|x| x.expected_start_ms)
+        .map(|ms| {
+            format!(
+                r#"<span class="expected" data-ms="{ms}">≈ {}</span>"#,
+                esc(&when_ms(ms))
+            )
+        })
+        .unwrap_or_else(|| "–".into())
 }
 
 /// `GET /runs/{run}/nodes.html`: the nodes table alone (the run page
@@ -263,7 +445,12 @@ pub async fn nodes_fragment(
     Path(run): Path<String>,
 ) -> WebResult<Response> {
     let e = export_of(&s, run).await?;
-    Ok(axum::response::Html(nodes_table(&e, &me)).into_response())
+    let est = if run_ended(&e) {
+        None
+    } else {
+        estimate_of(&s, &e.run).await
+    };
+    Ok(axum::response::Html(nodes_table(&e, &me, est.as_ref())).into_response())
 }
 
 /// The run's summary lines (status, times, source).
@@ -317,19 +504,15 @@ pub async fn run(
     let e = export_of(&s, run).await?;
     let (st, id) = (s.clone(), e.run.clone());
     let svg = api::blocking(move || svg_of(&st, &id, None)).await?;
-    let expected_end = if run_ended(&e) {
+    let est = if run_ended(&e) {
         None
     } else {
-        let (store, id) = (s.store.clone(), e.run.clone());
-        api::blocking(move || {
-            let now = crate::time::unix_millis() as i64;
-            Ok(crate::estimate::for_run(store.as_ref(), &id, now)
-                .ok()
-                .and_then(|est| est.expected_end_ms)
-                .map(when_ms))
-        })
-        .await?
+        estimate_of(&s, &e.run).await
     };
+    let expected_end = est
+        .as_ref()
+        .and_then(|est| est.expected_end_ms)
+        .map(when_ms);
     let base = format!("/runs/{}", url(&e.run));
     let mut body = summary(&e, expected_end);
     if me.may(Permission::Operate) && !run_ended(&e) {
@@ -376,11 +559,11 @@ pub async fn run(
     let last = e.event.max(1);
     let _ = write!(
         body,
-        r#"<h2>Picture</h2><div class="slider"><input type="range" id="at" min="1" max="{last}" value="{last}" aria-label="event"> <span id="at-label">event {last} of {last}</span> <button type="button" id="now">now</button></div>
+        r#"<h2>Picture</h2><div class="slider"><input type="range" id="at" min="1" max="{last}" value="{last}" aria-label="event"> <span id="at-label">event {last} of {last}</span> <button type="button" id="now">now</button> <span class="zoom" title="Ctrl and the wheel zoom at the pointer; a drag pans"><button type="button" id="zoom-in" aria-label="zoom in">+</button><button type="button" id="zoom-out" aria-label="zoom out">−</button><button type="button" id="zoom-fit">whole</button></span></div>
 <div class="picture" id="picture">{svg}</div>
 <h2>Nodes</h2><div id="nodes">{}</div>
 <div id="live" hidden data-run="{}" data-event="{}" data-ended="{}"></div>"#,
-        nodes_table(&e, &me),
+        nodes_table(&e, &me, est.as_ref()),
         esc(&e.run),
         e.event,
         run_ended(&e)
@@ -673,11 +856,37 @@ pub async fn workflows(
         ));
     }
     body.push_str(&pipelines_table(&pipelines));
+    if me.may(Permission::Operate) {
+        body.push_str(&backfill_form(&pipelines, &me.csrf));
+    }
     Ok(page_response(html::page(
         "Workflows",
         Some(&me.viewer()),
         &body,
     )))
+}
+
+/// The backfill form: a scheduled pipeline of the folder, a range and
+/// which fire times to run again.
+fn backfill_form(pipelines: &[system::PipelineItem], csrf: &str) -> String {
+    let mut names: Vec<&str> = pipelines
+        .iter()
+        .filter(|p| p.error.is_none() && p.schedule.is_some())
+        .filter_map(|p| p.pipeline.as_deref())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut options = String::new();
+    for n in names {
+        let _ = write!(options, "<option>{}</option>", esc(n));
+    }
+    format!(
+        r#"<h2>Backfill</h2><form method="post" action="/pipelines/backfill" class="action backfill" id="backfill">{}<label>Pipeline <select name="pipeline" id="backfill-pipeline">{options}</select></label> <label>From <input name="from" id="backfill-from" required placeholder="2026-11-01" size="17"></label> <label>to <input name="to" id="backfill-to" required placeholder="2026-11-30T23:59" size="17"></label> <label>Run <select name="reprocess" id="backfill-reprocess"><option value="missing">missing fire times</option><option value="failed">missing and failed</option><option value="all">every fire time again</option></select></label> <button type="submit" id="backfill-start">Backfill</button></form><p class="note">Moments in UTC; the fire times run one at a time, each to its end, and show in the pipeline's runs.</p>"#,
+        html::csrf_field(csrf)
+    )
 }
 
 fn pipelines_table(pipelines: &[system::PipelineItem]) -> String {
@@ -1003,9 +1212,15 @@ pub fn editor_page(
     if let Some(e) = error {
         let _ = write!(body, r#"<p class="error" id="error">{}</p>"#, esc(e));
     }
+    // Who may publish gets the check as they type (`static/web.js`).
+    let check = if operate {
+        format!(r#" data-check="/workflows/{}/check""#, url(name))
+    } else {
+        String::new()
+    };
     let _ = write!(
         body,
-        r#"<form method="post" action="/workflows/{}/edit" class="editor" id="editor">{}"#,
+        r#"<form method="post" action="/workflows/{}/edit" class="editor" id="editor"{check}>{}"#,
         url(name),
         html::csrf_field(&me.csrf)
     );
@@ -1013,7 +1228,7 @@ pub fn editor_page(
     for (i, (path, content)) in files.iter().enumerate() {
         let _ = write!(
             body,
-            r#"<label>File <input name="path" value="{}" id="path-{i}"{ro}></label><textarea name="content" id="content-{i}" rows="{}" spellcheck="false"{ro}>{}</textarea>"#,
+            r#"<label>File <input name="path" value="{}" id="path-{i}"{ro}></label><textarea name="content" id="content-{i}" rows="{}" spellcheck="false"{ro}>{}</textarea><div class="check" id="check-{i}" aria-live="polite"></div>"#,
             esc(path),
             content.lines().count().clamp(8, 40) + 1,
             esc(content)
@@ -1219,6 +1434,25 @@ mod tests {
             "2m 05s"
         );
         assert_eq!(duration(Some("2026-01-01T00:00:00Z"), None), "–");
+    }
+
+    #[test]
+    fn the_time_filter_reads_moments() {
+        let at = |t: &str| moment("from", t).ok();
+        let nine = jiff::Timestamp::from_second(1_795_942_800).unwrap(); // 2026-11-29T09:00:00Z
+        assert_eq!(nine.to_string(), "2026-11-29T09:00:00Z");
+        assert_eq!(at("2026-11-29T09:00:00Z"), Some(nine.as_millisecond()));
+        assert_eq!(at("2026-11-29T10:00:00+01:00"), Some(nine.as_millisecond()));
+        assert_eq!(at("2026-11-29T09:00"), Some(nine.as_millisecond()));
+        assert_eq!(
+            at("2026-11-29"),
+            Some(nine.as_millisecond() - 9 * 3_600_000)
+        );
+        let e = moment("to", "yesterday").unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("field `to`"), "{}", e.message);
+        assert_eq!(span(61_000), "1m 01s");
+        assert_eq!(span(3_720_000), "1h 02m");
     }
 
     #[test]

@@ -23,6 +23,124 @@
     var following = true;
     var shown = last;
 
+    // Zoom and pan: the buttons zoom in, out and back to the whole
+    // picture, Ctrl (or Cmd) and the wheel zoom at the pointer, a drag
+    // pans. The view is the SVG's viewBox, kept while it is redrawn.
+    var view = null;
+    var full = function (svg) {
+      var v = svg.viewBox && svg.viewBox.baseVal;
+      return v && v.width ? { x: v.x, y: v.y, w: v.width, h: v.height } : null;
+    };
+    var whole = null;
+    // A node's state as an icon as well as a colour (the same icons as the
+    // tables' badges), beside its top right corner and in the legend, so
+    // the picture reads in grey-scale and without telling colours apart.
+    var icons = {
+      pending: "\u25cb", ready: "\u25ce", running: "\u25b6", waiting: "\u25f7",
+      succeeded: "\u2714", failed: "\u2716", cancelled: "\u2298", upstream_failed: "\u2715"
+    };
+    var SVG = "http://www.w3.org/2000/svg";
+    var mark = function (svg) {
+      if (svg.dataset.marked) { return; }
+      svg.dataset.marked = "true";
+      svg.querySelectorAll("g.node").forEach(function (g) {
+        var state = null;
+        g.classList.forEach(function (c) { if (icons[c]) { state = c; } });
+        var shape = g.querySelector("rect, ellipse");
+        if (!state || !shape) { return; }
+        var x, y;
+        if (shape.tagName === "rect") {
+          x = Number(shape.getAttribute("x")) + Number(shape.getAttribute("width")) - 2;
+          y = Number(shape.getAttribute("y")) + 1;
+        } else {
+          x = Number(shape.getAttribute("cx")) + 0.7 * Number(shape.getAttribute("rx"));
+          y = Number(shape.getAttribute("cy")) - 0.7 * Number(shape.getAttribute("ry"));
+        }
+        var t = document.createElementNS(SVG, "text");
+        t.setAttribute("class", "state-icon");
+        t.setAttribute("x", String(x));
+        t.setAttribute("y", String(y));
+        t.setAttribute("font-size", "12");
+        t.setAttribute("text-anchor", "middle");
+        t.setAttribute("dominant-baseline", "middle");
+        t.textContent = icons[state];
+        var title = document.createElementNS(SVG, "title");
+        title.textContent = state.replace("_", " ");
+        t.appendChild(title);
+        g.appendChild(t);
+      });
+      svg.querySelectorAll("g.legend text").forEach(function (t) {
+        var word = t.textContent;
+        if (icons[word]) { t.textContent = icons[word] + " " + word; }
+      });
+    };
+    var apply = function () {
+      var svg = picture.querySelector("svg");
+      if (!svg) { return; }
+      mark(svg);
+      if (!svg.dataset.whole) {
+        var f = full(svg);
+        if (!f) { return; }
+        svg.dataset.whole = [f.x, f.y, f.w, f.h].join(" ");
+      }
+      var w = svg.dataset.whole.split(" ").map(Number);
+      whole = { x: w[0], y: w[1], w: w[2], h: w[3] };
+      if (view) {
+        // A redrawn picture may have grown: the view stays inside it.
+        view.w = Math.min(view.w, whole.w);
+        view.h = Math.min(view.h, whole.h);
+        view.x = Math.max(whole.x, Math.min(view.x, whole.x + whole.w - view.w));
+        view.y = Math.max(whole.y, Math.min(view.y, whole.y + whole.h - view.h));
+      }
+      var v = view || whole;
+      svg.setAttribute("viewBox", [v.x, v.y, v.w, v.h].join(" "));
+      picture.dataset.zoom = (whole.w / v.w).toFixed(2);
+      picture.classList.toggle("zoomed", !!view);
+    };
+    var zoom = function (factor, fx, fy) {
+      if (!whole) { apply(); }
+      if (!whole) { return; }
+      var v = view || { x: whole.x, y: whole.y, w: whole.w, h: whole.h };
+      var w = Math.max(whole.w / 20, Math.min(whole.w, v.w / factor));
+      var h = w * whole.h / whole.w;
+      if (w >= whole.w) { view = null; apply(); return; }
+      var cx = fx === undefined ? 0.5 : fx;
+      var cy = fy === undefined ? 0.5 : fy;
+      view = { x: v.x + (v.w - w) * cx, y: v.y + (v.h - h) * cy, w: w, h: h };
+      apply();
+    };
+    var zoomIn = document.getElementById("zoom-in");
+    if (zoomIn) {
+      zoomIn.addEventListener("click", function () { zoom(1.5); });
+      document.getElementById("zoom-out").addEventListener("click", function () { zoom(1 / 1.5); });
+      document.getElementById("zoom-fit").addEventListener("click", function () { view = null; apply(); });
+    }
+    picture.addEventListener("wheel", function (ev) {
+      if (!(ev.ctrlKey || ev.metaKey)) { return; }
+      var svg = picture.querySelector("svg");
+      if (!svg) { return; }
+      ev.preventDefault();
+      var r = svg.getBoundingClientRect();
+      zoom(ev.deltaY < 0 ? 1.25 : 0.8, (ev.clientX - r.left) / r.width, (ev.clientY - r.top) / r.height);
+    }, { passive: false });
+    var drag = null;
+    picture.addEventListener("pointerdown", function (ev) {
+      var svg = picture.querySelector("svg");
+      if (!view || !svg) { return; }
+      drag = { px: ev.clientX, py: ev.clientY, x: view.x, y: view.y, r: svg.getBoundingClientRect() };
+      try { picture.setPointerCapture(ev.pointerId); } catch (e) { /* a synthetic pointer */ }
+      ev.preventDefault();
+    });
+    picture.addEventListener("pointermove", function (ev) {
+      if (!drag || !view) { return; }
+      view.x = drag.x - (ev.clientX - drag.px) / drag.r.width * view.w;
+      view.y = drag.y - (ev.clientY - drag.py) / drag.r.height * view.h;
+      apply();
+    });
+    var drop = function () { drag = null; };
+    picture.addEventListener("pointerup", drop);
+    picture.addEventListener("pointercancel", drop);
+
     function say() {
       label.textContent = "event " + slider.value + " of " + last + (following ? " (live)" : "");
     }
@@ -30,6 +148,7 @@
       var url = "/runs/" + run + "/picture.svg" + (following ? "" : "?at=" + at);
       return get(url).then(function (svg) {
         picture.innerHTML = svg;
+        apply();
         picture.dataset.event = String(at);
         shown = at;
       });
@@ -46,6 +165,7 @@
       draw(last).catch(function () {});
     });
     picture.dataset.event = String(last);
+    apply();
     say();
 
     if (live.dataset.ended !== "true" && window.EventSource) {
@@ -97,5 +217,79 @@
         .catch(function () { setTimeout(poll, 2000); });
     };
     poll();
+  }
+
+  // The editor of who may publish: the files are checked as they are
+  // typed (half a second after the last key), exactly as a publish would
+  // check them, and the error is shown under its file with its line.
+  var editor = document.getElementById("editor");
+  if (editor && editor.dataset.check) {
+    var asked = 0;
+    var timer = null;
+    var clear = function () {
+      editor.querySelectorAll(".check").forEach(function (c) {
+        c.className = "check";
+        c.textContent = "";
+      });
+      editor.querySelectorAll("textarea").forEach(function (t) { t.removeAttribute("aria-invalid"); });
+    };
+    var show = function (res) {
+      clear();
+      var first = document.getElementById("check-0");
+      if (res.ok) {
+        if (first) {
+          first.className = "check ok";
+          first.textContent = "\u2714 valid: it would publish";
+        }
+        return;
+      }
+      var i = 0;
+      editor.querySelectorAll("input[name=path]").forEach(function (p, k) {
+        if (res.file && p.value === res.file) { i = k; }
+      });
+      var box = document.getElementById("check-" + i) || first;
+      var area = document.getElementById("content-" + i);
+      if (!box) { return; }
+      box.className = "check bad";
+      var head = document.createElement("div");
+      head.className = "check-message";
+      head.textContent = "\u2716 " + (res.line ? "line " + res.line + ", column " + res.column + ": " : "") + res.error;
+      box.appendChild(head);
+      if (area && res.line) {
+        area.setAttribute("aria-invalid", "true");
+        var text = area.value.replace(/\r\n/g, "\n").split("\n")[res.line - 1];
+        if (text !== undefined) {
+          var pre = document.createElement("pre");
+          var gutter = String(res.line) + " | ";
+          pre.textContent = gutter + text + "\n" + " ".repeat(gutter.length + Math.max(0, res.column - 1)) + "^";
+          box.appendChild(pre);
+        }
+      }
+      box.dataset.line = String(res.line || "");
+    };
+    var check = function () {
+      var mine = ++asked;
+      fetch(editor.dataset.check, {
+        method: "POST",
+        credentials: "same-origin",
+        body: new URLSearchParams(new FormData(editor))
+      })
+        .then(function (r) {
+          if (!r.ok) { throw new Error("the check answered " + r.status); }
+          return r.json();
+        })
+        .then(function (res) { if (mine === asked) { show(res); } })
+        .catch(function (e) {
+          if (mine !== asked) { return; }
+          clear();
+          var first = document.getElementById("check-0");
+          if (first) { first.className = "check bad"; first.textContent = String(e.message || e); }
+        });
+    };
+    editor.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(check, 500);
+    });
+    check();
   }
 })();
