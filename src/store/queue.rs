@@ -208,13 +208,17 @@ pub fn statuses(rows: Vec<QueueRow>, runners: &[RunnerRecord], now_ms: i64) -> V
         .collect()
 }
 
+/// A node's queue row as fences read it: the attempt number, the
+/// claiming runner, the claim's lease, and the store's clock.
+pub(crate) type FenceRow = (i64, Option<String>, Option<i64>, i64);
+
 /// Why `runner` does not hold `attempt`, given the queue row of its node
 /// (attempt number, claiming runner, claim lease, the store's clock):
 /// `None` when it does. Shared by every backend.
 pub(crate) fn why_fenced(
     attempt: &AttemptId,
     runner: &str,
-    row: Option<(i64, Option<String>, Option<i64>, i64)>,
+    row: Option<FenceRow>,
 ) -> Option<String> {
     let Some((n, holder, lease_until, now)) = row else {
         return Some(
@@ -238,10 +242,7 @@ pub(crate) fn why_fenced(
 /// Whether an engine waiting for `attempt` will never hear of it, given
 /// its node's queue row: gone, superseded, or claimed under an expired
 /// lease.
-pub(crate) fn is_lost(
-    attempt: &AttemptId,
-    row: Option<&(i64, Option<String>, Option<i64>, i64)>,
-) -> bool {
+pub(crate) fn is_lost(attempt: &AttemptId, row: Option<&FenceRow>) -> bool {
     match row {
         None => true,
         Some((n, _, _, _)) if *n != attempt.attempt as i64 => true,

@@ -51,10 +51,7 @@ impl PgStore {
         tx.get(&r, 0)
     }
 
-    fn queue_row(
-        tx: &mut Tx<'_>,
-        a: &AttemptId,
-    ) -> Result<Option<(i64, Option<String>, Option<i64>, i64)>> {
+    fn queue_row(tx: &mut Tx<'_>, a: &AttemptId) -> Result<Option<crate::store::queue::FenceRow>> {
         let Some(r) = tx.row(
             &format!(
                 "SELECT attempt, runner, lease_until, {NOW_MS} FROM queue

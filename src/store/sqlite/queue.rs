@@ -53,7 +53,7 @@ fn fence(
     attempt: &AttemptId,
     runner: &str,
 ) -> rusqlite::Result<Option<String>> {
-    let row: Option<(i64, Option<String>, Option<i64>, i64)> = tx
+    let row: Option<crate::store::queue::FenceRow> = tx
         .query_row(
             &format!(
                 "SELECT attempt, runner, lease_until, {NOW_MS} FROM queue WHERE run = ?1 AND node = ?2"
@@ -291,7 +291,7 @@ impl SqliteStore {
         self.immediate(|tx| {
             let mut lost = Vec::new();
             for a in attempts {
-                let row: Option<(i64, Option<String>, Option<i64>, i64)> = tx
+                let row: Option<crate::store::queue::FenceRow> = tx
                     .query_row(
                         &format!(
                             "SELECT attempt, runner, lease_until, {NOW_MS} FROM queue WHERE run = ?1 AND node = ?2"
