@@ -308,3 +308,53 @@ fn a_runner_drains_on_sigterm_and_when_the_server_asks() {
         .unwrap();
     assert_eq!(missing.status, 404);
 }
+
+/// A remote task that grows its run: each mutation goes through the
+/// runner to the engine, which answers it as it arrives.
+const GROW: &str = r#"name: grow
+tasks:
+  - id: grow
+    command:
+      - sh
+      - -c
+      - |
+        head -n 1 >/dev/null
+        echo '{"orch": 1, "type": "add_node", "seq": 1, "id": "child", "task": {"kind": "command", "argv": ["pwd"]}}'
+        head -n 1 | sed 's/^/got /'
+        echo '{"orch": 1, "type": "add_node", "seq": 2, "id": "grow", "task": {"kind": "command", "argv": ["true"]}}'
+        head -n 1 | sed 's/^/got /'
+"#;
+
+#[test]
+fn a_remote_tasks_mutations_are_answered_as_they_arrive() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "grower", "cpus=1");
+    publish(&c, "grow", GROW);
+    let run = start(&c, "grow");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The task read the engine's answers: an ack, then the refusal of a
+    // node that exists already.
+    let text = logs(&c, &run, "grow");
+    assert!(
+        text.contains(r#"got {\"orch\":1,\"type\":\"ack\",\"seq\":1}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"\"seq\":2,\"type\":\"error\""#), "{text}");
+    let nodes = c.get(&format!("/api/v1/runs/{run}/nodes")).unwrap();
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{nodes}");
+    assert!(ids.contains(&"child"), "{nodes}");
+    // The node it added ran on the runner too.
+    let child = logs(&c, &run, "child");
+    assert!(child.contains("runner-grower"), "{child}");
+}
