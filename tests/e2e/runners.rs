@@ -358,3 +358,36 @@ fn a_remote_tasks_mutations_are_answered_as_they_arrive() {
     let child = logs(&c, &run, "child");
     assert!(child.contains("runner-grower"), "{child}");
 }
+
+#[test]
+fn cancel_kills_an_attempt_a_runner_holds() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "napper", "cpus=1");
+    publish(
+        &c,
+        "long",
+        "name: long\ntasks:\n  - id: nap\n    command: sh -c 'echo $$ > nap.pid; exec sleep 300'\n",
+    );
+    let run = start(&c, "long");
+    let pid_file = space.path().join("runner-napper").join("nap.pid");
+    let pid = poll("the nap starts on the runner", || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.trim().parse::<u64>().ok().map(Value::from)
+    });
+    let pid = pid.as_u64().unwrap() as u32;
+    assert!(crate::util::alive(pid));
+    c.post(&format!("/api/v1/runs/{run}/cancel"), &json!({}))
+        .unwrap();
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(
+        crate::util::gone_within(pid, 20),
+        "the runner killed the attempt's process"
+    );
+    let qs = c.get("/api/v1/queues").unwrap();
+    assert_eq!(qs, json!([]), "nothing left queued or held");
+}
