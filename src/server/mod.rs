@@ -104,8 +104,7 @@ pub struct AppState {
     pub started_ms: u64,
     /// The runs by status, as last counted, and when: `status` needs no
     /// token, so it counts at most once a second whoever asks.
-    pub counts:
-        std::sync::Mutex<Option<(std::time::Instant, std::collections::BTreeMap<String, u64>)>>,
+    pub counts: std::sync::Mutex<Option<(std::time::Instant, api::system::Counted)>>,
 }
 
 /// A running server.

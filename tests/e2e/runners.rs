@@ -161,6 +161,10 @@ fn attempts_run_on_the_runners_their_requirements_name() {
         .collect();
     assert_eq!(names, ["blue", "plain"], "{runners}");
     assert_eq!(runners[0]["capabilities"]["labels"], json!(["blue"]));
+    let status = Client::new(&server.base, None)
+        .get("/api/v1/status")
+        .unwrap();
+    assert_eq!(status["runners"], json!(["blue", "plain"]), "{status}");
 
     publish(
         &c,
@@ -196,6 +200,13 @@ fn attempts_run_on_the_runners_their_requirements_name() {
     assert_eq!(q["serving"], json!([]), "{q}");
     assert_eq!(q["depth"], 1, "{q}");
     assert_eq!(q["requires"]["labels"], json!(["red"]));
+    let status = poll("status counts the waiting attempt", || {
+        let s = Client::new(&server.base, None)
+            .get("/api/v1/status")
+            .unwrap();
+        (s["queued"] == 1).then_some(s)
+    });
+    assert_eq!(status["claimed"], 0, "{status}");
     let cleared = c
         .post("/api/v1/queues/labels=red/clear", &json!({}))
         .unwrap();
