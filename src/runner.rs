@@ -150,6 +150,24 @@ pub fn parse_capabilities(text: &str) -> Result<Offer, String> {
     Ok(o)
 }
 
+/// The most log lines one report carries.
+const LOG_BATCH: usize = 1000;
+/// How often waiting log lines are sent.
+const LOG_EVERY: Duration = Duration::from_millis(250);
+
+/// Sends the waiting log lines of attempt `id` (the end carries every
+/// line again, so a batch that fails to go is not lost for good).
+async fn flush_logs(shared: &Shared, id: &AttemptId, path: &str, pending: &mut Vec<Value>) {
+    if pending.is_empty() {
+        return;
+    }
+    let lines = std::mem::take(pending);
+    let body = json!({"runner": shared.id, "logs": lines});
+    if let Err(e) = call(&shared.client, path.to_string(), body).await {
+        warn!(attempt = %id, error = %e, "streaming log lines failed");
+    }
+}
+
 /// What the runner holds: each attempt and the line that stops it.
 type Holding = Arc<Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Stop>>>>;
 
@@ -381,7 +399,7 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), kill_tx);
     info!(attempt = %id, "running");
-    let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx);
+    let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx).following_logs(true);
     if let Err(e) = exec.launch(spec, link) {
         let _ = reports_tx.send(Report::Finished {
             attempt: id.clone(),
@@ -397,11 +415,30 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             crate::client::encode(&id.node),
             id.attempt
         );
-        while let Some(r) = reports.recv().await {
+        // Log lines go in batches, at least every LOG_EVERY while any
+        // wait, and before each mutation and the end.
+        let mut pending: Vec<Value> = Vec::new();
+        let mut tick = tokio::time::interval(LOG_EVERY);
+        loop {
+            let r = tokio::select! {
+                r = reports.recv() => r,
+                _ = tick.tick() => {
+                    flush_logs(&shared, &id, &path, &mut pending).await;
+                    continue;
+                }
+            };
+            let Some(r) = r else { break };
             match r {
+                Report::Log { line, .. } => {
+                    pending.push(json!([line.line, line.stream, line.text]));
+                    if pending.len() >= LOG_BATCH {
+                        flush_logs(&shared, &id, &path, &mut pending).await;
+                    }
+                }
                 Report::Mutation {
                     mutation, reply, ..
                 } => {
+                    flush_logs(&shared, &id, &path, &mut pending).await;
                     let body = json!({"runner": shared.id, "mutation": mutation});
                     let answer = match call(&shared.client, path.clone(), body).await {
                         Ok(v) if v["ok"].as_bool() == Some(true) => Ok(()),
@@ -415,6 +452,7 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
                     let _ = reply.send(answer);
                 }
                 Report::Finished { end, .. } => {
+                    flush_logs(&shared, &id, &path, &mut pending).await;
                     let body = json!({"runner": shared.id, "end": WireEnd::from(&end)});
                     for round in 0..5 {
                         match call(&shared.client, path.clone(), body.clone()).await {
@@ -433,8 +471,6 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
                     }
                     break;
                 }
-                // The end carries every line.
-                Report::Log { .. } => {}
             }
         }
         shared

@@ -108,9 +108,10 @@ pub struct WireEnd {
     /// The last output it sent.
     #[serde(default)]
     pub output: Option<Value>,
-    /// Its log lines: (stream, text), in order.
+    /// Its log lines: (line number from 1, stream, text), in order
+    /// (those streamed already may be left out).
     #[serde(default)]
-    pub logs: Vec<(String, String)>,
+    pub logs: Vec<(u32, String, String)>,
 }
 
 impl From<&AttemptEnd> for WireEnd {
@@ -134,7 +135,7 @@ impl From<&AttemptEnd> for WireEnd {
             logs: e
                 .logs
                 .iter()
-                .map(|l| (l.stream.clone(), l.text.clone()))
+                .map(|l| (l.line, l.stream.clone(), l.text.clone()))
                 .collect(),
         }
     }
@@ -165,11 +166,10 @@ impl WireEnd {
         end.logs = self
             .logs
             .into_iter()
-            .enumerate()
-            .map(|(i, (stream, text))| LogLine {
+            .map(|(line, stream, text)| LogLine {
                 node: id.node.clone(),
                 attempt: id.attempt,
-                line: i as u32 + 1,
+                line,
                 stream,
                 text,
             })
@@ -348,6 +348,36 @@ impl Remote {
         answer
             .await
             .map_err(|_| ReportError::NotWaiting(id.clone()))
+    }
+
+    /// Log lines of attempt `id` as `runner` streams them: (line number,
+    /// stream, text), handed to the engine (which stores them as they
+    /// come and shows them to followers).
+    pub fn logs(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        lines: Vec<(u32, String, String)>,
+    ) -> std::result::Result<(), ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let tx = self
+            .sender(id)
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        for (line, stream, text) in lines {
+            let line = LogLine {
+                node: id.node.clone(),
+                attempt: id.attempt,
+                line,
+                stream,
+                text,
+            };
+            tx.send(Report::Log {
+                attempt: id.clone(),
+                line,
+            })
+            .map_err(|_| ReportError::NotWaiting(id.clone()))?;
+        }
+        Ok(())
     }
 
     /// The end of attempt `id`, reported by `runner`: the claim ends

@@ -402,3 +402,39 @@ fn cancel_kills_an_attempt_a_runner_holds() {
     let qs = c.get("/api/v1/queues").unwrap();
     assert_eq!(qs, json!([]), "nothing left queued or held");
 }
+
+#[test]
+fn a_remote_attempts_logs_can_be_read_while_it_runs() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "talker", "cpus=1");
+    publish(
+        &c,
+        "talk",
+        "name: talk\ntasks:\n  - id: talk\n    command: sh -c 'echo first; while [ ! -e go ]; do sleep 0.05; done; echo second'\n",
+    );
+    let run = start(&c, "talk");
+    // The first line arrives while the attempt still waits for `go`.
+    poll("the first line is streamed", || {
+        let text = logs(&c, &run, "talk");
+        text.contains("first").then_some(Value::from(text))
+    });
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/talk")).unwrap();
+    assert_eq!(node["state"], "running", "{node}");
+    std::fs::write(space.path().join("runner-talker").join("go"), "").unwrap();
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let lines = c
+        .get(&format!("/api/v1/runs/{run}/nodes/talk/logs"))
+        .unwrap();
+    let texts: Vec<&str> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first", "second"], "each line once: {lines}");
+}

@@ -364,8 +364,11 @@ pub async fn claim(
     }
 }
 
-/// A runner's report on an attempt it holds: exactly one of `mutation`
-/// and `end`.
+/// The most log lines one report carries.
+pub const MAX_REPORT_LINES: usize = 4096;
+
+/// A runner's report on an attempt it holds: exactly one of `mutation`,
+/// `logs` and `end`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBody {
@@ -375,6 +378,11 @@ pub struct ReportBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub mutation: Option<Value>,
+    /// Log lines as they are written: `[line, stream, text]` each (at
+    /// most 4096).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub logs: Option<Vec<Value>>,
     /// How the attempt ended.
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -416,8 +424,33 @@ pub async fn report(
 ) -> ApiResult<Json<ReportAnswer>> {
     let remote = remote(&s)?;
     let id = AttemptId::new(run, node, attempt);
-    match (body.mutation, body.end) {
-        (Some(m), None) => {
+    match (body.mutation, body.logs, body.end) {
+        (None, Some(lines), None) => {
+            if lines.len() > MAX_REPORT_LINES {
+                return Err(ApiError::bad(format!(
+                    "field `logs`: at most {MAX_REPORT_LINES} lines a report"
+                )));
+            }
+            let lines = lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    serde_json::from_value::<(u32, String, String)>(l).map_err(|e| {
+                        ApiError::bad(format!("field `logs[{i}]`: [line, stream, text]: {e}"))
+                    })
+                })
+                .collect::<ApiResult<Vec<_>>>()?;
+            let runner = body.runner;
+            tokio::task::spawn_blocking(move || remote.logs(&id, &runner, lines))
+                .await
+                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+                .map_err(report_error)?;
+            Ok(Json(ReportAnswer {
+                ok: true,
+                error: None,
+            }))
+        }
+        (Some(m), None, None) => {
             let m: Mutation = serde_json::from_value(m)
                 .map_err(|e| ApiError::bad(format!("field `mutation`: {e}")))?;
             let answer = remote
@@ -429,7 +462,7 @@ pub async fn report(
                 error: answer.err(),
             }))
         }
-        (None, Some(end)) => {
+        (None, None, Some(end)) => {
             let end: WireEnd = serde_json::from_value(end)
                 .map_err(|e| ApiError::bad(format!("field `end`: {e}")))?;
             let runner = body.runner;
@@ -443,7 +476,7 @@ pub async fn report(
             }))
         }
         _ => Err(ApiError::bad(
-            "a report has exactly one of the fields `mutation` and `end`",
+            "a report has exactly one of the fields `mutation`, `logs` and `end`",
         )),
     }
 }
