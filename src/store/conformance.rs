@@ -230,6 +230,11 @@ fn expired_claims_are_lost_and_their_reports_refused(store: &dyn Store) {
     let (runners, _) = store.runners().unwrap();
     let zero = runners.iter().find(|r| r.spec.id == "r0").unwrap();
     assert!(!zero.alive, "{zero:?}");
+    // It claims nothing until a heartbeat renews its lease.
+    store.enqueue(&queued("run2", "c", 1, &[])).unwrap();
+    assert!(store.claim("r0", 1, 60_000).unwrap().is_empty());
+    store.heartbeat("r0", &[], 60_000).unwrap();
+    assert_eq!(store.claim("r0", 1, 60_000).unwrap().len(), 1);
 }
 
 fn queues_are_listed_and_cleared(store: &dyn Store) {

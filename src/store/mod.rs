@@ -558,9 +558,9 @@ pub trait Store: Send + Sync {
     /// Claims for runner `runner`, atomically, at most `max` waiting
     /// attempts (and no more than its free slots) of the queues its
     /// capabilities satisfy, oldest first, preferring runs it already
-    /// serves; each claim holds a lease of `lease_ms`, which also renews
-    /// the runner's. Nothing while it drains. Two runners racing never
-    /// get the same attempt.
+    /// serves; each claim holds a lease of `lease_ms`. Nothing while it
+    /// drains or once its own lease ran out (only a heartbeat renews it).
+    /// Two runners racing never get the same attempt.
     fn claim(&self, runner: &str, max: usize, lease_ms: i64) -> Result<Vec<QueuedAttempt>>;
 
     /// `Ok` when `runner` holds the claim of exactly `attempt`, else

@@ -438,3 +438,46 @@ fn a_remote_attempts_logs_can_be_read_while_it_runs() {
         .collect();
     assert_eq!(texts, ["first", "second"], "each line once: {lines}");
 }
+
+#[test]
+fn a_runner_paused_past_its_lease_is_refused_when_it_wakes() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let sleeper = runner(&space, &server, &token, "sleeper", "cpus=1");
+    publish(
+        &c,
+        "pause",
+        "name: pause\ntasks:\n  - id: p\n    command: sh -c 'sleep 1; echo done in $(pwd)'\n",
+    );
+    let run = start(&c, "pause");
+    poll("the sleeper claims it", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        (qs[0]["running"] == 1).then_some(qs)
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(sleeper.child.id() as libc::pid_t, libc::SIGSTOP) };
+    let _awake = runner(&space, &server, &token, "awake", "cpus=1");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // SAFETY: as above.
+    unsafe { libc::kill(sleeper.child.id() as libc::pid_t, libc::SIGCONT) };
+    // Awake again, the sleeper learns the attempt is not its own; the end
+    // it reports is refused.
+    let log = space.path().join("runner-sleeper.log");
+    poll("the sleeper's end is refused", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("the server refused the end")
+            .then_some(Value::from(text))
+    });
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/p")).unwrap();
+    let attempts = node["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{node}");
+    assert_eq!(attempts[0]["outcome"], "killed", "{node}");
+    assert_eq!(attempts[1]["outcome"], "succeeded", "{node}");
+    let text = logs(&c, &run, "p");
+    assert!(text.contains("runner-awake"), "{text}");
+    assert!(!text.contains("runner-sleeper"), "{text}");
+}

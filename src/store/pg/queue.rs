@@ -179,7 +179,10 @@ impl PgStore {
             // The runner's row, locked: its own claims take turns, so its
             // slots are never over-counted.
             let Some(r) = tx.row(
-                "SELECT capabilities, slots, draining FROM runners WHERE id = $1 FOR UPDATE",
+                &format!(
+                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}
+                     FROM runners WHERE id = $1 FOR UPDATE"
+                ),
                 &[&runner],
             )?
             else {
@@ -188,10 +191,13 @@ impl PgStore {
             let caps: String = tx.get(&r, 0)?;
             let slots: i64 = tx.get(&r, 1)?;
             let draining: bool = tx.get(&r, 2)?;
-            tx.exec(
-                &format!("UPDATE runners SET lease_until = {NOW_MS} + $2 WHERE id = $1"),
-                &[&runner, &lease_ms],
-            )?;
+            let alive: bool = tx.get(&r, 3)?;
+            // A runner whose lease ran out (paused, partitioned) claims
+            // nothing, even through a long poll it began before: it must
+            // heartbeat first.
+            if !alive {
+                return Ok(Vec::new());
+            }
             let r = tx.one("SELECT count(*) FROM queue WHERE runner = $1", &[&runner])?;
             let running: i64 = tx.get(&r, 0)?;
             let n = (slots - running).max(0).min(max.min(MAX_CLAIM) as i64);

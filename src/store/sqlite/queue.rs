@@ -179,21 +179,27 @@ impl SqliteStore {
         lease_ms: i64,
     ) -> Result<Vec<QueuedAttempt>> {
         let claimed = self.immediate(|tx| {
-            let row: Option<(String, u32, i64, i64)> = tx
+            let row: Option<(String, u32, i64, i64, bool)> = tx
                 .query_row(
-                    "SELECT capabilities, slots, draining,
-                        (SELECT count(*) FROM queue WHERE runner = ?1) FROM runners WHERE id = ?1",
+                    &format!(
+                        "SELECT capabilities, slots, draining,
+                            (SELECT count(*) FROM queue WHERE runner = ?1),
+                            lease_until >= {NOW_MS}
+                         FROM runners WHERE id = ?1"
+                    ),
                     [runner],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            let Some((caps, slots, draining, running)) = row else {
+            let Some((caps, slots, draining, running, alive)) = row else {
                 return Ok(None);
             };
-            tx.execute(
-                &format!("UPDATE runners SET lease_until = {NOW_MS} + ?2 WHERE id = ?1"),
-                params![runner, lease_ms],
-            )?;
+            // A runner whose lease ran out (paused, partitioned) claims
+            // nothing, even through a long poll it began before: it must
+            // heartbeat first.
+            if !alive {
+                return Ok(Some(Vec::new()));
+            }
             let free = (slots as i64 - running).max(0) as usize;
             let n = max.min(free).min(crate::store::queue::MAX_CLAIM);
             if draining != 0 || n == 0 {
