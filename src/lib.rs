@@ -40,6 +40,7 @@ pub mod graph;
 pub mod history;
 pub mod host;
 pub mod limits;
+pub mod loops;
 pub mod model;
 pub mod picture;
 pub mod promise;
@@ -66,8 +67,8 @@ pub use engine::{Engine, RunHandle, RunOptions};
 pub use error::{Error, Result, StructuralError};
 pub use history::{Event, EventKind, RunExport, RunState};
 pub use model::{
-    collect, output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Mutation, NodeState, Origin,
-    Predicate, Rule, RunStatus, Task,
+    collect, output, output_at, AttemptOutcome, Attrs, EdgeRef, Exec, Loop, LoopStep, Mutation,
+    NodeState, OnCap, Origin, Predicate, Rule, RunStatus, Task, Until,
 };
 pub use native::{Context, Failure, TaskDef};
 /// Turns a function into a typed task: a definition named like the function

@@ -59,6 +59,18 @@ pub const MAX_RULE_TERMS: usize = 64;
 /// The most mutations one rule's body may hold.
 pub const MAX_RULE_BODY: usize = 10_000;
 
+/// The most iterations a loop may declare as its bound (SPEC §10): each
+/// iteration is a batch of fresh nodes, and the `chain` promise the loop
+/// keeps is matched over all of them.
+pub const MAX_LOOP_ITERATIONS: u32 = 1000;
+
+/// The most steps one loop's body (a sub-chain) may hold.
+pub const MAX_LOOP_STEPS: usize = 64;
+
+/// The most loops one run may declare: every loop is examined whenever
+/// the graph or a node's state changes.
+pub const MAX_LOOPS: usize = 256;
+
 /// JSON text that passes a limit; see [`check_json`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -99,6 +99,29 @@ fn closed_blockers(g: &Graph, pattern: &Selector, own: Option<usize>, all: bool)
             }
         }
     }
+    // A loop that has not exited may still add iterations of its steps:
+    // it waits on its latest iteration's last node.
+    for l in g.loops() {
+        let k = crate::loops::iterations(g, l);
+        let Some(last) = l.last().and_then(|s| g.position(&s.node(k))) else {
+            continue;
+        };
+        let exited = g.position(&l.to).is_some_and(|t| g.has_edge(last, t));
+        let adds = l.body.iter().any(|s| {
+            let name = if s.task.name.is_empty() {
+                &s.id
+            } else {
+                &s.task.name
+            };
+            pattern.matches(&s.node(k + 1), name) || may_add_nodes(g, &s.node(k + 1), &s.task)
+        });
+        if !exited && k < l.max && adds && !out.contains(&Blocker::Node(last)) {
+            out.push(Blocker::Node(last));
+            if !all {
+                return out;
+            }
+        }
+    }
     for (k, r) in g.rules().iter().enumerate() {
         if Some(k) == own || g.rule_fired(k) {
             continue;

@@ -378,6 +378,34 @@ impl Workflow {
         self
     }
 
+    /// Declares a loop (SPEC §10): its first iteration, after its `from`;
+    /// the promise that the region between `from` and `to` is
+    /// `chain(body, 1, max)`; and the loop itself, whose further
+    /// iterations the engine adds as batches with origin `loop:<id>` until
+    /// its exit condition holds (see [`crate::loops`] and
+    /// `docs/loops.md`). `from` and `to` are nodes of the workflow.
+    ///
+    /// ```
+    /// use orch::model::previous;
+    /// use orch::{Loop, LoopStep, Task, Until, Workflow};
+    /// let mut wf = Workflow::new("sqrt2");
+    /// wf.node("start", Task::python("start.py"));
+    /// wf.node("report", Task::python("report.py"));
+    /// wf.add_loop(
+    ///     Loop::new("newton", "start", "report", Until::at("/done"), 10).step(
+    ///         LoopStep::new("refine", Task::python("newton.py"))
+    ///             .inputs(serde_json::json!({"x": previous("/x")})),
+    ///     ),
+    /// );
+    /// // The two nodes, then refine#1 (its edge from `start` implied by
+    /// // `$previous`), the promise and the loop.
+    /// assert_eq!(wf.definition().registration.len(), 5);
+    /// ```
+    pub fn add_loop(&mut self, l: crate::model::Loop) -> &mut Workflow {
+        self.def.registration.extend(l.declaration());
+        self
+    }
+
     /// Declares that the region between `from` and `to` is a **map**:
     /// `k` copies of `each` side by side, `min ≤ k ≤ max` (`None`: no
     /// bound). Sugar for a `shape` promise with `repeat`; `to` waits for

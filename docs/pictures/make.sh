@@ -12,7 +12,7 @@ db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
 orch=target/debug/orch
-for ex in static_pipeline random_branch random_map typed_branch containers late_merge; do
+for ex in static_pipeline random_branch random_map typed_branch containers late_merge loop_until; do
   args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
@@ -35,5 +35,9 @@ print(batches[1] if len(batches) > 1 else events[len(events) // 2]["seq"])
   "$orch" export latest --registered --format svg -o "$out/$ex-registered.svg"
   "$orch" export latest --at "$mid" --format svg -o "$out/$ex-midrun.svg"
   "$orch" export latest --at "$last" --format svg -o "$out/$ex-finished.svg"
+  # A loop is drawn collapsed by default; every iteration with --expand.
+  if [ "$ex" = loop_until ]; then
+    "$orch" export latest --at "$last" --expand --format svg -o "$out/$ex-expanded.svg"
+  fi
 done
 echo "pictures written to $out"

@@ -134,6 +134,11 @@ pub(crate) struct Runner {
     /// Rules whose body could not be committed when they fired (the run
     /// failed for it): not tried again in this session.
     rules_refused: HashSet<usize>,
+    /// Set like `rules_dirty`, cleared once every loop was examined.
+    loops_dirty: bool,
+    /// Loops that failed the run (their bound, a batch that could not
+    /// commit): not tried again in this session.
+    loops_refused: HashSet<String>,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -250,6 +255,8 @@ impl Runner {
             work_dir,
             rules_dirty: true,
             rules_refused: HashSet::new(),
+            loops_dirty: true,
+            loops_refused: HashSet::new(),
         })
     }
 
@@ -381,11 +388,16 @@ impl Runner {
             EventKind::BatchCommitted { .. } => self.enablers.extend(touched.iter().copied()),
             _ => {}
         }
+        // A change of status counts too: nothing fires while the run is
+        // paused, so what became due meanwhile fires on unpause.
         if matches!(
             ev.kind,
-            EventKind::BatchCommitted { .. } | EventKind::NodeState { .. }
+            EventKind::BatchCommitted { .. }
+                | EventKind::NodeState { .. }
+                | EventKind::RunStatus { .. }
         ) {
             self.rules_dirty = true;
+            self.loops_dirty = true;
         }
         self.queued.push(ev);
         for i in touched {
@@ -499,6 +511,7 @@ impl Runner {
         // Whether the observers were told of the current quiet spell.
         let mut quiet = false;
         loop {
+            self.fire_loops();
             self.fire_rules();
             self.schedule()?;
             let pending = schedule::Pending {
@@ -792,6 +805,87 @@ impl Runner {
                     self.rules_refused.insert(k);
                     // Failing fast: what runs is stopped like after a
                     // node's failure; keeping going, the rest goes on.
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves every loop whose latest iteration succeeded on (SPEC §10):
+    /// the next iteration, or the exit edge to its `to`, as one batch with
+    /// origin `loop:<id>` checked against every promise, queued with the
+    /// events that decided it; or, at the bound, the run fails naming the
+    /// loop. What a loop does next is a pure function of the graph and the
+    /// outputs ([`crate::loops::next`]), so a batch lost in a crash is
+    /// decided again on resume and a committed one is never repeated.
+    fn fire_loops(&mut self) {
+        if !self.loops_dirty
+            || self.state.graph.loops().is_empty()
+            || !self.halt.going()
+            || self.state.status != RunStatus::Running
+        {
+            return;
+        }
+        self.loops_dirty = false;
+        let mut k = 0;
+        while k < self.state.graph.loops().len() {
+            if !self.halt.going() || self.state.status != RunStatus::Running {
+                return;
+            }
+            let l = &self.state.graph.loops()[k];
+            if self.loops_refused.contains(&l.id) {
+                k += 1;
+                continue;
+            }
+            let id = l.id.clone();
+            let (iteration, after, batch) = match crate::loops::next(&self.state, l) {
+                crate::loops::Next::Iterate {
+                    iteration,
+                    after,
+                    batch,
+                } => (Some(iteration), after, batch),
+                crate::loops::Next::Exit { after, batch, .. } => (None, after, batch),
+                crate::loops::Next::Capped(reason) => {
+                    warn!(r#loop = %id, "{reason}");
+                    self.halt.failures.push(reason);
+                    self.loops_refused.insert(id);
+                    return;
+                }
+                _ => {
+                    k += 1;
+                    continue;
+                }
+            };
+            let g = &self.state.graph;
+            let at = format!("loop:{after}");
+            let staged = g
+                .stage_all(batch)
+                .map_err(|e| BatchProblem::BadPromise(e.to_string()))
+                .and_then(|staging| promise::check_loop_batch(g, &staging, &id).map(|()| staging));
+            match staged {
+                Ok(staging) => {
+                    match iteration {
+                        Some(n) => info!(r#loop = %id, iteration = n, "loop iterates"),
+                        None => info!(r#loop = %id, after = %after, "loop exits"),
+                    }
+                    self.emit(EventKind::BatchCommitted {
+                        origin: Origin::Loop { id, after },
+                        mutations: staging.into_mutations(),
+                    });
+                    self.fault(Fault::BeforeCommit, &at);
+                    self.fault(Fault::AfterCommit, &at);
+                    // The same loop again: it has nothing more to do until
+                    // the new iteration succeeds, and that is cheap to see.
+                }
+                Err(BatchProblem::Violation(v)) => {
+                    self.break_promise(&v, None);
+                    return;
+                }
+                Err(BatchProblem::BadPromise(error)) => {
+                    let reason = format!("loop `{id}` could not go on after `{after}`: {error}");
+                    warn!(r#loop = %id, error = %error, "loop could not go on");
+                    self.halt.failures.push(reason);
+                    self.loops_refused.insert(id);
                     return;
                 }
             }

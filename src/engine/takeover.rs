@@ -179,6 +179,13 @@ pub(super) fn restart_event(state: &RunState, run: &str, node: &str) -> Result<E
                 retracted_rules.contains(rule)
                     || mutations.iter().any(|m| touches(m, &retracted_nodes))
             }
+            // A loop's batch goes with the node whose output decided it:
+            // restarting a node of iteration k keeps iterations 1..=k,
+            // retracts k+1 onwards (or the exit), and the loop decides
+            // again when iteration k succeeds anew.
+            Origin::Loop { after, .. } => {
+                restarted.contains(after) || retracted_nodes.contains(after)
+            }
             _ => false,
         };
         if retract {

@@ -669,6 +669,21 @@ mod tests {
             .arg("1000")
             .spawn()
             .expect("sleep");
+        // A child is seen with its own environment only once it has exec'd
+        // (before, /proc shows the forked copy of this process): wait for
+        // that, bounded, on a busy machine.
+        for pid in [inside.id(), unmarked.id()] {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+                != b"sleep\x001000\x00"
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sleep {pid} never exec'd"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         // Neither is in a group of its own: both are in this test's group,
         // so with that group as the attempt's nothing escaped...
         let own_group = {

@@ -21,7 +21,9 @@ use serde_json::{Map, Value};
 
 use super::doc::{CommandDoc, ContainerDoc, DurationDoc, TaskDoc, WorkflowDoc};
 use super::error::{FileError, Place};
-use crate::model::{Container, Definition, Exec, Mount, Mutation, Predicate, Rule, Task};
+use crate::model::{
+    Container, Definition, Exec, Loop, LoopStep, Mount, Mutation, Predicate, Rule, Task, Until,
+};
 use crate::promise::shape::Shape;
 use crate::promise::Promise;
 
@@ -190,7 +192,84 @@ pub fn compile(
             rule: Box::new(rule),
         });
     }
+    let mut loops: Vec<Mutation> = Vec::new();
+    for l in &doc.loops {
+        let place = Place::of(file, &l.id);
+        let fail = |m: String| FileError::new(place.clone(), format!("loop `{}`: {m}", l.id.value));
+        let until: Until = match &l.until {
+            None => Until::default(),
+            Some(u) => serde_json::from_value(u.value.clone()).map_err(|e| {
+                FileError::new(
+                    Place::of(file, u),
+                    format!("loop `{}`: until: {e}", l.id.value),
+                )
+            })?,
+        };
+        for end in [&l.from, &l.to] {
+            if !c
+                .mutations
+                .iter()
+                .any(|m| matches!(m, Mutation::AddNode { id, .. } if *id == end.value))
+            {
+                return Err(FileError::new(
+                    Place::of(file, end),
+                    format!(
+                        "loop `{}`: `{}` is not a task of the file",
+                        l.id.value, end.value
+                    ),
+                ));
+            }
+        }
+        if l.body.is_empty() {
+            return Err(fail("the body holds no task".into()));
+        }
+        let mut def = Loop::new(
+            l.id.value.clone(),
+            l.from.value.clone(),
+            l.to.value.clone(),
+            until,
+            l.max.value,
+        );
+        if let Some(on_cap) = l.on_cap {
+            def = def.on_cap(on_cap);
+        }
+        for t in &l.body {
+            let start = c.mutations.len();
+            c.unit(&scope, std::slice::from_ref(t))?;
+            let made: Vec<Mutation> = c.mutations.drain(start..).collect();
+            let mut nodes = made.into_iter().filter_map(|m| match m {
+                Mutation::AddNode {
+                    id,
+                    task,
+                    inputs,
+                    attrs,
+                } => Some((id, task, inputs, attrs)),
+                _ => None,
+            });
+            let (Some((id, task, inputs, attrs)), None) = (nodes.next(), nodes.next()) else {
+                return Err(FileError::new(
+                    Place::of(file, &t.id),
+                    format!(
+                        "loop `{}`: a body task is one task (no `each`, `then` or `parallel`)",
+                        l.id.value
+                    ),
+                ));
+            };
+            let mut step = LoopStep::new(id, *task).inputs(inputs);
+            step.attrs = attrs;
+            def = def.step(step);
+        }
+        def.check().map_err(|e| FileError::new(place.clone(), e))?;
+        if loops
+            .iter()
+            .any(|m| matches!(m, Mutation::AddLoop { def: o } if o.id == def.id))
+        {
+            return Err(fail("the id is used twice".into()));
+        }
+        loops.extend(def.declaration());
+    }
     let mut mutations = without_repeated_edges(c.mutations);
+    mutations.extend(loops);
     mutations.extend(rules);
     let mut definition = Definition::new(doc.name.value.clone(), mutations);
     // The parameters are in place already; the rest is what a scheduler

@@ -60,6 +60,11 @@ pub struct WorkflowDoc {
     /// producer that can ever exist.
     #[serde(default)]
     pub rules: Vec<RuleDoc>,
+    /// Loops (see docs/loops.md): a body that runs after `from`, again
+    /// and again, until its output meets `until` or `max` iterations ran;
+    /// then `to` runs.
+    #[serde(default)]
+    pub loops: Vec<LoopDoc>,
     /// Keep going when a task fails for good: what does not depend on it
     /// runs to the end (default: stop starting tasks at the first failure).
     #[serde(default)]
@@ -91,6 +96,45 @@ pub struct RuleDoc {
     /// list of the outputs of every node the pattern selects when the rule
     /// fires.
     pub then: Vec<TaskDoc>,
+}
+
+/// A loop: `id`, `from`, `to`, `body` (tasks run one after another in
+/// every iteration), `until` and `max`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoopDoc {
+    /// The loop's id, unique among the workflow's loops; its batches are
+    /// recorded with origin `loop:<id>`.
+    #[schemars(with = "String")]
+    pub id: Spanned<String>,
+    /// The task the first iteration runs after.
+    #[schemars(with = "String")]
+    pub from: Spanned<String>,
+    /// The task that runs after the last iteration.
+    #[schemars(with = "String")]
+    pub to: Spanned<String>,
+    /// The body: tasks written like the file's `tasks`, run one after
+    /// another in this order in every iteration (`after` is not used);
+    /// iteration k of task `s` is the node `s#k`. In their inputs,
+    /// `{"$previous": "/x"}` is the previous iteration's output (of `from`
+    /// in the first) at a JSON pointer, `{"$iteration": true}` the
+    /// iteration's number, and `{"$output": STEP}` an earlier step of the
+    /// same iteration.
+    pub body: Vec<TaskDoc>,
+    /// The exit condition on the output of the body's last task:
+    /// `{"at": "/done"}` (the value there is `true`; the default), with
+    /// `equals: VALUE`, `below: N` or `above: N` to compare instead.
+    #[serde(default)]
+    #[schemars(with = "Option<Value>")]
+    pub until: Option<Spanned<Value>>,
+    /// The most iterations (1 to 1000, `orch::limits::MAX_LOOP_ITERATIONS`).
+    #[schemars(with = "u32")]
+    pub max: Spanned<u32>,
+    /// At the bound without `until` holding: `fail` (the default: the run
+    /// fails naming the loop) or `exit` (`to` runs).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub on_cap: Option<crate::model::OnCap>,
 }
 
 /// A run parameter: `name: {default: …, description: …}`, or `name:

@@ -15,9 +15,9 @@ use petgraph::Direction;
 use serde_json::Value;
 
 use crate::error::StructuralError;
-use crate::limits::MAX_RULES;
 use crate::limits::{check_len, check_object, check_value, MAX_NAME_BYTES};
-use crate::model::{output_refs, Attrs, Mutation, NodeState, Rule, Task};
+use crate::limits::{MAX_LOOPS, MAX_RULES};
+use crate::model::{output_refs, Attrs, Loop, Mutation, NodeState, Rule, Task};
 use crate::promise::shape::{Region, RegionNode};
 use crate::promise::Promise;
 
@@ -75,6 +75,8 @@ pub struct Graph {
     rules: Vec<Rule>,
     /// Per rule: whether it fired.
     fired: Vec<bool>,
+    /// The loops declared so far, in order.
+    loops: Vec<Loop>,
 }
 
 /// FxHash (multiply and rotate) with a final mix: a fast hash for the
@@ -243,6 +245,16 @@ impl Graph {
     /// The rules declared so far, in order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The loops declared so far, in order.
+    pub fn loops(&self) -> &[Loop] {
+        &self.loops
+    }
+
+    /// The loop with this id.
+    pub fn find_loop(&self, id: &str) -> Option<&Loop> {
+        self.loops.iter().find(|l| l.id == id)
     }
 
     /// Whether the rule at position `k` among [`Graph::rules`] fired.
@@ -485,6 +497,7 @@ impl Graph {
                 self.rules.push(*rule);
                 self.fired.push(false);
             }
+            Mutation::AddLoop { def } => self.loops.push(*def),
         }
     }
 
@@ -795,6 +808,8 @@ pub struct Staging {
     next_ord: u64,
     /// Ids of the rules this batch declares.
     new_rules: Vec<String>,
+    /// Ids of the loops this batch declares.
+    new_loops: Vec<String>,
 }
 
 impl Staging {
@@ -1319,6 +1334,37 @@ impl Staging {
                     )));
                 }
                 self.new_rules.push(rule.id.clone());
+            }
+            Mutation::AddLoop { def } => {
+                def.check().map_err(&err)?;
+                if g.find_loop(&def.id).is_some() || self.new_loops.contains(&def.id) {
+                    return Err(err(format!("loop id `{}` is already used", def.id)));
+                }
+                if g.loops.len() + self.new_loops.len() >= MAX_LOOPS {
+                    return Err(err(format!(
+                        "the run has {MAX_LOOPS} loops already (MAX_LOOPS)"
+                    )));
+                }
+                // The loop comes with its first iteration, wired after
+                // `from`, and its `to` (see `Loop::declaration`).
+                for end in [&def.from, &def.to] {
+                    if self.resolve(g, end).is_none() {
+                        return Err(err(format!(
+                            "loop `{}`: `{end}` is not a node of the graph or of this batch",
+                            def.id
+                        )));
+                    }
+                }
+                for s in &def.body {
+                    if self.resolve(g, &s.node(1)).is_none() {
+                        return Err(err(format!(
+                            "loop `{}`: its first iteration's node `{}` is not in the graph or this batch (declare the loop with `Loop::declaration`)",
+                            def.id,
+                            s.node(1)
+                        )));
+                    }
+                }
+                self.new_loops.push(def.id.clone());
             }
         }
         if let Mutation::AddNode { id, task, .. } = &mut m {

@@ -7,6 +7,7 @@
 mod config;
 mod container;
 mod definition;
+mod loops;
 mod rule;
 
 pub use config::{FailurePolicy, RunConfig, Source};
@@ -15,6 +16,7 @@ pub use container::{
     MAX_MOUNTS, MAX_PATH_BYTES, MIN_MEMORY_BYTES,
 };
 pub use definition::{Definition, Triggers};
+pub use loops::{iteration, previous, Loop, LoopStep, OnCap, Until};
 pub use rule::{collect, collect_at, collects, resolve_collects, Collect, Predicate, Rule};
 
 use std::fmt;
@@ -447,6 +449,13 @@ pub enum Mutation {
         /// The rule (boxed: it holds a whole batch).
         rule: Box<Rule>,
     },
+    /// Declares a loop: iterations of its body added as batches with
+    /// origin `loop:<id>` until its exit condition holds (see [`Loop`]).
+    AddLoop {
+        /// The loop (boxed: it holds the body's tasks).
+        #[serde(rename = "loop")]
+        def: Box<Loop>,
+    },
 }
 
 impl Mutation {
@@ -493,6 +502,7 @@ impl Mutation {
             Mutation::SetAttrs { .. } => "set_attrs".to_string(),
             Mutation::AddPromise { promise } => format!("add_promise `{promise}`"),
             Mutation::AddRule { rule } => format!("add_rule `{}`", rule.id),
+            Mutation::AddLoop { def } => format!("add_loop `{}`", def.id),
         }
     }
 }
@@ -522,6 +532,14 @@ pub enum Origin {
         /// The rule's id.
         rule: String,
     },
+    /// An iteration of a loop, or its exit, decided by a node's output.
+    Loop {
+        /// The loop's id.
+        id: String,
+        /// The node (the body's last step of the iteration before) whose
+        /// output decided the batch.
+        after: String,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -530,6 +548,7 @@ impl fmt::Display for Origin {
             Origin::Registration => f.write_str("registration"),
             Origin::Attempt { node, attempt } => write!(f, "{node}#{attempt}"),
             Origin::Rule { rule } => write!(f, "rule:{rule}"),
+            Origin::Loop { id, .. } => write!(f, "loop:{id}"),
         }
     }
 }

@@ -131,6 +131,9 @@ impl Default for Options {
 /// (`benches/README.md`, render).
 pub const LIVE_MAX_NODES: usize = 2_000;
 
+/// A collapsed loop step: its picture id and its iterations' nodes.
+type LoopStepNodes = (String, Vec<usize>);
+
 /// The id prefix of picture nodes that are not graph nodes.
 pub const WILDCARD_PREFIX: &str = "~";
 
@@ -248,7 +251,30 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
         }
     }
 
-    if g.len() - stacked.len() > opts.max_nodes {
+    // Loops (SPEC §10): collapsed, every step's iterations are one node
+    // and the back edge from the last step to the first is labelled with
+    // the iterations done and the bound; expanded, every iteration is
+    // drawn. (loop position, picture id per step, members per step)
+    let mut looped: HashMap<usize, String> = HashMap::new();
+    let mut loops: Vec<(usize, Vec<LoopStepNodes>)> = Vec::new();
+    for (k, l) in g.loops().iter().enumerate() {
+        let done = crate::loops::iterations(g, l);
+        if opts.expand || done == 0 {
+            continue;
+        }
+        let mut steps = Vec::new();
+        for s in &l.body {
+            let id = format!("{WILDCARD_PREFIX}loop:{}:{}", l.id, s.id);
+            let members: Vec<usize> = (1..=done).filter_map(|j| g.position(&s.node(j))).collect();
+            for &m in &members {
+                looped.insert(m, id.clone());
+            }
+            steps.push((id, members));
+        }
+        loops.push((k, steps));
+    }
+
+    if g.len() - stacked.len() - looped.len() + loops.len() > opts.max_nodes {
         let label = format!("{} nodes", thousands(g.len()));
         let mut all = counted(
             g,
@@ -268,12 +294,13 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
     let pic_id = |i: usize| -> String {
         stacked
             .get(&i)
+            .or_else(|| looped.get(&i))
             .cloned()
             .unwrap_or_else(|| g.node(i).id.clone())
     };
 
     for (i, n) in g.nodes().iter().enumerate() {
-        if stacked.contains_key(&i) {
+        if stacked.contains_key(&i) || looped.contains_key(&i) {
             continue;
         }
         let label = n
@@ -309,8 +336,52 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             });
         }
     }
+    for (k, steps) in &loops {
+        let l = &g.loops()[*k];
+        let done = crate::loops::iterations(g, l);
+        for (s, (id, members)) in l.body.iter().zip(steps) {
+            let mut node = counted(g, members.iter().copied(), id.clone(), &s.id, &violated);
+            // The latest iteration's state is the step's.
+            node.state = members.last().map(|&m| g.node(m).state);
+            o.nodes.push(node);
+        }
+        let (first, last) = (&steps[0].0, &steps[steps.len() - 1].0);
+        let mut attrs = Attrs::new();
+        attrs.insert("label".into(), format!("{done}/{}", l.max).into());
+        o.edges.push(PicEdge {
+            from: last.clone(),
+            to: first.clone(),
+            dashed: false,
+            attrs,
+        });
+    }
+    let mut drawn: HashSet<(String, String)> = HashSet::new();
     for e in g.edges() {
         if stacked.contains_key(&e.from) || stacked.contains_key(&e.to) {
+            continue;
+        }
+        if looped.contains_key(&e.from) || looped.contains_key(&e.to) {
+            // Collapsed loop: edges between iterations are the back edge;
+            // the others are drawn once.
+            let (a, b) = (pic_id(e.from), pic_id(e.to));
+            let between = looped.contains_key(&e.from) && looped.contains_key(&e.to) && {
+                let (na, nb) = (&g.node(e.from).id, &g.node(e.to).id);
+                match (
+                    crate::loops::iteration_of(g, na),
+                    crate::loops::iteration_of(g, nb),
+                ) {
+                    (Some((la, _, ka)), Some((lb, _, kb))) => la.id == lb.id && ka != kb,
+                    _ => false,
+                }
+            };
+            if !between && drawn.insert((a.clone(), b.clone())) {
+                o.edges.push(PicEdge {
+                    from: a,
+                    to: b,
+                    dashed: false,
+                    attrs: Attrs::new(),
+                });
+            }
             continue;
         }
         o.edges.push(PicEdge {
@@ -321,11 +392,41 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
         });
     }
 
+    // A loop that has not exited: a dashed edge from its latest iteration
+    // to `to`, labelled with the exit condition (its region is drawn by
+    // the loop, not as a wildcard).
+    let mut loop_regions: HashSet<(&str, &str)> = HashSet::new();
+    for l in g.loops() {
+        loop_regions.insert((l.from.as_str(), l.to.as_str()));
+        let done = crate::loops::iterations(g, l);
+        let (Some(last), Some(to)) = (
+            l.last().and_then(|s| g.position(&s.node(done))),
+            g.position(&l.to),
+        ) else {
+            continue;
+        };
+        if g.has_edge(last, to) {
+            continue;
+        }
+        let mut attrs = Attrs::new();
+        attrs.insert("label".into(), format!("until {}", l.until).into());
+        o.edges.push(PicEdge {
+            from: pic_id(last),
+            to: l.to.clone(),
+            dashed: true,
+            attrs,
+        });
+    }
+
     // Unfilled shape regions: a dashed wildcard between from and to.
     for (k, p) in g.promises().iter().enumerate() {
         let Promise::Shape { from, to, shape } = p else {
             continue;
         };
+        if loop_regions.contains(&(from.as_str(), to.as_str())) && matches!(shape, Shape::Chain(..))
+        {
+            continue;
+        }
         let Some(region) = promise::committed_region(g, from, to) else {
             continue;
         };

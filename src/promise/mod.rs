@@ -396,12 +396,20 @@ pub fn check_rule_batch(g: &Graph, staging: &Staging, rule: &str) -> Result<(), 
     check_sent(g, staging, Sender::Rule(rule))
 }
 
+/// Checks a batch of the loop `id` (an iteration or its exit) like a
+/// rule's ([`check_rule_batch`]): every mutation against every promise in
+/// force, the promises that select a sending node selecting no loop.
+pub fn check_loop_batch(g: &Graph, staging: &Staging, id: &str) -> Result<(), BatchProblem> {
+    check_sent(g, staging, Sender::Loop(id))
+}
+
 /// Who sent a batch.
 #[derive(Clone, Copy)]
 enum Sender<'a> {
     Registration,
     Node(&'a str),
     Rule(&'a str),
+    Loop(&'a str),
 }
 
 fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), BatchProblem> {
@@ -412,7 +420,7 @@ fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), Ba
                 check_mutation(g, staging, by, m).map_err(BatchProblem::Violation)?;
             }
         }
-        Sender::Rule(_) => {
+        Sender::Rule(_) | Sender::Loop(_) => {
             if !g
                 .promises()
                 .iter()
@@ -443,6 +451,7 @@ fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), Ba
                 mutation: match sender {
                     Sender::Node(b) => format!("the batch of `{b}`"),
                     Sender::Rule(r) => format!("the batch of rule `{r}`"),
+                    Sender::Loop(l) => format!("the batch of loop `{l}`"),
                     Sender::Registration => "the registration".to_string(),
                 },
                 message: format!("between `{from}` and `{to}`: {why}"),

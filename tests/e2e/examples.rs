@@ -250,3 +250,26 @@ fn late_merge_always_merges_every_pdf_once() {
         assert!(ex.nodes.iter().all(|n| n.state == NodeState::Succeeded));
     }
 }
+
+#[test]
+fn loop_until_converges_to_sqrt_2_with_a_chain_of_iterations() {
+    let space = Space::new();
+    for tol in ["1e-3", "1e-12"] {
+        let out = space.example("loop_until", &[("ORCH_EXAMPLE_TOL", tol)]);
+        assert_ok(&out);
+        let ex = space.export(&printed_run(&out));
+        assert_eq!(ex.status, RunStatus::Succeeded);
+        let n = ex.node("report").unwrap().output.as_ref().unwrap()["iterations"]
+            .as_u64()
+            .unwrap();
+        let refines: BTreeSet<String> = ex
+            .nodes
+            .iter()
+            .filter(|n| n.task.name == "refine")
+            .map(|n| n.id.clone())
+            .collect();
+        let want: BTreeSet<String> = (1..=n).map(|k| format!("refine#{k}")).collect();
+        assert_eq!(refines, want, "tol {tol}: one node per iteration");
+        assert!(ex.nodes.iter().all(|n| n.state == NodeState::Succeeded));
+    }
+}

@@ -17,6 +17,7 @@ mod files;
 mod fork;
 mod fuzz;
 mod logs;
+mod loops;
 mod pictures;
 #[cfg(all(feature = "postgres", feature = "testing"))]
 mod postgres;

@@ -344,9 +344,9 @@ fn the_seed_calls_work_over_http() {
         3
     );
 
-    // Expected times come with a run's status once there is history.
+    // An ended run has its end, not an expected one.
     let st = c.get(&format!("/api/v1/runs/{run2}")).unwrap();
-    assert!(st["expected"].is_object(), "{st}");
+    assert!(st["expected"].is_null(), "{st}");
 
     // No token reached the server's log.
     let log = server.log.clone();
@@ -511,9 +511,14 @@ fn cancel_kills_running_attempts_in_one_call() {
     );
     let run = c.post("/api/v1/workflows/slow/runs", &json!({})).unwrap();
     let run = run["run"].as_str().unwrap().to_string();
-    wait_status(&c, &run, "the nap starts", |s| {
+    let st = wait_status(&c, &run, "the nap starts", |s| {
         s["nodes"][0]["state"] == "running"
     });
+    // A running run's status carries its expected times (the nap has no
+    // history yet: listed, without times, and said to be partial).
+    assert_eq!(st["expected"]["run"], run.as_str(), "{st}");
+    assert_eq!(st["expected"]["partial"], true, "{st}");
+    assert_eq!(st["expected"]["nodes"][0]["node"], "nap", "{st}");
     let node = c.get(&format!("/api/v1/runs/{run}/nodes/nap")).unwrap();
     let pid = node["attempts"][0]["pid"].as_u64().unwrap() as u32;
     assert!(alive(pid));

@@ -296,8 +296,9 @@ fn write_mutation(tx: &mut Tx<'_>, run: &str, m: &Mutation) -> Result<()> {
             )?;
         }
         Mutation::SetAttrs { .. } => {}
-        // Rules live in the history alone (their firing is a batch).
-        Mutation::AddRule { .. } => {}
+        // Rules and loops live in the history alone (their firings and
+        // iterations are batches).
+        Mutation::AddRule { .. } | Mutation::AddLoop { .. } => {}
         Mutation::AddPromise { promise } => {
             tx.exec(
                 "INSERT INTO promises (run, promise) VALUES ($1, $2)",

@@ -444,6 +444,8 @@ pub(super) fn write_mutation(
         // Rules have no table: they live in the events, and the fold of
         // the history (`Store::replay`) knows them and which fired.
         Mutation::AddRule { .. } => {}
+        // Loops neither: their iterations are ordinary nodes.
+        Mutation::AddLoop { .. } => {}
     }
     Ok(())
 }
