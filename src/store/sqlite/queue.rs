@@ -76,6 +76,17 @@ impl SqliteStore {
         Ok(v)
     }
 
+    /// A read in one snapshot, without taking the write lock.
+    fn snapshot<T>(&self, f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+        let mut c = self.lock();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
+        let v = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(v)
+    }
+
     pub(super) fn q_register_runner(
         &self,
         spec: &RunnerSpec,
@@ -138,7 +149,7 @@ impl SqliteStore {
     }
 
     pub(super) fn q_runners(&self) -> Result<(Vec<RunnerRecord>, i64)> {
-        self.immediate(|tx| {
+        self.snapshot(|tx| {
             let now = now(tx)?;
             let mut stmt = tx.prepare(&format!(
                 "SELECT {RUNNER_COLUMNS} FROM runners ORDER BY name, id"
@@ -328,7 +339,7 @@ impl SqliteStore {
     }
 
     pub(super) fn q_queue_rows(&self) -> Result<(Vec<QueueRow>, i64)> {
-        self.immediate(|tx| {
+        self.snapshot(|tx| {
             let now = now(tx)?;
             let mut stmt = tx.prepare(
                 "SELECT queue, min(requires), count(*) FILTER (WHERE runner IS NULL),
