@@ -79,6 +79,20 @@ pub enum Error {
     /// No run matches the given id.
     #[error("no run `{0}` in the database")]
     UnknownRun(String),
+    /// No runner is registered under this id (it never was, or it was
+    /// forgotten).
+    #[error("no runner `{0}` is registered; register again")]
+    UnknownRunner(String),
+    /// A report for an attempt that is not held by the runner that sent
+    /// it (superseded by a later attempt, expired, cleared, or never
+    /// claimed): it is refused.
+    #[error("attempt {attempt} is fenced: {why}; its report is refused")]
+    AttemptFenced {
+        /// The attempt (`run/node#n`).
+        attempt: String,
+        /// Why it is not the runner's.
+        why: String,
+    },
     /// A control was asked of a run that already ended.
     #[error("run `{run}` already ended ({status}); there is nothing to {control}")]
     RunEnded {

@@ -47,6 +47,8 @@ pub mod promise;
 #[cfg(feature = "server")]
 pub mod repo;
 pub mod rule;
+#[cfg(feature = "client")]
+pub mod runner;
 #[cfg(feature = "files")]
 pub mod schedule;
 #[cfg(feature = "files")]

@@ -105,6 +105,8 @@ struct Inner {
     /// Set by [`Engine::shutdown`], with its grace: nothing new is
     /// started or taken over.
     stopping: Mutex<Option<Duration>>,
+    /// Where attempts go that runners run (`orch serve` sets it).
+    remote: std::sync::OnceLock<Arc<crate::exec::remote::Remote>>,
 }
 
 /// Takes a run out of the engine's hosted runs when dropped, if the entry
@@ -195,6 +197,7 @@ impl Engine {
                 helper: std::sync::OnceLock::new(),
                 background: Mutex::new(false),
                 stopping: Mutex::new(None),
+                remote: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -226,6 +229,19 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Sends attempts that runners can serve (or that this machine
+    /// cannot run) to `remote`'s queue, in every run started or taken
+    /// over from now on with the default executor. Set once; `false` when
+    /// it was set already.
+    pub fn send_to_runners(&self, remote: Arc<crate::exec::remote::Remote>) -> bool {
+        self.inner.remote.set(remote).is_ok()
+    }
+
+    /// The queue of runners, when attempts may go there.
+    pub fn remote(&self) -> Option<&Arc<crate::exec::remote::Remote>> {
+        self.inner.remote.get()
     }
 
     /// This engine's identity, as leases record it.

@@ -196,6 +196,13 @@ impl Runner {
                 container_engine: config.container_engine.clone(),
             })),
         };
+        let executor: Arc<dyn Executor> = match engine.remote() {
+            Some(remote) => Arc::new(crate::exec::remote::RemoteExecutor::new(
+                remote.clone(),
+                executor,
+            )),
+            None => executor,
+        };
         let mut observers = engine.observers();
         let picture = if config.live_picture {
             let dir = home.join("runs").join(&state.run);

@@ -102,6 +102,7 @@ pub fn judge(
         retryable: true,
     };
     match &end.interrupt {
+        Some(Interrupt::Lost(why)) => return Verdict::Interrupted(why.clone()),
         Some(Interrupt::Broken(why)) => return failed(AttemptOutcome::Failed, why.clone()),
         Some(Interrupt::TimedOut) => return failed(AttemptOutcome::TimedOut, "timed out".into()),
         Some(Interrupt::Killed) => {

@@ -18,6 +18,7 @@ pub(crate) mod fork;
 mod process;
 pub mod protocol;
 mod python;
+pub mod remote;
 pub mod resources;
 
 use std::fmt;
@@ -171,6 +172,10 @@ pub enum Interrupt {
     TimedOut,
     /// Killed on the engine's request.
     Killed,
+    /// The runner that held it was lost (it missed its heartbeats): the
+    /// attempt counts as interrupted and its node runs again. The message
+    /// says what happened.
+    Lost(String),
 }
 
 impl Interrupt {
@@ -178,6 +183,7 @@ impl Interrupt {
     /// timeout before a kill.
     fn rank(&self) -> u8 {
         match self {
+            Interrupt::Lost(_) => 4,
             Interrupt::Broken(_) => 3,
             Interrupt::TimedOut => 2,
             Interrupt::Killed => 1,

@@ -7,7 +7,7 @@
 use crate::model::Resources;
 
 /// What this machine offers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Offer {
     /// Cores.
     pub cpu: f64,

@@ -84,6 +84,18 @@ pub const ROUTES: &[(&str, &str, Access)] = {
         ("GET", "/api/v1/tokens", Needs(Read)),
         ("POST", "/api/v1/tokens", Needs(Read)),
         ("DELETE", "/api/v1/tokens/{id}", Needs(Read)),
+        ("GET", "/api/v1/runners", Needs(Read)),
+        ("POST", "/api/v1/runners/register", Needs(Runner)),
+        ("POST", "/api/v1/runners/{id}/heartbeat", Needs(Runner)),
+        ("POST", "/api/v1/runners/{id}/claim", Needs(Runner)),
+        (
+            "POST",
+            "/api/v1/attempts/{run}/{node}/{attempt}/report",
+            Needs(Runner),
+        ),
+        ("POST", "/api/v1/runners/{id}/shutdown", Needs(Operate)),
+        ("GET", "/api/v1/queues", Needs(Read)),
+        ("POST", "/api/v1/queues/{key}/clear", Needs(Operate)),
         ("POST", "/api/v1/admin/cancel_all", Needs(Admin)),
         ("POST", "/api/v1/admin/shutdown", Needs(Admin)),
     ]

@@ -130,7 +130,10 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let message = e.to_string();
         match e {
-            Error::UnknownRun(_) | Error::UnknownNode { .. } => ApiError::not_found(message),
+            Error::UnknownRun(_) | Error::UnknownNode { .. } | Error::UnknownRunner(_) => {
+                ApiError::not_found(message)
+            }
+            Error::AttemptFenced { .. } => ApiError::conflict(message),
             Error::AmbiguousRun { .. } => ApiError::bad(message),
             Error::RunEnded { .. } | Error::Owned { .. } | Error::Fenced { .. } => {
                 ApiError::conflict(message)

@@ -104,8 +104,7 @@ pub struct AppState {
     pub started_ms: u64,
     /// The runs by status, as last counted, and when: `status` needs no
     /// token, so it counts at most once a second whoever asks.
-    pub counts:
-        std::sync::Mutex<Option<(std::time::Instant, std::collections::BTreeMap<String, u64>)>>,
+    pub counts: std::sync::Mutex<Option<(std::time::Instant, api::system::Counted)>>,
 }
 
 /// A running server.
@@ -156,6 +155,12 @@ impl Server {
             message: e.to_string(),
         })?;
         let engine = Engine::new(store.clone(), &home);
+        // Attempts that runners serve go to the queue, the rest run here.
+        let remote = Arc::new(crate::exec::remote::Remote::new(
+            store.clone(),
+            crate::exec::remote::lease_ms(),
+        ));
+        engine.send_to_runners(remote);
         let hub = Arc::new(hub::Hub::new(4096));
         engine.observe(hub.clone());
         let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -293,6 +298,26 @@ async fn run(state: Arc<AppState>, listener: tokio::net::TcpListener, app: Route
             }
         })
     };
+    // Attempts whose runner missed its heartbeats end as interrupted
+    // (their nodes run again as the next attempt).
+    let sweeper = state.engine.remote().cloned().map(|remote| {
+        tokio::spawn(async move {
+            let every = Duration::from_millis((remote.lease_ms() / 4).clamp(50, 1000) as u64);
+            loop {
+                tokio::time::sleep(every).await;
+                let r = remote.clone();
+                match tokio::task::spawn_blocking(move || r.sweep()).await {
+                    Ok(Ok(lost)) => {
+                        for id in lost {
+                            warn!(attempt = %id, "an attempt lost its runner; its node runs again");
+                        }
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "looking for lost claims failed"),
+                    Err(e) => warn!(error = %e, "the sweep of lost claims failed"),
+                }
+            }
+        })
+    });
     let shutdown = async move {
         let _ = stopped.changed().await;
     };
@@ -300,6 +325,9 @@ async fn run(state: Arc<AppState>, listener: tokio::net::TcpListener, app: Route
         .with_graceful_shutdown(shutdown)
         .await;
     adopter.abort();
+    if let Some(s) = sweeper {
+        s.abort();
+    }
     // The runs it drives stop within their grace (the engine was told).
     if let Some(s) = scheduler {
         let _ = s.await;

@@ -5,13 +5,13 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api::{events, runs, system, users, workflows};
+use super::api::{events, runners, runs, system, users, workflows};
 use super::error::{ApiError, Code, ErrorBody};
 
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "orch", description = "orch's server: runs, workflows under git, events, timers, users and tokens. Every call but status, this document and login needs `Authorization: Bearer orch_…`."),
+    info(title = "orch", description = "orch's server: runs, workflows under git, events, timers, users and tokens, runners and queues. Every call but status, this document and login needs `Authorization: Bearer orch_…`."),
     paths(
         system::status, system::pipelines, system::cancel_all, system::shutdown,
         users::login, users::list, users::add, users::change, users::remove,
@@ -22,6 +22,8 @@ use super::error::{ApiError, Code, ErrorBody};
         workflows::list, workflows::get, workflows::publish, workflows::delete,
         workflows::history, workflows::execute,
         events::push, events::list, events::start, events::list_timers, events::stop,
+        runners::register, runners::heartbeat, runners::claim, runners::report,
+        runners::list, runners::shutdown, runners::queues, runners::clear,
     ),
     components(schemas(ApiError, ErrorBody, Code)),
     modifiers(&Token),

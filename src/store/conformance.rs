@@ -43,6 +43,275 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     runs_page_by_filter_and_cursor(new().as_ref());
     users_and_tokens_are_kept(new().as_ref());
     task_durations_are_successful_attempts(new().as_ref());
+    runners_claim_by_capability_and_are_fenced(new().as_ref());
+    expired_claims_are_lost_and_their_reports_refused(new().as_ref());
+    queues_are_listed_and_cleared(new().as_ref());
+    a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
+}
+
+fn offer(cpu: f64, labels: &[&str]) -> crate::exec::resources::Offer {
+    crate::exec::resources::Offer {
+        cpu,
+        memory: Some(8 << 30),
+        gpu: 0,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+    }
+}
+
+fn queued(run: &str, node: &str, attempt: u32, labels: &[&str]) -> super::queue::QueuedAttempt {
+    let need = crate::model::Resources {
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    };
+    super::queue::QueuedAttempt::new(
+        crate::exec::AttemptId::new(run, node, attempt),
+        need,
+        format!("{{\"node\": \"{node}\"}}"),
+    )
+}
+
+fn runners_claim_by_capability_and_are_fenced(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    let plain = store
+        .register_runner(
+            &RunnerSpec::new("r-plain", "plain", offer(2.0, &[]), 2, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    assert!(
+        plain.alive && !plain.draining && plain.running == 0,
+        "{plain:?}"
+    );
+    store
+        .register_runner(
+            &RunnerSpec::new("r-gpu", "gpu", offer(2.0, &["gpu"]), 1, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    assert!(matches!(
+        store.claim("nobody", 1, 1000),
+        Err(Error::UnknownRunner(_))
+    ));
+    assert!(matches!(
+        store.heartbeat("nobody", &[], 1000),
+        Err(Error::UnknownRunner(_))
+    ));
+
+    store.enqueue(&queued("run1", "a", 1, &[])).unwrap();
+    store.enqueue(&queued("run1", "g", 1, &["gpu"])).unwrap();
+    store.enqueue(&queued("run1", "b", 1, &[])).unwrap();
+    store.enqueue(&queued("run1", "c", 1, &[])).unwrap();
+
+    // The plain runner cannot serve `gpu`; it takes its two slots' worth,
+    // oldest first.
+    let got = store.claim("r-plain", 10, 60_000).unwrap();
+    let nodes: Vec<&str> = got.iter().map(|a| a.id.node.as_str()).collect();
+    assert_eq!(nodes, ["a", "b"], "{got:?}");
+    assert_eq!(got[0].payload, "{\"node\": \"a\"}");
+    assert!(
+        store.claim("r-plain", 10, 60_000).unwrap().is_empty(),
+        "no free slot"
+    );
+    let got = store.claim("r-gpu", 10, 60_000).unwrap();
+    let nodes: Vec<&str> = got.iter().map(|a| a.id.node.as_str()).collect();
+    assert_eq!(
+        nodes,
+        ["g"],
+        "the labelled runner takes the labelled queue first (it is older)"
+    );
+
+    // Fences: the holder passes, anyone else and any other attempt fail.
+    let a1 = AttemptId::new("run1", "a", 1);
+    store.claim_holds(&a1, "r-plain").unwrap();
+    let e = store.claim_holds(&a1, "r-gpu").unwrap_err();
+    assert!(
+        matches!(e, Error::AttemptFenced { .. }) && e.to_string().contains("r-plain"),
+        "{e}"
+    );
+    let e = store
+        .claim_holds(&AttemptId::new("run1", "a", 2), "r-plain")
+        .unwrap_err();
+    assert!(matches!(e, Error::AttemptFenced { .. }), "{e}");
+    let beat = store
+        .heartbeat(
+            "r-plain",
+            &[a1.clone(), AttemptId::new("run1", "zz", 1)],
+            60_000,
+        )
+        .unwrap();
+    assert_eq!(beat.lost, vec![AttemptId::new("run1", "zz", 1)]);
+    assert!(!beat.draining);
+
+    // A finished claim frees its slot; a second report is refused.
+    store.finish_claim(&a1, "r-plain").unwrap();
+    assert!(matches!(
+        store.finish_claim(&a1, "r-plain"),
+        Err(Error::AttemptFenced { .. })
+    ));
+    let got = store.claim("r-plain", 10, 60_000).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id.node, "c");
+
+    // A re-queued node (next attempt) supersedes its claimed attempt.
+    store.enqueue(&queued("run1", "b", 2, &[])).unwrap();
+    let e = store
+        .finish_claim(&AttemptId::new("run1", "b", 1), "r-plain")
+        .unwrap_err();
+    assert!(e.to_string().contains("attempt 2"), "{e}");
+
+    // Draining: nothing new, and the heartbeat says so.
+    assert!(store.drain_runner("r-plain").unwrap());
+    assert!(!store.drain_runner("nobody").unwrap());
+    assert!(store.heartbeat("r-plain", &[], 60_000).unwrap().draining);
+    assert!(store.claim("r-plain", 10, 60_000).unwrap().is_empty());
+
+    let (runners, _) = store.runners().unwrap();
+    let names: Vec<&str> = runners.iter().map(|r| r.spec.name.as_str()).collect();
+    assert_eq!(names, ["gpu", "plain"]);
+    assert_eq!(runners[0].running, 1);
+    assert_eq!(runners[1].spec.capabilities, offer(2.0, &[]));
+    assert!(runners[1].draining);
+    // Registering again under the same id clears the drain.
+    let again = store
+        .register_runner(
+            &RunnerSpec::new("r-plain", "plain", offer(2.0, &[]), 2, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    assert!(!again.draining);
+    assert!(store.dequeue(&AttemptId::new("run1", "b", 2)).unwrap());
+    assert!(!store.dequeue(&AttemptId::new("run1", "b", 2)).unwrap());
+}
+
+fn expired_claims_are_lost_and_their_reports_refused(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    store
+        .register_runner(
+            &RunnerSpec::new("r1", "one", offer(1.0, &[]), 4, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    store.enqueue(&queued("run2", "a", 1, &[])).unwrap();
+    store.enqueue(&queued("run2", "b", 1, &[])).unwrap();
+    // A claim under a lease that is over at once (the runner died).
+    let got = store.claim("r1", 1, -1).unwrap();
+    assert_eq!(got.len(), 1);
+    let a1 = AttemptId::new("run2", "a", 1);
+    let b1 = AttemptId::new("run2", "b", 1);
+    let lost = store.lost_claims(&[a1.clone(), b1.clone()]).unwrap();
+    assert_eq!(lost, vec![a1.clone()], "b still waits; a's claim expired");
+    let e = store.finish_claim(&a1, "r1").unwrap_err();
+    assert!(matches!(e, Error::AttemptFenced { .. }), "{e}");
+    // Its next attempt is queued and claimed afresh.
+    store.enqueue(&queued("run2", "a", 2, &[])).unwrap();
+    let got = store.claim("r1", 4, 60_000).unwrap();
+    let ids: Vec<String> = got.iter().map(|a| a.id.to_string()).collect();
+    assert_eq!(ids, ["run2/b#1", "run2/a#2"]);
+    assert!(store
+        .lost_claims(&[AttemptId::new("run2", "a", 2)])
+        .unwrap()
+        .is_empty());
+    store
+        .finish_claim(&AttemptId::new("run2", "a", 2), "r1")
+        .unwrap();
+    assert!(matches!(
+        store.finish_claim(&a1, "r1"),
+        Err(Error::AttemptFenced { .. })
+    ));
+    // A runner whose own lease is over shows as not alive.
+    store
+        .register_runner(
+            &RunnerSpec::new("r0", "zero", offer(1.0, &[]), 1, "0.1.0"),
+            -1,
+        )
+        .unwrap();
+    let (runners, _) = store.runners().unwrap();
+    let zero = runners.iter().find(|r| r.spec.id == "r0").unwrap();
+    assert!(!zero.alive, "{zero:?}");
+    // It claims nothing until a heartbeat renews its lease.
+    store.enqueue(&queued("run2", "c", 1, &[])).unwrap();
+    assert!(store.claim("r0", 1, 60_000).unwrap().is_empty());
+    store.heartbeat("r0", &[], 60_000).unwrap();
+    assert_eq!(store.claim("r0", 1, 60_000).unwrap().len(), 1);
+}
+
+fn queues_are_listed_and_cleared(store: &dyn Store) {
+    use super::queue::{statuses, RunnerSpec};
+    store
+        .register_runner(
+            &RunnerSpec::new("r1", "one", offer(1.0, &[]), 1, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    store.enqueue(&queued("run3", "a", 1, &[])).unwrap();
+    store.enqueue(&queued("run3", "b", 1, &[])).unwrap();
+    store
+        .enqueue(&queued("run3", "s", 1, &["exec=slurm"]))
+        .unwrap();
+    assert_eq!(store.claim("r1", 1, 60_000).unwrap().len(), 1);
+    let (rows, now) = store.queue_rows().unwrap();
+    let (runners, _) = store.runners().unwrap();
+    let st = statuses(rows, &runners, now);
+    assert_eq!(st.len(), 2, "{st:?}");
+    assert_eq!(st[0].key, "default");
+    assert_eq!((st[0].depth, st[0].running), (1, 1));
+    assert_eq!(st[0].serving, ["one"]);
+    assert!(!st[0].unservable);
+    assert!(st[0].oldest_wait_ms.is_some_and(|w| w >= 0));
+    assert_eq!(st[1].key, "labels=exec=slurm");
+    assert_eq!(st[1].requires.labels, ["exec=slurm"]);
+    assert!(st[1].unservable && st[1].serving.is_empty(), "{:?}", st[1]);
+    let cleared = store.clear_queue("labels=exec=slurm").unwrap();
+    assert_eq!(cleared, vec![crate::exec::AttemptId::new("run3", "s", 1)]);
+    // Clearing leaves claimed attempts alone.
+    let cleared = store.clear_queue("default").unwrap();
+    assert_eq!(cleared.len(), 1);
+    let (rows, _) = store.queue_rows().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].depth, rows[0].running), (0, 1));
+}
+
+fn a_claim_race_hands_each_attempt_out_once(store: Arc<dyn Store>) {
+    use super::queue::RunnerSpec;
+    for i in 0..40 {
+        store
+            .enqueue(&queued("run4", &format!("n{i:02}"), 1, &[]))
+            .unwrap();
+    }
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let id = format!("racer{t}");
+                store
+                    .register_runner(
+                        &RunnerSpec::new(&id, &id, offer(1.0, &[]), 1000, "0.1.0"),
+                        60_000,
+                    )
+                    .unwrap();
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim(&id, 3, 60_000).unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    mine.extend(got.into_iter().map(|a| a.id));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "an attempt was claimed twice");
+    assert_eq!(all.len(), 40);
 }
 
 /// A run with an input node `ask` and a command node `work` after it.

@@ -11,6 +11,7 @@
 pub mod lease;
 #[cfg(feature = "postgres")]
 mod pg;
+pub mod queue;
 mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
@@ -40,8 +41,10 @@ pub fn is_postgres_url(db: &str) -> bool {
 
 use crate::access::{Permission, Role};
 use crate::error::{Error, Result};
+use crate::exec::AttemptId;
 use crate::history::{Event, RunExport, RunState};
 use crate::model::{Mutation, NodeState, Task};
+use queue::{Beat, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec};
 
 /// What a person (or program) can ask of a live run.
 #[derive(Clone, Debug, PartialEq)]
@@ -529,6 +532,62 @@ pub trait Store: Send + Sync {
 
     /// Revokes a token; `false` when there is no such live token.
     fn revoke_token(&self, id: &str) -> Result<bool>;
+
+    /// Registers a runner (replacing one of the same id) with a lease of
+    /// `lease_ms` on the store's clock.
+    fn register_runner(&self, spec: &RunnerSpec, lease_ms: i64) -> Result<RunnerRecord>;
+
+    /// Renews runner `id`'s lease and the leases of every claim it holds
+    /// by `lease_ms`; says whether it drains and which of `holding` (the
+    /// attempts it runs) are no longer its own. [`Error::UnknownRunner`]
+    /// when no such runner is registered.
+    fn heartbeat(&self, id: &str, holding: &[AttemptId], lease_ms: i64) -> Result<Beat>;
+
+    /// Every registered runner, by name, and the store's clock
+    /// (milliseconds since the Unix epoch).
+    fn runners(&self) -> Result<(Vec<RunnerRecord>, i64)>;
+
+    /// Asks runner `id` to drain (finish what it holds, claim nothing
+    /// new); `false` when there is no such runner.
+    fn drain_runner(&self, id: &str) -> Result<bool>;
+
+    /// Queues an attempt, replacing whatever the queue held for its node
+    /// (an earlier attempt, superseded).
+    fn enqueue(&self, attempt: &QueuedAttempt) -> Result<()>;
+
+    /// Claims for runner `runner`, atomically, at most `max` waiting
+    /// attempts (and no more than its free slots) of the queues its
+    /// capabilities satisfy, oldest first, preferring runs it already
+    /// serves; each claim holds a lease of `lease_ms`. Nothing while it
+    /// drains or once its own lease ran out (only a heartbeat renews it).
+    /// Two runners racing never get the same attempt.
+    fn claim(&self, runner: &str, max: usize, lease_ms: i64) -> Result<Vec<QueuedAttempt>>;
+
+    /// `Ok` when `runner` holds the claim of exactly `attempt`, else
+    /// [`Error::AttemptFenced`] saying why not.
+    fn claim_holds(&self, attempt: &AttemptId, runner: &str) -> Result<()>;
+
+    /// Ends `runner`'s claim of `attempt` (its end was reported), fenced
+    /// like [`Store::claim_holds`].
+    fn finish_claim(&self, attempt: &AttemptId, runner: &str) -> Result<()>;
+
+    /// Of `attempts` (those an engine waits for), the ones it will never
+    /// hear of: no longer queued (cleared, superseded), or claimed by a
+    /// runner whose lease expired (those claims are removed, so a late
+    /// report is refused).
+    fn lost_claims(&self, attempts: &[AttemptId]) -> Result<Vec<AttemptId>>;
+
+    /// Withdraws an attempt from the queue (its engine killed it); true
+    /// when it was there.
+    fn dequeue(&self, attempt: &AttemptId) -> Result<bool>;
+
+    /// Every queue with waiting or held attempts, by key, and the store's
+    /// clock.
+    fn queue_rows(&self) -> Result<(Vec<QueueRow>, i64)>;
+
+    /// Removes the waiting (unclaimed) attempts of queue `key`; returns
+    /// them.
+    fn clear_queue(&self, key: &str) -> Result<Vec<AttemptId>>;
 }
 
 /// The most runs one page returns ([`Store::runs_page`]).

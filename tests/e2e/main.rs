@@ -24,6 +24,7 @@ mod postgres;
 mod promises;
 mod python_helper;
 mod rules;
+mod runners;
 mod scheduler;
 mod server;
 mod shapes;

@@ -33,6 +33,49 @@ pub struct ServeArgs {
     pub slots: usize,
 }
 
+/// `orch runner`'s flags.
+#[derive(clap::Args)]
+pub struct RunnerArgs {
+    /// Its name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What it offers: `cpus=8,mem=16G,gpus=1` and labels (`exec=slurm`,
+    /// `ssd`); unset numbers are this machine's, `ORCH_LABELS` adds labels.
+    #[arg(long, default_value = "")]
+    pub capabilities: String,
+    /// How many attempts it runs at once.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// Where tasks run (default: `.orch-runner` in the current folder).
+    #[arg(long, default_value = ".orch-runner")]
+    pub dir: PathBuf,
+}
+
+/// `orch runner`: runs attempts for a server until drained.
+/// The server is the global `--server URL`; the token is `ORCH_TOKEN`, a
+/// runner token (`orch token create --user U --runner`).
+pub fn runner(server: &str, args: RunnerArgs) -> Res {
+    let token = std::env::var("ORCH_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or(
+            "orch runner needs a runner token in ORCH_TOKEN (orch token create --user U --runner)",
+        )?;
+    if args.slots == 0 || args.slots > orch::store::queue::MAX_SLOTS {
+        return Err(format!("--slots must be 1 to {}", orch::store::queue::MAX_SLOTS).into());
+    }
+    let mut opts = orch::runner::RunnerOptions::new(server, &token, args.dir);
+    opts.capabilities = orch::runner::parse_capabilities(&args.capabilities)
+        .map_err(|e| format!("--capabilities {e}"))?;
+    opts.slots = args.slots;
+    if let Some(name) = args.name {
+        opts.name = name;
+    }
+    orch::init_tracing();
+    orch::runner::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `orch user …`.
 #[derive(Subcommand)]
 pub enum UserCommand {

@@ -111,6 +111,9 @@ enum Command {
     /// Serve the HTTP API (and the scheduler, with --pipelines) on this
     /// database until SIGINT or SIGTERM.
     Serve(admin::ServeArgs),
+    /// Run attempts for a server (`--server URL`, token in ORCH_TOKEN)
+    /// until SIGTERM or Ctrl-C, which drain it.
+    Runner(admin::RunnerArgs),
     /// Users of the server (works before it first starts).
     #[command(subcommand)]
     User(admin::UserCommand),
@@ -336,6 +339,15 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let cli = match cli.command {
+        Command::Runner(args) => {
+            let url = cli
+                .server
+                .ok_or("orch runner needs --server URL (and a runner token in ORCH_TOKEN)")?;
+            return admin::runner(&url, args);
+        }
+        command => Cli { command, ..cli },
+    };
     if let Some(url) = &cli.server {
         return remote::run(url, cli.command);
     }
@@ -636,6 +648,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         | Command::Event(_)
         | Command::Timer(_)
         | Command::Serve(_)
+        | Command::Runner(_)
         | Command::User(_)
         | Command::Token(_)
         | Command::Publish { .. }

@@ -2,6 +2,7 @@
 //! puts them together.
 
 pub mod events;
+pub mod runners;
 pub mod runs;
 pub mod system;
 pub mod users;
@@ -70,6 +71,17 @@ pub fn routes(_state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(users::tokens).post(users::create_token),
         )
         .route("/api/v1/tokens/{id}", axum::routing::delete(users::revoke))
+        .route("/api/v1/runners", get(runners::list))
+        .route("/api/v1/runners/register", post(runners::register))
+        .route("/api/v1/runners/{id}/heartbeat", post(runners::heartbeat))
+        .route("/api/v1/runners/{id}/claim", post(runners::claim))
+        .route("/api/v1/runners/{id}/shutdown", post(runners::shutdown))
+        .route(
+            "/api/v1/attempts/{run}/{node}/{attempt}/report",
+            post(runners::report),
+        )
+        .route("/api/v1/queues", get(runners::queues))
+        .route("/api/v1/queues/{key}/clear", post(runners::clear))
         .route("/api/v1/admin/cancel_all", post(system::cancel_all))
         .route("/api/v1/admin/shutdown", post(system::shutdown))
         .layer(DefaultBodyLimit::max(MAX_BODY))

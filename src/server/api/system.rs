@@ -36,10 +36,28 @@ pub struct Status {
     pub runs: BTreeMap<String, u64>,
     /// How many runs this server drives now.
     pub hosted: usize,
-    /// Runners attached (none: this server runs tasks itself).
+    /// The live runners, by name (none: this server runs every task
+    /// itself).
     pub runners: Vec<String>,
+    /// Attempts waiting in the queues, over all queues.
+    pub queued: u64,
+    /// Attempts runners hold now.
+    pub claimed: u64,
     /// When the server started (ms since the Unix epoch).
     pub started_ms: u64,
+}
+
+/// What `status` counts in the store, at most once a second.
+#[derive(Clone, Debug, Default)]
+pub struct Counted {
+    /// Runs by status.
+    pub runs: BTreeMap<String, u64>,
+    /// Live runners by name.
+    pub runners: Vec<String>,
+    /// Attempts waiting in the queues.
+    pub queued: u64,
+    /// Attempts runners hold.
+    pub claimed: u64,
 }
 
 /// `GET /status`: no token needed.
@@ -57,9 +75,22 @@ pub async fn status(State(s): State<Arc<AppState>>) -> ApiResult<Json<Status>> {
         Some(c) => Ok(c),
         None => {
             let store = s.store.clone();
-            let fresh = blocking(move || store.run_counts())
-                .await
-                .map(|c| c.into_iter().collect::<BTreeMap<_, _>>());
+            let fresh = blocking(move || {
+                let runs = store.run_counts()?.into_iter().collect();
+                let (runners, _) = store.runners()?;
+                let (queues, _) = store.queue_rows()?;
+                Ok(Counted {
+                    runs,
+                    runners: runners
+                        .into_iter()
+                        .filter(|r| r.alive)
+                        .map(|r| r.spec.name)
+                        .collect(),
+                    queued: queues.iter().map(|q| q.depth).sum(),
+                    claimed: queues.iter().map(|q| q.running).sum(),
+                })
+            })
+            .await;
             if let Ok(c) = &fresh {
                 *s.counts.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((std::time::Instant::now(), c.clone()));
@@ -67,7 +98,7 @@ pub async fn status(State(s): State<Arc<AppState>>) -> ApiResult<Json<Status>> {
             fresh
         }
     };
-    let (runs, store) = match counts {
+    let (counted, store) = match counts {
         Ok(c) => (
             c,
             StoreHealth {
@@ -76,7 +107,7 @@ pub async fn status(State(s): State<Arc<AppState>>) -> ApiResult<Json<Status>> {
             },
         ),
         Err(e) => (
-            BTreeMap::new(),
+            Counted::default(),
             StoreHealth {
                 ok: false,
                 error: Some(e.error.message),
@@ -86,9 +117,11 @@ pub async fn status(State(s): State<Arc<AppState>>) -> ApiResult<Json<Status>> {
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         store,
-        runs,
+        runs: counted.runs,
         hosted: s.engine.hosted().len(),
-        runners: Vec::new(),
+        runners: counted.runners,
+        queued: counted.queued,
+        claimed: counted.claimed,
         started_ms: s.started_ms,
     }))
 }

@@ -34,6 +34,7 @@ mod access;
 #[cfg(feature = "testing")]
 pub mod cluster;
 mod conn;
+mod queue;
 #[cfg(all(test, feature = "testing"))]
 mod tests;
 mod views;
@@ -43,7 +44,7 @@ use conn::{off_runtime, store_error, Checkout, Pool, Tx};
 
 /// The schema migrations, in order: migration `i` brings a database from
 /// version `i` to `i + 1`. A database newer than the last is refused.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("queue.sql")];
 
 /// The schema version this orch writes.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -1229,6 +1230,71 @@ impl Store for PgStore {
 
     fn revoke_token(&self, id: &str) -> Result<bool> {
         self.revoke(id)
+    }
+
+    fn register_runner(
+        &self,
+        spec: &super::queue::RunnerSpec,
+        lease_ms: i64,
+    ) -> Result<super::queue::RunnerRecord> {
+        self.q_register_runner(spec, lease_ms)
+    }
+
+    fn heartbeat(
+        &self,
+        id: &str,
+        holding: &[crate::exec::AttemptId],
+        lease_ms: i64,
+    ) -> Result<super::queue::Beat> {
+        self.q_heartbeat(id, holding, lease_ms)
+    }
+
+    fn runners(&self) -> Result<(Vec<super::queue::RunnerRecord>, i64)> {
+        self.q_runners()
+    }
+
+    fn drain_runner(&self, id: &str) -> Result<bool> {
+        self.q_drain_runner(id)
+    }
+
+    fn enqueue(&self, attempt: &super::queue::QueuedAttempt) -> Result<()> {
+        self.q_enqueue(attempt)
+    }
+
+    fn claim(
+        &self,
+        runner: &str,
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<super::queue::QueuedAttempt>> {
+        self.q_claim(runner, max, lease_ms)
+    }
+
+    fn claim_holds(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<()> {
+        self.q_claim_holds(attempt, runner)
+    }
+
+    fn finish_claim(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<()> {
+        self.q_finish_claim(attempt, runner)
+    }
+
+    fn lost_claims(
+        &self,
+        attempts: &[crate::exec::AttemptId],
+    ) -> Result<Vec<crate::exec::AttemptId>> {
+        self.q_lost_claims(attempts)
+    }
+
+    fn dequeue(&self, attempt: &crate::exec::AttemptId) -> Result<bool> {
+        self.q_dequeue(attempt)
+    }
+
+    fn queue_rows(&self) -> Result<(Vec<super::queue::QueueRow>, i64)> {
+        self.q_queue_rows()
+    }
+
+    fn clear_queue(&self, key: &str) -> Result<Vec<crate::exec::AttemptId>> {
+        self.q_clear_queue(key)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::model::{Origin, RunStatus, Task};
 pub const DB_ENV: &str = "ORCH_DB";
 
 mod access;
+mod queue;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -36,7 +37,7 @@ pub(in crate::store) mod views;
 
 use schema::{
     MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4,
-    SCHEMA, SCHEMA_VERSION,
+    READ_ONLY_4_AS_5, SCHEMA, SCHEMA_VERSION,
 };
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
@@ -208,6 +209,10 @@ impl SqliteStore {
         }
         if mode == Mode::ReadOnly && (2..=3).contains(&version) {
             conn.execute_batch(READ_ONLY_3_AS_4)
+                .map_err(wrapper(path))?;
+        }
+        if mode == Mode::ReadOnly && (2..=4).contains(&version) {
+            conn.execute_batch(READ_ONLY_4_AS_5)
                 .map_err(wrapper(path))?;
         }
         if mode != Mode::ReadOnly {
@@ -1200,6 +1205,71 @@ impl Store for SqliteStore {
 
     fn revoke_token(&self, id: &str) -> Result<bool> {
         self.revoke(id)
+    }
+
+    fn register_runner(
+        &self,
+        spec: &super::queue::RunnerSpec,
+        lease_ms: i64,
+    ) -> Result<super::queue::RunnerRecord> {
+        self.q_register_runner(spec, lease_ms)
+    }
+
+    fn heartbeat(
+        &self,
+        id: &str,
+        holding: &[crate::exec::AttemptId],
+        lease_ms: i64,
+    ) -> Result<super::queue::Beat> {
+        self.q_heartbeat(id, holding, lease_ms)
+    }
+
+    fn runners(&self) -> Result<(Vec<super::queue::RunnerRecord>, i64)> {
+        self.q_runners()
+    }
+
+    fn drain_runner(&self, id: &str) -> Result<bool> {
+        self.q_drain_runner(id)
+    }
+
+    fn enqueue(&self, attempt: &super::queue::QueuedAttempt) -> Result<()> {
+        self.q_enqueue(attempt)
+    }
+
+    fn claim(
+        &self,
+        runner: &str,
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<super::queue::QueuedAttempt>> {
+        self.q_claim(runner, max, lease_ms)
+    }
+
+    fn claim_holds(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<()> {
+        self.q_claim_holds(attempt, runner)
+    }
+
+    fn finish_claim(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<()> {
+        self.q_finish_claim(attempt, runner)
+    }
+
+    fn lost_claims(
+        &self,
+        attempts: &[crate::exec::AttemptId],
+    ) -> Result<Vec<crate::exec::AttemptId>> {
+        self.q_lost_claims(attempts)
+    }
+
+    fn dequeue(&self, attempt: &crate::exec::AttemptId) -> Result<bool> {
+        self.q_dequeue(attempt)
+    }
+
+    fn queue_rows(&self) -> Result<(Vec<super::queue::QueueRow>, i64)> {
+        self.q_queue_rows()
+    }
+
+    fn clear_queue(&self, key: &str) -> Result<Vec<crate::exec::AttemptId>> {
+        self.q_clear_queue(key)
     }
 
     fn task_durations(

@@ -1,6 +1,7 @@
 //! The schema of an orch database and its migrations.
 
-/// Version 4 added the server's `users` and `tokens`, and indexes of runs
+/// Version 5 added the `runners` and the `queue` of attempts they
+/// claim. Version 4 added the server's `users` and `tokens`, and indexes of runs
 /// by workflow, status and start for the server's filtered pages and the
 /// estimates' samples (replacing `runs_workflow`). Version 3 added the files an attempt produced (`attempts.files`) and
 /// the tables of schedules, events and timers: `fires`
@@ -10,7 +11,7 @@
 /// `lease_until`) and the `signals` table (replacing `controls` and
 /// `inputs`: a migrated database moves their untaken rows into it and
 /// keeps the tables, unused).
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// What a version-1 database needs to become version 2 (before `SCHEMA`,
 /// whose `CREATE ... IF NOT EXISTS` adds the new tables).
@@ -67,6 +68,13 @@ CREATE TEMP TABLE timers (id INTEGER PRIMARY KEY, workflow TEXT, at_ms INTEGER, 
 pub(super) const READ_ONLY_3_AS_4: &str = r#"
 CREATE TEMP TABLE users (name TEXT PRIMARY KEY, role TEXT, password_hash TEXT, created_at INTEGER);
 CREATE TEMP TABLE tokens (id TEXT PRIMARY KEY, user TEXT, name TEXT, hash TEXT, scopes TEXT, runner INTEGER, created_at INTEGER, expires_at INTEGER, revoked_at INTEGER);
+"#;
+
+/// What a read-only connection to a version 2 to 4 database adds so that
+/// version 5's reads work: no runners, an empty queue.
+pub(super) const READ_ONLY_4_AS_5: &str = r#"
+CREATE TEMP TABLE runners (id TEXT PRIMARY KEY, name TEXT, capabilities TEXT, slots INTEGER, version TEXT, registered_at INTEGER, lease_until INTEGER, draining INTEGER);
+CREATE TEMP TABLE queue (run TEXT, node TEXT, attempt INTEGER, queue TEXT, requires TEXT, payload TEXT, queued_at INTEGER, seq INTEGER, runner TEXT, claimed_at INTEGER, lease_until INTEGER, PRIMARY KEY (run, node));
 "#;
 
 /// The store's clock, in milliseconds since the Unix epoch: leases expire
@@ -207,6 +215,32 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user);
+CREATE TABLE IF NOT EXISTS runners (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    capabilities TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL,
+    draining INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue (
+    run TEXT NOT NULL,
+    node TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    requires TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    runner TEXT,
+    claimed_at INTEGER,
+    lease_until INTEGER,
+    PRIMARY KEY (run, node)
+);
+CREATE INDEX IF NOT EXISTS queue_waiting ON queue (queue, seq) WHERE runner IS NULL;
+CREATE INDEX IF NOT EXISTS queue_runner ON queue (runner) WHERE runner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow TEXT NOT NULL,

@@ -1,0 +1,495 @@
+//! The remote executor: attempts that runners (`orch runner`) run.
+//!
+//! [`Remote`] is shared by an engine's runs (the server makes one). An
+//! attempt whose requirements a live runner satisfies (or that this
+//! machine cannot run) is queued in the store under its requirement set
+//! ([`crate::store::queue::queue_key`]) instead of started here; a runner
+//! claims it, runs it with its own local executor and reports back
+//! through the server, which hands each report to the engine waiting for
+//! it: a mutation is answered (ack or error) as it arrives, the end is
+//! judged like a local attempt's. Every report is fenced by the store: a
+//! runner that no longer holds the attempt (its lease expired, the node
+//! moved to a later attempt) is refused. An attempt whose runner lost its
+//! lease ends as interrupted, so its node runs again as the next attempt
+//! without spending a retry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::resources::Offer;
+use super::{
+    AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
+    Report, TaskFailure,
+};
+use crate::error::{Error, Result};
+use crate::history::LogLine;
+use crate::model::{Mutation, Resources, Task};
+use crate::store::queue::QueuedAttempt;
+use crate::store::Store;
+
+/// The environment variable that sets the lease of runners and their
+/// claims, in milliseconds (default [`DEFAULT_LEASE_MS`], between
+/// [`MIN_LEASE_MS`] and [`MAX_LEASE_MS`]): short in tests, so that a
+/// killed runner's attempts come back quickly.
+pub const LEASE_ENV: &str = "ORCH_RUNNER_LEASE_MS";
+/// The default lease of runners and claims.
+pub const DEFAULT_LEASE_MS: i64 = 15_000;
+/// The shortest lease [`LEASE_ENV`] may set.
+pub const MIN_LEASE_MS: i64 = 300;
+/// The longest lease [`LEASE_ENV`] may set.
+pub const MAX_LEASE_MS: i64 = 600_000;
+
+/// The lease of runners and claims: [`LEASE_ENV`] (clamped), else the
+/// default.
+pub fn lease_ms() -> i64 {
+    std::env::var(LEASE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .map_or(DEFAULT_LEASE_MS, |v| v.clamp(MIN_LEASE_MS, MAX_LEASE_MS))
+}
+
+/// An attempt as a runner receives it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WireSpec {
+    /// Which attempt.
+    pub id: AttemptId,
+    /// What runs.
+    pub task: Task,
+    /// Inputs with output references resolved.
+    pub inputs: Value,
+    /// The output of each direct predecessor.
+    pub upstream: serde_json::Map<String, Value>,
+}
+
+impl From<&AttemptSpec> for WireSpec {
+    fn from(s: &AttemptSpec) -> WireSpec {
+        WireSpec {
+            id: s.id.clone(),
+            task: s.task.clone(),
+            inputs: s.inputs.clone(),
+            upstream: s.upstream.clone(),
+        }
+    }
+}
+
+impl From<WireSpec> for AttemptSpec {
+    fn from(w: WireSpec) -> AttemptSpec {
+        AttemptSpec::new(w.id, w.task, w.inputs, w.upstream)
+    }
+}
+
+/// How an attempt ended, as a runner reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WireEnd {
+    /// The exit code, if the process exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Why it broke, if it did.
+    #[serde(default)]
+    pub broken: Option<String>,
+    /// It was killed after its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// It was killed on request.
+    #[serde(default)]
+    pub killed: bool,
+    /// The task's own `fail` message and whether it may be retried.
+    #[serde(default)]
+    pub failure: Option<(String, bool)>,
+    /// The last output it sent.
+    #[serde(default)]
+    pub output: Option<Value>,
+    /// Its log lines: (line number from 1, stream, text), in order
+    /// (those streamed already may be left out).
+    #[serde(default)]
+    pub logs: Vec<(u32, String, String)>,
+}
+
+impl From<&AttemptEnd> for WireEnd {
+    fn from(e: &AttemptEnd) -> WireEnd {
+        let (exit_code, signal) = match e.exit {
+            Exit::Code(c) => (Some(c), None),
+            Exit::Signal(s) => (None, Some(s)),
+            Exit::Unknown => (None, None),
+        };
+        WireEnd {
+            exit_code,
+            signal,
+            broken: match &e.interrupt {
+                Some(Interrupt::Broken(why)) | Some(Interrupt::Lost(why)) => Some(why.clone()),
+                _ => None,
+            },
+            timed_out: e.interrupt == Some(Interrupt::TimedOut),
+            killed: e.interrupt == Some(Interrupt::Killed),
+            failure: e.failure.as_ref().map(|f| (f.message.clone(), f.retry)),
+            output: e.output.clone(),
+            logs: e
+                .logs
+                .iter()
+                .map(|l| (l.line, l.stream.clone(), l.text.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl WireEnd {
+    /// The end of attempt `id` it describes.
+    pub fn into_end(self, id: &AttemptId) -> AttemptEnd {
+        let exit = match (self.exit_code, self.signal) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Unknown,
+        };
+        let mut end = AttemptEnd::ended(exit);
+        if let Some(why) = self.broken {
+            end.interrupt(Interrupt::Broken(why));
+        }
+        if self.timed_out {
+            end.interrupt(Interrupt::TimedOut);
+        }
+        if self.killed {
+            end.interrupt(Interrupt::Killed);
+        }
+        end.failure = self
+            .failure
+            .map(|(message, retry)| TaskFailure { message, retry });
+        end.output = self.output;
+        end.logs = self
+            .logs
+            .into_iter()
+            .map(|(line, stream, text)| LogLine {
+                node: id.node.clone(),
+                attempt: id.attempt,
+                line,
+                stream,
+                text,
+            })
+            .collect();
+        end
+    }
+}
+
+/// Why a runner's report was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The store refused it (the fence: the runner does not hold the
+    /// attempt), or could not be asked.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// No engine of this server waits for the attempt (its run is driven
+    /// by another server, or this one restarted).
+    #[error("no engine of this server waits for attempt {0}")]
+    NotWaiting(AttemptId),
+}
+
+/// The queue side of an engine: the attempts it sent to runners and
+/// waits for.
+pub struct Remote {
+    store: Arc<dyn Store>,
+    lease_ms: i64,
+    here: Offer,
+    waiting: Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Report>>>,
+    /// Serialises the sweep of lost claims with a queue's clearing.
+    sweeping: Mutex<()>,
+    /// Woken when an attempt is queued (long-polling claims wait on it).
+    queued: Notify,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("lease_ms", &self.lease_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// The remote side over `store`, with runner leases of `lease_ms`.
+    pub fn new(store: Arc<dyn Store>, lease_ms: i64) -> Remote {
+        Remote {
+            store,
+            lease_ms,
+            here: Offer::here(),
+            waiting: Mutex::new(HashMap::new()),
+            sweeping: Mutex::new(()),
+            queued: Notify::new(),
+        }
+    }
+
+    /// The lease of runners and claims, in milliseconds.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    /// Completes when an attempt is queued (or spuriously): what a
+    /// long-polling claim waits on.
+    pub async fn queued(&self) {
+        self.queued.notified().await
+    }
+
+    /// Whether an attempt needing `need` goes to the queue: a live runner
+    /// that is not draining satisfies it, or this machine cannot.
+    pub fn goes_remote(&self, need: &Resources) -> Result<bool> {
+        if self.here.refuses(need).is_some() {
+            return Ok(true);
+        }
+        let (runners, _) = self.store.runners()?;
+        Ok(runners
+            .iter()
+            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(need).is_none()))
+    }
+
+    fn take(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    fn sender(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The attempts this engine waits for.
+    pub fn waiting(&self) -> Vec<AttemptId> {
+        let mut v: Vec<_> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn enqueue(self: &Arc<Self>, spec: &AttemptSpec, link: AttemptLink) -> Result<()> {
+        let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
+        let payload = serde_json::to_string(&WireSpec::from(spec)).expect("a spec is JSON");
+        if payload.len() > crate::store::queue::MAX_PAYLOAD {
+            return Err(Error::Refused {
+                what: format!("attempt {}", spec.id),
+                message: format!(
+                    "its inputs are {} bytes, more than a runner takes ({})",
+                    payload.len(),
+                    crate::store::queue::MAX_PAYLOAD
+                ),
+            });
+        }
+        let AttemptLink {
+            id,
+            reports,
+            mut kill,
+            ..
+        } = link;
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), reports);
+        if let Err(e) = self
+            .store
+            .enqueue(&QueuedAttempt::new(id.clone(), need, payload))
+        {
+            self.take(&id);
+            return Err(e);
+        }
+        self.queued.notify_waiters();
+        let me = self.clone();
+        tokio::spawn(async move {
+            // The engine wants it gone: withdraw it (a runner holding it
+            // learns from its next heartbeat and kills it).
+            if kill.recv().await.is_some() {
+                if let Some(tx) = me.take(&id) {
+                    let store = me.store.clone();
+                    let gone = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.dequeue(&gone)).await;
+                    let mut end = AttemptEnd::ended(Exit::Unknown);
+                    end.interrupt(Interrupt::Killed);
+                    let _ = tx.send(Report::Finished { attempt: id, end });
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A mutation attempt `id` sent through `runner`: handed to the engine
+    /// waiting for it; its answer (ack, or the error) is returned.
+    pub async fn mutation(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        mutation: Mutation,
+    ) -> std::result::Result<std::result::Result<(), String>, ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let tx = self
+            .sender(id)
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        let (reply, answer) = oneshot::channel();
+        tx.send(Report::Mutation {
+            attempt: id.clone(),
+            mutation,
+            reply,
+        })
+        .map_err(|_| ReportError::NotWaiting(id.clone()))?;
+        answer
+            .await
+            .map_err(|_| ReportError::NotWaiting(id.clone()))
+    }
+
+    /// Log lines of attempt `id` as `runner` streams them: (line number,
+    /// stream, text), handed to the engine (which stores them as they
+    /// come and shows them to followers).
+    pub fn logs(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        lines: Vec<(u32, String, String)>,
+    ) -> std::result::Result<(), ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let tx = self
+            .sender(id)
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        for (line, stream, text) in lines {
+            let line = LogLine {
+                node: id.node.clone(),
+                attempt: id.attempt,
+                line,
+                stream,
+                text,
+            };
+            tx.send(Report::Log {
+                attempt: id.clone(),
+                line,
+            })
+            .map_err(|_| ReportError::NotWaiting(id.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// The end of attempt `id`, reported by `runner`: the claim ends
+    /// (fenced) and the engine judges it.
+    pub fn end(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        end: WireEnd,
+    ) -> std::result::Result<(), ReportError> {
+        // Out of the map first: a sweep meanwhile cannot call it lost.
+        let tx = self
+            .take(id)
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        if let Err(e) = self.store.finish_claim(id, runner) {
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), tx);
+            return Err(e.into());
+        }
+        let _ = tx.send(Report::Finished {
+            attempt: id.clone(),
+            end: end.into_end(id),
+        });
+        Ok(())
+    }
+
+    /// Ends, as interrupted, every attempt this engine waits for whose
+    /// runner lost its lease (or that left the queue): their nodes run
+    /// again as their next attempt. Returns them.
+    pub fn sweep(&self) -> Result<Vec<AttemptId>> {
+        let _turn = self.sweeping.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = self.waiting();
+        if waiting.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lost = self.store.lost_claims(&waiting)?;
+        for id in &lost {
+            if let Some(tx) = self.take(id) {
+                let mut end = AttemptEnd::ended(Exit::Unknown);
+                end.interrupt(Interrupt::Lost(format!(
+                    "interrupted: attempt {id} lost its runner (no heartbeat within the {} ms lease); the node runs again",
+                    self.lease_ms
+                )));
+                let _ = tx.send(Report::Finished {
+                    attempt: id.clone(),
+                    end,
+                });
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Removes the waiting attempts of queue `key`; those this engine
+    /// waits for fail (their retries, if any, queue them again).
+    pub fn clear(&self, key: &str, by: &str) -> Result<Vec<AttemptId>> {
+        let _turn = self.sweeping.lock().unwrap_or_else(|p| p.into_inner());
+        let cleared = self.store.clear_queue(key)?;
+        for id in &cleared {
+            if let Some(tx) = self.take(id) {
+                let end = AttemptEnd::broken(format!(
+                    "cleared from queue `{key}` by {by} before a runner claimed it"
+                ));
+                let _ = tx.send(Report::Finished {
+                    attempt: id.clone(),
+                    end,
+                });
+            }
+        }
+        Ok(cleared)
+    }
+}
+
+/// An executor that sends attempts to runners when they go remote
+/// ([`Remote::goes_remote`]) and starts the others with `local`.
+pub struct RemoteExecutor {
+    remote: Arc<Remote>,
+    local: Arc<dyn Executor>,
+}
+
+impl RemoteExecutor {
+    /// Attempts go to `remote`'s queue, or to `local`.
+    pub fn new(remote: Arc<Remote>, local: Arc<dyn Executor>) -> RemoteExecutor {
+        RemoteExecutor { remote, local }
+    }
+}
+
+impl Executor for RemoteExecutor {
+    fn launch(&self, spec: AttemptSpec, link: AttemptLink) -> Result<Option<u32>, LaunchError> {
+        let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
+        let remote = self
+            .remote
+            .goes_remote(&need)
+            .map_err(|e| LaunchError::Refused(e.to_string()))?;
+        if !remote {
+            return self.local.launch(spec, link);
+        }
+        self.remote
+            .enqueue(&spec, link)
+            .map_err(|e| LaunchError::Refused(e.to_string()))?;
+        Ok(None)
+    }
+
+    fn not_ready(
+        &self,
+        task: &Task,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        self.local.not_ready(task)
+    }
+
+    fn clean_up_run(&self, run: &str) -> Result<Vec<String>, String> {
+        self.local.clean_up_run(run)
+    }
+}

@@ -1,0 +1,578 @@
+//! Runners and queues: the calls of `orch runner` (register, heartbeat,
+//! claim, report; runner tokens) and the operators' view (list runners,
+//! drain one, queue status, clear a queue).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::super::auth::Caller;
+use super::super::error::{ApiError, ApiResult, Code};
+use super::super::extract::{Body, Path};
+use super::super::AppState;
+use super::blocking;
+use crate::exec::remote::{Remote, ReportError, WireEnd};
+use crate::exec::resources::Offer;
+use crate::exec::AttemptId;
+use crate::model::Mutation;
+use crate::store::queue::{self, RunnerRecord, RunnerSpec, MAX_CLAIM, MAX_NAME, MAX_SLOTS};
+
+/// The longest a claim waits for work, in milliseconds.
+pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
+/// The most attempts a heartbeat may list.
+pub const MAX_HOLDING: usize = 4096;
+/// The most labels a runner may declare.
+pub const MAX_LABELS: usize = 64;
+
+/// What a runner offers.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Cores.
+    pub cpu: f64,
+    /// Memory in bytes (absent: not checked).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// GPUs.
+    #[serde(default)]
+    pub gpu: u32,
+    /// Labels (`exec=slurm`, `ssd`, …).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+impl From<Offer> for Capabilities {
+    fn from(o: Offer) -> Capabilities {
+        Capabilities {
+            cpu: o.cpu,
+            memory: o.memory,
+            gpu: o.gpu,
+            labels: o.labels,
+        }
+    }
+}
+
+/// `POST /runners/register`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Its name (1 to 128 printable characters).
+    pub name: String,
+    /// What it offers.
+    pub capabilities: Capabilities,
+    /// How many attempts it runs at once (1 to 1024).
+    pub slots: u32,
+    /// The orch version it runs (at most 128 characters).
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A runner as listed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunnerView {
+    /// Its id: the runner calls name it.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// What it offers.
+    pub capabilities: Capabilities,
+    /// Its slots.
+    pub slots: u32,
+    /// Its orch version.
+    pub version: String,
+    /// When it registered (ms since the Unix epoch, the store's clock).
+    pub registered_ms: i64,
+    /// Until when its lease holds.
+    pub lease_until_ms: i64,
+    /// It drains: finishes what it holds, claims nothing new.
+    pub draining: bool,
+    /// Attempts it holds.
+    pub running: u64,
+    /// Its lease holds.
+    pub alive: bool,
+}
+
+impl From<RunnerRecord> for RunnerView {
+    fn from(r: RunnerRecord) -> RunnerView {
+        RunnerView {
+            id: r.spec.id,
+            name: r.spec.name,
+            capabilities: r.spec.capabilities.into(),
+            slots: r.spec.slots,
+            version: r.spec.version,
+            registered_ms: r.registered_ms,
+            lease_until_ms: r.lease_until_ms,
+            draining: r.draining,
+            running: r.running,
+            alive: r.alive,
+        }
+    }
+}
+
+/// A registered runner and the lease it must renew.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    /// The runner.
+    pub runner: RunnerView,
+    /// Its lease (and its claims'), in milliseconds: heartbeat well
+    /// within it.
+    pub lease_ms: i64,
+}
+
+fn printable(field: &str, text: &str, min: usize) -> ApiResult<()> {
+    if text.chars().count() < min || text.len() > MAX_NAME || text.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!(
+            "field `{field}`: {min} to {MAX_NAME} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn remote(s: &AppState) -> ApiResult<Arc<Remote>> {
+    s.engine
+        .remote()
+        .cloned()
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "this server sends no attempt to runners"))
+}
+
+/// `POST /runners/register`: a runner joins.
+#[utoipa::path(post, path = "/api/v1/runners/register", tag = "runners", request_body = RegisterBody,
+    responses((status = 201, body = Registered), (status = 400, body = ApiError)),
+    security(("token" = [])))]
+pub async fn register(
+    State(s): State<Arc<AppState>>,
+    Body(body): Body<RegisterBody>,
+) -> ApiResult<(StatusCode, Json<Registered>)> {
+    printable("name", &body.name, 1)?;
+    printable("version", &body.version, 0)?;
+    if body.slots == 0 || body.slots > MAX_SLOTS {
+        return Err(ApiError::bad(format!(
+            "field `slots`: 1 to {MAX_SLOTS} attempts at once"
+        )));
+    }
+    let c = body.capabilities;
+    if !c.cpu.is_finite() || c.cpu < 0.0 || c.cpu > 1e6 {
+        return Err(ApiError::bad(
+            "field `capabilities.cpu`: a number of cores from 0 to 1000000",
+        ));
+    }
+    if c.labels.len() > MAX_LABELS {
+        return Err(ApiError::bad(format!(
+            "field `capabilities.labels`: at most {MAX_LABELS} labels"
+        )));
+    }
+    for (i, l) in c.labels.iter().enumerate() {
+        printable(&format!("capabilities.labels[{i}]"), l, 1)?;
+    }
+    let remote = remote(&s)?;
+    let lease_ms = remote.lease_ms();
+    let id = format!("{}-{}", crate::time::unix_millis(), random_suffix());
+    let spec = RunnerSpec::new(
+        &id,
+        &body.name,
+        Offer {
+            cpu: c.cpu,
+            memory: c.memory,
+            gpu: c.gpu,
+            labels: c.labels,
+        },
+        body.slots,
+        &body.version,
+    );
+    let store = s.store.clone();
+    let record = blocking(move || store.register_runner(&spec, lease_ms)).await?;
+    tracing::info!(runner = %record.spec.name, id = %record.spec.id, "a runner registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            runner: record.into(),
+            lease_ms,
+        }),
+    ))
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    // A failure leaves zeros: the millisecond still tells runners apart.
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An attempt, as runner calls name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRef {
+    /// The run.
+    pub run: String,
+    /// The node.
+    pub node: String,
+    /// The attempt number.
+    pub attempt: u32,
+}
+
+impl From<AttemptId> for AttemptRef {
+    fn from(a: AttemptId) -> AttemptRef {
+        AttemptRef {
+            run: a.run,
+            node: a.node,
+            attempt: a.attempt,
+        }
+    }
+}
+
+impl From<AttemptRef> for AttemptId {
+    fn from(a: AttemptRef) -> AttemptId {
+        AttemptId::new(a.run, a.node, a.attempt)
+    }
+}
+
+/// `POST /runners/{id}/heartbeat`'s body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    /// The attempts it runs (at most 4096).
+    #[serde(default)]
+    pub holding: Vec<AttemptRef>,
+}
+
+/// What a heartbeat answers.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BeatView {
+    /// It drains: claim nothing new, exit once idle.
+    pub draining: bool,
+    /// Attempts it must stop: no longer its own.
+    pub lost: Vec<AttemptRef>,
+    /// Its lease, in milliseconds.
+    pub lease_ms: i64,
+}
+
+/// `POST /runners/{id}/heartbeat`: renews the runner's lease and its
+/// claims'.
+#[utoipa::path(post, path = "/api/v1/runners/{id}/heartbeat", tag = "runners",
+    params(("id" = String, Path, description = "the runner")), request_body = HeartbeatBody,
+    responses((status = 200, body = BeatView), (status = 404, body = ApiError)),
+    security(("token" = [])))]
+pub async fn heartbeat(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(body): Body<HeartbeatBody>,
+) -> ApiResult<Json<BeatView>> {
+    if body.holding.len() > MAX_HOLDING {
+        return Err(ApiError::bad(format!(
+            "field `holding`: at most {MAX_HOLDING} attempts"
+        )));
+    }
+    let lease_ms = remote(&s)?.lease_ms();
+    let holding: Vec<AttemptId> = body.holding.into_iter().map(Into::into).collect();
+    let store = s.store.clone();
+    let beat = blocking(move || store.heartbeat(&id, &holding, lease_ms)).await?;
+    Ok(Json(BeatView {
+        draining: beat.draining,
+        lost: beat.lost.into_iter().map(Into::into).collect(),
+        lease_ms,
+    }))
+}
+
+/// `POST /runners/{id}/claim`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// At most this many attempts (1 to 64; its free slots bound it too).
+    #[serde(default = "one")]
+    pub max: u32,
+    /// How long to wait for work, in milliseconds (at most 60000).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A claimed attempt.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedView {
+    /// Which attempt.
+    pub id: AttemptRef,
+    /// Its queue.
+    pub queue: String,
+    /// What to run: the task, its inputs and its predecessors' outputs.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+/// What a claim hands out.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Claimed {
+    /// The attempts, possibly none (the wait ran out).
+    pub attempts: Vec<ClaimedView>,
+}
+
+/// `POST /runners/{id}/claim`: attempts of the queues the runner serves,
+/// waiting up to `wait_ms` for one.
+#[utoipa::path(post, path = "/api/v1/runners/{id}/claim", tag = "runners",
+    params(("id" = String, Path, description = "the runner")), request_body = ClaimBody,
+    responses((status = 200, body = Claimed), (status = 404, body = ApiError)),
+    security(("token" = [])))]
+pub async fn claim(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(body): Body<ClaimBody>,
+) -> ApiResult<Json<Claimed>> {
+    if body.max == 0 || body.max as usize > MAX_CLAIM {
+        return Err(ApiError::bad(format!("field `max`: 1 to {MAX_CLAIM}")));
+    }
+    if body.wait_ms > MAX_CLAIM_WAIT_MS {
+        return Err(ApiError::bad(format!(
+            "field `wait_ms`: at most {MAX_CLAIM_WAIT_MS}"
+        )));
+    }
+    let remote = remote(&s)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(body.wait_ms);
+    let mut stopping = s.stop.subscribe();
+    loop {
+        let store = s.store.clone();
+        let runner = id.clone();
+        let lease_ms = remote.lease_ms();
+        let max = body.max as usize;
+        let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
+        if !got.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
+            let attempts = got
+                .into_iter()
+                .map(|a| ClaimedView {
+                    spec: serde_json::from_str(&a.payload).unwrap_or(Value::Null),
+                    id: a.id.into(),
+                    queue: a.queue,
+                })
+                .collect();
+            return Ok(Json(Claimed { attempts }));
+        }
+        // Woken by a new attempt, else looks again now and then (another
+        // server may have queued it, a slot may have freed).
+        tokio::select! {
+            _ = remote.queued() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.changed() => {}
+        }
+    }
+}
+
+/// The most log lines one report carries.
+pub const MAX_REPORT_LINES: usize = 4096;
+
+/// A runner's report on an attempt it holds: exactly one of `mutation`,
+/// `logs` and `end`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBody {
+    /// The runner's id (the fence: it must hold the attempt).
+    pub runner: String,
+    /// A mutation the task sent: answered as it is judged.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub mutation: Option<Value>,
+    /// Log lines as they are written: `[line, stream, text]` each (at
+    /// most 4096).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub logs: Option<Vec<Value>>,
+    /// How the attempt ended.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub end: Option<Value>,
+}
+
+/// The answer to a report.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReportAnswer {
+    /// The mutation was accepted (always true for an end).
+    pub ok: bool,
+    /// Why the engine refused the mutation.
+    pub error: Option<String>,
+}
+
+fn report_error(e: ReportError) -> ApiError {
+    match e {
+        ReportError::Store(e @ crate::Error::AttemptFenced { .. }) => {
+            ApiError::conflict(e.to_string())
+        }
+        ReportError::Store(e) => e.into(),
+        e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
+    }
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/report`: a mutation or the
+/// end of an attempt the runner holds; refused (409) when it does not.
+#[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/report", tag = "runners",
+    params(("run" = String, Path, description = "the run"),
+           ("node" = String, Path, description = "the node"),
+           ("attempt" = u32, Path, description = "the attempt number")),
+    request_body = ReportBody,
+    responses((status = 200, body = ReportAnswer), (status = 409, body = ApiError)),
+    security(("token" = [])))]
+pub async fn report(
+    State(s): State<Arc<AppState>>,
+    Path((run, node, attempt)): Path<(String, String, u32)>,
+    Body(body): Body<ReportBody>,
+) -> ApiResult<Json<ReportAnswer>> {
+    let remote = remote(&s)?;
+    let id = AttemptId::new(run, node, attempt);
+    match (body.mutation, body.logs, body.end) {
+        (None, Some(lines), None) => {
+            if lines.len() > MAX_REPORT_LINES {
+                return Err(ApiError::bad(format!(
+                    "field `logs`: at most {MAX_REPORT_LINES} lines a report"
+                )));
+            }
+            let lines = lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    serde_json::from_value::<(u32, String, String)>(l).map_err(|e| {
+                        ApiError::bad(format!("field `logs[{i}]`: [line, stream, text]: {e}"))
+                    })
+                })
+                .collect::<ApiResult<Vec<_>>>()?;
+            let runner = body.runner;
+            tokio::task::spawn_blocking(move || remote.logs(&id, &runner, lines))
+                .await
+                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+                .map_err(report_error)?;
+            Ok(Json(ReportAnswer {
+                ok: true,
+                error: None,
+            }))
+        }
+        (Some(m), None, None) => {
+            let m: Mutation = serde_json::from_value(m)
+                .map_err(|e| ApiError::bad(format!("field `mutation`: {e}")))?;
+            let answer = remote
+                .mutation(&id, &body.runner, m)
+                .await
+                .map_err(report_error)?;
+            Ok(Json(ReportAnswer {
+                ok: answer.is_ok(),
+                error: answer.err(),
+            }))
+        }
+        (None, None, Some(end)) => {
+            let end: WireEnd = serde_json::from_value(end)
+                .map_err(|e| ApiError::bad(format!("field `end`: {e}")))?;
+            let runner = body.runner;
+            tokio::task::spawn_blocking(move || remote.end(&id, &runner, end))
+                .await
+                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+                .map_err(report_error)?;
+            Ok(Json(ReportAnswer {
+                ok: true,
+                error: None,
+            }))
+        }
+        _ => Err(ApiError::bad(
+            "a report has exactly one of the fields `mutation`, `logs` and `end`",
+        )),
+    }
+}
+
+/// `GET /runners`: every registered runner.
+#[utoipa::path(get, path = "/api/v1/runners", tag = "runners",
+    responses((status = 200, body = [RunnerView])), security(("token" = [])))]
+pub async fn list(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<RunnerView>>> {
+    let store = s.store.clone();
+    let (runners, _) = blocking(move || store.runners()).await?;
+    Ok(Json(runners.into_iter().map(Into::into).collect()))
+}
+
+/// `POST /runners/{id}/shutdown`: the runner drains (finishes what it
+/// holds, claims nothing new) and then exits.
+#[utoipa::path(post, path = "/api/v1/runners/{id}/shutdown", tag = "runners",
+    params(("id" = String, Path, description = "the runner")),
+    responses((status = 202), (status = 404, body = ApiError)), security(("token" = [])))]
+pub async fn shutdown(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let store = s.store.clone();
+    let who = id.clone();
+    if blocking(move || store.drain_runner(&who)).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no runner `{id}` is registered"
+        )))
+    }
+}
+
+/// A queue's status.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// Its key: the normalised requirement set.
+    pub key: String,
+    /// Its requirements.
+    #[schema(value_type = Object)]
+    pub requires: Value,
+    /// Attempts waiting.
+    pub depth: u64,
+    /// Attempts held by runners.
+    pub running: u64,
+    /// How long the oldest waiting attempt has waited, in milliseconds.
+    pub oldest_wait_ms: Option<i64>,
+    /// The live runners that serve it, by name.
+    pub serving: Vec<String>,
+    /// No live runner can serve it: its attempts wait for one.
+    pub unservable: bool,
+}
+
+/// `GET /queues`: every queue with waiting or held attempts.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "runners",
+    responses((status = 200, body = [QueueView])), security(("token" = [])))]
+pub async fn queues(State(s): State<Arc<AppState>>) -> ApiResult<Json<Vec<QueueView>>> {
+    let store = s.store.clone();
+    let ((rows, now), (runners, _)) =
+        blocking(move || Ok((store.queue_rows()?, store.runners()?))).await?;
+    Ok(Json(
+        queue::statuses(rows, &runners, now)
+            .into_iter()
+            .map(|q| QueueView {
+                requires: serde_json::to_value(&q.requires).unwrap_or(Value::Null),
+                key: q.key,
+                depth: q.depth,
+                running: q.running,
+                oldest_wait_ms: q.oldest_wait_ms,
+                serving: q.serving,
+                unservable: q.unservable,
+            })
+            .collect(),
+    ))
+}
+
+/// What a clear removed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cleared {
+    /// The waiting attempts removed (they fail; retries queue them again).
+    pub attempts: Vec<AttemptRef>,
+}
+
+/// `POST /queues/{key}/clear`: removes the waiting attempts of a queue.
+#[utoipa::path(post, path = "/api/v1/queues/{key}/clear", tag = "runners",
+    params(("key" = String, Path, description = "the queue's key")),
+    responses((status = 200, body = Cleared)), security(("token" = [])))]
+pub async fn clear(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Cleared>> {
+    let remote = remote(&s)?;
+    let by = format!("user `{}`", me.user);
+    let cleared = blocking(move || remote.clear(&key, &by)).await?;
+    Ok(Json(Cleared {
+        attempts: cleared.into_iter().map(Into::into).collect(),
+    }))
+}

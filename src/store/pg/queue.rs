@@ -1,0 +1,353 @@
+//! Runners and the queue of attempts on PostgreSQL: a claim locks the
+//! runner's row (its slots) and takes the oldest waiting rows it can
+//! serve with `FOR UPDATE SKIP LOCKED`, so runners claiming at once never
+//! wait on each other nor get the same attempt.
+
+use postgres::Row;
+
+use super::conn::Tx;
+use super::{PgStore, NOW_MS};
+use crate::error::{Error, Result};
+use crate::exec::resources::Offer;
+use crate::exec::AttemptId;
+use crate::model::Resources;
+use crate::store::queue::{
+    is_lost, why_fenced, Beat, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec, MAX_CLAIM,
+};
+
+const RUNNER_COLUMNS: &str =
+    "id, name, capabilities, slots, version, registered_at, lease_until, draining,
+     (SELECT count(*) FROM queue q WHERE q.runner = runners.id)";
+
+impl PgStore {
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, text: &str) -> Result<T> {
+        serde_json::from_str(text)
+            .map_err(|e| self.corrupt(format!("a stored {what} does not parse: {e}")))
+    }
+
+    fn runner_row(&self, tx: &Tx<'_>, r: &Row, now: i64) -> Result<RunnerRecord> {
+        let caps: String = tx.get(r, 2)?;
+        let lease_until: i64 = tx.get(r, 6)?;
+        let slots: i64 = tx.get(r, 3)?;
+        let running: i64 = tx.get(r, 8)?;
+        Ok(RunnerRecord {
+            spec: RunnerSpec {
+                id: tx.get(r, 0)?,
+                name: tx.get(r, 1)?,
+                capabilities: self.parse::<Offer>("runner's capabilities", &caps)?,
+                slots: slots as u32,
+                version: tx.get(r, 4)?,
+            },
+            registered_ms: tx.get(r, 5)?,
+            lease_until_ms: lease_until,
+            draining: tx.get(r, 7)?,
+            running: running as u64,
+            alive: lease_until >= now,
+        })
+    }
+
+    fn now(tx: &mut Tx<'_>) -> Result<i64> {
+        let r = tx.one(&format!("SELECT {NOW_MS}"), &[])?;
+        tx.get(&r, 0)
+    }
+
+    fn queue_row(tx: &mut Tx<'_>, a: &AttemptId) -> Result<Option<crate::store::queue::FenceRow>> {
+        let Some(r) = tx.row(
+            &format!(
+                "SELECT attempt, runner, lease_until, {NOW_MS} FROM queue
+                 WHERE run = $1 AND node = $2 FOR UPDATE"
+            ),
+            &[&a.run, &a.node],
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((
+            tx.get(&r, 0)?,
+            tx.get(&r, 1)?,
+            tx.get(&r, 2)?,
+            tx.get(&r, 3)?,
+        )))
+    }
+
+    pub(super) fn q_register_runner(
+        &self,
+        spec: &RunnerSpec,
+        lease_ms: i64,
+    ) -> Result<RunnerRecord> {
+        let caps = serde_json::to_string(&spec.capabilities).expect("an offer is JSON");
+        let slots = spec.slots as i64;
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO runners (id, name, capabilities, slots, version, registered_at, lease_until, draining)
+                     VALUES ($1, $2, $3, $4, $5, {NOW_MS}, {NOW_MS} + $6, false)
+                     ON CONFLICT (id) DO UPDATE SET name = $2, capabilities = $3, slots = $4,
+                        version = $5, lease_until = {NOW_MS} + $6, draining = false"
+                ),
+                &[&spec.id, &spec.name, &caps, &slots, &spec.version, &lease_ms],
+            )?;
+            let now = Self::now(tx)?;
+            let r = tx.one(
+                &format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE id = $1"),
+                &[&spec.id],
+            )?;
+            self.runner_row(tx, &r, now)
+        })
+    }
+
+    pub(super) fn q_heartbeat(
+        &self,
+        id: &str,
+        holding: &[AttemptId],
+        lease_ms: i64,
+    ) -> Result<Beat> {
+        self.write(|tx| {
+            let Some(r) = tx.row(
+                &format!(
+                    "UPDATE runners SET lease_until = {NOW_MS} + $2 WHERE id = $1 RETURNING draining"
+                ),
+                &[&id, &lease_ms],
+            )?
+            else {
+                return Err(Error::UnknownRunner(id.to_string()));
+            };
+            let draining: bool = tx.get(&r, 0)?;
+            tx.exec(
+                &format!("UPDATE queue SET lease_until = {NOW_MS} + $2 WHERE runner = $1"),
+                &[&id, &lease_ms],
+            )?;
+            let mut lost = Vec::new();
+            for a in holding {
+                let row = Self::queue_row(tx, a)?;
+                if why_fenced(a, id, row).is_some() {
+                    lost.push(a.clone());
+                }
+            }
+            Ok(Beat { draining, lost })
+        })
+    }
+
+    pub(super) fn q_runners(&self) -> Result<(Vec<RunnerRecord>, i64)> {
+        self.read(|tx| {
+            let now = Self::now(tx)?;
+            let rows = tx.rows(
+                &format!("SELECT {RUNNER_COLUMNS} FROM runners ORDER BY name, id"),
+                &[],
+            )?;
+            let runners = rows
+                .iter()
+                .map(|r| self.runner_row(tx, r, now))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((runners, now))
+        })
+    }
+
+    pub(super) fn q_drain_runner(&self, id: &str) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.exec("UPDATE runners SET draining = true WHERE id = $1", &[&id])? == 1)
+        })
+    }
+
+    pub(super) fn q_enqueue(&self, a: &QueuedAttempt) -> Result<()> {
+        let requires = serde_json::to_string(&a.requires).expect("resources are JSON");
+        let attempt = a.id.attempt as i64;
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO queue (run, node, attempt, queue, requires, payload, queued_at, seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, nextval('queue_seq'))
+                     ON CONFLICT (run, node) DO UPDATE SET attempt = $3, queue = $4, requires = $5,
+                        payload = $6, queued_at = {NOW_MS}, seq = nextval('queue_seq'), runner = NULL, claimed_at = NULL,
+                        lease_until = NULL"
+                ),
+                &[
+                    &a.id.run, &a.id.node, &attempt, &a.queue, &requires, &a.payload,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn q_claim(
+        &self,
+        runner: &str,
+        max: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<QueuedAttempt>> {
+        self.write(|tx| {
+            // The runner's row, locked: its own claims take turns, so its
+            // slots are never over-counted.
+            let Some(r) = tx.row(
+                &format!(
+                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}
+                     FROM runners WHERE id = $1 FOR UPDATE"
+                ),
+                &[&runner],
+            )?
+            else {
+                return Err(Error::UnknownRunner(runner.to_string()));
+            };
+            let caps: String = tx.get(&r, 0)?;
+            let slots: i64 = tx.get(&r, 1)?;
+            let draining: bool = tx.get(&r, 2)?;
+            let alive: bool = tx.get(&r, 3)?;
+            // A runner whose lease ran out (paused, partitioned) claims
+            // nothing, even through a long poll it began before: it must
+            // heartbeat first.
+            if !alive {
+                return Ok(Vec::new());
+            }
+            let r = tx.one("SELECT count(*) FROM queue WHERE runner = $1", &[&runner])?;
+            let running: i64 = tx.get(&r, 0)?;
+            let n = (slots - running).max(0).min(max.min(MAX_CLAIM) as i64);
+            if draining || n == 0 {
+                return Ok(Vec::new());
+            }
+            let offer: Offer = self.parse("runner's capabilities", &caps)?;
+            let mut keys = Vec::new();
+            for r in tx.rows(
+                "SELECT DISTINCT queue, requires FROM queue WHERE runner IS NULL",
+                &[],
+            )? {
+                let key: String = tx.get(&r, 0)?;
+                let req: String = tx.get(&r, 1)?;
+                if offer.refuses(&self.parse::<Resources>("requirement", &req)?).is_none() {
+                    keys.push(key);
+                }
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = tx.rows(
+                "SELECT q.run, q.node, q.attempt, q.queue, q.requires, q.payload FROM queue q
+                 WHERE q.runner IS NULL AND q.queue = ANY($1)
+                 ORDER BY q.run IN (SELECT run FROM queue WHERE runner = $2) DESC,
+                          q.seq
+                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
+                &[&keys, &runner, &n],
+            )?;
+            let mut picked = Vec::new();
+            for r in &rows {
+                let attempt: i64 = tx.get(r, 2)?;
+                let req: String = tx.get(r, 4)?;
+                picked.push(QueuedAttempt {
+                    id: AttemptId::new(tx.get::<String>(r, 0)?, tx.get::<String>(r, 1)?, attempt as u32),
+                    queue: tx.get(r, 3)?,
+                    requires: self.parse("requirement", &req)?,
+                    payload: tx.get(r, 5)?,
+                });
+            }
+            for a in &picked {
+                tx.exec(
+                    &format!(
+                        "UPDATE queue SET runner = $3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $4
+                         WHERE run = $1 AND node = $2"
+                    ),
+                    &[&a.id.run, &a.id.node, &runner, &lease_ms],
+                )?;
+            }
+            Ok(picked)
+        })
+    }
+
+    pub(super) fn q_claim_holds(&self, a: &AttemptId, runner: &str) -> Result<()> {
+        self.write(|tx| {
+            let row = Self::queue_row(tx, a)?;
+            match why_fenced(a, runner, row) {
+                None => Ok(()),
+                Some(why) => Err(Error::AttemptFenced {
+                    attempt: a.to_string(),
+                    why,
+                }),
+            }
+        })
+    }
+
+    pub(super) fn q_finish_claim(&self, a: &AttemptId, runner: &str) -> Result<()> {
+        self.write(|tx| {
+            let row = Self::queue_row(tx, a)?;
+            if let Some(why) = why_fenced(a, runner, row) {
+                return Err(Error::AttemptFenced {
+                    attempt: a.to_string(),
+                    why,
+                });
+            }
+            tx.exec(
+                "DELETE FROM queue WHERE run = $1 AND node = $2",
+                &[&a.run, &a.node],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn q_lost_claims(&self, attempts: &[AttemptId]) -> Result<Vec<AttemptId>> {
+        self.write(|tx| {
+            let mut lost = Vec::new();
+            for a in attempts {
+                let row = Self::queue_row(tx, a)?;
+                if is_lost(a, row.as_ref()) {
+                    let n = a.attempt as i64;
+                    tx.exec(
+                        "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3",
+                        &[&a.run, &a.node, &n],
+                    )?;
+                    lost.push(a.clone());
+                }
+            }
+            Ok(lost)
+        })
+    }
+
+    pub(super) fn q_dequeue(&self, a: &AttemptId) -> Result<bool> {
+        let n = a.attempt as i64;
+        self.write(|tx| {
+            Ok(tx.exec(
+                "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3",
+                &[&a.run, &a.node, &n],
+            )? == 1)
+        })
+    }
+
+    pub(super) fn q_queue_rows(&self) -> Result<(Vec<QueueRow>, i64)> {
+        self.read(|tx| {
+            let now = Self::now(tx)?;
+            let rows = tx.rows(
+                "SELECT queue, min(requires), count(*) FILTER (WHERE runner IS NULL),
+                        count(runner), min(queued_at) FILTER (WHERE runner IS NULL)
+                 FROM queue GROUP BY queue ORDER BY queue",
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let req: String = tx.get(r, 1)?;
+                let depth: i64 = tx.get(r, 2)?;
+                let running: i64 = tx.get(r, 3)?;
+                out.push(QueueRow {
+                    key: tx.get(r, 0)?,
+                    requires: self.parse("requirement", &req)?,
+                    depth: depth as u64,
+                    running: running as u64,
+                    oldest_queued_ms: tx.get(r, 4)?,
+                });
+            }
+            Ok((out, now))
+        })
+    }
+
+    pub(super) fn q_clear_queue(&self, key: &str) -> Result<Vec<AttemptId>> {
+        self.write(|tx| {
+            let rows = tx.rows(
+                "DELETE FROM queue WHERE queue = $1 AND runner IS NULL RETURNING run, node, attempt",
+                &[&key],
+            )?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let n: i64 = tx.get(r, 2)?;
+                out.push(AttemptId::new(tx.get::<String>(r, 0)?, tx.get::<String>(r, 1)?, n as u32));
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+}

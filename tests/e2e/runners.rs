@@ -1,0 +1,483 @@
+//! Runners on loopback: `orch serve` plus `orch runner` subprocesses.
+//! Attempts go to the runners whose capabilities satisfy their
+//! requirements; a queue no runner serves says so; a runner killed with
+//! `kill -9` in the middle of an attempt loses it after its lease, and the
+//! next attempt finishes on another runner, exactly once, while a late
+//! report of the old attempt is refused. Everything is asserted on the
+//! recorded history and the API's answers, not on wall-clock time.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch::client::Client;
+use serde_json::{json, Value};
+
+use crate::server::{serve, user_token, Served};
+use crate::util::{kill9, Space};
+
+/// The lease of runners and claims in these tests, in milliseconds.
+const LEASE_MS: &str = "1000";
+
+struct Runner {
+    child: Child,
+    id: String,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runner_token(space: &Space) -> String {
+    let out = space.cli(&["token", "create", "--user", "root", "--runner"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().last().unwrap().trim().to_string()
+}
+
+/// Starts `orch runner` named `name` with `caps`, in its own folder, and
+/// waits for its registration.
+fn runner(space: &Space, server: &Served, token: &str, name: &str, caps: &str) -> Runner {
+    let dir = space.path().join(format!("runner-{name}"));
+    let log = space.path().join(format!("runner-{name}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args([
+            "runner",
+            "--server",
+            &server.base,
+            "--name",
+            name,
+            "--slots",
+            "2",
+        ])
+        .args(["--capabilities", caps])
+        .arg("--dir")
+        .arg(&dir)
+        .env("ORCH_TOKEN", token)
+        .env("RUST_LOG", "info")
+        .env_remove("ORCH_LABELS")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("orch runner starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let id = line
+        .trim()
+        .strip_prefix("runner ")
+        .and_then(|l| l.strip_suffix(" registered"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the runner printed {line:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    Runner { child, id }
+}
+
+fn serve_with_short_leases(space: &Space) -> Served {
+    // Servers inherit it; only servers with runners read it, and every
+    // test here sets the same value.
+    std::env::set_var("ORCH_RUNNER_LEASE_MS", LEASE_MS);
+    serve(space, &[])
+}
+
+fn publish(c: &Client, name: &str, yaml: &str) {
+    c.json(
+        "PUT",
+        &format!("/api/v1/workflows/{name}"),
+        Some(&json!({"message": "test", "files": [{"path": "workflow.yaml", "content": yaml}]})),
+    )
+    .expect("publish");
+}
+
+fn start(c: &Client, name: &str) -> String {
+    let r = c
+        .post(&format!("/api/v1/workflows/{name}/runs"), &json!({}))
+        .expect("execute");
+    r["run"].as_str().unwrap().to_string()
+}
+
+fn wait_end(c: &Client, run: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let w = c
+            .get(&format!("/api/v1/runs/{run}/wait?timeout=30"))
+            .expect("wait");
+        if w["ended"] == true {
+            return w["status"].clone();
+        }
+        assert!(Instant::now() < deadline, "run {run} did not end: {w}");
+    }
+}
+
+fn poll(what: &str, mut done: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = done() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn logs(c: &Client, run: &str, node: &str) -> String {
+    let r = c
+        .call(
+            "GET",
+            &format!("/api/v1/runs/{run}/nodes/{node}/logs"),
+            None,
+        )
+        .unwrap();
+    r.body
+}
+
+#[test]
+fn attempts_run_on_the_runners_their_requirements_name() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _blue = runner(&space, &server, &token, "blue", "cpus=1,blue");
+    let _plain = runner(&space, &server, &token, "plain", "cpus=1");
+    let runners = c.get("/api/v1/runners").unwrap();
+    let names: Vec<&str> = runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["blue", "plain"], "{runners}");
+    assert_eq!(runners[0]["capabilities"]["labels"], json!(["blue"]));
+    let status = Client::new(&server.base, None)
+        .get("/api/v1/status")
+        .unwrap();
+    assert_eq!(status["runners"], json!(["blue", "plain"]), "{status}");
+
+    publish(
+        &c,
+        "routed",
+        "name: routed\ntasks:\n  - id: any\n    command: pwd\n  - id: tinted\n    command: pwd\n    requires: {labels: [blue]}\n    after: [any]\n",
+    );
+    let run = start(&c, "routed");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The labelled task ran in the blue runner's folder.
+    let tinted = logs(&c, &run, "tinted");
+    assert!(tinted.contains("runner-blue"), "{tinted}");
+    let any = logs(&c, &run, "any");
+    assert!(any.contains("runner-"), "ran on a runner: {any}");
+
+    // A queue no runner can serve says so, and clearing it fails its
+    // attempt.
+    publish(
+        &c,
+        "stranded",
+        "name: stranded\ntasks:\n  - id: red\n    command: 'true'\n    requires: {labels: [red]}\n",
+    );
+    let run = start(&c, "stranded");
+    let q = poll("the red queue appears", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        qs.as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["key"] == "labels=red")
+            .cloned()
+    });
+    assert_eq!(q["unservable"], true, "{q}");
+    assert_eq!(q["serving"], json!([]), "{q}");
+    assert_eq!(q["depth"], 1, "{q}");
+    assert_eq!(q["requires"]["labels"], json!(["red"]));
+    let status = poll("status counts the waiting attempt", || {
+        let s = Client::new(&server.base, None)
+            .get("/api/v1/status")
+            .unwrap();
+        (s["queued"] == 1).then_some(s)
+    });
+    assert_eq!(status["claimed"], 0, "{status}");
+    let cleared = c
+        .post("/api/v1/queues/labels=red/clear", &json!({}))
+        .unwrap();
+    assert_eq!(cleared["attempts"][0]["node"], "red", "{cleared}");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "failed", "{done}");
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/red")).unwrap();
+    let error = node["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cleared from queue `labels=red`"), "{node}");
+}
+
+#[test]
+fn a_killed_runner_loses_its_attempt_to_another_exactly_once() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let rc = Client::new(&server.base, Some(token.clone()));
+    let mut first = runner(&space, &server, &token, "first", "cpus=1");
+    publish(
+        &c,
+        "nap",
+        "name: nap\ntasks:\n  - id: nap\n    command: sh -c 'sleep 2; echo woke in $(pwd)'\n",
+    );
+    let run = start(&c, "nap");
+    poll("the first runner claims the nap", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        (qs[0]["running"] == 1).then_some(qs)
+    });
+    kill9(&mut first.child);
+    let second = runner(&space, &server, &token, "second", "cpus=1");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/nap")).unwrap();
+    let attempts = node["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{node}");
+    assert_eq!(attempts[0]["outcome"], "killed", "{node}");
+    let why = attempts[0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("lost its runner"), "{node}");
+    assert_eq!(attempts[1]["outcome"], "succeeded", "{node}");
+    let text = logs(&c, &run, "nap");
+    assert!(text.contains("runner-second"), "{text}");
+
+    // The killed runner's report of attempt 1 comes too late.
+    let late = rc
+        .call(
+            "POST",
+            &format!("/api/v1/attempts/{run}/nap/1/report"),
+            Some(&json!({"runner": first.id, "end": {"exit_code": 0}})),
+        )
+        .unwrap();
+    assert_eq!(late.status, 409, "{}", late.body);
+    // So does a report of the finished attempt 2, even by its runner.
+    let again = rc
+        .call(
+            "POST",
+            &format!("/api/v1/attempts/{run}/nap/2/report"),
+            Some(&json!({"runner": second.id, "end": {"exit_code": 0}})),
+        )
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.body);
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/nap")).unwrap();
+    assert_eq!(node["attempts"].as_array().unwrap().len(), 2, "{node}");
+}
+
+#[test]
+fn a_runner_drains_on_sigterm_and_when_the_server_asks() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let mut r = runner(&space, &server, &token, "drained", "cpus=1");
+    publish(
+        &c,
+        "short",
+        "name: short\ntasks:\n  - id: s\n    command: sh -c 'sleep 1; echo finished'\n",
+    );
+    let run = start(&c, "short");
+    poll("the runner claims it", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        (qs[0]["running"] == 1).then_some(qs)
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(r.child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = r.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let done = wait_end(&c, &run);
+    assert_eq!(
+        done["status"], "succeeded",
+        "the drained attempt finished: {done}"
+    );
+
+    let other = runner(&space, &server, &token, "other", "cpus=1");
+    let answer = c
+        .call(
+            "POST",
+            &format!("/api/v1/runners/{}/shutdown", other.id),
+            None,
+        )
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let mut other = other;
+    let status = other.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let missing = c
+        .call("POST", "/api/v1/runners/nobody/shutdown", None)
+        .unwrap();
+    assert_eq!(missing.status, 404);
+}
+
+/// A remote task that grows its run: each mutation goes through the
+/// runner to the engine, which answers it as it arrives.
+const GROW: &str = r#"name: grow
+tasks:
+  - id: grow
+    command:
+      - sh
+      - -c
+      - |
+        head -n 1 >/dev/null
+        echo '{"orch": 1, "type": "add_node", "seq": 1, "id": "child", "task": {"kind": "command", "argv": ["pwd"]}}'
+        head -n 1 | sed 's/^/got /'
+        echo '{"orch": 1, "type": "add_node", "seq": 2, "id": "grow", "task": {"kind": "command", "argv": ["true"]}}'
+        head -n 1 | sed 's/^/got /'
+"#;
+
+#[test]
+fn a_remote_tasks_mutations_are_answered_as_they_arrive() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "grower", "cpus=1");
+    publish(&c, "grow", GROW);
+    let run = start(&c, "grow");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The task read the engine's answers: an ack, then the refusal of a
+    // node that exists already.
+    let text = logs(&c, &run, "grow");
+    assert!(
+        text.contains(r#"got {\"orch\":1,\"type\":\"ack\",\"seq\":1}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"\"seq\":2,\"type\":\"error\""#), "{text}");
+    let nodes = c.get(&format!("/api/v1/runs/{run}/nodes")).unwrap();
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{nodes}");
+    assert!(ids.contains(&"child"), "{nodes}");
+    // The node it added ran on the runner too.
+    let child = logs(&c, &run, "child");
+    assert!(child.contains("runner-grower"), "{child}");
+}
+
+#[test]
+fn cancel_kills_an_attempt_a_runner_holds() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "napper", "cpus=1");
+    publish(
+        &c,
+        "long",
+        "name: long\ntasks:\n  - id: nap\n    command: sh -c 'echo $$ > nap.pid; exec sleep 300'\n",
+    );
+    let run = start(&c, "long");
+    let pid_file = space.path().join("runner-napper").join("nap.pid");
+    let pid = poll("the nap starts on the runner", || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.trim().parse::<u64>().ok().map(Value::from)
+    });
+    let pid = pid.as_u64().unwrap() as u32;
+    assert!(crate::util::alive(pid));
+    c.post(&format!("/api/v1/runs/{run}/cancel"), &json!({}))
+        .unwrap();
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(
+        crate::util::gone_within(pid, 20),
+        "the runner killed the attempt's process"
+    );
+    let qs = c.get("/api/v1/queues").unwrap();
+    assert_eq!(qs, json!([]), "nothing left queued or held");
+}
+
+#[test]
+fn a_remote_attempts_logs_can_be_read_while_it_runs() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "talker", "cpus=1");
+    publish(
+        &c,
+        "talk",
+        "name: talk\ntasks:\n  - id: talk\n    command: sh -c 'echo first; while [ ! -e go ]; do sleep 0.05; done; echo second'\n",
+    );
+    let run = start(&c, "talk");
+    // The first line arrives while the attempt still waits for `go`.
+    poll("the first line is streamed", || {
+        let text = logs(&c, &run, "talk");
+        text.contains("first").then_some(Value::from(text))
+    });
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/talk")).unwrap();
+    assert_eq!(node["state"], "running", "{node}");
+    std::fs::write(space.path().join("runner-talker").join("go"), "").unwrap();
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let lines = c
+        .get(&format!("/api/v1/runs/{run}/nodes/talk/logs"))
+        .unwrap();
+    let texts: Vec<&str> = lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first", "second"], "each line once: {lines}");
+}
+
+#[test]
+fn a_runner_paused_past_its_lease_is_refused_when_it_wakes() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let sleeper = runner(&space, &server, &token, "sleeper", "cpus=1");
+    publish(
+        &c,
+        "pause",
+        "name: pause\ntasks:\n  - id: p\n    command: sh -c 'sleep 1; echo done in $(pwd)'\n",
+    );
+    let run = start(&c, "pause");
+    poll("the sleeper claims it", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        (qs[0]["running"] == 1).then_some(qs)
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(sleeper.child.id() as libc::pid_t, libc::SIGSTOP) };
+    let _awake = runner(&space, &server, &token, "awake", "cpus=1");
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // SAFETY: as above.
+    unsafe { libc::kill(sleeper.child.id() as libc::pid_t, libc::SIGCONT) };
+    // Awake again, the sleeper learns the attempt is not its own; the end
+    // it reports is refused.
+    let log = space.path().join("runner-sleeper.log");
+    poll("the sleeper's end is refused", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("the server refused the end")
+            .then_some(Value::from(text))
+    });
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/p")).unwrap();
+    let attempts = node["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{node}");
+    assert_eq!(attempts[0]["outcome"], "killed", "{node}");
+    assert_eq!(attempts[1]["outcome"], "succeeded", "{node}");
+    let text = logs(&c, &run, "p");
+    assert!(text.contains("runner-awake"), "{text}");
+    assert!(!text.contains("runner-sleeper"), "{text}");
+}
