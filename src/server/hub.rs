@@ -36,6 +36,22 @@ impl Hub {
     }
 }
 
+/// Waits until a commit of `run` arrives on `rx`, the feed lags or
+/// closes, or `within` passed: the moment for a waiter to look at the
+/// store again.
+pub async fn next_of(rx: &mut broadcast::Receiver<Commit>, run: &str, within: std::time::Duration) {
+    let _ = tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(c) if c.run == run => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
 impl Observer for Hub {
     fn committed(&self, state: &RunState, events: &[Event]) {
         if self.tx.receiver_count() > 0 {

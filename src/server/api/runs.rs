@@ -566,18 +566,9 @@ pub async fn wait(
         }
         // Woken by a commit of this run (driven here), or every 250 ms
         // (a run driven by another process), or at the deadline.
-        let tick = tokio::time::sleep(Duration::from_millis(250));
-        tokio::pin!(tick);
-        loop {
-            tokio::select! {
-                c = commits.recv() => match c {
-                    Ok(c) if c.run == id => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                },
-                () = &mut tick => break,
-                () = tokio::time::sleep_until(deadline) => break,
-            }
+        tokio::select! {
+            () = super::super::hub::next_of(&mut commits, &id, Duration::from_millis(250)) => {}
+            () = tokio::time::sleep_until(deadline) => {}
         }
     }
 }

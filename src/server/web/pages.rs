@@ -629,18 +629,9 @@ pub async fn live(State(s): State<Arc<AppState>>, Path(run): Path<String>) -> We
             }
             // The next commit of this run (or a look at the store each
             // second, for runs another process drives).
-            let tick = tokio::time::sleep(Duration::from_secs(1));
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    c = commits.recv() => match c {
-                        Ok(c) if c.run == id => break,
-                        Ok(_) => {}
-                        Err(_) => break,
-                    },
-                    () = &mut tick => break,
-                    () = tx.closed() => return,
-                }
+            tokio::select! {
+                () = crate::server::hub::next_of(&mut commits, &id, Duration::from_secs(1)) => {}
+                () = tx.closed() => return,
             }
         }
     });

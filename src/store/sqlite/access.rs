@@ -18,6 +18,20 @@ fn bad_column(what: &str, text: &str) -> rusqlite::Error {
     )
 }
 
+/// A line of the run list: `id, workflow, status, created_at,
+/// finished_at, node count, fired_at`, in that order.
+pub(super) fn summary_row(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        status: r.get(2)?,
+        created_at: r.get(3)?,
+        finished_at: r.get(4)?,
+        nodes: r.get::<_, i64>(5)? as u64,
+        fired_at: r.get(6)?,
+    })
+}
+
 fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
     let role: String = r.get(1)?;
     Ok(UserRecord {
@@ -92,17 +106,7 @@ impl SqliteStore {
         let c = self.lock();
         let mut stmt = c.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok(RunSummary {
-                    id: r.get(0)?,
-                    workflow: r.get(1)?,
-                    status: r.get(2)?,
-                    created_at: r.get(3)?,
-                    finished_at: r.get(4)?,
-                    nodes: r.get::<_, i64>(5)? as u64,
-                    fired_at: r.get(6)?,
-                })
-            })
+            .query_map(rusqlite::params_from_iter(args), summary_row)
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e));
         rows

@@ -752,17 +752,7 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(RunSummary {
-                    id: r.get(0)?,
-                    workflow: r.get(1)?,
-                    status: r.get(2)?,
-                    created_at: r.get(3)?,
-                    finished_at: r.get(4)?,
-                    nodes: r.get::<_, i64>(5)? as u64,
-                    fired_at: r.get(6)?,
-                })
-            })
+            .query_map([], access::summary_row)
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e));
         rows
