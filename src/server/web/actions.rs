@@ -235,7 +235,7 @@ fn leading_number(text: &str) -> Option<(u32, &str)> {
 }
 
 /// `POST /workflows/{name}/check`: the editor's files checked exactly as
-/// a publish checks them ([`workflows::check_publishable`]: read,
+/// a publish checks them (`check_publishable`: read,
 /// compiled and validated in a scratch folder), and nothing committed.
 /// The editor calls it as the text is typed.
 pub async fn check(
