@@ -251,6 +251,13 @@ fn queues_are_listed_and_cleared(store: &dyn Store) {
         .enqueue(&queued("run3", "s", 1, &["exec=slurm"]))
         .unwrap();
     assert_eq!(store.claim("r1", 1, 60_000).unwrap().len(), 1);
+    // The claim is listed with its runner; waiting attempts are not.
+    let claims = store.claims(10).unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].runner, "r1");
+    assert_eq!(claims[0].attempt.run, "run3");
+    assert!(claims[0].claimed_ms > 0, "{claims:?}");
+    assert!(store.claims(0).unwrap().is_empty());
     let (rows, now) = store.queue_rows().unwrap();
     let (runners, _) = store.runners().unwrap();
     let st = statuses(rows, &runners, now);

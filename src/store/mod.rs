@@ -585,6 +585,10 @@ pub trait Store: Send + Sync {
     /// clock.
     fn queue_rows(&self) -> Result<(Vec<QueueRow>, i64)>;
 
+    /// The attempts runners hold now, by runner, run and node: at most
+    /// `limit` of them (what the web view's runners page lists).
+    fn claims(&self, limit: usize) -> Result<Vec<queue::Claim>>;
+
     /// Removes the waiting (unclaimed) attempts of queue `key`; returns
     /// them.
     fn clear_queue(&self, key: &str) -> Result<Vec<AttemptId>>;

@@ -111,6 +111,19 @@ pub struct RunnerRecord {
     pub alive: bool,
 }
 
+/// An attempt a runner holds now ([`Store::claims`](crate::store::Store::claims)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The runner's id.
+    pub runner: String,
+    /// The attempt.
+    pub attempt: AttemptId,
+    /// When the runner claimed it (milliseconds since the Unix epoch, the
+    /// store's clock).
+    pub claimed_ms: i64,
+}
+
 /// An attempt waiting for (or held by) a runner.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -19,9 +19,11 @@ use crate::util::{kill9, Space};
 /// The lease of runners and claims in these tests, in milliseconds.
 const LEASE_MS: &str = "1000";
 
-struct Runner {
+/// An `orch runner` process, killed when dropped.
+pub(crate) struct Runner {
     child: Child,
-    id: String,
+    /// Its id, as the server registered it.
+    pub(crate) id: String,
 }
 
 impl Drop for Runner {
@@ -32,7 +34,12 @@ impl Drop for Runner {
 }
 
 fn runner_token(space: &Space) -> String {
-    let out = space.cli(&["token", "create", "--user", "root", "--runner"]);
+    runner_token_of(space, "root")
+}
+
+/// A runner token minted for `user`.
+pub(crate) fn runner_token_of(space: &Space, user: &str) -> String {
+    let out = space.cli(&["token", "create", "--user", user, "--runner"]);
     assert!(
         out.status.success(),
         "{}",
@@ -44,7 +51,13 @@ fn runner_token(space: &Space) -> String {
 
 /// Starts `orch runner` named `name` with `caps`, in its own folder, and
 /// waits for its registration.
-fn runner(space: &Space, server: &Served, token: &str, name: &str, caps: &str) -> Runner {
+pub(crate) fn runner(
+    space: &Space,
+    server: &Served,
+    token: &str,
+    name: &str,
+    caps: &str,
+) -> Runner {
     let dir = space.path().join(format!("runner-{name}"));
     let log = space.path().join(format!("runner-{name}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))

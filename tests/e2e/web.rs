@@ -1108,3 +1108,175 @@ fn expected_times_a_time_filter_a_rejection_and_a_backfill() {
         "browser processes outlived the test: {left:?}"
     );
 }
+
+/// The rows of a table as text, by its id.
+const TABLE_ROWS: &str = "return [...document.querySelectorAll('#' + arguments[0] + ' tbody tr')].map(r => [...r.cells].map(c => c.textContent));";
+
+fn table_rows(b: &Browser, id: &str) -> Vec<Vec<String>> {
+    serde_json::from_value(b.js(TABLE_ROWS, json!([id]))).unwrap()
+}
+
+#[test]
+fn runners_and_queues_show_a_real_runner_and_are_steered() {
+    use crate::runners::{runner, runner_token_of};
+    let (space, server, api) = setup();
+    let token = runner_token_of(&space, "ada");
+    let blue = runner(&space, &server, &token, "blue", "cpus=1,blue");
+    // One attempt the blue runner holds, one that no runner can serve.
+    publish(
+        &api,
+        "held",
+        "name: held\ntasks:\n  - id: nap\n    command: sleep 300\n    requires: {labels: [blue]}\n",
+        "a nap on the blue runner",
+    );
+    publish(
+        &api,
+        "stranded",
+        "name: stranded\ntasks:\n  - id: red\n    command: 'true'\n    requires: {labels: [red]}\n",
+        "nobody is red",
+    );
+    let held = start(&api, "held");
+    let stranded = start(&api, "stranded");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let rs = api.get("/api/v1/runners").unwrap();
+        let qs = api.get("/api/v1/queues").unwrap();
+        let red = qs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["key"] == "labels=red");
+        if rs[0]["running"] == 1 && red {
+            break;
+        }
+        assert!(Instant::now() < deadline, "runners {rs}, queues {qs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let b = Browser::start(&space, &server.base);
+    b.login("ada", "ada-secret-pw");
+    b.go("/runners");
+    let runners = table_rows(&b, "runners");
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    let row = &runners[0];
+    assert!(
+        row[0].starts_with("blue") && row[0].contains(&blue.id),
+        "{row:?}"
+    );
+    assert!(
+        row[1].contains("1 cpu") && row[1].contains("labels: blue"),
+        "{row:?}"
+    );
+    assert!(row[3].starts_with("1 of 2 slots"), "{row:?}");
+    assert!(row[3].contains(&format!("{held}/nap #1")), "{row:?}");
+    assert!(row[4].ends_with(" ago"), "{row:?}");
+    assert!(row[5].contains("serving"), "{row:?}");
+    assert!(row[6].contains("Drain"), "{row:?}");
+    let queues = table_rows(&b, "queues");
+    let red = queues
+        .iter()
+        .find(|q| q[0] == "labels=red")
+        .unwrap_or_else(|| panic!("{queues:?}"));
+    assert_eq!(red[1], "labels: red");
+    assert_eq!((red[2].as_str(), red[4].as_str()), ("1", "0"), "{red:?}");
+    assert!(red[5].contains("no runner can serve this"), "{red:?}");
+    assert!(red[6].contains("Clear"), "{red:?}");
+    let tinted = queues
+        .iter()
+        .find(|q| q[0] == "labels=blue")
+        .unwrap_or_else(|| panic!("{queues:?}"));
+    assert_eq!(
+        (tinted[2].as_str(), tinted[4].as_str(), tinted[5].as_str()),
+        ("0", "1", "blue")
+    );
+    assert_eq!(tinted[6], "", "nothing waits: nothing to clear");
+    // The held attempt links to its node's page.
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#runners ul.held a').getAttribute('href');",
+            json!([])
+        ),
+        json!(format!("/runs/{held}/nodes/nap"))
+    );
+    b.screenshot("runners");
+
+    // A viewer sees the same page without a button, and a forced post is
+    // refused.
+    let viewer = Browser::start(&space, &server.base);
+    viewer.login("vic", "vic-secret-pw");
+    viewer.go("/runners");
+    assert_eq!(table_rows(&viewer, "runners").len(), 1);
+    assert_eq!(
+        viewer.js(
+            "return document.querySelectorAll('main form.action').length;",
+            json!([])
+        ),
+        json!(0),
+        "a viewer sees no buttons"
+    );
+    let csrf = viewer.js(
+        "return document.querySelector('nav input[name=csrf]').value;",
+        json!([]),
+    );
+    assert_eq!(
+        viewer.post_status(
+            &format!("/runners/{}/shutdown", blue.id),
+            json!({"csrf": csrf})
+        ),
+        403
+    );
+    assert_eq!(
+        viewer.post_status("/queues/labels%3Dred/clear", json!({"csrf": csrf})),
+        403
+    );
+    // Without the form token even the operator is refused.
+    assert_eq!(b.post_status("/queues/labels%3Dred/clear", json!({})), 403);
+    let left = viewer.close();
+    assert!(
+        left.is_empty(),
+        "browser processes outlived the test: {left:?}"
+    );
+
+    // Clearing the red queue fails its attempt.
+    b.click("form[action='/queues/labels%3Dred/clear'] button");
+    b.wait_until(
+        "the red queue cleared",
+        "return location.pathname === '/runners' && !!document.getElementById('runners') && ![...document.querySelectorAll('#queues tbody tr')].some(r => r.cells[0].textContent === 'labels=red');",
+        json!([]),
+    );
+    assert_eq!(wait_ended(&api, &stranded), "failed");
+    let node = api
+        .get(&format!("/api/v1/runs/{stranded}/nodes/red"))
+        .unwrap();
+    let error = node["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cleared from queue `labels=red` by user `ada`"),
+        "{node}"
+    );
+
+    // Draining the runner: it shows as draining, keeps its attempt and
+    // loses its button.
+    b.click(&format!(
+        "form[action='/runners/{}/shutdown'] button",
+        blue.id
+    ));
+    b.wait_until(
+        "the runner draining",
+        "const r = document.querySelector('#runners tbody tr'); return location.pathname === '/runners' && !!r && r.cells[5].textContent.includes('draining') && !r.querySelector('form');",
+        json!([]),
+    );
+    let rs = api.get("/api/v1/runners").unwrap();
+    assert_eq!(
+        (rs[0]["draining"].clone(), rs[0]["running"].clone()),
+        (json!(true), json!(1)),
+        "{rs}"
+    );
+    let left = b.close();
+    assert!(
+        left.is_empty(),
+        "browser processes outlived the test: {left:?}"
+    );
+    let r = api.call("POST", &format!("/api/v1/runs/{held}/cancel"), None);
+    assert_eq!(r.unwrap().status, 200);
+    drop(blue);
+}

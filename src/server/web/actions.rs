@@ -14,7 +14,9 @@ use serde_json::Value;
 use super::html::{self, url};
 use super::pages;
 use super::session::{page_response, redirect, Form, Session, WebError, WebResult};
-use crate::server::api::{events as api_events, runs as api_runs, workflows};
+use crate::server::api::{
+    events as api_events, runners as api_runners, runs as api_runs, workflows,
+};
 use crate::server::extract::{Body, Path as ApiPath};
 use crate::server::AppState;
 
@@ -53,6 +55,30 @@ pub async fn restart(
 ) -> WebResult<Response> {
     let done = api_runs::restart(State(s), ApiPath((run, node))).await?;
     Ok(back_to_run(&done.run))
+}
+
+/// `POST /runners/{id}/shutdown`: the runner drains (finishes what it
+/// holds, claims nothing new, then exits), as
+/// `POST /api/v1/runners/{id}/shutdown`.
+pub async fn drain(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> WebResult<Response> {
+    api_runners::shutdown(State(s), ApiPath(id.clone())).await?;
+    tracing::info!(runner = %crate::protocol::quote(&id), "a runner was asked to drain from the web view");
+    Ok(redirect("/runners"))
+}
+
+/// `POST /queues/{key}/clear`: removes the queue's waiting attempts (they
+/// fail; retries queue them again), as `POST /api/v1/queues/{key}/clear`,
+/// by the session's user.
+pub async fn clear_queue(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Session>,
+    Path(key): Path<String>,
+) -> WebResult<Response> {
+    let cleared = api_runners::clear(State(s), Extension(me.caller), ApiPath(key.clone()))
+        .await?
+        .0;
+    tracing::info!(queue = %crate::protocol::quote(&key), attempts = cleared.attempts.len(), "a queue was cleared from the web view");
+    Ok(redirect("/runners"))
 }
 
 /// A form field read as JSON.

@@ -62,7 +62,9 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/workflows/{name}/run", post(actions::execute))
         .route("/pipelines/backfill", post(actions::backfill))
         .route("/events", get(pages::events).post(actions::push_event))
-        .route("/runners", get(pages::runners))
+        .route("/runners", get(pages::runners::page))
+        .route("/runners/{id}/shutdown", post(actions::drain))
+        .route("/queues/{key}/clear", post(actions::clear_queue))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::guard,

@@ -74,6 +74,8 @@ pub const ROUTES: &[(&str, &str, Rule)] = {
         ("GET", "/events", Needs(Read)),
         ("POST", "/events", Needs(Operate)),
         ("GET", "/runners", Needs(Read)),
+        ("POST", "/runners/{id}/shutdown", Needs(Operate)),
+        ("POST", "/queues/{key}/clear", Needs(Operate)),
     ]
 };
 

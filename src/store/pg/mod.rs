@@ -1293,6 +1293,10 @@ impl Store for PgStore {
         self.q_queue_rows()
     }
 
+    fn claims(&self, limit: usize) -> Result<Vec<super::queue::Claim>> {
+        self.q_claims(limit)
+    }
+
     fn clear_queue(&self, key: &str) -> Result<Vec<crate::exec::AttemptId>> {
         self.q_clear_queue(key)
     }

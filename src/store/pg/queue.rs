@@ -12,7 +12,7 @@ use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
 use crate::store::queue::{
-    is_lost, why_fenced, Beat, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec, MAX_CLAIM,
+    is_lost, why_fenced, Beat, Claim, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
 const RUNNER_COLUMNS: &str =
@@ -332,6 +332,32 @@ impl PgStore {
                 });
             }
             Ok((out, now))
+        })
+    }
+
+    pub(super) fn q_claims(&self, limit: usize) -> Result<Vec<Claim>> {
+        self.read(|tx| {
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let rows = tx.rows(
+                "SELECT runner, run, node, attempt, claimed_at FROM queue
+                 WHERE runner IS NOT NULL ORDER BY runner, run, node LIMIT $1",
+                &[&limit],
+            )?;
+            let mut out = Vec::new();
+            for r in &rows {
+                let n: i64 = tx.get(r, 3)?;
+                let at: Option<i64> = tx.get(r, 4)?;
+                out.push(Claim {
+                    runner: tx.get(r, 0)?,
+                    attempt: AttemptId::new(
+                        tx.get::<String>(r, 1)?,
+                        tx.get::<String>(r, 2)?,
+                        n as u32,
+                    ),
+                    claimed_ms: at.unwrap_or(0),
+                });
+            }
+            Ok(out)
         })
     }
 

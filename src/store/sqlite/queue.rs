@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
-use crate::store::queue::{Beat, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec};
+use crate::store::queue::{Beat, Claim, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec};
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -358,6 +358,29 @@ impl SqliteStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((rows, now))
+        })
+    }
+
+    pub(super) fn q_claims(&self, limit: usize) -> Result<Vec<Claim>> {
+        self.snapshot(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT runner, run, node, attempt, claimed_at FROM queue
+                 WHERE runner IS NOT NULL ORDER BY runner, run, node LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit.min(i64::MAX as usize) as i64], |r| {
+                    Ok(Claim {
+                        runner: r.get(0)?,
+                        attempt: AttemptId::new(
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get(3)?,
+                        ),
+                        claimed_ms: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
     }
 

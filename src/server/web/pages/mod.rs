@@ -16,6 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+pub mod runners;
+
 use super::diff;
 use super::html::{self, badge, esc, or_dash, table, url};
 use super::session::{self, page_response, redirect, Session, WebError, WebResult};
@@ -1345,48 +1347,6 @@ pub async fn events(
     body.push_str(&pipelines_table(&pipelines));
     Ok(page_response(html::page(
         "Events & timers",
-        Some(&me.viewer()),
-        &body,
-    )))
-}
-
-/// `GET /runners`: runners and queues. Until runners can attach, the
-/// server runs every task itself, and this page says so.
-pub async fn runners(
-    State(s): State<Arc<AppState>>,
-    Extension(me): Extension<Session>,
-) -> WebResult<Response> {
-    let status = system::status(State(s.clone())).await?.0;
-    let mut body = String::new();
-    if status.runners.is_empty() {
-        body.push_str(
-            r#"<p id="no-runners">No runners attached (this server runs tasks itself).</p>"#,
-        );
-    } else {
-        body.push_str("<ul>");
-        for r in &status.runners {
-            let _ = write!(body, "<li>{}</li>", esc(r));
-        }
-        body.push_str("</ul>");
-    }
-    let _ = write!(
-        body,
-        "<h2>Queues</h2><p>This server drives {} run(s) now, up to {} attempts of each at once (its default).</p>",
-        status.hosted, s.slots
-    );
-    let rows: Vec<Vec<String>> = status
-        .runs
-        .iter()
-        .map(|(k, v)| {
-            vec![
-                format!(r#"<a href="/runs?status={}">{}</a>"#, url(k), badge(k)),
-                v.to_string(),
-            ]
-        })
-        .collect();
-    body.push_str(&table("by-status", &["status", "runs"], &rows));
-    Ok(page_response(html::page(
-        "Runners & queues",
         Some(&me.viewer()),
         &body,
     )))
