@@ -275,7 +275,7 @@ pub async fn page(
     let mut body = String::from("<h2>Runners</h2>");
     if snap.runners.is_empty() {
         body.push_str(
-            r#"<p class="empty" id="no-runners">No runners attached: this server runs every task itself. Start one with <code>orch runner --server URL</code>.</p>"#,
+            r#"<p class="empty" id="no-runners">No runners attached (this server runs tasks itself). Start one with <code>orch runner --server URL</code>.</p>"#,
         );
     } else {
         body.push_str(&runners_table(&snap, &me, lease_ms));
