@@ -4,15 +4,18 @@
 # mid-run and finished.
 # The containers example needs Podman and the images of .ci/images (with
 # CONTAINERS_CONF=.ci/containers.conf where Podman needs it, as here).
-# Usage (from the repository root): bash docs/pictures/make.sh
+# Usage (from the repository root): bash docs/pictures/make.sh [EXAMPLE…]
+# (every example below by default; CARGO_TARGET_DIR is honoured)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=docs/pictures
 db=$(mktemp -d)/orch.db
 export ORCH_DB=$db
 cargo build --quiet --examples --bin orch
-orch=target/debug/orch
-for ex in static_pipeline random_branch random_map typed_branch containers late_merge loop_until; do
+target=${CARGO_TARGET_DIR:-target}
+orch=$target/debug/orch
+all=(static_pipeline random_branch random_map typed_branch containers late_merge loop_until)
+for ex in "${@:-${all[@]}}"; do
   args=()
   case $ex in
     random_branch) env=(ORCH_EXAMPLE_SEED=1) ;;
@@ -21,7 +24,7 @@ for ex in static_pipeline random_branch random_map typed_branch containers late_
     late_merge) env=(ORCH_EXAMPLE_N=2 ORCH_EXAMPLE_SEED=3) ;;
     *) env=() ;;
   esac
-  env "${env[@]}" "target/debug/examples/$ex" "${args[@]}" >/dev/null 2>&1
+  env "${env[@]}" "$target/debug/examples/$ex" "${args[@]}" >/dev/null 2>&1
   # Mid-run: the moment the first node that adds nodes (or the second
   # node) has just started.
   last=$("$orch" export latest --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["event"])')

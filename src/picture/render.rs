@@ -12,7 +12,12 @@
 //!   dashed outline, stacks ([`PicKind::Stack`]) have a thick outline, and a
 //!   node whose task broke a promise has a thick red outline;
 //! - dashed edges are possible future edges; an edge's `label` and `color`
-//!   attributes are drawn.
+//!   attributes are drawn (in the SVG the label beside the middle of its
+//!   edge);
+//! - in the SVG, each node with a state also has the state's icon
+//!   ([`STATE_ICONS`]) beside its top right corner, so the picture reads
+//!   without colours; a `stack` shape (a `repeat` region's sketch) has a
+//!   thick outline; one sans-serif font ([`FONT_FAMILY`]) throughout.
 //!
 //! The SVG also carries a legend: the title line (workflow, run, status,
 //! event), one swatch per state, a dashed "possible future" swatch and, when
@@ -52,6 +57,9 @@ pub const OPTIMISE_MAX_NODES: usize = 500;
 /// about 0.35 µs per unit (0.8 s at 2.5 million in a release build).
 const OPTIMISE_MAX_WORK: f64 = 2.5e6;
 
+/// The one font of the picture, set on its root `<svg>`: every text
+/// inherits it (layout-rs's own serif is taken out of its style).
+pub const FONT_FAMILY: &str = "Helvetica, Arial, sans-serif";
 /// Font size of node labels, in pixels.
 const FONT: usize = 14;
 /// Font size of edge labels, in pixels.
@@ -108,12 +116,18 @@ fn node_shape(n: &PicNode) -> NodeShape {
         .map(str::to_ascii_lowercase)
         .as_deref()
     {
-        Some("box" | "rect" | "rectangle" | "square") => NodeShape::Box,
+        Some("box" | "rect" | "rectangle" | "square" | "stack") => NodeShape::Box,
         Some("circle") => NodeShape::Circle,
         Some("ellipse" | "oval") => NodeShape::Ellipse,
         _ if n.kind == PicKind::Growth => NodeShape::Ellipse,
         _ => NodeShape::Box,
     }
+}
+
+/// Drawn as a stack (a thick outline): a `repeat` or `chain` region's
+/// sketch, or a node whose `shape` attribute says `stack`.
+fn is_stack(n: &PicNode) -> bool {
+    attr_str(&n.attrs, "shape").is_some_and(|s| s.eq_ignore_ascii_case("stack"))
 }
 
 /// The text drawn for a node: its label, or its id when the label is empty.
@@ -263,13 +277,10 @@ impl OrderedEdge<'_> {
         attr_str(&self.edge.attrs, "label").is_some()
     }
 
-    /// How many rows the edge spans at least: a label takes a row.
+    /// How many rows the edge spans at least (labels are drawn beside
+    /// edges, not on rows of their own).
     fn weight(&self) -> usize {
-        if self.has_label() {
-            2
-        } else {
-            1
-        }
+        1
     }
 }
 
@@ -282,11 +293,11 @@ struct Plan<'a> {
     /// Long edges drawn afterwards as direct curves.
     direct: Vec<OrderedEdge<'a>>,
     /// Each node's row as layout-rs computes it without its optimiser: the
-    /// longest path from a source, a labelled edge counting two rows.
+    /// longest path from a source.
     level: Vec<usize>,
-    /// How many elements layout-rs places for the laid edges: nodes, label
-    /// and self-loop connectors, and one invisible connector per row a laid
-    /// edge crosses.
+    /// How many elements layout-rs places for the laid edges: nodes,
+    /// self-loop connectors, and one invisible connector per row a laid
+    /// edge crosses (labels are not handed to it).
     elements: usize,
 }
 
@@ -310,7 +321,7 @@ fn plan(o: &Outlook, budget: usize) -> Plan<'_> {
             level[e.to] - level[e.from] - e.weight()
         }
     };
-    let connectors = |e: &OrderedEdge| usize::from(e.has_label() || e.from == e.to);
+    let connectors = |e: &OrderedEdge| usize::from(e.from == e.to);
     let mut elements = o.nodes.len();
     for e in &edges {
         elements += connectors(e) + dummies(e);
@@ -390,6 +401,15 @@ fn run_layout(o: &Outlook, plan: &Plan, optimise: bool) -> Option<Body> {
     let mut writer = SVGWriter::new();
     vg.do_it(false, !optimise, false, &mut writer);
     let mut body = split_layout_svg(&writer.finalize())?;
+    // One font: layout-rs's style names a serif; the root's is inherited.
+    body.content = body.content.replace("font-family: Times, serif;", "");
+    for e in plan.laid.iter().filter(|e| e.has_label()) {
+        label_beside(&mut body.content, e.edge);
+    }
+    state_icons(&mut body.content, o, |i| {
+        let p = vg.pos(handles[i]);
+        (p.center(), p.size(false))
+    });
 
     if !plan.direct.is_empty() {
         body.content.push_str("<g class=\"direct-edges\">\n");
@@ -483,6 +503,7 @@ fn plain_layout(o: &Outlook, plan: &Plan) -> Body {
     for (look, c) in looks.iter().zip(&center) {
         look.draw(&mut content, *c);
     }
+    state_icons(&mut content, o, |i| (center[i], looks[i].size));
     Body {
         content,
         width,
@@ -564,6 +585,159 @@ fn direct_edge(out: &mut String, e: &OrderedEdge, a: (Point, Point), b: (Point, 
             xml_escape(label)
         );
     }
+}
+
+/// The icon of each state, as the web view's tables show it: the picture
+/// reads in grey-scale and for people who do not tell its colours apart.
+pub const STATE_ICONS: [(NodeState, &str); 8] = [
+    (NodeState::Pending, "○"),
+    (NodeState::Ready, "◎"),
+    (NodeState::Running, "▶"),
+    (NodeState::Waiting, "◷"),
+    (NodeState::Succeeded, "✔"),
+    (NodeState::Failed, "✖"),
+    (NodeState::Cancelled, "⊘"),
+    (NodeState::UpstreamFailed, "✕"),
+];
+
+/// The icon of a state.
+pub fn state_icon(state: NodeState) -> &'static str {
+    STATE_ICONS
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map_or("○", |(_, i)| i)
+}
+
+/// Draws each node's state as an icon beside its top right corner
+/// (`at(i)`: node `i`'s centre and size), with a white halo and the
+/// state's name as its tooltip.
+fn state_icons(out: &mut String, o: &Outlook, at: impl Fn(usize) -> (Point, Point)) {
+    out.push_str("<g class=\"state-icons\">\n");
+    for (i, n) in o.nodes.iter().enumerate() {
+        let Some(state) = n.state else { continue };
+        let (c, size) = at(i);
+        let (x, y) = match node_shape(n) {
+            NodeShape::Box => (c.x + size.x / 2.0 - 2.0, c.y - size.y / 2.0 + 1.0),
+            NodeShape::Circle | NodeShape::Ellipse => (c.x + 0.35 * size.x, c.y - 0.35 * size.y),
+        };
+        let _ = writeln!(
+            out,
+            "<text class=\"state-icon {state}\" data-id=\"{}\" x=\"{x:.1}\" y=\"{y:.1}\" \
+             font-size=\"14\" text-anchor=\"middle\" dominant-baseline=\"middle\" \
+             fill=\"#1d2329\" stroke=\"#ffffff\" stroke-width=\"3\" paint-order=\"stroke\">{}\
+             <title>{}</title></text>",
+            xml_escape(&n.id),
+            state_icon(state),
+            state.as_str().replace('_', " ")
+        );
+    }
+    out.push_str("</g>\n");
+}
+
+/// Draws an edge's label beside the middle of the path layout-rs routed
+/// for it (found by its `data-from` and `data-to`), left-aligned just
+/// right of it, with a white halo; nothing when the path is not found.
+fn label_beside(content: &mut String, e: &PicEdge) {
+    let Some(label) = attr_str(&e.attrs, "label") else {
+        return;
+    };
+    let key = format!(
+        "data-from=\"{}\" data-to=\"{}\"",
+        xml_escape(&e.from),
+        xml_escape(&e.to)
+    );
+    let Some(at) = content.find(&key) else {
+        return;
+    };
+    let Some(d) = content[at..]
+        .find(" d=\"")
+        .map(|k| at + k + 4)
+        .and_then(|from| {
+            content[from..]
+                .find('"')
+                .map(|len| &content[from..from + len])
+        })
+    else {
+        return;
+    };
+    // A self-loop (a collapsed loop's back edge) is a small bow beside its
+    // node: its label goes above it, not over the node.
+    let (x, y) = if e.from == e.to {
+        let Some((x, top)) = path_top_left(d) else {
+            return;
+        };
+        (x - 6.0, top - 8.0)
+    } else {
+        let Some((x, y)) = path_middle(d) else {
+            return;
+        };
+        (x, y)
+    };
+    let text = format!(
+        "<text class=\"label\" x=\"{:.1}\" y=\"{y:.1}\" font-size=\"{EDGE_FONT}\" \
+         dominant-baseline=\"middle\" stroke=\"#ffffff\" stroke-width=\"3\" \
+         paint-order=\"stroke\">{}</text>\n",
+        (x + 6.0).max(2.0),
+        xml_escape(label)
+    );
+    content.push_str(&text);
+}
+
+/// The middle point of a path's `d` (`M x y C x y, x y, x y S …`): the
+/// coordinate pair in the middle of its list, an end point of one of its
+/// curves when the list is odd, else the middle of the two around it.
+fn path_middle(d: &str) -> Option<(f64, f64)> {
+    let numbers: Vec<f64> = d
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let p: Vec<(f64, f64)> = numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    if p.len() < 4 {
+        return p.first().copied();
+    }
+    // The curves' end points: the start, the first curve's end, then
+    // every second point.
+    let ends: Vec<usize> = std::iter::once(0).chain((3..p.len()).step_by(2)).collect();
+    if ends.len() == 2 {
+        // One cubic curve: its point at t = ½.
+        let [a, b, c, e] = [p[0], p[1], p[2], p[3]];
+        return Some((
+            (a.0 + 3.0 * b.0 + 3.0 * c.0 + e.0) / 8.0,
+            (a.1 + 3.0 * b.1 + 3.0 * c.1 + e.1) / 8.0,
+        ));
+    }
+    Some(p[ends[ends.len() / 2]])
+}
+
+/// The leftmost x and the topmost y of a path's points.
+fn path_top_left(d: &str) -> Option<(f64, f64)> {
+    let numbers: Vec<f64> = d
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let p: Vec<(f64, f64)> = numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let x = p.iter().map(|p| p.0).reduce(f64::min)?;
+    let y = p.iter().map(|p| p.1).reduce(f64::min)?;
+    Some((x, y))
+}
+
+/// A generous estimate of the width of `text` in a sans-serif font of
+/// `size` pixels (bold or not), so that text is never clipped: capitals
+/// and wide letters count more, characters of the East Asian scripts a
+/// whole em.
+fn text_width(text: &str, size: f64, bold: bool) -> f64 {
+    let ems: f64 = text
+        .chars()
+        .map(|c| match c {
+            'i' | 'j' | 'l' | '.' | ',' | ':' | ';' | '\'' | '|' | '!' | ' ' => 0.3,
+            'm' | 'w' | 'M' | 'W' | '@' => 0.9,
+            c if c.is_ascii_uppercase() || c.is_ascii_digit() => 0.7,
+            c if c.is_ascii() => 0.58,
+            c if ('\u{2e80}'..='\u{ffdc}').contains(&c) => 1.0,
+            _ => 0.8,
+        })
+        .sum();
+    ems * size * if bold { 1.08 } else { 1.0 }
 }
 
 /// The picture's edges as node indices, each pointing forward in one
@@ -665,7 +839,7 @@ fn node_look(n: &PicNode) -> NodeLook {
     };
     let (stroke, stroke_width) = if n.violated {
         (RED, 3)
-    } else if n.kind == PicKind::Stack {
+    } else if n.kind == PicKind::Stack || is_stack(n) {
         ("#000000", 3)
     } else {
         ("#000000", 1)
@@ -746,7 +920,7 @@ impl NodeLook {
         let lines: Vec<&str> = self.text.lines().collect();
         let _ = write!(
             out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{FONT}\" font-family=\"Times, serif\" \
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{FONT}\" \
              text-anchor=\"middle\" dominant-baseline=\"middle\">",
             c.x, c.y
         );
@@ -802,9 +976,10 @@ fn arrow(e: &PicEdge) -> Arrow {
     let color = attr_str(&e.attrs, "color")
         .and_then(parse_color)
         .unwrap_or_else(|| default_edge_color(e.dashed));
-    let label = attr_str(&e.attrs, "label")
-        .map(xml_safe)
-        .unwrap_or_default();
+    // The label is drawn beside the routed edge afterwards
+    // ([`label_beside`]): layout-rs would put it on a row of its own, away
+    // from the edge.
+    let label = String::new();
     let look = StyleAttr::new(color, 1, None, 0, EDGE_FONT);
     let style = if e.dashed {
         LineStyleKind::Dashed
@@ -882,7 +1057,6 @@ fn split_layout_svg(doc: &str) -> Option<Body> {
 fn assemble(o: &Outlook, body: &Body) -> String {
     const MARGIN: f64 = 10.0;
     const SWATCH: f64 = 14.0;
-    const CHAR_W: f64 = 7.0; // rough width of a 12px sans-serif character
 
     let mut legend = String::new();
     let mut legend_w: f64 = 0.0;
@@ -897,7 +1071,7 @@ fn assemble(o: &Outlook, body: &Body) -> String {
         "<text x=\"{MARGIN}\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
         xml_escape(&title)
     );
-    legend_w = legend_w.max(MARGIN + title.chars().count() as f64 * 8.5);
+    legend_w = legend_w.max(MARGIN + text_width(&title, 15.0, true));
 
     // Swatches.
     let y = 34.0;
@@ -911,10 +1085,11 @@ fn assemble(o: &Outlook, body: &Body) -> String {
             y + SWATCH - 2.0,
             xml_escape(name)
         );
-        x += SWATCH + 4.0 + name.chars().count() as f64 * CHAR_W + 12.0;
+        x += SWATCH + 4.0 + text_width(name, 12.0, false) + 12.0;
     };
     for (state, fill) in STATE_FILLS {
-        swatch(&mut legend, fill, "#000000", "", state.as_str());
+        let name = format!("{} {}", state_icon(state), state.as_str());
+        swatch(&mut legend, fill, "#000000", "", &name);
     }
     swatch(
         &mut legend,
@@ -956,7 +1131,7 @@ fn assemble(o: &Outlook, body: &Body) -> String {
                 "<text x=\"{MARGIN}\" y=\"{legend_h}\" font-size=\"13\" fill=\"{RED}\">{}</text>",
                 xml_escape(&line)
             );
-            legend_w = legend_w.max(MARGIN + line.chars().count() as f64 * CHAR_W);
+            legend_w = legend_w.max(MARGIN + text_width(&line, 13.0, false));
         }
         legend_h += 8.0;
     }
@@ -968,7 +1143,7 @@ fn assemble(o: &Outlook, body: &Body) -> String {
     let _ = writeln!(
         out,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         viewBox=\"0 0 {width} {height}\">"
+         viewBox=\"0 0 {width} {height}\" font-family=\"{FONT_FAMILY}\">"
     );
     let _ = writeln!(out, "<title>{}</title>", xml_escape(&title));
     out.push_str(
@@ -980,7 +1155,7 @@ fn assemble(o: &Outlook, body: &Body) -> String {
         out,
         "<rect x=\"0\" y=\"0\" width=\"{width}\" height=\"{height}\" fill=\"#ffffff\"/>"
     );
-    out.push_str("<g class=\"legend\" font-family=\"Helvetica, Arial, sans-serif\">\n");
+    out.push_str("<g class=\"legend\">\n");
     out.push_str(&legend);
     out.push_str("</g>\n");
     let _ = writeln!(
@@ -1417,6 +1592,98 @@ mod tests {
         assert!(svg.contains("stroke=\"#0000ffff\"")); // blue edge
                                                        // The stack broke a promise: thick red outline.
         assert!(svg.contains("stroke-width=\"3\" stroke=\"#d00000ff\""));
+    }
+
+    #[test]
+    fn one_sans_font_icons_for_states_and_labels_beside_their_edges() {
+        let o = sample();
+        for svg in [svg(&o), {
+            let plan = plan(&o, 0);
+            let body = plain_layout(&o, &plan);
+            assemble(&o, &body)
+        }] {
+            check_xml(&svg).unwrap();
+            assert!(svg.contains(&format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=")));
+            assert!(
+                svg.contains(&format!("font-family=\"{FONT_FAMILY}\">")),
+                "on the root"
+            );
+            assert!(
+                !svg.contains("Times") && !svg.contains("serif;"),
+                "one font"
+            );
+            assert_eq!(svg.matches("font-family").count(), 1, "only the root's");
+            // Every node with a state has its icon, named by its id.
+            for (id, icon) in [("a", "✔"), ("b", "▶"), ("s", "✖")] {
+                assert!(
+                    svg.contains(&format!("data-id=\"{id}\" "))
+                        && svg.contains(&format!(">{icon}<title>")),
+                    "{id}: {icon}"
+                );
+            }
+            assert_eq!(
+                svg.matches("class=\"state-icon ").count(),
+                3,
+                "none on wildcards"
+            );
+            for (state, _) in STATE_FILLS {
+                let named = format!(">{} {}</text>", state_icon(state), state.as_str());
+                assert!(svg.contains(&named), "the legend: {named}");
+            }
+            // The label is drawn once, as text of its own.
+            assert_eq!(svg.matches("rows&lt;&amp;&gt;").count(), 1);
+        }
+        // Beside its edge: just right of the middle of the routed path.
+        let svg = svg(&o);
+        let path = &svg[svg.find("data-from=\"a\" data-to=\"b\"").unwrap()..];
+        let d = &path[path.find(" d=\"").unwrap() + 4..];
+        let d = &d[..d.find('"').unwrap()];
+        let (x, y) = path_middle(d).unwrap();
+        assert!(
+            svg.contains(&format!(
+                "class=\"label\" x=\"{:.1}\" y=\"{y:.1}\"",
+                x + 6.0
+            )),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn path_middles() {
+        assert_eq!(path_middle("M 0 0 C 0 10, 10 10, 10 20"), Some((5.0, 10.0)));
+        assert_eq!(
+            path_middle("M 0 0 C 1 1, 2 2, 3 3 S 4 4, 5 5 S 6 6, 7 7"),
+            Some((5.0, 5.0))
+        );
+        assert_eq!(path_middle("nothing"), None);
+    }
+
+    #[test]
+    fn a_long_title_widens_the_picture() {
+        let mut o = sample();
+        o.workflow = "W".repeat(300);
+        let svg = svg(&o);
+        let width: f64 = svg
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap();
+        let title = format!("{} · run run-1 · running · event 42", o.workflow);
+        // A bold W is about 0.9 em of 15 px.
+        assert!(width >= 300.0 * 0.9 * 15.0, "{width}");
+        assert!(width >= text_width(&title, 15.0, true), "{width}");
+        let wide = text_width("漢字漢字", 15.0, false);
+        assert_eq!(wide, 60.0, "an em each");
+    }
+
+    #[test]
+    fn a_repeat_region_is_a_dashed_stack() {
+        let mut region = node("~region0", PicKind::Region, "M{2,5}", None);
+        region.attrs.insert("shape".into(), "stack".into());
+        let look = node_look(&region);
+        assert_eq!((look.shape, look.stroke_width), (NodeShape::Box, 3));
+        assert!(look.props.contains("stroke-dasharray"), "{}", look.props);
     }
 
     #[test]

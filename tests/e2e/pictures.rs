@@ -121,6 +121,18 @@ fn random_map_shows_the_map_before_and_nothing_after() {
     let svg = String::from_utf8(svg.stdout).unwrap();
     assert!(svg.contains("M*"), "the wildcard's label is drawn");
     roxmltree::Document::parse(&svg).expect("SVG is well-formed XML");
+    // The map to come is a dashed stack: a thick dashed outline.
+    let at = svg
+        .find(&format!(
+            "class=\"node region\" data-id=\"{}\"",
+            regions[0].id
+        ))
+        .expect("the region's node");
+    let node = &svg[at..at + svg[at..].find("</g>").unwrap()];
+    assert!(
+        node.contains("stroke-dasharray") && node.contains("stroke-width=\"3\""),
+        "{node}"
+    );
     let dot = space.cli(&["export", "latest", "--registered", "--format", "dot"]);
     let dot = String::from_utf8(dot.stdout).unwrap();
     assert!(
@@ -173,10 +185,60 @@ fn random_branch_shows_both_futures_until_it_chooses() {
     let run = printed_run(&out);
     let reg = space.cli(&["export", "latest", "--registered", "--format", "outlook"]);
     let reg: Outlook = serde_json::from_slice(&reg.stdout).unwrap();
+    // The alternatives side by side, after an `or`: each one's nodes.
+    let regions = kinds(&reg, PicKind::Region);
+    let labels: Vec<&str> = regions.iter().map(|n| n.label.as_str()).collect();
+    assert_eq!(labels, ["or", "left_1", "left_2", "right"]);
     assert_eq!(
-        kinds(&reg, PicKind::Region)[0].label,
-        "(left_1 → left_2) | right"
+        regions[0].attrs["tooltip"], "(left_1 → left_2) | right",
+        "the whole shape"
     );
+    let dashed: BTreeSet<(&str, &str)> = reg
+        .edges
+        .iter()
+        .filter(|e| e.dashed)
+        .map(|e| (e.from.as_str(), e.to.as_str()))
+        .collect();
+    let id = |label: &str| {
+        regions
+            .iter()
+            .find(|n| n.label == label)
+            .unwrap()
+            .id
+            .as_str()
+    };
+    for pair in [
+        ("choose", id("or")),
+        (id("or"), id("left_1")),
+        (id("left_1"), id("left_2")),
+        (id("or"), id("right")),
+        (id("left_2"), "end"),
+        (id("right"), "end"),
+    ] {
+        assert!(dashed.contains(&pair), "{pair:?} in {dashed:?}");
+    }
+    // The SVG a person reads: one sans font, the `or` and both branches
+    // dashed, each node's state by an icon too.
+    let svg = space.cli(&["export", "latest", "--registered", "--format", "svg"]);
+    let svg = String::from_utf8(svg.stdout).unwrap();
+    roxmltree::Document::parse(&svg).expect("SVG is well-formed XML");
+    assert!(svg.contains("font-family=\"Helvetica, Arial, sans-serif\">"));
+    assert!(!svg.contains("Times"), "one font");
+    for label in [">or<", ">left_1<", ">left_2<", ">right<"] {
+        assert!(svg.contains(label), "{label}");
+    }
+    assert!(
+        svg.contains("class=\"state-icon pending\" data-id=\"choose\""),
+        "{svg}"
+    );
+    assert!(svg.contains(">○ pending</text>"), "the legend's icons");
+    let fin = space.cli(&["export", "latest", "--format", "svg"]);
+    let fin = String::from_utf8(fin.stdout).unwrap();
+    assert!(
+        fin.contains("class=\"state-icon succeeded\" data-id=\"end\""),
+        "{fin}"
+    );
+    assert!(!fin.contains(">or<"), "chosen: no alternatives left");
     assert_outlook_covers_the_future(&space, &run);
 }
 

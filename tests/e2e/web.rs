@@ -485,7 +485,7 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
     // State by icon as well as colour: on the node and in the legend.
     b.wait_until(
         "the succeeded node's icon",
-        "const i = document.querySelector('#picture svg g.node.succeeded[data-id=\"greet\"] text.state-icon'); return !!i && i.textContent.startsWith('✔') && [...document.querySelectorAll('#picture svg g.legend text')].some(t => t.textContent === '✔ succeeded');",
+        "const i = document.querySelector('#picture svg text.state-icon.succeeded[data-id=\"greet\"]'); return !!i && i.textContent.startsWith('✔') && [...document.querySelectorAll('#picture svg g.legend text')].some(t => t.textContent === '✔ succeeded');",
         json!([]),
     );
     b.screenshot("run");
@@ -528,7 +528,7 @@ fn an_operator_watches_steers_and_edits_in_a_browser() {
     b.wait_until("node b running, live", NODE_STATE, json!(["b", "running"]));
     b.wait_until(
         "b's icon redrawn live",
-        "const i = document.querySelector('#picture svg g.node.running[data-id=\"b\"] text.state-icon'); return !!i && i.textContent.startsWith('▶');",
+        "const i = document.querySelector('#picture svg text.state-icon.running[data-id=\"b\"]'); return !!i && i.textContent.startsWith('▶');",
         json!([]),
     );
     b.wait_until(

@@ -32,52 +32,9 @@
       return v && v.width ? { x: v.x, y: v.y, w: v.width, h: v.height } : null;
     };
     var whole = null;
-    // A node's state as an icon as well as a colour (the same icons as the
-    // tables' badges), beside its top right corner and in the legend, so
-    // the picture reads in grey-scale and without telling colours apart.
-    var icons = {
-      pending: "\u25cb", ready: "\u25ce", running: "\u25b6", waiting: "\u25f7",
-      succeeded: "\u2714", failed: "\u2716", cancelled: "\u2298", upstream_failed: "\u2715"
-    };
-    var SVG = "http://www.w3.org/2000/svg";
-    var mark = function (svg) {
-      if (svg.dataset.marked) { return; }
-      svg.dataset.marked = "true";
-      svg.querySelectorAll("g.node").forEach(function (g) {
-        var state = null;
-        g.classList.forEach(function (c) { if (icons[c]) { state = c; } });
-        var shape = g.querySelector("rect, ellipse");
-        if (!state || !shape) { return; }
-        var x, y;
-        if (shape.tagName === "rect") {
-          x = Number(shape.getAttribute("x")) + Number(shape.getAttribute("width")) - 2;
-          y = Number(shape.getAttribute("y")) + 1;
-        } else {
-          x = Number(shape.getAttribute("cx")) + 0.7 * Number(shape.getAttribute("rx"));
-          y = Number(shape.getAttribute("cy")) - 0.7 * Number(shape.getAttribute("ry"));
-        }
-        var t = document.createElementNS(SVG, "text");
-        t.setAttribute("class", "state-icon");
-        t.setAttribute("x", String(x));
-        t.setAttribute("y", String(y));
-        t.setAttribute("font-size", "12");
-        t.setAttribute("text-anchor", "middle");
-        t.setAttribute("dominant-baseline", "middle");
-        t.textContent = icons[state];
-        var title = document.createElementNS(SVG, "title");
-        title.textContent = state.replace("_", " ");
-        t.appendChild(title);
-        g.appendChild(t);
-      });
-      svg.querySelectorAll("g.legend text").forEach(function (t) {
-        var word = t.textContent;
-        if (icons[word]) { t.textContent = icons[word] + " " + word; }
-      });
-    };
     var apply = function () {
       var svg = picture.querySelector("svg");
       if (!svg) { return; }
-      mark(svg);
       if (!svg.dataset.whole) {
         var f = full(svg);
         if (!f) { return; }
