@@ -950,6 +950,41 @@ fn runs_page_by_filter_and_cursor(store: &dyn Store) {
     assert_eq!(store.runs_page(&f).expect("by status").len(), 5);
     f.workflow = Some("nope".into());
     assert!(store.runs_page(&f).expect("by workflow").is_empty());
+    // A range of creation times: at or after the first, before the second.
+    let at: Vec<u64> = all
+        .iter()
+        .map(|r| crate::time::parse_millis(&r.created_at).expect("a stored time"))
+        .collect();
+    let (newest, oldest) = (at[0], at[at.len() - 1]);
+    let range = |after: Option<u64>, before: Option<u64>| {
+        let mut f = super::RunFilter::newest(10);
+        f.created_after = after;
+        f.created_before = before;
+        let got = store.runs_page(&f).expect("by time");
+        let want: Vec<_> = all
+            .iter()
+            .zip(&at)
+            .filter(|(_, t)| after.is_none_or(|a| **t >= a) && before.is_none_or(|b| **t < b))
+            .map(|(r, _)| r.clone())
+            .collect();
+        assert_eq!(got, want, "after {after:?}, before {before:?}");
+        got.len()
+    };
+    assert!(range(Some(newest), None) >= 1, "inclusive");
+    assert_eq!(range(Some(oldest), Some(newest + 1)), 5);
+    assert_eq!(range(Some(newest + 1), None), 0);
+    assert_eq!(range(None, Some(oldest)), 0, "exclusive");
+    range(None, Some(newest));
+    assert_eq!(
+        range(Some(0), Some(u64::MAX)),
+        5,
+        "clamped to the year 9999"
+    );
+    let mut f = super::RunFilter::newest(10);
+    f.created_after = Some(oldest);
+    f.workflow = Some(all[0].workflow.clone());
+    f.status = Some(RunStatus::Running);
+    assert_eq!(store.runs_page(&f).expect("all three").len(), 5);
     assert_eq!(
         store.run_counts().expect("counts"),
         vec![("running".to_string(), 5)]

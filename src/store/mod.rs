@@ -607,8 +607,25 @@ pub struct RunFilter {
     pub status: Option<crate::model::RunStatus>,
     /// Only runs older than this run (the previous page's last id).
     pub before: Option<String>,
+    /// Only runs created at or after this moment (milliseconds since the
+    /// Unix epoch); an index on the creation time serves it.
+    pub created_after: Option<u64>,
+    /// Only runs created before this moment (milliseconds since the Unix
+    /// epoch).
+    pub created_before: Option<u64>,
     /// At most this many (at least 1).
     pub limit: usize,
+}
+
+/// The last moment a run's creation time can be compared at: the end of
+/// year 9999 (stored times are `YYYY-MM-DDTHH:MM:SS.mmmZ` text, ordered as
+/// text only with four-digit years).
+pub const MAX_MOMENT_MS: u64 = 253_402_300_799_999;
+
+/// A moment as runs store their creation time, for comparing them
+/// ([`RunFilter::created_after`]); clamped to [`MAX_MOMENT_MS`].
+pub(crate) fn stored_moment(ms: u64) -> String {
+    crate::time::format_millis(ms.min(MAX_MOMENT_MS))
 }
 
 impl RunFilter {

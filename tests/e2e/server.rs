@@ -261,6 +261,49 @@ fn the_seed_calls_work_over_http() {
         .unwrap();
     assert_eq!(rest["runs"].as_array().unwrap().len(), 1);
     assert!(rest["next"].is_null());
+    // And by creation time: RFC 3339 or milliseconds, at or after, before.
+    let all = c.get("/api/v1/runs?workflow=hello").unwrap();
+    let all = all["runs"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let ms = |r: &Value| orch::time::parse_millis(r["created_at"].as_str().unwrap()).unwrap();
+    let ids = |q: &str| -> Vec<String> {
+        let l = c.get(&format!("/api/v1/runs?workflow=hello&{q}")).unwrap();
+        l["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want = |f: &dyn Fn(u64) -> bool| -> Vec<String> {
+        all.iter()
+            .filter(|r| f(ms(r)))
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (newest, oldest) = (ms(&all[0]), ms(&all[2]));
+    let newest_text = all[0]["created_at"].as_str().unwrap();
+    assert_eq!(
+        ids(&format!("created_after={newest_text}")),
+        want(&|t| t >= newest)
+    );
+    assert_eq!(
+        ids(&format!("created_after={newest}")),
+        want(&|t| t >= newest)
+    );
+    assert_eq!(
+        ids(&format!("created_before={newest}")),
+        want(&|t| t < newest)
+    );
+    assert_eq!(
+        ids(&format!(
+            "created_after={oldest}&created_before={}",
+            newest + 1
+        ))
+        .len(),
+        3
+    );
+    assert!(ids(&format!("created_after={}", newest + 1)).is_empty());
 
     // Nodes, events, the outlook and the picture at any event, and the
     // event stream of an ended run (all its events, then the end).
@@ -626,6 +669,20 @@ fn bad_input_is_a_clear_4xx_and_changes_nothing() {
     err("GET", "/api/v1/runs?limit=x", None);
     err("GET", "/api/v1/runs?status=sleeping", None);
     err("GET", "/api/v1/runs?sort=asc", None);
+    for bad in [
+        "created_after=yesterday",
+        "created_after=1969-12-31T23:59:59Z",
+        "created_after=99999999999999999999",
+        "created_before=2026-11-30",
+    ] {
+        let (s, m) = err("GET", &format!("/api/v1/runs?{bad}"), None);
+        let param = bad.split('=').next().unwrap();
+        assert_eq!(s, 400, "{bad}");
+        assert!(
+            m.contains(&format!("query parameter `{param}`")),
+            "{bad}: {m}"
+        );
+    }
     err("GET", "/api/v1/runs/no-such-run", None);
     err("GET", "/api/v1/runs/no-such-run/wait?timeout=1e9", None);
     err("GET", "/api/v1/nope", None);

@@ -50,6 +50,11 @@ impl PgStore {
     pub(super) fn page_of_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
         let limit = f.limit.clamp(1, MAX_RUNS_PAGE) as i64;
         let status = f.status.map(|s| s.as_str());
+        // Stored times are UTC text of one width (text order is time
+        // order); `runs_created`, `runs_workflow_created` and
+        // `runs_status_created` serve the range.
+        let after = f.created_after.map(crate::store::stored_moment);
+        let before = f.created_before.map(crate::store::stored_moment);
         self.read(|tx| {
             let rows = tx.rows(
                 "SELECT id, workflow, status, created_at, finished_at,
@@ -60,8 +65,10 @@ impl PgStore {
                    AND ($2::text IS NULL OR status = $2)
                    AND ($3::text IS NULL OR (created_at, pos) <
                         (SELECT created_at, pos FROM runs AS b WHERE b.id = $3))
+                   AND ($5::text IS NULL OR created_at >= $5)
+                   AND ($6::text IS NULL OR created_at < $6)
                  ORDER BY created_at DESC, pos DESC LIMIT $4",
-                &[&f.workflow, &status, &f.before, &limit],
+                &[&f.workflow, &status, &f.before, &limit, &after, &before],
             )?;
             rows.iter().map(|r| PgStore::summary(tx, r)).collect()
         })

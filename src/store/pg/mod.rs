@@ -44,7 +44,11 @@ use conn::{off_runtime, store_error, Checkout, Pool, Tx};
 
 /// The schema migrations, in order: migration `i` brings a database from
 /// version `i` to `i + 1`. A database newer than the last is refused.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("queue.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("queue.sql"),
+    include_str!("runs_time.sql"),
+];
 
 /// The schema version this orch writes.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -68,7 +68,8 @@ const TOKEN_COLUMNS: &str =
 impl SqliteStore {
     pub(super) fn page_of_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
         // Only the filters given, so that SQLite picks the index that
-        // fits (`runs_workflow_status`, `runs_status`, `runs_created`)
+        // fits (`runs_workflow_status`, `runs_workflow_created`,
+        // `runs_status`, `runs_created`)
         // and a deep page starts at its cursor, not at the newest run.
         let mut conds = Vec::new();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -88,6 +89,17 @@ impl SqliteStore {
                   OR (created_at = (SELECT created_at FROM runs AS b WHERE b.id = ?{n})
                       AND rowid < (SELECT rowid FROM runs AS b WHERE b.id = ?{n})))"
             ));
+        }
+        // Stored times are UTC text of one width: text order is time
+        // order, and the `created_at` at the end of each runs index serves
+        // the range.
+        if let Some(t) = f.created_after {
+            args.push(crate::store::stored_moment(t).into());
+            conds.push(format!("created_at >= ?{}", args.len()));
+        }
+        if let Some(t) = f.created_before {
+            args.push(crate::store::stored_moment(t).into());
+            conds.push(format!("created_at < ?{}", args.len()));
         }
         args.push((f.limit.clamp(1, MAX_PAGE) as i64).into());
         let limit = args.len();

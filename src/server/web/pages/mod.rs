@@ -119,9 +119,6 @@ pub fn moment(field: &str, text: &str) -> WebResult<i64> {
         })
 }
 
-/// How many runs the time filter looks through at most for one page.
-const RUNS_SCANNED: usize = 5000;
-
 fn millis_of(t: &str) -> Option<i64> {
     t.parse::<jiff::Timestamp>()
         .ok()
@@ -145,58 +142,22 @@ pub async fn runs(
         .map(|t| moment("from", t))
         .transpose()?;
     let to = to_text.as_deref().map(|t| moment("to", t)).transpose()?;
-    // Newest first, a page of the API at a time; with a time filter the
-    // pages are read until this one is full, the runs are older than
-    // `from`, or RUNS_SCANNED runs were looked at.
-    let timed = from.is_some() || to.is_some();
-    let mut cursor = nonempty(q.before);
-    let mut shown: Vec<api_runs::RunItem> = Vec::new();
-    let mut next = None;
-    let mut scanned = 0;
-    let mut cut_short = false;
-    loop {
-        let list = api_runs::list(
-            State(s.clone()),
-            ApiQuery(api_runs::ListQuery {
-                workflow: workflow.clone(),
-                status: status.clone(),
-                before: cursor.clone(),
-                limit: Some(if timed { 500 } else { RUNS_PAGE }),
-            }),
-        )
-        .await?
-        .0;
-        let mut older = false;
-        for r in list.runs {
-            scanned += 1;
-            let at = millis_of(&r.created_at).unwrap_or(0);
-            if from.is_some_and(|f| at < f) {
-                older = true;
-                break;
-            }
-            if to.is_some_and(|t| at >= t) {
-                continue;
-            }
-            if shown.len() == RUNS_PAGE {
-                next = shown.last().map(|r| r.id.clone());
-                break;
-            }
-            shown.push(r);
-        }
-        if !timed {
-            next = list.next;
-            break;
-        }
-        if next.is_some() || older || list.next.is_none() {
-            break;
-        }
-        if scanned >= RUNS_SCANNED {
-            cut_short = true;
-            next = list.next;
-            break;
-        }
-        cursor = list.next;
-    }
+    // Newest first, one page of the API: the store's index on the
+    // creation time serves the time filter.
+    let list = api_runs::list(
+        State(s.clone()),
+        ApiQuery(api_runs::ListQuery {
+            workflow: workflow.clone(),
+            status: status.clone(),
+            before: nonempty(q.before),
+            created_after: from.map(|f| f.max(0).to_string()),
+            created_before: to.map(|t| t.max(0).to_string()),
+            limit: Some(RUNS_PAGE),
+        }),
+    )
+    .await?
+    .0;
+    let (shown, next) = (list.runs, list.next);
     // Runs not ended yet: their expected end, from their history.
     let now = crate::time::unix_millis() as i64;
     let mut ends = std::collections::BTreeMap::new();
@@ -268,12 +229,6 @@ pub async fn runs(
             ],
             &rows,
         ));
-    }
-    if cut_short {
-        let _ = write!(
-            body,
-            r#"<p class="note">Looked through {scanned} runs for this page; older ones may match too.</p>"#
-        );
     }
     if let Some(next) = next {
         let _ = write!(
@@ -983,6 +938,8 @@ pub async fn workflow(
             workflow: Some(name.clone()),
             status: None,
             before: None,
+            created_after: None,
+            created_before: None,
             limit: Some(10),
         }),
     )
