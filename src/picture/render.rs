@@ -1603,7 +1603,7 @@ mod tests {
             assemble(&o, &body)
         }] {
             check_xml(&svg).unwrap();
-            assert!(svg.contains(&format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=")));
+            assert!(svg.contains("<svg xmlns=\"http://www.w3.org/2000/svg\" width="));
             assert!(
                 svg.contains(&format!("font-family=\"{FONT_FAMILY}\">")),
                 "on the root"

@@ -41,6 +41,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     fire_times_are_claimed_once(Arc::from(new()));
     events_and_timers_are_kept(new().as_ref());
     runs_page_by_filter_and_cursor(new().as_ref());
+    a_runs_tail_is_its_newest_events(new().as_ref());
     users_and_tokens_are_kept(new().as_ref());
     task_durations_are_successful_attempts(new().as_ref());
     runners_claim_by_capability_and_are_fenced(new().as_ref());
@@ -928,6 +929,32 @@ fn events_and_timers_are_kept(store: &dyn Store) {
     assert!(!store.stop_timer(every).expect("stop"), "stopped once");
     assert!(!store.stop_timer(999).expect("stop"), "no such timer");
     assert!(store.timers().expect("timers")[1].stopped_ms.is_some());
+}
+
+/// A run's tail: the events after a number, with its status and last
+/// number, as the full history has them.
+fn a_runs_tail_is_its_newest_events(store: &dyn Store) {
+    let a = owner("engine-tail");
+    register(store, "run-tail", &a);
+    let all = store.events("run-tail", None).expect("events");
+    let last = all.last().expect("an event").seq;
+    let tail = store.run_tail("run-tail", 0, 1000).expect("tail");
+    assert_eq!(tail.events, all);
+    assert_eq!((tail.last, tail.status), (last, RunStatus::Running));
+    let tail = store.run_tail("run-tail", 1, 1).expect("tail");
+    assert_eq!(tail.events, all[1..2].to_vec(), "after 1, one");
+    let tail = store.run_tail("run-tail", last, 10).expect("tail");
+    assert!(tail.events.is_empty());
+    assert_eq!(tail.last, last);
+    assert!(store
+        .run_tail("run-tail", 0, 0)
+        .expect("tail")
+        .events
+        .is_empty());
+    assert!(matches!(
+        store.run_tail("no-such-run", 0, 10),
+        Err(Error::UnknownRun(_))
+    ));
 }
 
 /// Pages of runs follow the list's order, filters and cursor.

@@ -369,6 +369,13 @@ pub trait Store: Send + Sync {
     /// and including that sequence number.
     fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>>;
 
+    /// The events of run `run` after sequence number `after` (at most
+    /// `limit`, in order) with the run's status and last sequence number,
+    /// read together: what a stream of a run's events reads each time it
+    /// looks again, without the history before `after` nor the run's nodes
+    /// ([`Store::export`]). [`Error::UnknownRun`] when there is no such run.
+    fn run_tail(&self, run: &str, after: u64, limit: usize) -> Result<RunTail>;
+
     /// Rebuilds a run's state from its history alone.
     fn replay(&self, run: &str, upto: Option<u64>) -> Result<RunState> {
         let events = self.events(run, upto)?;
@@ -592,6 +599,18 @@ pub trait Store: Send + Sync {
     /// Removes the waiting (unclaimed) attempts of queue `key`; returns
     /// them.
     fn clear_queue(&self, key: &str) -> Result<Vec<AttemptId>>;
+}
+
+/// A run's newest events and where it stands ([`Store::run_tail`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RunTail {
+    /// The events after the sequence number asked for, in order.
+    pub events: Vec<Event>,
+    /// The run's status.
+    pub status: crate::model::RunStatus,
+    /// The run's last sequence number.
+    pub last: u64,
 }
 
 /// The most runs one page returns ([`Store::runs_page`]).

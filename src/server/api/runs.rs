@@ -461,6 +461,9 @@ pub async fn events(
     Ok(Json(events))
 }
 
+/// How many events the stream reads from the store at a time.
+const STREAM_PAGE: usize = 1000;
+
 /// `GET /runs/{run}/stream`: server-sent events, one per history event
 /// (`id` its sequence number, `data` the event as JSON), from `after`
 /// (or the `Last-Event-ID` header) on, until the run ended and its last
@@ -488,28 +491,28 @@ pub async fn stream(
     tokio::spawn(async move {
         loop {
             // What the store has past `after` (the first time, and
-            // whenever the live feed may have skipped something).
-            let (batch, ended) = {
+            // whenever the live feed may have skipped something): only
+            // the events after it, a page at a time, never the whole
+            // history again.
+            let ended = loop {
                 let store = store.clone();
                 let id = id.clone();
-                match blocking(move || {
-                    let events = store.events(&id, None)?;
-                    let ended = store.export(&id)?.status.is_terminal();
-                    Ok((events, ended))
-                })
-                .await
-                {
-                    Ok(x) => x,
-                    Err(_) => return,
+                let from = after;
+                let Ok(tail) = blocking(move || store.run_tail(&id, from, STREAM_PAGE)).await
+                else {
+                    return;
+                };
+                let full = tail.events.len() == STREAM_PAGE;
+                for e in tail.events {
+                    after = e.seq;
+                    if tx.send(Ok(sse(&e))).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    break tail.status.is_terminal() && after >= tail.last;
                 }
             };
-            let from = after;
-            for e in batch.into_iter().filter(|e| e.seq > from) {
-                after = e.seq;
-                if tx.send(Ok(sse(&e))).await.is_err() {
-                    return;
-                }
-            }
             if ended {
                 return;
             }

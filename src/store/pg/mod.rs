@@ -781,6 +781,46 @@ impl Store for PgStore {
         })
     }
 
+    fn run_tail(&self, run: &str, after: u64, limit: usize) -> Result<super::RunTail> {
+        let after = after.min(i64::MAX as u64) as i64;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.read(|tx| {
+            let Some(head) = tx.row("SELECT status, last_seq FROM runs WHERE id = $1", &[&run])?
+            else {
+                return Err(Error::UnknownRun(run.to_string()));
+            };
+            let status: String = tx.get(&head, 0)?;
+            let last: i64 = tx.get(&head, 1)?;
+            let rows = tx.rows(
+                "SELECT seq, at, data FROM events WHERE run = $1 AND seq > $2
+                 ORDER BY seq LIMIT $3",
+                &[&run, &after, &limit],
+            )?;
+            let events = rows
+                .iter()
+                .map(|r| {
+                    let seq = tx.get::<i64>(r, 0)? as u64;
+                    let data: String = tx.get(r, 2)?;
+                    let kind: EventKind = serde_json::from_str(&data).map_err(|e| {
+                        self.corrupt(format!("run {run} event {seq} does not parse: {e}"))
+                    })?;
+                    Ok(Event {
+                        seq,
+                        at: tx.get(r, 1)?,
+                        kind,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(super::RunTail {
+                events,
+                status: status.parse().map_err(|e| {
+                    self.corrupt(format!("run {run} has the status {status:?}: {e}"))
+                })?,
+                last: last as u64,
+            })
+        })
+    }
+
     fn export(&self, run: &str) -> Result<RunExport> {
         self.read(|tx| self.read_export(tx, run))
     }

@@ -784,6 +784,64 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn run_tail(&self, run: &str, after: u64, limit: usize) -> Result<super::RunTail> {
+        let mut c = self.lock();
+        // One read transaction: the status and the events agree.
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
+        let head = tx
+            .query_row(
+                "SELECT status, last_seq FROM runs WHERE id = ?1",
+                [run],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((status, last)) = head else {
+            return Err(Error::UnknownRun(run.to_string()));
+        };
+        let rows: Vec<(u64, String, String)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, at, data FROM events WHERE run = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        run,
+                        after.min(i64::MAX as u64) as i64,
+                        limit.min(i64::MAX as usize) as i64
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+                )
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?;
+            rows
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        let events = rows
+            .into_iter()
+            .map(|(seq, at, data)| {
+                let kind: EventKind = serde_json::from_str(&data).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    message: format!("run {run} event {seq} does not parse: {e}"),
+                })?;
+                Ok(Event { seq, at, kind })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::RunTail {
+            events,
+            status: status.parse().map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                message: format!("run {run} has the status {status:?}: {e}"),
+            })?,
+            last: last as u64,
+        })
+    }
+
     /// The export of a run, read from the materialized tables.
     fn export(&self, run: &str) -> Result<RunExport> {
         self.read_export(run).map_err(|e| match e {

@@ -564,10 +564,14 @@ pub async fn live(State(s): State<Arc<AppState>>, Path(run): Path<String>) -> We
         let mut commits = s.hub.subscribe();
         let mut seen = None;
         loop {
+            // Where the run stands: its status and last event, without
+            // its history or its nodes.
             let store = s.store.clone();
             let rid = id.clone();
+            let from = seen.unwrap_or(0);
             let Ok((event, status)) =
-                api::blocking(move || store.export(&rid).map(|e| (e.event, e.status))).await
+                api::blocking(move || store.run_tail(&rid, from, 0).map(|t| (t.last, t.status)))
+                    .await
             else {
                 return;
             };
