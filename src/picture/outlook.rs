@@ -883,6 +883,108 @@ mod tests {
         assert_eq!(s.nodes.len(), 1, "a wildcard even for nothing: {s:?}");
     }
 
+    use crate::model::{Mutation, Task};
+
+    fn stars(state: &RunState) -> Vec<String> {
+        outlook(state, Options::default())
+            .nodes
+            .into_iter()
+            .filter(|n| n.kind == PicKind::Growth)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn run(mutations: &[Mutation]) -> RunState {
+        let mut state = RunState::new("r");
+        state.status = RunStatus::Running;
+        state.graph.commit(mutations).unwrap();
+        state
+    }
+
+    #[test]
+    fn a_star_only_where_growth_is_possible() {
+        // An input node adds nothing; a task may grow until it ends.
+        let mut state = run(&[
+            Mutation::add_node("ask", Task::input()),
+            Mutation::add_node("work", Task::python("w.py")),
+            Mutation::add_node("done", Task::python("d.py")),
+            Mutation::add_edge("ask", "work"),
+            Mutation::add_edge("work", "done"),
+        ]);
+        assert_eq!(stars(&state), ["~grow:work", "~grow:done"]);
+        let done = state.graph.position("done").unwrap();
+        state.graph.set_state(done, NodeState::Succeeded);
+        assert_eq!(
+            stars(&state),
+            ["~grow:work"],
+            "a finished task adds nothing"
+        );
+        // A run that is over grows no more.
+        state.status = RunStatus::Cancelled;
+        assert!(stars(&state).is_empty());
+        // `static` and `no_new_nodes` forbid it.
+        let state = run(&[
+            Mutation::add_node("a", Task::python("a.py")),
+            Mutation::AddPromise {
+                promise: Promise::Static {},
+            },
+        ]);
+        assert!(stars(&state).is_empty());
+        let state = run(&[
+            Mutation::add_node("a", Task::python("a.py")),
+            Mutation::add_node("b", Task::python("b.py")),
+            Mutation::AddPromise {
+                promise: Promise::NoNewNodes {
+                    by: Some("a".into()),
+                },
+            },
+        ]);
+        assert_eq!(stars(&state), ["~grow:b"]);
+    }
+
+    #[test]
+    fn a_regions_from_keeps_its_star_and_no_star_is_a_wildcards_own() {
+        // `choose` may add nodes outside the region too (the shape does
+        // not forbid it), so its star stays beside the sketch; wildcards
+        // themselves never get one.
+        let state = run(&[
+            Mutation::add_node("choose", Task::python("c.py")),
+            Mutation::add_node("end", Task::input()),
+            Mutation::AddPromise {
+                promise: Promise::Shape {
+                    from: "choose".into(),
+                    to: "end".into(),
+                    shape: "(A → B) | C".parse().unwrap(),
+                },
+            },
+        ]);
+        let o = outlook(&state, Options::default());
+        assert_eq!(stars(&state), ["~grow:choose"]);
+        let regions: Vec<&str> = o
+            .nodes
+            .iter()
+            .filter(|n| n.kind == PicKind::Region)
+            .map(|n| n.label.as_str())
+            .collect();
+        assert_eq!(regions, ["or", "A", "B", "C"]);
+        assert!(o
+            .edges
+            .iter()
+            .all(|e| !e.to.starts_with("~grow:") || e.from == "choose"));
+        // `only_nodes` narrows the star.
+        let state = run(&[
+            Mutation::add_node("a", Task::python("a.py")),
+            Mutation::AddPromise {
+                promise: Promise::OnlyNodes {
+                    pattern: "task:M".into(),
+                },
+            },
+        ]);
+        let o = outlook(&state, Options::default());
+        let star = o.nodes.iter().find(|n| n.kind == PicKind::Growth).unwrap();
+        assert_eq!(star.label, "★ task:M");
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(thousands(7), "7");
