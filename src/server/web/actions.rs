@@ -325,7 +325,7 @@ pub async fn backfill(
         .map_err(|e| bad(format!("field `reprocess`: {e}")))?;
     let moment = |field: &str| -> WebResult<jiff::Timestamp> {
         let text = form.get(field).unwrap_or("");
-        let ms = pages::moment(field, text)?;
+        let ms = pages::runs::moment(field, text)?;
         jiff::Timestamp::from_millisecond(ms).map_err(|e| bad(format!("field `{field}`: {e}")))
     };
     let (from, to) = (moment("from")?, moment("to")?);

@@ -38,7 +38,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/logout", post(logout))
         .route("/static/web.css", get(css))
         .route("/static/web.js", get(js))
-        .route("/runs", get(pages::runs))
+        .route("/runs", get(pages::runs::page))
         .route("/runs/{run}", get(pages::run))
         .route("/runs/{run}/picture.svg", get(pages::picture))
         .route("/runs/{run}/nodes.html", get(pages::nodes_fragment))
