@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::super::html::{self, badge, esc, table, url};
 use super::super::session::{page_response, Session, WebError, WebResult};
-use super::{duration, estimate_of, span, when_ms};
+use super::run::estimate_of;
+use super::{duration, span, when_ms};
 use crate::server::api::runs as api_runs;
 use crate::server::extract::Query as ApiQuery;
 use crate::server::AppState;
