@@ -481,3 +481,81 @@ fn a_runner_paused_past_its_lease_is_refused_when_it_wakes() {
     assert!(text.contains("runner-awake"), "{text}");
     assert!(!text.contains("runner-sleeper"), "{text}");
 }
+
+#[test]
+fn a_runner_token_acts_only_for_the_runners_it_registered() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let mine = runner_token(&space);
+    let theirs = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let own = runner(&space, &server, &mine, "own", "cpus=1,own");
+    publish(
+        &c,
+        "owned",
+        "name: owned\ntasks:\n  - id: o\n    command: sh -c 'echo $$ > o.pid; exec sleep 300'\n    requires: {labels: [own]}\n",
+    );
+    let run = start(&c, "owned");
+    poll("the own runner claims it", || {
+        let qs = c.get("/api/v1/queues").unwrap();
+        (qs[0]["running"] == 1).then_some(qs)
+    });
+
+    // Another token registers its own runner and acts for it freely.
+    let other = Client::new(&server.base, Some(theirs.clone()));
+    let reg = other
+        .post(
+            "/api/v1/runners/register",
+            &json!({"name": "intruder", "capabilities": {"cpu": 1.0}, "slots": 1}),
+        )
+        .unwrap();
+    let intruder = reg["runner"]["id"].as_str().unwrap().to_string();
+    assert_ne!(intruder, own.id);
+    let beat = other
+        .call(
+            "POST",
+            &format!("/api/v1/runners/{intruder}/heartbeat"),
+            Some(&json!({})),
+        )
+        .unwrap();
+    assert_eq!(beat.status, 200, "{}", beat.body);
+
+    // But not for the runner the first token registered: every call is
+    // refused, naming that runner.
+    let refused = |path: String, body: Value| {
+        let answer = other.call("POST", &path, Some(&body)).unwrap();
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+        assert!(answer.body.contains(&own.id), "{path}: {}", answer.body);
+    };
+    refused(
+        format!("/api/v1/runners/{}/heartbeat", own.id),
+        json!({"holding": []}),
+    );
+    refused(
+        format!("/api/v1/runners/{}/claim", own.id),
+        json!({"max": 1}),
+    );
+    refused(
+        format!("/api/v1/attempts/{run}/o/1/report"),
+        json!({"runner": own.id, "end": {"exit_code": 0}}),
+    );
+    refused(
+        format!("/api/v1/attempts/{run}/o/1/report"),
+        json!({"runner": own.id, "logs": [[1, "stdout", "forged"]]}),
+    );
+    // A made-up id is refused the same way (it names no token's runner).
+    let made_up = other
+        .call("POST", "/api/v1/runners/nobody/heartbeat", Some(&json!({})))
+        .unwrap();
+    assert_eq!(made_up.status, 403, "{}", made_up.body);
+
+    // The attempt is untouched: still held by its runner, no forged line.
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/o")).unwrap();
+    assert_eq!(node["state"], "running", "{node}");
+    assert!(!logs(&c, &run, "o").contains("forged"));
+    c.post(&format!("/api/v1/runs/{run}/cancel"), &json!({}))
+        .unwrap();
+    let done = wait_end(&c, &run);
+    assert_eq!(done["status"], "cancelled", "{done}");
+}

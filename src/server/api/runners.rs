@@ -134,6 +134,23 @@ fn printable(field: &str, text: &str, min: usize) -> ApiResult<()> {
     Ok(())
 }
 
+/// Refuses unless the caller's token registered runner `runner`: a
+/// runner's id starts with the id of the token that registered it
+/// (`TOKEN-MILLIS-RANDOM`), so a runner token heartbeats, claims and
+/// reports only as the runners it registered itself. Runners that share a
+/// token share this right; give each runner its own token to keep them
+/// apart.
+fn acting_for(me: &Caller, field: &str, runner: &str) -> ApiResult<()> {
+    match runner.split_once('-') {
+        Some((token, _)) if token == me.token => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "{field}: token `{}` may not act for runner `{runner}`: a runner token acts only for \
+             the runners it registered (register again with this token)",
+            me.token
+        ))),
+    }
+}
+
 fn remote(s: &AppState) -> ApiResult<Arc<Remote>> {
     s.engine
         .remote()
@@ -147,6 +164,7 @@ fn remote(s: &AppState) -> ApiResult<Arc<Remote>> {
     security(("token" = [])))]
 pub async fn register(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Body(body): Body<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     printable("name", &body.name, 1)?;
@@ -172,7 +190,14 @@ pub async fn register(
     }
     let remote = remote(&s)?;
     let lease_ms = remote.lease_ms();
-    let id = format!("{}-{}", crate::time::unix_millis(), random_suffix());
+    // The token's id first: it binds the runner to the token
+    // (`acting_for`).
+    let id = format!(
+        "{}-{}-{}",
+        me.token,
+        crate::time::unix_millis(),
+        random_suffix()
+    );
     let spec = RunnerSpec::new(
         &id,
         &body.name,
@@ -256,13 +281,15 @@ pub struct BeatView {
 /// claims'.
 #[utoipa::path(post, path = "/api/v1/runners/{id}/heartbeat", tag = "runners",
     params(("id" = String, Path, description = "the runner")), request_body = HeartbeatBody,
-    responses((status = 200, body = BeatView), (status = 404, body = ApiError)),
+    responses((status = 200, body = BeatView), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn heartbeat(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path(id): Path<String>,
     Body(body): Body<HeartbeatBody>,
 ) -> ApiResult<Json<BeatView>> {
+    acting_for(&me, "the path's runner", &id)?;
     if body.holding.len() > MAX_HOLDING {
         return Err(ApiError::bad(format!(
             "field `holding`: at most {MAX_HOLDING} attempts"
@@ -318,13 +345,15 @@ pub struct Claimed {
 /// waiting up to `wait_ms` for one.
 #[utoipa::path(post, path = "/api/v1/runners/{id}/claim", tag = "runners",
     params(("id" = String, Path, description = "the runner")), request_body = ClaimBody,
-    responses((status = 200, body = Claimed), (status = 404, body = ApiError)),
+    responses((status = 200, body = Claimed), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn claim(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path(id): Path<String>,
     Body(body): Body<ClaimBody>,
 ) -> ApiResult<Json<Claimed>> {
+    acting_for(&me, "the path's runner", &id)?;
     if body.max == 0 || body.max as usize > MAX_CLAIM {
         return Err(ApiError::bad(format!("field `max`: 1 to {MAX_CLAIM}")));
     }
@@ -415,13 +444,15 @@ fn report_error(e: ReportError) -> ApiError {
            ("node" = String, Path, description = "the node"),
            ("attempt" = u32, Path, description = "the attempt number")),
     request_body = ReportBody,
-    responses((status = 200, body = ReportAnswer), (status = 409, body = ApiError)),
+    responses((status = 200, body = ReportAnswer), (status = 403, body = ApiError), (status = 409, body = ApiError)),
     security(("token" = [])))]
 pub async fn report(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Body(body): Body<ReportBody>,
 ) -> ApiResult<Json<ReportAnswer>> {
+    acting_for(&me, "field `runner`", &body.runner)?;
     let remote = remote(&s)?;
     let id = AttemptId::new(run, node, attempt);
     match (body.mutation, body.logs, body.end) {
