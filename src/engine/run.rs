@@ -139,6 +139,9 @@ pub(crate) struct Runner {
     /// Loops that failed the run (their bound, a batch that could not
     /// commit): not tried again in this session.
     loops_refused: HashSet<String>,
+    /// The runner that ran each ended attempt, by (node, attempt), until
+    /// its end is recorded (`AttemptFinished::runner`).
+    ran_on: HashMap<(usize, u32), String>,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -257,6 +260,7 @@ impl Runner {
             rules_refused: HashSet::new(),
             loops_dirty: true,
             loops_refused: HashSet::new(),
+            ran_on: HashMap::new(),
         })
     }
 
@@ -740,6 +744,7 @@ impl Runner {
             node: node.clone(),
             value: output,
         });
+        let runner = self.ran_on.remove(&(i, attempt));
         self.emit(EventKind::AttemptFinished {
             node: node.clone(),
             attempt,
@@ -747,6 +752,7 @@ impl Runner {
             exit_code,
             error: None,
             files,
+            runner,
         });
         self.emit(EventKind::NodeState {
             node,
@@ -1117,7 +1123,18 @@ impl Runner {
         }
     }
 
+    /// Judges the end of attempt `attempt` of node `i`; its record names
+    /// the runner that ran it, if one did.
     fn finished(&mut self, i: usize, attempt: u32, mut end: AttemptEnd) {
+        if let Some(runner) = end.runner.take() {
+            self.ran_on.insert((i, attempt), runner);
+        }
+        self.judge_end(i, attempt, end);
+        // Every path records the end (and takes the runner); none is left.
+        self.ran_on.remove(&(i, attempt));
+    }
+
+    fn judge_end(&mut self, i: usize, attempt: u32, mut end: AttemptEnd) {
         let Some(running) = self.running.remove(&i) else {
             return;
         };
@@ -1243,6 +1260,7 @@ impl Runner {
         state: NodeState,
     ) {
         let node = self.id(i);
+        let runner = self.ran_on.remove(&(i, attempt));
         self.emit(EventKind::AttemptFinished {
             node: node.clone(),
             attempt,
@@ -1250,6 +1268,7 @@ impl Runner {
             exit_code,
             error: Some(error),
             files: Vec::new(),
+            runner,
         });
         self.emit(EventKind::NodeState { node, state });
     }

@@ -226,6 +226,8 @@ pub struct AttemptEnd {
     pub output: Option<Value>,
     /// The attempt's log lines.
     pub logs: Vec<LogLine>,
+    /// The runner that ran it (its name); `None` when this machine ran it.
+    pub runner: Option<String>,
 }
 
 impl AttemptEnd {
@@ -242,6 +244,7 @@ impl AttemptEnd {
             failure: None,
             output: None,
             logs: Vec::new(),
+            runner: None,
         }
     }
 

@@ -199,6 +199,12 @@ pub struct Remote {
     lease_ms: i64,
     here: Offer,
     waiting: Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Report>>>,
+    /// The runner (its id) holding each attempt this engine waits for, as
+    /// far as this server saw: the claims made through it and the
+    /// reports it took. An attempt's record names it when it ends.
+    holders: Mutex<HashMap<AttemptId, String>>,
+    /// Runners' names by id (read from the store on a miss).
+    names: Mutex<HashMap<String, String>>,
     /// Serialises the sweep of lost claims with a queue's clearing.
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
@@ -221,6 +227,8 @@ impl Remote {
             lease_ms,
             here: Offer::here(),
             waiting: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
         }
@@ -247,6 +255,63 @@ impl Remote {
         Ok(runners
             .iter()
             .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(need).is_none()))
+    }
+
+    /// Notes that `runner` (its id) claimed `attempts`: those this engine
+    /// waits for will name it when they end.
+    pub fn claimed(&self, runner: &str, attempts: &[AttemptId]) {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        for a in attempts.iter().filter(|a| waiting.contains_key(a)) {
+            holders.insert(a.clone(), runner.to_string());
+        }
+    }
+
+    fn held_by(&self, id: &AttemptId, runner: &str) {
+        self.holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), runner.to_string());
+    }
+
+    /// The name of the runner that held attempt `id` (forgotten now), if
+    /// this server saw one: what its record names. Reads the store when
+    /// the runner's name is not known yet; its id stands in when that
+    /// fails.
+    fn ran_on(&self, id: &AttemptId) -> Option<String> {
+        let runner = self
+            .holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)?;
+        Some(self.runner_name(&runner))
+    }
+
+    fn runner_name(&self, runner: &str) -> String {
+        if let Some(n) = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(runner)
+        {
+            return n.clone();
+        }
+        match self.store.runners() {
+            Ok((all, _)) => {
+                let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+                for r in all {
+                    names.insert(r.spec.id, r.spec.name);
+                }
+                names
+                    .get(runner)
+                    .cloned()
+                    .unwrap_or_else(|| runner.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(runner, error = %e, "reading the runner's name failed; its id stands in");
+                runner.to_string()
+            }
+        }
     }
 
     fn take(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
@@ -314,11 +379,18 @@ impl Remote {
             // learns from its next heartbeat and kills it).
             if kill.recv().await.is_some() {
                 if let Some(tx) = me.take(&id) {
-                    let store = me.store.clone();
                     let gone = id.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.dequeue(&gone)).await;
+                    let remote = me.clone();
+                    let runner = tokio::task::spawn_blocking(move || {
+                        let _ = remote.store.dequeue(&gone);
+                        remote.ran_on(&gone)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
                     let mut end = AttemptEnd::ended(Exit::Unknown);
                     end.interrupt(Interrupt::Killed);
+                    end.runner = runner;
                     let _ = tx.send(Report::Finished { attempt: id, end });
                 }
             }
@@ -335,6 +407,7 @@ impl Remote {
         mutation: Mutation,
     ) -> std::result::Result<std::result::Result<(), String>, ReportError> {
         self.store.claim_holds(id, runner)?;
+        self.held_by(id, runner);
         let tx = self
             .sender(id)
             .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
@@ -360,6 +433,7 @@ impl Remote {
         lines: Vec<(u32, String, String)>,
     ) -> std::result::Result<(), ReportError> {
         self.store.claim_holds(id, runner)?;
+        self.held_by(id, runner);
         let tx = self
             .sender(id)
             .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
@@ -399,9 +473,12 @@ impl Remote {
                 .insert(id.clone(), tx);
             return Err(e.into());
         }
+        self.held_by(id, runner);
+        let mut end = end.into_end(id);
+        end.runner = self.ran_on(id);
         let _ = tx.send(Report::Finished {
             attempt: id.clone(),
-            end: end.into_end(id),
+            end,
         });
         Ok(())
     }
@@ -423,6 +500,7 @@ impl Remote {
                     "interrupted: attempt {id} lost its runner (no heartbeat within the {} ms lease); the node runs again",
                     self.lease_ms
                 )));
+                end.runner = self.ran_on(id);
                 let _ = tx.send(Report::Finished {
                     attempt: id.clone(),
                     end,

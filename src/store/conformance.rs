@@ -432,6 +432,7 @@ fn history_and_views_agree(store: &dyn Store) {
             },
             EventKind::AttemptFinished {
                 files: Vec::new(),
+                runner: None,
                 node: "ask".into(),
                 attempt: 1,
                 outcome: AttemptOutcome::Succeeded,
@@ -464,6 +465,7 @@ fn history_and_views_agree(store: &dyn Store) {
                 path: "out/report.csv".into(),
                 bytes: 12,
             }],
+            runner: Some("gpu-box-1".into()),
             node: "work".into(),
             attempt: 1,
             outcome: AttemptOutcome::Succeeded,
@@ -488,6 +490,13 @@ fn history_and_views_agree(store: &dyn Store) {
     assert_eq!(export, state.export(), "and the engine's own fold");
     assert_eq!(export.status, RunStatus::Succeeded);
     assert!(export.finished_at.is_some());
+    // Where each attempt ran: a runner's name, or `local`.
+    let ran = |node: &str| {
+        let n = export.nodes.iter().find(|n| n.id == node).expect("node");
+        n.attempts[0].runner.clone()
+    };
+    assert_eq!(ran("work").as_deref(), Some("gpu-box-1"));
+    assert_eq!(ran("ask").as_deref(), Some(crate::history::LOCAL));
     let at_4 = store.replay("run-views", Some(4)).expect("replay up to 4");
     assert_eq!(at_4.last_seq, 4);
     assert_eq!(store.logs("run-views", "work", None).expect("logs"), logs);
@@ -1044,6 +1053,7 @@ impl Fixture {
             exit_code: None,
             error: None,
             files: Vec::new(),
+            runner: None,
         };
         self.commit_at(store, to_ms, finished);
     }

@@ -249,6 +249,10 @@ fn a_killed_runner_loses_its_attempt_to_another_exactly_once() {
     let why = attempts[0]["error"].as_str().unwrap_or_default();
     assert!(why.contains("lost its runner"), "{node}");
     assert_eq!(attempts[1]["outcome"], "succeeded", "{node}");
+    // Each attempt's record names the runner that ran it, the lost one
+    // too.
+    assert_eq!(attempts[0]["runner"], "first", "{node}");
+    assert_eq!(attempts[1]["runner"], "second", "{node}");
     let text = logs(&c, &run, "nap");
     assert!(text.contains("runner-second"), "{text}");
 
@@ -558,4 +562,50 @@ fn a_runner_token_acts_only_for_the_runners_it_registered() {
         .unwrap();
     let done = wait_end(&c, &run);
     assert_eq!(done["status"], "cancelled", "{done}");
+}
+
+#[test]
+fn the_export_names_the_runner_of_every_attempt() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    publish(
+        &c,
+        "where",
+        "name: where\ntasks:\n  - id: w\n    command: pwd\n",
+    );
+    // No runner yet: the server runs it itself.
+    let here = start(&c, "where");
+    assert_eq!(wait_end(&c, &here)["status"], "succeeded");
+    let _r = runner(&space, &server, &token, "far-away", "cpus=1");
+    let there = start(&c, "where");
+    assert_eq!(wait_end(&c, &there)["status"], "succeeded");
+    assert!(logs(&c, &there, "w").contains("runner-far-away"));
+
+    let attempt = |run: &str| {
+        let export = c.get(&format!("/api/v1/runs/{run}/export")).unwrap();
+        export["nodes"][0]["attempts"][0].clone()
+    };
+    assert_eq!(attempt(&here)["runner"], "local", "{}", attempt(&here));
+    assert_eq!(attempt(&there)["runner"], "far-away", "{}", attempt(&there));
+    // The node's API shows it too, and so do `orch show` and `orch logs`.
+    let node = c.get(&format!("/api/v1/runs/{there}/nodes/w")).unwrap();
+    assert_eq!(node["attempts"][0]["runner"], "far-away", "{node}");
+    let show = space.cli(&["show", &there]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("attempts run by runners:\n  w attempt 1: far-away"),
+        "{text}"
+    );
+    let show = space.cli(&["show", &here]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(!text.contains("attempts run by runners"), "{text}");
+    let out = space.cli(&["logs", &there, "w"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("--- w attempt 1 (pid -, runner far-away, succeeded)"),
+        "{text}"
+    );
 }

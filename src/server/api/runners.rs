@@ -168,6 +168,12 @@ pub async fn register(
     Body(body): Body<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     printable("name", &body.name, 1)?;
+    if body.name == crate::history::LOCAL {
+        return Err(ApiError::bad(format!(
+            "field `name`: `{}` names the server's own machine in attempt records; choose another",
+            crate::history::LOCAL
+        )));
+    }
     printable("version", &body.version, 0)?;
     if body.slots == 0 || body.slots > MAX_SLOTS {
         return Err(ApiError::bad(format!(
@@ -371,6 +377,8 @@ pub async fn claim(
         let lease_ms = remote.lease_ms();
         let max = body.max as usize;
         let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
+        let ids: Vec<AttemptId> = got.iter().map(|a| a.id.clone()).collect();
+        remote.claimed(&id, &ids);
         if !got.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
             let attempts = got
                 .into_iter()

@@ -44,7 +44,11 @@ use conn::{off_runtime, store_error, Checkout, Pool, Tx};
 
 /// The schema migrations, in order: migration `i` brings a database from
 /// version `i` to `i + 1`. A database newer than the last is refused.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("queue.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("queue.sql"),
+    include_str!("attempt_runner.sql"),
+];
 
 /// The schema version this orch writes.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -318,7 +322,8 @@ impl PgStore {
         let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
             Default::default();
         for r in tx.rows(
-            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files
+            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files,
+                    runner
              FROM attempts WHERE run = $1 ORDER BY node, attempt",
             &[&run],
         )? {
@@ -336,6 +341,7 @@ impl PgStore {
                     Some(_) => self.json(tx, &r, 8, "an attempt's files")?,
                     None => Vec::new(),
                 },
+                runner: tx.get(&r, 9)?,
             };
             attempts.entry(tx.get(&r, 0)?).or_default().push(a);
         }
