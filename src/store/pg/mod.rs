@@ -47,7 +47,7 @@ use conn::{off_runtime, store_error, Checkout, Pool, Tx};
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("queue.sql"),
-    include_str!("attempt_runner.sql"),
+    include_str!("runners_recorded.sql"),
 ];
 
 /// The schema version this orch writes.

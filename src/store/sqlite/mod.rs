@@ -36,8 +36,8 @@ mod tests;
 pub(in crate::store) mod views;
 
 use schema::{
-    MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, MIGRATE_5_TO_6, NOW_MS, READ_ONLY_2_AS_3,
-    READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
+    MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, MIGRATE_5_TO_6, MIGRATE_5_TO_6_RUNNERS, NOW_MS,
+    READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
 };
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
@@ -308,6 +308,10 @@ impl SqliteStore {
             }
             if (1..=5).contains(&version) {
                 conn.execute_batch(MIGRATE_5_TO_6)?;
+            }
+            // (Older ones get the runners from `SCHEMA`.)
+            if version == 5 {
+                conn.execute_batch(MIGRATE_5_TO_6_RUNNERS)?;
             }
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -414,6 +414,7 @@ fn a_version_5_database_reads_its_ended_attempts_as_local() {
         let c = store.lock();
         c.execute_batch(
             "ALTER TABLE attempts DROP COLUMN runner;
+             ALTER TABLE runners DROP COLUMN affinity;
              INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'running', 't', '{}');
              INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES ('r', 'a', '{\"kind\":\"input\"}', 'null', '{}', 'running');
              INSERT INTO attempts (run, node, attempt, started_at, finished_at, outcome) VALUES ('r', 'a', 1, 't', 't', 'failed');
@@ -439,4 +440,6 @@ fn a_version_5_database_reads_its_ended_attempts_as_local() {
         want,
         "migrated: the one that ended ran here"
     );
+    // Its runners remember what they claim.
+    crate::store::conformance::runners_keep_their_queues_and_runs(&migrated);
 }
