@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use crate::client::{Client, ClientError};
-use crate::exec::remote::{WireEnd, WireSpec};
+use crate::exec::remote::{WireEnd, WireFile, WireSpec};
 use crate::exec::resources::Offer;
 use crate::exec::{
     configured_python, install_helper, AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor,
@@ -171,6 +171,25 @@ async fn flush_logs(shared: &Shared, id: &AttemptId, path: &str, pending: &mut V
 /// What the runner holds: each attempt and the line that stops it.
 type Holding = Arc<Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Stop>>>>;
 
+/// The most executors of published files a runner keeps (each may hold
+/// a warm Python fork server); the least recently used idle one goes.
+const MAX_TREES: usize = 16;
+
+/// The executors of published workflows' files, by the files' key.
+#[derive(Default)]
+struct Trees {
+    execs: HashMap<String, TreeExec>,
+    tick: u64,
+}
+
+struct TreeExec {
+    exec: Arc<ProcessExecutor>,
+    /// When it was last used (the `tick`).
+    last: u64,
+    /// Attempts it runs now.
+    users: usize,
+}
+
 struct Shared {
     client: Client,
     id: String,
@@ -178,6 +197,12 @@ struct Shared {
     holding: Holding,
     draining: AtomicBool,
     freed: Notify,
+    /// The runner's folder.
+    dir: PathBuf,
+    /// How its executors run processes (the one for attempts without
+    /// files, and the template of the others).
+    env: ProcessEnv,
+    trees: Mutex<Trees>,
 }
 
 impl Shared {
@@ -195,6 +220,49 @@ impl Shared {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// The executor whose scripts are in `tree` (key `key`), taken for
+    /// one attempt ([`Shared::release`] gives it back). Tasks still run in
+    /// the runner's folder; their scripts and `ORCH_WORKFLOW_DIR` are the
+    /// tree.
+    fn tree_executor(&self, key: &str, tree: PathBuf) -> Arc<ProcessExecutor> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        trees.tick += 1;
+        let tick = trees.tick;
+        if !trees.execs.contains_key(key) && trees.execs.len() >= MAX_TREES {
+            let idle = trees
+                .execs
+                .iter()
+                .filter(|(_, t)| t.users == 0)
+                .min_by_key(|(_, t)| t.last)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idle {
+                trees.execs.remove(&k);
+            }
+        }
+        let t = trees
+            .execs
+            .entry(key.to_string())
+            .or_insert_with(|| TreeExec {
+                exec: Arc::new(ProcessExecutor::new(ProcessEnv {
+                    base_dir: tree,
+                    run_dir: Some((self.dir.clone(), true)),
+                    ..self.env.clone()
+                })),
+                last: tick,
+                users: 0,
+            });
+        t.last = tick;
+        t.users += 1;
+        t.exec.clone()
+    }
+
+    fn release(&self, key: &str) {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = trees.execs.get_mut(key) {
+            t.users = t.users.saturating_sub(1);
+        }
     }
 
     fn stop(&self, id: &AttemptId, how: Stop) {
@@ -234,7 +302,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         .map_err(|e| RunnerError::Setup(format!("creating {}: {e}", opts.dir.display())))?;
     let helper_dir = install_helper(&opts.dir.join(".orch-helper"))
         .map_err(|e| RunnerError::Setup(e.to_string()))?;
-    let exec = Arc::new(ProcessExecutor::new(ProcessEnv {
+    let env = ProcessEnv {
         base_dir: opts.dir.clone(),
         python: configured_python(None),
         helper_dir,
@@ -245,7 +313,8 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         python_preload: Vec::new(),
         run_dir: None,
         container_engine: None,
-    }));
+    };
+    let exec = Arc::new(ProcessExecutor::new(env.clone()));
     let client = Client::new(&opts.server, Some(opts.token.clone()));
     let c = &opts.capabilities;
     let reg = call(
@@ -275,6 +344,9 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         holding: Arc::new(Mutex::new(HashMap::new())),
         draining: AtomicBool::new(false),
         freed: Notify::new(),
+        dir: opts.dir.clone(),
+        env,
+        trees: Mutex::new(Trees::default()),
     });
     let beat = tokio::spawn(heartbeats(
         shared.clone(),
@@ -376,7 +448,39 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// Starts a claimed attempt and relays its reports.
+/// The folder of the files attempt `id` needs (fetched from the server
+/// as needed) and its key.
+async fn fetch_files(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    files: Vec<WireFile>,
+) -> Result<(String, PathBuf), String> {
+    let client = shared.client.clone();
+    let dir = shared.dir.clone();
+    let path = format!(
+        "/api/v1/attempts/{}/{}/{}/file",
+        crate::client::encode(&id.run),
+        crate::client::encode(&id.node),
+        id.attempt
+    );
+    let runner = shared.id.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::runner_files::prepare(&dir, &files, |f| {
+            client
+                .post_bytes(
+                    &path,
+                    &json!({"runner": runner, "sha256": f.sha256}),
+                    f.bytes,
+                )
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .map_err(|e| format!("a worker failed: {e}"))?
+}
+
+/// Starts a claimed attempt (once the files it needs are in place) and
+/// relays its reports.
 fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
     let spec: WireSpec = match serde_json::from_value(spec) {
         Ok(s) => s,
@@ -385,6 +489,8 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             return;
         }
     };
+    let mut spec = spec;
+    let files = std::mem::take(&mut spec.files);
     let mut spec: AttemptSpec = spec.into();
     // The claim matched the requirements against the capabilities this
     // runner declared: those, not what the local executor would detect,
@@ -398,17 +504,58 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), kill_tx);
-    info!(attempt = %id, "running");
-    let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx).following_logs(true);
-    if let Err(e) = exec.launch(spec, link) {
-        let _ = reports_tx.send(Report::Finished {
-            attempt: id.clone(),
-            end: AttemptEnd::broken(e.to_string()),
-        });
-    }
-    drop(reports_tx);
+    let exec = exec.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
+        // A published workflow's files first: the attempt's scripts run
+        // from their folder.
+        let mut ready = true;
+        let (exec, tree) = if files.is_empty() {
+            (exec, None)
+        } else {
+            match fetch_files(&shared, &id, files).await {
+                Ok((key, dir)) => (shared.tree_executor(&key, dir), Some(key)),
+                Err(why) => {
+                    ready = false;
+                    warn!(attempt = %id, error = %why, "the attempt's files are not here");
+                    let _ = reports_tx.send(Report::Finished {
+                        attempt: id.clone(),
+                        end: AttemptEnd::broken(format!(
+                            "the workflow's files did not reach runner `{}`: {why}",
+                            shared.id
+                        )),
+                    });
+                    (exec, None)
+                }
+            }
+        };
+        info!(attempt = %id, "running");
+        let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx).following_logs(true);
+        if ready {
+            if let Err(e) = exec.launch(spec, link) {
+                let _ = reports_tx.send(Report::Finished {
+                    attempt: id.clone(),
+                    end: AttemptEnd::broken(e.to_string()),
+                });
+            }
+        }
+        drop(reports_tx);
+        relay(&shared, &id, &mut reports).await;
+        if let Some(key) = tree {
+            shared.release(&key);
+        }
+    });
+}
+
+/// Relays attempt `id`'s reports to the server until its end.
+async fn relay(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    reports: &mut mpsc::UnboundedReceiver<Report>,
+) {
+    let id = id.clone();
+    let shared = shared.clone();
+    {
         let path = format!(
             "/api/v1/attempts/{}/{}/{}/report",
             crate::client::encode(&id.run),
@@ -480,5 +627,5 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             .remove(&id);
         shared.freed.notify_waiters();
         info!(attempt = %id, "reported");
-    });
+    }
 }

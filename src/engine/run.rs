@@ -200,10 +200,14 @@ impl Runner {
             })),
         };
         let executor: Arc<dyn Executor> = match engine.remote() {
-            Some(remote) => Arc::new(crate::exec::remote::RemoteExecutor::new(
-                remote.clone(),
-                executor,
-            )),
+            Some(remote) => {
+                let mut e = crate::exec::remote::RemoteExecutor::new(remote.clone(), executor);
+                // A published workflow's files go with its attempts.
+                if let Some(source) = &config.source {
+                    e = e.shipping(&config.base_dir, source);
+                }
+                Arc::new(e)
+            }
             None => executor,
         };
         let mut observers = engine.observers();

@@ -14,6 +14,7 @@
 //! without spending a retry.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,95 @@ pub fn lease_ms() -> i64 {
         .map_or(DEFAULT_LEASE_MS, |v| v.clamp(MIN_LEASE_MS, MAX_LEASE_MS))
 }
 
+/// The most files a run ships to runners.
+pub const MAX_SHIPPED_FILES: usize = 1024;
+/// The largest file a run ships to runners, in bytes.
+pub const MAX_SHIPPED_FILE: u64 = 16 << 20;
+/// The most bytes a run ships to runners, all files together.
+pub const MAX_SHIPPED_BYTES: u64 = 64 << 20;
+
+/// A file of a published workflow that an attempt needs on its runner:
+/// its path in the workflow's folder, its content's SHA-256 (hex) and its
+/// size. The runner fetches the content by hash
+/// (`POST attempts/{run}/{node}/{attempt}/file`), fenced by the attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WireFile {
+    /// Its path, relative to the workflow's folder.
+    pub path: String,
+    /// SHA-256 of its content, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// The files a run ships to its runners, read from the workflow's
+/// folder on the server (the run's checkout of its commit).
+#[derive(Clone, Debug)]
+pub struct Shipment {
+    root: PathBuf,
+    files: Vec<WireFile>,
+}
+
+impl Shipment {
+    /// The files of `source`, found under `root`: each must exist there,
+    /// within the limits ([`MAX_SHIPPED_FILES`], [`MAX_SHIPPED_FILE`],
+    /// [`MAX_SHIPPED_BYTES`]).
+    pub fn new(root: &Path, source: &crate::model::Source) -> Result<Shipment> {
+        let refuse = |message: String| Error::Refused {
+            what: format!("the files of commit {} for runners", source.commit),
+            message,
+        };
+        if source.files.len() > MAX_SHIPPED_FILES {
+            return Err(refuse(format!(
+                "{} files, more than the {MAX_SHIPPED_FILES} a run ships",
+                source.files.len()
+            )));
+        }
+        let mut files = Vec::with_capacity(source.files.len());
+        let mut total = 0u64;
+        for (path, sha256) in &source.files {
+            let meta =
+                std::fs::metadata(root.join(path)).map_err(|e| refuse(format!("`{path}`: {e}")))?;
+            if meta.len() > MAX_SHIPPED_FILE {
+                return Err(refuse(format!(
+                    "`{path}` is {} bytes, more than the {MAX_SHIPPED_FILE} a file may be",
+                    meta.len()
+                )));
+            }
+            total += meta.len();
+            files.push(WireFile {
+                path: path.clone(),
+                sha256: sha256.clone(),
+                bytes: meta.len(),
+            });
+        }
+        if total > MAX_SHIPPED_BYTES {
+            return Err(refuse(format!(
+                "{total} bytes in all, more than the {MAX_SHIPPED_BYTES} a run ships"
+            )));
+        }
+        Ok(Shipment {
+            root: root.to_path_buf(),
+            files,
+        })
+    }
+
+    /// The files.
+    pub fn files(&self) -> &[WireFile] {
+        &self.files
+    }
+
+    /// Where the file of content `sha256` is on this machine, and what it
+    /// is; `None` when no file of the shipment has that content.
+    pub fn find(&self, sha256: &str) -> Option<(PathBuf, WireFile)> {
+        self.files
+            .iter()
+            .find(|f| f.sha256 == sha256)
+            .map(|f| (self.root.join(&f.path), f.clone()))
+    }
+}
+
 /// An attempt as a runner receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -64,6 +154,11 @@ pub struct WireSpec {
     pub inputs: Value,
     /// The output of each direct predecessor.
     pub upstream: serde_json::Map<String, Value>,
+    /// The files of the published workflow it runs from: the runner puts
+    /// them in a folder of their own and runs the attempt's scripts from
+    /// there. Empty for a run without published files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<WireFile>,
 }
 
 impl From<&AttemptSpec> for WireSpec {
@@ -73,6 +168,7 @@ impl From<&AttemptSpec> for WireSpec {
             task: s.task.clone(),
             inputs: s.inputs.clone(),
             upstream: s.upstream.clone(),
+            files: Vec::new(),
         }
     }
 }
@@ -190,6 +286,14 @@ pub enum ReportError {
     /// by another server, or this one restarted).
     #[error("no engine of this server waits for attempt {0}")]
     NotWaiting(AttemptId),
+    /// The attempt's run ships no file of that content.
+    #[error("attempt {attempt} needs no file of SHA-256 {sha256}")]
+    NoSuchFile {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The content asked for.
+        sha256: String,
+    },
 }
 
 /// The queue side of an engine: the attempts it sent to runners and
@@ -205,6 +309,8 @@ pub struct Remote {
     holders: Mutex<HashMap<AttemptId, String>>,
     /// Runners' names by id (read from the store on a miss).
     names: Mutex<HashMap<String, String>>,
+    /// The files each waiting attempt's run ships to its runner.
+    shipments: Mutex<HashMap<AttemptId, Arc<Shipment>>>,
     /// Serialises the sweep of lost claims with a queue's clearing.
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
@@ -229,6 +335,7 @@ impl Remote {
             waiting: Mutex::new(HashMap::new()),
             holders: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            shipments: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
         }
@@ -315,6 +422,10 @@ impl Remote {
     }
 
     fn take(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
+        self.shipments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -342,9 +453,43 @@ impl Remote {
         v
     }
 
-    fn enqueue(self: &Arc<Self>, spec: &AttemptSpec, link: AttemptLink) -> Result<()> {
+    /// The file of content `sha256` that attempt `id`, held by `runner`,
+    /// needs: where it is on this machine and what it is. Fenced like a
+    /// report.
+    pub fn shipped_file(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        sha256: &str,
+    ) -> std::result::Result<(PathBuf, WireFile), ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let shipment = self
+            .shipments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        shipment
+            .find(sha256)
+            .ok_or_else(|| ReportError::NoSuchFile {
+                attempt: id.clone(),
+                sha256: sha256.to_string(),
+            })
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        spec: &AttemptSpec,
+        link: AttemptLink,
+        shipment: Option<&Arc<Shipment>>,
+    ) -> Result<()> {
         let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
-        let payload = serde_json::to_string(&WireSpec::from(spec)).expect("a spec is JSON");
+        let mut wire = WireSpec::from(spec);
+        if let Some(s) = shipment {
+            wire.files = s.files.clone();
+        }
+        let payload = serde_json::to_string(&wire).expect("a spec is JSON");
         if payload.len() > crate::store::queue::MAX_PAYLOAD {
             return Err(Error::Refused {
                 what: format!("attempt {}", spec.id),
@@ -365,6 +510,12 @@ impl Remote {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), reports);
+        if let Some(s) = shipment {
+            self.shipments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), s.clone());
+        }
         if let Err(e) = self
             .store
             .enqueue(&QueuedAttempt::new(id.clone(), need, payload))
@@ -535,12 +686,32 @@ impl Remote {
 pub struct RemoteExecutor {
     remote: Arc<Remote>,
     local: Arc<dyn Executor>,
+    /// The files its attempts need on runners (a published workflow's),
+    /// or why they cannot be shipped.
+    shipment: Option<std::result::Result<Arc<Shipment>, String>>,
 }
 
 impl RemoteExecutor {
     /// Attempts go to `remote`'s queue, or to `local`.
     pub fn new(remote: Arc<Remote>, local: Arc<dyn Executor>) -> RemoteExecutor {
-        RemoteExecutor { remote, local }
+        RemoteExecutor {
+            remote,
+            local,
+            shipment: None,
+        }
+    }
+
+    /// The same executor, shipping the files of `source` (found under
+    /// `root`, the run's workflow folder) with every attempt it queues.
+    /// When they cannot be shipped (missing, too many, too large), each
+    /// attempt that would go to a runner is refused, saying why.
+    pub fn shipping(mut self, root: &Path, source: &crate::model::Source) -> RemoteExecutor {
+        self.shipment = Some(
+            Shipment::new(root, source)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+        );
+        self
     }
 }
 
@@ -554,8 +725,13 @@ impl Executor for RemoteExecutor {
         if !remote {
             return self.local.launch(spec, link);
         }
+        let shipment = match &self.shipment {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(why)) => return Err(LaunchError::Refused(why.clone())),
+        };
         self.remote
-            .enqueue(&spec, link)
+            .enqueue(&spec, link, shipment)
             .map_err(|e| LaunchError::Refused(e.to_string()))?;
         Ok(None)
     }

@@ -22,7 +22,7 @@ use super::error::{ApiError, Code, ErrorBody};
         workflows::list, workflows::get, workflows::publish, workflows::delete,
         workflows::history, workflows::execute,
         events::push, events::list, events::start, events::list_timers, events::stop,
-        runners::register, runners::heartbeat, runners::claim, runners::report,
+        runners::register, runners::heartbeat, runners::claim, runners::report, runners::file,
         runners::list, runners::shutdown, runners::queues, runners::clear,
     ),
     components(schemas(ApiError, ErrorBody, Code)),

@@ -609,3 +609,75 @@ fn the_export_names_the_runner_of_every_attempt() {
         "{text}"
     );
 }
+
+#[test]
+fn a_published_workflows_scripts_are_shipped_to_the_runner() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let r = runner(&space, &server, &token, "shipper", "cpus=1");
+    let files = json!([
+        {"path": "workflow.yaml", "content": "name: shipped\ntasks:\n  - id: hello\n    python: hello.py\n"},
+        {"path": "hello.py", "content": "import os\nfrom lib import greet\nprint(greet.hello(), 'in', os.getcwd())\n"},
+        {"path": "lib/greet.py", "content": "def hello():\n    return 'hello from lib/greet.py'\n"},
+    ]);
+    c.json(
+        "PUT",
+        "/api/v1/workflows/shipped",
+        Some(&json!({"message": "scripts", "files": files})),
+    )
+    .expect("publish");
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let run = start(&c, "shipped");
+        let done = wait_end(&c, &run);
+        assert_eq!(
+            done["status"],
+            "succeeded",
+            "{done}: {}",
+            logs(&c, &run, "hello")
+        );
+        let text = logs(&c, &run, "hello");
+        assert!(text.contains("hello from lib/greet.py in"), "{text}");
+        assert!(
+            text.contains("runner-shipper"),
+            "ran in the runner's folder: {text}"
+        );
+        let node = c.get(&format!("/api/v1/runs/{run}/nodes/hello")).unwrap();
+        assert_eq!(node["attempts"][0]["runner"], "shipper", "{node}");
+        runs.push(run);
+    }
+    // Both runs used one folder of those files, fetched once.
+    let dir = space.path().join("runner-shipper");
+    let trees: Vec<_> = std::fs::read_dir(dir.join(".orch-trees"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].join("lib/greet.py").is_file());
+    assert_eq!(
+        std::fs::read_dir(dir.join(".orch-files")).unwrap().count(),
+        3
+    );
+    // The files are the attempt's runner's while it holds the attempt
+    // only.
+    let rc = Client::new(&server.base, Some(token));
+    let late = rc
+        .call(
+            "POST",
+            &format!("/api/v1/attempts/{}/hello/1/file", runs[0]),
+            Some(&json!({"runner": r.id, "sha256": "0".repeat(64)})),
+        )
+        .unwrap();
+    assert_eq!(late.status, 409, "{}", late.body);
+    let bad = rc
+        .call(
+            "POST",
+            &format!("/api/v1/attempts/{}/hello/1/file", runs[0]),
+            Some(&json!({"runner": r.id, "sha256": "../../etc/passwd"})),
+        )
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}

@@ -80,6 +80,10 @@ pub fn routes(_state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/api/v1/attempts/{run}/{node}/{attempt}/report",
             post(runners::report),
         )
+        .route(
+            "/api/v1/attempts/{run}/{node}/{attempt}/file",
+            post(runners::file),
+        )
         .route("/api/v1/queues", get(runners::queues))
         .route("/api/v1/queues/{key}/clear", post(runners::clear))
         .route("/api/v1/admin/cancel_all", post(system::cancel_all))

@@ -442,6 +442,7 @@ fn report_error(e: ReportError) -> ApiError {
         }
         ReportError::Store(e) => e.into(),
         e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
+        e @ ReportError::NoSuchFile { .. } => ApiError::not_found(e.to_string()),
     }
 }
 
@@ -518,6 +519,83 @@ pub async fn report(
             "a report has exactly one of the fields `mutation`, `logs` and `end`",
         )),
     }
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/file`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileBody {
+    /// The runner's id (the fence: it must hold the attempt).
+    pub runner: String,
+    /// The SHA-256 (hex) of the content wanted, as the attempt's `files`
+    /// name it.
+    pub sha256: String,
+}
+
+/// SHA-256 of `data`, hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/file`: the content of a file
+/// of the published workflow the attempt runs from (the attempt's
+/// `files` name each by hash), for the runner that holds the attempt;
+/// `409` when it does not, `404` for a hash the attempt does not need.
+/// The content is read again and checked against its hash.
+#[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/file", tag = "runners",
+    params(("run" = String, Path, description = "the run"),
+           ("node" = String, Path, description = "the node"),
+           ("attempt" = u32, Path, description = "the attempt number")),
+    request_body = FileBody,
+    responses((status = 200, description = "the file's content", content_type = "application/octet-stream"),
+              (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)),
+    security(("token" = [])))]
+pub async fn file(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
+    Path((run, node, attempt)): Path<(String, String, u32)>,
+    Body(body): Body<FileBody>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use std::io::Read;
+    acting_for(&me, "field `runner`", &body.runner)?;
+    if body.sha256.len() != 64 || !body.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad(
+            "field `sha256`: 64 hexadecimal digits (a SHA-256)",
+        ));
+    }
+    let remote = remote(&s)?;
+    let id = AttemptId::new(run, node, attempt);
+    let content = tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {
+        let (path, want) = remote
+            .shipped_file(&id, &body.runner, &body.sha256)
+            .map_err(report_error)?;
+        let mut content = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                f.take(crate::exec::remote::MAX_SHIPPED_FILE + 1)
+                    .read_to_end(&mut content)
+            })
+            .map_err(|e| ApiError::internal(format!("reading `{}`: {e}", want.path)))?;
+        if sha256_hex(&content) != want.sha256 {
+            return Err(ApiError::conflict(format!(
+                "file `{}` of attempt {id} changed on the server since its run started",
+                want.path
+            )));
+        }
+        Ok(content)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        content,
+    )
+        .into_response())
 }
 
 /// `GET /runners`: every registered runner.

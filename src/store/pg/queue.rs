@@ -254,13 +254,12 @@ impl PgStore {
             }
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
-            // oldest: the candidates `pick` chooses from, locked (rows
-            // another claim holds are skipped).
+            // oldest: the candidates `pick` ranks (read, not locked).
             let rows = tx.rows(
                 "SELECT q.run, q.node, q.queue, q.seq FROM queue q
                  WHERE q.runner IS NULL AND q.queue = ANY($1)
                  ORDER BY q.run = ANY($2) DESC, q.queue = ANY($3) DESC, q.seq
-                 LIMIT $4 FOR UPDATE OF q SKIP LOCKED",
+                 LIMIT $4",
                 &[&keys, &mine.runs, &mine.queues, &limit],
             )?;
             let mut nodes = Vec::new();
@@ -273,8 +272,34 @@ impl PgStore {
                     seq: tx.get(r, 3)?,
                 });
             }
+            // Every open candidate in the order the runner takes them;
+            // then the first `n` of those no other claim holds, locked
+            // (`SKIP LOCKED`: claims at once never wait on each other,
+            // and a row another claim took meanwhile no longer matches).
+            let ranked = pick(&mine, &rivals, &candidates, candidates.len());
+            let runs: Vec<&str> = ranked.iter().map(|&i| candidates[i].run.as_str()).collect();
+            let ranked_nodes: Vec<&str> = ranked.iter().map(|&i| nodes[i].as_str()).collect();
+            let locked = tx.rows(
+                "SELECT q.run, q.node FROM queue q
+                 JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
+                   ON q.run = p.run AND q.node = p.node
+                 WHERE q.runner IS NULL
+                 ORDER BY p.rank
+                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
+                &[&runs, &ranked_nodes, &n],
+            )?;
+            let mut take = Vec::new();
+            for r in &locked {
+                let (run, node): (String, String) = (tx.get(r, 0)?, tx.get(r, 1)?);
+                if let Some(&i) = ranked
+                    .iter()
+                    .find(|&&i| candidates[i].run == run && nodes[i] == node)
+                {
+                    take.push(i);
+                }
+            }
             let mut picked = Vec::new();
-            for i in pick(&mine, &rivals, &candidates, n as usize) {
+            for i in take {
                 let c = &candidates[i];
                 let r = tx.one(
                     &format!(
