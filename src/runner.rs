@@ -27,7 +27,7 @@ use crate::exec::remote::{WireEnd, WireFile, WireSpec};
 use crate::exec::resources::Offer;
 use crate::exec::{
     configured_python, install_helper, AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor,
-    ProcessEnv, ProcessExecutor, Report, Stop,
+    Exit, Interrupt, ProcessEnv, ProcessExecutor, Report, Stop,
 };
 
 /// How long one claim waits on the server for work, in milliseconds.
@@ -497,6 +497,7 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
     // are the promise.
     spec.task.requires = None;
     let id = spec.id.clone();
+    let produces = spec.task.produces.clone();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
     shared
@@ -540,17 +541,59 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             }
         }
         drop(reports_tx);
-        relay(&shared, &id, &mut reports).await;
+        relay(&shared, &id, &produces, &mut reports).await;
         if let Some(key) = tree {
             shared.release(&key);
         }
     });
 }
 
+/// Uploads the files a successful attempt declared it `produces` from
+/// the runner's folder (a missing one is left for the server to name).
+async fn upload_artefacts(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    produces: &[String],
+) -> Result<(), String> {
+    use crate::exec::remote::{check_relative, MAX_ARTEFACT, MAX_ARTEFACTS};
+    let mut total = 0u64;
+    for p in produces {
+        let file = shared.dir.join(check_relative(p)?);
+        // Not followed: a link could point anywhere.
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        total += meta.len();
+        if meta.len() > MAX_ARTEFACT || total > MAX_ARTEFACTS {
+            return Err(format!(
+                "`{p}`: {} bytes; an artefact is at most {MAX_ARTEFACT} bytes, an attempt's at most {MAX_ARTEFACTS} in all",
+                meta.len()
+            ));
+        }
+        let content = std::fs::read(&file).map_err(|e| format!("reading `{p}`: {e}"))?;
+        let client = shared.client.clone();
+        let url = format!(
+            "/api/v1/attempts/{}/{}/{}/artefact?runner={}&path={}",
+            crate::client::encode(&id.run),
+            crate::client::encode(&id.node),
+            id.attempt,
+            crate::client::encode(&shared.id),
+            crate::client::encode(p)
+        );
+        tokio::task::spawn_blocking(move || client.post_raw(&url, content))
+            .await
+            .map_err(|e| format!("a worker failed: {e}"))?
+            .map_err(|e| format!("`{p}`: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Relays attempt `id`'s reports to the server until its end.
 async fn relay(
     shared: &Arc<Shared>,
     id: &AttemptId,
+    produces: &[String],
     reports: &mut mpsc::UnboundedReceiver<Report>,
 ) {
     let id = id.clone();
@@ -598,8 +641,20 @@ async fn relay(
                     };
                     let _ = reply.send(answer);
                 }
-                Report::Finished { end, .. } => {
+                Report::Finished { mut end, .. } => {
                     flush_logs(&shared, &id, &path, &mut pending).await;
+                    // A successful attempt's artefacts go to the server
+                    // first: its end is judged with them there.
+                    if end.exit == Exit::Code(0) && end.interrupt.is_none() && !produces.is_empty()
+                    {
+                        if let Err(why) = upload_artefacts(&shared, &id, produces).await {
+                            warn!(attempt = %id, error = %why, "uploading the artefacts failed");
+                            end.interrupt(Interrupt::Broken(format!(
+                                "runner `{}` could not upload the attempt's artefacts: {why}",
+                                shared.id
+                            )));
+                        }
+                    }
                     let body = json!({"runner": shared.id, "end": WireEnd::from(&end)});
                     for round in 0..5 {
                         match call(&shared.client, path.clone(), body.clone()).await {

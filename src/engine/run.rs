@@ -142,6 +142,9 @@ pub(crate) struct Runner {
     /// The runner that ran each ended attempt, by (node, attempt), until
     /// its end is recorded (`AttemptFinished::runner`).
     ran_on: HashMap<(usize, u32), String>,
+    /// The run's own folder: its attempts' artefacts are kept under it
+    /// ([`crate::exec::remote::artefact_dir`]).
+    run_home: PathBuf,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -174,7 +177,8 @@ impl Runner {
         let home = engine.home().to_path_buf();
         let store = engine.store().clone();
         // Every run has a folder of its own for the files its tasks write.
-        let run_dir = home.join("runs").join(&state.run).join("work");
+        let run_home = home.join("runs").join(&state.run);
+        let run_dir = run_home.join("work");
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
         let work_dir = if config.per_run_dir {
@@ -265,6 +269,7 @@ impl Runner {
             loops_dirty: true,
             loops_refused: HashSet::new(),
             ran_on: HashMap::new(),
+            run_home,
         })
     }
 
@@ -1186,7 +1191,19 @@ impl Runner {
             }
             Verdict::Succeeded => {}
         }
-        let files = match produced(&self.work_dir, &self.state.graph.node(i).task.produces) {
+        // A runner uploaded its attempt's artefacts before its end; a
+        // local attempt's are copied to the same place.
+        let produces = &self.state.graph.node(i).task.produces;
+        let kept = crate::exec::remote::artefact_dir(&self.run_home, &node, attempt);
+        let files = if produces.is_empty() {
+            Ok(Vec::new())
+        } else if self.ran_on.contains_key(&(i, attempt)) {
+            produced(&kept, produces)
+        } else {
+            produced(&self.work_dir, produces)
+                .and_then(|files| keep_artefacts(&self.work_dir, &kept, produces).map(|()| files))
+        };
+        let files = match files {
             Ok(files) => files,
             Err(error) => {
                 self.fail_attempt(i, attempt, AttemptOutcome::Failed, exit_code, error, true);
@@ -1437,6 +1454,27 @@ impl Runner {
 /// The files a task declares, as its attempt left them in `dir` (the
 /// folder it ran in): each must be a regular file there; a path that
 /// would leave the folder is refused.
+/// Copies the files a local attempt produced (`declared`, checked by
+/// [`produced`]) from `dir` to `kept`, where the run keeps its artefacts.
+fn keep_artefacts(
+    dir: &std::path::Path,
+    kept: &std::path::Path,
+    declared: &[String],
+) -> std::result::Result<(), String> {
+    for p in declared {
+        let rel = crate::exec::remote::check_relative(p)?;
+        let to = kept.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                format!("keeping artefact `{p}`: creating {}: {e}", parent.display())
+            })?;
+        }
+        std::fs::copy(dir.join(&rel), &to)
+            .map_err(|e| format!("keeping artefact `{p}` in {}: {e}", to.display()))?;
+    }
+    Ok(())
+}
+
 fn produced(
     dir: &std::path::Path,
     declared: &[String],

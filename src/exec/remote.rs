@@ -60,6 +60,59 @@ pub const MAX_SHIPPED_FILE: u64 = 16 << 20;
 /// The most bytes a run ships to runners, all files together.
 pub const MAX_SHIPPED_BYTES: u64 = 64 << 20;
 
+/// The largest artefact (a file a task declares it `produces`) a runner
+/// uploads, in bytes.
+pub const MAX_ARTEFACT: u64 = 256 << 20;
+/// The most bytes of artefacts one attempt uploads, all files together.
+pub const MAX_ARTEFACTS: u64 = 1 << 30;
+
+/// `path` as a relative path of plain names (no root, no `.` or `..`
+/// steps, at most 1024 bytes, no control characters), or why not: what a
+/// shipped file or an artefact may be called.
+pub fn check_relative(path: &str) -> std::result::Result<PathBuf, String> {
+    const MAX_PATH: usize = 1024;
+    if path.is_empty() || path.len() > MAX_PATH || path.chars().any(char::is_control) {
+        return Err(format!(
+            "path `{}`: 1 to {MAX_PATH} bytes, no control characters",
+            path.escape_debug()
+        ));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            std::path::Component::Normal(name) => out.push(name),
+            _ => {
+                return Err(format!(
+                "path `{path}`: only names relative to the folder (no `/` first, no `.` or `..`)"
+            ))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!("path `{path}` names no file"));
+    }
+    Ok(out)
+}
+
+/// Where the artefacts of attempt `attempt` of node `node` are kept,
+/// under the run's folder `run_dir`: `artefacts/NODE/ATTEMPT`, the node's
+/// id with every character but letters, digits, `_` and `-` written
+/// `%XX`.
+pub fn artefact_dir(run_dir: &Path, node: &str, attempt: u32) -> PathBuf {
+    let mut name = String::with_capacity(node.len());
+    for b in node.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    run_dir
+        .join("artefacts")
+        .join(name)
+        .join(attempt.to_string())
+}
+
 /// A file of a published workflow that an attempt needs on its runner:
 /// its path in the workflow's folder, its content's SHA-256 (hex) and its
 /// size. The runner fetches the content by hash
@@ -286,6 +339,14 @@ pub enum ReportError {
     /// by another server, or this one restarted).
     #[error("no engine of this server waits for attempt {0}")]
     NotWaiting(AttemptId),
+    /// The attempt's task does not declare that it produces this file.
+    #[error("attempt {attempt} may upload only the files its task `produces`, not `{path}`")]
+    NotDeclared {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The file.
+        path: String,
+    },
     /// The attempt's run ships no file of that content.
     #[error("attempt {attempt} needs no file of SHA-256 {sha256}")]
     NoSuchFile {
@@ -311,6 +372,9 @@ pub struct Remote {
     names: Mutex<HashMap<String, String>>,
     /// The files each waiting attempt's run ships to its runner.
     shipments: Mutex<HashMap<AttemptId, Arc<Shipment>>>,
+    /// The artefacts each waiting attempt may upload (what its task
+    /// `produces`).
+    produces: Mutex<HashMap<AttemptId, Vec<String>>>,
     /// Serialises the sweep of lost claims with a queue's clearing.
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
@@ -336,6 +400,7 @@ impl Remote {
             holders: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             shipments: Mutex::new(HashMap::new()),
+            produces: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
         }
@@ -426,6 +491,10 @@ impl Remote {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.produces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -478,6 +547,34 @@ impl Remote {
             })
     }
 
+    /// Where artefact `path` of attempt `id`, uploaded by `runner`, goes
+    /// (relative to the attempt's [`artefact_dir`]): only a runner that
+    /// holds the attempt may upload, only what its task `produces`.
+    pub fn artefact_path(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        path: &str,
+    ) -> std::result::Result<PathBuf, ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let declared = self
+            .produces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|d| d.iter().any(|p| p == path));
+        if !declared {
+            return Err(ReportError::NotDeclared {
+                attempt: id.clone(),
+                path: path.to_string(),
+            });
+        }
+        check_relative(path).map_err(|why| ReportError::NotDeclared {
+            attempt: id.clone(),
+            path: why,
+        })
+    }
+
     fn enqueue(
         self: &Arc<Self>,
         spec: &AttemptSpec,
@@ -515,6 +612,12 @@ impl Remote {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), s.clone());
+        }
+        if !spec.task.produces.is_empty() {
+            self.produces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), spec.task.produces.clone());
         }
         if let Err(e) = self
             .store

@@ -681,3 +681,96 @@ fn a_published_workflows_scripts_are_shipped_to_the_runner() {
         .unwrap();
     assert_eq!(bad.status, 400, "{}", bad.body);
 }
+
+#[test]
+fn artefacts_are_kept_with_the_run_wherever_its_attempts_ran() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    publish(
+        &c,
+        "made",
+        "name: made\ntasks:\n  - id: rep\n    command: sh -c 'mkdir -p out && echo made in $(pwd) > out/report.txt'\n    produces: [out/report.txt]\n",
+    );
+    let artefacts = |run: &str| c.get(&format!("/api/v1/runs/{run}/artefacts")).unwrap();
+    let download = |run: &str, path: &str| {
+        c.call(
+            "GET",
+            &format!(
+                "/api/v1/runs/{run}/artefacts/rep/1?path={}",
+                orch::client::encode(path)
+            ),
+            None,
+        )
+        .unwrap()
+    };
+    // No runner: the server ran it and kept its artefact.
+    let here = start(&c, "made");
+    assert_eq!(wait_end(&c, &here)["status"], "succeeded");
+    let listed = artefacts(&here);
+    assert_eq!(listed[0]["node"], "rep", "{listed}");
+    assert_eq!(listed[0]["path"], "out/report.txt", "{listed}");
+    assert_eq!(listed[0]["runner"], "local", "{listed}");
+    let got = download(&here, "out/report.txt");
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.starts_with("made in "), "{}", got.body);
+    assert!(!got.body.contains("runner-"), "{}", got.body);
+
+    // On a runner: uploaded before its end, listed and read the same way.
+    let r = runner(&space, &server, &token, "maker", "cpus=1");
+    let there = start(&c, "made");
+    assert_eq!(wait_end(&c, &there)["status"], "succeeded");
+    let listed = artefacts(&there);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["runner"], "maker", "{listed}");
+    let got = download(&there, "out/report.txt");
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains("runner-maker"), "{}", got.body);
+    assert_eq!(
+        listed[0]["bytes"].as_u64().unwrap(),
+        got.body.len() as u64,
+        "{listed}"
+    );
+    // Only listed artefacts are served.
+    assert_eq!(download(&there, "../../orch.db").status, 404);
+    assert_eq!(download(&there, "out/other.txt").status, 404);
+
+    // Uploads: only by the holder, only what the task produces.
+    publish(
+        &c,
+        "held",
+        "name: held\ntasks:\n  - id: h\n    command: sh -c 'echo $$ > h.pid; exec sleep 300'\n    produces: [h.txt]\n",
+    );
+    let run = start(&c, "held");
+    poll("the runner holds it", || {
+        let node = c.get(&format!("/api/v1/runs/{run}/nodes/h")).unwrap();
+        (node["state"] == "running"
+            && std::fs::metadata(space.path().join("runner-maker/h.pid")).is_ok())
+        .then_some(node)
+    });
+    let rc = Client::new(&server.base, Some(token.clone()));
+    let upload = |path: &str, runner: &str| {
+        let url = format!(
+            "/api/v1/attempts/{run}/h/1/artefact?runner={}&path={}",
+            orch::client::encode(runner),
+            orch::client::encode(path)
+        );
+        rc.post_raw(&url, b"forged".to_vec())
+    };
+    let e = upload("../../escape.txt", &r.id).unwrap_err().to_string();
+    assert!(
+        e.contains("400") || e.contains("only the files its task `produces`"),
+        "{e}"
+    );
+    let e = upload("h.txt", "someone-else").unwrap_err().to_string();
+    assert!(e.contains("someone-else"), "{e}");
+    c.post(&format!("/api/v1/runs/{run}/cancel"), &json!({}))
+        .unwrap();
+    assert_eq!(wait_end(&c, &run)["status"], "cancelled");
+    // A late upload is fenced.
+    let e = upload("h.txt", &r.id).unwrap_err().to_string();
+    assert!(e.contains("409") || e.contains("no attempt"), "{e}");
+    assert_eq!(artefacts(&run), json!([]));
+}

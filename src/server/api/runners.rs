@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::super::auth::Caller;
 use super::super::error::{ApiError, ApiResult, Code};
-use super::super::extract::{Body, Path};
+use super::super::extract::{Body, Path, Query};
 use super::super::AppState;
 use super::blocking;
 use crate::exec::remote::{Remote, ReportError, WireEnd};
@@ -443,6 +443,7 @@ fn report_error(e: ReportError) -> ApiError {
         ReportError::Store(e) => e.into(),
         e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
         e @ ReportError::NoSuchFile { .. } => ApiError::not_found(e.to_string()),
+        e @ ReportError::NotDeclared { .. } => ApiError::bad(e.to_string()),
     }
 }
 
@@ -596,6 +597,86 @@ pub async fn file(
         content,
     )
         .into_response())
+}
+
+/// Which artefact an upload is, and by whom.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArtefactUpload {
+    /// The runner's id (the fence: it must hold the attempt).
+    pub runner: String,
+    /// The file's path, exactly as the task's `produces` names it.
+    pub path: String,
+}
+
+/// What an upload kept.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Uploaded {
+    /// The file's path.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/artefact?runner=ID&path=P`: a
+/// file the attempt produced (the body, at most 256 MiB), kept in the
+/// run's folder on the server. Only the runner holding the attempt may
+/// upload (`409` otherwise), only a path its task `produces` (`400`).
+/// An upload of the same path again replaces it.
+#[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/artefact", tag = "runners",
+    params(("run" = String, Path, description = "the run"),
+           ("node" = String, Path, description = "the node"),
+           ("attempt" = u32, Path, description = "the attempt number"),
+           ArtefactUpload),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Uploaded), (status = 400, body = ApiError),
+              (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 413)),
+    security(("token" = [])))]
+pub async fn artefact(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
+    Path((run, node, attempt)): Path<(String, String, u32)>,
+    Query(q): Query<ArtefactUpload>,
+    content: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Uploaded>)> {
+    acting_for(&me, "query `runner`", &q.runner)?;
+    let remote = remote(&s)?;
+    let home = s.engine.home().to_path_buf();
+    let id = AttemptId::new(run, node, attempt);
+    tokio::task::spawn_blocking(move || -> ApiResult<(StatusCode, Json<Uploaded>)> {
+        let rel = remote
+            .artefact_path(&id, &q.runner, &q.path)
+            .map_err(report_error)?;
+        let dir = crate::exec::remote::artefact_dir(
+            &home.join("runs").join(&id.run),
+            &id.node,
+            id.attempt,
+        );
+        let to = dir.join(rel);
+        let parent = to.parent().unwrap_or(&dir).to_path_buf();
+        let tmp = parent.join(format!(".upload-{}", random_suffix()));
+        std::fs::create_dir_all(&parent)
+            .and_then(|()| std::fs::write(&tmp, &content))
+            .and_then(|()| std::fs::rename(&tmp, &to))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ApiError::internal(format!(
+                    "keeping artefact `{}` of attempt {id}: {e}",
+                    q.path
+                ))
+            })?;
+        tracing::info!(attempt = %id, path = %q.path, bytes = content.len(), "artefact uploaded");
+        Ok((
+            StatusCode::CREATED,
+            Json(Uploaded {
+                path: q.path,
+                bytes: content.len() as u64,
+            }),
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
 }
 
 /// `GET /runners`: every registered runner.
