@@ -183,7 +183,7 @@ struct Trees {
 }
 
 struct TreeExec {
-    exec: Arc<ProcessExecutor>,
+    exec: Arc<dyn Executor>,
     /// When it was last used (the `tick`).
     last: u64,
     /// Attempts it runs now.
@@ -202,6 +202,8 @@ struct Shared {
     /// How its executors run processes (the one for attempts without
     /// files, and the template of the others).
     env: ProcessEnv,
+    /// Attempts go to SLURM (the runner has the `exec=slurm` label).
+    slurm: bool,
     trees: Mutex<Trees>,
 }
 
@@ -226,7 +228,7 @@ impl Shared {
     /// one attempt ([`Shared::release`] gives it back). Tasks still run in
     /// the runner's folder; their scripts and `ORCH_WORKFLOW_DIR` are the
     /// tree.
-    fn tree_executor(&self, key: &str, tree: PathBuf) -> Arc<ProcessExecutor> {
+    fn tree_executor(&self, key: &str, tree: PathBuf) -> Arc<dyn Executor> {
         let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
         trees.tick += 1;
         let tick = trees.tick;
@@ -245,11 +247,7 @@ impl Shared {
             .execs
             .entry(key.to_string())
             .or_insert_with(|| TreeExec {
-                exec: Arc::new(ProcessExecutor::new(ProcessEnv {
-                    base_dir: tree,
-                    run_dir: Some((self.dir.clone(), true)),
-                    ..self.env.clone()
-                })),
+                exec: executor(&self.env, self.slurm, Some(tree)),
                 last: tick,
                 users: 0,
             });
@@ -287,6 +285,33 @@ async fn call(client: &Client, path: String, body: Value) -> Result<Value, Clien
         })?
 }
 
+/// The executor of a runner: SLURM's (`slurm`) or this machine's, with
+/// scripts in `tree` when the attempts come with files (tasks still run
+/// in the runner's folder).
+fn executor(env: &ProcessEnv, slurm: bool, tree: Option<PathBuf>) -> Arc<dyn Executor> {
+    if slurm {
+        return Arc::new(crate::exec::slurm::SlurmExecutor::new(
+            crate::exec::slurm::SlurmEnv {
+                dir: env.base_dir.clone(),
+                base_dir: tree.unwrap_or_else(|| env.base_dir.clone()),
+                python: env.python.clone(),
+                helper_dir: env.helper_dir.clone(),
+            },
+        ));
+    }
+    match tree {
+        None => Arc::new(ProcessExecutor::new(env.clone())),
+        Some(tree) => Arc::new(ProcessExecutor::new(ProcessEnv {
+            base_dir: tree,
+            run_dir: Some((env.base_dir.clone(), true)),
+            ..env.clone()
+        })),
+    }
+}
+
+/// The capability label that hands a runner's attempts to SLURM.
+pub const SLURM_LABEL: &str = "exec=slurm";
+
 /// Runs a runner until it is drained (a signal or the server's
 /// shutdown), then returns.
 pub fn run(opts: RunnerOptions) -> Result<(), RunnerError> {
@@ -314,7 +339,8 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         run_dir: None,
         container_engine: None,
     };
-    let exec = Arc::new(ProcessExecutor::new(env.clone()));
+    let slurm = opts.capabilities.labels.iter().any(|l| l == SLURM_LABEL);
+    let exec = executor(&env, slurm, None);
     let client = Client::new(&opts.server, Some(opts.token.clone()));
     let c = &opts.capabilities;
     let reg = call(
@@ -346,6 +372,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         freed: Notify::new(),
         dir: opts.dir.clone(),
         env,
+        slurm,
         trees: Mutex::new(Trees::default()),
     });
     let beat = tokio::spawn(heartbeats(
@@ -481,7 +508,7 @@ async fn fetch_files(
 
 /// Starts a claimed attempt (once the files it needs are in place) and
 /// relays its reports.
-fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
+fn start(shared: &Arc<Shared>, exec: &Arc<dyn Executor>, spec: Value) {
     let spec: WireSpec = match serde_json::from_value(spec) {
         Ok(s) => s,
         Err(e) => {
@@ -494,8 +521,10 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
     let mut spec: AttemptSpec = spec.into();
     // The claim matched the requirements against the capabilities this
     // runner declared: those, not what the local executor would detect,
-    // are the promise.
-    spec.task.requires = None;
+    // are the promise. SLURM is told them instead (`sbatch` options).
+    if !shared.slurm {
+        spec.task.requires = None;
+    }
     let id = spec.id.clone();
     let produces = spec.task.produces.clone();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();

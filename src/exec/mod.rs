@@ -20,6 +20,7 @@ pub mod protocol;
 mod python;
 pub mod remote;
 pub mod resources;
+pub mod slurm;
 
 use std::fmt;
 use std::future::Future;

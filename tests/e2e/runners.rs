@@ -45,6 +45,18 @@ fn runner_token(space: &Space) -> String {
 /// Starts `orch runner` named `name` with `caps`, in its own folder, and
 /// waits for its registration.
 fn runner(space: &Space, server: &Served, token: &str, name: &str, caps: &str) -> Runner {
+    runner_with(space, server, token, name, caps, &[])
+}
+
+/// [`runner`] with more environment variables.
+fn runner_with(
+    space: &Space,
+    server: &Served,
+    token: &str,
+    name: &str,
+    caps: &str,
+    vars: &[(&str, std::ffi::OsString)],
+) -> Runner {
     let dir = space.path().join(format!("runner-{name}"));
     let log = space.path().join(format!("runner-{name}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
@@ -61,6 +73,7 @@ fn runner(space: &Space, server: &Served, token: &str, name: &str, caps: &str) -
         .arg("--dir")
         .arg(&dir)
         .env("ORCH_TOKEN", token)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info")
         .env_remove("ORCH_LABELS")
         .stdout(Stdio::piped())
@@ -773,4 +786,184 @@ fn artefacts_are_kept_with_the_run_wherever_its_attempts_ran() {
     let e = upload("h.txt", &r.id).unwrap_err().to_string();
     assert!(e.contains("409") || e.contains("no attempt"), "{e}");
     assert_eq!(artefacts(&run), json!([]));
+}
+
+/// Stand-ins for SLURM's `sbatch`, `squeue`, `sacct` and `scancel`
+/// (SLURM is not installed here): `sbatch` runs the job script in the
+/// background in a session of its own, the others read and write its
+/// state in a folder (`FAKE_SLURM_STATE`), and every call is logged in
+/// `calls`. Returns the folder to put first on `PATH` and the state
+/// folder.
+fn fake_slurm(space: &Space) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = space.path().join("fake-slurm/bin");
+    let state = space.path().join("fake-slurm/state");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let scripts = [
+        (
+            "sbatch",
+            r#"#!/bin/sh
+S="$FAKE_SLURM_STATE"; out=/dev/null; script=
+echo "sbatch $*" >> "$S/calls"
+for a in "$@"; do
+  case "$a" in
+    --output=*) out="${a#--output=}";;
+    --chdir=*) cd "${a#--chdir=}" || exit 1;;
+    --*) ;;
+    *) script="$a";;
+  esac
+done
+n=$(( $(cat "$S/next" 2>/dev/null || echo 0) + 1 )); echo $n > "$S/next"
+echo RUNNING > "$S/$n.state"
+setsid sh -c 'sh "$1" > "$2" 2>&1; s=$?; if [ "$(cat "$3")" = RUNNING ]; then if [ $s = 0 ]; then echo COMPLETED; else echo FAILED; fi > "$3"; fi' _ "$script" "$out" "$S/$n.state" < /dev/null > /dev/null 2>&1 &
+echo $! > "$S/$n.pid"
+echo "$n"
+"#,
+        ),
+        (
+            "squeue",
+            r#"#!/bin/sh
+S="$FAKE_SLURM_STATE"; id=
+while [ $# -gt 0 ]; do case "$1" in -j) id="$2"; shift;; esac; shift; done
+if [ "$(cat "$S/$id.state" 2>/dev/null)" = RUNNING ] && kill -0 "$(cat "$S/$id.pid")" 2>/dev/null; then echo RUNNING; fi
+exit 0
+"#,
+        ),
+        (
+            "sacct",
+            r#"#!/bin/sh
+S="$FAKE_SLURM_STATE"; id=
+while [ $# -gt 0 ]; do case "$1" in -j) id="$2"; shift;; esac; shift; done
+state=$(cat "$S/$id.state" 2>/dev/null)
+# Its processes died under it (a node failed).
+if [ "$state" = RUNNING ] && ! kill -0 "$(cat "$S/$id.pid")" 2>/dev/null; then state=NODE_FAIL; fi
+echo "$state"
+exit 0
+"#,
+        ),
+        (
+            "scancel",
+            r#"#!/bin/sh
+S="$FAKE_SLURM_STATE"
+echo "scancel $*" >> "$S/calls"
+echo CANCELLED > "$S/$1.state"
+kill -TERM -- -"$(cat "$S/$1.pid")" 2>/dev/null
+exit 0
+"#,
+        ),
+    ];
+    for (name, text) in scripts {
+        let path = bin.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (bin, state)
+}
+
+/// A task that speaks the protocol over the job's files: a mutation,
+/// answered by the engine, then its output.
+const BATCH: &str = r#"name: batch
+tasks:
+  - id: batch
+    requires: {labels: [exec=slurm], cpu: 2}
+    command:
+      - sh
+      - -c
+      - |
+        head -n 1 >/dev/null
+        echo "on the batch system as $ORCH_NODE"
+        echo '{"orch": 1, "type": "add_node", "seq": 1, "id": "child", "task": {"kind": "command", "argv": ["true"]}}'
+        head -n 1 | sed 's/^/got /'
+        echo '{"orch": 1, "type": "output", "seq": 2, "value": {"n": 7}}'
+        echo to stderr >&2
+"#;
+
+#[test]
+fn an_exec_slurm_runner_hands_its_attempts_to_slurm() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let server = serve_with_short_leases(&space);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let (bin, state) = fake_slurm(&space);
+    let mut path = std::ffi::OsString::from(&bin);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let _r = runner_with(
+        &space,
+        &server,
+        &token,
+        "hpc",
+        "cpus=4,exec=slurm",
+        &[("PATH", path), ("FAKE_SLURM_STATE", state.clone().into())],
+    );
+    publish(&c, "batch", BATCH);
+    let run = start(&c, "batch");
+    let done = wait_end(&c, &run);
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "{done}: {}",
+        logs(&c, &run, "batch")
+    );
+    let text = logs(&c, &run, "batch");
+    assert!(text.contains("on the batch system as batch"), "{text}");
+    assert!(
+        text.contains(r#"got {\"orch\":1,\"type\":\"ack\",\"seq\":1}"#),
+        "the engine's answer came back through the job's files: {text}"
+    );
+    assert!(text.contains("to stderr"), "{text}");
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/batch")).unwrap();
+    assert_eq!(node["output"], json!({"n": 7}), "{node}");
+    assert_eq!(node["attempts"][0]["runner"], "hpc", "{node}");
+    let child = c.get(&format!("/api/v1/runs/{run}/nodes/child")).unwrap();
+    assert_eq!(child["state"], "succeeded", "{child}");
+    // Both attempts were submitted, the first with its requirements.
+    let calls = std::fs::read_to_string(state.join("calls")).unwrap();
+    let submitted: Vec<&str> = calls.lines().filter(|l| l.starts_with("sbatch")).collect();
+    assert_eq!(submitted.len(), 2, "{calls}");
+    assert!(submitted[0].contains("--parsable"), "{calls}");
+    assert!(submitted[0].contains("--cpus-per-task=2"), "{calls}");
+
+    // Cancelling the run cancels the job.
+    publish(
+        &c,
+        "long",
+        "name: long\ntasks:\n  - id: nap\n    command: sh -c 'echo napping; exec sleep 300'\n    requires: {labels: [exec=slurm]}\n",
+    );
+    let run = start(&c, "long");
+    poll("the job runs", || {
+        let text = logs(&c, &run, "nap");
+        text.contains("napping").then_some(Value::from(text))
+    });
+    c.post(&format!("/api/v1/runs/{run}/cancel"), &json!({}))
+        .unwrap();
+    assert_eq!(wait_end(&c, &run)["status"], "cancelled");
+    poll("the runner cancels the job", || {
+        let calls = std::fs::read_to_string(state.join("calls")).unwrap_or_default();
+        calls.contains("scancel 3").then_some(Value::from(calls))
+    });
+    assert_eq!(
+        std::fs::read_to_string(state.join("3.state"))
+            .unwrap()
+            .trim(),
+        "CANCELLED"
+    );
+
+    // A job that leaves the queue without the task's exit ended on
+    // SLURM's side: the attempt breaks, with the state `sacct` gives.
+    publish(
+        &c,
+        "lost",
+        "name: lost\ntasks:\n  - id: gone\n    command: sh -c 'kill -9 0'\n    requires: {labels: [exec=slurm]}\n",
+    );
+    let run = start(&c, "lost");
+    assert_eq!(wait_end(&c, &run)["status"], "failed");
+    let node = c.get(&format!("/api/v1/runs/{run}/nodes/gone")).unwrap();
+    let error = node["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("SLURM job 4 ended NODE_FAIL before the task reported its exit"),
+        "{node}"
+    );
 }
