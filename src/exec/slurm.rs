@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::protocol::{self, Body, Line};
 use super::{
     AttemptEnd, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError, Report,
-    TaskFailure,
+    TaskFailure, LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::Exec;
@@ -37,8 +37,9 @@ use crate::model::Exec;
 const POLL: Duration = Duration::from_millis(200);
 /// How often (in polls) the queue is asked whether the job still exists.
 const ASK_QUEUE_EVERY: u32 = 10;
-/// The most bytes of one line of a job's output kept.
-const MAX_LINE: usize = 1 << 20;
+/// The most bytes of one line of a job's output: a longer one is cut
+/// there (and, if a protocol line, fails to parse).
+const MAX_LINE: usize = MAX_LINE_BYTES;
 
 /// Where and how jobs run.
 #[derive(Clone, Debug)]
@@ -231,7 +232,13 @@ struct Tail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    /// The last read reached the end of what is written.
+    eof: bool,
 }
+
+/// The most bytes one read of a job's file takes (the rest waits for the
+/// next).
+const CHUNK: u64 = 8 << 20;
 
 impl Tail {
     fn new(path: PathBuf) -> Tail {
@@ -239,19 +246,23 @@ impl Tail {
             path,
             offset: 0,
             partial: Vec::new(),
+            eof: false,
         }
     }
 
-    /// The complete lines written since the last read (all of them, the
-    /// last one too, when `all`).
+    /// The complete lines written since the last read, at most
+    /// [`CHUNK`] bytes of them (the unfinished last one too when `all`
+    /// and the read reached the end).
     fn lines(&mut self, all: bool) -> Vec<String> {
         use std::io::{Read, Seek, SeekFrom};
         let mut buf = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&self.path) {
             if f.seek(SeekFrom::Start(self.offset)).is_ok() {
-                let _ = f.read_to_end(&mut buf);
+                let _ = f.take(CHUNK).read_to_end(&mut buf);
             }
         }
+        self.eof = (buf.len() as u64) < CHUNK;
+        let all = all && self.eof;
         self.offset += buf.len() as u64;
         self.partial.extend_from_slice(&buf);
         let mut out = Vec::new();
@@ -271,15 +282,23 @@ impl Tail {
     }
 }
 
-/// The attempt's log so far.
+/// The attempt's log so far: at most [`MAX_LOG_BYTES`] (each line
+/// counting [`LOG_LINE_COST`] more); the rest is counted and dropped.
 struct Logs {
     node: String,
     attempt: u32,
     lines: Vec<LogLine>,
+    bytes: usize,
+    dropped: u64,
 }
 
 impl Logs {
     fn push(&mut self, link: &AttemptLink, stream: &str, text: String) {
+        self.bytes += text.len() + LOG_LINE_COST;
+        if self.bytes > MAX_LOG_BYTES {
+            self.dropped += 1;
+            return;
+        }
         let line = LogLine {
             node: self.node.clone(),
             attempt: self.attempt,
@@ -332,6 +351,8 @@ async fn follow(job: PathBuf, job_id: String, timeout: Option<Duration>, mut lin
         node: link.id.node.clone(),
         attempt: link.id.attempt,
         lines: Vec::new(),
+        bytes: 0,
+        dropped: 0,
     };
     let mut end = AttemptEnd::ended(Exit::Unknown);
     let mut last_seq = 0u64;
@@ -424,7 +445,11 @@ async fn follow(job: PathBuf, job_id: String, timeout: Option<Duration>, mut lin
             break None;
         }
         if let Some(code) = done {
-            break Some(code);
+            // Everything it wrote is read: it ended.
+            if out.eof {
+                break Some(code);
+            }
+            continue;
         }
         polls += 1;
         if polls.is_multiple_of(ASK_QUEUE_EVERY) {
@@ -475,8 +500,21 @@ async fn follow(job: PathBuf, job_id: String, timeout: Option<Duration>, mut lin
         };
     }
     let mut err = Tail::new(job.join("err"));
-    for line in err.lines(true) {
-        logs.push(&link, "stderr", line);
+    loop {
+        for line in err.lines(true) {
+            logs.push(&link, "stderr", line);
+        }
+        if err.eof {
+            break;
+        }
+    }
+    if logs.dropped > 0 {
+        let note = format!(
+            "{} more log lines were dropped: an attempt keeps at most {MAX_LOG_BYTES} bytes of log",
+            logs.dropped
+        );
+        logs.bytes = 0;
+        logs.push(&link, "orch", note);
     }
     end.logs = logs.lines;
     let _ = link.reports.send(Report::Finished {
