@@ -49,6 +49,8 @@ pub mod repo;
 pub mod rule;
 #[cfg(feature = "client")]
 pub mod runner;
+#[cfg(feature = "client")]
+mod runner_files;
 #[cfg(feature = "files")]
 pub mod schedule;
 #[cfg(feature = "files")]

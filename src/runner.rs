@@ -23,11 +23,11 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use crate::client::{Client, ClientError};
-use crate::exec::remote::{WireEnd, WireSpec};
+use crate::exec::remote::{WireEnd, WireFile, WireSpec};
 use crate::exec::resources::Offer;
 use crate::exec::{
     configured_python, install_helper, AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor,
-    ProcessEnv, ProcessExecutor, Report, Stop,
+    Exit, Interrupt, ProcessEnv, ProcessExecutor, Report, Stop,
 };
 
 /// How long one claim waits on the server for work, in milliseconds.
@@ -171,6 +171,25 @@ async fn flush_logs(shared: &Shared, id: &AttemptId, path: &str, pending: &mut V
 /// What the runner holds: each attempt and the line that stops it.
 type Holding = Arc<Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Stop>>>>;
 
+/// The most executors of published files a runner keeps (each may hold
+/// a warm Python fork server); the least recently used idle one goes.
+const MAX_TREES: usize = 16;
+
+/// The executors of published workflows' files, by the files' key.
+#[derive(Default)]
+struct Trees {
+    execs: HashMap<String, TreeExec>,
+    tick: u64,
+}
+
+struct TreeExec {
+    exec: Arc<dyn Executor>,
+    /// When it was last used (the `tick`).
+    last: u64,
+    /// Attempts it runs now.
+    users: usize,
+}
+
 struct Shared {
     client: Client,
     id: String,
@@ -178,6 +197,14 @@ struct Shared {
     holding: Holding,
     draining: AtomicBool,
     freed: Notify,
+    /// The runner's folder.
+    dir: PathBuf,
+    /// How its executors run processes (the one for attempts without
+    /// files, and the template of the others).
+    env: ProcessEnv,
+    /// Attempts go to SLURM (the runner has the `exec=slurm` label).
+    slurm: bool,
+    trees: Mutex<Trees>,
 }
 
 impl Shared {
@@ -195,6 +222,45 @@ impl Shared {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// The executor whose scripts are in `tree` (key `key`), taken for
+    /// one attempt ([`Shared::release`] gives it back). Tasks still run in
+    /// the runner's folder; their scripts and `ORCH_WORKFLOW_DIR` are the
+    /// tree.
+    fn tree_executor(&self, key: &str, tree: PathBuf) -> Arc<dyn Executor> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        trees.tick += 1;
+        let tick = trees.tick;
+        if !trees.execs.contains_key(key) && trees.execs.len() >= MAX_TREES {
+            let idle = trees
+                .execs
+                .iter()
+                .filter(|(_, t)| t.users == 0)
+                .min_by_key(|(_, t)| t.last)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idle {
+                trees.execs.remove(&k);
+            }
+        }
+        let t = trees
+            .execs
+            .entry(key.to_string())
+            .or_insert_with(|| TreeExec {
+                exec: executor(&self.env, self.slurm, Some(tree)),
+                last: tick,
+                users: 0,
+            });
+        t.last = tick;
+        t.users += 1;
+        t.exec.clone()
+    }
+
+    fn release(&self, key: &str) {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = trees.execs.get_mut(key) {
+            t.users = t.users.saturating_sub(1);
+        }
     }
 
     fn stop(&self, id: &AttemptId, how: Stop) {
@@ -219,6 +285,33 @@ async fn call(client: &Client, path: String, body: Value) -> Result<Value, Clien
         })?
 }
 
+/// The executor of a runner: SLURM's (`slurm`) or this machine's, with
+/// scripts in `tree` when the attempts come with files (tasks still run
+/// in the runner's folder).
+fn executor(env: &ProcessEnv, slurm: bool, tree: Option<PathBuf>) -> Arc<dyn Executor> {
+    if slurm {
+        return Arc::new(crate::exec::slurm::SlurmExecutor::new(
+            crate::exec::slurm::SlurmEnv {
+                dir: env.base_dir.clone(),
+                base_dir: tree.unwrap_or_else(|| env.base_dir.clone()),
+                python: env.python.clone(),
+                helper_dir: env.helper_dir.clone(),
+            },
+        ));
+    }
+    match tree {
+        None => Arc::new(ProcessExecutor::new(env.clone())),
+        Some(tree) => Arc::new(ProcessExecutor::new(ProcessEnv {
+            base_dir: tree,
+            run_dir: Some((env.base_dir.clone(), true)),
+            ..env.clone()
+        })),
+    }
+}
+
+/// The capability label that hands a runner's attempts to SLURM.
+pub const SLURM_LABEL: &str = "exec=slurm";
+
 /// Runs a runner until it is drained (a signal or the server's
 /// shutdown), then returns.
 pub fn run(opts: RunnerOptions) -> Result<(), RunnerError> {
@@ -234,7 +327,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         .map_err(|e| RunnerError::Setup(format!("creating {}: {e}", opts.dir.display())))?;
     let helper_dir = install_helper(&opts.dir.join(".orch-helper"))
         .map_err(|e| RunnerError::Setup(e.to_string()))?;
-    let exec = Arc::new(ProcessExecutor::new(ProcessEnv {
+    let env = ProcessEnv {
         base_dir: opts.dir.clone(),
         python: configured_python(None),
         helper_dir,
@@ -245,7 +338,9 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         python_preload: Vec::new(),
         run_dir: None,
         container_engine: None,
-    }));
+    };
+    let slurm = opts.capabilities.labels.iter().any(|l| l == SLURM_LABEL);
+    let exec = executor(&env, slurm, None);
     let client = Client::new(&opts.server, Some(opts.token.clone()));
     let c = &opts.capabilities;
     let reg = call(
@@ -275,6 +370,10 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         holding: Arc::new(Mutex::new(HashMap::new())),
         draining: AtomicBool::new(false),
         freed: Notify::new(),
+        dir: opts.dir.clone(),
+        env,
+        slurm,
+        trees: Mutex::new(Trees::default()),
     });
     let beat = tokio::spawn(heartbeats(
         shared.clone(),
@@ -376,8 +475,40 @@ async fn heartbeats(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// Starts a claimed attempt and relays its reports.
-fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
+/// The folder of the files attempt `id` needs (fetched from the server
+/// as needed) and its key.
+async fn fetch_files(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    files: Vec<WireFile>,
+) -> Result<(String, PathBuf), String> {
+    let client = shared.client.clone();
+    let dir = shared.dir.clone();
+    let path = format!(
+        "/api/v1/attempts/{}/{}/{}/file",
+        crate::client::encode(&id.run),
+        crate::client::encode(&id.node),
+        id.attempt
+    );
+    let runner = shared.id.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::runner_files::prepare(&dir, &files, |f| {
+            client
+                .post_bytes(
+                    &path,
+                    &json!({"runner": runner, "sha256": f.sha256}),
+                    f.bytes,
+                )
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await
+    .map_err(|e| format!("a worker failed: {e}"))?
+}
+
+/// Starts a claimed attempt (once the files it needs are in place) and
+/// relays its reports.
+fn start(shared: &Arc<Shared>, exec: &Arc<dyn Executor>, spec: Value) {
     let spec: WireSpec = match serde_json::from_value(spec) {
         Ok(s) => s,
         Err(e) => {
@@ -385,12 +516,17 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             return;
         }
     };
+    let mut spec = spec;
+    let files = std::mem::take(&mut spec.files);
     let mut spec: AttemptSpec = spec.into();
     // The claim matched the requirements against the capabilities this
     // runner declared: those, not what the local executor would detect,
-    // are the promise.
-    spec.task.requires = None;
+    // are the promise. SLURM is told them instead (`sbatch` options).
+    if !shared.slurm {
+        spec.task.requires = None;
+    }
     let id = spec.id.clone();
+    let produces = spec.task.produces.clone();
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
     shared
@@ -398,17 +534,100 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), kill_tx);
-    info!(attempt = %id, "running");
-    let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx).following_logs(true);
-    if let Err(e) = exec.launch(spec, link) {
-        let _ = reports_tx.send(Report::Finished {
-            attempt: id.clone(),
-            end: AttemptEnd::broken(e.to_string()),
-        });
-    }
-    drop(reports_tx);
+    let exec = exec.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
+        // A published workflow's files first: the attempt's scripts run
+        // from their folder.
+        let mut ready = true;
+        let (exec, tree) = if files.is_empty() {
+            (exec, None)
+        } else {
+            match fetch_files(&shared, &id, files).await {
+                Ok((key, dir)) => (shared.tree_executor(&key, dir), Some(key)),
+                Err(why) => {
+                    ready = false;
+                    warn!(attempt = %id, error = %why, "the attempt's files are not here");
+                    let _ = reports_tx.send(Report::Finished {
+                        attempt: id.clone(),
+                        end: AttemptEnd::broken(format!(
+                            "the workflow's files did not reach runner `{}`: {why}",
+                            shared.id
+                        )),
+                    });
+                    (exec, None)
+                }
+            }
+        };
+        info!(attempt = %id, "running");
+        let link = AttemptLink::new(id.clone(), reports_tx.clone(), kill_rx).following_logs(true);
+        if ready {
+            if let Err(e) = exec.launch(spec, link) {
+                let _ = reports_tx.send(Report::Finished {
+                    attempt: id.clone(),
+                    end: AttemptEnd::broken(e.to_string()),
+                });
+            }
+        }
+        drop(reports_tx);
+        relay(&shared, &id, &produces, &mut reports).await;
+        if let Some(key) = tree {
+            shared.release(&key);
+        }
+    });
+}
+
+/// Uploads the files a successful attempt declared it `produces` from
+/// the runner's folder (a missing one is left for the server to name).
+async fn upload_artefacts(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    produces: &[String],
+) -> Result<(), String> {
+    use crate::exec::remote::{check_relative, MAX_ARTEFACT, MAX_ARTEFACTS};
+    let mut total = 0u64;
+    for p in produces {
+        let file = shared.dir.join(check_relative(p)?);
+        // Not followed: a link could point anywhere.
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        total += meta.len();
+        if meta.len() > MAX_ARTEFACT || total > MAX_ARTEFACTS {
+            return Err(format!(
+                "`{p}`: {} bytes; an artefact is at most {MAX_ARTEFACT} bytes, an attempt's at most {MAX_ARTEFACTS} in all",
+                meta.len()
+            ));
+        }
+        let content = std::fs::read(&file).map_err(|e| format!("reading `{p}`: {e}"))?;
+        let client = shared.client.clone();
+        let url = format!(
+            "/api/v1/attempts/{}/{}/{}/artefact?runner={}&path={}",
+            crate::client::encode(&id.run),
+            crate::client::encode(&id.node),
+            id.attempt,
+            crate::client::encode(&shared.id),
+            crate::client::encode(p)
+        );
+        tokio::task::spawn_blocking(move || client.post_raw(&url, content))
+            .await
+            .map_err(|e| format!("a worker failed: {e}"))?
+            .map_err(|e| format!("`{p}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Relays attempt `id`'s reports to the server until its end.
+async fn relay(
+    shared: &Arc<Shared>,
+    id: &AttemptId,
+    produces: &[String],
+    reports: &mut mpsc::UnboundedReceiver<Report>,
+) {
+    let id = id.clone();
+    let shared = shared.clone();
+    {
         let path = format!(
             "/api/v1/attempts/{}/{}/{}/report",
             crate::client::encode(&id.run),
@@ -451,8 +670,20 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
                     };
                     let _ = reply.send(answer);
                 }
-                Report::Finished { end, .. } => {
+                Report::Finished { mut end, .. } => {
                     flush_logs(&shared, &id, &path, &mut pending).await;
+                    // A successful attempt's artefacts go to the server
+                    // first: its end is judged with them there.
+                    if end.exit == Exit::Code(0) && end.interrupt.is_none() && !produces.is_empty()
+                    {
+                        if let Err(why) = upload_artefacts(&shared, &id, produces).await {
+                            warn!(attempt = %id, error = %why, "uploading the artefacts failed");
+                            end.interrupt(Interrupt::Broken(format!(
+                                "runner `{}` could not upload the attempt's artefacts: {why}",
+                                shared.id
+                            )));
+                        }
+                    }
                     let body = json!({"runner": shared.id, "end": WireEnd::from(&end)});
                     for round in 0..5 {
                         match call(&shared.client, path.clone(), body.clone()).await {
@@ -480,5 +711,5 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
             .remove(&id);
         shared.freed.notify_waiters();
         info!(attempt = %id, "reported");
-    });
+    }
 }

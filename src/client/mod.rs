@@ -138,6 +138,78 @@ impl Client {
         })
     }
 
+    /// A `POST` of `body` whose 2xx answer is raw bytes, at most `limit`
+    /// of them (more is an error); any other answer is the API's error.
+    pub fn post_bytes(&self, path: &str, body: &Value, limit: u64) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.send(body.to_string()).map_err(transport)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_string()
+                .unwrap_or_default();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(transport)
+    }
+
+    /// A `POST` of raw bytes (`application/octet-stream`); the JSON body
+    /// of a 2xx answer, else the API's error.
+    pub fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |e: ureq::Error| ClientError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.send(body).map_err(transport)?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(transport)?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Api {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(v)
+    }
+
     /// A `GET` whose body is read as it comes (a followed log); an error
     /// answer is the API's error.
     pub fn reader(&self, path: &str) -> Result<impl std::io::Read + Send + 'static, ClientError> {

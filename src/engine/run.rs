@@ -139,6 +139,12 @@ pub(crate) struct Runner {
     /// Loops that failed the run (their bound, a batch that could not
     /// commit): not tried again in this session.
     loops_refused: HashSet<String>,
+    /// The runner that ran each ended attempt, by (node, attempt), until
+    /// its end is recorded (`AttemptFinished::runner`).
+    ran_on: HashMap<(usize, u32), String>,
+    /// The run's own folder: its attempts' artefacts are kept under it
+    /// ([`crate::exec::remote::artefact_dir`]).
+    run_home: PathBuf,
 }
 
 /// Completes at `at` (never without one). The timer exists only once the
@@ -171,7 +177,8 @@ impl Runner {
         let home = engine.home().to_path_buf();
         let store = engine.store().clone();
         // Every run has a folder of its own for the files its tasks write.
-        let run_dir = home.join("runs").join(&state.run).join("work");
+        let run_home = home.join("runs").join(&state.run);
+        let run_dir = run_home.join("work");
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
         let work_dir = if config.per_run_dir {
@@ -197,10 +204,14 @@ impl Runner {
             })),
         };
         let executor: Arc<dyn Executor> = match engine.remote() {
-            Some(remote) => Arc::new(crate::exec::remote::RemoteExecutor::new(
-                remote.clone(),
-                executor,
-            )),
+            Some(remote) => {
+                let mut e = crate::exec::remote::RemoteExecutor::new(remote.clone(), executor);
+                // A published workflow's files go with its attempts.
+                if let Some(source) = &config.source {
+                    e = e.shipping(&config.base_dir, source);
+                }
+                Arc::new(e)
+            }
             None => executor,
         };
         let mut observers = engine.observers();
@@ -257,6 +268,8 @@ impl Runner {
             rules_refused: HashSet::new(),
             loops_dirty: true,
             loops_refused: HashSet::new(),
+            ran_on: HashMap::new(),
+            run_home,
         })
     }
 
@@ -740,6 +753,7 @@ impl Runner {
             node: node.clone(),
             value: output,
         });
+        let runner = self.ran_on.remove(&(i, attempt));
         self.emit(EventKind::AttemptFinished {
             node: node.clone(),
             attempt,
@@ -747,6 +761,7 @@ impl Runner {
             exit_code,
             error: None,
             files,
+            runner,
         });
         self.emit(EventKind::NodeState {
             node,
@@ -1117,7 +1132,18 @@ impl Runner {
         }
     }
 
+    /// Judges the end of attempt `attempt` of node `i`; its record names
+    /// the runner that ran it, if one did.
     fn finished(&mut self, i: usize, attempt: u32, mut end: AttemptEnd) {
+        if let Some(runner) = end.runner.take() {
+            self.ran_on.insert((i, attempt), runner);
+        }
+        self.judge_end(i, attempt, end);
+        // Every path records the end (and takes the runner); none is left.
+        self.ran_on.remove(&(i, attempt));
+    }
+
+    fn judge_end(&mut self, i: usize, attempt: u32, mut end: AttemptEnd) {
         let Some(running) = self.running.remove(&i) else {
             return;
         };
@@ -1165,7 +1191,19 @@ impl Runner {
             }
             Verdict::Succeeded => {}
         }
-        let files = match produced(&self.work_dir, &self.state.graph.node(i).task.produces) {
+        // A runner uploaded its attempt's artefacts before its end; a
+        // local attempt's are copied to the same place.
+        let produces = &self.state.graph.node(i).task.produces;
+        let kept = crate::exec::remote::artefact_dir(&self.run_home, &node, attempt);
+        let files = if produces.is_empty() {
+            Ok(Vec::new())
+        } else if self.ran_on.contains_key(&(i, attempt)) {
+            produced(&kept, produces)
+        } else {
+            produced(&self.work_dir, produces)
+                .and_then(|files| keep_artefacts(&self.work_dir, &kept, produces).map(|()| files))
+        };
+        let files = match files {
             Ok(files) => files,
             Err(error) => {
                 self.fail_attempt(i, attempt, AttemptOutcome::Failed, exit_code, error, true);
@@ -1243,6 +1281,7 @@ impl Runner {
         state: NodeState,
     ) {
         let node = self.id(i);
+        let runner = self.ran_on.remove(&(i, attempt));
         self.emit(EventKind::AttemptFinished {
             node: node.clone(),
             attempt,
@@ -1250,6 +1289,7 @@ impl Runner {
             exit_code,
             error: Some(error),
             files: Vec::new(),
+            runner,
         });
         self.emit(EventKind::NodeState { node, state });
     }
@@ -1414,6 +1454,27 @@ impl Runner {
 /// The files a task declares, as its attempt left them in `dir` (the
 /// folder it ran in): each must be a regular file there; a path that
 /// would leave the folder is refused.
+/// Copies the files a local attempt produced (`declared`, checked by
+/// [`produced`]) from `dir` to `kept`, where the run keeps its artefacts.
+fn keep_artefacts(
+    dir: &std::path::Path,
+    kept: &std::path::Path,
+    declared: &[String],
+) -> std::result::Result<(), String> {
+    for p in declared {
+        let rel = crate::exec::remote::check_relative(p)?;
+        let to = kept.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                format!("keeping artefact `{p}`: creating {}: {e}", parent.display())
+            })?;
+        }
+        std::fs::copy(dir.join(&rel), &to)
+            .map_err(|e| format!("keeping artefact `{p}` in {}: {e}", to.display()))?;
+    }
+    Ok(())
+}
+
 fn produced(
     dir: &std::path::Path,
     declared: &[String],

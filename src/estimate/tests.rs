@@ -62,6 +62,7 @@ fn succeed(s: &mut RunState, node: &str, at_ms: i64) {
         exit_code: Some(0),
         error: None,
         files: Vec::new(),
+        runner: None,
     };
     apply(s, at_ms, finished);
     let state = EventKind::NodeState {

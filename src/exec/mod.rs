@@ -20,6 +20,7 @@ pub mod protocol;
 mod python;
 pub mod remote;
 pub mod resources;
+pub mod slurm;
 
 use std::fmt;
 use std::future::Future;
@@ -226,6 +227,8 @@ pub struct AttemptEnd {
     pub output: Option<Value>,
     /// The attempt's log lines.
     pub logs: Vec<LogLine>,
+    /// The runner that ran it (its name); `None` when this machine ran it.
+    pub runner: Option<String>,
 }
 
 impl AttemptEnd {
@@ -242,6 +245,7 @@ impl AttemptEnd {
             failure: None,
             output: None,
             logs: Vec::new(),
+            runner: None,
         }
     }
 

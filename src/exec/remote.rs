@@ -14,6 +14,7 @@
 //! without spending a retry.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,148 @@ pub fn lease_ms() -> i64 {
         .map_or(DEFAULT_LEASE_MS, |v| v.clamp(MIN_LEASE_MS, MAX_LEASE_MS))
 }
 
+/// The most files a run ships to runners.
+pub const MAX_SHIPPED_FILES: usize = 1024;
+/// The largest file a run ships to runners, in bytes.
+pub const MAX_SHIPPED_FILE: u64 = 16 << 20;
+/// The most bytes a run ships to runners, all files together.
+pub const MAX_SHIPPED_BYTES: u64 = 64 << 20;
+
+/// The largest artefact (a file a task declares it `produces`) a runner
+/// uploads, in bytes.
+pub const MAX_ARTEFACT: u64 = 256 << 20;
+/// The most bytes of artefacts one attempt uploads, all files together.
+pub const MAX_ARTEFACTS: u64 = 1 << 30;
+
+/// `path` as a relative path of plain names (no root, no `.` or `..`
+/// steps, at most 1024 bytes, no control characters), or why not: what a
+/// shipped file or an artefact may be called.
+pub fn check_relative(path: &str) -> std::result::Result<PathBuf, String> {
+    const MAX_PATH: usize = 1024;
+    if path.is_empty() || path.len() > MAX_PATH || path.chars().any(char::is_control) {
+        return Err(format!(
+            "path `{}`: 1 to {MAX_PATH} bytes, no control characters",
+            path.escape_debug()
+        ));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            std::path::Component::Normal(name) => out.push(name),
+            _ => {
+                return Err(format!(
+                "path `{path}`: only names relative to the folder (no `/` first, no `.` or `..`)"
+            ))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!("path `{path}` names no file"));
+    }
+    Ok(out)
+}
+
+/// Where the artefacts of attempt `attempt` of node `node` are kept,
+/// under the run's folder `run_dir`: `artefacts/NODE/ATTEMPT`, the node's
+/// id with every character but letters, digits, `_` and `-` written
+/// `%XX`.
+pub fn artefact_dir(run_dir: &Path, node: &str, attempt: u32) -> PathBuf {
+    let mut name = String::with_capacity(node.len());
+    for b in node.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    run_dir
+        .join("artefacts")
+        .join(name)
+        .join(attempt.to_string())
+}
+
+/// A file of a published workflow that an attempt needs on its runner:
+/// its path in the workflow's folder, its content's SHA-256 (hex) and its
+/// size. The runner fetches the content by hash
+/// (`POST attempts/{run}/{node}/{attempt}/file`), fenced by the attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WireFile {
+    /// Its path, relative to the workflow's folder.
+    pub path: String,
+    /// SHA-256 of its content, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// The files a run ships to its runners, read from the workflow's
+/// folder on the server (the run's checkout of its commit).
+#[derive(Clone, Debug)]
+pub struct Shipment {
+    root: PathBuf,
+    files: Vec<WireFile>,
+}
+
+impl Shipment {
+    /// The files of `source`, found under `root`: each must exist there,
+    /// within the limits ([`MAX_SHIPPED_FILES`], [`MAX_SHIPPED_FILE`],
+    /// [`MAX_SHIPPED_BYTES`]).
+    pub fn new(root: &Path, source: &crate::model::Source) -> Result<Shipment> {
+        let refuse = |message: String| Error::Refused {
+            what: format!("the files of commit {} for runners", source.commit),
+            message,
+        };
+        if source.files.len() > MAX_SHIPPED_FILES {
+            return Err(refuse(format!(
+                "{} files, more than the {MAX_SHIPPED_FILES} a run ships",
+                source.files.len()
+            )));
+        }
+        let mut files = Vec::with_capacity(source.files.len());
+        let mut total = 0u64;
+        for (path, sha256) in &source.files {
+            let meta =
+                std::fs::metadata(root.join(path)).map_err(|e| refuse(format!("`{path}`: {e}")))?;
+            if meta.len() > MAX_SHIPPED_FILE {
+                return Err(refuse(format!(
+                    "`{path}` is {} bytes, more than the {MAX_SHIPPED_FILE} a file may be",
+                    meta.len()
+                )));
+            }
+            total += meta.len();
+            files.push(WireFile {
+                path: path.clone(),
+                sha256: sha256.clone(),
+                bytes: meta.len(),
+            });
+        }
+        if total > MAX_SHIPPED_BYTES {
+            return Err(refuse(format!(
+                "{total} bytes in all, more than the {MAX_SHIPPED_BYTES} a run ships"
+            )));
+        }
+        Ok(Shipment {
+            root: root.to_path_buf(),
+            files,
+        })
+    }
+
+    /// The files.
+    pub fn files(&self) -> &[WireFile] {
+        &self.files
+    }
+
+    /// Where the file of content `sha256` is on this machine, and what it
+    /// is; `None` when no file of the shipment has that content.
+    pub fn find(&self, sha256: &str) -> Option<(PathBuf, WireFile)> {
+        self.files
+            .iter()
+            .find(|f| f.sha256 == sha256)
+            .map(|f| (self.root.join(&f.path), f.clone()))
+    }
+}
+
 /// An attempt as a runner receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -64,6 +207,11 @@ pub struct WireSpec {
     pub inputs: Value,
     /// The output of each direct predecessor.
     pub upstream: serde_json::Map<String, Value>,
+    /// The files of the published workflow it runs from: the runner puts
+    /// them in a folder of their own and runs the attempt's scripts from
+    /// there. Empty for a run without published files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<WireFile>,
 }
 
 impl From<&AttemptSpec> for WireSpec {
@@ -73,6 +221,7 @@ impl From<&AttemptSpec> for WireSpec {
             task: s.task.clone(),
             inputs: s.inputs.clone(),
             upstream: s.upstream.clone(),
+            files: Vec::new(),
         }
     }
 }
@@ -190,6 +339,22 @@ pub enum ReportError {
     /// by another server, or this one restarted).
     #[error("no engine of this server waits for attempt {0}")]
     NotWaiting(AttemptId),
+    /// The attempt's task does not declare that it produces this file.
+    #[error("attempt {attempt} may upload only the files its task `produces`, not `{path}`")]
+    NotDeclared {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The file.
+        path: String,
+    },
+    /// The attempt's run ships no file of that content.
+    #[error("attempt {attempt} needs no file of SHA-256 {sha256}")]
+    NoSuchFile {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The content asked for.
+        sha256: String,
+    },
 }
 
 /// The queue side of an engine: the attempts it sent to runners and
@@ -199,6 +364,17 @@ pub struct Remote {
     lease_ms: i64,
     here: Offer,
     waiting: Mutex<HashMap<AttemptId, mpsc::UnboundedSender<Report>>>,
+    /// The runner (its id) holding each attempt this engine waits for, as
+    /// far as this server saw: the claims made through it and the
+    /// reports it took. An attempt's record names it when it ends.
+    holders: Mutex<HashMap<AttemptId, String>>,
+    /// Runners' names by id (read from the store on a miss).
+    names: Mutex<HashMap<String, String>>,
+    /// The files each waiting attempt's run ships to its runner.
+    shipments: Mutex<HashMap<AttemptId, Arc<Shipment>>>,
+    /// The artefacts each waiting attempt may upload (what its task
+    /// `produces`).
+    produces: Mutex<HashMap<AttemptId, Vec<String>>>,
     /// Serialises the sweep of lost claims with a queue's clearing.
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
@@ -221,6 +397,10 @@ impl Remote {
             lease_ms,
             here: Offer::here(),
             waiting: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            shipments: Mutex::new(HashMap::new()),
+            produces: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
         }
@@ -249,7 +429,72 @@ impl Remote {
             .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(need).is_none()))
     }
 
+    /// Notes that `runner` (its id) claimed `attempts`: those this engine
+    /// waits for will name it when they end.
+    pub fn claimed(&self, runner: &str, attempts: &[AttemptId]) {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        for a in attempts.iter().filter(|a| waiting.contains_key(a)) {
+            holders.insert(a.clone(), runner.to_string());
+        }
+    }
+
+    fn held_by(&self, id: &AttemptId, runner: &str) {
+        self.holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), runner.to_string());
+    }
+
+    /// The name of the runner that held attempt `id` (forgotten now), if
+    /// this server saw one: what its record names. Reads the store when
+    /// the runner's name is not known yet; its id stands in when that
+    /// fails.
+    fn ran_on(&self, id: &AttemptId) -> Option<String> {
+        let runner = self
+            .holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)?;
+        Some(self.runner_name(&runner))
+    }
+
+    fn runner_name(&self, runner: &str) -> String {
+        if let Some(n) = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(runner)
+        {
+            return n.clone();
+        }
+        match self.store.runners() {
+            Ok((all, _)) => {
+                let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+                for r in all {
+                    names.insert(r.spec.id, r.spec.name);
+                }
+                names
+                    .get(runner)
+                    .cloned()
+                    .unwrap_or_else(|| runner.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(runner, error = %e, "reading the runner's name failed; its id stands in");
+                runner.to_string()
+            }
+        }
+    }
+
     fn take(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
+        self.shipments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.produces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -277,9 +522,71 @@ impl Remote {
         v
     }
 
-    fn enqueue(self: &Arc<Self>, spec: &AttemptSpec, link: AttemptLink) -> Result<()> {
+    /// The file of content `sha256` that attempt `id`, held by `runner`,
+    /// needs: where it is on this machine and what it is. Fenced like a
+    /// report.
+    pub fn shipped_file(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        sha256: &str,
+    ) -> std::result::Result<(PathBuf, WireFile), ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let shipment = self
+            .shipments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
+        shipment
+            .find(sha256)
+            .ok_or_else(|| ReportError::NoSuchFile {
+                attempt: id.clone(),
+                sha256: sha256.to_string(),
+            })
+    }
+
+    /// Where artefact `path` of attempt `id`, uploaded by `runner`, goes
+    /// (relative to the attempt's [`artefact_dir`]): only a runner that
+    /// holds the attempt may upload, only what its task `produces`.
+    pub fn artefact_path(
+        &self,
+        id: &AttemptId,
+        runner: &str,
+        path: &str,
+    ) -> std::result::Result<PathBuf, ReportError> {
+        self.store.claim_holds(id, runner)?;
+        let declared = self
+            .produces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|d| d.iter().any(|p| p == path));
+        if !declared {
+            return Err(ReportError::NotDeclared {
+                attempt: id.clone(),
+                path: path.to_string(),
+            });
+        }
+        check_relative(path).map_err(|why| ReportError::NotDeclared {
+            attempt: id.clone(),
+            path: why,
+        })
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        spec: &AttemptSpec,
+        link: AttemptLink,
+        shipment: Option<&Arc<Shipment>>,
+    ) -> Result<()> {
         let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
-        let payload = serde_json::to_string(&WireSpec::from(spec)).expect("a spec is JSON");
+        let mut wire = WireSpec::from(spec);
+        if let Some(s) = shipment {
+            wire.files = s.files.clone();
+        }
+        let payload = serde_json::to_string(&wire).expect("a spec is JSON");
         if payload.len() > crate::store::queue::MAX_PAYLOAD {
             return Err(Error::Refused {
                 what: format!("attempt {}", spec.id),
@@ -300,6 +607,18 @@ impl Remote {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), reports);
+        if let Some(s) = shipment {
+            self.shipments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), s.clone());
+        }
+        if !spec.task.produces.is_empty() {
+            self.produces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), spec.task.produces.clone());
+        }
         if let Err(e) = self
             .store
             .enqueue(&QueuedAttempt::new(id.clone(), need, payload))
@@ -314,11 +633,18 @@ impl Remote {
             // learns from its next heartbeat and kills it).
             if kill.recv().await.is_some() {
                 if let Some(tx) = me.take(&id) {
-                    let store = me.store.clone();
                     let gone = id.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.dequeue(&gone)).await;
+                    let remote = me.clone();
+                    let runner = tokio::task::spawn_blocking(move || {
+                        let _ = remote.store.dequeue(&gone);
+                        remote.ran_on(&gone)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
                     let mut end = AttemptEnd::ended(Exit::Unknown);
                     end.interrupt(Interrupt::Killed);
+                    end.runner = runner;
                     let _ = tx.send(Report::Finished { attempt: id, end });
                 }
             }
@@ -335,6 +661,7 @@ impl Remote {
         mutation: Mutation,
     ) -> std::result::Result<std::result::Result<(), String>, ReportError> {
         self.store.claim_holds(id, runner)?;
+        self.held_by(id, runner);
         let tx = self
             .sender(id)
             .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
@@ -360,6 +687,7 @@ impl Remote {
         lines: Vec<(u32, String, String)>,
     ) -> std::result::Result<(), ReportError> {
         self.store.claim_holds(id, runner)?;
+        self.held_by(id, runner);
         let tx = self
             .sender(id)
             .ok_or_else(|| ReportError::NotWaiting(id.clone()))?;
@@ -399,9 +727,12 @@ impl Remote {
                 .insert(id.clone(), tx);
             return Err(e.into());
         }
+        self.held_by(id, runner);
+        let mut end = end.into_end(id);
+        end.runner = self.ran_on(id);
         let _ = tx.send(Report::Finished {
             attempt: id.clone(),
-            end: end.into_end(id),
+            end,
         });
         Ok(())
     }
@@ -423,6 +754,7 @@ impl Remote {
                     "interrupted: attempt {id} lost its runner (no heartbeat within the {} ms lease); the node runs again",
                     self.lease_ms
                 )));
+                end.runner = self.ran_on(id);
                 let _ = tx.send(Report::Finished {
                     attempt: id.clone(),
                     end,
@@ -457,12 +789,32 @@ impl Remote {
 pub struct RemoteExecutor {
     remote: Arc<Remote>,
     local: Arc<dyn Executor>,
+    /// The files its attempts need on runners (a published workflow's),
+    /// or why they cannot be shipped.
+    shipment: Option<std::result::Result<Arc<Shipment>, String>>,
 }
 
 impl RemoteExecutor {
     /// Attempts go to `remote`'s queue, or to `local`.
     pub fn new(remote: Arc<Remote>, local: Arc<dyn Executor>) -> RemoteExecutor {
-        RemoteExecutor { remote, local }
+        RemoteExecutor {
+            remote,
+            local,
+            shipment: None,
+        }
+    }
+
+    /// The same executor, shipping the files of `source` (found under
+    /// `root`, the run's workflow folder) with every attempt it queues.
+    /// When they cannot be shipped (missing, too many, too large), each
+    /// attempt that would go to a runner is refused, saying why.
+    pub fn shipping(mut self, root: &Path, source: &crate::model::Source) -> RemoteExecutor {
+        self.shipment = Some(
+            Shipment::new(root, source)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
+        );
+        self
     }
 }
 
@@ -476,8 +828,13 @@ impl Executor for RemoteExecutor {
         if !remote {
             return self.local.launch(spec, link);
         }
+        let shipment = match &self.shipment {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(why)) => return Err(LaunchError::Refused(why.clone())),
+        };
         self.remote
-            .enqueue(&spec, link)
+            .enqueue(&spec, link, shipment)
             .map_err(|e| LaunchError::Refused(e.to_string()))?;
         Ok(None)
     }

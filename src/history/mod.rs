@@ -84,6 +84,11 @@ pub enum EventKind {
         /// The files it produced, of those its task declares.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<ProducedFile>,
+        /// The runner that ran it (its name); absent when the server's
+        /// own machine ran it (and in histories written before runners
+        /// were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runner: Option<String>,
     },
     /// A node's output was committed (with its attempt's batch).
     Output {
@@ -156,7 +161,16 @@ pub struct AttemptRecord {
     /// The files it produced, of those its task declares.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ProducedFile>,
+    /// Where it ran, once it ended: the name of the runner that ran it,
+    /// or [`LOCAL`] for the machine of the engine that drives the run
+    /// (also for attempts of histories written before runners were
+    /// recorded). Absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
 }
+
+/// The `runner` of an attempt that the engine's own machine ran.
+pub const LOCAL: &str = "local";
 
 /// A file an attempt produced: its path (relative to the folder the
 /// attempt ran in) and size.
@@ -377,6 +391,7 @@ impl RunState {
                     exit_code: None,
                     error: None,
                     files: Vec::new(),
+                    runner: None,
                 });
                 Vec::new()
             }
@@ -387,6 +402,7 @@ impl RunState {
                 exit_code,
                 error,
                 files,
+                runner,
             } => {
                 let i = self.pos(node);
                 if let Some(a) = self.facts[i]
@@ -399,6 +415,7 @@ impl RunState {
                     a.exit_code = *exit_code;
                     a.error = error.clone();
                     a.files = files.clone();
+                    a.runner = Some(runner.clone().unwrap_or_else(|| LOCAL.to_string()));
                 }
                 Vec::new()
             }

@@ -93,6 +93,22 @@ pub const ROUTES: &[(&str, &str, Access)] = {
             "/api/v1/attempts/{run}/{node}/{attempt}/report",
             Needs(Runner),
         ),
+        (
+            "POST",
+            "/api/v1/attempts/{run}/{node}/{attempt}/file",
+            Needs(Runner),
+        ),
+        (
+            "POST",
+            "/api/v1/attempts/{run}/{node}/{attempt}/artefact",
+            Needs(Runner),
+        ),
+        ("GET", "/api/v1/runs/{run}/artefacts", Needs(Read)),
+        (
+            "GET",
+            "/api/v1/runs/{run}/artefacts/{node}/{attempt}",
+            Needs(Read),
+        ),
         ("POST", "/api/v1/runners/{id}/shutdown", Needs(Operate)),
         ("GET", "/api/v1/queues", Needs(Read)),
         ("POST", "/api/v1/queues/{key}/clear", Needs(Operate)),

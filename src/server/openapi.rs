@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api::{events, runners, runs, system, users, workflows};
+use super::api::{artefacts, events, runners, runs, system, users, workflows};
 use super::error::{ApiError, Code, ErrorBody};
 
 /// The document.
@@ -22,7 +22,8 @@ use super::error::{ApiError, Code, ErrorBody};
         workflows::list, workflows::get, workflows::publish, workflows::delete,
         workflows::history, workflows::execute,
         events::push, events::list, events::start, events::list_timers, events::stop,
-        runners::register, runners::heartbeat, runners::claim, runners::report,
+        runners::register, runners::heartbeat, runners::claim, runners::report, runners::file,
+        runners::artefact, artefacts::list, artefacts::get,
         runners::list, runners::shutdown, runners::queues, runners::clear,
     ),
     components(schemas(ApiError, ErrorBody, Code)),

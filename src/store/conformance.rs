@@ -48,6 +48,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     expired_claims_are_lost_and_their_reports_refused(new().as_ref());
     queues_are_listed_and_cleared(new().as_ref());
     a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
+    runners_keep_their_queues_and_runs(new().as_ref());
 }
 
 fn offer(cpu: f64, labels: &[&str]) -> crate::exec::resources::Offer {
@@ -224,15 +225,16 @@ fn expired_claims_are_lost_and_their_reports_refused(store: &dyn Store) {
     // A runner whose own lease is over shows as not alive.
     store
         .register_runner(
-            &RunnerSpec::new("r0", "zero", offer(1.0, &[]), 1, "0.1.0"),
+            &RunnerSpec::new("r0", "zero", offer(1.0, &["zero"]), 1, "0.1.0"),
             -1,
         )
         .unwrap();
     let (runners, _) = store.runners().unwrap();
     let zero = runners.iter().find(|r| r.spec.id == "r0").unwrap();
     assert!(!zero.alive, "{zero:?}");
-    // It claims nothing until a heartbeat renews its lease.
-    store.enqueue(&queued("run2", "c", 1, &[])).unwrap();
+    // It claims nothing until a heartbeat renews its lease (an attempt
+    // only it can serve: r1 serves run2 and would keep the others).
+    store.enqueue(&queued("run2", "c", 1, &["zero"])).unwrap();
     assert!(store.claim("r0", 1, 60_000).unwrap().is_empty());
     store.heartbeat("r0", &[], 60_000).unwrap();
     assert_eq!(store.claim("r0", 1, 60_000).unwrap().len(), 1);
@@ -279,6 +281,56 @@ fn queues_are_listed_and_cleared(store: &dyn Store) {
     let (rows, _) = store.queue_rows().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].depth, rows[0].running), (0, 1));
+}
+
+/// The same requirements go to the same runner while it has slots, and a
+/// run's attempts prefer the runner already serving it.
+pub(crate) fn runners_keep_their_queues_and_runs(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    for (id, slots) in [("r-a", 2), ("r-b", 3)] {
+        store
+            .register_runner(
+                &RunnerSpec::new(id, id, offer(2.0, &["ssd"]), slots, "0.1.0"),
+                60_000,
+            )
+            .unwrap();
+    }
+    let nodes = |got: Vec<super::queue::QueuedAttempt>| -> Vec<String> {
+        got.into_iter()
+            .map(|a| format!("{}/{}", a.id.run, a.id.node))
+            .collect()
+    };
+    store.enqueue(&queued("ra", "a1", 1, &[])).unwrap();
+    assert_eq!(nodes(store.claim("r-a", 1, 60_000).unwrap()), ["ra/a1"]);
+    // r-a serves `default` now, with a free slot: the oldest `default`
+    // attempt waits for it; r-b takes the labelled one and the rest.
+    store.enqueue(&queued("rb", "b1", 1, &[])).unwrap();
+    store.enqueue(&queued("rc", "c1", 1, &["ssd"])).unwrap();
+    store.enqueue(&queued("rd", "d1", 1, &[])).unwrap();
+    assert_eq!(
+        nodes(store.claim("r-b", 3, 60_000).unwrap()),
+        ["rc/c1", "rd/d1"]
+    );
+    assert_eq!(nodes(store.claim("r-a", 3, 60_000).unwrap()), ["rb/b1"]);
+    // r-a is full: `default` no longer waits for it.
+    store.enqueue(&queued("re", "e1", 1, &[])).unwrap();
+    assert_eq!(nodes(store.claim("r-b", 3, 60_000).unwrap()), ["re/e1"]);
+    // A slot of each frees. Run `rc` is r-b's: its next attempt waits for
+    // r-b although r-a claims first, and r-a takes its own run's.
+    store
+        .finish_claim(&crate::exec::AttemptId::new("ra", "a1", 1), "r-a")
+        .unwrap();
+    store
+        .finish_claim(&crate::exec::AttemptId::new("rd", "d1", 1), "r-b")
+        .unwrap();
+    store.enqueue(&queued("rc", "c2", 1, &["ssd"])).unwrap();
+    store.enqueue(&queued("ra", "a2", 1, &[])).unwrap();
+    assert_eq!(
+        nodes(store.claim("r-a", 3, 60_000).unwrap()),
+        ["ra/a2"],
+        "r-a takes its own run's attempt and leaves r-b's run to r-b"
+    );
+    assert_eq!(nodes(store.claim("r-b", 3, 60_000).unwrap()), ["rc/c2"]);
 }
 
 fn a_claim_race_hands_each_attempt_out_once(store: Arc<dyn Store>) {
@@ -440,6 +492,7 @@ fn history_and_views_agree(store: &dyn Store) {
             },
             EventKind::AttemptFinished {
                 files: Vec::new(),
+                runner: None,
                 node: "ask".into(),
                 attempt: 1,
                 outcome: AttemptOutcome::Succeeded,
@@ -472,6 +525,7 @@ fn history_and_views_agree(store: &dyn Store) {
                 path: "out/report.csv".into(),
                 bytes: 12,
             }],
+            runner: Some("gpu-box-1".into()),
             node: "work".into(),
             attempt: 1,
             outcome: AttemptOutcome::Succeeded,
@@ -496,6 +550,13 @@ fn history_and_views_agree(store: &dyn Store) {
     assert_eq!(export, state.export(), "and the engine's own fold");
     assert_eq!(export.status, RunStatus::Succeeded);
     assert!(export.finished_at.is_some());
+    // Where each attempt ran: a runner's name, or `local`.
+    let ran = |node: &str| {
+        let n = export.nodes.iter().find(|n| n.id == node).expect("node");
+        n.attempts[0].runner.clone()
+    };
+    assert_eq!(ran("work").as_deref(), Some("gpu-box-1"));
+    assert_eq!(ran("ask").as_deref(), Some(crate::history::LOCAL));
     let at_4 = store.replay("run-views", Some(4)).expect("replay up to 4");
     assert_eq!(at_4.last_seq, 4);
     assert_eq!(store.logs("run-views", "work", None).expect("logs"), logs);
@@ -1113,6 +1174,7 @@ impl Fixture {
             exit_code: None,
             error: None,
             files: Vec::new(),
+            runner: None,
         };
         self.commit_at(store, to_ms, finished);
     }

@@ -263,3 +263,231 @@ pub(crate) fn is_lost(attempt: &AttemptId, row: Option<&FenceRow>) -> bool {
         Some(_) => false,
     }
 }
+
+/// How many runs and queues a runner's [`Affinity`] remembers.
+pub const MAX_AFFINITY: usize = 32;
+
+/// What a runner claimed lately, most recent first (at most
+/// [`MAX_AFFINITY`] each): the runs it serves and the queues it serves.
+/// A claim prefers attempts of those, and leaves to another runner with
+/// free slots the attempts that runner has the stronger affinity for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Affinity {
+    /// Runs it ran attempts of lately.
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// Queues it claimed from lately.
+    #[serde(default)]
+    pub queues: Vec<String>,
+}
+
+impl Affinity {
+    /// How strongly a runner with this affinity is drawn to an attempt of
+    /// `run` in `queue`: 2 when it serves the run, 1 when it serves the
+    /// queue, else 0.
+    pub fn level(&self, run: &str, queue: &str) -> u8 {
+        if self.runs.iter().any(|r| r == run) {
+            2
+        } else if self.queues.iter().any(|q| q == queue) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Remembers the attempts just claimed (in claim order): their runs
+    /// and queues come first.
+    pub fn note<'a>(&mut self, claimed: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let claimed: Vec<(&str, &str)> = claimed.into_iter().collect();
+        fn front(list: &mut Vec<String>, new: Vec<&str>) {
+            let mut out: Vec<String> = Vec::with_capacity(MAX_AFFINITY);
+            for x in new.into_iter().map(str::to_string).chain(list.drain(..)) {
+                if out.len() < MAX_AFFINITY && !out.contains(&x) {
+                    out.push(x);
+                }
+            }
+            *list = out;
+        }
+        front(&mut self.runs, claimed.iter().map(|(r, _)| *r).collect());
+        front(&mut self.queues, claimed.iter().map(|(_, q)| *q).collect());
+    }
+}
+
+/// A waiting attempt a claim may take: its run, its queue and its place
+/// in the order attempts were queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) run: String,
+    pub(crate) queue: String,
+    pub(crate) seq: i64,
+}
+
+/// Another live runner, not draining, with free slots: attempts it has
+/// the stronger affinity for wait for it, up to its free slots.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rival {
+    /// Its free slots.
+    pub(crate) free: usize,
+    /// What it claimed lately.
+    pub(crate) affinity: Affinity,
+    /// The queues (of the candidates) its capabilities satisfy.
+    pub(crate) serves: std::collections::HashSet<String>,
+}
+
+/// The most attempts a claim leaves to rivals (bounds how many
+/// candidates a claim reads).
+pub(crate) const MAX_RESERVED: usize = 1024;
+
+/// How many candidates a claim of `n` reads, given its rivals: enough
+/// that `n` remain after those left to the rivals.
+pub(crate) fn candidates_needed(n: usize, rivals: &[Rival]) -> usize {
+    n + rivals
+        .iter()
+        .map(|r| r.free)
+        .sum::<usize>()
+        .min(MAX_RESERVED)
+}
+
+/// Which of `candidates` a runner with affinity `me` claims, at most `n`,
+/// in the order it takes them (indexes into `candidates`).
+///
+/// The same requirements go to the same runner while it has slots, and a
+/// run's attempts prefer the runner already serving it: in order of
+/// queueing, each attempt that a rival with free slots is drawn to more
+/// strongly than `me` (it serves the run, or the queue while `me` serves
+/// neither) is left to the most strongly drawn such rival, as long as
+/// that rival has slots for it. Of the others, `me` takes those of runs
+/// it serves first, then those of queues it serves, then the rest, each
+/// oldest first.
+pub(crate) fn pick(
+    me: &Affinity,
+    rivals: &[Rival],
+    candidates: &[Candidate],
+    n: usize,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| candidates[i].seq);
+    let mut budget: Vec<usize> = rivals.iter().map(|r| r.free).collect();
+    let mut open = Vec::new();
+    for i in order {
+        let c = &candidates[i];
+        let mine = me.level(&c.run, &c.queue);
+        let rival = rivals
+            .iter()
+            .enumerate()
+            .filter(|(k, r)| budget[*k] > 0 && r.serves.contains(&c.queue))
+            .map(|(k, r)| (r.affinity.level(&c.run, &c.queue), k))
+            .filter(|(level, _)| *level > mine)
+            // The most strongly drawn; of those, the first.
+            .max_by_key(|(level, k)| (*level, std::cmp::Reverse(*k)));
+        match rival {
+            Some((_, k)) => budget[k] -= 1,
+            None => open.push((std::cmp::Reverse(mine), c.seq, i)),
+        }
+    }
+    open.sort();
+    open.into_iter().take(n).map(|(_, _, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(run: &str, queue: &str, seq: i64) -> Candidate {
+        Candidate {
+            run: run.into(),
+            queue: queue.into(),
+            seq,
+        }
+    }
+
+    fn affinity(runs: &[&str], queues: &[&str]) -> Affinity {
+        Affinity {
+            runs: runs.iter().map(|s| s.to_string()).collect(),
+            queues: queues.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn rival(free: usize, runs: &[&str], queues: &[&str], serves: &[&str]) -> Rival {
+        Rival {
+            free,
+            affinity: affinity(runs, queues),
+            serves: serves.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn alone_a_runner_takes_its_runs_then_its_queues_then_the_oldest() {
+        let cs = [
+            cand("r1", "default", 1),
+            cand("r2", "gpu", 2),
+            cand("r3", "default", 3),
+            cand("r4", "ssd", 4),
+        ];
+        let me = affinity(&["r4"], &["gpu"]);
+        assert_eq!(pick(&me, &[], &cs, 10), [3, 1, 0, 2]);
+        assert_eq!(pick(&me, &[], &cs, 2), [3, 1]);
+        assert_eq!(pick(&Affinity::default(), &[], &cs, 3), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_queue_waits_for_its_runner_while_it_has_slots() {
+        let cs = [
+            cand("r1", "default", 1),
+            cand("r2", "default", 2),
+            cand("r3", "default", 3),
+            cand("r4", "ssd", 4),
+        ];
+        let me = Affinity::default();
+        // The rival serves `default` with two free slots: the two oldest
+        // are left to it; the third and the other queue are open.
+        let r = rival(2, &[], &["default"], &["default", "ssd"]);
+        assert_eq!(pick(&me, &[r], &cs, 10), [2, 3]);
+        // Full, it holds nothing back.
+        let full = rival(0, &[], &["default"], &["default", "ssd"]);
+        assert_eq!(pick(&me, &[full], &cs, 10), [0, 1, 2, 3]);
+        // A rival that cannot serve the queue holds nothing back either.
+        let cannot = rival(2, &[], &["default"], &["ssd"]);
+        assert_eq!(pick(&me, &[cannot], &cs, 10), [0, 1, 2, 3]);
+        // Nor from a runner that serves the queue too.
+        let r = rival(2, &[], &["default"], &["default", "ssd"]);
+        let both = affinity(&[], &["default"]);
+        assert_eq!(pick(&both, &[r], &cs, 10), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_runs_attempts_wait_for_the_runner_serving_it() {
+        let cs = [cand("r1", "default", 1), cand("r2", "default", 2)];
+        // `me` serves the queue, the rival serves run r1: r1's attempt is
+        // the rival's.
+        let me = affinity(&[], &["default"]);
+        let r = rival(1, &["r1"], &[], &["default"]);
+        assert_eq!(pick(&me, &[r], &cs, 10), [1]);
+        // When `me` serves r1 too, it keeps it.
+        let me = affinity(&["r1"], &[]);
+        let r = rival(1, &["r1"], &[], &["default"]);
+        assert_eq!(pick(&me, &[r], &cs, 10), [0, 1]);
+        // Of two rivals, the one serving the run gets it; the one serving
+        // the queue gets the other.
+        let me = Affinity::default();
+        let by_queue = rival(1, &[], &["default"], &["default"]);
+        let by_run = rival(1, &["r1"], &[], &["default"]);
+        assert_eq!(pick(&me, &[by_queue, by_run], &cs, 10), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn affinity_keeps_the_latest_first_and_bounded() {
+        let mut a = affinity(&["old"], &["q"]);
+        a.note([("r1", "q"), ("r2", "gpu"), ("r1", "q")]);
+        assert_eq!(a, affinity(&["r1", "r2", "old"], &["q", "gpu"]));
+        for i in 0..100 {
+            a.note([(format!("run{i}").as_str(), "q")]);
+        }
+        assert_eq!(a.runs.len(), MAX_AFFINITY);
+        assert_eq!(a.runs[0], "run99");
+        assert_eq!(a.level("run99", "x"), 2);
+        assert_eq!(a.level("nope", "q"), 1);
+        assert_eq!(a.level("nope", "x"), 0);
+    }
+}

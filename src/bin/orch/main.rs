@@ -814,8 +814,13 @@ fn attempt_header(node: &str, a: &orch::history::AttemptRecord) -> String {
         (Some(o), None) => o.to_string(),
         (None, _) => "running".to_string(),
     };
+    // Attempts a runner ran name it; the server's own show no runner.
+    let on = match a.runner.as_deref() {
+        Some(r) if r != orch::history::LOCAL => format!("runner {r}, "),
+        _ => String::new(),
+    };
     format!(
-        "--- {node} attempt {} (pid {}, {how})",
+        "--- {node} attempt {} (pid {}, {on}{how})",
         a.attempt,
         a.pid.map_or("-".to_string(), |p| p.to_string())
     )
@@ -1083,6 +1088,23 @@ fn show(out: &mut impl Write, ex: &RunExport) -> Res {
                 a.attempt,
                 a.error.as_deref().unwrap_or("")
             )?;
+        }
+    }
+    let remote: Vec<_> = ex
+        .nodes
+        .iter()
+        .flat_map(|n| n.attempts.iter().map(move |a| (n, a)))
+        .filter_map(|(n, a)| {
+            a.runner
+                .as_deref()
+                .filter(|r| *r != orch::history::LOCAL)
+                .map(|r| (n, a, r))
+        })
+        .collect();
+    if !remote.is_empty() {
+        writeln!(out, "\nattempts run by runners:")?;
+        for (n, a, r) in remote {
+            writeln!(out, "  {} attempt {}: {r}", n.id, a.attempt)?;
         }
     }
     let files: Vec<_> = ex

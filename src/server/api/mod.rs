@@ -1,6 +1,7 @@
 //! The handlers of `/api/v1`, a module per resource, and the router that
 //! puts them together.
 
+pub mod artefacts;
 pub mod events;
 pub mod runners;
 pub mod runs;
@@ -79,6 +80,21 @@ pub fn routes(_state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route(
             "/api/v1/attempts/{run}/{node}/{attempt}/report",
             post(runners::report),
+        )
+        .route(
+            "/api/v1/attempts/{run}/{node}/{attempt}/file",
+            post(runners::file),
+        )
+        .route(
+            "/api/v1/attempts/{run}/{node}/{attempt}/artefact",
+            post(runners::artefact).layer(DefaultBodyLimit::max(
+                crate::exec::remote::MAX_ARTEFACT as usize,
+            )),
+        )
+        .route("/api/v1/runs/{run}/artefacts", get(artefacts::list))
+        .route(
+            "/api/v1/runs/{run}/artefacts/{node}/{attempt}",
+            get(artefacts::get),
         )
         .route("/api/v1/queues", get(runners::queues))
         .route("/api/v1/queues/{key}/clear", post(runners::clear))

@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::super::auth::Caller;
 use super::super::error::{ApiError, ApiResult, Code};
-use super::super::extract::{Body, Path};
+use super::super::extract::{Body, Path, Query};
 use super::super::AppState;
 use super::blocking;
 use crate::exec::remote::{Remote, ReportError, WireEnd};
@@ -134,6 +134,23 @@ fn printable(field: &str, text: &str, min: usize) -> ApiResult<()> {
     Ok(())
 }
 
+/// Refuses unless the caller's token registered runner `runner`: a
+/// runner's id starts with the id of the token that registered it
+/// (`TOKEN-MILLIS-RANDOM`), so a runner token heartbeats, claims and
+/// reports only as the runners it registered itself. Runners that share a
+/// token share this right; give each runner its own token to keep them
+/// apart.
+fn acting_for(me: &Caller, field: &str, runner: &str) -> ApiResult<()> {
+    match runner.split_once('-') {
+        Some((token, _)) if token == me.token => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "{field}: token `{}` may not act for runner `{runner}`: a runner token acts only for \
+             the runners it registered (register again with this token)",
+            me.token
+        ))),
+    }
+}
+
 fn remote(s: &AppState) -> ApiResult<Arc<Remote>> {
     s.engine
         .remote()
@@ -147,9 +164,16 @@ fn remote(s: &AppState) -> ApiResult<Arc<Remote>> {
     security(("token" = [])))]
 pub async fn register(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Body(body): Body<RegisterBody>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     printable("name", &body.name, 1)?;
+    if body.name == crate::history::LOCAL {
+        return Err(ApiError::bad(format!(
+            "field `name`: `{}` names the server's own machine in attempt records; choose another",
+            crate::history::LOCAL
+        )));
+    }
     printable("version", &body.version, 0)?;
     if body.slots == 0 || body.slots > MAX_SLOTS {
         return Err(ApiError::bad(format!(
@@ -172,7 +196,14 @@ pub async fn register(
     }
     let remote = remote(&s)?;
     let lease_ms = remote.lease_ms();
-    let id = format!("{}-{}", crate::time::unix_millis(), random_suffix());
+    // The token's id first: it binds the runner to the token
+    // (`acting_for`).
+    let id = format!(
+        "{}-{}-{}",
+        me.token,
+        crate::time::unix_millis(),
+        random_suffix()
+    );
     let spec = RunnerSpec::new(
         &id,
         &body.name,
@@ -256,13 +287,15 @@ pub struct BeatView {
 /// claims'.
 #[utoipa::path(post, path = "/api/v1/runners/{id}/heartbeat", tag = "runners",
     params(("id" = String, Path, description = "the runner")), request_body = HeartbeatBody,
-    responses((status = 200, body = BeatView), (status = 404, body = ApiError)),
+    responses((status = 200, body = BeatView), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn heartbeat(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path(id): Path<String>,
     Body(body): Body<HeartbeatBody>,
 ) -> ApiResult<Json<BeatView>> {
+    acting_for(&me, "the path's runner", &id)?;
     if body.holding.len() > MAX_HOLDING {
         return Err(ApiError::bad(format!(
             "field `holding`: at most {MAX_HOLDING} attempts"
@@ -318,13 +351,15 @@ pub struct Claimed {
 /// waiting up to `wait_ms` for one.
 #[utoipa::path(post, path = "/api/v1/runners/{id}/claim", tag = "runners",
     params(("id" = String, Path, description = "the runner")), request_body = ClaimBody,
-    responses((status = 200, body = Claimed), (status = 404, body = ApiError)),
+    responses((status = 200, body = Claimed), (status = 403, body = ApiError), (status = 404, body = ApiError)),
     security(("token" = [])))]
 pub async fn claim(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path(id): Path<String>,
     Body(body): Body<ClaimBody>,
 ) -> ApiResult<Json<Claimed>> {
+    acting_for(&me, "the path's runner", &id)?;
     if body.max == 0 || body.max as usize > MAX_CLAIM {
         return Err(ApiError::bad(format!("field `max`: 1 to {MAX_CLAIM}")));
     }
@@ -342,6 +377,8 @@ pub async fn claim(
         let lease_ms = remote.lease_ms();
         let max = body.max as usize;
         let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
+        let ids: Vec<AttemptId> = got.iter().map(|a| a.id.clone()).collect();
+        remote.claimed(&id, &ids);
         if !got.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
             let attempts = got
                 .into_iter()
@@ -405,6 +442,8 @@ fn report_error(e: ReportError) -> ApiError {
         }
         ReportError::Store(e) => e.into(),
         e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
+        e @ ReportError::NoSuchFile { .. } => ApiError::not_found(e.to_string()),
+        e @ ReportError::NotDeclared { .. } => ApiError::bad(e.to_string()),
     }
 }
 
@@ -415,13 +454,15 @@ fn report_error(e: ReportError) -> ApiError {
            ("node" = String, Path, description = "the node"),
            ("attempt" = u32, Path, description = "the attempt number")),
     request_body = ReportBody,
-    responses((status = 200, body = ReportAnswer), (status = 409, body = ApiError)),
+    responses((status = 200, body = ReportAnswer), (status = 403, body = ApiError), (status = 409, body = ApiError)),
     security(("token" = [])))]
 pub async fn report(
     State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Body(body): Body<ReportBody>,
 ) -> ApiResult<Json<ReportAnswer>> {
+    acting_for(&me, "field `runner`", &body.runner)?;
     let remote = remote(&s)?;
     let id = AttemptId::new(run, node, attempt);
     match (body.mutation, body.logs, body.end) {
@@ -479,6 +520,163 @@ pub async fn report(
             "a report has exactly one of the fields `mutation`, `logs` and `end`",
         )),
     }
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/file`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileBody {
+    /// The runner's id (the fence: it must hold the attempt).
+    pub runner: String,
+    /// The SHA-256 (hex) of the content wanted, as the attempt's `files`
+    /// name it.
+    pub sha256: String,
+}
+
+/// SHA-256 of `data`, hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/file`: the content of a file
+/// of the published workflow the attempt runs from (the attempt's
+/// `files` name each by hash), for the runner that holds the attempt;
+/// `409` when it does not, `404` for a hash the attempt does not need.
+/// The content is read again and checked against its hash.
+#[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/file", tag = "runners",
+    params(("run" = String, Path, description = "the run"),
+           ("node" = String, Path, description = "the node"),
+           ("attempt" = u32, Path, description = "the attempt number")),
+    request_body = FileBody,
+    responses((status = 200, description = "the file's content", content_type = "application/octet-stream"),
+              (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)),
+    security(("token" = [])))]
+pub async fn file(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
+    Path((run, node, attempt)): Path<(String, String, u32)>,
+    Body(body): Body<FileBody>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    use std::io::Read;
+    acting_for(&me, "field `runner`", &body.runner)?;
+    if body.sha256.len() != 64 || !body.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad(
+            "field `sha256`: 64 hexadecimal digits (a SHA-256)",
+        ));
+    }
+    let remote = remote(&s)?;
+    let id = AttemptId::new(run, node, attempt);
+    let content = tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {
+        let (path, want) = remote
+            .shipped_file(&id, &body.runner, &body.sha256)
+            .map_err(report_error)?;
+        let mut content = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                f.take(crate::exec::remote::MAX_SHIPPED_FILE + 1)
+                    .read_to_end(&mut content)
+            })
+            .map_err(|e| ApiError::internal(format!("reading `{}`: {e}", want.path)))?;
+        if sha256_hex(&content) != want.sha256 {
+            return Err(ApiError::conflict(format!(
+                "file `{}` of attempt {id} changed on the server since its run started",
+                want.path
+            )));
+        }
+        Ok(content)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        content,
+    )
+        .into_response())
+}
+
+/// Which artefact an upload is, and by whom.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArtefactUpload {
+    /// The runner's id (the fence: it must hold the attempt).
+    pub runner: String,
+    /// The file's path, exactly as the task's `produces` names it.
+    pub path: String,
+}
+
+/// What an upload kept.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Uploaded {
+    /// The file's path.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// `POST /attempts/{run}/{node}/{attempt}/artefact?runner=ID&path=P`: a
+/// file the attempt produced (the body, at most 256 MiB), kept in the
+/// run's folder on the server. Only the runner holding the attempt may
+/// upload (`409` otherwise), only a path its task `produces` (`400`).
+/// An upload of the same path again replaces it.
+#[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/artefact", tag = "runners",
+    params(("run" = String, Path, description = "the run"),
+           ("node" = String, Path, description = "the node"),
+           ("attempt" = u32, Path, description = "the attempt number"),
+           ArtefactUpload),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Uploaded), (status = 400, body = ApiError),
+              (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 413)),
+    security(("token" = [])))]
+pub async fn artefact(
+    State(s): State<Arc<AppState>>,
+    Extension(me): Extension<Caller>,
+    Path((run, node, attempt)): Path<(String, String, u32)>,
+    Query(q): Query<ArtefactUpload>,
+    content: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Uploaded>)> {
+    acting_for(&me, "query `runner`", &q.runner)?;
+    let remote = remote(&s)?;
+    let home = s.engine.home().to_path_buf();
+    let id = AttemptId::new(run, node, attempt);
+    tokio::task::spawn_blocking(move || -> ApiResult<(StatusCode, Json<Uploaded>)> {
+        let rel = remote
+            .artefact_path(&id, &q.runner, &q.path)
+            .map_err(report_error)?;
+        let dir = crate::exec::remote::artefact_dir(
+            &home.join("runs").join(&id.run),
+            &id.node,
+            id.attempt,
+        );
+        let to = dir.join(rel);
+        let parent = to.parent().unwrap_or(&dir).to_path_buf();
+        let tmp = parent.join(format!(".upload-{}", random_suffix()));
+        std::fs::create_dir_all(&parent)
+            .and_then(|()| std::fs::write(&tmp, &content))
+            .and_then(|()| std::fs::rename(&tmp, &to))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ApiError::internal(format!(
+                    "keeping artefact `{}` of attempt {id}: {e}",
+                    q.path
+                ))
+            })?;
+        tracing::info!(attempt = %id, path = %q.path, bytes = content.len(), "artefact uploaded");
+        Ok((
+            StatusCode::CREATED,
+            Json(Uploaded {
+                path: q.path,
+                bytes: content.len() as u64,
+            }),
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
 }
 
 /// `GET /runners`: every registered runner.

@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("queue.sql"),
     include_str!("runs_time.sql"),
+    include_str!("runners_recorded.sql"),
 ];
 
 /// The schema version this orch writes.
@@ -322,7 +323,8 @@ impl PgStore {
         let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
             Default::default();
         for r in tx.rows(
-            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files
+            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files,
+                    runner
              FROM attempts WHERE run = $1 ORDER BY node, attempt",
             &[&run],
         )? {
@@ -340,6 +342,7 @@ impl PgStore {
                     Some(_) => self.json(tx, &r, 8, "an attempt's files")?,
                     None => Vec::new(),
                 },
+                runner: tx.get(&r, 9)?,
             };
             attempts.entry(tx.get(&r, 0)?).or_default().push(a);
         }

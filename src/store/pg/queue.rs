@@ -12,7 +12,8 @@ use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
 use crate::store::queue::{
-    is_lost, why_fenced, Beat, Claim, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec, MAX_CLAIM,
+    candidates_needed, is_lost, pick, why_fenced, Affinity, Beat, Candidate, Claim, QueueRow,
+    QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
 const RUNNER_COLUMNS: &str =
@@ -83,7 +84,8 @@ impl PgStore {
                     "INSERT INTO runners (id, name, capabilities, slots, version, registered_at, lease_until, draining)
                      VALUES ($1, $2, $3, $4, $5, {NOW_MS}, {NOW_MS} + $6, false)
                      ON CONFLICT (id) DO UPDATE SET name = $2, capabilities = $3, slots = $4,
-                        version = $5, lease_until = {NOW_MS} + $6, draining = false"
+                        version = $5, lease_until = {NOW_MS} + $6, draining = false,
+                        affinity = '{{}}'"
                 ),
                 &[&spec.id, &spec.name, &caps, &slots, &spec.version, &lease_ms],
             )?;
@@ -180,7 +182,7 @@ impl PgStore {
             // slots are never over-counted.
             let Some(r) = tx.row(
                 &format!(
-                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}
+                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity
                      FROM runners WHERE id = $1 FOR UPDATE"
                 ),
                 &[&runner],
@@ -192,6 +194,7 @@ impl PgStore {
             let slots: i64 = tx.get(&r, 1)?;
             let draining: bool = tx.get(&r, 2)?;
             let alive: bool = tx.get(&r, 3)?;
+            let affinity: String = tx.get(&r, 4)?;
             // A runner whose lease ran out (paused, partitioned) claims
             // nothing, even through a long poll it began before: it must
             // heartbeat first.
@@ -205,46 +208,122 @@ impl PgStore {
                 return Ok(Vec::new());
             }
             let offer: Offer = self.parse("runner's capabilities", &caps)?;
-            let mut keys = Vec::new();
+            let mut waiting = Vec::new();
             for r in tx.rows(
                 "SELECT DISTINCT queue, requires FROM queue WHERE runner IS NULL",
                 &[],
             )? {
                 let key: String = tx.get(&r, 0)?;
                 let req: String = tx.get(&r, 1)?;
-                if offer.refuses(&self.parse::<Resources>("requirement", &req)?).is_none() {
-                    keys.push(key);
-                }
+                waiting.push((key, self.parse::<Resources>("requirement", &req)?));
             }
+            let keys: Vec<&String> = waiting
+                .iter()
+                .filter(|(_, need)| offer.refuses(need).is_none())
+                .map(|(k, _)| k)
+                .collect();
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows = tx.rows(
-                "SELECT q.run, q.node, q.attempt, q.queue, q.requires, q.payload FROM queue q
-                 WHERE q.runner IS NULL AND q.queue = ANY($1)
-                 ORDER BY q.run IN (SELECT run FROM queue WHERE runner = $2) DESC,
-                          q.seq
-                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
-                &[&keys, &runner, &n],
-            )?;
-            let mut picked = Vec::new();
-            for r in &rows {
-                let attempt: i64 = tx.get(r, 2)?;
-                let req: String = tx.get(r, 4)?;
-                picked.push(QueuedAttempt {
-                    id: AttemptId::new(tx.get::<String>(r, 0)?, tx.get::<String>(r, 1)?, attempt as u32),
-                    queue: tx.get(r, 3)?,
-                    requires: self.parse("requirement", &req)?,
-                    payload: tx.get(r, 5)?,
+            let mut mine: Affinity = self.parse("runner's affinity", &affinity)?;
+            // The other live runners with free slots (read, not locked:
+            // a preference may be a moment old).
+            let mut rivals = Vec::new();
+            for r in tx.rows(
+                &format!(
+                    "SELECT capabilities, slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id),
+                            affinity
+                     FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {NOW_MS}"
+                ),
+                &[&runner],
+            )? {
+                let free: i64 = tx.get(&r, 1)?;
+                if free <= 0 {
+                    continue;
+                }
+                let offer: Offer = self.parse("runner's capabilities", &tx.get::<String>(&r, 0)?)?;
+                rivals.push(Rival {
+                    free: free as usize,
+                    affinity: self.parse("runner's affinity", &tx.get::<String>(&r, 2)?)?,
+                    serves: waiting
+                        .iter()
+                        .filter(|(_, need)| offer.refuses(need).is_none())
+                        .map(|(k, _)| k.clone())
+                        .collect(),
                 });
             }
-            for a in &picked {
-                tx.exec(
+            let limit = candidates_needed(n as usize, &rivals) as i64;
+            // The runner's own runs first, then its queues, then the
+            // oldest: the candidates `pick` ranks (read, not locked).
+            let rows = tx.rows(
+                "SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                 WHERE q.runner IS NULL AND q.queue = ANY($1)
+                 ORDER BY q.run = ANY($2) DESC, q.queue = ANY($3) DESC, q.seq
+                 LIMIT $4",
+                &[&keys, &mine.runs, &mine.queues, &limit],
+            )?;
+            let mut nodes = Vec::new();
+            let mut candidates = Vec::new();
+            for r in &rows {
+                nodes.push(tx.get::<String>(r, 1)?);
+                candidates.push(Candidate {
+                    run: tx.get(r, 0)?,
+                    queue: tx.get(r, 2)?,
+                    seq: tx.get(r, 3)?,
+                });
+            }
+            // Every open candidate in the order the runner takes them;
+            // then the first `n` of those no other claim holds, locked
+            // (`SKIP LOCKED`: claims at once never wait on each other,
+            // and a row another claim took meanwhile no longer matches).
+            let ranked = pick(&mine, &rivals, &candidates, candidates.len());
+            let runs: Vec<&str> = ranked.iter().map(|&i| candidates[i].run.as_str()).collect();
+            let ranked_nodes: Vec<&str> = ranked.iter().map(|&i| nodes[i].as_str()).collect();
+            let locked = tx.rows(
+                "SELECT q.run, q.node FROM queue q
+                 JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
+                   ON q.run = p.run AND q.node = p.node
+                 WHERE q.runner IS NULL
+                 ORDER BY p.rank
+                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
+                &[&runs, &ranked_nodes, &n],
+            )?;
+            let mut take = Vec::new();
+            for r in &locked {
+                let (run, node): (String, String) = (tx.get(r, 0)?, tx.get(r, 1)?);
+                if let Some(&i) = ranked
+                    .iter()
+                    .find(|&&i| candidates[i].run == run && nodes[i] == node)
+                {
+                    take.push(i);
+                }
+            }
+            let mut picked = Vec::new();
+            for i in take {
+                let c = &candidates[i];
+                let r = tx.one(
                     &format!(
                         "UPDATE queue SET runner = $3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $4
-                         WHERE run = $1 AND node = $2"
+                         WHERE run = $1 AND node = $2
+                         RETURNING attempt, requires, payload"
                     ),
-                    &[&a.id.run, &a.id.node, &runner, &lease_ms],
+                    &[&c.run, &nodes[i], &runner, &lease_ms],
+                )?;
+                let attempt: i64 = tx.get(&r, 0)?;
+                let req: String = tx.get(&r, 1)?;
+                picked.push(QueuedAttempt {
+                    id: AttemptId::new(c.run.clone(), nodes[i].clone(), attempt as u32),
+                    queue: c.queue.clone(),
+                    requires: self.parse("requirement", &req)?,
+                    payload: tx.get(&r, 2)?,
+                });
+            }
+            if !picked.is_empty() {
+                mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+                let text = serde_json::to_string(&mine).expect("an affinity is JSON");
+                tx.exec(
+                    "UPDATE runners SET affinity = $2 WHERE id = $1",
+                    &[&runner, &text],
                 )?;
             }
             Ok(picked)

@@ -101,10 +101,13 @@ fn write_view(tx: &mut Tx<'_>, run: &str, e: &Event, state: Option<&RunState>) -
             exit_code,
             error,
             files,
+            runner,
         } => {
             let files = (!files.is_empty()).then(|| to_json(files));
+            let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
             tx.exec(
-                "UPDATE attempts SET finished_at = $4, outcome = $5, exit_code = $6, error = $7, files = $8
+                "UPDATE attempts SET finished_at = $4, outcome = $5, exit_code = $6, error = $7, files = $8,
+                    runner = $9
                  WHERE run = $1 AND node = $2 AND attempt = $3",
                 &[
                     &run,
@@ -115,6 +118,7 @@ fn write_view(tx: &mut Tx<'_>, run: &str, e: &Event, state: Option<&RunState>) -
                     &exit_code.map(i64::from),
                     error,
                     &files,
+                    &runner,
                 ],
             )?;
         }

@@ -36,8 +36,8 @@ mod tests;
 pub(in crate::store) mod views;
 
 use schema::{
-    MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, NOW_MS, READ_ONLY_2_AS_3, READ_ONLY_3_AS_4,
-    READ_ONLY_4_AS_5, SCHEMA, SCHEMA_VERSION,
+    MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4, MIGRATE_5_TO_6, MIGRATE_5_TO_6_RUNNERS, NOW_MS,
+    READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
 };
 use views::{rewrite_graph, set_last_seq, write_event, write_mutations, Filled, RegistrationView};
 
@@ -215,6 +215,11 @@ impl SqliteStore {
             conn.execute_batch(READ_ONLY_4_AS_5)
                 .map_err(wrapper(path))?;
         }
+        // (Version 2's view of the attempts has the runner already.)
+        if mode == Mode::ReadOnly && (3..=5).contains(&version) {
+            conn.execute_batch(READ_ONLY_5_AS_6)
+                .map_err(wrapper(path))?;
+        }
         if mode != Mode::ReadOnly {
             // Switching to WAL takes the file for a moment; another process
             // opening a new database at the same time may hold it, and
@@ -301,6 +306,13 @@ impl SqliteStore {
             if (1..=3).contains(&version) {
                 conn.execute_batch(MIGRATE_3_TO_4)?;
             }
+            if (1..=5).contains(&version) {
+                conn.execute_batch(MIGRATE_5_TO_6)?;
+            }
+            // (Older ones get the runners from `SCHEMA`.)
+            if version == 5 {
+                conn.execute_batch(MIGRATE_5_TO_6_RUNNERS)?;
+            }
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
@@ -343,7 +355,8 @@ impl SqliteStore {
         let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
             Default::default();
         let mut stmt = c.prepare(
-            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files
+            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files,
+                    runner
              FROM attempts WHERE run = ?1 ORDER BY node, attempt",
         )?;
         let rows = stmt.query_map([run], |r| {
@@ -362,6 +375,7 @@ impl SqliteStore {
                         Some(_) => json_col(r, 8)?,
                         None => Vec::new(),
                     },
+                    runner: r.get(9)?,
                 },
             ))
         })?;

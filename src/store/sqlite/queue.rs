@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
-use crate::store::queue::{Beat, Claim, QueueRow, QueuedAttempt, RunnerRecord, RunnerSpec};
+use crate::store::queue::{
+    candidates_needed, pick, Affinity, Beat, Candidate, Claim, QueueRow, QueuedAttempt, Rival,
+    RunnerRecord, RunnerSpec,
+};
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -38,8 +41,13 @@ fn runner_row(r: &rusqlite::Row<'_>, now: i64) -> rusqlite::Result<RunnerRecord>
 }
 
 fn requires(text: &str) -> rusqlite::Result<Resources> {
+    json(0, text)
+}
+
+/// A JSON column (number `col`) read back.
+fn json<T: serde::de::DeserializeOwned>(col: usize, text: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -99,7 +107,7 @@ impl SqliteStore {
                     "INSERT INTO runners (id, name, capabilities, slots, version, registered_at, lease_until, draining)
                      VALUES (?1, ?2, ?3, ?4, ?5, {NOW_MS}, {NOW_MS} + ?6, 0)
                      ON CONFLICT (id) DO UPDATE SET name = ?2, capabilities = ?3, slots = ?4,
-                        version = ?5, lease_until = {NOW_MS} + ?6, draining = 0"
+                        version = ?5, lease_until = {NOW_MS} + ?6, draining = 0, affinity = '{{}}'"
                 ),
                 params![spec.id, spec.name, caps, spec.slots, spec.version, lease_ms],
             )?;
@@ -190,19 +198,19 @@ impl SqliteStore {
         lease_ms: i64,
     ) -> Result<Vec<QueuedAttempt>> {
         let claimed = self.immediate(|tx| {
-            let row: Option<(String, u32, i64, i64, bool)> = tx
+            let row: Option<(String, u32, i64, i64, bool, String)> = tx
                 .query_row(
                     &format!(
                         "SELECT capabilities, slots, draining,
                             (SELECT count(*) FROM queue WHERE runner = ?1),
-                            lease_until >= {NOW_MS}
+                            lease_until >= {NOW_MS}, affinity
                          FROM runners WHERE id = ?1"
                     ),
                     [runner],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
                 )
                 .optional()?;
-            let Some((caps, slots, draining, running, alive)) = row else {
+            let Some((caps, slots, draining, running, alive, affinity)) = row else {
                 return Ok(None);
             };
             // A runner whose lease ran out (paused, partitioned) claims
@@ -216,10 +224,8 @@ impl SqliteStore {
             if draining != 0 || n == 0 {
                 return Ok(Some(Vec::new()));
             }
-            let offer: Offer = serde_json::from_str(&caps).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-            })?;
-            let mut keys = Vec::new();
+            let offer: Offer = json(0, &caps)?;
+            let mut waiting = Vec::new();
             {
                 let mut stmt = tx.prepare(
                     "SELECT DISTINCT queue, requires FROM queue WHERE runner IS NULL",
@@ -228,44 +234,98 @@ impl SqliteStore {
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 for (key, req) in rows {
-                    if offer.refuses(&requires(&req)?).is_none() {
-                        keys.push(key);
-                    }
+                    waiting.push((key, requires(&req)?));
                 }
             }
+            let keys: Vec<&String> = waiting
+                .iter()
+                .filter(|(_, need)| offer.refuses(need).is_none())
+                .map(|(k, _)| k)
+                .collect();
             if keys.is_empty() {
                 return Ok(Some(Vec::new()));
             }
+            let mut mine: Affinity = json(5, &affinity)?;
+            let rivals = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT capabilities, slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id),
+                            affinity
+                     FROM runners WHERE id <> ?1 AND draining = 0 AND lease_until >= {NOW_MS}"
+                ))?;
+                let rows = stmt
+                    .query_map([runner], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut rivals = Vec::new();
+                for (caps, free, affinity) in rows.into_iter().filter(|r| r.1 > 0) {
+                    let offer: Offer = json(0, &caps)?;
+                    rivals.push(Rival {
+                        free: free as usize,
+                        affinity: json(2, &affinity)?,
+                        serves: waiting
+                            .iter()
+                            .filter(|(_, need)| offer.refuses(need).is_none())
+                            .map(|(k, _)| k.clone())
+                            .collect(),
+                    });
+                }
+                rivals
+            };
             let keys = serde_json::to_string(&keys).expect("strings are JSON");
-            let picked = {
+            let runs = serde_json::to_string(&mine.runs).expect("strings are JSON");
+            let queues = serde_json::to_string(&mine.queues).expect("strings are JSON");
+            let limit = candidates_needed(n, &rivals) as i64;
+            // The runner's own runs first, then its queues, then the oldest:
+            // the candidates `pick` chooses from.
+            let candidates = {
                 let mut stmt = tx.prepare(
-                    "SELECT run, node, attempt, queue, requires, payload FROM queue
+                    "SELECT run, node, queue, seq FROM queue
                      WHERE runner IS NULL AND queue IN (SELECT value FROM json_each(?1))
-                     ORDER BY run IN (SELECT run FROM queue WHERE runner = ?2) DESC,
+                     ORDER BY run IN (SELECT value FROM json_each(?2)) DESC,
+                              queue IN (SELECT value FROM json_each(?3)) DESC,
                               seq
-                     LIMIT ?3",
+                     LIMIT ?4",
                 )?;
-                let rows = stmt.query_map(params![keys, runner, n as i64], |r| {
-                    Ok(QueuedAttempt {
-                        id: AttemptId::new(
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get(2)?,
-                        ),
-                        queue: r.get(3)?,
-                        requires: requires(&r.get::<_, String>(4)?)?,
-                        payload: r.get(5)?,
-                    })
+                let rows = stmt.query_map(params![keys, runs, queues, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(1)?,
+                        Candidate {
+                            run: r.get(0)?,
+                            queue: r.get(2)?,
+                            seq: r.get(3)?,
+                        },
+                    ))
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            for a in &picked {
-                tx.execute(
+            let chosen: Vec<Candidate> = candidates.iter().map(|(_, c)| c.clone()).collect();
+            let mut picked = Vec::new();
+            for i in pick(&mine, &rivals, &chosen, n) {
+                let (node, c) = &candidates[i];
+                let a = tx.query_row(
                     &format!(
                         "UPDATE queue SET runner = ?3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + ?4
-                         WHERE run = ?1 AND node = ?2"
+                         WHERE run = ?1 AND node = ?2
+                         RETURNING attempt, requires, payload"
                     ),
-                    params![a.id.run, a.id.node, runner, lease_ms],
+                    params![c.run, node, runner, lease_ms],
+                    |r| {
+                        Ok(QueuedAttempt {
+                            id: AttemptId::new(c.run.clone(), node.clone(), r.get(0)?),
+                            queue: c.queue.clone(),
+                            requires: requires(&r.get::<_, String>(1)?)?,
+                            payload: r.get(2)?,
+                        })
+                    },
+                )?;
+                picked.push(a);
+            }
+            if !picked.is_empty() {
+                mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+                tx.execute(
+                    "UPDATE runners SET affinity = ?2 WHERE id = ?1",
+                    params![runner, serde_json::to_string(&mine).expect("an affinity is JSON")],
                 )?;
             }
             Ok(Some(picked))

@@ -1,5 +1,8 @@
 //! The schema of an orch database and its migrations.
 
+/// Version 6 added where each attempt ran (`attempts.runner`: a runner's
+/// name, or `local`; attempts that ended before are `local`) and what each
+/// runner claimed lately (`runners.affinity`).
 /// Version 5 added the `runners` and the `queue` of attempts they
 /// claim. Version 4 added the server's `users` and `tokens`, and indexes of runs
 /// by workflow, status and start for the server's filtered pages and the
@@ -11,7 +14,27 @@
 /// `lease_until`) and the `signals` table (replacing `controls` and
 /// `inputs`: a migrated database moves their untaken rows into it and
 /// keeps the tables, unused).
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
+
+/// What a version 1 to 5 database needs to become version 6 (after the
+/// earlier migrations, before `SCHEMA`).
+pub(super) const MIGRATE_5_TO_6: &str = r#"
+ALTER TABLE attempts ADD COLUMN runner TEXT;
+UPDATE attempts SET runner = 'local' WHERE finished_at IS NOT NULL;
+"#;
+
+/// What a version-5 database's runners need to become version 6's (what
+/// each claimed lately: `runners.affinity`).
+pub(super) const MIGRATE_5_TO_6_RUNNERS: &str = r#"
+ALTER TABLE runners ADD COLUMN affinity TEXT NOT NULL DEFAULT '{}';
+"#;
+
+/// What a read-only connection to a version 3 to 5 database adds so that
+/// version 6's reads work: attempts that ended ran locally.
+pub(super) const READ_ONLY_5_AS_6: &str = r#"
+CREATE TEMP VIEW attempts AS SELECT *,
+    CASE WHEN finished_at IS NULL THEN NULL ELSE 'local' END AS runner FROM main.attempts;
+"#;
 
 /// What a version-1 database needs to become version 2 (before `SCHEMA`,
 /// whose `CREATE ... IF NOT EXISTS` adds the new tables).
@@ -56,7 +79,8 @@ ALTER TABLE attempts ADD COLUMN files TEXT;
 /// work: the attempts with no produced files, and empty tables of fires,
 /// events and timers (temporary names come before the file's own).
 pub(super) const READ_ONLY_2_AS_3: &str = r#"
-CREATE TEMP VIEW attempts AS SELECT *, NULL AS files FROM main.attempts;
+CREATE TEMP VIEW attempts AS SELECT *, NULL AS files,
+    CASE WHEN finished_at IS NULL THEN NULL ELSE 'local' END AS runner FROM main.attempts;
 CREATE TEMP TABLE fires (workflow TEXT, fire_at INTEGER, run TEXT, kind TEXT, claimed_at INTEGER);
 CREATE TEMP TABLE pushes (id INTEGER PRIMARY KEY, key TEXT, payload TEXT, pushed_at TEXT);
 CREATE TEMP TABLE push_runs (push INTEGER, workflow TEXT, run TEXT, claimed_at INTEGER);
@@ -73,7 +97,7 @@ CREATE TEMP TABLE tokens (id TEXT PRIMARY KEY, user TEXT, name TEXT, hash TEXT, 
 /// What a read-only connection to a version 2 to 4 database adds so that
 /// version 5's reads work: no runners, an empty queue.
 pub(super) const READ_ONLY_4_AS_5: &str = r#"
-CREATE TEMP TABLE runners (id TEXT PRIMARY KEY, name TEXT, capabilities TEXT, slots INTEGER, version TEXT, registered_at INTEGER, lease_until INTEGER, draining INTEGER);
+CREATE TEMP TABLE runners (id TEXT PRIMARY KEY, name TEXT, capabilities TEXT, slots INTEGER, version TEXT, registered_at INTEGER, lease_until INTEGER, draining INTEGER, affinity TEXT);
 CREATE TEMP TABLE queue (run TEXT, node TEXT, attempt INTEGER, queue TEXT, requires TEXT, payload TEXT, queued_at INTEGER, seq INTEGER, runner TEXT, claimed_at INTEGER, lease_until INTEGER, PRIMARY KEY (run, node));
 "#;
 
@@ -136,6 +160,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code INTEGER,
     error TEXT,
     files TEXT,
+    runner TEXT,
     PRIMARY KEY (run, node, attempt)
 );
 CREATE TABLE IF NOT EXISTS outputs (
@@ -223,7 +248,8 @@ CREATE TABLE IF NOT EXISTS runners (
     version TEXT NOT NULL,
     registered_at INTEGER NOT NULL,
     lease_until INTEGER NOT NULL,
-    draining INTEGER NOT NULL DEFAULT 0
+    draining INTEGER NOT NULL DEFAULT 0,
+    affinity TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS queue (
     run TEXT NOT NULL,

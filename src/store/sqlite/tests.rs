@@ -360,9 +360,10 @@ fn a_version_2_database_is_read_without_being_changed() {
         c.execute_batch(
             "DROP TABLE fires; DROP TABLE pushes; DROP TABLE push_runs; DROP TABLE timers;
              ALTER TABLE attempts DROP COLUMN files;
+             ALTER TABLE attempts DROP COLUMN runner;
              INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'succeeded', 't', '{}');
              INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES ('r', 'a', '{\"kind\":\"input\"}', 'null', '{}', 'succeeded');
-             INSERT INTO attempts (run, node, attempt, started_at, outcome) VALUES ('r', 'a', 1, 't', 'succeeded');
+             INSERT INTO attempts (run, node, attempt, started_at, finished_at, outcome) VALUES ('r', 'a', 1, 't', 't', 'succeeded');
              PRAGMA user_version = 2;",
         )
         .unwrap();
@@ -371,6 +372,11 @@ fn a_version_2_database_is_read_without_being_changed() {
     let store = SqliteStore::open_read_only(&path).unwrap();
     let ex = store.export("r").unwrap();
     assert!(ex.node("a").unwrap().attempts[0].files.is_empty());
+    assert_eq!(
+        ex.node("a").unwrap().attempts[0].runner.as_deref(),
+        Some(crate::history::LOCAL),
+        "an attempt that ended before runners were recorded ran locally"
+    );
     assert!(store.timers().unwrap().is_empty());
     assert_eq!(store.last_fire("w").unwrap(), None);
     assert!(store.events_after(0, 0, 10).unwrap().is_empty());
@@ -396,4 +402,44 @@ fn a_postgres_url_is_refused_without_repeating_it() {
         assert!(!err.contains("hunter2"), "{err}");
     }
     assert!(!Path::new("postgres:").exists(), "no folder was made");
+}
+
+#[test]
+fn a_version_5_database_reads_its_ended_attempts_as_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    {
+        // A version-6 database taken back to version 5's shape.
+        let store = SqliteStore::open(&path).unwrap();
+        let c = store.lock();
+        c.execute_batch(
+            "ALTER TABLE attempts DROP COLUMN runner;
+             ALTER TABLE runners DROP COLUMN affinity;
+             INSERT INTO runs (id, workflow, status, created_at, config) VALUES ('r', 'w', 'running', 't', '{}');
+             INSERT INTO nodes (run, id, task, inputs, attrs, state) VALUES ('r', 'a', '{\"kind\":\"input\"}', 'null', '{}', 'running');
+             INSERT INTO attempts (run, node, attempt, started_at, finished_at, outcome) VALUES ('r', 'a', 1, 't', 't', 'failed');
+             INSERT INTO attempts (run, node, attempt, started_at) VALUES ('r', 'a', 2, 't');
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let ran = |store: &SqliteStore| -> Vec<Option<String>> {
+        let ex = store.export("r").unwrap();
+        let a = &ex.node("a").unwrap().attempts;
+        a.iter().map(|a| a.runner.clone()).collect()
+    };
+    let want = vec![Some(crate::history::LOCAL.to_string()), None];
+    let before = std::fs::read(&path).unwrap();
+    let read_only = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(ran(&read_only), want, "read as version 6, unchanged");
+    drop(read_only);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let migrated = SqliteStore::open_existing(&path).unwrap();
+    assert_eq!(
+        ran(&migrated),
+        want,
+        "migrated: the one that ended ran here"
+    );
+    // Its runners remember what they claim.
+    crate::store::conformance::runners_keep_their_queues_and_runs(&migrated);
 }

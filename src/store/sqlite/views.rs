@@ -107,10 +107,13 @@ pub(super) fn write_event(
             exit_code,
             error,
             files,
+            runner,
         } => {
             let files = (!files.is_empty()).then(|| to_json(files));
+            let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
             tx.prepare_cached(
-                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7, files = ?8
+                "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7, files = ?8,
+                    runner = ?9
                  WHERE run = ?1 AND node = ?2 AND attempt = ?3",
             )?
             .execute(params![
@@ -121,7 +124,8 @@ pub(super) fn write_event(
                 outcome.as_str(),
                 exit_code,
                 error,
-                files
+                files,
+                runner
             ])?;
         }
         EventKind::Output { node, value } => {
