@@ -46,6 +46,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     runners_claim_by_capability_and_are_fenced(new().as_ref());
     expired_claims_are_lost_and_their_reports_refused(new().as_ref());
     queues_are_listed_and_cleared(new().as_ref());
+    a_heartbeat_renews_only_the_claims_it_lists(new().as_ref());
     a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
 }
 
@@ -235,6 +236,37 @@ fn expired_claims_are_lost_and_their_reports_refused(store: &dyn Store) {
     assert!(store.claim("r0", 1, 60_000).unwrap().is_empty());
     store.heartbeat("r0", &[], 60_000).unwrap();
     assert_eq!(store.claim("r0", 1, 60_000).unwrap().len(), 1);
+}
+
+fn a_heartbeat_renews_only_the_claims_it_lists(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    store
+        .register_runner(
+            &RunnerSpec::new("r9", "nine", offer(1.0, &[]), 2, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    store.enqueue(&queued("run9", "kept", 1, &[])).unwrap();
+    store.enqueue(&queued("run9", "dropped", 1, &[])).unwrap();
+    // Claimed under a lease that has already run out.
+    assert_eq!(store.claim("r9", 2, -1).unwrap().len(), 2);
+    let kept = AttemptId::new("run9", "kept", 1);
+    let dropped = AttemptId::new("run9", "dropped", 1);
+    let beat = store
+        .heartbeat("r9", std::slice::from_ref(&kept), 60_000)
+        .unwrap();
+    assert!(
+        beat.lost.is_empty(),
+        "the claim it lists is renewed, not lost"
+    );
+    let lost = store.lost_claims(&[kept.clone(), dropped.clone()]).unwrap();
+    assert_eq!(
+        lost,
+        vec![dropped],
+        "a claim the runner no longer lists is not renewed"
+    );
+    store.claim_holds(&kept, "r9").unwrap();
 }
 
 fn queues_are_listed_and_cleared(store: &dyn Store) {
