@@ -219,6 +219,38 @@ async fn call(client: &Client, path: String, body: Value) -> Result<Value, Clien
         })?
 }
 
+/// How long a report is retried while the server answers `503` (the
+/// run's owner is gone and no server adopted it yet).
+pub const MAX_UNAVAILABLE: Duration = Duration::from_secs(300);
+
+/// `call`, retried while the server answers `503`: the run's owner is
+/// gone and another server adopts the run soon (it then re-attaches to
+/// the attempt). Anything else, and the `503` after [`MAX_UNAVAILABLE`],
+/// is returned.
+async fn call_until_owned(
+    client: &Client,
+    id: &AttemptId,
+    path: &str,
+    body: &Value,
+) -> Result<Value, ClientError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call(client, path.to_string(), body.clone()).await {
+            Err(ClientError::Api {
+                status: 503,
+                message,
+                ..
+            }) if started.elapsed() < MAX_UNAVAILABLE => {
+                info!(attempt = %id, %message, "the run has no live owner yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs a runner until it is drained (a signal or the server's
 /// shutdown), then returns.
 pub fn run(opts: RunnerOptions) -> Result<(), RunnerError> {
@@ -419,6 +451,10 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
         // wait, and before each mutation and the end.
         let mut pending: Vec<Value> = Vec::new();
         let mut tick = tokio::time::interval(LOG_EVERY);
+        // Mutations the engine acknowledged: the end says how many, so an
+        // engine that took the run over meanwhile can tell whether it saw
+        // them all.
+        let mut acked: u32 = 0;
         loop {
             let r = tokio::select! {
                 r = reports.recv() => r,
@@ -440,8 +476,11 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
                 } => {
                     flush_logs(&shared, &id, &path, &mut pending).await;
                     let body = json!({"runner": shared.id, "mutation": mutation});
-                    let answer = match call(&shared.client, path.clone(), body).await {
-                        Ok(v) if v["ok"].as_bool() == Some(true) => Ok(()),
+                    let answer = match call_until_owned(&shared.client, &id, &path, &body).await {
+                        Ok(v) if v["ok"].as_bool() == Some(true) => {
+                            acked += 1;
+                            Ok(())
+                        }
                         Ok(v) => Err(v["error"].as_str().unwrap_or("refused").to_string()),
                         Err(e) => {
                             // Fenced or unreachable: this attempt is over here.
@@ -453,9 +492,11 @@ fn start(shared: &Arc<Shared>, exec: &Arc<ProcessExecutor>, spec: Value) {
                 }
                 Report::Finished { end, .. } => {
                     flush_logs(&shared, &id, &path, &mut pending).await;
-                    let body = json!({"runner": shared.id, "end": WireEnd::from(&end)});
+                    let mut wire = WireEnd::from(&end);
+                    wire.mutations = Some(acked);
+                    let body = json!({"runner": shared.id, "end": wire});
                     for round in 0..5 {
-                        match call(&shared.client, path.clone(), body.clone()).await {
+                        match call_until_owned(&shared.client, &id, &path, &body).await {
                             Ok(_) => break,
                             Err(ClientError::Api {
                                 status, message, ..

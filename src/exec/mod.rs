@@ -226,6 +226,9 @@ pub struct AttemptEnd {
     pub output: Option<Value>,
     /// The attempt's log lines.
     pub logs: Vec<LogLine>,
+    /// How many of its mutations were acknowledged, when a runner
+    /// counted them (remote attempts); `None` for local ones.
+    pub mutations: Option<u32>,
 }
 
 impl AttemptEnd {
@@ -242,6 +245,7 @@ impl AttemptEnd {
             failure: None,
             output: None,
             logs: Vec::new(),
+            mutations: None,
         }
     }
 

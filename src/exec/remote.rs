@@ -112,6 +112,11 @@ pub struct WireEnd {
     /// (those streamed already may be left out).
     #[serde(default)]
     pub logs: Vec<(u32, String, String)>,
+    /// How many of its mutations the engine acknowledged, as the runner
+    /// counted them: an engine that re-attached to the attempt after a
+    /// takeover checks it against the mutations it saw itself.
+    #[serde(default)]
+    pub mutations: Option<u32>,
 }
 
 impl From<&AttemptEnd> for WireEnd {
@@ -137,6 +142,7 @@ impl From<&AttemptEnd> for WireEnd {
                 .iter()
                 .map(|l| (l.line, l.stream.clone(), l.text.clone()))
                 .collect(),
+            mutations: e.mutations,
         }
     }
 }
@@ -163,6 +169,7 @@ impl WireEnd {
             .failure
             .map(|(message, retry)| TaskFailure { message, retry });
         end.output = self.output;
+        end.mutations = self.mutations;
         end.logs = self
             .logs
             .into_iter()
@@ -187,9 +194,13 @@ pub enum ReportError {
     #[error(transparent)]
     Store(#[from] Error),
     /// No engine of this server waits for the attempt (its run is driven
-    /// by another server, or this one restarted).
+    /// by another server, or its owner is gone): the server forwards the
+    /// report to the run's owner, or asks the runner to retry.
     #[error("no engine of this server waits for attempt {0}")]
     NotWaiting(AttemptId),
+    /// The report is malformed (the message says which field).
+    #[error("{0}")]
+    Bad(String),
 }
 
 /// The queue side of an engine: the attempts it sent to runners and
@@ -291,10 +302,7 @@ impl Remote {
             });
         }
         let AttemptLink {
-            id,
-            reports,
-            mut kill,
-            ..
+            id, reports, kill, ..
         } = link;
         self.waiting
             .lock()
@@ -308,10 +316,16 @@ impl Remote {
             return Err(e);
         }
         self.queued.notify_waiters();
+        self.watch(id, kill);
+        Ok(())
+    }
+
+    /// Withdraws attempt `id` when the engine asks it gone through `kill`
+    /// (a runner holding it learns from its next heartbeat and kills it);
+    /// nothing when the line closes (the attempt ended or was detached).
+    fn watch(self: &Arc<Self>, id: AttemptId, mut kill: mpsc::UnboundedReceiver<super::Stop>) {
         let me = self.clone();
         tokio::spawn(async move {
-            // The engine wants it gone: withdraw it (a runner holding it
-            // learns from its next heartbeat and kills it).
             if kill.recv().await.is_some() {
                 if let Some(tx) = me.take(&id) {
                     let store = me.store.clone();
@@ -323,7 +337,46 @@ impl Remote {
                 }
             }
         });
-        Ok(())
+    }
+
+    /// Waits again for attempt `link.id`, queued or claimed before this
+    /// engine took its run over (the previous owner stopped or died):
+    /// its reports go to `link` from now on. `false` (and nothing waits)
+    /// when the attempt will never report: its queue row is gone or
+    /// names a later attempt, or its runner lost the claim's lease; the
+    /// row is removed then, and the caller runs the node again.
+    pub fn reattach(self: &Arc<Self>, link: AttemptLink) -> Result<bool> {
+        let AttemptLink {
+            id, reports, kill, ..
+        } = link;
+        // In the map first: a report arriving while the store is asked is
+        // not refused as unexpected.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), reports);
+        match self.store.lost_claims(std::slice::from_ref(&id)) {
+            Ok(lost) if lost.is_empty() => {
+                self.watch(id, kill);
+                Ok(true)
+            }
+            Ok(_) => {
+                self.take(&id);
+                Ok(false)
+            }
+            Err(e) => {
+                self.take(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops waiting for attempt `id` without withdrawing it: its runner
+    /// keeps it, and the engine that takes the run over next re-attaches
+    /// to it ([`Remote::reattach`]). `false` when this engine did not wait
+    /// for it (it runs here, or it ended).
+    pub fn detach(&self, id: &AttemptId) -> bool {
+        self.take(id).is_some()
     }
 
     /// A mutation attempt `id` sent through `runner`: handed to the engine

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -405,80 +406,122 @@ fn report_error(e: ReportError) -> ApiError {
         }
         ReportError::Store(e) => e.into(),
         e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
+        ReportError::Bad(message) => ApiError::bad(message),
     }
 }
 
 /// `POST /attempts/{run}/{node}/{attempt}/report`: a mutation or the
 /// end of an attempt the runner holds; refused (409) when it does not.
+/// A report on a run another server drives is forwarded there
+/// ([`super::super::forward`]); `503` when the run's owner is gone (the
+/// runner retries once a server adopted the run).
 #[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/report", tag = "runners",
     params(("run" = String, Path, description = "the run"),
            ("node" = String, Path, description = "the node"),
            ("attempt" = u32, Path, description = "the attempt number")),
     request_body = ReportBody,
-    responses((status = 200, body = ReportAnswer), (status = 409, body = ApiError)),
+    responses((status = 200, body = ReportAnswer), (status = 409, body = ApiError),
+              (status = 503, body = ApiError, description = "the run's owner is gone: retry once a server adopts it")),
     security(("token" = [])))]
 pub async fn report(
     State(s): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Body(body): Body<ReportBody>,
-) -> ApiResult<Json<ReportAnswer>> {
-    let remote = remote(&s)?;
+) -> ApiResult<Response> {
     let id = AttemptId::new(run, node, attempt);
+    let runner = body.runner.clone();
+    // Kept to forward the report when another server drives the run.
+    let original = serde_json::json!({
+        "runner": body.runner,
+        "mutation": body.mutation,
+        "logs": body.logs,
+        "end": body.end,
+    });
+    match take_report(&s, &id, body).await {
+        Err(ReportError::NotWaiting(_)) => {
+            let mut original = original;
+            if let Some(o) = original.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+            super::super::forward::forward(&s, &headers, uri.path(), &id, &runner, original).await
+        }
+        Err(e) => Err(report_error(e)),
+        Ok(answer) => Ok(Json(answer).into_response()),
+    }
+}
+
+/// A report handed to the engine of this server that waits for the
+/// attempt; [`ReportError::NotWaiting`] when none does.
+async fn take_report(
+    s: &Arc<AppState>,
+    id: &AttemptId,
+    body: ReportBody,
+) -> Result<ReportAnswer, ReportError> {
+    let remote = remote(s).map_err(|_| ReportError::NotWaiting(id.clone()))?;
+    let id = id.clone();
+    let worker = |e: tokio::task::JoinError| {
+        ReportError::Store(crate::Error::Engine {
+            run: String::new(),
+            message: format!("a worker failed: {e}"),
+        })
+    };
     match (body.mutation, body.logs, body.end) {
         (None, Some(lines), None) => {
-            if lines.len() > MAX_REPORT_LINES {
-                return Err(ApiError::bad(format!(
-                    "field `logs`: at most {MAX_REPORT_LINES} lines a report"
-                )));
-            }
-            let lines = lines
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    serde_json::from_value::<(u32, String, String)>(l).map_err(|e| {
-                        ApiError::bad(format!("field `logs[{i}]`: [line, stream, text]: {e}"))
-                    })
-                })
-                .collect::<ApiResult<Vec<_>>>()?;
+            let lines = checked_lines(lines).map_err(ReportError::Bad)?;
             let runner = body.runner;
             tokio::task::spawn_blocking(move || remote.logs(&id, &runner, lines))
                 .await
-                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(worker)??;
+            Ok(ReportAnswer {
                 ok: true,
                 error: None,
-            }))
+            })
         }
         (Some(m), None, None) => {
             let m: Mutation = serde_json::from_value(m)
-                .map_err(|e| ApiError::bad(format!("field `mutation`: {e}")))?;
-            let answer = remote
-                .mutation(&id, &body.runner, m)
-                .await
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(|e| ReportError::Bad(format!("field `mutation`: {e}")))?;
+            let answer = remote.mutation(&id, &body.runner, m).await?;
+            Ok(ReportAnswer {
                 ok: answer.is_ok(),
                 error: answer.err(),
-            }))
+            })
         }
         (None, None, Some(end)) => {
             let end: WireEnd = serde_json::from_value(end)
-                .map_err(|e| ApiError::bad(format!("field `end`: {e}")))?;
+                .map_err(|e| ReportError::Bad(format!("field `end`: {e}")))?;
             let runner = body.runner;
             tokio::task::spawn_blocking(move || remote.end(&id, &runner, end))
                 .await
-                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(worker)??;
+            Ok(ReportAnswer {
                 ok: true,
                 error: None,
-            }))
+            })
         }
-        _ => Err(ApiError::bad(
-            "a report has exactly one of the fields `mutation`, `logs` and `end`",
+        _ => Err(ReportError::Bad(
+            "a report has exactly one of the fields `mutation`, `logs` and `end`".into(),
         )),
     }
+}
+
+/// Log lines of a report, checked: at most [`MAX_REPORT_LINES`], each
+/// `[line, stream, text]`.
+fn checked_lines(lines: Vec<Value>) -> Result<Vec<(u32, String, String)>, String> {
+    if lines.len() > MAX_REPORT_LINES {
+        return Err(format!(
+            "field `logs`: at most {MAX_REPORT_LINES} lines a report"
+        ));
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_value::<(u32, String, String)>(l)
+                .map_err(|e| format!("field `logs[{i}]`: [line, stream, text]: {e}"))
+        })
+        .collect()
 }
 
 /// `GET /runners`: every registered runner.
