@@ -26,7 +26,7 @@ mod python_helper;
 mod rules;
 mod runners;
 #[cfg(all(feature = "postgres", feature = "testing"))]
-mod runners_pg;
+mod runners_multi;
 mod scheduler;
 mod server;
 mod shapes;

