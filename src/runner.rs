@@ -50,6 +50,9 @@ pub struct RunnerOptions {
     /// Where tasks run (their working directory) and the Python helper is
     /// installed.
     pub dir: PathBuf,
+    /// The workflow binary whose native tasks it runs (started again in
+    /// task mode), if any: see [`serve_native`].
+    pub native_binary: Option<PathBuf>,
 }
 
 impl RunnerOptions {
@@ -68,8 +71,29 @@ impl RunnerOptions {
             capabilities: Offer::here(),
             slots: 4,
             dir: dir.into(),
+            native_binary: None,
         }
     }
+}
+
+/// Runs this very program as a runner that also serves its own native
+/// tasks (`#[orch::task]`), the way Temporal workers host their
+/// activities: call it from a workflow binary's `main` (in runner mode,
+/// however the binary chooses to be told). It advertises the label
+/// `binary=<SHA-256 of this executable>`
+/// ([`crate::exec::remote::binary_label`]); a server started from the same
+/// binary requires that label of the attempts of its native tasks, so
+/// only runners of the very same build claim them. Blocks like [`run`].
+pub fn serve_native(mut opts: RunnerOptions) -> Result<(), RunnerError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| RunnerError::Setup(format!("finding this program's executable: {e}")))?;
+    let label = crate::exec::remote::binary_label(&exe)
+        .map_err(|e| RunnerError::Setup(format!("hashing {}: {e}", exe.display())))?;
+    if !opts.capabilities.labels.contains(&label) {
+        opts.capabilities.labels.push(label);
+    }
+    opts.native_binary = Some(exe);
+    run(opts)
 }
 
 /// Why a runner stopped with an error.
@@ -272,7 +296,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         helper_dir,
         db: PathBuf::from("(remote: this runner has no database)"),
         default_timeout: None,
-        native_binary: None,
+        native_binary: opts.native_binary.clone(),
         python_fork: true,
         python_preload: Vec::new(),
         run_dir: None,

@@ -52,6 +52,31 @@ pub fn lease_ms() -> i64 {
         .map_or(DEFAULT_LEASE_MS, |v| v.clamp(MIN_LEASE_MS, MAX_LEASE_MS))
 }
 
+/// The label a runner started from a workflow binary advertises, and
+/// that the attempts of that binary's native tasks require:
+/// `binary=` and the SHA-256 of the file's content, in hex.
+#[cfg(any(feature = "server", feature = "client"))]
+pub fn binary_label(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{BINARY_LABEL}={hex}"))
+}
+
+/// The label key of a workflow binary's content hash ([`binary_label`]).
+pub const BINARY_LABEL: &str = "binary";
+
 /// An attempt as a runner receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -214,6 +239,9 @@ pub struct Remote {
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
     queued: Notify,
+    /// The label the attempts of native tasks require ([`binary_label`]
+    /// of this process's binary), when known.
+    native_label: Option<String>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -234,7 +262,29 @@ impl Remote {
             waiting: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
+            native_label: None,
         }
+    }
+
+    /// The same, with the attempts of native tasks requiring `label`
+    /// (the [`binary_label`] of the workflow binary that runs them): only
+    /// runners started from that very binary ([`crate::runner::serve_native`])
+    /// claim them, and with none live they run here.
+    pub fn with_native_label(mut self, label: Option<String>) -> Remote {
+        self.native_label = label;
+        self
+    }
+
+    /// What attempts of `task` require of a runner: its own requirements,
+    /// plus this binary's label for a native task.
+    fn remote_need(&self, task: &Task) -> Resources {
+        let mut need = task.requires.as_deref().cloned().unwrap_or_default();
+        if let (crate::model::Exec::Native { .. }, Some(label)) = (&task.exec, &self.native_label) {
+            if !need.labels.contains(label) {
+                need.labels.push(label.clone());
+            }
+        }
+        need
     }
 
     /// The lease of runners and claims, in milliseconds.
@@ -251,13 +301,20 @@ impl Remote {
     /// Whether an attempt needing `need` goes to the queue: a live runner
     /// that is not draining satisfies it, or this machine cannot.
     pub fn goes_remote(&self, need: &Resources) -> Result<bool> {
-        if self.here.refuses(need).is_some() {
+        self.goes_remote_with(need, need)
+    }
+
+    /// Whether an attempt goes to the queue: this machine cannot give it
+    /// `here` (its own requirements), or a live runner that is not
+    /// draining satisfies `there` (what it requires of a runner).
+    fn goes_remote_with(&self, here: &Resources, there: &Resources) -> Result<bool> {
+        if self.here.refuses(here).is_some() {
             return Ok(true);
         }
         let (runners, _) = self.store.runners()?;
         Ok(runners
             .iter()
-            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(need).is_none()))
+            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(there).is_none()))
     }
 
     fn take(&self, id: &AttemptId) -> Option<mpsc::UnboundedSender<Report>> {
@@ -289,7 +346,7 @@ impl Remote {
     }
 
     fn enqueue(self: &Arc<Self>, spec: &AttemptSpec, link: AttemptLink) -> Result<()> {
-        let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
+        let need = self.remote_need(&spec.task);
         let payload = serde_json::to_string(&WireSpec::from(spec)).expect("a spec is JSON");
         if payload.len() > crate::store::queue::MAX_PAYLOAD {
             return Err(Error::Refused {
@@ -524,7 +581,7 @@ impl Executor for RemoteExecutor {
         let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
         let remote = self
             .remote
-            .goes_remote(&need)
+            .goes_remote_with(&need, &self.remote.remote_need(&spec.task))
             .map_err(|e| LaunchError::Refused(e.to_string()))?;
         if !remote {
             return self.local.launch(spec, link);

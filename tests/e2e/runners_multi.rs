@@ -36,6 +36,8 @@ struct Proc {
     /// The first line it printed, past its prefix (a URL, a runner id).
     said: String,
     log: PathBuf,
+    /// The rest of its stdout.
+    out: BufReader<std::process::ChildStdout>,
 }
 
 impl Drop for Proc {
@@ -66,9 +68,8 @@ fn spawn(mut cmd: Command, log: PathBuf, prefix: &str, suffix: &str) -> Proc {
         .spawn()
         .expect("orch starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
     let said = line
         .trim()
         .strip_prefix(prefix)
@@ -80,7 +81,12 @@ fn spawn(mut cmd: Command, log: PathBuf, prefix: &str, suffix: &str) -> Proc {
             )
         })
         .to_string();
-    Proc { child, said, log }
+    Proc {
+        child,
+        said,
+        log,
+        out,
+    }
 }
 
 fn server(space: &Space, url: &str, name: &str) -> Proc {
@@ -536,4 +542,98 @@ fn a_restarted_server_reattaches_to_the_attempt_a_runner_holds() {
     assert_eq!(h.len(), 1, "the held attempt was not run again: {h:?}");
     assert_eq!(h[0]["outcome"], "succeeded", "{h:?}");
     assert_eq!(ran(&gates).len(), 1, "{:?}", ran(&gates));
+}
+
+#[test]
+fn a_workflow_binary_in_runner_mode_serves_its_own_native_tasks() {
+    let space = Space::new();
+    let db = space.db().display().to_string();
+    // Users and tokens first (the example's server opens the same file).
+    let _admin = token(&db, &space, Some("root"), false);
+    let rtoken = token(&db, &space, None, true);
+    let example = crate::util::example_path("native_runners");
+    let mut serve = Command::new(&example);
+    serve
+        .args(["serve", &db, "4"])
+        .env("ORCH_RUNNER_LEASE_MS", RUNNER_LEASE_MS)
+        .env("RUST_LOG", "info")
+        .current_dir(space.path());
+    let mut server = spawn(
+        serve,
+        space.path().join("native-server.log"),
+        "listening on ",
+        "",
+    );
+    // A plain `orch runner` (no binary label) must not get them.
+    let _plain = runner(&space, &db, &server.said, &rtoken, "plain", "cpus=1");
+    let dir = space.path().join("runner-native");
+    let mut cmd = Command::new(&example);
+    cmd.args(["runner", &server.said, &dir.display().to_string()])
+        .env("ORCH_TOKEN", &rtoken)
+        .env("RUST_LOG", "info");
+    let native = spawn(
+        cmd,
+        space.path().join("runner-native.log"),
+        "runner ",
+        " registered",
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server.out, &mut rest).ok();
+    let status = server.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{rest}; log: {}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    let run = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" succeeded"))
+        .unwrap_or_else(|| panic!("the run succeeded: {rest}"))
+        .to_string();
+    drop(native);
+    let store = orch::store::SqliteStore::open(space.db()).unwrap();
+    let ex = store.export(&run).unwrap();
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    let squares: Vec<_> = ex
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.task.exec, orch::Exec::Native { task } if task == "square"))
+        .collect();
+    assert_eq!(
+        squares.len(),
+        4,
+        "{:?}",
+        ex.nodes.iter().map(|n| &n.id).collect::<Vec<_>>()
+    );
+    for n in &ex.nodes {
+        assert!(
+            matches!(n.task.exec, orch::Exec::Native { .. }),
+            "{}: {:?}",
+            n.id,
+            n.task.exec
+        );
+        assert_eq!(n.attempts.len(), 1, "{}: {:?}", n.id, n.attempts);
+        assert_eq!(n.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+        // It ran as this binary in task mode, on the native runner.
+        let log = std::fs::read_to_string(space.path().join("runner-native.log")).unwrap();
+        assert!(
+            log.contains(&format!("{run}/{}#1", n.id)),
+            "{} ran on the native runner: {log}",
+            n.id
+        );
+    }
+    for n in &squares {
+        let lines = store.logs(&run, &n.id, None).unwrap();
+        assert!(
+            lines.iter().any(|l| l.text.contains("runner-native")),
+            "{}: {lines:?}",
+            n.id
+        );
+    }
+    let total = ex
+        .nodes
+        .iter()
+        .find(|n| matches!(&n.task.exec, orch::Exec::Native { task } if task == "total"))
+        .unwrap();
+    assert_eq!(total.output, Some(json!(30)), "1 + 4 + 9 + 16");
 }
