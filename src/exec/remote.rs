@@ -239,9 +239,12 @@ pub struct Remote {
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
     queued: Notify,
-    /// The label the attempts of native tasks require ([`binary_label`]
-    /// of this process's binary), when known.
-    native_label: Option<String>,
+    /// The workflow binary whose native tasks' attempts require its
+    /// [`binary_label`], if any.
+    native_binary: Option<std::path::PathBuf>,
+    /// That label, computed when the first native attempt needs it
+    /// (hashing a large binary takes a while; most servers never do).
+    native_label: std::sync::OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -262,24 +265,47 @@ impl Remote {
             waiting: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
-            native_label: None,
+            native_binary: None,
+            native_label: std::sync::OnceLock::new(),
         }
     }
 
-    /// The same, with the attempts of native tasks requiring `label`
-    /// (the [`binary_label`] of the workflow binary that runs them): only
-    /// runners started from that very binary ([`crate::runner::serve_native`])
-    /// claim them, and with none live they run here.
-    pub fn with_native_label(mut self, label: Option<String>) -> Remote {
-        self.native_label = label;
+    /// The same, with the attempts of native tasks requiring the
+    /// `binary=<SHA-256>` label of `binary` (the workflow binary that
+    /// runs them, hashed when the first one is sent): only runners
+    /// started from that very binary claim them
+    /// (`orch::runner::serve_native`), and with none live they run here.
+    pub fn with_native_binary(mut self, binary: std::path::PathBuf) -> Remote {
+        self.native_binary = Some(binary);
         self
+    }
+
+    /// The label native attempts require, if any.
+    fn native_label(&self) -> Option<&String> {
+        self.native_label
+            .get_or_init(|| {
+                let path = self.native_binary.as_ref()?;
+                #[cfg(any(feature = "server", feature = "client"))]
+                return binary_label(path)
+                    .map_err(|e| {
+                        tracing::warn!(binary = %path.display(), error = %e, "cannot hash the workflow binary: its native tasks run here only")
+                    })
+                    .ok();
+                #[cfg(not(any(feature = "server", feature = "client")))]
+                {
+                    tracing::warn!(binary = %path.display(), "built without the `server` feature: native tasks run here only");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// What attempts of `task` require of a runner: its own requirements,
     /// plus this binary's label for a native task.
     fn remote_need(&self, task: &Task) -> Resources {
         let mut need = task.requires.as_deref().cloned().unwrap_or_default();
-        if let (crate::model::Exec::Native { .. }, Some(label)) = (&task.exec, &self.native_label) {
+        if let (crate::model::Exec::Native { .. }, Some(label)) = (&task.exec, self.native_label())
+        {
             if !need.labels.contains(label) {
                 need.labels.push(label.clone());
             }

@@ -199,16 +199,12 @@ impl Server {
         let engine = Engine::with_owner(store.clone(), &home, owner);
         // Attempts that runners serve go to the queue, the rest run here.
         // Native tasks of this binary go only to runners started from it.
-        let native = std::env::current_exe()
-            .and_then(|exe| crate::exec::remote::binary_label(&exe))
-            .map_err(
-                |e| warn!(error = %e, "cannot hash this binary: its native tasks run here only"),
-            )
-            .ok();
-        let remote = Arc::new(
-            crate::exec::remote::Remote::new(store.clone(), crate::exec::remote::lease_ms())
-                .with_native_label(native),
-        );
+        let mut remote =
+            crate::exec::remote::Remote::new(store.clone(), crate::exec::remote::lease_ms());
+        if let Ok(exe) = std::env::current_exe() {
+            remote = remote.with_native_binary(exe);
+        }
+        let remote = Arc::new(remote);
         engine.send_to_runners(remote);
         let hub = Arc::new(hub::Hub::new(4096));
         engine.observe(hub.clone());
