@@ -50,6 +50,9 @@ pub struct RunnerOptions {
     /// Where tasks run (their working directory) and the Python helper is
     /// installed.
     pub dir: PathBuf,
+    /// The workflow binary whose native tasks it runs (started again in
+    /// task mode), if any: see [`serve_native`].
+    pub native_binary: Option<PathBuf>,
 }
 
 impl RunnerOptions {
@@ -68,8 +71,29 @@ impl RunnerOptions {
             capabilities: Offer::here(),
             slots: 4,
             dir: dir.into(),
+            native_binary: None,
         }
     }
+}
+
+/// Runs this very program as a runner that also serves its own native
+/// tasks (`#[orch::task]`), the way Temporal workers host their
+/// activities: call it from a workflow binary's `main` (in runner mode,
+/// however the binary chooses to be told). It advertises the label
+/// `binary=<SHA-256 of this executable>`
+/// ([`crate::exec::remote::binary_label`]); a server started from the same
+/// binary requires that label of the attempts of its native tasks, so
+/// only runners of the very same build claim them. Blocks like [`run`].
+pub fn serve_native(mut opts: RunnerOptions) -> Result<(), RunnerError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| RunnerError::Setup(format!("finding this program's executable: {e}")))?;
+    let label = crate::exec::remote::binary_label(&exe)
+        .map_err(|e| RunnerError::Setup(format!("hashing {}: {e}", exe.display())))?;
+    if !opts.capabilities.labels.contains(&label) {
+        opts.capabilities.labels.push(label);
+    }
+    opts.native_binary = Some(exe);
+    run(opts)
 }
 
 /// Why a runner stopped with an error.
@@ -312,6 +336,38 @@ fn executor(env: &ProcessEnv, slurm: bool, tree: Option<PathBuf>) -> Arc<dyn Exe
 /// The capability label that hands a runner's attempts to SLURM.
 pub const SLURM_LABEL: &str = "exec=slurm";
 
+/// How long a report is retried while the server answers `503` (the
+/// run's owner is gone and no server adopted it yet).
+pub const MAX_UNAVAILABLE: Duration = Duration::from_secs(300);
+
+/// `call`, retried while the server answers `503`: the run's owner is
+/// gone and another server adopts the run soon (it then re-attaches to
+/// the attempt). Anything else, and the `503` after [`MAX_UNAVAILABLE`],
+/// is returned.
+async fn call_until_owned(
+    client: &Client,
+    id: &AttemptId,
+    path: &str,
+    body: &Value,
+) -> Result<Value, ClientError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call(client, path.to_string(), body.clone()).await {
+            Err(ClientError::Api {
+                status: 503,
+                message,
+                ..
+            }) if started.elapsed() < MAX_UNAVAILABLE => {
+                info!(attempt = %id, %message, "the run has no live owner yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs a runner until it is drained (a signal or the server's
 /// shutdown), then returns.
 pub fn run(opts: RunnerOptions) -> Result<(), RunnerError> {
@@ -333,7 +389,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
         helper_dir,
         db: PathBuf::from("(remote: this runner has no database)"),
         default_timeout: None,
-        native_binary: None,
+        native_binary: opts.native_binary.clone(),
         python_fork: true,
         python_preload: Vec::new(),
         run_dir: None,
@@ -638,6 +694,10 @@ async fn relay(
         // wait, and before each mutation and the end.
         let mut pending: Vec<Value> = Vec::new();
         let mut tick = tokio::time::interval(LOG_EVERY);
+        // Mutations the engine acknowledged: the end says how many, so an
+        // engine that took the run over meanwhile can tell whether it saw
+        // them all.
+        let mut acked: u32 = 0;
         loop {
             let r = tokio::select! {
                 r = reports.recv() => r,
@@ -659,8 +719,11 @@ async fn relay(
                 } => {
                     flush_logs(&shared, &id, &path, &mut pending).await;
                     let body = json!({"runner": shared.id, "mutation": mutation});
-                    let answer = match call(&shared.client, path.clone(), body).await {
-                        Ok(v) if v["ok"].as_bool() == Some(true) => Ok(()),
+                    let answer = match call_until_owned(&shared.client, &id, &path, &body).await {
+                        Ok(v) if v["ok"].as_bool() == Some(true) => {
+                            acked += 1;
+                            Ok(())
+                        }
                         Ok(v) => Err(v["error"].as_str().unwrap_or("refused").to_string()),
                         Err(e) => {
                             // Fenced or unreachable: this attempt is over here.
@@ -684,9 +747,11 @@ async fn relay(
                             )));
                         }
                     }
-                    let body = json!({"runner": shared.id, "end": WireEnd::from(&end)});
+                    let mut wire = WireEnd::from(&end);
+                    wire.mutations = Some(acked);
+                    let body = json!({"runner": shared.id, "end": wire});
                     for round in 0..5 {
-                        match call(&shared.client, path.clone(), body.clone()).await {
+                        match call_until_owned(&shared.client, &id, &path, &body).await {
                             Ok(_) => break,
                             Err(ClientError::Api {
                                 status, message, ..

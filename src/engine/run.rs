@@ -76,6 +76,10 @@ pub(super) struct Running {
     /// The last log line the executor reported as it was written: the
     /// lines of the attempt's end up to it are on their way to the store.
     streamed: u32,
+    /// A runner's attempt this engine re-attached to after taking the run
+    /// over: the mutations the previous owner acknowledged are not in
+    /// `staging`, so its end must say how many there were.
+    adopted: bool,
 }
 
 pub(crate) struct Runner {
@@ -83,6 +87,8 @@ pub(crate) struct Runner {
     lease: Lease,
     pub(super) state: RunState,
     pub(super) executor: Arc<dyn Executor>,
+    /// The runners' queue, when attempts may go there.
+    remote: Option<Arc<crate::exec::remote::Remote>>,
     max_parallel: usize,
     pub(super) ready: BTreeSet<usize>,
     running: HashMap<usize, Running>,
@@ -237,6 +243,7 @@ impl Runner {
             state,
             lease,
             executor,
+            remote: engine.remote().cloned(),
             max_parallel: config.max_parallel.max(1),
             ready: BTreeSet::new(),
             running: HashMap::new(),
@@ -325,6 +332,8 @@ impl Runner {
             Err(e) => {
                 // Fenced (taken over) or the store failed: nothing more is
                 // written; the attempts are stopped with their groups.
+                // Runners keep theirs: the next owner re-attaches to them.
+                self.detach_remote();
                 self.kill_running();
                 if !matches!(e, Error::Fenced { .. }) {
                     // Free for the next takeover at once, if the store
@@ -463,6 +472,69 @@ impl Runner {
         self.kill_running();
     }
 
+    /// Stops waiting for the attempts runners hold, leaving them claimed
+    /// (the engine stops or lost the run): the engine that drives the run
+    /// next re-attaches to them. They stay `running` in the history.
+    fn detach_remote(&mut self) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let run = self.state.run.clone();
+        let detached: Vec<usize> = self
+            .running
+            .iter()
+            .filter(|(i, r)| remote.detach(&AttemptId::new(&run, self.id(**i), r.attempt)))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in detached {
+            if let Some(r) = self.running.remove(&i) {
+                info!(run = %run, node = %self.id(i), attempt = r.attempt, "left to its runner for the run's next owner");
+            }
+        }
+    }
+
+    /// Waits again for attempt `attempt` of node `i`, which a runner may
+    /// still hold (the run's previous owner sent it to the queue): `true`
+    /// when it does and this engine now waits for its reports.
+    pub(super) fn reattach(&mut self, i: usize, attempt: u32) -> bool {
+        let Some(remote) = self.remote.clone() else {
+            return false;
+        };
+        let node = self.id(i);
+        let id = AttemptId::new(&self.state.run, &node, attempt);
+        let (kill_tx, kill_rx) = mpsc::unbounded_channel();
+        let link =
+            AttemptLink::new(id.clone(), self.reports_tx.clone(), kill_rx).following_logs(true);
+        match remote.reattach(link) {
+            Ok(true) => {
+                // Lines the previous owner stored are not taken again.
+                let streamed = self
+                    .store
+                    .logs(&self.state.run, &node, Some(attempt))
+                    .map(|l| l.iter().map(|l| l.line).max().unwrap_or(0))
+                    .unwrap_or(0);
+                info!(attempt = %id, "re-attached to an attempt a runner holds");
+                self.running.insert(
+                    i,
+                    Running {
+                        attempt,
+                        staging: Staging::default(),
+                        stop: kill_tx,
+                        violated: None,
+                        streamed,
+                        adopted: true,
+                    },
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(attempt = %id, error = %e, "cannot tell whether a runner still holds the attempt; it runs again");
+                false
+            }
+        }
+    }
+
     /// Asks every running attempt to be killed (with its process group).
     fn kill_running(&mut self) {
         self.stop_running(Stop::Kill);
@@ -573,6 +645,7 @@ impl Runner {
                     Some(Envelope::Signal(id, signal)) => self.take_signal(id, signal)?,
                     Some(Envelope::Shutdown(grace)) => {
                         self.halt.shutdown = true;
+                        self.detach_remote();
                         self.stop_running(if grace.is_zero() { Stop::Kill } else { Stop::Terminate(grace) });
                     }
                     Some(Envelope::Lost) => {
@@ -1033,6 +1106,7 @@ impl Runner {
                         stop: kill_tx,
                         violated: None,
                         streamed: 0,
+                        adopted: false,
                     },
                 );
             }
@@ -1164,6 +1238,20 @@ impl Runner {
             None
         };
         let exit_code = end.exit_code();
+        if running.adopted && stopping.is_none() {
+            let seen = running.staging.mutations().len() as u32;
+            if end.mutations != Some(seen) {
+                // Mutations the previous owner acknowledged died with it:
+                // the batch cannot be committed whole.
+                let error = format!(
+                    "interrupted: attempt {}/{node}#{attempt} had {} mutations acknowledged, {seen} of them by this engine (the run changed owner while it ran); the node runs again",
+                    self.state.run,
+                    end.mutations.map_or("an unknown number of".to_string(), |n| n.to_string()),
+                );
+                self.kill_ended(i, attempt, exit_code, error, NodeState::Ready);
+                return;
+            }
+        }
         let task = &self.state.graph.node(i).task;
         match verdict::judge(&end, task, &node, running.violated.as_deref(), stopping) {
             Verdict::Violated(error) => {

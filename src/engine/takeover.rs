@@ -238,8 +238,9 @@ fn touches(m: &Mutation, nodes: &HashSet<String>) -> bool {
 
 impl Runner {
     /// Takes a run over from a stopped orchestrator: the attempts that
-    /// were running are stopped and run again; ready and waiting nodes are
-    /// picked up.
+    /// were running are stopped and run again, except those a runner
+    /// still holds (this engine waits for them instead); ready and
+    /// waiting nodes are picked up.
     pub(super) fn recover(&mut self) -> Result<()> {
         let runner = self;
         runner.emit(EventKind::RunResumed {
@@ -255,6 +256,11 @@ impl Runner {
             let Some(last) = runner.state.facts[i].attempts.last().cloned() else {
                 continue;
             };
+            // An attempt sent to runners: a runner may still hold it,
+            // and then it goes on (its reports come to this engine).
+            if last.pid.is_none() && runner.reattach(i, last.attempt) {
+                continue;
+            }
             if let Some(pid) = last
                 .pid
                 .filter(|&p| belongs_to(p, &runner.state.run, &node))

@@ -229,6 +229,9 @@ pub struct AttemptEnd {
     pub logs: Vec<LogLine>,
     /// The runner that ran it (its name); `None` when this machine ran it.
     pub runner: Option<String>,
+    /// How many of its mutations were acknowledged, when a runner
+    /// counted them (remote attempts); `None` for local ones.
+    pub mutations: Option<u32>,
 }
 
 impl AttemptEnd {
@@ -246,6 +249,7 @@ impl AttemptEnd {
             output: None,
             logs: Vec::new(),
             runner: None,
+            mutations: None,
         }
     }
 

@@ -195,6 +195,31 @@ impl Shipment {
     }
 }
 
+/// The label a runner started from a workflow binary advertises, and
+/// that the attempts of that binary's native tasks require:
+/// `binary=` and the SHA-256 of the file's content, in hex.
+#[cfg(any(feature = "server", feature = "client"))]
+pub fn binary_label(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let digest = hash.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{BINARY_LABEL}={hex}"))
+}
+
+/// The label key of a workflow binary's content hash ([`binary_label`]).
+pub const BINARY_LABEL: &str = "binary";
+
 /// An attempt as a runner receives it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -261,6 +286,11 @@ pub struct WireEnd {
     /// (those streamed already may be left out).
     #[serde(default)]
     pub logs: Vec<(u32, String, String)>,
+    /// How many of its mutations the engine acknowledged, as the runner
+    /// counted them: an engine that re-attached to the attempt after a
+    /// takeover checks it against the mutations it saw itself.
+    #[serde(default)]
+    pub mutations: Option<u32>,
 }
 
 impl From<&AttemptEnd> for WireEnd {
@@ -286,6 +316,7 @@ impl From<&AttemptEnd> for WireEnd {
                 .iter()
                 .map(|l| (l.line, l.stream.clone(), l.text.clone()))
                 .collect(),
+            mutations: e.mutations,
         }
     }
 }
@@ -312,6 +343,7 @@ impl WireEnd {
             .failure
             .map(|(message, retry)| TaskFailure { message, retry });
         end.output = self.output;
+        end.mutations = self.mutations;
         end.logs = self
             .logs
             .into_iter()
@@ -336,7 +368,8 @@ pub enum ReportError {
     #[error(transparent)]
     Store(#[from] Error),
     /// No engine of this server waits for the attempt (its run is driven
-    /// by another server, or this one restarted).
+    /// by another server, or its owner is gone): the server forwards the
+    /// report to the run's owner, or asks the runner to retry.
     #[error("no engine of this server waits for attempt {0}")]
     NotWaiting(AttemptId),
     /// The attempt's task does not declare that it produces this file.
@@ -355,6 +388,9 @@ pub enum ReportError {
         /// The content asked for.
         sha256: String,
     },
+    /// The report is malformed (the message says which field).
+    #[error("{0}")]
+    Bad(String),
 }
 
 /// The queue side of an engine: the attempts it sent to runners and
@@ -379,6 +415,12 @@ pub struct Remote {
     sweeping: Mutex<()>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
     queued: Notify,
+    /// The workflow binary whose native tasks' attempts require its
+    /// [`binary_label`], if any.
+    native_binary: Option<std::path::PathBuf>,
+    /// That label, computed when the first native attempt needs it
+    /// (hashing a large binary takes a while; most servers never do).
+    native_label: std::sync::OnceLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -403,7 +445,52 @@ impl Remote {
             produces: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             queued: Notify::new(),
+            native_binary: None,
+            native_label: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The same, with the attempts of native tasks requiring the
+    /// `binary=<SHA-256>` label of `binary` (the workflow binary that
+    /// runs them, hashed when the first one is sent): only runners
+    /// started from that very binary claim them
+    /// (`orch::runner::serve_native`), and with none live they run here.
+    pub fn with_native_binary(mut self, binary: std::path::PathBuf) -> Remote {
+        self.native_binary = Some(binary);
+        self
+    }
+
+    /// The label native attempts require, if any.
+    fn native_label(&self) -> Option<&String> {
+        self.native_label
+            .get_or_init(|| {
+                let path = self.native_binary.as_ref()?;
+                #[cfg(any(feature = "server", feature = "client"))]
+                return binary_label(path)
+                    .map_err(|e| {
+                        tracing::warn!(binary = %path.display(), error = %e, "cannot hash the workflow binary: its native tasks run here only")
+                    })
+                    .ok();
+                #[cfg(not(any(feature = "server", feature = "client")))]
+                {
+                    tracing::warn!(binary = %path.display(), "built without the `server` feature: native tasks run here only");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// What attempts of `task` require of a runner: its own requirements,
+    /// plus this binary's label for a native task.
+    fn remote_need(&self, task: &Task) -> Resources {
+        let mut need = task.requires.as_deref().cloned().unwrap_or_default();
+        if let (crate::model::Exec::Native { .. }, Some(label)) = (&task.exec, self.native_label())
+        {
+            if !need.labels.contains(label) {
+                need.labels.push(label.clone());
+            }
+        }
+        need
     }
 
     /// The lease of runners and claims, in milliseconds.
@@ -420,13 +507,20 @@ impl Remote {
     /// Whether an attempt needing `need` goes to the queue: a live runner
     /// that is not draining satisfies it, or this machine cannot.
     pub fn goes_remote(&self, need: &Resources) -> Result<bool> {
-        if self.here.refuses(need).is_some() {
+        self.goes_remote_with(need, need)
+    }
+
+    /// Whether an attempt goes to the queue: this machine cannot give it
+    /// `here` (its own requirements), or a live runner that is not
+    /// draining satisfies `there` (what it requires of a runner).
+    fn goes_remote_with(&self, here: &Resources, there: &Resources) -> Result<bool> {
+        if self.here.refuses(here).is_some() {
             return Ok(true);
         }
         let (runners, _) = self.store.runners()?;
         Ok(runners
             .iter()
-            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(need).is_none()))
+            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(there).is_none()))
     }
 
     /// Notes that `runner` (its id) claimed `attempts`: those this engine
@@ -581,7 +675,7 @@ impl Remote {
         link: AttemptLink,
         shipment: Option<&Arc<Shipment>>,
     ) -> Result<()> {
-        let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
+        let need = self.remote_need(&spec.task);
         let mut wire = WireSpec::from(spec);
         if let Some(s) = shipment {
             wire.files = s.files.clone();
@@ -598,10 +692,7 @@ impl Remote {
             });
         }
         let AttemptLink {
-            id,
-            reports,
-            mut kill,
-            ..
+            id, reports, kill, ..
         } = link;
         self.waiting
             .lock()
@@ -627,10 +718,16 @@ impl Remote {
             return Err(e);
         }
         self.queued.notify_waiters();
+        self.watch(id, kill);
+        Ok(())
+    }
+
+    /// Withdraws attempt `id` when the engine asks it gone through `kill`
+    /// (a runner holding it learns from its next heartbeat and kills it);
+    /// nothing when the line closes (the attempt ended or was detached).
+    fn watch(self: &Arc<Self>, id: AttemptId, mut kill: mpsc::UnboundedReceiver<super::Stop>) {
         let me = self.clone();
         tokio::spawn(async move {
-            // The engine wants it gone: withdraw it (a runner holding it
-            // learns from its next heartbeat and kills it).
             if kill.recv().await.is_some() {
                 if let Some(tx) = me.take(&id) {
                     let gone = id.clone();
@@ -649,7 +746,46 @@ impl Remote {
                 }
             }
         });
-        Ok(())
+    }
+
+    /// Waits again for attempt `link.id`, queued or claimed before this
+    /// engine took its run over (the previous owner stopped or died):
+    /// its reports go to `link` from now on. `false` (and nothing waits)
+    /// when the attempt will never report: its queue row is gone or
+    /// names a later attempt, or its runner lost the claim's lease; the
+    /// row is removed then, and the caller runs the node again.
+    pub fn reattach(self: &Arc<Self>, link: AttemptLink) -> Result<bool> {
+        let AttemptLink {
+            id, reports, kill, ..
+        } = link;
+        // In the map first: a report arriving while the store is asked is
+        // not refused as unexpected.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), reports);
+        match self.store.lost_claims(std::slice::from_ref(&id)) {
+            Ok(lost) if lost.is_empty() => {
+                self.watch(id, kill);
+                Ok(true)
+            }
+            Ok(_) => {
+                self.take(&id);
+                Ok(false)
+            }
+            Err(e) => {
+                self.take(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops waiting for attempt `id` without withdrawing it: its runner
+    /// keeps it, and the engine that takes the run over next re-attaches
+    /// to it ([`Remote::reattach`]). `false` when this engine did not wait
+    /// for it (it runs here, or it ended).
+    pub fn detach(&self, id: &AttemptId) -> bool {
+        self.take(id).is_some()
     }
 
     /// A mutation attempt `id` sent through `runner`: handed to the engine
@@ -823,7 +959,7 @@ impl Executor for RemoteExecutor {
         let need = spec.task.requires.as_deref().cloned().unwrap_or_default();
         let remote = self
             .remote
-            .goes_remote(&need)
+            .goes_remote_with(&need, &self.remote.remote_need(&spec.task))
             .map_err(|e| LaunchError::Refused(e.to_string()))?;
         if !remote {
             return self.local.launch(spec, link);

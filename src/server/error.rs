@@ -31,7 +31,8 @@ pub enum Code {
     UnsupportedMediaType,
     /// The request is well formed but refused (validation).
     Unprocessable,
-    /// The server is shutting down.
+    /// The server cannot do it now (it is shutting down, or the run a
+    /// runner reports on has no live owner yet): retry later.
     Unavailable,
     /// The server failed; the message says where.
     Internal,

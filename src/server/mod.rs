@@ -24,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod hub;
 pub mod openapi;
 pub mod web;
@@ -50,6 +51,26 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_PUBLISH_BODY: usize = 12 << 20;
 /// How often the server looks for runs that lost their owner.
 pub const ADOPT_EVERY: Duration = Duration::from_secs(2);
+/// The environment variable that sets the lease of the runs a server
+/// drives, in milliseconds (default 30 s, between [`MIN_RUN_LEASE_MS`]
+/// and [`MAX_RUN_LEASE_MS`]): how long after a server dies on another
+/// host the others adopt its runs. Short in tests.
+pub const RUN_LEASE_ENV: &str = "ORCH_RUN_LEASE_MS";
+/// The shortest lease [`RUN_LEASE_ENV`] may set.
+pub const MIN_RUN_LEASE_MS: u64 = 300;
+/// The longest lease [`RUN_LEASE_ENV`] may set.
+pub const MAX_RUN_LEASE_MS: u64 = 600_000;
+
+/// The lease of a server's runs: [`RUN_LEASE_ENV`] (clamped), else
+/// [`crate::store::lease::DEFAULT_TTL`].
+pub fn run_lease() -> Duration {
+    std::env::var(RUN_LEASE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(crate::store::lease::DEFAULT_TTL, |ms| {
+            Duration::from_millis(ms.clamp(MIN_RUN_LEASE_MS, MAX_RUN_LEASE_MS))
+        })
+}
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -67,6 +88,11 @@ pub struct ServeOptions {
     /// How many attempts of one run may run at once when its workflow
     /// does not say.
     pub slots: usize,
+    /// The URL other servers on the same database reach this one at
+    /// (`http://host:port`): they forward to it the runners' reports on
+    /// the runs this server drives. Default: `http://` and the listening
+    /// address (`127.0.0.1` for an unspecified one).
+    pub advertise: Option<String>,
 }
 
 impl ServeOptions {
@@ -78,6 +104,7 @@ impl ServeOptions {
             pipelines: None,
             data: None,
             slots: 4,
+            advertise: None,
         }
     }
 }
@@ -154,15 +181,6 @@ impl Server {
             what: "the workflow repository".into(),
             message: e.to_string(),
         })?;
-        let engine = Engine::new(store.clone(), &home);
-        // Attempts that runners serve go to the queue, the rest run here.
-        let remote = Arc::new(crate::exec::remote::Remote::new(
-            store.clone(),
-            crate::exec::remote::lease_ms(),
-        ));
-        engine.send_to_runners(remote);
-        let hub = Arc::new(hub::Hub::new(4096));
-        engine.observe(hub.clone());
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| Error::Io {
@@ -173,6 +191,23 @@ impl Server {
             context: "reading the listening address".into(),
             source: e,
         })?;
+        let url = advertised(&opts, addr)?;
+        // Other servers on the database find this one by the runs it owns.
+        let owner = crate::store::Owner::this_process()
+            .with_ttl(run_lease())
+            .with_url(&url);
+        let engine = Engine::with_owner(store.clone(), &home, owner);
+        // Attempts that runners serve go to the queue, the rest run here.
+        // Native tasks of this binary go only to runners started from it.
+        let mut remote =
+            crate::exec::remote::Remote::new(store.clone(), crate::exec::remote::lease_ms());
+        if let Ok(exe) = std::env::current_exe() {
+            remote = remote.with_native_binary(exe);
+        }
+        let remote = Arc::new(remote);
+        engine.send_to_runners(remote);
+        let hub = Arc::new(hub::Hub::new(4096));
+        engine.observe(hub.clone());
         let (stop, _) = watch::channel(0u32);
         let state = Arc::new(AppState {
             engine,
@@ -188,7 +223,7 @@ impl Server {
         });
         let app = router(state.clone());
         let task = tokio::spawn(run(state.clone(), listener, app));
-        info!(%addr, db = %state.store.location(), "orch server listening");
+        info!(%addr, %url, engine = %state.engine.owner().id, db = %state.store.location(), "orch server listening");
         Ok(Server { addr, state, task })
     }
 
@@ -217,6 +252,29 @@ impl Server {
             source: std::io::Error::other(e.to_string()),
         })?
     }
+}
+
+/// The URL this server advertises to the others on its database.
+fn advertised(opts: &ServeOptions, addr: SocketAddr) -> Result<String> {
+    if let Some(url) = &opts.advertise {
+        let url = url.trim_end_matches('/');
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() <= 1024
+            && !url.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !ok {
+            return Err(Error::Refused {
+                what: format!("--advertise {url}"),
+                message: "an http:// or https:// URL (at most 1024 characters, no spaces)".into(),
+            });
+        }
+        return Ok(url.to_string());
+    }
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        warn!(%addr, "listening on every address: other servers reach this one at 127.0.0.1 unless --advertise says where");
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("http://{addr}"))
 }
 
 /// Serves until `SIGINT`/`SIGTERM` (gracefully; a second signal stops at

@@ -47,6 +47,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     runners_claim_by_capability_and_are_fenced(new().as_ref());
     expired_claims_are_lost_and_their_reports_refused(new().as_ref());
     queues_are_listed_and_cleared(new().as_ref());
+    a_heartbeat_renews_only_the_claims_it_lists(new().as_ref());
     a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
     runners_keep_their_queues_and_runs(new().as_ref());
 }
@@ -238,6 +239,35 @@ fn expired_claims_are_lost_and_their_reports_refused(store: &dyn Store) {
     assert!(store.claim("r0", 1, 60_000).unwrap().is_empty());
     store.heartbeat("r0", &[], 60_000).unwrap();
     assert_eq!(store.claim("r0", 1, 60_000).unwrap().len(), 1);
+}
+
+fn a_heartbeat_renews_only_the_claims_it_lists(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    store
+        .register_runner(
+            &RunnerSpec::new("r9", "nine", offer(1.0, &[]), 2, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    store.enqueue(&queued("run9", "kept", 1, &[])).unwrap();
+    store.enqueue(&queued("run9", "dropped", 1, &[])).unwrap();
+    assert_eq!(store.claim("r9", 2, 60_000).unwrap().len(), 2);
+    let kept = AttemptId::new("run9", "kept", 1);
+    let dropped = AttemptId::new("run9", "dropped", 1);
+    // A beat that sets a lease already over (the clock cannot be moved
+    // here): only the claim it lists gets it.
+    let beat = store
+        .heartbeat("r9", std::slice::from_ref(&kept), -1)
+        .unwrap();
+    assert!(beat.lost.is_empty(), "{beat:?}");
+    let lost = store.lost_claims(&[kept.clone(), dropped.clone()]).unwrap();
+    assert_eq!(
+        lost,
+        vec![kept],
+        "a heartbeat renews only the claims it lists"
+    );
+    store.claim_holds(&dropped, "r9").unwrap();
 }
 
 fn queues_are_listed_and_cleared(store: &dyn Store) {

@@ -30,6 +30,12 @@ pub struct Owner {
     pub started: Option<u64>,
     /// How long a lease lasts without renewal.
     pub ttl: Duration,
+    /// Where this engine's server takes runners' reports
+    /// (`http://host:port`), when it is an `orch serve`: another server
+    /// that receives a report for a run this engine owns forwards it
+    /// there. `None` for engines that take no reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Owner {
@@ -48,7 +54,15 @@ impl Owner {
             pid,
             started: crate::host::process_start(pid),
             ttl: DEFAULT_TTL,
+            url: None,
         }
+    }
+
+    /// The same owner, advertising `url` as where its server takes
+    /// runners' reports.
+    pub fn with_url(mut self, url: impl Into<String>) -> Owner {
+        self.url = Some(url.into());
+        self
     }
 
     /// The same owner with another lease duration.
@@ -226,6 +240,7 @@ mod tests {
             pid,
             started,
             ttl: DEFAULT_TTL,
+            url: None,
         }
     }
 

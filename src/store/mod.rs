@@ -544,9 +544,10 @@ pub trait Store: Send + Sync {
     /// `lease_ms` on the store's clock.
     fn register_runner(&self, spec: &RunnerSpec, lease_ms: i64) -> Result<RunnerRecord>;
 
-    /// Renews runner `id`'s lease and the leases of every claim it holds
-    /// by `lease_ms`; says whether it drains and which of `holding` (the
-    /// attempts it runs) are no longer its own. [`Error::UnknownRunner`]
+    /// Renews runner `id`'s lease and the leases of the claims of
+    /// `holding` (the attempts it runs) it still holds, by `lease_ms`;
+    /// says whether it drains and which of `holding` are no longer its
+    /// own. A claim it holds but does not list is not renewed. [`Error::UnknownRunner`]
     /// when no such runner is registered.
     fn heartbeat(&self, id: &str, holding: &[AttemptId], lease_ms: i64) -> Result<Beat>;
 

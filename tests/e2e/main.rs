@@ -25,6 +25,8 @@ mod promises;
 mod python_helper;
 mod rules;
 mod runners;
+#[cfg(all(feature = "postgres", feature = "testing"))]
+mod runners_multi;
 mod scheduler;
 mod server;
 mod shapes;

@@ -17,7 +17,7 @@ use crate::util::*;
 
 /// One cluster for the whole test binary, a database per test; stopped
 /// when the process exits.
-fn cluster() -> &'static PgTestCluster {
+pub(crate) fn cluster() -> &'static PgTestCluster {
     static CLUSTER: OnceLock<PgTestCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let c = PgTestCluster::start().unwrap_or_else(|e| panic!("PostgreSQL tests: {e}"));
@@ -34,7 +34,7 @@ fn cluster() -> &'static PgTestCluster {
 
 /// The export of a run from PostgreSQL, checked against a rebuild from
 /// its history alone.
-fn export(store: &dyn Store, run: &str) -> orch::RunExport {
+pub(crate) fn export(store: &dyn Store, run: &str) -> orch::RunExport {
     let live = store.export(run).expect("export");
     let rebuilt = store.replay(run, None).expect("replay").export();
     assert_eq!(

@@ -51,7 +51,13 @@ pub(crate) fn runner_token_of(space: &Space, user: &str) -> String {
 
 /// Starts `orch runner` named `name` with `caps`, in its own folder, and
 /// waits for its registration.
-pub(crate) fn runner(space: &Space, server: &Served, token: &str, name: &str, caps: &str) -> Runner {
+pub(crate) fn runner(
+    space: &Space,
+    server: &Served,
+    token: &str,
+    name: &str,
+    caps: &str,
+) -> Runner {
     runner_with(space, server, token, name, caps, &[])
 }
 

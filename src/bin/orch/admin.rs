@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// not say.
     #[arg(long, default_value_t = 4)]
     pub slots: usize,
+    /// The URL other servers on the same database reach this one at, to
+    /// forward runners' reports on the runs it drives (default:
+    /// `http://` and the listening address).
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 /// `orch runner`'s flags.
@@ -173,6 +178,7 @@ pub fn serve(db: &Path, args: ServeArgs) -> Res {
     opts.pipelines = args.pipelines;
     opts.data = args.data;
     opts.slots = args.slots;
+    opts.advertise = args.advertise;
     orch::server::serve(opts)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -444,80 +445,104 @@ fn report_error(e: ReportError) -> ApiError {
         e @ ReportError::NotWaiting(_) => ApiError::conflict(e.to_string()),
         e @ ReportError::NoSuchFile { .. } => ApiError::not_found(e.to_string()),
         e @ ReportError::NotDeclared { .. } => ApiError::bad(e.to_string()),
+        ReportError::Bad(message) => ApiError::bad(message),
     }
 }
 
 /// `POST /attempts/{run}/{node}/{attempt}/report`: a mutation or the
 /// end of an attempt the runner holds; refused (409) when it does not.
+/// A report on a run another server drives is forwarded there
+/// ([`super::super::forward`]); `503` when the run's owner is gone (the
+/// runner retries once a server adopted the run).
 #[utoipa::path(post, path = "/api/v1/attempts/{run}/{node}/{attempt}/report", tag = "runners",
     params(("run" = String, Path, description = "the run"),
            ("node" = String, Path, description = "the node"),
            ("attempt" = u32, Path, description = "the attempt number")),
     request_body = ReportBody,
-    responses((status = 200, body = ReportAnswer), (status = 403, body = ApiError), (status = 409, body = ApiError)),
+    responses((status = 200, body = ReportAnswer), (status = 403, body = ApiError), (status = 409, body = ApiError),
+              (status = 503, body = ApiError, description = "the run's owner is gone: retry once a server adopts it")),
     security(("token" = [])))]
 pub async fn report(
     State(s): State<Arc<AppState>>,
     Extension(me): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Body(body): Body<ReportBody>,
-) -> ApiResult<Json<ReportAnswer>> {
+) -> ApiResult<Response> {
     acting_for(&me, "field `runner`", &body.runner)?;
-    let remote = remote(&s)?;
     let id = AttemptId::new(run, node, attempt);
+    let runner = body.runner.clone();
+    // Kept to forward the report when another server drives the run.
+    let original = serde_json::json!({
+        "runner": body.runner,
+        "mutation": body.mutation,
+        "logs": body.logs,
+        "end": body.end,
+    });
+    match take_report(&s, &id, body).await {
+        Err(ReportError::NotWaiting(_)) => {
+            let mut original = original;
+            if let Some(o) = original.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+            super::super::forward::forward(&s, &headers, uri.path(), &id, &runner, original).await
+        }
+        Err(e) => Err(report_error(e)),
+        Ok(answer) => Ok(Json(answer).into_response()),
+    }
+}
+
+/// A report handed to the engine of this server that waits for the
+/// attempt; [`ReportError::NotWaiting`] when none does.
+async fn take_report(
+    s: &Arc<AppState>,
+    id: &AttemptId,
+    body: ReportBody,
+) -> Result<ReportAnswer, ReportError> {
+    let remote = remote(s).map_err(|_| ReportError::NotWaiting(id.clone()))?;
+    let id = id.clone();
+    let worker = |e: tokio::task::JoinError| {
+        ReportError::Store(crate::Error::Engine {
+            run: String::new(),
+            message: format!("a worker failed: {e}"),
+        })
+    };
     match (body.mutation, body.logs, body.end) {
         (None, Some(lines), None) => {
-            if lines.len() > MAX_REPORT_LINES {
-                return Err(ApiError::bad(format!(
-                    "field `logs`: at most {MAX_REPORT_LINES} lines a report"
-                )));
-            }
-            let lines = lines
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    serde_json::from_value::<(u32, String, String)>(l).map_err(|e| {
-                        ApiError::bad(format!("field `logs[{i}]`: [line, stream, text]: {e}"))
-                    })
-                })
-                .collect::<ApiResult<Vec<_>>>()?;
+            let lines = checked_lines(lines).map_err(ReportError::Bad)?;
             let runner = body.runner;
             tokio::task::spawn_blocking(move || remote.logs(&id, &runner, lines))
                 .await
-                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(worker)??;
+            Ok(ReportAnswer {
                 ok: true,
                 error: None,
-            }))
+            })
         }
         (Some(m), None, None) => {
             let m: Mutation = serde_json::from_value(m)
-                .map_err(|e| ApiError::bad(format!("field `mutation`: {e}")))?;
-            let answer = remote
-                .mutation(&id, &body.runner, m)
-                .await
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(|e| ReportError::Bad(format!("field `mutation`: {e}")))?;
+            let answer = remote.mutation(&id, &body.runner, m).await?;
+            Ok(ReportAnswer {
                 ok: answer.is_ok(),
                 error: answer.err(),
-            }))
+            })
         }
         (None, None, Some(end)) => {
             let end: WireEnd = serde_json::from_value(end)
-                .map_err(|e| ApiError::bad(format!("field `end`: {e}")))?;
+                .map_err(|e| ReportError::Bad(format!("field `end`: {e}")))?;
             let runner = body.runner;
             tokio::task::spawn_blocking(move || remote.end(&id, &runner, end))
                 .await
-                .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
-                .map_err(report_error)?;
-            Ok(Json(ReportAnswer {
+                .map_err(worker)??;
+            Ok(ReportAnswer {
                 ok: true,
                 error: None,
-            }))
+            })
         }
-        _ => Err(ApiError::bad(
-            "a report has exactly one of the fields `mutation`, `logs` and `end`",
+        _ => Err(ReportError::Bad(
+            "a report has exactly one of the fields `mutation`, `logs` and `end`".into(),
         )),
     }
 }
@@ -553,15 +578,17 @@ fn sha256_hex(data: &[u8]) -> String {
            ("attempt" = u32, Path, description = "the attempt number")),
     request_body = FileBody,
     responses((status = 200, description = "the file's content", content_type = "application/octet-stream"),
-              (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)),
+              (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError),
+              (status = 503, body = ApiError, description = "the run's owner is gone: retry once a server adopts it")),
     security(("token" = [])))]
 pub async fn file(
     State(s): State<Arc<AppState>>,
     Extension(me): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Body(body): Body<FileBody>,
-) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse;
+) -> ApiResult<Response> {
     use std::io::Read;
     acting_for(&me, "field `runner`", &body.runner)?;
     if body.sha256.len() != 64 || !body.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -569,12 +596,21 @@ pub async fn file(
             "field `sha256`: 64 hexadecimal digits (a SHA-256)",
         ));
     }
-    let remote = remote(&s)?;
     let id = AttemptId::new(run, node, attempt);
+    let Ok(remote) = remote(&s) else {
+        return forward_file(&s, &headers, &uri, &id, &body).await;
+    };
+    let (aid, runner, sha256) = (id.clone(), body.runner.clone(), body.sha256.clone());
+    let found = tokio::task::spawn_blocking(move || remote.shipped_file(&aid, &runner, &sha256))
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
+    let (path, want) = match found {
+        Err(ReportError::NotWaiting(_)) => {
+            return forward_file(&s, &headers, &uri, &id, &body).await;
+        }
+        other => other.map_err(report_error)?,
+    };
     let content = tokio::task::spawn_blocking(move || -> ApiResult<Vec<u8>> {
-        let (path, want) = remote
-            .shipped_file(&id, &body.runner, &body.sha256)
-            .map_err(report_error)?;
         let mut content = Vec::new();
         std::fs::File::open(&path)
             .and_then(|f| {
@@ -597,6 +633,32 @@ pub async fn file(
         content,
     )
         .into_response())
+}
+
+/// A file request on an attempt of a run this server does not drive,
+/// sent to the run's owner ([`super::super::forward`]).
+async fn forward_file(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    id: &AttemptId,
+    body: &FileBody,
+) -> ApiResult<Response> {
+    let text = serde_json::to_vec(&serde_json::json!({
+        "runner": body.runner,
+        "sha256": body.sha256,
+    }))
+    .expect("a file request is JSON");
+    super::super::forward::forward_bytes(
+        s,
+        headers,
+        uri.path(),
+        id,
+        &body.runner,
+        super::super::forward::Sent::json(text),
+        crate::exec::remote::MAX_SHIPPED_FILE + 1,
+    )
+    .await
 }
 
 /// Which artefact an upload is, and by whom.
@@ -631,23 +693,51 @@ pub struct Uploaded {
            ArtefactUpload),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = Uploaded), (status = 400, body = ApiError),
-              (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 413)),
+              (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 413),
+              (status = 503, body = ApiError, description = "the run's owner is gone: retry once a server adopts it")),
     security(("token" = [])))]
 pub async fn artefact(
     State(s): State<Arc<AppState>>,
     Extension(me): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
     Path((run, node, attempt)): Path<(String, String, u32)>,
     Query(q): Query<ArtefactUpload>,
     content: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Uploaded>)> {
+) -> ApiResult<Response> {
     acting_for(&me, "query `runner`", &q.runner)?;
-    let remote = remote(&s)?;
-    let home = s.engine.home().to_path_buf();
     let id = AttemptId::new(run, node, attempt);
-    tokio::task::spawn_blocking(move || -> ApiResult<(StatusCode, Json<Uploaded>)> {
-        let rel = remote
-            .artefact_path(&id, &q.runner, &q.path)
-            .map_err(report_error)?;
+    let forward = |s: Arc<AppState>, content: axum::body::Bytes| {
+        let (headers, id, runner) = (headers.clone(), id.clone(), q.runner.clone());
+        let target = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+        async move {
+            super::super::forward::forward_bytes(
+                &s,
+                &headers,
+                &target,
+                &id,
+                &runner,
+                super::super::forward::Sent::bytes(content.to_vec()),
+                super::super::forward::MAX_ANSWER,
+            )
+            .await
+        }
+    };
+    let Ok(remote) = remote(&s) else {
+        return forward(s.clone(), content).await;
+    };
+    let (aid, runner, path) = (id.clone(), q.runner.clone(), q.path.clone());
+    let rel = tokio::task::spawn_blocking(move || remote.artefact_path(&aid, &runner, &path))
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?;
+    let rel = match rel {
+        Err(ReportError::NotWaiting(_)) => return forward(s.clone(), content).await,
+        other => other.map_err(report_error)?,
+    };
+    let home = s.engine.home().to_path_buf();
+    tokio::task::spawn_blocking(move || -> ApiResult<Response> {
         let dir = crate::exec::remote::artefact_dir(
             &home.join("runs").join(&id.run),
             &id.node,
@@ -673,10 +763,29 @@ pub async fn artefact(
                 path: q.path,
                 bytes: content.len() as u64,
             }),
-        ))
+        )
+            .into_response())
     })
     .await
     .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+}
+
+/// Log lines of a report, checked: at most [`MAX_REPORT_LINES`], each
+/// `[line, stream, text]`.
+fn checked_lines(lines: Vec<Value>) -> Result<Vec<(u32, String, String)>, String> {
+    if lines.len() > MAX_REPORT_LINES {
+        return Err(format!(
+            "field `logs`: at most {MAX_REPORT_LINES} lines a report"
+        ));
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_value::<(u32, String, String)>(l)
+                .map_err(|e| format!("field `logs[{i}]`: [line, stream, text]: {e}"))
+        })
+        .collect()
 }
 
 /// `GET /runners`: every registered runner.

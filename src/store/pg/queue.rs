@@ -115,15 +115,21 @@ impl PgStore {
                 return Err(Error::UnknownRunner(id.to_string()));
             };
             let draining: bool = tx.get(&r, 0)?;
-            tx.exec(
-                &format!("UPDATE queue SET lease_until = {NOW_MS} + $2 WHERE runner = $1"),
-                &[&id, &lease_ms],
-            )?;
+            // Only the claims it says it holds are renewed: one it gave up
+            // (an end no server would take) expires, and the engine that
+            // waits for it runs its node again.
             let mut lost = Vec::new();
             for a in holding {
                 let row = Self::queue_row(tx, a)?;
                 if why_fenced(a, id, row).is_some() {
                     lost.push(a.clone());
+                } else {
+                    tx.exec(
+                        &format!(
+                            "UPDATE queue SET lease_until = {NOW_MS} + $3 WHERE run = $1 AND node = $2"
+                        ),
+                        &[&a.run, &a.node, &lease_ms],
+                    )?;
                 }
             }
             Ok(Beat { draining, lost })

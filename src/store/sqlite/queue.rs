@@ -134,18 +134,24 @@ impl SqliteStore {
             if n == 0 {
                 return Ok(None);
             }
-            tx.execute(
-                &format!("UPDATE queue SET lease_until = {NOW_MS} + ?2 WHERE runner = ?1"),
-                params![id, lease_ms],
-            )?;
             let draining: i64 =
                 tx.query_row("SELECT draining FROM runners WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })?;
+            // Only the claims it says it holds are renewed: one it gave up
+            // (an end no server would take) expires, and the engine that
+            // waits for it runs its node again.
             let mut lost = Vec::new();
             for a in holding {
                 if fence(tx, a, id)?.is_some() {
                     lost.push(a.clone());
+                } else {
+                    tx.execute(
+                        &format!(
+                            "UPDATE queue SET lease_until = {NOW_MS} + ?3 WHERE run = ?1 AND node = ?2"
+                        ),
+                        params![a.run, a.node, lease_ms],
+                    )?;
                 }
             }
             Ok(Some(Beat {

@@ -1,0 +1,339 @@
+//! Runners and the queue (`cargo bench --bench runners`), on SQLite and
+//! on PostgreSQL (a throwaway cluster, as the tests start one).
+//!
+//! 1. `claims`: the store alone. `ORCH_BENCH_ATTEMPTS` (default 20,000)
+//!    attempts are queued, then four threads, one per runner (slots 64),
+//!    claim them (`max` 1, then 16 a claim) and finish each claim, as a
+//!    runner's claim and end do, until the queue is empty: claims/s.
+//! 2. `tasks`: real processes over loopback. The release `orch serve`
+//!    (`CARGO_BIN_EXE_orch`) on a fresh database, and four `orch runner`
+//!    processes (4 slots each) on the same machine; a published workflow
+//!    of `ORCH_BENCH_TASKS` (default 400) independent no-op command tasks
+//!    (`true`, `max_parallel` 16) is started and waited for through the
+//!    API: tasks/s with runners, and the same workflow before any runner
+//!    registered (run by the server's local executor). Then a chain of
+//!    `ORCH_BENCH_CHAIN` (default 40) `true` tasks, with and without
+//!    runners, in the same process: the per-task overhead of a remote
+//!    attempt over a local one, as the difference of the per-task times.
+//!    Peak RSS (`VmHWM`) of the server and of the runners at the end.
+//!
+//! `ORCH_BENCH_ONLY=claims` or `=tasks` runs one part; `ORCH_BENCH_DB=sqlite`
+//! or `=postgres` one backend. PostgreSQL: `ORCH_BENCH_PG` is a server's
+//! URL without a database (`postgres://postgres@127.0.0.1:5432`); the
+//! bench creates a fresh database per part (without it, only SQLite).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch::client::Client;
+use orch::exec::resources::Offer;
+use orch::exec::AttemptId;
+use orch::store::queue::{QueuedAttempt, RunnerSpec};
+use orch::store::{PgStore, SqliteStore, Store};
+use serde_json::json;
+
+mod common;
+use common::*;
+
+fn wanted(knob: &str, what: &str) -> bool {
+    std::env::var(knob)
+        .map(|v| v.split(',').any(|w| w.trim() == what))
+        .unwrap_or(true)
+}
+
+/// Claims per second of four claiming threads over `n` queued attempts.
+fn claims(store: Arc<dyn Store>, n: usize, max: usize, tag: &str) -> (f64, f64) {
+    let offer = Offer {
+        cpu: 4.0,
+        memory: None,
+        gpu: 0,
+        labels: Vec::new(),
+    };
+    for r in 0..4 {
+        let spec = RunnerSpec::new(&format!("{tag}-r{r}"), "bench", offer.clone(), 64, "0");
+        store.register_runner(&spec, 600_000).expect("register");
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        let id = AttemptId::new(format!("{tag}-run{}", i / 1000), format!("n{i}"), 1);
+        store
+            .enqueue(&QueuedAttempt::new(id, Default::default(), "{}".into()))
+            .expect("enqueue");
+    }
+    let enqueue = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|r| {
+            let store = store.clone();
+            let runner = format!("{tag}-r{r}");
+            std::thread::spawn(move || {
+                let mut got = 0usize;
+                loop {
+                    let batch = store.claim(&runner, max, 600_000).expect("claim");
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    for a in &batch {
+                        store.finish_claim(&a.id, &runner).expect("finish");
+                    }
+                    got += batch.len();
+                }
+            })
+        })
+        .collect();
+    let total: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    assert_eq!(total, n, "every attempt claimed exactly once");
+    (enqueue, n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn claims_on(name: &str, open: &dyn Fn() -> Arc<dyn Store>) {
+    let n = env_usize("ORCH_BENCH_ATTEMPTS", 20_000);
+    for max in [1, 16] {
+        let (enq, rate) = claims(open(), n, max, &format!("m{max}"));
+        println!(
+            "claims   {name:<10} {n} attempts, 4 claimers, max {max:>2}/claim: {rate:>8.0} claims/s (claim + finish each); enqueue {enq:.0}/s"
+        );
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn orch(db: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orch"));
+    c.env("ORCH_DB", db).env_remove("ORCH_LABELS");
+    c
+}
+
+fn last_line(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn tokens(db: &str, dir: &Path) -> (String, String) {
+    let mut add = orch(db)
+        .args(["user", "add", "bench", "--role", "admin"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orch user add");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"bench-secret-password\n")
+        .expect("password");
+    last_line(add.wait_with_output().expect("user add"));
+    let admin = last_line(
+        orch(db)
+            .args(["token", "create", "--user", "bench"])
+            .current_dir(dir)
+            .output()
+            .expect("token"),
+    );
+    let runner = last_line(
+        orch(db)
+            .args(["token", "create", "--user", "bench", "--runner"])
+            .current_dir(dir)
+            .output()
+            .expect("token"),
+    );
+    (admin, runner)
+}
+
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("a first line");
+    line.trim().to_string()
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn publish(c: &Client, name: &str, tasks: usize, chain: bool) {
+    let tasks: Vec<_> = (0..tasks)
+        .map(|i| {
+            if chain && i > 0 {
+                json!({"id": format!("t{i}"), "command": "true", "after": [format!("t{}", i - 1)]})
+            } else {
+                json!({"id": format!("t{i}"), "command": "true"})
+            }
+        })
+        .collect();
+    let doc = json!({"name": name, "max_parallel": 16, "tasks": tasks});
+    c.json(
+        "PUT",
+        &format!("/api/v1/workflows/{name}"),
+        Some(&json!({"message": "bench", "files": [{"path": "workflow.json", "content": doc.to_string()}]})),
+    )
+    .expect("publish");
+}
+
+/// Starts a run of `name` and waits for it: the wall time.
+fn run(c: &Client, name: &str) -> Duration {
+    let t = Instant::now();
+    let r = c
+        .post(&format!("/api/v1/workflows/{name}/runs"), &json!({}))
+        .expect("execute");
+    let run = r["run"].as_str().expect("a run id").to_string();
+    loop {
+        let w = c
+            .get(&format!("/api/v1/runs/{run}/wait?timeout=60"))
+            .expect("wait");
+        if w["ended"] == true {
+            assert_eq!(w["status"]["status"], "succeeded", "{w}");
+            return t.elapsed();
+        }
+    }
+}
+
+fn tasks_on(name: &str, db: &str, dir: &Path) {
+    let n = env_usize("ORCH_BENCH_TASKS", 400);
+    let chain = env_usize("ORCH_BENCH_CHAIN", 40);
+    let (admin, rtoken) = tokens(db, dir);
+    let mut server = orch(db)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("server.log")).expect("log"))
+        .spawn()
+        .expect("orch serve");
+    let base = first_line(&mut server)
+        .strip_prefix("listening on ")
+        .expect("the server's address")
+        .to_string();
+    let server = Proc(server);
+    let c = Client::new(&base, Some(admin));
+    publish(&c, "wide", n, false);
+    publish(&c, "chain", chain, true);
+    // Warm up (the server's first run pays for its folders), then local.
+    run(&c, "chain");
+    let local_wide = run(&c, "wide");
+    let local_chain = run(&c, "chain");
+    let runners: Vec<Proc> = (0..4)
+        .map(|i| {
+            let mut r = orch(db)
+                .args(["runner", "--server", &base, "--name", &format!("r{i}")])
+                .args(["--slots", "4", "--capabilities", "cpus=4"])
+                .arg("--dir")
+                .arg(dir.join(format!("runner-{i}")))
+                .env("ORCH_TOKEN", &rtoken)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(dir.join(format!("runner-{i}.log"))).expect("log"))
+                .spawn()
+                .expect("orch runner");
+            let line = first_line(&mut r);
+            assert!(line.ends_with("registered"), "{line}");
+            Proc(r)
+        })
+        .collect();
+    run(&c, "chain");
+    let remote_wide = run(&c, "wide");
+    let remote_chain = run(&c, "chain");
+    let per = |d: Duration, k: usize| d.as_secs_f64() * 1e3 / k as f64;
+    println!(
+        "tasks    {name:<10} {n} independent `true` tasks, max_parallel 16: local {:.0} tasks/s ({:.2} s), 4 runners {:.0} tasks/s ({:.2} s)",
+        n as f64 / local_wide.as_secs_f64(),
+        local_wide.as_secs_f64(),
+        n as f64 / remote_wide.as_secs_f64(),
+        remote_wide.as_secs_f64()
+    );
+    println!(
+        "overhead {name:<10} chain of {chain} `true` tasks: local {:.2} ms/task, remote {:.2} ms/task: +{:.2} ms/task ({:.2}x)",
+        per(local_chain, chain),
+        per(remote_chain, chain),
+        per(remote_chain, chain) - per(local_chain, chain),
+        remote_chain.as_secs_f64() / local_chain.as_secs_f64()
+    );
+    let rss: Vec<String> = runners
+        .iter()
+        .map(|r| format!("{:.0}", peak_rss_mib(r.0.id())))
+        .collect();
+    println!(
+        "rss      {name:<10} peak RSS: server {:.0} MiB, runners {} MiB",
+        peak_rss_mib(server.0.id()),
+        rss.join("/")
+    );
+    drop(runners);
+    drop(server);
+}
+
+/// A fresh database on the server at `ORCH_BENCH_PG`: its URL.
+fn pg_database(base: &str, name: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls)
+        .expect("ORCH_BENCH_PG answers");
+    // Two statements: neither may run inside a transaction block.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .expect("the old database dropped");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("a fresh database");
+    format!("{base}/{name}")
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let pg = std::env::var("ORCH_BENCH_PG")
+        .ok()
+        .filter(|_| wanted("ORCH_BENCH_DB", "postgres"));
+    if pg.is_none() {
+        println!("(no ORCH_BENCH_PG: PostgreSQL left out)");
+    }
+    if wanted("ORCH_BENCH_ONLY", "claims") {
+        if wanted("ORCH_BENCH_DB", "sqlite") {
+            let path = tmp.path().join("claims.db");
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("sqlite"));
+            claims_on("sqlite", &|| store.clone());
+        }
+        if let Some(base) = &pg {
+            let url = pg_database(base, "orch_bench_claims");
+            let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).expect("postgres"));
+            claims_on("postgres", &|| store.clone());
+        }
+    }
+    if wanted("ORCH_BENCH_ONLY", "tasks") {
+        if wanted("ORCH_BENCH_DB", "sqlite") {
+            let dir = tmp.path().join("sqlite");
+            std::fs::create_dir_all(&dir).expect("folder");
+            let db = dir.join("orch.db").display().to_string();
+            tasks_on("sqlite", &db, &dir);
+        }
+        if let Some(base) = &pg {
+            let dir = tmp.path().join("postgres");
+            std::fs::create_dir_all(&dir).expect("folder");
+            let url = pg_database(base, "orch_bench_tasks");
+            tasks_on("postgres", &url, &dir);
+        }
+    }
+}
