@@ -24,7 +24,8 @@
 //!   10,000 nodes (`ORCH_BENCH_LIVE_SIZES`, a comma list) run without and
 //!   with it, alternately, in child processes (`ORCH_BENCH_REPS` each,
 //!   default 5); the ratios with/without of the time until the outcome,
-//!   until the final picture landed, and of the whole process.
+//!   until the final picture landed, and of the whole process (wall and
+//!   CPU time: the CPU ratio is the steadier one on a busy machine).
 //!
 //! Set `ORCH_BENCH_NODES` (default 100000) to change the DAG size and
 //! `ORCH_BENCH_PARALLEL` (default 1) the `max_parallel` of the run case.
@@ -115,6 +116,18 @@ fn child_live(n: usize) {
     }
 }
 
+/// User and system CPU time of the ended child processes so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// The `live` case: for each size, child processes alternately without
 /// and with the live picture; prints the medians and the ratios with to
 /// without (the floor, measured in the same run) of the time until the
@@ -128,13 +141,14 @@ fn live_case() {
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![100, 500, 1_000, 2_000, 2_100, 10_000]);
     for n in sizes {
-        // [without, with] × (run, landed, process)
-        let mut m: [[Vec<Duration>; 3]; 2] = Default::default();
+        // [without, with] × (run, landed, process, process CPU)
+        let mut m: [[Vec<Duration>; 4]; 2] = Default::default();
         // The final picture's layout in each run with the picture.
         let mut layouts: Vec<String> = Vec::new();
         for _ in 0..reps {
             for (k, live) in ["0", "1"].into_iter().enumerate() {
                 let t = Instant::now();
+                let cpu = children_cpu();
                 let out = std::process::Command::new(&exe)
                     .env("ORCH_BENCH_CHILD", "live")
                     .env("ORCH_BENCH_NODES", n.to_string())
@@ -142,6 +156,7 @@ fn live_case() {
                     .output()
                     .expect("child bench");
                 let process = t.elapsed();
+                let cpu = children_cpu() - cpu;
                 assert!(out.status.success(), "{out:?}");
                 let text = String::from_utf8_lossy(&out.stdout);
                 let v: Vec<f64> = text
@@ -155,12 +170,13 @@ fn live_case() {
                 m[k][0].push(Duration::from_secs_f64(v[0] / 1e3));
                 m[k][1].push(Duration::from_secs_f64(v[1] / 1e3));
                 m[k][2].push(process);
+                m[k][3].push(cpu);
             }
         }
         let [off, on] = m.map(|c| c.map(median));
         let ratio = |k: usize| on[k].as_secs_f64() / off[k].as_secs_f64();
         println!(
-            "live             {n:>6}-node layered DAG, no-work executor: outcome {:.1} ms / {:.1} ms with the picture (x{:.2}), final picture landed {:.1} ms (x{:.2}), whole process {:.1} / {:.1} ms (x{:.2}) (medians of {reps}, target x1.10); final layouts {}",
+            "live             {n:>6}-node layered DAG, no-work executor: outcome {:.1} ms / {:.1} ms with the picture (x{:.2}), final picture landed {:.1} ms (x{:.2}), whole process {:.1} / {:.1} ms (x{:.2}), its CPU {:.1} / {:.1} ms (x{:.2}) (medians of {reps}, target x1.10); final layouts {}",
             ms(off[0]),
             ms(on[0]),
             ratio(0),
@@ -169,6 +185,9 @@ fn live_case() {
             ms(off[2]),
             ms(on[2]),
             ratio(2),
+            ms(off[3]),
+            ms(on[3]),
+            ratio(3),
             layouts.join(","),
         );
     }
