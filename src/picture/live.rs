@@ -5,13 +5,13 @@
 //! hands it to a drawing thread, so layout never stalls scheduling. The
 //! picture costs a run at most about a tenth of its time:
 //!
-//! - each drawing's layout is chosen to fit a twentieth of the time the
+//! - each drawing's layout is chosen to fit a fortieth of the time the
 //!   picture has been kept so far ([`render::svg_within`]): layout-rs with
 //!   its optimiser, without it, a plain layered layout, or, for a picture
 //!   too big for any of them yet, one node counting the nodes by state. A
 //!   quick run of a big graph is drawn plainly; a long one in full;
-//! - redraws are paced so that drawing takes at most about a tenth of the
-//!   time: small graphs are redrawn after every commit, huge ones less
+//! - redraws are paced so that drawing takes at most about a twentieth
+//!   of the time: small graphs are redrawn after every commit, huge ones less
 //!   often;
 //! - the run's end does not wait for its picture: the final outlook is
 //!   handed to the drawing thread, and the run's outcome is returned at
@@ -42,11 +42,11 @@ use crate::picture::render;
 
 /// A drawing may take this share of the time the picture has been kept
 /// (1/`SHARE`), and the final drawing another: together with the pacing,
-/// the picture costs a run about a tenth of its time.
-const SHARE: u32 = 20;
+/// the picture costs a run under a tenth of its time.
+const SHARE: u32 = 40;
 /// After a drawing that took `d`, the next waits until `PACE × d` has
-/// passed: drawing takes at most about a tenth of the time.
-const PACE: u32 = 9;
+/// passed: drawing takes at most about a twentieth of the time.
+const PACE: u32 = 19;
 /// What any drawing may take, however young the picture: a graph of a
 /// few dozen nodes is drawn in full from the first commit.
 const FLOOR: Duration = Duration::from_micros(200);
@@ -400,8 +400,8 @@ mod tests {
     }
 
     #[test]
-    fn a_drawing_may_take_a_twentieth_of_the_time_so_far_and_a_little_at_first() {
+    fn a_drawing_may_take_a_fortieth_of_the_time_so_far_and_a_little_at_first() {
         assert_eq!(budget(Duration::ZERO), FLOOR);
-        assert_eq!(budget(Duration::from_secs(2)), Duration::from_millis(100));
+        assert_eq!(budget(Duration::from_secs(2)), Duration::from_millis(50));
     }
 }
