@@ -19,7 +19,13 @@
 //! - `promise curve`: 1,000 batches, each staged, checked and applied
 //!   against 100 `shape` promises in force, time per batch by blocks of
 //!   100 (flat = no super-linear growth);
-//! - `picture`: the outlook and SVG of the 10,000-copy map, collapsed.
+//! - `picture`: the outlook and SVG of the 10,000-copy map, collapsed;
+//! - `live`: what the live picture costs a run: layered DAGs of 100 to
+//!   10,000 nodes (`ORCH_BENCH_LIVE_SIZES`, a comma list) run without and
+//!   with it, alternately, in child processes (`ORCH_BENCH_REPS` each,
+//!   default 5); the ratios with/without of the time until the outcome,
+//!   until the final picture landed, and of the whole process (wall and
+//!   CPU time: the CPU ratio is the steadier one on a busy machine).
 //!
 //! Set `ORCH_BENCH_NODES` (default 100000) to change the DAG size and
 //! `ORCH_BENCH_PARALLEL` (default 1) the `max_parallel` of the run case.
@@ -71,8 +77,120 @@ fn run_no_work(wf: &mut Workflow, db: &Path) -> (Duration, Duration) {
     let outcome = wf.run().expect("run");
     let end = Instant::now();
     assert!(outcome.succeeded(), "{outcome:?}");
+    // Before the database's folder goes: the final picture lands there.
+    outcome.final_picture();
     let first = exec.first.lock().unwrap().expect("a task ran");
     (first - t, end - first)
+}
+
+/// The child side of the `live` case: runs the layered DAG once and
+/// prints `run_ms landed_ms`: until `Workflow::run` returned (from
+/// before registration), and until the final live picture was on disk
+/// (the same as `run_ms` without the picture).
+fn child_live(n: usize) {
+    let live = std::env::var("ORCH_BENCH_LIVE").as_deref() == Ok("1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut wf = Workflow::new("layered");
+    for m in layered(n) {
+        wf.mutate(m);
+    }
+    wf.db(dir.path().join("run.db"))
+        .live_picture(live)
+        .executor(Arc::new(NoWork::default()));
+    let t = Instant::now();
+    let outcome = wf.run().expect("run");
+    let ran = t.elapsed();
+    assert!(outcome.succeeded(), "{outcome:?}");
+    if let Some(path) = outcome.final_picture() {
+        let landed = t.elapsed();
+        let svg = std::fs::read_to_string(path).expect("the final picture landed");
+        assert!(svg.contains(" · succeeded · "), "the final state is drawn");
+        // The layout the picture's budget allowed (see `picture::live`).
+        let layout = svg
+            .split_once("orch live picture: ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        println!("{} {} {layout}", ms(ran), ms(landed));
+    } else {
+        println!("{} {} -", ms(ran), ms(ran));
+    }
+}
+
+/// User and system CPU time of the ended child processes so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The `live` case: for each size, child processes alternately without
+/// and with the live picture; prints the medians and the ratios with to
+/// without (the floor, measured in the same run) of the time until the
+/// run's outcome, until the final picture landed, and of the whole
+/// process (start to exit, which waits for any final picture).
+fn live_case() {
+    let exe = std::env::current_exe().expect("bench executable");
+    let reps = env_usize("ORCH_BENCH_REPS", 5);
+    let sizes: Vec<usize> = std::env::var("ORCH_BENCH_LIVE_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 500, 1_000, 2_000, 2_100, 10_000]);
+    for n in sizes {
+        // [without, with] × (run, landed, process, process CPU)
+        let mut m: [[Vec<Duration>; 4]; 2] = Default::default();
+        // The final picture's layout in each run with the picture.
+        let mut layouts: Vec<String> = Vec::new();
+        for _ in 0..reps {
+            for (k, live) in ["0", "1"].into_iter().enumerate() {
+                let t = Instant::now();
+                let cpu = children_cpu();
+                let out = std::process::Command::new(&exe)
+                    .env("ORCH_BENCH_CHILD", "live")
+                    .env("ORCH_BENCH_NODES", n.to_string())
+                    .env("ORCH_BENCH_LIVE", live)
+                    .output()
+                    .expect("child bench");
+                let process = t.elapsed();
+                let cpu = children_cpu() - cpu;
+                assert!(out.status.success(), "{out:?}");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let v: Vec<f64> = text
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if k == 1 {
+                    let layout = text.split_whitespace().nth(2).unwrap_or("?");
+                    layouts.push(layout.to_string());
+                }
+                m[k][0].push(Duration::from_secs_f64(v[0] / 1e3));
+                m[k][1].push(Duration::from_secs_f64(v[1] / 1e3));
+                m[k][2].push(process);
+                m[k][3].push(cpu);
+            }
+        }
+        let [off, on] = m.map(|c| c.map(median));
+        let ratio = |k: usize| on[k].as_secs_f64() / off[k].as_secs_f64();
+        println!(
+            "live             {n:>6}-node layered DAG, no-work executor: outcome {:.1} ms / {:.1} ms with the picture (x{:.2}), final picture landed {:.1} ms (x{:.2}), whole process {:.1} / {:.1} ms (x{:.2}), its CPU {:.1} / {:.1} ms (x{:.2}) (medians of {reps}, target x1.10); final layouts {}",
+            ms(off[0]),
+            ms(on[0]),
+            ratio(0),
+            ms(on[1]),
+            ratio(1),
+            ms(off[2]),
+            ms(on[2]),
+            ratio(2),
+            ms(off[3]),
+            ms(on[3]),
+            ratio(3),
+            layouts.join(","),
+        );
+    }
 }
 
 /// A layered DAG of `n` nodes as mutations: rows of 100, each node after
@@ -136,9 +254,10 @@ fn child_run(n: usize) {
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let n = env_usize("ORCH_BENCH_NODES", 100_000);
-    if std::env::var("ORCH_BENCH_CHILD").as_deref() == Ok("run") {
-        child_run(n);
-        return;
+    match std::env::var("ORCH_BENCH_CHILD").as_deref() {
+        Ok("run") => return child_run(n),
+        Ok("live") => return child_live(n),
+        _ => {}
     }
     let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();
     let want = |case: &str| only.is_empty() || only.split(',').any(|c| c == case);
@@ -201,13 +320,16 @@ fn main() {
         // (the default: beyond 2,000 nodes it counts nodes by state).
         let exe = std::env::current_exe().expect("bench executable");
         for (live, what) in [("0", "no picture"), ("1", "live picture")] {
-            let (mut regs, mut runs, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut regs, mut runs, mut rss, mut whole) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
+                let t = Instant::now();
                 let out = std::process::Command::new(&exe)
                     .env("ORCH_BENCH_CHILD", "run")
                     .env("ORCH_BENCH_LIVE", live)
                     .output()
                     .expect("child bench");
+                whole.push(t.elapsed());
                 assert!(out.status.success(), "{out:?}");
                 let text = String::from_utf8_lossy(&out.stdout);
                 let v: Vec<f64> = text
@@ -219,16 +341,22 @@ fn main() {
                 rss.push(v[2]);
             }
             rss.sort_by(f64::total_cmp);
-            let (reg, run) = (median(regs), median(runs));
+            let (reg, run, whole) = (median(regs), median(runs), median(whole));
             println!(
-                "run              {n}-node layered DAG, no-work executor, durable, {what}, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), peak RSS {:.0} MiB (medians of 3 child processes)",
+                "run              {n}-node layered DAG, no-work executor, durable, {what}, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), whole process {:.0} ms ({:.0} tasks/s; start to exit, the workflow built, registered and run), peak RSS {:.0} MiB (medians of 3 child processes)",
                 env_usize("ORCH_BENCH_PARALLEL", 1),
                 ms(reg),
                 ms(run),
                 n as f64 / run.as_secs_f64(),
+                ms(whole),
+                n as f64 / whole.as_secs_f64(),
                 rss[1]
             );
         }
+    }
+
+    if want("live") {
+        live_case();
     }
 
     if want("overhead") {

@@ -33,10 +33,29 @@ pub fn unix_millis() -> u64 {
 /// ```
 pub fn format_millis(ms: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(ms / 1000);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        ms % 1000
-    )
+    if !(0..=9999).contains(&y) {
+        return format!(
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            ms % 1000
+        );
+    }
+    // Written digit by digit: every event is stamped, and `format!` with
+    // padding cost a 100,000-node run 7% of its instructions.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for k in (at..at + width).rev() {
+            b[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, mo.into());
+    put(8, 2, d.into());
+    put(11, 2, h.into());
+    put(14, 2, mi.into());
+    put(17, 2, s.into());
+    put(20, 3, ms % 1000);
+    String::from_utf8(b.to_vec()).expect("ASCII digits")
 }
 
 /// Parses a timestamp in the format orch writes back to milliseconds
@@ -180,6 +199,31 @@ pub fn run_id_at(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_written_digit_by_digit_read_as_format_writes_them() {
+        let by_format = |ms: u64| {
+            let (y, mo, d, h, mi, s) = super::civil(ms / 1000);
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+                ms % 1000
+            )
+        };
+        let mut ms = 0u64;
+        // From 1970 to past 9999, in uneven steps.
+        while ms < 260_000_000_000_000 {
+            assert_eq!(super::format_millis(ms), by_format(ms), "at {ms}");
+            ms = ms * 3 / 2 + 7_919;
+        }
+        assert_eq!(
+            super::format_millis(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            super::format_millis(253_402_300_800_000),
+            "10000-01-01T00:00:00.000Z"
+        );
+    }
+
     use super::*;
 
     #[test]

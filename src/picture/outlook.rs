@@ -808,6 +808,71 @@ fn counted(
     }
 }
 
+/// `o` as one node that counts its nodes by state (a stack counts its
+/// members), with its caption of broken promises: what the live picture
+/// draws when no layout of `o` fits the time it may take
+/// ([`crate::picture::render::svg_within`]). Wildcards are not counted.
+pub(crate) fn count_by_state(o: &Outlook) -> Outlook {
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for n in &o.nodes {
+        match n.kind {
+            PicKind::Node => {
+                let s = n.state.map_or("no state", NodeState::as_str);
+                *states.entry(s.to_string()).or_default() += 1;
+                total += 1;
+            }
+            PicKind::Stack => {
+                for (s, c) in &n.states {
+                    *states.entry(s.clone()).or_default() += c;
+                    total += c;
+                }
+            }
+            PicKind::Region | PicKind::Growth | PicKind::Rule => {}
+        }
+    }
+    let urgent = [
+        NodeState::Failed,
+        NodeState::UpstreamFailed,
+        NodeState::Running,
+        NodeState::Waiting,
+        NodeState::Ready,
+        NodeState::Pending,
+        NodeState::Cancelled,
+        NodeState::Succeeded,
+    ]
+    .into_iter()
+    .find(|s| states.contains_key(s.as_str()));
+    let summary: Vec<String> = states
+        .iter()
+        .map(|(s, c)| format!("{} {s}", thousands(*c)))
+        .collect();
+    let node = PicNode {
+        id: format!("{WILDCARD_PREFIX}all"),
+        kind: PicKind::Stack,
+        label: format!(
+            "{} nodes ({}): drawn one by one once the run has run long enough to afford it; \
+             `orch export {} --format svg` draws every one",
+            thousands(total),
+            summary.join(", "),
+            o.run
+        ),
+        state: urgent,
+        states,
+        attrs: Attrs::new(),
+        violated: o.nodes.iter().any(|n| n.violated),
+    };
+    Outlook {
+        run: o.run.clone(),
+        workflow: o.workflow.clone(),
+        status: o.status,
+        event: o.event,
+        nodes: vec![node],
+        edges: Vec::new(),
+        violations: o.violations.clone(),
+    }
+}
+
 fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -983,6 +1048,51 @@ mod tests {
         let o = outlook(&state, Options::default());
         let star = o.nodes.iter().find(|n| n.kind == PicKind::Growth).unwrap();
         assert_eq!(star.label, "★ task:M");
+    }
+
+    #[test]
+    fn counting_by_state_counts_nodes_and_stack_members_not_wildcards() {
+        let pic = |id: &str, kind, state, states: &[(&str, usize)]| PicNode {
+            id: id.into(),
+            kind,
+            label: id.into(),
+            state,
+            states: states.iter().map(|(s, c)| (s.to_string(), *c)).collect(),
+            attrs: Attrs::new(),
+            violated: false,
+        };
+        let o = Outlook {
+            run: "r1".into(),
+            workflow: "w".into(),
+            status: RunStatus::Running,
+            event: 9,
+            nodes: vec![
+                pic("a", PicKind::Node, Some(NodeState::Succeeded), &[]),
+                pic("b", PicKind::Node, Some(NodeState::Running), &[]),
+                pic(
+                    "~stack",
+                    PicKind::Stack,
+                    Some(NodeState::Running),
+                    &[("running", 2), ("succeeded", 1_000)],
+                ),
+                pic("~grow:b", PicKind::Growth, None, &[]),
+            ],
+            edges: vec![],
+            violations: vec!["broken".into()],
+        };
+        let c = count_by_state(&o);
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(c.event, 9);
+        assert_eq!(c.violations, ["broken"]);
+        let all = &c.nodes[0];
+        assert!(
+            all.label
+                .starts_with("1,004 nodes (3 running, 1,001 succeeded)"),
+            "{}",
+            all.label
+        );
+        assert!(all.label.contains("orch export r1 --format svg"));
+        assert_eq!(all.state, Some(NodeState::Running));
     }
 
     #[test]

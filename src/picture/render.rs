@@ -27,6 +27,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 use layout::backends::svg::SVGWriter;
 use layout::core::base::Orientation;
@@ -196,6 +197,110 @@ fn node_text(n: &PicNode) -> &str {
 /// ```
 pub fn svg(o: &Outlook) -> String {
     svg_inner(o, None)
+}
+
+/// How [`svg_within`] drew a picture, from the most to the least
+/// detailed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// layout-rs with its optimiser (fewer crossings).
+    Optimised,
+    /// layout-rs without its optimiser.
+    Routed,
+    /// The plain layered layout (about linear time).
+    Plain,
+    /// One node counting the picture's nodes by state.
+    Counted,
+}
+
+impl Layout {
+    /// A word for it: `optimised`, `routed`, `plain`, `counted`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Layout::Optimised => "optimised",
+            Layout::Routed => "routed",
+            Layout::Plain => "plain",
+            Layout::Counted => "counted",
+        }
+    }
+}
+
+/// Estimated nanoseconds of layout-rs per (element count)²: about 0.9 s
+/// for 2,000 elements in a release build (see [`LAYOUT_MAX_ELEMENTS`]).
+const ROUTED_NS_PER_ELEMENT_SQ: f64 = 225.0;
+/// Estimated nanoseconds of the optimiser per unit of [`crossing_work`].
+const OPTIMISE_NS_PER_WORK: f64 = 350.0;
+/// Estimated nanoseconds of the plain layout and its SVG per node or edge.
+const PLAIN_NS_PER_ITEM: f64 = 1_500.0;
+
+/// The most detailed layout whose estimated time fits `budget`: the one
+/// [`svg`] would choose (`optimise` says whether it would optimise, `fits`
+/// whether layout-rs takes the plan at all) when it fits, else a cheaper
+/// one, down to counting the nodes. `elements` and `work` are the plan's
+/// ([`Plan::elements`], [`crossing_work`]), `items` the picture's nodes
+/// and edges.
+pub(crate) fn choose(
+    fits: bool,
+    optimise: bool,
+    elements: usize,
+    work: f64,
+    items: usize,
+    budget: Duration,
+) -> Layout {
+    let budget = budget.as_secs_f64() * 1e9;
+    let routed = ROUTED_NS_PER_ELEMENT_SQ * (elements as f64).powi(2);
+    if fits && optimise && routed + OPTIMISE_NS_PER_WORK * work <= budget {
+        Layout::Optimised
+    } else if fits && routed <= budget {
+        Layout::Routed
+    } else if PLAIN_NS_PER_ITEM * items as f64 <= budget {
+        Layout::Plain
+    } else {
+        Layout::Counted
+    }
+}
+
+/// Draws the outlook like [`svg`], in a layout whose estimated time fits
+/// `budget` ([`choose`]): what the live picture does, so that drawing
+/// never costs a run more than a share of its time. A picture too big for
+/// any layout within the budget is one node counting its nodes by state
+/// ([`outlook::count_by_state`](crate::picture::outlook::count_by_state)).
+pub(crate) fn svg_within(o: &Outlook, budget: Duration) -> (String, Layout) {
+    if o.nodes.is_empty() {
+        return (assemble(o, &note_body("empty graph")), Layout::Plain);
+    }
+    let plan = plan(o, LAYOUT_MAX_ELEMENTS);
+    let fits = plan.elements <= LAYOUT_MAX_ELEMENTS;
+    let optimise = o.nodes.len() <= OPTIMISE_MAX_NODES;
+    // The optimiser's work is counted only where it could be afforded.
+    let work = if fits && optimise {
+        crossing_work(&plan)
+    } else {
+        f64::INFINITY
+    };
+    let optimise = optimise && work <= OPTIMISE_MAX_WORK;
+    let items = o.nodes.len() + o.edges.len();
+    let layout = choose(fits, optimise, plan.elements, work, items, budget);
+    let body = match layout {
+        Layout::Optimised | Layout::Routed => {
+            let opt = layout == Layout::Optimised;
+            let attempts: &[bool] = if opt { &[true, false] } else { &[false] };
+            attempts
+                .iter()
+                .find_map(|&opt| {
+                    catch_unwind(AssertUnwindSafe(|| run_layout(o, &plan, opt)))
+                        .ok()
+                        .flatten()
+                })
+                .unwrap_or_else(|| plain_layout(o, &plan))
+        }
+        Layout::Plain => plain_layout(o, &plan),
+        Layout::Counted => {
+            let counted = crate::picture::outlook::count_by_state(o);
+            return (svg(&counted), Layout::Counted);
+        }
+    };
+    (assemble(o, &body), layout)
 }
 
 /// Like [`svg`], but with an explicit choice: `optimise` runs layout-rs's
@@ -1900,6 +2005,43 @@ mod tests {
         assert_complete(&svg, &o);
         assert!(laid_out_by_layout_rs(&svg));
         assert_eq!(svg.matches("edge direct").count(), p.direct.len());
+    }
+
+    #[test]
+    fn the_layout_within_a_budget_is_the_most_detailed_that_fits() {
+        let ms = Duration::from_millis;
+        // 100 elements: about 2.3 ms routed, plus 3.5 ms of optimiser for
+        // 10,000 units of crossing work; 300 nodes and edges plain: 0.45 ms.
+        let choose100 = |budget| choose(true, true, 100, 10_000.0, 300, budget);
+        assert_eq!(choose100(ms(10)), Layout::Optimised);
+        assert_eq!(choose100(ms(3)), Layout::Routed);
+        assert_eq!(choose100(ms(1)), Layout::Plain);
+        assert_eq!(choose100(Duration::from_micros(100)), Layout::Counted);
+        // What `svg` would not do is never done, whatever the budget.
+        assert_eq!(
+            choose(true, false, 100, f64::INFINITY, 300, ms(1_000)),
+            Layout::Routed
+        );
+        assert_eq!(
+            choose(false, true, 5_000, 1.0, 9_000, ms(1_000)),
+            Layout::Plain
+        );
+    }
+
+    #[test]
+    fn a_picture_drawn_within_a_budget_draws_its_nodes_or_counts_them() {
+        let o = sample();
+        let (svg, layout) = svg_within(&o, Duration::from_secs(1));
+        assert_eq!(layout, Layout::Optimised);
+        assert!(svg.contains("data-id=\"b\""));
+        let (svg, layout) = svg_within(&o, Duration::from_micros(1));
+        assert_eq!(layout, Layout::Counted);
+        assert!(
+            !svg.contains("data-id=\"b\""),
+            "no node is drawn one by one"
+        );
+        // The stack of the sample has no counts by state: two nodes.
+        assert!(svg.contains("2 nodes (1 running, 1 succeeded)"), "{svg}");
     }
 
     #[test]

@@ -277,8 +277,8 @@ fn a_large_map_collapses_into_one_stack_unless_expanded() {
     wf.map_region("A", "B", orch::Shape::task("M"), 0, None);
     let (outcome, _) = space.run(&wf);
     assert!(outcome.succeeded(), "{:?}", outcome.reason);
-    let picture = outcome.picture.expect("live picture kept");
-    let live = std::fs::read_to_string(&picture).unwrap();
+    let picture = outcome.final_picture().expect("live picture kept");
+    let live = std::fs::read_to_string(picture).unwrap();
     roxmltree::Document::parse(&live).expect("live SVG is well-formed");
     assert!(live.contains("M ×20"), "the live picture shows the stack");
 
@@ -410,8 +410,8 @@ fn the_live_picture_of_a_huge_run_counts_its_nodes_instead_of_drawing_them() {
     }
     let (outcome, _) = space.run(&wf);
     assert_eq!(outcome.status, RunStatus::Failed);
-    let picture = outcome.picture.expect("live picture kept");
-    let live = std::fs::read_to_string(&picture).unwrap();
+    let picture = outcome.final_picture().expect("live picture kept");
+    let live = std::fs::read_to_string(picture).unwrap();
     roxmltree::Document::parse(&live).expect("live SVG is well-formed");
     assert!(
         live.contains("2,001 nodes (1 failed, 2,000 pending)"),
@@ -426,4 +426,55 @@ fn the_live_picture_of_a_huge_run_counts_its_nodes_instead_of_drawing_them() {
     assert!(svg.status.success());
     let svg = String::from_utf8_lossy(&svg.stdout);
     assert!(svg.contains(">b17<"), "the export draws b17");
+}
+
+/// The number of task nodes drawn in `state`, or counted in one node.
+fn drawn_in(svg: &str, state: &str, total: usize) -> bool {
+    svg.matches(&format!("class=\"node task {state}\"")).count() == total
+        || svg.contains(&format!("{total} nodes ({total} {state})"))
+}
+
+/// A run's outcome does not wait for its final picture, yet the picture
+/// lands: in-process through `RunOutcome::final_picture`, and on disk
+/// once `orch run` exited (the process waits for it at exit).
+#[test]
+fn the_final_picture_lands_after_the_outcome_in_process_and_at_exit() {
+    let space = Space::new();
+    let mut wf = space.workflow("lands");
+    for i in 0..30 {
+        wf.node(format!("n{i}"), Task::command(["true"]));
+        if i > 0 {
+            wf.edge(format!("n{}", i - 1), format!("n{i}"));
+        }
+    }
+    let (outcome, export) = space.run(&wf);
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let picture = outcome.final_picture().expect("live picture kept");
+    let live = std::fs::read_to_string(picture).unwrap();
+    roxmltree::Document::parse(&live).expect("live SVG is well-formed");
+    assert!(
+        live.contains(&format!(" · succeeded · event {}<", export.event)),
+        "the final picture shows the last event"
+    );
+    assert!(drawn_in(&live, "succeeded", 30), "every node succeeded");
+
+    space.write(
+        "chain.yaml",
+        "name: chain\ntasks:\n  - {id: a, command: [true]}\n  - {id: b, command: [true], after: [a]}\n  - {id: c, command: [true], after: [b]}\n",
+    );
+    let out = space.cli(&["run", "chain.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = space.store().resolve_run("latest").unwrap();
+    let last = space.export(&run).event;
+    let path = space.path().join("runs").join(&run).join("live.svg");
+    let live = std::fs::read_to_string(path).expect("the final picture is on disk");
+    assert!(
+        live.contains(&format!(" · succeeded · event {last}<")),
+        "the picture on disk is the final one"
+    );
+    assert!(drawn_in(&live, "succeeded", 3));
 }

@@ -42,6 +42,19 @@ pub(super) fn write_event(
     e: &Event,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
+    write_event_rows(tx, run, e, state, true)
+}
+
+/// [`write_event`]; `node_row` false leaves the node's row of a
+/// `node_state` event alone: a later state change of the node in the same
+/// commit writes it (the row takes the folded state, the same for both).
+pub(super) fn write_event_rows(
+    tx: &Transaction<'_>,
+    run: &str,
+    e: &Event,
+    state: Option<&RunState>,
+    node_row: bool,
+) -> rusqlite::Result<()> {
     let folded = || state.expect("views of a state change are copied from the fold");
     tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![
@@ -75,6 +88,7 @@ pub(super) fn write_event(
                 .execute(params![run, orchestrator_pid])?;
         }
         EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
+        EventKind::NodeState { .. } if !node_row => {}
         EventKind::NodeState { node, .. } => {
             let st = folded();
             // A node retracted by a later restart of the same commit is
