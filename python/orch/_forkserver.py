@@ -24,9 +24,21 @@ request ``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed",
 "id": n, "message": ...}``, and later ``{"type": "exit", "id": n, "code":
 c}`` or ``{"type": "exit", "id": n, "signal": s}``.
 
+Spares: forking a process the size of a warm interpreter takes the
+server a millisecond or more, and a request that waited for it would hold
+up the orchestrator for as long.  So when it has nothing else to do the
+server forks up to ``SPARES`` children ahead of time; each one puts itself
+in its own process group, resets its signals and waits on a socket of its
+own.  A request goes to the oldest spare (its packet and file descriptors
+passed on as they came), and the server reports the spare's pid at once;
+the next spare is forked while the attempt runs.  With no spare left it
+forks for the request itself, as before.  A spare holds nothing of any
+attempt until it receives one (no marker, no pipes), and exits when the
+server is gone (EOF on its socket).
+
 The server exits when the control channel reaches EOF: when the
 orchestrator closes it at the end of the run, or dies.  Children that still
-run are left alone, as fresh interpreters would be.
+run are left alone, as fresh interpreters would be; spares exit.
 """
 
 import array
@@ -46,6 +58,12 @@ import types
 CONTROL_FD = 3
 MAX_PACKET = 1 << 20
 FDS_PER_REQUEST = 4
+# Children forked ahead of requests (see the module's docstring): two, so
+# that two attempts ending together (``max_parallel(2)``) both start
+# without waiting for a fork; more only add idle copies of the server.
+# ``ORCH_FORK_SPARES`` in the orchestrator's environment overrides it (0:
+# fork for each request, as before there were spares; for measuring).
+SPARES = 2
 
 
 def _send(sock, obj):
@@ -53,7 +71,8 @@ def _send(sock, obj):
 
 
 def _recv(sock):
-    """One request packet and its file descriptors; (None, []) at EOF."""
+    """One request packet, its file descriptors and its bytes; (None, [],
+    b"") at EOF."""
     fds = array.array("i")
     msg, ancdata, _flags, _addr = sock.recvmsg(
         MAX_PACKET, socket.CMSG_SPACE(FDS_PER_REQUEST * fds.itemsize))
@@ -63,8 +82,17 @@ def _recv(sock):
     if not msg:
         for fd in fds:
             os.close(fd)
-        return None, []
-    return json.loads(msg.decode("utf-8")), list(fds)
+        return None, [], b""
+    return json.loads(msg.decode("utf-8")), list(fds), msg
+
+
+def _spares(setting):
+    """How many spares to keep: ``ORCH_FORK_SPARES`` when it is a whole
+    number, else ``SPARES``."""
+    try:
+        return max(0, int(setting))
+    except ValueError:
+        return SPARES
 
 
 def _thread_count():
@@ -81,6 +109,7 @@ def main():
     sock = socket.socket(fileno=CONTROL_FD)
     sock.set_inheritable(False)
     preload = json.loads(os.environ.pop("ORCH_FORK_PRELOAD", "[]"))
+    spares = _spares(os.environ.pop("ORCH_FORK_SPARES", ""))
     try:
         import orch  # noqa: F401  (warm: every task imports it)
         import orch.__main__  # noqa: F401  (runs module:function tasks)
@@ -106,81 +135,195 @@ def main():
     signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
     _send(sock, {"type": "ready", "pid": os.getpid()})
 
-    children = {}
+    server = _Server(sock, stdio, (wake_r, wake_w), spares)
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
-        events = dict(poller.poll())
+        # Short of spares: look without waiting, and fork one only when
+        # nothing else is asked (a request never waits for a spare).
+        short = server.spares_wanted()
+        events = dict(poller.poll(0 if short else None))
         if wake_r in events:
             try:
                 while os.read(wake_r, 512):
                     pass
             except BlockingIOError:
                 pass
-        _reap(sock, children)
-        if sock.fileno() not in events:
-            continue
-        request, fds = _recv(sock)
-        if request is None:
-            return 0
-        if len(fds) != FDS_PER_REQUEST:
-            for fd in fds:
-                os.close(fd)
-            _send(sock, {"type": "failed", "id": request.get("id"),
-                         "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
-            continue
+        server.reap()
+        if sock.fileno() in events:
+            if not server.serve():
+                return 0
+        elif short and not events:
+            server.fork_spare()
+
+
+class _Server:
+    """The server's state: its attempts' children, its spares."""
+
+    def __init__(self, sock, stdio, wake, spares):
+        self.sock = sock
+        self.want = spares
+        self.stdio = stdio
+        self.wake = wake
+        # pid -> request id of every attempt's child not yet reaped.
+        self.children = {}
+        # pid -> the server's end of the spare's socket, oldest first.
+        self.spares = {}
+        # A spare could not be forked: from then on, forks per request.
+        self.no_spares = False
+
+    def spares_wanted(self):
+        return not self.no_spares and len(self.spares) < self.want
+
+    def _forked(self):
+        """In a new child: drops what belongs to the server (a spare must
+        see EOF once the server is gone, so no other process may keep the
+        server's end of its socket)."""
+        signal.set_wakeup_fd(-1)
+        self.sock.close()
+        for fd in self.wake:
+            os.close(fd)
+        for end in self.spares.values():
+            end.close()
+        _detach()
+
+    def fork_spare(self):
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            self.no_spares = True
+            return
         try:
             pid = os.fork()
-        except OSError as e:
-            for fd in fds:
-                os.close(fd)
-            _send(sock, {"type": "failed", "id": request["id"], "message": f"fork failed: {e}"})
-            continue
+        except OSError:
+            ours.close()
+            theirs.close()
+            self.no_spares = True
+            return
         if pid == 0:
-            # The child never returns into the server loop.
-            signal.set_wakeup_fd(-1)
-            sock.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            _child(request, fds, stdio)
-        # The group exists before anyone is told the pid (the child sets it
-        # too; whichever runs first wins, the other's call is harmless).
+            try:
+                self._forked()
+                ours.close()
+            except BaseException:
+                os._exit(1)
+            _spare(theirs, self.stdio)
+        theirs.close()
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass
+        self.spares[pid] = ours
+
+    def serve(self):
+        """Serves one request; False at EOF."""
+        request, fds, raw = _recv(self.sock)
+        if request is None:
+            return False
+        if len(fds) != FDS_PER_REQUEST:
+            for fd in fds:
+                os.close(fd)
+            _send(self.sock, {"type": "failed", "id": request.get("id"),
+                              "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
+            return True
+        pid = self._hand_to_spare(raw, fds)
+        if pid is None:
+            try:
+                pid = os.fork()
+            except OSError as e:
+                for fd in fds:
+                    os.close(fd)
+                _send(self.sock, {"type": "failed", "id": request["id"],
+                                  "message": f"fork failed: {e}"})
+                return True
+            if pid == 0:
+                # The child never returns into the server loop.
+                try:
+                    self._forked()
+                except BaseException:
+                    traceback.print_exc()
+                    os._exit(1)
+                _child(request, fds, self.stdio)
+            # The group exists before anyone is told the pid (the child
+            # sets it too; whichever runs first wins, the other's call is
+            # harmless).
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass
         for fd in fds:
             os.close(fd)
-        children[pid] = request["id"]
-        _send(sock, {"type": "started", "id": request["id"], "pid": pid})
+        self.children[pid] = request["id"]
+        _send(self.sock, {"type": "started", "id": request["id"], "pid": pid})
+        return True
+
+    def _hand_to_spare(self, raw, fds):
+        """Passes the request on to the oldest spare; its pid, or None
+        when there is none left."""
+        while self.spares:
+            pid = next(iter(self.spares))
+            end = self.spares.pop(pid)
+            try:
+                end.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                     array.array("i", fds))])
+            except OSError:
+                # It died (it is reaped as any child is): the next one.
+                continue
+            finally:
+                end.close()
+            return pid
+        return None
+
+    def reap(self):
+        while self.children or self.spares:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            end = self.spares.pop(pid, None)
+            if end is not None:
+                end.close()
+            ident = self.children.pop(pid, None)
+            if ident is None:
+                continue
+            if os.WIFSIGNALED(status):
+                _send(self.sock, {"type": "exit", "id": ident, "signal": os.WTERMSIG(status)})
+            else:
+                _send(self.sock, {"type": "exit", "id": ident, "code": os.WEXITSTATUS(status)})
 
 
-def _reap(sock, children):
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        ident = children.pop(pid, None)
-        if ident is None:
-            continue
-        if os.WIFSIGNALED(status):
-            _send(sock, {"type": "exit", "id": ident, "signal": os.WTERMSIG(status)})
-        else:
-            _send(sock, {"type": "exit", "id": ident, "code": os.WEXITSTATUS(status)})
+def _detach():
+    """A new child's first steps: its own process group, and the signal
+    dispositions of a fresh interpreter (SIGINT stays the default until
+    the attempt runs, as in an interpreter that has not started yet)."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # the server sets it too
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _spare(sock, stdio):
+    """A spare: waits for its attempt on *sock*, then becomes it; exits
+    when the server is gone. Never returns."""
+    try:
+        request, fds, _raw = _recv(sock)
+        sock.close()
+    except BaseException:
+        os._exit(1)
+    if request is None:
+        os._exit(0)
+    _child(request, fds, stdio)
 
 
 def _child(request, fds, stdio):
     """Become the attempt's process; never returns."""
     code = 1
     try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         stdin, stdout, stderr, marker = fds
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):

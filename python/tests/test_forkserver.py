@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from pathlib import Path
 
@@ -23,11 +24,14 @@ TIMEOUT = 10
 class Server:
     """A fork server subprocess and our end of its control socket."""
 
-    def __init__(self, cwd, preload=()):
+    def __init__(self, cwd, preload=(), spares=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env["PYTHONPATH"] = f"{PYDIR}:{cwd}"
         env["ORCH_FORK_PRELOAD"] = json.dumps(list(preload))
+        env.pop("ORCH_FORK_SPARES", None)
+        if spares is not None:
+            env["ORCH_FORK_SPARES"] = str(spares)
         fd = theirs.fileno()
 
         def to_fd_3():
@@ -62,6 +66,32 @@ class Server:
             os.close(fd)
         return (self.next_id, os.fdopen(pipes[0][1], "wb"),
                 os.fdopen(pipes[1][0], "rb"), os.fdopen(pipes[2][0], "rb"))
+
+    def children(self):
+        """Pids of the server's living children (its spares, when it runs
+        no attempt)."""
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if int(fields[1]) == self.proc.pid and fields[0] not in (b"Z", b"X"):
+                found.add(int(entry))
+        return found
+
+    def spares(self, count):
+        """Waits until the server has *count* children; returns them."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            kids = self.children()
+            if len(kids) == count:
+                return kids
+            time.sleep(0.01)
+        raise AssertionError(f"the server has {self.children()} children, not {count}")
 
     def close(self):
         self.sock.close()
@@ -163,6 +193,70 @@ class ForkServerTest(unittest.TestCase):
             msg = server.recv()
             self.assertEqual(msg["type"], "unusable")
             self.assertIn("threads", msg["message"])
+        finally:
+            server.close()
+
+    def run_noop(self, server):
+        """Sends one request for a script that exits 3; returns the pid the
+        server reported."""
+        script = self.write("three.py", "import sys\nsys.exit(3)\n")
+        ident, stdin, stdout, stderr = server.fork(self.dir, script=script)
+        stdin.close()
+        started = server.recv()
+        self.assertEqual(started["type"], "started")
+        self.assertEqual(stdout.read(), b"")
+        stdout.close()
+        stderr.close()
+        self.assertEqual(server.recv(), {"type": "exit", "id": ident, "code": 3})
+        return started["pid"]
+
+    def test_attempts_go_to_spares_forked_ahead_and_spares_end_with_the_server(self):
+        server = Server(self.dir)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            spares = server.spares(2)
+            for pid in spares:
+                # Its own group already, and nothing of any attempt.
+                self.assertEqual(os.getpgid(pid), pid)
+                links = [os.readlink(f"/proc/{pid}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{pid}/fd")]
+                self.assertFalse([l for l in links if l.startswith("/memfd:")], links)
+            first = self.run_noop(server)
+            self.assertIn(first, spares, "the oldest spare ran it")
+            # The one used is replaced.
+            left = server.spares(2)
+            self.assertNotIn(first, left)
+            self.assertEqual(len(left & spares), 1)
+        finally:
+            server.close()
+        self.assertEqual(server.proc.returncode, 0)
+        # Orphaned at the server's exit, each spare sees EOF and exits.
+        deadline = time.monotonic() + TIMEOUT
+        while any(Path(f"/proc/{p}").exists() for p in left) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertFalse([p for p in left if Path(f"/proc/{p}").exists()])
+
+    def test_a_spare_that_died_is_passed_over(self):
+        server = Server(self.dir)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            spares = server.spares(2)
+            for pid in spares:
+                os.kill(pid, 9)
+            # Both dead: the request still runs, in a spare forked since or
+            # in a child forked for it.
+            pid = self.run_noop(server)
+            self.assertNotIn(pid, spares)
+        finally:
+            server.close()
+
+    def test_no_spares_when_orch_fork_spares_is_0(self):
+        server = Server(self.dir, spares=0)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            self.assertEqual(server.children(), set())
+            self.run_noop(server)
+            self.assertEqual(server.children(), set())
         finally:
             server.close()
 
