@@ -12,29 +12,38 @@ The control channel is a ``SOCK_SEQPACKET`` Unix socket on file descriptor
 3; every packet is one JSON object.
 
 Orchestrator -> server: ``{"id": n, "script": path | null, "call":
-"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}}`` with four file
-descriptors attached (SCM_RIGHTS): the attempt's stdin, stdout and stderr,
-and a marker (a memfd named after the run and node, which the child keeps
-open so that ``orch resume`` can tell the process is this attempt).
+"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}, "spare": p |
+null}`` with four file descriptors attached (SCM_RIGHTS): the attempt's
+stdin, stdout and stderr, and a marker (a memfd named after the run and
+node, which the child keeps open so that ``orch resume`` can tell the
+process is this attempt).
 
 Server -> orchestrator: ``{"type": "ready", "pid": p}`` once, or
 ``{"type": "unusable", "message": ...}`` before exiting (a preload failed,
-or threads run after preloading, which makes fork unsafe); then per
-request ``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed",
-"id": n, "message": ...}``, and later ``{"type": "exit", "id": n, "code":
-c}`` or ``{"type": "exit", "id": n, "signal": s}``.
+or threads run after preloading, which makes fork unsafe); ``{"type":
+"spare", "pid": p}`` for each spare (below), and ``{"type": "gone", "pid":
+p}`` for one that died before any request named it; per request without a spare
+``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed", "id":
+n, "message": ...}``; and later, for every request, ``{"type": "exit",
+"id": n, "code": c}`` or ``{"type": "exit", "id": n, "signal": s}``.
 
 Spares: forking a process the size of a warm interpreter takes the
-server a millisecond or more, and a request that waited for it would hold
-up the orchestrator for as long.  So when it has nothing else to do the
-server forks up to ``SPARES`` children ahead of time; each one puts itself
-in its own process group, resets its signals and waits on a socket of its
-own.  A request goes to the oldest spare (its packet and file descriptors
-passed on as they came), and the server reports the spare's pid at once;
-the next spare is forked while the attempt runs.  With no spare left it
-forks for the request itself, as before.  A spare holds nothing of any
-attempt until it receives one (no marker, no pipes), and exits when the
-server is gone (EOF on its socket).
+server a millisecond or more, and an orchestrator that waited for it
+would be held up as long.  So when it has nothing else to do the server
+forks up to ``SPARES`` children ahead of time and announces each one's
+pid; a spare puts itself in its own process group, resets its signals
+and waits on a socket of its own.  A request that names a spare is passed
+on to it (packet and file descriptors as they came) and is not answered
+at all: the orchestrator took the spare's pid from the announcement and
+did not wait.  The next spare is forked while the attempt runs.  A
+request that names none (the orchestrator knew of no spare) is forked for
+at once and answered ``started``, as before there were spares.  A spare
+holds nothing of any attempt until it receives one (no marker, no
+pipes), and exits when the server is gone (EOF on its socket).  A spare
+that dies before it is named is replaced and reported gone, but not
+reaped (its pid, which the orchestrator may hold, is not reused until
+the server exits): a request that named it before the orchestrator heard
+ends as the spare did.
 
 The server exits when the control channel reaches EOF: when the
 orchestrator closes it at the end of the run, or dies.  Children that still
@@ -163,13 +172,17 @@ class _Server:
 
     def __init__(self, sock, stdio, wake, spares):
         self.sock = sock
-        self.want = spares
         self.stdio = stdio
         self.wake = wake
+        self.want = spares
         # pid -> request id of every attempt's child not yet reaped.
         self.children = {}
-        # pid -> the server's end of the spare's socket, oldest first.
+        # pid -> the server's end of the socket of an announced spare not
+        # yet named by a request, oldest first.
         self.spares = {}
+        # Announced spares that died before a request named them: left
+        # unreaped until one does.
+        self.dead = set()
         # A spare could not be forked: from then on, forks per request.
         self.no_spares = False
 
@@ -209,11 +222,13 @@ class _Server:
                 os._exit(1)
             _spare(theirs, self.stdio)
         theirs.close()
+        # Its group exists before its pid is announced.
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass
         self.spares[pid] = ours
+        _send(self.sock, {"type": "spare", "pid": pid})
 
     def serve(self):
         """Serves one request; False at EOF."""
@@ -226,72 +241,90 @@ class _Server:
             _send(self.sock, {"type": "failed", "id": request.get("id"),
                               "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
             return True
-        pid = self._hand_to_spare(raw, fds)
-        if pid is None:
+        spare = request.get("spare")
+        if spare is not None:
+            self._hand_to_spare(spare, request["id"], raw, fds)
+            return True
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            _send(self.sock, {"type": "failed", "id": request["id"],
+                              "message": f"fork failed: {e}"})
+            return True
+        if pid == 0:
+            # The child never returns into the server loop.
             try:
-                pid = os.fork()
-            except OSError as e:
-                for fd in fds:
-                    os.close(fd)
-                _send(self.sock, {"type": "failed", "id": request["id"],
-                                  "message": f"fork failed: {e}"})
-                return True
-            if pid == 0:
-                # The child never returns into the server loop.
-                try:
-                    self._forked()
-                except BaseException:
-                    traceback.print_exc()
-                    os._exit(1)
-                _child(request, fds, self.stdio)
-            # The group exists before anyone is told the pid (the child
-            # sets it too; whichever runs first wins, the other's call is
-            # harmless).
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass
+                self._forked()
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            _child(request, fds, self.stdio)
+        # The group exists before anyone is told the pid (the child sets it
+        # too; whichever runs first wins, the other's call is harmless).
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         for fd in fds:
             os.close(fd)
         self.children[pid] = request["id"]
         _send(self.sock, {"type": "started", "id": request["id"], "pid": pid})
         return True
 
-    def _hand_to_spare(self, raw, fds):
-        """Passes the request on to the oldest spare; its pid, or None
-        when there is none left."""
-        while self.spares:
-            pid = next(iter(self.spares))
-            end = self.spares.pop(pid)
+    def _hand_to_spare(self, pid, ident, raw, fds):
+        """Passes request *ident* on to spare *pid*; the spare's end is the
+        attempt's end from now on."""
+        end = self.spares.pop(pid, None)
+        if end is None and pid not in self.dead:
+            for fd in fds:
+                os.close(fd)
+            # Cannot happen: the orchestrator names each announced spare once.
+            _send(self.sock, {"type": "exit", "id": ident, "code": 1})
+            return
+        if end is not None:
             try:
                 end.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                      array.array("i", fds))])
             except OSError:
-                # It died (it is reaped as any child is): the next one.
-                continue
+                pass  # it died just now: reaped below, as any attempt
             finally:
                 end.close()
-            return pid
-        return None
+        for fd in fds:
+            os.close(fd)
+        self.dead.discard(pid)
+        self.children[pid] = ident
+        # A spare that is dead already sends no SIGCHLD any more.
+        self.reap()
 
     def reap(self):
-        while self.children or self.spares:
+        for pid in list(self.children):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            end = self.spares.pop(pid, None)
-            if end is not None:
-                end.close()
-            ident = self.children.pop(pid, None)
-            if ident is None:
+                # Not ours to wait for (cannot happen): ended, how unknown.
+                done, status = pid, None
+            if done == 0:
                 continue
-            if os.WIFSIGNALED(status):
+            ident = self.children.pop(pid)
+            if status is None:
+                _send(self.sock, {"type": "exit", "id": ident})
+            elif os.WIFSIGNALED(status):
                 _send(self.sock, {"type": "exit", "id": ident, "signal": os.WTERMSIG(status)})
             else:
                 _send(self.sock, {"type": "exit", "id": ident, "code": os.WEXITSTATUS(status)})
+        for pid in list(self.spares):
+            try:
+                died = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                died = True
+            if died:
+                # Replaced (see spares_wanted); reaped once it is named, if
+                # the orchestrator named it before it heard it is gone.
+                self.spares.pop(pid).close()
+                self.dead.add(pid)
+                _send(self.sock, {"type": "gone", "pid": pid})
 
 
 def _detach():

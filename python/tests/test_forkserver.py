@@ -46,19 +46,45 @@ class Server:
         self.sock = ours
         self.sock.settimeout(TIMEOUT)
         self.next_id = 0
+        # Spares announced and not named yet, oldest first; those reported
+        # gone.
+        self.announced = []
+        self.gone = []
 
     def recv(self):
-        return json.loads(self.sock.recv(65536).decode("utf-8"))
+        """The next message that is not a spare's announcement."""
+        while True:
+            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
+            if msg.get("type") == "gone":
+                self.gone.append(msg["pid"])
+            elif msg.get("type") != "spare":
+                return msg
+            else:
+                self.announced.append(msg["pid"])
 
-    def fork(self, cwd, script=None, call=None, argv=None, env=None):
-        """Sends one request; returns (id, stdin w, stdout r, stderr r)."""
+    def spares(self, count):
+        """Waits until *count* spares are announced; returns them."""
+        while len(self.announced) < count:
+            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
+            if msg.get("type") == "gone":
+                self.gone.append(msg["pid"])
+                continue
+            assert msg.get("type") == "spare", msg
+            self.announced.append(msg["pid"])
+        return list(self.announced)
+
+    def fork(self, cwd, script=None, call=None, argv=None, env=None, spare=None):
+        """Sends one request (to *spare*, if given); returns (id, stdin w,
+        stdout r, stderr r)."""
+        if spare is not None:
+            self.announced.remove(spare)
         self.next_id += 1
         pipes = [os.pipe() for _ in range(3)]
         marker = os.memfd_create("orch:test:marker")
         child_ends = [pipes[0][0], pipes[1][1], pipes[2][1], marker]
         request = {"id": self.next_id, "script": script, "call": call,
                    "argv": argv or [script or "call"], "cwd": str(cwd),
-                   "env": env or {}}
+                   "env": env or {}, "spare": spare}
         self.sock.sendmsg([json.dumps(request).encode("utf-8")],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                             array.array("i", child_ends))])
@@ -66,32 +92,6 @@ class Server:
             os.close(fd)
         return (self.next_id, os.fdopen(pipes[0][1], "wb"),
                 os.fdopen(pipes[1][0], "rb"), os.fdopen(pipes[2][0], "rb"))
-
-    def children(self):
-        """Pids of the server's living children (its spares, when it runs
-        no attempt)."""
-        found = set()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if int(fields[1]) == self.proc.pid and fields[0] not in (b"Z", b"X"):
-                found.add(int(entry))
-        return found
-
-    def spares(self, count):
-        """Waits until the server has *count* children; returns them."""
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            kids = self.children()
-            if len(kids) == count:
-                return kids
-            time.sleep(0.01)
-        raise AssertionError(f"the server has {self.children()} children, not {count}")
 
     def close(self):
         self.sock.close()
@@ -196,21 +196,24 @@ class ForkServerTest(unittest.TestCase):
         finally:
             server.close()
 
-    def run_noop(self, server):
-        """Sends one request for a script that exits 3; returns the pid the
-        server reported."""
-        script = self.write("three.py", "import sys\nsys.exit(3)\n")
-        ident, stdin, stdout, stderr = server.fork(self.dir, script=script)
+    def run_pid(self, server, spare=None):
+        """Runs a script that prints its pid and exits 3 (in *spare*, if
+        given); returns the pid it printed."""
+        script = self.write("three.py", "import os, sys\nprint(os.getpid())\nsys.exit(3)\n")
+        ident, stdin, stdout, stderr = server.fork(self.dir, script=script, spare=spare)
         stdin.close()
-        started = server.recv()
-        self.assertEqual(started["type"], "started")
-        self.assertEqual(stdout.read(), b"")
+        if spare is None:
+            started = server.recv()
+            self.assertEqual(started["type"], "started")
+        pid = int(stdout.read())
         stdout.close()
         stderr.close()
         self.assertEqual(server.recv(), {"type": "exit", "id": ident, "code": 3})
-        return started["pid"]
+        if spare is None:
+            self.assertEqual(started["pid"], pid)
+        return pid
 
-    def test_attempts_go_to_spares_forked_ahead_and_spares_end_with_the_server(self):
+    def test_a_request_naming_a_spare_runs_in_it_unanswered_and_spares_end_with_the_server(self):
         server = Server(self.dir)
         try:
             self.assertEqual(server.recv()["type"], "ready")
@@ -221,32 +224,39 @@ class ForkServerTest(unittest.TestCase):
                 links = [os.readlink(f"/proc/{pid}/fd/{fd}")
                          for fd in os.listdir(f"/proc/{pid}/fd")]
                 self.assertFalse([l for l in links if l.startswith("/memfd:")], links)
-            first = self.run_noop(server)
-            self.assertIn(first, spares, "the oldest spare ran it")
-            # The one used is replaced.
-            left = server.spares(2)
-            self.assertNotIn(first, left)
-            self.assertEqual(len(left & spares), 1)
+            self.assertEqual(self.run_pid(server, spare=spares[0]), spares[0])
+            # It is replaced; a request that names none is forked for.
+            replaced = server.spares(2)
+            self.assertNotIn(spares[0], replaced)
+            fresh = self.run_pid(server)
+            self.assertNotIn(fresh, spares + replaced)
         finally:
             server.close()
         self.assertEqual(server.proc.returncode, 0)
         # Orphaned at the server's exit, each spare sees EOF and exits.
         deadline = time.monotonic() + TIMEOUT
-        while any(Path(f"/proc/{p}").exists() for p in left) and time.monotonic() < deadline:
+        alive = lambda: [p for p in replaced if Path(f"/proc/{p}").exists()]
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.assertFalse([p for p in left if Path(f"/proc/{p}").exists()])
+        self.assertEqual(alive(), [])
 
-    def test_a_spare_that_died_is_passed_over(self):
+    def test_a_spare_that_died_is_kept_until_named_and_its_request_ends_as_it_did(self):
         server = Server(self.dir)
         try:
             self.assertEqual(server.recv()["type"], "ready")
-            spares = server.spares(2)
-            for pid in spares:
-                os.kill(pid, 9)
-            # Both dead: the request still runs, in a spare forked since or
-            # in a child forked for it.
-            pid = self.run_noop(server)
-            self.assertNotIn(pid, spares)
+            dead = server.spares(1)[0]
+            os.kill(dead, 9)
+            # Replaced and reported gone, but not reaped: its pid cannot be
+            # handed out again.
+            self.assertEqual(len([p for p in server.spares(3) if p != dead]), 2)
+            while not server.gone:
+                server.spares(len(server.announced) + 1)
+            self.assertEqual(server.gone, [dead])
+            self.assertTrue(Path(f"/proc/{dead}").exists(), "a zombie")
+            ident, stdin, stdout, stderr = server.fork(self.dir, script="x.py", spare=dead)
+            for f in (stdin, stdout, stderr):
+                f.close()
+            self.assertEqual(server.recv(), {"type": "exit", "id": ident, "signal": 9})
         finally:
             server.close()
 
@@ -254,12 +264,11 @@ class ForkServerTest(unittest.TestCase):
         server = Server(self.dir, spares=0)
         try:
             self.assertEqual(server.recv()["type"], "ready")
-            self.assertEqual(server.children(), set())
-            self.run_noop(server)
-            self.assertEqual(server.children(), set())
+            self.run_pid(server)
+            self.run_pid(server)
+            self.assertEqual(server.announced, [])
         finally:
             server.close()
-
 
 if __name__ == "__main__":
     unittest.main()
