@@ -29,8 +29,9 @@ n, "message": ...}``; and later, for every request, ``{"type": "exit",
 
 Spares: forking a process the size of a warm interpreter takes the
 server a millisecond or more, and an orchestrator that waited for it
-would be held up as long.  So when it has nothing else to do the server
-forks up to ``SPARES`` children ahead of time and announces each one's
+would be held up as long.  So, when asked to (``ORCH_FORK_SPARES``; off by
+default, see ``SPARES``), the server forks that many children ahead of
+time, whenever it has nothing else to do, and announces each one's
 pid; a spare puts itself in its own process group, resets its signals
 and waits on a socket of its own.  A request that names a spare is passed
 on to it (packet and file descriptors as they came) and is not answered
@@ -67,12 +68,15 @@ import types
 CONTROL_FD = 3
 MAX_PACKET = 1 << 20
 FDS_PER_REQUEST = 4
-# Children forked ahead of requests (see the module's docstring): two, so
-# that two attempts ending together (``max_parallel(2)``) both start
-# without waiting for a fork; more only add idle copies of the server.
-# ``ORCH_FORK_SPARES`` in the orchestrator's environment overrides it (0:
-# fork for each request, as before there were spares; for measuring).
-SPARES = 2
+# Children forked ahead of requests (see the module's docstring). Off by
+# default: on the project's 2-core machine under a load of 10-15 every
+# measurement (benches/README.md, python) had spares 10-30% slower than
+# forking for each request, as they add work (a fork the server's pages
+# stay shared with, an announcement, a hand-over) that only pays where a
+# core is idle to take it off the attempt's path, and a quiet machine was
+# not available to show that it does. ``ORCH_FORK_SPARES=N`` in the
+# orchestrator's environment keeps N (2 suits ``max_parallel(2)``).
+SPARES = 0
 
 
 def _send(sock, obj):

@@ -214,7 +214,7 @@ class ForkServerTest(unittest.TestCase):
         return pid
 
     def test_a_request_naming_a_spare_runs_in_it_unanswered_and_spares_end_with_the_server(self):
-        server = Server(self.dir)
+        server = Server(self.dir, spares=2)
         try:
             self.assertEqual(server.recv()["type"], "ready")
             spares = server.spares(2)
@@ -241,7 +241,7 @@ class ForkServerTest(unittest.TestCase):
         self.assertEqual(alive(), [])
 
     def test_a_spare_that_died_is_kept_until_named_and_its_request_ends_as_it_did(self):
-        server = Server(self.dir)
+        server = Server(self.dir, spares=2)
         try:
             self.assertEqual(server.recv()["type"], "ready")
             dead = server.spares(1)[0]
@@ -260,8 +260,11 @@ class ForkServerTest(unittest.TestCase):
         finally:
             server.close()
 
-    def test_no_spares_when_orch_fork_spares_is_0(self):
-        server = Server(self.dir, spares=0)
+    def test_no_spares_by_default_nor_when_orch_fork_spares_is_0(self):
+        for spares in (None, 0):
+            self.no_spares(Server(self.dir, spares=spares))
+
+    def no_spares(self, server):
         try:
             self.assertEqual(server.recv()["type"], "ready")
             self.run_pid(server)
@@ -269,6 +272,7 @@ class ForkServerTest(unittest.TestCase):
             self.assertEqual(server.announced, [])
         finally:
             server.close()
+
 
 if __name__ == "__main__":
     unittest.main()

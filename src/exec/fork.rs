@@ -10,8 +10,10 @@
 //! the task's). The server reports each child's pid, and later how it
 //! ended, since it is the child's parent.
 //!
-//! The server forks **spares** ahead of time and announces their pids. An
-//! attempt takes the oldest announced spare: its request names the spare
+//! When asked to (`ORCH_FORK_SPARES`; off by default, see
+//! `docs/python.md`), the server forks **spares** ahead of time and
+//! announces their pids. An attempt takes the oldest announced spare: its
+//! request names the spare
 //! and [`ForkServer::launch`] returns the spare's pid without waiting for
 //! any answer, so the orchestrator's thread never waits for a fork. Only
 //! when no spare is announced (the first attempts, or more attempts at
