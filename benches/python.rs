@@ -1,20 +1,39 @@
 //! Python tasks against their floor (`cargo bench --bench python`):
 //! numbers, not assertions.
 //!
-//! The floor is a plain loop spawning the same resolved interpreter on the
-//! same no-op script (answering its one protocol message), one at a time,
-//! or two at a time for the `max_parallel(2)` case. Beside it, orch runs
-//! the equivalent workflow twice: with the warm fork server (the default)
-//! and with a fresh interpreter per attempt (`python_fork(false)`). The
-//! three are measured interleaved (floor, fork, fresh, floor, …) so that
-//! machine noise hits them alike; each line prints medians, the orch/floor
-//! ratios and the per-task overhead over the floor.
+//! Two floors, each one at a time, or two at a time for the
+//! `max_parallel(2)` case:
+//!
+//! - the **spawn floor**, a plain loop spawning the same resolved
+//!   interpreter on the same no-op script (answering its one protocol
+//!   message): the floor of a fresh interpreter per attempt;
+//! - the **fork floor**, a warm interpreter (the helper imported) that
+//!   forks one child per task itself, with no orchestrator and no fork
+//!   server: the child is set up and runs the script exactly as a forked
+//!   attempt (`_forkserver._child`), over pipes the loop answers. Its time
+//!   is the task's own run plus the kernel's fork, exit and wait; what a
+//!   forked attempt costs beyond it is orch's.
+//!
+//! Beside them, orch runs the equivalent workflow twice: with the warm fork
+//! server (the default) and with a fresh interpreter per attempt
+//! (`python_fork(false)`), both with the fork server's spares
+//! (`ORCH_FORK_SPARES=2`, or the value set outside) and without
+//! (`ORCH_FORK_SPARES=0`, the default: it forks for each attempt while the
+//! orchestrator waits). All are measured interleaved (floors, fork
+//! and no spares in turn first, fresh, floors, …) so that machine noise
+//! hits them alike; each line
+//! prints medians, the orch/floor ratio and the per-task overhead over the
+//! floor, and the last lines the gain of two workers over one (serial map
+//! time / `max_parallel(2)` map time) for each.
 //!
 //! Cases: a chain of `ORCH_BENCH_CHAIN` tasks (default 200); a 300-wide
 //! map added at run time (`shape(A, B, M*)`), serial and with
-//! `max_parallel(2)`. `ORCH_BENCH_REPS` (default 5) sets the repetitions;
-//! `ORCH_BENCH_LIVE=1` turns the live picture on (off by default here, on
-//! by default in a workflow).
+//! `max_parallel(2)`. `ORCH_BENCH_ONLY` picks some of `chain`, `map`,
+//! `map2` (comma list); `ORCH_BENCH_FRESH=0` skips the fresh interpreters
+//! and their spawn floor (30 ms a task: most of the bench's time).
+//! `ORCH_BENCH_REPS` (default 5) sets the repetitions; `ORCH_BENCH_LIVE=1`
+//! turns the live picture on (off by default here, on by default in a
+//! workflow).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -64,6 +83,84 @@ fn floor(python: &Path, dir: &Path, helper: &Path, n: usize, width: usize) {
     }
 }
 
+/// The fork floor: `n` tasks forked `width` at a time by a warm
+/// interpreter running `forkloop.py`; the time it measured itself (its own
+/// start and imports are not counted).
+fn fork_floor(python: &Path, dir: &Path, helper: &Path, n: usize, width: usize) -> Duration {
+    let out = Command::new(python)
+        .arg("forkloop.py")
+        .arg(n.to_string())
+        .arg(width.to_string())
+        .current_dir(dir)
+        .env("PYTHONPATH", helper)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("python starts");
+    assert!(out.status.success(), "the fork loop failed");
+    let ms: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the fork loop prints its time");
+    Duration::from_secs_f64(ms / 1e3)
+}
+
+/// The fork floor's loop (see [`fork_floor`]).
+const FORK_LOOP: &str = r#"
+import os, sys, time
+import orch, orch.__main__, orch._forkserver as server
+
+n, width = int(sys.argv[1]), int(sys.argv[2])
+script = os.path.abspath("noop.py")
+stdio = [(s.encoding, s.errors) if s is not None else ("utf-8", "strict")
+         for s in (sys.stdin, sys.stdout, sys.stderr)]
+START = (b'{"orch":1,"type":"start","run":"r","node":"n","attempt":1,'
+         b'"task":{"name":"n","kind":"python","script":"noop.py"},"inputs":null}\n')
+ACK = b'{"orch":1,"type":"ack","seq":1}\n'
+
+def launch():
+    (i_r, i_w), (o_r, o_w), (e_r, e_w) = os.pipe(), os.pipe(), os.pipe()
+    marker = os.memfd_create("orch:floor:0")
+    pid = os.fork()
+    if pid == 0:
+        for fd in (i_w, o_r, e_r):
+            os.close(fd)
+        server._detach()
+        server._child({"script": script, "argv": [script], "cwd": os.getcwd(),
+                       "env": {}}, [i_r, o_w, e_w, marker], stdio)
+    for fd in (i_r, o_w, e_w, marker):
+        os.close(fd)
+    os.write(i_w, START)
+    return pid, i_w, o_r, e_r
+
+def finish(pid, i_w, o_r, e_r):
+    out = b""
+    while b"\n" not in out:
+        chunk = os.read(o_r, 65536)
+        if not chunk:
+            break
+        out += chunk
+    os.write(i_w, ACK)
+    os.close(i_w)
+    while os.read(o_r, 65536):
+        pass
+    while os.read(e_r, 65536):
+        pass
+    os.close(o_r)
+    os.close(e_r)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+
+t = time.perf_counter()
+left = n
+while left:
+    batch = [launch() for _ in range(min(width, left))]
+    left -= len(batch)
+    for b in batch:
+        finish(*b)
+print((time.perf_counter() - t) * 1e3)
+"#;
+
 fn chain_workflow(n: usize) -> Workflow {
     let mut wf = Workflow::new("chain");
     for i in 0..n {
@@ -111,6 +208,7 @@ fn main() {
         "import orch\nctx = orch.start()\nfor i in range(ctx.inputs['n']):\n    ctx.add_node(f'M_{i}', script='noop.py', name='M')\n    ctx.add_edge('A', f'M_{i}')\n    ctx.add_edge(f'M_{i}', 'B')\norch.output(None)\n",
     )
     .expect("fan.py");
+    std::fs::write(dir.join("forkloop.py"), FORK_LOOP).expect("forkloop.py");
 
     // The live picture (on by default) is off unless ORCH_BENCH_LIVE=1.
     let live = std::env::var("ORCH_BENCH_LIVE").as_deref() == Ok("1");
@@ -124,40 +222,89 @@ fn main() {
         let outcome = wf.run().expect("run");
         assert!(outcome.succeeded(), "{:?}", outcome.reason);
     };
-    /// Name, tasks, floor width, and how to build the workflow.
-    type Case = (String, usize, usize, Box<dyn Fn() -> Workflow>);
+    /// Key, name, tasks, floor width, and how to build the workflow.
+    type Case = (
+        &'static str,
+        String,
+        usize,
+        usize,
+        Box<dyn Fn() -> Workflow>,
+    );
     let cases: Vec<Case> = vec![
         (
+            "chain",
             format!("chain of {chain}"),
             chain,
             1,
             Box::new(move || chain_workflow(chain)),
         ),
         (
+            "map",
             "300-wide runtime map".into(),
             302,
             1,
             Box::new(|| map_workflow(1)),
         ),
         (
+            "map2",
             "300-wide runtime map, max_parallel(2)".into(),
             302,
             2,
             Box::new(|| map_workflow(2)),
         ),
     ];
-    for (name, tasks, width, make) in &cases {
-        let (mut f, mut forked, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..reps {
-            let t = Instant::now();
-            floor(&python, dir, &helper, *tasks, *width);
-            f.push(t.elapsed());
-            let t = Instant::now();
-            run(make(), true);
-            forked.push(t.elapsed());
-            let t = Instant::now();
-            run(make(), false);
-            fresh.push(t.elapsed());
+    let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();
+    let want = |key: &str| only.is_empty() || only.split(',').any(|k| k.trim() == key);
+    let fresh_too = std::env::var("ORCH_BENCH_FRESH").as_deref() != Ok("0");
+    // Medians by case and kind, for the gains of two workers.
+    let mut medians: std::collections::HashMap<(&str, &str), Duration> = Default::default();
+    for (key, name, tasks, width, make) in &cases {
+        if !want(key) {
+            continue;
+        }
+        let (mut f, mut ff, mut forked, mut bare, mut fresh) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Whatever the server's spares are set to outside the bench (else
+        // two, the count that suits `max_parallel(2)`; the server's default
+        // is none).
+        let spares = std::env::var_os("ORCH_FORK_SPARES");
+        for rep in 0..reps {
+            if fresh_too {
+                let t = Instant::now();
+                floor(&python, dir, &helper, *tasks, *width);
+                f.push(t.elapsed());
+            }
+            ff.push(fork_floor(&python, dir, &helper, *tasks, *width));
+            // With spares and without (the server forks for each request
+            // and the orchestrator waits for the pid), in turn first: the
+            // first run after the floors is slower whatever it is (measured
+            // with spares off in both). The server reads ORCH_FORK_SPARES
+            // from the environment it inherits; the runs are one after the
+            // other, nothing else reads it meanwhile.
+            let order = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for bare_run in order {
+                match (&spares, bare_run) {
+                    (_, true) => std::env::set_var("ORCH_FORK_SPARES", "0"),
+                    (Some(v), false) => std::env::set_var("ORCH_FORK_SPARES", v),
+                    (None, false) => std::env::set_var("ORCH_FORK_SPARES", "2"),
+                }
+                let t = Instant::now();
+                run(make(), true);
+                if bare_run { &mut bare } else { &mut forked }.push(t.elapsed());
+            }
+            match &spares {
+                Some(v) => std::env::set_var("ORCH_FORK_SPARES", v),
+                None => std::env::remove_var("ORCH_FORK_SPARES"),
+            }
+            if fresh_too {
+                let t = Instant::now();
+                run(make(), false);
+                fresh.push(t.elapsed());
+            }
         }
         let spread = |xs: &[Duration]| {
             let ms: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
@@ -166,35 +313,65 @@ fn main() {
             format!("{lo:.0}–{hi:.0} ms")
         };
         let per = |d: Duration| d.as_secs_f64() * 1e3 / *tasks as f64;
-        let (fl, fo, fr) = (
-            median(f.clone()),
-            median(forked.clone()),
-            median(fresh.clone()),
-        );
         println!("python {name}: {tasks} tasks, medians of {reps}, interleaved");
-        println!(
-            "  floor (plain spawn loop)  {:8.1} ms  {:6.2} ms/task   (range {})",
-            fl.as_secs_f64() * 1e3,
-            per(fl),
-            spread(&f)
-        );
-        for (label, d, all) in [
-            ("orch, fork server", fo, &forked),
-            ("orch, fresh interpreters", fr, &fresh),
-        ] {
-            let ratio = d.as_secs_f64() / fl.as_secs_f64();
-            let verdict = if ratio < 1.0 {
-                format!("{:.1}× faster than the floor", 1.0 / ratio)
-            } else {
-                format!("{:.0}% slower than the floor", (ratio - 1.0) * 100.0)
-            };
+        let line = |label: &str, d: Duration, all: &[Duration], floor: Option<(&str, Duration)>| {
+            let against = floor.map_or(String::new(), |(which, fl)| {
+                let ratio = d.as_secs_f64() / fl.as_secs_f64();
+                let verdict = if ratio < 1.0 {
+                    format!("{:.1}× faster", 1.0 / ratio)
+                } else {
+                    format!("{:.0}% slower", (ratio - 1.0) * 100.0)
+                };
+                format!(
+                    "   ratio to the {which} {ratio:.3} ({verdict}), overhead {:+.2} ms/task",
+                    per(d) - per(fl)
+                )
+            });
             println!(
-                "  {label:<25} {:8.1} ms  {:6.2} ms/task   ratio to floor {ratio:.3} ({verdict}), overhead {:+.2} ms/task   (range {})",
+                "  {label:<26} {:8.1} ms  {:6.2} ms/task{against}   (range {})",
                 d.as_secs_f64() * 1e3,
                 per(d),
-                per(d) - per(fl),
                 spread(all)
             );
+        };
+        let ffl = median(ff.clone());
+        medians.insert((key, "fork floor"), ffl);
+        line("fork floor (warm fork loop)", ffl, &ff, None);
+        let fo = median(forked.clone());
+        medians.insert((key, "orch, spares"), fo);
+        line("orch, spares", fo, &forked, Some(("fork floor", ffl)));
+        let fb = median(bare.clone());
+        medians.insert((key, "orch, no spares"), fb);
+        line("orch, no spares", fb, &bare, Some(("fork floor", ffl)));
+        if fresh_too {
+            let fl = median(f.clone());
+            medians.insert((key, "spawn floor"), fl);
+            line("spawn floor (plain loop)", fl, &f, None);
+            line("orch, no spares", fb, &bare, Some(("spawn floor", fl)));
+            let fr = median(fresh.clone());
+            medians.insert((key, "orch, fresh interpreters"), fr);
+            line(
+                "orch, fresh interpreters",
+                fr,
+                &fresh,
+                Some(("spawn floor", fl)),
+            );
+        }
+    }
+    if want("map") && want("map2") {
+        println!("gain of two workers (300-wide map: serial time / max_parallel(2) time)");
+        for kind in [
+            "spawn floor",
+            "fork floor",
+            "orch, spares",
+            "orch, no spares",
+            "orch, fresh interpreters",
+        ] {
+            if let (Some(one), Some(two)) =
+                (medians.get(&("map", kind)), medians.get(&("map2", kind)))
+            {
+                println!("  {kind:<30} {:.2}×", one.as_secs_f64() / two.as_secs_f64());
+            }
         }
     }
 }

@@ -12,21 +12,43 @@ The control channel is a ``SOCK_SEQPACKET`` Unix socket on file descriptor
 3; every packet is one JSON object.
 
 Orchestrator -> server: ``{"id": n, "script": path | null, "call":
-"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}}`` with four file
-descriptors attached (SCM_RIGHTS): the attempt's stdin, stdout and stderr,
-and a marker (a memfd named after the run and node, which the child keeps
-open so that ``orch resume`` can tell the process is this attempt).
+"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}, "spare": p |
+null}`` with four file descriptors attached (SCM_RIGHTS): the attempt's
+stdin, stdout and stderr, and a marker (a memfd named after the run and
+node, which the child keeps open so that ``orch resume`` can tell the
+process is this attempt).
 
 Server -> orchestrator: ``{"type": "ready", "pid": p}`` once, or
 ``{"type": "unusable", "message": ...}`` before exiting (a preload failed,
-or threads run after preloading, which makes fork unsafe); then per
-request ``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed",
-"id": n, "message": ...}``, and later ``{"type": "exit", "id": n, "code":
-c}`` or ``{"type": "exit", "id": n, "signal": s}``.
+or threads run after preloading, which makes fork unsafe); ``{"type":
+"spare", "pid": p}`` for each spare (below), and ``{"type": "gone", "pid":
+p}`` for one that died before any request named it; per request without a spare
+``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed", "id":
+n, "message": ...}``; and later, for every request, ``{"type": "exit",
+"id": n, "code": c}`` or ``{"type": "exit", "id": n, "signal": s}``.
+
+Spares: forking a process the size of a warm interpreter takes the
+server a millisecond or more, and an orchestrator that waited for it
+would be held up as long.  So, when asked to (``ORCH_FORK_SPARES``; off by
+default, see ``SPARES``), the server forks that many children ahead of
+time, whenever it has nothing else to do, and announces each one's
+pid; a spare puts itself in its own process group, resets its signals
+and waits on a socket of its own.  A request that names a spare is passed
+on to it (packet and file descriptors as they came) and is not answered
+at all: the orchestrator took the spare's pid from the announcement and
+did not wait.  The next spare is forked while the attempt runs.  A
+request that names none (the orchestrator knew of no spare) is forked for
+at once and answered ``started``, as before there were spares.  A spare
+holds nothing of any attempt until it receives one (no marker, no
+pipes), and exits when the server is gone (EOF on its socket).  A spare
+that dies before it is named is replaced and reported gone, but not
+reaped (its pid, which the orchestrator may hold, is not reused until
+the server exits): a request that named it before the orchestrator heard
+ends as the spare did.
 
 The server exits when the control channel reaches EOF: when the
 orchestrator closes it at the end of the run, or dies.  Children that still
-run are left alone, as fresh interpreters would be.
+run are left alone, as fresh interpreters would be; spares exit.
 """
 
 import array
@@ -46,14 +68,35 @@ import types
 CONTROL_FD = 3
 MAX_PACKET = 1 << 20
 FDS_PER_REQUEST = 4
+# Children forked ahead of requests (see the module's docstring). Off by
+# default: on the project's 2-core machine under a load of 10-15 every
+# measurement (benches/README.md, python) had spares 10-30% slower than
+# forking for each request, as they add work (a fork the server's pages
+# stay shared with, an announcement, a hand-over) that only pays where a
+# core is idle to take it off the attempt's path, and a quiet machine was
+# not available to show that it does. ``ORCH_FORK_SPARES=N`` in the
+# orchestrator's environment keeps N (2 suits ``max_parallel(2)``).
+SPARES = 0
+# Milliseconds the server must have had nothing to do before it forks a
+# spare. Forking at once, while the attempt just handed over starts, made
+# that attempt wait for the fork (woken on the server's core, it queued
+# behind it): a 200-task chain driven by a plain Python loop took 9.9-10.0
+# ms/task so, 5.7-6.2 with this wait and 6.2-8.2 without spares (load 12).
+REFILL_IDLE_MS = 5
 
 
 def _send(sock, obj):
-    sock.send(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+    """Sends one message; at the orchestrator's end of the socket (it
+    closed it or died), exits quietly as at EOF."""
+    try:
+        sock.send(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)
 
 
 def _recv(sock):
-    """One request packet and its file descriptors; (None, []) at EOF."""
+    """One request packet, its file descriptors and its bytes; (None, [],
+    b"") at EOF."""
     fds = array.array("i")
     msg, ancdata, _flags, _addr = sock.recvmsg(
         MAX_PACKET, socket.CMSG_SPACE(FDS_PER_REQUEST * fds.itemsize))
@@ -63,8 +106,17 @@ def _recv(sock):
     if not msg:
         for fd in fds:
             os.close(fd)
-        return None, []
-    return json.loads(msg.decode("utf-8")), list(fds)
+        return None, [], b""
+    return json.loads(msg.decode("utf-8")), list(fds), msg
+
+
+def _spares(setting):
+    """How many spares to keep: ``ORCH_FORK_SPARES`` when it is a whole
+    number, else ``SPARES``."""
+    try:
+        return max(0, int(setting))
+    except ValueError:
+        return SPARES
 
 
 def _thread_count():
@@ -81,6 +133,7 @@ def main():
     sock = socket.socket(fileno=CONTROL_FD)
     sock.set_inheritable(False)
     preload = json.loads(os.environ.pop("ORCH_FORK_PRELOAD", "[]"))
+    spares = _spares(os.environ.pop("ORCH_FORK_SPARES", ""))
     try:
         import orch  # noqa: F401  (warm: every task imports it)
         import orch.__main__  # noqa: F401  (runs module:function tasks)
@@ -106,44 +159,123 @@ def main():
     signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
     _send(sock, {"type": "ready", "pid": os.getpid()})
 
-    children = {}
+    server = _Server(sock, stdio, (wake_r, wake_w), spares)
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
-        events = dict(poller.poll())
+        # Short of spares: fork one once nothing happened for a moment (a
+        # request never waits for a spare, nor a new attempt for a fork).
+        short = server.spares_wanted()
+        events = dict(poller.poll(REFILL_IDLE_MS if short else None))
         if wake_r in events:
             try:
                 while os.read(wake_r, 512):
                     pass
             except BlockingIOError:
                 pass
-        _reap(sock, children)
-        if sock.fileno() not in events:
-            continue
-        request, fds = _recv(sock)
+        server.reap()
+        if sock.fileno() in events:
+            if not server.serve():
+                return 0
+        elif short and not events:
+            server.fork_spare()
+
+
+class _Server:
+    """The server's state: its attempts' children, its spares."""
+
+    def __init__(self, sock, stdio, wake, spares):
+        self.sock = sock
+        self.stdio = stdio
+        self.wake = wake
+        self.want = spares
+        # pid -> request id of every attempt's child not yet reaped.
+        self.children = {}
+        # pid -> the server's end of the socket of an announced spare not
+        # yet named by a request, oldest first.
+        self.spares = {}
+        # Announced spares that died before a request named them: left
+        # unreaped until one does.
+        self.dead = set()
+        # A spare could not be forked: from then on, forks per request.
+        self.no_spares = False
+
+    def spares_wanted(self):
+        return not self.no_spares and len(self.spares) < self.want
+
+    def _forked(self):
+        """In a new child: drops what belongs to the server (a spare must
+        see EOF once the server is gone, so no other process may keep the
+        server's end of its socket)."""
+        signal.set_wakeup_fd(-1)
+        self.sock.close()
+        for fd in self.wake:
+            os.close(fd)
+        for end in self.spares.values():
+            end.close()
+        _detach()
+
+    def fork_spare(self):
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            self.no_spares = True
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            self.no_spares = True
+            return
+        if pid == 0:
+            try:
+                self._forked()
+                ours.close()
+            except BaseException:
+                os._exit(1)
+            _spare(theirs, self.stdio)
+        theirs.close()
+        # Its group exists before its pid is announced.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        self.spares[pid] = ours
+        _send(self.sock, {"type": "spare", "pid": pid})
+
+    def serve(self):
+        """Serves one request; False at EOF."""
+        request, fds, raw = _recv(self.sock)
         if request is None:
-            return 0
+            return False
         if len(fds) != FDS_PER_REQUEST:
             for fd in fds:
                 os.close(fd)
-            _send(sock, {"type": "failed", "id": request.get("id"),
-                         "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
-            continue
+            _send(self.sock, {"type": "failed", "id": request.get("id"),
+                              "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
+            return True
+        spare = request.get("spare")
+        if spare is not None:
+            self._hand_to_spare(spare, request["id"], raw, fds)
+            return True
         try:
             pid = os.fork()
         except OSError as e:
             for fd in fds:
                 os.close(fd)
-            _send(sock, {"type": "failed", "id": request["id"], "message": f"fork failed: {e}"})
-            continue
+            _send(self.sock, {"type": "failed", "id": request["id"],
+                              "message": f"fork failed: {e}"})
+            return True
         if pid == 0:
             # The child never returns into the server loop.
-            signal.set_wakeup_fd(-1)
-            sock.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            _child(request, fds, stdio)
+            try:
+                self._forked()
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            _child(request, fds, self.stdio)
         # The group exists before anyone is told the pid (the child sets it
         # too; whichever runs first wins, the other's call is harmless).
         try:
@@ -152,35 +284,94 @@ def main():
             pass
         for fd in fds:
             os.close(fd)
-        children[pid] = request["id"]
-        _send(sock, {"type": "started", "id": request["id"], "pid": pid})
+        self.children[pid] = request["id"]
+        _send(self.sock, {"type": "started", "id": request["id"], "pid": pid})
+        return True
+
+    def _hand_to_spare(self, pid, ident, raw, fds):
+        """Passes request *ident* on to spare *pid*; the spare's end is the
+        attempt's end from now on."""
+        end = self.spares.pop(pid, None)
+        if end is None and pid not in self.dead:
+            for fd in fds:
+                os.close(fd)
+            # Cannot happen: the orchestrator names each announced spare once.
+            _send(self.sock, {"type": "exit", "id": ident, "code": 1})
+            return
+        if end is not None:
+            try:
+                end.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                     array.array("i", fds))])
+            except OSError:
+                pass  # it died just now: reaped below, as any attempt
+            finally:
+                end.close()
+        for fd in fds:
+            os.close(fd)
+        self.dead.discard(pid)
+        self.children[pid] = ident
+        # A spare that is dead already sends no SIGCHLD any more.
+        self.reap()
+
+    def reap(self):
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                # Not ours to wait for (cannot happen): ended, how unknown.
+                done, status = pid, None
+            if done == 0:
+                continue
+            ident = self.children.pop(pid)
+            if status is None:
+                _send(self.sock, {"type": "exit", "id": ident})
+            elif os.WIFSIGNALED(status):
+                _send(self.sock, {"type": "exit", "id": ident, "signal": os.WTERMSIG(status)})
+            else:
+                _send(self.sock, {"type": "exit", "id": ident, "code": os.WEXITSTATUS(status)})
+        for pid in list(self.spares):
+            try:
+                died = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                died = True
+            if died:
+                # Replaced (see spares_wanted); reaped once it is named, if
+                # the orchestrator named it before it heard it is gone.
+                self.spares.pop(pid).close()
+                self.dead.add(pid)
+                _send(self.sock, {"type": "gone", "pid": pid})
 
 
-def _reap(sock, children):
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        ident = children.pop(pid, None)
-        if ident is None:
-            continue
-        if os.WIFSIGNALED(status):
-            _send(sock, {"type": "exit", "id": ident, "signal": os.WTERMSIG(status)})
-        else:
-            _send(sock, {"type": "exit", "id": ident, "code": os.WEXITSTATUS(status)})
+def _detach():
+    """A new child's first steps: its own process group, and the signal
+    dispositions of a fresh interpreter (SIGINT stays the default until
+    the attempt runs, as in an interpreter that has not started yet)."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # the server sets it too
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _spare(sock, stdio):
+    """A spare: waits for its attempt on *sock*, then becomes it; exits
+    when the server is gone. Never returns."""
+    try:
+        request, fds, _raw = _recv(sock)
+        sock.close()
+    except BaseException:
+        os._exit(1)
+    if request is None:
+        os._exit(0)
+    _child(request, fds, stdio)
 
 
 def _child(request, fds, stdio):
     """Become the attempt's process; never returns."""
     code = 1
     try:
-        os.setpgid(0, 0)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         stdin, stdout, stderr, marker = fds
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):

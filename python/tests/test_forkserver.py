@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from pathlib import Path
 
@@ -23,11 +24,14 @@ TIMEOUT = 10
 class Server:
     """A fork server subprocess and our end of its control socket."""
 
-    def __init__(self, cwd, preload=()):
+    def __init__(self, cwd, preload=(), spares=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env["PYTHONPATH"] = f"{PYDIR}:{cwd}"
         env["ORCH_FORK_PRELOAD"] = json.dumps(list(preload))
+        env.pop("ORCH_FORK_SPARES", None)
+        if spares is not None:
+            env["ORCH_FORK_SPARES"] = str(spares)
         fd = theirs.fileno()
 
         def to_fd_3():
@@ -42,19 +46,45 @@ class Server:
         self.sock = ours
         self.sock.settimeout(TIMEOUT)
         self.next_id = 0
+        # Spares announced and not named yet, oldest first; those reported
+        # gone.
+        self.announced = []
+        self.gone = []
 
     def recv(self):
-        return json.loads(self.sock.recv(65536).decode("utf-8"))
+        """The next message that is not a spare's announcement."""
+        while True:
+            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
+            if msg.get("type") == "gone":
+                self.gone.append(msg["pid"])
+            elif msg.get("type") != "spare":
+                return msg
+            else:
+                self.announced.append(msg["pid"])
 
-    def fork(self, cwd, script=None, call=None, argv=None, env=None):
-        """Sends one request; returns (id, stdin w, stdout r, stderr r)."""
+    def spares(self, count):
+        """Waits until *count* spares are announced; returns them."""
+        while len(self.announced) < count:
+            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
+            if msg.get("type") == "gone":
+                self.gone.append(msg["pid"])
+                continue
+            assert msg.get("type") == "spare", msg
+            self.announced.append(msg["pid"])
+        return list(self.announced)
+
+    def fork(self, cwd, script=None, call=None, argv=None, env=None, spare=None):
+        """Sends one request (to *spare*, if given); returns (id, stdin w,
+        stdout r, stderr r)."""
+        if spare is not None:
+            self.announced.remove(spare)
         self.next_id += 1
         pipes = [os.pipe() for _ in range(3)]
         marker = os.memfd_create("orch:test:marker")
         child_ends = [pipes[0][0], pipes[1][1], pipes[2][1], marker]
         request = {"id": self.next_id, "script": script, "call": call,
                    "argv": argv or [script or "call"], "cwd": str(cwd),
-                   "env": env or {}}
+                   "env": env or {}, "spare": spare}
         self.sock.sendmsg([json.dumps(request).encode("utf-8")],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                             array.array("i", child_ends))])
@@ -163,6 +193,83 @@ class ForkServerTest(unittest.TestCase):
             msg = server.recv()
             self.assertEqual(msg["type"], "unusable")
             self.assertIn("threads", msg["message"])
+        finally:
+            server.close()
+
+    def run_pid(self, server, spare=None):
+        """Runs a script that prints its pid and exits 3 (in *spare*, if
+        given); returns the pid it printed."""
+        script = self.write("three.py", "import os, sys\nprint(os.getpid())\nsys.exit(3)\n")
+        ident, stdin, stdout, stderr = server.fork(self.dir, script=script, spare=spare)
+        stdin.close()
+        if spare is None:
+            started = server.recv()
+            self.assertEqual(started["type"], "started")
+        pid = int(stdout.read())
+        stdout.close()
+        stderr.close()
+        self.assertEqual(server.recv(), {"type": "exit", "id": ident, "code": 3})
+        if spare is None:
+            self.assertEqual(started["pid"], pid)
+        return pid
+
+    def test_a_request_naming_a_spare_runs_in_it_unanswered_and_spares_end_with_the_server(self):
+        server = Server(self.dir, spares=2)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            spares = server.spares(2)
+            for pid in spares:
+                # Its own group already, and nothing of any attempt.
+                self.assertEqual(os.getpgid(pid), pid)
+                links = [os.readlink(f"/proc/{pid}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{pid}/fd")]
+                self.assertFalse([l for l in links if l.startswith("/memfd:")], links)
+            self.assertEqual(self.run_pid(server, spare=spares[0]), spares[0])
+            # It is replaced; a request that names none is forked for.
+            replaced = server.spares(2)
+            self.assertNotIn(spares[0], replaced)
+            fresh = self.run_pid(server)
+            self.assertNotIn(fresh, spares + replaced)
+        finally:
+            server.close()
+        self.assertEqual(server.proc.returncode, 0)
+        # Orphaned at the server's exit, each spare sees EOF and exits.
+        deadline = time.monotonic() + TIMEOUT
+        alive = lambda: [p for p in replaced if Path(f"/proc/{p}").exists()]
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(alive(), [])
+
+    def test_a_spare_that_died_is_kept_until_named_and_its_request_ends_as_it_did(self):
+        server = Server(self.dir, spares=2)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            dead = server.spares(1)[0]
+            os.kill(dead, 9)
+            # Replaced and reported gone, but not reaped: its pid cannot be
+            # handed out again.
+            self.assertEqual(len([p for p in server.spares(3) if p != dead]), 2)
+            while not server.gone:
+                server.spares(len(server.announced) + 1)
+            self.assertEqual(server.gone, [dead])
+            self.assertTrue(Path(f"/proc/{dead}").exists(), "a zombie")
+            ident, stdin, stdout, stderr = server.fork(self.dir, script="x.py", spare=dead)
+            for f in (stdin, stdout, stderr):
+                f.close()
+            self.assertEqual(server.recv(), {"type": "exit", "id": ident, "signal": 9})
+        finally:
+            server.close()
+
+    def test_no_spares_by_default_nor_when_orch_fork_spares_is_0(self):
+        for spares in (None, 0):
+            self.no_spares(Server(self.dir, spares=spares))
+
+    def no_spares(self, server):
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            self.run_pid(server)
+            self.run_pid(server)
+            self.assertEqual(server.announced, [])
         finally:
             server.close()
 

@@ -10,9 +10,18 @@
 //! the task's). The server reports each child's pid, and later how it
 //! ended, since it is the child's parent.
 //!
+//! When asked to (`ORCH_FORK_SPARES`; off by default, see
+//! `docs/python.md`), the server forks **spares** ahead of time and
+//! announces their pids. An attempt takes the oldest announced spare: its
+//! request names the spare
+//! and [`ForkServer::launch`] returns the spare's pid without waiting for
+//! any answer, so the orchestrator's thread never waits for a fork. Only
+//! when no spare is announced (the first attempts, or more attempts at
+//! once than spares) does a request ask for a fork and wait for its pid.
+//!
 //! The server's protocol is described in `python/orch/_forkserver.py`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -88,6 +97,10 @@ struct Table {
     abandoned: bool,
     starts: HashMap<u64, std_mpsc::Sender<std::result::Result<u32, String>>>,
     exits: HashMap<u64, oneshot::Sender<ForkExit>>,
+    /// Spares the server announced and no request named yet, oldest
+    /// first. Each is its own process group already, and the server does
+    /// not reap one before a request names it, so its pid stays its own.
+    spares: VecDeque<u32>,
 }
 
 /// A running fork server. Dropping it closes the control socket: the
@@ -343,8 +356,10 @@ impl ForkServer {
         !t.closed && !t.abandoned
     }
 
-    /// Forks a child for one attempt; blocks until the server reports its
-    /// pid. An error means no child runs the attempt.
+    /// Starts a child for one attempt: hands it to the oldest announced
+    /// spare and returns at once, or, with none announced, asks the server
+    /// to fork and blocks until it reports the pid. An error means no
+    /// child runs the attempt.
     pub(crate) fn launch(&self, req: &Request<'_>) -> std::result::Result<Forked, String> {
         let (stdin_r, stdin_w) = pipe()?;
         let (stdout_r, stdout_w) = pipe()?;
@@ -353,14 +368,18 @@ impl ForkServer {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (start_tx, start_rx) = std_mpsc::channel();
         let (exit_tx, exit_rx) = oneshot::channel();
-        {
+        let spare = {
             let mut t = self.table.lock().expect("fork table");
             if t.closed || t.abandoned {
                 return Err("the fork server stopped".into());
             }
-            t.starts.insert(id, start_tx);
+            let spare = t.spares.pop_front();
+            if spare.is_none() {
+                t.starts.insert(id, start_tx);
+            }
             t.exits.insert(id, exit_tx);
-        }
+            spare
+        };
         let packet = json!({
             "id": id,
             "script": req.script.map(|p| p.to_string_lossy().into_owned()),
@@ -368,6 +387,7 @@ impl ForkServer {
             "argv": req.argv,
             "cwd": req.cwd.to_string_lossy(),
             "env": req.env.iter().cloned().collect::<HashMap<_, _>>(),
+            "spare": spare,
         })
         .to_string();
         let sent = send_with_fds(
@@ -388,8 +408,20 @@ impl ForkServer {
             t.exits.remove(&id);
         };
         if let Err(e) = sent {
+            // A spare named in a request that never arrived stays idle
+            // until the server exits.
             forget(&self.table);
             return Err(e);
+        }
+        if let Some(pid) = spare {
+            debug!(pid, "attempt handed to a spare");
+            return Ok(Forked {
+                pid,
+                stdin: stdin_w,
+                stdout: stdout_r,
+                stderr: stderr_r,
+                exit: exit_rx,
+            });
         }
         match start_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(pid)) => Ok(Forked {
@@ -426,6 +458,24 @@ impl ForkServer {
 fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
     let mut buf = vec![0u8; MAX_PACKET];
     while let Some(msg) = recv_packet(sock.as_raw_fd(), &mut buf) {
+        if msg["type"] == "spare" || msg["type"] == "gone" {
+            let Some(pid) = msg["pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p > 1)
+            else {
+                warn!("the fork server sent a spare without a pid");
+                continue;
+            };
+            let mut t = table.lock().expect("fork table");
+            if msg["type"] == "spare" {
+                t.spares.push_back(pid);
+            } else {
+                // Died before any attempt named it (killed from outside).
+                t.spares.retain(|&p| p != pid);
+            }
+            continue;
+        }
         let Some(id) = msg["id"].as_u64() else {
             continue;
         };
@@ -463,6 +513,7 @@ fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
     }
     let mut t = table.lock().expect("fork table");
     t.closed = true;
+    t.spares.clear();
     for (_, tx) in t.starts.drain() {
         let _ = tx.send(Err("the fork server stopped".into()));
     }
