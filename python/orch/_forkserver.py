@@ -260,10 +260,21 @@ class _Server:
         if spare is not None:
             self._hand_to_spare(spare, request["id"], raw, fds)
             return True
+        # The gate: the child runs nothing of the task before the server
+        # told the orchestrator its pid, so a task that stops or kills the
+        # server cannot leave an attempt running that nobody knows of.
+        try:
+            gate_r, gate_w = os.pipe()
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            _send(self.sock, {"type": "failed", "id": request["id"],
+                              "message": f"pipe failed: {e}"})
+            return True
         try:
             pid = os.fork()
         except OSError as e:
-            for fd in fds:
+            for fd in fds + [gate_r, gate_w]:
                 os.close(fd)
             _send(self.sock, {"type": "failed", "id": request["id"],
                               "message": f"fork failed: {e}"})
@@ -271,11 +282,18 @@ class _Server:
         if pid == 0:
             # The child never returns into the server loop.
             try:
+                os.close(gate_w)
+                opened = os.read(gate_r, 1)
+                os.close(gate_r)
+                if not opened:
+                    # The server died before it announced this child.
+                    os._exit(1)
                 self._forked()
             except BaseException:
                 traceback.print_exc()
                 os._exit(1)
             _child(request, fds, self.stdio)
+        os.close(gate_r)
         # The group exists before anyone is told the pid (the child sets it
         # too; whichever runs first wins, the other's call is harmless).
         try:
@@ -285,7 +303,11 @@ class _Server:
         for fd in fds:
             os.close(fd)
         self.children[pid] = request["id"]
-        _send(self.sock, {"type": "started", "id": request["id"], "pid": pid})
+        try:
+            _send(self.sock, {"type": "started", "id": request["id"], "pid": pid})
+        finally:
+            os.write(gate_w, b"g")
+            os.close(gate_w)
         return True
 
     def _hand_to_spare(self, pid, ident, raw, fds):
