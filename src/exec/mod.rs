@@ -434,6 +434,55 @@ pub(crate) fn content_hash(bytes: impl IntoIterator<Item = u8>) -> String {
     format!("{h:016x}")
 }
 
+/// Answers one protocol message (`body`, numbered `seq`) of attempt
+/// `link.id`, the same for every executor that speaks the task protocol:
+/// a mutation goes to the engine and its verdict comes back; the output
+/// and a failure are kept in `end`; log lines go to `log(stream, text)`.
+/// Returns the reply line for the task.
+pub(crate) async fn answer_message(
+    link: &AttemptLink,
+    seq: u64,
+    body: protocol::Body,
+    end: &mut AttemptEnd,
+    mut log: impl FnMut(&str, String),
+) -> String {
+    use protocol::Body;
+    match body {
+        Body::Mutation(mutation) => {
+            let (tx, rx) = oneshot::channel();
+            let sent = link.reports.send(Report::Mutation {
+                attempt: link.id.clone(),
+                mutation,
+                reply: tx,
+            });
+            match (sent, rx.await) {
+                (Ok(()), Ok(Ok(()))) => protocol::ack(seq),
+                (Ok(()), Ok(Err(e))) => {
+                    log("orch", format!("rejected: {e}"));
+                    protocol::error(seq, &e)
+                }
+                _ => protocol::error(seq, "the orchestrator is shutting down"),
+            }
+        }
+        Body::Output(v) => {
+            end.output = Some(v);
+            protocol::ack(seq)
+        }
+        Body::Log { level, message } => {
+            log("log", format!("[{level}] {message}"));
+            protocol::ack(seq)
+        }
+        Body::Rejected(e) => {
+            log("orch", format!("rejected: {e}"));
+            protocol::error(seq, &e)
+        }
+        Body::Fail { message, retry } => {
+            end.failure = Some(TaskFailure { message, retry });
+            protocol::ack(seq)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Task;

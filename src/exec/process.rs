@@ -20,11 +20,11 @@ use tracing::{debug, warn};
 use super::container::{container_name, ContainerEngine, Dirs};
 use super::escape::{self, Mark};
 use super::fork::{ForkExit, ForkServer, Forked, Request};
-use super::protocol::{self, Body, Line, Start};
+use super::protocol::{self, Line, Start};
 use super::python::resolve_python;
 use super::{
     AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
-    Report, Stop, TaskFailure, LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
+    Report, Stop, LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::{Exec, Task};
@@ -974,40 +974,10 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                                 continue;
                             }
                             last_seq = m.seq;
-                            let reply = match m.body {
-                                Body::Mutation(mutation) => {
-                                    let (tx, rx) = oneshot::channel();
-                                    let sent = link.reports.send(Report::Mutation {
-                                        attempt: link.id.clone(),
-                                        mutation,
-                                        reply: tx,
-                                    });
-                                    match (sent, rx.await) {
-                                        (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
-                                        (Ok(()), Ok(Err(e))) => {
-                                            logs.push("orch", format!("rejected: {e}"));
-                                            protocol::error(m.seq, &e)
-                                        }
-                                        _ => protocol::error(m.seq, "the orchestrator is shutting down"),
-                                    }
-                                }
-                                Body::Output(v) => {
-                                    end.output = Some(v);
-                                    protocol::ack(m.seq)
-                                }
-                                Body::Log { level, message } => {
-                                    logs.push("log", format!("[{level}] {message}"));
-                                    protocol::ack(m.seq)
-                                }
-                                Body::Rejected(e) => {
-                                    logs.push("orch", format!("rejected: {e}"));
-                                    protocol::error(m.seq, &e)
-                                }
-                                Body::Fail { message, retry } => {
-                                    end.failure = Some(TaskFailure { message, retry });
-                                    protocol::ack(m.seq)
-                                }
-                            };
+                            let reply = super::answer_message(&link, m.seq, m.body, &mut end, |stream, text| {
+                                logs.push(stream, text);
+                            })
+                            .await;
                             let _ = stdin_tx.send(reply);
                         }
                     }

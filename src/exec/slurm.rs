@@ -23,12 +23,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use super::protocol::{self, Body, Line};
+use super::protocol::{self, Line};
 use super::{
     AttemptEnd, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError, Report,
-    TaskFailure, LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
+    LOG_LINE_COST, MAX_LINE_BYTES, MAX_LOG_BYTES,
 };
 use crate::history::LogLine;
 use crate::model::Exec;
@@ -399,40 +397,11 @@ async fn follow(job: PathBuf, job_id: String, timeout: Option<Duration>, mut lin
                 }
                 Line::Message(m) => {
                     last_seq = m.seq;
-                    let reply = match m.body {
-                        Body::Mutation(mutation) => {
-                            let (tx, rx) = oneshot::channel();
-                            let sent = link.reports.send(Report::Mutation {
-                                attempt: link.id.clone(),
-                                mutation,
-                                reply: tx,
-                            });
-                            match (sent, rx.await) {
-                                (Ok(()), Ok(Ok(()))) => protocol::ack(m.seq),
-                                (Ok(()), Ok(Err(e))) => {
-                                    logs.push(&link, "orch", format!("rejected: {e}"));
-                                    protocol::error(m.seq, &e)
-                                }
-                                _ => protocol::error(m.seq, "the orchestrator is shutting down"),
-                            }
-                        }
-                        Body::Output(v) => {
-                            end.output = Some(v);
-                            protocol::ack(m.seq)
-                        }
-                        Body::Log { level, message } => {
-                            logs.push(&link, "log", format!("[{level}] {message}"));
-                            protocol::ack(m.seq)
-                        }
-                        Body::Rejected(e) => {
-                            logs.push(&link, "orch", format!("rejected: {e}"));
-                            protocol::error(m.seq, &e)
-                        }
-                        Body::Fail { message, retry } => {
-                            end.failure = Some(TaskFailure { message, retry });
-                            protocol::ack(m.seq)
-                        }
-                    };
+                    let reply =
+                        super::answer_message(&link, m.seq, m.body, &mut end, |stream, text| {
+                            logs.push(&link, stream, text)
+                        })
+                        .await;
                     answer(&job, reply.trim_end());
                 }
             }

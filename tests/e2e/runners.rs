@@ -6,15 +6,14 @@
 //! report of the old attempt is refused. Everything is asserted on the
 //! recorded history and the API's answers, not on wall-clock time.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use orch::client::Client;
 use serde_json::{json, Value};
 
 use crate::server::{serve, user_token, Served};
-use crate::util::{kill9, Space};
+use crate::util::{kill9, spawn_announcing, Space};
 
 /// The lease of runners and claims in these tests, in milliseconds.
 const LEASE_MS: &str = "1000";
@@ -72,42 +71,29 @@ fn runner_with(
 ) -> Runner {
     let dir = space.path().join(format!("runner-{name}"));
     let log = space.path().join(format!("runner-{name}.log"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args([
-            "runner",
-            "--server",
-            &server.base,
-            "--name",
-            name,
-            "--slots",
-            "2",
-        ])
-        .args(["--capabilities", caps])
-        .arg("--dir")
-        .arg(&dir)
-        .env("ORCH_TOKEN", token)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "info")
-        .env_remove("ORCH_LABELS")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("orch runner starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let id = line
-        .trim()
-        .strip_prefix("runner ")
-        .and_then(|l| l.strip_suffix(" registered"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the runner printed {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .to_string();
+    let announced = spawn_announcing(
+        Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args([
+                "runner",
+                "--server",
+                &server.base,
+                "--name",
+                name,
+                "--slots",
+                "2",
+            ])
+            .args(["--capabilities", caps])
+            .arg("--dir")
+            .arg(&dir)
+            .env("ORCH_TOKEN", token)
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .env_remove("ORCH_LABELS"),
+        &log,
+        "runner ",
+        " registered",
+    );
+    let (child, id) = (announced.child, announced.said);
     Runner { child, id }
 }
 

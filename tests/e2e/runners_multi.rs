@@ -13,7 +13,7 @@
 //! runners' logs and the API's answers, never on wall-clock time.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use orch::store::PgStore;
 use orch::{AttemptOutcome, RunStatus, Store};
 use serde_json::{json, Value};
 
-use crate::util::{kill9, Space};
+use crate::util::{kill9, spawn_announcing, Space};
 
 /// Runner and claim leases (ms): short, with room for a loaded machine.
 const RUNNER_LEASE_MS: &str = "3000";
@@ -62,30 +62,12 @@ fn orch(url: &str) -> Command {
 
 /// Starts `cmd`, logging to `log`, and reads its first line past `prefix`.
 fn spawn(mut cmd: Command, log: PathBuf, prefix: &str, suffix: &str) -> Proc {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("orch starts");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    let said = line
-        .trim()
-        .strip_prefix(prefix)
-        .and_then(|l| l.strip_suffix(suffix))
-        .unwrap_or_else(|| {
-            panic!(
-                "printed {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .to_string();
+    let a = spawn_announcing(&mut cmd, &log, prefix, suffix);
     Proc {
-        child,
-        said,
+        child: a.child,
+        said: a.said,
         log,
-        out,
+        out: a.out,
     }
 }
 

@@ -3,7 +3,7 @@
 //! commit, cancel, a kill -9 of the server in the middle of a run, and bad
 //! input.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use orch::client::{encode, Client};
 use orch::Store;
 use serde_json::{json, Value};
 
-use crate::util::{alive, kill9, Space};
+use crate::util::{alive, kill9, spawn_announcing, Space};
 
 /// A server child process on the space's database.
 pub struct Served {
@@ -36,30 +36,18 @@ pub fn serve(space: &Space, extra: &[&str]) -> Served {
             .unwrap()
             .as_nanos()
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("ORCH_DB", space.db())
-        .env("RUST_LOG", "info")
-        .current_dir(space.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("orch serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "the server printed {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .to_string();
+    let announced = spawn_announcing(
+        Command::new(env!("CARGO_BIN_EXE_orch"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("ORCH_DB", space.db())
+            .env("RUST_LOG", "info")
+            .current_dir(space.path()),
+        &log,
+        "listening on ",
+        "",
+    );
+    let (child, base) = (announced.child, announced.said);
     Served { child, base, log }
 }
 

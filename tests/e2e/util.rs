@@ -378,3 +378,41 @@ pub fn wait_for_runs(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A child process that announced itself with a first line on stdout.
+pub struct Announced {
+    pub child: Child,
+    /// That line, between its expected prefix and suffix (a URL, an id).
+    pub said: String,
+    /// The rest of its stdout.
+    pub out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Starts `cmd` with its stderr in `log` and reads its first line, which
+/// must be `prefix`, then what it says, then `suffix` (a server's
+/// `listening on URL`, a runner's `runner ID registered`); panics with the
+/// log otherwise.
+pub fn spawn_announcing(cmd: &mut Command, log: &Path, prefix: &str, suffix: &str) -> Announced {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("orch starts");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let said = line
+        .trim()
+        .strip_prefix(prefix)
+        .and_then(|l| l.strip_suffix(suffix))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} printed {line:?}; log: {}",
+                cmd.get_program().to_string_lossy(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    Announced { child, said, out }
+}
