@@ -779,22 +779,7 @@ fn counted(
         .into_iter()
         .map(|(s, c)| (s.to_string(), c))
         .collect();
-    let urgent = [
-        NodeState::Failed,
-        NodeState::UpstreamFailed,
-        NodeState::Running,
-        NodeState::Waiting,
-        NodeState::Ready,
-        NodeState::Pending,
-        NodeState::Cancelled,
-        NodeState::Succeeded,
-    ]
-    .into_iter()
-    .find(|s| states.contains_key(s.as_str()));
-    let summary: Vec<String> = states
-        .iter()
-        .map(|(s, c)| format!("{} {s}", thousands(*c)))
-        .collect();
+    let (urgent, summary) = summarise(&states);
     PicNode {
         id,
         kind: PicKind::Stack,
@@ -831,22 +816,7 @@ pub(crate) fn count_by_state(o: &Outlook) -> Outlook {
             PicKind::Region | PicKind::Growth | PicKind::Rule => {}
         }
     }
-    let urgent = [
-        NodeState::Failed,
-        NodeState::UpstreamFailed,
-        NodeState::Running,
-        NodeState::Waiting,
-        NodeState::Ready,
-        NodeState::Pending,
-        NodeState::Cancelled,
-        NodeState::Succeeded,
-    ]
-    .into_iter()
-    .find(|s| states.contains_key(s.as_str()));
-    let summary: Vec<String> = states
-        .iter()
-        .map(|(s, c)| format!("{} {s}", thousands(*c)))
-        .collect();
+    let (urgent, summary) = summarise(&states);
     let node = PicNode {
         id: format!("{WILDCARD_PREFIX}all"),
         kind: PicKind::Stack,
@@ -871,6 +841,28 @@ pub(crate) fn count_by_state(o: &Outlook) -> Outlook {
         edges: Vec::new(),
         violations: o.violations.clone(),
     }
+}
+
+/// What a node counting others by state shows: the most urgent state
+/// among `states` (its colour and icon), and `COUNT state` for each.
+fn summarise(states: &BTreeMap<String, usize>) -> (Option<NodeState>, Vec<String>) {
+    let urgent = [
+        NodeState::Failed,
+        NodeState::UpstreamFailed,
+        NodeState::Running,
+        NodeState::Waiting,
+        NodeState::Ready,
+        NodeState::Pending,
+        NodeState::Cancelled,
+        NodeState::Succeeded,
+    ]
+    .into_iter()
+    .find(|s| states.contains_key(s.as_str()));
+    let summary = states
+        .iter()
+        .map(|(s, c)| format!("{} {s}", thousands(*c)))
+        .collect();
+    (urgent, summary)
 }
 
 fn thousands(n: usize) -> String {
