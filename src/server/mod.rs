@@ -459,6 +459,11 @@ async fn adopt(state: &Arc<AppState>, refused: &mut HashSet<String>) {
                 });
             }
             Err(crate::Error::Owned { .. }) => {}
+            // The database failed (it is restarting, say): not a decision
+            // about the run; the next round tries again.
+            Err(e @ crate::Error::Store { .. }) => {
+                warn!(%run, error = %e, "adopting a run failed; trying again soon");
+            }
             Err(e) => {
                 warn!(%run, error = %e, "adopting a run failed; this server leaves it alone");
                 refused.insert(run);

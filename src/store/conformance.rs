@@ -405,18 +405,18 @@ fn a_claim_race_hands_each_attempt_out_once(store: Arc<dyn Store>) {
 }
 
 /// A run with an input node `ask` and a command node `work` after it.
-struct Fixture {
-    lease: Lease,
-    state: RunState,
+pub(crate) struct Fixture {
+    pub(crate) lease: Lease,
+    pub(crate) state: RunState,
 }
 
-fn owner(id: &str) -> Owner {
+pub(crate) fn owner(id: &str) -> Owner {
     let mut o = Owner::this_process();
     o.id = id.to_string();
     o
 }
 
-fn register(store: &dyn Store, run: &str, by: &Owner) -> Fixture {
+pub(crate) fn register(store: &dyn Store, run: &str, by: &Owner) -> Fixture {
     let started = Event {
         seq: 1,
         at: crate::time::now(),
@@ -461,7 +461,7 @@ fn register(store: &dyn Store, run: &str, by: &Owner) -> Fixture {
 
 impl Fixture {
     /// Applies `kinds` to the state and commits them under `lease`.
-    fn commit(
+    pub(crate) fn commit(
         &mut self,
         store: &dyn Store,
         lease: &Lease,
@@ -495,7 +495,7 @@ impl Fixture {
     }
 }
 
-fn node_state(node: &str, state: NodeState) -> EventKind {
+pub(crate) fn node_state(node: &str, state: NodeState) -> EventKind {
     EventKind::NodeState {
         node: node.into(),
         state,

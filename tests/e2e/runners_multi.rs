@@ -619,3 +619,115 @@ fn a_workflow_binary_in_runner_mode_serves_its_own_native_tasks() {
         .unwrap();
     assert_eq!(total.output, Some(json!(30)), "1 + 4 + 9 + 16");
 }
+
+#[test]
+fn the_database_restarting_mid_run_loses_nothing() {
+    // A cluster of its own: restarting the shared one would cut the other
+    // tests' connections.
+    let cluster = orch::store::PgTestCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.new_database().unwrap();
+    let space = Space::new();
+    let gates = space.path().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let admin = token(&url, &space, Some("root"), false);
+    let rtoken = token(&url, &space, None, true);
+    let dir = space.path().join("server-a");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = orch(&url);
+    // A claim outlives the restart: the attempt is not run again.
+    cmd.env("ORCH_RUNNER_LEASE_MS", "10000")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir);
+    let server = spawn(cmd, space.path().join("server-a.log"), "listening on ", "");
+    let mut cmd = orch(&url);
+    cmd.env("ORCH_RUNNER_LEASE_MS", "10000")
+        .args(["runner", "--server", &server.said, "--name", "far"])
+        .args(["--slots", "2", "--capabilities", "cpus=1,alpha"])
+        .arg("--dir")
+        .arg(space.path().join("runner-far"))
+        .env("ORCH_TOKEN", &rtoken);
+    let _far = spawn(
+        cmd,
+        space.path().join("runner-far.log"),
+        "runner ",
+        " registered",
+    );
+    let c = Client::new(&server.said, Some(admin));
+    // Gated, and printing a line every 50 ms meanwhile: the engine and
+    // the runner write logs all through the restart.
+    let g = format!(
+        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {g}/ran; while [ ! -e {g}/go-$ORCH_NODE ]; do echo tick; sleep 0.05; done; echo done",
+        g = gates.display()
+    );
+    let plain = format!(
+        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {}/ran",
+        gates.display()
+    );
+    let workflow = serde_json::to_string(&json!({
+        "name": "through",
+        "tasks": [
+            {"id": "r", "command": ["sh", "-c", g], "requires": {"labels": ["alpha"]}},
+            {"id": "l", "command": ["sh", "-c", g]},
+            {"id": "n", "command": ["sh", "-c", plain], "requires": {"labels": ["alpha"]}, "after": ["r"]},
+            {"id": "m", "command": ["sh", "-c", plain], "after": ["l", "n"]},
+        ]
+    }))
+    .unwrap();
+    c.json(
+        "PUT",
+        "/api/v1/workflows/through",
+        Some(
+            &json!({"message": "test", "files": [{"path": "workflow.json", "content": workflow}]}),
+        ),
+    )
+    .expect("publish");
+    let run = c
+        .post("/api/v1/workflows/through/runs", &json!({}))
+        .unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        poll("r starts on the runner", || started(&gates, "r", 1)),
+        "runner-far"
+    );
+    poll("l starts on the server", || started(&gates, "l", 1));
+    // The database restarts while both attempts run and log.
+    cluster.restart().unwrap_or_else(|e| panic!("{e}"));
+    open(&gates, "r");
+    open(&gates, "l");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        // The API itself may answer 5xx for a moment after the restart.
+        if let Ok(w) = c.get(&format!("/api/v1/runs/{run}/wait?timeout=10")) {
+            if w["ended"] == true {
+                break w["status"].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end after the restart; server log: {}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert_eq!(status["status"], "succeeded", "{status}; server log: {log}");
+    // The server met the restart (its pooled connections were cut) and
+    // carried on over new ones.
+    assert!(log.contains("lost the database connection"), "{log}");
+    let store = PgStore::connect(&url).unwrap();
+    let ex = store.export(&run).unwrap();
+    for n in &ex.nodes {
+        assert_eq!(n.attempts.len(), 1, "{}: {:?}", n.id, n.attempts);
+        assert_eq!(
+            n.attempts[0].outcome,
+            Some(AttemptOutcome::Succeeded),
+            "{}",
+            n.id
+        );
+    }
+    let mut nodes: Vec<String> = ran(&gates).into_iter().map(|(n, _, _)| n).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["l", "m", "n", "r"], "each task ran once");
+}

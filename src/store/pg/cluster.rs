@@ -228,6 +228,27 @@ impl TestCluster {
 }
 
 impl TestCluster {
+    /// Restarts the server the way an operator does (`pg_ctl restart -m
+    /// fast`: every connection is ended, the server stops and starts
+    /// again on the same port); returns once it accepts connections.
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-w".as_ref(),
+                "restart".as_ref(),
+            ],
+        )
+    }
+
     /// Stops the server and removes its folder (once; dropping does it
     /// too).
     pub fn stop(&self) {

@@ -22,15 +22,68 @@ use crate::error::{Error, Result};
 /// A driver's failure as orch shows it: the message, never the driver's
 /// type.
 #[derive(Debug)]
-pub(super) struct PgError(pub(super) String);
+pub(super) struct PgError {
+    message: String,
+    /// Whether, and when, the connection broke.
+    broke: Broke,
+}
+
+/// Whether, and when, a call's connection broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broke {
+    /// It did not (the database refused the statement, say).
+    No,
+    /// It broke, or none could be made (the database is restarting,
+    /// say), before anything was committed: the whole call may be tried
+    /// again on a new connection.
+    Before,
+    /// It broke during `COMMIT`: whether the transaction landed is
+    /// unknown.
+    InCommit,
+}
 
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for PgError {}
+
+/// How `e` broke, for a PostgreSQL store error.
+fn broke(e: &Error) -> Broke {
+    match e {
+        Error::Store { source, .. } => source
+            .downcast_ref::<PgError>()
+            .map_or(Broke::No, |p| p.broke),
+        _ => Broke::No,
+    }
+}
+
+/// True for an error that says the connection is gone (or could not be
+/// made) before the call committed anything: see [`Broke::Before`].
+pub(super) fn is_lost(e: &Error) -> bool {
+    broke(e) == Broke::Before
+}
+
+/// True for an error that says the connection broke during `COMMIT`.
+pub(super) fn in_commit(e: &Error) -> bool {
+    broke(e) == Broke::InCommit
+}
+
+/// True when `e`, met on `client`, means the connection is unusable: the
+/// socket closed, or the server said it is shutting down, starting up or
+/// that the connection failed (SQLSTATE class 08, 57P01–57P03).
+fn breaks_connection(e: &postgres::Error, client: Option<&Client>) -> bool {
+    if e.is_closed() || client.is_some_and(Client::is_closed) {
+        return true;
+    }
+    match e.code().map(|c| c.code()) {
+        Some(code) => code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"),
+        // No answer from the server at all: the socket failed.
+        None => e.as_db_error().is_none() && client.is_none(),
+    }
+}
 
 /// The message of a driver error: the server's own words and SQLSTATE
 /// when the server answered.
@@ -48,10 +101,20 @@ pub(super) fn message(e: &postgres::Error) -> String {
 
 /// An [`Error::Store`] naming the store.
 pub(super) fn store_error(loc: &str, message: String) -> Error {
+    broken(loc, message, Broke::No)
+}
+
+/// An [`Error::Store`] for a connection that broke (`broke`).
+fn broken(loc: &str, message: String, broke: Broke) -> Error {
     Error::Store {
         path: PathBuf::from(loc),
-        source: Box::new(PgError(message)),
+        source: Box::new(PgError { message, broke }),
     }
+}
+
+/// An [`Error::Store`] for a connection lost before anything committed.
+fn lost_error(loc: &str, message: String) -> Error {
+    broken(loc, message, Broke::Before)
 }
 
 /// `url` without its password: what messages and logs may show.
@@ -182,10 +245,12 @@ impl Pool {
                     Err(e) => {
                         self.slots().live -= 1;
                         self.freed.notify_one();
-                        Err(store_error(
-                            &self.loc,
-                            format!("cannot connect: {}", message(&e)),
-                        ))
+                        let why = format!("cannot connect: {}", message(&e));
+                        Err(if breaks_connection(&e, None) {
+                            lost_error(&self.loc, why)
+                        } else {
+                            store_error(&self.loc, why)
+                        })
                     }
                 };
             }
@@ -194,9 +259,19 @@ impl Pool {
     }
 
     /// Closes every idle connection (off any runtime: a client's drop
-    /// blocks on its own).
+    /// blocks on its own). After a connection was lost the others are
+    /// likely dead too (the database restarted): the next calls open new
+    /// ones instead of finding that out one by one.
     pub(super) fn close(&self) {
-        let idle = std::mem::take(&mut self.slots().idle);
+        let idle = {
+            let mut slots = self.slots();
+            let idle = std::mem::take(&mut slots.idle);
+            slots.live -= idle.len();
+            idle
+        };
+        if !idle.is_empty() {
+            self.freed.notify_all();
+        }
         off_runtime(move || drop(idle));
     }
 }
@@ -234,9 +309,9 @@ impl Checkout<'_> {
     pub(super) fn begin(&mut self, mode: &str) -> Result<Tx<'_>> {
         let loc = self.pool.loc.as_str();
         let conn = self.conn.as_mut().expect("a checkout holds its connection");
-        conn.client
-            .batch_execute(&format!("BEGIN {mode}"))
-            .map_err(|e| store_error(loc, message(&e)))?;
+        if let Err(e) = conn.client.batch_execute(&format!("BEGIN {mode}")) {
+            return Err(classify(loc, &e, &conn.client));
+        }
         conn.open = true;
         Ok(Tx { conn, loc })
     }
@@ -262,9 +337,19 @@ pub(super) struct Tx<'c> {
 /// Query parameters.
 pub(super) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
+/// The store error for `e`, met on `client` before any `COMMIT`: lost
+/// when the connection broke.
+fn classify(loc: &str, e: &postgres::Error, client: &Client) -> Error {
+    if breaks_connection(e, Some(client)) {
+        lost_error(loc, format!("the connection was lost: {}", message(e)))
+    } else {
+        store_error(loc, message(e))
+    }
+}
+
 impl Tx<'_> {
     pub(super) fn err(&self, e: postgres::Error) -> Error {
-        store_error(self.loc, message(&e))
+        classify(self.loc, &e, &self.conn.client)
     }
 
     fn stmt(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
@@ -325,10 +410,26 @@ impl Tx<'_> {
         row.try_get(i).map_err(|e| self.err(e))
     }
 
+    /// Commits. A connection lost during `COMMIT` is [`Broke::InCommit`]:
+    /// whether it landed is unknown, so the call is never tried again
+    /// blindly.
     pub(super) fn commit(self) -> Result<()> {
         let r = self.conn.client.batch_execute("COMMIT");
         self.conn.open = false;
-        r.map_err(|e| store_error(self.loc, message(&e)))
+        r.map_err(|e| {
+            if breaks_connection(&e, Some(&self.conn.client)) {
+                broken(
+                    self.loc,
+                    format!(
+                        "the connection was lost during COMMIT (whether it landed is unknown): {}",
+                        message(&e)
+                    ),
+                    Broke::InCommit,
+                )
+            } else {
+                store_error(self.loc, message(&e))
+            }
+        })
     }
 
     /// Leaves the transaction open: the checkout's [`Checkout::finish`]

@@ -62,8 +62,17 @@ const NOW_MS: &str = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::big
 /// engines starting together.
 const MIGRATION_LOCK: i64 = 0x6f72_6368_0001;
 
+/// How a read-only transaction that sees one snapshot begins.
+const READ_SNAPSHOT: &str = "ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 /// How many connections a store opens at most.
 const POOL_SIZE: usize = 4;
+
+/// How long a call whose connection was lost before it committed (the
+/// database restarting, a network cut) keeps trying again on new
+/// connections before its error reaches the caller, unless
+/// [`PgStore::reconnect_for`] says otherwise.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An orch database in PostgreSQL (feature `postgres`).
 ///
@@ -78,6 +87,7 @@ const POOL_SIZE: usize = 4;
 /// ```
 pub struct PgStore {
     pool: Pool,
+    reconnect: std::time::Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -112,6 +122,7 @@ impl PgStore {
         }
         let store = PgStore {
             pool: Pool::new(config, loc, POOL_SIZE),
+            reconnect: RECONNECT_FOR,
         };
         store.with(|c| {
             let mut tx = c.begin("")?;
@@ -119,6 +130,23 @@ impl PgStore {
             tx.commit()
         })?;
         Ok(store)
+    }
+
+    /// The same store, trying a call whose connection was lost again for
+    /// up to `d` (default 60 s; zero: never) before the
+    /// error reaches the caller. Only a call that committed nothing is
+    /// tried again: a connection lost during `COMMIT` leaves its outcome
+    /// unknown, and that error is returned at once.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let store = orch::store::PgStore::connect("postgres://orch@127.0.0.1/orch")?
+    ///     .reconnect_for(Duration::from_secs(5));
+    /// # Ok::<(), orch::Error>(())
+    /// ```
+    pub fn reconnect_for(mut self, d: std::time::Duration) -> PgStore {
+        self.reconnect = d;
+        self
     }
 
     /// Creates or upgrades the schema, under an advisory lock that makes
@@ -160,25 +188,114 @@ impl PgStore {
         })
     }
 
-    /// Runs `f` in one read-committed transaction, committed when it
-    /// answers `Ok`.
-    fn write<T: Send>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T> + Send) -> Result<T> {
-        self.with(|c| {
-            let mut tx = c.begin("")?;
-            let v = f(&mut tx)?;
-            tx.commit()?;
-            Ok(v)
+    /// Runs `f` in one transaction that begins with `BEGIN {mode}` and is
+    /// committed when `f` answers `Ok`. When the connection is lost
+    /// before the commit (see [`conn::is_lost`]), the transaction rolled
+    /// back with it, so `f` runs again on a new connection, with a
+    /// growing pause, for up to [`PgStore::reconnect_for`]: the engines and
+    /// servers of a database that restarts carry on once it is back.
+    ///
+    /// A connection lost during `COMMIT` leaves the outcome unknown: with
+    /// `landed` (a read that tells whether this very write is stored),
+    /// the answer is looked up once the database answers, and `f` runs
+    /// again only when it did not land; without, the error is returned.
+    fn transact<T: Send>(
+        &self,
+        mode: &str,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T> + Send,
+        landed: Option<&(dyn Fn(&mut Tx<'_>) -> Result<bool> + Sync)>,
+    ) -> Result<T> {
+        /// How one try ended.
+        enum Step<T> {
+            Done(T),
+            /// Committed, or not: `landed` will tell.
+            Unknown(T, Error),
+            /// What `landed` said.
+            Probed(bool),
+        }
+        let read_only = mode.ends_with("READ ONLY");
+        off_runtime(|| {
+            let mut pause = std::time::Duration::from_millis(20);
+            let mut since: Option<std::time::Instant> = None;
+            // The value of a write whose COMMIT's outcome is unknown, and
+            // the error that left it so.
+            let mut unknown: Option<(T, Error)> = None;
+            loop {
+                let tried = self.pool.get().and_then(|mut c| {
+                    if let (Some(_), Some(landed)) = (&unknown, landed) {
+                        let mut tx = c.begin(READ_SNAPSHOT)?;
+                        let yes = landed(&mut tx)?;
+                        let _ = tx.commit();
+                        return Ok(Step::Probed(yes));
+                    }
+                    let mut tx = c.begin(mode)?;
+                    let v = f(&mut tx)?;
+                    match tx.commit() {
+                        Ok(()) => Ok(Step::Done(v)),
+                        // What a read-only transaction read came from one
+                        // snapshot whatever became of its COMMIT.
+                        Err(_) if read_only => Ok(Step::Done(v)),
+                        Err(e) if landed.is_some() && conn::in_commit(&e) => {
+                            Ok(Step::Unknown(v, e))
+                        }
+                        Err(e) => Err(e),
+                    }
+                });
+                let e = match tried {
+                    Ok(Step::Done(v)) => return Ok(self.answered(since, v)),
+                    Ok(Step::Probed(true)) => {
+                        let (v, _) = unknown.take().expect("probed an unknown commit");
+                        return Ok(self.answered(since, v));
+                    }
+                    Ok(Step::Probed(false)) => {
+                        unknown = None;
+                        continue;
+                    }
+                    Ok(Step::Unknown(v, e)) => {
+                        tracing::warn!(db = %self.pool.loc, error = %e,
+                            "lost the database connection during a commit; looking up whether it landed");
+                        unknown = Some((v, e));
+                        since.get_or_insert_with(std::time::Instant::now);
+                        self.pool.close();
+                        continue;
+                    }
+                    Err(e) if conn::is_lost(&e) => e,
+                    Err(e) => return Err(e),
+                };
+                let first = *since.get_or_insert_with(std::time::Instant::now);
+                if first.elapsed() >= self.reconnect {
+                    return Err(unknown.map_or(e, |(_, e)| e));
+                }
+                if pause.as_millis() == 20 {
+                    tracing::warn!(db = %self.pool.loc, error = %e,
+                        "lost the database connection; trying again on a new one for up to {:.1} s",
+                        self.reconnect.as_secs_f64());
+                }
+                // The others are likely dead too.
+                self.pool.close();
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
         })
     }
 
+    /// `v`, saying so in the log when it came after a lost connection.
+    fn answered<T>(&self, since: Option<std::time::Instant>, v: T) -> T {
+        if since.is_some() {
+            tracing::info!(db = %self.pool.loc, "the database answers again");
+        }
+        v
+    }
+
+    /// Runs `f` in one read-committed transaction, committed when it
+    /// answers `Ok` (again after a lost connection: [`PgStore::transact`]).
+    fn write<T: Send>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T> + Send) -> Result<T> {
+        self.transact("", f, None)
+    }
+
     /// Runs `f` in one read-only transaction that sees one snapshot.
-    fn read<T: Send>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T> + Send) -> Result<T> {
-        self.with(|c| {
-            let mut tx = c.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-            let v = f(&mut tx)?;
-            tx.commit()?;
-            Ok(v)
-        })
+    fn read<T: Send>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T> + Send) -> Result<T> {
+        self.transact(READ_SNAPSHOT, f, None)
     }
 
     fn corrupt(&self, message: String) -> Error {
@@ -670,7 +787,35 @@ impl Store for PgStore {
         logs: &[LogLine],
         taken: &[SignalId],
     ) -> Result<()> {
-        self.write(|tx| {
+        // Whether this commit is stored, after its COMMIT's answer was
+        // lost: its last event (sequence numbers are the run's own), else
+        // its last log line; signals taken twice are taken once. Never
+        // when the lease is gone: trying again then ends fenced.
+        let landed = |tx: &mut Tx<'_>| -> Result<bool> {
+            let ours = tx.row(
+                "SELECT 1 FROM runs WHERE id = $1 AND owner_id = $2 AND epoch = $3",
+                &[&lease.run, &lease.owner, &(lease.epoch as i64)],
+            )?;
+            if ours.is_none() {
+                return Ok(false);
+            }
+            if let Some(last) = events.last() {
+                let r = tx.one(
+                    "SELECT count(*) FROM events WHERE run = $1 AND seq = $2",
+                    &[&lease.run, &(last.seq as i64)],
+                )?;
+                return Ok(tx.get::<i64>(&r, 0)? > 0);
+            }
+            if let Some(l) = logs.last() {
+                let r = tx.one(
+                    "SELECT count(*) FROM logs WHERE run = $1 AND node = $2 AND attempt = $3 AND line = $4",
+                    &[&lease.run, &l.node, &i64::from(l.attempt), &i64::from(l.line)],
+                )?;
+                return Ok(tx.get::<i64>(&r, 0)? > 0);
+            }
+            Ok(false)
+        };
+        self.transact("", |tx| {
             // The fence first, locking the run's row: a stale owner writes
             // nothing at all, and a takeover waits for this transaction.
             let fenced = tx.exec(
@@ -715,7 +860,7 @@ impl Store for PgStore {
                 )?;
             }
             Ok(())
-        })
+        }, Some(&landed))
     }
 
     fn resolve_run(&self, what: &str) -> Result<String> {

@@ -144,3 +144,105 @@ fn a_newer_schema_is_refused_and_errors_hide_the_password() {
     assert!(!err.contains("hunter2"), "{err}");
     assert!(err.contains("postgres://postgres@127.0.0.1"), "{err}");
 }
+
+#[test]
+fn a_restarted_database_is_met_with_new_connections() {
+    // A cluster of its own: the restart cuts every connection.
+    let cluster = TestCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.new_database().unwrap();
+    let store = Arc::new(PgStore::connect(&url).unwrap());
+    // Connections in the pool, all cut by the restart.
+    std::thread::scope(|s| {
+        for _ in 0..POOL_SIZE {
+            s.spawn(|| store.runs().unwrap());
+        }
+    });
+    cluster.restart().unwrap();
+    // The first call on each cut connection is tried again on a new one.
+    for _ in 0..=POOL_SIZE {
+        assert!(store.runs().unwrap().is_empty());
+    }
+    // Calls made while the database is down wait for it to come back.
+    let restarted = std::sync::atomic::AtomicBool::new(false);
+    let calls = std::thread::scope(|s| {
+        let caller = s.spawn(|| {
+            let mut calls = Vec::new();
+            while !restarted.load(std::sync::atomic::Ordering::SeqCst) {
+                calls.push(store.runs().map(|r| r.len()));
+            }
+            calls.push(store.runs().map(|r| r.len()));
+            calls
+        });
+        cluster.restart().unwrap();
+        restarted.store(true, std::sync::atomic::Ordering::SeqCst);
+        caller.join().unwrap()
+    });
+    assert!(calls.iter().all(|c| matches!(c, Ok(0))), "{calls:?}");
+    store.integrity_check().unwrap();
+    // Down for good: the error comes once the window closed, naming the
+    // database.
+    cluster.stop();
+    let store = Arc::into_inner(store)
+        .unwrap()
+        .reconnect_for(std::time::Duration::from_millis(200));
+    let e = store.runs().unwrap_err().to_string();
+    assert!(e.contains(&redact(&url)), "{e}");
+    assert!(e.contains("connect") || e.contains("connection"), "{e}");
+}
+
+#[test]
+fn a_commit_cut_during_its_commit_is_stored_once() {
+    use crate::model::NodeState;
+    use crate::store::conformance::{node_state, owner, register};
+    let url = cluster().new_database().unwrap();
+    let store = PgStore::connect(&url).unwrap();
+    let me = owner("engine-a");
+    let mut f = register(&store, "run-cut", &me);
+    // A trigger deferred to COMMIT ends the connection there, the first
+    // time only (a sequence is not rolled back): the engine's commit
+    // fails with its outcome unknown.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "CREATE SEQUENCE cut_once;
+             CREATE FUNCTION cut() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('cut_once') = 1 THEN
+                     PERFORM pg_terminate_backend(pg_backend_pid());
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER cut AFTER INSERT ON events
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION cut();",
+        )
+        .unwrap();
+    let lease = f.lease.clone();
+    f.commit(&store, &lease, vec![node_state("ask", NodeState::Waiting)])
+        .expect("looked up, found missing, and written again");
+    let cuts: i64 = admin
+        .query_one("SELECT last_value FROM cut_once", &[])
+        .unwrap()
+        .get(0);
+    assert!(cuts >= 2, "the first COMMIT was cut, the next went through");
+    let ex = store.export("run-cut").unwrap();
+    let seqs: Vec<u64> = store
+        .events("run-cut", None)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=f.state.last_seq).collect::<Vec<_>>());
+    let ask = ex.nodes.iter().find(|n| n.id == "ask").unwrap();
+    assert_eq!(ask.state, NodeState::Waiting);
+    // The next commit goes on from there.
+    f.commit(
+        &store,
+        &lease,
+        vec![node_state("work", NodeState::Cancelled)],
+    )
+    .unwrap();
+    assert_eq!(
+        store.events("run-cut", None).unwrap().len() as u64,
+        f.state.last_seq
+    );
+}
