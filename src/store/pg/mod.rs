@@ -62,6 +62,10 @@ const NOW_MS: &str = "(floor(extract(epoch FROM clock_timestamp()) * 1000))::big
 /// engines starting together.
 const MIGRATION_LOCK: i64 = 0x6f72_6368_0001;
 
+/// A read that tells whether a write whose `COMMIT` went unanswered is
+/// stored (see [`PgStore::transact`]).
+type Landed<'a> = dyn Fn(&mut Tx<'_>) -> Result<bool> + Sync + 'a;
+
 /// How a read-only transaction that sees one snapshot begins.
 const READ_SNAPSHOT: &str = "ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -203,7 +207,7 @@ impl PgStore {
         &self,
         mode: &str,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T> + Send,
-        landed: Option<&(dyn Fn(&mut Tx<'_>) -> Result<bool> + Sync)>,
+        landed: Option<&Landed<'_>>,
     ) -> Result<T> {
         /// How one try ended.
         enum Step<T> {
