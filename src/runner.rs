@@ -39,6 +39,9 @@ pub const CLAIM_WAIT_MS: u64 = 10_000;
 pub struct RunnerOptions {
     /// The server (`http://host:port`).
     pub server: String,
+    /// Other servers of the same database, tried in order when the one
+    /// it talks to cannot be reached ([`Client::with_fallbacks`]).
+    pub fallbacks: Vec<String>,
     /// A runner token (`orch token create --user U --runner`).
     pub token: String,
     /// Its name.
@@ -62,6 +65,7 @@ impl RunnerOptions {
     pub fn new(server: &str, token: &str, dir: impl Into<PathBuf>) -> RunnerOptions {
         RunnerOptions {
             server: server.to_string(),
+            fallbacks: Vec::new(),
             token: token.to_string(),
             name: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -217,7 +221,6 @@ struct TreeExec {
 struct Shared {
     client: Client,
     id: String,
-    server: String,
     holding: Holding,
     draining: AtomicBool,
     freed: Notify,
@@ -234,7 +237,7 @@ struct Shared {
 impl Shared {
     fn err(&self, source: ClientError) -> RunnerError {
         RunnerError::Server {
-            server: self.server.clone(),
+            server: self.client.base().to_string(),
             source,
         }
     }
@@ -397,7 +400,8 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
     };
     let slurm = opts.capabilities.labels.iter().any(|l| l == SLURM_LABEL);
     let exec = executor(&env, slurm, None);
-    let client = Client::new(&opts.server, Some(opts.token.clone()));
+    let client =
+        Client::new(&opts.server, Some(opts.token.clone())).with_fallbacks(&opts.fallbacks);
     let c = &opts.capabilities;
     let reg = call(
         &client,
@@ -411,7 +415,7 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
     )
     .await
     .map_err(|source| RunnerError::Server {
-        server: opts.server.clone(),
+        server: client.base().to_string(),
         source,
     })?;
     let id = reg["runner"]["id"].as_str().unwrap_or_default().to_string();
@@ -422,7 +426,6 @@ async fn serve(opts: RunnerOptions) -> Result<(), RunnerError> {
     let shared = Arc::new(Shared {
         client,
         id,
-        server: opts.server.clone(),
         holding: Arc::new(Mutex::new(HashMap::new())),
         draining: AtomicBool::new(false),
         freed: Notify::new(),

@@ -9,6 +9,9 @@
 //! # Ok::<(), orch::client::ClientError>(())
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// The largest response body read, in bytes.
@@ -38,10 +41,15 @@ pub enum ClientError {
     },
 }
 
-/// A server and a token.
+/// A server and a token; optionally other servers of the same database
+/// to fall back on ([`Client::with_fallbacks`]).
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    /// The servers, the first given first.
+    bases: Arc<[String]>,
+    /// Which of them answered last (shared by the clones: a runner's
+    /// threads move to the next server together).
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     agent: ureq::Agent,
 }
@@ -50,7 +58,8 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("base", &self.base())
+            .field("servers", &self.bases.len())
             .finish_non_exhaustive()
     }
 }
@@ -82,15 +91,74 @@ impl Client {
             .build()
             .new_agent();
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: Arc::from(vec![base.trim_end_matches('/').to_string()]),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
             agent,
         }
     }
 
-    /// The server's address.
+    /// The same client, falling back on `others` (servers sharing the
+    /// first one's database) when the server it talks to cannot be
+    /// reached: a call that fails in transport (refused, reset, timed
+    /// out) is made again on the next server, each tried once, and the
+    /// one that answered is used from then on. A server's answer, even
+    /// an error, is never retried elsewhere.
+    ///
+    /// ```
+    /// let c = orch::client::Client::new("http://10.0.0.1:8080", None)
+    ///     .with_fallbacks(&["http://10.0.0.2:8080/"]);
+    /// assert_eq!(c.base(), "http://10.0.0.1:8080");
+    /// assert_eq!(c.servers(), ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]);
+    /// ```
+    pub fn with_fallbacks(mut self, others: &[impl AsRef<str>]) -> Client {
+        let mut bases = self.bases.to_vec();
+        for o in others {
+            let o = o.as_ref().trim_end_matches('/').to_string();
+            if !bases.contains(&o) {
+                bases.push(o);
+            }
+        }
+        self.bases = Arc::from(bases);
+        self
+    }
+
+    /// The address of the server it talks to now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every server it may talk to, in the order given.
+    pub fn servers(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// `f` on the current server's address; on a transport error, on the
+    /// next server's, each tried once (see [`Client::with_fallbacks`]).
+    fn failing_over<T>(
+        &self,
+        mut f: impl FnMut(&str) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut i = 0;
+        loop {
+            let at = (start + i) % n;
+            match f(&self.bases[at]) {
+                Err(e @ ClientError::Transport { .. }) if i + 1 < n => {
+                    tracing::warn!(server = %self.bases[at], error = %e,
+                        "the server cannot be reached; trying {}", self.bases[(at + 1) % n]);
+                    i += 1;
+                }
+                r => {
+                    if at != start && r.is_ok() {
+                        tracing::info!(server = %self.bases[at], "talking to this server from now on");
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return r;
+                }
+            }
+        }
     }
 
     /// Calls `method path` with an optional JSON body; any status.
@@ -100,7 +168,17 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, ClientError> {
-        let url = format!("{}{path}", self.base);
+        self.failing_over(|base| self.call_at(base, method, path, body))
+    }
+
+    fn call_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, ClientError> {
+        let url = format!("{base}{path}");
         let transport = |e: ureq::Error| ClientError::Transport {
             url: url.clone(),
             message: e.to_string(),
@@ -141,7 +219,17 @@ impl Client {
     /// A `POST` of `body` whose 2xx answer is raw bytes, at most `limit`
     /// of them (more is an error); any other answer is the API's error.
     pub fn post_bytes(&self, path: &str, body: &Value, limit: u64) -> Result<Vec<u8>, ClientError> {
-        let url = format!("{}{path}", self.base);
+        self.failing_over(|base| self.post_bytes_at(base, path, body, limit))
+    }
+
+    fn post_bytes_at(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Value,
+        limit: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{base}{path}");
         let transport = |e: ureq::Error| ClientError::Transport {
             url: url.clone(),
             message: e.to_string(),
@@ -179,7 +267,11 @@ impl Client {
     /// A `POST` of raw bytes (`application/octet-stream`); the JSON body
     /// of a 2xx answer, else the API's error.
     pub fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
-        let url = format!("{}{path}", self.base);
+        self.failing_over(|base| self.post_raw_at(base, path, &body))
+    }
+
+    fn post_raw_at(&self, base: &str, path: &str, body: &[u8]) -> Result<Value, ClientError> {
+        let url = format!("{base}{path}");
         let transport = |e: ureq::Error| ClientError::Transport {
             url: url.clone(),
             message: e.to_string(),
@@ -213,7 +305,15 @@ impl Client {
     /// A `GET` whose body is read as it comes (a followed log); an error
     /// answer is the API's error.
     pub fn reader(&self, path: &str) -> Result<impl std::io::Read + Send + 'static, ClientError> {
-        let url = format!("{}{path}", self.base);
+        self.failing_over(|base| self.reader_at(base, path))
+    }
+
+    fn reader_at(
+        &self,
+        base: &str,
+        path: &str,
+    ) -> Result<impl std::io::Read + Send + 'static, ClientError> {
+        let url = format!("{base}{path}");
         let mut req = self.agent.get(&url);
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));

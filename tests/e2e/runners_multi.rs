@@ -731,3 +731,99 @@ fn the_database_restarting_mid_run_loses_nothing() {
     nodes.sort();
     assert_eq!(nodes, ["l", "m", "n", "r"], "each task ran once");
 }
+
+#[test]
+fn a_runner_falls_back_on_another_server_when_its_own_dies() {
+    let url = crate::postgres::cluster().new_database().unwrap();
+    let space = Space::new();
+    let gates = space.path().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let admin = token(&url, &space, Some("root"), false);
+    let rtoken = token(&url, &space, None, true);
+    let mut a = server(&space, &url, "a");
+    let b = server(&space, &url, "b");
+    let mut cmd = orch(&url);
+    cmd.args(["runner", "--server", &a.said, "--fallback", &b.said])
+        .args([
+            "--name",
+            "roamer",
+            "--slots",
+            "2",
+            "--capabilities",
+            "cpus=1,alpha",
+        ])
+        .arg("--dir")
+        .arg(space.path().join("runner-roamer"))
+        .env("ORCH_TOKEN", &rtoken);
+    let roamer = spawn(
+        cmd,
+        space.path().join("runner-roamer.log"),
+        "runner ",
+        " registered",
+    );
+    let ca = Client::new(&a.said, Some(admin.clone()));
+    let workflow = serde_json::to_string(&json!({
+        "name": "roaming",
+        "tasks": [
+            {"id": "h", "command": ["sh", "-c", gated(&gates)], "requires": {"labels": ["alpha"]}},
+            {"id": "n", "command": ["sh", "-c", gated(&gates)], "requires": {"labels": ["alpha"]}, "after": ["h"]},
+        ]
+    }))
+    .unwrap();
+    ca.json(
+        "PUT",
+        "/api/v1/workflows/roaming",
+        Some(
+            &json!({"message": "test", "files": [{"path": "workflow.json", "content": workflow}]}),
+        ),
+    )
+    .expect("publish");
+    let run = ca
+        .post("/api/v1/workflows/roaming/runs", &json!({}))
+        .unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        poll("h starts on the runner", || started(&gates, "h", 1)),
+        "runner-roamer"
+    );
+    // The runner's server, which also owns the run, dies.
+    kill9(&mut a.child);
+    open(&gates, "h");
+    open(&gates, "n");
+    let cb = Client::new(&b.said, Some(admin));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let w = cb
+            .get(&format!("/api/v1/runs/{run}/wait?timeout=10"))
+            .expect("wait");
+        if w["ended"] == true {
+            break w["status"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end; runner log: {}",
+            std::fs::read_to_string(&roamer.log).unwrap_or_default()
+        );
+    };
+    let log = std::fs::read_to_string(&roamer.log).unwrap_or_default();
+    assert_eq!(status["status"], "succeeded", "{status}; runner log: {log}");
+    // It moved to B, which adopted the run and took h's end from it (h
+    // was not run again) and handed it n.
+    assert!(log.contains("talking to this server from now on"), "{log}");
+    for node in ["h", "n"] {
+        let at = attempts(&cb, &run, node);
+        assert_eq!(at.len(), 1, "{node}: {at:?}");
+        assert_eq!(at[0]["outcome"], "succeeded", "{node}: {at:?}");
+    }
+    let mut ran: Vec<(String, String)> = ran(&gates).into_iter().map(|(n, _, r)| (n, r)).collect();
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            ("h".to_string(), "runner-roamer".to_string()),
+            ("n".to_string(), "runner-roamer".to_string())
+        ]
+    );
+}

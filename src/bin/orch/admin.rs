@@ -54,6 +54,10 @@ pub struct RunnerArgs {
     /// Where tasks run (default: `.orch-runner` in the current folder).
     #[arg(long, default_value = ".orch-runner")]
     pub dir: PathBuf,
+    /// Another server of the same database to fall back on when the one
+    /// it talks to cannot be reached (repeatable; tried in order).
+    #[arg(long = "fallback", value_name = "URL")]
+    pub fallbacks: Vec<String>,
 }
 
 /// `orch runner`: runs attempts for a server until drained.
@@ -73,6 +77,7 @@ pub fn runner(server: &str, args: RunnerArgs) -> Res {
     opts.capabilities = orch::runner::parse_capabilities(&args.capabilities)
         .map_err(|e| format!("--capabilities {e}"))?;
     opts.slots = args.slots;
+    opts.fallbacks = args.fallbacks;
     if let Some(name) = args.name {
         opts.name = name;
     }
