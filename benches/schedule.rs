@@ -3,8 +3,8 @@
 //!
 //! One engine over a fresh SQLite database (and, when `ORCH_BENCH_PG`
 //! names a PostgreSQL server, over a fresh database there too) and a
-//! [`Scheduler`] of `P` workflows, each scheduled every second (`* * * *
-//! * *`) with one no-op command node, run for `ORCH_BENCH_SECONDS`
+//! [`Scheduler`] of `P` workflows, each scheduled every second
+//! (`* * * * * *`) with one no-op command node, run for `ORCH_BENCH_SECONDS`
 //! seconds (default 20). A fire's latency is its run's recorded start
 //! (`created_at`, written by the registration that the fire claims)
 //! minus its fire time (`fired_at`, the second of the schedule): the
