@@ -30,6 +30,8 @@ extern crate self as orch;
 pub mod access;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(any(feature = "server", feature = "client"))]
+mod digest;
 pub mod engine;
 pub mod error;
 pub mod estimate;

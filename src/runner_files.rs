@@ -11,17 +11,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::exec::remote::{WireFile, MAX_SHIPPED_BYTES, MAX_SHIPPED_FILE, MAX_SHIPPED_FILES};
 
-/// SHA-256 of `data`, hex.
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub(crate) use crate::digest::sha256_hex;
 
 /// `path` as a relative path of plain names, or why not.
 pub(crate) fn check_path(path: &str) -> Result<PathBuf, String> {

@@ -38,8 +38,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 pub(crate) use error::Shown;
 pub use error::{RepoError, RepoErrorKind};
 use git::{Call, Git};
@@ -361,14 +359,7 @@ fn parse_ls_tree(command: &str, out: &[u8]) -> Result<Vec<TreeEntry>> {
     Ok(entries)
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
-}
+use crate::digest::sha256_hex;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
     move |source| RepoError::Io {

@@ -15,6 +15,8 @@
 
 pub mod folder;
 pub mod plan;
+#[cfg(feature = "server")]
+pub mod ship;
 pub mod timers;
 
 use std::collections::{BTreeMap, HashSet};
@@ -491,6 +493,7 @@ impl Scheduler {
                     }
                     info!(pipeline = %p.name, event = e.id, key = %e.key, run = %run, "started by an event");
                     opts.run_id = Some(run);
+                    with_folder_files(&self.engine, &p, &mut opts);
                     match self.engine.start(&definition, &opts).await {
                         Ok(handle) => {
                             started += 1;
@@ -532,6 +535,7 @@ impl Scheduler {
             };
             warn!(pipeline = %workflow, run = %run, event = event.id, "an event's run was claimed but never started: starting it");
             opts.run_id = Some(run);
+            with_folder_files(&self.engine, &p, &mut opts);
             match self.engine.start(&definition, &opts).await {
                 Ok(handle) => {
                     started += 1;
@@ -725,8 +729,40 @@ async fn start_for(engine: &Engine, p: &Pipeline, at_ms: i64, run: String) -> Re
     let mut opts = p.options.clone();
     opts.run_id = Some(run);
     opts.fired_at = Some(at_ms.max(0) as u64);
+    with_folder_files(engine, p, &mut opts);
     engine.start(&p.definition, &opts).await
 }
+
+/// A pipeline-folder run on an engine with runners records the files of
+/// its workflow's folder as its source, so they go with its attempts to
+/// runners ([`ship`]). Programs' workflows and runs that have a source
+/// (a published commit's) are left as they are.
+#[cfg(feature = "server")]
+fn with_folder_files(engine: &Engine, p: &Pipeline, opts: &mut RunOptions) {
+    let Some(file) = &p.file else {
+        return;
+    };
+    if opts.source.is_some() || engine.remote().is_none() {
+        return;
+    }
+    let Some(dir) = opts
+        .dir
+        .clone()
+        .or_else(|| file.parent().map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let skip = [engine.home().to_path_buf()];
+    match blocking(|| ship::folder_source(&dir, &skip)) {
+        Ok(source) => opts.source = Some(source),
+        Err(e) => {
+            warn!(pipeline = %p.name, error = %e, "the folder's files cannot go to runners: its attempts there run without them")
+        }
+    }
+}
+
+#[cfg(not(feature = "server"))]
+fn with_folder_files(_: &Engine, _: &Pipeline, _: &mut RunOptions) {}
 
 /// Which fire times of a range a backfill runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -966,3 +966,70 @@ fn an_exec_slurm_runner_hands_its_attempts_to_slurm() {
         "{node}"
     );
 }
+
+#[test]
+fn a_pipeline_folders_files_are_shipped_to_the_runner() {
+    let space = Space::new();
+    let admin = user_token(&space, "root", "admin");
+    let folder = space.path().join("pipelines");
+    std::fs::create_dir_all(folder.join("lib")).unwrap();
+    std::fs::write(
+        folder.join("folded.yaml"),
+        "name: folded\nevents: [folded.go]\ntasks:\n  - id: hello\n    python: hello.py\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("hello.py"),
+        "import os\nfrom lib import greet\nprint(greet.hello(), 'in', os.getcwd())\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("lib/greet.py"),
+        "def hello():\n    return 'hello from the folder'\n",
+    )
+    .unwrap();
+    std::env::set_var("ORCH_RUNNER_LEASE_MS", LEASE_MS);
+    let server = serve(&space, &["--pipelines", folder.to_str().unwrap()]);
+    let token = runner_token(&space);
+    let c = Client::new(&server.base, Some(admin));
+    let _r = runner(&space, &server, &token, "folder-fed", "cpus=1");
+    c.post("/api/v1/events", &json!({"key": "folded.go"}))
+        .expect("push");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let runs = c.get("/api/v1/runs?workflow=folded").unwrap();
+        if let Some(id) = runs["runs"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event started no run: {runs}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let done = wait_end(&c, &run);
+    let text = logs(&c, &run, "hello");
+    assert_eq!(done["status"], "succeeded", "{done}: {text}");
+    assert!(text.contains("hello from the folder in"), "{text}");
+    assert!(
+        text.contains("runner-folder-fed"),
+        "ran in the runner's folder: {text}"
+    );
+    let export = c.get(&format!("/api/v1/runs/{run}/export")).unwrap();
+    let source = &export["source"];
+    assert!(
+        source["commit"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("folder:"),
+        "{source}"
+    );
+    let mut shipped: Vec<&str> = source["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    shipped.sort();
+    assert_eq!(shipped, ["folded.yaml", "hello.py", "lib/greet.py"]);
+}

@@ -2,6 +2,7 @@
 //! claim, report; runner tokens) and the operators' view (list runners,
 //! drain one, queue status, clear a queue).
 
+use crate::digest::sha256_hex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -556,15 +557,6 @@ pub struct FileBody {
     /// The SHA-256 (hex) of the content wanted, as the attempt's `files`
     /// name it.
     pub sha256: String,
-}
-
-/// SHA-256 of `data`, hex.
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `POST /attempts/{run}/{node}/{attempt}/file`: the content of a file
