@@ -193,6 +193,50 @@ fn attempts(c: &Client, run: &str, node: &str) -> Vec<Value> {
     n["attempts"].as_array().cloned().unwrap_or_default()
 }
 
+/// A task that records where it runs and ends.
+fn plain(gates: &Path) -> String {
+    format!(
+        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {}/ran",
+        gates.display()
+    )
+}
+
+/// Publishes `workflow` (its JSON, named `name`) and starts a run of it.
+fn publish_and_start(c: &Client, name: &str, workflow: &Value) -> String {
+    let content = serde_json::to_string(workflow).unwrap();
+    c.json(
+        "PUT",
+        &format!("/api/v1/workflows/{name}"),
+        Some(&json!({"message": "test", "files": [{"path": "workflow.json", "content": content}]})),
+    )
+    .expect("publish");
+    c.post(&format!("/api/v1/workflows/{name}/runs"), &json!({}))
+        .expect("execute")["run"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// How `run` ended, asked of `c` (an answer that is no JSON, a server
+/// coming back, is asked again); `log` is shown if it does not end.
+fn ended(c: &Client, run: &str, log: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(w) = c.get(&format!("/api/v1/runs/{run}/wait?timeout=10")) {
+            if w["ended"] == true {
+                return w["status"].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run} did not end; {}: {}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
     let url = crate::postgres::cluster().new_database().unwrap();
@@ -215,11 +259,8 @@ fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
         "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {gd}/ran; head -n 1 >/dev/null; echo '{{\"orch\": 1, \"type\": \"add_node\", \"seq\": 1, \"id\": \"child\", \"task\": {{\"kind\": \"command\", \"argv\": [\"sh\", \"-c\", \"echo \\\"$ORCH_NODE $ORCH_ATTEMPT $(basename $(pwd))\\\" >> {gd}/ran\"]}}}}'; head -n 1 | sed 's/^/got /'",
         gd = gates.display()
     );
-    let plain = format!(
-        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {}/ran",
-        gates.display()
-    );
-    let yaml = serde_json::to_string(&json!({
+    let plain = plain(&gates);
+    let mixed = json!({
         "name": "mixed",
         "tasks": [
             {"id": "k", "command": ["sh", "-c", g], "requires": {"labels": ["alpha"]}},
@@ -230,20 +271,8 @@ fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
             {"id": "f", "command": ["sh", "-c", g], "requires": {"labels": ["alpha"]}, "after": ["g"]},
             {"id": "m", "command": ["sh", "-c", plain], "after": ["f", "p1", "p2"]},
         ]
-    }))
-    .unwrap();
-    ca.json(
-        "PUT",
-        "/api/v1/workflows/mixed",
-        Some(&json!({"message": "test", "files": [{"path": "workflow.json", "content": yaml}]})),
-    )
-    .expect("publish");
-    let run = ca
-        .post("/api/v1/workflows/mixed/runs", &json!({}))
-        .expect("execute")["run"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    });
+    let run = publish_and_start(&ca, "mixed", &mixed);
 
     // `k` runs on `both`, which is killed in the middle of it.
     let on = poll("k starts", || started(&gates, "k", 1));
@@ -315,16 +344,7 @@ fn two_servers_and_three_runners_run_a_mixed_workflow_on_postgres() {
             .then_some(())
     });
     open(&gates, "f");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        let w = cb
-            .get(&format!("/api/v1/runs/{run}/wait?timeout=30"))
-            .expect("wait");
-        if w["ended"] == true {
-            break w["status"].clone();
-        }
-        assert!(Instant::now() < deadline, "the run did not end: {w}");
-    };
+    let status = ended(&cb, &run, &b.log);
     assert_eq!(status["status"], "succeeded", "{status}");
 
     // The history, rebuilt from its events, agrees with the views.
@@ -479,21 +499,11 @@ fn a_restarted_server_reattaches_to_the_attempt_a_runner_holds() {
     let mut first = start();
     let c = Client::new(&first.said, Some(admin.clone()));
     let _r = runner(&space, &db, &first.said, &rtoken, "keeper", "cpus=1");
-    let yaml = serde_json::to_string(&json!({
+    let held = json!({
         "name": "held",
         "tasks": [{"id": "h", "command": ["sh", "-c", gated(&gates)]}],
-    }))
-    .unwrap();
-    c.json(
-        "PUT",
-        "/api/v1/workflows/held",
-        Some(&json!({"message": "test", "files": [{"path": "workflow.json", "content": yaml}]})),
-    )
-    .expect("publish");
-    let run = c.post("/api/v1/workflows/held/runs", &json!({})).unwrap()["run"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    });
+    let run = publish_and_start(&c, "held", &held);
     poll("h starts on the runner", || started(&gates, "h", 1));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(first.child.id() as libc::pid_t, libc::SIGTERM) };
@@ -509,16 +519,7 @@ fn a_restarted_server_reattaches_to_the_attempt_a_runner_holds() {
     });
     open(&gates, "h");
     let c = Client::new(&second.said, Some(admin));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        let w = c
-            .get(&format!("/api/v1/runs/{run}/wait?timeout=30"))
-            .expect("wait");
-        if w["ended"] == true {
-            break w["status"].clone();
-        }
-        assert!(Instant::now() < deadline, "the run did not end: {w}");
-    };
+    let status = ended(&c, &run, &second.log);
     assert_eq!(status["status"], "succeeded", "{status}");
     let h = attempts(&c, &run, "h");
     assert_eq!(h.len(), 1, "the held attempt was not run again: {h:?}");
@@ -659,11 +660,8 @@ fn the_database_restarting_mid_run_loses_nothing() {
         "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {g}/ran; while [ ! -e {g}/go-$ORCH_NODE ]; do echo tick; sleep 0.05; done; echo done",
         g = gates.display()
     );
-    let plain = format!(
-        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {}/ran",
-        gates.display()
-    );
-    let workflow = serde_json::to_string(&json!({
+    let plain = plain(&gates);
+    let through = json!({
         "name": "through",
         "tasks": [
             {"id": "r", "command": ["sh", "-c", g], "requires": {"labels": ["alpha"]}},
@@ -671,22 +669,8 @@ fn the_database_restarting_mid_run_loses_nothing() {
             {"id": "n", "command": ["sh", "-c", plain], "requires": {"labels": ["alpha"]}, "after": ["r"]},
             {"id": "m", "command": ["sh", "-c", plain], "after": ["l", "n"]},
         ]
-    }))
-    .unwrap();
-    c.json(
-        "PUT",
-        "/api/v1/workflows/through",
-        Some(
-            &json!({"message": "test", "files": [{"path": "workflow.json", "content": workflow}]}),
-        ),
-    )
-    .expect("publish");
-    let run = c
-        .post("/api/v1/workflows/through/runs", &json!({}))
-        .unwrap()["run"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    });
+    let run = publish_and_start(&c, "through", &through);
     assert_eq!(
         poll("r starts on the runner", || started(&gates, "r", 1)),
         "runner-far"
@@ -696,21 +680,8 @@ fn the_database_restarting_mid_run_loses_nothing() {
     cluster.restart().unwrap_or_else(|e| panic!("{e}"));
     open(&gates, "r");
     open(&gates, "l");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        // The API itself may answer 5xx for a moment after the restart.
-        if let Ok(w) = c.get(&format!("/api/v1/runs/{run}/wait?timeout=10")) {
-            if w["ended"] == true {
-                break w["status"].clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not end after the restart; server log: {}",
-            std::fs::read_to_string(&server.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The API itself may answer 5xx for a moment after the restart.
+    let status = ended(&c, &run, &server.log);
     let log = std::fs::read_to_string(&server.log).unwrap_or_default();
     assert_eq!(status["status"], "succeeded", "{status}; server log: {log}");
     // The server met the restart (its pooled connections were cut) and
@@ -762,28 +733,14 @@ fn a_runner_falls_back_on_another_server_when_its_own_dies() {
         " registered",
     );
     let ca = Client::new(&a.said, Some(admin.clone()));
-    let workflow = serde_json::to_string(&json!({
+    let roaming = json!({
         "name": "roaming",
         "tasks": [
             {"id": "h", "command": ["sh", "-c", gated(&gates)], "requires": {"labels": ["alpha"]}},
             {"id": "n", "command": ["sh", "-c", gated(&gates)], "requires": {"labels": ["alpha"]}, "after": ["h"]},
         ]
-    }))
-    .unwrap();
-    ca.json(
-        "PUT",
-        "/api/v1/workflows/roaming",
-        Some(
-            &json!({"message": "test", "files": [{"path": "workflow.json", "content": workflow}]}),
-        ),
-    )
-    .expect("publish");
-    let run = ca
-        .post("/api/v1/workflows/roaming/runs", &json!({}))
-        .unwrap()["run"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    });
+    let run = publish_and_start(&ca, "roaming", &roaming);
     assert_eq!(
         poll("h starts on the runner", || started(&gates, "h", 1)),
         "runner-roamer"
@@ -793,20 +750,7 @@ fn a_runner_falls_back_on_another_server_when_its_own_dies() {
     open(&gates, "h");
     open(&gates, "n");
     let cb = Client::new(&b.said, Some(admin));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        let w = cb
-            .get(&format!("/api/v1/runs/{run}/wait?timeout=10"))
-            .expect("wait");
-        if w["ended"] == true {
-            break w["status"].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not end; runner log: {}",
-            std::fs::read_to_string(&roamer.log).unwrap_or_default()
-        );
-    };
+    let status = ended(&cb, &run, &roamer.log);
     let log = std::fs::read_to_string(&roamer.log).unwrap_or_default();
     assert_eq!(status["status"], "succeeded", "{status}; runner log: {log}");
     // It moved to B, which adopted the run and took h's end from it (h
