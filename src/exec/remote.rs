@@ -413,6 +413,10 @@ pub struct Remote {
     produces: Mutex<HashMap<AttemptId, Vec<String>>>,
     /// Serialises the sweep of lost claims with a queue's clearing.
     sweeping: Mutex<()>,
+    /// Attempts waited for whose queue row is being written: the sweep
+    /// leaves them alone (no row yet is not a lost claim; the write can
+    /// take long while the database reconnects).
+    enqueuing: Mutex<std::collections::HashSet<AttemptId>>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
     queued: Notify,
     /// The workflow binary whose native tasks' attempts require its
@@ -444,6 +448,7 @@ impl Remote {
             shipments: Mutex::new(HashMap::new()),
             produces: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
+            enqueuing: Mutex::new(std::collections::HashSet::new()),
             queued: Notify::new(),
             native_binary: None,
             native_label: std::sync::OnceLock::new(),
@@ -694,6 +699,10 @@ impl Remote {
         let AttemptLink {
             id, reports, kill, ..
         } = link;
+        self.enqueuing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -710,10 +719,14 @@ impl Remote {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), spec.task.produces.clone());
         }
-        if let Err(e) = self
+        let queued = self
             .store
-            .enqueue(&QueuedAttempt::new(id.clone(), need, payload))
-        {
+            .enqueue(&QueuedAttempt::new(id.clone(), need, payload));
+        self.enqueuing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Err(e) = queued {
             self.take(&id);
             return Err(e);
         }
@@ -878,7 +891,11 @@ impl Remote {
     /// again as their next attempt. Returns them.
     pub fn sweep(&self) -> Result<Vec<AttemptId>> {
         let _turn = self.sweeping.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = self.waiting();
+        let mut waiting = self.waiting();
+        {
+            let enqueuing = self.enqueuing.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.retain(|id| !enqueuing.contains(id));
+        }
         if waiting.is_empty() {
             return Ok(Vec::new());
         }

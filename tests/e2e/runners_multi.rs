@@ -689,8 +689,16 @@ fn the_database_restarting_mid_run_loses_nothing() {
     assert!(log.contains("lost the database connection"), "{log}");
     let store = PgStore::connect(&url).unwrap();
     let ex = store.export(&run).unwrap();
+    let runner_log =
+        std::fs::read_to_string(space.path().join("runner-far.log")).unwrap_or_default();
     for n in &ex.nodes {
-        assert_eq!(n.attempts.len(), 1, "{}: {:?}", n.id, n.attempts);
+        assert_eq!(
+            n.attempts.len(),
+            1,
+            "{}: {:?}\nserver log: {log}\nrunner log: {runner_log}",
+            n.id,
+            n.attempts
+        );
         assert_eq!(
             n.attempts[0].outcome,
             Some(AttemptOutcome::Succeeded),
