@@ -16,6 +16,41 @@ use crate::store::queue::{
     QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
+/// The queues that have waiting attempts, each with the requirements of
+/// one of them (a queue's key names its requirement set): a "loose index
+/// scan" of `queue_waiting (queue, seq)`, one index descent per queue,
+/// not a scan of every waiting row.
+const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
+        (SELECT queue FROM queue WHERE runner IS NULL ORDER BY queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.queue FROM queue q WHERE q.runner IS NULL AND q.queue > k.queue
+                ORDER BY q.queue LIMIT 1)
+        FROM k WHERE k.queue IS NOT NULL
+    )
+    SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
+                     ORDER BY q.seq LIMIT 1)
+    FROM k WHERE k.queue IS NOT NULL";
+
+/// The first `$4` waiting attempts of the queues `$1` a runner serves,
+/// ranked as [`pick`] reads them: those of its runs `$2` first, then those
+/// of its queues `$3`, each oldest first. The top `$4` of that order are
+/// among the oldest `$4` of each of its runs (index `queue_waiting_run`)
+/// and the oldest `$4` of each queue (index `queue_waiting`), so only
+/// those index ranges are read and ranked, however many attempts wait.
+const CANDIDATES: &str = "SELECT run, node, queue, seq FROM (
+        SELECT c.* FROM unnest($2::text[]) AS r(run), LATERAL (
+            SELECT q.run, q.node, q.queue, q.seq FROM queue q
+            WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
+            ORDER BY q.seq LIMIT $4) c
+        UNION
+        SELECT c.* FROM unnest($1::text[]) AS k(queue), LATERAL (
+            SELECT q.run, q.node, q.queue, q.seq FROM queue q
+            WHERE q.queue = k.queue AND q.runner IS NULL
+            ORDER BY q.seq LIMIT $4) c
+    ) u
+    ORDER BY run = ANY($2) DESC, queue = ANY($3) DESC, seq
+    LIMIT $4";
+
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
      (SELECT count(*) FROM queue q WHERE q.runner = runners.id)";
@@ -215,10 +250,7 @@ impl PgStore {
             }
             let offer: Offer = self.parse("runner's capabilities", &caps)?;
             let mut waiting = Vec::new();
-            for r in tx.rows(
-                "SELECT DISTINCT queue, requires FROM queue WHERE runner IS NULL",
-                &[],
-            )? {
+            for r in tx.rows(WAITING_QUEUES, &[])? {
                 let key: String = tx.get(&r, 0)?;
                 let req: String = tx.get(&r, 1)?;
                 waiting.push((key, self.parse::<Resources>("requirement", &req)?));
@@ -261,13 +293,7 @@ impl PgStore {
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
             // oldest: the candidates `pick` ranks (read, not locked).
-            let rows = tx.rows(
-                "SELECT q.run, q.node, q.queue, q.seq FROM queue q
-                 WHERE q.runner IS NULL AND q.queue = ANY($1)
-                 ORDER BY q.run = ANY($2) DESC, q.queue = ANY($3) DESC, q.seq
-                 LIMIT $4",
-                &[&keys, &mine.runs, &mine.queues, &limit],
-            )?;
+            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &mine.queues, &limit])?;
             let mut nodes = Vec::new();
             let mut candidates = Vec::new();
             for r in &rows {
