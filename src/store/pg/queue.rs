@@ -223,7 +223,8 @@ impl PgStore {
             // slots are never over-counted.
             let Some(r) = tx.row(
                 &format!(
-                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity
+                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity,
+                            (SELECT count(*) FROM queue WHERE runner = $1)
                      FROM runners WHERE id = $1 FOR UPDATE"
                 ),
                 &[&runner],
@@ -236,14 +237,13 @@ impl PgStore {
             let draining: bool = tx.get(&r, 2)?;
             let alive: bool = tx.get(&r, 3)?;
             let affinity: String = tx.get(&r, 4)?;
+            let running: i64 = tx.get(&r, 5)?;
             // A runner whose lease ran out (paused, partitioned) claims
             // nothing, even through a long poll it began before: it must
             // heartbeat first.
             if !alive {
                 return Ok(Vec::new());
             }
-            let r = tx.one("SELECT count(*) FROM queue WHERE runner = $1", &[&runner])?;
-            let running: i64 = tx.get(&r, 0)?;
             let n = (slots - running).max(0).min(max.min(MAX_CLAIM) as i64);
             if draining || n == 0 {
                 return Ok(Vec::new());
@@ -311,47 +311,48 @@ impl PgStore {
             let ranked = pick(&mine, &rivals, &candidates, candidates.len());
             let runs: Vec<&str> = ranked.iter().map(|&i| candidates[i].run.as_str()).collect();
             let ranked_nodes: Vec<&str> = ranked.iter().map(|&i| nodes[i].as_str()).collect();
-            let locked = tx.rows(
-                "SELECT q.run, q.node FROM queue q
-                 JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
-                   ON q.run = p.run AND q.node = p.node
-                 WHERE q.runner IS NULL
-                 ORDER BY p.rank
-                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
-                &[&runs, &ranked_nodes, &n],
+            // One statement locks and claims them, and says each one's
+            // rank, so the claim is in the runner's order.
+            let claimed = tx.rows(
+                &format!(
+                    "UPDATE queue q SET runner = $4, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $5
+                     FROM (SELECT q.run, q.node, p.rank FROM queue q
+                           JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
+                             ON q.run = p.run AND q.node = p.node
+                           WHERE q.runner IS NULL
+                           ORDER BY p.rank
+                           LIMIT $3 FOR UPDATE OF q SKIP LOCKED) t
+                     WHERE q.run = t.run AND q.node = t.node
+                     RETURNING t.rank, q.attempt, q.requires, q.payload"
+                ),
+                &[&runs, &ranked_nodes, &n, &runner, &lease_ms],
             )?;
-            let mut take = Vec::new();
-            for r in &locked {
-                let (run, node): (String, String) = (tx.get(r, 0)?, tx.get(r, 1)?);
-                if let Some(&i) = ranked
-                    .iter()
-                    .find(|&&i| candidates[i].run == run && nodes[i] == node)
-                {
-                    take.push(i);
-                }
+            let mut taken = Vec::new();
+            for r in &claimed {
+                let rank: i64 = tx.get(r, 0)?;
+                let Some(&i) = usize::try_from(rank - 1).ok().and_then(|k| ranked.get(k)) else {
+                    return Err(self.corrupt(format!("a claim ranked {rank} of {}", ranked.len())));
+                };
+                taken.push((rank, i, r));
             }
+            taken.sort_by_key(|&(rank, _, _)| rank);
             let mut picked = Vec::new();
-            for i in take {
+            for (_, i, r) in taken {
                 let c = &candidates[i];
-                let r = tx.one(
-                    &format!(
-                        "UPDATE queue SET runner = $3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $4
-                         WHERE run = $1 AND node = $2
-                         RETURNING attempt, requires, payload"
-                    ),
-                    &[&c.run, &nodes[i], &runner, &lease_ms],
-                )?;
-                let attempt: i64 = tx.get(&r, 0)?;
-                let req: String = tx.get(&r, 1)?;
+                let attempt: i64 = tx.get(r, 1)?;
+                let req: String = tx.get(r, 2)?;
                 picked.push(QueuedAttempt {
                     id: AttemptId::new(c.run.clone(), nodes[i].clone(), attempt as u32),
                     queue: c.queue.clone(),
                     requires: self.parse("requirement", &req)?,
-                    payload: tx.get(&r, 2)?,
+                    payload: tx.get(r, 3)?,
                 });
             }
-            if !picked.is_empty() {
-                mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+            let before = mine.clone();
+            mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+            // Unchanged (it claimed from the runs and queues it served
+            // last), the affinity is not written again.
+            if mine != before {
                 let text = serde_json::to_string(&mine).expect("an affinity is JSON");
                 tx.exec(
                     "UPDATE runners SET affinity = $2 WHERE id = $1",
