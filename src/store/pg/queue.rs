@@ -31,25 +31,24 @@ const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
                      ORDER BY q.seq LIMIT 1)
     FROM k WHERE k.queue IS NOT NULL";
 
-/// The first `$4` waiting attempts of the queues `$1` a runner serves,
-/// ranked as [`pick`] reads them: those of its runs `$2` first, then those
-/// of its queues `$3`, each oldest first. The top `$4` of that order are
-/// among the oldest `$4` of each of its runs (index `queue_waiting_run`)
-/// and the oldest `$4` of each queue (index `queue_waiting`), so only
-/// those index ranges are read and ranked, however many attempts wait.
-const CANDIDATES: &str = "SELECT run, node, queue, seq FROM (
-        SELECT c.* FROM unnest($2::text[]) AS r(run), LATERAL (
-            SELECT q.run, q.node, q.queue, q.seq FROM queue q
-            WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
-            ORDER BY q.seq LIMIT $4) c
-        UNION
-        SELECT c.* FROM unnest($1::text[]) AS k(queue), LATERAL (
-            SELECT q.run, q.node, q.queue, q.seq FROM queue q
-            WHERE q.queue = k.queue AND q.runner IS NULL
-            ORDER BY q.seq LIMIT $4) c
-    ) u
-    ORDER BY run = ANY($2) DESC, queue = ANY($3) DESC, seq
-    LIMIT $4";
+/// The waiting attempts a claim of at most `$3` candidates may rank
+/// among its first `$3`, in the queues `$1` its runner serves: the oldest
+/// `$3` of each of its runs `$2` (index `queue_waiting_run`) and the
+/// oldest `$3` of each of those queues (index `queue_waiting`), each an
+/// index range however many attempts wait. The first `$3` in the order
+/// [`pick`] reads them (its runs first, then its queues, each oldest
+/// first) are always among these: one outside its run's or its queue's
+/// first `$3` has `$3` rows ranked before it. A row may come twice; the
+/// claim ranks and dedups them.
+const CANDIDATES: &str = "SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
+        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                 WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
+                 ORDER BY q.seq LIMIT $3) c
+    UNION ALL
+    SELECT c.run, c.node, c.queue, c.seq FROM unnest($1::text[]) AS k(queue),
+        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                 WHERE q.queue = k.queue AND q.runner IS NULL
+                 ORDER BY q.seq LIMIT $3) c";
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -293,17 +292,24 @@ impl PgStore {
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
             // oldest: the candidates `pick` ranks (read, not locked).
-            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &mine.queues, &limit])?;
-            let mut nodes = Vec::new();
-            let mut candidates = Vec::new();
+            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &limit])?;
+            let mut read = Vec::new();
             for r in &rows {
-                nodes.push(tx.get::<String>(r, 1)?);
-                candidates.push(Candidate {
+                let c = Candidate {
                     run: tx.get(r, 0)?,
                     queue: tx.get(r, 2)?,
                     seq: tx.get(r, 3)?,
-                });
+                };
+                let level = mine.level(&c.run, &c.queue);
+                read.push((std::cmp::Reverse(level), c.seq, tx.get::<String>(r, 1)?, c));
             }
+            // Ranked here rather than by a sort in the database: a seq
+            // names one waiting row, so equal ones are the same row.
+            read.sort_by_key(|x| (x.0, x.1));
+            read.dedup_by_key(|x| x.1);
+            read.truncate(limit as usize);
+            let (nodes, candidates): (Vec<String>, Vec<Candidate>) =
+                read.into_iter().map(|(_, _, node, c)| (node, c)).unzip();
             // Every open candidate in the order the runner takes them;
             // then the first `n` of those no other claim holds, locked
             // (`SKIP LOCKED`: claims at once never wait on each other,
