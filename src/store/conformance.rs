@@ -50,6 +50,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     a_heartbeat_renews_only_the_claims_it_lists(new().as_ref());
     a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
     runners_keep_their_queues_and_runs(new().as_ref());
+    a_runners_own_attempts_are_found_behind_a_deep_queue(new().as_ref());
 }
 
 fn offer(cpu: f64, labels: &[&str]) -> crate::exec::resources::Offer {
@@ -361,6 +362,52 @@ pub(crate) fn runners_keep_their_queues_and_runs(store: &dyn Store) {
         "r-a takes its own run's attempt and leaves r-b's run to r-b"
     );
     assert_eq!(nodes(store.claim("r-b", 3, 60_000).unwrap()), ["rc/c2"]);
+}
+
+/// A claim ranks every waiting attempt it may take, not only the oldest
+/// few: the runner's own run, then its queue, come first however many
+/// older attempts wait before them.
+fn a_runners_own_attempts_are_found_behind_a_deep_queue(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    store
+        .register_runner(
+            &RunnerSpec::new("deep", "deep", offer(2.0, &["ssd"]), 2, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    let nodes = |got: Vec<super::queue::QueuedAttempt>| -> Vec<String> {
+        got.into_iter()
+            .map(|a| format!("{}/{}", a.id.run, a.id.node))
+            .collect()
+    };
+    // It serves run `mine` and the `ssd` queue now.
+    store.enqueue(&queued("mine", "m1", 1, &["ssd"])).unwrap();
+    assert_eq!(nodes(store.claim("deep", 1, 60_000).unwrap()), ["mine/m1"]);
+    for i in 0..40 {
+        store
+            .enqueue(&queued("old", &format!("o{i:02}"), 1, &[]))
+            .unwrap();
+    }
+    store.enqueue(&queued("new", "s1", 1, &["ssd"])).unwrap();
+    store.enqueue(&queued("mine", "m2", 1, &["ssd"])).unwrap();
+    assert_eq!(
+        nodes(store.claim("deep", 1, 60_000).unwrap()),
+        ["mine/m2"],
+        "its own run's attempt first, behind 41 older ones (one of its queue)"
+    );
+    store
+        .finish_claim(&AttemptId::new("mine", "m1", 1), "deep")
+        .unwrap();
+    assert_eq!(
+        nodes(store.claim("deep", 1, 60_000).unwrap()),
+        ["new/s1"],
+        "then its queue's, behind 40 older ones"
+    );
+    store
+        .finish_claim(&AttemptId::new("mine", "m2", 1), "deep")
+        .unwrap();
+    assert_eq!(nodes(store.claim("deep", 1, 60_000).unwrap()), ["old/o00"]);
 }
 
 fn a_claim_race_hands_each_attempt_out_once(store: Arc<dyn Store>) {

@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("queue.sql"),
     include_str!("runs_time.sql"),
     include_str!("runners_recorded.sql"),
+    include_str!("queue_claims.sql"),
 ];
 
 /// The schema version this orch writes.

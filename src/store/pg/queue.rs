@@ -16,6 +16,40 @@ use crate::store::queue::{
     QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
+/// The queues that have waiting attempts, each with the requirements of
+/// one of them (a queue's key names its requirement set): a "loose index
+/// scan" of `queue_waiting (queue, seq)`, one index descent per queue,
+/// not a scan of every waiting row.
+const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
+        (SELECT queue FROM queue WHERE runner IS NULL ORDER BY queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.queue FROM queue q WHERE q.runner IS NULL AND q.queue > k.queue
+                ORDER BY q.queue LIMIT 1)
+        FROM k WHERE k.queue IS NOT NULL
+    )
+    SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
+                     ORDER BY q.seq LIMIT 1)
+    FROM k WHERE k.queue IS NOT NULL";
+
+/// The waiting attempts a claim of at most `$3` candidates may rank
+/// among its first `$3`, in the queues `$1` its runner serves: the oldest
+/// `$3` of each of its runs `$2` (index `queue_waiting_run`) and the
+/// oldest `$3` of each of those queues (index `queue_waiting`), each an
+/// index range however many attempts wait. The first `$3` in the order
+/// [`pick`] reads them (its runs first, then its queues, each oldest
+/// first) are always among these: one outside its run's or its queue's
+/// first `$3` has `$3` rows ranked before it. A row may come twice; the
+/// claim ranks and dedups them.
+const CANDIDATES: &str = "SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
+        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                 WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
+                 ORDER BY q.seq LIMIT $3) c
+    UNION ALL
+    SELECT c.run, c.node, c.queue, c.seq FROM unnest($1::text[]) AS k(queue),
+        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                 WHERE q.queue = k.queue AND q.runner IS NULL
+                 ORDER BY q.seq LIMIT $3) c";
+
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
      (SELECT count(*) FROM queue q WHERE q.runner = runners.id)";
@@ -188,7 +222,8 @@ impl PgStore {
             // slots are never over-counted.
             let Some(r) = tx.row(
                 &format!(
-                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity
+                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity,
+                            (SELECT count(*) FROM queue WHERE runner = $1)
                      FROM runners WHERE id = $1 FOR UPDATE"
                 ),
                 &[&runner],
@@ -201,24 +236,20 @@ impl PgStore {
             let draining: bool = tx.get(&r, 2)?;
             let alive: bool = tx.get(&r, 3)?;
             let affinity: String = tx.get(&r, 4)?;
+            let running: i64 = tx.get(&r, 5)?;
             // A runner whose lease ran out (paused, partitioned) claims
             // nothing, even through a long poll it began before: it must
             // heartbeat first.
             if !alive {
                 return Ok(Vec::new());
             }
-            let r = tx.one("SELECT count(*) FROM queue WHERE runner = $1", &[&runner])?;
-            let running: i64 = tx.get(&r, 0)?;
             let n = (slots - running).max(0).min(max.min(MAX_CLAIM) as i64);
             if draining || n == 0 {
                 return Ok(Vec::new());
             }
             let offer: Offer = self.parse("runner's capabilities", &caps)?;
             let mut waiting = Vec::new();
-            for r in tx.rows(
-                "SELECT DISTINCT queue, requires FROM queue WHERE runner IS NULL",
-                &[],
-            )? {
+            for r in tx.rows(WAITING_QUEUES, &[])? {
                 let key: String = tx.get(&r, 0)?;
                 let req: String = tx.get(&r, 1)?;
                 waiting.push((key, self.parse::<Resources>("requirement", &req)?));
@@ -261,23 +292,24 @@ impl PgStore {
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
             // oldest: the candidates `pick` ranks (read, not locked).
-            let rows = tx.rows(
-                "SELECT q.run, q.node, q.queue, q.seq FROM queue q
-                 WHERE q.runner IS NULL AND q.queue = ANY($1)
-                 ORDER BY q.run = ANY($2) DESC, q.queue = ANY($3) DESC, q.seq
-                 LIMIT $4",
-                &[&keys, &mine.runs, &mine.queues, &limit],
-            )?;
-            let mut nodes = Vec::new();
-            let mut candidates = Vec::new();
+            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &limit])?;
+            let mut read = Vec::new();
             for r in &rows {
-                nodes.push(tx.get::<String>(r, 1)?);
-                candidates.push(Candidate {
+                let c = Candidate {
                     run: tx.get(r, 0)?,
                     queue: tx.get(r, 2)?,
                     seq: tx.get(r, 3)?,
-                });
+                };
+                let level = mine.level(&c.run, &c.queue);
+                read.push((std::cmp::Reverse(level), c.seq, tx.get::<String>(r, 1)?, c));
             }
+            // Ranked here rather than by a sort in the database: a seq
+            // names one waiting row, so equal ones are the same row.
+            read.sort_by_key(|x| (x.0, x.1));
+            read.dedup_by_key(|x| x.1);
+            read.truncate(limit as usize);
+            let (nodes, candidates): (Vec<String>, Vec<Candidate>) =
+                read.into_iter().map(|(_, _, node, c)| (node, c)).unzip();
             // Every open candidate in the order the runner takes them;
             // then the first `n` of those no other claim holds, locked
             // (`SKIP LOCKED`: claims at once never wait on each other,
@@ -285,47 +317,48 @@ impl PgStore {
             let ranked = pick(&mine, &rivals, &candidates, candidates.len());
             let runs: Vec<&str> = ranked.iter().map(|&i| candidates[i].run.as_str()).collect();
             let ranked_nodes: Vec<&str> = ranked.iter().map(|&i| nodes[i].as_str()).collect();
-            let locked = tx.rows(
-                "SELECT q.run, q.node FROM queue q
-                 JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
-                   ON q.run = p.run AND q.node = p.node
-                 WHERE q.runner IS NULL
-                 ORDER BY p.rank
-                 LIMIT $3 FOR UPDATE OF q SKIP LOCKED",
-                &[&runs, &ranked_nodes, &n],
+            // One statement locks and claims them, and says each one's
+            // rank, so the claim is in the runner's order.
+            let claimed = tx.rows(
+                &format!(
+                    "UPDATE queue q SET runner = $4, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $5
+                     FROM (SELECT q.run, q.node, p.rank FROM queue q
+                           JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS p(run, node, rank)
+                             ON q.run = p.run AND q.node = p.node
+                           WHERE q.runner IS NULL
+                           ORDER BY p.rank
+                           LIMIT $3 FOR UPDATE OF q SKIP LOCKED) t
+                     WHERE q.run = t.run AND q.node = t.node
+                     RETURNING t.rank, q.attempt, q.requires, q.payload"
+                ),
+                &[&runs, &ranked_nodes, &n, &runner, &lease_ms],
             )?;
-            let mut take = Vec::new();
-            for r in &locked {
-                let (run, node): (String, String) = (tx.get(r, 0)?, tx.get(r, 1)?);
-                if let Some(&i) = ranked
-                    .iter()
-                    .find(|&&i| candidates[i].run == run && nodes[i] == node)
-                {
-                    take.push(i);
-                }
+            let mut taken = Vec::new();
+            for r in &claimed {
+                let rank: i64 = tx.get(r, 0)?;
+                let Some(&i) = usize::try_from(rank - 1).ok().and_then(|k| ranked.get(k)) else {
+                    return Err(self.corrupt(format!("a claim ranked {rank} of {}", ranked.len())));
+                };
+                taken.push((rank, i, r));
             }
+            taken.sort_by_key(|&(rank, _, _)| rank);
             let mut picked = Vec::new();
-            for i in take {
+            for (_, i, r) in taken {
                 let c = &candidates[i];
-                let r = tx.one(
-                    &format!(
-                        "UPDATE queue SET runner = $3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + $4
-                         WHERE run = $1 AND node = $2
-                         RETURNING attempt, requires, payload"
-                    ),
-                    &[&c.run, &nodes[i], &runner, &lease_ms],
-                )?;
-                let attempt: i64 = tx.get(&r, 0)?;
-                let req: String = tx.get(&r, 1)?;
+                let attempt: i64 = tx.get(r, 1)?;
+                let req: String = tx.get(r, 2)?;
                 picked.push(QueuedAttempt {
                     id: AttemptId::new(c.run.clone(), nodes[i].clone(), attempt as u32),
                     queue: c.queue.clone(),
                     requires: self.parse("requirement", &req)?,
-                    payload: tx.get(&r, 2)?,
+                    payload: tx.get(r, 3)?,
                 });
             }
-            if !picked.is_empty() {
-                mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+            let before = mine.clone();
+            mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+            // Unchanged (it claimed from the runs and queues it served
+            // last), the affinity is not written again.
+            if mine != before {
                 let text = serde_json::to_string(&mine).expect("an affinity is JSON");
                 tx.exec(
                     "UPDATE runners SET affinity = $2 WHERE id = $1",
@@ -350,7 +383,20 @@ impl PgStore {
     }
 
     pub(super) fn q_finish_claim(&self, a: &AttemptId, runner: &str) -> Result<()> {
+        let n = a.attempt as i64;
         self.write(|tx| {
+            // The claim as `why_fenced` passes it, ended in one statement;
+            // only when it is not (fenced) is the row read to say why.
+            let ended = tx.exec(
+                &format!(
+                    "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4
+                       AND (lease_until IS NULL OR lease_until >= {NOW_MS})"
+                ),
+                &[&a.run, &a.node, &n, &runner],
+            )?;
+            if ended == 1 {
+                return Ok(());
+            }
             let row = Self::queue_row(tx, a)?;
             if let Some(why) = why_fenced(a, runner, row) {
                 return Err(Error::AttemptFenced {
