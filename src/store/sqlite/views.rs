@@ -2,6 +2,8 @@
 //! edges, attempts, outputs, promises and violations, copied from the
 //! fold (never computed here).
 
+use std::fmt::Write as _;
+
 use rusqlite::{params, Transaction};
 use serde_json::Value;
 
@@ -125,10 +127,9 @@ pub(super) fn write_events(
         let mut ends: std::collections::HashMap<(&str, u32), usize> = Default::default();
         for (k, e) in events.iter().enumerate().rev() {
             match &e.kind {
-                EventKind::NodeState { node, .. } => {
-                    if !later_node.insert(node) {
-                        rows[k] = Rows::Later;
-                    }
+                // (The guard records the node: its last change writes.)
+                EventKind::NodeState { node, .. } if !later_node.insert(node) => {
+                    rows[k] = Rows::Later;
                 }
                 EventKind::AttemptFinished { node, attempt, .. } => {
                     ends.insert((node, *attempt), k);
@@ -380,7 +381,7 @@ fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
     for r in 0..rows {
         sql.push_str(if r == 0 { " VALUES (?1" } else { ", (?1" });
         for c in 0..width {
-            sql.push_str(&format!(", ?{}", 2 + r * width + c));
+            let _ = write!(sql, ", ?{}", 2 + r * width + c);
         }
         sql.push_str(tail);
         sql.push(')');
@@ -398,6 +399,8 @@ struct Chunked {
     width: usize,
     cells: Vec<Vec<u8>>,
     used: usize,
+    /// The statements' text for `CHUNK` rows and for one, made once.
+    sql: [Option<String>; 2],
 }
 
 impl Chunked {
@@ -408,6 +411,7 @@ impl Chunked {
             width,
             cells: Vec::new(),
             used: 0,
+            sql: [None, None],
         }
     }
 
@@ -443,12 +447,11 @@ impl Chunked {
             return Ok(());
         }
         let rows = self.used / self.width;
-        let mut stmt = tx.prepare_cached(&insert_sql(
-            self.head,
-            if rows == CHUNK { CHUNK } else { 1 },
-            self.width,
-            self.tail,
-        ))?;
+        let (head, width, tail) = (self.head, self.width, self.tail);
+        let per = if rows == CHUNK { CHUNK } else { 1 };
+        let sql = self.sql[usize::from(per == 1)]
+            .get_or_insert_with(|| insert_sql(head, per, width, tail));
+        let mut stmt = tx.prepare_cached(sql)?;
         if rows == CHUNK {
             stmt.raw_bind_parameter(1, run)?;
             for (k, c) in self.cells[..self.used].iter().enumerate() {
