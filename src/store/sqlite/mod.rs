@@ -7,7 +7,6 @@
 //! [`Store::replay`]). One connection serves every run of an engine: its
 //! writes are short transactions taken in turn.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -41,7 +40,7 @@ use schema::{
     READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
 };
 use views::{
-    rewrite_graph, set_last_seq, write_event, write_event_rows, write_mutations, Filled,
+    rewrite_graph, set_last_seq, write_event, write_events, write_mutations, Filled,
     RegistrationView,
 };
 
@@ -689,19 +688,7 @@ impl Store for SqliteStore {
         let restarted = events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Restarted { .. }));
-        // A node's row takes its state from the fold as of this commit, so
-        // of the commit's state changes of a node (ready, running,
-        // succeeded) only the last writes it: the same row, once.
-        let mut later: HashSet<&str> = HashSet::new();
-        let mut rows = vec![true; events.len()];
-        for (k, e) in events.iter().enumerate().rev() {
-            if let EventKind::NodeState { node, .. } = &e.kind {
-                rows[k] = later.insert(node);
-            }
-        }
-        for (e, row) in events.iter().zip(rows) {
-            write_event_rows(&tx, run, e, Some(state), row).map_err(wrap)?;
-        }
+        write_events(&tx, run, events, Some(state)).map_err(wrap)?;
         if restarted {
             rewrite_graph(&tx, run, state).map_err(wrap)?;
         }

@@ -443,3 +443,85 @@ fn a_version_5_database_reads_its_ended_attempts_as_local() {
     // Its runners remember what they claim.
     crate::store::conformance::runners_keep_their_queues_and_runs(&migrated);
 }
+
+/// A commit of more events than one multi-row statement holds, with
+/// attempts that start and end in it, end in the next commit, or fail and
+/// are retried: every event is stored in order and the views equal the
+/// fold.
+#[test]
+fn a_commits_events_go_in_chunks_and_its_attempts_are_written_whole() {
+    use crate::model::{AttemptOutcome, NodeState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("a.db")).unwrap();
+    let muts = registration();
+    let lease = store
+        .register(&Owner::this_process(), reg(&muts, "t"), &mut || true)
+        .unwrap()
+        .expect("kept");
+    let mut all = store.events("r", None).unwrap();
+    let node_state = |i: usize, state| EventKind::NodeState {
+        node: format!("n{i}"),
+        state,
+    };
+    let begun = |i: usize, attempt| EventKind::AttemptStarted {
+        node: format!("n{i}"),
+        attempt,
+        pid: Some(100 + i as u32),
+    };
+    let ended = |i: usize, attempt, outcome| EventKind::AttemptFinished {
+        node: format!("n{i}"),
+        attempt,
+        outcome,
+        exit_code: Some(i32::from(outcome != AttemptOutcome::Succeeded)),
+        error: None,
+        files: Vec::new(),
+        runner: None,
+    };
+    let mut first = Vec::new();
+    for i in 0..10 {
+        first.push(node_state(i, NodeState::Running));
+        first.push(begun(i, 1));
+    }
+    for i in 0..7 {
+        first.push(ended(i, 1, AttemptOutcome::Succeeded));
+        first.push(node_state(i, NodeState::Succeeded));
+    }
+    first.push(ended(7, 1, AttemptOutcome::Failed));
+    let mut second = vec![begun(7, 2), ended(7, 2, AttemptOutcome::Succeeded)];
+    for i in 7..10 {
+        if i > 7 {
+            second.push(ended(i, 1, AttemptOutcome::Succeeded));
+        }
+        second.push(node_state(i, NodeState::Succeeded));
+    }
+    // 35 events (16 + 16 + 2 + 1 rows), then 7 (4 + 2 + 1).
+    assert_eq!((first.len(), second.len()), (35, 7));
+    for kinds in [first, second] {
+        let mut events = Vec::new();
+        for kind in kinds {
+            let seq = all.len() as u64 + 1;
+            let e = Event {
+                seq,
+                at: format!("2026-01-01T00:00:{seq:02}.000Z"),
+                kind,
+            };
+            all.push(e.clone());
+            events.push(e);
+        }
+        let state = RunState::replay("r", &all);
+        store.commit(&lease, &state, &events, &[], &[]).unwrap();
+        assert_eq!(
+            store.events("r", None).unwrap(),
+            all,
+            "every event, in order"
+        );
+        let export = store.export("r").unwrap();
+        assert_eq!(export, state.export(), "the views equal the fold");
+        assert_eq!(export, store.replay("r", None).unwrap().export());
+    }
+    let export = store.export("r").unwrap();
+    let n7 = export.nodes.iter().find(|n| n.id == "n7").unwrap();
+    assert_eq!(n7.attempts.len(), 2);
+    assert_eq!(n7.attempts[0].outcome, Some(AttemptOutcome::Failed));
+    assert_eq!(n7.attempts[1].pid, Some(107));
+}

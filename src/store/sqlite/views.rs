@@ -2,6 +2,8 @@
 //! edges, attempts, outputs, promises and violations, copied from the
 //! fold (never computed here).
 
+use std::fmt::Write as _;
+
 use rusqlite::{params, Transaction};
 use serde_json::Value;
 
@@ -42,28 +44,128 @@ pub(super) fn write_event(
     e: &Event,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
-    write_event_rows(tx, run, e, state, true)
+    write_events(tx, run, std::slice::from_ref(e), state)
 }
 
-/// [`write_event`]; `node_row` false leaves the node's row of a
-/// `node_state` event alone: a later state change of the node in the same
-/// commit writes it (the row takes the folded state, the same for both).
-pub(super) fn write_event_rows(
+/// Rows per multi-row `INSERT` of a commit's events. A remainder goes in
+/// statements of 8, 4, 2 and 1 rows, so five prepared statements write
+/// any number of events.
+const EVENT_ROWS: usize = 16;
+
+/// The `INSERT` of `rows` events (`?1` the run, then seq, at, kind, data
+/// per row), for each row count [`insert_events`] uses.
+fn events_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=EVENT_ROWS.ilog2())
+            .map(|k| {
+                insert_sql(
+                    "INSERT INTO events (run, seq, at, kind, data)",
+                    1 << k,
+                    4,
+                    "",
+                )
+            })
+            .collect()
+    });
+    &all[rows.ilog2() as usize]
+}
+
+/// Appends events, [`EVENT_ROWS`] to a statement: one statement for a
+/// commit's few events instead of one each.
+fn insert_events(tx: &Transaction<'_>, run: &str, events: &[Event]) -> rusqlite::Result<()> {
+    let mut data = Vec::with_capacity(EVENT_ROWS.min(events.len()));
+    let mut rest = events;
+    while !rest.is_empty() {
+        let rows = EVENT_ROWS.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(rows);
+        data.clear();
+        data.extend(chunk.iter().map(|e| to_json(&e.kind)));
+        let mut stmt = tx.prepare_cached(events_sql(rows))?;
+        stmt.raw_bind_parameter(1, run)?;
+        for (r, (e, d)) in chunk.iter().zip(&data).enumerate() {
+            let p = 2 + 4 * r;
+            stmt.raw_bind_parameter(p, e.seq as i64)?;
+            stmt.raw_bind_parameter(p + 1, &e.at)?;
+            stmt.raw_bind_parameter(p + 2, event_name(&e.kind))?;
+            stmt.raw_bind_parameter(p + 3, d.as_str())?;
+        }
+        stmt.raw_execute()?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// How [`write_events`] writes one event's views.
+#[derive(Clone, Copy, PartialEq)]
+enum Rows {
+    /// As the event alone would.
+    Own,
+    /// Not at all: a later event of the same commit writes the same row
+    /// (a node's row takes the folded state, the same for all of the
+    /// commit's state changes of the node; an attempt that starts and
+    /// ends within the commit is inserted whole by its start).
+    Later,
+    /// An `attempt_started` whose attempt ends at this event of the commit.
+    Whole(usize),
+}
+
+/// Appends a commit's events (in order, multi-row statements) and updates
+/// the views they touch, each row once per commit where several events
+/// touch it. The rows are the ones writing each event on its own would
+/// leave: see [`write_event`].
+pub(super) fn write_events(
+    tx: &Transaction<'_>,
+    run: &str,
+    events: &[Event],
+    state: Option<&RunState>,
+) -> rusqlite::Result<()> {
+    insert_events(tx, run, events)?;
+    let mut rows = vec![Rows::Own; events.len()];
+    if events.len() > 1 {
+        let mut later_node: std::collections::HashSet<&str> = Default::default();
+        let mut ends: std::collections::HashMap<(&str, u32), usize> = Default::default();
+        for (k, e) in events.iter().enumerate().rev() {
+            match &e.kind {
+                // (The guard records the node: its last change writes.)
+                EventKind::NodeState { node, .. } if !later_node.insert(node) => {
+                    rows[k] = Rows::Later;
+                }
+                EventKind::AttemptFinished { node, attempt, .. } => {
+                    ends.insert((node, *attempt), k);
+                }
+                EventKind::AttemptStarted { node, attempt, .. } => {
+                    if let Some(end) = ends.remove(&(node.as_str(), *attempt)) {
+                        rows[k] = Rows::Whole(end);
+                        rows[end] = Rows::Later;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (e, how) in events.iter().zip(rows) {
+        if how != Rows::Later {
+            let end = match how {
+                Rows::Whole(end) => Some(&events[end]),
+                _ => None,
+            };
+            write_views(tx, run, e, end, state)?;
+        }
+    }
+    Ok(())
+}
+
+/// The views of one event; `end`, for an `attempt_started`, is the
+/// `attempt_finished` of the same attempt later in the commit.
+fn write_views(
     tx: &Transaction<'_>,
     run: &str,
     e: &Event,
+    end: Option<&Event>,
     state: Option<&RunState>,
-    node_row: bool,
 ) -> rusqlite::Result<()> {
     let folded = || state.expect("views of a state change are copied from the fold");
-    tx.prepare_cached("INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![
-            run,
-            e.seq as i64,
-            e.at,
-            event_name(&e.kind),
-            to_json(&e.kind)
-        ])?;
     match &e.kind {
         EventKind::RunStarted {
             workflow,
@@ -88,7 +190,6 @@ pub(super) fn write_event_rows(
                 .execute(params![run, orchestrator_pid])?;
         }
         EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
-        EventKind::NodeState { .. } if !node_row => {}
         EventKind::NodeState { node, .. } => {
             let st = folded();
             // A node retracted by a later restart of the same commit is
@@ -108,12 +209,48 @@ pub(super) fn write_event_rows(
                 ])?;
             }
         }
-        EventKind::AttemptStarted { node, attempt, pid } => {
-            tx.prepare_cached(
-                "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![run, node, attempt, pid, e.at])?;
-        }
+        EventKind::AttemptStarted { node, attempt, pid } => match end {
+            Some(Event {
+                at,
+                kind:
+                    EventKind::AttemptFinished {
+                        outcome,
+                        exit_code,
+                        error,
+                        files,
+                        runner,
+                        ..
+                    },
+                ..
+            }) => {
+                let files = (!files.is_empty()).then(|| to_json(files));
+                let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
+                tx.prepare_cached(
+                    "INSERT INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
+                        exit_code, error, files, runner)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    run,
+                    node,
+                    attempt,
+                    pid,
+                    e.at,
+                    at,
+                    outcome.as_str(),
+                    exit_code,
+                    error,
+                    files,
+                    runner
+                ])?;
+            }
+            _ => {
+                tx.prepare_cached(
+                    "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![run, node, attempt, pid, e.at])?;
+            }
+        },
         EventKind::AttemptFinished {
             node,
             attempt,
@@ -244,7 +381,7 @@ fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
     for r in 0..rows {
         sql.push_str(if r == 0 { " VALUES (?1" } else { ", (?1" });
         for c in 0..width {
-            sql.push_str(&format!(", ?{}", 2 + r * width + c));
+            let _ = write!(sql, ", ?{}", 2 + r * width + c);
         }
         sql.push_str(tail);
         sql.push(')');
@@ -256,22 +393,25 @@ fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
 /// (after the run), written `CHUNK` at a time by one multi-row statement
 /// and the rest one by one, in order (their rowids keep the batch's
 /// order, which exports follow).
-struct Rows {
+struct Chunked {
     head: &'static str,
     tail: &'static str,
     width: usize,
     cells: Vec<Vec<u8>>,
     used: usize,
+    /// The statements' text for `CHUNK` rows and for one, made once.
+    sql: [Option<String>; 2],
 }
 
-impl Rows {
-    fn new(head: &'static str, width: usize, tail: &'static str) -> Rows {
-        Rows {
+impl Chunked {
+    fn new(head: &'static str, width: usize, tail: &'static str) -> Chunked {
+        Chunked {
             head,
             tail,
             width,
             cells: Vec::new(),
             used: 0,
+            sql: [None, None],
         }
     }
 
@@ -307,12 +447,11 @@ impl Rows {
             return Ok(());
         }
         let rows = self.used / self.width;
-        let mut stmt = tx.prepare_cached(&insert_sql(
-            self.head,
-            if rows == CHUNK { CHUNK } else { 1 },
-            self.width,
-            self.tail,
-        ))?;
+        let (head, width, tail) = (self.head, self.width, self.tail);
+        let per = if rows == CHUNK { CHUNK } else { 1 };
+        let sql = self.sql[usize::from(per == 1)]
+            .get_or_insert_with(|| insert_sql(head, per, width, tail));
+        let mut stmt = tx.prepare_cached(sql)?;
         if rows == CHUNK {
             stmt.raw_bind_parameter(1, run)?;
             for (k, c) in self.cells[..self.used].iter().enumerate() {
@@ -342,13 +481,13 @@ pub(super) fn write_mutations(
     run: &str,
     mutations: &[Mutation],
 ) -> rusqlite::Result<()> {
-    let mut nodes = Rows::new(
+    let mut nodes = Chunked::new(
         "INSERT INTO nodes (run, id, task, inputs, attrs, state)",
         4,
         ", 'pending'",
     );
-    let mut edges = Rows::new("INSERT INTO edges (run, src, dst, attrs)", 3, "");
-    let mut implied = Rows::new(
+    let mut edges = Chunked::new("INSERT INTO edges (run, src, dst, attrs)", 3, "");
+    let mut implied = Chunked::new(
         "INSERT OR IGNORE INTO edges (run, src, dst, attrs)",
         2,
         ", '{}'",
