@@ -20,8 +20,9 @@
 //! 3. `big` (only when asked for: `ORCH_BENCH_ONLY=big`): one run of
 //!    `ORCH_BENCH_NODES` (default 100,000, the most one workflow file may
 //!    compile to) independent no-op command nodes (`true`), published as
-//!    one workflow file (`max_parallel` `ORCH_BENCH_PARALLEL`, default
-//!    64), on a fresh server and database with four runners of
+//!    a workflow whose main file includes sub-workflow files of 25,000
+//!    tasks (one file parses at most 250,000 values, fewer than 50,000
+//!    such tasks; `max_parallel` `ORCH_BENCH_PARALLEL`, default 64), on a fresh server and database with four runners of
 //!    `ORCH_BENCH_PARALLEL / 4` slots each, then (`ORCH_BENCH_BIG=local`
 //!    or `=remote` for one of them) on another fresh server and database
 //!    without runners. Printed: the publish, the start (`POST …/runs`
@@ -250,6 +251,38 @@ fn publish(c: &Client, name: &str, tasks: usize, chain: bool, max_parallel: usiz
     body.to_string().len()
 }
 
+/// The most tasks `publish_split` puts in one file: a workflow file's
+/// parser takes at most 250,000 values a document (keys count: a `true`
+/// task is five, the object and two keys with their strings), so one
+/// file holds fewer than 50,000 such tasks; 100,000 take four files of
+/// 25,000.
+const TASKS_PER_FILE: usize = 25_000;
+
+/// Publishes `tasks` independent `true` commands as workflow `name`: a
+/// main file that includes sub-workflow files of at most
+/// [`TASKS_PER_FILE`] tasks each (node `pJ.tI`). The size of the
+/// request's body.
+fn publish_split(c: &Client, name: &str, tasks: usize, max_parallel: usize) -> usize {
+    let parts = tasks.div_ceil(TASKS_PER_FILE);
+    let mut files = Vec::new();
+    let mut main = Vec::new();
+    for j in 0..parts {
+        let these = (j * TASKS_PER_FILE..tasks.min((j + 1) * TASKS_PER_FILE))
+            .map(|i| json!({"id": format!("t{i}"), "command": "true"}))
+            .collect::<Vec<_>>();
+        let path = format!("part{j}.json");
+        let doc = json!({"name": format!("{name}-part{j}"), "tasks": these});
+        files.push(json!({"path": path, "content": doc.to_string()}));
+        main.push(json!({"id": format!("p{j}"), "workflow": path}));
+    }
+    let doc = json!({"name": name, "max_parallel": max_parallel, "tasks": main});
+    files.push(json!({"path": "workflow.json", "content": doc.to_string()}));
+    let body = json!({"message": "bench", "files": files});
+    c.json("PUT", &format!("/api/v1/workflows/{name}"), Some(&body))
+        .expect("publish");
+    body.to_string().len()
+}
+
 /// Starts a run of `name`: its id and how long the start took.
 fn start(c: &Client, name: &str) -> (String, Duration) {
     let t = Instant::now();
@@ -361,7 +394,7 @@ fn big_on(name: &str, db: &str, dir: &Path, remote: bool) {
     let (server, base) = serve(db, dir);
     let c = Client::new(&base, Some(admin));
     let t = Instant::now();
-    let bytes = publish(&c, "big", n, false, parallel);
+    let bytes = publish_split(&c, "big", n, parallel);
     let published = t.elapsed();
     let runners = if remote {
         start_runners(db, &base, &rtoken, dir, parallel / 4)
