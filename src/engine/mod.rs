@@ -35,7 +35,7 @@ mod observe;
 mod options;
 mod outcome;
 mod run;
-pub use run::MAX_BATCH;
+pub use run::{GROUP_MAX_EVENTS, MAX_BATCH};
 pub mod schedule;
 mod start;
 pub use start::validate;
