@@ -17,6 +17,20 @@
 //!    attempt over a local one, as the difference of the per-task times.
 //!    Peak RSS (`VmHWM`) of the server and of the runners at the end.
 //!
+//! 3. `big` (only when asked for: `ORCH_BENCH_ONLY=big`): one run of
+//!    `ORCH_BENCH_NODES` (default 100,000, the most one workflow file may
+//!    compile to) independent no-op command nodes (`true`), published as
+//!    a workflow whose main file includes sub-workflow files of 25,000
+//!    tasks (one file parses at most 250,000 values, fewer than 50,000
+//!    such tasks; `max_parallel` `ORCH_BENCH_PARALLEL`, default 64), on a fresh server and database with four runners of
+//!    `ORCH_BENCH_PARALLEL / 4` slots each, then (`ORCH_BENCH_BIG=local`
+//!    or `=remote` for one of them) on another fresh server and database
+//!    without runners. Printed: the publish, the start (`POST …/runs`
+//!    returns once the registration committed), the run's wall from the
+//!    start to its end, tasks/s, and the peak RSS (`VmHWM`) and CPU time
+//!    of the server and of each runner; the run must succeed with every
+//!    node succeeded.
+//!
 //! `ORCH_BENCH_ONLY=claims` or `=tasks` runs one part; `ORCH_BENCH_DB=sqlite`
 //! or `=postgres` one backend. PostgreSQL: `ORCH_BENCH_PG` is a server's
 //! URL without a database (`postgres://postgres@127.0.0.1:5432`); the
@@ -33,7 +47,7 @@ use orch::exec::resources::Offer;
 use orch::exec::AttemptId;
 use orch::store::queue::{QueuedAttempt, RunnerSpec};
 use orch::store::{PgStore, SqliteStore, Store};
-use serde_json::json;
+use serde_json::{json, Value};
 
 mod common;
 use common::*;
@@ -177,47 +191,9 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn publish(c: &Client, name: &str, tasks: usize, chain: bool) {
-    let tasks: Vec<_> = (0..tasks)
-        .map(|i| {
-            if chain && i > 0 {
-                json!({"id": format!("t{i}"), "command": "true", "after": [format!("t{}", i - 1)]})
-            } else {
-                json!({"id": format!("t{i}"), "command": "true"})
-            }
-        })
-        .collect();
-    let doc = json!({"name": name, "max_parallel": 16, "tasks": tasks});
-    c.json(
-        "PUT",
-        &format!("/api/v1/workflows/{name}"),
-        Some(&json!({"message": "bench", "files": [{"path": "workflow.json", "content": doc.to_string()}]})),
-    )
-    .expect("publish");
-}
-
-/// Starts a run of `name` and waits for it: the wall time.
-fn run(c: &Client, name: &str) -> Duration {
-    let t = Instant::now();
-    let r = c
-        .post(&format!("/api/v1/workflows/{name}/runs"), &json!({}))
-        .expect("execute");
-    let run = r["run"].as_str().expect("a run id").to_string();
-    loop {
-        let w = c
-            .get(&format!("/api/v1/runs/{run}/wait?timeout=60"))
-            .expect("wait");
-        if w["ended"] == true {
-            assert_eq!(w["status"]["status"], "succeeded", "{w}");
-            return t.elapsed();
-        }
-    }
-}
-
-fn tasks_on(name: &str, db: &str, dir: &Path) {
-    let n = env_usize("ORCH_BENCH_TASKS", 400);
-    let chain = env_usize("ORCH_BENCH_CHAIN", 40);
-    let (admin, rtoken) = tokens(db, dir);
+/// `orch serve` on `db`, logging to `dir/server.log`: the process and
+/// its address.
+fn serve(db: &str, dir: &Path) -> (Proc, String) {
     let mut server = orch(db)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
@@ -230,22 +206,20 @@ fn tasks_on(name: &str, db: &str, dir: &Path) {
         .strip_prefix("listening on ")
         .expect("the server's address")
         .to_string();
-    let server = Proc(server);
-    let c = Client::new(&base, Some(admin));
-    publish(&c, "wide", n, false);
-    publish(&c, "chain", chain, true);
-    // Warm up (the server's first run pays for its folders), then local.
-    run(&c, "chain");
-    let local_wide = run(&c, "wide");
-    let local_chain = run(&c, "chain");
-    let runners: Vec<Proc> = (0..4)
+    (Proc(server), base)
+}
+
+/// Four `orch runner` processes of `slots` slots each, registered with
+/// the server at `base`.
+fn start_runners(db: &str, base: &str, token: &str, dir: &Path, slots: usize) -> Vec<Proc> {
+    (0..4)
         .map(|i| {
             let mut r = orch(db)
-                .args(["runner", "--server", &base, "--name", &format!("r{i}")])
-                .args(["--slots", "4", "--capabilities", "cpus=4"])
+                .args(["runner", "--server", base, "--name", &format!("r{i}")])
+                .args(["--slots", &slots.to_string(), "--capabilities", "cpus=4"])
                 .arg("--dir")
                 .arg(dir.join(format!("runner-{i}")))
-                .env("ORCH_TOKEN", &rtoken)
+                .env("ORCH_TOKEN", token)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(dir.join(format!("runner-{i}.log"))).expect("log"))
@@ -255,7 +229,111 @@ fn tasks_on(name: &str, db: &str, dir: &Path) {
             assert!(line.ends_with("registered"), "{line}");
             Proc(r)
         })
+        .collect()
+}
+
+/// Publishes `tasks` independent `true` commands (a chain with `chain`)
+/// as workflow `name`: the size of the request's body.
+fn publish(c: &Client, name: &str, tasks: usize, chain: bool, max_parallel: usize) -> usize {
+    let tasks: Vec<_> = (0..tasks)
+        .map(|i| {
+            if chain && i > 0 {
+                json!({"id": format!("t{i}"), "command": "true", "after": [format!("t{}", i - 1)]})
+            } else {
+                json!({"id": format!("t{i}"), "command": "true"})
+            }
+        })
         .collect();
+    let doc = json!({"name": name, "max_parallel": max_parallel, "tasks": tasks});
+    let body = json!({"message": "bench", "files": [{"path": "workflow.json", "content": doc.to_string()}]});
+    c.json("PUT", &format!("/api/v1/workflows/{name}"), Some(&body))
+        .expect("publish");
+    body.to_string().len()
+}
+
+/// The most tasks `publish_split` puts in one file: a workflow file's
+/// parser takes at most 250,000 values a document (keys count: a `true`
+/// task is five, the object and two keys with their strings), so one
+/// file holds fewer than 50,000 such tasks; 100,000 take four files of
+/// 25,000.
+const TASKS_PER_FILE: usize = 25_000;
+
+/// Publishes `tasks` independent `true` commands as workflow `name`: a
+/// main file that includes sub-workflow files of at most
+/// [`TASKS_PER_FILE`] tasks each (node `pJ.tI`). The size of the
+/// request's body.
+fn publish_split(c: &Client, name: &str, tasks: usize, max_parallel: usize) -> usize {
+    let parts = tasks.div_ceil(TASKS_PER_FILE);
+    let mut files = Vec::new();
+    let mut main = Vec::new();
+    for j in 0..parts {
+        let these = (j * TASKS_PER_FILE..tasks.min((j + 1) * TASKS_PER_FILE))
+            .map(|i| json!({"id": format!("t{i}"), "command": "true"}))
+            .collect::<Vec<_>>();
+        let path = format!("part{j}.json");
+        let doc = json!({"name": format!("{name}-part{j}"), "tasks": these});
+        files.push(json!({"path": path, "content": doc.to_string()}));
+        main.push(json!({"id": format!("p{j}"), "workflow": path}));
+    }
+    let doc = json!({"name": name, "max_parallel": max_parallel, "tasks": main});
+    files.push(json!({"path": "workflow.json", "content": doc.to_string()}));
+    let body = json!({"message": "bench", "files": files});
+    c.json("PUT", &format!("/api/v1/workflows/{name}"), Some(&body))
+        .expect("publish");
+    body.to_string().len()
+}
+
+/// Starts a run of `name`: its id and how long the start took.
+fn start(c: &Client, name: &str) -> (String, Duration) {
+    let t = Instant::now();
+    let r = c
+        .post(&format!("/api/v1/workflows/{name}/runs"), &json!({}))
+        .expect("execute");
+    let run = r["run"].as_str().expect("a run id").to_string();
+    (run, t.elapsed())
+}
+
+/// Waits for `run` to end, asking for at most `timeout` seconds at a
+/// time (`progress` sees each answer before the end): its final status,
+/// which must be `succeeded`.
+fn wait(c: &Client, run: &str, timeout: u32, mut progress: impl FnMut(&Value)) -> Value {
+    loop {
+        let w = c
+            .get(&format!("/api/v1/runs/{run}/wait?timeout={timeout}"))
+            .expect("wait");
+        if w["ended"] == true {
+            assert_eq!(
+                w["status"]["status"], "succeeded",
+                "{}",
+                w["status"]["reason"]
+            );
+            return w["status"].clone();
+        }
+        progress(&w["status"]);
+    }
+}
+
+/// Starts a run of `name` and waits for it: the wall time.
+fn run(c: &Client, name: &str) -> Duration {
+    let t = Instant::now();
+    let (run, _) = start(c, name);
+    wait(c, &run, 60, |_| {});
+    t.elapsed()
+}
+
+fn tasks_on(name: &str, db: &str, dir: &Path) {
+    let n = env_usize("ORCH_BENCH_TASKS", 400);
+    let chain = env_usize("ORCH_BENCH_CHAIN", 40);
+    let (admin, rtoken) = tokens(db, dir);
+    let (server, base) = serve(db, dir);
+    let c = Client::new(&base, Some(admin));
+    publish(&c, "wide", n, false, 16);
+    publish(&c, "chain", chain, true, 16);
+    // Warm up (the server's first run pays for its folders), then local.
+    run(&c, "chain");
+    let local_wide = run(&c, "wide");
+    let local_chain = run(&c, "chain");
+    let runners = start_runners(db, &base, &rtoken, dir, 4);
     run(&c, "chain");
     let remote_wide = run(&c, "wide");
     let remote_chain = run(&c, "chain");
@@ -282,6 +360,81 @@ fn tasks_on(name: &str, db: &str, dir: &Path) {
         "rss      {name:<10} peak RSS: server {:.0} MiB, runners {} MiB",
         peak_rss_mib(server.0.id()),
         rss.join("/")
+    );
+    drop(runners);
+    drop(server);
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's name in parentheses: state is field 3, utime
+    // and stime fields 14 and 15, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// Peak RSS and CPU time of a process: `"P MiB, C s CPU"`.
+fn usage(pid: u32) -> String {
+    format!("{:.0} MiB, {:.1} s CPU", peak_rss_mib(pid), cpu_s(pid))
+}
+
+/// One run of `ORCH_BENCH_NODES` independent `true` commands on a fresh
+/// server on `db`, with four runners (`remote`) or without.
+fn big_on(name: &str, db: &str, dir: &Path, remote: bool) {
+    let n = env_usize("ORCH_BENCH_NODES", 100_000);
+    let parallel = env_usize("ORCH_BENCH_PARALLEL", 64).max(4);
+    let (admin, rtoken) = tokens(db, dir);
+    let (server, base) = serve(db, dir);
+    let c = Client::new(&base, Some(admin));
+    let t = Instant::now();
+    let bytes = publish_split(&c, "big", n, parallel);
+    let published = t.elapsed();
+    let runners = if remote {
+        start_runners(db, &base, &rtoken, dir, parallel / 4)
+    } else {
+        Vec::new()
+    };
+    let how = if remote {
+        format!("4 runners x {} slots", parallel / 4)
+    } else {
+        "local (no runners)".to_string()
+    };
+    let t = Instant::now();
+    let (run, started) = start(&c, "big");
+    let status = wait(&c, &run, 60, |s| {
+        let done = s["nodes"].as_array().map_or(0, |ns| {
+            ns.iter().filter(|n| n["state"] == "succeeded").count()
+        });
+        eprintln!(
+            "big      {name:<10} {how}: {done} of {n} succeeded after {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    });
+    let wall = t.elapsed();
+    let nodes = status["nodes"].as_array().expect("the run's nodes");
+    let succeeded = nodes.iter().filter(|n| n["state"] == "succeeded").count();
+    assert_eq!((nodes.len(), succeeded), (n, n), "every node succeeded");
+    println!(
+        "big      {name:<10} {n} independent `true` tasks, max_parallel {parallel}, {how}: publish {:.2} s ({:.1} MiB body), start (registration) {:.2} s, start to end {:.1} s: {:.0} tasks/s",
+        published.as_secs_f64(),
+        bytes as f64 / (1 << 20) as f64,
+        started.as_secs_f64(),
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64()
+    );
+    let each: Vec<String> = runners.iter().map(|r| usage(r.0.id())).collect();
+    println!(
+        "big      {name:<10} {how}: server {}{}{}",
+        usage(server.0.id()),
+        if remote { "; runners " } else { "" },
+        each.join(" / ")
     );
     drop(runners);
     drop(server);
@@ -334,6 +487,27 @@ fn main() {
             std::fs::create_dir_all(&dir).expect("folder");
             let url = pg_database(base, "orch_bench_tasks");
             tasks_on("postgres", &url, &dir);
+        }
+    }
+    // The 100,000-node run takes minutes: only when asked for.
+    let big =
+        std::env::var("ORCH_BENCH_ONLY").is_ok_and(|v| v.split(',').any(|w| w.trim() == "big"));
+    for remote in [true, false] {
+        if !big || !wanted("ORCH_BENCH_BIG", if remote { "remote" } else { "local" }) {
+            continue;
+        }
+        let part = if remote { "big" } else { "big_local" };
+        if wanted("ORCH_BENCH_DB", "sqlite") {
+            let dir = tmp.path().join(format!("sqlite-{part}"));
+            std::fs::create_dir_all(&dir).expect("folder");
+            let db = dir.join("orch.db").display().to_string();
+            big_on("sqlite", &db, &dir, remote);
+        }
+        if let Some(base) = &pg {
+            let dir = tmp.path().join(format!("postgres-{part}"));
+            std::fs::create_dir_all(&dir).expect("folder");
+            let url = pg_database(base, &format!("orch_bench_{part}"));
+            big_on("postgres", &url, &dir, remote);
         }
     }
 }

@@ -35,7 +35,7 @@ mod observe;
 mod options;
 mod outcome;
 mod run;
-pub use run::MAX_BATCH;
+pub use run::{GROUP_MAX_EVENTS, MAX_BATCH};
 pub mod schedule;
 mod start;
 pub use start::validate;
@@ -107,6 +107,23 @@ struct Inner {
     stopping: Mutex<Option<Duration>>,
     /// Where attempts go that runners run (`orch serve` sets it).
     remote: std::sync::OnceLock<Arc<crate::exec::remote::Remote>>,
+    /// Runs being started: registered (or about to be) but not in `runs`
+    /// yet. [`Engine::hosted`] lists them, so an adopter that finds one
+    /// running and owned by this engine does not take it over from the
+    /// start still setting it up.
+    starting: Mutex<HashSet<String>>,
+}
+
+/// Takes a run out of the engine's starting runs when dropped.
+struct StartingGuard<'a> {
+    engine: &'a Engine,
+    run: String,
+}
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.engine.inner.starting).remove(&self.run);
+    }
 }
 
 /// Takes a run out of the engine's hosted runs when dropped, if the entry
@@ -198,6 +215,7 @@ impl Engine {
                 background: Mutex::new(false),
                 stopping: Mutex::new(None),
                 remote: std::sync::OnceLock::new(),
+                starting: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -258,7 +276,9 @@ impl Engine {
     /// The ids of the runs this engine drives now.
     pub fn hosted(&self) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.inner.runs).keys().cloned().collect();
+        ids.extend(lock(&self.inner.starting).iter().cloned());
         ids.sort();
+        ids.dedup();
         ids
     }
 
@@ -267,7 +287,18 @@ impl Engine {
     /// registration committed.
     pub async fn start(&self, definition: &Definition, options: &RunOptions) -> Result<RunHandle> {
         self.refuse_if_stopping(&definition.name)?;
-        let runner = start::register(self, definition, options)?;
+        let run = options
+            .run_id
+            .clone()
+            .unwrap_or_else(crate::time::new_run_id);
+        // Hosted from before its registration commits until `spawn` put
+        // it in `runs`.
+        lock(&self.inner.starting).insert(run.clone());
+        let _starting = StartingGuard {
+            engine: self,
+            run: run.clone(),
+        };
+        let runner = start::register(self, definition, options, run)?;
         Ok(self.spawn(runner))
     }
 

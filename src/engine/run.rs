@@ -66,6 +66,15 @@ fn max_batch() -> usize {
 /// How many log lines make a commit of their own at once.
 const LOG_BATCH: usize = 4096;
 
+/// The most events a group commit gathers (reports handled back to back
+/// while more are waiting, before one write): a run whose attempts report
+/// faster than it writes still commits, so its history, its memory and
+/// its observers keep up (without a bound, a run that never went quiet
+/// wrote nothing but its registration until it ended).
+pub const GROUP_MAX_EVENTS: usize = 1024;
+/// The longest a group commit gathers events before it writes them.
+const GROUP_MAX_DELAY: Duration = Duration::from_millis(100);
+
 pub(super) struct Running {
     attempt: u32,
     staging: Staging,
@@ -95,6 +104,8 @@ pub(crate) struct Runner {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     queued: Vec<Event>,
+    /// Since when the loop has been gathering `queued` (a group commit).
+    gathering: Option<tokio::time::Instant>,
     logs: Vec<LogLine>,
     /// Stored signals acted on since the last flush: marked taken with it.
     taken: Vec<SignalId>,
@@ -250,6 +261,7 @@ impl Runner {
             reports_tx,
             reports_rx,
             queued: Vec::new(),
+            gathering: None,
             logs: Vec::new(),
             taken: Vec::new(),
             seen: HashSet::new(),
@@ -586,7 +598,18 @@ impl Runner {
         }
         // Cleared, not replaced: the next commit reuses the allocation.
         self.queued.clear();
+        self.gathering = None;
         Ok(())
+    }
+
+    /// Whether the queued events are a full group commit: as many as one
+    /// may hold, or gathered for as long.
+    fn group_full(&mut self) -> bool {
+        if self.queued.is_empty() {
+            return false;
+        }
+        let since = *self.gathering.get_or_insert_with(tokio::time::Instant::now);
+        self.queued.len() >= GROUP_MAX_EVENTS || since.elapsed() >= GROUP_MAX_DELAY
     }
 
     async fn run_loop(
@@ -615,13 +638,17 @@ impl Runner {
             // Group commit: reports that are already there are handled
             // without writing first. Nothing waits on the queued events
             // meanwhile: a node whose start depends on them flushes first
-            // (see `schedule`), and they are written before the loop waits.
-            if let Ok(report) = self.reports_rx.try_recv() {
-                self.handle(report);
-                if next_retry.is_some_and(|t| t <= tokio::time::Instant::now()) {
-                    self.release_retries();
+            // (see `schedule`), and they are written before the loop waits,
+            // or once the group holds `GROUP_MAX_EVENTS` or has gathered
+            // for `GROUP_MAX_DELAY`.
+            if !self.group_full() {
+                if let Ok(report) = self.reports_rx.try_recv() {
+                    self.handle(report);
+                    if next_retry.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                        self.release_retries();
+                    }
+                    continue;
                 }
-                continue;
             }
             if self.queued.is_empty() && self.taken.is_empty() && self.logs.len() < LOG_BATCH {
                 // Log lines alone wait a little for company: a chatty task

@@ -19,9 +19,14 @@ use crate::typed::native;
 use super::run::Runner;
 use super::{Engine, RunConfig, RunOptions};
 
-/// Registers `def` as a new run of `engine`; returns its runner, ready to
-/// drive.
-pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> Result<Runner> {
+/// Registers `def` as run `run_id` of `engine`; returns its runner,
+/// ready to drive.
+pub(super) fn register(
+    engine: &Engine,
+    def: &Definition,
+    opts: &RunOptions,
+    run_id: String,
+) -> Result<Runner> {
     native::refuse_task_mode()?;
     // A definition with parameters runs with them in place (copied only
     // then: a big registration is otherwise never copied).
@@ -59,7 +64,6 @@ pub(super) fn register(engine: &Engine, def: &Definition, opts: &RunOptions) -> 
         source: opts.source.clone(),
         container_engine: container_engine(def, opts.container_engine.as_deref())?,
     };
-    let run_id = opts.run_id.clone().unwrap_or_else(time::new_run_id);
     let started = Event {
         seq: 1,
         at: time::now(),

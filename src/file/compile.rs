@@ -415,6 +415,7 @@ impl Compiler<'_, '_> {
     /// runs before) and exits (tasks nothing in it runs after).
     fn unit(&mut self, scope: &Scope, tasks: &[TaskDoc]) -> Result<Ends, FileError> {
         let first_pending = self.pending.len();
+        let first_mutation = self.mutations.len();
         let mut top = Vec::new();
         for t in tasks {
             top.push(scope.id(&t.id.value));
@@ -448,15 +449,20 @@ impl Compiler<'_, '_> {
                 has_succ.insert(full);
             }
         }
-        // Output references imply edges too.
+        // Output references imply edges too. The nodes of this unit's
+        // tasks were added since it began, found by id through one index
+        // (a search of every mutation for each task made a file of n
+        // tasks cost n² comparisons: minutes at 100,000).
+        let mut added: HashMap<&str, &Value> = HashMap::new();
+        for m in &self.mutations[first_mutation..] {
+            if let Mutation::AddNode { id, inputs, .. } = m {
+                added.entry(id.as_str()).or_insert(inputs);
+            }
+        }
         for id in &top {
             let ends = &self.tasks[id];
             if let Some(node) = &ends.output {
-                if let Some(Mutation::AddNode { inputs, .. }) = self
-                    .mutations
-                    .iter()
-                    .find(|m| matches!(m, Mutation::AddNode { id, .. } if id == node))
-                {
+                if let Some(inputs) = added.get(node.as_str()) {
                     for r in crate::model::output_refs(inputs).unwrap_or_default() {
                         has_pred.insert(id.clone());
                         if let Some((task, _)) = self

@@ -412,7 +412,6 @@ async fn wait_for_runs(engine: &Engine) {
 /// A run whose takeover was refused (a script changed, say) is not tried
 /// again by this server: `orch resume --force` is for a person to decide.
 async fn adopt(state: &Arc<AppState>, refused: &mut HashSet<String>) {
-    let hosted: HashSet<String> = state.engine.hosted().into_iter().collect();
     let mut candidates = Vec::new();
     for status in [
         crate::model::RunStatus::Running,
@@ -428,6 +427,9 @@ async fn adopt(state: &Arc<AppState>, refused: &mut HashSet<String>) {
             }
         }
     }
+    // Read after the list: a run listed as running was registered
+    // before, so one this engine is starting or driving is hosted now.
+    let hosted: HashSet<String> = state.engine.hosted().into_iter().collect();
     let me = state.engine.owner().clone();
     let now = crate::time::unix_millis() as i64;
     candidates.retain(|r| !hosted.contains(r) && !refused.contains(r));

@@ -1078,3 +1078,65 @@ async fn an_engine_refuses_to_take_over_a_run_it_drives() {
     engine.signal(&run, input("ask", json!(1))).await.unwrap();
     assert!(handle.wait().await.unwrap().succeeded());
 }
+
+/// The most events an observer was told of in one commit that ended an
+/// attempt, and how many such commits it saw. (The registration's own
+/// commit, every node made ready, is as large as the workflow.)
+#[derive(Default)]
+struct Commits {
+    largest: AtomicUsize,
+    count: AtomicUsize,
+}
+
+impl Observer for Commits {
+    fn committed(&self, _state: &RunState, events: &[Event]) {
+        if events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::AttemptFinished { .. }))
+        {
+            self.largest.fetch_max(events.len(), Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A run whose attempts report faster than it commits still commits in
+/// bounded groups: the executor ends each attempt as it launches it, so a
+/// report is always waiting, and no commit holds more than
+/// `GROUP_MAX_EVENTS` events plus what one turn of the loop queues (a
+/// report's events and those of the launches it frees, at most
+/// `max_parallel` of them). (The group used to grow until the run ended:
+/// its history held the registration alone until then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_never_goes_quiet_commits_in_bounded_groups() {
+    const NODES: usize = 3_000;
+    let space = Space::new();
+    let engine = Engine::open(space.db()).unwrap();
+    let commits = Arc::new(Commits::default());
+    engine.observe(commits.clone());
+    let mut wf = space.workflow("flood");
+    for i in 0..NODES {
+        wf.node(format!("n{i}"), Task::command(["true"]))
+            .input("n", i);
+    }
+    wf.max_parallel(64).executor(Arc::new(Echo::default()));
+    let outcome = engine
+        .start(wf.definition(), wf.options())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert!(outcome.succeeded(), "{:?}", outcome.reason);
+    let largest = commits.largest.load(Ordering::Relaxed);
+    assert!(
+        largest <= orch::engine::GROUP_MAX_EVENTS + 2 * 64 + 16,
+        "a commit of {largest} events"
+    );
+    // Every attempt's end (and more), at most a group a commit.
+    let count = commits.count.load(Ordering::Relaxed);
+    assert!(
+        count >= 2 * NODES / (orch::engine::GROUP_MAX_EVENTS + 2 * 64 + 16),
+        "{count} commits"
+    );
+}

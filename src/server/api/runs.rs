@@ -618,10 +618,16 @@ pub async fn wait(
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout);
     let mut commits = s.hub.subscribe();
     loop {
+        // The run's status alone (one row) while it runs; its export (every
+        // node) once, for the answer: an export at each commit made a
+        // waiter on a big run cost O(nodes) a commit.
         let store = s.store.clone();
         let rid = id.clone();
-        let export = blocking(move || store.export(&rid)).await?;
-        if export.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+        let tail = blocking(move || store.run_tail(&rid, u64::MAX, 0)).await?;
+        if tail.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            let store = s.store.clone();
+            let rid = id.clone();
+            let export = blocking(move || store.export(&rid)).await?;
             return Ok(Json(Waited {
                 ended: export.status.is_terminal(),
                 status: status_of(&export),
