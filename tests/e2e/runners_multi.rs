@@ -178,8 +178,15 @@ fn started(gates: &Path, node: &str, attempt: u32) -> Option<String> {
 
 /// A task that records where it runs, then waits for its gate file.
 fn gated(gates: &Path) -> String {
+    gated_doing(gates, "")
+}
+
+/// [`gated`], running `each` (a shell command and `;`) every 50 ms while
+/// it waits.
+fn gated_doing(gates: &Path, each: &str) -> String {
     format!(
-        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {g}/ran; while [ ! -e {g}/go-$ORCH_NODE ]; do sleep 0.05; done; echo done",
+        "{}; while [ ! -e {g}/go-$ORCH_NODE ]; do {each} sleep 0.05; done; echo done",
+        plain(gates),
         g = gates.display()
     )
 }
@@ -656,10 +663,7 @@ fn the_database_restarting_mid_run_loses_nothing() {
     let c = Client::new(&server.said, Some(admin));
     // Gated, and printing a line every 50 ms meanwhile: the engine and
     // the runner write logs all through the restart.
-    let g = format!(
-        "echo \"$ORCH_NODE $ORCH_ATTEMPT $(basename \"$(pwd)\")\" >> {g}/ran; while [ ! -e {g}/go-$ORCH_NODE ]; do echo tick; sleep 0.05; done; echo done",
-        g = gates.display()
-    );
+    let g = gated_doing(&gates, "echo tick;");
     let plain = plain(&gates);
     let through = json!({
         "name": "through",
