@@ -250,12 +250,10 @@ impl Client {
                 .limit(1 << 20)
                 .read_to_string()
                 .unwrap_or_default();
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
+            return Err(api_error(
                 status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-            });
+                &serde_json::from_str(&text).unwrap_or(Value::Null),
+            ));
         }
         resp.body_mut()
             .with_config()
@@ -293,11 +291,7 @@ impl Client {
             .map_err(transport)?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            return Err(ClientError::Api {
-                status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-            });
+            return Err(api_error(status, &v));
         }
         Ok(v)
     }
@@ -325,12 +319,10 @@ impl Client {
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let body = resp.into_body().read_to_string().unwrap_or_default();
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
+            return Err(api_error(
                 status,
-                code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-            });
+                &serde_json::from_str(&body).unwrap_or(Value::Null),
+            ));
         }
         Ok(resp.into_body().into_reader())
     }
@@ -370,6 +362,16 @@ impl Client {
     /// `POST` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.json("POST", path, Some(body))
+    }
+}
+
+/// The API's error in a `status` answer whose body is `v` (`{"error":
+/// {"code", "message"}}`; `unknown` and no message when it is not).
+fn api_error(status: u16, v: &Value) -> ClientError {
+    ClientError::Api {
+        status,
+        code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+        message: v["error"]["message"].as_str().unwrap_or("").to_string(),
     }
 }
 
