@@ -12,9 +12,16 @@
 //! limits a run ships ([`MAX_SHIPPED_FILES`], [`MAX_SHIPPED_BYTES`]), so
 //! that the shipment names the limit, and never follows a symbolic link
 //! out of the folder.
+//!
+//! A folder fired again reads only the files that changed: a file's hash
+//! is kept by its path, size and modification time ([`Hashes`]), as `git`
+//! keeps its index, and a file modified in the last two seconds is always
+//! read again (it may change again within one tick of the clock).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use crate::digest::sha256_hex;
 use crate::exec::remote::{MAX_SHIPPED_BYTES, MAX_SHIPPED_FILES};
@@ -37,6 +44,15 @@ const MAX_DEPTH: usize = 8;
 /// assert_eq!(s.files.keys().collect::<Vec<_>>(), ["flow.yaml", "lib/step.py"]);
 /// ```
 pub fn folder_source(dir: &Path, skip: &[PathBuf]) -> Result<Source, String> {
+    static KNOWN: OnceLock<Mutex<Hashes>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| Mutex::new(Hashes::default()));
+    // A panic while hashing leaves nothing half-written: every entry is
+    // whole, so a poisoned cache is still a right one.
+    let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+    source_with(dir, skip, &mut known)
+}
+
+fn source_with(dir: &Path, skip: &[PathBuf], known: &mut Hashes) -> Result<Source, String> {
     let mut files = BTreeMap::new();
     let mut total = 0u64;
     // A folder to leave out that holds the whole folder (a database
@@ -46,7 +62,7 @@ pub fn folder_source(dir: &Path, skip: &[PathBuf]) -> Result<Source, String> {
         .filter(|s| !dir.starts_with(s))
         .cloned()
         .collect();
-    walk(dir, dir, &skip, 0, &mut files, &mut total)?;
+    walk(dir, dir, &skip, 0, &mut files, &mut total, known)?;
     let listing: String = files.iter().map(|(p, h)| format!("{h}  {p}\n")).collect();
     Ok(Source {
         commit: format!("folder:{}", &sha256_hex(listing.as_bytes())[..16]),
@@ -61,6 +77,7 @@ fn walk(
     depth: usize,
     files: &mut BTreeMap<String, String>,
     total: &mut u64,
+    known: &mut Hashes,
 ) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Ok(());
@@ -89,19 +106,80 @@ fn walk(
             continue;
         };
         if kind.is_dir() {
-            walk(root, &path, skip, depth + 1, files, total)?;
+            walk(root, &path, skip, depth + 1, files, total, known)?;
         } else if kind.is_file() {
-            let content =
-                std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            *total += content.len() as u64;
+            let (hash, len) = known.hash(&path)?;
+            *total += len;
             let rel = path
                 .strip_prefix(root)
                 .map_err(|_| format!("{} is outside {}", path.display(), root.display()))?;
             let rel: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
-            files.insert(rel.join("/"), sha256_hex(&content));
+            files.insert(rel.join("/"), hash);
         }
     }
     Ok(())
+}
+
+/// The hashes of files read before, by path, kept while the file's size
+/// and modification time stay the same.
+#[derive(Default)]
+struct Hashes {
+    by_path: HashMap<PathBuf, Known>,
+    /// Files read (not found here), for the tests.
+    reads: usize,
+}
+
+struct Known {
+    len: u64,
+    modified: SystemTime,
+    hash: String,
+}
+
+/// How many hashes are kept: past it the cache starts again empty.
+const MAX_KNOWN: usize = 16 * MAX_SHIPPED_FILES;
+
+/// A file modified this recently is read every time.
+const RACY: Duration = Duration::from_secs(2);
+
+impl Hashes {
+    /// The SHA-256 (hex) of the file at `path` and its size.
+    fn hash(&mut self, path: &Path) -> Result<(String, u64), String> {
+        let unreadable = |e: std::io::Error| format!("reading {}: {e}", path.display());
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        let modified = meta.modified().ok();
+        if let (Some(m), Some(k)) = (modified, self.by_path.get(path)) {
+            if k.len == meta.len() && k.modified == m {
+                return Ok((k.hash.clone(), k.len));
+            }
+        }
+        let content = std::fs::read(path).map_err(unreadable)?;
+        self.reads += 1;
+        let hash = sha256_hex(&content);
+        let len = content.len() as u64;
+        let settled = modified.filter(|m| {
+            SystemTime::now()
+                .duration_since(*m)
+                .is_ok_and(|age| age >= RACY)
+        });
+        match settled {
+            // Read as stated: the hash is that of the size and time seen.
+            Some(modified) if len == meta.len() => {
+                if self.by_path.len() >= MAX_KNOWN {
+                    self.by_path.clear();
+                }
+                let known = Known {
+                    len,
+                    modified,
+                    hash: hash.clone(),
+                };
+                self.by_path.insert(path.to_path_buf(), known);
+            }
+            _ => {
+                self.by_path.remove(path);
+            }
+        }
+        Ok((hash, len))
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +208,44 @@ mod tests {
         assert_eq!(s.commit, again.commit);
         std::fs::write(d.join("a.py"), "2").unwrap();
         assert_ne!(folder_source(d, &[d.join("db")]).unwrap().commit, s.commit);
+    }
+
+    #[test]
+    fn a_folder_fired_again_reads_only_the_files_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let write_old = |name: &str, text: &str, age: u64| {
+            std::fs::write(d.join(name), text).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(d.join(name))
+                .unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age))
+                .unwrap();
+        };
+        write_old("a.py", "1", 60);
+        write_old("b.py", "2", 60);
+        std::fs::write(d.join("new.py"), "3").unwrap();
+        let mut known = Hashes::default();
+        let first = source_with(d, &[], &mut known).unwrap();
+        assert_eq!(known.reads, 3);
+        let again = source_with(d, &[], &mut known).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            known.reads, 4,
+            "only the file modified just now is read again"
+        );
+        // Changed, whatever its size or time: read again, a new name.
+        write_old("a.py", "9", 30);
+        std::fs::write(d.join("b.py"), "22").unwrap();
+        let changed = source_with(d, &[], &mut known).unwrap();
+        assert_eq!(known.reads, 7, "a.py has another time, b.py another size");
+        assert_ne!(changed.commit, first.commit);
+        assert_eq!(
+            changed,
+            folder_source(d, &[]).unwrap(),
+            "the same as read afresh"
+        );
     }
 
     #[test]
