@@ -19,7 +19,9 @@
 //! printed too, per task: it adds what a run of the map costs once (the
 //! registration, the fork server the Python task starts, that task and
 //! its mutations), spread over the copies. `ORCH_BENCH_REPS` (default 5)
-//! sets the repetitions.
+//! sets the repetitions. `ORCH_BENCH_ONLY` (a comma list of `floor`,
+//! `chain`, `map`) runs some parts only, for profiling one of them
+//! (`perf`, `strace`): ratios are printed only when the floor ran.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -67,6 +69,13 @@ fn map_workflow(n: usize) -> Workflow {
     wf.node("B", Task::command(["true"]));
     wf.map_region("A", "B", orch::Shape::task("M"), 0, None);
     wf
+}
+
+/// True unless `ORCH_BENCH_ONLY` is set and leaves `what` out.
+fn wanted(what: &str) -> bool {
+    std::env::var("ORCH_BENCH_ONLY")
+        .map(|v| v.split(',').any(|w| w.trim() == what))
+        .unwrap_or(true)
 }
 
 /// Milliseconds of an event's commit time.
@@ -118,52 +127,60 @@ fn main() {
     let mut k = 0;
     for _ in 0..reps {
         let n = chain.max(map);
-        floors.push(floor(dir, n) / n as u32);
+        if wanted("floor") {
+            floors.push(floor(dir, n) / n as u32);
+        }
 
-        k += 1;
-        let (_, ev) = run(dir, k, chain_workflow(chain));
-        let first = when(&ev, "t0 started", started("t0"));
-        let last = when(&ev, "last finished", finished(&format!("t{}", chain - 1)));
-        chains.push(Duration::from_millis(last - first) / chain as u32);
+        if wanted("chain") {
+            k += 1;
+            let (_, ev) = run(dir, k, chain_workflow(chain));
+            let first = when(&ev, "t0 started", started("t0"));
+            let last = when(&ev, "last finished", finished(&format!("t{}", chain - 1)));
+            chains.push(Duration::from_millis(last - first) / chain as u32);
+        }
 
-        k += 1;
-        let (whole, ev) = run(dir, k, map_workflow(map));
-        let a_start = when(&ev, "A started", started("A"));
-        let a_end = when(&ev, "A finished", finished("A"));
-        let b_start = when(&ev, "B started", started("B"));
-        maps.push(Duration::from_millis(b_start - a_end) / map as u32);
-        fans.push(Duration::from_millis(a_end - a_start));
-        wholes.push(whole);
+        if wanted("map") {
+            k += 1;
+            let (whole, ev) = run(dir, k, map_workflow(map));
+            let a_start = when(&ev, "A started", started("A"));
+            let a_end = when(&ev, "A finished", finished("A"));
+            let b_start = when(&ev, "B started", started("B"));
+            maps.push(Duration::from_millis(b_start - a_end) / map as u32);
+            fans.push(Duration::from_millis(a_end - a_start));
+            wholes.push(whole);
+        }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let fl = median(floors);
+    let fl = (!floors.is_empty()).then(|| median(floors));
     println!("command tasks (`true`) vs a plain spawn loop, medians of {reps}, interleaved");
-    println!(
-        "  floor (plain spawn loop)            {:7.3} ms/task",
-        ms(fl)
-    );
-    for (label, per) in [
-        (format!("chain of {chain}"), median(chains)),
-        (format!("{map}-wide runtime map, the copies"), median(maps)),
-    ] {
+    if let Some(fl) = fl {
         println!(
+            "  floor (plain spawn loop)            {:7.3} ms/task",
+            ms(fl)
+        );
+    }
+    let line = |label: String, per: Duration| match fl {
+        Some(fl) => println!(
             "  {label:<35} {:7.3} ms/task   ratio to floor {:5.2}, overhead {:+.3} ms/task",
             ms(per),
             per.as_secs_f64() / fl.as_secs_f64(),
             ms(per) - ms(fl)
+        ),
+        None => println!("  {label:<35} {:7.3} ms/task", ms(per)),
+    };
+    if !chains.is_empty() {
+        line(format!("chain of {chain}"), median(chains));
+    }
+    if !maps.is_empty() {
+        line(format!("{map}-wide runtime map, the copies"), median(maps));
+        line(
+            format!("the whole map run, per task ({})", map + 2),
+            median(wholes) / (map as u32 + 2),
+        );
+        println!(
+            "  of which the Python task adding the {map} copies ({} mutations, one reply each): {:.0} ms",
+            3 * map,
+            ms(median(fans)),
         );
     }
-    let whole = median(wholes) / (map as u32 + 2);
-    println!(
-        "  {:<35} {:7.3} ms/task   ratio to floor {:5.2}, overhead {:+.3} ms/task",
-        format!("the whole map run, per task ({})", map + 2),
-        ms(whole),
-        whole.as_secs_f64() / fl.as_secs_f64(),
-        ms(whole) - ms(fl)
-    );
-    println!(
-        "  of which the Python task adding the {map} copies ({} mutations, one reply each): {:.0} ms",
-        3 * map,
-        ms(median(fans)),
-    );
 }

@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The environment variable that marks an attempt's processes: its value
 /// is a space-separated list of tokens, the attempt's own last (an
@@ -82,11 +83,28 @@ struct Counters {
 const RESERVED_PIDS: u64 = 300;
 
 impl Counters {
-    /// Now; `None` where `/proc` does not say.
+    /// Now; `None` where `/proc` does not say. Read before every attempt
+    /// and at its end, so each file is read in one go into a buffer
+    /// sized for it (`read_to_string` probes the size of a `/proc` file
+    /// with a `statx` and a handful of growing reads).
     fn read() -> Option<Counters> {
-        let load = std::fs::read_to_string("/proc/loadavg").ok()?;
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        parse_counters(&load, &stat)
+        let taken = boottime_ns();
+        let load = read_proc("/proc/loadavg", 128)?;
+        let stat = read_proc("/proc/stat", 4096)?;
+        let counters = parse_counters(&load, &stat)?;
+        *LATEST.lock().unwrap_or_else(|e| e.into_inner()) = Some((taken, counters));
+        Some(counters)
+    }
+
+    /// Counters from no later than now, for an attempt about to start: the
+    /// latest reading of this process when it is recent (see
+    /// [`REUSE_WITHIN_NS`]), else a fresh one. The end of one attempt
+    /// reads them just before the next attempt of a chain starts: one
+    /// reading of `/proc/stat` (which the kernel builds from every CPU's
+    /// and interrupt's counts) serves both.
+    fn before() -> Option<Counters> {
+        let latest = *LATEST.lock().unwrap_or_else(|e| e.into_inner());
+        reusable(latest, boottime_ns()).or_else(Counters::read)
     }
 
     /// The pids handed out between `self` and `later`, as a cyclic range
@@ -101,6 +119,44 @@ impl Counters {
         (created < free).then_some((self.last_pid, later.last_pid))
     }
 }
+
+/// The latest counters this process read, and when (`CLOCK_BOOTTIME`,
+/// in nanoseconds).
+static LATEST: Mutex<Option<(u64, Counters)>> = Mutex::new(None);
+
+/// How old a reading of the counters may be and still serve as an
+/// attempt's counters from before it started. Any earlier reading is
+/// correct: it only widens the range of pids the sweep looks at (and
+/// counts more creations against the counter going round); a recent one
+/// keeps that range to the attempt's own pid when nothing else started
+/// meanwhile, which the sweep needs to skip its scan.
+const REUSE_WITHIN_NS: u64 = 50_000_000;
+
+/// `latest` (taken at the boot-time nanosecond it carries) when it is at
+/// most [`REUSE_WITHIN_NS`] older than `now`.
+fn reusable(latest: Option<(u64, Counters)>, now: u64) -> Option<Counters> {
+    latest
+        .filter(|&(taken, _)| taken <= now && now - taken <= REUSE_WITHIN_NS)
+        .map(|(_, c)| c)
+}
+
+/// A `/proc` file's text, read into a buffer of `capacity` bytes (grown
+/// if the file is longer), at most [`MAX_PROC_FILE`] bytes of it.
+fn read_proc(path: &str, capacity: usize) -> Option<String> {
+    use std::io::Read as _;
+    let mut text = String::with_capacity(capacity);
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_PROC_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// How much of a `/proc` counters file is read (`/proc/stat` grows with
+/// the number of CPUs and interrupts; its `processes` line comes after
+/// those).
+const MAX_PROC_FILE: u64 = 1 << 20;
 
 /// Parses `/proc/loadavg` and `/proc/stat`.
 fn parse_counters(loadavg: &str, stat: &str) -> Option<Counters> {
@@ -156,7 +212,7 @@ impl Mark {
     pub(crate) fn new() -> Mark {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let counters = if cfg!(target_os = "linux") {
-            Counters::read()
+            Counters::before()
         } else {
             None
         };
@@ -178,6 +234,14 @@ impl Mark {
             fork_marker: None,
             counters,
         }
+    }
+
+    /// The pids handed out since the mark was taken, as a cyclic range
+    /// `(after, upto]`; `None` when unknown or possibly gone round.
+    fn new_pids(&self) -> Option<(u32, u32)> {
+        self.counters
+            .zip(Counters::read())
+            .and_then(|(before, now)| before.since(&now, pid_max()))
     }
 
     /// The variable the attempt's process gets.
@@ -341,14 +405,8 @@ pub(crate) fn sweep(mark: &Mark, pgid: u32) -> Vec<Escaped> {
     for _ in 0..PASSES {
         // Only the pids handed out since the attempt started can be its
         // processes; none but its own: nothing to look at.
-        let new = mark
-            .counters
-            .zip(Counters::read())
-            .and_then(|(before, now)| before.since(&now, pid_max()));
-        if pgid
-            .checked_sub(1)
-            .is_some_and(|before| new == Some((before, pgid)))
-        {
+        let new = mark.new_pids();
+        if only_own(new, pgid) {
             break;
         }
         // Pids handed out while the scan runs count too: a process that
@@ -396,6 +454,22 @@ pub(crate) fn sweep(mark: &Mark, pgid: u32) -> Vec<Escaped> {
         }
     }
     killed.into_values().collect()
+}
+
+/// True when the pids handed out since the attempt started, `new`, are
+/// only its own process's, `pgid`.
+fn only_own(new: Option<(u32, u32)>, pgid: u32) -> bool {
+    pgid.checked_sub(1)
+        .is_some_and(|before| new == Some((before, pgid)))
+}
+
+/// True when [`sweep`] has nothing to look at: no pid but the attempt's
+/// own process's (`pgid`) was handed out since the attempt started, so
+/// none of its processes can have left its group. Cheap (it reads the
+/// pid counters, no directory of `/proc`): the end of most attempts
+/// needs no sweep on a blocking thread.
+pub(crate) fn nothing_to_sweep(mark: &Mark, pgid: u32) -> bool {
+    cfg!(target_os = "linux") && only_own(mark.new_pids(), pgid)
 }
 
 /// Every process but `me` (with a pid in the range `new`, when known),
@@ -633,6 +707,22 @@ mod tests {
         assert_eq!(c.since(&later(7900, 123456 + 32_768), 32768), None);
         assert!(!in_range(7805, (7805, 7805)), "nothing new");
         assert!(in_range(7806, (7805, 7806)) && !in_range(7805, (7805, 7806)));
+    }
+
+    #[test]
+    fn a_recent_reading_serves_as_the_counters_before_an_attempt() {
+        let c = Counters {
+            last_pid: 7805,
+            tasks: 200,
+            forks: 123456,
+        };
+        let now = 10_000_000_000;
+        assert_eq!(reusable(Some((now - 1_000_000, c)), now), Some(c));
+        assert_eq!(reusable(Some((now - REUSE_WITHIN_NS, c)), now), Some(c));
+        assert_eq!(reusable(Some((now - REUSE_WITHIN_NS - 1, c)), now), None);
+        // Stamped later than now: not known to be from before.
+        assert_eq!(reusable(Some((now + 1, c)), now), None);
+        assert_eq!(reusable(None, now), None);
     }
 
     #[test]

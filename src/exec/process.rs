@@ -1028,12 +1028,17 @@ async fn drive(proc: Proc, spec: AttemptSpec, mut link: AttemptLink, timeout: Op
                 kill_group(pgid);
                 status = Some(s);
                 // Then those that left the group: they may hold the pipes
-                // too, or run on unseen.
-                let sweep = {
+                // too, or run on unseen. Most attempts started no process
+                // but their own, which the pid counters tell at once;
+                // only the others are looked for in `/proc`, on a
+                // blocking thread.
+                let sweep = if escape::nothing_to_sweep(&mark, pgid) {
+                    Ok(Vec::new())
+                } else {
                     let mark = mark.clone();
-                    tokio::task::spawn_blocking(move || escape::sweep(&mark, pgid))
+                    tokio::task::spawn_blocking(move || escape::sweep(&mark, pgid)).await
                 };
-                match sweep.await {
+                match sweep {
                     Ok(found) => {
                         for escaped in found {
                             logs.note(escaped.to_string());
