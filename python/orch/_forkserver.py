@@ -46,7 +46,8 @@ of no spare) is forked for at once and answered ``started``, as before
 there were spares.  A spare holds nothing of any attempt until it receives
 one (no marker, no pipes), and exits when nobody holds the other end of
 its socket (the orchestrator dropped it or died).  A spare that dies
-before it is named is replaced and reported gone, but not reaped (its
+before it is named is replaced (no sooner than ``DIED_BACKOFF`` later)
+and reported gone, but not reaped (its
 pid, which the orchestrator may hold, is not reused until the server
 exits): an attempt it took before the server heard ends as the spare
 did.
@@ -67,6 +68,7 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 import types
 
@@ -76,6 +78,9 @@ FDS_PER_REQUEST = 4
 # Children forked ahead of requests (see the module's docstring);
 # ``ORCH_FORK_SPARES=N`` in the orchestrator's environment keeps N instead.
 SPARES = 0
+# Seconds without refills after a spare died before any request named it:
+# spares that die at once (killed as they come) are not forked in a loop.
+DIED_BACKOFF = 0.1
 
 
 def _send(sock, obj):
@@ -171,7 +176,11 @@ def main():
         # No attempt waits for it: a request goes to a spare without the
         # server, and one for a fork is served before the next spare.
         short = server.spares_wanted()
-        events = dict(poller.poll(0 if short else None))
+        wait = None
+        if short:
+            left = server.refill_at - time.monotonic()
+            wait = int(left * 1000) + 1 if left > 0 else 0
+        events = dict(poller.poll(wait))
         if wake_r in events:
             try:
                 while os.read(wake_r, 512):
@@ -182,7 +191,7 @@ def main():
         if sock.fileno() in events:
             if not server.serve():
                 return 0
-        elif short and not events:
+        elif short and not events and time.monotonic() >= server.refill_at:
             server.fork_spare()
 
 
@@ -203,6 +212,8 @@ class _Server:
         self.dead = set()
         # A spare could not be forked: from then on, forks per request.
         self.no_spares = False
+        # No refill before this time.monotonic() (see DIED_BACKOFF).
+        self.refill_at = 0.0
 
     def spares_wanted(self):
         return not self.no_spares and len(self.spares) < self.want
@@ -358,6 +369,7 @@ class _Server:
                 # the orchestrator named it before it heard it is gone.
                 self.spares.discard(pid)
                 self.dead.add(pid)
+                self.refill_at = time.monotonic() + DIED_BACKOFF
                 _send(self.sock, {"type": "gone", "pid": pid})
 
 

@@ -307,6 +307,20 @@ class ForkServerTest(unittest.TestCase):
         finally:
             server.close()
 
+    def test_spares_that_die_at_once_are_not_forked_in_a_loop(self):
+        server = Server(self.dir, spares=1)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                server.spares(len(server.announced) + 1)
+                pid = server.announced.pop()
+                server.ends.pop(pid).close()
+            # One every DIED_BACKOFF (0.1 s) at most, give or take one.
+            self.assertLessEqual(len(server.gone), 7, server.gone)
+        finally:
+            server.close()
+
     def test_no_spares_by_default_nor_when_orch_fork_spares_is_0(self):
         for spares in (None, 0):
             self.no_spares(Server(self.dir, spares=spares))
