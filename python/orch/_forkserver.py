@@ -12,39 +12,45 @@ The control channel is a ``SOCK_SEQPACKET`` Unix socket on file descriptor
 3; every packet is one JSON object.
 
 Orchestrator -> server: ``{"id": n, "script": path | null, "call":
-"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}, "spare": p |
-null}`` with four file descriptors attached (SCM_RIGHTS): the attempt's
-stdin, stdout and stderr, and a marker (a memfd named after the run and
-node, which the child keeps open so that ``orch resume`` can tell the
-process is this attempt).
+"mod:fn" | null, "argv": [...], "cwd": dir, "env": {...}, "spare": null}``
+with four file descriptors attached (SCM_RIGHTS): the attempt's stdin,
+stdout and stderr, and a marker (a memfd named after the run and node,
+which the child keeps open so that ``orch resume`` can tell the process is
+this attempt); or ``{"id": n, "spare": p}`` with none: spare *p* took
+attempt *n* (below).
 
 Server -> orchestrator: ``{"type": "ready", "pid": p}`` once, or
 ``{"type": "unusable", "message": ...}`` before exiting (a preload failed,
 or threads run after preloading, which makes fork unsafe); ``{"type":
-"spare", "pid": p}`` for each spare (below), and ``{"type": "gone", "pid":
-p}`` for one that died before any request named it; per request without a spare
+"spare", "pid": p}`` for each spare (below), with the orchestrator's end of
+the spare's socket attached, and ``{"type": "gone", "pid": p}`` for one
+that died before any request named it; per request for a fork
 ``{"type": "started", "id": n, "pid": p}`` or ``{"type": "failed", "id":
-n, "message": ...}``; and later, for every request, ``{"type": "exit",
+n, "message": ...}``; and later, for every attempt, ``{"type": "exit",
 "id": n, "code": c}`` or ``{"type": "exit", "id": n, "signal": s}``.
 
 Spares: forking a process the size of a warm interpreter takes the
 server a millisecond or more, and an orchestrator that waited for it
-would be held up as long.  So, when asked to (``ORCH_FORK_SPARES``; off by
-default, see ``SPARES``), the server forks that many children ahead of
-time, whenever it has nothing else to do, and announces each one's
-pid; a spare puts itself in its own process group, resets its signals
-and waits on a socket of its own.  A request that names a spare is passed
-on to it (packet and file descriptors as they came) and is not answered
-at all: the orchestrator took the spare's pid from the announcement and
-did not wait.  The next spare is forked while the attempt runs.  A
-request that names none (the orchestrator knew of no spare) is forked for
-at once and answered ``started``, as before there were spares.  A spare
-holds nothing of any attempt until it receives one (no marker, no
-pipes), and exits when the server is gone (EOF on its socket).  A spare
-that dies before it is named is replaced and reported gone, but not
-reaped (its pid, which the orchestrator may hold, is not reused until
-the server exits): a request that named it before the orchestrator heard
-ends as the spare did.
+would be held up as long.  So the server forks ``ORCH_FORK_SPARES``
+children ahead of time (``SPARES`` by default), as soon as it has nothing
+else to do, and announces each one's pid together with the orchestrator's
+end of a socket to it (the server keeps none).  A spare puts itself in its
+own process group, resets its signals and waits on that socket.  The
+orchestrator sends an attempt's request (packet and file descriptors, as
+it would to the server) straight to the oldest spare, which becomes the
+attempt, and then tells the server ``{"id": n, "spare": p}``, which is
+not answered: the server, the spare's parent, reports its end as any
+attempt's.  Neither waits for the other, and the server forks the next
+spare while the attempt runs.  A request for a fork (the orchestrator knew
+of no spare) is forked for at once and answered ``started``, as before
+there were spares.  A spare holds nothing of any attempt until it receives
+one (no marker, no pipes), and exits when nobody holds the other end of
+its socket (the orchestrator dropped it or died).  A spare that dies
+before it is named is replaced (no sooner than ``DIED_BACKOFF`` later)
+and reported gone, but not reaped (its
+pid, which the orchestrator may hold, is not reused until the server
+exits): an attempt it took before the server heard ends as the spare
+did.
 
 The server exits when the control channel reaches EOF: when the
 orchestrator closes it at the end of the run, or dies.  Children that still
@@ -62,27 +68,19 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 import types
 
 CONTROL_FD = 3
 MAX_PACKET = 1 << 20
 FDS_PER_REQUEST = 4
-# Children forked ahead of requests (see the module's docstring). Off by
-# default: on the project's 2-core machine under a load of 10-15 every
-# measurement (benches/README.md, python) had spares 10-30% slower than
-# forking for each request, as they add work (a fork the server's pages
-# stay shared with, an announcement, a hand-over) that only pays where a
-# core is idle to take it off the attempt's path, and a quiet machine was
-# not available to show that it does. ``ORCH_FORK_SPARES=N`` in the
-# orchestrator's environment keeps N (2 suits ``max_parallel(2)``).
+# Children forked ahead of requests (see the module's docstring);
+# ``ORCH_FORK_SPARES=N`` in the orchestrator's environment keeps N instead.
 SPARES = 0
-# Milliseconds the server must have had nothing to do before it forks a
-# spare. Forking at once, while the attempt just handed over starts, made
-# that attempt wait for the fork (woken on the server's core, it queued
-# behind it): a 200-task chain driven by a plain Python loop took 9.9-10.0
-# ms/task so, 5.7-6.2 with this wait and 6.2-8.2 without spares (load 12).
-REFILL_IDLE_MS = 5
+# Seconds without refills after a spare died before any request named it:
+# spares that die at once (killed as they come) are not forked in a loop.
+DIED_BACKOFF = 0.1
 
 
 def _send(sock, obj):
@@ -90,6 +88,16 @@ def _send(sock, obj):
     closed it or died), exits quietly as at EOF."""
     try:
         sock.send(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)
+
+
+def _send_fd(sock, obj, fd):
+    """Sends one message with file descriptor *fd* attached; at the
+    orchestrator's end of the socket, exits quietly as at EOF."""
+    try:
+        sock.sendmsg([json.dumps(obj, separators=(",", ":")).encode("utf-8")],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
     except (BrokenPipeError, ConnectionResetError):
         os._exit(0)
 
@@ -164,10 +172,15 @@ def main():
     poller.register(sock, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
-        # Short of spares: fork one once nothing happened for a moment (a
-        # request never waits for a spare, nor a new attempt for a fork).
+        # Short of spares: fork one as soon as nothing else is to be done.
+        # No attempt waits for it: a request goes to a spare without the
+        # server, and one for a fork is served before the next spare.
         short = server.spares_wanted()
-        events = dict(poller.poll(REFILL_IDLE_MS if short else None))
+        wait = None
+        if short:
+            left = server.refill_at - time.monotonic()
+            wait = int(left * 1000) + 1 if left > 0 else 0
+        events = dict(poller.poll(wait))
         if wake_r in events:
             try:
                 while os.read(wake_r, 512):
@@ -178,7 +191,7 @@ def main():
         if sock.fileno() in events:
             if not server.serve():
                 return 0
-        elif short and not events:
+        elif short and not events and time.monotonic() >= server.refill_at:
             server.fork_spare()
 
 
@@ -192,14 +205,15 @@ class _Server:
         self.want = spares
         # pid -> request id of every attempt's child not yet reaped.
         self.children = {}
-        # pid -> the server's end of the socket of an announced spare not
-        # yet named by a request, oldest first.
-        self.spares = {}
+        # Pids of the announced spares no request named yet.
+        self.spares = set()
         # Announced spares that died before a request named them: left
         # unreaped until one does.
         self.dead = set()
         # A spare could not be forked: from then on, forks per request.
         self.no_spares = False
+        # No refill before this time.monotonic() (see DIED_BACKOFF).
+        self.refill_at = 0.0
 
     def spares_wanted(self):
         return not self.no_spares and len(self.spares) < self.want
@@ -212,8 +226,6 @@ class _Server:
         self.sock.close()
         for fd in self.wake:
             os.close(fd)
-        for end in self.spares.values():
-            end.close()
         _detach()
 
     def fork_spare(self):
@@ -242,23 +254,30 @@ class _Server:
             os.setpgid(pid, pid)
         except OSError:
             pass
-        self.spares[pid] = ours
-        _send(self.sock, {"type": "spare", "pid": pid})
+        self.spares.add(pid)
+        try:
+            _send_fd(self.sock, {"type": "spare", "pid": pid}, ours.fileno())
+        finally:
+            # The orchestrator's copy is the only one: once it is gone
+            # (dropped, or the orchestrator died), the spare sees EOF.
+            ours.close()
 
     def serve(self):
         """Serves one request; False at EOF."""
-        request, fds, raw = _recv(self.sock)
+        request, fds, _raw = _recv(self.sock)
         if request is None:
             return False
+        spare = request.get("spare")
+        if spare is not None:
+            for fd in fds:
+                os.close(fd)
+            self._taken(spare, request["id"])
+            return True
         if len(fds) != FDS_PER_REQUEST:
             for fd in fds:
                 os.close(fd)
             _send(self.sock, {"type": "failed", "id": request.get("id"),
                               "message": f"expected {FDS_PER_REQUEST} file descriptors, got {len(fds)}"})
-            return True
-        spare = request.get("spare")
-        if spare is not None:
-            self._hand_to_spare(spare, request["id"], raw, fds)
             return True
         # The gate: the child runs nothing of the task before the server
         # told the orchestrator its pid, so a task that stops or kills the
@@ -310,26 +329,15 @@ class _Server:
             os.close(gate_w)
         return True
 
-    def _hand_to_spare(self, pid, ident, raw, fds):
-        """Passes request *ident* on to spare *pid*; the spare's end is the
-        attempt's end from now on."""
-        end = self.spares.pop(pid, None)
-        if end is None and pid not in self.dead:
-            for fd in fds:
-                os.close(fd)
+    def _taken(self, pid, ident):
+        """Spare *pid* took attempt *ident* (the orchestrator gave it the
+        request): its end is the attempt's end from now on."""
+        if pid in self.spares:
+            self.spares.discard(pid)
+        elif pid not in self.dead:
             # Cannot happen: the orchestrator names each announced spare once.
             _send(self.sock, {"type": "exit", "id": ident, "code": 1})
             return
-        if end is not None:
-            try:
-                end.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                     array.array("i", fds))])
-            except OSError:
-                pass  # it died just now: reaped below, as any attempt
-            finally:
-                end.close()
-        for fd in fds:
-            os.close(fd)
         self.dead.discard(pid)
         self.children[pid] = ident
         # A spare that is dead already sends no SIGCHLD any more.
@@ -359,8 +367,9 @@ class _Server:
             if died:
                 # Replaced (see spares_wanted); reaped once it is named, if
                 # the orchestrator named it before it heard it is gone.
-                self.spares.pop(pid).close()
+                self.spares.discard(pid)
                 self.dead.add(pid)
+                self.refill_at = time.monotonic() + DIED_BACKOFF
                 _send(self.sock, {"type": "gone", "pid": pid})
 
 

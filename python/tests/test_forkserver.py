@@ -46,55 +46,83 @@ class Server:
         self.sock = ours
         self.sock.settimeout(TIMEOUT)
         self.next_id = 0
-        # Spares announced and not named yet, oldest first; those reported
-        # gone.
+        # Spares announced and not named yet, oldest first, and our end of
+        # each one's socket; those reported gone.
         self.announced = []
+        self.ends = {}
         self.gone = []
 
-    def recv(self):
-        """The next message that is not a spare's announcement."""
-        while True:
-            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
+    def _next(self):
+        """The next message; a spare's announcement is noted with its
+        socket, a spare reported gone too."""
+        fds = array.array("i")
+        data, ancdata, _flags, _addr = self.sock.recvmsg(
+            65536, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, raw in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(raw[:len(raw) - (len(raw) % fds.itemsize)])
+        msg = json.loads(data.decode("utf-8"))
+        if msg.get("type") == "spare":
+            assert len(fds) == 1, (msg, fds)
+            self.announced.append(msg["pid"])
+            self.ends[msg["pid"]] = socket.socket(fileno=fds[0])
+        else:
+            for fd in fds:
+                os.close(fd)
             if msg.get("type") == "gone":
                 self.gone.append(msg["pid"])
-            elif msg.get("type") != "spare":
+        return msg
+
+    def recv(self):
+        """The next message that is not about spares."""
+        while True:
+            msg = self._next()
+            if msg.get("type") not in ("spare", "gone"):
                 return msg
-            else:
-                self.announced.append(msg["pid"])
 
     def spares(self, count):
         """Waits until *count* spares are announced; returns them."""
         while len(self.announced) < count:
-            msg = json.loads(self.sock.recv(65536).decode("utf-8"))
-            if msg.get("type") == "gone":
-                self.gone.append(msg["pid"])
-                continue
-            assert msg.get("type") == "spare", msg
-            self.announced.append(msg["pid"])
+            self._next()
         return list(self.announced)
 
+    def take(self, spare, ident):
+        """Tells the server that *spare* took attempt *ident*."""
+        self.sock.send(json.dumps({"id": ident, "spare": spare}).encode("utf-8"))
+
     def fork(self, cwd, script=None, call=None, argv=None, env=None, spare=None):
-        """Sends one request (to *spare*, if given); returns (id, stdin w,
+        """Sends one request (to *spare* itself, as the orchestrator does,
+        then tells the server, if a spare is given); returns (id, stdin w,
         stdout r, stderr r)."""
-        if spare is not None:
-            self.announced.remove(spare)
         self.next_id += 1
         pipes = [os.pipe() for _ in range(3)]
         marker = os.memfd_create("orch:test:marker")
         child_ends = [pipes[0][0], pipes[1][1], pipes[2][1], marker]
         request = {"id": self.next_id, "script": script, "call": call,
                    "argv": argv or [script or "call"], "cwd": str(cwd),
-                   "env": env or {}, "spare": spare}
-        self.sock.sendmsg([json.dumps(request).encode("utf-8")],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                            array.array("i", child_ends))])
-        for fd in child_ends:
-            os.close(fd)
+                   "env": env or {}, "spare": None}
+        to = self.sock
+        if spare is not None:
+            self.announced.remove(spare)
+            to = self.ends.pop(spare)
+        try:
+            to.sendmsg([json.dumps(request).encode("utf-8")],
+                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                         array.array("i", child_ends))])
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+            if spare is not None:
+                to.close()
+        if spare is not None:
+            self.take(spare, self.next_id)
         return (self.next_id, os.fdopen(pipes[0][1], "wb"),
                 os.fdopen(pipes[1][0], "rb"), os.fdopen(pipes[2][0], "rb"))
 
     def close(self):
         self.sock.close()
+        for end in self.ends.values():
+            end.close()
         try:
             self.proc.wait(TIMEOUT)
         finally:
@@ -213,7 +241,7 @@ class ForkServerTest(unittest.TestCase):
             self.assertEqual(started["pid"], pid)
         return pid
 
-    def test_a_request_naming_a_spare_runs_in_it_unanswered_and_spares_end_with_the_server(self):
+    def test_a_request_sent_to_a_spare_runs_in_it_unanswered_and_spares_end_with_the_server(self):
         server = Server(self.dir, spares=2)
         try:
             self.assertEqual(server.recv()["type"], "ready")
@@ -233,14 +261,15 @@ class ForkServerTest(unittest.TestCase):
         finally:
             server.close()
         self.assertEqual(server.proc.returncode, 0)
-        # Orphaned at the server's exit, each spare sees EOF and exits.
+        # Their sockets closed with the server's, each spare sees EOF and
+        # exits.
         deadline = time.monotonic() + TIMEOUT
         alive = lambda: [p for p in replaced if Path(f"/proc/{p}").exists()]
         while alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         self.assertEqual(alive(), [])
 
-    def test_a_spare_that_died_is_kept_until_named_and_its_request_ends_as_it_did(self):
+    def test_a_spare_that_died_is_passed_over_and_kept_until_named(self):
         server = Server(self.dir, spares=2)
         try:
             self.assertEqual(server.recv()["type"], "ready")
@@ -253,10 +282,42 @@ class ForkServerTest(unittest.TestCase):
                 server.spares(len(server.announced) + 1)
             self.assertEqual(server.gone, [dead])
             self.assertTrue(Path(f"/proc/{dead}").exists(), "a zombie")
-            ident, stdin, stdout, stderr = server.fork(self.dir, script="x.py", spare=dead)
-            for f in (stdin, stdout, stderr):
-                f.close()
-            self.assertEqual(server.recv(), {"type": "exit", "id": ident, "signal": 9})
+            # A request sent to it fails at once (nobody reads its socket).
+            with self.assertRaises((BrokenPipeError, ConnectionResetError,
+                                    ConnectionRefusedError)):
+                server.fork(self.dir, script="x.py", spare=dead)
+            # Had it died after it took an attempt, that attempt ends as
+            # the spare did.
+            server.take(dead, 99)
+            self.assertEqual(server.recv(), {"type": "exit", "id": 99, "signal": 9})
+        finally:
+            server.close()
+
+    def test_a_spare_whose_socket_is_dropped_exits(self):
+        server = Server(self.dir, spares=1)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            pid = server.spares(1)[0]
+            server.announced.remove(pid)
+            server.ends.pop(pid).close()
+            # The orchestrator dropped it (or died): it exits, is reported
+            # gone and replaced.
+            while pid not in server.gone:
+                server.spares(len(server.announced) + 1)
+        finally:
+            server.close()
+
+    def test_spares_that_die_at_once_are_not_forked_in_a_loop(self):
+        server = Server(self.dir, spares=1)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                server.spares(len(server.announced) + 1)
+                pid = server.announced.pop()
+                server.ends.pop(pid).close()
+            # One every DIED_BACKOFF (0.1 s) at most, give or take one.
+            self.assertLessEqual(len(server.gone), 7, server.gone)
         finally:
             server.close()
 

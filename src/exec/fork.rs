@@ -12,12 +12,13 @@
 //!
 //! When asked to (`ORCH_FORK_SPARES`; off by default, see
 //! `docs/python.md`), the server forks **spares** ahead of time and
-//! announces their pids. An attempt takes the oldest announced spare: its
-//! request names the spare
-//! and [`ForkServer::launch`] returns the spare's pid without waiting for
-//! any answer, so the orchestrator's thread never waits for a fork. Only
-//! when no spare is announced (the first attempts, or more attempts at
-//! once than spares) does a request ask for a fork and wait for its pid.
+//! announces their pids, each with our end of a socket to it. An attempt
+//! takes the oldest announced spare: [`ForkServer::launch`] sends the
+//! request straight to the spare, tells the server which spare took which
+//! attempt, and returns the spare's pid without waiting for any answer, so
+//! neither the orchestrator's thread nor the attempt waits for the server.
+//! Only when no spare is announced (the first attempts, or more attempts
+//! at once than spares) does a request ask for a fork and wait for its pid.
 //!
 //! The server's protocol is described in `python/orch/_forkserver.py`.
 
@@ -98,9 +99,11 @@ struct Table {
     starts: HashMap<u64, std_mpsc::Sender<std::result::Result<u32, String>>>,
     exits: HashMap<u64, oneshot::Sender<ForkExit>>,
     /// Spares the server announced and no request named yet, oldest
-    /// first. Each is its own process group already, and the server does
-    /// not reap one before a request names it, so its pid stays its own.
-    spares: VecDeque<u32>,
+    /// first, with our end of each one's socket (the only one: dropping
+    /// it makes the spare exit). Each is its own process group already,
+    /// and the server does not reap one before a request names it, so its
+    /// pid stays its own.
+    spares: VecDeque<(u32, OwnedFd)>,
 }
 
 /// A running fork server. Dropping it closes the control socket: the
@@ -164,8 +167,28 @@ fn memfd(name: &str) -> std::result::Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sends one packet with file descriptors attached.
+/// Sends one packet with file descriptors attached (none: a plain packet).
 fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::result::Result<(), String> {
+    if fds.is_empty() {
+        loop {
+            // SAFETY: send reads data.len() bytes from data.
+            let n = unsafe {
+                libc::send(
+                    sock,
+                    data.as_ptr() as *const libc::c_void,
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!("sending to the fork server: {e}"));
+            }
+        }
+    }
     let fd_bytes = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE is a pure computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
@@ -201,21 +224,53 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::result::Result
     }
 }
 
-/// Receives one packet; `None` at EOF or on an error.
-fn recv_packet(sock: RawFd, buf: &mut [u8]) -> Option<Value> {
+/// Receives one packet and the file descriptor attached to it, if any
+/// (close-on-exec; more than one are closed by the kernel); `None` at EOF
+/// or on an error.
+fn recv_packet_fd(sock: RawFd, buf: &mut [u8]) -> Option<(Value, Option<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
     loop {
-        // SAFETY: recv writes at most buf.len() bytes into buf.
-        let n = unsafe { libc::recv(sock, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        if n > 0 {
-            return serde_json::from_slice(&buf[..n as usize]).ok().or_else(|| {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; recvmsg writes at most buf.len()
+        // bytes into buf and at most `space` bytes into the control buffer
+        // (aligned for cmsghdr), and the header walk stays within what it
+        // reported.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space as _;
+            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            let mut fd = None;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if n >= 0
+                && !cmsg.is_null()
+                && (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+                && (*cmsg).cmsg_len as usize
+                    >= libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize
+            {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            if n <= 0 {
+                return None;
+            }
+            let value = serde_json::from_slice(&buf[..n as usize]).unwrap_or_else(|_| {
                 warn!("the fork server sent an unreadable packet");
-                Some(Value::Null)
+                Value::Null
             });
+            return Some((value, fd));
         }
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return None;
     }
 }
 
@@ -319,7 +374,7 @@ impl ForkServer {
         let sock = ours.as_raw_fd();
         let mut buf = vec![0u8; MAX_PACKET];
         let first = if readable(sock, READY_TIMEOUT) {
-            recv_packet(sock, &mut buf)
+            recv_packet_fd(sock, &mut buf).map(|(v, _)| v)
         } else {
             Some(
                 json!({"type": "unusable", "message": format!("not ready after {}s", READY_TIMEOUT.as_secs())}),
@@ -357,29 +412,15 @@ impl ForkServer {
     }
 
     /// Starts a child for one attempt: hands it to the oldest announced
-    /// spare and returns at once, or, with none announced, asks the server
-    /// to fork and blocks until it reports the pid. An error means no
-    /// child runs the attempt.
+    /// spare that is still there and returns at once, or, with none,
+    /// asks the server to fork and blocks until it reports the pid. An
+    /// error means no child runs the attempt.
     pub(crate) fn launch(&self, req: &Request<'_>) -> std::result::Result<Forked, String> {
         let (stdin_r, stdin_w) = pipe()?;
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
         let marker = memfd(&marker_name(req.run, req.node))?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (start_tx, start_rx) = std_mpsc::channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let spare = {
-            let mut t = self.table.lock().expect("fork table");
-            if t.closed || t.abandoned {
-                return Err("the fork server stopped".into());
-            }
-            let spare = t.spares.pop_front();
-            if spare.is_none() {
-                t.starts.insert(id, start_tx);
-            }
-            t.exits.insert(id, exit_tx);
-            spare
-        };
         let packet = json!({
             "id": id,
             "script": req.script.map(|p| p.to_string_lossy().into_owned()),
@@ -387,33 +428,46 @@ impl ForkServer {
             "argv": req.argv,
             "cwd": req.cwd.to_string_lossy(),
             "env": req.env.iter().cloned().collect::<HashMap<_, _>>(),
-            "spare": spare,
+            "spare": null,
         })
         .to_string();
-        let sent = send_with_fds(
-            self.sock.as_raw_fd(),
-            packet.as_bytes(),
-            &[
-                stdin_r.as_raw_fd(),
-                stdout_w.as_raw_fd(),
-                stderr_w.as_raw_fd(),
-                marker.as_raw_fd(),
-            ],
-        );
-        // The child has its own copies now (or never will).
-        drop((stdin_r, stdout_w, stderr_w, marker));
-        let forget = |t: &Mutex<Table>| {
-            let mut t = t.lock().expect("fork table");
-            t.starts.remove(&id);
-            t.exits.remove(&id);
-        };
-        if let Err(e) = sent {
-            // A spare named in a request that never arrived stays idle
-            // until the server exits.
-            forget(&self.table);
-            return Err(e);
-        }
-        if let Some(pid) = spare {
+        let child_fds = [
+            stdin_r.as_raw_fd(),
+            stdout_w.as_raw_fd(),
+            stderr_w.as_raw_fd(),
+            marker.as_raw_fd(),
+        ];
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let mut exit_tx = Some(exit_tx);
+        while let Some((pid, end)) = {
+            let mut t = self.table.lock().expect("fork table");
+            if t.closed || t.abandoned {
+                return Err("the fork server stopped".into());
+            }
+            t.spares.pop_front()
+        } {
+            // Straight to the spare: it becomes the attempt on receipt.
+            // It fails only if the spare is gone (killed from outside):
+            // then the next one, or a fork.
+            if let Err(e) = send_with_fds(end.as_raw_fd(), packet.as_bytes(), &child_fds) {
+                debug!(pid, error = %e, "a spare is gone; trying the next");
+                continue;
+            }
+            drop(end);
+            // Its end is reported by the server (its parent), once it hears
+            // which attempt the spare took.
+            self.table
+                .lock()
+                .expect("fork table")
+                .exits
+                .insert(id, exit_tx.take().expect("one spare takes the attempt"));
+            let taken = json!({"id": id, "spare": pid}).to_string();
+            if let Err(e) = send_with_fds(self.sock.as_raw_fd(), taken.as_bytes(), &[]) {
+                // The server is gone: so is the report of this attempt's
+                // end, which the attempt learns from the dropped sender.
+                warn!(pid, error = %e, "the fork server did not hear which attempt a spare took");
+                self.table.lock().expect("fork table").exits.remove(&id);
+            }
             debug!(pid, "attempt handed to a spare");
             return Ok(Forked {
                 pid,
@@ -422,6 +476,25 @@ impl ForkServer {
                 stderr: stderr_r,
                 exit: exit_rx,
             });
+        }
+        let (start_tx, start_rx) = std_mpsc::channel();
+        {
+            let mut t = self.table.lock().expect("fork table");
+            t.starts.insert(id, start_tx);
+            t.exits
+                .insert(id, exit_tx.take().expect("no spare took the attempt"));
+        }
+        let sent = send_with_fds(self.sock.as_raw_fd(), packet.as_bytes(), &child_fds);
+        // The child has its own copies now (or never will).
+        drop((stdin_r, stdout_w, stderr_w, marker));
+        let forget = |t: &Mutex<Table>| {
+            let mut t = t.lock().expect("fork table");
+            t.starts.remove(&id);
+            t.exits.remove(&id);
+        };
+        if let Err(e) = sent {
+            forget(&self.table);
+            return Err(e);
         }
         match start_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(pid)) => Ok(Forked {
@@ -457,7 +530,7 @@ impl ForkServer {
 /// fails every waiter (their attempts learn the server is gone).
 fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
     let mut buf = vec![0u8; MAX_PACKET];
-    while let Some(msg) = recv_packet(sock.as_raw_fd(), &mut buf) {
+    while let Some((msg, fd)) = recv_packet_fd(sock.as_raw_fd(), &mut buf) {
         if msg["type"] == "spare" || msg["type"] == "gone" {
             let Some(pid) = msg["pid"]
                 .as_u64()
@@ -469,10 +542,13 @@ fn read_replies(sock: &OwnedFd, table: &Mutex<Table>) {
             };
             let mut t = table.lock().expect("fork table");
             if msg["type"] == "spare" {
-                t.spares.push_back(pid);
+                match fd {
+                    Some(end) => t.spares.push_back((pid, end)),
+                    None => warn!(pid, "the fork server sent a spare without its socket"),
+                }
             } else {
                 // Died before any attempt named it (killed from outside).
-                t.spares.retain(|&p| p != pid);
+                t.spares.retain(|(p, _)| *p != pid);
             }
             continue;
         }
@@ -552,6 +628,51 @@ impl Drop for ForkServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_carries_a_close_on_exec_descriptor_or_none() {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: socketpair writes two fds into the array we own.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "socketpair");
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read_end, write_end) = pipe().expect("pipe");
+        send_with_fds(
+            a.as_raw_fd(),
+            br#"{"type":"spare","pid":7}"#,
+            &[write_end.as_raw_fd()],
+        )
+        .expect("sent with a descriptor");
+        drop(write_end);
+        let mut buf = vec![0u8; 1024];
+        let (msg, fd) = recv_packet_fd(b.as_raw_fd(), &mut buf).expect("a packet");
+        assert_eq!(msg["pid"], 7);
+        let fd = fd.expect("the descriptor came along");
+        // SAFETY: fcntl(F_GETFD) on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags & libc::FD_CLOEXEC != 0, "close-on-exec");
+        // It is the pipe's write end.
+        let mut out = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut out, b"x").expect("write");
+        drop(out);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut got).expect("read");
+        assert_eq!(got, "x");
+        send_with_fds(a.as_raw_fd(), br#"{"id":1,"spare":7}"#, &[]).expect("sent plain");
+        let (msg, fd) = recv_packet_fd(b.as_raw_fd(), &mut buf).expect("a packet");
+        assert_eq!(msg["spare"], 7);
+        assert!(fd.is_none(), "no descriptor");
+        drop(a);
+        assert!(recv_packet_fd(b.as_raw_fd(), &mut buf).is_none(), "EOF");
+    }
 
     #[test]
     fn only_the_holder_of_the_exact_marker_is_recognised() {
