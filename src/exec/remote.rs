@@ -504,9 +504,11 @@ impl Remote {
     }
 
     /// Completes when an attempt is queued (or spuriously): what a
-    /// long-polling claim waits on.
-    pub async fn queued(&self) {
-        self.queued.notified().await
+    /// long-polling claim waits on. The future hears of attempts queued
+    /// once it is enabled ([`tokio::sync::futures::Notified::enable`]) or
+    /// first polled, not before.
+    pub fn queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.queued.notified()
     }
 
     /// Whether an attempt needing `need` goes to the queue: a live runner
