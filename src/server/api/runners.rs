@@ -811,6 +811,9 @@ pub async fn shutdown(
     let store = s.store.clone();
     let who = id.clone();
     if blocking(move || store.drain_runner(&who)).await? {
+        if let Some(remote) = s.engine.remote() {
+            remote.runners_changed();
+        }
         Ok(StatusCode::ACCEPTED)
     } else {
         Err(ApiError::not_found(format!(
