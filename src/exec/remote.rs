@@ -393,6 +393,58 @@ pub enum ReportError {
     Bad(String),
 }
 
+/// How long the runners read for one launch decide the next ones: a
+/// launch that a runner read less than this long ago serves (its lease
+/// still holding by the store's clock, counted on) goes to the queue
+/// without reading the runners again. Only that answer is kept: a launch
+/// no known runner serves reads them again, so a runner that just
+/// registered is seen at once; a runner asked to drain through another
+/// server is seen within this long (through this one, at once:
+/// [`Remote::runners_changed`]).
+pub const RUNNERS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The live, not draining runners as read from the store at one moment:
+/// what each offers and until when its lease holds (the store's clock).
+#[derive(Debug)]
+struct RunnerList {
+    /// When they were read (this machine's clock).
+    read: std::time::Instant,
+    /// The store's clock then, in milliseconds.
+    now_ms: i64,
+    /// Each one's offer and the end of its lease.
+    live: Vec<(Offer, i64)>,
+}
+
+impl RunnerList {
+    fn new(runners: &[crate::store::queue::RunnerRecord], now_ms: i64) -> RunnerList {
+        RunnerList {
+            read: std::time::Instant::now(),
+            now_ms,
+            live: runners
+                .iter()
+                .filter(|r| r.alive && !r.draining)
+                .map(|r| (r.spec.capabilities.clone(), r.lease_until_ms))
+                .collect(),
+        }
+    }
+
+    /// Whether one of them serves `need` now: read less than
+    /// [`RUNNERS_FRESH`] ago, its lease still holding.
+    fn serves(&self, need: &Resources) -> bool {
+        self.serves_after(need, self.read.elapsed())
+    }
+
+    /// [`RunnerList::serves`], `since` after they were read.
+    fn serves_after(&self, need: &Resources, since: std::time::Duration) -> bool {
+        let now_ms = self.now_ms.saturating_add(since.as_millis() as i64);
+        since < RUNNERS_FRESH
+            && self
+                .live
+                .iter()
+                .any(|(offer, lease_until)| *lease_until >= now_ms && offer.refuses(need).is_none())
+    }
+}
+
 /// The queue side of an engine: the attempts it sent to runners and
 /// waits for.
 pub struct Remote {
@@ -419,6 +471,10 @@ pub struct Remote {
     enqueuing: Mutex<std::collections::HashSet<AttemptId>>,
     /// Woken when an attempt is queued (long-polling claims wait on it).
     queued: Notify,
+    /// The live runners as last read from the store: a launch that one of
+    /// them serves goes to the queue without reading them again
+    /// ([`RUNNERS_FRESH`]).
+    runners: Mutex<Option<RunnerList>>,
     /// The workflow binary whose native tasks' attempts require its
     /// [`binary_label`], if any.
     native_binary: Option<std::path::PathBuf>,
@@ -450,6 +506,7 @@ impl Remote {
             sweeping: Mutex::new(()),
             enqueuing: Mutex::new(std::collections::HashSet::new()),
             queued: Notify::new(),
+            runners: Mutex::new(None),
             native_binary: None,
             native_label: std::sync::OnceLock::new(),
         }
@@ -504,9 +561,11 @@ impl Remote {
     }
 
     /// Completes when an attempt is queued (or spuriously): what a
-    /// long-polling claim waits on.
-    pub async fn queued(&self) {
-        self.queued.notified().await
+    /// long-polling claim waits on. The future hears of attempts queued
+    /// once it is enabled ([`tokio::sync::futures::Notified::enable`]) or
+    /// first polled, not before.
+    pub fn queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.queued.notified()
     }
 
     /// Whether an attempt needing `need` goes to the queue: a live runner
@@ -522,10 +581,27 @@ impl Remote {
         if self.here.refuses(here).is_some() {
             return Ok(true);
         }
-        let (runners, _) = self.store.runners()?;
-        Ok(runners
-            .iter()
-            .any(|r| r.alive && !r.draining && r.spec.capabilities.refuses(there).is_none()))
+        let fresh = self
+            .runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|k| k.serves(there));
+        if fresh {
+            return Ok(true);
+        }
+        // Read again: a runner may have registered since (or none serves).
+        let (runners, now_ms) = self.store.runners()?;
+        let list = RunnerList::new(&runners, now_ms);
+        let serves = list.serves(there);
+        *self.runners.lock().unwrap_or_else(|p| p.into_inner()) = Some(list);
+        Ok(serves)
+    }
+
+    /// Forgets the runners read last: the next launch reads them again
+    /// (a runner was asked to drain).
+    pub fn runners_changed(&self) {
+        *self.runners.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Notes that `runner` (its id) claimed `attempts`: those this engine
@@ -1001,5 +1077,63 @@ impl Executor for RemoteExecutor {
 
     fn clean_up_run(&self, run: &str) -> Result<Vec<String>, String> {
         self.local.clean_up_run(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::queue::{RunnerRecord, RunnerSpec};
+    use std::time::Duration;
+
+    fn record(labels: &[&str], lease_until_ms: i64, now_ms: i64, draining: bool) -> RunnerRecord {
+        let offer = Offer {
+            cpu: 4.0,
+            memory: None,
+            gpu: 0,
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+        };
+        RunnerRecord {
+            spec: RunnerSpec::new("id", "r", offer, 4, "0"),
+            registered_ms: 0,
+            lease_until_ms,
+            draining,
+            running: 0,
+            alive: lease_until_ms >= now_ms,
+        }
+    }
+
+    fn need(labels: &[&str]) -> Resources {
+        Resources {
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..Resources::default()
+        }
+    }
+
+    #[test]
+    fn a_read_runner_list_serves_while_fresh_and_leased() {
+        let list = RunnerList::new(&[record(&["ssd"], 10_500, 10_000, false)], 10_000);
+        assert!(list.serves_after(&need(&["ssd"]), Duration::ZERO));
+        assert!(list.serves_after(&need(&[]), Duration::from_millis(400)));
+        // Its lease ran out by the store's clock, counted on.
+        assert!(!list.serves_after(&need(&["ssd"]), Duration::from_millis(501)));
+        // A label it does not offer.
+        assert!(!list.serves_after(&need(&["gpu-box"]), Duration::ZERO));
+        // Too old to decide, whatever the lease.
+        let long = RunnerList::new(&[record(&[], 1_000_000, 10_000, false)], 10_000);
+        assert!(long.serves_after(&need(&[]), RUNNERS_FRESH - Duration::from_millis(1)));
+        assert!(!long.serves_after(&need(&[]), RUNNERS_FRESH));
+    }
+
+    #[test]
+    fn draining_and_dead_runners_serve_nothing() {
+        let list = RunnerList::new(
+            &[
+                record(&[], 20_000, 10_000, true),
+                record(&[], 9_000, 10_000, false),
+            ],
+            10_000,
+        );
+        assert!(!list.serves_after(&need(&[]), Duration::ZERO));
     }
 }

@@ -200,11 +200,19 @@ pub async fn authorize(
                 "this call needs a token: `Authorization: Bearer orch_…`",
             )
         })?;
-    let store = state.store.clone();
-    let token = token.to_string();
-    let caller = tokio::task::spawn_blocking(move || check_token(store.as_ref(), &token))
-        .await
-        .map_err(|e| ApiError::internal(format!("checking the token: {e}")))??;
+    let caller = match state.tokens.get(token) {
+        Some(caller) => caller,
+        None => {
+            let store = state.store.clone();
+            let presented = token.to_string();
+            let (caller, expires_ms) =
+                tokio::task::spawn_blocking(move || checked_token(store.as_ref(), &presented))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("checking the token: {e}")))??;
+            state.tokens.keep(token, &caller, expires_ms);
+            caller
+        }
+    };
     caller.require(needed)?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
@@ -213,6 +221,14 @@ pub async fn authorize(
 /// Finds and checks a presented token. Every refusal reads the same to
 /// the client (which part was wrong is not told).
 pub fn check_token(store: &dyn Store, token: &str) -> std::result::Result<Caller, ApiError> {
+    checked_token(store, token).map(|(caller, _)| caller)
+}
+
+/// [`check_token`], and when the token expires (ms since the Unix epoch).
+fn checked_token(
+    store: &dyn Store,
+    token: &str,
+) -> std::result::Result<(Caller, Option<i64>), ApiError> {
     let refused = || {
         ApiError::new(
             Code::Unauthorized,
@@ -234,11 +250,76 @@ pub fn check_token(store: &dyn Store, token: &str) -> std::result::Result<Caller
     } else {
         user.role
     };
-    Ok(Caller {
-        user: user.name,
-        token: record.id,
-        grant: Grant::new(role, &record.scopes),
-    })
+    Ok((
+        Caller {
+            user: user.name,
+            token: record.id,
+            grant: Grant::new(role, &record.scopes),
+        },
+        record.expires_ms,
+    ))
+}
+
+/// How long a checked token is taken again without reading the store:
+/// a runner's claims, heartbeats and reports each present it, and each
+/// check is two reads (on PostgreSQL, two transactions).
+pub const TOKEN_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most checked tokens kept; when full, all are forgotten.
+pub const MAX_KEPT_TOKENS: usize = 1024;
+
+/// Tokens checked in the last [`TOKEN_FRESH`], by their SHA-256: what
+/// their caller may do. A token revoked, or its user changed or removed,
+/// through this server is forgotten at once
+/// ([`TokenCache::forget_all`]); through another server or the command
+/// line it is refused within [`TOKEN_FRESH`]. An expired token is never
+/// taken.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    caller: Caller,
+    at: std::time::Instant,
+    expires_ms: Option<i64>,
+}
+
+impl TokenCache {
+    /// The caller of `token`, if it was checked less than
+    /// [`TOKEN_FRESH`] ago and has not expired.
+    pub fn get(&self, token: &str) -> Option<Caller> {
+        self.get_at(token, crate::time::unix_millis() as i64)
+    }
+
+    fn get_at(&self, token: &str, now_ms: i64) -> Option<Caller> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let k = kept.get(&hash_token(token))?;
+        let fresh = k.at.elapsed() < TOKEN_FRESH && k.expires_ms.is_none_or(|e| e > now_ms);
+        fresh.then(|| k.caller.clone())
+    }
+
+    /// Keeps `token`, just checked: its caller, and when it expires.
+    pub fn keep(&self, token: &str, caller: &Caller, expires_ms: Option<i64>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= MAX_KEPT_TOKENS {
+            kept.clear();
+        }
+        kept.insert(
+            hash_token(token),
+            Kept {
+                caller: caller.clone(),
+                at: std::time::Instant::now(),
+                expires_ms,
+            },
+        );
+    }
+
+    /// Forgets every token: a token was revoked, a user changed or
+    /// removed.
+    pub fn forget_all(&self) {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 /// SHA-256 of a token, hex: what the store keeps.
@@ -454,6 +535,28 @@ mod tests {
         };
         let (c, _) = mint(&store, "ada", &req).unwrap();
         assert!(check_token(&store, &c).is_err());
+    }
+
+    #[test]
+    fn kept_tokens_are_taken_until_they_expire_or_are_forgotten() {
+        let cache = TokenCache::default();
+        let caller = Caller {
+            user: "u".into(),
+            token: "t".into(),
+            grant: Grant::new(Role::Runner, &[]),
+        };
+        assert!(cache.get_at("orch_a", 0).is_none());
+        cache.keep("orch_a", &caller, Some(1_000));
+        assert_eq!(
+            cache.get_at("orch_a", 999).map(|c| c.user),
+            Some("u".into())
+        );
+        assert!(cache.get_at("orch_a", 1_000).is_none(), "expired");
+        assert!(cache.get_at("orch_b", 0).is_none(), "another token");
+        cache.forget_all();
+        assert!(cache.get_at("orch_a", 0).is_none(), "forgotten");
+        cache.keep("orch_a", &caller, None);
+        assert!(cache.get_at("orch_a", i64::MAX).is_some(), "never expires");
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct AppState {
     /// The runs by status, as last counted, and when: `status` needs no
     /// token, so it counts at most once a second whoever asks.
     pub counts: std::sync::Mutex<Option<(std::time::Instant, api::system::Counted)>>,
+    /// Tokens checked lately ([`auth::TokenCache`]).
+    pub tokens: auth::TokenCache,
 }
 
 /// A running server.
@@ -220,6 +222,7 @@ impl Server {
             stop,
             started_ms: crate::time::unix_millis(),
             counts: std::sync::Mutex::new(None),
+            tokens: auth::TokenCache::default(),
         });
         let app = router(state.clone());
         let task = tokio::spawn(run(state.clone(), listener, app));

@@ -27,6 +27,9 @@ use crate::store::queue::{self, RunnerRecord, RunnerSpec, MAX_CLAIM, MAX_NAME, M
 
 /// The longest a claim waits for work, in milliseconds.
 pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
+/// How often a waiting claim looks again without being woken (an
+/// attempt another server queued, a slot that freed).
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// The most attempts a heartbeat may list.
 pub const MAX_HOLDING: usize = 4096;
 /// The most labels a runner may declare.
@@ -374,6 +377,13 @@ pub async fn claim(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(body.wait_ms);
     let mut stopping = s.stop.subscribe();
     loop {
+        // Listening before the store is asked: an attempt queued while
+        // the claim reads finds this claim waiting (a wake-up sent
+        // between the read and the wait would be lost, and the attempt
+        // would wait for the next look, up to `LOOK_AGAIN` later).
+        let queued = remote.queued();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
         let store = s.store.clone();
         let runner = id.clone();
         let lease_ms = remote.lease_ms();
@@ -395,8 +405,8 @@ pub async fn claim(
         // Woken by a new attempt, else looks again now and then (another
         // server may have queued it, a slot may have freed).
         tokio::select! {
-            _ = remote.queued() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = queued => {}
+            _ = tokio::time::sleep(LOOK_AGAIN) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
@@ -801,6 +811,9 @@ pub async fn shutdown(
     let store = s.store.clone();
     let who = id.clone();
     if blocking(move || store.drain_runner(&who)).await? {
+        if let Some(remote) = s.engine.remote() {
+            remote.runners_changed();
+        }
         Ok(StatusCode::ACCEPTED)
     } else {
         Err(ApiError::not_found(format!(

@@ -227,8 +227,9 @@ pub async fn change(
         }
         store.user(&name)
     })
-    .await?
-    .ok_or_else(|| ApiError::not_found("no such user"))?;
+    .await?;
+    s.tokens.forget_all();
+    let user = user.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(Json(user.into()))
 }
 
@@ -250,6 +251,7 @@ pub async fn remove(
     let store = s.store.clone();
     let n = name.clone();
     if blocking(move || store.remove_user(&n)).await? {
+        s.tokens.forget_all();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no user `{name}`")))
@@ -363,5 +365,6 @@ pub async fn revoke(
     }
     let store = s.store.clone();
     blocking(move || store.revoke_token(&id)).await?;
+    s.tokens.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -221,6 +221,7 @@ pub async fn logout(
     let store = s.store.clone();
     let id = me.caller.token.clone();
     super::api::blocking(move || store.revoke_token(&id)).await?;
+    s.tokens.forget_all();
     let mut r = session::redirect("/login");
     session::set_cookie(&mut r, session::cookie(session::SESSION_COOKIE, "", "/", 0));
     Ok(r)
