@@ -543,11 +543,20 @@ impl Store for SqliteStore {
                 mutations: Filled(mutations),
             })
             .expect("orch values always serialise");
-            tx.prepare_cached(
-                "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
-            )
-            .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
-            .map_err(wrap)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
+                )
+                .map_err(wrap)?;
+            insert.raw_bind_parameter(1, run).map_err(wrap)?;
+            insert.raw_bind_parameter(2, seq as i64).map_err(wrap)?;
+            insert.raw_bind_parameter(3, at).map_err(wrap)?;
+            insert.raw_bind_parameter(4, data.as_str()).map_err(wrap)?;
+            // SQLite binds a copy and builds the row from it: ours goes
+            // before that (three copies of a 100,000-node registration's
+            // 18 MB were 70 MB of the registration's peak).
+            drop(data);
+            insert.raw_execute().map_err(wrap)?;
         }
         // That JSON, and SQLite's copies of it, are freed by now.
         crate::release_freed_memory();
