@@ -1308,15 +1308,16 @@ impl Runner {
         }
         // A runner uploaded its attempt's artefacts before its end; a
         // local attempt's are copied to the same place.
+        // (The folder's path is made only for a task that produces files.)
         let produces = &self.state.graph.node(i).task.produces;
-        let kept = crate::exec::remote::artefact_dir(&self.run_home, &node, attempt);
+        let kept = || crate::exec::remote::artefact_dir(&self.run_home, &node, attempt);
         let files = if produces.is_empty() {
             Ok(Vec::new())
         } else if self.ran_on.contains_key(&(i, attempt)) {
-            produced(&kept, produces)
+            produced(&kept(), produces)
         } else {
             produced(&self.work_dir, produces)
-                .and_then(|files| keep_artefacts(&self.work_dir, &kept, produces).map(|()| files))
+                .and_then(|files| keep_artefacts(&self.work_dir, &kept(), produces).map(|()| files))
         };
         let files = match files {
             Ok(files) => files,

@@ -40,7 +40,7 @@ use schema::{
     READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
 };
 use views::{
-    rewrite_graph, set_last_seq, write_event, write_events, write_mutations, Filled,
+    rewrite_graph, set_last_seq, write_event, write_events, write_mutations, Filled, Held,
     RegistrationView,
 };
 
@@ -543,11 +543,20 @@ impl Store for SqliteStore {
                 mutations: Filled(mutations),
             })
             .expect("orch values always serialise");
-            tx.prepare_cached(
-                "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
-            )
-            .and_then(|mut s| s.execute(params![run, seq as i64, at, data]))
-            .map_err(wrap)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (run, seq, at, kind, data) VALUES (?1, ?2, ?3, 'batch_committed', ?4)",
+                )
+                .map_err(wrap)?;
+            insert.raw_bind_parameter(1, run).map_err(wrap)?;
+            insert.raw_bind_parameter(2, seq as i64).map_err(wrap)?;
+            insert.raw_bind_parameter(3, at).map_err(wrap)?;
+            insert.raw_bind_parameter(4, data.as_str()).map_err(wrap)?;
+            // SQLite binds a copy and builds the row from it: ours goes
+            // before that (three copies of a 100,000-node registration's
+            // 18 MB were 70 MB of the registration's peak).
+            drop(data);
+            insert.raw_execute().map_err(wrap)?;
         }
         // That JSON, and SQLite's copies of it, are freed by now.
         crate::release_freed_memory();
@@ -688,7 +697,7 @@ impl Store for SqliteStore {
         let restarted = events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Restarted { .. }));
-        write_events(&tx, run, events, Some(state)).map_err(wrap)?;
+        write_events(&tx, &mut Held::new(), run, events, Some(state)).map_err(wrap)?;
         if restarted {
             rewrite_graph(&tx, run, state).map_err(wrap)?;
         }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, CachedStatement, Transaction};
 use serde_json::Value;
 
 use super::to_json;
@@ -34,6 +34,38 @@ pub(super) fn set_last_seq(tx: &Transaction<'_>, run: &str, seq: u64) -> rusqlit
         .map(drop)
 }
 
+/// Statements taken from the connection's cache once per commit and kept
+/// until it is written: a commit of 600 events runs the same few
+/// statements hundreds of times, and each checkout and return of the
+/// cache hashes the statement's text and clears its bindings (~3,000
+/// instructions, as much as the `UPDATE` itself).
+pub(super) struct Held<'c> {
+    stmts: Vec<(&'static str, CachedStatement<'c>)>,
+}
+
+impl<'c> Held<'c> {
+    pub(super) fn new() -> Held<'c> {
+        Held { stmts: Vec::new() }
+    }
+
+    /// The statement of `sql`, prepared (or taken from the cache) at its
+    /// first use.
+    fn get(
+        &mut self,
+        tx: &'c Transaction<'_>,
+        sql: &'static str,
+    ) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        let at = match self.stmts.iter().position(|(s, _)| *s == sql) {
+            Some(at) => at,
+            None => {
+                self.stmts.push((sql, tx.prepare_cached(sql)?));
+                self.stmts.len() - 1
+            }
+        };
+        Ok(&mut self.stmts[at].1)
+    }
+}
+
 /// Appends one event and updates the views it touches. Where a view holds
 /// something the fold computes (a node's times, a run's end), the value
 /// is copied from `state`, the fold that includes the event: the store
@@ -44,7 +76,7 @@ pub(super) fn write_event(
     e: &Event,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
-    write_events(tx, run, std::slice::from_ref(e), state)
+    write_events(tx, &mut Held::new(), run, std::slice::from_ref(e), state)
 }
 
 /// Rows per multi-row `INSERT` of a commit's events. A remainder goes in
@@ -73,7 +105,12 @@ fn events_sql(rows: usize) -> &'static str {
 
 /// Appends events, [`EVENT_ROWS`] to a statement: one statement for a
 /// commit's few events instead of one each.
-fn insert_events(tx: &Transaction<'_>, run: &str, events: &[Event]) -> rusqlite::Result<()> {
+fn insert_events<'c>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
+    run: &str,
+    events: &[Event],
+) -> rusqlite::Result<()> {
     let mut data = Vec::with_capacity(EVENT_ROWS.min(events.len()));
     let mut rest = events;
     while !rest.is_empty() {
@@ -81,7 +118,7 @@ fn insert_events(tx: &Transaction<'_>, run: &str, events: &[Event]) -> rusqlite:
         let (chunk, tail) = rest.split_at(rows);
         data.clear();
         data.extend(chunk.iter().map(|e| to_json(&e.kind)));
-        let mut stmt = tx.prepare_cached(events_sql(rows))?;
+        let stmt = held.get(tx, events_sql(rows))?;
         stmt.raw_bind_parameter(1, run)?;
         for (r, (e, d)) in chunk.iter().zip(&data).enumerate() {
             let p = 2 + 4 * r;
@@ -114,13 +151,14 @@ enum Rows {
 /// the views they touch, each row once per commit where several events
 /// touch it. The rows are the ones writing each event on its own would
 /// leave: see [`write_event`].
-pub(super) fn write_events(
-    tx: &Transaction<'_>,
+pub(super) fn write_events<'c>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
     run: &str,
     events: &[Event],
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
-    insert_events(tx, run, events)?;
+    insert_events(tx, held, run, events)?;
     let mut rows = vec![Rows::Own; events.len()];
     if events.len() > 1 {
         let mut later_node: std::collections::HashSet<&str> = Default::default();
@@ -150,7 +188,7 @@ pub(super) fn write_events(
                 Rows::Whole(end) => Some(&events[end]),
                 _ => None,
             };
-            write_views(tx, run, e, end, state)?;
+            write_views(tx, held, run, e, end, state)?;
         }
     }
     Ok(())
@@ -158,8 +196,9 @@ pub(super) fn write_events(
 
 /// The views of one event; `end`, for an `attempt_started`, is the
 /// `attempt_finished` of the same attempt later in the commit.
-fn write_views(
-    tx: &Transaction<'_>,
+fn write_views<'c>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
     run: &str,
     e: &Event,
     end: Option<&Event>,
@@ -172,7 +211,8 @@ fn write_views(
             orchestrator_pid,
             config,
         } => {
-            tx.prepare_cached(
+            held.get(
+                tx,
                 "INSERT INTO runs (id, workflow, status, orchestrator_pid, created_at, config)
                  VALUES (?1, ?2, 'running', ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET orchestrator_pid = ?3",
@@ -186,7 +226,7 @@ fn write_views(
             ])?;
         }
         EventKind::RunResumed { orchestrator_pid } => {
-            tx.prepare_cached("UPDATE runs SET orchestrator_pid = ?2 WHERE id = ?1")?
+            held.get(tx, "UPDATE runs SET orchestrator_pid = ?2 WHERE id = ?1")?
                 .execute(params![run, orchestrator_pid])?;
         }
         EventKind::BatchCommitted { mutations, .. } => write_mutations(tx, run, mutations)?,
@@ -196,7 +236,8 @@ fn write_views(
             // written by the rewrite.
             if let Some(i) = st.graph.position(node) {
                 let facts = &st.facts[i];
-                tx.prepare_cached(
+                held.get(
+                    tx,
                     "UPDATE nodes SET state = ?3, started_at = ?4, finished_at = ?5
                      WHERE run = ?1 AND id = ?2",
                 )?
@@ -225,7 +266,8 @@ fn write_views(
             }) => {
                 let files = (!files.is_empty()).then(|| to_json(files));
                 let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
-                tx.prepare_cached(
+                held.get(
+                tx,
                     "INSERT INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
                         exit_code, error, files, runner)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -245,7 +287,8 @@ fn write_views(
                 ])?;
             }
             _ => {
-                tx.prepare_cached(
+                held.get(
+                tx,
                     "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![run, node, attempt, pid, e.at])?;
@@ -262,7 +305,8 @@ fn write_views(
         } => {
             let files = (!files.is_empty()).then(|| to_json(files));
             let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
-            tx.prepare_cached(
+            held.get(
+                tx,
                 "UPDATE attempts SET finished_at = ?4, outcome = ?5, exit_code = ?6, error = ?7, files = ?8,
                     runner = ?9
                  WHERE run = ?1 AND node = ?2 AND attempt = ?3",
@@ -280,7 +324,8 @@ fn write_views(
             ])?;
         }
         EventKind::Output { node, value } => {
-            tx.prepare_cached(
+            held.get(
+                tx,
                 "INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (run, node) DO UPDATE SET value = ?3",
             )?
@@ -291,12 +336,16 @@ fn write_views(
             // the commit's events are written (see `Store::commit`).
         }
         EventKind::PromiseBroken { violation } => {
-            tx.prepare_cached("INSERT INTO violations (run, violation) VALUES (?1, ?2)")?
-                .execute(params![run, to_json(violation)])?;
+            held.get(
+                tx,
+                "INSERT INTO violations (run, violation) VALUES (?1, ?2)",
+            )?
+            .execute(params![run, to_json(violation)])?;
         }
         EventKind::RunStatus { .. } => {
             let st = folded();
-            tx.prepare_cached(
+            held.get(
+                tx,
                 "UPDATE runs SET status = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
             )?
             .execute(params![run, st.status.as_str(), st.reason, st.finished_at])?;
