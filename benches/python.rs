@@ -17,8 +17,8 @@
 //! Beside them, orch runs the equivalent workflow twice: with the warm fork
 //! server (the default) and with a fresh interpreter per attempt
 //! (`python_fork(false)`), both with the fork server's spares
-//! (`ORCH_FORK_SPARES=2`, or the value set outside) and without
-//! (`ORCH_FORK_SPARES=0`, the default: it forks for each attempt while the
+//! (`ORCH_FORK_SPARES=2`, the default, or the value set outside) and
+//! without (`ORCH_FORK_SPARES=0`: it forks for each attempt while the
 //! orchestrator waits). All are measured interleaved (floors, fork
 //! and no spares in turn first, fresh, floors, …) so that machine noise
 //! hits them alike; each line
@@ -265,8 +265,7 @@ fn main() {
         let (mut f, mut ff, mut forked, mut bare, mut fresh) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Whatever the server's spares are set to outside the bench (else
-        // two, the count that suits `max_parallel(2)`; the server's default
-        // is none).
+        // two, the server's default).
         let spares = std::env::var_os("ORCH_FORK_SPARES");
         for rep in 0..reps {
             if fresh_too {

@@ -77,7 +77,7 @@ MAX_PACKET = 1 << 20
 FDS_PER_REQUEST = 4
 # Children forked ahead of requests (see the module's docstring);
 # ``ORCH_FORK_SPARES=N`` in the orchestrator's environment keeps N instead.
-SPARES = 0
+SPARES = 2
 # Seconds without refills after a spare died before any request named it:
 # spares that die at once (killed as they come) are not forked in a loop.
 DIED_BACKOFF = 0.1

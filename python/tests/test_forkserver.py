@@ -321,9 +321,14 @@ class ForkServerTest(unittest.TestCase):
         finally:
             server.close()
 
-    def test_no_spares_by_default_nor_when_orch_fork_spares_is_0(self):
-        for spares in (None, 0):
-            self.no_spares(Server(self.dir, spares=spares))
+    def test_two_spares_by_default_and_none_when_orch_fork_spares_is_0(self):
+        server = Server(self.dir)
+        try:
+            self.assertEqual(server.recv()["type"], "ready")
+            self.assertEqual(len(server.spares(2)), 2)
+        finally:
+            server.close()
+        self.no_spares(Server(self.dir, spares=0))
 
     def no_spares(self, server):
         try:

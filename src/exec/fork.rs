@@ -10,7 +10,7 @@
 //! the task's). The server reports each child's pid, and later how it
 //! ended, since it is the child's parent.
 //!
-//! When asked to (`ORCH_FORK_SPARES`; off by default, see
+//! By default (two; `ORCH_FORK_SPARES=N` keeps `N`, `0` none: see
 //! `docs/python.md`), the server forks **spares** ahead of time and
 //! announces their pids, each with our end of a socket to it. An attempt
 //! takes the oldest announced spare: [`ForkServer::launch`] sends the
