@@ -170,24 +170,15 @@ fn memfd(name: &str) -> std::result::Result<OwnedFd, String> {
 /// Sends one packet with file descriptors attached (none: a plain packet).
 fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::result::Result<(), String> {
     if fds.is_empty() {
-        loop {
-            // SAFETY: send reads data.len() bytes from data.
-            let n = unsafe {
-                libc::send(
-                    sock,
-                    data.as_ptr() as *const libc::c_void,
-                    data.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(format!("sending to the fork server: {e}"));
-            }
-        }
+        // SAFETY: send reads data.len() bytes from data.
+        return sent(|| unsafe {
+            libc::send(
+                sock,
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        });
     }
     let fd_bytes = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE is a pure computation.
@@ -197,31 +188,44 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> std::result::Result
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the
-    // sendmsg call, and the control buffer is large enough (CMSG_SPACE)
-    // and aligned for cmsghdr.
+    let msg = header(&mut iov, &mut control, space);
+    // SAFETY: the control buffer is large enough (CMSG_SPACE) and aligned
+    // for cmsghdr, so its first header and the fds fit in it.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
         std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(cmsg), fd_bytes);
-        loop {
-            let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-            if n >= 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(format!("sending to the fork server: {e}"));
-            }
+    }
+    // SAFETY: every pointer in msg (iov, data, control) outlives the call.
+    sent(|| unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) })
+}
+
+/// Makes a sending call (`send`, `sendmsg`) again while a signal
+/// interrupts it.
+fn sent(mut call: impl FnMut() -> isize) -> std::result::Result<(), String> {
+    loop {
+        if call() >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("sending to the fork server: {e}"));
         }
     }
+}
+
+/// A message header over one buffer (`iov`) and a control buffer of
+/// `space` bytes; both must outlive the calls that use it.
+fn header(iov: &mut libc::iovec, control: &mut [u64], space: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all zeroes is a value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    msg
 }
 
 /// Receives one packet and the file descriptor attached to it, if any
@@ -236,16 +240,11 @@ fn recv_packet_fd(sock: RawFd, buf: &mut [u8]) -> Option<(Value, Option<OwnedFd>
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        // SAFETY: msghdr is plain data; recvmsg writes at most buf.len()
-        // bytes into buf and at most `space` bytes into the control buffer
-        // (aligned for cmsghdr), and the header walk stays within what it
-        // reported.
+        let mut msg = header(&mut iov, &mut control, space);
+        // SAFETY: recvmsg writes at most buf.len() bytes into buf and at
+        // most `space` bytes into the control buffer (aligned for
+        // cmsghdr), and the header walk stays within what it reported.
         unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = space as _;
             let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
             if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;

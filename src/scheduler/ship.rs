@@ -14,7 +14,7 @@
 //! out of the folder.
 //!
 //! A folder fired again reads only the files that changed: a file's hash
-//! is kept by its path, size and modification time ([`Hashes`]), as `git`
+//! is kept by its path, size and modification time (`Hashes`), as `git`
 //! keeps its index, and a file modified in the last two seconds is always
 //! read again (it may change again within one tick of the clock).
 
