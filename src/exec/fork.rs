@@ -136,6 +136,25 @@ fn pipe() -> std::result::Result<(OwnedFd, OwnedFd), String> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A pair of connected packet sockets, both close-on-exec.
+fn packet_pair() -> std::result::Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two fds into the array we own.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(last_os_error("socketpair"));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// The name of the memfd a forked attempt of `node` in `run` holds open.
 pub(crate) fn marker_name(run: &str, node: &str) -> String {
     format!("orch:{run}:{}", content_hash(node.bytes()))
@@ -305,22 +324,7 @@ impl ForkServer {
         env: &[(&str, std::ffi::OsString)],
         preload: &[String],
     ) -> Result<ForkServer> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: socketpair writes two fds into the array we own.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(fail(last_os_error("socketpair")));
-        }
-        // SAFETY: both fds were just created and are owned by nobody else.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = packet_pair().map_err(fail)?;
         let their_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(python);
         cmd.args([
@@ -630,19 +634,7 @@ mod tests {
 
     #[test]
     fn a_packet_carries_a_close_on_exec_descriptor_or_none() {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: socketpair writes two fds into the array we own.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0, "socketpair");
-        // SAFETY: both fds were just created and are owned by nobody else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, b) = packet_pair().expect("socketpair");
         let (read_end, write_end) = pipe().expect("pipe");
         send_with_fds(
             a.as_raw_fd(),
