@@ -964,7 +964,8 @@ impl Remote {
 
     /// Ends, as interrupted, every attempt this engine waits for whose
     /// runner lost its lease (or that left the queue): their nodes run
-    /// again as their next attempt. Returns them.
+    /// again as their next attempt. Returns them (not those a report
+    /// ended while the sweep looked).
     pub fn sweep(&self) -> Result<Vec<AttemptId>> {
         let _turn = self.sweeping.lock().unwrap_or_else(|p| p.into_inner());
         let mut waiting = self.waiting();
@@ -975,22 +976,25 @@ impl Remote {
         if waiting.is_empty() {
             return Ok(Vec::new());
         }
-        let lost = self.store.lost_claims(&waiting)?;
-        for id in &lost {
-            if let Some(tx) = self.take(id) {
+        // Only those this sweep ends: one a report ended meanwhile is not
+        // lost, and its node does not run again.
+        let mut ended = Vec::new();
+        for id in self.store.lost_claims(&waiting)? {
+            if let Some(tx) = self.take(&id) {
                 let mut end = AttemptEnd::ended(Exit::Unknown);
                 end.interrupt(Interrupt::Lost(format!(
                     "interrupted: attempt {id} lost its runner (no heartbeat within the {} ms lease); the node runs again",
                     self.lease_ms
                 )));
-                end.runner = self.ran_on(id);
+                end.runner = self.ran_on(&id);
                 let _ = tx.send(Report::Finished {
                     attempt: id.clone(),
                     end,
                 });
+                ended.push(id);
             }
         }
-        Ok(lost)
+        Ok(ended)
     }
 
     /// Removes the waiting attempts of queue `key`; those this engine
