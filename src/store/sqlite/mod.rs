@@ -40,7 +40,7 @@ use schema::{
     READ_ONLY_2_AS_3, READ_ONLY_3_AS_4, READ_ONLY_4_AS_5, READ_ONLY_5_AS_6, SCHEMA, SCHEMA_VERSION,
 };
 use views::{
-    rewrite_graph, set_last_seq, write_event, write_events, write_mutations, Filled, Held,
+    rewrite_graph, set_last_seq, write_event, write_events, write_mutations, Filled,
     RegistrationView,
 };
 
@@ -697,7 +697,7 @@ impl Store for SqliteStore {
         let restarted = events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Restarted { .. }));
-        write_events(&tx, &mut Held::new(), run, events, Some(state)).map_err(wrap)?;
+        write_events(&tx, run, events, Some(state)).map_err(wrap)?;
         if restarted {
             rewrite_graph(&tx, run, state).map_err(wrap)?;
         }

@@ -39,12 +39,12 @@ pub(super) fn set_last_seq(tx: &Transaction<'_>, run: &str, seq: u64) -> rusqlit
 /// statements hundreds of times, and each checkout and return of the
 /// cache hashes the statement's text and clears its bindings (~3,000
 /// instructions, as much as the `UPDATE` itself).
-pub(super) struct Held<'c> {
+struct Held<'c> {
     stmts: Vec<(&'static str, CachedStatement<'c>)>,
 }
 
 impl<'c> Held<'c> {
-    pub(super) fn new() -> Held<'c> {
+    fn new() -> Held<'c> {
         Held { stmts: Vec::new() }
     }
 
@@ -76,7 +76,7 @@ pub(super) fn write_event(
     e: &Event,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
-    write_events(tx, &mut Held::new(), run, std::slice::from_ref(e), state)
+    write_events(tx, run, std::slice::from_ref(e), state)
 }
 
 /// Rows per multi-row `INSERT` of a commit's events. A remainder goes in
@@ -151,13 +151,13 @@ enum Rows {
 /// the views they touch, each row once per commit where several events
 /// touch it. The rows are the ones writing each event on its own would
 /// leave: see [`write_event`].
-pub(super) fn write_events<'c>(
-    tx: &'c Transaction<'_>,
-    held: &mut Held<'c>,
+pub(super) fn write_events(
+    tx: &Transaction<'_>,
     run: &str,
     events: &[Event],
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
+    let held = &mut Held::new();
     insert_events(tx, held, run, events)?;
     let mut rows = vec![Rows::Own; events.len()];
     if events.len() > 1 {
