@@ -21,6 +21,7 @@ mod python;
 pub mod remote;
 pub mod resources;
 pub mod slurm;
+mod wake;
 
 use std::fmt;
 use std::future::Future;

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use super::resources::Offer;
+use super::wake::Waiters;
 use super::{
     AttemptEnd, AttemptId, AttemptLink, AttemptSpec, Executor, Exit, Interrupt, LaunchError,
     Report, TaskFailure,
@@ -393,6 +394,76 @@ pub enum ReportError {
     Bad(String),
 }
 
+/// The wake of one attempt queued on this server, handed to one waiting
+/// claim at a time ([`Remote::wait_for_attempts`]). Dropped, it goes on
+/// to another waiting claim, unless its attempt was claimed through this
+/// server or is no longer waited for: a claim that stops waiting does
+/// not swallow it.
+#[derive(Debug)]
+pub struct Wake {
+    /// Its attempt and the runners that declined it; `None` once handed
+    /// on.
+    inner: Option<(AttemptId, Vec<String>)>,
+    remote: Weak<Remote>,
+}
+
+impl Wake {
+    /// Runner `runner` read the queue after this wake and did not take
+    /// its attempt (it does not fit, the runner is full, or the attempt
+    /// is left to another runner): the wake goes on to a claim of another
+    /// runner, unless the attempt was claimed meanwhile.
+    pub fn declined_by(mut self, runner: &str) {
+        if let Some((_, declined)) = &mut self.inner {
+            if !declined.iter().any(|r| r == runner) {
+                declined.push(runner.to_string());
+            }
+        }
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        if let (Some((attempt, declined)), Some(remote)) =
+            (self.inner.take(), self.remote.upgrade())
+        {
+            remote.wake(attempt, declined);
+        }
+    }
+}
+
+/// A long-polling claim waiting for attempts
+/// ([`Remote::wait_for_attempts`]). Dropped (the claim answers, or its
+/// connection went away), it stops waiting and hands on a wake it got.
+#[derive(Debug)]
+pub struct Waiting {
+    key: u64,
+    remote: Arc<Remote>,
+    woken: oneshot::Receiver<Wake>,
+}
+
+impl Waiting {
+    /// The wake, once an attempt queued on this server is handed to this
+    /// claim; `None` if none ever can be. Await it at most once.
+    pub async fn woken(&mut self) -> Option<Wake> {
+        (&mut self.woken).await.ok()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let left = self
+            .remote
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key);
+        drop(left);
+        self.woken.close();
+        // Handed on (its `Drop`), outside the lock.
+        drop(self.woken.try_recv().ok());
+    }
+}
+
 /// How long the runners read for one launch decide the next ones: a
 /// launch that a runner read less than this long ago serves (its lease
 /// still holding by the store's clock, counted on) goes to the queue
@@ -469,8 +540,9 @@ pub struct Remote {
     /// leaves them alone (no row yet is not a lost claim; the write can
     /// take long while the database reconnects).
     enqueuing: Mutex<std::collections::HashSet<AttemptId>>,
-    /// Woken when an attempt is queued (long-polling claims wait on it).
-    queued: Notify,
+    /// The long-polling claims waiting on this server: each attempt
+    /// queued wakes one of them ([`Remote::wait_for_attempts`]).
+    claims: Mutex<Waiters<oneshot::Sender<Wake>>>,
     /// The live runners as last read from the store: a launch that one of
     /// them serves goes to the queue without reading them again
     /// ([`RUNNERS_FRESH`]).
@@ -505,7 +577,7 @@ impl Remote {
             produces: Mutex::new(HashMap::new()),
             sweeping: Mutex::new(()),
             enqueuing: Mutex::new(std::collections::HashSet::new()),
-            queued: Notify::new(),
+            claims: Mutex::new(Waiters::default()),
             runners: Mutex::new(None),
             native_binary: None,
             native_label: std::sync::OnceLock::new(),
@@ -560,12 +632,62 @@ impl Remote {
         self.lease_ms
     }
 
-    /// Completes when an attempt is queued (or spuriously): what a
-    /// long-polling claim waits on. The future hears of attempts queued
-    /// once it is enabled ([`tokio::sync::futures::Notified::enable`]) or
-    /// first polled, not before.
-    pub fn queued(&self) -> tokio::sync::futures::Notified<'_> {
-        self.queued.notified()
+    /// A long-polling claim of `runner` waiting for attempts: from now
+    /// on an attempt queued on this server may wake it (make it before
+    /// reading the queue, so that an attempt queued during the read is
+    /// not missed). Each queued attempt wakes one waiting claim: the one
+    /// of the runner that last claimed from the attempt's run, else the
+    /// one that waited longest; a claim whose read after the wake did not
+    /// take the attempt hands it on ([`Wake::declined_by`]) to a runner
+    /// that has not declined it yet.
+    pub fn wait_for_attempts(self: &Arc<Self>, runner: &str) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        let key = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(runner, tx);
+        Waiting {
+            key,
+            remote: self.clone(),
+            woken: rx,
+        }
+    }
+
+    /// Hands the wake of `attempt` to a waiting claim of a runner not in
+    /// `declined`; nothing when the attempt was claimed through this
+    /// server or is no longer waited for, or when no such claim waits
+    /// (the next claim's read finds the attempt).
+    fn wake(self: &Arc<Self>, mut attempt: AttemptId, mut declined: Vec<String>) {
+        {
+            let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let held = self
+                .holders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&attempt);
+            if held || !waiting.contains_key(&attempt) {
+                return;
+            }
+        }
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let Some(w) = claims.take_for(&attempt.run, &declined) else {
+                tracing::debug!(%attempt, declined = declined.len(), "no waiting claim to wake");
+                return;
+            };
+            let wake = Wake {
+                inner: Some((attempt, declined)),
+                remote: Arc::downgrade(self),
+            };
+            match w.to.send(wake) {
+                Ok(()) => return,
+                // That claim stopped waiting meanwhile: the next one.
+                Err(mut back) => {
+                    (attempt, declined) = back.inner.take().expect("a wake not sent is whole");
+                }
+            }
+        }
     }
 
     /// Whether an attempt needing `need` goes to the queue: a live runner
@@ -607,10 +729,19 @@ impl Remote {
     /// Notes that `runner` (its id) claimed `attempts`: those this engine
     /// waits for will name it when they end.
     pub fn claimed(&self, runner: &str, attempts: &[AttemptId]) {
-        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        for a in attempts.iter().filter(|a| waiting.contains_key(a)) {
-            holders.insert(a.clone(), runner.to_string());
+        if attempts.is_empty() {
+            return;
+        }
+        {
+            let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+            for a in attempts.iter().filter(|a| waiting.contains_key(a)) {
+                holders.insert(a.clone(), runner.to_string());
+            }
+        }
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for a in attempts {
+            claims.claimed(&a.run, runner);
         }
     }
 
@@ -806,7 +937,7 @@ impl Remote {
             self.take(&id);
             return Err(e);
         }
-        self.queued.notify_waiters();
+        self.wake(id.clone(), Vec::new());
         self.watch(id, kill);
         Ok(())
     }
@@ -1127,6 +1258,66 @@ mod tests {
         let long = RunnerList::new(&[record(&[], 1_000_000, 10_000, false)], 10_000);
         assert!(long.serves_after(&need(&[]), RUNNERS_FRESH - Duration::from_millis(1)));
         assert!(!long.serves_after(&need(&[]), RUNNERS_FRESH));
+    }
+
+    /// Whether `w` got a wake by now (without waiting).
+    fn woken(w: &mut Waiting) -> Option<Wake> {
+        w.woken.try_recv().ok()
+    }
+
+    #[test]
+    fn a_queued_attempt_wakes_one_claim_and_the_wake_goes_on_until_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(dir.path().join("o.db")).unwrap();
+        let remote = Arc::new(Remote::new(Arc::new(store), 15_000));
+        let id = AttemptId::new("run", "a", 1);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        remote.waiting.lock().unwrap().insert(id.clone(), tx);
+        let mut a = remote.wait_for_attempts("ra");
+        let mut b = remote.wait_for_attempts("rb");
+        let mut c = remote.wait_for_attempts("rc");
+        remote.wake(id.clone(), Vec::new());
+        // One claim, the one that waited longest.
+        let wake = woken(&mut a).expect("the first claim is woken");
+        assert!(woken(&mut b).is_none() && woken(&mut c).is_none());
+        // Its read did not take the attempt: the next runner's claim.
+        let mut a2 = remote.wait_for_attempts("ra");
+        wake.declined_by("ra");
+        let wake = woken(&mut b).expect("handed on");
+        // A claim that stops waiting hands on a wake it got: not to the
+        // runner that declined it.
+        drop(wake);
+        assert!(woken(&mut a2).is_none());
+        let mut d = remote.wait_for_attempts("rd");
+        let mut b2 = remote.wait_for_attempts("rb");
+        assert!(woken(&mut d).is_none());
+        drop(c);
+        let wake = woken(&mut d).expect("handed on by the claim that stopped waiting");
+        // Every runner waiting declined: the wake ends.
+        wake.declined_by("rd");
+        let wake = woken(&mut b2).expect("rb did not decline it");
+        wake.declined_by("rb");
+        assert!(woken(&mut a2).is_none());
+        // Claimed through this server: a wake for it ends at once, and
+        // the runner is the one its run's next attempts wake first.
+        let mut e = remote.wait_for_attempts("re");
+        remote.claimed("rb", std::slice::from_ref(&id));
+        remote.wake(id.clone(), Vec::new());
+        assert!(woken(&mut e).is_none() && woken(&mut a2).is_none());
+        let next = AttemptId::new("run", "b", 1);
+        let (tx, _rx2) = mpsc::unbounded_channel();
+        remote.waiting.lock().unwrap().insert(next.clone(), tx);
+        let mut b3 = remote.wait_for_attempts("rb");
+        remote.wake(next.clone(), Vec::new());
+        let wake = woken(&mut b3).expect("the run's last runner is woken first");
+        assert!(woken(&mut e).is_none() && woken(&mut a2).is_none());
+        // It took it: the wake ends there.
+        remote.claimed("rb", std::slice::from_ref(&next));
+        wake.declined_by("rb");
+        assert!(woken(&mut e).is_none() && woken(&mut a2).is_none());
+        // Gone: a dropped claim leaves the list.
+        drop((a, d, e, a2, b3));
+        assert!(remote.claims.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::super::error::{ApiError, ApiResult, Code};
 use super::super::extract::{Body, Path, Query};
 use super::super::AppState;
 use super::blocking;
-use crate::exec::remote::{Remote, ReportError, WireEnd};
+use crate::exec::remote::{Remote, ReportError, Wake, WireEnd};
 use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Mutation;
@@ -376,14 +376,14 @@ pub async fn claim(
     let remote = remote(&s)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(body.wait_ms);
     let mut stopping = s.stop.subscribe();
+    // A wake this claim got: its next read decides it.
+    let mut held: Option<Wake> = None;
     loop {
-        // Listening before the store is asked: an attempt queued while
-        // the claim reads finds this claim waiting (a wake-up sent
-        // between the read and the wait would be lost, and the attempt
-        // would wait for the next look, up to `LOOK_AGAIN` later).
-        let queued = remote.queued();
-        tokio::pin!(queued);
-        queued.as_mut().enable();
+        // Waiting before the store is asked: an attempt queued while the
+        // claim reads wakes this claim (a wake sent between the read and
+        // the wait would miss it, and the attempt would wait for the next
+        // look, up to `LOOK_AGAIN` later).
+        let mut waiting = remote.wait_for_attempts(&id);
         let store = s.store.clone();
         let runner = id.clone();
         let lease_ms = remote.lease_ms();
@@ -391,6 +391,11 @@ pub async fn claim(
         let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
         let ids: Vec<AttemptId> = got.iter().map(|a| a.id.clone()).collect();
         remote.claimed(&id, &ids);
+        // This read came after the wake: unless it took the attempt, the
+        // wake goes on to another runner's claim.
+        if let Some(wake) = held.take() {
+            wake.declined_by(&id);
+        }
         if !got.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
             let attempts = got
                 .into_iter()
@@ -405,7 +410,7 @@ pub async fn claim(
         // Woken by a new attempt, else looks again now and then (another
         // server may have queued it, a slot may have freed).
         tokio::select! {
-            _ = queued => {}
+            wake = waiting.woken() => held = wake,
             _ = tokio::time::sleep(LOOK_AGAIN) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
