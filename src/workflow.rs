@@ -34,8 +34,12 @@ pub struct Workflow {
     /// How it runs.
     pub(crate) opts: RunOptions,
     pub(crate) db: Option<PathBuf>,
-    /// Node ids added so far (for fresh ids of typed nodes).
-    pub(crate) ids: std::collections::HashSet<String>,
+    /// The ids of the nodes added so far, by position in the
+    /// registration (for fresh ids of typed nodes): a 100,000-node
+    /// workflow keeps no second copy of its ids.
+    pub(crate) ids: crate::graph::IdIndex,
+    /// Ids taken without a node of that id (a typed map's base name).
+    pub(crate) reserved: std::collections::HashSet<String>,
     /// Mistakes found while building (a malformed typed branch): `run`
     /// refuses the workflow with them.
     pub(crate) problems: Vec<String>,
@@ -56,6 +60,7 @@ impl Workflow {
             opts: RunOptions::default(),
             db: None,
             ids: Default::default(),
+            reserved: Default::default(),
             problems: Vec::new(),
             quiet: Default::default(),
         }
@@ -313,14 +318,21 @@ impl Workflow {
     /// ```
     pub fn node(&mut self, id: impl Into<String>, task: Task) -> NodeBuilder<'_> {
         let id = id.into();
-        self.ids.insert(id.clone());
+        let at = self.def.registration.len();
+        self.ids.insert(&id, at);
         self.def.registration.push(Mutation::add_node(id, task));
-        let at = self.def.registration.len() - 1;
         NodeBuilder { wf: self, at }
     }
 
     pub(crate) fn has_id(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.reserved.contains(id)
+            || self
+                .ids
+                .get(id, |at| match &self.def.registration[at] {
+                    Mutation::AddNode { id, .. } => id.as_str(),
+                    _ => "",
+                })
+                .is_some()
     }
 
     /// Adds the edge `from -> to`: `to` runs after `from` succeeded.
@@ -454,7 +466,7 @@ impl Workflow {
     /// Appends any mutation to the registration batch.
     pub fn mutate(&mut self, m: Mutation) -> &mut Workflow {
         if let Mutation::AddNode { id, .. } = &m {
-            self.ids.insert(id.clone());
+            self.ids.insert(id, self.def.registration.len());
         }
         self.def.registration.push(m);
         self
