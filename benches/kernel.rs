@@ -27,8 +27,10 @@
 //!   until the final picture landed, and of the whole process (wall and
 //!   CPU time: the CPU ratio is the steadier one on a busy machine).
 //!
-//! Set `ORCH_BENCH_NODES` (default 100000) to change the DAG size and
-//! `ORCH_BENCH_PARALLEL` (default 1) the `max_parallel` of the run case.
+//! Set `ORCH_BENCH_NODES` (default 100000) to change the DAG size,
+//! `ORCH_BENCH_PARALLEL` (default 1) the `max_parallel` of the run case,
+//! and `ORCH_BENCH_OWNED=1` to run it with `Workflow::run_owned` (the
+//! workflow given up to the run) instead of `Workflow::run`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -69,12 +71,23 @@ impl Executor for NoWork {
 
 /// One run with the no-work executor: (registration, run after it).
 fn run_no_work(wf: &mut Workflow, db: &Path) -> (Duration, Duration) {
+    run_no_work_as(wf, db, false)
+}
+
+/// [`run_no_work`], with [`Workflow::run_owned`] when `owned` (the
+/// workflow is left empty).
+fn run_no_work_as(wf: &mut Workflow, db: &Path, owned: bool) -> (Duration, Duration) {
     let exec = Arc::new(NoWork::default());
     // The child of the `run` case is told which; other cases draw nothing.
     let live = std::env::var("ORCH_BENCH_LIVE").as_deref() == Ok("1");
     wf.db(db).live_picture(live).executor(exec.clone());
     let t = Instant::now();
-    let outcome = wf.run().expect("run");
+    let outcome = if owned {
+        std::mem::replace(wf, Workflow::new("taken")).run_owned()
+    } else {
+        wf.run()
+    }
+    .expect("run");
     let end = Instant::now();
     assert!(outcome.succeeded(), "{outcome:?}");
     // Before the database's folder goes: the final picture lands there.
@@ -247,7 +260,8 @@ fn child_run(n: usize) {
         wf.mutate(m);
     }
     wf.max_parallel(parallel);
-    let (reg, run) = run_no_work(&mut wf, &dir.path().join("run.db"));
+    let owned = std::env::var("ORCH_BENCH_OWNED").as_deref() == Ok("1");
+    let (reg, run) = run_no_work_as(&mut wf, &dir.path().join("run.db"), owned);
     println!("{} {} {}", ms(reg), ms(run), peak_rss_mib());
 }
 
@@ -343,7 +357,12 @@ fn main() {
             rss.sort_by(f64::total_cmp);
             let (reg, run, whole) = (median(regs), median(runs), median(whole));
             println!(
-                "run              {n}-node layered DAG, no-work executor, durable, {what}, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), whole process {:.0} ms ({:.0} tasks/s; start to exit, the workflow built, registered and run), peak RSS {:.0} MiB (medians of 3 child processes)",
+                "run              {n}-node layered DAG, no-work executor, durable, {what}, {}, max_parallel {}: registration {:.0} ms, run {:.0} ms ({:.0} tasks/s), whole process {:.0} ms ({:.0} tasks/s; start to exit, the workflow built, registered and run), peak RSS {:.0} MiB (medians of 3 child processes)",
+                if std::env::var("ORCH_BENCH_OWNED").as_deref() == Ok("1") {
+                    "Workflow::run_owned"
+                } else {
+                    "Workflow::run"
+                },
                 env_usize("ORCH_BENCH_PARALLEL", 1),
                 ms(reg),
                 ms(run),

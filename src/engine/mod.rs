@@ -286,6 +286,26 @@ impl Engine {
     /// runtime batch) and starts driving it; returns once the
     /// registration committed.
     pub async fn start(&self, definition: &Definition, options: &RunOptions) -> Result<RunHandle> {
+        self.start_cow(std::borrow::Cow::Borrowed(definition), options)
+            .await
+    }
+
+    /// [`Engine::start`] taking the definition: it is dropped once the
+    /// registration committed (see [`crate::Workflow::run_owned`]).
+    pub(crate) async fn start_owned(
+        &self,
+        definition: Definition,
+        options: &RunOptions,
+    ) -> Result<RunHandle> {
+        self.start_cow(std::borrow::Cow::Owned(definition), options)
+            .await
+    }
+
+    async fn start_cow(
+        &self,
+        definition: std::borrow::Cow<'_, Definition>,
+        options: &RunOptions,
+    ) -> Result<RunHandle> {
         self.refuse_if_stopping(&definition.name)?;
         let run = options
             .run_id

@@ -2,6 +2,7 @@
 //! runtime batch while a second thread writes it to the store; the run is
 //! created (owned by the engine under a fresh lease) only if it passes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -20,23 +21,24 @@ use super::run::Runner;
 use super::{Engine, RunConfig, RunOptions};
 
 /// Registers `def` as run `run_id` of `engine`; returns its runner,
-/// ready to drive.
+/// ready to drive. An owned `def` is dropped as soon as the registration
+/// committed.
 pub(super) fn register(
     engine: &Engine,
-    def: &Definition,
+    def: Cow<'_, Definition>,
     opts: &RunOptions,
     run_id: String,
 ) -> Result<Runner> {
     native::refuse_task_mode()?;
     // A definition with parameters runs with them in place (copied only
     // then: a big registration is otherwise never copied).
-    let filled;
-    let (def, params) = if def.triggers.params.is_empty() && opts.params.is_empty() {
-        (def, opts.params.clone())
+    let given = def;
+    let mut filled = None;
+    let (def, params) = if given.triggers.params.is_empty() && opts.params.is_empty() {
+        (&*given, opts.params.clone())
     } else {
-        let (with, params) = with_params(def, &opts.params)?;
-        filled = with;
-        (&filled, params)
+        let (with, params) = with_params(&given, &opts.params)?;
+        (&*filled.insert(with), params)
     };
     let base_dir = match &opts.dir {
         Some(d) => d.clone(),
@@ -115,6 +117,11 @@ pub(super) fn register(
         });
         (touched, writer.join())
     });
+    // The graph has the run's own copy by now: a definition handed over
+    // (`Workflow::run_owned`) goes here, before the trim below returns
+    // what it and the writer held.
+    drop(filled);
+    drop(given);
     let touched = touched?;
     let lease = match written {
         Ok(written) => written?.expect("a valid registration commits"),

@@ -51,7 +51,8 @@ pub struct Edge {
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     nodes: Vec<Node>,
-    index: FastMap<String, usize>,
+    /// Ids to positions (the ids themselves are the nodes').
+    index: IdIndex,
     dag: DiGraph<(), usize, u32>,
     edges: Vec<Edge>,
     edge_index: FastMap<(usize, usize), usize>,
@@ -147,6 +148,54 @@ impl std::hash::Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
 type FastSet<K> = HashSet<K, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// Node ids to positions without a copy of the ids: keyed by each id's
+/// 64-bit hash, a hit checked against the id where it is kept (a graph's
+/// node, a batch's mutation, a workflow's registration), so the table
+/// holds 16 bytes an id instead of a second `String`. An id whose hash an
+/// earlier id has already is kept with its text in `clash`.
+///
+/// Ids are inserted once each (callers refuse duplicates first).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IdIndex {
+    by_hash: FastMap<u64, usize>,
+    clash: FastMap<String, usize>,
+}
+
+impl IdIndex {
+    fn hash(id: &str) -> u64 {
+        let mut h = FastHasher::default();
+        std::hash::Hasher::write(&mut h, id.as_bytes());
+        std::hash::Hasher::finish(&h)
+    }
+
+    /// The position of `id`; `id_at(i)` is the id kept at position `i`.
+    #[inline]
+    pub(crate) fn get<'a>(&self, id: &str, id_at: impl Fn(usize) -> &'a str) -> Option<usize> {
+        match self.by_hash.get(&Self::hash(id)) {
+            Some(&i) if id_at(i) == id => Some(i),
+            Some(_) => self.clash.get(id).copied(),
+            None => None,
+        }
+    }
+
+    /// Records `id` at position `i`; `id` must not be in the index yet.
+    pub(crate) fn insert(&mut self, id: &str, i: usize) {
+        match self.by_hash.entry(Self::hash(id)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.clash.insert(id.to_string(), i);
+            }
+        }
+    }
+
+    /// Room for `n` more ids.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.by_hash.reserve(n);
+    }
+}
 
 /// Versions of graphs: unique across all graphs of the process.
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -278,7 +327,13 @@ impl Graph {
 
     /// The position of the node with this id.
     pub fn position(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        self.index.get(id, |i| self.nodes[i].id.as_str())
+    }
+
+    /// The position of a node that is known to be in the graph.
+    fn at(&self, id: &str) -> usize {
+        self.position(id)
+            .expect("a validated batch names nodes of the graph")
     }
 
     /// The node at a position.
@@ -435,7 +490,7 @@ impl Graph {
                 let i = self.nodes.len();
                 // Validated batches have well-formed references only.
                 let refs = output_refs(&inputs).unwrap_or_default();
-                self.index.insert(id.clone(), i);
+                self.index.insert(&id, i);
                 self.nodes.push(Node {
                     id,
                     task,
@@ -449,22 +504,25 @@ impl Graph {
                 self.next_ord += 1;
                 applied.touched.push(i);
                 for r in refs {
-                    let from = self.index[&r.node];
+                    let from = self.at(&r.node);
                     if !self.has_edge(from, i) {
                         self.push_edge(from, i, Attrs::new());
                     }
                 }
             }
             Mutation::AddEdge { from, to, attrs } => {
-                let (f, t) = (self.index[&from], self.index[&to]);
+                let (f, t) = (self.at(&from), self.at(&to));
                 self.push_edge(f, t, attrs);
                 applied.touched.push(t);
             }
             Mutation::SetAttrs { node, edge, attrs } => {
                 let target = match (node, edge) {
-                    (Some(n), _) => &mut self.nodes[self.index[&n]].attrs,
+                    (Some(n), _) => {
+                        let i = self.at(&n);
+                        &mut self.nodes[i].attrs
+                    }
                     (None, Some(e)) => {
-                        let k = self.edge_index[&(self.index[&e.from], self.index[&e.to])];
+                        let k = self.edge_index[&(self.at(&e.from), self.at(&e.to))];
                         &mut self.edges[k].attrs
                     }
                     (None, None) => return,
@@ -474,7 +532,7 @@ impl Graph {
             Mutation::AddPromise { promise } => {
                 // A shape's `to` may now have to wait for its region.
                 if let Promise::Shape { from, to, .. } = &promise {
-                    let (f, t) = (self.index[from], self.index[to]);
+                    let (f, t) = (self.at(from), self.at(to));
                     applied.touched.push(t);
                     let k = self.regions.len();
                     self.regions.push(RegionIndex {
@@ -790,7 +848,9 @@ impl Adjacency {
 #[derive(Clone, Debug, Default)]
 pub struct Staging {
     mutations: Vec<Mutation>,
-    new_ids: FastMap<String, usize>,
+    /// Ids of the batch's new nodes to their `Ref::New` index (the ids
+    /// themselves are their mutations').
+    new_ids: IdIndex,
     /// Where each new node's `add_node` is among `mutations`, by
     /// `Ref::New` index (its id and task name are read there).
     new_nodes: Vec<usize>,
@@ -829,9 +889,11 @@ impl Staging {
     }
 
     fn resolve(&self, g: &Graph, id: &str) -> Option<Ref> {
-        g.position(id)
-            .map(Ref::Old)
-            .or_else(|| self.new_ids.get(id).map(|&k| Ref::New(k)))
+        g.position(id).map(Ref::Old).or_else(|| {
+            self.new_ids
+                .get(id, |k| self.name(g, Ref::New(k)))
+                .map(Ref::New)
+        })
     }
 
     fn name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
@@ -1212,8 +1274,8 @@ impl Staging {
                         sources.push(src);
                     }
                 }
-                let k = self.new_ids.len();
-                self.new_ids.insert(id.clone(), k);
+                let k = self.new_nodes.len();
+                self.new_ids.insert(id, k);
                 // The mutation joins `mutations` there below (its task name
                 // filled in), once nothing can fail any more.
                 self.new_nodes.push(self.mutations.len());
@@ -1406,6 +1468,56 @@ mod tests {
 
     fn node(id: &str) -> Mutation {
         Mutation::add_node(id, Task::python("x.py"))
+    }
+
+    #[test]
+    fn id_index_finds_ids_kept_elsewhere_and_clashing_hashes() {
+        let ids = ["a", "b", "n1", "n2"];
+        let at = |i: usize| ids[i];
+        let mut index = IdIndex::default();
+        index.insert("a", 0);
+        // `b` as if its hash were `a`'s: the table points at `a`, so `b`
+        // is kept with its text.
+        index.by_hash.insert(IdIndex::hash("b"), 0);
+        index.insert("b", 1);
+        index.insert("n1", 2);
+        index.insert("n2", 3);
+        assert_eq!(index.get("a", at), Some(0));
+        assert_eq!(index.get("b", at), Some(1));
+        assert_eq!(index.get("n1", at), Some(2));
+        assert_eq!(index.get("n2", at), Some(3));
+        assert_eq!(index.get("n3", at), None);
+        assert_eq!(index.get("", at), None);
+        assert_eq!(index.clash.len(), 1, "only the clashing id is copied");
+    }
+
+    #[test]
+    fn positions_and_staged_ids_resolve_without_copies_of_the_ids() {
+        let mut g = Graph::new();
+        let batch: Vec<Mutation> = (0..1000)
+            .map(|i| node(&format!("n{i}")))
+            .chain((1..1000).map(|i| edge(&format!("n{}", i - 1), &format!("n{i}"))))
+            .collect();
+        let staging = g.stage_all(batch.clone()).unwrap();
+        assert_eq!(staging.lookup(&g, "n999"), Some(("n999", "n999")));
+        assert!(staging.lookup(&g, "n1000").is_none());
+        g.commit(&batch).unwrap();
+        for i in 0..1000 {
+            assert_eq!(g.position(&format!("n{i}")), Some(i));
+        }
+        assert_eq!(g.position("n1000"), None);
+        assert!(g.has_edge(0, 1));
+        // A batch against the graph resolves old and new ids alike.
+        let mut more = Staging::default();
+        more.stage(&g, node("m")).unwrap();
+        more.stage(&g, edge("n5", "m")).unwrap();
+        let err = more.stage(&g, node("n7")).unwrap_err();
+        assert!(
+            err.to_string().contains("already used in the graph"),
+            "{err}"
+        );
+        let err = more.stage(&g, node("m")).unwrap_err();
+        assert!(err.to_string().contains("earlier in this batch"), "{err}");
     }
     fn edge(a: &str, b: &str) -> Mutation {
         Mutation::AddEdge {

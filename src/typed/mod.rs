@@ -392,7 +392,7 @@ impl Workflow {
     ) -> Node<Vec<M::Output>> {
         let base = self.fresh_id(M::NAME);
         // Reserved, so a later map (or node) of the same task gets `_2`.
-        self.ids.insert(base.clone());
+        self.reserved.insert(base.clone());
         self.map_as(&base, items, each)
     }
 
