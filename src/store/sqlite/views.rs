@@ -111,13 +111,19 @@ fn insert_events<'c>(
     run: &str,
     events: &[Event],
 ) -> rusqlite::Result<()> {
-    let mut data = Vec::with_capacity(EVENT_ROWS.min(events.len()));
+    // One buffer per row of a statement, reused by the next statement:
+    // SQLite copies what is bound, so a commit's events need not each
+    // allocate their JSON.
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    data.resize_with(EVENT_ROWS.min(events.len()), Vec::new);
     let mut rest = events;
     while !rest.is_empty() {
         let rows = EVENT_ROWS.min(1 << rest.len().ilog2());
         let (chunk, tail) = rest.split_at(rows);
-        data.clear();
-        data.extend(chunk.iter().map(|e| to_json(&e.kind)));
+        for (e, d) in chunk.iter().zip(&mut data) {
+            d.clear();
+            serde_json::to_writer(&mut *d, &e.kind).expect("orch values always serialise");
+        }
         let stmt = held.get(tx, events_sql(rows))?;
         stmt.raw_bind_parameter(1, run)?;
         for (r, (e, d)) in chunk.iter().zip(&data).enumerate() {
@@ -125,7 +131,7 @@ fn insert_events<'c>(
             stmt.raw_bind_parameter(p, e.seq as i64)?;
             stmt.raw_bind_parameter(p + 1, &e.at)?;
             stmt.raw_bind_parameter(p + 2, event_name(&e.kind))?;
-            stmt.raw_bind_parameter(p + 3, d.as_str())?;
+            stmt.raw_bind_parameter(p + 3, text(d))?;
         }
         stmt.raw_execute()?;
         rest = tail;
@@ -161,8 +167,10 @@ pub(super) fn write_events(
     insert_events(tx, held, run, events)?;
     let mut rows = vec![Rows::Own; events.len()];
     if events.len() > 1 {
-        let mut later_node: std::collections::HashSet<&str> = Default::default();
-        let mut ends: std::collections::HashMap<(&str, u32), usize> = Default::default();
+        // The graph's hasher, not SipHash: a commit holds hundreds of ids.
+        type Fast = std::hash::BuildHasherDefault<crate::graph::FastHasher>;
+        let mut later_node: std::collections::HashSet<&str, Fast> = Default::default();
+        let mut ends: std::collections::HashMap<(&str, u32), usize, Fast> = Default::default();
         for (k, e) in events.iter().enumerate().rev() {
             match &e.kind {
                 // (The guard records the node: its last change writes.)
