@@ -79,28 +79,142 @@ pub(super) fn write_event(
     write_events(tx, run, std::slice::from_ref(e), state)
 }
 
-/// Rows per multi-row `INSERT` of a commit's events. A remainder goes in
-/// statements of 8, 4, 2 and 1 rows, so five prepared statements write
-/// any number of events.
+/// Rows per multi-row `INSERT` of a commit's events, attempts and
+/// outputs. A remainder goes in statements of 8, 4, 2 and 1 rows, so five
+/// prepared statements per table write any number of rows.
 const EVENT_ROWS: usize = 16;
 
-/// The `INSERT` of `rows` events (`?1` the run, then seq, at, kind, data
-/// per row), for each row count [`insert_events`] uses.
-fn events_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (0..=EVENT_ROWS.ilog2())
-            .map(|k| {
-                insert_sql(
-                    "INSERT OR FAIL INTO events (run, seq, at, kind, data)",
-                    1 << k,
-                    4,
-                    "",
-                )
-            })
-            .collect()
-    });
-    &all[rows.ilog2() as usize]
+/// A table a commit writes in multi-row `INSERT`s: `?1` is the run, then
+/// `width` parameters per row; `suffix` follows the rows.
+struct MultiRow {
+    head: &'static str,
+    width: usize,
+    suffix: &'static str,
+    sql: std::sync::OnceLock<Vec<String>>,
+}
+
+impl MultiRow {
+    const fn new(head: &'static str, width: usize, suffix: &'static str) -> MultiRow {
+        MultiRow {
+            head,
+            width,
+            suffix,
+            sql: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows (a power of two up to
+    /// [`EVENT_ROWS`]), made once.
+    fn sql(&'static self, rows: usize) -> &'static str {
+        let all = self.sql.get_or_init(|| {
+            (0..=EVENT_ROWS.ilog2())
+                .map(|k| insert_sql(self.head, 1 << k, self.width, "") + self.suffix)
+                .collect()
+        });
+        &all[rows.ilog2() as usize]
+    }
+}
+
+/// seq, at, kind, data per row.
+static EVENTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO events (run, seq, at, kind, data)",
+    4,
+    "",
+);
+
+/// An attempt's row, whole when it ended within the commit (else the end's
+/// columns are `NULL`, as its start alone leaves them).
+static ATTEMPTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
+        exit_code, error, files, runner)",
+    10,
+    "",
+);
+
+/// A node's output; a later one of the same node replaces it.
+static OUTPUTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO outputs (run, node, value)",
+    2,
+    " ON CONFLICT (run, node) DO UPDATE SET value = excluded.value",
+);
+
+/// Writes `rows` into `table`, [`EVENT_ROWS`] to a statement; `bind`
+/// binds one row from the parameter it is given on.
+fn insert_rows<'c, T>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
+    run: &str,
+    table: &'static MultiRow,
+    rows: &[T],
+    mut bind: impl FnMut(&mut CachedStatement<'c>, usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = EVENT_ROWS.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(n);
+        let stmt = held.get(tx, table.sql(n))?;
+        stmt.raw_bind_parameter(1, run)?;
+        for (r, row) in chunk.iter().enumerate() {
+            bind(stmt, 2 + table.width * r, row)?;
+        }
+        stmt.raw_execute()?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// An `attempt_started` of a commit, with the `attempt_finished` of the
+/// same attempt when the commit holds it too.
+struct AttemptRow<'a> {
+    node: &'a str,
+    attempt: u32,
+    pid: Option<u32>,
+    started_at: &'a str,
+    end: Option<&'a Event>,
+}
+
+/// Inserts a commit's attempts, whole where they ended within it.
+fn insert_attempts<'c>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
+    run: &str,
+    rows: &[AttemptRow<'_>],
+) -> rusqlite::Result<()> {
+    use rusqlite::types::Null;
+    insert_rows(tx, held, run, &ATTEMPTS, rows, |stmt, p, a| {
+        stmt.raw_bind_parameter(p, a.node)?;
+        stmt.raw_bind_parameter(p + 1, a.attempt)?;
+        stmt.raw_bind_parameter(p + 2, a.pid)?;
+        stmt.raw_bind_parameter(p + 3, a.started_at)?;
+        match a.end {
+            Some(Event {
+                at,
+                kind:
+                    EventKind::AttemptFinished {
+                        outcome,
+                        exit_code,
+                        error,
+                        files,
+                        runner,
+                        ..
+                    },
+                ..
+            }) => {
+                stmt.raw_bind_parameter(p + 4, at)?;
+                stmt.raw_bind_parameter(p + 5, outcome.as_str())?;
+                stmt.raw_bind_parameter(p + 6, exit_code)?;
+                stmt.raw_bind_parameter(p + 7, error)?;
+                stmt.raw_bind_parameter(p + 8, (!files.is_empty()).then(|| to_json(files)))?;
+                stmt.raw_bind_parameter(p + 9, runner.as_deref().unwrap_or(crate::history::LOCAL))?;
+            }
+            _ => {
+                for k in 4..10 {
+                    stmt.raw_bind_parameter(p + k, Null)?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Appends events, [`EVENT_ROWS`] to a statement: one statement for a
@@ -124,7 +238,7 @@ fn insert_events<'c>(
             d.clear();
             serde_json::to_writer(&mut *d, &e.kind).expect("orch values always serialise");
         }
-        let stmt = held.get(tx, events_sql(rows))?;
+        let stmt = held.get(tx, EVENTS.sql(rows))?;
         stmt.raw_bind_parameter(1, run)?;
         for (r, (e, d)) in chunk.iter().zip(&data).enumerate() {
             let p = 2 + 4 * r;
@@ -190,26 +304,50 @@ pub(super) fn write_events(
             }
         }
     }
+    // The commit's attempts and outputs go in multi-row statements after
+    // its other rows (no other row of the commit reads them: an attempt
+    // that ends within the commit is inserted whole, and a restart's
+    // rewrite comes after all of them).
+    let mut attempts = Vec::new();
+    let mut outputs = Vec::new();
     for (e, how) in events.iter().zip(rows) {
-        if how != Rows::Later {
-            let end = match how {
-                Rows::Whole(end) => Some(&events[end]),
-                _ => None,
-            };
-            write_views(tx, held, run, e, end, state)?;
+        match (&e.kind, how) {
+            (_, Rows::Later) => {}
+            (EventKind::AttemptStarted { node, attempt, pid }, how) => attempts.push(AttemptRow {
+                node,
+                attempt: *attempt,
+                pid: *pid,
+                started_at: &e.at,
+                end: match how {
+                    Rows::Whole(end) => Some(&events[end]),
+                    _ => None,
+                },
+            }),
+            (EventKind::Output { node, value }, _) => outputs.push((node.as_str(), value)),
+            _ => write_views(tx, held, run, e, state)?,
         }
     }
-    Ok(())
+    insert_attempts(tx, held, run, &attempts)?;
+    insert_rows(
+        tx,
+        held,
+        run,
+        &OUTPUTS,
+        &outputs,
+        |stmt, p, (node, value)| {
+            stmt.raw_bind_parameter(p, node)?;
+            stmt.raw_bind_parameter(p + 1, to_json(value))
+        },
+    )
 }
 
-/// The views of one event; `end`, for an `attempt_started`, is the
-/// `attempt_finished` of the same attempt later in the commit.
+/// The views of one event other than an `attempt_started` or an `output`
+/// (which [`write_events`] inserts in multi-row statements).
 fn write_views<'c>(
     tx: &'c Transaction<'_>,
     held: &mut Held<'c>,
     run: &str,
     e: &Event,
-    end: Option<&Event>,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
     let folded = || state.expect("views of a state change are copied from the fold");
@@ -258,50 +396,8 @@ fn write_views<'c>(
                 ])?;
             }
         }
-        EventKind::AttemptStarted { node, attempt, pid } => match end {
-            Some(Event {
-                at,
-                kind:
-                    EventKind::AttemptFinished {
-                        outcome,
-                        exit_code,
-                        error,
-                        files,
-                        runner,
-                        ..
-                    },
-                ..
-            }) => {
-                let files = (!files.is_empty()).then(|| to_json(files));
-                let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
-                held.get(
-                tx,
-                    "INSERT INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
-                        exit_code, error, files, runner)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?
-                .execute(params![
-                    run,
-                    node,
-                    attempt,
-                    pid,
-                    e.at,
-                    at,
-                    outcome.as_str(),
-                    exit_code,
-                    error,
-                    files,
-                    runner
-                ])?;
-            }
-            _ => {
-                held.get(
-                tx,
-                    "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![run, node, attempt, pid, e.at])?;
-            }
-        },
+        // Written by `write_events`, many to a statement.
+        EventKind::AttemptStarted { .. } | EventKind::Output { .. } => {}
         EventKind::AttemptFinished {
             node,
             attempt,
@@ -330,14 +426,6 @@ fn write_views<'c>(
                 files,
                 runner
             ])?;
-        }
-        EventKind::Output { node, value } => {
-            held.get(
-                tx,
-                "INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (run, node) DO UPDATE SET value = ?3",
-            )?
-            .execute(params![run, node, to_json(value)])?;
         }
         EventKind::Restarted { .. } => {
             // The new generation is rewritten from the folded state once
