@@ -525,3 +525,79 @@ fn a_commits_events_go_in_chunks_and_its_attempts_are_written_whole() {
     assert_eq!(n7.attempts[0].outcome, Some(AttemptOutcome::Failed));
     assert_eq!(n7.attempts[1].pid, Some(107));
 }
+
+/// The multi-row statements are `INSERT OR FAIL` (no statement journal):
+/// a row that breaks a constraint in the middle of one leaves the rows
+/// before it written until the error rolls the whole transaction back.
+/// Nothing of a failed registration or commit stays, and the store stays
+/// usable.
+#[test]
+fn a_multi_row_statement_that_fails_midway_leaves_nothing() {
+    use crate::model::NodeState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("a.db")).unwrap();
+    let count = |store: &SqliteStore| -> i64 {
+        store
+            .lock()
+            .query_row(
+                "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM events)
+                      + (SELECT count(*) FROM nodes) + (SELECT count(*) FROM edges)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // A full chunk of edges whose 31st repeats the 6th (validation would
+    // refuse it; the store must not keep half of it either).
+    let mut muts: Vec<Mutation> = (0..=CHUNK)
+        .map(|i| Mutation::add_node(format!("n{i}"), Task::command(["true"])))
+        .collect();
+    let edge = |i: usize| Mutation::AddEdge {
+        from: "n0".into(),
+        to: format!("n{i}"),
+        attrs: Attrs::new(),
+    };
+    muts.extend((1..=CHUNK).map(edge));
+    muts.insert(CHUNK + 1 + 30, edge(6));
+    let err = store
+        .register(&Owner::this_process(), reg(&muts, "t"), &mut || true)
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert_eq!(count(&store), 0);
+
+    let good = registration();
+    let lease = store
+        .register(&Owner::this_process(), reg(&good, "t"), &mut || true)
+        .unwrap()
+        .expect("kept");
+    let before = (store.events("r", None).unwrap(), store.export("r").unwrap());
+    let rows = count(&store);
+    // 20 events in one commit (16 rows, then 4) whose 11th repeats a
+    // sequence number already stored.
+    let mut all = before.0.clone();
+    let mut events = Vec::new();
+    for i in 0..20u64 {
+        let seq = if i == 10 { 2 } else { all.len() as u64 + 1 + i };
+        events.push(Event {
+            seq,
+            at: "2026-01-01T00:00:09.000Z".into(),
+            kind: EventKind::NodeState {
+                node: format!("n{i}"),
+                state: NodeState::Ready,
+            },
+        });
+    }
+    let mut state = RunState::replay("r", &all);
+    let err = store.commit(&lease, &state, &events, &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert_eq!(count(&store), rows);
+    assert_eq!(store.events("r", None).unwrap(), before.0);
+    assert_eq!(store.export("r").unwrap(), before.1);
+    // The same commit with the right numbers goes through.
+    events[10].seq = all.len() as u64 + 11;
+    all.extend(events.iter().cloned());
+    state = RunState::replay("r", &all);
+    store.commit(&lease, &state, &events, &[], &[]).unwrap();
+    assert_eq!(store.events("r", None).unwrap(), all);
+    assert_eq!(store.export("r").unwrap(), state.export());
+}

@@ -79,28 +79,142 @@ pub(super) fn write_event(
     write_events(tx, run, std::slice::from_ref(e), state)
 }
 
-/// Rows per multi-row `INSERT` of a commit's events. A remainder goes in
-/// statements of 8, 4, 2 and 1 rows, so five prepared statements write
-/// any number of events.
+/// Rows per multi-row `INSERT` of a commit's events, attempts and
+/// outputs. A remainder goes in statements of 8, 4, 2 and 1 rows, so five
+/// prepared statements per table write any number of rows.
 const EVENT_ROWS: usize = 16;
 
-/// The `INSERT` of `rows` events (`?1` the run, then seq, at, kind, data
-/// per row), for each row count [`insert_events`] uses.
-fn events_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (0..=EVENT_ROWS.ilog2())
-            .map(|k| {
-                insert_sql(
-                    "INSERT INTO events (run, seq, at, kind, data)",
-                    1 << k,
-                    4,
-                    "",
-                )
-            })
-            .collect()
-    });
-    &all[rows.ilog2() as usize]
+/// A table a commit writes in multi-row `INSERT`s: `?1` is the run, then
+/// `width` parameters per row; `suffix` follows the rows.
+struct MultiRow {
+    head: &'static str,
+    width: usize,
+    suffix: &'static str,
+    sql: std::sync::OnceLock<Vec<String>>,
+}
+
+impl MultiRow {
+    const fn new(head: &'static str, width: usize, suffix: &'static str) -> MultiRow {
+        MultiRow {
+            head,
+            width,
+            suffix,
+            sql: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows (a power of two up to
+    /// [`EVENT_ROWS`]), made once.
+    fn sql(&'static self, rows: usize) -> &'static str {
+        let all = self.sql.get_or_init(|| {
+            (0..=EVENT_ROWS.ilog2())
+                .map(|k| insert_sql(self.head, 1 << k, self.width, "") + self.suffix)
+                .collect()
+        });
+        &all[rows.ilog2() as usize]
+    }
+}
+
+/// seq, at, kind, data per row.
+static EVENTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO events (run, seq, at, kind, data)",
+    4,
+    "",
+);
+
+/// An attempt's row, whole when it ended within the commit (else the end's
+/// columns are `NULL`, as its start alone leaves them).
+static ATTEMPTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
+        exit_code, error, files, runner)",
+    10,
+    "",
+);
+
+/// A node's output; a later one of the same node replaces it.
+static OUTPUTS: MultiRow = MultiRow::new(
+    "INSERT OR FAIL INTO outputs (run, node, value)",
+    2,
+    " ON CONFLICT (run, node) DO UPDATE SET value = excluded.value",
+);
+
+/// Writes `rows` into `table`, [`EVENT_ROWS`] to a statement; `bind`
+/// binds one row from the parameter it is given on.
+fn insert_rows<'c, T>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
+    run: &str,
+    table: &'static MultiRow,
+    rows: &[T],
+    mut bind: impl FnMut(&mut CachedStatement<'c>, usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = EVENT_ROWS.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(n);
+        let stmt = held.get(tx, table.sql(n))?;
+        stmt.raw_bind_parameter(1, run)?;
+        for (r, row) in chunk.iter().enumerate() {
+            bind(stmt, 2 + table.width * r, row)?;
+        }
+        stmt.raw_execute()?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// An `attempt_started` of a commit, with the `attempt_finished` of the
+/// same attempt when the commit holds it too.
+struct AttemptRow<'a> {
+    node: &'a str,
+    attempt: u32,
+    pid: Option<u32>,
+    started_at: &'a str,
+    end: Option<&'a Event>,
+}
+
+/// Inserts a commit's attempts, whole where they ended within it.
+fn insert_attempts<'c>(
+    tx: &'c Transaction<'_>,
+    held: &mut Held<'c>,
+    run: &str,
+    rows: &[AttemptRow<'_>],
+) -> rusqlite::Result<()> {
+    use rusqlite::types::Null;
+    insert_rows(tx, held, run, &ATTEMPTS, rows, |stmt, p, a| {
+        stmt.raw_bind_parameter(p, a.node)?;
+        stmt.raw_bind_parameter(p + 1, a.attempt)?;
+        stmt.raw_bind_parameter(p + 2, a.pid)?;
+        stmt.raw_bind_parameter(p + 3, a.started_at)?;
+        match a.end {
+            Some(Event {
+                at,
+                kind:
+                    EventKind::AttemptFinished {
+                        outcome,
+                        exit_code,
+                        error,
+                        files,
+                        runner,
+                        ..
+                    },
+                ..
+            }) => {
+                stmt.raw_bind_parameter(p + 4, at)?;
+                stmt.raw_bind_parameter(p + 5, outcome.as_str())?;
+                stmt.raw_bind_parameter(p + 6, exit_code)?;
+                stmt.raw_bind_parameter(p + 7, error)?;
+                stmt.raw_bind_parameter(p + 8, (!files.is_empty()).then(|| to_json(files)))?;
+                stmt.raw_bind_parameter(p + 9, runner.as_deref().unwrap_or(crate::history::LOCAL))?;
+            }
+            _ => {
+                for k in 4..10 {
+                    stmt.raw_bind_parameter(p + k, Null)?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Appends events, [`EVENT_ROWS`] to a statement: one statement for a
@@ -111,21 +225,27 @@ fn insert_events<'c>(
     run: &str,
     events: &[Event],
 ) -> rusqlite::Result<()> {
-    let mut data = Vec::with_capacity(EVENT_ROWS.min(events.len()));
+    // One buffer per row of a statement, reused by the next statement:
+    // SQLite copies what is bound, so a commit's events need not each
+    // allocate their JSON.
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    data.resize_with(EVENT_ROWS.min(events.len()), Vec::new);
     let mut rest = events;
     while !rest.is_empty() {
         let rows = EVENT_ROWS.min(1 << rest.len().ilog2());
         let (chunk, tail) = rest.split_at(rows);
-        data.clear();
-        data.extend(chunk.iter().map(|e| to_json(&e.kind)));
-        let stmt = held.get(tx, events_sql(rows))?;
+        for (e, d) in chunk.iter().zip(&mut data) {
+            d.clear();
+            serde_json::to_writer(&mut *d, &e.kind).expect("orch values always serialise");
+        }
+        let stmt = held.get(tx, EVENTS.sql(rows))?;
         stmt.raw_bind_parameter(1, run)?;
         for (r, (e, d)) in chunk.iter().zip(&data).enumerate() {
             let p = 2 + 4 * r;
             stmt.raw_bind_parameter(p, e.seq as i64)?;
             stmt.raw_bind_parameter(p + 1, &e.at)?;
             stmt.raw_bind_parameter(p + 2, event_name(&e.kind))?;
-            stmt.raw_bind_parameter(p + 3, d.as_str())?;
+            stmt.raw_bind_parameter(p + 3, text(d))?;
         }
         stmt.raw_execute()?;
         rest = tail;
@@ -161,8 +281,10 @@ pub(super) fn write_events(
     insert_events(tx, held, run, events)?;
     let mut rows = vec![Rows::Own; events.len()];
     if events.len() > 1 {
-        let mut later_node: std::collections::HashSet<&str> = Default::default();
-        let mut ends: std::collections::HashMap<(&str, u32), usize> = Default::default();
+        // The graph's hasher, not SipHash: a commit holds hundreds of ids.
+        type Fast = std::hash::BuildHasherDefault<crate::graph::FastHasher>;
+        let mut later_node: std::collections::HashSet<&str, Fast> = Default::default();
+        let mut ends: std::collections::HashMap<(&str, u32), usize, Fast> = Default::default();
         for (k, e) in events.iter().enumerate().rev() {
             match &e.kind {
                 // (The guard records the node: its last change writes.)
@@ -182,26 +304,50 @@ pub(super) fn write_events(
             }
         }
     }
+    // The commit's attempts and outputs go in multi-row statements after
+    // its other rows (no other row of the commit reads them: an attempt
+    // that ends within the commit is inserted whole, and a restart's
+    // rewrite comes after all of them).
+    let mut attempts = Vec::new();
+    let mut outputs = Vec::new();
     for (e, how) in events.iter().zip(rows) {
-        if how != Rows::Later {
-            let end = match how {
-                Rows::Whole(end) => Some(&events[end]),
-                _ => None,
-            };
-            write_views(tx, held, run, e, end, state)?;
+        match (&e.kind, how) {
+            (_, Rows::Later) => {}
+            (EventKind::AttemptStarted { node, attempt, pid }, how) => attempts.push(AttemptRow {
+                node,
+                attempt: *attempt,
+                pid: *pid,
+                started_at: &e.at,
+                end: match how {
+                    Rows::Whole(end) => Some(&events[end]),
+                    _ => None,
+                },
+            }),
+            (EventKind::Output { node, value }, _) => outputs.push((node.as_str(), value)),
+            _ => write_views(tx, held, run, e, state)?,
         }
     }
-    Ok(())
+    insert_attempts(tx, held, run, &attempts)?;
+    insert_rows(
+        tx,
+        held,
+        run,
+        &OUTPUTS,
+        &outputs,
+        |stmt, p, (node, value)| {
+            stmt.raw_bind_parameter(p, node)?;
+            stmt.raw_bind_parameter(p + 1, to_json(value))
+        },
+    )
 }
 
-/// The views of one event; `end`, for an `attempt_started`, is the
-/// `attempt_finished` of the same attempt later in the commit.
+/// The views of one event other than an `attempt_started` or an `output`
+/// (which [`write_events`] inserts in multi-row statements).
 fn write_views<'c>(
     tx: &'c Transaction<'_>,
     held: &mut Held<'c>,
     run: &str,
     e: &Event,
-    end: Option<&Event>,
     state: Option<&RunState>,
 ) -> rusqlite::Result<()> {
     let folded = || state.expect("views of a state change are copied from the fold");
@@ -250,50 +396,8 @@ fn write_views<'c>(
                 ])?;
             }
         }
-        EventKind::AttemptStarted { node, attempt, pid } => match end {
-            Some(Event {
-                at,
-                kind:
-                    EventKind::AttemptFinished {
-                        outcome,
-                        exit_code,
-                        error,
-                        files,
-                        runner,
-                        ..
-                    },
-                ..
-            }) => {
-                let files = (!files.is_empty()).then(|| to_json(files));
-                let runner = runner.as_deref().unwrap_or(crate::history::LOCAL);
-                held.get(
-                tx,
-                    "INSERT INTO attempts (run, node, attempt, pid, started_at, finished_at, outcome,
-                        exit_code, error, files, runner)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )?
-                .execute(params![
-                    run,
-                    node,
-                    attempt,
-                    pid,
-                    e.at,
-                    at,
-                    outcome.as_str(),
-                    exit_code,
-                    error,
-                    files,
-                    runner
-                ])?;
-            }
-            _ => {
-                held.get(
-                tx,
-                    "INSERT INTO attempts (run, node, attempt, pid, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![run, node, attempt, pid, e.at])?;
-            }
-        },
+        // Written by `write_events`, many to a statement.
+        EventKind::AttemptStarted { .. } | EventKind::Output { .. } => {}
         EventKind::AttemptFinished {
             node,
             attempt,
@@ -322,14 +426,6 @@ fn write_views<'c>(
                 files,
                 runner
             ])?;
-        }
-        EventKind::Output { node, value } => {
-            held.get(
-                tx,
-                "INSERT INTO outputs (run, node, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (run, node) DO UPDATE SET value = ?3",
-            )?
-            .execute(params![run, node, to_json(value)])?;
         }
         EventKind::Restarted { .. } => {
             // The new generation is rewritten from the folded state once
@@ -425,6 +521,15 @@ pub(super) const CHUNK: usize = 64;
 
 /// The `INSERT` of `rows` rows into `table`: `?1` is the run, then
 /// `width` parameters per row, then `tail` (constant columns) per row.
+///
+/// The multi-row statements say `INSERT OR FAIL` (or `OR IGNORE`), never
+/// the default `OR ABORT`: to undo only its own rows when one of them
+/// breaks a constraint, an aborting multi-row statement copies every page
+/// it is about to change into a statement journal first, which spilled
+/// into a temporary file past 64 KiB (174 MB of writes for a
+/// 100,000-node registration). Nothing here continues a transaction
+/// after a failed statement: the error rolls the whole transaction back,
+/// so the rows a failing statement already wrote never stay.
 fn insert_sql(head: &str, rows: usize, width: usize, tail: &str) -> String {
     let mut sql = String::from(head);
     for r in 0..rows {
@@ -531,11 +636,11 @@ pub(super) fn write_mutations(
     mutations: &[Mutation],
 ) -> rusqlite::Result<()> {
     let mut nodes = Chunked::new(
-        "INSERT INTO nodes (run, id, task, inputs, attrs, state)",
+        "INSERT OR FAIL INTO nodes (run, id, task, inputs, attrs, state)",
         4,
         ", 'pending'",
     );
-    let mut edges = Chunked::new("INSERT INTO edges (run, src, dst, attrs)", 3, "");
+    let mut edges = Chunked::new("INSERT OR FAIL INTO edges (run, src, dst, attrs)", 3, "");
     let mut implied = Chunked::new(
         "INSERT OR IGNORE INTO edges (run, src, dst, attrs)",
         2,
