@@ -67,6 +67,55 @@ impl Compiler<'_, '_> {
         if t.listen.is_some() && t.input != Some(true) {
             return Err(fail("`listen` goes with `input: true`".into()));
         }
+        let mut task = self.runs(scope, t, fail)?;
+        if let Some(n) = t.retries {
+            task = task.retries(n);
+        }
+        if let Some(d) = &t.retry_delay {
+            task = task.retry_delay(duration(d).map_err(|e| fail(format!("retry_delay: {e}")))?);
+        }
+        if let Some(d) = &t.timeout {
+            task = task.timeout(duration(d).map_err(|e| fail(format!("timeout: {e}")))?);
+        }
+        if t.output_required == Some(true) {
+            task = task.requires_output();
+        }
+        if t.produces.len() > 1000 {
+            return Err(fail("declares more than 1000 files it produces".into()));
+        }
+        for p in &t.produces {
+            let path = Path::new(p);
+            if p.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(fail(format!(
+                    "produces `{p}`: a relative path inside the run's folder, without `..`"
+                )));
+            }
+        }
+        task.produces = t.produces.clone();
+        if let Some(r) = &t.requires {
+            task.requires = Some(Box::new(
+                resources(r).map_err(|e| fail(format!("requires: {e}")))?,
+            ));
+        }
+        if let Exec::Container(c) = &task.exec {
+            c.check().map_err(|e| fail(format!("container: {e}")))?;
+        }
+        Ok(task)
+    }
+
+    /// What a one-node task document runs: its python script, python_fn,
+    /// command, container (alone or around one of those) or input.
+    fn runs(
+        &self,
+        scope: &Scope,
+        t: &TaskDoc,
+        fail: &dyn Fn(String) -> FileError,
+    ) -> Result<Task, FileError> {
         let container = match &t.container {
             None => None,
             Some(doc) => {
@@ -79,7 +128,7 @@ impl Compiler<'_, '_> {
                 )
             }
         };
-        let mut task = if let Some(script) = &t.python {
+        let task = if let Some(script) = &t.python {
             if script.is_empty() {
                 return Err(fail("python names no script".into()));
             }
@@ -143,43 +192,6 @@ impl Compiler<'_, '_> {
                 "runs more than one node; it cannot be a template".into(),
             ));
         };
-        if let Some(n) = t.retries {
-            task = task.retries(n);
-        }
-        if let Some(d) = &t.retry_delay {
-            task = task.retry_delay(duration(d).map_err(|e| fail(format!("retry_delay: {e}")))?);
-        }
-        if let Some(d) = &t.timeout {
-            task = task.timeout(duration(d).map_err(|e| fail(format!("timeout: {e}")))?);
-        }
-        if t.output_required == Some(true) {
-            task = task.requires_output();
-        }
-        if t.produces.len() > 1000 {
-            return Err(fail("declares more than 1000 files it produces".into()));
-        }
-        for p in &t.produces {
-            let path = Path::new(p);
-            if p.is_empty()
-                || path.is_absolute()
-                || path
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(fail(format!(
-                    "produces `{p}`: a relative path inside the run's folder, without `..`"
-                )));
-            }
-        }
-        task.produces = t.produces.clone();
-        if let Some(r) = &t.requires {
-            task.requires = Some(Box::new(
-                resources(r).map_err(|e| fail(format!("requires: {e}")))?,
-            ));
-        }
-        if let Exec::Container(c) = &task.exec {
-            c.check().map_err(|e| fail(format!("container: {e}")))?;
-        }
         Ok(task)
     }
 
