@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::logs::{escape_invalid, line_text, without_cut_char, Collector, LineReader, Read};
-use super::{kill_group, signal_group, Proc};
+use super::{kill_group, signal_group, Ctr, Proc};
 use crate::exec::escape;
 use crate::exec::protocol::{self, Line, Start};
 use crate::exec::{AttemptEnd, AttemptLink, AttemptSpec, Exit, Interrupt, Stop, MAX_LINE_BYTES};
@@ -102,8 +102,7 @@ pub(super) async fn drive(
             .then(|| (link.id.clone(), link.reports.clone())),
     };
     let mut end = AttemptEnd::ended(Exit::Unknown);
-    // Once broken, the rest of stdout is only logged.
-    let mut broken = false;
+    let mut out_state = Stdout::default();
     // Killed by its timeout (before it exited).
     let mut timed_out = false;
     // The timeout came after it exited, while a pipe was still open.
@@ -116,12 +115,11 @@ pub(super) async fn drive(
     let mut killed_at: Option<tokio::time::Instant> = None;
     // Whether the engine asked the attempt to stop (SIGTERM).
     let mut terminated = false;
-    let mut last_seq = 0u64;
     let mut status = None;
     // Until when the pipes are read once the process exited.
     let mut drain: Option<tokio::time::Instant> = None;
-    // Lines read per stream, for the notes that name one.
-    let (mut out_lines, mut err_lines) = (0u64, 0u64);
+    // Lines read of stderr, for the notes that name one.
+    let mut err_lines = 0u64;
     let (mut out_done, mut err_done, mut kill_done) = (false, false, false);
     // A container attempt's last stderr line: the engine's own complaint
     // when it could not run the container.
@@ -134,70 +132,10 @@ pub(super) async fn drive(
         tokio::select! {
             r = out.next(), if !out_done => match r {
                 Ok(Read::Line(bytes)) => {
-                    out_lines += 1;
-                    let (line, bad, first_bad) = line_text(bytes);
-                    if broken {
-                        let kept = logs.push("stdout", line);
-                        logs.note_invalid("stdout", out_lines, bad, kept);
-                        continue;
-                    }
-                    if let Some(at) = first_bad {
-                        if protocol::is_marked(&line) {
-                            // A protocol line is data: never guessed at.
-                            broken = true;
-                            end.interrupt(Interrupt::Broken(format!(
-                                "protocol line is not UTF-8 (byte {at} is the first that is not; shown as \\xNN): {}",
-                                protocol::quote(&line)
-                            )));
-                            kill_group(pgid);
-                        } else {
-                            let kept = logs.push("stdout", line);
-                            logs.note_invalid("stdout", out_lines, bad, kept);
-                        }
-                        continue;
-                    }
-                    match protocol::classify(&line) {
-                        Line::Log => {
-                            logs.push("stdout", line);
-                        }
-                        Line::Malformed(why) => {
-                            broken = true;
-                            end.interrupt(Interrupt::Broken(format!("malformed protocol line ({why}): {}", protocol::quote(&line))));
-                            kill_group(pgid);
-                        }
-                        Line::Message(m) => {
-                            if m.seq <= last_seq {
-                                broken = true;
-                                end.interrupt(Interrupt::Broken(format!(
-                                    "protocol line has seq {} but the previous one had {last_seq}: {}",
-                                    m.seq, protocol::quote(&line)
-                                )));
-                                kill_group(pgid);
-                                continue;
-                            }
-                            last_seq = m.seq;
-                            let reply = crate::exec::answer_message(&link, m.seq, m.body, &mut end, |stream, text| {
-                                logs.push(stream, text);
-                            })
-                            .await;
-                            let _ = stdin_tx.send(reply);
-                        }
-                    }
+                    out_state.line(bytes, pgid, &mut end, &mut logs, &link, &stdin_tx).await;
                 }
                 Ok(Read::TooLong(prefix)) => {
-                    out_lines += 1;
-                    let (head, bad) = escape_invalid(without_cut_char(&prefix));
-                    if !protocol::is_marked(&head) {
-                        let kept = logs.push("stdout", format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"));
-                        logs.note_invalid("stdout", out_lines, bad, kept);
-                    } else if !broken {
-                        broken = true;
-                        end.interrupt(Interrupt::Broken(format!(
-                            "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
-                            protocol::quote(&head)
-                        )));
-                        kill_group(pgid);
-                    }
+                    out_state.too_long(&prefix, pgid, &mut end, &mut logs);
                 }
                 Ok(Read::Eof) => out_done = true,
                 Err(e) => {
@@ -338,6 +276,139 @@ pub(super) async fn drive(
             logs.note(format!("the container {} may still exist: {e}", c.name));
         }
     }
+    settle(
+        &mut end,
+        status,
+        terminated,
+        container.as_ref(),
+        last_err.as_deref(),
+    );
+    if let Some(t) = timeout.filter(|_| timed_out) {
+        logs.note(format!(
+            "killed after its timeout of {:.3}s",
+            t.as_secs_f64()
+        ));
+    }
+    end.logs = logs.finish();
+    link.finish(end);
+}
+
+/// Stdout, read as the protocol and the log: once the protocol broke,
+/// the rest is only logged.
+#[derive(Default)]
+struct Stdout {
+    /// Lines read, for the notes that name one.
+    lines: u64,
+    /// Whether the protocol broke.
+    broken: bool,
+    /// The seq of the last message.
+    last_seq: u64,
+}
+
+impl Stdout {
+    /// One line of stdout: a log line, or a message answered on `stdin`.
+    /// A line that breaks the protocol interrupts the attempt and kills
+    /// its group.
+    async fn line(
+        &mut self,
+        bytes: Vec<u8>,
+        pgid: u32,
+        end: &mut AttemptEnd,
+        logs: &mut Collector,
+        link: &AttemptLink,
+        stdin: &mpsc::UnboundedSender<String>,
+    ) {
+        self.lines += 1;
+        let (line, bad, first_bad) = line_text(bytes);
+        if self.broken {
+            let kept = logs.push("stdout", line);
+            logs.note_invalid("stdout", self.lines, bad, kept);
+            return;
+        }
+        if let Some(at) = first_bad {
+            if protocol::is_marked(&line) {
+                // A protocol line is data: never guessed at.
+                self.broken = true;
+                end.interrupt(Interrupt::Broken(format!(
+                    "protocol line is not UTF-8 (byte {at} is the first that is not; shown as \\xNN): {}",
+                    protocol::quote(&line)
+                )));
+                kill_group(pgid);
+            } else {
+                let kept = logs.push("stdout", line);
+                logs.note_invalid("stdout", self.lines, bad, kept);
+            }
+            return;
+        }
+        match protocol::classify(&line) {
+            Line::Log => {
+                logs.push("stdout", line);
+            }
+            Line::Malformed(why) => {
+                self.broken = true;
+                end.interrupt(Interrupt::Broken(format!(
+                    "malformed protocol line ({why}): {}",
+                    protocol::quote(&line)
+                )));
+                kill_group(pgid);
+            }
+            Line::Message(m) => {
+                if m.seq <= self.last_seq {
+                    self.broken = true;
+                    end.interrupt(Interrupt::Broken(format!(
+                        "protocol line has seq {} but the previous one had {}: {}",
+                        m.seq,
+                        self.last_seq,
+                        protocol::quote(&line)
+                    )));
+                    kill_group(pgid);
+                    return;
+                }
+                self.last_seq = m.seq;
+                let reply =
+                    crate::exec::answer_message(link, m.seq, m.body, end, |stream, text| {
+                        logs.push(stream, text);
+                    })
+                    .await;
+                let _ = stdin.send(reply);
+            }
+        }
+    }
+
+    /// The start of a line over [`MAX_LINE_BYTES`]: logged cut, unless it
+    /// begins like a protocol line, which breaks the protocol.
+    fn too_long(&mut self, prefix: &[u8], pgid: u32, end: &mut AttemptEnd, logs: &mut Collector) {
+        self.lines += 1;
+        let (head, bad) = escape_invalid(without_cut_char(prefix));
+        if !protocol::is_marked(&head) {
+            let kept = logs.push(
+                "stdout",
+                format!("{head}… [line over {MAX_LINE_BYTES} bytes truncated]"),
+            );
+            logs.note_invalid("stdout", self.lines, bad, kept);
+        } else if !self.broken {
+            self.broken = true;
+            end.interrupt(Interrupt::Broken(format!(
+                "protocol line longer than {MAX_LINE_BYTES} bytes: {}",
+                protocol::quote(&head)
+            )));
+            kill_group(pgid);
+        }
+    }
+}
+
+/// How the attempt ended, once its process has (`status`: its exit
+/// code and signal, or why waiting for it failed): a stop it was asked
+/// for (`terminated`) and did not survive with exit 0 interrupts it, and
+/// exit 125 of a `container` attempt is the engine's own failure, told
+/// with the engine's last stderr line (`last_err`).
+fn settle(
+    end: &mut AttemptEnd,
+    status: Option<std::io::Result<(Option<i32>, Option<i32>)>>,
+    terminated: bool,
+    container: Option<&Ctr>,
+    last_err: Option<&str>,
+) {
     match status {
         Some(Ok((code, signal))) => {
             end.exit = match (code, signal) {
@@ -361,20 +432,128 @@ pub(super) async fn drive(
     }
     // 125 is the engines' own failure (no such image, a bad option, no
     // runtime), not the task's.
-    if let (Some(c), Exit::Code(125), None) = (&container, end.exit, &end.interrupt) {
+    if let (Some(c), Exit::Code(125), None) = (container, end.exit, &end.interrupt) {
         end.interrupt(Interrupt::Broken(format!(
             "{} could not run a container of the image `{}` (exit 125): {}",
             c.engine.name(),
             c.image,
-            last_err.as_deref().unwrap_or("it said nothing on stderr")
+            last_err.unwrap_or("it said nothing on stderr")
         )));
     }
-    if let Some(t) = timeout.filter(|_| timed_out) {
-        logs.note(format!(
-            "killed after its timeout of {:.3}s",
-            t.as_secs_f64()
-        ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::container::{ContainerEngine, EngineKind};
+
+    fn ended() -> AttemptEnd {
+        AttemptEnd::ended(Exit::Unknown)
     }
-    end.logs = logs.finish();
-    link.finish(end);
+
+    #[test]
+    fn an_exit_is_a_code_or_a_signal_and_a_failed_wait_breaks_the_attempt() {
+        let mut end = ended();
+        settle(&mut end, Some(Ok((Some(3), None))), false, None, None);
+        assert_eq!((end.exit, end.interrupt), (Exit::Code(3), None));
+        let mut end = ended();
+        settle(&mut end, Some(Ok((None, Some(9)))), false, None, None);
+        assert_eq!((end.exit, end.interrupt), (Exit::Signal(9), None));
+        let mut end = ended();
+        let gone = std::io::Error::other("gone");
+        settle(&mut end, Some(Err(gone)), false, None, None);
+        assert_eq!(end.exit, Exit::Unknown);
+        assert_eq!(
+            end.interrupt,
+            Some(Interrupt::Broken(
+                "waiting for the process failed: gone".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_stop_asked_for_interrupts_unless_the_attempt_exited_0() {
+        let mut end = ended();
+        settle(&mut end, Some(Ok((None, Some(15)))), true, None, None);
+        assert_eq!(end.interrupt, Some(Interrupt::Killed));
+        let mut end = ended();
+        settle(&mut end, Some(Ok((Some(1), None))), true, None, None);
+        assert_eq!(end.interrupt, Some(Interrupt::Killed));
+        let mut end = ended();
+        settle(&mut end, Some(Ok((Some(0), None))), true, None, None);
+        assert_eq!((end.exit, end.interrupt), (Exit::Code(0), None));
+    }
+
+    #[test]
+    fn exit_125_of_a_container_attempt_is_the_engines_failure() {
+        let ctr = Ctr {
+            engine: ContainerEngine {
+                program: "/usr/bin/podman".into(),
+                kind: EngineKind::Podman,
+                version: "podman version 5.0.0".into(),
+            },
+            name: "orch-run-node-1".into(),
+            image: "alpine".into(),
+        };
+        let mut end = ended();
+        let said = Some("Error: alpine: image not known");
+        settle(
+            &mut end,
+            Some(Ok((Some(125), None))),
+            false,
+            Some(&ctr),
+            said,
+        );
+        assert_eq!(
+            end.interrupt,
+            Some(Interrupt::Broken(
+                "podman could not run a container of the image `alpine` (exit 125): Error: alpine: image not known".into()
+            ))
+        );
+        let mut end = ended();
+        settle(
+            &mut end,
+            Some(Ok((Some(125), None))),
+            false,
+            Some(&ctr),
+            None,
+        );
+        assert!(
+            matches!(&end.interrupt, Some(Interrupt::Broken(m)) if m.ends_with("it said nothing on stderr"))
+        );
+        // A task of its own that exits 125 is judged as usual.
+        let mut end = ended();
+        settle(&mut end, Some(Ok((Some(125), None))), false, None, None);
+        assert_eq!((end.exit, end.interrupt), (Exit::Code(125), None));
+    }
+
+    #[test]
+    fn a_long_line_is_logged_cut_unless_it_begins_like_a_protocol_line() {
+        let mut logs = Collector {
+            node: "n".into(),
+            attempt: 1,
+            logs: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            not_utf8: 0,
+            live: None,
+        };
+        let mut end = ended();
+        let mut out_state = Stdout::default();
+        // Group 0 is never signalled.
+        out_state.too_long(b"plain \xe2\x82", 0, &mut end, &mut logs);
+        assert_eq!(end.interrupt, None);
+        out_state.too_long(b" { \"orch\": {\"seq\": 1", 0, &mut end, &mut logs);
+        assert!(out_state.broken);
+        assert!(matches!(&end.interrupt, Some(Interrupt::Broken(m))
+            if m.starts_with(&format!("protocol line longer than {MAX_LINE_BYTES} bytes: "))));
+        assert_eq!(out_state.lines, 2);
+        let text: Vec<String> = logs.finish().into_iter().map(|l| l.text).collect();
+        assert_eq!(
+            text,
+            [format!(
+                "plain … [line over {MAX_LINE_BYTES} bytes truncated]"
+            )]
+        );
+    }
 }
