@@ -529,15 +529,7 @@ mod tests {
 
     #[test]
     fn a_long_line_is_logged_cut_unless_it_begins_like_a_protocol_line() {
-        let mut logs = Collector {
-            node: "n".into(),
-            attempt: 1,
-            logs: Vec::new(),
-            bytes: 0,
-            dropped: 0,
-            not_utf8: 0,
-            live: None,
-        };
+        let mut logs = Collector::quiet();
         let mut end = ended();
         let mut out_state = Stdout::default();
         // Group 0 is never signalled.

@@ -232,6 +232,22 @@ impl Collector {
 }
 
 #[cfg(test)]
+impl Collector {
+    /// The log of node `n`'s first attempt, not followed live.
+    pub(super) fn quiet() -> Collector {
+        Collector {
+            node: "n".into(),
+            attempt: 1,
+            logs: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            not_utf8: 0,
+            live: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -260,15 +276,7 @@ mod tests {
 
     #[test]
     fn the_first_line_with_invalid_bytes_is_noted_the_others_counted() {
-        let mut logs = Collector {
-            node: "n".into(),
-            attempt: 1,
-            logs: Vec::new(),
-            bytes: 0,
-            dropped: 0,
-            not_utf8: 0,
-            live: None,
-        };
+        let mut logs = Collector::quiet();
         logs.push_bytes("stderr", 1, b"fine".to_vec());
         logs.push_bytes("stderr", 2, b"bad \xff\xfe".to_vec());
         logs.push_bytes("stdout", 7, b"\xff".to_vec());
