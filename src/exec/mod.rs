@@ -15,6 +15,7 @@
 pub mod container;
 mod escape;
 pub(crate) mod fork;
+pub(crate) mod looks;
 mod process;
 pub mod protocol;
 mod python;

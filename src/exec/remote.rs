@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::looks::Looks;
 use super::resources::Offer;
 use super::wake::Waiters;
 use super::{
@@ -474,6 +475,13 @@ impl Drop for Waiting {
 /// [`Remote::runners_changed`]).
 pub const RUNNERS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a long-polling claim that was not woken looks at the queue
+/// again (an attempt another server queued, a rival runner gone), and
+/// how long a read that came up short stands for its runner's next
+/// claim when nothing changed through this server since
+/// ([`Remote::may_wait`]).
+pub const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The live, not draining runners as read from the store at one moment:
 /// what each offers and until when its lease holds (the store's clock).
 #[derive(Debug)]
@@ -543,6 +551,10 @@ pub struct Remote {
     /// The long-polling claims waiting on this server: each attempt
     /// queued wakes one of them ([`Remote::wait_for_attempts`]).
     claims: Mutex<Waiters<oneshot::Sender<Wake>>>,
+    /// The queue's epoch on this server and each runner's last read that
+    /// came up short: a claim that would find nothing new need not read
+    /// ([`Remote::may_wait`]).
+    looks: Mutex<Looks>,
     /// The live runners as last read from the store: a launch that one of
     /// them serves goes to the queue without reading them again
     /// ([`RUNNERS_FRESH`]).
@@ -578,6 +590,7 @@ impl Remote {
             sweeping: Mutex::new(()),
             enqueuing: Mutex::new(std::collections::HashSet::new()),
             claims: Mutex::new(Waiters::default()),
+            looks: Mutex::new(Looks::default()),
             runners: Mutex::new(None),
             native_binary: None,
             native_label: std::sync::OnceLock::new(),
@@ -724,6 +737,54 @@ impl Remote {
     /// (a runner was asked to drain).
     pub fn runners_changed(&self) {
         *self.runners.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A draining runner holds nothing back for itself any more.
+        self.queue_changed();
+    }
+
+    fn looks(&self) -> std::sync::MutexGuard<'_, Looks> {
+        self.looks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something changed through this server that may give a runner's
+    /// claim more than its last read found.
+    fn queue_changed(&self) {
+        self.looks().changed();
+    }
+
+    /// The queue's epoch on this server: take it before a claim reads
+    /// the store, and hand it to [`Remote::looked`] after.
+    pub fn queue_epoch(&self) -> u64 {
+        self.looks().epoch()
+    }
+
+    /// Runner `runner` read the queue, beginning at `at` when the epoch
+    /// was `before` ([`Remote::queue_epoch`]), and took `took` of the
+    /// `asked` attempts it asked for.
+    pub fn looked(
+        &self,
+        runner: &str,
+        before: u64,
+        at: std::time::Instant,
+        took: usize,
+        asked: usize,
+    ) {
+        self.looks().read(runner, before, at, took, asked);
+    }
+
+    /// When a claim of `runner` need not read the queue now: its last
+    /// read came up short less than [`LOOK_AGAIN`] ago and nothing
+    /// changed through this server since that could give it more. The
+    /// moment its next look is due then (it waits for a wake until
+    /// then); `None` when it reads now.
+    pub fn may_wait(&self, runner: &str) -> Option<std::time::Instant> {
+        self.looks().may_wait(runner, std::time::Instant::now())
+    }
+
+    /// Runner `runner` renewed its lease, or a claim of its ended: its
+    /// next claim reads the queue (its lease may have run out, a slot of
+    /// its freed).
+    pub fn runner_changed(&self, runner: &str) {
+        self.looks().forget(runner);
     }
 
     /// Notes that `runner` (its id) claimed `attempts`: those this engine
@@ -937,6 +998,7 @@ impl Remote {
             self.take(&id);
             return Err(e);
         }
+        self.queue_changed();
         self.wake(id.clone(), Vec::new());
         self.watch(id, kill);
         Ok(())
@@ -954,6 +1016,8 @@ impl Remote {
                     let remote = me.clone();
                     let runner = tokio::task::spawn_blocking(move || {
                         let _ = remote.store.dequeue(&gone);
+                        // The slot of the runner that held it frees.
+                        remote.queue_changed();
                         remote.ran_on(&gone)
                     })
                     .await
@@ -991,6 +1055,7 @@ impl Remote {
             }
             Ok(_) => {
                 self.take(&id);
+                self.queue_changed();
                 Ok(false)
             }
             Err(e) => {
@@ -1110,7 +1175,12 @@ impl Remote {
         // Only those this sweep ends: one a report ended meanwhile is not
         // lost, and its node does not run again.
         let mut ended = Vec::new();
-        for id in self.store.lost_claims(&waiting)? {
+        let lost = self.store.lost_claims(&waiting)?;
+        if !lost.is_empty() {
+            // Their runners' slots free.
+            self.queue_changed();
+        }
+        for id in lost {
             if let Some(tx) = self.take(&id) {
                 let mut end = AttemptEnd::ended(Exit::Unknown);
                 end.interrupt(Interrupt::Lost(format!(
@@ -1318,6 +1388,29 @@ mod tests {
         // Gone: a dropped claim leaves the list.
         drop((a, d, e, a2, b3));
         assert!(remote.claims.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_claim_after_a_short_read_waits_until_something_changes_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(dir.path().join("o.db")).unwrap();
+        let remote = Remote::new(Arc::new(store), 15_000);
+        let now = std::time::Instant::now;
+        remote.looked("ra", remote.queue_epoch(), now(), 0, 4);
+        assert!(remote.may_wait("ra").is_some());
+        assert!(remote.may_wait("rb").is_none());
+        // Its heartbeat or an end of its: it reads.
+        remote.runner_changed("ra");
+        assert!(remote.may_wait("ra").is_none());
+        // A runner drained through this server: every runner reads.
+        remote.looked("ra", remote.queue_epoch(), now(), 0, 4);
+        remote.runners_changed();
+        assert!(remote.may_wait("ra").is_none());
+        // Another runner took an attempt: it reads too; the taker not.
+        remote.looked("ra", remote.queue_epoch(), now(), 0, 4);
+        remote.looked("rb", remote.queue_epoch(), now(), 1, 4);
+        assert!(remote.may_wait("ra").is_none());
+        assert!(remote.may_wait("rb").is_some());
     }
 
     #[test]

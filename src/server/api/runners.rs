@@ -19,7 +19,7 @@ use super::super::error::{ApiError, ApiResult, Code};
 use super::super::extract::{Body, Path, Query};
 use super::super::AppState;
 use super::blocking;
-use crate::exec::remote::{Remote, ReportError, Wake, WireEnd};
+use crate::exec::remote::{Remote, ReportError, Wake, WireEnd, LOOK_AGAIN};
 use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Mutation;
@@ -27,9 +27,6 @@ use crate::store::queue::{self, RunnerRecord, RunnerSpec, MAX_CLAIM, MAX_NAME, M
 
 /// The longest a claim waits for work, in milliseconds.
 pub const MAX_CLAIM_WAIT_MS: u64 = 60_000;
-/// How often a waiting claim looks again without being woken (an
-/// attempt another server queued, a slot that freed).
-const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// The most attempts a heartbeat may list.
 pub const MAX_HOLDING: usize = 4096;
 /// The most labels a runner may declare.
@@ -306,10 +303,15 @@ pub async fn heartbeat(
             "field `holding`: at most {MAX_HOLDING} attempts"
         )));
     }
-    let lease_ms = remote(&s)?.lease_ms();
+    let remote = remote(&s)?;
+    let lease_ms = remote.lease_ms();
     let holding: Vec<AttemptId> = body.holding.into_iter().map(Into::into).collect();
     let store = s.store.clone();
-    let beat = blocking(move || store.heartbeat(&id, &holding, lease_ms)).await?;
+    let runner = id.clone();
+    let beat = blocking(move || store.heartbeat(&runner, &holding, lease_ms)).await?;
+    // Its lease may have run out (its claims found nothing): its next
+    // claim reads.
+    remote.runner_changed(&id);
     Ok(Json(BeatView {
         draining: beat.draining,
         lost: beat.lost.into_iter().map(Into::into).collect(),
@@ -384,34 +386,55 @@ pub async fn claim(
         // the wait would miss it, and the attempt would wait for the next
         // look, up to `LOOK_AGAIN` later).
         let mut waiting = remote.wait_for_attempts(&id);
-        let store = s.store.clone();
-        let runner = id.clone();
-        let lease_ms = remote.lease_ms();
-        let max = body.max as usize;
-        let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
-        let ids: Vec<AttemptId> = got.iter().map(|a| a.id.clone()).collect();
-        remote.claimed(&id, &ids);
-        // This read came after the wake: unless it took the attempt, the
-        // wake goes on to another runner's claim.
-        if let Some(wake) = held.take() {
-            wake.declined_by(&id);
-        }
-        if !got.is_empty() || tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
-            let attempts = got
-                .into_iter()
-                .map(|a| ClaimedView {
-                    spec: serde_json::from_str(&a.payload).unwrap_or(Value::Null),
-                    id: a.id.into(),
-                    queue: a.queue,
-                })
-                .collect();
-            return Ok(Json(Claimed { attempts }));
+        // A claim that waits, unwoken, need not read when this runner's
+        // last read came up short moments ago and nothing changed through
+        // this server since: it waits for a wake, and looks when that
+        // read's `LOOK_AGAIN` is up.
+        let skip = match held {
+            None if body.wait_ms > 0 => remote.may_wait(&id),
+            _ => None,
+        };
+        let look = match skip {
+            Some(due) => tokio::time::Instant::from_std(due),
+            None => {
+                let store = s.store.clone();
+                let runner = id.clone();
+                let lease_ms = remote.lease_ms();
+                let max = body.max as usize;
+                let (before, at) = (remote.queue_epoch(), std::time::Instant::now());
+                let got = blocking(move || store.claim(&runner, max, lease_ms)).await?;
+                let ids: Vec<AttemptId> = got.iter().map(|a| a.id.clone()).collect();
+                remote.claimed(&id, &ids);
+                remote.looked(&id, before, at, ids.len(), max);
+                // This read came after the wake: unless it took the
+                // attempt, the wake goes on to another runner's claim.
+                if let Some(wake) = held.take() {
+                    wake.declined_by(&id);
+                }
+                if !got.is_empty() {
+                    let attempts = got
+                        .into_iter()
+                        .map(|a| ClaimedView {
+                            spec: serde_json::from_str(&a.payload).unwrap_or(Value::Null),
+                            id: a.id.into(),
+                            queue: a.queue,
+                        })
+                        .collect();
+                    return Ok(Json(Claimed { attempts }));
+                }
+                tokio::time::Instant::now() + LOOK_AGAIN
+            }
+        };
+        if tokio::time::Instant::now() >= deadline || *stopping.borrow() > 0 {
+            return Ok(Json(Claimed {
+                attempts: Vec::new(),
+            }));
         }
         // Woken by a new attempt, else looks again now and then (another
         // server may have queued it, a slot may have freed).
         tokio::select! {
             wake = waiting.woken() => held = wake,
-            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            _ = tokio::time::sleep_until(look) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
@@ -496,7 +519,8 @@ pub async fn report(
         "logs": body.logs,
         "end": body.end,
     });
-    match take_report(&s, &id, body).await {
+    let ends = body.end.is_some();
+    let answer = match take_report(&s, &id, body).await {
         Err(ReportError::NotWaiting(_)) => {
             let mut original = original;
             if let Some(o) = original.as_object_mut() {
@@ -506,7 +530,15 @@ pub async fn report(
         }
         Err(e) => Err(report_error(e)),
         Ok(answer) => Ok(Json(answer).into_response()),
+    };
+    if ends {
+        // A slot of the runner freed (here or on the run's owner): its
+        // next claim reads.
+        if let Some(remote) = s.engine.remote() {
+            remote.runner_changed(&runner);
+        }
     }
+    answer
 }
 
 /// A report handed to the engine of this server that waits for the
