@@ -20,7 +20,7 @@ use crate::promise::Promise;
 
 mod staging;
 
-pub use staging::Staging;
+pub use staging::{Staged, Staging};
 
 /// A node as the runtime holds it.
 #[derive(Clone, Debug, PartialEq)]
@@ -418,13 +418,26 @@ impl Graph {
         mutations: impl IntoIterator<Item = Mutation>,
     ) -> Result<Staging, StructuralError> {
         let mutations = mutations.into_iter();
-        let mut staging = Staging::default();
         // Exactly as many as arrive: a registration of 300,000 mutations
         // would otherwise leave up to half its buffer unused.
-        staging.mutations.reserve_exact(mutations.size_hint().0);
+        let mut staging = Staging::with_capacity(mutations.size_hint().0);
         for m in mutations {
             staging.stage(self, m)?;
         }
+        Ok(staging)
+    }
+
+    /// [`Graph::stage_all`] validating the mutations where they are,
+    /// without a copy (a registration of 100,000 nodes is never in memory
+    /// twice): the same checks, the same errors. The staged batch's
+    /// [`Staged::mutations`] are `mutations` as given (task names not
+    /// filled in); [`Graph::apply_cloned`] applies them.
+    pub fn stage_borrowed<'m>(
+        &self,
+        mutations: &'m [Mutation],
+    ) -> Result<Staged<'m>, StructuralError> {
+        let mut staging = Staged::borrowing(mutations);
+        while staging.stage_next(self)? {}
         Ok(staging)
     }
 
@@ -458,6 +471,20 @@ impl Graph {
         applied
     }
 
+    /// [`Graph::apply_owned`] for a batch validated in place
+    /// ([`Graph::stage_borrowed`]): each mutation is copied as it is
+    /// applied (task names filled in), so there is never a second copy of
+    /// the whole batch.
+    pub fn apply_cloned(&mut self, mutations: &[Mutation]) -> Applied {
+        let mut applied = Applied::default();
+        self.reserve_for(mutations);
+        for m in mutations {
+            self.apply_one(m.clone(), &mut applied);
+        }
+        self.version = VERSIONS.fetch_add(1, Ordering::Relaxed);
+        applied
+    }
+
     /// Room for the nodes and edges of a batch, exactly: a registration
     /// of 100,000 nodes grows every per-node table once instead of by
     /// doubling (which leaves up to half of each unused).
@@ -480,7 +507,9 @@ impl Graph {
         self.dag.reserve_exact_edges(edges);
     }
 
-    fn apply_one(&mut self, m: Mutation, applied: &mut Applied) {
+    fn apply_one(&mut self, mut m: Mutation, applied: &mut Applied) {
+        // A batch validated in place has its task names as given.
+        staging::fill_task_name(&mut m);
         match m {
             Mutation::AddNode {
                 id,
@@ -800,7 +829,6 @@ fn reorder<N: Copy + Eq + Hash>(
     Ok(backward.into_iter().chain(forward).zip(slots).collect())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1053,7 +1081,6 @@ mod tests {
         assert!(err.reason.contains("unknown edge"), "{err}");
     }
 
-
     #[test]
     fn a_closed_region_is_not_indexed_and_unfilled_regions_gate() {
         let mut g = Graph::new();
@@ -1101,12 +1128,23 @@ mod tests {
         ];
         let err = base.validate(batch.clone()).unwrap_err();
         assert!(err.reason.contains("cycle"), "{err}");
+        let in_place = base.stage_borrowed(&batch).map(drop).unwrap_err();
+        assert_eq!(in_place, err, "validated in place: the same error");
         let batch: Vec<Mutation> = batch.into_iter().filter(|m| *m != edge("d", "b")).collect();
-        let valid = base.validate(batch).unwrap();
-        let (mut by_ref, mut owned) = (base.clone(), base);
+        let valid = base.validate(batch.clone()).unwrap();
+        assert_eq!(base.stage_borrowed(&batch).unwrap().mutations(), &batch[..]);
+        assert_eq!(base.stage_borrowed(&batch).unwrap().into_mutations(), valid);
+        let (mut by_ref, mut owned, mut cloned) = (base.clone(), base.clone(), base);
         let a = by_ref.apply_unchecked(&valid);
         let b = owned.apply_owned(valid);
+        // The batch as given (task names not filled in), copied one
+        // mutation at a time.
+        let c = cloned.apply_cloned(&batch);
         assert_eq!(a.touched, b.touched);
+        assert_eq!(c.touched, b.touched);
+        assert_eq!(cloned.nodes(), owned.nodes());
+        assert_eq!(cloned.edges(), owned.edges());
+        assert_eq!(cloned.promises(), owned.promises());
         assert_eq!(by_ref.nodes(), owned.nodes());
         assert_eq!(by_ref.edges(), owned.edges());
         assert_eq!(by_ref.promises(), owned.promises());

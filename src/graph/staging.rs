@@ -1,5 +1,7 @@
 //! [`Staging`]: the mutations of one batch, validated one by one against
-//! the committed graph plus the batch's earlier mutations.
+//! the committed graph plus the batch's earlier mutations, either taken
+//! (a batch a task sends) or borrowed where they are (a registration:
+//! [`Graph::stage_borrowed`], never copied).
 
 use std::collections::HashSet;
 
@@ -51,7 +53,8 @@ impl Adjacency {
     }
 }
 
-/// The mutations of one batch, validated one by one as they arrive.
+/// The mutations of one batch, validated one by one as they arrive: a
+/// [`Staged`] that owns them.
 ///
 /// ```
 /// use orch::{graph::{Graph, Staging}, Mutation, Task};
@@ -61,9 +64,15 @@ impl Adjacency {
 /// let err = batch.stage(&g, Mutation::add_edge("a", "a")).unwrap_err();
 /// assert!(err.to_string().contains("cycle"));
 /// ```
+pub type Staging = Staged<'static>;
+
+/// The mutations of one batch, validated one by one: owned ([`Staging`],
+/// which takes each mutation it accepts) or, for a batch validated where
+/// it is (a registration, see [`Graph::stage_borrowed`]), borrowed for
+/// `'m`.
 #[derive(Clone, Debug, Default)]
-pub struct Staging {
-    pub(super) mutations: Vec<Mutation>,
+pub struct Staged<'m> {
+    mutations: Accepted<'m>,
     /// Ids of the batch's new nodes to their `Ref::New` index (the ids
     /// themselves are their mutations').
     new_ids: IdIndex,
@@ -88,20 +97,105 @@ pub struct Staging {
     new_loops: Vec<String>,
 }
 
-impl Staging {
-    /// The accepted mutations, in order (task names filled in).
-    pub fn mutations(&self) -> &[Mutation] {
-        &self.mutations
+/// Where a batch's accepted mutations are.
+#[derive(Clone, Debug)]
+enum Accepted<'m> {
+    /// Taken, their task names filled in.
+    Owned(Vec<Mutation>),
+    /// The first `len` of a slice validated in place, as they were given
+    /// (an empty task name stands for the node's id).
+    Borrowed { all: &'m [Mutation], len: usize },
+}
+
+impl Default for Accepted<'_> {
+    fn default() -> Self {
+        Accepted::Owned(Vec::new())
+    }
+}
+
+impl Accepted<'_> {
+    fn as_slice(&self) -> &[Mutation] {
+        match self {
+            Accepted::Owned(v) => v,
+            Accepted::Borrowed { all, len } => &all[..*len],
+        }
     }
 
-    /// Takes the accepted mutations.
+    /// The accepted mutations, taken (task names filled in; borrowed ones
+    /// copied).
+    fn into_vec(self) -> Vec<Mutation> {
+        match self {
+            Accepted::Owned(v) => v,
+            Accepted::Borrowed { all, len } => all[..len]
+                .iter()
+                .map(|m| {
+                    let mut m = m.clone();
+                    fill_task_name(&mut m);
+                    m
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Fills in the task name of an `add_node` that has none: its id (what
+/// staging a mutation does to it).
+pub(super) fn fill_task_name(m: &mut Mutation) {
+    if let Mutation::AddNode { id, task, .. } = m {
+        if task.name.is_empty() {
+            task.name = id.clone();
+        }
+    }
+}
+
+impl<'m> Staged<'m> {
+    /// An empty batch with room for `n` mutations taken.
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Staged {
+            mutations: Accepted::Owned(Vec::with_capacity(n)),
+            ..Staged::default()
+        }
+    }
+
+    /// An empty batch that will validate `all` in place, in order
+    /// ([`Staged::stage_next`]).
+    pub(super) fn borrowing(all: &'m [Mutation]) -> Self {
+        Staged {
+            mutations: Accepted::Borrowed { all, len: 0 },
+            ..Staged::default()
+        }
+    }
+
+    /// The accepted mutations, in order: task names filled in, except in a
+    /// batch validated in place ([`Graph::stage_borrowed`]), whose
+    /// mutations are as they were given (an empty task name stands for
+    /// the node's id there).
+    pub fn mutations(&self) -> &[Mutation] {
+        self.mutations.as_slice()
+    }
+
+    /// Takes the accepted mutations (task names filled in; a batch
+    /// validated in place copies them).
     pub fn into_mutations(self) -> Vec<Mutation> {
-        self.mutations
+        self.mutations.into_vec()
     }
 
     /// True when no mutation was accepted.
     pub fn is_empty(&self) -> bool {
-        self.mutations.is_empty()
+        self.mutations().is_empty()
+    }
+
+    /// The accepted mutations, taken: a batch validated in place copies
+    /// what it accepted so far first.
+    fn owned(&mut self) -> &mut Vec<Mutation> {
+        if let Accepted::Borrowed { .. } = self.mutations {
+            let copy = std::mem::take(&mut self.mutations).into_vec();
+            self.mutations = Accepted::Owned(copy);
+        }
+        match &mut self.mutations {
+            Accepted::Owned(v) => v,
+            Accepted::Borrowed { .. } => unreachable!("copied above"),
+        }
     }
 
     fn resolve(&self, g: &Graph, id: &str) -> Option<Ref> {
@@ -115,7 +209,7 @@ impl Staging {
     fn name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
         match r {
             Ref::Old(i) => &g.node(i).id,
-            Ref::New(k) => match &self.mutations[self.new_nodes[k]] {
+            Ref::New(k) => match &self.mutations()[self.new_nodes[k]] {
                 Mutation::AddNode { id, .. } => id,
                 _ => unreachable!("new nodes point at their add_node"),
             },
@@ -125,10 +219,19 @@ impl Staging {
     fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a Task {
         match r {
             Ref::Old(i) => &g.node(i).task,
-            Ref::New(k) => match &self.mutations[self.new_nodes[k]] {
+            Ref::New(k) => match &self.mutations()[self.new_nodes[k]] {
                 Mutation::AddNode { task, .. } => task,
                 _ => unreachable!("new nodes point at their add_node"),
             },
+        }
+    }
+
+    /// The task name of a node: its task's, or its id when that is empty
+    /// (a mutation of a batch validated in place, not filled in).
+    fn task_name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
+        match self.task(g, r).name.as_str() {
+            "" => self.name(g, r),
+            name => name,
         }
     }
 
@@ -140,7 +243,7 @@ impl Staging {
     /// The (id, task name) of a node of the graph or of this batch.
     pub fn lookup<'a>(&'a self, g: &'a Graph, id: &str) -> Option<(&'a str, &'a str)> {
         self.resolve(g, id)
-            .map(|r| (self.name(g, r), self.task(g, r).name.as_str()))
+            .map(|r| (self.name(g, r), self.task_name(g, r)))
     }
 
     /// The edges this batch adds (explicit and implied), as (from, to)
@@ -253,7 +356,7 @@ impl Staging {
         }
     }
 
-    /// The neighbours of `r` in `dir` (see [`Staging::for_neighbours`]).
+    /// The neighbours of `r` in `dir` (see [`Staged::for_neighbours`]).
     fn neighbours(&self, g: &Graph, r: Ref, dir: Direction) -> Vec<Ref> {
         let mut out = Vec::new();
         self.for_neighbours(g, r, dir, &mut |n| out.push(n));
@@ -387,7 +490,7 @@ impl Staging {
                 .iter()
                 .map(|&r| RegionNode {
                     id: self.name(g, r).to_string(),
-                    task: self.task(g, r).name.clone(),
+                    task: self.task_name(g, r).to_string(),
                 })
                 .collect(),
             direct: self.has_edge(g, f, t),
@@ -443,14 +546,40 @@ impl Staging {
 
     /// Validates one mutation against the committed graph plus this
     /// batch's earlier mutations and, if it keeps every structural rule,
-    /// adds it to the batch.
+    /// adds it to the batch (its task name filled in). A batch validated
+    /// in place takes a copy of what it accepted so far first.
     pub fn stage(&mut self, g: &Graph, mut m: Mutation) -> Result<(), StructuralError> {
+        self.admit(g, &m)?;
+        fill_task_name(&mut m);
+        self.owned().push(m);
+        Ok(())
+    }
+
+    /// Validates the next mutation of a batch validated in place and, if
+    /// it keeps every structural rule, accepts it where it is. False when
+    /// every mutation was accepted already.
+    pub(super) fn stage_next(&mut self, g: &Graph) -> Result<bool, StructuralError> {
+        let Accepted::Borrowed { all, len } = self.mutations else {
+            return Ok(false);
+        };
+        let Some(m) = all.get(len) else {
+            return Ok(false);
+        };
+        self.admit(g, m)?;
+        self.mutations = Accepted::Borrowed { all, len: len + 1 };
+        Ok(true)
+    }
+
+    /// Checks `m` against the graph plus the batch and records what it
+    /// adds to the batch's indices; the caller then accepts it (as the
+    /// next of the batch's mutations).
+    fn admit(&mut self, g: &Graph, m: &Mutation) -> Result<(), StructuralError> {
         self.sync_order(g);
         let err = |reason: String| StructuralError {
             mutation: m.describe(),
             reason,
         };
-        match &m {
+        match m {
             Mutation::AddNode {
                 id,
                 task,
@@ -494,7 +623,7 @@ impl Staging {
                 self.new_ids.insert(id, k);
                 // The mutation joins `mutations` there below (its task name
                 // filled in), once nothing can fail any more.
-                self.new_nodes.push(self.mutations.len());
+                self.new_nodes.push(self.mutations().len());
                 // Last in the order: edges from its sources agree with it.
                 self.ord_new.push(self.next_ord);
                 self.next_ord += 1;
@@ -645,12 +774,6 @@ impl Staging {
                 self.new_loops.push(def.id.clone());
             }
         }
-        if let Mutation::AddNode { id, task, .. } = &mut m {
-            if task.name.is_empty() {
-                task.name = id.clone();
-            }
-        }
-        self.mutations.push(m);
         Ok(())
     }
 }
@@ -678,8 +801,8 @@ fn check_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use crate::graph::NodeState;
+    use std::collections::HashMap;
 
     fn node(id: &str) -> Mutation {
         Mutation::add_node(id, Task::python("x.py"))
@@ -918,6 +1041,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_batch_validated_in_place_reads_like_one_taken() {
+        let mut g = Graph::new();
+        g.commit(&[node("a"), node("z")]).unwrap();
+        let batch = vec![
+            node("b"),
+            Mutation::add_node("c", Task::python("x.py").named("C")),
+            edge("a", "b"),
+            edge("b", "c"),
+            edge("c", "z"),
+            Mutation::AddPromise {
+                promise: Promise::shape("a", "z", "any".parse().unwrap()),
+            },
+        ];
+        let taken = g.stage_all(batch.clone()).unwrap();
+        let in_place = g.stage_borrowed(&batch).unwrap();
+        assert_eq!(in_place.mutations(), &batch[..], "not copied, as given");
+        assert_eq!(taken.mutations()[0], {
+            let mut m = batch[0].clone();
+            fill_task_name(&mut m);
+            m
+        });
+        for id in ["a", "b", "c", "z", "nope"] {
+            assert_eq!(in_place.lookup(&g, id), taken.lookup(&g, id), "{id}");
+        }
+        assert_eq!(in_place.lookup(&g, "b"), Some(("b", "b")));
+        assert_eq!(in_place.lookup(&g, "c"), Some(("c", "C")));
+        assert_eq!(
+            in_place.new_edges(&g).collect::<Vec<_>>(),
+            taken.new_edges(&g).collect::<Vec<_>>()
+        );
+        let (r1, t1) = in_place.region(&g, "a", "z").unwrap();
+        let (r2, t2) = taken.region(&g, "a", "z").unwrap();
+        assert_eq!((canon(&r1), t1), (canon(&r2), t2));
+        assert_eq!(r1.nodes[0].task, "b", "an empty task name is the id");
+        assert_eq!(
+            crate::promise::check_batch(&g, &in_place, None),
+            crate::promise::check_batch(&g, &taken, None)
+        );
+        // Staging one more mutation takes a copy of the batch first.
+        let (mut in_place, mut taken) = (in_place, taken);
+        in_place.stage(&g, node("d")).unwrap();
+        taken.stage(&g, node("d")).unwrap();
+        assert_eq!(in_place.mutations(), taken.mutations());
+        let err = in_place.stage(&g, node("b")).unwrap_err();
+        assert!(err.reason.contains("earlier in this batch"), "{err}");
     }
 
     #[test]
