@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result, StructuralError};
 use crate::exec::container::ContainerEngine;
 use crate::exec::{configured_python, content_hash};
-use crate::graph::{Graph, Staging};
+use crate::graph::{Graph, Staged};
 use crate::history::{Event, EventKind, RunState};
 use crate::model::{Definition, Exec, Mutation, Origin};
 use crate::promise::{self, BatchProblem};
@@ -83,8 +83,10 @@ pub(super) fn register(
     // The registration is written on a second thread while this one
     // validates it and builds the graph; the transaction commits only
     // once the validation passed, and nothing starts before it committed.
-    // The writer serialises the definition's own mutations (as validation
-    // fills them in), so the registration is never copied for it.
+    // Both threads read the definition's own mutations: the writer
+    // serialises them (filling in task names as validation does), the
+    // validation checks them in place, and the graph copies them one at a
+    // time, so the registration is never in memory twice.
     let store = engine.store().as_ref();
     let owner = engine.owner();
     let (touched, written) = std::thread::scope(|s| {
@@ -104,16 +106,9 @@ pub(super) fn register(
         // The staging's indices are gone; the graph is built next.
         crate::release_freed_memory();
         let _ = verdict.send(registration.is_ok());
-        let touched = registration.map(|mutations| {
+        let touched = registration.map(|()| {
             state.apply(&started);
-            state.apply_owned(Event {
-                seq: 2,
-                at: at.clone(),
-                kind: EventKind::BatchCommitted {
-                    origin: Origin::Registration,
-                    mutations,
-                },
-            })
+            state.apply_borrowed(2, &at, &Origin::Registration, &def.registration)
         });
         (touched, writer.join())
     });
@@ -232,14 +227,14 @@ pub fn validate(def: &Definition) -> Result<()> {
 }
 
 /// Validates the registration exactly like a runtime batch (structure,
-/// promises, declared types); returns its mutations as they are applied.
-fn validate_registration(def: &Definition) -> Result<Vec<Mutation>> {
+/// promises, declared types), where it is: nothing of it is copied.
+fn validate_registration(def: &Definition) -> Result<()> {
     let empty = Graph::new();
     empty
-        .stage_all(def.registration.iter().cloned())
+        .stage_borrowed(&def.registration)
         .and_then(
             |staging| match promise::check_batch(&empty, &staging, None) {
-                Ok(()) => check_types(&empty, &staging).map(|()| staging.into_mutations()),
+                Ok(()) => check_types(&empty, &staging),
                 Err(problem) => Err(StructuralError {
                     mutation: "the registration".into(),
                     reason: match problem {
@@ -259,7 +254,7 @@ fn validate_registration(def: &Definition) -> Result<Vec<Mutation>> {
 /// (`docs/typed.md`), before it joins the batch.
 pub(super) fn typecheck(
     g: &Graph,
-    staging: &Staging,
+    staging: &Staged<'_>,
     m: &Mutation,
 ) -> std::result::Result<(), String> {
     let Mutation::AddNode {
@@ -276,7 +271,7 @@ pub(super) fn typecheck(
 }
 
 /// [`typecheck`] over a whole staged batch (the registration).
-fn check_types(g: &Graph, staging: &Staging) -> std::result::Result<(), StructuralError> {
+fn check_types(g: &Graph, staging: &Staged<'_>) -> std::result::Result<(), StructuralError> {
     for m in staging.mutations() {
         typecheck(g, staging, m).map_err(|reason| StructuralError {
             mutation: "the registration".into(),

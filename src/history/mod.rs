@@ -321,21 +321,34 @@ impl RunState {
             .unwrap_or_else(|| panic!("event names unknown node `{node}`"))
     }
 
-    /// [`RunState::apply`] taking the event: a batch that the state does
-    /// not keep moves into the graph instead of being copied.
-    pub(crate) fn apply_owned(&mut self, e: Event) -> Vec<usize> {
-        match e.kind {
-            EventKind::BatchCommitted { mutations, origin } if !self.keep_batches => {
-                self.last_seq = e.seq;
-                let applied = self.graph.apply_owned(mutations);
-                if let Origin::Rule { rule } = origin {
-                    self.graph.mark_fired(&rule);
-                }
-                self.facts.resize_with(self.graph.len(), NodeFacts::default);
-                applied.touched
-            }
-            _ => self.apply(&e),
+    /// [`RunState::apply`] of a `batch_committed` event at `seq` whose
+    /// mutations are borrowed (a registration validated in place, see
+    /// [`Graph::stage_borrowed`]): a batch that the state does not keep
+    /// is copied into the graph one mutation at a time, never whole.
+    pub(crate) fn apply_borrowed(
+        &mut self,
+        seq: u64,
+        at: &str,
+        origin: &Origin,
+        mutations: &[Mutation],
+    ) -> Vec<usize> {
+        if self.keep_batches {
+            return self.apply(&Event {
+                seq,
+                at: at.to_string(),
+                kind: EventKind::BatchCommitted {
+                    origin: origin.clone(),
+                    mutations: mutations.to_vec(),
+                },
+            });
         }
+        self.last_seq = seq;
+        let applied = self.graph.apply_cloned(mutations);
+        if let Origin::Rule { rule } = origin {
+            self.graph.mark_fired(rule);
+        }
+        self.facts.resize_with(self.graph.len(), NodeFacts::default);
+        applied.touched
     }
 
     /// Applies one event. Returns the nodes whose readiness may have

@@ -26,7 +26,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Graph, Staging};
+use crate::graph::{Graph, Staged, Staging};
 use crate::model::Mutation;
 use crate::promise::glob::Selector;
 use crate::promise::shape::{Region, Shape};
@@ -306,7 +306,7 @@ pub enum BatchProblem {
     BadPromise(String),
 }
 
-fn node_name<'a>(g: &'a Graph, staging: &'a Staging, id: &str) -> Option<NodeName<'a>> {
+fn node_name<'a>(g: &'a Graph, staging: &'a Staged<'_>, id: &str) -> Option<NodeName<'a>> {
     staging
         .lookup(g, id)
         .map(|(id, task)| NodeName { id, task })
@@ -315,7 +315,7 @@ fn node_name<'a>(g: &'a Graph, staging: &'a Staging, id: &str) -> Option<NodeNam
 /// The edges a mutation adds: explicit, or implied by input references.
 fn mutation_edges<'a>(
     g: &'a Graph,
-    staging: &'a Staging,
+    staging: &'a Staged<'_>,
     m: &'a Mutation,
 ) -> Vec<(NodeName<'a>, NodeName<'a>)> {
     let pairs: Vec<(&str, &str)> = match m {
@@ -343,7 +343,7 @@ fn mutation_edges<'a>(
 /// in force. `by` is the node whose task sent it.
 pub fn check_mutation(
     g: &Graph,
-    staging: &Staging,
+    staging: &Staged<'_>,
     by: &str,
     m: &Mutation,
 ) -> Result<(), Box<Violation>> {
@@ -362,7 +362,7 @@ pub fn check_mutation(
 /// `no_new_edges { by }` do not select it.
 fn check_against(
     g: &Graph,
-    staging: &Staging,
+    staging: &Staged<'_>,
     by_name: Option<NodeName<'_>>,
     m: &Mutation,
 ) -> Result<(), Box<Violation>> {
@@ -384,7 +384,7 @@ fn check_against(
 /// promises in force (unless it is the registration: `by` is `None`),
 /// every `shape` region the batch touches, and every promise the batch
 /// declares against the graph it leaves.
-pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(), BatchProblem> {
+pub fn check_batch(g: &Graph, staging: &Staged<'_>, by: Option<&str>) -> Result<(), BatchProblem> {
     check_sent(g, staging, by.map_or(Sender::Registration, Sender::Node))
 }
 
@@ -392,14 +392,14 @@ pub fn check_batch(g: &Graph, staging: &Staging, by: Option<&str>) -> Result<(),
 /// ([`check_batch`]), every mutation against every promise in force; the
 /// promises that select a sending node (`no_new_nodes { by }`,
 /// `no_new_edges { by }`) select no rule.
-pub fn check_rule_batch(g: &Graph, staging: &Staging, rule: &str) -> Result<(), BatchProblem> {
+pub fn check_rule_batch(g: &Graph, staging: &Staged<'_>, rule: &str) -> Result<(), BatchProblem> {
     check_sent(g, staging, Sender::Rule(rule))
 }
 
 /// Checks a batch of the loop `id` (an iteration or its exit) like a
 /// rule's ([`check_rule_batch`]): every mutation against every promise in
 /// force, the promises that select a sending node selecting no loop.
-pub fn check_loop_batch(g: &Graph, staging: &Staging, id: &str) -> Result<(), BatchProblem> {
+pub fn check_loop_batch(g: &Graph, staging: &Staged<'_>, id: &str) -> Result<(), BatchProblem> {
     check_sent(g, staging, Sender::Loop(id))
 }
 
@@ -412,7 +412,7 @@ enum Sender<'a> {
     Loop(&'a str),
 }
 
-fn check_sent(g: &Graph, staging: &Staging, sender: Sender<'_>) -> Result<(), BatchProblem> {
+fn check_sent(g: &Graph, staging: &Staged<'_>, sender: Sender<'_>) -> Result<(), BatchProblem> {
     match sender {
         Sender::Registration => {}
         Sender::Node(by) => {
