@@ -384,19 +384,27 @@ impl PgStore {
 
     pub(super) fn q_finish_claim(&self, a: &AttemptId, runner: &str) -> Result<()> {
         let n = a.attempt as i64;
-        self.write(|tx| {
-            // The claim as `why_fenced` passes it, ended in one statement;
-            // only when it is not (fenced) is the row read to say why.
-            let ended = tx.exec(
-                &format!(
-                    "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4
-                       AND (lease_until IS NULL OR lease_until >= {NOW_MS})"
-                ),
-                &[&a.run, &a.node, &n, &runner],
-            )?;
-            if ended == 1 {
-                return Ok(());
+        // The claim as `why_fenced` passes it, ended by one statement
+        // that commits on its own: one round trip, where a transaction
+        // around it takes three.
+        match self.write_alone(
+            &format!(
+                "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4
+                   AND (lease_until IS NULL OR lease_until >= {NOW_MS})"
+            ),
+            &[&a.run, &a.node, &n, &runner],
+        ) {
+            Ok(1) => return Ok(()),
+            Ok(_) => {}
+            // Refused, or the connection lost (whether it landed is
+            // unknown): the transaction below finds the claim still held
+            // (and ends it) or says why not.
+            Err(e) => {
+                tracing::debug!(db = %self.pool.loc, error = %e,
+                    "ending a claim in one statement failed; trying in a transaction");
             }
+        }
+        self.write(|tx| {
             let row = Self::queue_row(tx, a)?;
             if let Some(why) = why_fenced(a, runner, row) {
                 return Err(Error::AttemptFenced {
