@@ -16,20 +16,44 @@ use crate::store::queue::{
     QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
-/// The queues that have waiting attempts, each with the requirements of
-/// one of them (a queue's key names its requirement set): a "loose index
-/// scan" of `queue_waiting (queue, seq)`, one index descent per queue,
-/// not a scan of every waiting row.
-const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
+/// What a claim starts from, in one statement (one round trip, where it
+/// took three):
+///
+/// - the claiming runner's row, locked (its own claims take turns, so
+///   its slots are never over-counted): its capabilities, slots, whether
+///   it drains, whether its lease holds, its affinity, and how many
+///   attempts it holds;
+/// - the queues that have waiting attempts, each with the requirements
+///   of one of them (a queue's key names its requirement set): a "loose
+///   index scan" of `queue_waiting (queue, seq)`, one index descent per
+///   queue, not a scan of every waiting row; two arrays in the order of
+///   the keys;
+/// - the other live runners, not draining, with free slots: their
+///   capabilities, free slots and affinity, three arrays in the order of
+///   their ids (read, not locked: a preference may be a moment old).
+///
+/// `{now}` stands for the store's clock.
+const LOOK: &str = "WITH RECURSIVE k(queue) AS (
         (SELECT queue FROM queue WHERE runner IS NULL ORDER BY queue LIMIT 1)
         UNION ALL
         SELECT (SELECT q.queue FROM queue q WHERE q.runner IS NULL AND q.queue > k.queue
                 ORDER BY q.queue LIMIT 1)
         FROM k WHERE k.queue IS NOT NULL
-    )
-    SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
-                     ORDER BY q.seq LIMIT 1)
-    FROM k WHERE k.queue IS NOT NULL";
+    ),
+    w AS (SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
+                           ORDER BY q.seq LIMIT 1) AS requires
+          FROM k WHERE k.queue IS NOT NULL),
+    r AS (SELECT id, capabilities, affinity,
+                 slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id) AS free
+          FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {now})
+    SELECT m.capabilities, m.slots, m.draining, m.lease_until >= {now}, m.affinity,
+           (SELECT count(*) FROM queue WHERE runner = $1),
+           ARRAY(SELECT queue FROM w ORDER BY queue),
+           ARRAY(SELECT requires FROM w ORDER BY queue),
+           ARRAY(SELECT capabilities FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT free FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT affinity FROM r WHERE free > 0 ORDER BY id)
+    FROM runners m WHERE m.id = $1 FOR UPDATE OF m";
 
 /// The waiting attempts a claim of at most `$3` candidates may rank
 /// among its first `$3`, in the queues `$1` its runner serves: the oldest
@@ -218,17 +242,8 @@ impl PgStore {
         lease_ms: i64,
     ) -> Result<Vec<QueuedAttempt>> {
         self.write(|tx| {
-            // The runner's row, locked: its own claims take turns, so its
-            // slots are never over-counted.
-            let Some(r) = tx.row(
-                &format!(
-                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity,
-                            (SELECT count(*) FROM queue WHERE runner = $1)
-                     FROM runners WHERE id = $1 FOR UPDATE"
-                ),
-                &[&runner],
-            )?
-            else {
+            let look = LOOK.replace("{now}", NOW_MS);
+            let Some(r) = tx.row(&look, &[&runner])? else {
                 return Err(Error::UnknownRunner(runner.to_string()));
             };
             let caps: String = tx.get(&r, 0)?;
@@ -248,11 +263,11 @@ impl PgStore {
                 return Ok(Vec::new());
             }
             let offer: Offer = self.parse("runner's capabilities", &caps)?;
+            let queue_keys: Vec<String> = tx.get(&r, 6)?;
+            let requires: Vec<String> = tx.get(&r, 7)?;
             let mut waiting = Vec::new();
-            for r in tx.rows(WAITING_QUEUES, &[])? {
-                let key: String = tx.get(&r, 0)?;
-                let req: String = tx.get(&r, 1)?;
-                waiting.push((key, self.parse::<Resources>("requirement", &req)?));
+            for (key, req) in queue_keys.into_iter().zip(&requires) {
+                waiting.push((key, self.parse::<Resources>("requirement", req)?));
             }
             let keys: Vec<&String> = waiting
                 .iter()
@@ -263,25 +278,15 @@ impl PgStore {
                 return Ok(Vec::new());
             }
             let mut mine: Affinity = self.parse("runner's affinity", &affinity)?;
-            // The other live runners with free slots (read, not locked:
-            // a preference may be a moment old).
+            let rival_caps: Vec<String> = tx.get(&r, 8)?;
+            let rival_free: Vec<i64> = tx.get(&r, 9)?;
+            let rival_affinity: Vec<String> = tx.get(&r, 10)?;
             let mut rivals = Vec::new();
-            for r in tx.rows(
-                &format!(
-                    "SELECT capabilities, slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id),
-                            affinity
-                     FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {NOW_MS}"
-                ),
-                &[&runner],
-            )? {
-                let free: i64 = tx.get(&r, 1)?;
-                if free <= 0 {
-                    continue;
-                }
-                let offer: Offer = self.parse("runner's capabilities", &tx.get::<String>(&r, 0)?)?;
+            for ((caps, free), affinity) in rival_caps.iter().zip(&rival_free).zip(&rival_affinity) {
+                let offer: Offer = self.parse("runner's capabilities", caps)?;
                 rivals.push(Rival {
-                    free: free as usize,
-                    affinity: self.parse("runner's affinity", &tx.get::<String>(&r, 2)?)?,
+                    free: *free as usize,
+                    affinity: self.parse("runner's affinity", affinity)?,
                     serves: waiting
                         .iter()
                         .filter(|(_, need)| offer.refuses(need).is_none())
