@@ -62,17 +62,23 @@ const LOOK: &str = "WITH RECURSIVE k(queue) AS (
 /// index range however many attempts wait. The first `$3` in the order
 /// [`pick`] reads them (its runs first, then its queues, each oldest
 /// first) are always among these: one outside its run's or its queue's
-/// first `$3` has `$3` rows ranked before it. A row may come twice; the
-/// claim ranks and dedups them.
-const CANDIDATES: &str = "SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
-        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
-                 WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
-                 ORDER BY q.seq LIMIT $3) c
+/// first `$3` has `$3` rows ranked before it. When its runs alone give
+/// `$3` (distinct runs: distinct rows), those are the first `$3` and the
+/// queues are not read. A row may come twice; the claim ranks and dedups
+/// them.
+const CANDIDATES: &str = "WITH mine AS MATERIALIZED (
+        SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
+            LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                     WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
+                     ORDER BY q.seq LIMIT $3) c
+    )
+    SELECT run, node, queue, seq FROM mine
     UNION ALL
     SELECT c.run, c.node, c.queue, c.seq FROM unnest($1::text[]) AS k(queue),
         LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
                  WHERE q.queue = k.queue AND q.runner IS NULL
-                 ORDER BY q.seq LIMIT $3) c";
+                 ORDER BY q.seq LIMIT $3) c
+    WHERE (SELECT count(*) FROM mine) < $3";
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -297,7 +303,11 @@ impl PgStore {
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
             // oldest: the candidates `pick` ranks (read, not locked).
-            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &limit])?;
+            // Each run once, so that rows of its runs are distinct rows.
+            let mut own_runs = mine.runs.clone();
+            own_runs.sort_unstable();
+            own_runs.dedup();
+            let rows = tx.rows(CANDIDATES, &[&keys, &own_runs, &limit])?;
             let mut read = Vec::new();
             for r in &rows {
                 let c = Candidate {
