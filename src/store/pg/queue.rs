@@ -181,21 +181,42 @@ impl PgStore {
             let draining: bool = tx.get(&r, 0)?;
             // Only the claims it says it holds are renewed: one it gave up
             // (an end no server would take) expires, and the engine that
-            // waits for it runs its node again.
-            let mut lost = Vec::new();
-            for a in holding {
-                let row = Self::queue_row(tx, a)?;
-                if why_fenced(a, id, row).is_some() {
-                    lost.push(a.clone());
-                } else {
-                    tx.exec(
-                        &format!(
-                            "UPDATE queue SET lease_until = {NOW_MS} + $3 WHERE run = $1 AND node = $2"
-                        ),
-                        &[&a.run, &a.node, &lease_ms],
-                    )?;
-                }
+            // waits for it runs its node again. One statement renews those
+            // `why_fenced` passes (this attempt, this runner, lease not
+            // expired); the others are lost.
+            if holding.is_empty() {
+                return Ok(Beat {
+                    draining,
+                    lost: Vec::new(),
+                });
             }
+            let runs: Vec<&str> = holding.iter().map(|a| a.run.as_str()).collect();
+            let nodes: Vec<&str> = holding.iter().map(|a| a.node.as_str()).collect();
+            let attempts: Vec<i64> = holding.iter().map(|a| a.attempt as i64).collect();
+            let renewed = tx.rows(
+                &format!(
+                    "UPDATE queue q SET lease_until = {NOW_MS} + $5
+                     FROM unnest($2::text[], $3::text[], $4::bigint[]) AS h(run, node, attempt)
+                     WHERE q.run = h.run AND q.node = h.node AND q.attempt = h.attempt
+                       AND q.runner = $1 AND (q.lease_until IS NULL OR q.lease_until >= {NOW_MS})
+                     RETURNING q.run, q.node, q.attempt"
+                ),
+                &[&id, &runs, &nodes, &attempts, &lease_ms],
+            )?;
+            let mut held = std::collections::HashSet::new();
+            for r in &renewed {
+                let n: i64 = tx.get(r, 2)?;
+                held.insert(AttemptId::new(
+                    tx.get::<String>(r, 0)?,
+                    tx.get::<String>(r, 1)?,
+                    n as u32,
+                ));
+            }
+            let lost = holding
+                .iter()
+                .filter(|a| !held.contains(*a))
+                .cloned()
+                .collect();
             Ok(Beat { draining, lost })
         })
     }
