@@ -316,6 +316,35 @@ impl Checkout<'_> {
         Ok(Tx { conn, loc })
     }
 
+    /// Runs one statement outside any transaction block: PostgreSQL
+    /// commits it on its own, in one round trip where `BEGIN`, the
+    /// statement and `COMMIT` take three. The rows it changed. A
+    /// connection lost while it ran leaves its outcome unknown
+    /// ([`Broke::InCommit`]); one lost before (it could not be prepared)
+    /// is [`Broke::Before`].
+    pub(super) fn exec_alone(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
+        let loc = self.pool.loc.as_str();
+        let conn = self.conn.as_mut().expect("a checkout holds its connection");
+        let s = match conn.stmt(sql) {
+            Ok(s) => s,
+            Err(e) => return Err(classify(loc, &e, &conn.client)),
+        };
+        conn.client.execute(&s, params).map_err(|e| {
+            if breaks_connection(&e, Some(&conn.client)) {
+                broken(
+                    loc,
+                    format!(
+                        "the connection was lost during a statement (whether it landed is unknown): {}",
+                        message(&e)
+                    ),
+                    Broke::InCommit,
+                )
+            } else {
+                store_error(loc, message(&e))
+            }
+        })
+    }
+
     /// Ends the transaction a [`Tx::keep_open`] left open.
     pub(super) fn finish(&mut self, commit: bool) -> Result<()> {
         let loc = self.pool.loc.clone();
@@ -347,18 +376,25 @@ fn classify(loc: &str, e: &postgres::Error, client: &Client) -> Error {
     }
 }
 
+impl Conn {
+    /// `sql` prepared on this connection, once.
+    fn stmt(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
 impl Tx<'_> {
     pub(super) fn err(&self, e: postgres::Error) -> Error {
         classify(self.loc, &e, &self.conn.client)
     }
 
     fn stmt(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
-        if let Some(s) = self.conn.stmts.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.conn.client.prepare(sql)?;
-        self.conn.stmts.insert(sql.to_string(), s.clone());
-        Ok(s)
+        self.conn.stmt(sql)
     }
 
     /// Runs a statement; the driver's error as it is (to read its code).

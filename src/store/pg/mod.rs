@@ -298,6 +298,15 @@ impl PgStore {
         self.transact("", f, None)
     }
 
+    /// Runs `sql`, one statement that commits on its own (see
+    /// [`Checkout::exec_alone`]): the rows it changed. Tried once: its
+    /// callers fall back to a [`PgStore::write`] that says what the
+    /// statement could not (why it changed nothing, or whether it landed
+    /// when the connection was lost).
+    fn write_alone(&self, sql: &str, params: &conn::Params<'_>) -> Result<u64> {
+        self.with(|c| c.exec_alone(sql, params))
+    }
+
     /// Runs `f` in one read-only transaction that sees one snapshot.
     fn read<T: Send>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T> + Send) -> Result<T> {
         self.transact(READ_SNAPSHOT, f, None)

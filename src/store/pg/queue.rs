@@ -16,20 +16,44 @@ use crate::store::queue::{
     QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
-/// The queues that have waiting attempts, each with the requirements of
-/// one of them (a queue's key names its requirement set): a "loose index
-/// scan" of `queue_waiting (queue, seq)`, one index descent per queue,
-/// not a scan of every waiting row.
-const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
+/// What a claim starts from, in one statement (one round trip, where it
+/// took three):
+///
+/// - the claiming runner's row, locked (its own claims take turns, so
+///   its slots are never over-counted): its capabilities, slots, whether
+///   it drains, whether its lease holds, its affinity, and how many
+///   attempts it holds;
+/// - the queues that have waiting attempts, each with the requirements
+///   of one of them (a queue's key names its requirement set): a "loose
+///   index scan" of `queue_waiting (queue, seq)`, one index descent per
+///   queue, not a scan of every waiting row; two arrays in the order of
+///   the keys;
+/// - the other live runners, not draining, with free slots: their
+///   capabilities, free slots and affinity, three arrays in the order of
+///   their ids (read, not locked: a preference may be a moment old).
+///
+/// `{now}` stands for the store's clock.
+const LOOK: &str = "WITH RECURSIVE k(queue) AS (
         (SELECT queue FROM queue WHERE runner IS NULL ORDER BY queue LIMIT 1)
         UNION ALL
         SELECT (SELECT q.queue FROM queue q WHERE q.runner IS NULL AND q.queue > k.queue
                 ORDER BY q.queue LIMIT 1)
         FROM k WHERE k.queue IS NOT NULL
-    )
-    SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
-                     ORDER BY q.seq LIMIT 1)
-    FROM k WHERE k.queue IS NOT NULL";
+    ),
+    w AS (SELECT k.queue, (SELECT q.requires FROM queue q WHERE q.runner IS NULL AND q.queue = k.queue
+                           ORDER BY q.seq LIMIT 1) AS requires
+          FROM k WHERE k.queue IS NOT NULL),
+    r AS (SELECT id, capabilities, affinity,
+                 slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id) AS free
+          FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {now})
+    SELECT m.capabilities, m.slots, m.draining, m.lease_until >= {now}, m.affinity,
+           (SELECT count(*) FROM queue WHERE runner = $1),
+           ARRAY(SELECT queue FROM w ORDER BY queue),
+           ARRAY(SELECT requires FROM w ORDER BY queue),
+           ARRAY(SELECT capabilities FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT free FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT affinity FROM r WHERE free > 0 ORDER BY id)
+    FROM runners m WHERE m.id = $1 FOR UPDATE OF m";
 
 /// The waiting attempts a claim of at most `$3` candidates may rank
 /// among its first `$3`, in the queues `$1` its runner serves: the oldest
@@ -38,17 +62,23 @@ const WAITING_QUEUES: &str = "WITH RECURSIVE k(queue) AS (
 /// index range however many attempts wait. The first `$3` in the order
 /// [`pick`] reads them (its runs first, then its queues, each oldest
 /// first) are always among these: one outside its run's or its queue's
-/// first `$3` has `$3` rows ranked before it. A row may come twice; the
-/// claim ranks and dedups them.
-const CANDIDATES: &str = "SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
-        LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
-                 WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
-                 ORDER BY q.seq LIMIT $3) c
+/// first `$3` has `$3` rows ranked before it. When its runs alone give
+/// `$3` (distinct runs: distinct rows), those are the first `$3` and the
+/// queues are not read. A row may come twice; the claim ranks and dedups
+/// them.
+const CANDIDATES: &str = "WITH mine AS MATERIALIZED (
+        SELECT c.run, c.node, c.queue, c.seq FROM unnest($2::text[]) AS r(run),
+            LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
+                     WHERE q.run = r.run AND q.runner IS NULL AND q.queue = ANY($1)
+                     ORDER BY q.seq LIMIT $3) c
+    )
+    SELECT run, node, queue, seq FROM mine
     UNION ALL
     SELECT c.run, c.node, c.queue, c.seq FROM unnest($1::text[]) AS k(queue),
         LATERAL (SELECT q.run, q.node, q.queue, q.seq FROM queue q
                  WHERE q.queue = k.queue AND q.runner IS NULL
-                 ORDER BY q.seq LIMIT $3) c";
+                 ORDER BY q.seq LIMIT $3) c
+    WHERE (SELECT count(*) FROM mine) < $3";
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -151,21 +181,42 @@ impl PgStore {
             let draining: bool = tx.get(&r, 0)?;
             // Only the claims it says it holds are renewed: one it gave up
             // (an end no server would take) expires, and the engine that
-            // waits for it runs its node again.
-            let mut lost = Vec::new();
-            for a in holding {
-                let row = Self::queue_row(tx, a)?;
-                if why_fenced(a, id, row).is_some() {
-                    lost.push(a.clone());
-                } else {
-                    tx.exec(
-                        &format!(
-                            "UPDATE queue SET lease_until = {NOW_MS} + $3 WHERE run = $1 AND node = $2"
-                        ),
-                        &[&a.run, &a.node, &lease_ms],
-                    )?;
-                }
+            // waits for it runs its node again. One statement renews those
+            // `why_fenced` passes (this attempt, this runner, lease not
+            // expired); the others are lost.
+            if holding.is_empty() {
+                return Ok(Beat {
+                    draining,
+                    lost: Vec::new(),
+                });
             }
+            let runs: Vec<&str> = holding.iter().map(|a| a.run.as_str()).collect();
+            let nodes: Vec<&str> = holding.iter().map(|a| a.node.as_str()).collect();
+            let attempts: Vec<i64> = holding.iter().map(|a| a.attempt as i64).collect();
+            let renewed = tx.rows(
+                &format!(
+                    "UPDATE queue q SET lease_until = {NOW_MS} + $5
+                     FROM unnest($2::text[], $3::text[], $4::bigint[]) AS h(run, node, attempt)
+                     WHERE q.run = h.run AND q.node = h.node AND q.attempt = h.attempt
+                       AND q.runner = $1 AND (q.lease_until IS NULL OR q.lease_until >= {NOW_MS})
+                     RETURNING q.run, q.node, q.attempt"
+                ),
+                &[&id, &runs, &nodes, &attempts, &lease_ms],
+            )?;
+            let mut held = std::collections::HashSet::new();
+            for r in &renewed {
+                let n: i64 = tx.get(r, 2)?;
+                held.insert(AttemptId::new(
+                    tx.get::<String>(r, 0)?,
+                    tx.get::<String>(r, 1)?,
+                    n as u32,
+                ));
+            }
+            let lost = holding
+                .iter()
+                .filter(|a| !held.contains(*a))
+                .cloned()
+                .collect();
             Ok(Beat { draining, lost })
         })
     }
@@ -218,17 +269,8 @@ impl PgStore {
         lease_ms: i64,
     ) -> Result<Vec<QueuedAttempt>> {
         self.write(|tx| {
-            // The runner's row, locked: its own claims take turns, so its
-            // slots are never over-counted.
-            let Some(r) = tx.row(
-                &format!(
-                    "SELECT capabilities, slots, draining, lease_until >= {NOW_MS}, affinity,
-                            (SELECT count(*) FROM queue WHERE runner = $1)
-                     FROM runners WHERE id = $1 FOR UPDATE"
-                ),
-                &[&runner],
-            )?
-            else {
+            let look = LOOK.replace("{now}", NOW_MS);
+            let Some(r) = tx.row(&look, &[&runner])? else {
                 return Err(Error::UnknownRunner(runner.to_string()));
             };
             let caps: String = tx.get(&r, 0)?;
@@ -248,11 +290,11 @@ impl PgStore {
                 return Ok(Vec::new());
             }
             let offer: Offer = self.parse("runner's capabilities", &caps)?;
+            let queue_keys: Vec<String> = tx.get(&r, 6)?;
+            let requires: Vec<String> = tx.get(&r, 7)?;
             let mut waiting = Vec::new();
-            for r in tx.rows(WAITING_QUEUES, &[])? {
-                let key: String = tx.get(&r, 0)?;
-                let req: String = tx.get(&r, 1)?;
-                waiting.push((key, self.parse::<Resources>("requirement", &req)?));
+            for (key, req) in queue_keys.into_iter().zip(&requires) {
+                waiting.push((key, self.parse::<Resources>("requirement", req)?));
             }
             let keys: Vec<&String> = waiting
                 .iter()
@@ -263,25 +305,15 @@ impl PgStore {
                 return Ok(Vec::new());
             }
             let mut mine: Affinity = self.parse("runner's affinity", &affinity)?;
-            // The other live runners with free slots (read, not locked:
-            // a preference may be a moment old).
+            let rival_caps: Vec<String> = tx.get(&r, 8)?;
+            let rival_free: Vec<i64> = tx.get(&r, 9)?;
+            let rival_affinity: Vec<String> = tx.get(&r, 10)?;
             let mut rivals = Vec::new();
-            for r in tx.rows(
-                &format!(
-                    "SELECT capabilities, slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id),
-                            affinity
-                     FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {NOW_MS}"
-                ),
-                &[&runner],
-            )? {
-                let free: i64 = tx.get(&r, 1)?;
-                if free <= 0 {
-                    continue;
-                }
-                let offer: Offer = self.parse("runner's capabilities", &tx.get::<String>(&r, 0)?)?;
+            for ((caps, free), affinity) in rival_caps.iter().zip(&rival_free).zip(&rival_affinity) {
+                let offer: Offer = self.parse("runner's capabilities", caps)?;
                 rivals.push(Rival {
-                    free: free as usize,
-                    affinity: self.parse("runner's affinity", &tx.get::<String>(&r, 2)?)?,
+                    free: *free as usize,
+                    affinity: self.parse("runner's affinity", affinity)?,
                     serves: waiting
                         .iter()
                         .filter(|(_, need)| offer.refuses(need).is_none())
@@ -292,7 +324,11 @@ impl PgStore {
             let limit = candidates_needed(n as usize, &rivals) as i64;
             // The runner's own runs first, then its queues, then the
             // oldest: the candidates `pick` ranks (read, not locked).
-            let rows = tx.rows(CANDIDATES, &[&keys, &mine.runs, &limit])?;
+            // Each run once, so that rows of its runs are distinct rows.
+            let mut own_runs = mine.runs.clone();
+            own_runs.sort_unstable();
+            own_runs.dedup();
+            let rows = tx.rows(CANDIDATES, &[&keys, &own_runs, &limit])?;
             let mut read = Vec::new();
             for r in &rows {
                 let c = Candidate {
@@ -384,19 +420,27 @@ impl PgStore {
 
     pub(super) fn q_finish_claim(&self, a: &AttemptId, runner: &str) -> Result<()> {
         let n = a.attempt as i64;
-        self.write(|tx| {
-            // The claim as `why_fenced` passes it, ended in one statement;
-            // only when it is not (fenced) is the row read to say why.
-            let ended = tx.exec(
-                &format!(
-                    "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4
-                       AND (lease_until IS NULL OR lease_until >= {NOW_MS})"
-                ),
-                &[&a.run, &a.node, &n, &runner],
-            )?;
-            if ended == 1 {
-                return Ok(());
+        // The claim as `why_fenced` passes it, ended by one statement
+        // that commits on its own: one round trip, where a transaction
+        // around it takes three.
+        match self.write_alone(
+            &format!(
+                "DELETE FROM queue WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4
+                   AND (lease_until IS NULL OR lease_until >= {NOW_MS})"
+            ),
+            &[&a.run, &a.node, &n, &runner],
+        ) {
+            Ok(1) => return Ok(()),
+            Ok(_) => {}
+            // Refused, or the connection lost (whether it landed is
+            // unknown): the transaction below finds the claim still held
+            // (and ends it) or says why not.
+            Err(e) => {
+                tracing::debug!(db = %self.pool.loc, error = %e,
+                    "ending a claim in one statement failed; trying in a transaction");
             }
+        }
+        self.write(|tx| {
             let row = Self::queue_row(tx, a)?;
             if let Some(why) = why_fenced(a, runner, row) {
                 return Err(Error::AttemptFenced {

@@ -246,3 +246,41 @@ fn a_commit_cut_during_its_commit_is_stored_once() {
         f.state.last_seq
     );
 }
+
+#[test]
+fn an_end_whose_connection_was_cut_ends_its_claim_on_a_new_one() {
+    use crate::exec::resources::Offer;
+    use crate::exec::AttemptId;
+    use crate::store::queue::{QueuedAttempt, RunnerSpec};
+    // A cluster of its own: the restart cuts every connection.
+    let cluster = TestCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.new_database().unwrap();
+    let store = PgStore::connect(&url).unwrap();
+    let offer = Offer {
+        cpu: 1.0,
+        memory: None,
+        gpu: 0,
+        labels: Vec::new(),
+    };
+    store
+        .register_runner(&RunnerSpec::new("r1", "r1", offer, 4, "0"), 60_000)
+        .unwrap();
+    let a = AttemptId::new("run1", "a", 1);
+    store
+        .enqueue(&QueuedAttempt::new(
+            a.clone(),
+            Default::default(),
+            "{}".into(),
+        ))
+        .unwrap();
+    assert_eq!(store.claim("r1", 1, 60_000).unwrap().len(), 1);
+    // The end's one statement meets a cut connection: the transaction it
+    // falls back to finds the claim still held and ends it.
+    cluster.restart().unwrap();
+    store.finish_claim(&a, "r1").unwrap();
+    assert!(store.claims(10).unwrap().is_empty());
+    // Ended once: a second end is fenced, saying why.
+    let e = store.finish_claim(&a, "r1").unwrap_err();
+    assert!(matches!(e, Error::AttemptFenced { .. }), "{e}");
+    cluster.stop();
+}
