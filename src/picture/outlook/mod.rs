@@ -4,26 +4,25 @@
 //! [`outlook`] is a pure function of a [`RunState`]; [`crate::picture::render`]
 //! turns its result into SVG (layout-rs) or DOT, and it serialises as JSON.
 
+mod collapse;
 mod count;
 mod future;
 mod sketch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::history::RunState;
 use crate::model::{Attrs, NodeState, RunStatus};
-use crate::promise::shape::Shape;
-use crate::promise::{self, Promise, RegionState};
 
 pub(crate) use count::count_by_state;
 pub(crate) use future::growth;
-pub(crate) use sketch::Sketch;
 pub use sketch::{MAX_SKETCH_NODES, OR_LABEL};
 
+use collapse::{collapsed_nodes, graph_edges, loop_steps, map_stacks};
 use count::{counted, thousands};
-use future::{edge_allowed, may_link_from, reaches};
+use future::{growth_stars, loop_exits, possible_edges, unfilled_regions, unfired_rules};
 
 /// What a picture node stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,9 +141,6 @@ impl Default for Options {
 /// (`benches/README.md`, render).
 pub const LIVE_MAX_NODES: usize = 2_000;
 
-/// A collapsed loop step: its picture id and its iterations' nodes.
-type LoopStepNodes = (String, Vec<usize>);
-
 /// The id prefix of picture nodes that are not graph nodes.
 pub const WILDCARD_PREFIX: &str = "~";
 
@@ -183,69 +179,8 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             .collect(),
     };
 
-    // Map copies to collapse: region nodes wired exactly from -> n -> to,
-    // grouped by task name.
-    let mut stacked: HashMap<usize, String> = HashMap::new();
-    // (picture id, task name, from, to, members)
-    let mut stacks: Vec<(String, String, &str, &str, Vec<usize>)> = Vec::new();
-    if !opts.expand {
-        for (k, p) in g.promises().iter().enumerate() {
-            let Promise::Shape {
-                from,
-                to,
-                shape: Shape::Repeat(..),
-            } = p
-            else {
-                continue;
-            };
-            let (Some(f), Some(t)) = (g.position(from), g.position(to)) else {
-                continue;
-            };
-            let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-            for s in g.successors(f) {
-                let preds: Vec<usize> = g.predecessors(s).collect();
-                let succs: Vec<usize> = g.successors(s).collect();
-                if preds == [f] && succs == [t] && !stacked.contains_key(&s) {
-                    groups
-                        .entry(g.node(s).task.name.clone())
-                        .or_default()
-                        .push(s);
-                }
-            }
-            for (task, members) in groups {
-                if members.len() > opts.collapse_over {
-                    let id = format!("{WILDCARD_PREFIX}stack{k}:{task}");
-                    for &m in &members {
-                        stacked.insert(m, id.clone());
-                    }
-                    stacks.push((id, task, from, to, members));
-                }
-            }
-        }
-    }
-
-    // Loops (SPEC §10): collapsed, every step's iterations are one node
-    // and the back edge from the last step to the first is labelled with
-    // the iterations done and the bound; expanded, every iteration is
-    // drawn. (loop position, picture id per step, members per step)
-    let mut looped: HashMap<usize, String> = HashMap::new();
-    let mut loops: Vec<(usize, Vec<LoopStepNodes>)> = Vec::new();
-    for (k, l) in g.loops().iter().enumerate() {
-        let done = crate::loops::iterations(g, l);
-        if opts.expand || done == 0 {
-            continue;
-        }
-        let mut steps = Vec::new();
-        for s in &l.body {
-            let id = format!("{WILDCARD_PREFIX}loop:{}:{}", l.id, s.id);
-            let members: Vec<usize> = (1..=done).filter_map(|j| g.position(&s.node(j))).collect();
-            for &m in &members {
-                looped.insert(m, id.clone());
-            }
-            steps.push((id, members));
-        }
-        loops.push((k, steps));
-    }
+    let (stacked, stacks) = map_stacks(g, opts);
+    let (looped, loops) = loop_steps(g, opts);
 
     if g.len() - stacked.len() - looped.len() + loops.len() > opts.max_nodes {
         let label = format!("{} nodes", thousands(g.len()));
@@ -292,256 +227,17 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
             violated: violated.contains(n.id.as_str()),
         });
     }
-    for (id, task, from, to, members) in &stacks {
-        o.nodes.push(counted(
-            g,
-            members.iter().copied(),
-            id.clone(),
-            &format!("{task} ×{}", thousands(members.len())),
-            &violated,
-        ));
-        for (a, b) in [(*from, id.as_str()), (id.as_str(), *to)] {
-            o.edges.push(PicEdge {
-                from: a.to_string(),
-                to: b.to_string(),
-                dashed: false,
-                attrs: Attrs::new(),
-            });
-        }
-    }
-    for (k, steps) in &loops {
-        let l = &g.loops()[*k];
-        let done = crate::loops::iterations(g, l);
-        for (s, (id, members)) in l.body.iter().zip(steps) {
-            let mut node = counted(g, members.iter().copied(), id.clone(), &s.id, &violated);
-            // The latest iteration's state is the step's.
-            node.state = members.last().map(|&m| g.node(m).state);
-            o.nodes.push(node);
-        }
-        let (first, last) = (&steps[0].0, &steps[steps.len() - 1].0);
-        let mut attrs = Attrs::new();
-        attrs.insert("label".into(), format!("{done}/{}", l.max).into());
-        o.edges.push(PicEdge {
-            from: last.clone(),
-            to: first.clone(),
-            dashed: false,
-            attrs,
-        });
-    }
-    let mut drawn: HashSet<(String, String)> = HashSet::new();
-    for e in g.edges() {
-        if stacked.contains_key(&e.from) || stacked.contains_key(&e.to) {
-            continue;
-        }
-        if looped.contains_key(&e.from) || looped.contains_key(&e.to) {
-            // Collapsed loop: edges between iterations are the back edge;
-            // the others are drawn once.
-            let (a, b) = (pic_id(e.from), pic_id(e.to));
-            let between = looped.contains_key(&e.from) && looped.contains_key(&e.to) && {
-                let (na, nb) = (&g.node(e.from).id, &g.node(e.to).id);
-                match (
-                    crate::loops::iteration_of(g, na),
-                    crate::loops::iteration_of(g, nb),
-                ) {
-                    (Some((la, _, ka)), Some((lb, _, kb))) => la.id == lb.id && ka != kb,
-                    _ => false,
-                }
-            };
-            if !between && drawn.insert((a.clone(), b.clone())) {
-                o.edges.push(PicEdge {
-                    from: a,
-                    to: b,
-                    dashed: false,
-                    attrs: Attrs::new(),
-                });
-            }
-            continue;
-        }
-        o.edges.push(PicEdge {
-            from: pic_id(e.from),
-            to: pic_id(e.to),
-            dashed: false,
-            attrs: e.attrs.clone(),
-        });
-    }
+    collapsed_nodes(&mut o, g, &stacks, &loops, &violated);
+    graph_edges(&mut o, g, &stacked, &looped, &pic_id);
 
-    // A loop that has not exited: a dashed edge from its latest iteration
-    // to `to`, labelled with the exit condition (its region is drawn by
-    // the loop, not as a wildcard).
-    let mut loop_regions: HashSet<(&str, &str)> = HashSet::new();
-    for l in g.loops() {
-        loop_regions.insert((l.from.as_str(), l.to.as_str()));
-        let done = crate::loops::iterations(g, l);
-        let (Some(last), Some(to)) = (
-            l.last().and_then(|s| g.position(&s.node(done))),
-            g.position(&l.to),
-        ) else {
-            continue;
-        };
-        if g.has_edge(last, to) {
-            continue;
-        }
-        let mut attrs = Attrs::new();
-        attrs.insert("label".into(), format!("until {}", l.until).into());
-        o.edges.push(PicEdge {
-            from: pic_id(last),
-            to: l.to.clone(),
-            dashed: true,
-            attrs,
-        });
-    }
-
-    // Unfilled shape regions: a dashed wildcard between from and to.
-    for (k, p) in g.promises().iter().enumerate() {
-        let Promise::Shape { from, to, shape } = p else {
-            continue;
-        };
-        if loop_regions.contains(&(from.as_str(), to.as_str())) && matches!(shape, Shape::Chain(..))
-        {
-            continue;
-        }
-        let Some(region) = promise::committed_region(g, from, to) else {
-            continue;
-        };
-        if let RegionState::Unfilled = promise::region_state(&region, shape) {
-            let s = Sketch::of(shape, &format!("{WILDCARD_PREFIX}region{k}"));
-            let mut dashed = |a: &str, b: &str| {
-                o.edges.push(PicEdge {
-                    from: a.to_string(),
-                    to: b.to_string(),
-                    dashed: true,
-                    attrs: Attrs::new(),
-                })
-            };
-            for src in &s.sources {
-                dashed(from, src);
-            }
-            for e in &s.edges {
-                dashed(&e.0, &e.1);
-            }
-            for sink in &s.sinks {
-                dashed(sink, to);
-            }
-            o.nodes.extend(s.nodes);
-        }
-    }
-
-    // Nodes that may still grow the graph: a dashed ★ successor. Once the
-    // run is over, nothing grows.
+    // What may still come: loops' exits and unfilled regions; once the
+    // run is over, no node grows, no rule fires and no edge is added.
+    let loop_regions = loop_exits(&mut o, g, &pic_id);
+    unfilled_regions(&mut o, g, &loop_regions);
     if !state.status.is_terminal() {
-        let mut stack_grows: HashSet<String> = HashSet::new();
-        for i in 0..g.len() {
-            let n = g.node(i);
-            if n.state.is_terminal() {
-                continue;
-            }
-            let Some(narrowed) = growth(g, i) else {
-                continue;
-            };
-            let owner = pic_id(i);
-            if stacked.contains_key(&i) && !stack_grows.insert(owner.clone()) {
-                continue;
-            }
-            let id = format!("{WILDCARD_PREFIX}grow:{owner}");
-            let label = if narrowed.is_empty() {
-                "★".to_string()
-            } else {
-                format!("★ {}", narrowed.join(" ∩ "))
-            };
-            o.nodes.push(PicNode {
-                id: id.clone(),
-                kind: PicKind::Growth,
-                label,
-                state: None,
-                states: BTreeMap::new(),
-                attrs: Attrs::new(),
-                violated: false,
-            });
-            if may_link_from(g, i) {
-                o.edges.push(PicEdge {
-                    from: owner,
-                    to: id,
-                    dashed: true,
-                    attrs: Attrs::new(),
-                });
-            }
-        }
-    }
-
-    // Rules that have not fired: a dashed node with the predicate, wired
-    // from what it waits for (SPEC §9).
-    if !state.status.is_terminal() {
-        let rule_id = |k: usize| format!("{WILDCARD_PREFIX}rule:{}", g.rules()[k].id);
-        for (k, r) in g.rules().iter().enumerate() {
-            if g.rule_fired(k) {
-                continue;
-            }
-            let id = rule_id(k);
-            o.nodes.push(PicNode {
-                id: id.clone(),
-                kind: PicKind::Rule,
-                label: format!("rule {}: {}", r.id, r.when),
-                state: None,
-                states: BTreeMap::new(),
-                attrs: Attrs::new(),
-                violated: false,
-            });
-            let mut from_seen = HashSet::new();
-            for b in crate::rule::waits_for(g, k) {
-                let from = match b {
-                    crate::rule::Blocker::Node(i) => pic_id(i),
-                    crate::rule::Blocker::Rule(j) => rule_id(j),
-                };
-                if from_seen.insert(from.clone()) {
-                    o.edges.push(PicEdge {
-                        from,
-                        to: id.clone(),
-                        dashed: true,
-                        attrs: Attrs::new(),
-                    });
-                }
-            }
-        }
-    }
-
-    // only_edges with literal ends: the finitely many edges still
-    // possible, dashed.
-    if !state.status.is_terminal() {
-        let mut seen: HashSet<(usize, usize)> = HashSet::new();
-        for p in g.promises() {
-            let Promise::OnlyEdges { from, to } = p else {
-                continue;
-            };
-            let literal = |s: &str| !s.contains(['*', '?']);
-            if !literal(from.as_str()) || !literal(to.as_str()) {
-                continue;
-            }
-            for u in 0..g.len() {
-                let nu = g.node(u);
-                if !from.matches(&nu.id, &nu.task.name) {
-                    continue;
-                }
-                for v in 0..g.len() {
-                    let nv = g.node(v);
-                    if u == v
-                        || !to.matches(&nv.id, &nv.task.name)
-                        || !nv.state.not_started()
-                        || g.has_edge(u, v)
-                        || !seen.insert((u, v))
-                        || reaches(g, v, u)
-                        || !edge_allowed(g, u, v)
-                    {
-                        continue;
-                    }
-                    o.edges.push(PicEdge {
-                        from: pic_id(u),
-                        to: pic_id(v),
-                        dashed: true,
-                        attrs: Attrs::new(),
-                    });
-                }
-            }
-        }
+        growth_stars(&mut o, g, &stacked, &pic_id);
+        unfired_rules(&mut o, g, &pic_id);
+        possible_edges(&mut o, g, &pic_id);
     }
     o
 }
@@ -550,6 +246,7 @@ pub fn outlook(state: &RunState, opts: Options) -> Outlook {
 mod tests {
     use super::*;
     use crate::model::{Mutation, Task};
+    use crate::promise::Promise;
 
     fn stars(state: &RunState) -> Vec<String> {
         outlook(state, Options::default())
