@@ -6,6 +6,7 @@
 //! run id, a unique prefix of one, or `latest`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -86,47 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let outcome = orch::file::run(&file, &params, &path)?;
             return Ok(orch::workflow::report(Ok(outcome)));
         }
-        Command::Validate { files, params } => {
-            let params = orch::file::parse_params(params.iter().map(String::as_str))?;
-            let mut failed = 0;
-            let mut out = std::io::stdout().lock();
-            for f in &files {
-                // Without parameters, every workflow of the file, with
-                // placeholders for the parameters that have no default.
-                let loaded = if params.is_empty() {
-                    orch::file::load_all(f)
-                } else {
-                    orch::file::load(f, &params).map(|c| vec![c])
-                };
-                match loaded {
-                    Ok(all) => {
-                        for c in all {
-                            let needs = if c.needs.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; needs the parameters {}", c.needs.join(", "))
-                            };
-                            writeln!(
-                                out,
-                                "{}: ok (workflow `{}`, {} nodes{needs})",
-                                f.display(),
-                                c.definition.name,
-                                c.places.len()
-                            )?;
-                        }
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("{e}");
-                    }
-                }
-            }
-            return Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
+        Command::Validate { files, params } => return validate(&files, &params),
         Command::Schema => {
             let mut out = std::io::stdout().lock();
             serde_json::to_writer_pretty(&mut out, &orch::file::schema())?;
@@ -152,25 +113,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Event(EventCommand::Push { key, payload }) => {
-            if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
-                return Err("an event key is 1 to 256 printable characters".into());
-            }
-            let payload: serde_json::Value = match payload {
-                Some(text) => {
-                    orch::limits::check_json(&text).map_err(|e| format!("the payload: {e}"))?;
-                    serde_json::from_str(&text)
-                        .map_err(|e| format!("the payload is not JSON: {e}"))?
-                }
-                None => serde_json::json!({}),
-            };
-            let store = SqliteStore::open(&path)?;
-            let (id, delivered) = store.push_event(&key, &payload)?;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "pushed event {id} under `{key}`")?;
-            for (run, node) in delivered {
-                writeln!(out, "delivered to node `{node}` of run {run}")?;
-            }
-            return Ok(ExitCode::SUCCESS);
+            return push_event(&path, &key, payload)
         }
         Command::Timer(command) => return timer(&path, command),
         Command::Backfill {
@@ -213,16 +156,94 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         _ => {}
     }
+    on_store(&path, cli.command)
+}
+
+/// `orch validate FILE…`: loads every workflow of each file, says which
+/// load and prints why the others do not (exit 1 when one does not).
+fn validate(files: &[PathBuf], params: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let params = orch::file::parse_params(params.iter().map(String::as_str))?;
+    let mut failed = 0;
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        // Without parameters, every workflow of the file, with
+        // placeholders for the parameters that have no default.
+        let loaded = if params.is_empty() {
+            orch::file::load_all(f)
+        } else {
+            orch::file::load(f, &params).map(|c| vec![c])
+        };
+        match loaded {
+            Ok(all) => {
+                for c in all {
+                    let needs = if c.needs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; needs the parameters {}", c.needs.join(", "))
+                    };
+                    writeln!(
+                        out,
+                        "{}: ok (workflow `{}`, {} nodes{needs})",
+                        f.display(),
+                        c.definition.name,
+                        c.places.len()
+                    )?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `orch event push KEY [PAYLOAD]`: stores the event, and says to which
+/// waiting input nodes it was delivered.
+fn push_event(
+    path: &Path,
+    key: &str,
+    payload: Option<String>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if key.trim().is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+        return Err("an event key is 1 to 256 printable characters".into());
+    }
+    let payload: serde_json::Value = match payload {
+        Some(text) => {
+            orch::limits::check_json(&text).map_err(|e| format!("the payload: {e}"))?;
+            serde_json::from_str(&text).map_err(|e| format!("the payload is not JSON: {e}"))?
+        }
+        None => serde_json::json!({}),
+    };
+    let store = SqliteStore::open(path)?;
+    let (id, delivered) = store.push_event(key, &payload)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "pushed event {id} under `{key}`")?;
+    for (run, node) in delivered {
+        writeln!(out, "delivered to node `{node}` of run {run}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The commands on the runs of the database: `runs`, `show`, `logs`,
+/// `export` and `events` read it; `pause`, `unpause`, `cancel` and
+/// `input` ask its runs for something.
+fn on_store(path: &Path, command: Command) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // Commands that only read never write to the file (nor create one).
-    let store = match cli.command {
+    let store = match command {
         Command::Pause { .. }
         | Command::Unpause { .. }
         | Command::Cancel { .. }
-        | Command::Input { .. } => SqliteStore::open_existing(&path)?,
-        _ => SqliteStore::open_read_only(&path)?,
+        | Command::Input { .. } => SqliteStore::open_existing(path)?,
+        _ => SqliteStore::open_read_only(path)?,
     };
     let mut out = std::io::stdout().lock();
-    match cli.command {
+    match command {
         Command::Runs {
             limit,
             workflow,
@@ -291,53 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             expand,
             output,
         } => {
-            let id = store.resolve_run(&run)?;
-            let state = if registered {
-                let events = store.events(&id, None)?;
-                let upto = events
-                    .iter()
-                    .find(|e| matches!(e.kind, orch::EventKind::BatchCommitted { .. }))
-                    .map(|e| e.seq)
-                    .unwrap_or(1);
-                Some(orch::RunState::replay(
-                    &id,
-                    events.iter().take_while(|e| e.seq <= upto),
-                ))
-            } else if let Some(at) = at {
-                let last = store.events(&id, None)?.last().map_or(0, |e| e.seq);
-                if at == 0 || at > last {
-                    return Err(format!(
-                        "--at {at}: run {id} has events 1 to {last}; pick one of them"
-                    )
-                    .into());
-                }
-                Some(store.replay(&id, Some(at))?)
-            } else {
-                None
-            };
-            let outlook = || {
-                let st = match &state {
-                    Some(s) => s.clone(),
-                    None => store.replay(&id, None)?,
-                };
-                let opts = orch::picture::outlook::Options {
-                    expand,
-                    ..Default::default()
-                };
-                Ok::<_, orch::Error>(orch::picture::outlook::outlook(&st, opts))
-            };
-            let text = match format {
-                Format::Json => {
-                    let export = match &state {
-                        Some(s) => s.export(),
-                        None => store.export(&id)?,
-                    };
-                    serde_json::to_string_pretty(&export)?
-                }
-                Format::Outlook => serde_json::to_string_pretty(&outlook()?)?,
-                Format::Svg => orch::picture::render::svg(&outlook()?),
-                Format::Dot => orch::picture::render::dot(&outlook()?),
-            };
+            let text = export_text(&store, &run, format, registered, at, expand)?;
             match output {
                 Some(path) => std::fs::write(&path, text + "\n")
                     .map_err(|e| format!("writing {}: {e}", path.display()))?,
@@ -395,6 +370,64 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `orch export` writes: the run as it is, as it was registered or
+/// after event `at`, in `format`.
+fn export_text(
+    store: &SqliteStore,
+    run: &str,
+    format: Format,
+    registered: bool,
+    at: Option<u64>,
+    expand: bool,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let id = store.resolve_run(run)?;
+    let state = if registered {
+        let events = store.events(&id, None)?;
+        let upto = events
+            .iter()
+            .find(|e| matches!(e.kind, orch::EventKind::BatchCommitted { .. }))
+            .map(|e| e.seq)
+            .unwrap_or(1);
+        Some(orch::RunState::replay(
+            &id,
+            events.iter().take_while(|e| e.seq <= upto),
+        ))
+    } else if let Some(at) = at {
+        let last = store.events(&id, None)?.last().map_or(0, |e| e.seq);
+        if at == 0 || at > last {
+            return Err(
+                format!("--at {at}: run {id} has events 1 to {last}; pick one of them").into(),
+            );
+        }
+        Some(store.replay(&id, Some(at))?)
+    } else {
+        None
+    };
+    let outlook = || {
+        let st = match &state {
+            Some(s) => s.clone(),
+            None => store.replay(&id, None)?,
+        };
+        let opts = orch::picture::outlook::Options {
+            expand,
+            ..Default::default()
+        };
+        Ok::<_, orch::Error>(orch::picture::outlook::outlook(&st, opts))
+    };
+    Ok(match format {
+        Format::Json => {
+            let export = match &state {
+                Some(s) => s.export(),
+                None => store.export(&id)?,
+            };
+            serde_json::to_string_pretty(&export)?
+        }
+        Format::Outlook => serde_json::to_string_pretty(&outlook()?)?,
+        Format::Svg => orch::picture::render::svg(&outlook()?),
+        Format::Dot => orch::picture::render::dot(&outlook()?),
+    })
 }
 
 fn control(store: &SqliteStore, run: &str, what: Signal, out: &mut impl Write) -> Res {
