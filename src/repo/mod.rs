@@ -24,6 +24,7 @@
 //! Readers take no lock: they resolve the head once and read immutable
 //! objects from there.
 
+mod cache;
 mod error;
 mod git;
 mod lock;
@@ -161,6 +162,8 @@ pub struct Repo {
     /// (a `flock` is held per open file, so threads sharing one would not
     /// exclude each other).
     lock: Mutex<File>,
+    /// Workflows already read, by commit (a commit's files never change).
+    snapshots: Mutex<cache::Snapshots>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -205,6 +208,7 @@ impl Repo {
             dir,
             git,
             lock: Mutex::new(lock),
+            snapshots: Mutex::default(),
         };
         {
             // Under the lock: two processes opening one new directory do
@@ -426,13 +430,37 @@ impl Repo {
     /// The files of workflow `name` at commit `at` (4 to 40 hex digits, a
     /// commit on `main`), or at the head when `None`, each with its
     /// SHA-256.
+    ///
+    /// A workflow read at a commit is kept (a commit's files never
+    /// change; at most 64 snapshots and 16 MiB of files): read again at
+    /// that commit's full id or at the head, it costs one git call, the
+    /// check that the commit is still on `main`, instead of four to six.
     pub fn get(&self, name: &str, at: Option<&str>) -> Result<Snapshot> {
         validate_name(name)?;
         let commit = match at {
-            Some(at) => self.resolve(at)?,
-            None => self.head()?.ok_or_else(|| RepoError::WorkflowNotFound {
-                workflow: name.to_string(),
-            })?,
+            Some(at) => {
+                // A full id read before needs no git call but the check
+                // that it is still on `main`.
+                if let Some(kept) = self.kept(name, at) {
+                    return if self.on_main(at)? {
+                        Ok(kept)
+                    } else {
+                        Err(RepoError::CommitNotFound {
+                            commit: at.to_string(),
+                        })
+                    };
+                }
+                self.resolve(at)?
+            }
+            None => {
+                let head = self.head()?.ok_or_else(|| RepoError::WorkflowNotFound {
+                    workflow: name.to_string(),
+                })?;
+                if let Some(kept) = self.kept(name, &head) {
+                    return Ok(kept);
+                }
+                head
+            }
         };
         let Some(tree) = self
             .folders_at(std::slice::from_ref(&commit), name)?
@@ -449,7 +477,28 @@ impl Repo {
                 }
             });
         };
-        self.read_folder(name, &commit, &tree)
+        let snapshot = self.read_folder(name, &commit, &tree)?;
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(&snapshot);
+        Ok(snapshot)
+    }
+
+    /// The snapshot of `name` at `commit` read before, when `commit` is a
+    /// full id (what git prints; a shorter prefix is resolved first).
+    fn kept(&self, name: &str, commit: &str) -> Option<Snapshot> {
+        let full = commit.len() == 40
+            && commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !full {
+            return None;
+        }
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name, commit)
     }
 
     /// The workflows at the head, sorted by name, each with its main file
@@ -510,6 +559,20 @@ impl Repo {
     /// never followed or overwritten.
     pub fn checkout(&self, name: &str, commit: &str, dest: &Path) -> Result<Snapshot> {
         let snapshot = self.get(name, Some(commit))?;
+        self.write_out(name, &snapshot, dest)?;
+        Ok(snapshot)
+    }
+
+    /// [`Repo::checkout`] at the head: the workflow as published now.
+    /// A version read before costs one git call (where the branch points).
+    pub fn checkout_head(&self, name: &str, dest: &Path) -> Result<Snapshot> {
+        let snapshot = self.get(name, None)?;
+        self.write_out(name, &snapshot, dest)?;
+        Ok(snapshot)
+    }
+
+    /// Writes `snapshot`'s files under `dest`, refusing what exists.
+    fn write_out(&self, name: &str, snapshot: &Snapshot, dest: &Path) -> Result<()> {
         std::fs::create_dir_all(dest).map_err(io_err(dest))?;
         for file in &snapshot.files {
             validate_path(name, &file.path)?;
@@ -543,6 +606,6 @@ impl Repo {
             out.write_all(&file.content).map_err(io_err(&at))?;
         }
         tracing::debug!(workflow = name, commit = %snapshot.commit, dest = %dest.display(), "checked out");
-        Ok(snapshot)
+        Ok(())
     }
 }

@@ -31,24 +31,35 @@ impl Repo {
             });
         }
         let full = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let Some(head) = self.head()? else {
-            return Err(RepoError::CommitNotFound {
+        if self.on_main(&full)? {
+            Ok(full)
+        } else {
+            Err(RepoError::CommitNotFound {
                 commit: commit.to_string(),
-            });
+            })
+        }
+    }
+
+    /// Whether the commit `full` (a full id) is on `main`: the head, or
+    /// one of its ancestors. Only commits on `main` were published: a
+    /// commit whose branch update lost its race never was, and a writer
+    /// other than orch may move the branch.
+    pub(super) fn on_main(&self, full: &str) -> Result<bool> {
+        let Some(head) = self.head()? else {
+            return Ok(false);
         };
-        // Only commits on `main`: a commit whose branch update lost its
-        // race was never published.
+        if head == full {
+            return Ok(true);
+        }
         let out = self.git.run(Call::new([
             "merge-base",
             "--is-ancestor",
-            full.as_str(),
+            full,
             head.as_str(),
         ]))?;
         match out.code {
-            Some(0) => Ok(full),
-            Some(1) => Err(RepoError::CommitNotFound {
-                commit: commit.to_string(),
-            }),
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
             code => Err(RepoError::Git {
                 command: "git merge-base".into(),
                 code,

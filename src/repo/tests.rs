@@ -926,3 +926,52 @@ fn a_stuck_ref_lock_is_a_git_error_naming_update_ref_not_a_conflict() {
             .changed
     );
 }
+
+#[test]
+fn a_kept_snapshot_is_handed_out_only_while_its_commit_is_on_main() {
+    let (_dir, repo) = fresh();
+    let v1 = repo.publish("a", files("1\n", &[]), &ada(), "one").unwrap();
+    let first = repo.get("a", None).unwrap();
+    // Read again, at the head and at its full id: the same files.
+    assert_eq!(repo.get("a", None).unwrap(), first);
+    assert_eq!(repo.get("a", Some(&v1.version.commit)).unwrap(), first);
+    let out = tempfile::tempdir().unwrap();
+    assert_eq!(repo.checkout_head("a", out.path()).unwrap(), first);
+    assert_eq!(
+        std::fs::read(out.path().join("workflow.yaml")).unwrap(),
+        b"1\n"
+    );
+    let v2 = repo.publish("a", files("2\n", &[]), &ada(), "two").unwrap();
+    // The head moved: the new version, not the kept one.
+    let second = repo.get("a", None).unwrap();
+    assert_eq!(second.commit, v2.version.commit);
+    assert_eq!(second.file("workflow.yaml").unwrap().content, b"2\n");
+    // The old version is still on main.
+    assert_eq!(repo.get("a", Some(&v1.version.commit)).unwrap(), first);
+    // Another writer (not orch) rewinds main to a commit of its own that
+    // has neither version: the kept snapshots are on main no more.
+    let empty_tree = git(repo.dir(), &["mktree"]);
+    let foreign = git(
+        repo.dir(),
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@y",
+            "commit-tree",
+            empty_tree.trim(),
+            "-m",
+            "foreign root",
+        ],
+    );
+    git(
+        repo.dir(),
+        &["update-ref", "refs/heads/main", foreign.trim()],
+    );
+    for at in [&v1.version.commit, &v2.version.commit] {
+        let err = repo.get("a", Some(at)).unwrap_err();
+        assert_eq!(err.kind(), RepoErrorKind::NotFound, "{err}");
+    }
+    let err = repo.get("a", None).unwrap_err();
+    assert_eq!(err.kind(), RepoErrorKind::NotFound, "{err}");
+}

@@ -412,15 +412,12 @@ pub(super) async fn execute_published(
     let (name2, dir) = (name.to_string(), source_dir.clone());
     let slots = s.slots;
     let (compiled, source) = blocking_api(move || {
-        // The branch's head (one git call); `checkout` reads the
-        // workflow there and says when it does not exist.
-        let commit = match commit {
-            Some(c) => c,
-            None => repo.head()?.ok_or_else(|| {
-                ApiError::not_found(format!("no workflow `{name2}`: nothing is published"))
-            })?,
+        // At the head unless a commit is asked for; a version read
+        // before costs one git call (`Repo::get`).
+        let snap = match commit {
+            Some(c) => repo.checkout(&name2, &c, &dir)?,
+            None => repo.checkout_head(&name2, &dir)?,
         };
-        let snap = repo.checkout(&name2, &commit, &dir)?;
         let compiled = crate::file::load(&dir.join(&snap.main_file), &params).map_err(|e| {
             ApiError::new(
                 Code::Unprocessable,
