@@ -45,6 +45,22 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A commit of `tree` made by a writer other than orch, with `parents`
+/// (`-p COMMIT` pairs): its id.
+fn foreign_commit(dir: &Path, tree: &str, parents: &[&str], message: &str) -> String {
+    let mut args = vec![
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@y",
+        "commit-tree",
+        tree,
+    ];
+    args.extend_from_slice(parents);
+    args.extend_from_slice(&["-m", message]);
+    git(dir, &args).trim().to_string()
+}
+
 fn git_log(dir: &Path, name: &str) -> Vec<String> {
     git(
         dir,
@@ -446,21 +462,7 @@ fn a_branch_moved_by_someone_else_is_not_overwritten() {
     let v1 = repo.publish("a", files("1\n", &[]), &ada(), "one").unwrap();
     // Another writer (not orch) moves main to a commit of its own.
     let tree = git(repo.dir(), &["rev-parse", "main^{tree}"]);
-    let foreign = git(
-        repo.dir(),
-        &[
-            "-c",
-            "user.name=x",
-            "-c",
-            "user.email=x@y",
-            "commit-tree",
-            tree.trim(),
-            "-p",
-            "main",
-            "-m",
-            "foreign",
-        ],
-    );
+    let foreign = foreign_commit(repo.dir(), tree.trim(), &["-p", "main"], "foreign");
     git(
         repo.dir(),
         &[
@@ -951,19 +953,7 @@ fn a_kept_snapshot_is_handed_out_only_while_its_commit_is_on_main() {
     // Another writer (not orch) rewinds main to a commit of its own that
     // has neither version: the kept snapshots are on main no more.
     let empty_tree = git(repo.dir(), &["mktree"]);
-    let foreign = git(
-        repo.dir(),
-        &[
-            "-c",
-            "user.name=x",
-            "-c",
-            "user.email=x@y",
-            "commit-tree",
-            empty_tree.trim(),
-            "-m",
-            "foreign root",
-        ],
-    );
+    let foreign = foreign_commit(repo.dir(), empty_tree.trim(), &[], "foreign root");
     git(
         repo.dir(),
         &["update-ref", "refs/heads/main", foreign.trim()],
