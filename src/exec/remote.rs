@@ -30,11 +30,14 @@ use crate::history::LogLine;
 use crate::model::{Mutation, Resources, Task};
 use crate::store::queue::QueuedAttempt;
 use crate::store::Store;
+
 mod wire;
 
+#[cfg(any(feature = "server", feature = "client"))]
+pub use wire::binary_label;
 pub use wire::{
-    artefact_dir, binary_label, check_relative, lease_ms, ReportError, Shipment, WireEnd, WireFile,
-    WireSpec, BINARY_LABEL, DEFAULT_LEASE_MS, LEASE_ENV, MAX_ARTEFACT, MAX_ARTEFACTS, MAX_LEASE_MS,
+    artefact_dir, check_relative, lease_ms, ReportError, Shipment, WireEnd, WireFile, WireSpec,
+    BINARY_LABEL, DEFAULT_LEASE_MS, LEASE_ENV, MAX_ARTEFACT, MAX_ARTEFACTS, MAX_LEASE_MS,
     MAX_SHIPPED_BYTES, MAX_SHIPPED_FILE, MAX_SHIPPED_FILES, MIN_LEASE_MS,
 };
 
