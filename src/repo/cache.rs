@@ -55,7 +55,8 @@ impl Snapshots {
     /// bounds.
     pub(super) fn put(&mut self, snap: &Snapshot) {
         let w = weight(snap);
-        if w > MAX_BYTES || self.get(&snap.workflow, &snap.commit).is_some() {
+        let kept = |s: &Snapshot| s.workflow == snap.workflow && s.commit == snap.commit;
+        if w > MAX_BYTES || self.kept.iter().any(kept) {
             return;
         }
         while self.kept.len() >= MAX_ENTRIES || self.bytes + w > MAX_BYTES {

@@ -485,16 +485,10 @@ impl Repo {
         Ok(snapshot)
     }
 
-    /// The snapshot of `name` at `commit` read before, when `commit` is a
-    /// full id (what git prints; a shorter prefix is resolved first).
+    /// The snapshot of `name` at `commit` read before. Snapshots are kept
+    /// under the full id git printed, so a shorter prefix never matches
+    /// and is resolved first.
     fn kept(&self, name: &str, commit: &str) -> Option<Snapshot> {
-        let full = commit.len() == 40
-            && commit
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !full {
-            return None;
-        }
         self.snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
