@@ -206,23 +206,25 @@ impl<'m> Staged<'m> {
         })
     }
 
+    /// The id and task of this batch's `k`th new node.
+    fn added(&self, k: usize) -> (&str, &Task) {
+        match &self.mutations()[self.new_nodes[k]] {
+            Mutation::AddNode { id, task, .. } => (id, task),
+            _ => unreachable!("new nodes point at their add_node"),
+        }
+    }
+
     fn name<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a str {
         match r {
             Ref::Old(i) => &g.node(i).id,
-            Ref::New(k) => match &self.mutations()[self.new_nodes[k]] {
-                Mutation::AddNode { id, .. } => id,
-                _ => unreachable!("new nodes point at their add_node"),
-            },
+            Ref::New(k) => self.added(k).0,
         }
     }
 
     fn task<'a>(&'a self, g: &'a Graph, r: Ref) -> &'a Task {
         match r {
             Ref::Old(i) => &g.node(i).task,
-            Ref::New(k) => match &self.mutations()[self.new_nodes[k]] {
-                Mutation::AddNode { task, .. } => task,
-                _ => unreachable!("new nodes point at their add_node"),
-            },
+            Ref::New(k) => self.added(k).1,
         }
     }
 
