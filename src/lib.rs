@@ -43,6 +43,7 @@ pub mod history;
 pub mod host;
 pub mod limits;
 pub mod loops;
+mod markup;
 pub mod model;
 pub mod picture;
 pub mod promise;

@@ -1,9 +1,10 @@
 //! The SVG document: the legend (title line, state swatches, violations)
-//! above the graph, and XML escaping.
+//! above the graph; XML escaping is [`crate::markup`]'s.
 
 use std::fmt::Write as _;
 
 use super::{state_icon, Body, FONT_FAMILY, MAX_CAPTION_LINES, RED, STATE_FILLS, WHITE};
+pub(super) use crate::markup::{xml_allowed, xml_escape};
 use crate::picture::outlook::Outlook;
 
 /// Puts the legend and the graph together in one SVG document.
@@ -120,34 +121,12 @@ pub(super) fn assemble(o: &Outlook, body: &Body) -> String {
     out
 }
 
-/// Escapes text for XML content and attribute values, and replaces the
-/// characters XML 1.0 forbids.
-pub(super) fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if xml_allowed(c) => out.push(c),
-            _ => out.push('\u{fffd}'),
-        }
-    }
-    out
-}
-
 /// Text for layout-rs, which escapes `&<>"'` itself but not the characters
 /// XML forbids.
 pub(super) fn xml_safe(s: &str) -> String {
     s.chars()
         .map(|c| if xml_allowed(c) { c } else { '\u{fffd}' })
         .collect()
-}
-
-pub(super) fn xml_allowed(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
 }
 
 /// A generous estimate of the width of `text` in a sans-serif font of

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{attr_str, is_wildcard, node_text, state_fill, RED, WHITE};
+use crate::markup::xml_escape;
 use crate::picture::outlook::{Outlook, PicKind};
 
 /// Writes the outlook as Graphviz DOT text (`digraph`, top to bottom):
@@ -135,19 +136,25 @@ pub(super) fn dot_label(s: &str) -> String {
     dot_id(&s.replace("\r\n", "\n"))
 }
 
-/// Escapes text for a Graphviz HTML-like label.
+/// Escapes text for a Graphviz HTML-like label (which Graphviz reads as
+/// XML): each line as [`xml_escape`] does, with its control characters
+/// turned into spaces first, and the lines joined by `<br/>`.
 fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\n' => out.push_str("<br/>"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
+    s.split('\n')
+        .map(|line| xml_escape(&line.replace(|c: char| c.is_control(), " ")))
+        .collect::<Vec<_>>()
+        .join("<br/>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_labels_escape_markup_and_break_lines() {
+        assert_eq!(
+            html_escape("a 'b' <c>\r\n\td\u{1}&"),
+            "a &apos;b&apos; &lt;c&gt; <br/> d &amp;"
+        );
     }
-    out
 }
