@@ -403,7 +403,7 @@ fn an_attempt_whose_start_was_not_written_is_killed_by_the_resume() {
     while alive(orphan) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the resume killed the unrecorded attempt"
+            "the resume did not kill the unrecorded attempt"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
