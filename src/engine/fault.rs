@@ -1,7 +1,8 @@
 //! Named points where the orchestrator can be made to die (`kill -9`
 //! style) for durability tests: `ORCH_FAULT=<point>:<node>`, with the
 //! point one of `after_spawn` (the attempt's process started and
-//! recorded), `after_exit` (the process ended, nothing recorded),
+//! recorded), `start_unwritten` (the attempt's process started and ran
+//! for a moment, its start not written yet), `after_exit` (the process ended, nothing recorded),
 //! `before_commit` (the batch validated, not written) and `after_commit`
 //! (the batch written). A testing aid, compiled only with the `testing`
 //! feature: in the default build `ORCH_FAULT` does nothing.
@@ -13,6 +14,7 @@ use tracing::warn;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fault {
     AfterSpawn,
+    StartUnwritten,
     AfterExit,
     BeforeCommit,
     AfterCommit,
@@ -28,6 +30,7 @@ impl Fault {
             let (point, node) = spec.split_once(':')?;
             let point = match point {
                 "after_spawn" => Fault::AfterSpawn,
+                "start_unwritten" => Fault::StartUnwritten,
                 "after_exit" => Fault::AfterExit,
                 "before_commit" => Fault::BeforeCommit,
                 "after_commit" => Fault::AfterCommit,

@@ -74,6 +74,15 @@ const LOG_BATCH: usize = 4096;
 pub const GROUP_MAX_EVENTS: usize = 1024;
 /// The longest a group commit gathers events before it writes them.
 const GROUP_MAX_DELAY: Duration = Duration::from_millis(100);
+/// The longest a started attempt of a local process (one with a pid) waits
+/// for the next commit before it is written alone. In a chain of short
+/// tasks that next commit is the attempt's own end, so a step costs one
+/// write transaction, not two. A crash meanwhile leaves the node `ready`
+/// with no trace of the attempt; the takeover finds and kills its
+/// processes by their environment (`ORCH_RUN`, `ORCH_NODE`, or a forked
+/// attempt's marker), as it checks a recorded pid, so nothing of it
+/// outlives the crash unnoticed (see `Runner::recover`).
+pub(super) const START_DELAY: Duration = Duration::from_millis(50);
 
 pub(super) struct Running {
     attempt: u32,
@@ -104,6 +113,9 @@ pub(crate) struct Runner {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     queued: Vec<Event>,
+    /// How many of `queued` are started attempts of local processes that
+    /// may wait for the next commit (see [`START_DELAY`]).
+    deferred: usize,
     /// Since when the loop has been gathering `queued` (a group commit).
     gathering: Option<tokio::time::Instant>,
     logs: Vec<LogLine>,
@@ -131,9 +143,9 @@ pub(crate) struct Runner {
     retry_at: HashMap<usize, tokio::time::Instant>,
     /// Told of every commit: the engine's observers and the live picture.
     observers: Vec<Arc<dyn Observer>>,
-    /// When the log lines queued alone (no event with them) are written
-    /// at the latest.
-    logs_due: Option<tokio::time::Instant>,
+    /// When what waits alone for the next commit (log lines, started
+    /// attempts) is written at the latest.
+    write_due: Option<tokio::time::Instant>,
     /// Where the live picture is kept, when it is.
     picture: Option<PathBuf>,
     /// Set while the executor is getting ready for a ready node's task
@@ -262,6 +274,7 @@ impl Runner {
             reports_rx,
             queued: Vec::new(),
             gathering: None,
+            deferred: 0,
             logs: Vec::new(),
             taken: Vec::new(),
             seen: HashSet::new(),
@@ -273,7 +286,7 @@ impl Runner {
                 ..Halt::default()
             },
             retry_at: HashMap::new(),
-            logs_due: None,
+            write_due: None,
             observers,
             picture,
             hold: None,
@@ -589,7 +602,8 @@ impl Runner {
         )?;
         self.enablers.clear();
         self.logs.clear();
-        self.logs_due = None;
+        self.write_due = None;
+        self.deferred = 0;
         self.taken.clear();
         if !self.queued.is_empty() {
             for o in &self.observers {
@@ -600,6 +614,30 @@ impl Runner {
         self.queued.clear();
         self.gathering = None;
         Ok(())
+    }
+
+    /// Writes what waits alone by `at` at the latest.
+    fn write_by(&mut self, at: tokio::time::Instant) {
+        self.write_due = Some(self.write_due.map_or(at, |due| due.min(at)));
+    }
+
+    /// The `start_unwritten` fault: dies before a started attempt that
+    /// waited alone for a commit is written.
+    fn fault_unwritten(&mut self) {
+        if self.fault.is_none() || self.deferred == 0 {
+            return;
+        }
+        let started: Vec<String> = self
+            .queued
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::AttemptStarted { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        for node in started {
+            self.fault(Fault::StartUnwritten, &node);
+        }
     }
 
     /// Whether the queued events are a full group commit: as many as one
@@ -650,12 +688,19 @@ impl Runner {
                     continue;
                 }
             }
-            if self.queued.is_empty() && self.taken.is_empty() && self.logs.len() < LOG_BATCH {
+            if self.queued.len() <= self.deferred
+                && self.taken.is_empty()
+                && self.logs.len() < LOG_BATCH
+            {
                 // Log lines alone wait a little for company: a chatty task
-                // costs a transaction per batch, not per line.
+                // costs a transaction per batch, not per line. So do
+                // started attempts: a short one's end comes first.
+                let now = tokio::time::Instant::now();
                 if !self.logs.is_empty() {
-                    self.logs_due
-                        .get_or_insert_with(|| tokio::time::Instant::now() + LOG_DELAY);
+                    self.write_by(now + LOG_DELAY);
+                }
+                if !self.queued.is_empty() {
+                    self.write_by(now + START_DELAY);
                 }
             } else {
                 self.flush()?;
@@ -697,7 +742,10 @@ impl Runner {
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
                     if next_retry.is_some() => self.release_retries(),
                 () = until_ready(&mut self.hold) => self.hold = None,
-                () = until(self.logs_due) => self.flush()?,
+                () = until(self.write_due) => {
+                    self.fault_unwritten();
+                    self.flush()?;
+                }
                 () = until(quiet_at), if quiet_at.is_some() => {
                     for o in &self.observers {
                         o.idle(&self.state);
@@ -1112,6 +1160,7 @@ impl Runner {
                 )
                 .map_err(|e| e.to_string())
         });
+        let before = self.queued.len();
         self.emit(EventKind::NodeState {
             node: node.clone(),
             state: NodeState::Running,
@@ -1124,6 +1173,12 @@ impl Runner {
                     attempt,
                     pid,
                 });
+                // A local process is found by its environment should a
+                // crash keep its start from being written: the start may
+                // wait for the next commit (see `START_DELAY`).
+                if pid.is_some() && self.queued.len() == before + 2 {
+                    self.deferred += 2;
+                }
                 self.fault(Fault::AfterSpawn, &node);
                 self.running.insert(
                     i,

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::exec::{kill_group, Executor};
+use crate::exec::{kill_group, kill_left_behind, Executor};
 use crate::history::{EventKind, RunState};
 use crate::model::{AttemptOutcome, Exec, Mutation, NodeState, Origin, RunStatus};
 use crate::typed::native;
@@ -275,6 +275,20 @@ impl Runner {
                 "interrupted: the orchestrator stopped; the node runs again".into(),
                 NodeState::Ready,
             );
+        }
+        // An attempt whose start a crash kept from being written (the
+        // run loop writes a started attempt with the next commit, at most
+        // `START_DELAY` later) left its node `ready`, its process unknown
+        // to the history: it is found by what its environment names (as
+        // are the descendants of the attempts stopped above that left
+        // their groups). Nothing of this run may still run here before
+        // these nodes start again.
+        let ready: BTreeSet<String> = (0..runner.state.graph.len())
+            .filter(|&i| runner.state.graph.node(i).state == NodeState::Ready)
+            .map(|i| runner.id(i))
+            .collect();
+        for left in kill_left_behind(&runner.state.run, &ready) {
+            tracing::info!(run = %runner.state.run, pid = left.pid, command = %left.command, "killed a process a stopped orchestrator left");
         }
         // What those attempts leave beyond their process (containers,
         // which outlive their client): removed before anything starts.

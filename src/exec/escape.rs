@@ -511,6 +511,105 @@ fn scan(mark: &Mark, me: u32, new: Option<(u32, u32)>) -> BTreeMap<u32, Seen> {
     seen
 }
 
+/// Kills (`SIGKILL`, with the groups they lead) every process on this
+/// host that belongs to an attempt of one of `nodes` in `run`: its
+/// environment names the run and the node (`ORCH_RUN`, `ORCH_NODE`, which
+/// every local attempt's process and its descendants inherit), or, for a
+/// process forked by the Python fork server, it holds the attempt's marker
+/// file open. Returns them. For a takeover: an attempt whose start a crash
+/// kept from being written is found this way, without a recorded pid.
+/// Blocking (it reads `/proc`).
+pub(crate) fn kill_left_behind(run: &str, nodes: &BTreeSet<String>) -> Vec<Escaped> {
+    if !cfg!(target_os = "linux") || nodes.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() } as u32;
+    let markers: BTreeSet<String> = nodes
+        .iter()
+        .map(|node| format!("/memfd:{}", super::fork::marker_name(run, node)))
+        .collect();
+    let mut killed = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Another user's process is unreadable, and not ours to kill.
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let ours = names_attempt_of(&environ, run, nodes)
+            || (environ_sets(&environ, FORK_SERVER_ENV) && holds_any(pid, &markers));
+        if !ours {
+            continue;
+        }
+        let Some(stat) = std::fs::read(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+        else {
+            continue;
+        };
+        if matches!(stat.state, b'Z' | b'X') {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let killed_it = kill(pid, stat.start);
+        if stat.pgrp == pid && stat.pgrp != own_group && stat.pgrp > 1 {
+            signal_group(stat.pgrp);
+        }
+        if killed_it {
+            killed.push(Escaped {
+                pid,
+                command: command_text(&cmdline, &stat.comm),
+            });
+        }
+    }
+    killed
+}
+
+/// True when the NUL-separated `environ` sets `ORCH_RUN` to `run` and
+/// `ORCH_NODE` to one of `nodes`.
+fn names_attempt_of(environ: &[u8], run: &str, nodes: &BTreeSet<String>) -> bool {
+    let value = |name: &str| {
+        environ.split(|&b| b == 0).find_map(|entry| {
+            entry
+                .strip_prefix(name.as_bytes())
+                .and_then(|r| r.strip_prefix(b"="))
+        })
+    };
+    value("ORCH_RUN") == Some(run.as_bytes())
+        && value("ORCH_NODE")
+            .and_then(|node| std::str::from_utf8(node).ok())
+            .is_some_and(|node| nodes.contains(node))
+}
+
+/// True when process `pid` has a file descriptor whose link is one of
+/// `targets`.
+fn holds_any(pid: u32, targets: &BTreeSet<String>) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|link| {
+            let l = link.to_string_lossy();
+            targets.contains(l.as_ref())
+                || l.strip_suffix(" (deleted)")
+                    .is_some_and(|l| targets.contains(l))
+        })
+    })
+}
+
 /// True when process `pid` has a file descriptor whose link is `target`.
 fn holds(pid: u32, target: &str) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -631,6 +730,39 @@ mod tests {
         ));
         assert!(environ_sets(b"X=1\0ORCH_FORK_SERVER=1\0", FORK_SERVER_ENV));
         assert!(!environ_sets(b"ORCH_FORK_SERVERS=1\0", FORK_SERVER_ENV));
+    }
+
+    #[test]
+    fn a_left_behind_attempt_is_named_by_its_run_and_one_of_the_nodes() {
+        let nodes: BTreeSet<String> = ["b".to_string(), "c d".to_string()].into();
+        let env = |s: &str| s.replace('|', "\0").into_bytes();
+        assert!(names_attempt_of(
+            &env("X=1|ORCH_RUN=r1|ORCH_NODE=b"),
+            "r1",
+            &nodes
+        ));
+        assert!(names_attempt_of(
+            &env("ORCH_NODE=c d|ORCH_RUN=r1"),
+            "r1",
+            &nodes
+        ));
+        assert!(
+            !names_attempt_of(&env("ORCH_RUN=r1|ORCH_NODE=a"), "r1", &nodes),
+            "another node"
+        );
+        assert!(
+            !names_attempt_of(&env("ORCH_RUN=r12|ORCH_NODE=b"), "r1", &nodes),
+            "another run"
+        );
+        assert!(
+            !names_attempt_of(&env("ORCH_RUN=r1"), "r1", &nodes),
+            "no node"
+        );
+        assert!(!names_attempt_of(
+            &env("ORCH_RUNX=r1|ORCH_NODE=b"),
+            "r1",
+            &nodes
+        ));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+pub(crate) use escape::kill_left_behind;
 pub use escape::TOKEN_ENV;
 pub use process::{is_forked_attempt, kill_group, ProcessEnv, ProcessExecutor, DRAIN_AFTER_EXIT};
 pub use python::{configured_python, install_helper, resolve_python};

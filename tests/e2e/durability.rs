@@ -348,3 +348,69 @@ fn a_takeover_resumes_a_run_with_another_executor() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.reason);
     assert_eq!(*echo.launched.lock().unwrap(), ["t001", "t002", "t003"]);
 }
+
+#[test]
+fn an_attempt_whose_start_was_not_written_is_killed_by_the_resume() {
+    // A started attempt may wait up to `START_DELAY` for the next commit;
+    // the orchestrator dies in that window, so the history holds no trace
+    // of it, and its process lives on (it already has its start line).
+    let space = Space::new();
+    space.write(
+        "sleep.py",
+        "import os, time, orch\nctx = orch.start()\nopen(f'{ctx.node}.{ctx.attempt}.pid', 'w').write(str(os.getpid()))\ntime.sleep(ctx.inputs['sleep_ms'] / 1000)\nctx.output({'node': ctx.node, 'attempt': ctx.attempt})\n",
+    );
+    let mut child = start_chain_with(
+        &space,
+        2,
+        3000,
+        &[("ORCH_FAULT", "start_unwritten:t001")],
+        &[],
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let ex = space.export(&space.store().resolve_run("latest").unwrap());
+    let t1 = ex.node("t001").unwrap();
+    assert_eq!(t1.state, NodeState::Ready, "the start was not written");
+    assert!(t1.attempts.is_empty());
+    let pid_file = space.path().join("t001.1.pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pid_file.exists() {
+        assert!(std::time::Instant::now() < deadline, "t001 never ran");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let orphan: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        alive(orphan),
+        "the unrecorded attempt outlived its orchestrator"
+    );
+    std::fs::remove_file(&pid_file).unwrap();
+
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["resume", "latest"])
+        .env("ORCH_DB", space.db())
+        .current_dir(space.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed before the node runs again (its own sleep is far from over).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2000);
+    while alive(orphan) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resume did not kill the unrecorded attempt"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(resume.wait().unwrap().success());
+    let ex = space.export(&space.store().resolve_run("latest").unwrap());
+    assert_eq!(ex.status, RunStatus::Succeeded);
+    assert_each_succeeded_once(&ex, "after the resume");
+    assert_eq!(ex.node("t000").unwrap().attempts.len(), 1);
+    assert_eq!(ex.node("t001").unwrap().attempts.len(), 1);
+}
