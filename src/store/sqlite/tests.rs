@@ -601,3 +601,38 @@ fn a_multi_row_statement_that_fails_midway_leaves_nothing() {
     assert_eq!(store.events("r", None).unwrap(), all);
     assert_eq!(store.export("r").unwrap(), state.export());
 }
+
+#[test]
+fn a_named_task_serialises_as_the_task_with_its_name_filled_in() {
+    let full = Task {
+        name: String::new(),
+        timeout: Some(1.5),
+        retries: 2,
+        retry_delay: Some(0.25),
+        output_required: true,
+        input_type: Some("In".into()),
+        output_type: Some("Out".into()),
+        produces: vec!["a.txt".into()],
+        requires: Some(Box::new(crate::model::Resources {
+            cpu: Some(2.0),
+            gpu: Some(1),
+            ..Default::default()
+        })),
+        ..Task::python("x \"quoted\".py")
+    };
+    for task in [
+        full.clone(),
+        Task::command(["true"]),
+        Task::command(["echo", "hi"]).named("given"),
+        Task::input(),
+    ] {
+        let mut filled = task.clone();
+        if filled.name.is_empty() {
+            filled.name = "n\u{e9}\"1".into();
+        }
+        assert_eq!(
+            serde_json::to_string(&named("n\u{e9}\"1", &task)).unwrap(),
+            serde_json::to_string(&filled).unwrap(),
+        );
+    }
+}
