@@ -51,6 +51,7 @@ pub fn run(new: &mut dyn FnMut() -> Box<dyn Store>) {
     a_claim_race_hands_each_attempt_out_once(Arc::from(new()));
     runners_keep_their_queues_and_runs(new().as_ref());
     a_runners_own_attempts_are_found_behind_a_deep_queue(new().as_ref());
+    a_queued_attempt_is_handed_to_a_runner_that_would_claim_it(new().as_ref());
 }
 
 fn offer(cpu: f64, labels: &[&str]) -> crate::exec::resources::Offer {
@@ -362,6 +363,117 @@ pub(crate) fn runners_keep_their_queues_and_runs(store: &dyn Store) {
         "r-a takes its own run's attempt and leaves r-b's run to r-b"
     );
     assert_eq!(nodes(store.claim("r-b", 3, 60_000).unwrap()), ["rc/c2"]);
+}
+
+/// A queued attempt handed at once to a runner that a claim of one
+/// would give it to (`enqueue_for`), and such a claim put back
+/// (`release_claim`).
+fn a_queued_attempt_is_handed_to_a_runner_that_would_claim_it(store: &dyn Store) {
+    use super::queue::RunnerSpec;
+    use crate::exec::AttemptId;
+    store
+        .register_runner(
+            &RunnerSpec::new("r-a", "a", offer(2.0, &["ssd"]), 1, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    store
+        .register_runner(
+            &RunnerSpec::new("r-b", "b", offer(2.0, &[]), 3, "0.1.0"),
+            60_000,
+        )
+        .unwrap();
+    let nodes = |got: Vec<super::queue::QueuedAttempt>| -> Vec<String> {
+        got.into_iter()
+            .map(|a| format!("{}/{}", a.id.run, a.id.node))
+            .collect()
+    };
+    let id = |run: &str, node: &str| AttemptId::new(run, node, 1);
+    // No such runner: queued, waiting.
+    assert!(!store
+        .enqueue_for(&queued("h", "a", 1, &[]), "nobody", 60_000)
+        .unwrap());
+    assert_eq!(nodes(store.claim("r-b", 1, 60_000).unwrap()), ["h/a"]);
+    // Its capabilities do not satisfy it.
+    assert!(!store
+        .enqueue_for(&queued("h", "s", 1, &["ssd"]), "r-b", 60_000)
+        .unwrap());
+    assert_eq!(nodes(store.claim("r-a", 1, 60_000).unwrap()), ["h/s"]);
+    // It fits, a slot is free, nothing else waits: claimed for it, as a
+    // claim would (fenced, counted, no longer waiting).
+    assert!(store
+        .enqueue_for(&queued("h", "b", 1, &[]), "r-b", 60_000)
+        .unwrap());
+    store.claim_holds(&id("h", "b"), "r-b").unwrap();
+    assert!(store.claim_holds(&id("h", "b"), "r-a").is_err());
+    let (runners, _) = store.runners().unwrap();
+    assert_eq!(
+        runners.iter().map(|r| r.running).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(store.claim("r-b", 4, 60_000).unwrap().is_empty());
+    let (rows, _) = store.queue_rows().unwrap();
+    assert_eq!((rows[0].depth, rows[0].running), (0, 2), "{rows:?}");
+    // No free slot.
+    assert!(!store
+        .enqueue_for(&queued("h", "w", 1, &[]), "r-a", 60_000)
+        .unwrap());
+    assert_eq!(nodes(store.claim("r-b", 4, 60_000).unwrap()), ["h/w"]);
+    // Another attempt waits (a claim might take that one first).
+    store.enqueue(&queued("h2", "x", 1, &[])).unwrap();
+    store.finish_claim(&id("h", "s"), "r-a").unwrap();
+    assert!(!store
+        .enqueue_for(&queued("h2", "y", 1, &[]), "r-a", 60_000)
+        .unwrap());
+    assert_eq!(nodes(store.claim("r-a", 4, 60_000).unwrap()), ["h2/x"]);
+    assert_eq!(
+        nodes(store.claim("r-b", 4, 60_000).unwrap()),
+        Vec::<String>::new()
+    );
+    for node in ["a", "b", "w"] {
+        store.finish_claim(&id("h", node), "r-b").unwrap();
+    }
+    store.finish_claim(&id("h2", "x"), "r-a").unwrap();
+    assert_eq!(nodes(store.claim("r-a", 4, 60_000).unwrap()), ["h2/y"]);
+    store.finish_claim(&id("h2", "y"), "r-a").unwrap();
+    // A rival with a free slot serves the attempt's run, `r-b` only its
+    // queue: the attempt waits for the rival, as a claim would leave it.
+    assert!(!store
+        .enqueue_for(&queued("h2", "z", 1, &[]), "r-b", 60_000)
+        .unwrap());
+    assert_eq!(nodes(store.claim("r-a", 4, 60_000).unwrap()), ["h2/z"]);
+    // The rival full, it goes to `r-b`; put back, it waits again, and only
+    // its holder's claim of exactly that attempt is put back.
+    assert!(store
+        .enqueue_for(&queued("h2", "r", 1, &[]), "r-b", 60_000)
+        .unwrap());
+    assert!(!store.release_claim(&id("h2", "r"), "r-a").unwrap());
+    assert!(!store
+        .release_claim(&AttemptId::new("h2", "r", 2), "r-b")
+        .unwrap());
+    assert!(store.release_claim(&id("h2", "r"), "r-b").unwrap());
+    assert!(!store.release_claim(&id("h2", "r"), "r-b").unwrap());
+    let e = store.claim_holds(&id("h2", "r"), "r-b").unwrap_err();
+    assert!(e.to_string().contains("waits in its queue"), "{e}");
+    assert_eq!(nodes(store.claim("r-b", 4, 60_000).unwrap()), ["h2/r"]);
+    // A withdrawn attempt is not put back.
+    assert!(store.dequeue(&id("h2", "r")).unwrap());
+    assert!(!store.release_claim(&id("h2", "r"), "r-b").unwrap());
+    assert!(store.queue_rows().unwrap().0.iter().all(|q| q.depth == 0));
+    // Draining, or its lease run out: no hand-off.
+    assert!(store.drain_runner("r-b").unwrap());
+    assert!(!store
+        .enqueue_for(&queued("h3", "d", 1, &[]), "r-b", 60_000)
+        .unwrap());
+    assert!(store.dequeue(&id("h3", "d")).unwrap());
+    store
+        .register_runner(&RunnerSpec::new("r-c", "c", offer(2.0, &[]), 1, "0.1.0"), 1)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!store
+        .enqueue_for(&queued("h3", "e", 1, &[]), "r-c", 60_000)
+        .unwrap());
+    assert!(store.claim_holds(&id("h3", "e"), "r-c").is_err());
 }
 
 /// A claim ranks every waiting attempt it may take, not only the oldest

@@ -1467,6 +1467,19 @@ impl Store for PgStore {
         self.q_enqueue(attempt)
     }
 
+    fn enqueue_for(
+        &self,
+        attempt: &super::queue::QueuedAttempt,
+        runner: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        self.q_enqueue_for(attempt, runner, lease_ms)
+    }
+
+    fn release_claim(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<bool> {
+        self.q_release_claim(attempt, runner)
+    }
+
     fn claim(
         &self,
         runner: &str,
