@@ -12,6 +12,10 @@
 //!
 //! See `conn` for how the sync [`Store`] methods reach the driver from
 //! inside and outside a tokio runtime.
+//!
+//! The methods' bodies live by concern in files named as the SQLite
+//! store's: `owners`, `history`, `signals`, `schedules`, `queue`,
+//! `access` and `views`.
 
 use std::path::PathBuf;
 

@@ -6,6 +6,12 @@
 //! tables together, so the tables always equal the fold of the log (see
 //! [`Store::replay`]). One connection serves every run of an engine: its
 //! writes are short transactions taken in turn.
+//!
+//! [`Store`]'s methods hand their work to a module per concern: `open`
+//! (recognising and upgrading a file), `owners` (run leases), `history`
+//! (reads of runs and their history), `signals` (signals and pushed
+//! events), `schedules` (fires and timers), `queue` (runners and claims)
+//! and `access` (users, tokens, pages of runs); `views` writes the tables.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
