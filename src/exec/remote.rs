@@ -78,20 +78,60 @@ impl Drop for Wake {
     }
 }
 
+/// An attempt queued on this server and claimed, in the same
+/// transaction, for the runner of a claim waiting here
+/// ([`crate::store::Store::enqueue_for`]): that claim answers with it
+/// without reading the store ([`Handed::take`]). Dropped untaken (the
+/// claim stopped waiting first), the claim is put back in its queue and
+/// the attempt wakes another waiting claim: a hand-off is never lost.
+#[derive(Debug)]
+pub struct Handed {
+    /// The attempt and the runner it is claimed for; `None` once taken.
+    inner: Option<(QueuedAttempt, String)>,
+    remote: Weak<Remote>,
+}
+
+impl Handed {
+    /// The attempt, claimed for this claim's runner: the claim's answer.
+    pub fn take(mut self) -> QueuedAttempt {
+        let (attempt, _) = self.inner.take().expect("a hand-off is taken once");
+        attempt
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let (Some((attempt, runner)), Some(remote)) = (self.inner.take(), self.remote.upgrade())
+        {
+            remote.release(attempt.id, runner);
+        }
+    }
+}
+
+/// What a waiting claim is given ([`Waiting::woken`]).
+#[derive(Debug)]
+pub enum Woken {
+    /// An attempt was queued that it may take: it reads the queue.
+    Wake(Wake),
+    /// An attempt already claimed for its runner: it answers with it.
+    Handed(Handed),
+}
+
 /// A long-polling claim waiting for attempts
 /// ([`Remote::wait_for_attempts`]). Dropped (the claim answers, or its
-/// connection went away), it stops waiting and hands on a wake it got.
+/// connection went away), it stops waiting and hands on a wake or an
+/// attempt it got.
 #[derive(Debug)]
 pub struct Waiting {
     key: u64,
     remote: Arc<Remote>,
-    woken: oneshot::Receiver<Wake>,
+    woken: oneshot::Receiver<Woken>,
 }
 
 impl Waiting {
-    /// The wake, once an attempt queued on this server is handed to this
-    /// claim; `None` if none ever can be. Await it at most once.
-    pub async fn woken(&mut self) -> Option<Wake> {
+    /// The wake or the attempt, once one queued on this server is handed
+    /// to this claim; `None` if none ever can be. Await it at most once.
+    pub async fn woken(&mut self) -> Option<Woken> {
         (&mut self.woken).await.ok()
     }
 }
@@ -196,7 +236,7 @@ pub struct Remote {
     enqueuing: Mutex<std::collections::HashSet<AttemptId>>,
     /// The long-polling claims waiting on this server: each attempt
     /// queued wakes one of them ([`Remote::wait_for_attempts`]).
-    claims: Mutex<Waiters<oneshot::Sender<Wake>>>,
+    claims: Mutex<Waiters<oneshot::Sender<Woken>>>,
     /// The queue's epoch on this server and each runner's last read that
     /// came up short: a claim that would find nothing new need not read
     /// ([`Remote::may_wait`]).
@@ -339,12 +379,13 @@ impl Remote {
                 inner: Some((attempt, declined)),
                 remote: Arc::downgrade(self),
             };
-            match w.to.send(wake) {
+            match w.to.send(Woken::Wake(wake)) {
                 Ok(()) => return,
                 // That claim stopped waiting meanwhile: the next one.
-                Err(mut back) => {
+                Err(Woken::Wake(mut back)) => {
                     (attempt, declined) = back.inner.take().expect("a wake not sent is whole");
                 }
+                Err(Woken::Handed(_)) => unreachable!("a wake was sent"),
             }
         }
     }
@@ -633,9 +674,7 @@ impl Remote {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), spec.task.produces.clone());
         }
-        let queued = self
-            .store
-            .enqueue(&QueuedAttempt::new(id.clone(), need, payload));
+        let queued = self.queue(QueuedAttempt::new(id.clone(), need, payload));
         self.enqueuing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -644,10 +683,80 @@ impl Remote {
             self.take(&id);
             return Err(e);
         }
-        self.queue_changed();
-        self.wake(id.clone(), Vec::new());
         self.watch(id, kill);
         Ok(())
+    }
+
+    /// Queues attempt `a` (waited for already) and wakes a waiting claim;
+    /// or, when a claim waits on this server whose runner a claim would
+    /// give it to, claims it for that runner in the same transaction and
+    /// hands it to that claim ([`Handed`]).
+    fn queue(self: &Arc<Self>, a: QueuedAttempt) -> Result<()> {
+        // The claim a wake would go to first, kept from other wakes while
+        // the store decides.
+        let chosen = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_for(&a.id.run, &[]);
+        let Some(claim) = chosen else {
+            self.store.enqueue(&a)?;
+            self.queue_changed();
+            self.wake(a.id, Vec::new());
+            return Ok(());
+        };
+        // On an error, the claim (its sender dropped) waits again.
+        let handed = self.store.enqueue_for(&a, &claim.runner, self.lease_ms)?;
+        let id = a.id.clone();
+        if !handed {
+            self.queue_changed();
+            let wake = Wake {
+                inner: Some((id, Vec::new())),
+                remote: Arc::downgrade(self),
+            };
+            // A claim gone meanwhile hands the wake on (its `Drop`).
+            drop(claim.to.send(Woken::Wake(wake)));
+            return Ok(());
+        }
+        tracing::debug!(attempt = %id, runner = %claim.runner, "handed to a waiting claim");
+        self.claimed(&claim.runner, std::slice::from_ref(&id));
+        let handed = Handed {
+            inner: Some((a, claim.runner)),
+            remote: Arc::downgrade(self),
+        };
+        // A claim gone meanwhile puts it back (its `Drop`).
+        drop(claim.to.send(Woken::Handed(handed)));
+        Ok(())
+    }
+
+    /// Puts back in its queue attempt `id`, claimed for `runner` and
+    /// handed to a claim that stopped waiting before it took it, and
+    /// wakes another waiting claim for it (on a blocking thread when
+    /// called on the runtime). When that fails, the claim lapses with
+    /// its lease and the node runs again, as for a runner gone.
+    fn release(self: &Arc<Self>, id: AttemptId, runner: String) {
+        let me = self.clone();
+        let work = move || match me.store.release_claim(&id, &runner) {
+            Ok(true) => {
+                tracing::debug!(attempt = %id, runner, "a hand-off not taken: queued again");
+                me.holders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                me.queue_changed();
+                me.wake(id, Vec::new());
+            }
+            // Withdrawn, superseded or swept meanwhile.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                attempt = %id, runner, error = %e,
+                "putting back an attempt its claim did not take failed: it is lost when the claim's lease runs out, and its node runs again"
+            ),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(work)),
+            Err(_) => work(),
+        }
     }
 
     /// Withdraws attempt `id` when the engine asks it gone through `kill`
@@ -978,7 +1087,85 @@ mod tests {
 
     /// Whether `w` got a wake by now (without waiting).
     fn woken(w: &mut Waiting) -> Option<Wake> {
-        w.woken.try_recv().ok()
+        match w.woken.try_recv().ok()? {
+            Woken::Wake(wake) => Some(wake),
+            Woken::Handed(h) => panic!("a wake expected, got {h:?}"),
+        }
+    }
+
+    /// Whether `w` was handed an attempt by now (without waiting).
+    fn handed(w: &mut Waiting) -> Option<Handed> {
+        match w.woken.try_recv().ok()? {
+            Woken::Handed(h) => Some(h),
+            Woken::Wake(wake) => panic!("an attempt expected, got {wake:?}"),
+        }
+    }
+
+    #[test]
+    fn a_queued_attempt_goes_to_a_waiting_claim_and_back_when_it_left() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SqliteStore::open(dir.path().join("o.db")).unwrap());
+        for (id, labels) in [("ra", &[][..]), ("rb", &[][..]), ("rg", &["gpu"][..])] {
+            let offer = Offer {
+                cpu: 4.0,
+                memory: None,
+                gpu: 0,
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+            };
+            store
+                .register_runner(&RunnerSpec::new(id, id, offer, 4, "0"), 60_000)
+                .unwrap();
+        }
+        let remote = Arc::new(Remote::new(store.clone(), 15_000));
+        let wait_for = |node: &str| {
+            let id = AttemptId::new("run", node, 1);
+            let (tx, rx) = mpsc::unbounded_channel();
+            remote.waiting.lock().unwrap().insert(id.clone(), tx);
+            (id, rx)
+        };
+        let queued = |id: &AttemptId, labels: &[&str]| {
+            QueuedAttempt::new(id.clone(), need(labels), "{}".into())
+        };
+        // A claim waits: the attempt is claimed for its runner and handed
+        // to it; the other claim hears nothing.
+        let (a, _ra) = wait_for("a");
+        let mut ca = remote.wait_for_attempts("ra");
+        let mut cb = remote.wait_for_attempts("rb");
+        remote.queue(queued(&a, &[])).unwrap();
+        let h = handed(&mut ca).expect("handed to the claim that waited longest");
+        assert!(woken(&mut cb).is_none());
+        assert_eq!(h.take().id, a);
+        store.claim_holds(&a, "ra").unwrap();
+        assert_eq!(
+            remote.holders.lock().unwrap().get(&a).map(|r| r.as_str()),
+            Some("ra")
+        );
+        // The runner that waits does not fit: it is woken to read, as
+        // before, and the attempt waits in the queue.
+        let (g, _rg) = wait_for("g");
+        remote.queue(queued(&g, &["gpu"])).unwrap();
+        let wake = woken(&mut cb).expect("woken, not handed");
+        assert!(store.claim_holds(&g, "rb").is_err());
+        drop(wake);
+        assert_eq!(store.claim("rg", 4, 15_000).unwrap().len(), 1);
+        // The claim left before it took the attempt handed to it: put
+        // back in the queue, and another waiting claim is woken for it.
+        let ca = remote.wait_for_attempts("ra");
+        let mut cb = remote.wait_for_attempts("rb");
+        let (c, _rc) = wait_for("c");
+        remote.queue(queued(&c, &[])).unwrap();
+        assert!(store.claim_holds(&c, "ra").is_ok());
+        drop(ca);
+        let e = store.claim_holds(&c, "ra").unwrap_err();
+        assert!(e.to_string().contains("waits in its queue"), "{e}");
+        assert!(!remote.holders.lock().unwrap().contains_key(&c));
+        let wake = woken(&mut cb).expect("another claim woken for it");
+        // (`rb` would leave it to the runners serving its run.)
+        let got = store.claim("ra", 4, 15_000).unwrap();
+        assert_eq!(got.iter().map(|q| &q.id).collect::<Vec<_>>(), [&c]);
+        drop(wake);
     }
 
     #[test]

@@ -563,6 +563,25 @@ pub trait Store: Send + Sync {
     /// (an earlier attempt, superseded).
     fn enqueue(&self, attempt: &QueuedAttempt) -> Result<()>;
 
+    /// Queues an attempt as [`Store::enqueue`] does and, in the same
+    /// transaction, claims it for `runner` under a lease of `lease_ms`
+    /// (the row, lease and affinity a claim would write) when a claim of
+    /// one attempt by that runner made now would take it: the runner is
+    /// registered, its lease holds, it does not drain, it has a free
+    /// slot, its capabilities satisfy the attempt, no other attempt waits
+    /// in any queue, and no rival with a free slot is drawn to it more
+    /// strongly (the rules of a claim's choice for one attempt). `true`
+    /// when claimed for it; else the attempt waits as queued (an unknown
+    /// runner is no error). The server hands such an attempt to a claim
+    /// of `runner` waiting on it, which answers without reading.
+    fn enqueue_for(&self, attempt: &QueuedAttempt, runner: &str, lease_ms: i64) -> Result<bool>;
+
+    /// Puts `runner`'s claim of exactly `attempt` back in its queue,
+    /// waiting in its old place (the claim it was handed to went away
+    /// before answering). `false` when `runner` does not hold it (it was
+    /// withdrawn, superseded, or its claim lapsed and was swept).
+    fn release_claim(&self, attempt: &AttemptId, runner: &str) -> Result<bool>;
+
     /// Claims for runner `runner`, atomically, at most `max` waiting
     /// attempts (and no more than its free slots) of the queues its
     /// capabilities satisfy, oldest first, preferring runs it already

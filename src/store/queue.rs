@@ -390,6 +390,21 @@ pub(crate) fn pick(
     open.into_iter().take(n).map(|(_, _, i)| i).collect()
 }
 
+/// Whether a claim of one attempt of `run` in `queue`, made now by a
+/// runner with affinity `me` whose capabilities satisfy it and that has
+/// a free slot, with no other attempt waiting, would take it: [`pick`]
+/// with that one candidate (a rival with free slots that serves the
+/// queue and is drawn to it more strongly keeps it). What a hand-off
+/// ([`crate::store::Store::enqueue_for`]) decides by.
+pub(crate) fn takes_alone(me: &Affinity, rivals: &[Rival], run: &str, queue: &str) -> bool {
+    let only = [Candidate {
+        run: run.to_string(),
+        queue: queue.to_string(),
+        seq: 0,
+    }];
+    pick(me, rivals, &only, 1) == [0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +489,24 @@ mod tests {
         let by_queue = rival(1, &[], &["default"], &["default"]);
         let by_run = rival(1, &["r1"], &[], &["default"]);
         assert_eq!(pick(&me, &[by_queue, by_run], &cs, 10), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn alone_an_attempt_goes_to_the_runner_unless_a_rival_is_drawn_more() {
+        let me = affinity(&[], &["default"]);
+        assert!(takes_alone(&me, &[], "r1", "default"));
+        assert!(takes_alone(&Affinity::default(), &[], "r1", "default"));
+        // A rival serving the run keeps it, while it has a free slot.
+        let by_run = rival(1, &["r1"], &[], &["default"]);
+        assert!(!takes_alone(&me, &[by_run], "r1", "default"));
+        let full = rival(0, &["r1"], &[], &["default"]);
+        assert!(takes_alone(&me, &[full], "r1", "default"));
+        // One drawn only as strongly does not.
+        let same = rival(1, &[], &["default"], &["default"]);
+        assert!(takes_alone(&me, &[same], "r1", "default"));
+        // Nor one that cannot serve the queue.
+        let cannot = rival(1, &["r1"], &[], &["gpu"]);
+        assert!(takes_alone(&me, &[cannot], "r1", "default"));
     }
 
     #[test]

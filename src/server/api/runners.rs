@@ -19,7 +19,7 @@ use super::super::error::{ApiError, ApiResult, Code};
 use super::super::extract::{Body, Path, Query};
 use super::super::AppState;
 use super::blocking;
-use crate::exec::remote::{Remote, ReportError, Wake, WireEnd, LOOK_AGAIN};
+use crate::exec::remote::{Remote, ReportError, Wake, WireEnd, Woken, LOOK_AGAIN};
 use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Mutation;
@@ -412,15 +412,7 @@ pub async fn claim(
                     wake.declined_by(&id);
                 }
                 if !got.is_empty() {
-                    let attempts = got
-                        .into_iter()
-                        .map(|a| ClaimedView {
-                            spec: serde_json::from_str(&a.payload).unwrap_or(Value::Null),
-                            id: a.id.into(),
-                            queue: a.queue,
-                        })
-                        .collect();
-                    return Ok(Json(Claimed { attempts }));
+                    return Ok(Json(claimed(got)));
                 }
                 tokio::time::Instant::now() + LOOK_AGAIN
             }
@@ -433,12 +425,31 @@ pub async fn claim(
         // Woken by a new attempt, else looks again now and then (another
         // server may have queued it, a slot may have freed).
         tokio::select! {
-            wake = waiting.woken() => held = wake,
+            woken = waiting.woken() => match woken {
+                Some(Woken::Wake(wake)) => held = Some(wake),
+                // Claimed for this runner as it was queued: the answer,
+                // without reading.
+                Some(Woken::Handed(handed)) => return Ok(Json(claimed(vec![handed.take()]))),
+                None => held = None,
+            },
             _ = tokio::time::sleep_until(look) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = stopping.changed() => {}
         }
     }
+}
+
+/// A claim's answer: the attempts it took.
+fn claimed(got: Vec<crate::store::queue::QueuedAttempt>) -> Claimed {
+    let attempts = got
+        .into_iter()
+        .map(|a| ClaimedView {
+            spec: serde_json::from_str(&a.payload).unwrap_or(Value::Null),
+            id: a.id.into(),
+            queue: a.queue,
+        })
+        .collect();
+    Claimed { attempts }
 }
 
 /// The most log lines one report carries.

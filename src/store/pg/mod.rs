@@ -12,21 +12,23 @@
 //!
 //! See `conn` for how the sync [`Store`] methods reach the driver from
 //! inside and outside a tokio runtime.
+//!
+//! The methods' bodies live by concern in files named as the SQLite
+//! store's: `owners`, `history`, `signals`, `schedules`, `queue`,
+//! `access` and `views`.
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::lease::{self, Lease, Owner, OwnerRecord};
+use super::lease::{Lease, Owner, OwnerRecord};
 use super::{
     Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSample, RunSummary, Signal,
     SignalId, Store, TaskSample, Timer, TokenRecord, UserRecord,
 };
 use crate::error::{Error, Result};
-use crate::history::{
-    AttemptRecord, EdgeExport, Event, EventKind, NodeExport, RunExport, RunState,
-};
-use crate::model::{Origin, RunStatus, Task};
+use crate::history::{Event, EventKind, RunExport, RunState};
+use crate::model::{Origin, Task};
 use crate::store::sqlite::to_json;
 use crate::store::sqlite::views::{Filled, RegistrationView};
 
@@ -34,11 +36,18 @@ mod access;
 #[cfg(feature = "testing")]
 pub mod cluster;
 mod conn;
+mod history;
+mod owners;
 mod queue;
+mod schedules;
+mod signals;
 #[cfg(all(test, feature = "testing"))]
 mod tests;
 mod views;
 
+// The tests read it through `super::*`.
+#[cfg(all(test, feature = "testing"))]
+use crate::model::RunStatus;
 use conn::redact;
 use conn::{off_runtime, store_error, Checkout, Pool, Tx};
 
@@ -319,98 +328,6 @@ impl PgStore {
         }
     }
 
-    /// A run's owner row, the run's status, and the database's clock.
-    fn owner_row(
-        tx: &mut Tx<'_>,
-        run: &str,
-        lock: bool,
-    ) -> Result<Option<(OwnerRecord, String, i64)>> {
-        let sql = format!(
-            "SELECT owner, epoch, lease_until, status, {NOW_MS} FROM runs WHERE id = $1{}",
-            if lock { " FOR UPDATE" } else { "" }
-        );
-        let Some(r) = tx.row(&sql, &[&run])? else {
-            return Ok(None);
-        };
-        let owner: Option<String> = tx.get(&r, 0)?;
-        Ok(Some((
-            OwnerRecord {
-                owner: owner.and_then(|o| serde_json::from_str(&o).ok()),
-                epoch: tx.get::<i64>(&r, 1)? as u64,
-                until_ms: tx.get(&r, 2)?,
-            },
-            tx.get(&r, 3)?,
-            tx.get(&r, 4)?,
-        )))
-    }
-
-    /// The error for a write fenced off `lease`.
-    fn fenced(tx: &mut Tx<'_>, lease: &Lease) -> Error {
-        let now = PgStore::owner_row(tx, &lease.run, false).ok().flatten();
-        Error::Fenced {
-            run: lease.run.clone(),
-            epoch: lease.epoch,
-            owner: match now {
-                Some((rec, ..)) => match rec.owner {
-                    Some(o) => format!("{} holds it at epoch {}", o.describe(), rec.epoch),
-                    None => format!("it was released at epoch {}", rec.epoch),
-                },
-                None => "the run is gone".into(),
-            },
-        }
-    }
-
-    /// A node's task and state, from its row.
-    fn node_row(
-        &self,
-        tx: &mut Tx<'_>,
-        run: &str,
-        node: &str,
-    ) -> Result<Option<(Task, crate::model::NodeState)>> {
-        let Some(r) = tx.row(
-            "SELECT task, state FROM nodes WHERE run = $1 AND id = $2",
-            &[&run, &node],
-        )?
-        else {
-            return Ok(None);
-        };
-        let (task, state): (String, String) = (tx.get(&r, 0)?, tx.get(&r, 1)?);
-        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-            self.corrupt(format!(
-                "run {run} node `{node}` has an unreadable {what}: {e}"
-            ))
-        };
-        let task: Task = serde_json::from_str(&task).map_err(|e| corrupt("task", &e))?;
-        let state = state.parse().map_err(|e: String| corrupt("state", &e))?;
-        Ok(Some((task, state)))
-    }
-
-    /// Refuses an input for a node that is not an input node, or that
-    /// finished.
-    fn check_input(&self, tx: &mut Tx<'_>, run: &str, node: &str) -> Result<()> {
-        let (task, state) = self
-            .node_row(tx, run, node)?
-            .ok_or_else(|| Error::UnknownNode {
-                run: run.to_string(),
-                node: node.to_string(),
-            })?;
-        if !matches!(task.exec, crate::model::Exec::Input { .. }) {
-            return Err(Error::NotInput {
-                run: run.to_string(),
-                node: node.to_string(),
-                kind: task.exec.kind().to_string(),
-            });
-        }
-        if state.is_terminal() {
-            return Err(Error::RunEnded {
-                run: format!("{run}` node `{node}"),
-                status: state.to_string(),
-                control: "deliver input to".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// A JSON column.
     fn json<T: serde::de::DeserializeOwned>(
         &self,
@@ -421,198 +338,6 @@ impl PgStore {
     ) -> Result<T> {
         let s: String = tx.get(r, i)?;
         serde_json::from_str(&s).map_err(|e| self.corrupt(format!("{what} does not parse: {e}")))
-    }
-
-    fn read_export(&self, tx: &mut Tx<'_>, run: &str) -> Result<RunExport> {
-        let Some(r) = tx.row(
-            "SELECT workflow, status, reason, orchestrator_pid, created_at, finished_at, last_seq,
-                    (config::json -> 'source')::text
-             FROM runs WHERE id = $1",
-            &[&run],
-        )?
-        else {
-            return Err(Error::UnknownRun(run.to_string()));
-        };
-        let status: String = tx.get(&r, 1)?;
-        let mut ex = RunExport {
-            run: run.to_string(),
-            workflow: tx.get(&r, 0)?,
-            status: status.parse().unwrap_or(RunStatus::Failed),
-            reason: tx.get(&r, 2)?,
-            orchestrator_pid: tx.get::<Option<i64>>(&r, 3)?.map(|p| p as u32),
-            created_at: tx.get(&r, 4)?,
-            finished_at: tx.get(&r, 5)?,
-            event: tx.get::<i64>(&r, 6)? as u64,
-            nodes: Vec::new(),
-            edges: Vec::new(),
-            promises: Vec::new(),
-            violations: Vec::new(),
-            source: tx
-                .get::<Option<String>>(&r, 7)?
-                .and_then(|s| serde_json::from_str(&s).ok()),
-        };
-        let mut attempts: std::collections::HashMap<String, Vec<AttemptRecord>> =
-            Default::default();
-        for r in tx.rows(
-            "SELECT node, attempt, pid, started_at, finished_at, outcome, exit_code, error, files,
-                    runner
-             FROM attempts WHERE run = $1 ORDER BY node, attempt",
-            &[&run],
-        )? {
-            let outcome: Option<String> = tx.get(&r, 5)?;
-            let files: Option<String> = tx.get(&r, 8)?;
-            let a = AttemptRecord {
-                attempt: tx.get::<i64>(&r, 1)? as u32,
-                pid: tx.get::<Option<i64>>(&r, 2)?.map(|p| p as u32),
-                started_at: tx.get(&r, 3)?,
-                finished_at: tx.get(&r, 4)?,
-                outcome: outcome.and_then(|o| o.parse().ok()),
-                exit_code: tx.get::<Option<i64>>(&r, 6)?.map(|c| c as i32),
-                error: tx.get(&r, 7)?,
-                files: match files {
-                    Some(_) => self.json(tx, &r, 8, "an attempt's files")?,
-                    None => Vec::new(),
-                },
-                runner: tx.get(&r, 9)?,
-            };
-            attempts.entry(tx.get(&r, 0)?).or_default().push(a);
-        }
-        for r in tx.rows(
-            "SELECT n.id, n.task, n.state, n.inputs, n.attrs, o.value, n.started_at, n.finished_at
-             FROM nodes n LEFT JOIN outputs o ON o.run = n.run AND o.node = n.id
-             WHERE n.run = $1 ORDER BY n.pos",
-            &[&run],
-        )? {
-            let id: String = tx.get(&r, 0)?;
-            let state: String = tx.get(&r, 2)?;
-            let output: Option<String> = tx.get(&r, 5)?;
-            ex.nodes.push(NodeExport {
-                attempts: attempts.remove(&id).unwrap_or_default(),
-                task: self.json(tx, &r, 1, "a node's task")?,
-                state: state
-                    .parse()
-                    .map_err(|e: String| self.corrupt(format!("node `{id}`: {e}")))?,
-                inputs: self.json(tx, &r, 3, "a node's inputs")?,
-                attrs: self.json(tx, &r, 4, "a node's attributes")?,
-                // An output that does not read back is a damaged
-                // database, not a null.
-                output: output
-                    .map(|o| {
-                        serde_json::from_str(&o).map_err(|e| {
-                            self.corrupt(format!("node `{id}`'s output does not parse: {e}"))
-                        })
-                    })
-                    .transpose()?,
-                started_at: tx.get(&r, 6)?,
-                finished_at: tx.get(&r, 7)?,
-                id,
-            });
-        }
-        for r in tx.rows(
-            "SELECT src, dst, attrs FROM edges WHERE run = $1 ORDER BY pos",
-            &[&run],
-        )? {
-            ex.edges.push(EdgeExport {
-                from: tx.get(&r, 0)?,
-                to: tx.get(&r, 1)?,
-                attrs: self.json(tx, &r, 2, "an edge's attributes")?,
-            });
-        }
-        for r in tx.rows(
-            "SELECT promise FROM promises WHERE run = $1 ORDER BY pos",
-            &[&run],
-        )? {
-            ex.promises.push(self.json(tx, &r, 0, "a promise")?);
-        }
-        for r in tx.rows(
-            "SELECT violation FROM violations WHERE run = $1 ORDER BY pos",
-            &[&run],
-        )? {
-            ex.violations.push(self.json(tx, &r, 0, "a violation")?);
-        }
-        Ok(ex)
-    }
-
-    fn summary(tx: &Tx<'_>, r: &postgres::Row) -> Result<RunSummary> {
-        Ok(RunSummary {
-            id: tx.get(r, 0)?,
-            workflow: tx.get(r, 1)?,
-            status: tx.get(r, 2)?,
-            created_at: tx.get(r, 3)?,
-            finished_at: tx.get(r, 4)?,
-            nodes: tx.get::<i64>(r, 5)? as u64,
-            fired_at: tx.get(r, 6)?,
-        })
-    }
-
-    /// The log lines of a node's attempts (all attempts when `attempt` is
-    /// `None`) after line `after.1` of attempt `after.0`, in order, at most
-    /// `limit` of them.
-    fn log_lines(
-        &self,
-        run: &str,
-        node: &str,
-        attempt: Option<u32>,
-        after: (u32, u32),
-        limit: Option<usize>,
-    ) -> Result<Vec<LogLine>> {
-        self.read(|tx| {
-            let exists = tx.row(
-                "SELECT 1 FROM nodes WHERE run = $1 AND id = $2",
-                &[&run, &node],
-            )?;
-            if exists.is_none() {
-                return Err(Error::UnknownNode {
-                    run: run.to_string(),
-                    node: node.to_string(),
-                });
-            }
-            let rows = tx.rows(
-                "SELECT attempt, line, stream, text FROM logs
-                 WHERE run = $1 AND node = $2 AND ($3::bigint IS NULL OR attempt = $3)
-                   AND (attempt > $4 OR (attempt = $4 AND line > $5))
-                 ORDER BY attempt, line LIMIT $6",
-                &[
-                    &run,
-                    &node,
-                    &attempt.map(i64::from),
-                    &i64::from(after.0),
-                    &i64::from(after.1),
-                    &limit.map(clamp),
-                ],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    Ok(LogLine {
-                        node: node.to_string(),
-                        attempt: tx.get::<i64>(r, 0)? as u32,
-                        line: tx.get::<i64>(r, 1)? as u32,
-                        stream: tx.get(r, 2)?,
-                        text: tx.get(r, 3)?,
-                    })
-                })
-                .collect()
-        })
-    }
-
-    fn fire(tx: &Tx<'_>, r: &postgres::Row) -> Result<Fire> {
-        Ok(Fire {
-            workflow: tx.get(r, 0)?,
-            at_ms: tx.get(r, 1)?,
-            run: tx.get(r, 2)?,
-            kind: tx.get(r, 3)?,
-            claimed_ms: tx.get(r, 4)?,
-            status: None,
-        })
-    }
-
-    fn pushed(&self, tx: &Tx<'_>, r: &postgres::Row) -> Result<Pushed> {
-        Ok(Pushed {
-            id: tx.get(r, 0)?,
-            key: tx.get(r, 1)?,
-            payload: self.json(tx, r, 2, "a pushed event's payload")?,
-            pushed_at: tx.get(r, 3)?,
-        })
     }
 }
 
@@ -711,86 +436,19 @@ impl Store for PgStore {
     }
 
     fn take_over(&self, run: &str, owner: &Owner, force: bool) -> Result<Lease> {
-        self.write(|tx| {
-            // The row locked: two takeovers (in any processes) read and
-            // write the owner one after the other, so one wins and the
-            // other sees it.
-            let (record, _, now) = PgStore::owner_row(tx, run, true)?
-                .ok_or_else(|| Error::UnknownRun(run.to_string()))?;
-            let verdict =
-                lease::may_take_over(&record, owner, now, force, &crate::host::process_start);
-            if let lease::Verdict::Held(why) = verdict {
-                return Err(Error::Owned {
-                    run: run.to_string(),
-                    owner: why,
-                });
-            }
-            let epoch = record.epoch + 1;
-            tx.exec(
-                &format!(
-                    "UPDATE runs SET owner_id = $2, owner = $3, epoch = $4, lease_until = {NOW_MS} + $5
-                     WHERE id = $1"
-                ),
-                &[
-                    &run,
-                    &owner.id,
-                    &to_json(owner),
-                    &(epoch as i64),
-                    &(owner.ttl.as_millis() as i64),
-                ],
-            )?;
-            Ok(Lease::new(run, &owner.id, epoch))
-        })
+        self.take_over_run(run, owner, force)
     }
 
     fn renew(&self, owner: &Owner, leases: &[Lease]) -> Result<Vec<String>> {
-        // Exactly the leases the engine passes (the runs it drives), in
-        // one transaction and one statement; rows are locked in id order.
-        let runs: Vec<&str> = leases.iter().map(|l| l.run.as_str()).collect();
-        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch as i64).collect();
-        let ttl = owner.ttl.as_millis() as i64;
-        let renewed: Vec<String> = self.write(|tx| {
-            let rows = tx.rows(
-                &format!(
-                    "WITH mine AS (
-                         SELECT r.id FROM runs r
-                         JOIN unnest($1::text[], $2::bigint[]) AS l(run, epoch)
-                           ON r.id = l.run AND r.epoch = l.epoch
-                         WHERE r.owner_id = $3 AND r.finished_at IS NULL
-                         ORDER BY r.id FOR UPDATE OF r
-                     )
-                     UPDATE runs SET lease_until = {NOW_MS} + $4
-                     FROM mine WHERE runs.id = mine.id RETURNING runs.id"
-                ),
-                &[&runs, &epochs, &owner.id, &ttl],
-            )?;
-            rows.iter().map(|r| tx.get(r, 0)).collect()
-        })?;
-        let renewed: std::collections::HashSet<&str> = renewed.iter().map(String::as_str).collect();
-        Ok(leases
-            .iter()
-            .filter(|l| !renewed.contains(l.run.as_str()))
-            .map(|l| l.run.clone())
-            .collect())
+        self.renew_leases(owner, leases)
     }
 
     fn release(&self, lease: &Lease) -> Result<()> {
-        self.write(|tx| {
-            tx.exec(
-                "UPDATE runs SET owner_id = NULL, owner = NULL, lease_until = 0
-                 WHERE id = $1 AND owner_id = $2 AND epoch = $3",
-                &[&lease.run, &lease.owner, &(lease.epoch as i64)],
-            )?;
-            Ok(())
-        })
+        self.release_lease(lease)
     }
 
     fn owner(&self, run: &str) -> Result<OwnerRecord> {
-        self.read(|tx| {
-            PgStore::owner_row(tx, run, false)?
-                .map(|(rec, ..)| rec)
-                .ok_or_else(|| Error::UnknownRun(run.to_string()))
-        })
+        self.read_owner(run)
     }
 
     fn commit(
@@ -878,109 +536,19 @@ impl Store for PgStore {
     }
 
     fn resolve_run(&self, what: &str) -> Result<String> {
-        let found = self.read(|tx| {
-            if what == "latest" {
-                let r = tx.row(
-                    "SELECT id FROM runs ORDER BY created_at DESC, pos DESC LIMIT 1",
-                    &[],
-                )?;
-                return r.map(|r| tx.get(&r, 0)).transpose();
-            }
-            // Ids are lower-case ASCII; `starts_with` under the "C"
-            // collation of the column.
-            let prefix = what.to_ascii_lowercase();
-            let rows = tx.rows(
-                "SELECT id FROM runs WHERE starts_with(id, $1) ORDER BY id LIMIT 3",
-                &[&prefix],
-            )?;
-            let ids: Vec<String> = rows.iter().map(|r| tx.get(r, 0)).collect::<Result<_>>()?;
-            match ids.as_slice() {
-                [one] => Ok(Some(one.clone())),
-                many if many.contains(&prefix) => Ok(Some(prefix.clone())),
-                [] => Ok(None),
-                _ => Err(Error::AmbiguousRun {
-                    prefix: what.to_string(),
-                    matches: ids.join(", "),
-                }),
-            }
-        })?;
-        found.ok_or_else(|| Error::UnknownRun(what.to_string()))
+        self.find_run(what)
     }
 
     fn runs(&self) -> Result<Vec<RunSummary>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT id, workflow, status, created_at, finished_at,
-                        (SELECT count(*) FROM nodes WHERE nodes.run = runs.id),
-                        config::json ->> 'fired_at'
-                 FROM runs ORDER BY created_at DESC, pos DESC",
-                &[],
-            )?;
-            rows.iter().map(|r| PgStore::summary(tx, r)).collect()
-        })
+        self.all_runs()
     }
 
     fn events(&self, run: &str, upto: Option<u64>) -> Result<Vec<Event>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT seq, at, data FROM events WHERE run = $1 AND seq <= $2 ORDER BY seq",
-                &[&run, &upto.map_or(i64::MAX, |u| u as i64)],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    let seq = tx.get::<i64>(r, 0)? as u64;
-                    let data: String = tx.get(r, 2)?;
-                    let kind: EventKind = serde_json::from_str(&data).map_err(|e| {
-                        self.corrupt(format!("run {run} event {seq} does not parse: {e}"))
-                    })?;
-                    Ok(Event {
-                        seq,
-                        at: tx.get(r, 1)?,
-                        kind,
-                    })
-                })
-                .collect()
-        })
+        self.read_events(run, upto)
     }
 
     fn run_tail(&self, run: &str, after: u64, limit: usize) -> Result<super::RunTail> {
-        let after = after.min(i64::MAX as u64) as i64;
-        let limit = limit.min(i64::MAX as usize) as i64;
-        self.read(|tx| {
-            let Some(head) = tx.row("SELECT status, last_seq FROM runs WHERE id = $1", &[&run])?
-            else {
-                return Err(Error::UnknownRun(run.to_string()));
-            };
-            let status: String = tx.get(&head, 0)?;
-            let last: i64 = tx.get(&head, 1)?;
-            let rows = tx.rows(
-                "SELECT seq, at, data FROM events WHERE run = $1 AND seq > $2
-                 ORDER BY seq LIMIT $3",
-                &[&run, &after, &limit],
-            )?;
-            let events = rows
-                .iter()
-                .map(|r| {
-                    let seq = tx.get::<i64>(r, 0)? as u64;
-                    let data: String = tx.get(r, 2)?;
-                    let kind: EventKind = serde_json::from_str(&data).map_err(|e| {
-                        self.corrupt(format!("run {run} event {seq} does not parse: {e}"))
-                    })?;
-                    Ok(Event {
-                        seq,
-                        at: tx.get(r, 1)?,
-                        kind,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(super::RunTail {
-                events,
-                status: status.parse().map_err(|e| {
-                    self.corrupt(format!("run {run} has the status {status:?}: {e}"))
-                })?,
-                last: last as u64,
-            })
-        })
+        self.read_tail(run, after, limit)
     }
 
     fn export(&self, run: &str) -> Result<RunExport> {
@@ -1006,215 +574,47 @@ impl Store for PgStore {
     }
 
     fn request(&self, run: &str, signal: &Signal) -> Result<SignalId> {
-        self.write(|tx| {
-            // The run's row locked: its end and this signal are ordered.
-            let status = match tx.row("SELECT status FROM runs WHERE id = $1 FOR SHARE", &[&run])? {
-                Some(r) => tx
-                    .get::<String>(&r, 0)?
-                    .parse()
-                    .unwrap_or(RunStatus::Failed),
-                None => return Err(Error::UnknownRun(run.to_string())),
-            };
-            if status.is_terminal() {
-                return Err(Error::RunEnded {
-                    run: run.to_string(),
-                    status: status.to_string(),
-                    control: match signal {
-                        Signal::Input { .. } => "deliver input".into(),
-                        other => other.as_str().to_string(),
-                    },
-                });
-            }
-            let (node, value) = match signal {
-                Signal::Input { node, value } => {
-                    self.check_input(tx, run, node)?;
-                    (Some(node.as_str()), Some(to_json(value)))
-                }
-                _ => (None, None),
-            };
-            let r = tx.one(
-                "INSERT INTO signals (run, kind, node, value, requested_at)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[&run, &signal.as_str(), &node, &value, &crate::time::now()],
-            )?;
-            Ok(SignalId(tx.get(&r, 0)?))
-        })
+        self.insert_signal(run, signal)
     }
 
     fn pending(&self) -> Result<Vec<Pending>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT s.id, s.run, s.kind, s.node, s.value FROM signals s
-                 JOIN runs r ON r.id = s.run
-                 WHERE s.taken_at IS NULL AND r.finished_at IS NULL ORDER BY s.id",
-                &[],
-            )?;
-            let mut out = Vec::new();
-            for r in &rows {
-                let kind: String = tx.get(r, 2)?;
-                let node: Option<String> = tx.get(r, 3)?;
-                let value: Option<String> = tx.get(r, 4)?;
-                let signal = match (kind.as_str(), node) {
-                    ("input", Some(node)) => Signal::Input {
-                        node,
-                        value: value
-                            .and_then(|v| serde_json::from_str(&v).ok())
-                            .unwrap_or(Value::Null),
-                    },
-                    (other, _) => match other.parse() {
-                        Ok(s) => s,
-                        Err(_) => continue,
-                    },
-                };
-                out.push(Pending {
-                    id: SignalId(tx.get(r, 0)?),
-                    run: tx.get(r, 1)?,
-                    signal,
-                });
-            }
-            Ok(out)
-        })
+        self.read_pending()
     }
 
     fn claim_fire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<bool> {
-        // The primary key settles a race: of two inserts, one waits for
-        // the other and then does nothing.
-        self.write(|tx| {
-            let n = tx.exec(
-                &format!(
-                    "INSERT INTO fires (workflow, fire_at, run, kind, claimed_at)
-                     VALUES ($1, $2, $3, $4, {NOW_MS}) ON CONFLICT DO NOTHING"
-                ),
-                &[&workflow, &at_ms, &run, &kind],
-            )?;
-            Ok(n == 1)
-        })
+        self.insert_fire(workflow, at_ms, run, kind)
     }
 
     fn refire(&self, workflow: &str, at_ms: i64, run: &str, kind: &str) -> Result<()> {
-        self.write(|tx| {
-            tx.exec(
-                &format!(
-                    "INSERT INTO fires (workflow, fire_at, run, kind, claimed_at)
-                     VALUES ($1, $2, $3, $4, {NOW_MS})
-                     ON CONFLICT (workflow, fire_at)
-                     DO UPDATE SET run = $3, kind = $4, claimed_at = {NOW_MS}"
-                ),
-                &[&workflow, &at_ms, &run, &kind],
-            )?;
-            Ok(())
-        })
+        self.replace_fire(workflow, at_ms, run, kind)
     }
 
     fn fires(&self, workflow: &str, from_ms: i64, to_ms: i64) -> Result<Vec<Fire>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT f.workflow, f.fire_at, f.run, f.kind, f.claimed_at, r.status FROM fires f
-                 LEFT JOIN runs r ON r.id = f.run
-                 WHERE f.workflow = $1 AND f.fire_at BETWEEN $2 AND $3
-                 ORDER BY f.fire_at",
-                &[&workflow, &from_ms, &to_ms],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    let mut f = PgStore::fire(tx, r)?;
-                    f.status = tx.get::<Option<String>>(r, 5)?.and_then(|s| s.parse().ok());
-                    Ok(f)
-                })
-                .collect()
-        })
+        self.read_fires(workflow, from_ms, to_ms)
     }
 
     fn last_fire(&self, workflow: &str) -> Result<Option<i64>> {
-        self.read(|tx| {
-            let r = tx.one(
-                "SELECT max(fire_at) FROM fires WHERE workflow = $1",
-                &[&workflow],
-            )?;
-            tx.get(&r, 0)
-        })
+        self.read_last_fire(workflow)
     }
 
     fn active_runs(&self, workflow: &str) -> Result<u64> {
-        self.read(|tx| {
-            let r = tx.one(
-                "SELECT count(*) FROM runs WHERE workflow = $1 AND status IN ('running', 'paused')",
-                &[&workflow],
-            )?;
-            Ok(tx.get::<i64>(&r, 0)? as u64)
-        })
+        self.count_active_runs(workflow)
     }
 
     fn push_event(&self, key: &str, payload: &Value) -> Result<(i64, Vec<(String, String)>)> {
-        let value = to_json(payload);
-        self.write(|tx| {
-            let now = crate::time::now();
-            let r = tx.one(
-                "INSERT INTO pushes (key, payload, pushed_at) VALUES ($1, $2, $3) RETURNING id",
-                &[&key, &value, &now],
-            )?;
-            let id: i64 = tx.get(&r, 0)?;
-            let rows = tx.rows(
-                "SELECT n.run, n.id FROM nodes n JOIN runs r ON r.id = n.run
-                 WHERE r.finished_at IS NULL
-                   AND n.task::json ->> 'kind' = 'input'
-                   AND n.task::json ->> 'listen' = $1
-                   AND n.state NOT IN ('succeeded', 'failed', 'cancelled', 'upstream_failed')
-                 ORDER BY n.run, n.id",
-                &[&key],
-            )?;
-            let listening: Vec<(String, String)> = rows
-                .iter()
-                .map(|r| Ok((tx.get(r, 0)?, tx.get(r, 1)?)))
-                .collect::<Result<_>>()?;
-            let runs: Vec<&str> = listening.iter().map(|(r, _)| r.as_str()).collect();
-            let nodes: Vec<&str> = listening.iter().map(|(_, n)| n.as_str()).collect();
-            tx.exec(
-                "INSERT INTO signals (run, kind, node, value, requested_at)
-                 SELECT r, 'input', n, $3, $4
-                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(r, n, o) ORDER BY o",
-                &[&runs, &nodes, &value, &now],
-            )?;
-            Ok((id, listening))
-        })
+        self.insert_push(key, payload)
     }
 
     fn events_after(&self, after: i64, since_ms: i64, limit: usize) -> Result<Vec<Pushed>> {
-        let since = crate::time::format_millis(since_ms.max(0) as u64);
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT id, key, payload, pushed_at FROM pushes
-                 WHERE id > $1 AND pushed_at >= $2 ORDER BY id LIMIT $3",
-                &[&after, &since, &clamp(limit)],
-            )?;
-            rows.iter().map(|r| self.pushed(tx, r)).collect()
-        })
+        self.read_pushes(after, since_ms, limit)
     }
 
     fn claim_event_run(&self, event: i64, workflow: &str, run: &str) -> Result<bool> {
-        self.write(|tx| {
-            let n = tx.exec(
-                &format!(
-                    "INSERT INTO push_runs (push, workflow, run, claimed_at)
-                     VALUES ($1, $2, $3, {NOW_MS}) ON CONFLICT DO NOTHING"
-                ),
-                &[&event, &workflow, &run],
-            )?;
-            Ok(n == 1)
-        })
+        self.insert_push_run(event, workflow, run)
     }
 
     fn orphaned_fires(&self, since_ms: i64, until_ms: i64) -> Result<Vec<Fire>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT f.workflow, f.fire_at, f.run, f.kind, f.claimed_at FROM fires f
-                 LEFT JOIN runs r ON r.id = f.run
-                 WHERE r.id IS NULL AND f.claimed_at BETWEEN $1 AND $2
-                 ORDER BY f.claimed_at, f.workflow, f.fire_at",
-                &[&since_ms, &until_ms],
-            )?;
-            rows.iter().map(|r| PgStore::fire(tx, r)).collect()
-        })
+        self.read_orphaned_fires(since_ms, until_ms)
     }
 
     fn orphaned_event_runs(
@@ -1222,19 +622,7 @@ impl Store for PgStore {
         since_ms: i64,
         until_ms: i64,
     ) -> Result<Vec<(Pushed, String, String)>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT p.id, p.key, p.payload, p.pushed_at, r.workflow, r.run FROM push_runs r
-                 JOIN pushes p ON p.id = r.push
-                 LEFT JOIN runs x ON x.id = r.run
-                 WHERE x.id IS NULL AND r.claimed_at BETWEEN $1 AND $2
-                 ORDER BY p.id, r.workflow",
-                &[&since_ms, &until_ms],
-            )?;
-            rows.iter()
-                .map(|r| Ok((self.pushed(tx, r)?, tx.get(r, 4)?, tx.get(r, 5)?)))
-                .collect()
-        })
+        self.read_orphaned_push_runs(since_ms, until_ms)
     }
 
     fn add_timer(
@@ -1244,51 +632,15 @@ impl Store for PgStore {
         cron: Option<&str>,
         timezone: Option<&str>,
     ) -> Result<i64> {
-        self.write(|tx| {
-            let r = tx.one(
-                &format!(
-                    "INSERT INTO timers (workflow, at_ms, cron, timezone, created_at)
-                     VALUES ($1, $2, $3, $4, {NOW_MS}) RETURNING id"
-                ),
-                &[&workflow, &at_ms, &cron, &timezone],
-            )?;
-            tx.get(&r, 0)
-        })
+        self.insert_timer(workflow, at_ms, cron, timezone)
     }
 
     fn stop_timer(&self, id: i64) -> Result<bool> {
-        self.write(|tx| {
-            let n = tx.exec(
-                &format!(
-                    "UPDATE timers SET stopped_at = {NOW_MS} WHERE id = $1 AND stopped_at IS NULL"
-                ),
-                &[&id],
-            )?;
-            Ok(n == 1)
-        })
+        self.end_timer(id)
     }
 
     fn timers(&self) -> Result<Vec<Timer>> {
-        self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT id, workflow, at_ms, cron, timezone, created_at, stopped_at
-                 FROM timers ORDER BY id",
-                &[],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Timer {
-                        id: tx.get(r, 0)?,
-                        workflow: tx.get(r, 1)?,
-                        at_ms: tx.get(r, 2)?,
-                        cron: tx.get(r, 3)?,
-                        timezone: tx.get(r, 4)?,
-                        created_ms: tx.get(r, 5)?,
-                        stopped_ms: tx.get(r, 6)?,
-                    })
-                })
-                .collect()
-        })
+        self.read_timers()
     }
 
     fn task_durations(
@@ -1297,67 +649,11 @@ impl Store for PgStore {
         runs: usize,
         per_task: usize,
     ) -> Result<Vec<TaskSample>> {
-        let rows: Vec<(String, String, String, i64, String, String)> = self.read(|tx| {
-            let rows = tx.rows(
-                "WITH recent AS (
-                     SELECT id FROM runs WHERE workflow = $1
-                     ORDER BY created_at DESC, pos DESC LIMIT $2
-                 ), ok AS (
-                     SELECT a.run, a.node, a.attempt, a.started_at, a.finished_at,
-                            (n.task::json ->> 'name') COLLATE \"C\" AS task
-                     FROM recent r
-                     JOIN attempts a ON a.run = r.id
-                     JOIN nodes n ON n.run = a.run AND n.id = a.node
-                     WHERE a.outcome = 'succeeded' AND a.finished_at IS NOT NULL
-                 ), ranked AS (
-                     SELECT *, row_number() OVER (
-                         PARTITION BY task ORDER BY finished_at DESC, run, node, attempt
-                     ) AS k FROM ok
-                 )
-                 SELECT run, node, task, attempt, started_at, finished_at FROM ranked
-                 WHERE k <= $3 ORDER BY task, k",
-                &[&workflow, &clamp(runs), &clamp(per_task)],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    Ok((
-                        tx.get(r, 0)?,
-                        tx.get(r, 1)?,
-                        tx.get(r, 2)?,
-                        tx.get(r, 3)?,
-                        tx.get(r, 4)?,
-                        tx.get(r, 5)?,
-                    ))
-                })
-                .collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(run, node, task, attempt, started, finished)| {
-                let (s, f) = (millis(&started)?, millis(&finished)?);
-                Some(TaskSample::new(&run, &node, &task, attempt as u32, s, f))
-            })
-            .collect())
+        self.read_task_durations(workflow, runs, per_task)
     }
 
     fn run_durations(&self, workflow: &str, limit: usize) -> Result<Vec<RunSample>> {
-        let rows: Vec<(String, String, String)> = self.read(|tx| {
-            let rows = tx.rows(
-                "SELECT id, created_at, finished_at FROM runs
-                 WHERE workflow = $1 AND status = 'succeeded' AND finished_at IS NOT NULL
-                 ORDER BY created_at DESC, pos DESC LIMIT $2",
-                &[&workflow, &clamp(limit)],
-            )?;
-            rows.iter()
-                .map(|r| Ok((tx.get(r, 0)?, tx.get(r, 1)?, tx.get(r, 2)?)))
-                .collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(run, started, finished)| {
-                Some(RunSample::new(&run, millis(&started)?, millis(&finished)?))
-            })
-            .collect())
+        self.read_run_durations(workflow, limit)
     }
 
     /// The schema is this orch's, and every run's last event is in its
@@ -1465,6 +761,19 @@ impl Store for PgStore {
 
     fn enqueue(&self, attempt: &super::queue::QueuedAttempt) -> Result<()> {
         self.q_enqueue(attempt)
+    }
+
+    fn enqueue_for(
+        &self,
+        attempt: &super::queue::QueuedAttempt,
+        runner: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        self.q_enqueue_for(attempt, runner, lease_ms)
+    }
+
+    fn release_claim(&self, attempt: &crate::exec::AttemptId, runner: &str) -> Result<bool> {
+        self.q_release_claim(attempt, runner)
     }
 
     fn claim(

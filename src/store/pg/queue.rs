@@ -12,8 +12,8 @@ use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
 use crate::store::queue::{
-    candidates_needed, is_lost, pick, why_fenced, Affinity, Beat, Candidate, Claim, QueueRow,
-    QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
+    candidates_needed, is_lost, pick, takes_alone, why_fenced, Affinity, Beat, Candidate, Claim,
+    QueueRow, QueuedAttempt, Rival, RunnerRecord, RunnerSpec, MAX_CLAIM,
 };
 
 /// What a claim starts from, in one statement (one round trip, where it
@@ -79,6 +79,39 @@ const CANDIDATES: &str = "WITH mine AS MATERIALIZED (
                  WHERE q.queue = k.queue AND q.runner IS NULL
                  ORDER BY q.seq LIMIT $3) c
     WHERE (SELECT count(*) FROM mine) < $3";
+
+/// What a hand-off ([`crate::store::Store::enqueue_for`]) decides by, in
+/// one statement: the runner's row, locked as a claim locks it (its
+/// claims and hand-offs take turns over its slots): capabilities, slots,
+/// whether it drains, whether its lease holds, its affinity, how many
+/// attempts it holds; whether any attempt but node `$2`/`$3`'s waits
+/// (one descent of `queue_waiting`); and the other live runners, not
+/// draining, with free slots, as in [`LOOK`]. `{now}` stands for the
+/// store's clock.
+const HAND_LOOK: &str = "WITH r AS (SELECT id, capabilities, affinity,
+                 slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id) AS free
+          FROM runners WHERE id <> $1 AND NOT draining AND lease_until >= {now})
+    SELECT m.capabilities, m.slots, m.draining, m.lease_until >= {now}, m.affinity,
+           (SELECT count(*) FROM queue WHERE runner = $1),
+           EXISTS (SELECT 1 FROM queue q WHERE q.runner IS NULL AND NOT (q.run = $2 AND q.node = $3)),
+           ARRAY(SELECT capabilities FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT free FROM r WHERE free > 0 ORDER BY id),
+           ARRAY(SELECT affinity FROM r WHERE free > 0 ORDER BY id)
+    FROM runners m WHERE m.id = $1 FOR UPDATE OF m";
+
+/// Queues an attempt (`$1`..`$6`: run, node, attempt, queue,
+/// requirements, payload), replacing whatever the queue held for its
+/// node; claimed by runner `$7` under a lease of `$8` ms when `$7` is
+/// not null, else waiting.
+const INSERT_QUEUED: &str =
+    "INSERT INTO queue (run, node, attempt, queue, requires, payload, queued_at, seq,
+                           runner, claimed_at, lease_until)
+     VALUES ($1, $2, $3, $4, $5, $6, {now}, nextval('queue_seq'), $7::text,
+             CASE WHEN $7::text IS NULL THEN NULL ELSE {now} END,
+             CASE WHEN $7::text IS NULL THEN NULL ELSE {now} + $8 END)
+     ON CONFLICT (run, node) DO UPDATE SET attempt = $3, queue = $4, requires = $5,
+        payload = $6, queued_at = {now}, seq = nextval('queue_seq'), runner = excluded.runner,
+        claimed_at = excluded.claimed_at, lease_until = excluded.lease_until";
 
 const RUNNER_COLUMNS: &str =
     "id, name, capabilities, slots, version, registered_at, lease_until, draining,
@@ -245,20 +278,110 @@ impl PgStore {
     pub(super) fn q_enqueue(&self, a: &QueuedAttempt) -> Result<()> {
         let requires = serde_json::to_string(&a.requires).expect("resources are JSON");
         let attempt = a.id.attempt as i64;
+        let insert = INSERT_QUEUED.replace("{now}", NOW_MS);
         self.write(|tx| {
             tx.exec(
-                &format!(
-                    "INSERT INTO queue (run, node, attempt, queue, requires, payload, queued_at, seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, nextval('queue_seq'))
-                     ON CONFLICT (run, node) DO UPDATE SET attempt = $3, queue = $4, requires = $5,
-                        payload = $6, queued_at = {NOW_MS}, seq = nextval('queue_seq'), runner = NULL, claimed_at = NULL,
-                        lease_until = NULL"
-                ),
+                &insert,
                 &[
-                    &a.id.run, &a.id.node, &attempt, &a.queue, &requires, &a.payload,
+                    &a.id.run,
+                    &a.id.node,
+                    &attempt,
+                    &a.queue,
+                    &requires,
+                    &a.payload,
+                    &None::<&str>,
+                    &0i64,
                 ],
             )?;
             Ok(())
+        })
+    }
+
+    pub(super) fn q_enqueue_for(
+        &self,
+        a: &QueuedAttempt,
+        runner: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let requires = serde_json::to_string(&a.requires).expect("resources are JSON");
+        let attempt = a.id.attempt as i64;
+        let look = HAND_LOOK.replace("{now}", NOW_MS);
+        let insert = INSERT_QUEUED.replace("{now}", NOW_MS);
+        self.write(|tx| {
+            let mine = match tx.row(&look, &[&runner, &a.id.run, &a.id.node])? {
+                Some(r) => self.hand_off(tx, &r, a)?,
+                None => None,
+            };
+            let to = mine.as_ref().map(|_| runner);
+            tx.exec(
+                &insert,
+                &[
+                    &a.id.run, &a.id.node, &attempt, &a.queue, &requires, &a.payload, &to,
+                    &lease_ms,
+                ],
+            )?;
+            let Some(mut mine) = mine else {
+                return Ok(false);
+            };
+            let before = mine.clone();
+            mine.note([(a.id.run.as_str(), a.queue.as_str())]);
+            if mine != before {
+                let text = serde_json::to_string(&mine).expect("an affinity is JSON");
+                tx.exec(
+                    "UPDATE runners SET affinity = $2 WHERE id = $1",
+                    &[&runner, &text],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Whether `a` goes at once to the runner of `r` (a [`HAND_LOOK`]
+    /// row): its affinity when it does.
+    fn hand_off(&self, tx: &Tx<'_>, r: &Row, a: &QueuedAttempt) -> Result<Option<Affinity>> {
+        let slots: i64 = tx.get(r, 1)?;
+        let draining: bool = tx.get(r, 2)?;
+        let alive: bool = tx.get(r, 3)?;
+        let running: i64 = tx.get(r, 5)?;
+        // Another attempt waiting might be the one a claim takes first.
+        let others: bool = tx.get(r, 6)?;
+        if !alive || draining || running >= slots || others {
+            return Ok(None);
+        }
+        let caps: String = tx.get(r, 0)?;
+        let offer: Offer = self.parse("runner's capabilities", &caps)?;
+        if offer.refuses(&a.requires).is_some() {
+            return Ok(None);
+        }
+        let affinity: String = tx.get(r, 4)?;
+        let mine: Affinity = self.parse("runner's affinity", &affinity)?;
+        let rival_caps: Vec<String> = tx.get(r, 7)?;
+        let rival_free: Vec<i64> = tx.get(r, 8)?;
+        let rival_affinity: Vec<String> = tx.get(r, 9)?;
+        let mut rivals = Vec::new();
+        for ((caps, free), affinity) in rival_caps.iter().zip(&rival_free).zip(&rival_affinity) {
+            let offer: Offer = self.parse("runner's capabilities", caps)?;
+            let mut serves = std::collections::HashSet::new();
+            if offer.refuses(&a.requires).is_none() {
+                serves.insert(a.queue.clone());
+            }
+            rivals.push(Rival {
+                free: *free as usize,
+                affinity: self.parse("runner's affinity", affinity)?,
+                serves,
+            });
+        }
+        Ok(takes_alone(&mine, &rivals, &a.id.run, &a.queue).then_some(mine))
+    }
+
+    pub(super) fn q_release_claim(&self, a: &AttemptId, runner: &str) -> Result<bool> {
+        let attempt = a.attempt as i64;
+        self.write(|tx| {
+            Ok(tx.exec(
+                "UPDATE queue SET runner = NULL, claimed_at = NULL, lease_until = NULL
+                 WHERE run = $1 AND node = $2 AND attempt = $3 AND runner = $4",
+                &[&a.run, &a.node, &attempt, &runner],
+            )? == 1)
         })
     }
 

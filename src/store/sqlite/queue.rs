@@ -10,8 +10,8 @@ use crate::exec::resources::Offer;
 use crate::exec::AttemptId;
 use crate::model::Resources;
 use crate::store::queue::{
-    candidates_needed, pick, Affinity, Beat, Candidate, Claim, QueueRow, QueuedAttempt, Rival,
-    RunnerRecord, RunnerSpec,
+    candidates_needed, pick, takes_alone, Affinity, Beat, Candidate, Claim, QueueRow,
+    QueuedAttempt, Rival, RunnerRecord, RunnerSpec,
 };
 
 const RUNNER_COLUMNS: &str =
@@ -71,6 +71,100 @@ fn fence(
         )
         .optional()?;
     Ok(crate::store::queue::why_fenced(attempt, runner, row))
+}
+
+/// Queues `a`, replacing whatever the queue held for its node, waiting.
+fn insert_queued(tx: &Transaction<'_>, a: &QueuedAttempt) -> rusqlite::Result<()> {
+    let requires = serde_json::to_string(&a.requires).expect("resources are JSON");
+    tx.execute(
+        &format!(
+            "INSERT INTO queue (run, node, attempt, queue, requires, payload, queued_at, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW_MS}, (SELECT coalesce(max(seq), 0) + 1 FROM queue))
+             ON CONFLICT (run, node) DO UPDATE SET attempt = ?3, queue = ?4, requires = ?5,
+                payload = ?6, queued_at = {NOW_MS}, seq = (SELECT coalesce(max(seq), 0) + 1 FROM queue), runner = NULL, claimed_at = NULL, lease_until = NULL"
+        ),
+        params![a.id.run, a.id.node, a.id.attempt, a.queue, requires, a.payload],
+    )?;
+    Ok(())
+}
+
+/// Whether `a`, about to be queued, goes to `runner` at once
+/// ([`crate::store::Store::enqueue_for`]): the runner's affinity when it
+/// does.
+fn hand_off_to(
+    tx: &Transaction<'_>,
+    a: &QueuedAttempt,
+    runner: &str,
+) -> rusqlite::Result<Option<Affinity>> {
+    let row: Option<(String, u32, i64, i64, bool, String)> = tx
+        .query_row(
+            &format!(
+                "SELECT capabilities, slots, draining,
+                    (SELECT count(*) FROM queue WHERE runner = ?1),
+                    lease_until >= {NOW_MS}, affinity
+                 FROM runners WHERE id = ?1"
+            ),
+            [runner],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((caps, slots, draining, running, alive, affinity)) = row else {
+        return Ok(None);
+    };
+    if !alive || draining != 0 || running >= slots as i64 {
+        return Ok(None);
+    }
+    let offer: Offer = json(0, &caps)?;
+    if offer.refuses(&a.requires).is_some() {
+        return Ok(None);
+    }
+    // Another attempt waiting might be the one a claim takes first.
+    let others: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM queue WHERE runner IS NULL AND NOT (run = ?1 AND node = ?2))",
+        params![a.id.run, a.id.node],
+        |r| r.get(0),
+    )?;
+    if others {
+        return Ok(None);
+    }
+    let mine: Affinity = json(5, &affinity)?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT capabilities, slots - (SELECT count(*) FROM queue q WHERE q.runner = runners.id),
+                affinity
+         FROM runners WHERE id <> ?1 AND draining = 0 AND lease_until >= {NOW_MS}"
+    ))?;
+    let rows = stmt
+        .query_map([runner], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut rivals = Vec::new();
+    for (caps, free, affinity) in rows.into_iter().filter(|r| r.1 > 0) {
+        let offer: Offer = json(0, &caps)?;
+        let mut serves = std::collections::HashSet::new();
+        if offer.refuses(&a.requires).is_none() {
+            serves.insert(a.queue.clone());
+        }
+        rivals.push(Rival {
+            free: free as usize,
+            affinity: json(2, &affinity)?,
+            serves,
+        });
+    }
+    Ok(takes_alone(&mine, &rivals, &a.id.run, &a.queue).then_some(mine))
 }
 
 impl SqliteStore {
@@ -182,18 +276,47 @@ impl SqliteStore {
     }
 
     pub(super) fn q_enqueue(&self, a: &QueuedAttempt) -> Result<()> {
-        let requires = serde_json::to_string(&a.requires).expect("resources are JSON");
+        self.immediate(|tx| insert_queued(tx, a))
+    }
+
+    pub(super) fn q_enqueue_for(
+        &self,
+        a: &QueuedAttempt,
+        runner: &str,
+        lease_ms: i64,
+    ) -> Result<bool> {
         self.immediate(|tx| {
+            let taker = hand_off_to(tx, a, runner)?;
+            insert_queued(tx, a)?;
+            let Some(mut mine) = taker else {
+                return Ok(false);
+            };
             tx.execute(
                 &format!(
-                    "INSERT INTO queue (run, node, attempt, queue, requires, payload, queued_at, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, {NOW_MS}, (SELECT coalesce(max(seq), 0) + 1 FROM queue))
-                     ON CONFLICT (run, node) DO UPDATE SET attempt = ?3, queue = ?4, requires = ?5,
-                        payload = ?6, queued_at = {NOW_MS}, seq = (SELECT coalesce(max(seq), 0) + 1 FROM queue), runner = NULL, claimed_at = NULL, lease_until = NULL"
+                    "UPDATE queue SET runner = ?3, claimed_at = {NOW_MS}, lease_until = {NOW_MS} + ?4
+                     WHERE run = ?1 AND node = ?2"
                 ),
-                params![a.id.run, a.id.node, a.id.attempt, a.queue, requires, a.payload],
+                params![a.id.run, a.id.node, runner, lease_ms],
             )?;
-            Ok(())
+            let before = mine.clone();
+            mine.note([(a.id.run.as_str(), a.queue.as_str())]);
+            if mine != before {
+                tx.execute(
+                    "UPDATE runners SET affinity = ?2 WHERE id = ?1",
+                    params![runner, serde_json::to_string(&mine).expect("an affinity is JSON")],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    pub(super) fn q_release_claim(&self, a: &AttemptId, runner: &str) -> Result<bool> {
+        self.immediate(|tx| {
+            Ok(tx.execute(
+                "UPDATE queue SET runner = NULL, claimed_at = NULL, lease_until = NULL
+                 WHERE run = ?1 AND node = ?2 AND attempt = ?3 AND runner = ?4",
+                params![a.run, a.node, a.attempt, runner],
+            )? == 1)
         })
     }
 
