@@ -34,7 +34,16 @@
 //! `ORCH_BENCH_ONLY=claims` or `=tasks` runs one part; `ORCH_BENCH_DB=sqlite`
 //! or `=postgres` one backend. PostgreSQL: `ORCH_BENCH_PG` is a server's
 //! URL without a database (`postgres://postgres@127.0.0.1:5432`); the
-//! bench creates a fresh database per part (without it, only SQLite).
+//! bench creates a fresh database per part (without it, only SQLite),
+//! named `ORCH_BENCH_PG_PREFIX` (default `orch_bench`) `_` the part.
+//!
+//! For before/after comparisons of `tasks`: `ORCH_BENCH_ORCH` runs
+//! another `orch` binary than the one built with the bench;
+//! `ORCH_BENCH_CHAINS` (default 1) runs each chain that many times (the
+//! means are printed) and prints the server's CPU time per chain task,
+//! local and remote; on PostgreSQL `ORCH_BENCH_XACTS=1` also prints the
+//! database's transactions per chain task (read 11 s after each chain's
+//! runs: PostgreSQL flushes an idle backend's counts within 10 s).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -123,7 +132,9 @@ impl Drop for Proc {
 }
 
 fn orch(db: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_orch"));
+    let bin = std::env::var_os("ORCH_BENCH_ORCH")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_orch")));
+    let mut c = Command::new(bin);
     c.env("ORCH_DB", db).env_remove("ORCH_LABELS");
     c
 }
@@ -329,14 +340,26 @@ fn tasks_on(name: &str, db: &str, dir: &Path) {
     let c = Client::new(&base, Some(admin));
     publish(&c, "wide", n, false, 16);
     publish(&c, "chain", chain, true, 16);
+    let times = env_usize("ORCH_BENCH_CHAINS", 1).max(1);
+    let xacts = db.starts_with("postgres") && std::env::var("ORCH_BENCH_XACTS").is_ok();
+    // The chain `times` times: its mean wall time, the server's CPU and
+    // the database's transactions (when counted) per task.
+    let chains = |c: &Client| {
+        let (cpu, tx) = (cpu_s(server.0.id()), xacts.then(|| pg_xacts(db)));
+        let total: Duration = (0..times).map(|_| run(c, "chain")).sum();
+        let k = (times * chain) as f64;
+        let cpu = (cpu_s(server.0.id()) - cpu) * 1e3 / k;
+        let tx = tx.map(|before| (pg_xacts(db) - before) as f64 / k);
+        (total / times as u32, cpu, tx)
+    };
     // Warm up (the server's first run pays for its folders), then local.
     run(&c, "chain");
     let local_wide = run(&c, "wide");
-    let local_chain = run(&c, "chain");
+    let (local_chain, local_cpu, local_tx) = chains(&c);
     let runners = start_runners(db, &base, &rtoken, dir, 4);
     run(&c, "chain");
     let remote_wide = run(&c, "wide");
-    let remote_chain = run(&c, "chain");
+    let (remote_chain, remote_cpu, remote_tx) = chains(&c);
     let per = |d: Duration, k: usize| d.as_secs_f64() * 1e3 / k as f64;
     println!(
         "tasks    {name:<10} {n} independent `true` tasks, max_parallel 16: local {:.0} tasks/s ({:.2} s), 4 runners {:.0} tasks/s ({:.2} s)",
@@ -352,6 +375,15 @@ fn tasks_on(name: &str, db: &str, dir: &Path) {
         per(remote_chain, chain) - per(local_chain, chain),
         remote_chain.as_secs_f64() / local_chain.as_secs_f64()
     );
+    if times > 1 || xacts {
+        let tx = match (local_tx, remote_tx) {
+            (Some(l), Some(r)) => format!("; transactions {l:.2} local, {r:.2} remote a task"),
+            _ => String::new(),
+        };
+        println!(
+            "chain    {name:<10} {times} chains each: server CPU {local_cpu:.2} ms/task local, {remote_cpu:.2} remote{tx}"
+        );
+    }
     let rss: Vec<String> = runners
         .iter()
         .map(|r| format!("{:.0}", peak_rss_mib(r.0.id())))
@@ -440,9 +472,27 @@ fn big_on(name: &str, db: &str, dir: &Path, remote: bool) {
     drop(server);
 }
 
+/// The transactions database `url` committed and rolled back so far, as
+/// its statistics say (11 s after its last ones: PostgreSQL flushes an
+/// idle backend's counts within 10 s).
+fn pg_xacts(url: &str) -> i64 {
+    std::thread::sleep(Duration::from_secs(11));
+    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("the bench's database");
+    let n: i64 = c
+        .query_one(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .expect("its statistics")
+        .get(0);
+    n
+}
+
 /// A fresh database on the server at `ORCH_BENCH_PG`: its URL.
 fn pg_database(base: &str, name: &str) -> String {
     let base = base.trim_end_matches('/');
+    let prefix = std::env::var("ORCH_BENCH_PG_PREFIX").unwrap_or_else(|_| "orch_bench".into());
+    let name = name.replacen("orch_bench", &prefix, 1);
     let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls)
         .expect("ORCH_BENCH_PG answers");
     // Two statements: neither may run inside a transaction block.

@@ -88,13 +88,23 @@ impl Drop for Wake {
 pub struct Handed {
     /// The attempt and the runner it is claimed for; `None` once taken.
     inner: Option<(QueuedAttempt, String)>,
+    /// The queue's epoch on this server and the moment before the store
+    /// decided: then no other attempt waited, as a read that came up
+    /// short would have found ([`Remote::looked`]).
+    seen: (u64, std::time::Instant),
     remote: Weak<Remote>,
 }
 
 impl Handed {
-    /// The attempt, claimed for this claim's runner: the claim's answer.
-    pub fn take(mut self) -> QueuedAttempt {
-        let (attempt, _) = self.inner.take().expect("a hand-off is taken once");
+    /// The attempt, claimed for this claim's runner: the claim's answer,
+    /// to a claim that asked for `asked` attempts (it counts as that
+    /// runner's read of the queue, which found nothing else waiting).
+    pub fn take(mut self, asked: usize) -> QueuedAttempt {
+        let (attempt, runner) = self.inner.take().expect("a hand-off is taken once");
+        if let Some(remote) = self.remote.upgrade() {
+            let (before, at) = self.seen;
+            remote.looked(&runner, before, at, 1, asked);
+        }
         attempt
     }
 }
@@ -705,6 +715,7 @@ impl Remote {
             self.wake(a.id, Vec::new());
             return Ok(());
         };
+        let seen = (self.queue_epoch(), std::time::Instant::now());
         // On an error, the claim (its sender dropped) waits again.
         let handed = self.store.enqueue_for(&a, &claim.runner, self.lease_ms)?;
         let id = a.id.clone();
@@ -722,6 +733,7 @@ impl Remote {
         self.claimed(&claim.runner, std::slice::from_ref(&id));
         let handed = Handed {
             inner: Some((a, claim.runner)),
+            seen,
             remote: Arc::downgrade(self),
         };
         // A claim gone meanwhile puts it back (its `Drop`).
@@ -1136,8 +1148,10 @@ mod tests {
         remote.queue(queued(&a, &[])).unwrap();
         let h = handed(&mut ca).expect("handed to the claim that waited longest");
         assert!(woken(&mut cb).is_none());
-        assert_eq!(h.take().id, a);
+        assert_eq!(h.take(4).id, a);
         store.claim_holds(&a, "ra").unwrap();
+        // As a read that came up short: its next claim need not read.
+        assert!(remote.may_wait("ra").is_some());
         assert_eq!(
             remote.holders.lock().unwrap().get(&a).map(|r| r.as_str()),
             Some("ra")

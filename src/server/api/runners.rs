@@ -429,7 +429,10 @@ pub async fn claim(
                 Some(Woken::Wake(wake)) => held = Some(wake),
                 // Claimed for this runner as it was queued: the answer,
                 // without reading.
-                Some(Woken::Handed(handed)) => return Ok(Json(claimed(vec![handed.take()]))),
+                Some(Woken::Handed(handed)) => {
+                    let got = handed.take(body.max as usize);
+                    return Ok(Json(claimed(vec![got])));
+                }
                 None => held = None,
             },
             _ = tokio::time::sleep_until(look) => {}
