@@ -12,6 +12,7 @@ pub mod lease;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod queue;
+mod sql;
 mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]

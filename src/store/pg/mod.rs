@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::lease::{Lease, Owner, OwnerRecord};
+use super::sql::{clamp, millis};
 use super::{
     Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSample, RunSummary, Signal,
     SignalId, Store, TaskSample, Timer, TokenRecord, UserRecord,
@@ -339,16 +340,6 @@ impl PgStore {
         let s: String = tx.get(r, i)?;
         serde_json::from_str(&s).map_err(|e| self.corrupt(format!("{what} does not parse: {e}")))
     }
-}
-
-/// A count as `LIMIT` takes it.
-fn clamp(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A stored timestamp in milliseconds since the epoch.
-fn millis(t: &str) -> Option<i64> {
-    crate::time::parse_millis(t).and_then(|ms| i64::try_from(ms).ok())
 }
 
 /// SQLSTATE `unique_violation`.

@@ -20,6 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use serde_json::Value;
 
 use super::lease::{Lease, Owner, OwnerRecord};
+use super::sql::{clamp, millis};
 use super::{
     Fire, LogLine, Pending, Pushed, Registration, RunFilter, RunSample, RunSummary, Signal,
     SignalId, Store, TaskSample, Timer, TokenRecord, UserRecord,
@@ -646,16 +647,6 @@ pub(super) fn json_col<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
-}
-
-/// A count as SQLite's `LIMIT` takes it.
-fn clamp(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A stored timestamp in milliseconds since the epoch.
-fn millis(t: &str) -> Option<i64> {
-    crate::time::parse_millis(t).and_then(|ms| i64::try_from(ms).ok())
 }
 
 pub(in crate::store) fn to_json<T: serde::Serialize>(v: &T) -> String {
