@@ -33,6 +33,7 @@ use crate::model::{Origin, Task};
 pub const DB_ENV: &str = "ORCH_DB";
 
 mod access;
+mod checkpoint;
 mod history;
 mod open;
 mod owners;
@@ -113,6 +114,9 @@ enum Mode {
 /// An orch database in one SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The WAL's checkpoints, for a store that writes (dropped after the
+    /// connection: its thread closes the file last).
+    checkpointer: Option<checkpoint::Checkpointer>,
     path: PathBuf,
 }
 
@@ -120,6 +124,7 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
+            .field("checkpointer", &self.checkpointer.is_some())
             .finish()
     }
 }
@@ -172,7 +177,7 @@ impl SqliteStore {
     }
 
     fn connect(path: PathBuf, mode: Mode) -> Result<SqliteStore> {
-        let conn = match mode {
+        let mut conn = match mode {
             Mode::ReadOnly => Connection::open_with_flags(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -181,8 +186,13 @@ impl SqliteStore {
         }
         .map_err(wrapper(&path))?;
         SqliteStore::init(&conn, &path, mode)?;
+        let checkpointer = match mode {
+            Mode::ReadOnly => None,
+            _ => Some(checkpoint::Checkpointer::attach(&mut conn, &path)?),
+        };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            checkpointer,
             path,
         })
     }

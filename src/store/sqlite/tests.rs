@@ -636,3 +636,77 @@ fn a_named_task_serialises_as_the_task_with_its_name_filled_in() {
         );
     }
 }
+
+#[test]
+fn the_log_stays_bounded_past_the_checkpoint_bound_and_everything_reads_back_after_reopening() {
+    use checkpoint::{SELF_PAGES, WAKE_PAGES};
+    // 40 one-page rows a commit, 600 commits: 24,000 pages through the
+    // log, over twice the growth at which the committing connection
+    // checkpoints itself whatever the checkpointer does.
+    const ROWS: usize = 40;
+    const COMMITS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let wal = dir.path().join("wal.db-wal");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(store.checkpointer.is_some());
+    store
+        .lock()
+        .execute_batch("CREATE TABLE bulk (i INTEGER PRIMARY KEY, b BLOB NOT NULL)")
+        .unwrap();
+    let mut largest = 0;
+    for k in 0..COMMITS {
+        let mut c = store.lock();
+        let tx = c.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO bulk (i, b) VALUES (?1, ?2)")
+                .unwrap();
+            for r in 0..ROWS {
+                insert
+                    .execute(params![(k * ROWS + r) as i64, vec![(k % 251) as u8; 3000]])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        drop(c);
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    // The log's header and its frames (a page and its 24-byte header
+    // each): where the checkpointer was woken, the bound beyond, the
+    // commit that crossed it, the table's b-tree.
+    let frame = 4096 + 24;
+    let bound = 32 + ((WAKE_PAGES + SELF_PAGES) as u64 + 2 * ROWS as u64 + 64) * frame;
+    assert!(largest > 0);
+    assert!(largest <= bound, "log of {largest} bytes, over {bound}");
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    store.integrity_check().unwrap();
+    let c = store.lock();
+    let (n, bytes): (i64, i64) = c
+        .query_row("SELECT count(*), sum(length(b)) FROM bulk", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(n, (COMMITS * ROWS) as i64);
+    assert_eq!(bytes, n * 3000);
+    let mut sample = c.prepare("SELECT i, b FROM bulk WHERE i % 97 = 0").unwrap();
+    let rows = sample
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap();
+    for row in rows {
+        let (i, b) = row.unwrap();
+        let k = i as usize / ROWS;
+        assert_eq!(b, vec![(k % 251) as u8; 3000], "row {i}");
+    }
+}
+
+#[test]
+fn a_read_only_store_starts_no_checkpointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let store = SqliteStore::open_read_only(&path).unwrap();
+    assert!(store.checkpointer.is_none());
+}
