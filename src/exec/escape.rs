@@ -472,22 +472,21 @@ pub(crate) fn nothing_to_sweep(mark: &Mark, pgid: u32) -> bool {
     cfg!(target_os = "linux") && only_own(mark.new_pids(), pgid)
 }
 
+/// The pids listed in `/proc` (none where it cannot be read).
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// Every process but `me` (with a pid in the range `new`, when known),
 /// with whether it carries `mark`; the environment is read only of those
 /// that started no earlier than the mark.
 fn scan(mark: &Mark, me: u32, new: Option<(u32, u32)>) -> BTreeMap<u32, Seen> {
     let mut seen = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return seen;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if pid == me || new.is_some_and(|range| !in_range(pid, range)) {
             continue;
         }
@@ -531,17 +530,7 @@ pub(crate) fn kill_left_behind(run: &str, nodes: &BTreeSet<String>) -> Vec<Escap
         .map(|node| format!("/memfd:{}", super::fork::marker_name(run, node)))
         .collect();
     let mut killed = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return killed;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if pid == me {
             continue;
         }

@@ -88,6 +88,34 @@ fn insert_queued(tx: &Transaction<'_>, a: &QueuedAttempt) -> rusqlite::Result<()
     Ok(())
 }
 
+/// What a claim by `runner` (or a hand-off to it) decides by: its
+/// capabilities, slots, whether it drains, how many attempts it holds,
+/// whether its lease holds, and its affinity; `None` for an unknown runner.
+type Claimant = (String, u32, i64, i64, bool, String);
+
+fn claimant(tx: &Transaction<'_>, runner: &str) -> rusqlite::Result<Option<Claimant>> {
+    tx.query_row(
+        &format!(
+            "SELECT capabilities, slots, draining,
+                (SELECT count(*) FROM queue WHERE runner = ?1),
+                lease_until >= {NOW_MS}, affinity
+             FROM runners WHERE id = ?1"
+        ),
+        [runner],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
+    )
+    .optional()
+}
+
 /// Whether `a`, about to be queued, goes to `runner` at once
 /// ([`crate::store::Store::enqueue_for`]): the runner's affinity when it
 /// does.
@@ -96,28 +124,7 @@ fn hand_off_to(
     a: &QueuedAttempt,
     runner: &str,
 ) -> rusqlite::Result<Option<Affinity>> {
-    let row: Option<(String, u32, i64, i64, bool, String)> = tx
-        .query_row(
-            &format!(
-                "SELECT capabilities, slots, draining,
-                    (SELECT count(*) FROM queue WHERE runner = ?1),
-                    lease_until >= {NOW_MS}, affinity
-                 FROM runners WHERE id = ?1"
-            ),
-            [runner],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((caps, slots, draining, running, alive, affinity)) = row else {
+    let Some((caps, slots, draining, running, alive, affinity)) = claimant(tx, runner)? else {
         return Ok(None);
     };
     if !alive || draining != 0 || running >= slots as i64 {
@@ -327,19 +334,8 @@ impl SqliteStore {
         lease_ms: i64,
     ) -> Result<Vec<QueuedAttempt>> {
         let claimed = self.immediate(|tx| {
-            let row: Option<(String, u32, i64, i64, bool, String)> = tx
-                .query_row(
-                    &format!(
-                        "SELECT capabilities, slots, draining,
-                            (SELECT count(*) FROM queue WHERE runner = ?1),
-                            lease_until >= {NOW_MS}, affinity
-                         FROM runners WHERE id = ?1"
-                    ),
-                    [runner],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-                )
-                .optional()?;
-            let Some((caps, slots, draining, running, alive, affinity)) = row else {
+            let Some((caps, slots, draining, running, alive, affinity)) = claimant(tx, runner)?
+            else {
                 return Ok(None);
             };
             // A runner whose lease ran out (paused, partitioned) claims
