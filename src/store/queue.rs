@@ -312,6 +312,18 @@ impl Affinity {
         front(&mut self.runs, claimed.iter().map(|(r, _)| *r).collect());
         front(&mut self.queues, claimed.iter().map(|(_, q)| *q).collect());
     }
+
+    /// [`Affinity::note`], then what a store writes of it: its JSON when
+    /// that changed it, `None` when it did not (a runner claiming from the
+    /// runs and queues it served last, or claiming nothing).
+    pub(crate) fn noted<'a>(
+        &mut self,
+        claimed: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<String> {
+        let before = self.clone();
+        self.note(claimed);
+        (*self != before).then(|| serde_json::to_string(self).expect("an affinity is JSON"))
+    }
 }
 
 /// A waiting attempt a claim may take: its run, its queue and its place
@@ -522,5 +534,19 @@ mod tests {
         assert_eq!(a.level("run99", "x"), 2);
         assert_eq!(a.level("nope", "q"), 1);
         assert_eq!(a.level("nope", "x"), 0);
+    }
+
+    #[test]
+    fn an_affinity_is_written_only_when_a_claim_changed_it() {
+        let mut a = affinity(&["r1"], &["q"]);
+        assert_eq!(a.noted([("r1", "q")]), None, "the same run and queue");
+        assert_eq!(a.noted([]), None, "nothing claimed");
+        let text = a.noted([("r2", "q")]).expect("a new run");
+        assert_eq!(text, serde_json::to_string(&a).unwrap());
+        assert_eq!(a, affinity(&["r2", "r1"], &["q"]));
+        assert!(
+            a.noted([("r1", "q")]).is_some(),
+            "an older run comes first again"
+        );
     }
 }

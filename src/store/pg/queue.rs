@@ -323,10 +323,7 @@ impl PgStore {
             let Some(mut mine) = mine else {
                 return Ok(false);
             };
-            let before = mine.clone();
-            mine.note([(a.id.run.as_str(), a.queue.as_str())]);
-            if mine != before {
-                let text = serde_json::to_string(&mine).expect("an affinity is JSON");
+            if let Some(text) = mine.noted([(a.id.run.as_str(), a.queue.as_str())]) {
                 tx.exec(
                     "UPDATE runners SET affinity = $2 WHERE id = $1",
                     &[&runner, &text],
@@ -513,12 +510,9 @@ impl PgStore {
                     payload: tx.get(r, 3)?,
                 });
             }
-            let before = mine.clone();
-            mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
             // Unchanged (it claimed from the runs and queues it served
             // last), the affinity is not written again.
-            if mine != before {
-                let text = serde_json::to_string(&mine).expect("an affinity is JSON");
+            if let Some(text) = mine.noted(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str()))) {
                 tx.exec(
                     "UPDATE runners SET affinity = $2 WHERE id = $1",
                     &[&runner, &text],

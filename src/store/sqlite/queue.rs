@@ -305,12 +305,10 @@ impl SqliteStore {
                 ),
                 params![a.id.run, a.id.node, runner, lease_ms],
             )?;
-            let before = mine.clone();
-            mine.note([(a.id.run.as_str(), a.queue.as_str())]);
-            if mine != before {
+            if let Some(text) = mine.noted([(a.id.run.as_str(), a.queue.as_str())]) {
                 tx.execute(
                     "UPDATE runners SET affinity = ?2 WHERE id = ?1",
-                    params![runner, serde_json::to_string(&mine).expect("an affinity is JSON")],
+                    params![runner, text],
                 )?;
             }
             Ok(true)
@@ -446,11 +444,14 @@ impl SqliteStore {
                 )?;
                 picked.push(a);
             }
-            if !picked.is_empty() {
-                mine.note(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())));
+            // Unchanged (it claimed from the runs and queues it served
+            // last, or nothing), the affinity is not written again.
+            if let Some(text) =
+                mine.noted(picked.iter().map(|a| (a.id.run.as_str(), a.queue.as_str())))
+            {
                 tx.execute(
                     "UPDATE runners SET affinity = ?2 WHERE id = ?1",
-                    params![runner, serde_json::to_string(&mine).expect("an affinity is JSON")],
+                    params![runner, text],
                 )?;
             }
             Ok(Some(picked))
